@@ -1,0 +1,692 @@
+"""The composition root: telephony, routing, store, CAD, transcription and the desk as one service.
+
+Theory of operation
+-------------------
+The engine reports telephony events on the loop (:meth:`Service.on_telephony`). Each one
+is turned into router calls (pure, fed ``now``), whose actions the service applies:
+telephony commands (offer a handler's phone, bridge, hang up) and domain events.
+Every domain event is written, together with the call's row and queue-log entries, in
+ONE SQLite transaction (:meth:`Service._commit`); events for the CAD go to the outbox
+in that same transaction and the publisher task drains it, so a dead broker never
+delays a call and a crash never loses an event. After commit, events fan out to the
+desk's WebSocket subscribers and the transcription service.
+
+Nothing here blocks the loop: SQLite writes are single-row WAL commits; recognition
+runs in transcription's workers; MQTT in the publisher's task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from config import Settings
+from config.loader import secret
+from controlroom import events as ev
+from controlroom.metrics import Registry
+from store import Database
+from store import calls as calls_table
+from telephony import api as tel
+
+log = structlog.get_logger("controlroom")
+
+ANSWER_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass
+class LiveCall:
+    """What the service keeps in memory about a call that is not over."""
+
+    call_id: str
+    line: str
+    priority: int
+    caller: str
+    arrived_at: float
+    state: str = "queued"  # queued | offered | connected | ended
+    handler_id: str | None = None
+    leg_id: str | None = None
+    answered_at: float | None = None
+    ended_by: str | None = None
+    end_reason: str | None = None
+    dtmf: str = ""
+    flags: list[str] = field(default_factory=list)
+    incident_number: str | None = None
+    position: int | None = None
+    positions: list[tuple[float, int]] = field(default_factory=list)
+    recording: tel.RecordingSealed | None = None
+    end_event: tel.CallEnded | None = None
+    on_hold: bool = False
+
+
+class Service:
+    """One controlroom node."""
+
+    def __init__(self, settings: Settings) -> None:
+        from routing import LineSpec, Router
+
+        self.settings = settings
+        self.started_at = time.time()
+        self.db = Database(settings.storage.database_path)
+        self.db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS)
+        from store import outbox, queuelog
+
+        self._outbox = outbox
+        self._queuelog = queuelog
+        self.db.migrate(outbox.COMPONENT, outbox.MIGRATIONS)
+        self.db.migrate(queuelog.COMPONENT, queuelog.MIGRATIONS)
+        self.handlers = {h.id: h for h in settings.handlers}
+        self.lines = {line.name: line for line in settings.lines}
+        self.router = Router(
+            lines=[LineSpec(name=line.name, priority=line.priority, skill=line.required_skill,
+                            answer_threshold=line.answer_threshold, wrapup=line.wrapup,
+                            max_queue=line.max_queue, overflow=line.overflow,
+                            ageing_per_minute=line.ageing_per_minute,
+                            callback_on_abandon=line.callback_on_abandon)
+                   for line in settings.lines],
+            offer_timeout=settings.routing.offer_timeout,
+            strategy=settings.routing.strategy,
+            rona_not_ready=settings.routing.rona_not_ready,
+        )
+        self.calls: dict[str, LiveCall] = {}
+        self.legs: dict[str, str] = {}  # leg_id -> call_id
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._wake_router = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._draining = False
+        self.ready = False
+        self.engine: Any = None
+        self.publisher: Any = None
+        self.transcription: Any = None
+        self.web_runner: Any = None
+        self.web_port: int | None = None
+        self._setup_metrics()
+
+    # ------------------------------------------------------------------ metrics
+    def _setup_metrics(self) -> None:
+        m = self.metrics = Registry()
+        self.m_calls = m.counter("controlroom_calls_total", "Calls by line and outcome")
+        self.m_answer = m.histogram("controlroom_answer_seconds",
+                                    "Arrival to handler answer, by line", ANSWER_BUCKETS)
+        self.m_rejected = m.counter("controlroom_sip_rejected_total", "INVITEs refused, by status")
+
+        def by_state() -> list[tuple[dict[str, str], float]]:
+            counts: dict[tuple[str, str], int] = {}
+            for c in self.calls.values():
+                counts[(c.line, c.state)] = counts.get((c.line, c.state), 0) + 1
+            return [({"line": ln, "state": st}, n) for (ln, st), n in counts.items()]
+
+        def waiting() -> list[tuple[dict[str, str], float]]:
+            out = []
+            for name in self.lines:
+                n = sum(1 for c in self.calls.values() if c.line == name and c.state == "queued")
+                out.append(({"line": name}, n))
+            return out
+
+        def longest() -> list[tuple[dict[str, str], float]]:
+            now = time.time()
+            out = []
+            for name in self.lines:
+                waits = [now - c.arrived_at for c in self.calls.values()
+                         if c.line == name and c.state in ("queued", "offered")]
+                out.append(({"line": name}, max(waits, default=0.0)))
+            return out
+
+        def engine_stats() -> list[tuple[dict[str, str], float]]:
+            s = getattr(self.engine, "stats", None)
+            if s is None:
+                return []
+            return [({"stat": k}, float(v)) for k, v in vars(s).items()
+                    if isinstance(v, (int, float))]
+
+        def outbox_depth() -> list[tuple[dict[str, str], float]]:
+            return [({}, float(self._outbox.depth(self.db)))]
+
+        def transcription_lag() -> list[tuple[dict[str, str], float]]:
+            lag = getattr(self.transcription, "lag", None)
+            value = lag() if callable(lag) else 0.0
+            return [({}, float(value or 0.0))]
+
+        m.gauge("controlroom_calls", "Calls in progress by line and state", by_state)
+        m.gauge("controlroom_queue_length", "Calls waiting, by line", waiting)
+        m.gauge("controlroom_longest_wait_seconds", "Longest current wait, by line", longest)
+        m.gauge("controlroom_engine", "SIP/RTP engine counters (RTP health)", engine_stats)
+        m.gauge("controlroom_outbox_depth", "CAD events not yet acknowledged by the broker",
+                outbox_depth)
+        m.gauge("controlroom_transcription_lag_seconds", "Live transcription lag",
+                transcription_lag)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start every part; the service is ready when the engine listens."""
+        from cad.publisher import CadPublisher
+        from telephony.engine import Engine
+        from transcription import TranscriptionService
+
+        s = self.settings
+        s.storage.recordings_dir.mkdir(parents=True, exist_ok=True)
+        self.transcription = TranscriptionService(settings=s.transcription, db=self.db,
+                                                  publish=self.publish_transcript)
+        await self.transcription.start()
+        self.publisher = CadPublisher(s.mqtt, self.db, on_incident=self.on_incident)
+        self._tasks.append(asyncio.create_task(self.publisher.run(), name="cad-publisher"))
+        self.engine = Engine(settings=s.sip, lines=s.lines,
+                             recordings_dir=s.storage.recordings_dir,
+                             on_event=self.on_telephony, on_audio=self._on_audio)
+        await self.engine.start()
+        self._tasks.append(asyncio.create_task(self._router_loop(), name="router"))
+        self._tasks.append(asyncio.create_task(self._summary_loop(), name="summary"))
+        now = time.time()
+        for h in s.handlers:
+            self._apply(self.router.handler_login(h.id, now, skills=self._skills(h)))
+            if s.routing.handlers_start_available:
+                self._apply(self.router.set_available(h.id, now))
+        if s.web.enabled:
+            await self._start_web()
+        self.ready = True
+        log.info("service started", sip_port=self.engine.sip_port, web_port=self.web_port,
+                 lines=list(self.lines), handlers=len(self.handlers))
+
+    @staticmethod
+    def _skills(h: Any) -> dict[str, int]:
+        return {skill: h.proficiency.get(skill, 5) for skill in h.skills}
+
+    async def _start_web(self) -> None:
+        from aiohttp import web
+
+        from controlroom.web import build_app
+
+        app = build_app(self)
+        self.web_runner = web.AppRunner(app, access_log=None)
+        await self.web_runner.setup()
+        site = web.TCPSite(self.web_runner, self.settings.web.bind, self.settings.web.port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.web_port = sockets[0].getsockname()[1] if sockets else self.settings.web.port
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Refuse new non-emergency calls (503) and wait for calls in progress to end."""
+        self._draining = True
+        self.engine.set_accepting(priority_max=min(line.priority for line in self.settings.lines))
+        deadline = time.monotonic() + (self.settings.drain_timeout if timeout is None else timeout)
+        while self.calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+
+    async def stop(self, *, drain_timeout: float = 0.0) -> None:
+        """Stop in order: drain calls, engine, transcription, publisher, web."""
+        self.ready = False
+        if self.engine is not None:
+            if drain_timeout > 0:
+                await self.drain(drain_timeout)
+            await self.engine.stop(drain_timeout=0)
+        if self.transcription is not None:
+            await self.transcription.stop()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self.publisher is not None and hasattr(self.publisher, "close"):
+            await self.publisher.close()
+        if self.web_runner is not None:
+            await self.web_runner.cleanup()
+        self.db.close()
+
+    # ------------------------------------------------------------------ loops
+    async def _router_loop(self) -> None:
+        """Drive the router's timers: offer timeouts, wrap-up ends, ageing."""
+        while True:
+            deadline = self.router.next_deadline()
+            delay = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.time()))
+            self._wake_router.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake_router.wait(), timeout=delay)
+            try:
+                self._apply(self.router.tick(time.time()))
+            except Exception:  # a bug here must not stop distribution
+                log.exception("router tick failed")
+
+    async def _summary_loop(self) -> None:
+        """Retained queue summary for the CAD and a snapshot for wallboards, every 2 s."""
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                summary = self.queue_summary()
+                publish = getattr(self.publisher, "publish_summary", None)
+                if publish is not None:
+                    publish(summary)
+                self._fanout({"type": "wallboard", "snapshot": self.snapshot()})
+            except Exception:
+                log.exception("summary failed")
+
+    # ------------------------------------------------------------------ telephony in
+    def on_telephony(self, e: tel.TelephonyEvent) -> None:
+        """Engine events, on the loop. Never raises into the engine."""
+        handler = getattr(self, f"_tel_{type(e).__name__}", None)
+        if handler is None:
+            return
+        call_id = getattr(e, "call_id", None)
+        with structlog.contextvars.bound_contextvars(call_id=call_id):
+            try:
+                handler(e)
+            except Exception:
+                log.exception("handling telephony event failed", event=type(e).__name__)
+
+    def _tel_CallArrived(self, e: tel.CallArrived) -> None:
+        line = self.lines[e.line]
+        call = LiveCall(call_id=e.call_id, line=e.line, priority=line.priority, caller=e.caller,
+                        arrived_at=e.at)
+        self.calls[e.call_id] = call
+        with self.db.transaction() as conn:
+            calls_table.insert(conn, call_id=e.call_id, line=e.line, priority=line.priority,
+                               caller=e.caller, display_name=e.display_name, dialled=e.dialled,
+                               location=e.location, sip_call_id=e.sip_call_id, state="queued",
+                               arrived_at=e.at)
+            self._commit(conn, ev.CallArrived(call_id=e.call_id, at=e.at, line=e.line,
+                                              priority=line.priority, caller=e.caller,
+                                              display_name=e.display_name, dialled=e.dialled,
+                                              location=e.location, sip_call_id=e.sip_call_id))
+        self.m_calls.inc(line=e.line, outcome="arrived")
+        if self.transcription is not None and self.settings.transcription.live:
+            self.transcription.live_start(e.call_id, priority=line.priority)
+        self.engine.play(e.call_id, line.queue_prompt)
+        self._apply(self.router.call_arrived(e.call_id, e.line, e.at, caller=e.caller))
+
+    def _tel_CallCancelled(self, e: tel.CallCancelled) -> None:
+        """CANCEL before our answer: an abandoned call with no wait (999: call-back)."""
+        line = self.lines[e.line]
+        self.calls[e.call_id] = LiveCall(call_id=e.call_id, line=e.line, priority=line.priority,
+                                         caller=e.caller, arrived_at=e.at, ended_by="caller",
+                                         end_reason="cancelled")
+        with self.db.transaction() as conn:
+            calls_table.insert(conn, call_id=e.call_id, line=e.line, priority=line.priority,
+                               caller=e.caller, state="queued", arrived_at=e.at)
+            self._commit(conn, ev.CallArrived(call_id=e.call_id, at=e.at, line=e.line,
+                                              priority=line.priority, caller=e.caller))
+        actions = self.router.call_arrived(e.call_id, e.line, e.at, caller=e.caller)
+        actions += self.router.call_abandoned(e.call_id, e.at)
+        from routing import CancelOffer, Offer
+
+        offered = {a.call_id for a in actions if isinstance(a, Offer)}
+        self._apply([a for a in actions
+                     if not (isinstance(a, (Offer, CancelOffer)) and a.call_id in offered)])
+        self._finish(e.call_id, by="caller", reason="cancelled before answer")
+
+    def _tel_CallRejected(self, e: tel.CallRejected) -> None:
+        self.m_rejected.inc(status=str(e.status), line=e.line or "")
+        log.info("call refused", status=e.status, reason=e.reason, line=e.line, dialled=e.dialled)
+
+    def _tel_LegAnswered(self, e: tel.LegAnswered) -> None:
+        call = self.calls.get(e.call_id)
+        if call is None or call.leg_id != e.leg_id or call.state != "offered":
+            # The caller left or the offer was withdrawn while the phone was answered.
+            self.engine.hangup_leg(e.leg_id) if hasattr(self.engine, "hangup_leg") else None
+            return
+        self._apply(self.router.offer_answered(e.call_id, call.handler_id, e.at))
+
+    def _tel_LegFailed(self, e: tel.LegFailed) -> None:
+        self.legs.pop(e.leg_id, None)
+        call = self.calls.get(e.call_id)
+        if call is None or call.leg_id != e.leg_id:
+            return  # already handled (we cancelled it on the router's timeout)
+        handler_id = call.handler_id
+        call.leg_id = None
+        call.handler_id = None
+        call.state = "queued"
+        with self.db.transaction() as conn:
+            self._commit(conn, ev.CallOfferFailed(call_id=e.call_id, at=e.at, line=call.line,
+                                                  handler_id=handler_id or "", reason=e.reason))
+        self._apply(self.router.offer_failed(e.call_id, handler_id, e.at, reason=e.reason))
+
+    def _tel_LegEnded(self, e: tel.LegEnded) -> None:
+        self.legs.pop(e.leg_id, None)
+        call = self.calls.get(e.call_id)
+        if call is None or call.leg_id != e.leg_id:
+            return
+        if e.by == "handler" and call.state == "connected":
+            call.ended_by = "handler"
+            call.end_reason = "handler hung up"
+            self.engine.hangup(e.call_id, "handler hung up")
+
+    def _tel_CallEnded(self, e: tel.CallEnded) -> None:
+        call = self.calls.get(e.call_id)
+        if call is None:
+            return
+        if call.ended_by is None:
+            call.ended_by, call.end_reason = e.by, e.reason
+        call.end_event = e
+        if call.state in ("queued", "offered"):
+            if call.leg_id:
+                self.engine.cancel_offer(call.leg_id)
+            self._apply(self.router.call_abandoned(e.call_id, e.at))
+        elif call.state == "connected":
+            self._apply(self.router.call_ended(e.call_id, e.at))
+        if self.transcription is not None:
+            self.transcription.live_stop(e.call_id)
+        call.state = "ended"
+        if call.recording is not None:
+            self._finish(e.call_id, by=call.ended_by or e.by, reason=call.end_reason or e.reason)
+        else:
+            # The recording is sealed right after the call ends; wait for it briefly so
+            # call.ended carries the checksum, but never hold the record back for long.
+            asyncio.get_running_loop().call_later(3.0, self._finish_if_pending, e.call_id)
+
+    def _finish_if_pending(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is not None and call.state == "ended":
+            self._finish(call_id, by=call.ended_by or "system", reason=call.end_reason or "")
+
+    def _tel_RecordingSealed(self, e: tel.RecordingSealed) -> None:
+        call = self.calls.get(e.call_id)
+        with self.db.transaction() as conn:
+            calls_table.update(conn, e.call_id, recording_path=str(e.path),
+                               recording_sha256=e.sha256, recording_duration=e.duration)
+            line = call.line if call else (self._line_of(conn, e.call_id) or "unknown")
+            self._commit(conn, ev.RecordingReady(call_id=e.call_id, at=e.at,
+                                                 recording_id=e.path.stem, sha256=e.sha256,
+                                                 duration=e.duration, path=str(e.path)),
+                         line=line)
+        if self.transcription is not None and self.settings.transcription.engine != "none":
+            self.transcription.enqueue_final(e.call_id, e.path)
+        if call is not None:
+            call.recording = e
+            if call.state == "ended":
+                self._finish(e.call_id, by=call.ended_by or "system", reason=call.end_reason or "")
+
+    def _tel_Dtmf(self, e: tel.Dtmf) -> None:
+        call = self.calls.get(e.call_id)
+        if call is None or e.leg_id is not None:
+            return
+        call.dtmf = (call.dtmf + e.digit)[-8:]
+        if call.dtmf.endswith("55") and "dtmf55" not in call.flags:
+            self._flag(call, "dtmf55", "caller pressed 55 (Silent Solution)", e.at)
+
+    def _tel_SilentCallFlag(self, e: tel.SilentCallFlag) -> None:
+        call = self.calls.get(e.call_id)
+        if call is not None and "dtmf55" not in call.flags:
+            self._flag(call, "dtmf55", "caller pressed 55 (Silent Solution)", e.at)
+
+    def _tel_HoldChanged(self, e: tel.HoldChanged) -> None:
+        call = self.calls.get(e.call_id)
+        if call is not None:
+            call.on_hold = e.on_hold
+        self._fanout({"type": "call.hold", "call_id": e.call_id, "on_hold": e.on_hold,
+                      "by": e.by, "at": e.at})
+
+    def _flag(self, call: LiveCall, flag: str, detail: str, at: float) -> None:
+        call.flags.append(flag)
+        with self.db.transaction() as conn:
+            calls_table.update(conn, call.call_id, flags=call.flags)
+            self._commit(conn, ev.CallFlagged(call_id=call.call_id, at=at, flag=flag,
+                                              detail=detail), line=call.line)
+
+    def _on_audio(self, frame: tel.AudioFrame) -> None:
+        if self.transcription is not None:
+            self.transcription.feed(frame)
+
+    # ------------------------------------------------------------------ router actions
+    def _apply(self, actions: list[Any]) -> None:
+        """Carry out the router's decisions: telephony commands and domain events."""
+        from routing import (
+            Abandoned,
+            CancelOffer,
+            Connected,
+            HandlerChanged,
+            Offer,
+            Queued,
+            QueueLogEntry,
+            Reject,
+        )
+
+        now = time.time()
+        log_entries = [a for a in actions if isinstance(a, QueueLogEntry)]
+        if log_entries:
+            with self.db.transaction() as conn:
+                for entry in log_entries:
+                    self._queuelog.append(conn, entry)
+        for a in actions:
+            if isinstance(a, QueueLogEntry):
+                continue
+            try:
+                if isinstance(a, Queued):
+                    self._on_queued(a, now)
+                elif isinstance(a, Offer):
+                    self._on_offer(a, now)
+                elif isinstance(a, CancelOffer):
+                    self._on_cancel_offer(a, now)
+                elif isinstance(a, Connected):
+                    self._on_connected(a, now)
+                elif isinstance(a, Abandoned):
+                    self._on_abandoned(a, now)
+                elif isinstance(a, Reject):
+                    self._on_reject(a, now)
+                elif isinstance(a, HandlerChanged):
+                    self._fanout({"type": "handler.state", "handler_id": a.handler_id,
+                                  "state": str(getattr(a.state, "value", a.state)),
+                                  "reason": a.reason, "at": now})
+            except Exception:
+                log.exception("applying router action failed", action=repr(a))
+        if actions:
+            self._wake_router.set()
+
+    def _on_queued(self, a: Any, now: float) -> None:
+        call = self.calls.get(a.call_id)
+        if call is None:
+            return
+        call.position = a.position
+        call.positions.append((now, a.position))
+        with self.db.transaction() as conn:
+            calls_table.update(conn, a.call_id, state="queued")
+            self._commit(conn, ev.CallQueued(call_id=a.call_id, at=now, line=a.line,
+                                             position=a.position,
+                                             estimated_wait=a.estimated_wait,
+                                             priority=float(call.priority)))
+
+    def _on_offer(self, a: Any, now: float) -> None:
+        call = self.calls.get(a.call_id)
+        handler = self.handlers.get(a.handler_id)
+        if call is None or handler is None:
+            log.warning("offer for unknown call or handler", handler_id=a.handler_id)
+            return
+        leg_id = self.engine.offer(a.call_id, handler.phone,
+                                   timeout=self.settings.routing.offer_timeout + 5.0,
+                                   caller_display=f"{a.line} {call.caller}")
+        call.state, call.handler_id, call.leg_id = "offered", a.handler_id, leg_id
+        self.legs[leg_id] = a.call_id
+        with self.db.transaction() as conn:
+            calls_table.update(conn, a.call_id, state="offered")
+            self._commit(conn, ev.CallOffered(call_id=a.call_id, at=now, line=a.line,
+                                              handler_id=a.handler_id,
+                                              wait=now - call.arrived_at))
+
+    def _on_cancel_offer(self, a: Any, now: float) -> None:
+        call = self.calls.get(a.call_id)
+        if call is None or call.leg_id is None:
+            return
+        self.engine.cancel_offer(call.leg_id)
+        self.legs.pop(call.leg_id, None)
+        handler_id = call.handler_id or a.handler_id
+        call.leg_id, call.handler_id = None, None
+        if call.state == "offered":
+            call.state = "queued"
+        with self.db.transaction() as conn:
+            self._commit(conn, ev.CallOfferFailed(call_id=a.call_id, at=now, line=call.line,
+                                                  handler_id=handler_id, reason=a.reason))
+
+    def _on_connected(self, a: Any, now: float) -> None:
+        call = self.calls.get(a.call_id)
+        if call is None or call.leg_id is None:
+            return
+        self.engine.bridge(a.call_id, call.leg_id)
+        call.state, call.answered_at = "connected", now
+        self.m_answer.observe(a.wait, line=call.line)
+        self.m_calls.inc(line=call.line, outcome="answered")
+        with self.db.transaction() as conn:
+            calls_table.update(conn, a.call_id, state="connected", answered_at=now,
+                               handler_id=a.handler_id, wait=a.wait)
+            self._commit(conn, ev.CallAnswered(call_id=a.call_id, at=now, line=call.line,
+                                               handler_id=a.handler_id, wait=a.wait))
+
+    def _on_abandoned(self, a: Any, now: float) -> None:
+        call = self.calls.get(a.call_id)
+        self.m_calls.inc(line=a.line, outcome="abandoned")
+        with self.db.transaction() as conn:
+            calls_table.update(conn, a.call_id, state="abandoned", wait=a.wait)
+            self._commit(conn, ev.CallAbandoned(call_id=a.call_id, at=now, line=a.line,
+                                                caller=call.caller if call else "",
+                                                wait=a.wait, position=a.position,
+                                                callback=a.callback))
+        if call is not None:
+            call.state = "abandoned_pending_end"
+
+    def _on_reject(self, a: Any, now: float) -> None:
+        """Overflow busy (never for 999): the call was answered, so tell and hang up."""
+        call = self.calls.get(a.call_id)
+        if call is None:
+            return
+        call.ended_by, call.end_reason = "system", f"overflow: {a.reason}"
+        self.m_calls.inc(line=call.line, outcome="rejected")
+        self.engine.hangup(a.call_id, f"overflow: {a.reason}")
+
+    # ------------------------------------------------------------------ events out
+    def _line_of(self, conn: Any, call_id: str) -> str | None:
+        row = conn.execute("SELECT line FROM calls WHERE call_id=?", (call_id,)).fetchone()
+        return row[0] if row else None
+
+    def _commit(self, conn: Any, event: ev.DomainEvent, *, line: str | None = None) -> None:
+        """Write ``event`` to the outbox inside the caller's transaction; fan out after."""
+        if line is None:
+            line = getattr(event, "line", None) or self._line_of(conn, event.call_id) or "unknown"
+        incident = None
+        call = self.calls.get(event.call_id)
+        if call is not None:
+            incident = call.incident_number
+        if event.type in ev.CAD_EVENT_TYPES:
+            self._outbox.append(conn, event=event, line=line, node=self.settings.mqtt.node,
+                                incident_number=incident)
+        loop = _running_loop()
+        payload = event.as_dict()
+        payload["line"] = line
+        if loop is not None:
+            loop.call_soon(self._after_commit, payload)
+        else:
+            self._after_commit(payload)
+
+    def _after_commit(self, payload: dict[str, Any]) -> None:
+        if self.publisher is not None:
+            self.publisher.notify()
+        self._fanout(payload)
+
+    def _fanout(self, payload: dict[str, Any]) -> None:
+        for q in list(self._subscribers):
+            try:
+                q.put_nowait(payload)
+            except asyncio.QueueFull:
+                # A desk that cannot keep up is dropped; its page reconnects and reloads.
+                self._subscribers.discard(q)
+
+    def _finish(self, call_id: str, *, by: str, reason: str) -> None:
+        call = self.calls.pop(call_id, None)
+        if call is None:
+            return
+        now = time.time()
+        talk = (now - call.answered_at) if call.answered_at else 0.0
+        wait = ((call.answered_at or now) - call.arrived_at)
+        rec = call.recording
+        if by not in ("caller", "handler", "system"):
+            by = "system"
+        with self.db.transaction() as conn:
+            final_state = "abandoned" if call.answered_at is None else "completed"
+            calls_table.update(conn, call_id, state=final_state, ended_at=now, ended_by=by,
+                               end_reason=reason, talk=talk,
+                               wait=wait if call.answered_at else (now - call.arrived_at))
+            self._commit(conn, ev.CallEnded(call_id=call_id, at=now, line=call.line, by=by,
+                                            reason=reason, wait=wait, talk=talk,
+                                            total=now - call.arrived_at,
+                                            handler_id=call.handler_id,
+                                            recording_id=rec.path.stem if rec else None,
+                                            recording_sha256=rec.sha256 if rec else None))
+        self.m_calls.inc(line=call.line, outcome="ended")
+
+    def publish_transcript(self, event: ev.DomainEvent) -> None:
+        """Transcription results (on the loop): live segments to desks, finals to the CAD."""
+        if isinstance(event, ev.TranscriptSegment):
+            payload = event.as_dict()
+            call = self.calls.get(event.call_id)
+            payload["line"] = call.line if call else None
+            self._fanout(payload)
+            return
+        with self.db.transaction() as conn:
+            self._commit(conn, event)
+
+    def on_incident(self, call_id: str, incident_number: str, grade: str = "") -> bool:
+        """The CAD sent an incident number for a call. False: unknown call."""
+        row = self.db.query_one("SELECT line FROM calls WHERE call_id=?", (call_id,))
+        if row is None:
+            return False
+        call = self.calls.get(call_id)
+        if call is not None:
+            call.incident_number = incident_number
+        with self.db.transaction() as conn:
+            calls_table.update(conn, call_id, incident_number=incident_number,
+                               grade=grade or None)
+            self._commit(conn, ev.IncidentLinked(call_id=call_id, at=time.time(),
+                                                 incident_number=incident_number, grade=grade),
+                         line=row["line"])
+        return True
+
+    # ------------------------------------------------------------------ desk subscriptions
+    @contextlib.asynccontextmanager
+    async def subscription(self, maxsize: int = 1000) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=maxsize)
+        self._subscribers.add(q)
+        try:
+            yield q
+        finally:
+            self._subscribers.discard(q)
+
+    # ------------------------------------------------------------------ read side
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.router.snapshot(time.time())
+        snap["draining"] = self._draining
+        return snap
+
+    def queue_summary(self) -> dict[str, Any]:
+        """Counts and longest wait per line; no personal data (it is retained on MQTT)."""
+        now = time.time()
+        lines = {}
+        for name in self.lines:
+            waiting = [c for c in self.calls.values() if c.line == name and c.state in ("queued", "offered")]
+            lines[name] = {
+                "waiting": len(waiting),
+                "longest_wait": round(max((now - c.arrived_at for c in waiting), default=0.0), 1),
+                "connected": sum(1 for c in self.calls.values() if c.line == name and c.state == "connected"),
+            }
+        return {"node": self.settings.mqtt.node, "at": now, "lines": lines}
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def resolve_secrets(settings: Settings) -> Callable[[str], str | None]:
+    """Lookup for secrets named in config (``env:``/``file:``); never logged."""
+    def get(key: str) -> str | None:
+        section, _, name = key.partition(".")
+        value = getattr(getattr(settings, section), name)
+        return secret(value, key=key)
+    return get
+
+
+__all__ = ["LiveCall", "Service", "Path"]

@@ -1,0 +1,41 @@
+"""The service's HTTP surface: the desk (console package) plus operations endpoints."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from controlroom.service import Service
+
+
+def build_app(service: Service) -> web.Application:
+    """The console app with ``/healthz``, ``/readyz`` and ``/metrics`` added."""
+    try:
+        from console.app import create_app
+
+        from controlroom.desk import ServiceDesk
+    except ImportError:  # console not installed: operations endpoints only
+        app = web.Application()
+    else:
+        app = create_app(backend=ServiceDesk(service), db=service.db,
+                         settings=service.settings.web)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = service.ready and not service._draining
+        return web.json_response({"ready": ok, "draining": service._draining},
+                                 status=200 if ok else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=service.metrics.render(),
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
