@@ -1,0 +1,226 @@
+"""Stereo call recordings: caller left, handler right, 8 kHz 16-bit PCM WAV.
+
+Theory of operation:
+
+* A recording is created at answer time and gets one frame per channel on every media
+  clock tick until ``seal()``; so its duration equals the call's answered duration.
+* It is written as ``<call_id>.wav.part``. Frames are buffered in memory and written in
+  a batch every ``flush_every`` ticks (1 s by default, ~32 KB per call); after each batch
+  the RIFF and data sizes in the header are rewritten. A ``kill -9`` therefore leaves a
+  valid WAV up to the last flush (the page cache holds the data; we do not fsync per
+  second, which would cost 300 syncs/s at full load - only ``seal`` fsyncs).
+* ``seal()`` writes the tail, fixes the header, fsyncs, renames to ``<call_id>.wav``
+  and returns the SHA-256 of the whole file.
+* :func:`recover` seals ``.part`` files left by a crash: it truncates to whole stereo
+  frames, fixes the header and reports ``recovered=True``.
+
+Writes are plain ``os.write``/``os.pwrite`` on the event loop: measured ~40 us per
+32 KB batch on this machine, i.e. ~12 ms/s for 300 calls, spread over the ticks (each
+recording flushes on its own tick phase), so it does not stall the clock. Hashing at
+seal reads the file back (~2 ms per minute of audio); ``seal_async`` does that in a
+worker thread for long calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import MediaError
+
+if TYPE_CHECKING:
+    from .session import RtpStream
+
+__all__ = ["Recording", "RecordingInfo", "recover", "wav_header"]
+
+RATE = 8000
+CHANNELS = 2
+SAMPLE_BYTES = 2
+BLOCK = CHANNELS * SAMPLE_BYTES
+HEADER_BYTES = 44
+PART_SUFFIX = ".wav.part"
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    """A sealed recording."""
+
+    call_id: str
+    path: Path
+    """Final ``.wav`` path."""
+    sha256: str
+    """Hex SHA-256 of the whole file (header included)."""
+    duration: float
+    """Seconds of audio (frames / 8000)."""
+    bytes: int
+    """File size."""
+    recovered: bool
+    """True when sealed by :func:`recover` after a crash."""
+
+
+def wav_header(data_bytes: int) -> bytes:
+    """The 44-byte canonical PCM WAV header for ``data_bytes`` of stereo 8 kHz 16-bit."""
+    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, 1,
+                       CHANNELS, RATE, RATE * BLOCK, BLOCK, 8 * SAMPLE_BYTES, b"data", data_bytes)
+
+
+def _check_call_id(call_id: str) -> None:
+    if (not call_id or len(call_id) > 128 or call_id.startswith(".")
+            or any(c in call_id for c in "/\\\0") or not call_id.isprintable()):
+        raise MediaError(f"call id not usable as a file name: {call_id!r}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Recording:
+    """One call's stereo recording; fed by the media clock, finished by :meth:`seal`."""
+
+    def __init__(self, call_id: str, directory: Path, *, frame_samples: int = 160,
+                 flush_every: int = 50, phase: int = 0) -> None:
+        """Create ``<directory>/<call_id>.wav.part`` with a header (raises MediaError)."""
+        _check_call_id(call_id)
+        self.call_id = call_id
+        self.path = directory / f"{call_id}.wav"
+        """Final path (the file is ``<path>.part`` until sealed)."""
+        self.part_path = directory / f"{call_id}{PART_SUFFIX}"
+        self.caller: RtpStream | None = None
+        self.handler: RtpStream | None = None
+        self.frames = 0
+        """Stereo sample frames recorded so far (duration = frames / 8000)."""
+        self.sealed: RecordingInfo | None = None
+        self._frame = frame_samples
+        self._flush_every = max(1, flush_every)
+        self._phase = phase % self._flush_every
+        self._ticks = 0
+        self._pending: list[bytes] = []
+        self._written = 0
+        self._interleave = np.empty(2 * frame_samples, dtype=np.int16)
+        if self.path.exists() or self.part_path.exists():
+            raise MediaError(f"recording for call {call_id} already exists")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(self.part_path,
+                                           os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            os.write(self._fd, wav_header(0))
+        except OSError as e:
+            raise MediaError(f"cannot create recording {self.part_path}: {e.strerror}") from e
+
+    def attach_caller(self, stream: RtpStream) -> None:
+        """Record what ``stream`` receives on the left channel."""
+        self.caller = stream
+
+    def attach_handler(self, stream: RtpStream | None) -> None:
+        """Record what ``stream`` receives on the right channel (None: silence)."""
+        self.handler = stream
+
+    @property
+    def duration(self) -> float:
+        """Seconds recorded so far."""
+        return self.frames / RATE
+
+    def write_frame(self, left: npt.NDArray[np.int16], right: npt.NDArray[np.int16]) -> None:
+        """Append one tick of audio (two mono frames of equal length)."""
+        if self._fd is None:
+            return
+        n = len(left)
+        buf = self._interleave if n == self._frame else np.empty(2 * n, dtype=np.int16)
+        buf[0::2] = left
+        buf[1::2] = right
+        self._pending.append(buf.astype("<i2", copy=False).tobytes())
+        self.frames += n
+        self._ticks += 1
+        if self._ticks % self._flush_every == self._phase:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered frames and rewrite the header sizes (crash-safe point)."""
+        if self._fd is None or not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        try:
+            os.pwrite(self._fd, data, HEADER_BYTES + self._written)
+            self._written += len(data)
+            os.pwrite(self._fd, wav_header(self._written), 0)
+        except OSError as e:
+            # Disk full or similar: keep the call going, stop recording loudly.
+            os.close(self._fd)
+            self._fd = None
+            raise MediaError(f"recording {self.call_id} write failed: {e.strerror}") from e
+
+    def _close_file(self) -> None:
+        if self._fd is not None:
+            try:
+                self.flush()
+                os.fsync(self._fd)
+            finally:
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+
+    def seal(self) -> RecordingInfo:
+        """Finish: write the tail, fix the header, rename to ``.wav``, hash. Idempotent."""
+        if self.sealed is not None:
+            return self.sealed
+        self._close_file()
+        os.replace(self.part_path, self.path)
+        self.sealed = self._info(_sha256(self.path))
+        return self.sealed
+
+    async def seal_async(self) -> RecordingInfo:
+        """Like :meth:`seal` but hashes in a worker thread (for long calls / shutdown)."""
+        if self.sealed is not None:
+            return self.sealed
+        self._close_file()
+        os.replace(self.part_path, self.path)
+        digest = await asyncio.to_thread(_sha256, self.path)
+        if self.sealed is None:
+            self.sealed = self._info(digest)
+        return self.sealed
+
+    def _info(self, digest: str) -> RecordingInfo:
+        return RecordingInfo(call_id=self.call_id, path=self.path, sha256=digest,
+                             duration=self._written / BLOCK / RATE,
+                             bytes=HEADER_BYTES + self._written, recovered=False)
+
+
+def recover(directory: Path, *, skip: set[Path] | frozenset[Path] = frozenset()) -> list[RecordingInfo]:
+    """Seal every ``*.wav.part`` in ``directory`` (except ``skip``) left by a crash."""
+    out: list[RecordingInfo] = []
+    if not directory.is_dir():
+        return out
+    for part in sorted(directory.glob(f"*{PART_SUFFIX}")):
+        if part in skip:
+            continue
+        call_id = part.name[: -len(PART_SUFFIX)]
+        final = directory / f"{call_id}.wav"
+        size = part.stat().st_size
+        data = max(0, size - HEADER_BYTES) // BLOCK * BLOCK  # whole stereo frames only
+        fd = os.open(part, os.O_RDWR)
+        try:
+            os.ftruncate(fd, HEADER_BYTES + data)
+            os.pwrite(fd, wav_header(data), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if final.exists():  # never overwrite a sealed file: keep both
+            final = directory / f"{call_id}.recovered.wav"
+        os.replace(part, final)
+        out.append(RecordingInfo(call_id=call_id, path=final, sha256=_sha256(final),
+                                 duration=data / BLOCK / RATE, bytes=HEADER_BYTES + data,
+                                 recovered=True))
+    return out

@@ -1,0 +1,605 @@
+"""RTP streams and the media engine: sockets, sources (tone/WAV/bridge), recordings.
+
+Theory of operation:
+
+* :meth:`MediaEngine.allocate` is synchronous (the signalling code calls it while
+  building an SDP answer): it binds a non-blocking UDP socket on a free even port of
+  the pool with the ``socket`` module, then schedules
+  ``loop.create_datagram_endpoint(sock=...)`` as a task; the transport is up one or two
+  loop iterations later, and packets arriving meanwhile wait in the kernel buffer. The
+  port is usable (and in the SDP) immediately. RTCP (port + 1) is not bound: we neither
+  send nor need RTCP; the odd port is left unused as RFC 3550 expects.
+* Receiving goes through the transport into :meth:`RtpStream.datagram_received`:
+  parse, decode G.711 to 16-bit PCM with a lookup table, push into the stream's
+  :class:`~telephony.media.jitter.JitterBuffer`. Malformed or unexpected packets are
+  counted and dropped.
+* Sending happens only on the shared :class:`~telephony.media.clock.MediaClock` tick:
+  each stream takes one frame from its source (prompt loop, silence, or the bridged
+  peer's received frame of the same tick), encodes it and writes it with
+  ``sock.sendto`` directly. We bypass the transport's write buffer on purpose: a
+  real-time sender must drop (and count) a packet the kernel refuses rather than queue
+  stale audio behind it.
+* Symmetric RTP: we send to the source address of the latest valid packet received, or
+  to the SDP address until a packet arrives. Sequence number, timestamp and SSRC are
+  per stream and continuous across source changes (play -> bridge -> play); the
+  timestamp advances one frame per tick even while not sending (hold), so it always
+  tracks real time. The marker bit is set on the first packet after a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import random
+import socket
+import struct
+import time
+import wave
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from telephony.api import AudioFrame
+
+from . import rtp
+from .clock import MediaClock
+from .dtmf import DtmfReceiver, DtmfSender
+from .errors import MediaError, RtpError
+from .g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from .jitter import JitterBuffer, silence
+from .recording import Recording, RecordingInfo, recover
+
+__all__ = ["Codec", "MediaEngine", "RtpStats", "RtpStream"]
+
+log = structlog.get_logger(__name__)
+
+Pcm = npt.NDArray[np.int16]
+_HDR = struct.Struct("!BBHII")
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+class Codec(enum.Enum):
+    """Static payload types of ITU-T G.711."""
+
+    PCMU = 0
+    PCMA = 8
+
+
+_DECODE = {0: ULAW_DECODE, 8: ALAW_DECODE}
+_ENCODE = {Codec.PCMU: ULAW_ENCODE, Codec.PCMA: ALAW_ENCODE}
+
+
+@dataclass(frozen=True)
+class RtpStats:
+    """A snapshot of one stream's counters."""
+
+    packets_in: int = 0
+    """Valid RTP packets received (audio and telephone-event)."""
+    packets_out: int = 0
+    """RTP packets sent."""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    lost: int = 0
+    """RFC 3550 cumulative loss (expected - received), summed over SSRCs."""
+    late: int = 0
+    """Audio packets that arrived after their playout time (dropped)."""
+    duplicates: int = 0
+    malformed: int = 0
+    """Datagrams that were not valid RTP (dropped)."""
+    unexpected_pt: int = 0
+    """Packets with a payload type we did not negotiate (dropped)."""
+    jitter_ms: float = 0.0
+    """RFC 3550 interarrival jitter."""
+    max_send_gap_ms: float = 0.0
+    """Largest interval between two packets sent while sending continuously."""
+    send_errors: int = 0
+    """Packets the kernel refused (buffer full, unreachable): dropped, not queued."""
+    resyncs: int = 0
+    """New SSRC or timestamp jump on the receive side."""
+    jitter_delay_ms: float = 0.0
+    """Current playout delay of the jitter buffer."""
+
+
+class _Loop:
+    """Plays a list of frames round and round (tone cadence, WAV prompt)."""
+
+    __slots__ = ("frames", "i")
+
+    def __init__(self, frames: list[Pcm]) -> None:
+        self.frames = frames
+        self.i = 0
+
+    def next(self) -> Pcm:
+        f = self.frames[self.i]
+        self.i = (self.i + 1) % len(self.frames)
+        return f
+
+
+class RtpStream(asyncio.DatagramProtocol):
+    """One RTP leg: a socket, a jitter buffer, a send source. Made by ``MediaEngine.allocate``."""
+
+    def __init__(self, engine: MediaEngine, sock: socket.socket, port: int) -> None:
+        self.local_port = port
+        """Even UDP port this stream is bound to."""
+        self.last_rx: float | None = None
+        """``time.monotonic()`` of the last valid RTP packet received."""
+        self.codec = Codec.PCMA
+        self.dtmf_pt: int | None = None
+        self.direction = "sendrecv"
+        self.remote: tuple[str, int] | None = None
+        """Address from SDP (``configure``)."""
+        self.send_addr: tuple[str, int] | None = None
+        """Where packets go: the latched source of received RTP, else ``remote``."""
+        self.closed = False
+        self.rx_frame: Pcm = silence(engine.frame_samples)
+        """Audio received for the current tick (valid during and after the tick)."""
+        self._engine = engine
+        self._sock = sock
+        self._transport: asyncio.DatagramTransport | None = None
+        self._open_task: asyncio.Task[Any] | None = None
+        self._frame = engine.frame_samples
+        self._ptime_samples = self._frame
+        self._acc: Pcm | None = None
+        self._jb = JitterBuffer(frame_samples=self._frame)
+        self._rstats = rtp.ReceptionStats()
+        self._dtmf_rx = DtmfReceiver()
+        self._dtmf_tx: deque[tuple[str, int]] = deque()
+        self._dtmf_active: DtmfSender | None = None
+        self._prompt: _Loop | None = None  # None: silence
+        self.peer: RtpStream | None = None
+        """Bridged stream whose received audio we send (None when not bridged)."""
+        self._listen_peer = False
+        self._ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._marker = True
+        self._last_send: float | None = None
+        self._c = {"packets_in": 0, "packets_out": 0, "bytes_in": 0, "bytes_out": 0,
+                   "malformed": 0, "unexpected_pt": 0, "send_errors": 0}
+        self._max_send_gap = 0.0
+
+    # ------------------------------------------------------------ transport
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._open_task = loop.create_task(
+            loop.create_datagram_endpoint(lambda: self, sock=self._sock))
+        self._open_task.add_done_callback(self._opened)
+
+    def _opened(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                log.error("rtp socket failed", port=self.local_port, error=str(task.exception()))
+            self._sock.close()  # idempotent; the transport (if any) was already closed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        if self.closed:
+            transport.close()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable etc. from a previous sendto: the far end is not there
+        # (yet). Counted; the call's dead-call guard decides, not the socket.
+        self._c["send_errors"] += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    # -------------------------------------------------------------- control
+    def configure(self, *, remote: tuple[str, int] | None, codec: Codec, dtmf_pt: int | None,
+                  ptime: int = 20) -> None:
+        """Set (or change, on re-INVITE) the far address, send codec, DTMF PT and ptime."""
+        if not isinstance(codec, Codec):
+            raise MediaError(f"unsupported codec {codec!r}")
+        if dtmf_pt is not None and not (96 <= dtmf_pt <= 127):
+            raise MediaError(f"telephone-event payload type must be 96..127, got {dtmf_pt}")
+        if ptime not in (10, 20, 30, 40):
+            raise MediaError(f"ptime must be 10, 20, 30 or 40 ms, got {ptime}")
+        self.codec = codec
+        self.dtmf_pt = dtmf_pt
+        self._ptime_samples = ptime * 8
+        self._acc = None
+        if remote != self.remote:
+            self.remote = remote
+            self.send_addr = remote  # re-latch to the new address once its packets arrive
+
+    def set_direction(self, direction: str) -> None:
+        """Our direction: ``sendrecv``, ``sendonly``, ``recvonly`` or ``inactive``."""
+        if direction not in DIRECTIONS:
+            raise MediaError(f"unknown direction {direction!r}")
+        if direction != self.direction and direction in ("recvonly", "inactive"):
+            self._marker = True
+        self.direction = direction
+
+    def play(self, prompt: str) -> None:
+        """Send ``'tone'``, ``'silence'`` or a WAV file (8 kHz mono 16-bit), looped.
+
+        Takes effect at the next tick, also while bridged (this side then stops sending
+        the peer's audio, e.g. hold music; ``bridge`` again to resume). It is the source
+        ``unbridge`` returns to.
+        """
+        self._prompt = self._engine._prompt(prompt)
+        self._listen_peer = False
+
+    def send_dtmf(self, digit: str, duration_ms: int = 160) -> None:
+        """Queue an RFC 4733 digit (audio pauses while it is sent)."""
+        DtmfSender(digit, timestamp=0)  # validates the digit now, raising ValueError
+        if not 40 <= duration_ms <= 5000:
+            raise MediaError(f"DTMF duration must be 40..5000 ms, got {duration_ms}")
+        self._dtmf_tx.append((digit, duration_ms))
+
+    @property
+    def stats(self) -> RtpStats:
+        """Counters snapshot."""
+        c, jb = self._c, self._jb
+        return RtpStats(lost=self._rstats.lost, late=jb.late, duplicates=jb.duplicates,
+                        jitter_ms=self._rstats.jitter_ms,
+                        max_send_gap_ms=1000.0 * self._max_send_gap, resyncs=jb.resyncs,
+                        jitter_delay_ms=jb.delay / 8.0, **c)
+
+    def close(self) -> None:
+        """Stop sending and receiving, close the socket, return the port. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.peer is not None:
+            self._engine.unbridge(self)
+        if self._transport is not None:
+            self._transport.close()
+        elif self._open_task is not None and not self._open_task.done():
+            self._open_task.cancel()  # _opened closes the socket
+        else:
+            self._sock.close()
+        self._engine._release(self)
+
+    # --------------------------------------------------------------- receive
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        if self.closed:
+            return
+        n = len(data)
+        if n >= 12 and data[0] == 0x80:  # fast path: no padding, extension or CSRC
+            b0, b1, seq, ts, ssrc = _HDR.unpack_from(data)
+            pt = b1 & 0x7F
+            payload = data[12:]
+        else:
+            try:
+                p = rtp.parse(data)
+            except RtpError:
+                self._c["malformed"] += 1
+                return
+            pt, seq, ts, ssrc, payload = p.payload_type, p.sequence, p.timestamp, p.ssrc, p.payload
+        table = _DECODE.get(pt)
+        if table is None and pt != self.dtmf_pt:
+            self._c["unexpected_pt"] += 1
+            return
+        c = self._c
+        c["packets_in"] += 1
+        c["bytes_in"] += n
+        self.last_rx = time.monotonic()
+        self.send_addr = addr
+        self._rstats.update(ssrc, seq, ts, self.last_rx)
+        if table is not None:
+            if self.direction in ("sendrecv", "recvonly") and payload:
+                self._jb.push(ssrc=ssrc, seq=seq, timestamp=ts,
+                              pcm=table[np.frombuffer(payload, dtype=np.uint8)])
+            return
+        try:
+            digits = self._dtmf_rx.feed(ts, payload)
+        except RtpError:
+            c["malformed"] += 1
+            return
+        for d in digits:
+            self._engine._dtmf(self, d)
+
+    # ------------------------------------------------------------------ tick
+    def _send_tick(self, now: float) -> None:
+        frame_ts = self._ts
+        self._ts = (frame_ts + self._frame) & 0xFFFFFFFF
+        addr = self.send_addr
+        if addr is None or self.direction in ("recvonly", "inactive"):
+            self._marker = True
+            self._last_send = None
+            return
+        if self._dtmf_active is None and self._dtmf_tx:
+            digit, ms = self._dtmf_tx.popleft()
+            self._dtmf_active = DtmfSender(digit, timestamp=frame_ts, duration_ms=ms,
+                                           frame_samples=self._frame)
+        if self._dtmf_active is not None and self.dtmf_pt is not None:
+            sender = self._dtmf_active
+            marker, payload = sender.next_packet()
+            if sender.done:
+                self._dtmf_active = None
+            self._send(rtp.build_fast(self.dtmf_pt, self._seq, sender.timestamp, self._ssrc,
+                                      payload, marker), addr, now)
+            return
+        self._dtmf_active = None  # no telephone-event negotiated: digits cannot be sent
+        self._dtmf_tx.clear()
+        if self._listen_peer and self.peer is not None:
+            frame = self.peer.rx_frame
+        elif self._prompt is not None:
+            frame = self._prompt.next()
+        else:
+            frame = silence(self._frame)
+        table = _ENCODE[self.codec]
+        pt = self.codec.value
+        if self._ptime_samples == self._frame:
+            self._send(rtp.build_fast(pt, self._seq, frame_ts, self._ssrc,
+                                      table[frame.view(np.uint16)].tobytes(), self._marker),
+                       addr, now)
+            return
+        # other ptime: accumulate samples, send whole packets (ts of their first sample)
+        if self._acc is None:
+            self._acc = frame.copy()
+            self._acc_ts = frame_ts
+        else:
+            self._acc = np.concatenate((self._acc, frame))
+        p = self._ptime_samples
+        while self._acc is not None and len(self._acc) >= p:
+            chunk, rest = self._acc[:p], self._acc[p:]
+            self._send(rtp.build_fast(pt, self._seq, self._acc_ts, self._ssrc,
+                                      table[chunk.view(np.uint16)].tobytes(), self._marker),
+                       addr, now)
+            self._acc_ts = (self._acc_ts + p) & 0xFFFFFFFF
+            self._acc = rest if len(rest) else None
+
+    def _send(self, packet: bytes, addr: tuple[str, int], now: float) -> None:
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._marker = False
+        if self._last_send is not None:
+            gap = now - self._last_send
+            if gap > self._max_send_gap:
+                self._max_send_gap = gap
+        self._last_send = now
+        try:
+            self._sock.sendto(packet, addr)
+        except OSError:  # EAGAIN (buffer full), unreachable...: drop, never queue
+            self._c["send_errors"] += 1
+            return
+        self._c["packets_out"] += 1
+        self._c["bytes_out"] += len(packet)
+
+
+class MediaEngine:
+    """All RTP streams, bridges and recordings of the process, driven by one clock."""
+
+    def __init__(self, *, bind: str, port_min: int, port_max: int, ptime: int = 20,
+                 recordings_dir: Path,
+                 on_audio: Callable[[AudioFrame], None] | None = None,
+                 on_dtmf: Callable[[RtpStream, str], None] | None = None) -> None:
+        """Ports: even ports in ``[port_min, port_max]``; ``ptime`` is the clock period in ms."""
+        if ptime not in (10, 20, 30, 40):
+            raise MediaError(f"ptime must be 10, 20, 30 or 40 ms, got {ptime}")
+        first = port_min + (port_min & 1)
+        if first > port_max:
+            raise MediaError(f"no even port in {port_min}..{port_max}")
+        self.bind = bind
+        self.ptime = ptime
+        self.frame_samples = ptime * 8
+        self.recordings_dir = Path(recordings_dir)
+        self.on_audio = on_audio
+        self.on_dtmf = on_dtmf
+        self._family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        self._free: deque[int] = deque(range(first, port_max + 1, 2))
+        self._streams: dict[int, RtpStream] = {}
+        self._stream_list: list[RtpStream] = []
+        self._recordings: dict[str, Recording] = {}
+        self._rec_list: list[Recording] = []
+        self._rec_counter = 0
+        self._prompts: dict[str, list[Pcm]] = {"tone": _queue_tone(self.frame_samples)}
+        self.clock = MediaClock(ptime / 1000.0, self._tick)
+        self.audio_errors = 0
+
+    # --------------------------------------------------------------- life
+    async def start(self) -> None:
+        """Start the shared media clock."""
+        self.clock.start()
+
+    async def stop(self) -> None:
+        """Stop the clock, close every stream, seal every open recording."""
+        await self.clock.stop()
+        for s in list(self._stream_list):
+            s.close()
+        for r in list(self._rec_list):
+            try:
+                await r.seal_async()
+            except (OSError, MediaError):
+                log.exception("recording seal failed at stop", call_id=r.call_id)
+        self._recordings.clear()
+        self._rec_list = []
+
+    # ------------------------------------------------------------ streams
+    @property
+    def free_ports(self) -> int:
+        """Ports left in the pool."""
+        return len(self._free)
+
+    @property
+    def streams(self) -> list[RtpStream]:
+        """Open streams."""
+        return list(self._stream_list)
+
+    def allocate(self) -> RtpStream:
+        """Bind a new stream on a free even port (synchronous; needs the running loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise MediaError("allocate() must be called from the running event loop") from None
+        for _ in range(len(self._free)):
+            port = self._free.popleft()
+            sock = socket.socket(self._family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind((self.bind, port))
+            except OSError:
+                sock.close()
+                self._free.append(port)  # in use by someone else: try it again later
+                continue
+            stream = RtpStream(self, sock, port)
+            self._streams[port] = stream
+            self._stream_list = list(self._streams.values())
+            stream._open(loop)
+            return stream
+        raise MediaError("RTP port pool exhausted")
+
+    def _release(self, stream: RtpStream) -> None:
+        if self._streams.pop(stream.local_port, None) is not None:
+            self._stream_list = list(self._streams.values())
+            # to the back of the queue: the port rests while stray packets of the old
+            # call drain, and the socket's close (next loop turn) completes
+            self._free.append(stream.local_port)
+
+    def bridge(self, a: RtpStream, b: RtpStream) -> None:
+        """Each of ``a`` and ``b`` sends what the other receives (transcoded via PCM)."""
+        if a is b or a.closed or b.closed:
+            raise MediaError("bridge needs two distinct open streams")
+        for s in (a, b):
+            if s.peer is not None and s.peer not in (a, b):
+                self.unbridge(s)
+        a.peer, b.peer = b, a
+        a._listen_peer = b._listen_peer = True
+
+    def unbridge(self, a: RtpStream) -> None:
+        """Undo ``a``'s bridge; both sides return to their last ``play`` source."""
+        b = a.peer
+        a.peer = None
+        a._listen_peer = False
+        if b is not None and b.peer is a:
+            b.peer = None
+            b._listen_peer = False
+
+    def _prompt(self, prompt: str) -> _Loop | None:
+        if prompt == "silence":
+            return None
+        frames = self._prompts.get(prompt)
+        if frames is None:
+            frames = _load_wav(Path(prompt), self.frame_samples)
+            self._prompts[prompt] = frames
+        return _Loop(frames)
+
+    def _dtmf(self, stream: RtpStream, digit: str) -> None:
+        if self.on_dtmf is not None:
+            try:
+                self.on_dtmf(stream, digit)
+            except Exception:
+                log.exception("on_dtmf callback failed", port=stream.local_port)
+
+    # --------------------------------------------------------- recordings
+    def create_recording(self, call_id: str) -> Recording:
+        """Start a stereo recording now (answer time); sealed by ``seal()`` or ``stop``."""
+        if call_id in self._recordings:
+            raise MediaError(f"recording for call {call_id} already exists")
+        self._rec_counter += 1
+        rec = Recording(call_id, self.recordings_dir, frame_samples=self.frame_samples,
+                        flush_every=max(1, 1000 // self.ptime), phase=self._rec_counter)
+        self._recordings[call_id] = rec
+        self._rec_list = list(self._recordings.values())
+        return rec
+
+    def recover_recordings(self) -> list[RecordingInfo]:
+        """Seal ``.part`` files left by a crash (not those of recordings open now)."""
+        open_parts = {r.part_path for r in self._rec_list}
+        return recover(self.recordings_dir, skip=open_parts)
+
+    # --------------------------------------------------------------- tick
+    def _tick(self, n: int) -> None:
+        now = asyncio.get_running_loop().time()
+        streams = self._stream_list
+        for s in streams:
+            frame = s._jb.pull()
+            s.rx_frame = frame if s.direction in ("sendrecv", "recvonly") else silence(len(frame))
+            if s._dtmf_rx._current_ts is not None:
+                for d in s._dtmf_rx.expire():
+                    self._dtmf(s, d)
+        for s in streams:
+            s._send_tick(now)
+        if self._rec_list:
+            self._tick_recordings()
+
+    def _tick_recordings(self) -> None:
+        quiet = silence(self.frame_samples)
+        done = False
+        for r in self._rec_list:
+            if r.sealed is not None:
+                done = True
+                continue
+            c, h = r.caller, r.handler
+            left = c.rx_frame if c is not None and not c.closed else quiet
+            right = h.rx_frame if h is not None and not h.closed else quiet
+            offset = r.duration
+            try:
+                r.write_frame(left, right)
+            except MediaError:
+                log.exception("recording write failed", call_id=r.call_id)
+            if self.on_audio is not None:
+                self._audio(r.call_id, "caller", c, left, offset)
+                self._audio(r.call_id, "handler", h, right, offset)
+        if done:  # forget sealed recordings
+            self._recordings = {k: v for k, v in self._recordings.items() if v.sealed is None}
+            self._rec_list = list(self._recordings.values())
+
+    def _audio(self, call_id: str, channel: Any, stream: RtpStream | None, pcm: Pcm,
+               offset: float) -> None:
+        if stream is None or self.on_audio is None:
+            return  # no transcription of a channel nobody is on
+        try:
+            self.on_audio(AudioFrame(call_id=call_id, channel=channel, pcm=pcm.tobytes(),
+                                     offset=offset))
+        except Exception:
+            self.audio_errors += 1
+            if self.audio_errors <= 10:
+                log.exception("on_audio callback failed", call_id=call_id)
+
+    def totals(self) -> dict[str, float]:
+        """Sums over open streams plus clock figures, for EngineStats / metrics."""
+        out: dict[str, float] = {"packets_in": 0, "packets_out": 0, "lost": 0, "late": 0}
+        for s in self._stream_list:
+            st = s.stats
+            out["packets_in"] += st.packets_in
+            out["packets_out"] += st.packets_out
+            out["lost"] += st.lost
+            out["late"] += st.late
+        out["max_tick_gap_ms"] = 1000.0 * self.clock.max_gap
+        return out
+
+
+def _queue_tone(frame: int) -> list[Pcm]:
+    """UK-style comfort tone: 400 Hz, 0.4 on / 0.2 off / 0.4 on / 2.0 off, about -18 dBFS."""
+    rate, amp, ramp = 8000, 4000.0, 40  # 5 ms raised-cosine edges: no click at cadence steps
+    on = np.sin(2 * math.pi * 400 * np.arange(int(0.4 * rate)) / rate) * amp
+    edge = 0.5 - 0.5 * np.cos(np.linspace(0, math.pi, ramp))
+    on[:ramp] *= edge
+    on[-ramp:] *= edge[::-1]
+    cycle = np.concatenate([on, np.zeros(int(0.2 * rate)), on, np.zeros(int(2.0 * rate))])
+    return _frames(np.round(cycle).astype(np.int16), frame)
+
+
+def _frames(pcm: Pcm, frame: int) -> list[Pcm]:
+    pad = (-len(pcm)) % frame
+    if pad:
+        pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)])
+    out = [pcm[i:i + frame].copy() for i in range(0, len(pcm), frame)]
+    for f in out:
+        f.setflags(write=False)
+    return out
+
+
+def _load_wav(path: Path, frame: int) -> list[Pcm]:
+    """Read an 8 kHz mono 16-bit WAV prompt; MediaError if it is missing or another format."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            fmt = (w.getframerate(), w.getnchannels(), w.getsampwidth())
+            if fmt != (8000, 1, 2):
+                raise MediaError(f"prompt {path} must be 8 kHz mono 16-bit WAV, got "
+                                 f"{fmt[0]} Hz, {fmt[1]} channel(s), {8 * fmt[2]}-bit")
+            data = w.readframes(w.getnframes())
+    except (OSError, wave.Error, EOFError) as e:
+        raise MediaError(f"cannot read prompt {path}: {e}") from e
+    pcm = np.frombuffer(data, dtype="<i2").astype(np.int16)
+    if len(pcm) == 0:
+        raise MediaError(f"prompt {path} is empty")
+    return _frames(pcm, frame)

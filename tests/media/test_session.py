@@ -1,0 +1,288 @@
+"""MediaEngine on loopback: streams, bridge with PCMA<->PCMU transcoding, recording, pool."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from telephony.media import Codec, MediaEngine, MediaError, rtp
+from telephony.media import g711
+from telephony.media.jitter import silence
+
+
+def free_even_range(count: int) -> tuple[int, int]:
+    """Find `count` consecutive even ports free right now (probe by binding)."""
+    for _ in range(50):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        base = s.getsockname()[1]
+        s.close()
+        base += base & 1
+        if base + 2 * count > 65535:
+            continue
+        ok = True
+        for p in range(base, base + 2 * count, 2):
+            t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                t.bind(("127.0.0.1", p))
+            except OSError:
+                ok = False
+            finally:
+                t.close()
+            if not ok:
+                break
+        if ok:
+            return base, base + 2 * count - 1
+    raise RuntimeError("no free port range")
+
+
+class Phone(asyncio.DatagramProtocol):
+    """A far end: collects every RTP packet it receives."""
+
+    def __init__(self) -> None:
+        self.packets: list[rtp.RtpPacket] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
+        self.packets.append(rtp.parse(data))
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        assert self.transport is not None
+        return self.transport.get_extra_info("sockname")[:2]
+
+
+@pytest.fixture
+async def phone_factory():
+    phones: list[Phone] = []
+
+    async def make() -> Phone:
+        loop = asyncio.get_running_loop()
+        _, p = await loop.create_datagram_endpoint(Phone, local_addr=("127.0.0.1", 0))
+        phones.append(p)
+        return p
+
+    yield make
+    for p in phones:
+        if p.transport is not None:
+            p.transport.close()
+
+
+@pytest.fixture
+async def engine(tmp_path: Path):
+    lo, hi = free_even_range(8)
+    eng = MediaEngine(bind="127.0.0.1", port_min=lo, port_max=hi, recordings_dir=tmp_path / "rec")
+    await eng.start()
+    yield eng
+    await eng.stop()
+
+
+def signal(seconds: float, freq: float, seed: int) -> np.ndarray:
+    """A recognisable test signal: a sine plus noise, 16-bit."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(8000 * seconds)) / 8000
+    x = 8000 * np.sin(2 * np.pi * freq * t) + rng.normal(0, 2000, len(t))
+    return np.clip(x, -32768, 32767).astype(np.int16)
+
+
+async def wait_for(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_bridge_pcma_pcmu_bit_exact_with_recording(engine: MediaEngine, phone_factory) -> None:
+    """Caller PCMA and handler PCMU audio cross the bridge transcoded exactly, and the
+    stereo recording holds exactly the decoded audio each side sent (after the jitter delay)."""
+    caller_phone, handler_phone = await phone_factory(), await phone_factory()
+    a, b = engine.allocate(), engine.allocate()
+    assert a.local_port % 2 == 0 and b.local_port % 2 == 0
+    a.configure(remote=caller_phone.addr, codec=Codec.PCMA, dtmf_pt=101)
+    b.configure(remote=handler_phone.addr, codec=Codec.PCMU, dtmf_pt=None)
+    rec = engine.create_recording("call-1")
+    rec.attach_caller(a)
+    rec.attach_handler(b)
+    engine.bridge(a, b)
+    await asyncio.sleep(0.1)  # transports up
+
+    x = signal(1.0, 440, 1)  # caller's voice (PCMA)
+    y = signal(1.0, 1000, 2)  # handler's voice (PCMU)
+    xa = g711.alaw_encode(x)
+    yu = g711.ulaw_encode(y)
+    for k in range(50):  # the whole second at once: order and timing come from RTP, not arrival
+        caller_phone.transport.sendto(rtp.build(8, 1000 + k, 5000 + 160 * k, 0xAAAA,
+                                                xa[160 * k:160 * k + 160], marker=k == 0),
+                                      ("127.0.0.1", a.local_port))
+        handler_phone.transport.sendto(rtp.build(0, 60000 + k, 2**32 - 800 + 160 * k, 0xBBBB,
+                                                 yu[160 * k:160 * k + 160]),  # seq & ts wrap
+                                       ("127.0.0.1", b.local_port))
+    await asyncio.sleep(1.5)
+    info = rec.seal()
+
+    # What each phone heard: the other side's audio, transcoded through 16-bit PCM.
+    heard_by_handler = b"".join(p.payload for p in handler_phone.packets if p.payload_type == 0)
+    heard_by_caller = b"".join(p.payload for p in caller_phone.packets if p.payload_type == 8)
+    assert heard_by_handler.find(g711.alaw_to_ulaw(xa)) >= 0
+    assert heard_by_caller.find(g711.ulaw_to_alaw(yu)) >= 0
+
+    # RTP continuity of what we sent to the handler phone.
+    pk = handler_phone.packets
+    assert all((q.sequence - p.sequence) & 0xFFFF == 1 for p, q in zip(pk, pk[1:]))
+    assert all((q.timestamp - p.timestamp) & 0xFFFFFFFF == 160 for p, q in zip(pk, pk[1:]))
+    assert [p.marker for p in pk].count(True) == 1 and pk[0].marker
+    assert len({p.ssrc for p in pk}) == 1
+
+    with wave.open(str(info.path)) as w:
+        assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (2, 8000, 2)
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    left, right = data[0::2], data[1::2]
+    for chan, sent in ((left, g711.alaw_decode(xa)), (right, g711.ulaw_decode(yu))):
+        start = int(np.flatnonzero(chan)[0])
+        assert start % 160 == 0  # whole silent frames of jitter delay before the audio
+        assert np.array_equal(chan[start:start + len(sent)], sent)
+        assert not chan[:start].any()
+    assert info.duration == pytest.approx(len(left) / 8000)
+    assert info.bytes == info.path.stat().st_size == 44 + 4 * len(left)
+    assert a.stats.packets_in == 50 and a.stats.lost == 0 and b.stats.lost == 0
+
+
+async def test_ports_return_to_pool_and_pool_exhausts(engine: MediaEngine) -> None:
+    """allocate() takes even ports until MediaError; close() gives them back."""
+    n = engine.free_ports
+    streams = [engine.allocate() for _ in range(n)]
+    assert len({s.local_port for s in streams}) == n
+    with pytest.raises(MediaError, match="RTP port pool exhausted"):
+        engine.allocate()
+    for s in streams:
+        s.close()
+    assert engine.free_ports == n
+    await asyncio.sleep(0.05)  # sockets finish closing on the next loop turns
+    again = engine.allocate()
+    assert again.local_port in {s.local_port for s in streams}
+    again.close()
+
+
+async def test_symmetric_rtp_latches_to_source(engine: MediaEngine, phone_factory) -> None:
+    """Packets go to the SDP address until RTP arrives, then to the packets' source."""
+    sdp_phone, real_phone = await phone_factory(), await phone_factory()
+    s = engine.allocate()
+    s.configure(remote=sdp_phone.addr, codec=Codec.PCMA, dtmf_pt=None)
+    s.play("tone")
+    await wait_for(lambda: len(sdp_phone.packets) >= 3)
+    real_phone.transport.sendto(rtp.build(8, 1, 0, 7, bytes(160)), ("127.0.0.1", s.local_port))
+    await wait_for(lambda: len(real_phone.packets) >= 3)
+    assert s.send_addr == real_phone.addr
+    before = len(sdp_phone.packets)
+    await asyncio.sleep(0.1)
+    assert len(sdp_phone.packets) == before
+    seqs = [p.sequence for p in sdp_phone.packets + real_phone.packets]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))  # one sequence space
+
+
+async def test_tone_silence_and_direction(engine: MediaEngine, phone_factory) -> None:
+    """'tone' sends the 400 Hz cadence, 'silence' sends A-law silence, recvonly sends nothing."""
+    phone = await phone_factory()
+    s = engine.allocate()
+    s.configure(remote=phone.addr, codec=Codec.PCMA, dtmf_pt=None)
+    s.play("tone")
+    await wait_for(lambda: len(phone.packets) >= 25)
+    pcm = g711.alaw_decode(b"".join(p.payload for p in phone.packets[:20]))
+    assert 2000 < np.abs(pcm).max() < 4500  # moderate level
+    spectrum = np.abs(np.fft.rfft(pcm[:3200]))
+    assert np.argmax(spectrum) * 8000 / 3200 == pytest.approx(400, abs=5)
+    s.play("silence")
+    n = len(phone.packets)
+    await wait_for(lambda: len(phone.packets) >= n + 5)
+    assert phone.packets[-1].payload == bytes([0xD5]) * 160
+    s.set_direction("recvonly")
+    await asyncio.sleep(0.06)
+    n = len(phone.packets)
+    await asyncio.sleep(0.1)
+    assert len(phone.packets) == n
+    s.set_direction("sendrecv")
+    await wait_for(lambda: len(phone.packets) >= n + 2)
+    assert phone.packets[n].marker  # talkspurt start after the pause
+    assert (phone.packets[n].timestamp - phone.packets[n - 1].timestamp) & 0xFFFFFFFF > 160
+
+
+async def test_wav_prompt_and_bad_prompts(engine: MediaEngine, phone_factory, tmp_path: Path) -> None:
+    """A WAV prompt is sent looped, exactly; wrong formats and missing files raise MediaError."""
+    phone = await phone_factory()
+    x = signal(0.1, 300, 3)  # 5 frames
+    p = tmp_path / "p.wav"
+    with wave.open(str(p), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(x.tobytes())
+    s = engine.allocate()
+    s.configure(remote=phone.addr, codec=Codec.PCMU, dtmf_pt=None)
+    s.play(str(p))
+    await wait_for(lambda: len(phone.packets) >= 12)
+    got = b"".join(q.payload for q in phone.packets[:10])
+    assert got == g711.ulaw_encode(np.concatenate([x, x]))
+    bad = tmp_path / "bad.wav"
+    with wave.open(str(bad), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(x.tobytes())
+    with pytest.raises(MediaError, match="must be 8 kHz mono 16-bit WAV, got 16000 Hz"):
+        s.play(str(bad))
+    with pytest.raises(MediaError, match="cannot read prompt"):
+        s.play(str(tmp_path / "missing.wav"))
+
+
+async def test_garbage_is_counted_not_raised(engine: MediaEngine, phone_factory) -> None:
+    """Malformed datagrams and unknown payload types are counted and dropped."""
+    phone = await phone_factory()
+    s = engine.allocate()
+    s.configure(remote=None, codec=Codec.PCMA, dtmf_pt=101)
+    await asyncio.sleep(0.05)
+    dst = ("127.0.0.1", s.local_port)
+    phone.transport.sendto(b"\x00" * 5, dst)
+    phone.transport.sendto(b"\x40" + bytes(20), dst)  # version 1
+    phone.transport.sendto(rtp.build(18, 1, 0, 1, bytes(20)), dst)  # G.729: not negotiated
+    phone.transport.sendto(rtp.build(101, 2, 0, 1, b"\x01"), dst)  # short telephone-event
+    await wait_for(lambda: s.stats.malformed + s.stats.unexpected_pt >= 4)
+    assert (s.stats.malformed, s.stats.unexpected_pt) == (3, 1)
+    assert s.send_addr == phone.addr  # the telephone-event packet was still valid RTP
+
+
+async def test_dtmf_send_and_receive_between_streams(engine: MediaEngine) -> None:
+    """A digit sent by one stream arrives once at the other's on_dtmf (RFC 4733 both ways)."""
+    got: list[tuple[int, str]] = []
+    engine.on_dtmf = lambda stream, d: got.append((stream.local_port, d))
+    a, b = engine.allocate(), engine.allocate()
+    a.configure(remote=("127.0.0.1", b.local_port), codec=Codec.PCMA, dtmf_pt=101)
+    b.configure(remote=("127.0.0.1", a.local_port), codec=Codec.PCMU, dtmf_pt=101)
+    await asyncio.sleep(0.1)
+    a.send_dtmf("5")
+    a.send_dtmf("#", duration_ms=100)
+    await wait_for(lambda: len(got) >= 2)
+    await asyncio.sleep(0.2)
+    assert got == [(b.local_port, "5"), (b.local_port, "#")]
+    with pytest.raises(ValueError, match="not a DTMF digit"):
+        a.send_dtmf("x")
+
+
+async def test_stop_seals_open_recordings(tmp_path: Path) -> None:
+    """MediaEngine.stop() closes streams and seals recordings still open."""
+    lo, hi = free_even_range(2)
+    eng = MediaEngine(bind="127.0.0.1", port_min=lo, port_max=hi, recordings_dir=tmp_path)
+    await eng.start()
+    rec = eng.create_recording("c9")
+    s = eng.allocate()
+    rec.attach_caller(s)
+    await asyncio.sleep(0.3)
+    await eng.stop()
+    assert rec.sealed is not None and rec.sealed.path == tmp_path / "c9.wav"
+    assert rec.sealed.duration >= 0.2 and s.closed
+    assert not list(tmp_path.glob("*.part"))
+    assert silence(160).sum() == 0
