@@ -1,0 +1,122 @@
+"""The console web application: pages, REST API, live WebSocket.
+
+``create_app`` is the only entry point; the service passes its :class:`DeskBackend`,
+the shared :class:`Database` and the ``web`` settings. Everything the pages load is
+served from ``console/static`` (no CDN, no build step) under a strict
+Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from config import WebSettings
+from store.db import Database
+
+from . import users
+from .api import ApiError, add_routes, session_of
+from .backend import DeskBackend, DeskError
+from .keys import BACKEND, DB, HISTORY, HUB, SETTINGS, THROTTLE, TICKETS, LoginThrottle
+from .live import History, Hub, live_ctx, websocket
+
+log = structlog.get_logger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+
+PAGES = {"desk": "handler", "wallboard": "supervisor", "auditor": "auditor", "admin": "admin"}
+"""Page name -> role it needs."""
+
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "media-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'")
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def errors(request: web.Request,
+                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                 ) -> web.StreamResponse:
+    """API refusals as ``{"error": ...}``; never a stack trace or a 500 for bad input."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return _json_error(e.status, e.message)
+    except DeskError as e:
+        return _json_error(e.status, e.message)
+    except web.HTTPException as e:
+        if request.path.startswith("/api/") and e.status >= 400:
+            return _json_error(e.status, e.reason)
+        raise
+    except Exception:
+        log.exception("console.unhandled", path=request.path, method=request.method)
+        if request.path.startswith("/api/"):
+            return _json_error(500, "internal error")
+        raise
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("Content-Security-Policy", _CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    if request.path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+
+
+def _page(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    role = PAGES.get(name)
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if role is not None:
+            s = await session_of(request)
+            if s is None:
+                raise web.HTTPFound(f"/login?next=/{name}")
+            if role not in s.user.roles:
+                raise web.HTTPFound("/")
+        return web.FileResponse(STATIC / f"{name}.html", headers={"Cache-Control": "no-store"})
+
+    return serve
+
+
+async def _home(request: web.Request) -> web.StreamResponse:
+    s = await session_of(request)
+    if s is None:
+        raise web.HTTPFound("/login")
+    for page, role in PAGES.items():
+        if role in s.user.roles:
+            raise web.HTTPFound(f"/{page}")
+    raise web.HTTPForbidden(text="no role")
+
+
+def create_app(*, backend: DeskBackend, db: Database, settings: WebSettings,
+               history_interval: float = 60.0, history_hours: float = 4.0) -> web.Application:
+    """The console application (pages, ``/api/*``, ``/api/ws``).
+
+    ``history_interval``: seconds between wallboard samples kept for the chart.
+    """
+    users.migrate(db)
+    app = web.Application(middlewares=[errors], client_max_size=256 * 1024)
+    app[BACKEND] = backend
+    app[DB] = db
+    app[SETTINGS] = settings
+    app[HUB] = Hub(backend)
+    app[HISTORY] = History(interval=history_interval, hours=history_hours)
+    app[TICKETS] = {}
+    app[THROTTLE] = LoginThrottle()
+    add_routes(app)
+    app.router.add_get("/api/ws", websocket)
+    app.router.add_get("/", _home)
+    app.router.add_get("/login", _page("login"))
+    for name in PAGES:
+        app.router.add_get(f"/{name}", _page(name))
+    app.router.add_static("/static/", STATIC, append_version=False)
+    app.on_response_prepare.append(_security_headers)
+    app.cleanup_ctx.append(live_ctx(history_interval))
+    return app

@@ -1,0 +1,58 @@
+"""Typed application keys shared by the console's modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from config import WebSettings
+from store.db import Database
+
+from .backend import DeskBackend
+
+if TYPE_CHECKING:
+    from .live import History, Hub
+
+
+@dataclass
+class Ticket:
+    """Permission to stream one recording, granted after a logged justification."""
+
+    username: str
+    call_id: str
+    expires_at: float
+    export: bool
+
+
+@dataclass
+class LoginThrottle:
+    """Recent failed logins per user name (a brute-force brake, in memory)."""
+
+    window: float = 300.0
+    limit: int = 5
+    failures: dict[str, list[float]] = field(default_factory=dict)
+
+    def blocked(self, username: str, now: float) -> bool:
+        recent = [t for t in self.failures.get(username, []) if now - t < self.window]
+        self.failures[username] = recent
+        return len(recent) >= self.limit
+
+    def failed(self, username: str, now: float) -> None:
+        self.failures.setdefault(username, []).append(now)
+        # Bound memory under a spray of random names.
+        if len(self.failures) > 10_000:
+            self.failures.clear()
+
+    def succeeded(self, username: str) -> None:
+        self.failures.pop(username, None)
+
+
+BACKEND: web.AppKey[DeskBackend] = web.AppKey("backend", DeskBackend)
+DB: web.AppKey[Database] = web.AppKey("db", Database)
+SETTINGS: web.AppKey[WebSettings] = web.AppKey("settings", WebSettings)
+HUB: web.AppKey[Hub] = web.AppKey("hub")
+HISTORY: web.AppKey[History] = web.AppKey("history")
+TICKETS: web.AppKey[dict[str, Ticket]] = web.AppKey("tickets", dict)
+THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("throttle", LoginThrottle)

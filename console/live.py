@@ -1,0 +1,248 @@
+"""Live push to the pages: one backend subscription fanned out to every WebSocket.
+
+Theory of operation: :class:`Hub` holds the single ``backend.subscribe()`` iterator
+(started in ``app.cleanup_ctx``) and copies each item into every connected client's
+bounded queue. A client that cannot keep up (queue full: a frozen browser tab) is not
+allowed to slow the others or grow memory: its queue is emptied and it is closed with
+1013 "try again later"; the page reconnects and fetches its full state again, so
+nothing is lost from the operator's point of view.
+
+Each connection filters and shapes items for its role: a handler sees only their own
+calls (and a fresh ``desk.view`` whenever the call or their state changes, which is what
+draws the screen-pop); a supervisor sees snapshots and lifecycle events but never
+transcript text or grading notes.
+
+:class:`History` samples the wallboard at a fixed interval for the supervisor's chart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from .api import ApiError, session_of
+from .backend import DeskBackend, DeskError
+from .keys import BACKEND, HISTORY, HUB
+
+log = structlog.get_logger(__name__)
+
+CLIENT_QUEUE = 2000
+"""Items buffered per WebSocket before it is treated as stuck and closed."""
+
+# Events after which the handler's desk view is re-sent (the call card changed).
+_VIEW_EVENTS = frozenset({
+    "call.offered", "call.offer_failed", "call.answered", "call.transferred",
+    "call.abandoned", "call.flagged", "call.ended", "call.incident", "call.recording"})
+# Events whose content a supervisor's live feed must not carry.
+_CONTENT_EVENTS = frozenset({"call.transcript_segment", "call.transcript", "call.wrapup"})
+
+
+class Client:
+    """One WebSocket's bounded inbox."""
+
+    def __init__(self, maxsize: int = CLIENT_QUEUE) -> None:
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize)
+        self.overflowed = False
+
+    def put(self, item: dict[str, Any]) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+class Hub:
+    """Fans the backend's live stream out to the connected pages."""
+
+    def __init__(self, backend: DeskBackend) -> None:
+        self.backend = backend
+        self.clients: set[Client] = set()
+        self.ready = asyncio.Event()
+        """Set once the backend subscription is open (tests wait on it)."""
+
+    def register(self) -> Client:
+        c = Client()
+        self.clients.add(c)
+        return c
+
+    def unregister(self, c: Client) -> None:
+        self.clients.discard(c)
+
+    async def run(self) -> None:
+        """Consume the backend stream until cancelled; resubscribe if it ends or fails."""
+        while True:
+            stream = self.backend.subscribe()
+            nxt: asyncio.Future[dict[str, Any]] | None = None
+            try:
+                # The first __anext__ is what registers a generator's subscription, so
+                # mark ready only once it is pending.
+                nxt = asyncio.ensure_future(anext(stream))
+                await asyncio.sleep(0)
+                self.ready.set()
+                while True:
+                    try:
+                        item = await nxt
+                    except StopAsyncIteration:
+                        break
+                    for c in list(self.clients):
+                        c.put(item)
+                    nxt = asyncio.ensure_future(anext(stream))
+            except asyncio.CancelledError:
+                if nxt is not None:
+                    nxt.cancel()
+                raise
+            except Exception:
+                log.exception("console.live_stream_failed")
+            finally:
+                self.ready.clear()
+                with contextlib.suppress(Exception):
+                    await stream.aclose()  # type: ignore[attr-defined]
+            await asyncio.sleep(1.0)
+
+
+class History:
+    """Fixed-interval wallboard samples (waiting, longest wait, SL, abandon rate per line)."""
+
+    def __init__(self, *, interval: float = 60.0, hours: float = 4.0) -> None:
+        self.interval = interval
+        self._samples: deque[dict[str, Any]] = deque(maxlen=int(hours * 3600 / interval) + 1)
+
+    def add(self, snapshot: dict[str, Any]) -> None:
+        self._samples.append({"at": snapshot.get("at"), "lines": {
+            ln["name"]: {"waiting": len(ln.get("waiting", [])),
+                         "longest_wait": ln.get("longest_wait", 0.0),
+                         "sl": ln.get("sl_today"), "abandon_rate": ln.get("abandon_rate")}
+            for ln in snapshot.get("lines", [])}})
+
+    def samples(self) -> dict[str, Any]:
+        return {"interval": self.interval, "samples": list(self._samples)}
+
+
+def live_ctx(history_interval: float) -> Any:
+    """The cleanup_ctx that runs the hub and the history sampler."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        hub = app[HUB]
+        backend, history = app[BACKEND], app[HISTORY]
+
+        async def sample() -> None:
+            while True:
+                try:
+                    history.add(await backend.snapshot())
+                except Exception:
+                    log.exception("console.history_sample_failed")
+                await asyncio.sleep(history_interval)
+
+        tasks = [asyncio.create_task(hub.run(), name="console-hub"),
+                 asyncio.create_task(sample(), name="console-history")]
+        yield
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    return ctx
+
+
+def _queue_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "queue.summary", "at": snapshot.get("at"), "lines": [
+        {"name": ln["name"], "waiting": len(ln.get("waiting", [])),
+         "longest_wait": ln.get("longest_wait", 0.0)} for ln in snapshot.get("lines", [])]}
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """``GET /api/ws``: live desk view (handler) or wallboard (supervisor)."""
+    session = await session_of(request)
+    if session is None:
+        raise ApiError(401, "not logged in")
+    roles = session.user.roles
+    if not roles & {"handler", "supervisor"}:
+        raise ApiError(403, "needs role handler or supervisor")
+    # Cross-site WebSocket hijacking: browsers always send Origin on a WebSocket.
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.split("://", 1)[-1] != request.host:
+        raise ApiError(403, "cross-origin WebSocket refused")
+    hub, backend = request.app[HUB], request.app[BACKEND]
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+    await ws.prepare(request)
+    client = hub.register()   # before the first fetch, so no change falls in between
+    hid = session.user.handler_id if "handler" in roles else None
+    supervisor = "supervisor" in roles
+    mine: set[str] = set()
+
+    async def view() -> dict[str, Any] | None:
+        assert hid is not None
+        try:
+            v = await backend.handler_view(hid)
+        except DeskError as e:
+            return {"type": "desk.error", "error": e.message}
+        for slot in ("offer", "call", "wrapup"):
+            if v.get(slot):
+                mine.add(v[slot]["call_id"])
+        return {"type": "desk.view", "view": v}
+
+    async def shape(item: dict[str, Any]) -> list[dict[str, Any] | None]:
+        t = item.get("type", "")
+        out: list[dict[str, Any] | None] = []
+        if t == "wallboard.snapshot":
+            if supervisor:
+                out.append(item)
+            if hid is not None:
+                out.append(_queue_summary(item.get("snapshot", {})))
+        elif t == "handler.state":
+            if supervisor:
+                out.append(item)
+            if hid is not None and item.get("handler_id") == hid:
+                out += [item, await view()]
+        elif t.startswith("call."):
+            cid = item.get("call_id", "")
+            if hid is not None and hid in (item.get("handler_id"), item.get("to_handler"),
+                                           item.get("from_handler")):
+                mine.add(cid)
+            if hid is not None and cid in mine:
+                out.append(item)
+                if t in _VIEW_EVENTS:
+                    out.append(await view())
+            elif supervisor and t not in _CONTENT_EVENTS:
+                out.append(item)
+        return out
+
+    async def writer() -> None:
+        if hid is not None:
+            await ws.send_json(await view())
+        if supervisor:
+            await ws.send_json({"type": "wallboard.snapshot", "snapshot": await backend.snapshot()})
+        while (item := await client.queue.get()) is not None:
+            for msg in await shape(item):
+                if msg is not None:
+                    await ws.send_json(msg)
+        await ws.close(code=1013, message=b"too slow; reconnect")
+
+    task = asyncio.create_task(writer())
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                break
+            # Pages only listen; anything they send is ignored.
+            if task.done():
+                break
+    finally:
+        hub.unregister(client)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+            await task
+        if task.done() and not task.cancelled() and task.exception():
+            log.warning("console.ws_writer_failed", error=repr(task.exception()))
+    return ws

@@ -1,0 +1,74 @@
+"""The live WebSocket: screen-pop for the right handler only, wallboard for supervisors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import ClientWebSocketResponse
+
+from console.fake import FakeBackend
+from console.keys import HUB
+from console.live import Client
+
+from .conftest import Api
+
+
+async def _until(ws: ClientWebSocketResponse, pred: Any, limit: float = 5.0) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(limit):
+        while True:
+            msg = await ws.receive_json()
+            seen.append(msg)
+            if pred(msg):
+                return seen
+
+
+async def test_screen_pop_reaches_only_the_offered_handler(api: Api, backend: FakeBackend) -> None:
+    """call.offered for h1 pushes a desk.view with the caller to h1; h1 never sees h2's call."""
+    api.as_role("handler")
+    ws = await api.client.ws_connect("/api/ws")
+    first = await ws.receive_json(timeout=5)
+    assert first["type"] == "desk.view" and first["view"]["handler_id"] == "h1"
+    await api.client.app[HUB].ready.wait()
+    other = backend.arrive("101", "+440000")
+    backend.offer(other, "h2")
+    backend.say(other, "caller", "secret words for h2")
+    cid = backend.arrive("999", "+447700900999", display_name="J BLOGGS")
+    backend.offer(cid, "h1")
+    seen = await _until(ws, lambda m: m["type"] == "desk.view" and m["view"]["offer"])
+    assert seen[-1]["view"]["offer"]["caller"] == "+447700900999"
+    assert seen[-1]["view"]["offer"]["line"] == "999"
+    assert all(m.get("call_id") != other for m in seen)
+    backend.say(cid, "caller", "he has a knife")
+    seen = await _until(ws, lambda m: m["type"] == "call.transcript_segment")
+    assert seen[-1]["text"] == "he has a knife" and seen[-1]["channel"] == "caller"
+    backend.link_incident(cid, "INC-42", "1")
+    seen = await _until(ws, lambda m: m["type"] == "call.incident")
+    assert seen[-1]["incident_number"] == "INC-42"
+    await ws.close()
+
+
+async def test_supervisor_feed_has_no_transcript_text(api: Api, backend: FakeBackend) -> None:
+    """Supervisors get snapshots and lifecycle events but no transcript segments."""
+    api.as_role("supervisor")
+    ws = await api.client.ws_connect("/api/ws")
+    assert (await ws.receive_json(timeout=5))["type"] == "wallboard.snapshot"
+    await api.client.app[HUB].ready.wait()
+    cid = backend.arrive("999", "+447700900999")
+    backend.offer(cid, "h1")
+    backend.say(cid, "caller", "private words")
+    backend.flag(cid, "silent")
+    seen = await _until(ws, lambda m: m["type"] == "call.flagged")
+    types = [m["type"] for m in seen]
+    assert "call.transcript_segment" not in types
+    assert {"call.arrived", "call.queued", "wallboard.snapshot", "call.offered"} <= set(types)
+    await ws.close()
+
+
+def test_slow_client_is_cut_off_not_buffered() -> None:
+    """A full client queue is emptied and ends with the close sentinel (no unbounded growth)."""
+    c = Client(maxsize=3)
+    for i in range(10):
+        c.put({"type": "x", "i": i})
+    assert c.overflowed and c.queue.qsize() == 1 and c.queue.get_nowait() is None
