@@ -1,0 +1,361 @@
+"""The CAD publisher: drains the outbox to the MQTT broker, and hears incident links back.
+
+Theory of operation:
+
+- The service never talks to the broker. It appends each CAD message to the outbox in the
+  same SQLite transaction as the call's state change (:func:`append_event`) and calls
+  :meth:`CadPublisher.notify`, which only sets an event. A slow or dead broker therefore
+  cannot delay call handling; the outbox grows on disk instead.
+- :meth:`CadPublisher.run` is one task that loops: connect (MQTT 5, falling back to
+  3.1.1 if the broker refuses the protocol), then read pending rows in commit order a
+  batch at a time (on a separate read-only connection, in a worker thread, so only
+  committed rows are sent and the event loop never waits for the disk), publish the
+  batch pipelined at QoS 1 and mark rows delivered only once the broker's PUBACK has
+  arrived. Publishes are issued in outbox order on one connection, and MQTT keeps a
+  connection's order, so each call's messages arrive in seq order.
+- On any broker error the connection is dropped and re-made with exponential back-off
+  (capped at ``settings.reconnect_max``); everything not acknowledged is still pending and
+  is sent again first. Only a prefix of a batch that was fully acknowledged is marked, so
+  a resend never jumps a call's order. Duplicates can happen only for messages that were
+  in flight when the connection or the process died; consumers dedupe on ``event_id``
+  (or ``(call_id, seq)``).
+- The queue summary and node status are retained snapshots, not outbox rows: only the
+  latest summary matters, so it is kept in memory and re-published on every connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from config.loader import secret
+from config.schema import MqttSettings
+from controlroom.events import DomainEvent
+from store import outbox
+from store.db import Database
+
+from . import inbound, messages, schema
+
+log = structlog.get_logger("cad.publisher")
+
+_UNSUPPORTED_PROTOCOL = {1, 132}
+"""CONNACK codes for 'unacceptable protocol version' (3.1.1: 1, MQTT 5: 0x84)."""
+
+
+def append_event(conn: sqlite3.Connection, event: DomainEvent, *, node: str, line: str,
+                 incident_number: str | None = None, validate: bool = True) -> int:
+    """Append the CAD message for ``event`` to the outbox; returns its per-call seq.
+
+    Call inside the ``db.transaction()`` that records the state change, then
+    :meth:`CadPublisher.notify`. ``line`` is the call's line (a topic level) even for
+    events that do not carry one. With ``validate`` the message is checked against the
+    schema first; a failure is a bug here and raises :class:`cad.schema.SchemaError`,
+    rolling back the caller's transaction rather than sending a bad message.
+    """
+    def build(seq: int) -> dict[str, Any]:
+        msg = messages.to_message(event, seq=seq, node=node, incident_number=incident_number)
+        if validate:
+            schema.validate(msg)
+        return msg
+
+    return outbox.append(conn, call_id=event.call_id, line=line, type=event.type,
+                         payload_fn=build, event_id=event.event_id)
+
+
+class CadPublisher:
+    """Publishes the outbox to the CAD broker; see the module docstring.
+
+    Use as ``async with CadPublisher(settings, db) as pub:`` (starts :meth:`run` as a
+    task, stops it on exit) or run :meth:`run` yourself and cancel it.
+    """
+
+    def __init__(self, settings: MqttSettings, db: Database, *,
+                 on_incident: inbound.OnIncident | None = None,
+                 password: str | None = None, batch_size: int = 500,
+                 max_inflight: int = 20, poll_interval: float = 1.0,
+                 initial_backoff: float = 0.2, publish_timeout: float = 10.0,
+                 session_expiry: int = 3600) -> None:
+        """
+        :param on_incident: called for each valid incident link from the CAD; when
+            given, the publisher subscribes to ``<prefix>/<node>/cad/incidents`` with a
+            persistent session so links sent while we were disconnected are kept by
+            the broker.
+        :param password: the resolved password; default resolves ``settings.password``
+            (``env:``/``file:``) here.
+        :param batch_size: outbox rows read and pipelined per round trip.
+        :param max_inflight: QoS 1 publishes awaiting PUBACK at once (MQTT 5 brokers
+            advertise a Receive Maximum, Mosquitto's is 20, that paho does not honour).
+        :param poll_interval: how often to look at the outbox without a :meth:`notify`
+            (rows appended by another process).
+        """
+        self.settings = settings
+        self.db = db
+        self.on_incident = on_incident
+        self._password = (password if password is not None
+                          else secret(settings.password, key="mqtt.password"))
+        self.batch_size = batch_size
+        self.max_inflight = max_inflight
+        self.poll_interval = poll_interval
+        self.initial_backoff = initial_backoff
+        self.publish_timeout = publish_timeout
+        self.session_expiry = session_expiry
+        self.qos = settings.qos
+        self.client_id = settings.client_id or f"controlroom-{settings.node}"
+        self.protocol = aiomqtt.ProtocolVersion.V5
+        self.connected = False
+        self.delivered = 0
+        """Rows acknowledged by the broker since start."""
+        self.connects = 0
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._summary: dict[str, Any] | None = None
+        self._summary_dirty = False
+        self._task: asyncio.Task[None] | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._tls_context: ssl.SSLContext | None = None
+        if settings.tls:
+            # Built once here so a bad CA file fails at start-up, not at each connect.
+            self._tls_context = ssl.create_default_context(cafile=settings.ca_file or None)
+        db.migrate(outbox.COMPONENT, outbox.MIGRATIONS)
+
+    # -- API for the service ---------------------------------------------------
+    def notify(self) -> None:
+        """Wake the publisher after an outbox append. Never blocks; any thread."""
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None:
+            return  # not running: the rows wait in the outbox
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    def publish_summary(self, lines: Mapping[str, Mapping[str, Any]]) -> None:
+        """Publish (retained) the per-line queue summary; only the latest is kept.
+
+        ``lines`` maps line name to ``{"waiting": int, "longest_wait": s, ...}``; only
+        the counts in :data:`cad.messages.SUMMARY_FIELDS` are sent (no personal data).
+        """
+        self._summary = messages.queue_summary(lines, node=self.settings.node, now=time.time())
+        self._summary_dirty = True
+        self.notify()
+
+    def depth(self) -> int:
+        """Outbox rows not yet acknowledged by the broker."""
+        return outbox.depth(self.db)
+
+    # -- lifecycle -------------------------------------------------------------
+    async def __aenter__(self) -> CadPublisher:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def start(self) -> asyncio.Task[None]:
+        """Start :meth:`run` as a task."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run(), name="cad-publisher")
+        return self._task
+
+    async def stop(self) -> None:
+        """Cancel the task and wait for it (unacknowledged rows stay pending)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def run(self) -> None:
+        """Connect, drain, reconnect with back-off: until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if not self.settings.enabled:
+            log.info("cad.publisher.disabled")
+            return
+        if self.qos == 0:
+            log.warning("cad.publisher.qos0", note="QoS 0 has no PUBACK: delivery is not guaranteed")
+        self._open_reader()
+        backoff = self.initial_backoff
+        try:
+            while True:
+                try:
+                    await self._session()
+                except MqttConnectError as exc:
+                    if (getattr(exc.rc, "value", exc.rc) in _UNSUPPORTED_PROTOCOL
+                            and self.protocol == aiomqtt.ProtocolVersion.V5):
+                        log.warning("cad.publisher.mqtt5_refused", fallback="3.1.1")
+                        self.protocol = aiomqtt.ProtocolVersion.V311
+                        continue
+                    log.warning("cad.publisher.connect_failed", error=str(exc),
+                                retry_in=round(backoff, 2))
+                except aiomqtt.MqttError as exc:
+                    if self.connected:
+                        backoff = self.initial_backoff
+                    log.warning("cad.publisher.disconnected", error=str(exc),
+                                retry_in=round(backoff, 2))
+                except Exception:  # noqa: BLE001 - the publisher must outlive any bug
+                    log.exception("cad.publisher.failed", retry_in=round(backoff, 2))
+                finally:
+                    self.connected = False
+                # Jitter so a room of nodes does not reconnect in lock-step.
+                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, self.settings.reconnect_max)
+        finally:
+            self._close_reader()
+
+    # -- connection ------------------------------------------------------------
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        status = messages.node_status(node=s.node, online=False, now=time.time())
+        will = aiomqtt.Will(messages.status_topic(s.topic_prefix, s.node),
+                            json.dumps(status), qos=1, retain=True)
+        v5 = self.protocol == aiomqtt.ProtocolVersion.V5
+        persistent = self.on_incident is not None
+        kwargs: dict[str, Any] = {}
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            if persistent:
+                props.SessionExpiryInterval = self.session_expiry
+            kwargs["properties"] = props
+            kwargs["clean_start"] = (paho.MQTT_CLEAN_START_FIRST_ONLY if not persistent
+                                     else False)
+        else:
+            kwargs["clean_session"] = not persistent
+        client = aiomqtt.Client(
+            s.host, s.port, username=s.username or None,
+            password=self._password if s.username else None,
+            identifier=self.client_id, protocol=self.protocol, will=will,
+            keepalive=s.keepalive, timeout=self.publish_timeout,
+            max_inflight_messages=self.max_inflight, tls_context=self._tls_context, **kwargs)
+        # aiomqtt warns per publish above 10 pending calls; we pipeline on purpose.
+        client.pending_calls_threshold = self.batch_size * 2 + 10
+        return client
+
+    async def _session(self) -> None:
+        s = self.settings
+        async with self._client() as client:
+            self.connected = True
+            self.connects += 1
+            log.info("cad.publisher.connected", host=s.host, port=s.port,
+                     protocol="5" if self.protocol == aiomqtt.ProtocolVersion.V5 else "3.1.1",
+                     pending=await asyncio.to_thread(self._depth))
+            online = messages.node_status(node=s.node, online=True, now=time.time())
+            await client.publish(messages.status_topic(s.topic_prefix, s.node),
+                                 json.dumps(online), qos=1, retain=True)
+            if self.on_incident is not None:
+                await client.subscribe(messages.incidents_topic(s.topic_prefix, s.node), qos=1)
+            self._summary_dirty = self._summary is not None
+            tasks = [asyncio.create_task(self._receive(client), name="cad-receive"),
+                     asyncio.create_task(self._drain(client), name="cad-drain")]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for t in done:
+                t.result()  # re-raise the MqttError that ended the session
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        """Incoming messages; also how a dropped connection is noticed at once."""
+        incidents = messages.incidents_topic(self.settings.topic_prefix, self.settings.node)
+        async for message in client.messages:
+            if self.on_incident is None or not message.topic.matches(incidents):
+                continue
+            payload = message.payload
+            if not isinstance(payload, (bytes, bytearray, str)):
+                payload = b"" if payload is None else str(payload).encode()
+            await inbound.handle(payload, self.on_incident, topic=str(message.topic))
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        assert self._wake is not None
+        s = self.settings
+        summary_topic = messages.summary_topic(s.topic_prefix, s.node)
+        while True:
+            self._wake.clear()
+            if self._summary_dirty and self._summary is not None:
+                self._summary_dirty = False
+                await client.publish(summary_topic, json.dumps(self._summary), qos=1,
+                                     retain=True)
+            rows = await asyncio.to_thread(self._pending)
+            if rows:
+                await self._publish_batch(client, rows)
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+
+    async def _publish_batch(self, client: aiomqtt.Client, rows: list[outbox.OutboxRow]) -> None:
+        s = self.settings
+        # Tasks start in creation order and each hands its message to paho before its
+        # first await, so the wire order is the outbox order.
+        tasks = [asyncio.create_task(client.publish(
+                    messages.call_topic(s.topic_prefix, s.node, r.line, r.call_id),
+                    r.payload.encode(), qos=self.qos))
+                 for r in rows]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # Mark only the fully acknowledged prefix; the rest is sent again, in order.
+            acked = 0
+            for t in tasks:
+                if not t.done() or t.cancelled() or t.exception() is not None:
+                    break
+                acked += 1
+            for t in tasks:
+                t.cancel()
+            if acked:
+                self._mark([r.id for r in rows[:acked]])
+            raise
+        await asyncio.to_thread(self._mark, [r.id for r in rows])
+
+    # -- outbox access (worker threads) ---------------------------------------
+    def _open_reader(self) -> None:
+        # A separate connection sees only committed rows; an in-memory db has no second
+        # connection, so it is read through the writer (tests only).
+        if self.db.path != ":memory:" and self._reader is None:
+            self._reader = self.db.connect_reader()
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            with self._reader_lock:
+                self._reader.close()
+            self._reader = None
+
+    def _pending(self) -> list[outbox.OutboxRow]:
+        if self._reader is None:
+            return outbox.pending(self.db, self.batch_size)
+        with self._reader_lock:
+            return outbox.pending(self._reader, self.batch_size)
+
+    def _depth(self) -> int:
+        if self._reader is None:
+            return outbox.depth(self.db)
+        with self._reader_lock:
+            return outbox.depth(self._reader)
+
+    def _mark(self, ids: list[int]) -> None:
+        outbox.mark_delivered(self.db, ids)
+        self.delivered += len(ids)
