@@ -1,0 +1,119 @@
+"""Stereo WAV recordings: layout, duration, hash, crash safety and recovery."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from telephony.media.errors import MediaError
+from telephony.media.recording import Recording, recover, wav_header
+
+
+def read_wav(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    with wave.open(str(path)) as w:
+        fmt = (w.getnchannels(), w.getframerate(), w.getsampwidth())
+        return fmt, np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+
+
+def test_stereo_layout_duration_and_hash(tmp_path: Path) -> None:
+    """Caller is the left channel, handler the right; duration = ticks x 20 ms; sha256 of the file."""
+    rec = Recording("c1", tmp_path, flush_every=7)
+    assert rec.part_path.exists() and not rec.path.exists()
+    for k in range(123):
+        rec.write_frame(np.full(160, k, np.int16), np.full(160, -k, np.int16))
+    info = rec.seal()
+    assert info.path == tmp_path / "c1.wav" and not rec.part_path.exists()
+    assert info.duration == pytest.approx(123 * 0.02)
+    assert info.bytes == 44 + 123 * 160 * 4 == info.path.stat().st_size
+    assert info.sha256 == hashlib.sha256(info.path.read_bytes()).hexdigest()
+    assert not info.recovered
+    fmt, data = read_wav(info.path)
+    assert fmt == (2, 8000, 2)
+    assert np.array_equal(data[0::2], np.repeat(np.arange(123), 160))
+    assert np.array_equal(data[1::2], -np.repeat(np.arange(123), 160))
+    assert rec.seal() is info  # idempotent
+
+
+def test_header_is_kept_valid_at_each_flush(tmp_path: Path) -> None:
+    """Between flushes the .part file is a valid WAV holding every flushed frame."""
+    rec = Recording("c2", tmp_path, flush_every=50)
+    for k in range(120):
+        rec.write_frame(np.full(160, 1, np.int16), np.zeros(160, np.int16))
+    fmt, data = read_wav(rec.part_path)  # 100 frames flushed, 20 still buffered
+    assert fmt == (2, 8000, 2) and len(data) == 2 * 100 * 160
+    rec.seal()
+
+
+def test_bad_call_ids_and_existing_files(tmp_path: Path) -> None:
+    """Call ids that are not safe file names, or already recorded, raise MediaError."""
+    for bad in ("", "../x", "a/b", ".hidden", "x\x00y"):
+        with pytest.raises(MediaError, match="call id not usable as a file name"):
+            Recording(bad, tmp_path)
+    Recording("dup", tmp_path)
+    with pytest.raises(MediaError, match="recording for call dup already exists"):
+        Recording("dup", tmp_path)
+
+
+def test_recover_truncates_to_whole_frames(tmp_path: Path) -> None:
+    """A .part with a stale header and a torn last frame is sealed with fixed sizes."""
+    part = tmp_path / "c3.wav.part"
+    samples = np.arange(1000, dtype="<i2")  # 500 stereo frames
+    part.write_bytes(wav_header(0) + samples.tobytes() + b"\x01\x02\x03")  # torn tail
+    (tmp_path / "ignored.wav").write_bytes(wav_header(0))
+    [info] = recover(tmp_path)
+    assert info.recovered and info.call_id == "c3" and info.path == tmp_path / "c3.wav"
+    assert info.duration == pytest.approx(500 / 8000) and info.bytes == 44 + 2000
+    fmt, data = read_wav(info.path)
+    assert np.array_equal(data, samples)
+    assert info.sha256 == hashlib.sha256(info.path.read_bytes()).hexdigest()
+    assert recover(tmp_path) == []
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import numpy as np
+    from telephony.media.recording import Recording
+    rec = Recording("crash", Path(sys.argv[1]), flush_every=50)
+    k = 0
+    while True:
+        rec.write_frame(np.full(160, k % 30000, np.int16), np.full(160, -(k % 30000), np.int16))
+        k += 1
+        if k == 130:
+            print("ready", flush=True)
+        if k > 130:
+            time.sleep(0.01)
+""")
+
+
+def test_kill_9_then_recover(tmp_path: Path) -> None:
+    """A writer killed with SIGKILL leaves a file that recovers to every flushed second, exactly."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "ready"
+        time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    [info] = recover(tmp_path)
+    assert info.recovered and info.path.name == "crash.wav"
+    fmt, data = read_wav(info.path)
+    frames = len(data) // 2 // 160
+    assert fmt == (2, 8000, 2) and len(data) % 320 == 0
+    assert frames >= 100 and frames % 50 == 0  # whole flushed seconds (flush every 50 ticks)
+    assert np.array_equal(data[0::2], np.repeat(np.arange(frames), 160))
+    assert np.array_equal(data[1::2], -np.repeat(np.arange(frames), 160))
