@@ -1,0 +1,715 @@
+"""The routing core: queue, offers, handlers, wrap-up, transfers, call-backs, statistics.
+
+Theory of operation: :class:`Router` is a sans-I/O state machine (STYLE.md §1). Every
+method takes ``now`` (epoch seconds from the caller) and returns the list of actions the
+service must apply, in order (``routing.actions``). Nothing here sleeps, reads a clock or
+does I/O. Timers (ring-no-answer, wrap-up end) are due at :meth:`Router.next_deadline`;
+the service calls :meth:`Router.tick` then.
+
+Decisions: after every event the router runs :meth:`_dispatch`, which repeatedly takes
+the single most urgent waiting call that some available handler can take (class first,
+then ageing, then arrival; see ``routing.queue``) and offers it to the handler the policy
+prefers for that call's skill. It stops when no waiting call has an available handler
+with its skill. Hence: a call of a less urgent class is never offered while a more urgent
+one waits for a handler who could take it, and every call is offered to at most one
+handler at a time (a handler holds at most one offer or call: ``Handler.call_id``).
+
+Failure semantics: an offer that fails (ring-no-answer timeout, rejected, busy,
+unreachable) puts the call back in its OLD place (same ``seq``) and offers it again at
+once if someone else can take it. A stale ``offer_failed`` (the router already cancelled
+that offer) is ignored and returns ``[]``; a stale ``offer_answered`` raises
+:class:`RoutingError` so the service hangs up the handler's leg.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict, deque
+from typing import Any
+
+from .actions import (
+    Abandoned,
+    Action,
+    Callback,
+    CancelOffer,
+    Completed,
+    Connected,
+    HandlerChanged,
+    Offer,
+    Queued,
+    QueueLogEntry,
+    Reject,
+)
+from .errors import RoutingError
+from .model import (
+    DEFAULT_AGEING_CAP,
+    TERMINAL,
+    Call,
+    CallState,
+    Handler,
+    HandlerState,
+    LineSpec,
+    call_move,
+    handler_move,
+)
+from .policy import AvailablePool, make_policy
+from .queue import CallQueue, effective, order_key
+from .stats import (
+    LineRecords,
+    record_abandon,
+    record_answer,
+    record_enter,
+    record_reject,
+)
+from .views import RouterViews
+
+HS = HandlerState
+CS = CallState
+STAFFED = frozenset({HS.AVAILABLE, HS.OFFERED, HS.ON_CALL, HS.WRAP_UP})
+"""States in which a handler counts as staffing their skills (estimated wait)."""
+OFFER_FAIL_REASONS = ("no-answer", "rejected", "busy", "unreachable", "error")
+_ENDED_MEMORY = 100_000
+"""Terminal call ids remembered to refuse a reused id with a clear error."""
+
+
+class Router(RouterViews):
+    """Priority ACD for the control room. See the module docstring and routing_api.md."""
+
+    def __init__(self, *, lines: list[LineSpec], offer_timeout: float = 15.0,
+                 strategy: str = "longest-idle", rona_not_ready: bool = True,
+                 ageing_cap: float = DEFAULT_AGEING_CAP, default_handle_time: float = 180.0,
+                 handle_time_samples: int = 20, stats_retention: float = 7 * 86400.0) -> None:
+        if not lines:
+            raise RoutingError("at least one line is required")
+        self.lines: dict[str, LineSpec] = {}
+        for line in lines:
+            line.validate()
+            if line.name in self.lines:
+                raise RoutingError(f"duplicate line {line.name!r}")
+            self.lines[line.name] = line
+        if not 0.0 <= ageing_cap < 1.0:
+            raise RoutingError(f"ageing_cap must be in [0, 1), got {ageing_cap}")
+        if offer_timeout <= 0:
+            raise RoutingError(f"offer_timeout must be positive, got {offer_timeout}")
+        self.offer_timeout = offer_timeout
+        self.rona_not_ready = rona_not_ready
+        self.ageing_cap = ageing_cap
+        self.default_handle_time = default_handle_time
+        self.stats_retention = stats_retention
+        self.policy = make_policy(strategy)
+        self.calls: dict[str, Call] = {}
+        """Live calls (queued, offered, connected)."""
+        self.handlers: dict[str, Handler] = {}
+        self.queue = CallQueue(self.lines, ageing_cap)
+        self.pool = AvailablePool(self.policy, self.handlers)
+        self._direct: dict[str, list[Call]] = {}
+        """Directed transfers waiting for a named handler, by handler, in (class, seq) order."""
+        self._seq = 0
+        self._head_seq = 0
+        self._timers: list[tuple[float, int, str, str, str]] = []
+        self._timer_seq = 0
+        self._ended: OrderedDict[str, CallState] = OrderedDict()
+        self._records = {n: LineRecords(n, s.answer_threshold) for n, s in self.lines.items()}
+        self._handle_times = {n: deque[float](maxlen=handle_time_samples) for n in self.lines}
+        self._logged_in: dict[str, int] = {}
+        self._staffed: dict[str, int] = {}
+        self._callbacks: dict[str, Callback] = {}
+        self._cb_seq = 0
+        self._now = 0.0
+
+    @classmethod
+    def from_settings(cls, lines: list[Any], routing: Any, **kw: Any) -> Router:
+        """From ``config.Settings.lines`` and ``config.Settings.routing``."""
+        return cls(lines=[LineSpec.from_settings(x) for x in lines],
+                   offer_timeout=routing.offer_timeout, strategy=routing.strategy,
+                   rona_not_ready=routing.rona_not_ready, **kw)
+
+    # ------------------------------------------------------------------ helpers
+    def _clock(self, now: float) -> float:
+        if not isinstance(now, (int, float)) or not math.isfinite(now):
+            raise RoutingError(f"now must be a finite number, got {now!r}")
+        self._now = float(now)
+        return self._now
+
+    def _line(self, name: str) -> LineSpec:
+        try:
+            return self.lines[name]
+        except (KeyError, TypeError):
+            raise RoutingError(f"unknown line {name!r}") from None
+
+    def _call(self, call_id: str) -> Call:
+        call = self.calls.get(call_id)
+        if call is None:
+            ended = self._ended.get(call_id)
+            if ended is not None:
+                raise RoutingError(f"call {call_id!r} is already {ended.value}",
+                                   state=ended.value)
+            raise RoutingError(f"unknown call {call_id!r}")
+        return call
+
+    def _handler(self, handler_id: str) -> Handler:
+        h = self.handlers.get(handler_id)
+        if h is None:
+            raise RoutingError(f"unknown handler {handler_id!r}")
+        return h
+
+    @staticmethod
+    def _log(out: list[Action], now: float, call_id: str, line: str, handler_id: str,
+             event: str, **data: Any) -> None:
+        out.append(QueueLogEntry(now, call_id, line, handler_id, event, data))
+
+    def _timer(self, deadline: float, kind: str, ident: str, token: str) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, kind, ident, token))
+
+    def _finish(self, call: Call, state: CallState) -> None:
+        assert state in TERMINAL
+        call.state = state
+        del self.calls[call.call_id]
+        self._ended[call.call_id] = state
+        if len(self._ended) > _ENDED_MEMORY:
+            self._ended.popitem(last=False)
+
+    @staticmethod
+    def _check_skills(skills: Any) -> dict[str, int]:
+        if not isinstance(skills, dict):
+            raise RoutingError(f"skills must be a dict of skill -> proficiency, got {skills!r}")
+        for k, v in skills.items():
+            if not isinstance(k, str) or not k:
+                raise RoutingError(f"skill names must be non-empty strings, got {k!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10:
+                raise RoutingError(f"proficiency of skill {k!r} must be an int 1-10, got {v!r}")
+        return dict(skills)
+
+    # ------------------------------------------------------------ handler state
+    def _hset(self, h: Handler, new: HandlerState, now: float, out: list[Action], *,
+              reason: str = "", call_id: str | None = None) -> None:
+        """Every handler state change goes through here (counts, pool, log, action)."""
+        old = h.state
+        if old is HS.AVAILABLE:
+            self.pool.discard(h)
+        if (old in STAFFED) != (new in STAFFED):
+            d = 1 if new in STAFFED else -1
+            for s in h.skills:
+                self._staffed[s] = self._staffed.get(s, 0) + d
+        if (old is HS.LOGGED_OUT) != (new is HS.LOGGED_OUT):
+            d = -1 if new is HS.LOGGED_OUT else 1
+            for s in h.skills:
+                self._logged_in[s] = self._logged_in.get(s, 0) + d
+        h.version += 1
+        h.state, h.reason, h.since = new, reason, now
+        if new is HS.AVAILABLE:
+            if old is not HS.AVAILABLE:
+                h.idle_since = now
+            self.pool.add(h)
+        cid = call_id if call_id is not None else h.call_id
+        self._log(out, now, cid or "", "", h.handler_id, "STATE", state=new.value,
+                  reason=reason, **{"from": old.value})
+        out.append(HandlerChanged(h.handler_id, new.value, reason, cid))
+
+    def _leave_wrapup(self, h: Handler, now: float) -> None:
+        """Record the handle time (talk + wrap-up) of the call just finished."""
+        if h.handle_start is not None and h.handle_line is not None:
+            self._handle_times[h.handle_line].append(now - h.handle_start)
+        h.handle_start = h.handle_line = None
+        h.wrapup_deadline = None
+
+    def _start_wrapup(self, h: Handler, event: str, line: LineSpec, call_id: str,
+                      now: float, out: list[Action]) -> None:
+        handler_move(h.handler_id, h.state, event)
+        h.call_id = None
+        self._hset(h, HS.WRAP_UP, now, out, reason="", call_id=call_id)
+        if line.wrapup <= 0:
+            self._leave_wrapup(h, now)
+            self._hset(h, HS.AVAILABLE, now, out)
+        else:
+            h.wrapup_deadline = now + line.wrapup
+            self._timer(h.wrapup_deadline, "wrapup", h.handler_id, "")
+
+    # ------------------------------------------------------------ queue moves
+    def _enqueue(self, call: Call, now: float, out: list[Action], *,
+                 overflow: str | None = None) -> None:
+        """Put a QUEUED call in its place (line bucket or named handler) and announce it."""
+        if call.target is not None:
+            lst = self._direct.setdefault(call.target, [])
+            lst.append(call)
+            lst.sort(key=lambda c: (c.klass, c.seq))
+        else:
+            self.queue.add(call)
+        line = self.lines[call.line]
+        out.append(Queued(call.call_id, call.line, self._position(call) or 1,
+                          self._estimate(call), overflow,
+                          effective(call, line, now, self.ageing_cap)))
+
+    def _unqueue(self, call: Call) -> int:
+        """Take a QUEUED call out of its place; returns the position it had."""
+        pos = self._position(call) or 0
+        if call.target is not None:
+            lst = self._direct[call.target]
+            lst.remove(call)
+            if not lst:
+                del self._direct[call.target]
+        else:
+            self.queue.remove(call)
+        return pos
+
+    def _offer(self, call: Call, h: Handler, now: float, out: list[Action]) -> None:
+        directed = call.target is not None
+        self._unqueue(call)
+        call.state = call_move(call.call_id, call.state, "offer")
+        handler_move(h.handler_id, h.state, "offer")
+        call.handler_id = h.handler_id
+        call.offer_deadline = now + self.offer_timeout
+        h.call_id = call.call_id
+        self._timer(call.offer_deadline, "offer", call.call_id, h.handler_id)
+        wait = now - call.entered
+        self._log(out, now, call.call_id, call.line, h.handler_id, "OFFER", wait=wait,
+                  deadline=call.offer_deadline, transfer=directed)
+        out.append(Offer(call.call_id, h.handler_id, call.line, wait, call.offer_deadline,
+                         directed))
+        self._hset(h, HS.OFFERED, now, out)
+
+    def _detach_offer(self, call: Call, h: Handler) -> None:
+        """The offer is over without answer; the caller then re-queues the call in its OLD
+        place (its seq is unchanged) once the handler's new state is set."""
+        call.state = call_move(call.call_id, call.state, "offer_failed")
+        call.handler_id = None
+        call.offer_deadline = None
+        h.call_id = None
+        # a directed transfer the target did not take goes to its line's queue, so the
+        # caller is not left waiting on one handler who is not answering
+        call.target = None
+
+    def _dispatch(self, now: float, out: list[Action]) -> None:
+        """Offer waiting calls to available handlers, most urgent call first."""
+        cap = self.ageing_cap
+        while True:
+            best: tuple[Any, Call, Handler] | None = None
+            for skill in self.queue.skills_waiting():
+                h = self.pool.peek(skill)
+                if h is None:
+                    continue
+                found = self.queue.best(skill, now)
+                if found is None:
+                    continue
+                k = found[0]
+                key = (k[0], 1, k[1], k[2], k[3])
+                if best is None or key < best[0]:
+                    best = (key, found[1], h)
+            for hid, lst in self._direct.items():
+                h = self.handlers[hid]
+                if h.state is not HS.AVAILABLE:
+                    continue
+                c = lst[0]
+                k = order_key(c, self.lines[c.line], now, cap)
+                key = (k[0], 0, k[1], k[2], k[3])   # directed wins ties within its class
+                if best is None or key < best[0]:
+                    best = (key, c, h)
+            if best is None:
+                return
+            self._offer(best[1], best[2], now, out)
+
+    # -------------------------------------------------------------------- calls
+    def call_arrived(self, call_id: str, line: str, now: float, *,
+                     caller: str = "") -> list[Action]:
+        """A call entered ``line``: Queued (+ Offer when someone can take it) or Reject."""
+        now = self._clock(now)
+        if not isinstance(call_id, str) or not call_id:
+            raise RoutingError(f"call_id must be a non-empty string, got {call_id!r}")
+        if call_id in self.calls or call_id in self._ended:
+            raise RoutingError(f"call {call_id!r} already exists")
+        spec = self._line(line)
+        out: list[Action] = []
+        overflow = None
+        if spec.max_queue and self.queue.per_line[line] >= spec.max_queue:
+            overflow = "queue-full"
+        elif not self._logged_in.get(spec.skill):
+            overflow = "no-handlers"
+        if overflow is not None and spec.overflow == "busy" and spec.priority != 0:
+            # 486 for a 101 caller; a priority-0 (999) call is never turned away
+            self._log(out, now, call_id, line, "", "REJECTED", status=486, reason=overflow,
+                      threshold=spec.answer_threshold, caller=caller)
+            record_reject(self._records[line], now)
+            out.append(Reject(call_id, 486, overflow))
+            self._ended[call_id] = CS.REJECTED
+            return out
+        self._seq += 1
+        call = Call(call_id=call_id, line=line, caller=caller, arrived=now, entered=now,
+                    seq=self._seq, klass=spec.priority, base=float(spec.priority))
+        self.calls[call_id] = call
+        self._log(out, now, call_id, line, "", "ENTER", priority=spec.priority, caller=caller,
+                  threshold=spec.answer_threshold, overflow=overflow)
+        record_enter(self._records[line], now)
+        self._enqueue(call, now, out, overflow=overflow)
+        self._dispatch(now, out)
+        return out
+
+    def call_abandoned(self, call_id: str, now: float) -> list[Action]:
+        """The caller hung up while queued or ringing a handler."""
+        now = self._clock(now)
+        call = self._call(call_id)
+        was = call.state
+        call_move(call_id, was, "abandon")
+        out: list[Action] = []
+        position = 0
+        if was is CS.QUEUED:
+            position = self._unqueue(call)
+        else:
+            h = self.handlers[call.handler_id or ""]
+            out.append(CancelOffer(call_id, h.handler_id, "caller-gone"))
+            self._log(out, now, call_id, call.line, h.handler_id, "RINGCANCELED",
+                      reason="caller-gone")
+            handler_move(h.handler_id, h.state, "offer_cancelled")
+            h.call_id = None
+            self._hset(h, HS.AVAILABLE, now, out)
+        spec = self.lines[call.line]
+        wait = now - call.entered
+        cb_id = None
+        if spec.callback_on_abandon:
+            self._cb_seq += 1
+            cb_id = f"cb{self._cb_seq}"
+            self._callbacks[cb_id] = Callback(cb_id, call_id, call.line, call.caller, now, wait)
+        self._log(out, now, call_id, call.line, "", "ABANDON", wait=wait, position=position,
+                  callback=cb_id is not None)
+        if cb_id is not None:
+            self._log(out, now, call_id, call.line, "", "CALLBACK_ADD", cb_id=cb_id,
+                      caller=call.caller)
+        record_abandon(self._records[call.line], now)
+        out.append(Abandoned(call_id, call.line, wait, position, cb_id is not None, cb_id))
+        self._finish(call, CS.ABANDONED)
+        self._dispatch(now, out)
+        return out
+
+    def offer_answered(self, call_id: str, handler_id: str, now: float) -> list[Action]:
+        """The handler picked up: Connected."""
+        now = self._clock(now)
+        call = self._call(call_id)
+        h = self._handler(handler_id)
+        if call.state is CS.OFFERED and call.handler_id != handler_id:
+            raise RoutingError(f"call {call_id!r} is offered to {call.handler_id!r}, "
+                               f"not {handler_id!r}", state=call.state.value, event="answer")
+        call.state = call_move(call_id, call.state, "answer")
+        handler_move(handler_id, h.state, "answer")
+        out: list[Action] = []
+        wait = now - call.entered
+        call.connected_at = now
+        call.offer_deadline = None
+        h.calls += 1
+        h.handle_start, h.handle_line = now, call.line
+        self._log(out, now, call_id, call.line, handler_id, "CONNECT", wait=wait)
+        record_answer(self._records[call.line], now, wait)
+        out.append(Connected(call_id, handler_id, wait))
+        self._hset(h, HS.ON_CALL, now, out)
+        return out
+
+    def offer_failed(self, call_id: str, handler_id: str, now: float, *,
+                     reason: str) -> list[Action]:
+        """The offer ended without answer; the call goes back to its old place.
+
+        ``no-answer``: handler not ready "missed call" (or available if not
+        ``rona_not_ready``); ``rejected``/``busy``/``unreachable``/``error``: handler not
+        ready with that reason (a broken or declining phone is not offered again).
+        """
+        now = self._clock(now)
+        if reason not in OFFER_FAIL_REASONS:
+            raise RoutingError(f"unknown offer failure reason {reason!r}; expected one of "
+                               f"{', '.join(OFFER_FAIL_REASONS)}")
+        call = self.calls.get(call_id)
+        if call is None or call.state is not CS.OFFERED or call.handler_id != handler_id:
+            if call is None and call_id not in self._ended:
+                raise RoutingError(f"unknown call {call_id!r}")
+            return []      # stale: that offer was already cancelled or answered
+        out: list[Action] = []
+        self._fail_offer(call, now, reason, out, cancel=False)
+        self._dispatch(now, out)
+        return out
+
+    def _fail_offer(self, call: Call, now: float, reason: str, out: list[Action], *,
+                    cancel: bool) -> None:
+        h = self.handlers[call.handler_id or ""]
+        if cancel:
+            out.append(CancelOffer(call.call_id, h.handler_id, reason))
+        self._log(out, now, call.call_id, call.line, h.handler_id,
+                  "RINGNOANSWER" if reason == "no-answer" else "OFFERFAIL", reason=reason)
+        handler_move(h.handler_id, h.state, "offer_failed")
+        self._detach_offer(call, h)
+        if reason == "no-answer":
+            if self.rona_not_ready:
+                self._hset(h, HS.NOT_READY, now, out, reason="missed call", call_id=call.call_id)
+            else:
+                self._hset(h, HS.AVAILABLE, now, out, call_id=call.call_id)
+        else:
+            self._hset(h, HS.NOT_READY, now, out, reason=reason, call_id=call.call_id)
+        self._enqueue(call, now, out)
+
+    def call_ended(self, call_id: str, now: float) -> list[Action]:
+        """A connected call is over: Completed; the handler goes to wrap-up."""
+        now = self._clock(now)
+        call = self._call(call_id)
+        call_move(call_id, call.state, "end")
+        h = self.handlers[call.handler_id or ""]
+        out: list[Action] = []
+        talk = now - (call.connected_at or now)
+        self._log(out, now, call_id, call.line, h.handler_id, "COMPLETE", talk=talk)
+        out.append(Completed(call_id, h.handler_id, call.line, talk))
+        self._finish(call, CS.COMPLETED)
+        self._start_wrapup(h, "end", self.lines[call.line], call_id, now, out)
+        self._dispatch(now, out)
+        return out
+
+    # ----------------------------------------------------------------- transfers
+    def _transfer_out(self, call: Call, now: float, out: list[Action], **data: Any) -> None:
+        call_move(call.call_id, call.state, "transfer")
+        h = self.handlers[call.handler_id or ""]
+        talk = now - (call.connected_at or now)
+        self._log(out, now, call.call_id, call.line, h.handler_id, "TRANSFER", talk=talk,
+                  **data)
+        old_line = self.lines[call.line]
+        call.handler_id = None
+        call.connected_at = None
+        self._start_wrapup(h, "transfer", old_line, call.call_id, now, out)
+
+    def _new_leg(self, call: Call, now: float, out: list[Action], **data: Any) -> None:
+        spec = self.lines[call.line]
+        call.state = CS.QUEUED
+        call.entered = now
+        self._log(out, now, call.call_id, call.line, "", "ENTER", priority=call.klass,
+                  caller=call.caller, threshold=spec.answer_threshold, transfer=True, **data)
+        record_enter(self._records[call.line], now)
+        self._enqueue(call, now, out)
+        self._dispatch(now, out)
+
+    def transfer_to_line(self, call_id: str, line: str, now: float, *,
+                         head: bool = True) -> list[Action]:
+        """Move a connected call to ``line``'s queue (at its head by default).
+
+        E.g. a 101 call that is really an emergency goes to the 999 queue, first in line.
+        The call takes the new line's class; its ageing still counts from first arrival.
+        A transfer is never rejected for overflow (the caller is already with us).
+        """
+        now = self._clock(now)
+        call = self._call(call_id)
+        spec = self._line(line)
+        call_move(call_id, call.state, "transfer")
+        out: list[Action] = []
+        self._transfer_out(call, now, out, to_line=line, head=head)
+        call.line = line
+        call.klass, call.base, call.reprioritised = spec.priority, float(spec.priority), False
+        if head:
+            self._head_seq -= 1
+            call.seq = self._head_seq
+        else:
+            self._seq += 1
+            call.seq = self._seq
+        self._new_leg(call, now, out, head=head)
+        return out
+
+    def transfer_to_handler(self, call_id: str, handler_id: str, now: float) -> list[Action]:
+        """Move a connected call to a named handler: offered to them when available.
+
+        Directed calls wait in the handler's own list and are offered before queue calls
+        of the same class (not before a more urgent class). If that offer fails, or the
+        handler logs out, the call goes to its line's queue.
+        """
+        now = self._clock(now)
+        call = self._call(call_id)
+        target = self._handler(handler_id)
+        call_move(call_id, call.state, "transfer")
+        if handler_id == call.handler_id:
+            raise RoutingError(f"call {call_id!r} is already with handler {handler_id!r}")
+        if target.state is HS.LOGGED_OUT:
+            raise RoutingError(f"handler {handler_id!r} is logged_out: cannot take a transfer",
+                               state=target.state.value, event="transfer")
+        out: list[Action] = []
+        self._transfer_out(call, now, out, to_handler=handler_id)
+        call.target = handler_id
+        self._new_leg(call, now, out, to_handler=handler_id)
+        return out
+
+    def reprioritise(self, call_id: str, now: float, *, priority: float) -> list[Action]:
+        """Supervisor: set a waiting call's priority (class = floor), effective at once.
+
+        ``priority`` 0.0 makes the call class 0 (it competes with 999 calls); 1.5 keeps it
+        in class 1 behind 1.0 calls. The call keeps its FIFO seq inside its new bucket.
+        """
+        now = self._clock(now)
+        call = self._call(call_id)
+        if isinstance(priority, bool) or not isinstance(priority, (int, float)) \
+                or not math.isfinite(priority) or priority < 0:
+            raise RoutingError(f"priority must be a finite number >= 0, got {priority!r}")
+        call_move(call_id, call.state, "reprioritise")
+        out: list[Action] = []
+        old = call.base
+        queued = call.state is CS.QUEUED
+        if queued:
+            self._unqueue(call)
+        call.klass, call.base, call.reprioritised = int(math.floor(priority)), float(priority), True
+        self._log(out, now, call_id, call.line, call.handler_id or "", "REPRIORITISE",
+                  to=float(priority), **{"from": old})
+        if queued:
+            self._enqueue(call, now, out)
+            self._dispatch(now, out)
+        return out
+
+    # ------------------------------------------------------------------ handlers
+    def handler_login(self, handler_id: str, now: float, *,
+                      skills: dict[str, int]) -> list[Action]:
+        """Log a handler in (not ready, reason "login"); they take calls after set_available."""
+        now = self._clock(now)
+        if not isinstance(handler_id, str) or not handler_id:
+            raise RoutingError(f"handler_id must be a non-empty string, got {handler_id!r}")
+        skills = self._check_skills(skills)
+        h = self.handlers.get(handler_id)
+        if h is None:
+            h = self.handlers[handler_id] = Handler(handler_id)
+        handler_move(handler_id, h.state, "login")
+        h.skills, h.calls = skills, 0
+        out: list[Action] = []
+        self._hset(h, HS.NOT_READY, now, out, reason="login")
+        return out
+
+    def _cancel_held_offer(self, h: Handler, now: float, reason: str,
+                           out: list[Action]) -> Call:
+        """Stop the offer ``h`` holds; the caller re-queues the returned call."""
+        call = self.calls[h.call_id or ""]
+        out.append(CancelOffer(call.call_id, h.handler_id, reason))
+        self._log(out, now, call.call_id, call.line, h.handler_id, "RINGCANCELED",
+                  reason=reason)
+        self._detach_offer(call, h)
+        return call
+
+    def handler_logout(self, handler_id: str, now: float) -> list[Action]:
+        """Log out (not while on a call). A ringing offer is cancelled and the call requeued;
+        directed transfers waiting for this handler go to their line's queue."""
+        now = self._clock(now)
+        h = self._handler(handler_id)
+        handler_move(handler_id, h.state, "logout")
+        out: list[Action] = []
+        held = None
+        if h.state is HS.OFFERED:
+            held = self._cancel_held_offer(h, now, "handler-logout", out)
+        if h.state is HS.WRAP_UP:
+            self._leave_wrapup(h, now)
+        self._hset(h, HS.LOGGED_OUT, now, out, reason="logout")
+        if held is not None:
+            self._enqueue(held, now, out)
+        for call in list(self._direct.get(handler_id, ())):
+            self._unqueue(call)
+            call_move(call.call_id, call.state, "requeue")
+            call.target = None
+            self._log(out, now, call.call_id, call.line, handler_id, "REQUEUE",
+                      reason="target-logged-out")
+            self._enqueue(call, now, out)
+        self._dispatch(now, out)
+        return out
+
+    def set_available(self, handler_id: str, now: float) -> list[Action]:
+        """Ready for calls (from not ready, or ending wrap-up early). Idempotent if available."""
+        now = self._clock(now)
+        h = self._handler(handler_id)
+        handler_move(handler_id, h.state, "ready")
+        out: list[Action] = []
+        if h.state is HS.AVAILABLE:
+            return out
+        if h.state is HS.WRAP_UP:
+            self._leave_wrapup(h, now)
+        self._hset(h, HS.AVAILABLE, now, out)
+        self._dispatch(now, out)
+        return out
+
+    def set_not_ready(self, handler_id: str, now: float, *, reason: str) -> list[Action]:
+        """Not ready (break, training...). A ringing offer is cancelled, the call requeued."""
+        now = self._clock(now)
+        h = self._handler(handler_id)
+        handler_move(handler_id, h.state, "not_ready")
+        out: list[Action] = []
+        held = None
+        if h.state is HS.OFFERED:
+            held = self._cancel_held_offer(h, now, "handler-not-ready", out)
+        if h.state is HS.WRAP_UP:
+            self._leave_wrapup(h, now)
+        self._hset(h, HS.NOT_READY, now, out, reason=str(reason))
+        if held is not None:
+            self._enqueue(held, now, out)
+        self._dispatch(now, out)
+        return out
+
+    def end_wrapup(self, handler_id: str, now: float) -> list[Action]:
+        """The handler finished wrap-up early: available."""
+        now = self._clock(now)
+        h = self._handler(handler_id)
+        handler_move(handler_id, h.state, "wrapup_end")
+        out: list[Action] = []
+        self._leave_wrapup(h, now)
+        self._hset(h, HS.AVAILABLE, now, out)
+        self._dispatch(now, out)
+        return out
+
+    def set_skills(self, handler_id: str, now: float, *,
+                   skills: dict[str, int]) -> list[Action]:
+        """Replace a handler's skills (any state); takes effect for the next offer."""
+        now = self._clock(now)
+        h = self._handler(handler_id)
+        skills = self._check_skills(skills)
+        out: list[Action] = []
+        available = h.state is HS.AVAILABLE
+        if available:
+            self.pool.discard(h)
+        for counts, on in ((self._staffed, h.state in STAFFED),
+                           (self._logged_in, h.state is not HS.LOGGED_OUT)):
+            if on:
+                for s in h.skills:
+                    counts[s] -= 1
+                for s in skills:
+                    counts[s] = counts.get(s, 0) + 1
+        h.skills = skills
+        h.version += 1
+        if available:
+            self.pool.add(h)
+        self._log(out, now, h.call_id or "", "", handler_id, "SKILLS", skills=dict(skills))
+        self._dispatch(now, out)
+        return out
+
+    # ---------------------------------------------------------------------- time
+    def tick(self, now: float) -> list[Action]:
+        """Fire due timers: offer timeouts (CancelOffer + requeue in old place + RONA),
+        wrap-up ends; then offer whatever can be offered (ageing is applied at decision
+        time, so it needs no timer)."""
+        now = self._clock(now)
+        out: list[Action] = []
+        while self._timers and self._timers[0][0] <= now:
+            deadline, _, kind, ident, token = heapq.heappop(self._timers)
+            if kind == "offer":
+                call = self.calls.get(ident)
+                if (call is not None and call.state is CS.OFFERED
+                        and call.handler_id == token and call.offer_deadline == deadline):
+                    self._fail_offer(call, now, "no-answer", out, cancel=True)
+            else:
+                h = self.handlers.get(ident)
+                if h is not None and h.state is HS.WRAP_UP and h.wrapup_deadline == deadline:
+                    handler_move(ident, h.state, "wrapup_end")
+                    self._leave_wrapup(h, now)
+                    self._hset(h, HS.AVAILABLE, now, out)
+        horizon = now - self.stats_retention
+        for r in self._records.values():
+            if r.enters and r.enters[0] < horizon:
+                r.forget_before(horizon)
+        self._dispatch(now, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` must next be called (None: no timer pending)."""
+        while self._timers:
+            deadline, _, kind, ident, token = self._timers[0]
+            if kind == "offer":
+                call = self.calls.get(ident)
+                live = (call is not None and call.state is CS.OFFERED
+                        and call.handler_id == token and call.offer_deadline == deadline)
+            else:
+                h = self.handlers.get(ident)
+                live = h is not None and h.state is HS.WRAP_UP and h.wrapup_deadline == deadline
+            if live:
+                return deadline
+            heapq.heappop(self._timers)
+        return None

@@ -1,0 +1,161 @@
+"""Service level per line, live and rebuilt from the queue log.
+
+Definitions (per line, over calls whose event time is >= ``since``):
+
+- ``offered``: queue legs that entered the line (ENTER; a transfer into a line is a new leg,
+  as in Asterisk). ``rejected`` (overflow busy) are counted apart and are not offered.
+- ``answered``: CONNECTs; ``answered_within``: those with wait <= the line's threshold.
+- ``abandoned``: callers who hung up while queued or ringing (ABANDON).
+- ``service_level`` = answered_within / offered (the Home Office 999 measure);
+  ``abandon_rate`` = abandoned / offered; both None with nothing offered.
+- ``average_wait`` / ``p90_wait``: over answered legs (p90 by nearest rank); None if none.
+- ``waiting`` / ``longest_wait``: legs not yet answered or abandoned and the longest
+  current wait at ``now`` (independent of ``since``).
+
+The router keeps :class:`LineRecords` as it decides; :func:`replay` builds the same records
+from nothing but :class:`QueueLogEntry` rows (waits recomputed from ENTER/CONNECT times,
+threshold from the ENTER row), so equality of the two checks that the log is complete.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .actions import QueueLogEntry
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLevel:
+    """Service figures for one line over an interval."""
+
+    line: str
+    threshold: float
+    offered: int = 0
+    answered: int = 0
+    answered_within: int = 0
+    abandoned: int = 0
+    rejected: int = 0
+    service_level: float | None = None
+    abandon_rate: float | None = None
+    average_wait: float | None = None
+    p90_wait: float | None = None
+    waiting: int = 0
+    longest_wait: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class LineRecords:
+    """Timestamped facts of one line, appended in time order."""
+
+    line: str
+    threshold: float
+    enters: list[float] = field(default_factory=list)
+    answer_at: list[float] = field(default_factory=list)
+    answer_wait: list[float] = field(default_factory=list)
+    abandons: list[float] = field(default_factory=list)
+    rejects: list[float] = field(default_factory=list)
+
+    def forget_before(self, t: float) -> None:
+        """Drop facts older than ``t`` (bounded memory on a 24/7 service)."""
+        for name in ("enters", "abandons", "rejects"):
+            lst = getattr(self, name)
+            del lst[:bisect.bisect_left(lst, t)]
+        k = bisect.bisect_left(self.answer_at, t)
+        del self.answer_at[:k]
+        del self.answer_wait[:k]
+
+    def compute(self, *, since: float | None, now: float | None,
+                open_entered: Iterable[float] = ()) -> ServiceLevel:
+        def count(lst: list[float]) -> int:
+            return len(lst) if since is None else len(lst) - bisect.bisect_left(lst, since)
+
+        k = 0 if since is None else bisect.bisect_left(self.answer_at, since)
+        waits = self.answer_wait[k:]
+        offered = count(self.enters)
+        abandoned = count(self.abandons)
+        within = sum(1 for w in waits if w <= self.threshold)
+        opened = list(open_entered)
+        longest = (max(now - e for e in opened) if opened and now is not None else None)
+        p90 = None
+        if waits:
+            s = sorted(waits)
+            p90 = s[max(0, math.ceil(0.9 * len(s)) - 1)]
+        return ServiceLevel(
+            line=self.line, threshold=self.threshold, offered=offered, answered=len(waits),
+            answered_within=within, abandoned=abandoned, rejected=count(self.rejects),
+            service_level=(within / offered) if offered else None,
+            abandon_rate=(abandoned / offered) if offered else None,
+            average_wait=(sum(waits) / len(waits)) if waits else None,
+            p90_wait=p90, waiting=len(opened), longest_wait=longest)
+
+
+def _insert(lst: list[float], t: float) -> None:
+    # time normally only moves forward; insort keeps bisect valid if it does not
+    if not lst or lst[-1] <= t:
+        lst.append(t)
+    else:
+        bisect.insort(lst, t)
+
+
+def record_enter(r: LineRecords, at: float) -> None:
+    _insert(r.enters, at)
+
+
+def record_answer(r: LineRecords, at: float, wait: float) -> None:
+    if not r.answer_at or r.answer_at[-1] <= at:
+        r.answer_at.append(at)
+        r.answer_wait.append(wait)
+    else:
+        i = bisect.bisect_right(r.answer_at, at)
+        r.answer_at.insert(i, at)
+        r.answer_wait.insert(i, wait)
+
+
+def record_abandon(r: LineRecords, at: float) -> None:
+    _insert(r.abandons, at)
+
+
+def record_reject(r: LineRecords, at: float) -> None:
+    _insert(r.rejects, at)
+
+
+def replay(entries: Iterable[QueueLogEntry], *, now: float | None = None,
+           since: float | None = None) -> dict[str, ServiceLevel]:
+    """Rebuild every line's service level from queue-log rows (in log order)."""
+    records: dict[str, LineRecords] = {}
+    open_legs: dict[str, tuple[str, float]] = {}
+
+    def rec(line: str, data: dict[str, Any]) -> LineRecords:
+        r = records.get(line)
+        if r is None:
+            r = records[line] = LineRecords(line, float(data.get("threshold", 0.0)))
+        elif "threshold" in data:
+            r.threshold = float(data["threshold"])
+        return r
+
+    for e in entries:
+        if e.event == "ENTER":
+            record_enter(rec(e.line, e.data), e.at)
+            open_legs[e.call_id] = (e.line, e.at)
+        elif e.event == "CONNECT":
+            leg = open_legs.pop(e.call_id, None)
+            if leg is not None:
+                record_answer(rec(leg[0], {}), e.at, e.at - leg[1])
+        elif e.event == "ABANDON":
+            leg = open_legs.pop(e.call_id, None)
+            if leg is not None:
+                record_abandon(rec(leg[0], {}), e.at)
+        elif e.event == "REJECTED":
+            record_reject(rec(e.line, e.data), e.at)
+    out: dict[str, ServiceLevel] = {}
+    for name, r in records.items():
+        opened = [at for (ln, at) in open_legs.values() if ln == name]
+        out[name] = r.compute(since=since, now=now, open_entered=opened)
+    return out

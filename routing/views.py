@@ -1,0 +1,159 @@
+"""The router's read side and call-back list (mixed into :class:`routing.router.Router`).
+
+Positions, estimated waits, snapshot for the desk and wallboard, service level, and
+the call-back list of abandoned calls. Reads never change routing state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .actions import Action, Callback
+from .errors import RoutingError
+from .model import Call, CallState, HandlerState
+from .queue import effective, order_key
+from .stats import ServiceLevel
+
+if TYPE_CHECKING:
+    from .router import Router
+
+
+class RouterViews:
+    """Read side of the router; see Router."""
+
+    # -- positions and estimates (also used when announcing Queued) -----------
+    def _position(self: Router, call: Call) -> int | None:
+        if call.state is CallState.OFFERED:
+            return 0
+        if call.state is not CallState.QUEUED:
+            return None
+        if call.target is not None:
+            return self._direct[call.target].index(call) + 1
+        return self.queue.position(call, self._now)
+
+    def _aht(self: Router, line: str) -> float:
+        samples = self._handle_times[line]
+        return sum(samples) / len(samples) if samples else self.default_handle_time
+
+    def _estimate(self: Router, call: Call, position: int | None = None) -> float | None:
+        """Seconds until offered: calls ahead beyond the free handlers, times the line's
+        moving-average handle time, shared by the handlers staffing the skill."""
+        if call.state is CallState.OFFERED:
+            return 0.0
+        if call.state is not CallState.QUEUED or call.target is not None:
+            return None
+        skill = self.lines[call.line].skill
+        staffed = self._staffed.get(skill, 0)
+        if staffed <= 0:
+            return None
+        p = position if position is not None else self._position(call) or 1
+        ahead = max(0, p - self.pool.count.get(skill, 0))
+        return ahead * self._aht(call.line) / staffed
+
+    def position(self: Router, call_id: str) -> int | None:
+        """1-based place among calls competing for the same handlers; 0 while ringing;
+        None when connected or unknown."""
+        call = self.calls.get(call_id)
+        return None if call is None else self._position(call)
+
+    def estimated_wait(self: Router, call_id: str, now: float) -> float | None:
+        """Estimated seconds until this call is offered; None if unknown."""
+        self._clock(now)
+        call = self.calls.get(call_id)
+        return None if call is None else self._estimate(call)
+
+    # -- figures --------------------------------------------------------------
+    def service_level(self: Router, line: str, now: float, *,
+                      since: float | None = None) -> ServiceLevel:
+        """Live service level of ``line`` (see routing.stats for the definitions)."""
+        now = self._clock(now)
+        self._line(line)
+        opened = [c.entered for c in self.calls.values()
+                  if c.line == line and c.state in (CallState.QUEUED, CallState.OFFERED)]
+        return self._records[line].compute(since=since, now=now, open_entered=opened)
+
+    def snapshot(self: Router, now: float) -> dict[str, Any]:
+        """Everything the desk and wallboard show, JSON-able. O(n log n) in waiting calls."""
+        now = self._clock(now)
+        cap = self.ageing_cap
+        by_skill: dict[str, list[tuple[Any, Call]]] = {}
+        for call in self.calls.values():
+            if call.state is CallState.QUEUED and call.target is None:
+                spec = self.lines[call.line]
+                by_skill.setdefault(spec.skill, []).append(
+                    (order_key(call, spec, now, cap), call))
+        waiting: dict[str, list[dict[str, Any]]] = {n: [] for n in self.lines}
+        for lst in by_skill.values():
+            lst.sort(key=lambda x: x[0])
+            for pos, (_, call) in enumerate(lst, start=1):
+                waiting[call.line].append(self._call_view(call, now, pos))
+        for call in self.calls.values():
+            if call.state is CallState.OFFERED or call.target is not None:
+                waiting[call.line].append(self._call_view(call, now, self._position(call)))
+        lines = {}
+        for name, spec in self.lines.items():
+            lines[name] = {
+                "priority": spec.priority, "skill": spec.skill,
+                "waiting": waiting[name],
+                "service_level": self.service_level(name, now).as_dict(),
+                "estimated_handle_time": self._aht(name),
+            }
+        handlers = {
+            h.handler_id: {"state": h.state.value, "reason": h.reason, "since": h.since,
+                           "call_id": h.call_id, "skills": dict(h.skills), "calls": h.calls,
+                           "idle_since": (h.idle_since if h.state is HandlerState.AVAILABLE
+                                          else None),
+                           "wrapup_deadline": h.wrapup_deadline}
+            for h in self.handlers.values()}
+        return {"at": now, "lines": lines, "handlers": handlers,
+                "callbacks": [cb.as_dict() for cb in self._callbacks.values()]}
+
+    def _call_view(self: Router, call: Call, now: float, position: int | None) -> dict[str, Any]:
+        spec = self.lines[call.line]
+        return {"call_id": call.call_id, "caller": call.caller, "state": call.state.value,
+                "position": position, "wait": now - call.entered,
+                "priority": effective(call, spec, now, self.ageing_cap),
+                "class": call.klass, "estimated_wait": self._estimate(call, position),
+                "handler_id": call.handler_id, "target": call.target}
+
+    # -- call-backs -----------------------------------------------------------
+    def callbacks(self: Router) -> list[Callback]:
+        """Open call-backs (pending and taken), oldest first (copies)."""
+        return [replace(cb) for cb in self._callbacks.values()]
+
+    def _callback(self: Router, cb_id: str) -> Callback:
+        cb = self._callbacks.get(cb_id)
+        if cb is None:
+            raise RoutingError(f"unknown call-back {cb_id!r}")
+        return cb
+
+    def take_callback(self: Router, cb_id: str, handler_id: str, now: float) -> list[Action]:
+        """A handler takes a pending call-back (they will ring the caller)."""
+        now = self._clock(now)
+        cb = self._callback(cb_id)
+        h = self._handler(handler_id)
+        if h.state is HandlerState.LOGGED_OUT:
+            raise RoutingError(f"handler {handler_id!r} is logged_out: cannot take a call-back",
+                               state=h.state.value, event="take_callback")
+        if cb.state != "pending":
+            raise RoutingError(f"call-back {cb_id!r} is {cb.state} by {cb.handler_id!r}",
+                               state=cb.state, event="take_callback")
+        cb.state, cb.handler_id, cb.taken_at = "taken", handler_id, now
+        out: list[Action] = []
+        self._log(out, now, cb.call_id, cb.line, handler_id, "CALLBACK_TAKE", cb_id=cb_id)
+        return out
+
+    def complete_callback(self: Router, cb_id: str, now: float, *,
+                          outcome: str) -> list[Action]:
+        """The call-back is done (``outcome`` e.g. ``reached``, ``no-reply``); removed."""
+        now = self._clock(now)
+        cb = self._callback(cb_id)
+        if not isinstance(outcome, str) or not outcome:
+            raise RoutingError("outcome must be a non-empty string")
+        del self._callbacks[cb_id]
+        cb.state, cb.outcome = "done", outcome
+        out: list[Action] = []
+        self._log(out, now, cb.call_id, cb.line, cb.handler_id or "", "CALLBACK_DONE",
+                  cb_id=cb_id, outcome=outcome)
+        return out
