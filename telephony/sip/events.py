@@ -1,0 +1,98 @@
+"""Events the sans-IO user agent core (:mod:`telephony.sip.ua`) reports to its user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .message import Request, Response
+
+if TYPE_CHECKING:
+    from .ua import Registration, Session
+
+Addr = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class UaEvent:
+    """Base of the core's events."""
+
+
+@dataclass(frozen=True)
+class InviteReceived(UaEvent):
+    """A new INVITE (100 Trying already sent). Answer with ``ua.respond(session, ...)``."""
+
+    session: Session
+    request: Request
+    source: Addr
+
+
+@dataclass(frozen=True)
+class InviteCancelled(UaEvent):
+    """CANCEL before our final response: 200 to the CANCEL and 487 to the INVITE sent."""
+
+    session: Session
+
+
+@dataclass(frozen=True)
+class SessionConfirmed(UaEvent):
+    """The ACK for our 2xx arrived."""
+
+    session: Session
+
+
+@dataclass(frozen=True)
+class AckTimeout(UaEvent):
+    """No ACK for our 2xx in 64*T1: the core sent BYE and ended the session."""
+
+    session: Session
+
+
+@dataclass(frozen=True)
+class ByeReceived(UaEvent):
+    """The peer hung up (200 sent)."""
+
+    session: Session
+
+
+@dataclass(frozen=True)
+class ReInviteReceived(UaEvent):
+    """A re-INVITE in a dialog (100 sent). Answer with ``ua.respond_reinvite``."""
+
+    session: Session
+    request: Request
+
+
+@dataclass(frozen=True)
+class Progress(UaEvent):
+    """A provisional response (>100) to our INVITE."""
+
+    session: Session
+    response: Response
+
+
+@dataclass(frozen=True)
+class Answered(UaEvent):
+    """A 2xx to our INVITE (ACK sent)."""
+
+    session: Session
+    response: Response
+
+
+@dataclass(frozen=True)
+class Failed(UaEvent):
+    """Our INVITE got a final non-2xx, timed out (408) or could not be sent (503)."""
+
+    session: Session
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RegistrationResult(UaEvent):
+    """A REGISTER transaction finished: ``ok`` with the granted ``expires``, or failed."""
+
+    registration: Registration
+    ok: bool
+    status: int
+    expires: int

@@ -1,0 +1,225 @@
+"""SIP transactions over UDP (RFC 3261 §17, with RFC 6026's Accepted state). Sans-IO.
+
+Theory of operation: a transaction is fed the messages that match it and ``now`` (a
+monotonic clock in seconds) and returns the datagrams to send. ``deadline`` is when
+``on_timer`` must next be called (None: no timer running). Timers:
+
+========  ==========================================  ==========================
+client    INVITE: A (retransmit, T1 doubling), B       non-INVITE: E (T1 doubling
+          (64*T1 give-up in Calling), D (32 s absorb    to T2), F (64*T1 give-up),
+          final retransmissions), M (64*T1 absorb 2xx)  K (T4 absorb)
+server    INVITE: G (retransmit non-2xx final, T1      non-INVITE: J (64*T1 absorb
+          doubling to T2), H (64*T1 wait for ACK),      request retransmissions)
+          I (T4 absorb ACKs), L (64*T1 after 2xx)
+========  ==========================================  ==========================
+
+2xx responses to INVITE are retransmitted by the UA core (ua.py), not here.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .message import Request, Response
+
+T1 = 0.5
+"""RTT estimate (s)."""
+T2 = 4.0
+"""Longest retransmit interval for non-INVITE requests and INVITE responses (s)."""
+T4 = 5.0
+"""Longest time a message stays in the network (s)."""
+
+Addr = tuple[str, int]
+Send = tuple[bytes, Addr]
+
+
+class TxState(enum.Enum):
+    CALLING = "calling"
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    CONFIRMED = "confirmed"
+    ACCEPTED = "accepted"
+    TERMINATED = "terminated"
+
+
+class _Timers:
+    """Retransmit and give-up instants shared by both transaction kinds."""
+
+    retrans_at: float | None = None
+    interval: float = T1
+    end_at: float | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        times = [t for t in (self.retrans_at, self.end_at) if t is not None]
+        return min(times) if times else None
+
+
+class ClientTransaction(_Timers):
+    """Sends a request, retransmits it, and filters the responses handed to the core."""
+
+    def __init__(self, request: Request, dest: Addr, now: float) -> None:
+        self.request = request
+        self.dest = dest
+        self.invite = request.method == "INVITE"
+        self.branch = request.top_via.branch or ""
+        self.state = TxState.CALLING if self.invite else TxState.TRYING
+        self.timed_out = False
+        """True once B/F fired: the core reports 408 to its user."""
+        self.final: Response | None = None
+        self._data = request.encode()
+        self._ack: bytes | None = None
+        self.retrans_at = now + T1
+        self.end_at = now + 64 * T1
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.branch, self.request.method
+
+    def start(self) -> list[Send]:
+        return [(self._data, self.dest)]
+
+    def receive(self, resp: Response, now: float) -> tuple[list[Send], bool]:
+        """Feed a matching response; returns (datagrams, whether to pass it to the core)."""
+        s = self.state
+        if s == TxState.TERMINATED:
+            return [], False
+        code = resp.status
+        if self.invite:
+            if code < 200:
+                if s in (TxState.CALLING, TxState.PROCEEDING):
+                    self.state = TxState.PROCEEDING
+                    self.retrans_at = None
+                    self.end_at = None  # timer B only runs in Calling; the core times rings out
+                    return [], True
+                return [], False
+            if code < 300:
+                if s in (TxState.CALLING, TxState.PROCEEDING):
+                    self.state = TxState.ACCEPTED
+                    self.final = resp
+                    self.retrans_at = None
+                    self.end_at = now + 64 * T1
+                # in Accepted, 2xx retransmissions go up so the core re-sends its ACK
+                return [], s in (TxState.CALLING, TxState.PROCEEDING, TxState.ACCEPTED)
+            if s in (TxState.CALLING, TxState.PROCEEDING):
+                self.state = TxState.COMPLETED
+                self.final = resp
+                self._ack = self._build_ack(resp).encode()
+                self.retrans_at = None
+                self.end_at = now + 32.0
+                return [(self._ack, self.dest)], True
+            if s == TxState.COMPLETED and self._ack:
+                return [(self._ack, self.dest)], False
+            return [], False
+        if s not in (TxState.TRYING, TxState.PROCEEDING):
+            return [], False
+        if code < 200:
+            self.state = TxState.PROCEEDING
+            return [], True
+        self.state = TxState.COMPLETED
+        self.final = resp
+        self.retrans_at = None
+        self.end_at = now + T4
+        return [], True
+
+    def on_timer(self, now: float) -> list[Send]:
+        out: list[Send] = []
+        if self.end_at is not None and now >= self.end_at:
+            if self.state in (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING):
+                self.timed_out = True
+            self.state = TxState.TERMINATED
+            self.retrans_at = self.end_at = None
+            return out
+        if self.retrans_at is not None and now >= self.retrans_at:
+            out.append((self._data, self.dest))
+            if self.invite:
+                self.interval *= 2
+            elif self.state == TxState.PROCEEDING:
+                self.interval = T2
+            else:
+                self.interval = min(self.interval * 2, T2)
+            self.retrans_at = now + self.interval
+        return out
+
+    def transport_error(self) -> None:
+        """ICMP unreachable or send failure: the request cannot be delivered."""
+        if self.state in (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING):
+            self.timed_out = True
+        self.state = TxState.TERMINATED
+        self.retrans_at = self.end_at = None
+
+    def _build_ack(self, resp: Response) -> Request:
+        """ACK for a non-2xx final (RFC 3261 §17.1.1.3): same branch, To from the response."""
+        req = self.request
+        ack = Request(method="ACK", uri=req.uri)
+        ack.add("Via", req.get_all("Via")[0])
+        for route in req.get_all("Route"):
+            ack.add("Route", route)
+        ack.add("Max-Forwards", "70")
+        ack.add("From", req.get("From") or "")
+        ack.add("To", resp.get("To") or "")
+        ack.add("Call-ID", req.call_id)
+        ack.add("CSeq", f"{req.cseq[0]} ACK")
+        return ack
+
+
+class ServerTransaction(_Timers):
+    """Holds the last response to a request and re-sends it on retransmissions."""
+
+    def __init__(self, request: Request, now: float) -> None:
+        self.request = request
+        self.invite = request.method == "INVITE"
+        self.dest = request.top_via.response_address()
+        self.state = TxState.PROCEEDING if self.invite else TxState.TRYING
+        self.last: bytes | None = None
+        self.last_status = 0
+        self.timed_out = False
+        """True once timer H fired (no ACK for our non-2xx final)."""
+
+    def respond(self, resp: Response, now: float) -> list[Send]:
+        if self.state in (TxState.COMPLETED, TxState.CONFIRMED, TxState.ACCEPTED,
+                          TxState.TERMINATED):
+            return []  # a final response was already sent; never send two
+        self.last = resp.encode()
+        self.last_status = resp.status
+        if resp.status < 200:
+            self.state = TxState.PROCEEDING
+        elif self.invite and resp.status < 300:
+            self.state = TxState.ACCEPTED
+            self.end_at = now + 64 * T1
+        elif self.invite:
+            self.state = TxState.COMPLETED
+            self.interval = T1
+            self.retrans_at = now + T1
+            self.end_at = now + 64 * T1
+        else:
+            self.state = TxState.COMPLETED
+            self.end_at = now + 64 * T1
+        return [(self.last, self.dest)]
+
+    def on_retransmit(self) -> list[Send]:
+        """The request came again: re-send our last response (if any)."""
+        if self.last is None or self.state in (TxState.CONFIRMED, TxState.TERMINATED):
+            return []
+        return [(self.last, self.dest)]
+
+    def on_ack(self, now: float) -> None:
+        """ACK for our non-2xx final: stop retransmitting, absorb further ACKs (timer I)."""
+        if self.state == TxState.COMPLETED:
+            self.state = TxState.CONFIRMED
+            self.retrans_at = None
+            self.end_at = now + T4
+
+    def on_timer(self, now: float) -> list[Send]:
+        if self.end_at is not None and now >= self.end_at:
+            if self.state == TxState.COMPLETED and self.invite:
+                self.timed_out = True
+            self.state = TxState.TERMINATED
+            self.retrans_at = self.end_at = None
+            return []
+        if self.retrans_at is not None and now >= self.retrans_at and self.last:
+            self.interval = min(self.interval * 2, T2)
+            self.retrans_at = now + self.interval
+            return [(self.last, self.dest)]
+        return []

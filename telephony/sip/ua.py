@@ -1,0 +1,759 @@
+"""The sans-IO SIP user agent core: transactions + dialogs + INVITE sessions + REGISTER.
+
+Feed it datagrams with :meth:`UserAgent.receive` and the time with
+:meth:`UserAgent.handle_timers`; collect what to send with :meth:`datagrams_to_send`,
+what happened with :meth:`events`, and when to call it next with :meth:`next_deadline`.
+It never touches a socket or a clock, so every behaviour (retransmissions, CANCEL
+races, ACK timeouts) is tested with a fake ``now``.
+
+What the core does by itself (so the engine cannot forget): 100 Trying at once;
+absorbing retransmitted INVITEs (same branch, or same Call-ID/CSeq/From-tag) by
+re-sending the last response; 2xx retransmission until ACK and BYE after 64*T1 without
+one; CANCEL -> 200 + 487; 481 for unknown dialogs; OPTIONS -> 200; 405/501; ACK for
+2xx built from the dialog and re-sent on retransmitted 2xx; digest retries on 401/407;
+CANCEL deferred until a provisional arrives (RFC 3261 §9.1).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from telephony.errors import SipParseError
+
+from . import auth
+from .dialog import Addr, Dialog, resolve
+from .events import (AckTimeout, Answered, ByeReceived, Failed, InviteCancelled,
+                     InviteReceived, Progress, ReInviteReceived, RegistrationResult,
+                     SessionConfirmed, UaEvent)
+from .message import Request, Response, make_response, parse
+from .transaction import T1, T2, ClientTransaction, ServerTransaction, TxState
+from .uri import NameAddr, SipUri, Via, parse_name_addr, parse_uri
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+_KNOWN = {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PRACK", "UPDATE", "PUBLISH"}
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass(eq=False)
+class Session:
+    """One INVITE dialog, inbound (``uas``) or outbound (``uac``)."""
+
+    role: str
+    invite: Request
+    user: Any = None
+    """Opaque owner (the engine's call or leg)."""
+    state: str = "new"
+    """uas: incoming, answered, confirmed, terminated. uac: calling, early, confirmed,
+    terminated."""
+    dialog: Dialog | None = None
+    local_tag: str = ""
+    source: Addr = ("127.0.0.1", 5060)
+    server_tx: ServerTransaction | None = None
+    client_tx: ClientTransaction | None = None
+    dest: Addr = ("127.0.0.1", 5060)
+    credentials: tuple[str, str] | None = None
+    auth_attempts: int = 0
+    cancel_pending: bool = False
+    cancelled: bool = False
+    bye_pending: bool = False
+    ack: Request | None = None
+    reinvite_tx: ServerTransaction | None = None
+    # 2xx retransmission (UAS core, RFC 3261 §13.3.1.4)
+    ok_data: bytes | None = None
+    ok_dest: Addr = ("127.0.0.1", 5060)
+    retrans_at: float | None = None
+    end_at: float | None = None
+    interval: float = T1
+
+    @property
+    def deadline(self) -> float | None:
+        times = [t for t in (self.retrans_at, self.end_at) if t is not None]
+        return min(times) if times else None
+
+
+@dataclass(eq=False)
+class Registration:
+    """A REGISTER binding kept alive for a 'registered' line."""
+
+    registrar: SipUri
+    aor: str
+    contact: str
+    expires: int
+    credentials: tuple[str, str] | None
+    dest: Addr
+    user: Any = None
+    call_id: str = field(default_factory=lambda: secrets.token_hex(12))
+    from_tag: str = field(default_factory=new_tag)
+    cseq: int = 0
+    registered: bool = False
+    stopping: bool = False
+    auth_attempts: int = 0
+    retry_delay: float = 5.0
+    refresh_at: float | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        return self.refresh_at
+
+
+class UserAgent:
+    """One SIP endpoint's protocol state. Not thread-safe; drive it from one loop."""
+
+    def __init__(self, *, host: str, port: int, domain: str = "localhost",
+                 user_agent: str = "controlroom", max_message_bytes: int = 65535) -> None:
+        self.host = host
+        self.port = port
+        self.domain = domain
+        self.user_agent = user_agent
+        self.max_message_bytes = max_message_bytes
+        self.counters: Counter[str] = Counter()
+        """malformed, dropped, retransmissions_absorbed, requests, responses..."""
+        self._out: list[tuple[bytes, Addr]] = []
+        self._events: list[UaEvent] = []
+        self._server: dict[tuple[str, str, str], ServerTransaction] = {}
+        self._server_alt: dict[tuple[str, int, str], ServerTransaction] = {}
+        self._client: dict[tuple[str, str], ClientTransaction] = {}
+        self._owner: dict[ClientTransaction, Any] = {}
+        self._tx_session: dict[ServerTransaction, Session] = {}
+        self._dialogs: dict[tuple[str, str, str], Session] = {}
+        self._heap: list[tuple[float, int, Any]] = []
+        self._seq = itertools.count()
+
+    # -- I/O surface -------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[UaEvent]:
+        ev, self._events = self._events, []
+        return ev
+
+    def next_deadline(self) -> float | None:
+        while self._heap:
+            t, _, obj = self._heap[0]
+            if obj.deadline == t:
+                return t
+            heapq.heappop(self._heap)
+        return None
+
+    def handle_timers(self, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            t, _, obj = heapq.heappop(self._heap)
+            if obj.deadline != t:
+                continue
+            if isinstance(obj, ClientTransaction):
+                self._client_timer(obj, now)
+            elif isinstance(obj, ServerTransaction):
+                self._server_timer(obj, now)
+            elif isinstance(obj, Session):
+                self._session_timer(obj, now)
+            elif isinstance(obj, Registration):
+                obj.refresh_at = None
+                self._send_register(obj, now)
+            self._sched(obj)
+
+    def receive(self, data: bytes, addr: Addr, now: float) -> None:
+        """One datagram from ``addr``. Never raises on bad input: answers 400 or drops."""
+        try:
+            msg = parse(data, max_size=self.max_message_bytes)
+        except SipParseError as exc:
+            self.counters["malformed"] += 1
+            partial = exc.partial
+            if isinstance(partial, Request):
+                self._fix_via(partial, addr)
+                resp = make_response(partial, exc.status, exc.reason, to_tag=new_tag())
+                self._server_headers(resp)
+                self._out.append((resp.encode(), partial.top_via.response_address()))
+            else:
+                self.counters["dropped"] += 1
+            return
+        if msg is None:
+            return
+        if isinstance(msg, Request):
+            self.counters["requests"] += 1
+            self._on_request(msg, addr, now)
+        else:
+            self.counters["responses"] += 1
+            self._on_response(msg, addr, now)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _sched(self, obj: Any) -> None:
+        d = obj.deadline
+        if d is not None:
+            heapq.heappush(self._heap, (d, next(self._seq), obj))
+
+    def _send(self, sends: Iterable[tuple[bytes, Addr]]) -> None:
+        self._out.extend(sends)
+
+    def via(self) -> str:
+        return f"SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{secrets.token_hex(10)};rport"
+
+    @property
+    def contact_uri(self) -> str:
+        return f"sip:controlroom@{self.host}:{self.port}"
+
+    def _server_headers(self, msg: Request | Response) -> None:
+        msg.add("Server" if isinstance(msg, Response) else "User-Agent", self.user_agent)
+
+    @staticmethod
+    def _fix_via(req: Request, addr: Addr) -> None:
+        """RFC 3261 §18.2.1 received + RFC 3581 rport on the top Via."""
+        for i, (n, v) in enumerate(req.headers):
+            if n == "Via":
+                via = _parse_via_safe(v)
+                if via is None:
+                    return
+                params = dict(via.params)
+                if via.host != addr[0]:
+                    params["received"] = addr[0]
+                if "rport" in params and not params["rport"]:
+                    params["rport"] = str(addr[1])
+                    params["received"] = addr[0]
+                req.headers[i] = (n, str(Via(via.transport, via.host, via.port, params)))
+                return
+
+    def _reply(self, tx: ServerTransaction, status: int, reason: str | None = None, *,
+               to_tag: str | None = None, headers: Iterable[tuple[str, str]] = (),
+               body: bytes = b"", now: float) -> None:
+        resp = make_response(tx.request, status, reason, to_tag=to_tag, headers=headers, body=body)
+        self._server_headers(resp)
+        self._send(tx.respond(resp, now))
+        self._sched(tx)
+
+    def _new_server_tx(self, req: Request, now: float) -> ServerTransaction:
+        tx = ServerTransaction(req, now)
+        self._server[_server_key(req)] = tx
+        if req.method == "INVITE":
+            self._server_alt[(req.call_id, req.cseq[0], req.from_.tag or "")] = tx
+        return tx
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _on_request(self, req: Request, addr: Addr, now: float) -> None:
+        self._fix_via(req, addr)
+        method = req.method
+        if method == "ACK":
+            self._on_ack(req, addr, now)
+            return
+        key = _server_key(req)
+        if method == "CANCEL":
+            self._on_cancel(req, key, now)
+            return
+        tx = self._server.get(key)
+        if tx is None and method == "INVITE" and not req.to.tag:
+            tx = self._server_alt.get((req.call_id, req.cseq[0], req.from_.tag or ""))
+        if tx is not None:
+            self.counters["retransmissions_absorbed"] += 1
+            self._send(tx.on_retransmit())
+            return
+        mf = req.get("Max-Forwards")
+        tx = self._new_server_tx(req, now)
+        if mf is not None and int(mf) == 0:
+            self._reply(tx, 483, to_tag=new_tag(), now=now)
+            return
+        if req.to.tag:
+            self._in_dialog(req, tx, addr, now)
+        elif method == "INVITE":
+            session = Session("uas", req, state="incoming", local_tag=new_tag(), source=addr,
+                              server_tx=tx)
+            self._tx_session[tx] = session
+            self._reply(tx, 100, now=now)
+            self._events.append(InviteReceived(session, req, addr))
+        elif method == "OPTIONS":
+            self._reply(tx, 200, to_tag=new_tag(), now=now,
+                        headers=[("Allow", ALLOW), ("Accept", "application/sdp")])
+        elif method == "BYE":
+            self._reply(tx, 481, to_tag=new_tag(), now=now)
+        elif method in _KNOWN or method == "INFO":
+            self._reply(tx, 405, to_tag=new_tag(), headers=[("Allow", ALLOW)], now=now)
+        else:
+            self._reply(tx, 501, to_tag=new_tag(), headers=[("Allow", ALLOW)], now=now)
+
+    def _in_dialog(self, req: Request, tx: ServerTransaction, addr: Addr, now: float) -> None:
+        session = self._dialogs.get((req.call_id, req.to.tag or "", req.from_.tag or ""))
+        if session is None or session.dialog is None or session.state == "terminated":
+            self._reply(tx, 481, now=now)
+            return
+        dialog = session.dialog
+        if not dialog.accept_remote_cseq(req.cseq[0]):
+            self._reply(tx, 500, "CSeq out of order", now=now)
+            return
+        dialog.peer = addr
+        if req.method == "BYE":
+            self._reply(tx, 200, now=now)
+            self._terminate(session)
+            self._events.append(ByeReceived(session))
+        elif req.method == "INVITE":
+            if session.reinvite_tx is not None and session.reinvite_tx.state == TxState.PROCEEDING:
+                self._reply(tx, 500, "Pending re-INVITE", headers=[("Retry-After", "1")], now=now)
+                return
+            session.reinvite_tx = tx
+            if req.contact:
+                dialog.remote_target = req.contact.uri
+            self._reply(tx, 100, now=now)
+            self._events.append(ReInviteReceived(session, req))
+        elif req.method in ("OPTIONS", "INFO", "UPDATE", "NOTIFY"):
+            self._reply(tx, 200, now=now, headers=[("Allow", ALLOW)])
+        elif req.method in _KNOWN:
+            self._reply(tx, 405, headers=[("Allow", ALLOW)], now=now)
+        else:
+            self._reply(tx, 501, headers=[("Allow", ALLOW)], now=now)
+
+    def _on_ack(self, req: Request, addr: Addr, now: float) -> None:
+        tx = self._server.get(_server_key(req, "INVITE"))
+        if tx is not None and tx.last_status >= 300:
+            tx.on_ack(now)
+            self._sched(tx)
+            return
+        session = self._dialogs.get((req.call_id, req.to.tag or "", req.from_.tag or ""))
+        if session is None or session.role != "uas":
+            self.counters["dropped"] += 1
+            return
+        if req.cseq[0] != session.invite.cseq[0] and not (
+                session.reinvite_tx and req.cseq[0] == session.reinvite_tx.request.cseq[0]):
+            return
+        if session.dialog:
+            session.dialog.peer = addr
+        session.retrans_at = session.end_at = None
+        if session.state == "answered":
+            session.state = "confirmed"
+            self._events.append(SessionConfirmed(session))
+            if session.bye_pending:
+                self._send_bye(session, now)
+
+    def _on_cancel(self, req: Request, key: tuple[str, str, str], now: float) -> None:
+        ctx = self._server.get(key)
+        if ctx is not None:  # retransmitted CANCEL
+            self._send(ctx.on_retransmit())
+            return
+        ctx = self._new_server_tx(req, now)
+        itx = self._server.get(_server_key(req, "INVITE"))
+        if itx is None:
+            self._reply(ctx, 481, to_tag=new_tag(), now=now)
+            return
+        session = self._tx_session.get(itx)
+        tag = session.local_tag if session else new_tag()
+        self._reply(ctx, 200, to_tag=tag, now=now)
+        if itx.state == TxState.PROCEEDING and session is not None and session.state == "incoming":
+            self._reply(itx, 487, to_tag=tag, now=now)
+            session.state = "terminated"
+            session.cancelled = True
+            self._events.append(InviteCancelled(session))
+        # after our 2xx the CANCEL has no effect (RFC 3261 §9.2); the caller sends BYE
+
+    # -- UAS commands ------------------------------------------------------------------
+
+    def respond(self, session: Session, status: int, reason: str | None = None, *,
+                body: bytes = b"", headers: Iterable[tuple[str, str]] = (), now: float) -> None:
+        """Answer the INVITE of an inbound session (provisional or final)."""
+        tx = session.server_tx
+        if tx is None or session.state != "incoming":
+            return
+        hdrs = list(headers)
+        if 100 < status < 300:
+            hdrs.append(("Contact", f"<{self.contact_uri}>"))
+        if 200 <= status < 300:
+            hdrs.append(("Allow", ALLOW))
+        resp = make_response(tx.request, status, reason, to_tag=session.local_tag, headers=hdrs,
+                             body=body)
+        self._server_headers(resp)
+        self._send(tx.respond(resp, now))
+        self._sched(tx)
+        if 200 <= status < 300:
+            d = Dialog.as_uas(tx.request, local_tag=session.local_tag,
+                              local_contact=f"<{self.contact_uri}>", source=session.source)
+            session.dialog = d
+            self._dialogs[d.key] = session
+            session.state = "answered"
+            session.ok_data = resp.encode()
+            session.ok_dest = tx.dest
+            session.interval = T1
+            session.retrans_at = now + T1
+            session.end_at = now + 64 * T1
+            self._sched(session)
+        elif status >= 300:
+            session.state = "terminated"
+
+    def respond_reinvite(self, session: Session, status: int, reason: str | None = None, *,
+                         body: bytes = b"", now: float) -> None:
+        tx = session.reinvite_tx
+        if tx is None or tx.state != TxState.PROCEEDING:
+            return
+        hdrs = [("Contact", f"<{self.contact_uri}>")] if status < 300 else []
+        self._reply(tx, status, reason, headers=hdrs, body=body, now=now)
+        # a 2xx to a re-INVITE is not retransmitted here: the ACK is best-effort and the
+        # media state is already applied; the peer's retransmitted re-INVITE gets it again
+
+    def bye(self, session: Session, now: float) -> None:
+        """Hang up a session in any state: BYE, CANCEL, or 480 for an unanswered INVITE."""
+        if session.state == "terminated":
+            return
+        if session.role == "uas":
+            if session.state == "incoming":
+                self.respond(session, 480, "Hung up", now=now)
+            elif session.state == "answered":
+                session.bye_pending = True  # no BYE before the ACK (RFC 3261 §15)
+            else:
+                self._send_bye(session, now)
+        elif session.state in ("calling", "early"):
+            self.cancel(session, now)
+        else:
+            self._send_bye(session, now)
+
+    def _send_bye(self, session: Session, now: float) -> None:
+        assert session.dialog is not None
+        req = session.dialog.request("BYE", self.via())
+        self._server_headers(req)
+        self._start_client(req, session.dialog.next_hop(req), now, owner=("bye", session))
+        self._terminate(session)
+
+    def _terminate(self, session: Session) -> None:
+        session.state = "terminated"
+        session.retrans_at = session.end_at = None
+        if session.dialog:
+            self._dialogs.pop(session.dialog.key, None)
+
+    def _session_timer(self, session: Session, now: float) -> None:
+        if session.end_at is not None and now >= session.end_at:
+            session.retrans_at = session.end_at = None
+            if session.state == "answered":
+                session.state = "confirmed"  # treat as confirmed so BYE can go
+                self._send_bye(session, now)
+                self._events.append(AckTimeout(session))
+            return
+        if session.retrans_at is not None and now >= session.retrans_at and session.ok_data:
+            self._out.append((session.ok_data, session.ok_dest))
+            session.interval = min(session.interval * 2, T2)
+            session.retrans_at = now + session.interval
+
+    def _server_timer(self, tx: ServerTransaction, now: float) -> None:
+        self._send(tx.on_timer(now))
+        if tx.state == TxState.TERMINATED:
+            self._server.pop(_server_key(tx.request), None)
+            self._server_alt.pop((tx.request.call_id, tx.request.cseq[0],
+                                  tx.request.from_.tag or ""), None)
+            self._tx_session.pop(tx, None)
+
+    # -- UAC ---------------------------------------------------------------------------
+
+    def invite(self, uri: str, *, from_user: str = "controlroom", from_display: str = "",
+               routes: Iterable[str] = (), dest: Addr | None = None, body: bytes = b"",
+               credentials: tuple[str, str] | None = None, user: Any = None,
+               now: float) -> Session:
+        """Start an outbound INVITE. ``routes`` is a pre-loaded route set (outbound proxy)."""
+        target = parse_uri(uri)
+        req = Request(method="INVITE", uri=target)
+        req.add("Via", self.via())
+        for r in routes:
+            req.add("Route", r)
+        req.add("Max-Forwards", "70")
+        frm = NameAddr(SipUri("sip", from_user, self.domain), from_display, {"tag": new_tag()})
+        req.add("From", str(frm))
+        req.add("To", f"<{target}>")
+        req.add("Call-ID", f"{secrets.token_hex(12)}@{self.host}")
+        req.add("CSeq", "1 INVITE")
+        req.add("Contact", f"<{self.contact_uri}>")
+        req.add("Allow", ALLOW)
+        self._server_headers(req)
+        if body:
+            req.add("Content-Type", "application/sdp")
+            req.body = body
+        if dest is None:
+            first = parse_name_addr(req.get_all("Route")[0]).uri if req.get_all("Route") else target
+            dest = resolve(first, (first.host, first.host_port[1]))
+        session = Session("uac", req, user=user, state="calling", dest=dest,
+                          credentials=credentials, local_tag=frm.tag or "")
+        session.client_tx = self._start_client(req, dest, now, owner=("invite", session))
+        return session
+
+    def cancel(self, session: Session, now: float) -> None:
+        """CANCEL an outbound INVITE (deferred until a provisional arrived)."""
+        if session.role != "uac" or session.state not in ("calling", "early") or session.cancelled:
+            return
+        session.cancelled = True
+        if session.state == "calling":
+            session.cancel_pending = True
+            return
+        self._send_cancel(session, now)
+
+    def _send_cancel(self, session: Session, now: float) -> None:
+        inv = session.client_tx.request if session.client_tx else session.invite
+        req = Request(method="CANCEL", uri=inv.uri)
+        req.add("Via", inv.get_all("Via")[0])
+        for r in inv.get_all("Route"):
+            req.add("Route", r)
+        req.add("Max-Forwards", "70")
+        for name in ("From", "To", "Call-ID"):
+            req.add(name, inv.get(name) or "")
+        req.add("CSeq", f"{inv.cseq[0]} CANCEL")
+        self._server_headers(req)
+        self._start_client(req, session.dest, now, owner=("cancel", session))
+
+    def _start_client(self, req: Request, dest: Addr, now: float, *, owner: Any) -> ClientTransaction:
+        tx = ClientTransaction(req, dest, now)
+        self._client[tx.key] = tx
+        self._owner[tx] = owner
+        self._send(tx.start())
+        self._sched(tx)
+        return tx
+
+    def _client_timer(self, tx: ClientTransaction, now: float) -> None:
+        self._send(tx.on_timer(now))
+        if tx.state == TxState.TERMINATED:
+            self._client.pop(tx.key, None)
+            owner = self._owner.pop(tx, None)
+            if tx.timed_out and owner is not None:
+                self._client_failed(owner, 408, "Request Timeout", now)
+
+    def transport_error(self, addr: Addr, now: float) -> None:
+        """ICMP port unreachable (or send error) towards ``addr``: fail requests in flight."""
+        for tx in [t for t in self._client.values() if t.dest == addr]:
+            tx.transport_error()
+            self._client.pop(tx.key, None)
+            owner = self._owner.pop(tx, None)
+            if owner is not None:
+                self._client_failed(owner, 503, "Unreachable", now)
+
+    def _client_failed(self, owner: Any, status: int, reason: str, now: float) -> None:
+        kind, obj = owner
+        if kind == "invite" and obj.state in ("calling", "early"):
+            obj.state = "terminated"
+            self._events.append(Failed(obj, status, reason))
+        elif kind == "register":
+            self._register_failed(obj, status, now)
+
+    def _on_response(self, resp: Response, addr: Addr, now: float) -> None:
+        try:
+            via = resp.top_via
+        except SipParseError:
+            self.counters["dropped"] += 1
+            return
+        tx = self._client.get((via.branch or "", resp.cseq[1]))
+        if tx is None:
+            self._stray_response(resp, now)
+            return
+        sends, deliver = tx.receive(resp, now)
+        self._send(sends)
+        self._sched(tx)
+        if not deliver:
+            return
+        owner = self._owner.get(tx)
+        if owner is None:
+            return
+        kind, obj = owner
+        if kind == "invite":
+            self._invite_response(obj, tx, resp, addr, now)
+        elif kind == "register":
+            self._register_response(obj, resp, now)
+
+    def _stray_response(self, resp: Response, now: float) -> None:
+        """A 2xx retransmission after the transaction ended: re-send the ACK."""
+        if resp.cseq[1] == "INVITE" and 200 <= resp.status < 300:
+            session = self._dialogs.get((resp.call_id, resp.from_.tag or "", resp.to.tag or ""))
+            if session is not None and session.ack is not None and session.dialog:
+                self._out.append((session.ack.encode(), session.dialog.next_hop(session.ack)))
+                return
+        self.counters["dropped"] += 1
+
+    def _invite_response(self, session: Session, tx: ClientTransaction, resp: Response,
+                         addr: Addr, now: float) -> None:
+        code = resp.status
+        if code < 200:
+            if session.state == "calling":
+                session.state = "early"
+                if session.cancel_pending:
+                    session.cancel_pending = False
+                    self._send_cancel(session, now)
+            if code > 100 and session.state == "early":
+                self._events.append(Progress(session, resp))
+            return
+        if code < 300:
+            if session.dialog is None:
+                d = Dialog.as_uac(tx.request, resp, source=addr)
+                session.dialog = d
+                self._dialogs[d.key] = session
+                ack = d.request("ACK", self.via(), cseq=tx.request.cseq[0])
+                for n in ("Authorization", "Proxy-Authorization"):
+                    for v in tx.request.get_all(n):
+                        ack.add(n, v)
+                session.ack = ack
+                session.state = "confirmed"
+                self._out.append((ack.encode(), d.next_hop(ack)))
+                self._events.append(Answered(session, resp))
+            elif session.ack is not None:
+                self._out.append((session.ack.encode(), session.dialog.next_hop(session.ack)))
+            return
+        if code in (401, 407) and self._retry_auth(session, tx, resp, now):
+            return
+        if session.state in ("calling", "early"):
+            session.state = "terminated"
+            self._events.append(Failed(session, code, resp.reason))
+
+    def _retry_auth(self, session: Session, tx: ClientTransaction, resp: Response,
+                    now: float) -> bool:
+        if session.credentials is None or session.auth_attempts >= 2 or session.cancelled:
+            return False
+        req = _authorized(tx.request, resp, session.credentials, self.via())
+        if req is None:
+            return False
+        session.auth_attempts += 1
+        session.state = "calling"
+        session.client_tx = self._start_client(req, session.dest, now, owner=("invite", session))
+        return True
+
+    # -- REGISTER ----------------------------------------------------------------------
+
+    def register(self, *, registrar: str, user: str, expires: int,
+                 credentials: tuple[str, str] | None, owner: Any = None, now: float) -> Registration:
+        """Register ``user`` at ``registrar`` and keep the binding refreshed."""
+        reg_uri = parse_uri(registrar)
+        reg = Registration(
+            registrar=SipUri(reg_uri.scheme, "", reg_uri.host, reg_uri.port),
+            aor=f"sip:{user}@{reg_uri.host}", contact=f"<sip:{user}@{self.host}:{self.port}>",
+            expires=expires, credentials=credentials,
+            dest=resolve(reg_uri, (reg_uri.host, reg_uri.host_port[1])), user=owner)
+        self._send_register(reg, now)
+        return reg
+
+    def unregister(self, reg: Registration, now: float) -> None:
+        reg.stopping = True
+        reg.refresh_at = None
+        self._send_register(reg, now)
+
+    def _send_register(self, reg: Registration, now: float, auth_header: tuple[str, str] | None = None) -> None:
+        reg.cseq += 1
+        req = Request(method="REGISTER", uri=reg.registrar)
+        req.add("Via", self.via())
+        req.add("Max-Forwards", "70")
+        req.add("From", f"<{reg.aor}>;tag={reg.from_tag}")
+        req.add("To", f"<{reg.aor}>")
+        req.add("Call-ID", reg.call_id)
+        req.add("CSeq", f"{reg.cseq} REGISTER")
+        req.add("Contact", reg.contact)
+        req.add("Expires", "0" if reg.stopping else str(reg.expires))
+        if auth_header:
+            req.add(*auth_header)
+        self._server_headers(req)
+        self._start_client(req, reg.dest, now, owner=("register", reg))
+
+    def _register_response(self, reg: Registration, resp: Response, now: float) -> None:
+        code = resp.status
+        if code < 200:
+            return
+        tx_req = None
+        if code in (401, 407) and reg.credentials and reg.auth_attempts < 2:
+            for tx, owner in self._owner.items():
+                if owner == ("register", reg) and tx.final is resp:
+                    tx_req = tx.request
+            if tx_req is not None:
+                hdr = _auth_header(tx_req, resp, reg.credentials)
+                if hdr is not None:
+                    reg.auth_attempts += 1
+                    self._send_register(reg, now, hdr)
+                    return
+        if code == 423 and resp.get("Min-Expires", "").isdigit() and not reg.stopping:
+            reg.expires = int(resp.get("Min-Expires") or reg.expires)
+            self._send_register(reg, now)
+            return
+        reg.auth_attempts = 0
+        if 200 <= code < 300:
+            granted = _granted_expires(resp, reg)
+            reg.registered = not reg.stopping
+            reg.retry_delay = 5.0
+            if not reg.stopping:
+                # refresh well before expiry so one lost REGISTER can be retried in time
+                reg.refresh_at = now + max(1.0, min(granted * 0.8, granted - 5.0))
+                self._sched(reg)
+            self._events.append(RegistrationResult(reg, True, code, 0 if reg.stopping else granted))
+        else:
+            self._register_failed(reg, code, now)
+
+    def _register_failed(self, reg: Registration, status: int, now: float) -> None:
+        reg.registered = False
+        reg.auth_attempts = 0
+        if not reg.stopping:
+            reg.refresh_at = now + reg.retry_delay
+            reg.retry_delay = min(reg.retry_delay * 2, 300.0)
+            self._sched(reg)
+        self._events.append(RegistrationResult(reg, False, status, 0))
+
+    def session_count(self) -> int:
+        return len(self._dialogs)
+
+
+def _server_key(req: Request, method: str | None = None) -> tuple[str, str, str]:
+    """RFC 3261 §17.2.3 matching: branch + sent-by + method (ACK/CANCEL map to INVITE)."""
+    via = req.top_via
+    branch = via.branch or ""
+    m = method or req.method
+    if not branch.startswith("z9hG4bK"):
+        # RFC 2543 peer: fall back to dialog identifiers
+        branch = f"2543|{req.call_id}|{req.cseq[0]}|{req.from_.tag}"
+    return branch, f"{via.host}:{via.port or 5060}", m
+
+
+def _parse_via_safe(v: str) -> Via | None:
+    try:
+        from .uri import parse_via
+        return parse_via(v)
+    except SipParseError:
+        return None
+
+
+def _auth_header(req: Request, resp: Response, creds: tuple[str, str]) -> tuple[str, str] | None:
+    if resp.status == 407:
+        challenge, name = resp.get("Proxy-Authenticate"), "Proxy-Authorization"
+    else:
+        challenge, name = resp.get("WWW-Authenticate"), "Authorization"
+    if not challenge:
+        return None
+    try:
+        ch = auth.parse_challenge(challenge)
+        value = auth.authorization(ch, method=req.method, uri=str(req.uri),
+                                   username=creds[0], password=creds[1])
+    except SipParseError:
+        return None
+    return name, value
+
+
+def _authorized(req: Request, resp: Response, creds: tuple[str, str], via: str) -> Request | None:
+    """The same INVITE with credentials, a new branch and the next CSeq (RFC 3261 §22.2)."""
+    hdr = _auth_header(req, resp, creds)
+    if hdr is None:
+        return None
+    new = Request(method=req.method, uri=req.uri, body=req.body)
+    for n, v in req.headers:
+        if n in ("Authorization", "Proxy-Authorization"):
+            continue
+        if n == "Via":
+            v = via
+        elif n == "CSeq":
+            v = f"{req.cseq[0] + 1} {req.method}"
+        new.headers.append((n, v))
+    new.add(*hdr)
+    return new
+
+
+def _granted_expires(resp: Response, reg: Registration) -> int:
+    for c in resp.get_all("Contact"):
+        try:
+            na = parse_name_addr(c)
+        except SipParseError:
+            continue
+        if na.uri.host == reg.contact.split("@")[-1].split(":")[0].rstrip(">") and "expires" in na.params:
+            v = na.params["expires"] or ""
+            if v.isdigit():
+                return int(v)
+    v = resp.get("Expires") or ""
+    return int(v) if v.isdigit() else reg.expires
