@@ -30,6 +30,7 @@ import structlog
 from config import Settings
 from config.loader import secret
 from controlroom import events as ev
+from cad.messages import to_message
 from controlroom.metrics import Registry
 from store import Database
 from store import calls as calls_table
@@ -96,6 +97,9 @@ class Service:
         )
         self.calls: dict[str, LiveCall] = {}
         self.legs: dict[str, str] = {}  # leg_id -> call_id
+        self.wrapup_calls: dict[str, str] = {}  # handler_id -> call in wrap-up
+        self.rejected_today: dict[str, int] = {}
+        self.live_transcripts: dict[str, list[dict[str, Any]]] = {}
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._wake_router = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -262,8 +266,8 @@ class Service:
                 summary = self.queue_summary()
                 publish = getattr(self.publisher, "publish_summary", None)
                 if publish is not None:
-                    publish(summary)
-                self._fanout({"type": "wallboard", "snapshot": self.snapshot()})
+                    publish(summary["lines"])
+                self._fanout({"type": "wallboard.snapshot", "snapshot": self.snapshot()})
             except Exception:
                 log.exception("summary failed")
 
@@ -328,7 +332,7 @@ class Service:
         call = self.calls.get(e.call_id)
         if call is None or call.leg_id != e.leg_id or call.state != "offered":
             # The caller left or the offer was withdrawn while the phone was answered.
-            self.engine.hangup_leg(e.leg_id) if hasattr(self.engine, "hangup_leg") else None
+            self.engine.cancel_offer(e.leg_id)
             return
         self._apply(self.router.offer_answered(e.call_id, call.handler_id, e.at))
 
@@ -368,6 +372,8 @@ class Service:
                 self.engine.cancel_offer(call.leg_id)
             self._apply(self.router.call_abandoned(e.call_id, e.at))
         elif call.state == "connected":
+            if call.handler_id:
+                self.wrapup_calls[call.handler_id] = e.call_id
             self._apply(self.router.call_ended(e.call_id, e.at))
         if self.transcription is not None:
             self.transcription.live_stop(e.call_id)
@@ -570,8 +576,12 @@ class Service:
         if call is not None:
             incident = call.incident_number
         if event.type in ev.CAD_EVENT_TYPES:
-            self._outbox.append(conn, event=event, line=line, node=self.settings.mqtt.node,
-                                incident_number=incident)
+            node = self.settings.mqtt.node
+            self._outbox.append(
+                conn, call_id=event.call_id, line=line, type=event.type,
+                event_id=event.event_id,
+                payload_fn=lambda seq: to_message(event, seq=seq, node=node,
+                                                  incident_number=incident))
         loop = _running_loop()
         payload = event.as_dict()
         payload["line"] = line
@@ -593,7 +603,31 @@ class Service:
                 # A desk that cannot keep up is dropped; its page reconnects and reloads.
                 self._subscribers.discard(q)
 
+    def transfer(self, call: LiveCall, *, to_line: str | None, to_handler: str | None) -> None:
+        """Move a connected call to a line's queue (at the head) or a named handler."""
+        now = time.time()
+        from_handler = call.handler_id or ""
+        if to_line is not None:
+            actions = self.router.transfer_to_line(call.call_id, to_line, now, head=True)
+        else:
+            actions = self.router.transfer_to_handler(call.call_id, to_handler, now)
+        self.engine.unbridge(call.call_id)
+        if from_handler:
+            self.wrapup_calls[from_handler] = call.call_id
+        call.state, call.handler_id, call.leg_id, call.answered_at = "queued", None, None, None
+        if to_line is not None:
+            call.line = to_line
+            call.priority = self.lines[to_line].priority
+        with self.db.transaction() as conn:
+            calls_table.update(conn, call.call_id, state="queued", line=call.line)
+            self._commit(conn, ev.CallTransferred(call_id=call.call_id, at=now,
+                                                  from_handler=from_handler, to_line=to_line,
+                                                  to_handler=to_handler), line=call.line)
+        self.engine.play(call.call_id, self.lines[call.line].queue_prompt)
+        self._apply(actions)
+
     def _finish(self, call_id: str, *, by: str, reason: str) -> None:
+        self.live_transcripts.pop(call_id, None)
         call = self.calls.pop(call_id, None)
         if call is None:
             return
@@ -620,6 +654,10 @@ class Service:
         """Transcription results (on the loop): live segments to desks, finals to the CAD."""
         if isinstance(event, ev.TranscriptSegment):
             payload = event.as_dict()
+            if event.final and event.call_id in self.calls:
+                self.live_transcripts.setdefault(event.call_id, []).append(
+                    {"channel": event.channel, "text": event.text, "start": event.start,
+                     "end": event.end, "final": True})
             call = self.calls.get(event.call_id)
             payload["line"] = call.line if call else None
             self._fanout(payload)

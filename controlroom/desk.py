@@ -1,0 +1,373 @@
+"""The service's side of the desk: :class:`console.backend.DeskBackend` over the live service.
+
+Reads come from the router's snapshot (live state) and the store (history); actions go
+through the router (decisions) and the engine (telephony), exactly as telephony events
+do, so the desk can never put the system in a state the router would not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from console.backend import THRIVE_KEYS, Conflict, Invalid, NotFound
+from controlroom import events as ev
+from store import calls as calls_table
+
+if TYPE_CHECKING:
+    from controlroom.service import Service
+
+# Router handler states -> the desk's names.
+_STATE_NAMES = {"offered": "ringing", "wrap_up": "wrapup"}
+
+
+def _state_name(state: Any) -> str:
+    s = str(getattr(state, "value", state))
+    return _STATE_NAMES.get(s, s)
+
+
+def _midnight(now: float) -> float:
+    d = dt.datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    return d.timestamp()
+
+
+class ServiceDesk:
+    """DeskBackend implemented over a running :class:`Service`."""
+
+    def __init__(self, service: Service) -> None:
+        self.s = service
+
+    # ------------------------------------------------------------------ read side
+    async def snapshot(self) -> dict[str, Any]:
+        s = self.s
+        now = time.time()
+        rsnap = s.router.snapshot(now)
+        lines_out = []
+        since = _midnight(now)
+        for line in s.settings.lines:
+            waiting = []
+            for c in sorted((c for c in s.calls.values()
+                             if c.line == line.name and c.state in ("queued", "offered")),
+                            key=lambda c: (s.router.position(c.call_id) or 10**9, c.arrived_at)):
+                waiting.append({"call_id": c.call_id, "caller": c.caller,
+                                "wait": round(now - c.arrived_at, 1),
+                                "position": s.router.position(c.call_id),
+                                "priority": c.priority, "state": c.state,
+                                "estimated_wait": s.router.estimated_wait(c.call_id, now)})
+            sl = s.router.service_level(line.name, now, since=since)
+            offered = getattr(sl, "offered", 0)
+            answered = getattr(sl, "answered", 0)
+            within = getattr(sl, "answered_within_threshold", 0)
+            abandoned = getattr(sl, "abandoned", 0)
+            lines_out.append({
+                "name": line.name, "priority": line.priority, "threshold": line.answer_threshold,
+                "waiting": waiting,
+                "longest_wait": max((w["wait"] for w in waiting), default=0.0),
+                "offered_today": offered, "answered_today": answered,
+                "answered_in_threshold_today": within, "abandoned_today": abandoned,
+                "sl_today": (within / offered) if offered else None,
+                "abandon_rate": (abandoned / offered) if offered else None,
+            })
+        handlers_out = []
+        for h in rsnap.get("handlers", []):
+            hid = h.get("handler_id") or h.get("id")
+            cfg = s.handlers.get(hid)
+            handlers_out.append({
+                "handler_id": hid, "name": cfg.name if cfg else hid,
+                "state": _state_name(h.get("state")), "reason": h.get("reason") or "",
+                "since": h.get("since"), "call_id": h.get("call_id"),
+                "skills": h.get("skills") or (s._skills(cfg) if cfg else {}),
+            })
+        return {"at": now, "lines": lines_out, "handlers": handlers_out,
+                "draining": s._draining}
+
+    def _handler(self, handler_id: str) -> dict[str, Any]:
+        for h in self.s.router.snapshot(time.time()).get("handlers", []):
+            if (h.get("handler_id") or h.get("id")) == handler_id:
+                return h
+        raise NotFound(f"no handler {handler_id!r}")
+
+    def _card(self, call_id: str) -> dict[str, Any] | None:
+        s = self.s
+        row = s.db.query_one("SELECT * FROM calls WHERE call_id=?", (call_id,))
+        if row is None:
+            return None
+        d = calls_table.to_dict(row)
+        live = s.calls.get(call_id)
+        return {
+            "call_id": call_id, "line": d["line"], "priority": d["priority"],
+            "caller": d["caller"], "display_name": d["display_name"], "line_type": None,
+            "location": d["location"], "location_accuracy": None,
+            "flags": d["flags"] or [], "arrived_at": d["arrived_at"],
+            "answered_at": d["answered_at"], "held": bool(live and live.on_hold),
+            "incident_number": d["incident_number"], "grade": d["grade"],
+            "queue_history": [{"at": at, "event": "queued", "position": pos}
+                              for at, pos in (live.positions if live else [])],
+            "previous_calls": self._previous(d["caller"], 10, exclude=call_id),
+            "transcript": list(s.live_transcripts.get(call_id, [])),
+        }
+
+    async def handler_view(self, handler_id: str) -> dict[str, Any]:
+        s = self.s
+        h = self._handler(handler_id)
+        cfg = s.handlers.get(handler_id)
+        now = time.time()
+        rows = s.db.query(
+            "SELECT COUNT(*) n, COALESCE(SUM(talk),0) talk FROM calls "
+            "WHERE handler_id=? AND arrived_at>=? AND answered_at IS NOT NULL",
+            (handler_id, _midnight(now)))
+        n, talk = rows[0]["n"], rows[0]["talk"]
+        offer = call = wrap = None
+        for c in s.calls.values():
+            if c.handler_id == handler_id and c.state == "offered":
+                offer = self._card(c.call_id)
+            elif c.handler_id == handler_id and c.state == "connected":
+                call = self._card(c.call_id)
+        wrap_id = s.wrapup_calls.get(handler_id)
+        if wrap_id and _state_name(h.get("state")) == "wrapup":
+            wrap = self._card(wrap_id)
+        return {"at": now, "handler_id": handler_id, "name": cfg.name if cfg else handler_id,
+                "state": _state_name(h.get("state")), "reason": h.get("reason") or "",
+                "since": h.get("since"), "skills": h.get("skills") or {},
+                "today": {"calls": n, "talk": talk, "avg_talk": (talk / n) if n else 0.0,
+                          "rejected": s.rejected_today.get(handler_id, 0)},
+                "offer": offer, "call": call, "wrapup": wrap}
+
+    # ------------------------------------------------------------------ handler actions
+    async def set_handler_state(self, handler_id: str, state: str, reason: str = "") -> None:
+        s = self.s
+        self._handler(handler_id)
+        now = time.time()
+        try:
+            if state == "available":
+                actions = s.router.set_available(handler_id, now)
+            elif state == "not_ready":
+                actions = s.router.set_not_ready(handler_id, now, reason=reason or "not ready")
+            elif state == "logged_out":
+                actions = s.router.handler_logout(handler_id, now)
+            else:
+                raise Invalid(f"state must be available, not_ready or logged_out, got {state!r}")
+        except Exception as exc:
+            if isinstance(exc, Invalid):
+                raise
+            raise Conflict(str(exc)) from None
+        s._apply(actions)
+
+    def _offered(self, handler_id: str, call_id: str) -> Any:
+        call = self.s.calls.get(call_id)
+        if call is None:
+            raise NotFound(f"no live call {call_id!r}")
+        if call.handler_id != handler_id or call.state != "offered":
+            raise Conflict("this call is no longer ringing on your phone")
+        return call
+
+    async def accept_offer(self, handler_id: str, call_id: str) -> None:
+        self._offered(handler_id, call_id)
+        self.s._fanout({"type": "call.accepted_on_screen", "call_id": call_id,
+                        "handler_id": handler_id, "at": time.time()})
+
+    async def reject_offer(self, handler_id: str, call_id: str) -> None:
+        s = self.s
+        call = self._offered(handler_id, call_id)
+        leg_id = call.leg_id
+        call.leg_id, call.handler_id, call.state = None, None, "queued"
+        if leg_id:
+            s.engine.cancel_offer(leg_id)
+        s.rejected_today[handler_id] = s.rejected_today.get(handler_id, 0) + 1
+        now = time.time()
+        with s.db.transaction() as conn:
+            s._commit(conn, ev.CallOfferFailed(call_id=call_id, at=now, line=call.line,
+                                               handler_id=handler_id, reason="rejected"))
+        s._apply(s.router.offer_failed(call_id, handler_id, now, reason="rejected"))
+
+    def _connected(self, call_id: str) -> Any:
+        call = self.s.calls.get(call_id)
+        if call is None:
+            raise NotFound(f"no live call {call_id!r}")
+        if call.state != "connected":
+            raise Conflict(f"call is {call.state}, not connected")
+        return call
+
+    async def hold(self, call_id: str, on: bool) -> None:
+        call = self._connected(call_id)
+        self.s.engine.hold(call_id, on)
+        call.on_hold = on
+        self.s._fanout({"type": "call.hold", "call_id": call_id, "on_hold": on,
+                        "by": "handler", "at": time.time()})
+
+    async def transfer(self, call_id: str, *, to_line: str | None = None,
+                       to_handler: str | None = None) -> None:
+        s = self.s
+        if (to_line is None) == (to_handler is None):
+            raise Invalid("give exactly one of to_line or to_handler")
+        if to_line is not None and to_line not in s.lines:
+            raise Invalid(f"unknown line {to_line!r}")
+        if to_handler is not None and to_handler not in s.handlers:
+            raise Invalid(f"unknown handler {to_handler!r}")
+        call = self._connected(call_id)
+        s.transfer(call, to_line=to_line, to_handler=to_handler)
+
+    async def end_call(self, call_id: str) -> None:
+        call = self._connected(call_id)
+        call.ended_by, call.end_reason = "handler", "ended from the desk"
+        self.s.engine.hangup(call_id, "ended from the desk")
+
+    async def wrapup(self, call_id: str, handler_id: str, thrive: dict[str, str],
+                     grade: str, notes: str) -> None:
+        s = self.s
+        row = s.db.query_one("SELECT line, handler_id FROM calls WHERE call_id=?", (call_id,))
+        if row is None:
+            raise NotFound(f"no call {call_id!r}")
+        if row["handler_id"] != handler_id:
+            raise Conflict("this call was not answered by you")
+        unknown = set(thrive) - set(THRIVE_KEYS)
+        if unknown:
+            raise Invalid(f"unknown THRIVE field {sorted(unknown)[0]!r}")
+        now = time.time()
+        with s.db.transaction() as conn:
+            calls_table.update(conn, call_id, thrive=thrive, grade=grade or None, notes=notes)
+            s._commit(conn, ev.CallWrapUp(call_id=call_id, at=now, handler_id=handler_id,
+                                          thrive=thrive, grade=grade, notes=notes),
+                      line=row["line"])
+
+    async def end_wrapup(self, handler_id: str) -> None:
+        s = self.s
+        self._handler(handler_id)
+        try:
+            actions = s.router.end_wrapup(handler_id, time.time())
+        except Exception as exc:
+            raise Conflict(str(exc)) from None
+        s._apply(actions)
+
+    # ------------------------------------------------------------------ call-backs
+    async def callbacks(self) -> list[dict[str, Any]]:
+        out = []
+        for cb in self.s.router.callbacks():
+            d = cb if isinstance(cb, dict) else dict(vars(cb))
+            d.setdefault("cb_id", d.get("id"))
+            d["state"] = str(getattr(d.get("state"), "value", d.get("state")))
+            out.append(d)
+        out.sort(key=lambda d: (d["state"] != "open", d.get("abandoned_at") or 0))
+        return out
+
+    async def take_callback(self, cb_id: str, handler_id: str) -> None:
+        try:
+            actions = self.s.router.take_callback(cb_id, handler_id, time.time())
+        except KeyError:
+            raise NotFound(f"no call-back {cb_id!r}") from None
+        except Exception as exc:
+            raise Conflict(str(exc)) from None
+        self.s._apply(actions or [])
+
+    async def complete_callback(self, cb_id: str, outcome: str) -> None:
+        if not outcome.strip():
+            raise Invalid("an outcome is required")
+        try:
+            actions = self.s.router.complete_callback(cb_id, time.time(), outcome=outcome)
+        except KeyError:
+            raise NotFound(f"no call-back {cb_id!r}") from None
+        except Exception as exc:
+            raise Conflict(str(exc)) from None
+        self.s._apply(actions or [])
+
+    # ------------------------------------------------------------------ supervisor
+    async def reprioritise(self, call_id: str, priority: float) -> None:
+        s = self.s
+        if call_id not in s.calls:
+            raise NotFound(f"no live call {call_id!r}")
+        try:
+            actions = s.router.reprioritise(call_id, time.time(), priority=priority)
+        except Exception as exc:
+            raise Conflict(str(exc)) from None
+        s._apply(actions)
+
+    async def set_skills(self, handler_id: str, skills: dict[str, int]) -> None:
+        self._handler(handler_id)
+        for k, v in skills.items():
+            if not isinstance(v, int) or not 1 <= v <= 10:
+                raise Invalid(f"proficiency of {k!r} must be an integer 1..10")
+        self.s._apply(self.s.router.set_skills(handler_id, time.time(), skills=skills))
+
+    # ------------------------------------------------------------------ auditor
+    async def call_detail(self, call_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self._call_detail, call_id)
+
+    def _call_detail(self, call_id: str) -> dict[str, Any]:
+        from transcription import get_transcript
+
+        s = self.s
+        conn = s.db.connect_reader()
+        try:
+            row = conn.execute("SELECT * FROM calls WHERE call_id=?", (call_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no call {call_id!r}")
+            call = calls_table.to_dict(row)
+            timeline = [{"at": r["at"], "event": r["event"], "handler_id": r["handler_id"],
+                         "data": json.loads(r["data"]) if r["data"] else {}}
+                        for r in conn.execute(
+                            "SELECT at, event, handler_id, data FROM queue_log "
+                            "WHERE call_id=? ORDER BY id", (call_id,))]
+        finally:
+            conn.close()
+        transcript = get_transcript(s.db, call_id)
+        segments = (transcript or {}).get("segments", [])
+        rec = None
+        if call.get("recording_path"):
+            rec = {"recording_id": Path(call["recording_path"]).stem,
+                   "sha256": call["recording_sha256"], "duration": call["recording_duration"]}
+        return {"call": call, "timeline": timeline, "transcript": segments, "recording": rec}
+
+    def _previous(self, number: str, limit: int, *, exclude: str | None = None) -> list[dict[str, Any]]:
+        if not number:
+            return []
+        rows = self.s.db.query(
+            "SELECT call_id, arrived_at, line, state, incident_number, grade, handler_id, flags "
+            "FROM calls WHERE caller=? AND call_id != ? ORDER BY arrived_at DESC LIMIT ?",
+            (number, exclude or "", limit))
+        return [{"call_id": r["call_id"], "arrived_at": r["arrived_at"], "line": r["line"],
+                 "outcome": r["state"], "incident_number": r["incident_number"],
+                 "grade": r["grade"], "handler_id": r["handler_id"],
+                 "markers": json.loads(r["flags"] or "[]")} for r in rows]
+
+    async def previous_calls(self, number: str, limit: int = 10) -> list[dict[str, Any]]:
+        return self._previous(number, limit)
+
+    async def search(self, query: str, **filters: Any) -> list[dict[str, Any]]:
+        from transcription import TranscriptSearch
+
+        def run() -> list[dict[str, Any]]:
+            hits = TranscriptSearch(self.s.db).search(
+                query, line=filters.get("line"), caller=filters.get("number"),
+                handler_id=filters.get("handler"), since=filters.get("date_from"),
+                until=filters.get("date_to"), incident=filters.get("incident"),
+                limit=int(filters.get("limit") or 20))
+            out = []
+            for h in hits:
+                d = h if isinstance(h, dict) else dict(vars(h))
+                out.append(d)
+            return out
+
+        try:
+            return await asyncio.to_thread(run)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+
+    async def recording_file(self, call_id: str) -> tuple[Path, str]:
+        row = self.s.db.query_one(
+            "SELECT recording_path, recording_sha256 FROM calls WHERE call_id=?", (call_id,))
+        if row is None:
+            raise NotFound(f"no call {call_id!r}")
+        if not row["recording_path"]:
+            raise NotFound("this call has no sealed recording yet")
+        return Path(row["recording_path"]), row["recording_sha256"]
+
+    # ------------------------------------------------------------------ live
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        async with self.s.subscription() as q:
+            while True:
+                yield await q.get()

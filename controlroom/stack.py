@@ -1,0 +1,207 @@
+"""The whole system on loopback: Kamailio, Mosquitto, the service and handler phones.
+
+Used by the demo (``controlroom demo``) and by the end-to-end tests, so both exercise
+exactly the same wiring: real Kamailio as registrar and record-routing proxy, real
+Mosquitto as the CAD broker, SIPp handler phones registered to Kamailio, and SIPp
+callers whose speech is synthesised by espeak-ng and sent as G.711 RTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from config import Settings, from_dict
+from controlroom.service import Service
+from harness import scenarios, speech
+from harness.kamailio import Kamailio
+from harness.mosquitto import Mosquitto
+from harness.ports import free_rtp_range, free_tcp_port, free_udp_port
+from harness.sipp import Sipp
+
+DOMAIN = "controlroom.local"
+
+
+@dataclass
+class StackOptions:
+    """How the loopback system is put together."""
+
+    handlers: int = 3
+    """SIPp handler phones h1..hN (all with skills 999 and 101)."""
+    engine: str = "whisper"
+    """Transcription engine: whisper (bundled tiny.en), vosk or none."""
+    model: str = ""
+    web_port: int = 0
+    """Console port (0: a free one)."""
+    ring_ms: int = 800
+    """How long handler phones ring before answering."""
+    handlers_available: bool = True
+    """Log handlers in as available at start."""
+    offer_timeout: float = 10.0
+    wrapup: float = 2.0
+    phone_timeout: float = 3600.0
+    """Handler phones exit after this long (SIPp's global timeout)."""
+    codec: str = "PCMA"
+    handler_text: str = "Police. What is your emergency? Tell me exactly where you are."
+
+
+def toml_dump(data: dict[str, Any]) -> str:
+    """A small TOML writer for the generated configuration (tables, arrays of tables)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + "}"
+        return json.dumps(str(v))
+
+    out: list[str] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+    out += [f"{k} = {value(v)}" for k, v in scalars.items()]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.append(f"\n[{k}]")
+            out += [f"{kk} = {value(vv)}" for kk, vv in v.items()]
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                out.append(f"\n[[{k}]]")
+                out += [f"{kk} = {value(vv)}" for kk, vv in item.items()]
+        elif isinstance(v, list):
+            out.append(f"{k} = {value(v)}")
+    return "\n".join(out) + "\n"
+
+
+class Stack:
+    """Async context manager: everything up on enter, everything down on exit."""
+
+    def __init__(self, workdir: Path, options: StackOptions | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.options = options or StackOptions()
+        self._exit = contextlib.ExitStack()
+        self.kamailio: Kamailio
+        self.mosquitto: Mosquitto
+        self.service: Service
+        self.phones: dict[str, Sipp] = {}
+        self.config_path = self.workdir / "controlroom.toml"
+        self._calls = 0
+
+    # ------------------------------------------------------------------ config
+    def config(self, *, sip_port: int, kamailio_port: int, mqtt_port: int,
+               web_port: int) -> dict[str, Any]:
+        o = self.options
+        rtp = free_rtp_range(400)
+        return {
+            "drain_timeout": 5.0,
+            "sip": {"bind": "127.0.0.1", "port": sip_port, "domain": DOMAIN,
+                    "proxy": f"sip:127.0.0.1:{kamailio_port}", "rtp_bind": "127.0.0.1",
+                    "rtp_port_min": rtp[0], "rtp_port_max": rtp[1],
+                    "dead_call_timeout": 60.0},
+            "lines": [
+                {"name": "999", "numbers": ["999", "112"], "priority": 0, "skill": "999",
+                 "trusted_sources": ["127.0.0.1"], "answer_threshold": 10.0,
+                 "wrapup": o.wrapup, "callback_on_abandon": True},
+                {"name": "101", "numbers": ["101"], "priority": 1, "skill": "101",
+                 "trusted_sources": ["127.0.0.1"], "answer_threshold": 60.0,
+                 "wrapup": o.wrapup, "ageing_per_minute": 0.1},
+            ],
+            "handlers": [{"id": f"h{i}", "name": f"Handler {i}",
+                          "phone": f"sip:h{i}@{DOMAIN}", "skills": ["999", "101"]}
+                         for i in range(1, o.handlers + 1)],
+            "routing": {"offer_timeout": o.offer_timeout,
+                        "handlers_start_available": o.handlers_available},
+            "storage": {"data_dir": str(self.workdir / "data")},
+            "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "node": "fcr1"},
+            "transcription": {"engine": o.engine, "model": o.model, "live": o.engine != "none"},
+            "web": {"bind": "127.0.0.1", "port": web_port},
+            "logging": {"level": "info"},
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> Stack:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for sub in ("clips", "kamailio", "callers", *(f"phone-h{i}" for i in range(1, self.options.handlers + 1))):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        self.mosquitto = self._exit.enter_context(Mosquitto())
+        sip_port = free_udp_port()
+        routes = {n: f"127.0.0.1:{sip_port}" for n in ("999", "112", "101")}
+        self.kamailio = await asyncio.to_thread(
+            lambda: self._exit.enter_context(Kamailio(routes, domain=DOMAIN, trace=False,
+                                                       workdir=self.workdir / "kamailio")))
+        web_port = self.options.web_port or free_tcp_port()
+        data = self.config(sip_port=sip_port, kamailio_port=self.kamailio.port,
+                           mqtt_port=self.mosquitto.port, web_port=web_port)
+        self.config_path.write_text(toml_dump(data))
+        self.settings: Settings = from_dict(data)
+        self.service = Service(self.settings)
+        await self.service.start()
+        handler_clip = await asyncio.to_thread(
+            self.clip, self.options.handler_text, voice="en-gb+f3", lead_s=0.5, name="handler")
+        for h in self.settings.handlers:
+            phone = Sipp(scenarios.handler(user=h.id, ring_ms=self.options.ring_ms,
+                                           pcap=handler_clip.pcap, hangup="remote"),
+                         calls=100000, timeout=self.options.phone_timeout, name=f"phone-{h.id}",
+                         trace_msg=False, workdir=self.workdir / f"phone-{h.id}")
+            await asyncio.to_thread(lambda p=phone: self._exit.enter_context(p))
+            await asyncio.to_thread(self.kamailio.register, h.id, phone.contact(h.id))
+            self.phones[h.id] = phone
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
+        service = getattr(self, "service", None)
+        if service is not None:
+            with contextlib.suppress(Exception):
+                await service.stop()
+        await asyncio.to_thread(self._exit.close)
+
+    # ------------------------------------------------------------------ calls
+    def clip(self, text: str, *, voice: str = "en-gb", lead_s: float = 1.5,
+             codec: str | None = None, name: str | None = None, speed: int = 150) -> speech.Clip:
+        """Speech as an RTP pcap, with ``lead_s`` of silence first (so the handler is
+        connected before the caller speaks)."""
+        codec = codec or self.options.codec
+        self._calls += 1
+        pcap = self.workdir / "clips" / f"{name or f'clip{self._calls}'}-{codec}.pcap"
+        pcm, _, _ = speech.read_wav(speech.synthesise(text, voice=voice, speed=speed))
+        pcm = np.concatenate([np.zeros(int(lead_s * speech.SAMPLE_RATE), dtype=np.int16), pcm,
+                              np.zeros(speech.SAMPLE_RATE // 2, dtype=np.int16)])
+        packets = speech.audio_packets(pcm, codec)
+        speech.write_rtp_pcap(pcap, packets)
+        payload = b"".join(p.payload for p in packets)
+        return speech.Clip(text=text, codec=codec, pcm=pcm, payload=payload,
+                           sent=speech.decode(payload, codec), pcap=pcap, packets=packets)
+
+    def call(self, dialled: str, *, caller: str, clip: speech.Clip | None = None,
+             talk_s: float | None = None, hangup: str = "caller", display: str = "",
+             name: str | None = None, extra_headers: tuple[str, ...] = ()) -> Sipp:
+        """Start a SIPp caller through Kamailio; the caller hangs up after ``talk_s``."""
+        talk = talk_s if talk_s is not None else ((clip.duration + 1.0) if clip else 3.0)
+        codecs = (clip.codec,) if clip else (self.options.codec,)
+        scen = scenarios.caller(dialled=dialled, codecs=codecs, caller_id=caller,
+                                display=display, pcap=clip.pcap if clip else None,
+                                talk_ms=int(talk * 1000), hangup=hangup,
+                                extra_headers=extra_headers)
+        self._calls += 1
+        (self.workdir / "callers" / (name or f"caller{self._calls}")).mkdir(parents=True, exist_ok=True)
+        sipp = Sipp(scen, target=self.kamailio.addr, calls=1, timeout=talk + 120,
+                    name=name or f"caller{self._calls}",
+                    workdir=self.workdir / "callers" / (name or f"caller{self._calls}"))
+        return sipp.start()
