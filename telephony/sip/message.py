@@ -284,6 +284,10 @@ def _check(msg: Request | Response, body: bytes) -> None:
     for v in msg.get_all("Via"):
         parse_via(v)
     msg.from_, msg.to  # noqa: B018 - raise on malformed From/To
+    for name in ("Contact", "Route", "Record-Route"):
+        for v in msg.get_all(name):
+            if v.strip() != "*":
+                parse_name_addr(v)
     cl = msg.get("Content-Length")
     if cl is not None:
         if not cl.isdigit():
