@@ -85,8 +85,8 @@ class CadPublisher:
 
     def __init__(self, settings: MqttSettings, db: Database, *,
                  on_incident: inbound.OnIncident | None = None,
-                 password: str | None = None, batch_size: int = 500,
-                 max_inflight: int = 20, poll_interval: float = 1.0,
+                 password: str | None = None, batch_size: int = 200,
+                 window: int = 500, mark_every: int = 200, max_inflight: int = 20, poll_interval: float = 1.0,
                  initial_backoff: float = 0.2, publish_timeout: float = 10.0,
                  session_expiry: int = 3600) -> None:
         """
@@ -96,7 +96,11 @@ class CadPublisher:
             the broker.
         :param password: the resolved password; default resolves ``settings.password``
             (``env:``/``file:``) here.
-        :param batch_size: outbox rows read and pipelined per round trip.
+        :param batch_size: outbox rows read per query.
+        :param window: publishes outstanding at once (handed to paho, PUBACK not yet
+            seen); bounds memory during a drain.
+        :param mark_every: acknowledged rows marked delivered per write (also whenever
+            nothing is left in flight).
         :param max_inflight: QoS 1 publishes awaiting PUBACK at once (MQTT 5 brokers
             advertise a Receive Maximum, Mosquitto's is 20, that paho does not honour).
         :param poll_interval: how often to look at the outbox without a :meth:`notify`
@@ -108,6 +112,8 @@ class CadPublisher:
         self._password = (password if password is not None
                           else secret(settings.password, key="mqtt.password"))
         self.batch_size = batch_size
+        self.window = window
+        self.mark_every = mark_every
         self.max_inflight = max_inflight
         self.poll_interval = poll_interval
         self.initial_backoff = initial_backoff
@@ -249,7 +255,7 @@ class CadPublisher:
             keepalive=s.keepalive, timeout=self.publish_timeout,
             max_inflight_messages=self.max_inflight, tls_context=self._tls_context, **kwargs)
         # aiomqtt warns per publish above 10 pending calls; we pipeline on purpose.
-        client.pending_calls_threshold = self.batch_size * 2 + 10
+        client.pending_calls_threshold = self.window + 10
         return client
 
     async def _session(self) -> None:
@@ -289,47 +295,81 @@ class CadPublisher:
             await inbound.handle(payload, self.on_incident, topic=str(message.topic))
 
     async def _drain(self, client: aiomqtt.Client) -> None:
+        """Sliding-window pipeline: a feeder hands rows to paho in outbox order while a
+        completer awaits their PUBACKs in the same order and marks the acknowledged
+        prefix delivered. The window keeps the connection busy (no stall per batch) and
+        bounds memory; the broker's per-connection order keeps each call's seq order."""
+        window: asyncio.Queue[tuple[outbox.OutboxRow, asyncio.Task[None]]] = asyncio.Queue(
+            maxsize=self.window)
+        feeder = asyncio.create_task(self._feed(client, window), name="cad-feed")
+        try:
+            await self._complete(window, feeder)
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            while not window.empty():
+                _, task = window.get_nowait()
+                task.cancel()
+
+    async def _feed(self, client: aiomqtt.Client,
+                    window: asyncio.Queue[tuple[outbox.OutboxRow, asyncio.Task[None]]]) -> None:
         assert self._wake is not None
         s = self.settings
         summary_topic = messages.summary_topic(s.topic_prefix, s.node)
+        last_id = 0  # rows up to here are in the window already (this connection)
         while True:
             self._wake.clear()
             if self._summary_dirty and self._summary is not None:
                 self._summary_dirty = False
                 await client.publish(summary_topic, json.dumps(self._summary), qos=1,
                                      retain=True)
-            rows = await asyncio.to_thread(self._pending)
+            rows = await asyncio.to_thread(self._pending, last_id)
+            for r in rows:
+                # A task runs up to its first await in creation order, and publish()
+                # hands the message to paho before awaiting: wire order = outbox order.
+                task = asyncio.create_task(client.publish(
+                    messages.call_topic(s.topic_prefix, s.node, r.line, r.call_id),
+                    r.payload.encode(), qos=self.qos))
+                await window.put((r, task))  # waits while the window is full
+                last_id = r.id
             if rows:
-                await self._publish_batch(client, rows)
                 continue
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             except TimeoutError:
                 pass
 
-    async def _publish_batch(self, client: aiomqtt.Client, rows: list[outbox.OutboxRow]) -> None:
-        s = self.settings
-        # Tasks start in creation order and each hands its message to paho before its
-        # first await, so the wire order is the outbox order.
-        tasks = [asyncio.create_task(client.publish(
-                    messages.call_topic(s.topic_prefix, s.node, r.line, r.call_id),
-                    r.payload.encode(), qos=self.qos))
-                 for r in rows]
+    async def _complete(self, window: asyncio.Queue[tuple[outbox.OutboxRow, asyncio.Task[None]]],
+                        feeder: asyncio.Task[None]) -> None:
+        acked: list[int] = []
         try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            # Mark only the fully acknowledged prefix; the rest is sent again, in order.
-            acked = 0
-            for t in tasks:
-                if not t.done() or t.cancelled() or t.exception() is not None:
-                    break
-                acked += 1
-            for t in tasks:
-                t.cancel()
+            while True:
+                if window.empty():
+                    if acked:
+                        ids, acked = acked, []
+                        await asyncio.to_thread(self._mark, ids)
+                        continue
+                    # Nothing in flight: wait for the feeder to queue more (or fail).
+                    get = asyncio.ensure_future(window.get())
+                    done, _ = await asyncio.wait({get, feeder},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if get not in done:
+                        get.cancel()
+                        feeder.result()  # the feeder failed: raise its error
+                        raise aiomqtt.MqttError("feeder stopped")
+                    row, task = get.result()
+                else:
+                    row, task = window.get_nowait()
+                await task  # raises MqttError on timeout / lost connection
+                acked.append(row.id)
+                if len(acked) >= self.mark_every:
+                    ids, acked = acked, []
+                    await asyncio.to_thread(self._mark, ids)
+        finally:
+            # Whatever ends the session, the acknowledged prefix is recorded: only rows
+            # truly in flight can be sent twice.
             if acked:
-                self._mark([r.id for r in rows[:acked]])
-            raise
-        await asyncio.to_thread(self._mark, [r.id for r in rows])
+                self._mark(acked)
 
     # -- outbox access (worker threads) ---------------------------------------
     def _open_reader(self) -> None:
@@ -344,11 +384,11 @@ class CadPublisher:
                 self._reader.close()
             self._reader = None
 
-    def _pending(self) -> list[outbox.OutboxRow]:
+    def _pending(self, after_id: int) -> list[outbox.OutboxRow]:
         if self._reader is None:
-            return outbox.pending(self.db, self.batch_size)
+            return outbox.pending(self.db, self.batch_size, after_id)
         with self._reader_lock:
-            return outbox.pending(self._reader, self.batch_size)
+            return outbox.pending(self._reader, self.batch_size, after_id)
 
     def _depth(self) -> int:
         if self._reader is None:

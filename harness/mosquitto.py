@@ -7,7 +7,7 @@ Usage::
         broker.stop()                    # outage
         broker.start()                   # same port again
 
-Each instance writes its own config into a temp dir (persistence off, loopback
+Each instance writes its own config into a temp dir (persistence off unless asked, loopback
 listener only, anonymous access unless ``users`` is given, in which case a password
 file is generated with ``mosquitto_passwd``). The port is chosen once and kept across
 stop/start so clients can reconnect to the same address. The process is always stopped
@@ -17,6 +17,7 @@ on exit, even when the block raises.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -33,10 +34,27 @@ class MosquittoError(RuntimeError):
 
 
 def free_port(host: str = HOST) -> int:
-    """A TCP port nobody listens on right now (bind to 0 and release)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A free TCP port BELOW the kernel's ephemeral range.
+
+    The broker keeps its port across stop/start; a port from the ephemeral range (what
+    binding port 0 gives) could be taken as the source port of some client's outgoing
+    connection while the broker is down, and the restart would fail.
+    """
+    try:
+        from harness.ports import free_tcp_port  # shared cross-process leases
+    except ImportError:
+        pass
+    else:
+        return free_tcp_port()
+    for _ in range(200):
+        port = random.randint(10000, 32767)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise MosquittoError("no free TCP port found in 10000-32767")
 
 
 def available() -> bool:
@@ -54,7 +72,8 @@ class Mosquitto:
     """One broker process; a context manager. ``port`` 0 picks a free one."""
 
     def __init__(self, *, port: int = 0, host: str = HOST,
-                 users: dict[str, str] | None = None, extra_config: str = "",
+                 users: dict[str, str] | None = None, persistence: bool = False,
+                 extra_config: str = "",
                  start_timeout: float = 10.0) -> None:
         binary = _binary()
         if binary is None:
@@ -63,6 +82,7 @@ class Mosquitto:
         self.host = host
         self.port = port or free_port(host)
         self.users = dict(users or {})
+        self.persistence = persistence
         self.extra_config = extra_config
         self.start_timeout = start_timeout
         self._tmp = tempfile.TemporaryDirectory(prefix="mosquitto-")
@@ -76,7 +96,10 @@ class Mosquitto:
     def _write_config(self) -> None:
         lines = [
             f"listener {self.port} {self.host}",
-            "persistence false",
+            # Off by default; on, sessions and queued QoS 1 messages survive a restart
+            # (what a production broker does), saved in the temp dir at shutdown.
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.dir}/",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",

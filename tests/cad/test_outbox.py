@@ -1,0 +1,175 @@
+"""The transactional outbox: gap-free per-call seq, commit order, delivery marks (pure SQLite)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cad import schema
+from cad.publisher import append_event
+from store import outbox
+from store.db import Database
+
+from .samples import one_of_each
+
+
+def _append(db: Database, call_id: str, n: int = 1, line: str = "999") -> list[int]:
+    seqs = []
+    for i in range(n):
+        with db.transaction() as conn:
+            seqs.append(outbox.append(conn, call_id=call_id, line=line, type="call.queued",
+                                      payload={"event_id": f"{call_id}-{i}", "k": i}))
+    return seqs
+
+
+def test_seq_is_per_call_and_gap_free(db: Database) -> None:
+    """Each call counts 1, 2, 3... independently of other calls."""
+    assert _append(db, "a", 3) == [1, 2, 3]
+    assert _append(db, "b", 2) == [1, 2]
+    assert _append(db, "a", 1) == [4]
+
+
+def test_rolled_back_append_leaves_no_gap(db: Database) -> None:
+    """A transaction that fails after appending rolls the seq back too."""
+    _append(db, "a", 2)
+    with pytest.raises(RuntimeError), db.transaction() as conn:
+        outbox.append(conn, call_id="a", line="999", type="x", payload={"event_id": "lost"})
+        raise RuntimeError("state change failed")
+    assert _append(db, "a", 1) == [3]
+    assert [r.seq for r in outbox.for_call(db, "a")] == [1, 2, 3]
+    assert "lost" not in {r.event_id for r in outbox.for_call(db, "a")}
+
+
+def test_append_with_state_change_is_atomic(db: Database) -> None:
+    """The outbox row and the caller's own row commit or vanish together."""
+    db.execute("CREATE TABLE state (call_id TEXT NOT NULL, v TEXT)")
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO state VALUES ('a', 'queued')")
+        outbox.append(conn, call_id="a", line="999", type="x", payload={"event_id": "e1"})
+    with pytest.raises(sqlite3.IntegrityError), db.transaction() as conn:
+        outbox.append(conn, call_id="a", line="999", type="x", payload={"event_id": "e2"})
+        conn.execute("INSERT INTO state VALUES (NULL, 'x')")  # NOT NULL -> fails
+    assert outbox.depth(db) == 1
+    assert [r.event_id for r in outbox.pending(db)] == ["e1"]
+
+
+def test_append_outside_transaction_is_refused(db: Database) -> None:
+    """append needs the caller's transaction (state change and message together)."""
+    conn = sqlite3.connect(db.path, isolation_level=None)
+    with pytest.raises(ValueError, match="inside db.transaction"):
+        outbox.append(conn, call_id="a", line="999", type="x", payload={"event_id": "e"})
+    conn.close()
+
+
+def test_payload_fn_receives_seq_and_seq_is_stored(db: Database) -> None:
+    """payload_fn gets the assigned seq; the stored JSON carries it either way."""
+    with db.transaction() as conn:
+        outbox.append(conn, call_id="a", line="999", type="x",
+                      payload_fn=lambda seq: {"event_id": "e1", "mine": seq * 10})
+        outbox.append(conn, call_id="a", line="999", type="x",
+                      payload={"event_id": "e2", "seq": 99})
+    rows = outbox.pending(db)
+    assert [json.loads(r.payload) for r in rows] == [
+        {"event_id": "e1", "mine": 10, "seq": 1}, {"event_id": "e2", "seq": 2}]
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({}, "exactly one of payload_fn or payload"),
+    ({"payload": {"x": 1}, "payload_fn": lambda s: {}}, "exactly one of payload_fn or payload"),
+    ({"payload": {"x": 1}}, "needs an event_id"),
+])
+def test_append_argument_errors(db: Database, kwargs: dict, error: str) -> None:
+    """Wrong arguments raise ValueError with a clear message and append nothing."""
+    with pytest.raises(ValueError, match=error), db.transaction() as conn:
+        outbox.append(conn, call_id="a", line="999", type="x", **kwargs)
+    assert outbox.depth(db) == 0
+
+
+def test_pending_in_commit_order_and_mark_delivered(db: Database) -> None:
+    """pending() is global commit order; delivered rows leave it; depth counts the rest."""
+    _append(db, "a", 2)
+    _append(db, "b", 1)
+    _append(db, "a", 1)
+    rows = outbox.pending(db)
+    assert [(r.call_id, r.seq) for r in rows] == [("a", 1), ("a", 2), ("b", 1), ("a", 3)]
+    assert [r.id for r in rows] == sorted(r.id for r in rows)
+    assert outbox.mark_delivered(db, [rows[0].id, rows[2].id]) == 2
+    assert outbox.mark_delivered(db, [rows[0].id]) == 0  # already delivered
+    assert [(r.call_id, r.seq) for r in outbox.pending(db)] == [("a", 2), ("a", 3)]
+    assert outbox.depth(db) == 2
+    assert [(r.call_id, r.seq) for r in outbox.pending(db, limit=1)] == [("a", 2)]
+    assert [(r.call_id, r.seq) for r in outbox.pending(db, after_id=rows[1].id)] == [("a", 3)]
+
+
+def test_pending_via_reader_sees_only_committed(db: Database) -> None:
+    """A reader connection does not see a row whose transaction is still open."""
+    reader = db.connect_reader()
+    with db.transaction() as conn:
+        outbox.append(conn, call_id="a", line="999", type="x", payload={"event_id": "e"})
+        assert outbox.pending(reader) == []
+        assert outbox.depth(reader) == 0
+    assert [r.event_id for r in outbox.pending(reader)] == ["e"]
+    reader.close()
+
+
+def test_purge_keeps_counters(db: Database) -> None:
+    """Purging delivered rows keeps the call's counter: later seqs continue."""
+    _append(db, "a", 3)
+    outbox.mark_delivered(db, [r.id for r in outbox.pending(db)], now=100.0)
+    assert outbox.purge_delivered(db, before=50.0) == 0
+    assert outbox.purge_delivered(db, before=101.0) == 3
+    assert _append(db, "a", 1) == [4]
+
+
+def test_oldest_pending_age(db: Database) -> None:
+    """Age of the oldest undelivered row, None when drained."""
+    assert outbox.oldest_pending_age(db) is None
+    with db.transaction() as conn:
+        outbox.append(conn, call_id="a", line="999", type="x", payload={"event_id": "e"},
+                      now=1000.0)
+    assert outbox.oldest_pending_age(db, now=1012.5) == 12.5
+
+
+def test_append_event_builds_validated_message(db: Database) -> None:
+    """append_event stores the schema-valid CAD message with its seq and event id."""
+    events = one_of_each("call-1")[:-1]  # the last sample belongs to another call
+    with db.transaction() as conn:
+        seqs = [append_event(conn, e, node="fcr1", line="999") for e in events]
+    assert seqs == list(range(1, len(events) + 1))
+    rows = outbox.pending(db)
+    for row, e in zip(rows, events, strict=True):
+        msg = json.loads(row.payload)
+        schema.validate(msg)
+        assert (msg["seq"], msg["event_id"], row.event_id, row.type) == (
+            row.seq, e.event_id, e.event_id, e.type)
+
+
+def _writer(path: str, call_id: str, n: int) -> None:
+    d = Database(path)
+    for i in range(n):
+        with d.transaction() as conn:
+            outbox.append(conn, call_id=call_id, line="999", type="x",
+                          payload={"event_id": f"{call_id}-{i}"})
+    d.close()
+
+
+def test_two_processes_appending_keep_seq_gap_free(tmp_path: Path) -> None:
+    """Concurrent writers (separate processes) never share or skip a seq."""
+    path = str(tmp_path / "x.sqlite3")
+    Database(path).migrate(outbox.COMPONENT, outbox.MIGRATIONS)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, "shared", 100)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    d = Database(path)
+    assert [r.seq for r in outbox.for_call(d, "shared")] == list(range(1, 201))
+    rows = outbox.pending(d, limit=1000)
+    assert [r.seq for r in rows] == list(range(1, 201))  # commit order == seq order
+    d.close()
