@@ -1,0 +1,390 @@
+"""A real Kamailio SIP proxy + registrar on loopback, for tests, the demo and benchmarks.
+
+``Kamailio(routes={"999": "127.0.0.1:5080"})`` writes a ``kamailio.cfg`` into a temp
+directory and runs ``kamailio -DD -E -f cfg`` in the foreground (no daemon), logging to
+a file in that directory. It is:
+
+* a registrar (usrloc in memory, ``db_mode=0``) for handler phones, no authentication;
+* a record-routing stateful proxy: initial INVITEs are record-routed, in-dialog requests
+  follow the Route set (loose routing), everything is relayed with ``t_relay``;
+* a number router: an initial request whose request-URI user is a key of ``routes`` is
+  sent to that ``host:port`` (``$du``; the request-URI is kept so the service sees the
+  dialled number); other users are looked up in the location table; unknown -> 404.
+
+It answers ``OPTIONS`` to itself with 200, which is how :meth:`Kamailio.start` knows it
+is ready. The context manager always stops the process group, even on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from .ports import HOST, free_udp_port
+
+KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
+
+
+class HarnessError(RuntimeError):
+    """A real peer could not be started or misbehaved; the message carries its log."""
+
+
+class Process:
+    """A child process in its own session with stdout+stderr captured to a log file."""
+
+    def __init__(self, argv: Sequence[str], *, log_path: Path, cwd: Path | None = None,
+                 env: Mapping[str, str] | None = None, stdin: int | None = subprocess.DEVNULL):
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=stdin,
+            cwd=cwd, env=dict(env) if env is not None else None,
+            start_new_session=True,  # own process group: stop() reaches forked children
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 5.0, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the whole process group, then SIGKILL it if it lingers; idempotent."""
+        try:
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    try:
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    self.proc.wait(5)
+            else:
+                # The leader exited; children it forked may still hold ports.
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        finally:
+            if not self._log.closed:
+                self._log.close()
+        return self.proc.returncode
+
+    def log_text(self, tail: int = 20000) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except OSError:
+            return ""
+        return data[-tail:].decode("utf-8", "replace")
+
+
+def sip_options(addr: tuple[str, int], *, timeout: float = 0.5, user: str = "") -> int | None:
+    """Send one OPTIONS to ``addr`` and return the response status, or None on timeout."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((HOST, 0))
+        s.settimeout(timeout)
+        lport = s.getsockname()[1]
+        tag = random.randrange(1 << 30)
+        ruri = f"sip:{user + '@' if user else ''}{addr[0]}:{addr[1]}"
+        msg = (
+            f"OPTIONS {ruri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {HOST}:{lport};branch=z9hG4bK{tag:x};rport\r\n"
+            f"Max-Forwards: 70\r\n"
+            f"From: <sip:probe@{HOST}>;tag={tag:x}\r\n"
+            f"To: <{ruri}>\r\n"
+            f"Call-ID: probe-{tag:x}@{HOST}\r\n"
+            f"CSeq: 1 OPTIONS\r\n"
+            f"Content-Length: 0\r\n\r\n"
+        )
+        s.sendto(msg.encode(), addr)
+        data, _ = s.recvfrom(65535)
+        first = data.split(b"\r\n", 1)[0].split()
+        return int(first[1]) if len(first) >= 2 and first[0] == b"SIP/2.0" else None
+    except (TimeoutError, OSError, ValueError):
+        return None
+    finally:
+        s.close()
+
+
+def sip_register(registrar: tuple[str, int], user: str, contact: str, *, domain: str,
+                 expires: int = 3600, timeout: float = 2.0) -> int:
+    """REGISTER ``sip:user@domain`` with ``contact`` at ``registrar``; returns the status.
+
+    Used to register SIPp handler phones (whose scenarios only answer) from Python.
+    ``expires=0`` unregisters.
+    """
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((HOST, 0))
+        s.settimeout(timeout)
+        lport = s.getsockname()[1]
+        tag = random.randrange(1 << 30)
+        msg = (
+            f"REGISTER sip:{domain} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {HOST}:{lport};branch=z9hG4bK{tag:x};rport\r\n"
+            f"Max-Forwards: 70\r\n"
+            f"From: <sip:{user}@{domain}>;tag={tag:x}\r\n"
+            f"To: <sip:{user}@{domain}>\r\n"
+            f"Call-ID: reg-{tag:x}@{HOST}\r\n"
+            f"CSeq: 1 REGISTER\r\n"
+            f"Contact: <{contact}>\r\n"
+            f"Expires: {expires}\r\n"
+            f"Content-Length: 0\r\n\r\n"
+        )
+        s.sendto(msg.encode(), registrar)
+        deadline = time.monotonic() + timeout
+        while True:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            data, _ = s.recvfrom(65535)
+            status = int(data.split(b"\r\n", 1)[0].split()[1])
+            if status >= 200:
+                return status
+    finally:
+        s.close()
+
+
+_CFG = """#!KAMAILIO
+# Generated by harness/kamailio.py for loopback tests. Do not use in production.
+debug={debug}
+log_stderror=yes
+log_prefix="{{$mt $hdr(CSeq) $ci}} "
+fork=yes
+children={children}
+disable_tcp=yes
+auto_aliases=no
+listen=udp:{host}:{port}
+alias="{domain}"
+alias="{host}:{port}"
+dns=no
+rev_dns=no
+use_dns_cache=no
+mhomed=0
+server_header="Server: kamailio-harness"
+user_agent_header="User-Agent: kamailio-harness"
+
+loadmodule "kex.so"
+loadmodule "corex.so"
+loadmodule "tm.so"
+loadmodule "tmx.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "sanity.so"
+
+modparam("usrloc", "db_mode", 0)
+modparam("registrar", "max_expires", 7200)
+modparam("rr", "enable_full_lr", 1)
+modparam("rr", "append_fromtag", 0)
+modparam("tm", "fr_timer", {fr_timer})
+modparam("tm", "fr_inv_timer", {fr_inv_timer})
+
+request_route {{
+    {trace}
+    if (!mf_process_maxfwd_header("10")) {{
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }}
+    if (!sanity_check("17895", "7")) {{
+        xlog("L_WARN", "malformed request from $si:$sp\\n");
+        exit;
+    }}
+    if (is_method("OPTIONS") && uri == myself && $rU == $null) {{
+        sl_send_reply("200", "Keepalive");
+        exit;
+    }}
+    if (has_totag()) {{
+        if (loose_route()) {{
+            route(RELAY);
+            exit;
+        }}
+        if (is_method("ACK")) {{
+            if (t_check_trans()) {{
+                route(RELAY);
+            }}
+            exit;
+        }}
+        sl_send_reply("404", "Not here");
+        exit;
+    }}
+    if (is_method("CANCEL")) {{
+        if (t_check_trans()) {{
+            route(RELAY);
+        }}
+        exit;
+    }}
+    if (!is_method("ACK")) {{
+        if (t_precheck_trans()) {{
+            t_check_trans();
+            exit;
+        }}
+        t_check_trans();
+    }}
+    remove_hf("Route");
+    if (is_method("INVITE|SUBSCRIBE|REFER")) {{
+        record_route();
+    }}
+    if (is_method("REGISTER")) {{
+        if (!save("location")) {{
+            sl_reply_error();
+        }}
+        exit;
+    }}
+    if ($rU == $null) {{
+        sl_send_reply("484", "Address Incomplete");
+        exit;
+    }}
+{routes}
+    if (!lookup("location")) {{
+        sl_send_reply("404", "Not Found");
+        exit;
+    }}
+    route(RELAY);
+}}
+
+route[RELAY] {{
+    if (!t_relay()) {{
+        sl_reply_error();
+    }}
+    exit;
+}}
+"""
+
+
+class Kamailio:
+    """A running Kamailio proxy/registrar on ``127.0.0.1:<free port>``.
+
+    Args:
+        routes: dialled number (request-URI user) -> ``host:port`` it is relayed to.
+        domain: SIP domain handler phones register in (also an alias of the proxy).
+        port: UDP port (0: a free one).
+        children: UDP worker processes (raise for load tests).
+        trace: log every request (method, R-URI, source) - handy when a test fails.
+        fr_inv_timer: ms a relayed INVITE may ring without a final answer (408 after).
+    """
+
+    def __init__(self, routes: Mapping[str, str] | None = None, *,
+                 domain: str = "controlroom.local", port: int = 0, children: int = 2,
+                 trace: bool = True, debug: int = 2, fr_inv_timer: int = 120000,
+                 workdir: Path | None = None) -> None:
+        self.routes = dict(routes or {})
+        self.domain = domain
+        self.port = port or free_udp_port()
+        self.host = HOST
+        self.children = children
+        self.trace = trace
+        self.debug = debug
+        self.fr_inv_timer = fr_inv_timer
+        self._own_dir = workdir is None
+        self.dir = workdir or Path(tempfile.mkdtemp(prefix="kamailio-"))
+        self.cfg_path = self.dir / "kamailio.cfg"
+        self.log_path = self.dir / "kamailio.log"
+        self._proc: Process | None = None
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        """``(host, port)`` of the proxy."""
+        return (self.host, self.port)
+
+    @property
+    def uri(self) -> str:
+        """``sip:127.0.0.1:<port>`` - the engine's proxy setting."""
+        return f"sip:{self.host}:{self.port}"
+
+    def aor(self, user: str) -> str:
+        """``sip:user@domain`` of a phone registered here."""
+        return f"sip:{user}@{self.domain}"
+
+    def config_text(self) -> str:
+        lines = []
+        for number, target in self.routes.items():
+            if not number.replace("+", "").isalnum() or '"' in target:
+                raise ValueError(f"bad route {number!r} -> {target!r}")
+            lines.append(
+                f'    if ($rU == "{number}") {{\n'
+                f'        $du = "sip:{target}";\n'
+                f'        route(RELAY);\n'
+                f'    }}'
+            )
+        trace = 'xlog("L_INFO", "REQ $rm $ru from $si:$sp\\n");' if self.trace else ""
+        return _CFG.format(
+            debug=self.debug, children=self.children, host=self.host, port=self.port,
+            domain=self.domain, routes="\n".join(lines), trace=trace,
+            fr_timer=5000, fr_inv_timer=self.fr_inv_timer,
+        )
+
+    def start(self, timeout: float = 10.0) -> Kamailio:
+        """Write the config, start Kamailio and wait until it answers OPTIONS."""
+        self.cfg_path.write_text(self.config_text())
+        check = subprocess.run([KAMAILIO, "-c", "-f", str(self.cfg_path)],
+                               capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            raise HarnessError(f"kamailio.cfg rejected:\n{check.stdout}\n{check.stderr}")
+        self._proc = Process(
+            [KAMAILIO, "-DD", "-E", "-f", str(self.cfg_path), "-m", "64", "-M", "8",
+             "-Y", str(self.dir), "-P", str(self.dir / "kamailio.pid")],
+            log_path=self.log_path, cwd=self.dir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._proc.alive():
+                raise HarnessError(f"kamailio exited with {self._proc.proc.returncode}:\n"
+                                   f"{self.log_text()}")
+            if sip_options(self.addr, timeout=0.2) == 200:
+                return self
+        self.stop()
+        raise HarnessError(f"kamailio did not answer OPTIONS in {timeout} s:\n{self.log_text()}")
+
+    def register(self, user: str, contact: str, expires: int = 3600) -> None:
+        """Register ``contact`` (e.g. ``sip:h1@127.0.0.1:5090``) for ``user``; raise if refused."""
+        status = sip_register(self.addr, user, contact, domain=self.domain, expires=expires)
+        if status != 200:
+            raise HarnessError(f"REGISTER {user} -> {status}\n{self.log_text()}")
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.alive()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.stop()
+
+    def log_text(self, tail: int = 20000) -> str:
+        """The tail of Kamailio's log (include it in assertion messages)."""
+        try:
+            return self.log_path.read_bytes()[-tail:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Kamailio:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+        if self._own_dir and et is None and os.environ.get("HARNESS_KEEP_LOGS") != "1":
+            shutil.rmtree(self.dir, ignore_errors=True)
