@@ -1,0 +1,93 @@
+"""How many RTP legs one process keeps in real time on the shared media clock.
+
+For each N (legs), N streams are allocated in pairs that send to each other over
+loopback (each leg: 50 packets/s out, 50 in, G.711 encode/decode, jitter buffer), one
+stereo recording per pair, for ``--seconds`` each. Prints per N: packets received per
+leg per second (50 = real time), RFC 3550 loss, late packets, the largest gap between
+media-clock ticks, ticks caught up, time spent in the tick, and process CPU %.
+
+    .venv/bin/python bench/media_clock.py --legs 100 200 300 400 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from telephony.media import Codec, MediaEngine
+
+
+async def run(legs: int, seconds: float, port_min: int, rec_dir: Path) -> dict[str, float]:
+    eng = MediaEngine(bind="127.0.0.1", port_min=port_min, port_max=port_min + 4 * legs + 200,
+                      recordings_dir=rec_dir)
+    await eng.start()
+    streams = [eng.allocate() for _ in range(legs)]
+    recs = []
+    for i in range(0, legs - 1, 2):
+        a, b = streams[i], streams[i + 1]
+        a.configure(remote=("127.0.0.1", b.local_port), codec=Codec.PCMA, dtmf_pt=101)
+        b.configure(remote=("127.0.0.1", a.local_port), codec=Codec.PCMU, dtmf_pt=101)
+        a.play("tone")
+        b.play("tone")
+        r = eng.create_recording(f"bench-{legs}-{i}")
+        r.attach_caller(a)
+        r.attach_handler(b)
+        recs.append(r)
+    await asyncio.sleep(1.0)  # warm-up: transports up, jitter buffers anchored
+    eng.clock.reset_stats()
+    in0 = sum(s.stats.packets_in for s in streams)
+    ticks0 = eng.clock.ticks
+    cpu0, t0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu1, t1 = time.process_time(), time.monotonic()
+    in1 = sum(s.stats.packets_in for s in streams)
+    wall = t1 - t0
+    res = {
+        "legs": legs,
+        "pps_per_leg": (in1 - in0) / wall / legs,
+        "ticks_per_s": (eng.clock.ticks - ticks0) / wall,
+        "lost": sum(s.stats.lost for s in streams),
+        "late": sum(s.stats.late for s in streams),
+        "send_errors": sum(s.stats.send_errors for s in streams),
+        "max_tick_gap_ms": 1000 * eng.clock.max_gap,
+        "max_lateness_ms": 1000 * eng.clock.max_lateness,
+        "late_ticks": eng.clock.late_ticks,
+        "tick_ms": 1000 * eng.clock.busy / max(1, eng.clock.ticks - ticks0),
+        "cpu_pct": 100 * (cpu1 - cpu0) / wall,
+    }
+    # CPU cost is what scales: legs one core could carry at this per-leg cost
+    res["legs_per_core"] = legs / max(1e-9, (cpu1 - cpu0) / wall)
+    t_seal = time.monotonic()
+    await eng.stop()
+    res["seal_ms_per_rec"] = 1000 * (time.monotonic() - t_seal) / max(1, len(recs))
+    for r in recs:
+        r.path.unlink(missing_ok=True)
+    return res
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--legs", type=int, nargs="+", default=[100, 200, 300, 400])
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--port-min", type=int, default=40000)
+    args = ap.parse_args()
+    print(f"{'legs':>5} {'pkt/s/leg':>9} {'ticks/s':>7} {'lost':>6} {'late':>6} {'senderr':>7} "
+          f"{'maxgap':>7} {'maxlate':>7} {'lateTk':>6} {'tick':>6} {'cpu%':>5} {'seal':>6}")
+    with tempfile.TemporaryDirectory() as d:
+        for n in args.legs:
+            r = await run(n, min(args.seconds, 60.0), args.port_min, Path(d))
+            print(f"{r['legs']:>5} {r['pps_per_leg']:>9.2f} {r['ticks_per_s']:>7.2f} "
+                  f"{r['lost']:>6} {r['late']:>6} {r['send_errors']:>7} "
+                  f"{r['max_tick_gap_ms']:>5.1f}ms {r['max_lateness_ms']:>5.1f}ms "
+                  f"{r['late_ticks']:>6} {r['tick_ms']:>4.2f}ms {r['cpu_pct']:>5.1f} "
+                  f"{r['seal_ms_per_rec']:>4.1f}ms {r['legs_per_core']:>9.0f}", flush=True)
+    print("pkt/s/leg: received per leg per second (50 = real time); maxgap: largest interval "
+          "between ticks (ideal 20 ms); lateTk: ticks run >1 period late (caught up); tick: mean "
+          "time in one tick; cpu%: this process; legs/core: legs / CPU-seconds per second.")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
