@@ -107,6 +107,8 @@ class _Call:
     guard: asyncio.TimerHandle | None = None
     last_digit: tuple[str, float] = ("", 0.0)
     silent_flagged: bool = False
+    awaiting_answer: bool = False
+    """Delayed offer: our 200 carried the offer, the ACK carries the answer."""
 
 
 class Engine:
@@ -150,6 +152,8 @@ class Engine:
         self._proxy_addr: tuple[str, int] | None = None
         self._ids = itertools.count(1)
         self._stats = EngineStats()
+        self._retired = {"packets_in": 0, "packets_out": 0, "lost": 0, "late": 0}
+        """RTP counters of streams already closed (stats stay monotonic)."""
         self._drained: asyncio.Event | None = None
         self._running = False
 
@@ -343,14 +347,13 @@ class Engine:
                 self._reject(session, line, dialled, caller, verdict[0], verdict[1])
                 return
         offer_body = parts.get("application/sdp")
-        if not offer_body:
-            self._reject(session, line, dialled, caller, 488, "SDP offer required")
-            return
-        try:
-            offer = sdp.parse_sdp(offer_body)
-        except SdpError as exc:
-            self._reject(session, line, dialled, caller, exc.status, exc.reason)
-            return
+        offer = None
+        if offer_body:
+            try:
+                offer = sdp.parse_sdp(offer_body)
+            except SdpError as exc:
+                self._reject(session, line, dialled, caller, exc.status, exc.reason)
+                return
         try:
             stream = self._media.allocate()
         except Exception as exc:  # noqa: BLE001 - MediaError: port pool exhausted
@@ -359,39 +362,59 @@ class Engine:
             return
         call_id = f"c{next(self._ids)}-{secrets.token_hex(3)}"
         session_id = secrets.randbelow(2**31)
-        try:
-            answer, neg = sdp.answer(offer, codecs=list(self.settings.codecs),
-                                     address=self._rtp_host(), port=stream.local_port,
-                                     ptime=self.settings.ptime, session_id=session_id, version=1)
-        except SdpError as exc:
-            stream.close()
-            self._reject(session, line, dialled, caller, exc.status, exc.reason)
-            return
-        self._configure(stream, neg)
+        if offer is None:
+            # delayed offer (RFC 3261 §13.2.1): we offer in the 200, the ACK answers
+            body = sdp.offer(codecs=list(self.settings.codecs), address=self._rtp_host(),
+                             port=stream.local_port, ptime=self.settings.ptime,
+                             session_id=session_id)
+            neg = None
+            codec = self.settings.codecs[0]
+        else:
+            try:
+                body, neg = sdp.answer(offer, codecs=list(self.settings.codecs),
+                                       address=self._rtp_host(), port=stream.local_port,
+                                       ptime=self.settings.ptime, session_id=session_id,
+                                       version=1)
+            except SdpError as exc:
+                self._close_stream(stream)
+                self._reject(session, line, dialled, caller, exc.status, exc.reason)
+                return
+            self._configure(stream, neg)
+            codec = neg.codec
         recording = self._media.create_recording(call_id)
         recording.attach_caller(stream)
         stream.play(line.queue_prompt)
-        self._ua.respond(session, 200, body=answer.encode(), now=now)
+        self._ua.respond(session, 200, body=body.encode(), now=now)
         self._flush()  # the 200 leaves before any consumer code runs
         call = _Call(call_id=call_id, line=line, session=session, stream=stream,
-                     recording=recording, caller=caller, codec=neg.codec, invite_at=invite_at,
+                     recording=recording, caller=caller, codec=codec, invite_at=invite_at,
                      last_signal=now, prompt=line.queue_prompt,
-                     log=log.bind(call_id=call_id, line=line.name), on_hold=neg.on_hold,
-                     session_id=session_id)
+                     log=log.bind(call_id=call_id, line=line.name),
+                     on_hold=neg.on_hold if neg else False, session_id=session_id,
+                     awaiting_answer=neg is None)
         session.user = call
         self._calls[call_id] = call
         self._streams[id(stream)] = (call, None)
         self._arm_guard(call)
-        call.log.info("call.answered", caller=caller, dialled=dialled, codec=neg.codec,
+        call.log.info("call.answered", caller=caller, dialled=dialled, codec=codec,
                       sip_call_id=req.call_id, source=incoming.source)
         self._emit(CallArrived(at=time.time(), call_id=call_id, line=line.name, dialled=dialled,
                                caller=caller, display_name=display, source=incoming.source,
-                               sip_call_id=req.call_id, codec=neg.codec, location=location,
+                               sip_call_id=req.call_id, codec=codec, location=location,
                                invite_at=invite_at))
 
     def _rtp_host(self) -> str:
         s = self.settings
         return s.public_host or s.rtp_bind
+
+    def _close_stream(self, stream: Any) -> None:
+        """Close a stream, keeping its counters in the engine's running totals."""
+        rs = getattr(stream, "stats", None)
+        for k in self._retired:
+            self._retired[k] += getattr(rs, k, 0)
+        gap = float(getattr(rs, "max_send_gap_ms", 0.0) or 0.0)
+        self._stats.max_send_gap_ms = max(self._stats.max_send_gap_ms, gap)
+        stream.close()
 
     def _configure(self, stream: Any, neg: sdp.Negotiated) -> None:
         stream.configure(remote=neg.remote, codec=self._codec[neg.codec], dtmf_pt=neg.dtmf_pt,
@@ -414,8 +437,24 @@ class Engine:
                 call.on_hold = on_hold
                 self._emit(HoldChanged(at=time.time(), call_id=call.call_id, on_hold=on_hold,
                                        by="caller"))
-        elif isinstance(ev, SessionConfirmed):
-            pass
+        elif isinstance(ev, SessionConfirmed) and call.awaiting_answer:
+            self._delayed_answer(call, ev.request)
+
+    def _delayed_answer(self, call: _Call, ack: Request | None) -> None:
+        """Read the SDP answer in the ACK after a delayed-offer INVITE; a bad one ends the call."""
+        call.awaiting_answer = False
+        body = body_parts(ack).get("application/sdp") if ack is not None else None
+        try:
+            if not body:
+                raise SdpError(488, "ACK without SDP answer")
+            neg = sdp.accept_answer(sdp.parse_sdp(body), codecs=list(self.settings.codecs),
+                                    ptime=self.settings.ptime)
+        except SdpError as exc:
+            self._end_call(call, by="system", reason=f"bad SDP answer in ACK: {exc.reason}",
+                           send_bye=True)
+            return
+        self._configure(call.stream, neg)
+        call.codec = neg.codec
 
     def _reinvite(self, session: Session, stream: Any, call: _Call, req: Request) -> bool | None:
         """Answer a re-INVITE; returns the peer's hold state, or None if refused."""
@@ -457,7 +496,7 @@ class Engine:
         if send_bye:
             self._ua.bye(call.session, now)
         self._streams.pop(id(call.stream), None)
-        call.stream.close()
+        self._close_stream(call.stream)
         call.log.info("call.ended", by=by, reason=reason)
         self._emit(CallEnded(at=time.time(), call_id=call.call_id, by=by, reason=reason))
         try:
@@ -571,7 +610,7 @@ class Engine:
             if call.call_id in self._calls:
                 call.stream.play(call.prompt)
         self._streams.pop(id(leg.stream), None)
-        leg.stream.close()
+        self._close_stream(leg.stream)
         call.legs.pop(leg.leg_id, None)
         self._legs.pop(leg.leg_id, None)
 
@@ -735,7 +774,8 @@ class Engine:
         st = self._stats
         st.calls_active = len(self._calls)
         st.legs_active = len(self._legs)
-        pin = pout = lost = late = 0
+        r = self._retired
+        pin, pout, lost, late = r["packets_in"], r["packets_out"], r["lost"], r["late"]
         gap = st.max_send_gap_ms
         for call, leg in self._streams.values():
             rs = getattr((leg or call).stream, "stats", None)

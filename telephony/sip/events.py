@@ -36,9 +36,10 @@ class InviteCancelled(UaEvent):
 
 @dataclass(frozen=True)
 class SessionConfirmed(UaEvent):
-    """The ACK for our 2xx arrived."""
+    """The ACK for our 2xx arrived (its body is the SDP answer after a delayed offer)."""
 
     session: Session
+    request: Request | None = None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ from .transaction import T1, T2, ClientTransaction, ServerTransaction, TxState
 from .uri import NameAddr, SipUri, Via, parse_name_addr, parse_uri
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+SUPPORTED = {"timer"}
+"""Option tags we accept in Require (session timers: the peer refreshes, we answer)."""
 _KNOWN = {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PRACK", "UPDATE", "PUBLISH"}
 
 
@@ -262,6 +264,12 @@ class UserAgent:
         if mf is not None and int(mf) == 0:
             self._reply(tx, 483, to_tag=new_tag(), now=now)
             return
+        unsupported = [o for o in req.get_all("Require") if o.strip().lower() not in SUPPORTED]
+        if unsupported:
+            # RFC 3261 §8.2.2.3: refuse what we cannot honour (e.g. 100rel), naming it
+            self._reply(tx, 420, to_tag=new_tag(), now=now,
+                        headers=[("Unsupported", ", ".join(unsupported))])
+            return
         if req.to.tag:
             self._in_dialog(req, tx, addr, now)
         elif method == "INVITE":
@@ -328,7 +336,7 @@ class UserAgent:
         session.retrans_at = session.end_at = None
         if session.state == "answered":
             session.state = "confirmed"
-            self._events.append(SessionConfirmed(session))
+            self._events.append(SessionConfirmed(session, req))
             if session.bye_pending:
                 self._send_bye(session, now)
 

@@ -1,0 +1,159 @@
+"""Engine: proxied INVITEs, delayed offer, Require, media commands, DTMF, registered lines."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from config.schema import LineSettings
+from config.telephony import SipSettings
+from telephony import api
+from telephony.engine import Engine
+from telephony.sip.message import Request, make_response
+from telephony.sip.sdp import parse_sdp
+
+from .fake_media import FakeMedia
+from .peer import Peer, in_dialog, invite, sdp_offer
+from .test_engine import LINES, Rig, rig  # noqa: F401 - fixture
+from .test_engine_legs import ANSWER, _reply, legrig  # noqa: F401 - fixture
+
+
+async def test_proxied_invite_replies_via_top_via_and_bye_follows_record_route(rig: Rig) -> None:
+    """Through a proxy: 200 keeps both Vias and Record-Route; our BYE goes to the proxy
+    with a Route header and the caller's Contact as Request-URI."""
+    p = rig.peer
+    text, call_id, _ = invite(p, rig.engine.sip_port, extra=(
+        f"Record-Route: <sip:127.0.0.1:{p.port};lr;ftag=ft1>\r\n"))
+    text = text.replace(
+        f"Via: SIP/2.0/UDP 127.0.0.1:{p.port};branch=",
+        f"Via: SIP/2.0/UDP 127.0.0.1:{p.port};branch=z9hG4bKproxy1\r\n"
+        "Via: SIP/2.0/UDP 10.9.9.9:5060;received=10.9.9.9;branch=", 1)
+    text = text.replace(f"Contact: <sip:caller@127.0.0.1:{p.port}>", "Contact: <sip:caller@10.9.9.9:5060>")
+    p.send(text, rig.engine.sip_port)
+    ok = await p.expect_status(200)
+    assert [v.host for v in ok.vias] == ["127.0.0.1", "10.9.9.9"]
+    assert ok.get_all("Record-Route") == [f"<sip:127.0.0.1:{p.port};lr;ftag=ft1>"]
+    ack = in_dialog("ACK", p, rig.engine.sip_port, ok, cseq=1)
+    p.send(ack, rig.engine.sip_port)
+    await asyncio.sleep(0.05)
+    rig.engine.hangup(rig.of(api.CallArrived)[0].call_id)
+    bye = await p.expect_request("BYE")
+    assert str(bye.uri) == "sip:caller@10.9.9.9:5060"
+    assert bye.get_all("Route") == [f"<sip:127.0.0.1:{p.port};lr;ftag=ft1>"]
+
+
+async def test_delayed_offer_answer_in_ack(rig: Rig) -> None:
+    """INVITE without SDP: our 200 offers, the ACK's answer configures the stream."""
+    text, _, _ = invite(rig.peer, rig.engine.sip_port, body="")
+    rig.peer.send(text.replace("Content-Type: application/sdp\r\n", ""), rig.engine.sip_port)
+    ok = await rig.peer.expect_status(200)
+    assert parse_sdp(ok.body).media[0].formats == ["8", "0", "101"]
+    rig.peer.send(in_dialog("ACK", rig.peer, rig.engine.sip_port, ok, cseq=1,
+                            body=sdp_offer(port=42000, codecs="0 101")), rig.engine.sip_port)
+    await asyncio.sleep(0.1)
+    stream = rig.media.streams[0]
+    assert stream.remote == ("127.0.0.1", 42000) and stream.codec.name == "PCMU"
+
+
+async def test_require_100rel_is_420(rig: Rig) -> None:
+    """Require: 100rel (unsupported) is refused with 420 naming it; timer is accepted."""
+    text, _, _ = invite(rig.peer, rig.engine.sip_port, extra="Require: 100rel, timer\r\n")
+    rig.peer.send(text, rig.engine.sip_port)
+    resp = await rig.peer.expect_status(420)
+    assert resp.get("Unsupported") == "100rel"
+
+
+@pytest.mark.parametrize("rig", [{}], indirect=True)
+async def test_port_pool_exhausted_is_503(rig: Rig) -> None:
+    """No RTP port left: 503 with Retry-After and the media error as reason."""
+    rig.media.pool_limit = 0
+    text, _, _ = invite(rig.peer, rig.engine.sip_port)
+    rig.peer.send(text, rig.engine.sip_port)
+    resp = await rig.peer.expect_status(503)
+    assert resp.reason == "RTP port pool exhausted" and resp.get("Retry-After") == "30"
+
+
+async def test_dtmf_events_and_silent_solution(rig: Rig) -> None:
+    """Caller digits become Dtmf events; 5 then 5 raises SilentCallFlag once."""
+    await rig.answered_call()
+    stream = rig.media.streams[0]
+    for d in "2555":
+        rig.media.on_dtmf(stream, d)
+    call_id = rig.of(api.CallArrived)[0].call_id
+    assert [(e.digit, e.leg_id) for e in rig.of(api.Dtmf)] == [("2", None), ("5", None),
+                                                              ("5", None), ("5", None)]
+    assert [e.call_id for e in rig.of(api.SilentCallFlag)] == [call_id]
+
+
+async def test_stats_stay_monotonic_after_calls_end(rig: Rig) -> None:
+    """RTP counters of closed streams remain in EngineStats."""
+    ok, _ = await rig.answered_call()
+
+    class S:
+        packets_in, packets_out, lost, late, max_send_gap_ms = 50, 49, 1, 2, 21.5
+
+    rig.media.streams[0].stats = S()
+    assert rig.engine.stats.rtp_packets_in == 50
+    rig.peer.send(in_dialog("BYE", rig.peer, rig.engine.sip_port, ok, cseq=2), rig.engine.sip_port)
+    await rig.peer.expect_status(200)
+    st = rig.engine.stats
+    assert (st.rtp_packets_in, st.rtp_packets_out, st.rtp_lost, st.rtp_late) == (50, 49, 1, 2)
+    assert st.max_send_gap_ms == 21.5 and st.invites == 1 and st.calls_active == 0
+
+
+async def test_hold_unbridge_and_play(legrig: Rig) -> None:
+    """hold() unbridges (caller hears the prompt), resume re-bridges; unbridge() hangs the
+    leg up with LegEnded(system); play() changes the prompt while not bridged."""
+    h: Peer = legrig.handler
+    await legrig.answered_call()
+    call_id = legrig.of(api.CallArrived)[0].call_id
+    leg_id = legrig.engine.offer(call_id, f"sip:h1@127.0.0.1:{h.port}", timeout=5)
+    inv = await h.expect_request("INVITE")
+    _reply(h, inv, 200, body=ANSWER)
+    await h.expect_request("ACK")
+    caller, leg = legrig.media.streams[0], legrig.media.streams[1]
+    legrig.engine.bridge(call_id, leg_id)
+    legrig.engine.hold(call_id, True)
+    assert legrig.media.unbridged == [caller] and caller.prompt == "tone" and leg.prompt == "silence"
+    legrig.engine.play(call_id, "/tmp/announce.wav")
+    assert caller.prompt == "/tmp/announce.wav"
+    legrig.engine.hold(call_id, False)
+    assert legrig.media.bridges == [(caller, leg), (caller, leg)]
+    legrig.engine.unbridge(call_id)
+    await h.expect_request("BYE")
+    assert [(e.leg_id, e.by) for e in legrig.of(api.LegEnded)] == [(leg_id, "system")]
+    assert caller.prompt == "/tmp/announce.wav" and leg.closed
+    assert legrig.media.recordings[call_id].handler_history == [leg, None]
+
+
+async def test_registered_line_registers_and_takes_calls(tmp_path: Path) -> None:
+    """A registered line REGISTERs with digest, and INVITEs for its user from the registrar
+    are answered."""
+    registrar = await Peer().open()
+    line = LineSettings(name="101", numbers=["101"], priority=1, mode="registered",
+                        registrar=f"sip:127.0.0.1:{registrar.port}", username="cr101",
+                        password="pw", trusted_sources=[], register_expires=60)
+    events: list = []
+    engine = Engine(settings=SipSettings(port=0), lines=[line], recordings_dir=tmp_path,
+                    on_event=events.append, media_factory=FakeMedia)
+    await engine.start()
+    try:
+        reg = await registrar.expect_request("REGISTER")
+        assert reg.contact is not None and reg.contact.uri.user == "cr101"
+        _reply(registrar, reg, 401, headers=[("WWW-Authenticate", 'Digest realm="pbx", nonce="x"')])
+        reg2 = await registrar.expect_request("REGISTER")
+        assert (reg2.get("Authorization") or "").startswith('Digest username="cr101"')
+        ok = make_response(reg2, 200, to_tag="r", headers=[("Expires", "60")])
+        registrar.transport.sendto(ok.encode(), registrar.last_addr)
+        await asyncio.sleep(0.05)
+        assert engine.registrations == {"101": True}
+        text, _, _ = invite(registrar, engine.sip_port, number="cr101")
+        registrar.send(text, engine.sip_port)
+        await registrar.expect_status(200)
+        assert [(e.line, e.dialled) for e in events if isinstance(e, api.CallArrived)] == [
+            ("101", "cr101")]
+    finally:
+        await engine.stop()
+        registrar.close()
