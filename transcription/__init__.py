@@ -1,0 +1,41 @@
+"""Offline speech recognition: live captions, final transcripts, transcript search.
+
+Public API (all the lead needs to wire; everything else is internal)::
+
+    from transcription import TranscriptionService, TranscriptSearch, get_transcript
+
+    svc = TranscriptionService(settings=settings.transcription, db=db, publish=publish)
+    await svc.start()            # loads the model in a thread; ModelError says what's missing
+    svc.live_start(call_id, priority=line.priority)   # lower number = more urgent (999 = 0)
+    svc.feed(frame)              # telephony.api.AudioFrame, every 20 ms per channel; never blocks
+    svc.live_stop(call_id)       # flushes: last finals are published
+    svc.enqueue_final(call_id, recording_path)        # durable job -> store + TranscriptFinal
+    await svc.stop()
+
+    search = TranscriptSearch(db)                      # SQLite FTS5 (SearchBackend protocol)
+    hits = await asyncio.to_thread(search.search, "burglary", line="999", since=t0, limit=20)
+    get_transcript(db, call_id)  # {engine, model, language, text, confidence, segments: [...]}
+
+    transcribe_file(path, settings.transcription) -> dict        # CLI: one recording
+    retranscribe(db, settings.transcription, since, until) -> {"queued", "done", "failed"}
+
+Events published (on the loop): ``TranscriptSegment`` (live partials/finals per channel),
+``TranscriptFinal`` (after the job), and ``CallFlagged(flag="live_transcript_off",
+detail=why)`` when a call gets no live captions or loses them under CPU load (the least
+urgent calls first). Engines: ``vosk`` (streaming, any Vosk model folder) and
+``whisper`` (faster-whisper; ``model = ""`` is the bundled tiny.en), see MODELS.md.
+"""
+
+from .engines import Engine, Hypothesis, Recogniser, Word, load_engine
+from .errors import AudioError, ModelError, SearchQueryError, TranscriptionError
+from .offline import retranscribe, transcribe_file
+from .search import Hit, SearchBackend, TranscriptSearch
+from .service import LIVE_OFF_FLAG, TranscriptionService
+from .store import get_transcript
+
+__all__ = [
+    "LIVE_OFF_FLAG", "AudioError", "Engine", "Hit", "Hypothesis", "ModelError", "Recogniser",
+    "SearchBackend", "SearchQueryError", "TranscriptSearch", "TranscriptionError",
+    "TranscriptionService", "Word", "get_transcript", "load_engine", "retranscribe",
+    "transcribe_file",
+]

@@ -1,0 +1,136 @@
+"""Transcript search: query translation, ranking, filters, snippets, offsets."""
+
+from __future__ import annotations
+
+import pytest
+
+from store import calls
+from transcription import store as tstore
+from transcription.errors import SearchQueryError
+from transcription.search import TranscriptSearch, to_fts_query
+
+
+def _call(db, call_id, *, line="999", caller="07700900001", handler="h1", at=1000.0, incident=None):
+    with db.transaction() as conn:
+        calls.insert(conn, call_id=call_id, line=line, caller=caller, state="ended",
+                     arrived_at=at, handler_id=handler, incident_number=incident)
+
+
+def _transcript(db, call_id, segs):
+    tstore.save_transcript(db, call_id, engine="fake", model="m", language="en",
+                           segments=[tstore.Segment(ch, s, e, t, 0.9) for ch, s, e, t in segs],
+                           duration=60.0, recording_path=None)
+
+
+@pytest.fixture
+def populated(db):
+    _call(db, "a", line="999", caller="0111", handler="h1", at=1000.0, incident="INC-1")
+    _transcript(db, "a", [("handler", 0.0, 2.0, "police what is your emergency"),
+                          ("caller", 3.0, 6.0, "there is a burglary at twelve station road"),
+                          ("caller", 9.5, 11.0, "the burglary is still going on burglary")])
+    _call(db, "b", line="101", caller="0222", handler="h2", at=2000.0)
+    _transcript(db, "b", [("caller", 1.0, 4.0, "I want to report a burglary from last week at my shed"),
+                          ("handler", 5.0, 6.0, "which road is that")])
+    _call(db, "c", line="999", caller="0333", handler="h1", at=3000.0)
+    _transcript(db, "c", [("caller", 0.5, 3.0, "a man with a knife on station road"),
+                          ("caller", 4.0, 5.0, "he is <b>shouting</b> & running")])
+    return TranscriptSearch(db)
+
+
+def test_query_translation():
+    """Words AND, quoted phrases, OR, prefix and exclusions become a safe FTS5 expression."""
+    assert to_fts_query('knife OR gun "station road" -test burg*') == (
+        '("knife" OR "gun") AND "station road" AND "burg"* NOT ("test")')
+    assert to_fts_query('say "hello') == '"say" AND "hello"'  # unbalanced quote runs to the end
+    assert to_fts_query('a"b') == '"a""b"'  # a quote inside a word is escaped
+
+
+@pytest.mark.parametrize("q,msg", [
+    ("", "query has no words to search for: ''"),
+    ('" ( ) * ^ :', "query has no words to search for"),
+    ("-burglary", "query needs at least one word to find (exclusions alone match nothing)"),
+    ("x" * 501, "query is too long (501 characters; at most 500)"),
+])
+def test_bad_queries_raise_clear_error(populated, q, msg):
+    """Unsearchable queries give SearchQueryError with a message, never a crash."""
+    with pytest.raises(SearchQueryError) as e:
+        populated.search(q)
+    assert str(e.value).startswith(msg)
+
+
+@pytest.mark.parametrize("q,expected", [
+    ('"burglary', {"a", "b"}), ("knife)", {"c"}), ("NEAR(knife", set()), ("knife AND", set()),
+    ("OR", set()), ("text:knife", set()), ("^knife", {"c"}), ("knife OR", {"c"}),
+    ("{knife}", {"c"}), ("knife:", {"c"}),
+])
+def test_fts_syntax_never_reaches_sqlite(populated, q, expected):
+    """FTS5 operators typed by a user are treated as words (quoted), never as syntax."""
+    assert {h.call_id for h in populated.search(q)} == expected
+
+
+def test_ranking_more_mentions_first(populated):
+    """The call saying 'burglary' most (densely) ranks first; all three calls found once."""
+    hits = populated.search("burglary")
+    assert [h.call_id for h in hits] == ["a", "b"]
+    assert hits[0].score > hits[1].score > 0
+
+
+def test_offset_is_first_hit_and_snippet_is_best(populated):
+    """offset/channel are the first matching segment's; the snippet marks the match."""
+    h = populated.search("burglary")[0]
+    assert (h.offset, h.channel) == (3.0, "caller")
+    assert h.snippet.count("<mark>burglary</mark>") >= 2  # best segment has it twice
+    assert (h.line, h.caller, h.handler_id, h.arrived_at, h.incident_number) == (
+        "999", "0111", "h1", 1000.0, "INC-1")
+
+
+def test_stemming_and_phrase(populated):
+    """'burglaries' stems to burglary; a phrase matches only adjacent words."""
+    assert {h.call_id for h in populated.search("burglaries")} == {"a", "b"}
+    assert {h.call_id for h in populated.search('"station road"')} == {"a", "c"}
+    assert populated.search('"road station"') == []
+
+
+def test_filters(populated):
+    """line, caller, handler, time range and incident filter on the calls row."""
+    assert [h.call_id for h in populated.search("burglary", line="101")] == ["b"]
+    assert [h.call_id for h in populated.search("burglary", caller="0111")] == ["a"]
+    assert {h.call_id for h in populated.search("road", handler_id="h1")} == {"a", "c"}
+    assert [h.call_id for h in populated.search("road", since=1500, until=3000)] == ["b"]
+    assert [h.call_id for h in populated.search("burglary", incident="INC-1")] == ["a"]
+    assert populated.search("burglary", line="nope") == []
+
+
+def test_prefix_or_not(populated):
+    """Prefix, OR and exclusion behave as documented."""
+    assert {h.call_id for h in populated.search("burg*")} == {"a", "b"}
+    assert {h.call_id for h in populated.search("knife OR shed")} == {"b", "c"}
+    assert {h.call_id for h in populated.search("burglary -shed")} == {"a"}
+
+
+def test_snippet_is_html_safe(populated):
+    """Transcript text is escaped; only our <mark> tags are HTML."""
+    h = populated.search("shouting")[0]
+    assert h.snippet == "he is &lt;b&gt;<mark>shouting</mark>&lt;/b&gt; &amp; running"
+
+
+def test_limit_and_no_call_row(db):
+    """limit caps the calls returned; transcripts without a calls row are still found unfiltered."""
+    for i in range(5):
+        _transcript(db, f"x{i}", [("caller", float(i), i + 1.0, f"fire alarm number {i}")])
+    s = TranscriptSearch(db)
+    hits = s.search("fire", limit=3)
+    assert len(hits) == 3 and hits[0].line is None
+    assert s.search("fire", line="999") == []
+
+
+def test_retranscription_replaces_index(populated, db):
+    """Saving a new transcript for a call replaces its segments in the index."""
+    _transcript(db, "c", [("caller", 0.0, 1.0, "nothing relevant")])
+    assert populated.search("knife") == []
+    assert [h.call_id for h in populated.search("relevant")] == ["c"]
+
+
+async def test_asearch_runs_in_thread(populated):
+    """asearch gives the same hits as search."""
+    assert [h.call_id for h in await populated.asearch("knife")] == ["c"]

@@ -1,0 +1,218 @@
+"""TranscriptionService with an engine double: live path, shedding, durable final jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from config.schema import TranscriptionSettings
+from controlroom.events import CallFlagged, TranscriptFinal, TranscriptSegment
+from telephony.api import AudioFrame
+from transcription import LIVE_OFF_FLAG, TranscriptionService, get_transcript
+from transcription import store as tstore
+from transcription.audio import write_wav
+
+from .helpers import FakeEngine
+
+VOICE = (3000 * np.sin(2 * np.pi * 300 * np.arange(160) / 8000)).astype(np.int16).tobytes()
+SILENCE = bytes(320)
+
+
+def _settings(**kw) -> TranscriptionSettings:
+    base = {"engine": "vosk", "model": "unused", "workers": 1, "max_live_streams": 8}
+    base.update(kw)
+    return TranscriptionSettings(**base)
+
+
+async def _feed(svc, call_ids, seconds, *, realtime=True, pcm=VOICE):
+    """Feed 20 ms frames on both channels of each call, paced at real time."""
+    t0 = time.monotonic()
+    for n in range(int(seconds * 50)):
+        for cid in call_ids:
+            svc.feed(AudioFrame(cid, "caller", pcm, n * 0.02))
+            svc.feed(AudioFrame(cid, "handler", SILENCE, n * 0.02))
+        if realtime:
+            await asyncio.sleep(max(0.0, t0 + (n + 1) * 0.02 - time.monotonic()))
+
+
+async def _until(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def service(db):
+    events = []
+    svc = TranscriptionService(settings=_settings(), db=db, publish=events.append,
+                               engine=FakeEngine(), job_poll=0.2)
+    await svc.start()
+    svc.events = events
+    yield svc
+    await svc.stop()
+
+
+async def test_live_segments_published_on_loop(service):
+    """Fed audio yields partials then a final per 0.5 s of voice, with media-clock times,
+    published from the loop thread; live_stop flushes the tail."""
+    loop_thread = __import__("threading").get_ident()
+    seen_threads = set()
+    orig = service._publish
+    service._publish = lambda e: (seen_threads.add(__import__("threading").get_ident()), orig(e))
+    service.live_start("c1", priority=0)
+    await _feed(service, ["c1"], 1.1)
+    service.live_stop("c1")
+    await _until(lambda: any(e.text == "tail" for e in service.events))
+    segs = [e for e in service.events if isinstance(e, TranscriptSegment)]
+    finals = [(e.text, e.start, e.end) for e in segs if e.final]
+    assert finals == [("word0", 0.0, 0.5), ("word1", 0.5, 1.0), ("tail", 1.1, 1.1)]
+    assert any(not e.final and e.text == "word0" for e in segs)
+    assert all(e.channel == "caller" and e.call_id == "c1" for e in segs)
+    assert seen_threads == {loop_thread}
+
+
+async def test_media_offset_is_kept(service):
+    """A stream whose first frame is at offset 12.0 s reports times from 12.0."""
+    service.live_start("c2", priority=1)
+    for n in range(30):
+        service.feed(AudioFrame("c2", "caller", VOICE, 12.0 + n * 0.02))
+    await _until(lambda: any(isinstance(e, TranscriptSegment) and e.final for e in service.events))
+    f = next(e for e in service.events if isinstance(e, TranscriptSegment) and e.final)
+    assert (f.start, f.end) == (12.0, 12.5)
+
+
+async def test_frames_of_unknown_calls_ignored(service):
+    """Frames for a call without live_start are counted and ignored."""
+    service.feed(AudioFrame("nope", "caller", VOICE, 0.0))
+    assert service.stats["frames_ignored"] == 1 and service.events == []
+
+
+async def test_max_live_streams_flags_refused_call(db):
+    """Beyond max_live_streams the 101 call gets a live_transcript_off flag with the reason."""
+    events = []
+    svc = TranscriptionService(settings=_settings(max_live_streams=1), db=db,
+                               publish=events.append, engine=FakeEngine())
+    await svc.start()
+    try:
+        svc.live_start("e1", priority=0)
+        svc.live_start("n1", priority=1)
+        flags = [e for e in events if isinstance(e, CallFlagged)]
+        assert [(f.call_id, f.flag) for f in flags] == [("n1", LIVE_OFF_FLAG)]
+        assert "max_live_streams (1)" in flags[0].detail
+        assert svc.live_status("e1")["live"] and not svc.live_status("n1")["live"]
+    finally:
+        await svc.stop()
+
+
+async def test_overload_sheds_101_first(db):
+    """With a recogniser slower than real time, the 101 call loses live captions first
+    (flagged with the reason); the 999 call keeps them and its lag recovers."""
+    events = []
+    # 0.3 s of CPU per s of audio per channel: two calls (4 channels) = 1.2x real time
+    # on one worker, one call = 0.6x.
+    svc = TranscriptionService(settings=_settings(), db=db, publish=events.append,
+                               engine=FakeEngine(cost=0.3), max_lag=0.5)
+    await svc.start()
+    try:
+        svc.live_start("e999", priority=0)
+        svc.live_start("n101", priority=1)
+        await _feed(svc, ["e999", "n101"], 4.0)
+        flags = [e for e in events if isinstance(e, CallFlagged)]
+        assert [f.call_id for f in flags] == ["n101"]
+        assert flags[0].flag == LIVE_OFF_FLAG and "CPU overload" in flags[0].detail
+        assert svc.live_status("e999")["live"] and not svc.live_status("n101")["live"]
+        await _until(lambda: svc.worker_lag()[0] < 0.5, timeout=5)
+        late = [e for e in events if isinstance(e, TranscriptSegment) and e.call_id == "n101"
+                and e.at > flags[0].at]
+        assert late == []
+    finally:
+        await svc.stop()
+
+
+async def test_final_job_stores_and_publishes(service, db, tmp_path):
+    """enqueue_final -> transcript stored (both channels, time-ordered) and TranscriptFinal."""
+    voice = np.tile(np.frombuffer(VOICE, np.int16), 50)  # 1 s
+    write_wav(tmp_path / "r.wav", 8000, voice, np.zeros_like(voice))
+    service.enqueue_final("c9", str(tmp_path / "r.wav"))
+    await _until(lambda: any(isinstance(e, TranscriptFinal) for e in service.events))
+    ev = next(e for e in service.events if isinstance(e, TranscriptFinal))
+    assert (ev.engine, ev.model, ev.text) == ("fake", "fake-1", "caller: word0\ncaller: word1")
+    t = get_transcript(db, "c9")
+    assert [(s["channel"], s["start"], s["end"], s["text"]) for s in t["segments"]] == [
+        ("caller", 0.0, 0.5, "word0"), ("caller", 0.5, 1.0, "word1")]
+    assert tstore.job_state(db, "c9")["state"] == "done"
+    assert service.engine.transcribed == [8000]  # the all-zero handler channel is skipped
+
+
+async def test_missing_recording_fails_job_permanently(service, db, tmp_path):
+    """A missing file fails the job at once with the reason; nothing is published."""
+    service.enqueue_final("gone", str(tmp_path / "missing.wav"))
+    await _until(lambda: (tstore.job_state(db, "gone") or {}).get("state") == "failed")
+    j = tstore.job_state(db, "gone")
+    assert j["error"] == f"recording not found: {tmp_path / 'missing.wav'}"
+    assert not any(isinstance(e, TranscriptFinal) for e in service.events)
+
+
+async def test_jobs_survive_restart(db, tmp_path):
+    """A job enqueued while no engine runs (engine none) stays queued; a job left
+    'running' by a crash is recovered; a new service with an engine does both."""
+    write_wav(tmp_path / "a.wav", 8000, np.tile(np.frombuffer(VOICE, np.int16), 25))
+    events = []
+    svc = TranscriptionService(settings=_settings(engine="none"), db=db, publish=events.append)
+    await svc.start()
+    svc.enqueue_final("q1", str(tmp_path / "a.wav"))
+    svc.enqueue_final("r1", str(tmp_path / "a.wav"))
+    await svc.stop()
+    assert tstore.claim_job(db) == ("q1", str(tmp_path / "a.wav"))  # simulate a crash mid-job
+    assert tstore.job_state(db, "q1")["state"] == "running"
+    svc2 = TranscriptionService(settings=_settings(), db=db, publish=events.append,
+                                engine=FakeEngine(), job_poll=0.1)
+    await svc2.start()
+    try:
+        await _until(lambda: len([e for e in events if isinstance(e, TranscriptFinal)]) == 2)
+        assert {e.call_id for e in events if isinstance(e, TranscriptFinal)} == {"q1", "r1"}
+        assert tstore.job_state(db, "q1")["state"] == "done"
+    finally:
+        await svc2.stop()
+
+
+async def test_stop_mid_job_requeues(db, tmp_path):
+    """Stopping while a job runs puts it back to 'queued' (no transcript, no event)."""
+    write_wav(tmp_path / "long.wav", 8000, np.tile(np.frombuffer(VOICE, np.int16), 50 * 60))
+    events = []
+    eng = FakeEngine()
+    slow = eng.transcribe
+
+    def transcribe(pcm, rate, *, should_stop=None):
+        def stop_slowly():
+            time.sleep(0.01)
+            return should_stop()
+        return slow(pcm, rate, should_stop=stop_slowly)
+
+    eng.transcribe = transcribe
+    svc = TranscriptionService(settings=_settings(), db=db, publish=events.append, engine=eng)
+    await svc.start()
+    svc.enqueue_final("long", str(tmp_path / "long.wav"))
+    await _until(lambda: tstore.job_state(db, "long")["state"] == "running")
+    await svc.stop()
+    assert tstore.job_state(db, "long")["state"] == "queued"
+    assert get_transcript(db, "long") is None and events == []
+
+
+async def test_publish_errors_do_not_stop_service(db):
+    """A consumer that raises does not break live transcription."""
+    def bad(_e):
+        raise RuntimeError("consumer bug")
+    svc = TranscriptionService(settings=_settings(), db=db, publish=bad, engine=FakeEngine())
+    await svc.start()
+    try:
+        svc.live_start("c", priority=0)
+        await _feed(svc, ["c"], 0.6, realtime=False)
+        await _until(lambda: svc.stats["segments_published"] >= 1)
+    finally:
+        await svc.stop()

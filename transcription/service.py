@@ -1,0 +1,282 @@
+"""TranscriptionService: live captions during calls, final transcripts after them.
+
+Theory of operation
+-------------------
+* Everything public is called on the event loop and returns at once. ``feed`` costs an
+  append to a bounded inbox (see :mod:`transcription.live`); engines run in threads.
+* Live: ``live_start`` asks :class:`~transcription.live.LivePolicy` whether the call
+  gets captions (``max_live_streams``; lower priority number = more urgent, as in
+  ``LineSettings.priority``). A monitor task checks each worker's lag every 0.25 s and
+  sheds the least urgent live call when it exceeds 1.5 s; a full inbox sheds at once.
+  A shed or refused call gets a ``CallFlagged(flag="live_transcript_off")`` event whose
+  ``detail`` says why, so the desk can show "no live captions" instead of silence.
+  Results are published as ``TranscriptSegment`` (partials and finals) on the loop.
+* Final: ``enqueue_final`` writes a job row (durable: it survives a restart; jobs found
+  ``running`` at start go back to ``queued``). One job thread, reniced to +10 and
+  pausing while live workers lag, transcribes the recording, stores the transcript and
+  FTS rows, then ``TranscriptFinal`` is published on the loop. With ``engine = "none"``
+  jobs wait in the queue (``retranscribe`` or a later start with an engine takes them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+
+from config.schema import TranscriptionSettings
+from controlroom.events import CallFlagged, DomainEvent, TranscriptFinal, TranscriptSegment
+from store.db import Database
+from telephony.api import AudioFrame
+
+from . import store
+from .engines import Engine, Hypothesis, Interrupted, load_engine
+from .errors import AudioError
+from .live import LivePolicy, LiveWorker, StreamInfo
+from .offline import lower_thread_priority, run_job
+
+log = structlog.get_logger("transcription")
+
+LIVE_OFF_FLAG = "live_transcript_off"
+"""``CallFlagged.flag`` when a call has (or loses) no live captions; ``detail`` says why."""
+
+
+class TranscriptionService:
+    """See the module docstring. ``publish`` is called on the loop with DomainEvents."""
+
+    def __init__(self, *, settings: TranscriptionSettings, db: Database,
+                 publish: Callable[[DomainEvent], Any], engine: Engine | None = None,
+                 max_lag: float = 1.5, inbox_seconds: float = 2.0,
+                 job_poll: float = 5.0) -> None:
+        self.settings = settings
+        self._db = db
+        self._publish = publish
+        self._engine = engine
+        self._workers: list[LiveWorker] = []
+        self._policy = LivePolicy(max_streams=settings.max_live_streams if settings.live else 0,
+                                  max_lag=max_lag)
+        self._inbox_seconds = inbox_seconds
+        self._job_poll = job_poll
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._executor: ThreadPoolExecutor | None = None
+        self.stats = {"frames_in": 0, "frames_dropped": 0, "frames_ignored": 0,
+                      "segments_published": 0, "streams_shed": 0, "finals_done": 0,
+                      "finals_failed": 0}
+        """Counters for /metrics."""
+
+    # -- lifecycle ------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine | None:
+        return self._engine
+
+    async def start(self) -> None:
+        """Migrate, recover interrupted jobs, load the model (in a thread: seconds) and
+        start the workers. Raises :class:`~transcription.errors.ModelError` with what is
+        missing when the configured model is unusable."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        store.migrate(self._db)
+        recovered = store.recover_jobs(self._db)
+        if recovered:
+            log.info("final transcription jobs recovered", count=recovered)
+        s = self.settings
+        if self._engine is None and s.engine != "none":
+            self._engine = await asyncio.to_thread(
+                load_engine, s.engine, s.model, language=s.language, replicas=s.workers + 1)
+        if self._engine is not None and s.live and s.max_live_streams > 0:
+            per_worker = math.ceil(s.max_live_streams / max(1, s.workers))
+            capacity = int(self._inbox_seconds * 50 * 2 * max(1, per_worker))
+            for i in range(max(1, s.workers)):
+                w = LiveWorker(i, self._engine, self._emit_threadsafe, capacity=capacity)
+                w.start()
+                self._workers.append(w)
+            self._tasks.append(asyncio.create_task(self._monitor(), name="transcription-monitor"))
+        if self._engine is not None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="transcription-final",
+                                                initializer=lower_thread_priority)
+            self._tasks.append(asyncio.create_task(self._jobs(), name="transcription-jobs"))
+        log.info("transcription started", engine=s.engine,
+                 model=self._engine.model if self._engine else "", workers=len(self._workers))
+
+    async def stop(self) -> None:
+        """Stop workers and the job thread; a job in progress goes back to the queue."""
+        self._stopping = True
+        self._wake.set()
+        for t in self._tasks:
+            if t.get_name() == "transcription-monitor":
+                t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for w in self._workers:
+            w.inbox.put_control(None)  # type: ignore[arg-type]
+        for w in self._workers:
+            await asyncio.to_thread(w.join, 10.0)
+        self._workers.clear()
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, True)
+            self._executor = None
+
+    # -- live -----------------------------------------------------------------------
+    def live_start(self, call_id: str, *, priority: int) -> None:
+        """Start live captions for a call (both channels). Lower priority is more urgent."""
+        if call_id in self._policy.streams:
+            return
+        if not self._workers:
+            if self.settings.live and self.settings.engine != "none":
+                self._flag(call_id, "no live captions: the speech engine is not running")
+            return
+        info, victim = self._policy.admit(call_id, priority, len(self._workers))
+        if victim is not None:
+            self._shed(victim)
+        if not info.live:
+            self._flag(call_id, info.reason)
+
+    def feed(self, frame: AudioFrame) -> None:
+        """20 ms of one channel's decoded audio. Never blocks; frames of calls without
+        live captions are ignored (their final transcript comes from the recording)."""
+        info = self._policy.streams.get(frame.call_id)
+        if info is None or not info.live:
+            self.stats["frames_ignored"] += 1
+            return
+        self.stats["frames_in"] += 1
+        w = self._workers[info.worker]
+        ok = w.inbox.put_frame(("frame", (frame.call_id, frame.channel), frame.pcm,
+                                frame.offset, time.monotonic()))
+        if not ok:
+            # Inbox full: this frame is lost and the worker is ~2 s behind. Shed the least
+            # urgent live call on it now rather than let every call on it fall behind.
+            self.stats["frames_dropped"] += 1
+            victim = self._policy.overloaded(info.worker, self._lag(w), time.monotonic(), full=True)
+            if victim is not None:
+                self._shed(victim)
+
+    def live_stop(self, call_id: str) -> None:
+        """End live captions for a call; pending audio is decoded and finals published."""
+        info = self._policy.remove(call_id)
+        if info is None or not self._workers:
+            return
+        w = self._workers[info.worker]
+        if info.live:
+            w.inbox.put_control(("stop", (call_id, "caller")))
+            w.inbox.put_control(("stop", (call_id, "handler")))
+        w.inbox.put_control(("forget", call_id))
+
+    def live_status(self, call_id: str) -> dict[str, Any] | None:
+        """Whether a call has live captions and, if not, why (for the desk)."""
+        info = self._policy.streams.get(call_id)
+        return None if info is None else {"live": info.live, "reason": info.reason,
+                                          "priority": info.priority}
+
+    def worker_lag(self) -> list[float]:
+        return [self._lag(w) for w in self._workers]
+
+    def _lag(self, w: LiveWorker) -> float:
+        oldest = w.inbox.oldest()
+        return max(w.lag, time.monotonic() - oldest if oldest is not None else 0.0)
+
+    def _shed(self, victim: StreamInfo) -> None:
+        self.stats["streams_shed"] += 1
+        self._workers[victim.worker].inbox.put_control(("drop", victim.call_id))
+        log.warning("live transcription shed", call_id=victim.call_id,
+                    priority=victim.priority, reason=victim.reason)
+        self._flag(victim.call_id, victim.reason)
+
+    def _flag(self, call_id: str, detail: str) -> None:
+        self._safe_publish(CallFlagged(call_id=call_id, at=time.time(), flag=LIVE_OFF_FLAG,
+                                       detail=detail))
+
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for w in self._workers:
+                victim = self._policy.overloaded(w.index, self._lag(w), now)
+                if victim is not None:
+                    self._shed(victim)
+
+    def _emit_threadsafe(self, call_id: str, channel: str, h: Hypothesis) -> None:
+        # Worker thread: never touch loop state here, only schedule onto the loop.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._emit, call_id, channel, h)
+            except RuntimeError:  # loop closed between the check and the call
+                pass
+
+    def _emit(self, call_id: str, channel: str, h: Hypothesis) -> None:
+        info = self._policy.streams.get(call_id)
+        if info is not None and not info.live:
+            return  # shed: late results would contradict the "live off" flag
+        self.stats["segments_published"] += 1
+        self._safe_publish(TranscriptSegment(
+            call_id=call_id, at=time.time(), channel=channel,  # type: ignore[arg-type]
+            text=h.text, start=round(h.start, 3), end=round(h.end, 3), final=h.final,
+            confidence=None if h.confidence is None else round(h.confidence, 4)))
+
+    def _safe_publish(self, event: DomainEvent) -> None:
+        try:
+            self._publish(event)
+        except Exception:  # a consumer's bug must not stop transcription
+            log.exception("publish failed", call_id=event.call_id, type=event.type)
+
+    # -- final ----------------------------------------------------------------------
+    def enqueue_final(self, call_id: str, recording_path: str) -> None:
+        """Queue the call's final transcription (a durable job row; a short write)."""
+        with self._db.transaction() as conn:
+            store.enqueue_job(conn, call_id, str(recording_path))
+        self._wake.set()
+
+    def _final_should_stop(self) -> bool:
+        # Called in the job thread between chunks: yield the CPU to live captions while
+        # any live worker is behind (bounded wait), and stop promptly on shutdown.
+        deadline = time.monotonic() + 30.0
+        while not self._stopping and time.monotonic() < deadline and any(
+                lag > 0.5 for lag in self.worker_lag()):
+            time.sleep(0.1)
+        return self._stopping
+
+    async def _jobs(self) -> None:
+        assert self._engine is not None and self._executor is not None
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            job = store.claim_job(self._db)
+            if job is None:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._job_poll)
+                except TimeoutError:
+                    pass
+                continue
+            call_id, path = job
+            try:
+                result = await loop.run_in_executor(
+                    self._executor, lambda: run_job(self._engine, self._db, call_id, path,  # type: ignore[arg-type]
+                                                    language=self.settings.language,
+                                                    should_stop=self._final_should_stop))
+            except Interrupted:
+                store.finish_job(self._db, call_id, requeue=True)
+                return
+            except AudioError as exc:
+                self.stats["finals_failed"] += 1
+                store.finish_job(self._db, call_id, error=str(exc), permanent=True)
+                log.error("final transcription failed", call_id=call_id, error=str(exc))
+                continue
+            except Exception as exc:
+                self.stats["finals_failed"] += 1
+                store.finish_job(self._db, call_id, error=f"{type(exc).__name__}: {exc}")
+                log.exception("final transcription failed", call_id=call_id)
+                continue
+            store.finish_job(self._db, call_id)
+            self.stats["finals_done"] += 1
+            self._safe_publish(TranscriptFinal(
+                call_id=call_id, at=time.time(), text=result["text"],
+                language=result["language"], engine=result["engine"], model=result["model"],
+                confidence=result["confidence"], segments=result["segments"]))
