@@ -119,4 +119,5 @@ def create_app(*, backend: DeskBackend, db: Database, settings: WebSettings,
     app.router.add_static("/static/", STATIC, append_version=False)
     app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(live_ctx(history_interval))
+    app.on_shutdown.append(app[HUB].close_all)
     return app

@@ -68,6 +68,8 @@ class Hub:
     def __init__(self, backend: DeskBackend) -> None:
         self.backend = backend
         self.clients: set[Client] = set()
+        self.sockets: set[web.WebSocketResponse] = set()
+        """Open WebSockets, closed with 1001 on shutdown so the runner does not wait on them."""
         self.ready = asyncio.Event()
         """Set once the backend subscription is open (tests wait on it)."""
 
@@ -78,6 +80,12 @@ class Hub:
 
     def unregister(self, c: Client) -> None:
         self.clients.discard(c)
+
+    async def close_all(self, app: web.Application | None = None) -> None:
+        """``on_shutdown``: tell every page we are going away (it will reconnect)."""
+        for ws in list(self.sockets):
+            with contextlib.suppress(Exception):
+                await ws.close(code=1001, message=b"server shutdown")
 
     async def run(self) -> None:
         """Consume the backend stream until cancelled; resubscribe if it ends or fails."""
@@ -177,6 +185,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     hub, backend = request.app[HUB], request.app[BACKEND]
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
     await ws.prepare(request)
+    hub.sockets.add(ws)
     client = hub.register()   # before the first fetch, so no change falls in between
     hid = session.user.handler_id if "handler" in roles else None
     supervisor = "supervisor" in roles
@@ -240,6 +249,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         hub.unregister(client)
+        hub.sockets.discard(ws)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
             await task

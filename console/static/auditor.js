@@ -1,0 +1,166 @@
+// Auditor: transcript search, call view with timeline, transcript that follows playback,
+// recording checksum verification. Every access asks for a justification first.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const { el, api, act, fmtDur, fmtClock, fmtDateTime } = CR;
+
+let current = null;        // call detail shown
+let pendingSeek = null;    // seconds to seek to once the audio is loaded
+let lastJustification = "";
+
+// Ask for the reason of this access; resolves to the text, or null if cancelled.
+function justify(what) {
+  return new Promise((resolve) => {
+    const dlg = $("just-dlg");
+    $("just-what").textContent = what;
+    $("just-text").value = lastJustification;
+    const onClose = () => {
+      dlg.removeEventListener("close", onClose);
+      const text = $("just-text").value.trim();
+      if (dlg.returnValue === "ok" && text.length >= 5) { lastJustification = text; resolve(text); }
+      else resolve(null);
+    };
+    dlg.addEventListener("close", onClose);
+    dlg.returnValue = "";
+    dlg.showModal();
+    $("just-text").select();
+  });
+}
+
+async function search(e) {
+  e.preventDefault();
+  const query = $("q").value.trim();
+  if (!query) return;
+  const justification = await justify(`Search transcripts for “${query}”`);
+  if (!justification) return;
+  const body = { query, justification };
+  for (const [k, id] of [["number", "f-number"], ["line", "f-line"], ["handler", "f-handler"], ["incident", "f-incident"], ["date_from", "f-from"], ["date_to", "f-to"]]) {
+    const v = $(id).value.trim();
+    if (v) body[k] = v;
+  }
+  const res = await act(() => api("POST", "/api/audit/search", body));
+  $("hits-title").textContent = `Results — ${res.hits.length} hit${res.hits.length === 1 ? "" : "s"}`;
+  const box = $("hits");
+  if (!res.hits.length) { box.replaceChildren(el("div", { class: "muted", text: "No matches." })); return; }
+  box.replaceChildren(...res.hits.map((h) => el("div", { class: "hit", dataset: { callId: h.call_id }, tabindex: 0,
+    onclick: () => openCall(h.call_id, h.offset) },
+    el("div", { class: "meta" },
+      el("span", { class: "lineb-s l" + h.line, text: h.line }),
+      el("span", { text: fmtDateTime(h.arrived_at) }),
+      el("span", { class: "mono", text: h.caller }),
+      h.handler_id ? el("span", { text: "handler " + h.handler_id }) : null,
+      h.incident_number ? el("span", { class: "incident small", text: h.incident_number }) : null,
+      el("span", { text: `${h.channel} @ ${fmtDur(h.offset)}` })),
+    el("div", { class: "snip" }, CR.marked(h.snippet)))));
+}
+
+async function openCall(callId, offset) {
+  const justification = await justify(`Open call ${callId}: metadata, timeline and transcript`);
+  if (!justification) return;
+  const d = await act(() => api("POST", `/api/audit/calls/${encodeURIComponent(callId)}`, { justification }));
+  current = d;
+  pendingSeek = offset ?? null;
+  const audio = $("audio");
+  audio.pause(); audio.removeAttribute("src"); audio.load();
+  renderCall();
+  history.replaceState(null, "", "#call=" + encodeURIComponent(callId));
+}
+
+function renderCall() {
+  const c = current.call;
+  $("call-empty").classList.add("hidden");
+  $("call").classList.remove("hidden");
+  $("call").dataset.callId = c.call_id;
+  $("c-line").textContent = c.line;
+  $("c-line").className = "lineb" + (c.line === "999" ? " l999" : "");
+  $("c-caller").textContent = `${c.caller}${c.display_name ? " · " + c.display_name : ""}`;
+  $("c-when").textContent = `${fmtDateTime(c.arrived_at)} · call ${c.call_id}`;
+  $("c-incident").textContent = c.incident_number ? `${c.incident_number}${c.grade ? " · grade " + c.grade : ""}` : "";
+  const meta = [["Handler", c.handler_id], ["Waited", fmtDur(c.wait)], ["Talk", fmtDur(c.talk)],
+    ["Ended by", c.ended_by ? `${c.ended_by} (${c.end_reason || ""})` : c.state], ["Location", c.location],
+    ["Flags", (c.flags || []).join(", ")], ["Notes", c.notes]];
+  if (c.thrive) meta.push(["THRIVE", Object.entries(c.thrive).map(([k, v]) => `${k}: ${v}`).join(" · ")]);
+  $("c-meta").replaceChildren(...meta.filter(([, v]) => v).flatMap(([k, v]) => [el("div", { class: "k", text: k }), el("div", { text: String(v) })]));
+  const rec = current.recording;
+  const rb = $("c-rec");
+  if (!rec) {
+    rb.replaceChildren(el("span", { class: "muted", text: "No recording for this call." }));
+  } else {
+    rb.replaceChildren(
+      el("div", {}, rec.verified ? el("span", { class: "verified", id: "rec-verified", text: "✔ Recording integrity verified (SHA-256 recomputed now)" })
+        : el("span", { class: "mismatch", id: "rec-verified", text: "✖ CHECKSUM MISMATCH — recording altered or unreadable" + (rec.verify_error ? ": " + rec.verify_error : "") })),
+      el("div", { class: "sha" }, el("span", { class: "muted", text: "sealed   " }), rec.sha256),
+      el("div", { class: "sha" }, el("span", { class: "muted", text: "computed " }), rec.computed_sha256 || "–"),
+      el("div", { class: "muted small", text: `duration ${fmtDur(rec.duration)}` }));
+  }
+  $("play-btn").disabled = !rec;
+  $("export-btn").disabled = !rec;
+  $("c-timeline").replaceChildren(...current.timeline.map((t) => el("tr", {},
+    el("td", { text: fmtClock(t.at) }), el("td", { text: t.event }), el("td", { text: t.handler_id || "" }),
+    el("td", { class: "muted", text: Object.entries(t.data || {}).map(([k, v]) => `${k}=${typeof v === "number" ? Math.round(v * 10) / 10 : v}`).join(" ") }))));
+  $("c-transcript").replaceChildren(...current.transcript.map((s, i) => el("div", {
+    class: `tl ${s.channel} seekable`, dataset: { i, start: s.start, end: s.end },
+    onclick: () => seek(s.start) },
+    el("span", { class: "who" }, s.channel === "caller" ? "Caller" : "Handler", el("span", { class: "ts", text: fmtDur(s.start) })),
+    s.text)));
+  if (!current.transcript.length) $("c-transcript").append(el("div", { class: "muted", text: "No transcript." }));
+  follow(pendingSeek ?? -1);
+}
+
+async function loadAudio(autoplay) {
+  const cid = current.call.call_id;
+  const justification = await justify(`Play the recording of call ${cid}`);
+  if (!justification) return false;
+  const t = await act(() => api("POST", `/api/audit/calls/${encodeURIComponent(cid)}/playback`, { justification }));
+  const audio = $("audio");
+  audio.src = t.url;
+  audio.addEventListener("loadedmetadata", () => {
+    if (pendingSeek !== null) { audio.currentTime = pendingSeek; pendingSeek = null; }
+    if (autoplay) audio.play().catch(() => {});
+  }, { once: true });
+  return true;
+}
+
+async function seek(t) {
+  const audio = $("audio");
+  if (!audio.getAttribute("src")) { pendingSeek = t; await loadAudio(true); return; }
+  audio.currentTime = t;
+  follow(t);
+}
+
+// Highlight the segment being played and keep it in view.
+function follow(t) {
+  let cur = null;
+  for (const n of document.querySelectorAll("#c-transcript .tl")) {
+    const on = t >= Number(n.dataset.start) && t < Number(n.dataset.end) + 0.5;
+    n.classList.toggle("current", on);
+    if (on && !cur) cur = n;
+  }
+  if (cur) cur.scrollIntoView({ block: "nearest" });
+}
+
+function wire() {
+  $("search-form").addEventListener("submit", search);
+  $("play-btn").onclick = async () => {
+    const audio = $("audio");
+    if (audio.getAttribute("src")) { audio.play(); return; }
+    await loadAudio(true);
+  };
+  $("export-btn").onclick = async () => {
+    const cid = current.call.call_id;
+    const justification = await justify(`Export (download) the recording of call ${cid}`);
+    if (!justification) return;
+    const t = await act(() => api("POST", `/api/audit/calls/${encodeURIComponent(cid)}/playback`, { justification, export: true }));
+    location.href = t.url;
+  };
+  $("audio").addEventListener("timeupdate", () => follow($("audio").currentTime));
+}
+
+(async () => {
+  await CR.loadMe();
+  CR.topbar("Audit — transcripts and recordings");
+  wire();
+  const m = /#call=([^&]+)/.exec(location.hash);
+  if (m) openCall(decodeURIComponent(m[1]), null);
+})();

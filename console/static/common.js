@@ -1,0 +1,153 @@
+// controlroom console: helpers shared by every page (no framework, no build step).
+"use strict";
+
+const CR = (() => {
+  let me = null;
+  let skew = 0;  // server clock minus browser clock, seconds
+
+  class ApiError extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+
+  function toLogin() {
+    location.href = "/login?next=" + encodeURIComponent(location.pathname);
+  }
+
+  async function loadMe() {
+    const r = await fetch("/api/me", { credentials: "same-origin" });
+    if (r.status === 401) { toLogin(); throw new ApiError(401, "not logged in"); }
+    me = await r.json();
+    return me;
+  }
+
+  async function api(method, path, body) {
+    const opts = { method, credentials: "same-origin", headers: {} };
+    if (method !== "GET") opts.headers["X-CSRF-Token"] = me ? me.csrf : "";
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const r = await fetch(path, opts);
+    let data = null;
+    try { data = await r.json(); } catch (e) { data = null; }
+    if (r.status === 401 && path !== "/api/login") { toLogin(); }
+    if (!r.ok) throw new ApiError(r.status, (data && data.error) || r.statusText);
+    return data;
+  }
+
+  // el("div", {class: "x", text: "hi", onclick: fn, dataset: {a: 1}}, child, ...)
+  function el(tag, attrs, ...children) {
+    const n = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") n.className = v;
+      else if (k === "text") n.textContent = v;
+      else if (k === "dataset") Object.assign(n.dataset, v);
+      else if (k.startsWith("on")) n.addEventListener(k.slice(2), v);
+      else if (k in n && typeof v !== "string") n[k] = v;
+      else n.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      n.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return n;
+  }
+
+  function pad(n) { return String(n).padStart(2, "0"); }
+  function fmtDur(s) {
+    if (s === null || s === undefined || isNaN(s)) return "–";
+    s = Math.max(0, Math.floor(s));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), ss = s % 60;
+    return h ? `${h}:${pad(m)}:${pad(ss)}` : `${m}:${pad(ss)}`;
+  }
+  function fmtClock(epoch) {
+    if (!epoch) return "–";
+    const d = new Date(epoch * 1000);
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+  function fmtDateTime(epoch) {
+    if (!epoch) return "–";
+    const d = new Date(epoch * 1000);
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${fmtClock(epoch)}`;
+  }
+  function pct(x) { return x === null || x === undefined ? "–" : `${Math.round(x * 100)}%`; }
+  function serverNow() { return Date.now() / 1000 + skew; }
+  function syncClock(serverAt) { if (serverAt) skew = serverAt - Date.now() / 1000; }
+  function stateLabel(s) { return (s || "").replace("_", " "); }
+
+  // A search snippet is plain text whose only markup is <mark>..</mark>: build it
+  // from text nodes so nothing else in a transcript can become HTML.
+  function marked(snippet) {
+    const frag = document.createDocumentFragment();
+    let inMark = false;
+    for (const part of String(snippet).split(/(<mark>|<\/mark>)/)) {
+      if (part === "<mark>") { inMark = true; continue; }
+      if (part === "</mark>") { inMark = false; continue; }
+      if (!part) continue;
+      frag.append(inMark ? el("mark", { text: part }) : document.createTextNode(part));
+    }
+    return frag;
+  }
+
+  let toastTimer = null;
+  function toast(msg, kind) {
+    let t = document.querySelector(".toast");
+    if (!t) { t = el("div", { class: "toast" }); document.body.append(t); }
+    t.className = "toast" + (kind ? " " + kind : "");
+    t.textContent = msg;
+    t.classList.remove("hidden");
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => t.classList.add("hidden"), 5000);
+  }
+  async function act(fn, okMsg) {
+    try { const r = await fn(); if (okMsg) toast(okMsg); return r; }
+    catch (e) { toast(e.message, "error"); throw e; }
+  }
+
+  function topbar(pageName) {
+    const clock = el("span", { class: "clock", id: "clock" });
+    const conn = el("span", { class: "conn down hidden", id: "conn", text: "offline" });
+    const bar = el("header", { class: "topbar" },
+      el("span", { class: "brand" }, el("b", { text: "■ " }), "controlroom"),
+      el("span", { class: "page", text: pageName }),
+      el("span", { class: "spacer" }),
+      conn,
+      el("span", { class: "who", text: me ? `${me.username} · ${me.roles.join(", ")}` : "" }),
+      clock,
+      el("button", { text: "Log out", onclick: async () => {
+        try { await api("POST", "/api/logout"); } finally { location.href = "/login"; }
+      } }));
+    document.body.prepend(bar);
+    const tick = () => { clock.textContent = fmtClock(serverNow()); };
+    tick(); setInterval(tick, 1000);
+    return bar;
+  }
+
+  function setConn(up) {
+    const c = document.getElementById("conn");
+    if (!c) return;
+    c.classList.remove("hidden");
+    c.textContent = up ? "live" : "offline";
+    c.classList.toggle("down", !up);
+  }
+
+  // Live feed with reconnect; onOpen lets the page refetch after a gap.
+  function live(onMessage) {
+    let delay = 500;
+    function connect() {
+      const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/ws");
+      ws.onopen = () => { delay = 500; setConn(true); };
+      ws.onmessage = (e) => { let m; try { m = JSON.parse(e.data); } catch (x) { return; } onMessage(m); };
+      ws.onclose = () => {
+        setConn(false);
+        setTimeout(connect, delay);
+        delay = Math.min(delay * 2, 10000);
+      };
+    }
+    connect();
+  }
+
+  return { api, loadMe, el, fmtDur, fmtClock, fmtDateTime, pct, serverNow, syncClock, stateLabel,
+           marked, toast, act, topbar, live, get me() { return me; }, ApiError };
+})();
