@@ -155,6 +155,7 @@ class Engine:
         self._retired = {"packets_in": 0, "packets_out": 0, "lost": 0, "late": 0}
         """RTP counters of streams already closed (stats stay monotonic)."""
         self._drained: asyncio.Event | None = None
+        self._seal_tasks: set[asyncio.Task[None]] = set()
         self._running = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -210,6 +211,8 @@ class Engine:
             if reg.registered:
                 self._ua.unregister(reg, self._now())
         self._pump()
+        if self._seal_tasks:
+            await asyncio.gather(*list(self._seal_tasks), return_exceptions=True)
         self._running = False
         if self._timer:
             self._timer.cancel()
@@ -499,16 +502,23 @@ class Engine:
         self._close_stream(call.stream)
         call.log.info("call.ended", by=by, reason=reason)
         self._emit(CallEnded(at=time.time(), call_id=call.call_id, by=by, reason=reason))
-        try:
-            info = call.recording.seal()
-        except Exception:  # noqa: BLE001 - a disk error must not leave the call half-ended
-            call.log.exception("recording.seal_failed")
-        else:
-            self._emit(RecordingSealed(at=time.time(), call_id=call.call_id, path=info.path,
-                                       sha256=info.sha256, duration=info.duration,
-                                       bytes=info.bytes, recovered=False))
+        # sealing hashes the whole file: off the loop when the media layer offers it
+        task = asyncio.get_running_loop().create_task(self._seal(call))
+        self._seal_tasks.add(task)
+        task.add_done_callback(self._seal_tasks.discard)
         if not self._calls and self._drained is not None:
             self._drained.set()
+
+    async def _seal(self, call: _Call) -> None:
+        rec = call.recording
+        try:
+            info = await rec.seal_async() if hasattr(rec, "seal_async") else rec.seal()
+        except Exception:  # noqa: BLE001 - a disk error must not leave the call half-ended
+            call.log.exception("recording.seal_failed")
+            return
+        self._emit(RecordingSealed(at=time.time(), call_id=call.call_id, path=info.path,
+                                   sha256=info.sha256, duration=info.duration,
+                                   bytes=info.bytes, recovered=False))
 
     def _arm_guard(self, call: _Call) -> None:
         last = max(call.last_signal, call.stream.last_rx or 0.0)
@@ -551,7 +561,10 @@ class Engine:
             raise EngineError(f"bad handler URI {handler_uri!r}: {exc.reason}") from None
         if not self._proxy_addr and resolve(target, ("", 0))[0] == "":
             raise EngineError(f"handler URI host must be an IP address without a proxy: {handler_uri!r}")
-        stream = self._media.allocate()
+        try:
+            stream = self._media.allocate()
+        except Exception as exc:  # noqa: BLE001 - MediaError: port pool exhausted
+            raise EngineError(f"cannot allocate RTP for leg: {exc}") from exc
         off = sdp.offer(codecs=list(self.settings.codecs), address=self._rtp_host(),
                         port=stream.local_port, ptime=self.settings.ptime,
                         session_id=secrets.randbelow(2**31))

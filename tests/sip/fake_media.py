@@ -77,6 +77,9 @@ class FakeRecording:
         self.handler = stream
         self.handler_history.append(stream)
 
+    async def seal_async(self) -> RecordingInfo:
+        return self.seal()
+
     def seal(self) -> RecordingInfo:
         self.sealed = True
         data = b"RIFF-fake-" + self.call_id.encode()

@@ -96,7 +96,7 @@ async def test_bye_from_caller_ends_call_and_seals_recording(rig: Rig) -> None:
     await rig.peer.expect_status(200)
     ended = rig.of(api.CallEnded)
     assert [(e.by, e.reason) for e in ended] == [("caller", "bye")]
-    sealed = rig.of(api.RecordingSealed)
+    sealed = await rig.wait_for(api.RecordingSealed)
     assert len(sealed) == 1 and not sealed[0].recovered
     assert sealed[0].sha256 == hashlib.sha256(sealed[0].path.read_bytes()).hexdigest()
     assert rig.media.streams[0].closed
