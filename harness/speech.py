@@ -122,17 +122,13 @@ def decode(payload: bytes, codec: str) -> np.ndarray:
 def decode_via_media(payload: bytes, codec: str) -> np.ndarray | None:
     """The media layer's own decoder if it is importable (for a cross-check), else None."""
     try:
-        from telephony.media import g711  # type: ignore[import-not-found]
+        from telephony.media import g711
     except ImportError:
         return None
-    fn = getattr(g711, "decode", None)
+    fn = getattr(g711, {"PCMA": "alaw_decode", "PCMU": "ulaw_decode"}[codec], None)
     if fn is None:
         return None
-    try:
-        out = fn(payload, codec)
-    except TypeError:
-        return None
-    return np.frombuffer(out, dtype=np.int16) if isinstance(out, bytes | bytearray) else np.asarray(out, dtype=np.int16)
+    return np.asarray(fn(payload), dtype=np.int16)
 
 
 # --- WAV -------------------------------------------------------------------------------
@@ -399,16 +395,19 @@ class Clip:
 
 
 def speech_clip(text: str, codec: str, pcap: Path, *, voice: str = "en-gb", speed: int = 160,
-                ssrc: int = 0x1234ABCD, pad_ms: int = 0) -> Clip:
+                ssrc: int = 0x1234ABCD, pad_ms: int = 0, lead_ms: int = 0,
+                repeat: int = 1) -> Clip:
     """Synthesise ``text``, G.711-encode it and write ``pcap`` for ``play_pcap_audio``.
 
-    ``pad_ms`` of digital silence is appended so the stream's end is unambiguous.
+    ``lead_ms`` of digital silence goes first (so speech starts after, e.g., a bridge),
+    ``pad_ms`` last (so the stream's end is unambiguous); ``repeat`` loops the speech.
     """
     pcm, _, rate = read_wav(synthesise(text, voice=voice, speed=speed))
     if rate != SAMPLE_RATE:
         raise ValueError(f"synthesised audio is {rate} Hz, expected 8000")
-    if pad_ms:
-        pcm = np.concatenate([pcm, np.zeros(SAMPLE_RATE * pad_ms // 1000, dtype=np.int16)])
+    pcm = np.concatenate([np.zeros(SAMPLE_RATE * lead_ms // 1000, dtype=np.int16),
+                          np.tile(pcm, repeat),
+                          np.zeros(SAMPLE_RATE * pad_ms // 1000, dtype=np.int16)])
     packets = audio_packets(pcm, codec, ssrc=ssrc)
     write_rtp_pcap(pcap, packets)
     payload = b"".join(p.payload for p in packets)
@@ -417,11 +416,17 @@ def speech_clip(text: str, codec: str, pcap: Path, *, voice: str = "en-gb", spee
 
 
 def tone_clip(freq: float, seconds: float, codec: str, pcap: Path, *, amplitude: int = 8000,
-              ssrc: int = 0x70E0001) -> Clip:
-    """A sine tone clip (no espeak needed) - a distinct, easy-to-spot handler signal."""
+              ssrc: int = 0x70E0001, lead_ms: int = 0) -> Clip:
+    """A sine tone clip (no espeak needed) - a distinct, easy-to-spot handler signal.
+
+    The tone's amplitude ramps up over its first 100 ms so no two 20 ms frames of its
+    start are alike (alignment is unambiguous); ``lead_ms`` of silence goes first.
+    """
     n = int(seconds * SAMPLE_RATE)
     t = np.arange(n) / SAMPLE_RATE
-    pcm = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+    env = np.minimum(1.0, (np.arange(n) + 1) / 800)
+    pcm = (amplitude * env * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+    pcm = np.concatenate([np.zeros(SAMPLE_RATE * lead_ms // 1000, dtype=np.int16), pcm])
     packets = audio_packets(pcm, codec, ssrc=ssrc)
     write_rtp_pcap(pcap, packets)
     payload = b"".join(p.payload for p in packets)
@@ -436,7 +441,8 @@ def find_alignment(needle: np.ndarray, haystack: np.ndarray) -> int | None:
     Recordings start at answer time and end at seal time, so the sent audio sits at some
     fixed offset; this finds it without any tolerance.
     """
-    nz = np.flatnonzero(needle)
+    # Digital silence decodes to 0 (u-law) or +-8 (A-law): trim both kinds at the edges.
+    nz = np.flatnonzero(np.abs(needle.astype(np.int32)) > 8)
     if len(nz) == 0:
         raise ValueError("needle is all silence")
     core = needle[nz[0]:nz[-1] + 1]
