@@ -8,6 +8,7 @@ do, so the desk can never put the system in a state the router would not.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -62,7 +63,7 @@ class ServiceDesk:
             sl = s.router.service_level(line.name, now, since=since)
             offered = getattr(sl, "offered", 0)
             answered = getattr(sl, "answered", 0)
-            within = getattr(sl, "answered_within_threshold", 0)
+            within = getattr(sl, "answered_within", 0)
             abandoned = getattr(sl, "abandoned", 0)
             lines_out.append({
                 "name": line.name, "priority": line.priority, "threshold": line.answer_threshold,
@@ -74,8 +75,7 @@ class ServiceDesk:
                 "abandon_rate": (abandoned / offered) if offered else None,
             })
         handlers_out = []
-        for h in rsnap.get("handlers", []):
-            hid = h.get("handler_id") or h.get("id")
+        for hid, h in rsnap.get("handlers", {}).items():
             cfg = s.handlers.get(hid)
             handlers_out.append({
                 "handler_id": hid, "name": cfg.name if cfg else hid,
@@ -87,9 +87,9 @@ class ServiceDesk:
                 "draining": s._draining}
 
     def _handler(self, handler_id: str) -> dict[str, Any]:
-        for h in self.s.router.snapshot(time.time()).get("handlers", []):
-            if (h.get("handler_id") or h.get("id")) == handler_id:
-                return h
+        h = self.s.router.snapshot(time.time()).get("handlers", {}).get(handler_id)
+        if h is not None:
+            return h
         raise NotFound(f"no handler {handler_id!r}")
 
     def _card(self, call_id: str) -> dict[str, Any] | None:
@@ -248,9 +248,10 @@ class ServiceDesk:
     async def callbacks(self) -> list[dict[str, Any]]:
         out = []
         for cb in self.s.router.callbacks():
-            d = cb if isinstance(cb, dict) else dict(vars(cb))
-            d.setdefault("cb_id", d.get("id"))
-            d["state"] = str(getattr(d.get("state"), "value", d.get("state")))
+            d = dataclasses.asdict(cb)
+            d["state"] = {"pending": "open"}.get(d["state"], d["state"])
+            d["abandoned_at"] = d.pop("at")
+            d["taken_by"] = d.get("handler_id")
             out.append(d)
         out.sort(key=lambda d: (d["state"] != "open", d.get("abandoned_at") or 0))
         return out
@@ -258,9 +259,9 @@ class ServiceDesk:
     async def take_callback(self, cb_id: str, handler_id: str) -> None:
         try:
             actions = self.s.router.take_callback(cb_id, handler_id, time.time())
-        except KeyError:
-            raise NotFound(f"no call-back {cb_id!r}") from None
         except Exception as exc:
+            if "unknown call-back" in str(exc):
+                raise NotFound(f"no call-back {cb_id!r}") from None
             raise Conflict(str(exc)) from None
         self.s._apply(actions or [])
 
@@ -269,9 +270,9 @@ class ServiceDesk:
             raise Invalid("an outcome is required")
         try:
             actions = self.s.router.complete_callback(cb_id, time.time(), outcome=outcome)
-        except KeyError:
-            raise NotFound(f"no call-back {cb_id!r}") from None
         except Exception as exc:
+            if "unknown call-back" in str(exc):
+                raise NotFound(f"no call-back {cb_id!r}") from None
             raise Conflict(str(exc)) from None
         self.s._apply(actions or [])
 

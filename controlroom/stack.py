@@ -98,7 +98,7 @@ class Stack:
     def config(self, *, sip_port: int, kamailio_port: int, mqtt_port: int,
                web_port: int) -> dict[str, Any]:
         o = self.options
-        rtp = free_rtp_range(400)
+        rtp = free_rtp_range(200)
         return {
             "drain_timeout": 5.0,
             "sip": {"bind": "127.0.0.1", "port": sip_port, "domain": DOMAIN,
