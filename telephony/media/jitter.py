@@ -3,10 +3,10 @@
 Theory of operation (pure: no clock, no socket; fed packets and ``pull()`` once per tick):
 
 * Playout is a schedule in RTP timestamp units. The first packet of a source anchors
-  ``position`` (the start of the next frame to play) at ``timestamp - delay``; every
-  ``pull()`` returns the samples in ``[position, position + frame)`` and advances
-  ``position`` by one frame, whatever arrived. So timing is preserved: N pulls always
-  return N frames, and a recording's duration equals the call's.
+  ``position`` (the start of the next frame to play) at ``timestamp - min_delay``; every
+  ``pull()`` returns the samples in ``[position, position + frame)`` and (normally)
+  advances ``position`` by one frame, whatever arrived. N pulls always return N frames,
+  so a recording's duration equals the call's.
 * Packets are keyed on their (unwrapped) timestamp, so reordering is free and packets of
   any size (10/20/30/40 ms ptime) fill the window they cover. Wrap-around of the 16-bit
   sequence number and 32-bit timestamp is handled by unwrapping against ``position``.
@@ -17,10 +17,23 @@ Theory of operation (pure: no clock, no socket; fed packets and ``pull()`` once 
   packets that did arrive in time are returned untouched (bit-exact).
 * A new SSRC, or a timestamp more than ``max_jump`` away from the schedule, is a new
   source: the buffer is flushed and re-anchored (counted as ``resyncs``).
-* Adaptive delay: it starts at ``min_delay``; each late packet raises the target by one
-  frame up to ``max_delay``. The delay only changes where the output is silent anyway
-  (the window holds no data): growing holds ``position`` for one tick, shrinking (after
-  ``shrink_after`` quiet frames) skips one empty frame. Audio is never cut or stretched.
+
+Adaptation (jitter and sender clock drift). Each packet's *lead* is how early it came:
+``timestamp - position`` at arrival (negative: late). Over windows of ``window``
+packets we keep the smallest and largest lead:
+
+* grow (one frame): a packet was late, or the smallest lead fell under ``grow_below``
+  (a slow sender's clock drifting us towards lateness) - unless the largest lead is
+  already at ``max_delay`` (the bound);
+* shrink (one frame): the smallest lead stayed at or above ``min_delay + frame`` for a
+  whole window (a fast sender's clock, or a jitter spike that passed).
+
+An adjustment waits for a window with no data (silence or loss), where holding the
+schedule for a tick or skipping an empty frame changes no audio. With continuous audio
+(G.711 phones rarely use silence suppression) it is forced after ``grow_grace`` /
+``shrink_grace`` ticks: a hold then inserts one faded silent frame, a skip drops one
+frame (counted in ``skipped``). With 100 ppm drift that is one 20 ms adjustment every
+~200 s, and latency stays bounded instead of growing by 0.36 s per hour.
 """
 
 from __future__ import annotations
@@ -54,6 +67,8 @@ class PushResult:
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     LATE = "late"
+    OVERFLOW = "overflow"
+    """Dropped: the buffer already holds ``max_packets`` (a flood far ahead of playout)."""
     RESYNC = "resync"
     """Accepted as the first packet of a new source or after a timestamp jump."""
 
@@ -61,18 +76,22 @@ class PushResult:
 class JitterBuffer:
     """Reorders packets of one RTP stream and plays them out one frame per tick."""
 
-    def __init__(self, *, frame_samples: int = 160, min_delay: int = 320, max_delay: int = 960,
-                 max_jump: int = 8000 * 2, fade_samples: int = 40, shrink_after: int = 500,
+    def __init__(self, *, frame_samples: int = 160, min_delay: int = 320, max_delay: int = 1600,
+                 max_jump: int = 8000 * 2, fade_samples: int = 40, window: int = 50,
+                 grow_below: int = 40, grow_grace: int = 25, shrink_grace: int = 500,
                  max_packets: int = 200) -> None:
-        """Sizes are in samples (8 kHz: 160 = 20 ms). ``max_packets`` bounds memory."""
-        if frame_samples <= 0 or not 0 <= min_delay <= max_delay:
-            raise ValueError("need frame_samples > 0 and 0 <= min_delay <= max_delay")
+        """Sizes are in samples (8 kHz: 160 = 20 ms), graces in ticks."""
+        if frame_samples <= 0 or not 0 <= min_delay < max_delay:
+            raise ValueError("need frame_samples > 0 and 0 <= min_delay < max_delay")
         self.frame = frame_samples
         self.min_delay = min_delay
         self.max_delay = max_delay
         self.max_jump = max_jump
         self.fade_samples = min(fade_samples, frame_samples)
-        self.shrink_after = shrink_after
+        self.window = window
+        self.grow_below = grow_below
+        self.grow_grace = grow_grace
+        self.shrink_grace = shrink_grace
         self.max_packets = max_packets
         self._silence = silence(frame_samples)
         self._fade = (np.arange(self.fade_samples, 0, -1, dtype=np.float32)
@@ -80,22 +99,32 @@ class JitterBuffer:
         self.ssrc: int | None = None
         self.position: int | None = None
         """Unwrapped timestamp of the next frame ``pull()`` returns (None before any packet)."""
-        self.delay = min_delay
-        """Current playout delay in samples."""
-        self.target = min_delay
-        """Delay the buffer is moving towards (raised by late packets)."""
+        self._nominal = min_delay  # anchor delay plus holds minus skips
+        self.lead_min: int | None = None
+        """Smallest lead (samples) over the last complete window of packets."""
+        self.lead_max: int | None = None
+        """Largest lead (samples) over the last complete window of packets."""
         self._keys: list[int] = []
         self._buf: dict[int, Pcm] = {}
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
         self._last_sample = 0
-        self._quiet = 0
+        self._win_min = self._win_max = 0
+        self._win_n = 0
+        self._want = 0  # +1 grow, -1 shrink
+        self._waited = 0
         # counters
         self.accepted = 0
         self.late = 0
         self.duplicates = 0
-        self.resyncs = 0
         self.overflows = 0
+        self.resyncs = 0
+        self.holds = 0
+        """Schedule held one tick (delay grown by a frame)."""
+        self.skips = 0
+        """Schedule advanced an extra frame (delay shrunk by a frame)."""
+        self.skipped = 0
+        """Packets dropped by a forced skip."""
         self.frames_played = 0
         """Frames that carried at least one received sample."""
         self.frames_silent = 0
@@ -112,33 +141,60 @@ class JitterBuffer:
         if seq in self._seen or ext in self._buf:
             self.duplicates += 1
             return PushResult.DUPLICATE
-        pos = self.position
-        if ext - pos > self.max_jump or pos - ext > self.max_jump:
+        lead = ext - self.position
+        if lead > self.max_jump or -lead > self.max_jump:
             self._anchor(ssrc, timestamp)
-            self._store(self._unwrap(timestamp), seq, pcm)
+            self._store(timestamp, seq, pcm)
             return PushResult.RESYNC
-        if ext + len(pcm) <= pos:
+        self._observe(lead)
+        if lead + len(pcm) <= 0:
             self.late += 1
             self._remember(seq)
-            self.target = min(self.max_delay, self.target + self.frame)
-            self._quiet = 0
+            if self._want <= 0 and self._may_grow():
+                self._want, self._waited = 1, 0
             return PushResult.LATE
         if len(self._keys) >= self.max_packets:
             self.overflows += 1  # far-future flood: keep what is due soonest
-            return PushResult.LATE
+            return PushResult.OVERFLOW
         self._store(ext, seq, pcm)
         return PushResult.ACCEPTED
+
+    def _observe(self, lead: int) -> None:
+        if self._win_n == 0 or lead < self._win_min:
+            self._win_min = lead
+        if self._win_n == 0 or lead > self._win_max:
+            self._win_max = lead
+        self._win_n += 1
+        if self._win_n < self.window:
+            return
+        self.lead_min, self.lead_max = self._win_min, self._win_max
+        self._win_n = 0
+        if self._want == 0:
+            if self.lead_min < self.grow_below and self._may_grow():
+                self._want, self._waited = 1, 0
+            elif self.lead_min >= self.min_delay + self.frame:
+                self._want, self._waited = -1, 0
+
+    def _may_grow(self) -> bool:
+        top = self._win_max if self._win_n else (self.lead_max or 0)
+        return top + self.frame <= self.max_delay
+
+    def _adjusted(self) -> None:
+        self._want = 0
+        self._win_n = 0  # leads measured before the change are off by a frame now
+        self.lead_min = self.lead_max = None
 
     def _anchor(self, ssrc: int, timestamp: int) -> None:
         if self.ssrc is not None:
             self.resyncs += 1
         self.ssrc = ssrc
-        self.delay = self.target
-        self.position = timestamp - self.delay
+        self._nominal = self.min_delay
+        self.position = timestamp - self.min_delay
         self._keys.clear()
         self._buf.clear()
         self._seen.clear()
         self._seen_order.clear()
+        self._adjusted()
 
     def _unwrap(self, timestamp: int) -> int:
         pos = self.position
@@ -172,33 +228,51 @@ class JitterBuffer:
             return self._silence
         frame = self.frame
         end = pos + frame
-        keys = self._keys
-        # drop whatever ended before the window (partially consumed leftovers)
-        while keys and keys[0] + len(self._buf[keys[0]]) <= pos:
-            del self._buf[keys.pop(0)]
-        if not keys or keys[0] >= end:
-            return self._empty_window(pos)
-        self._quiet += 1
-        if self._quiet >= self.shrink_after and self.target > self.min_delay:
-            self.target -= frame
-            self._quiet = 0
+        keys, buf = self._keys, self._buf
+        # drop whatever ended before the window (leftovers of a forced skip)
+        while keys and keys[0] + len(buf[keys[0]]) <= pos:
+            del buf[keys.pop(0)]
+            self.skipped += 1
+        empty = not keys or keys[0] >= end
+        want = self._want
+        if want:
+            self._waited += 1
+            if want > 0 and (empty or self._waited >= self.grow_grace):
+                self.holds += 1
+                self._nominal += frame
+                self._adjusted()
+                return self._silent_frame()  # position not advanced: one frame later
+            if want < 0 and ((empty and not (keys and keys[0] < end + frame))
+                             or self._waited >= self.shrink_grace):
+                self.skips += 1
+                self._nominal -= frame
+                self._adjusted()
+                self.position = pos = pos + frame  # the skipped frame's data is dropped
+                end = pos + frame
+                while keys and keys[0] + len(buf[keys[0]]) <= pos:
+                    del buf[keys.pop(0)]
+                    self.skipped += 1
+                empty = not keys or keys[0] >= end
+        if empty:
+            self.position = end
+            return self._silent_frame()
         k0 = keys[0]
-        pcm = self._buf[k0]
+        pcm = buf[k0]
         if k0 == pos and len(pcm) == frame:  # the common case: one aligned packet
             keys.pop(0)
-            del self._buf[k0]
+            del buf[k0]
             out = pcm
         else:
             out = np.zeros(frame, dtype=np.int16)
             i = 0
             while i < len(keys) and keys[i] < end:
                 k = keys[i]
-                pcm = self._buf[k]
+                pcm = buf[k]
                 a, b = max(k, pos), min(k + len(pcm), end)
                 out[a - pos:b - pos] = pcm[a - k:b - k]
                 if k + len(pcm) <= end:
                     keys.pop(i)
-                    del self._buf[k]
+                    del buf[k]
                 else:
                     i += 1
         self.position = end
@@ -206,23 +280,20 @@ class JitterBuffer:
         self._last_sample = int(out[-1])
         return out
 
-    def _empty_window(self, pos: int) -> Pcm:
+    def _silent_frame(self) -> Pcm:
         self.frames_silent += 1
-        frame = self.frame
-        if self.delay < self.target:
-            self.delay += frame  # hold: the schedule slips one frame later, during silence
-        elif (self.delay > self.target
-              and not (self._keys and self._keys[0] < pos + 2 * frame)):
-            self.delay -= frame  # skip an empty frame: the schedule moves one frame earlier
-            self.position = pos + 2 * frame
-        else:
-            self.position = pos + frame
         if self._last_sample and self.fade_samples:
-            out = np.zeros(frame, dtype=np.int16)
+            out = np.zeros(self.frame, dtype=np.int16)
             out[:self.fade_samples] = (self._fade * self._last_sample).astype(np.int16)
             self._last_sample = 0
             return out
         return self._silence
+
+    @property
+    def delay(self) -> int:
+        """Current playout delay in samples: the largest lead seen over the last window
+        (how long the earliest packets wait), else the nominal delay since the last change."""
+        return self.lead_max if self.lead_max is not None else self._nominal
 
     @property
     def depth(self) -> int:

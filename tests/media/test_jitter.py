@@ -85,18 +85,62 @@ def test_timestamp_jump_resyncs() -> None:
     assert np.array_equal(outs[2], frame(1))
 
 
-def test_adaptive_delay_grows_on_late_and_is_bounded() -> None:
-    """Late packets raise the delay one frame at a time (only in silence), up to max_delay."""
-    jb = JitterBuffer(min_delay=320, max_delay=640)
+def test_late_packet_grows_delay_in_silence() -> None:
+    """A late packet makes the next empty window hold the schedule one frame (delay +20 ms)."""
+    jb = JitterBuffer()
     jb.push(ssrc=1, seq=0, timestamp=0, pcm=frame(0))
     for _ in range(4):
         jb.pull()
-    for seq in range(1, 6):  # all far too late
-        assert jb.push(ssrc=1, seq=seq, timestamp=160 * seq - 3200, pcm=frame(seq)) == PushResult.LATE
-    assert jb.target == 640
+    assert jb.push(ssrc=1, seq=1, timestamp=-3200 & 0xFFFFFFFF, pcm=frame(1)) == PushResult.LATE
     pos = jb.position
-    jb.pull(), jb.pull(), jb.pull()
-    assert jb.delay == 640 and jb.position == pos + 160  # held two ticks, then advanced
+    out = jb.pull()
+    assert jb.position == pos and not out.any() and jb.holds == 1 and jb.delay == 480
+    jb.pull()
+    assert jb.position == pos + 160
+
+
+def run_drift(ppm: float, seconds: int, jb: JitterBuffer) -> list[np.ndarray]:
+    """A sender whose clock runs `ppm` fast (+) or slow (-): packet k arrives at k*(1-ppm/1e6) ticks."""
+    out = []
+    k = 0
+    rate = 1 - ppm / 1e6
+    for tick in range(50 * seconds):
+        while k * rate <= tick:
+            jb.push(ssrc=1, seq=k & 0xFFFF, timestamp=160 * k, pcm=frame(k))
+            k += 1
+        out.append(jb.pull())
+    return out
+
+
+def test_fast_sender_drift_keeps_latency_bounded() -> None:
+    """A sender 1000 ppm fast (continuous audio) is skipped a frame now and then: depth stays bounded."""
+    jb = JitterBuffer()
+    run_drift(1000, 120, jb)
+    assert jb.skips >= 3 and jb.depth <= 320 + 2 * 160 and jb.late == 0
+    assert jb.skipped == jb.skips  # each forced skip dropped exactly one frame
+
+
+def test_slow_sender_drift_grows_before_packets_are_late() -> None:
+    """A sender 1000 ppm slow is held a frame before its packets become late: none are dropped."""
+    jb = JitterBuffer()
+    out = run_drift(-1000, 120, jb)
+    assert jb.holds >= 3 and jb.late == 0 and jb.delay <= jb.max_delay
+    assert len(out) == 6000
+
+
+def test_delay_bounded_by_max_delay() -> None:
+    """Under endless lateness the buffer stops adding delay once the earliest packets wait max_delay."""
+    jb = JitterBuffer(max_delay=640)
+    k = 0
+    for tick in range(400):
+        if tick % 3 == 0:  # bursts of 3 packets every 3 ticks, then one very late
+            for _ in range(3):
+                jb.push(ssrc=1, seq=k, timestamp=160 * k, pcm=frame(k))
+                k += 1
+            jb.push(ssrc=1, seq=k + 1000, timestamp=160 * (k - 40), pcm=frame(0))
+        jb.pull()
+    # leads within a burst span 0..320 samples, so growing stops after at most 2 holds
+    assert jb.late > 100 and 1 <= jb.holds <= 2 and jb.skips == 0
 
 
 def test_odd_packet_sizes_fill_frames() -> None:
@@ -158,10 +202,11 @@ def test_property_timing_and_exact_content(t) -> None:
         pos = jb.position
         out = jb.pull()
         assert len(out) == 160 and out.dtype == np.int16
-        if pos is None:
-            assert not out.any()
+        if pos is None or jb.position == pos:  # nothing yet, or a hold (delay grown)
+            assert not out[40:].any()
             continue
-        rel = pos - ((ts0 + 160 * first) & 0xFFFFFFFF)
+        window = jb.position - 160  # the window actually played (after a possible skip)
+        rel = window - ((ts0 + 160 * first) & 0xFFFFFFFF)
         k = first + rel // 160 if rel % 160 == 0 else None
         if k is not None and k in accepted:
             assert np.array_equal(out, frame(k))
@@ -169,4 +214,5 @@ def test_property_timing_and_exact_content(t) -> None:
         else:
             assert not out[40:].any()  # silence (maybe a short fade)
     assert sorted(played) == sorted(accepted)  # every accepted packet played once
-    assert jb.late + len(accepted) + jb.duplicates == len(arrivals)
+    assert jb.skipped == 0  # skips only ever happen over empty windows here
+    assert jb.late + len(accepted) + jb.duplicates + jb.overflows == len(arrivals)
