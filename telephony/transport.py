@@ -8,6 +8,7 @@ is caught, counted and logged here, so a flood of garbage can never stop the soc
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 
 import structlog
@@ -15,6 +16,8 @@ import structlog
 log = structlog.get_logger(__name__)
 
 Addr = tuple[str, int]
+
+RCVBUF_BYTES = 4 * 1024 * 1024
 
 
 class SipProtocol(asyncio.DatagramProtocol):
@@ -66,4 +69,13 @@ async def open_sip_socket(bind: str, port: int, on_datagram: Callable[[bytes, Ad
     transport, protocol = await loop.create_datagram_endpoint(
         lambda: SipProtocol(on_datagram, on_error), local_addr=(bind, port))
     protocol.transport = transport
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # A burst (a few hundred INVITEs at once, or the loop busy for a moment) must queue
+        # in the kernel rather than be dropped: ask for a large receive buffer (capped by
+        # net.core.rmem_max).
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        except OSError as exc:
+            log.warning("sip.rcvbuf_failed", error=str(exc))
     return protocol, transport.get_extra_info("sockname")[1]
