@@ -10,15 +10,14 @@ Theory of operation:
   valid WAV up to the last flush (the page cache holds the data; we do not fsync per
   second, which would cost 300 syncs/s at full load - only ``seal`` fsyncs).
 * ``seal()`` writes the tail, fixes the header, fsyncs, renames to ``<call_id>.wav``
-  and returns the SHA-256 of the whole file.
+  and returns the SHA-256 of the whole file; ``seal_async()`` does the same with the
+  fsync and hash in a worker thread (use it on the loop for long calls).
 * :func:`recover` seals ``.part`` files left by a crash: it truncates to whole stereo
   frames, fixes the header and reports ``recovered=True``.
 
 Writes are plain ``os.write``/``os.pwrite`` on the event loop: measured ~40 us per
 32 KB batch on this machine, i.e. ~12 ms/s for 300 calls, spread over the ticks (each
-recording flushes on its own tick phase), so it does not stall the clock. Hashing at
-seal reads the file back (~2 ms per minute of audio); ``seal_async`` does that in a
-worker thread for long calls.
+recording flushes on its own tick phase), so it does not stall the clock.
 """
 
 from __future__ import annotations
@@ -102,6 +101,7 @@ class Recording:
         self.frames = 0
         """Stereo sample frames recorded so far (duration = frames / 8000)."""
         self.sealed: RecordingInfo | None = None
+        self._sealing = False
         self._frame = frame_samples
         self._flush_every = max(1, flush_every)
         self._phase = phase % self._flush_every
@@ -173,23 +173,49 @@ class Recording:
                     self._fd = None
 
     def seal(self) -> RecordingInfo:
-        """Finish: write the tail, fix the header, rename to ``.wav``, hash. Idempotent."""
+        """Finish: write the tail, fix the header, fsync, rename to ``.wav``, hash. Idempotent.
+
+        Runs on the caller's thread: the fsync and the hash read of the whole file take
+        ~2 ms per minute of audio here. Prefer :meth:`seal_async` on the event loop for
+        long calls.
+        """
         if self.sealed is not None:
             return self.sealed
+        if self._sealing:
+            raise MediaError(f"recording {self.call_id} is already being sealed")
         self._close_file()
         os.replace(self.part_path, self.path)
         self.sealed = self._info(_sha256(self.path))
         return self.sealed
 
     async def seal_async(self) -> RecordingInfo:
-        """Like :meth:`seal` but hashes in a worker thread (for long calls / shutdown)."""
+        """Like :meth:`seal`, but fsync, rename and hash run in a worker thread.
+
+        The last frames are written on the loop first, so nothing recorded is lost;
+        from then on the clock no longer feeds this recording.
+        """
         if self.sealed is not None:
             return self.sealed
-        self._close_file()
-        os.replace(self.part_path, self.path)
-        digest = await asyncio.to_thread(_sha256, self.path)
-        if self.sealed is None:
-            self.sealed = self._info(digest)
+        if self._sealing:
+            raise MediaError(f"recording {self.call_id} is already being sealed")
+
+        def finish(fd: int | None) -> str:
+            if fd is not None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(self.part_path, self.path)
+            return _sha256(self.path)
+
+        self._sealing = True
+        try:
+            self.flush()
+            fd, self._fd = self._fd, None
+            digest = await asyncio.to_thread(finish, fd)
+        finally:
+            self._sealing = False
+        self.sealed = self._info(digest)
         return self.sealed
 
     def _info(self, digest: str) -> RecordingInfo:

@@ -548,8 +548,8 @@ class MediaEngine:
         quiet = silence(self.frame_samples)
         done = False
         for r in self._rec_list:
-            if r.sealed is not None:
-                done = True
+            if r.sealed is not None or r._sealing:
+                done = done or r.sealed is not None
                 continue
             c, h = r.caller, r.handler
             left = c.rx_frame if c is not None and not c.closed else quiet

@@ -286,3 +286,84 @@ async def test_stop_seals_open_recordings(tmp_path: Path) -> None:
     assert rec.sealed.duration >= 0.2 and s.closed
     assert not list(tmp_path.glob("*.part"))
     assert silence(160).sum() == 0
+
+
+async def test_unbridge_returns_to_prompts_and_play_while_bridged(engine: MediaEngine, phone_factory) -> None:
+    """play() while bridged takes over that side (hold); unbridge returns both to their prompts."""
+    pa, pb = await phone_factory(), await phone_factory()
+    a, b = engine.allocate(), engine.allocate()
+    a.configure(remote=pa.addr, codec=Codec.PCMA, dtmf_pt=None)
+    b.configure(remote=pb.addr, codec=Codec.PCMA, dtmf_pt=None)
+    a.play("tone")
+    b.play("silence")
+    engine.bridge(a, b)
+    assert a.peer is b and b.peer is a
+    # far ends send a constant non-silent code: whoever is bridged relays it
+    marker_a, marker_b = bytes([0x9A]) * 160, bytes([0x1C]) * 160
+    for k in range(10):
+        pa.transport.sendto(rtp.build(8, k, 160 * k, 1, marker_a), ("127.0.0.1", a.local_port))
+        pb.transport.sendto(rtp.build(8, k, 160 * k, 2, marker_b), ("127.0.0.1", b.local_port))
+    await wait_for(lambda: any(p.payload == marker_a for p in pb.packets))
+    await wait_for(lambda: any(p.payload == marker_b for p in pa.packets))
+    engine.unbridge(b)
+    assert a.peer is None and b.peer is None
+    n = len(pb.packets)
+    await wait_for(lambda: len(pb.packets) >= n + 3)
+    assert pb.packets[-1].payload == bytes([0xD5]) * 160  # b's own prompt: silence
+    # all packets to pa: one SSRC, continuous sequence and timestamps across the changes
+    seqs = [p.sequence for p in pa.packets]
+    assert all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:]))
+    assert len({p.ssrc for p in pa.packets}) == 1
+
+
+async def test_on_audio_gets_one_frame_per_tick_per_attached_channel(tmp_path: Path) -> None:
+    """on_audio receives caller frames each tick with offsets 0, 0.02, ...; no handler: no frames."""
+    frames = []
+    lo, hi = free_even_range(2)
+    eng = MediaEngine(bind="127.0.0.1", port_min=lo, port_max=hi, recordings_dir=tmp_path,
+                      on_audio=frames.append)
+    await eng.start()
+    try:
+        s = eng.allocate()
+        rec = eng.create_recording("c-audio")
+        rec.attach_caller(s)
+        await wait_for(lambda: len(frames) >= 10)
+        info = await rec.seal_async()
+    finally:
+        await eng.stop()
+    assert {f.channel for f in frames} == {"caller"} and {f.call_id for f in frames} == {"c-audio"}
+    assert [f.offset for f in frames[:5]] == pytest.approx([0.0, 0.02, 0.04, 0.06, 0.08])
+    assert all(len(f.pcm) == 320 for f in frames)
+    assert info.duration == pytest.approx(len(frames) * 0.02)
+
+
+async def test_far_end_ssrc_change_and_reconfigure(engine: MediaEngine, phone_factory) -> None:
+    """A new far-end SSRC resyncs the jitter buffer; configure() to a new address re-targets sending."""
+    p1, p2 = await phone_factory(), await phone_factory()
+    s = engine.allocate()
+    s.configure(remote=p1.addr, codec=Codec.PCMU, dtmf_pt=None)
+    for k in range(3):
+        p1.transport.sendto(rtp.build(0, k, 160 * k, 111, bytes([0x80]) * 160), ("127.0.0.1", s.local_port))
+    await wait_for(lambda: s.stats.packets_in == 3)
+    p1.transport.sendto(rtp.build(0, 9000, 123456, 222, bytes([0x80]) * 160), ("127.0.0.1", s.local_port))
+    await wait_for(lambda: s.stats.resyncs == 1)
+    s.configure(remote=p2.addr, codec=Codec.PCMA, dtmf_pt=None)
+    n = len(p2.packets)
+    await wait_for(lambda: len(p2.packets) >= n + 3)
+    assert {p.payload_type for p in p2.packets} == {8}
+    with pytest.raises(MediaError, match="ptime must be 10, 20, 30 or 40 ms, got 25"):
+        s.configure(remote=p2.addr, codec=Codec.PCMA, dtmf_pt=None, ptime=25)
+    with pytest.raises(MediaError, match="unknown direction 'both'"):
+        s.set_direction("both")
+
+
+async def test_ptime_40_sends_320_sample_packets(engine: MediaEngine, phone_factory) -> None:
+    """A stream configured for 40 ms sends one 320-sample packet every other tick, ts += 320."""
+    p = await phone_factory()
+    s = engine.allocate()
+    s.configure(remote=p.addr, codec=Codec.PCMA, dtmf_pt=None, ptime=40)
+    s.play("tone")
+    await wait_for(lambda: len(p.packets) >= 4)
+    assert {len(q.payload) for q in p.packets} == {320}
+    ts = [q.timestamp for q in p.packets]
+    assert all((y - x) & 0xFFFFFFFF == 320 for x, y in zip(ts, ts[1:]))
