@@ -216,10 +216,14 @@ class CadPublisher:
                     log.warning("cad.publisher.connect_failed", error=str(exc),
                                 retry_in=round(backoff, 2))
                 except aiomqtt.MqttError as exc:
-                    if self.connected:
+                    if self.connected:  # was up: a fresh outage starts the back-off again
                         backoff = self.initial_backoff
-                    log.warning("cad.publisher.disconnected", error=str(exc),
-                                retry_in=round(backoff, 2))
+                        log.warning("cad.publisher.disconnected", error=str(exc),
+                                    retry_in=round(backoff, 2),
+                                    pending=await asyncio.to_thread(self._depth))
+                    else:
+                        log.warning("cad.publisher.connect_failed", error=str(exc),
+                                    retry_in=round(backoff, 2))
                 except Exception:  # noqa: BLE001 - the publisher must outlive any bug
                     log.exception("cad.publisher.failed", retry_in=round(backoff, 2))
                 finally:

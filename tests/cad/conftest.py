@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class Collector:
         self.messages: list[tuple[str, dict[str, Any], float]] = []
         """(topic, message, receive time.time())"""
         self.raw: list[tuple[str, bytes, bool]] = []
+        self._ids: set[str] = set()
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -69,11 +70,16 @@ class Collector:
                     async for m in c.messages:
                         payload = bytes(m.payload) if isinstance(m.payload, (bytes, bytearray)) else str(m.payload).encode()
                         self.raw.append((str(m.topic), payload, m.retain))
-                        self.messages.append((str(m.topic), json.loads(payload), time.time()))
-                        self._changed.set()
+                        self._add(str(m.topic), json.loads(payload))
             except aiomqtt.MqttError:
                 self.connected.clear()
                 await asyncio.sleep(0.05)
+
+    def _add(self, topic: str, msg: Any) -> None:
+        self.messages.append((topic, msg, time.time()))
+        if isinstance(msg, dict) and "event_id" in msg:
+            self._ids.add(msg["event_id"])
+        self._changed.set()
 
     async def __aenter__(self) -> Collector:
         self._task = asyncio.create_task(self._run())
@@ -99,7 +105,8 @@ class Collector:
         return True
 
     def event_ids(self) -> set[str]:
-        return {m["event_id"] for _, m, _ in self.messages if "event_id" in m}
+        """Distinct event ids received so far."""
+        return self._ids
 
     def per_call(self) -> dict[str, list[int]]:
         """Each call's seqs in arrival order, duplicates (same event_id) dropped."""
@@ -111,16 +118,3 @@ class Collector:
             seen.add(m["event_id"])
             out.setdefault(m["call_id"], []).append(m["seq"])
         return out
-
-
-@pytest.fixture
-def collector_factory() -> Callable[..., Collector]:
-    def make(broker: mq.Mosquitto, topic: str) -> Collector:
-        return Collector(broker.host, broker.port, topic)
-    return make
-
-
-@contextlib.asynccontextmanager
-async def running(pub: Any) -> AsyncIterator[Any]:
-    async with pub:
-        yield pub
