@@ -20,8 +20,18 @@ from store.db import Database
 from . import users
 from .api import ApiError, add_routes, session_of
 from .backend import DeskBackend, DeskError
-from .keys import BACKEND, DB, HISTORY, HUB, SETTINGS, THROTTLE, TICKETS, LoginThrottle
-from .live import History, Hub, live_ctx, websocket
+from .keys import (
+    BACKEND,
+    DB,
+    HISTORY,
+    HUB,
+    SESSION_RECHECK_KEY,
+    SETTINGS,
+    THROTTLE,
+    TICKETS,
+    LoginThrottle,
+)
+from .live import SESSION_RECHECK, History, Hub, live_ctx, websocket
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +120,7 @@ def create_app(*, backend: DeskBackend, db: Database, settings: WebSettings,
     app[HISTORY] = History(interval=history_interval, hours=history_hours)
     app[TICKETS] = {}
     app[THROTTLE] = LoginThrottle()
+    app[SESSION_RECHECK_KEY] = SESSION_RECHECK
     add_routes(app)
     app.router.add_get("/api/ws", websocket)
     app.router.add_get("/", _home)

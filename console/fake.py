@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import re
-import struct
 import time
 import uuid
 import wave
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from controlroom import events as ev
 
@@ -31,18 +31,16 @@ from .backend import SETTABLE_STATES, Conflict, Invalid, NotFound
 
 def write_tone_wav(path: Path, *, seconds: float = 3.0, rate: int = 8000) -> str:
     """Write a small stereo 16-bit WAV (caller left, handler right); returns its SHA-256."""
-    frames = bytearray()
-    for i in range(int(seconds * rate)):
-        t = i / rate
-        left = int(8000 * math.sin(2 * math.pi * 440 * t))
-        right = int(6000 * math.sin(2 * math.pi * 660 * t)) if (t % 1.0) > 0.5 else 0
-        frames += struct.pack("<hh", left, right)
+    t = np.arange(int(seconds * rate)) / rate
+    left = 8000 * np.sin(2 * np.pi * 440 * t)
+    right = np.where((t % 1.0) > 0.5, 6000 * np.sin(2 * np.pi * 660 * t), 0.0)
+    frames = np.column_stack([left, right]).astype("<i2").tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     with wave.open(str(path), "wb") as w:
         w.setnchannels(2)
         w.setsampwidth(2)
         w.setframerate(rate)
-        w.writeframes(bytes(frames))
+        w.writeframes(frames)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

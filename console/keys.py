@@ -56,3 +56,5 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 HISTORY: web.AppKey[History] = web.AppKey("history")
 TICKETS: web.AppKey[dict[str, Ticket]] = web.AppKey("tickets", dict)
 THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("throttle", LoginThrottle)
+SESSION_RECHECK_KEY: web.AppKey[float] = web.AppKey("session_recheck", float)
+"""Seconds between WebSocket session re-checks (tests shorten it)."""

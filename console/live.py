@@ -26,11 +26,18 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from .api import ApiError, session_of
+from . import users
+from .api import ApiError, cookie_name, session_of
 from .backend import DeskBackend, DeskError
-from .keys import BACKEND, HISTORY, HUB
+from .keys import BACKEND, DB, HISTORY, HUB, SESSION_RECHECK_KEY
 
 log = structlog.get_logger(__name__)
+
+SESSION_RECHECK = 15.0
+"""Seconds between checks that a WebSocket's session is still valid (logout, expiry)."""
+
+CLOSE_SESSION_ENDED = 4001
+"""WebSocket close code telling the page to go back to the login page."""
 
 CLIENT_QUEUE = 2000
 """Items buffered per WebSocket before it is treated as stuck and closed."""
@@ -239,7 +246,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     await ws.send_json(msg)
         await ws.close(code=1013, message=b"too slow; reconnect")
 
+    async def recheck() -> None:
+        # A WebSocket outlives the request that opened it: re-check the session so a
+        # logout or expiry also cuts the live feed.
+        token = request.cookies.get(cookie_name(request), "")
+        while True:
+            await asyncio.sleep(request.app[SESSION_RECHECK_KEY])
+            if users.get_session(request.app[DB], token) is None:
+                await ws.close(code=CLOSE_SESSION_ENDED, message=b"session ended")
+                return
+
     task = asyncio.create_task(writer())
+    guard = asyncio.create_task(recheck())
     try:
         async for msg in ws:
             if msg.type == WSMsgType.ERROR:
@@ -250,6 +268,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         hub.unregister(client)
         hub.sockets.discard(ws)
+        guard.cancel()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
             await task

@@ -139,9 +139,15 @@ const CR = (() => {
       const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/ws");
       ws.onopen = () => { delay = 500; setConn(true); };
       ws.onmessage = (e) => { let m; try { m = JSON.parse(e.data); } catch (x) { return; } onMessage(m); };
-      ws.onclose = () => {
+      ws.onclose = (e) => {
         setConn(false);
-        setTimeout(connect, delay);
+        if (e.code === 4001) { toLogin(); return; }   // session ended (logout / expiry)
+        setTimeout(async () => {
+          // A refused handshake looks like any drop: ask whether we are still logged in.
+          try { const r = await fetch("/api/me", { credentials: "same-origin" }); if (r.status === 401) { toLogin(); return; } }
+          catch (x) { /* server away: keep retrying */ }
+          connect();
+        }, delay);
         delay = Math.min(delay * 2, 10000);
       };
     }

@@ -72,3 +72,22 @@ def test_slow_client_is_cut_off_not_buffered() -> None:
     for i in range(10):
         c.put({"type": "x", "i": i})
     assert c.overflowed and c.queue.qsize() == 1 and c.queue.get_nowait() is None
+
+
+async def test_logout_closes_live_feed(aiohttp_client: Any, backend: FakeBackend, db: Any) -> None:
+    """After logout the open WebSocket is closed with 4001 at the next session re-check."""
+    from config import WebSettings
+    from console.app import create_app
+    from console.keys import SESSION_RECHECK_KEY
+    from console.live import CLOSE_SESSION_ENDED
+
+    app = create_app(backend=backend, db=db, settings=WebSettings())
+    app[SESSION_RECHECK_KEY] = 0.05
+    api = Api(await aiohttp_client(app), db).as_role("handler")
+    ws = await api.client.ws_connect("/api/ws")
+    assert (await ws.receive_json(timeout=5))["type"] == "desk.view"
+    assert (await api.call("POST", "/api/logout"))[0] == 200
+    async with asyncio.timeout(5):
+        while not ws.closed:
+            await ws.receive()
+    assert ws.close_code == CLOSE_SESSION_ENDED
