@@ -83,6 +83,7 @@ class _Leg:
     """A final outcome (LegFailed/LegEnded) was already emitted."""
     timer: asyncio.TimerHandle | None = None
     on_hold: bool = False
+    last_signal: float = 0.0
 
 
 @dataclass(eq=False)
@@ -520,26 +521,36 @@ class Engine:
                                    sha256=info.sha256, duration=info.duration,
                                    bytes=info.bytes, recovered=False))
 
+    @staticmethod
+    def _activity(last_signal: float, stream: Any) -> float:
+        return max(last_signal, stream.last_rx or 0.0)
+
     def _arm_guard(self, call: _Call) -> None:
-        last = max(call.last_signal, call.stream.last_rx or 0.0)
-        delay = max(0.05, last + self.settings.dead_call_timeout - self._now())
-        call.guard = self._loop.call_later(delay, self._check_guard, call)
+        """One loop timer per call at the earliest instant the call or a connected leg
+        could be declared dead (no RTP and no signalling for dead_call_timeout)."""
+        timeout, now = self.settings.dead_call_timeout, self._now()
+        # a held party legitimately sends no RTP (inactive/sendonly): not checked while held
+        deadlines = [now + timeout if call.on_hold
+                     else self._activity(call.last_signal, call.stream) + timeout]
+        deadlines += [self._activity(leg.last_signal, leg.stream) + timeout
+                      for leg in call.legs.values() if leg.state == "answered" and not leg.on_hold]
+        call.guard = self._loop.call_later(max(0.05, min(deadlines) - now), self._check_guard, call)
 
     def _check_guard(self, call: _Call) -> None:
         if call.call_id not in self._calls:
             return
-        last = max(call.last_signal, call.stream.last_rx or 0.0)
-        timeout = self.settings.dead_call_timeout
-        # a held caller legitimately sends no RTP (inactive/sendonly); its session refreshes
-        # still count as signalling
-        if not call.on_hold and self._now() - last >= timeout:
-            self._end_call(call, by="system", send_bye=True,
-                           reason=f"dead-call: no RTP or signalling for {timeout:g} s")
-            self._pump()
-            return
-        if call.on_hold:
-            call.last_signal = max(call.last_signal, self._now() - timeout / 2)
-        self._arm_guard(call)
+        timeout, now = self.settings.dead_call_timeout, self._now()
+        reason = f"dead-call: no RTP or signalling for {timeout:g} s"
+        for leg in list(call.legs.values()):
+            if (leg.state == "answered" and not leg.on_hold
+                    and now - self._activity(leg.last_signal, leg.stream) >= timeout):
+                call.log.warning("leg.dead", leg_id=leg.leg_id, reason=reason)
+                self._drop_leg(leg, by="system")
+        if not call.on_hold and now - self._activity(call.last_signal, call.stream) >= timeout:
+            self._end_call(call, by="system", send_bye=True, reason=reason)
+        else:
+            self._arm_guard(call)
+        self._pump()
 
     # -- handler legs ------------------------------------------------------------------
 
@@ -643,6 +654,7 @@ class Engine:
     def _leg_event(self, leg: _Leg, ev: UaEvent) -> None:
         assert self._ua is not None
         call = leg.call
+        leg.last_signal = self._now()
         if isinstance(ev, Progress):
             if leg.state == "calling":
                 leg.state = "ringing"
@@ -669,6 +681,9 @@ class Engine:
             leg.state = "answered"
             if leg.timer:
                 leg.timer.cancel()
+            if call.guard:  # the leg's own dead-media deadline joins the call's guard
+                call.guard.cancel()
+            self._arm_guard(call)
             call.log.info("leg.answered", leg_id=leg.leg_id, codec=neg.codec)
             self._emit(LegAnswered(at=time.time(), call_id=call.call_id, leg_id=leg.leg_id))
         elif isinstance(ev, Failed):

@@ -217,3 +217,24 @@ async def test_caller_bye_ends_bridged_leg(legrig: Rig) -> None:
     assert [(e.leg_id, e.by) for e in legrig.of(api.LegEnded)] == [(leg_id, "caller")]
     assert [e.by for e in legrig.of(api.CallEnded)] == ["caller"]
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("legrig", [{"dead_call_timeout": 0.4}], indirect=True)
+async def test_dead_handler_leg_is_hung_up(legrig: Rig) -> None:
+    """A connected leg with no RTP/signalling for dead_call_timeout gets BYE + LegEnded(system)
+    while the caller, who keeps sending RTP, stays up."""
+    h: Peer = legrig.handler
+    await legrig.answered_call()
+    call_id = legrig.of(api.CallArrived)[0].call_id
+    caller_stream = legrig.media.streams[0]
+    leg_id = legrig.engine.offer(call_id, f"sip:h1@127.0.0.1:{h.port}", timeout=5)
+    inv = await h.expect_request("INVITE")
+    _reply(h, inv, 200, body=ANSWER)
+    await h.expect_request("ACK")
+    loop = asyncio.get_running_loop()
+    for _ in range(12):  # the caller is alive
+        caller_stream.last_rx = loop.time()
+        await asyncio.sleep(0.05)
+    await h.expect_request("BYE", timeout=1.0)
+    assert [(e.leg_id, e.by) for e in legrig.of(api.LegEnded)] == [(leg_id, "system")]
+    assert legrig.of(api.CallEnded) == []
