@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "A2U_TRANSLATE",
+    "U2A_TRANSLATE",
     "ALAW_DECODE",
     "ALAW_ENCODE",
     "ULAW_DECODE",
@@ -115,6 +117,10 @@ for _t in (ALAW_DECODE, ULAW_DECODE, ALAW_ENCODE, ULAW_ENCODE):
 # Direct code->code transcoding through 16-bit PCM (what a bridge does), tabulated.
 _A2U: npt.NDArray[np.uint8] = ULAW_ENCODE[ALAW_DECODE.view(np.uint16)]
 _U2A: npt.NDArray[np.uint8] = ALAW_ENCODE[ULAW_DECODE.view(np.uint16)]
+A2U_TRANSLATE: bytes = _A2U.tobytes()
+"""``bytes.translate`` table: A-law code -> mu-law code via 16-bit PCM (fastest path)."""
+U2A_TRANSLATE: bytes = _U2A.tobytes()
+"""``bytes.translate`` table: mu-law code -> A-law code via 16-bit PCM."""
 
 
 def alaw_decode(payload: bytes | bytearray | memoryview) -> PcmArray:
@@ -139,9 +145,9 @@ def ulaw_encode(pcm: npt.NDArray[np.int16]) -> bytes:
 
 def alaw_to_ulaw(payload: bytes | bytearray | memoryview) -> bytes:
     """Transcode A-law to mu-law via 16-bit PCM (identical to decode then encode)."""
-    return _A2U[np.frombuffer(payload, dtype=np.uint8)].tobytes()
+    return bytes(payload).translate(A2U_TRANSLATE)
 
 
 def ulaw_to_alaw(payload: bytes | bytearray | memoryview) -> bytes:
     """Transcode mu-law to A-law via 16-bit PCM (identical to decode then encode)."""
-    return _U2A[np.frombuffer(payload, dtype=np.uint8)].tobytes()
+    return bytes(payload).translate(U2A_TRANSLATE)

@@ -106,6 +106,9 @@ class JitterBuffer:
         """Largest lead (samples) over the last complete window of packets."""
         self._keys: list[int] = []
         self._buf: dict[int, Pcm] = {}
+        self._raw: dict[int, object] = {}
+        self.last_raw: object = None
+        """``raw`` of the packet the last ``pull`` returned whole, else None."""
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
         self._last_sample = 0
@@ -131,11 +134,17 @@ class JitterBuffer:
         """Frames with no received sample (loss, late, silence before the first packet)."""
 
     # ------------------------------------------------------------------ input
-    def push(self, *, ssrc: int, seq: int, timestamp: int, pcm: Pcm) -> str:
-        """Offer one decoded packet; returns a :class:`PushResult` constant."""
+    def push(self, *, ssrc: int, seq: int, timestamp: int, pcm: Pcm,
+             raw: object = None) -> str:
+        """Offer one decoded packet; returns a :class:`PushResult` constant.
+
+        ``raw`` (optional, opaque) travels with the packet and is exposed as
+        :attr:`last_raw` when ``pull`` returns exactly this packet's samples (the media
+        engine passes the G.711 payload, so a bridge can forward it without re-encoding).
+        """
         if ssrc != self.ssrc or self.position is None:
             self._anchor(ssrc, timestamp)
-            self._store(timestamp, seq, pcm)  # anchored: timestamp is its own unwrapped value
+            self._store(timestamp, seq, pcm, raw)  # anchored: timestamp is its own unwrapped value
             return PushResult.RESYNC
         ext = self._unwrap(timestamp)
         if seq in self._seen or ext in self._buf:
@@ -144,7 +153,7 @@ class JitterBuffer:
         lead = ext - self.position
         if lead > self.max_jump or -lead > self.max_jump:
             self._anchor(ssrc, timestamp)
-            self._store(timestamp, seq, pcm)
+            self._store(timestamp, seq, pcm, raw)
             return PushResult.RESYNC
         self._observe(lead)
         if lead + len(pcm) <= 0:
@@ -156,7 +165,7 @@ class JitterBuffer:
         if len(self._keys) >= self.max_packets:
             self.overflows += 1  # far-future flood: keep what is due soonest
             return PushResult.OVERFLOW
-        self._store(ext, seq, pcm)
+        self._store(ext, seq, pcm, raw)
         return PushResult.ACCEPTED
 
     def _observe(self, lead: int) -> None:
@@ -192,6 +201,7 @@ class JitterBuffer:
         self.position = timestamp - self.min_delay
         self._keys.clear()
         self._buf.clear()
+        self._raw.clear()
         self._seen.clear()
         self._seen_order.clear()
         self._adjusted()
@@ -210,10 +220,12 @@ class JitterBuffer:
         if len(self._seen_order) > 512:  # well inside the 16-bit space, so wrap is safe
             self._seen.discard(self._seen_order.popleft())
 
-    def _store(self, ext: int, seq: int, pcm: Pcm) -> None:
+    def _store(self, ext: int, seq: int, pcm: Pcm, raw: object) -> None:
         self.accepted += 1
         self._remember(seq)
         self._buf[ext] = pcm
+        if raw is not None:
+            self._raw[ext] = raw
         if not self._keys or ext > self._keys[-1]:
             self._keys.append(ext)
         else:
@@ -231,8 +243,10 @@ class JitterBuffer:
         keys, buf = self._keys, self._buf
         # drop whatever ended before the window (leftovers of a forced skip)
         while keys and keys[0] + len(buf[keys[0]]) <= pos:
+            self._raw.pop(keys[0], None)
             del buf[keys.pop(0)]
             self.skipped += 1
+        self.last_raw = None
         empty = not keys or keys[0] >= end
         want = self._want
         if want:
@@ -250,6 +264,7 @@ class JitterBuffer:
                 self.position = pos = pos + frame  # the skipped frame's data is dropped
                 end = pos + frame
                 while keys and keys[0] + len(buf[keys[0]]) <= pos:
+                    self._raw.pop(keys[0], None)
                     del buf[keys.pop(0)]
                     self.skipped += 1
                 empty = not keys or keys[0] >= end
@@ -262,6 +277,8 @@ class JitterBuffer:
             keys.pop(0)
             del buf[k0]
             out = pcm
+            if self._raw:
+                self.last_raw = self._raw.pop(k0, None)
         else:
             out = np.zeros(frame, dtype=np.int16)
             i = 0
@@ -273,6 +290,7 @@ class JitterBuffer:
                 if k + len(pcm) <= end:
                     keys.pop(i)
                     del buf[k]
+                    self._raw.pop(k, None)
                 else:
                     i += 1
         self.position = end

@@ -55,7 +55,7 @@ from . import rtp
 from .clock import MediaClock
 from .dtmf import DtmfReceiver, DtmfSender
 from .errors import MediaError, RtpError
-from .g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from .g711 import A2U_TRANSLATE, ALAW_DECODE, ALAW_ENCODE, U2A_TRANSLATE, ULAW_DECODE, ULAW_ENCODE
 from .jitter import JitterBuffer, silence
 from .recording import Recording, RecordingInfo, recover
 
@@ -76,7 +76,10 @@ class Codec(enum.Enum):
 
 
 _DECODE = {0: ULAW_DECODE, 8: ALAW_DECODE}
+_SILENT_CODES = {0: b"\xff", 8: b"\xd5"}  # encode(0) per payload type
 _ENCODE = {Codec.PCMU: ULAW_ENCODE, Codec.PCMA: ALAW_ENCODE}
+# bridge fast path: received payload -> our payload type, by ``bytes.translate``
+_TRANSLATE = {(8, 0): A2U_TRANSLATE, (0, 8): U2A_TRANSLATE}
 
 
 @dataclass(frozen=True)
@@ -111,18 +114,30 @@ class RtpStats:
 
 
 class _Loop:
-    """Plays a list of frames round and round (tone cadence, WAV prompt)."""
+    """Plays a list of frames round and round (tone cadence, WAV prompt).
 
-    __slots__ = ("frames", "i")
+    The frames are encoded once per codec (cached by the engine, shared by every stream
+    playing the prompt), so sending a prompt costs no G.711 work per tick.
+    """
 
-    def __init__(self, frames: list[Pcm]) -> None:
+    __slots__ = ("frames", "encoded", "i")
+
+    def __init__(self, frames: list[Pcm], encoded: dict[Codec, list[bytes]]) -> None:
         self.frames = frames
+        self.encoded = encoded
         self.i = 0
 
-    def next(self) -> Pcm:
-        f = self.frames[self.i]
-        self.i = (self.i + 1) % len(self.frames)
-        return f
+    def next_index(self) -> int:
+        i = self.i
+        self.i = i + 1 if i + 1 < len(self.frames) else 0
+        return i
+
+    def payloads(self, codec: Codec) -> list[bytes]:
+        enc = self.encoded.get(codec)
+        if enc is None:
+            table = _ENCODE[codec]
+            enc = self.encoded[codec] = [table[f.view(np.uint16)].tobytes() for f in self.frames]
+        return enc
 
 
 class RtpStream:
@@ -143,6 +158,8 @@ class RtpStream:
         self.closed = False
         self.rx_frame: Pcm = silence(engine.frame_samples)
         """Audio received for the current tick (valid during and after the tick)."""
+        self.rx_raw: tuple[int, bytes] | None = None
+        """``(payload type, G.711 payload)`` when ``rx_frame`` is exactly one received packet."""
         self._engine = engine
         self._sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -297,7 +314,8 @@ class RtpStream:
         if table is not None:
             if self._receiving and payload:
                 self._jb.push(ssrc=ssrc, seq=seq, timestamp=ts,
-                              pcm=table[np.frombuffer(payload, dtype=np.uint8)])
+                              pcm=table[np.frombuffer(payload, dtype=np.uint8)],
+                              raw=(pt, payload))
             return
         try:
             digits = self._dtmf_rx.feed(ts, payload)
@@ -316,32 +334,41 @@ class RtpStream:
             self._marker = True
             self._last_send = None
             return
-        if self._dtmf_active is None and self._dtmf_tx:
-            digit, ms = self._dtmf_tx.popleft()
-            self._dtmf_active = DtmfSender(digit, timestamp=frame_ts, duration_ms=ms,
-                                           frame_samples=self._frame)
-        if self._dtmf_active is not None and self.dtmf_pt is not None:
-            sender = self._dtmf_active
-            marker, payload = sender.next_packet()
-            if sender.done:
+        if self._dtmf_tx or self._dtmf_active is not None:
+            if self.dtmf_pt is None:  # no telephone-event negotiated: digits cannot be sent
                 self._dtmf_active = None
-            self._send(rtp.build_fast(self.dtmf_pt, self._seq, sender.timestamp, self._ssrc,
-                                      payload, marker), addr, now)
-            return
-        self._dtmf_active = None  # no telephone-event negotiated: digits cannot be sent
-        self._dtmf_tx.clear()
-        if self._listen_peer and self.peer is not None:
-            frame = self.peer.rx_frame
-        elif self._prompt is not None:
-            frame = self._prompt.next()
-        else:
-            frame = silence(self._frame)
-        table = self._enc
+                self._dtmf_tx.clear()
+            else:
+                if self._dtmf_active is None:
+                    digit, ms = self._dtmf_tx.popleft()
+                    self._dtmf_active = DtmfSender(digit, timestamp=frame_ts, duration_ms=ms,
+                                                   frame_samples=self._frame)
+                sender = self._dtmf_active
+                marker, payload = sender.next_packet()
+                if sender.done:
+                    self._dtmf_active = None
+                self._send(rtp.build_fast(self.dtmf_pt, self._seq, sender.timestamp,
+                                          self._ssrc, payload, marker), addr, now)
+                return
         pt = self._pt
         if self._ptime_samples == self._frame:  # the hot path, _send inlined
+            peer = self.peer if self._listen_peer else None
+            if peer is not None:
+                raw = peer.rx_raw
+                if raw is None:
+                    payload = self._enc[peer.rx_frame.view(np.uint16)].tobytes()
+                elif raw[0] == pt:
+                    payload = raw[1]  # same law: forward the received codes untouched
+                else:
+                    payload = raw[1].translate(_TRANSLATE[raw[0], pt])
+            elif self._prompt is not None:
+                loop = self._prompt
+                payload = loop.payloads(self.codec)[loop.next_index()]
+            else:
+                payload = _SILENT_CODES[pt] * self._frame
             seq = self._seq
             packet = _HDR.pack(0x80, (0x80 | pt) if self._marker else pt, seq, frame_ts,
-                               self._ssrc) + table[frame.view(np.uint16)].tobytes()
+                               self._ssrc) + payload
             self._seq = (seq + 1) & 0xFFFF
             self._marker = False
             last = self._last_send
@@ -356,6 +383,13 @@ class RtpStream:
             self._packets_out += 1
             self._bytes_out += len(packet)
             return
+        if self._listen_peer and self.peer is not None:
+            frame = self.peer.rx_frame
+        elif self._prompt is not None:
+            frame = self._prompt.frames[self._prompt.next_index()]
+        else:
+            frame = silence(self._frame)
+        table = self._enc
         # other ptime: accumulate samples, send whole packets (ts of their first sample)
         if self._acc is None:
             self._acc = frame.copy()
@@ -415,6 +449,7 @@ class MediaEngine:
         self._rec_list: list[Recording] = []
         self._rec_counter = 0
         self._prompts: dict[str, list[Pcm]] = {"tone": _queue_tone(self.frame_samples)}
+        self._encoded: dict[str, dict[Codec, list[bytes]]] = {"tone": {}}
         self.clock = MediaClock(ptime / 1000.0, self._tick)
         self.audio_errors = 0
 
@@ -503,7 +538,8 @@ class MediaEngine:
         if frames is None:
             frames = _load_wav(Path(prompt), self.frame_samples)
             self._prompts[prompt] = frames
-        return _Loop(frames)
+            self._encoded[prompt] = {}
+        return _Loop(frames, self._encoded[prompt])
 
     def _dtmf(self, stream: RtpStream, digit: str) -> None:
         if self.on_dtmf is not None:
@@ -535,7 +571,10 @@ class MediaEngine:
         streams = self._stream_list
         for s in streams:
             frame = s._jb.pull()
-            s.rx_frame = frame if s._receiving else silence(len(frame))
+            if s._receiving:
+                s.rx_frame, s.rx_raw = frame, s._jb.last_raw
+            else:
+                s.rx_frame, s.rx_raw = silence(len(frame)), None
             if s._dtmf_rx._current_ts is not None:
                 for d in s._dtmf_rx.expire():
                     self._dtmf(s, d)
