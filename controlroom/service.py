@@ -30,7 +30,7 @@ import structlog
 from config import Settings
 from config.loader import secret
 from controlroom import events as ev
-from cad.messages import to_message
+from cad.publisher import append_event
 from controlroom.metrics import Registry
 from store import Database
 from store import calls as calls_table
@@ -576,12 +576,10 @@ class Service:
         if call is not None:
             incident = call.incident_number
         if event.type in ev.CAD_EVENT_TYPES:
-            node = self.settings.mqtt.node
-            self._outbox.append(
-                conn, call_id=event.call_id, line=line, type=event.type,
-                event_id=event.event_id,
-                payload_fn=lambda seq: to_message(event, seq=seq, node=node,
-                                                  incident_number=incident))
+            # Validated against the published schema before it is written: a message
+            # that does not match is a bug here and rolls the state change back.
+            append_event(conn, event, node=self.settings.mqtt.node, line=line,
+                         incident_number=incident)
         loop = _running_loop()
         payload = event.as_dict()
         payload["line"] = line
