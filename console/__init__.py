@@ -1,0 +1,14 @@
+"""The desk: handler screen-pop, supervisor wallboard, auditor search, in the browser.
+
+``create_app(backend=..., db=..., settings=...)`` builds the aiohttp application; the
+service implements :class:`DeskBackend` (``console/backend.py``);
+:class:`console.fake.FakeBackend` is an in-memory stand-in for tests and demos.
+Users, sessions and the DPA 2018 s.62 access log live in ``console/users.py``.
+"""
+
+from .app import create_app
+from .backend import Conflict, DeskBackend, DeskError, Invalid, NotFound
+from .users import UserError, create_user
+
+__all__ = ["Conflict", "DeskBackend", "DeskError", "Invalid", "NotFound", "UserError",
+           "create_app", "create_user"]

@@ -169,6 +169,12 @@ def test_handler_screen_pop_transcript_and_wrapup(world: Any, page: Any) -> None
     assert page.locator("#transcript .tl.partial").count() == 0
     assert page.locator("#transcript .tl.handler").count() == 1
     assert "He is still outside with the knife" in page.text_content("#transcript .tl.caller")
+    assert page.locator("#transcript .tl.caller").count() == 1
+    # Transcript text is never HTML: a caller's words cannot inject markup.
+    server.call(fb.say, cid, "caller", "<img src=x onerror=window.__xss=1> help")
+    page.wait_for_selector("#transcript .tl.caller >> text=<img src=x")
+    assert page.locator("#transcript img").count() == 0
+    assert page.evaluate("() => window.__xss") is None
     server.call(fb.link_incident, cid, "WMP-20261123-0999", "1")
     page.wait_for_selector("#pop-incident.incident")
     assert page.text_content("#pop-incident").startswith("WMP-20261123-0999")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse
@@ -91,3 +92,42 @@ async def test_logout_closes_live_feed(aiohttp_client: Any, backend: FakeBackend
         while not ws.closed:
             await ws.receive()
     assert ws.close_code == CLOSE_SESSION_ENDED
+
+
+def test_history_keeps_fixed_window() -> None:
+    """History keeps hours/interval samples of waiting count, longest wait and SL per line."""
+    from console.live import History
+    h = History(interval=600, hours=1)
+    for i in range(10):
+        h.add({"at": float(i), "lines": [{"name": "999", "waiting": [{}] * i, "longest_wait": 2.0 * i,
+                                          "sl_today": 0.9, "abandon_rate": 0.0}]})
+    out = h.samples()
+    assert out["interval"] == 600
+    assert [s["at"] for s in out["samples"]] == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    assert out["samples"][-1]["lines"]["999"] == {"waiting": 9, "longest_wait": 18.0, "sl": 0.9,
+                                                  "abandon_rate": 0.0}
+
+
+async def test_hub_resubscribes_when_stream_ends(backend: FakeBackend) -> None:
+    """If the backend's stream ends, the hub subscribes again and keeps delivering."""
+    from console.live import Hub
+    hub = Hub(backend)
+    client = hub.register()
+    task = asyncio.create_task(hub.run())
+    try:
+        await asyncio.wait_for(hub.ready.wait(), 5)
+        backend.close()                       # ends the subscription
+        for _ in range(500):                  # the hub notices the end, then waits 1 s
+            if not hub.ready.is_set():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(hub.ready.wait(), 5)
+        assert backend._subs                  # subscribed again
+        backend.push({"type": "handler.state", "handler_id": "h1", "state": "available",
+                      "reason": "", "at": 1.0})
+        item = await asyncio.wait_for(client.queue.get(), 5)
+        assert item is not None and item["type"] == "handler.state"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
