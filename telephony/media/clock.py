@@ -45,6 +45,9 @@ class MediaClock:
         self.busy = 0.0
         """Seconds spent inside ``on_tick`` (for load figures)."""
         self.errors = 0
+        self.behind = False
+        """True while the running tick is a catch-up tick (over one period late): the
+        engine then reads the sockets itself before pulling, since the loop had no turn."""
 
     @property
     def running(self) -> bool:
@@ -90,7 +93,8 @@ class MediaClock:
                 late = now - deadline
                 if late > self.max_lateness:
                     self.max_lateness = late
-                if late > period:
+                self.behind = late > period
+                if self.behind:
                     self.late_ticks += 1
                 gap = now - last
                 if gap > self.max_gap:

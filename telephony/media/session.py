@@ -195,6 +195,8 @@ class RtpStream:
         loop.add_reader(self._sock.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
+        if self.closed:
+            return
         sock = self._sock
         now = time.monotonic()
         for _ in range(32):  # bounded, so one flooded socket cannot starve the others
@@ -569,6 +571,11 @@ class MediaEngine:
     def _tick(self, n: int) -> None:
         now = asyncio.get_running_loop().time()
         streams = self._stream_list
+        if self.clock.behind:
+            # catch-up tick: the loop has not run the socket readers since the last tick,
+            # so read what is queued now, or every packet would count as late
+            for s in streams:
+                s._on_readable()
         for s in streams:
             frame = s._jb.pull()
             if s._receiving:
