@@ -195,14 +195,15 @@ class Stack:
 
     def call(self, dialled: str, *, caller: str, clip: speech.Clip | None = None,
              talk_s: float | None = None, hangup: str = "caller", display: str = "",
-             name: str | None = None, extra_headers: tuple[str, ...] = ()) -> Sipp:
+             name: str | None = None, extra_headers: tuple[str, ...] = (),
+             expect_status: int = 200) -> Sipp:
         """Start a SIPp caller through Kamailio; the caller hangs up after ``talk_s``."""
         talk = talk_s if talk_s is not None else ((clip.duration + 1.0) if clip else 3.0)
         codecs = (clip.codec,) if clip else (self.options.codec,)
         scen = scenarios.caller(dialled=dialled, codecs=codecs, caller_id=caller,
                                 display=display, pcap=clip.pcap if clip else None,
                                 talk_ms=int(talk * 1000), hangup=hangup,
-                                extra_headers=extra_headers)
+                                extra_headers=extra_headers, expect_status=expect_status)
         self._calls += 1
         (self.workdir / "callers" / (name or f"caller{self._calls}")).mkdir(parents=True, exist_ok=True)
         sipp = Sipp(scen, target=self.kamailio.addr, calls=1, timeout=talk + 120,
