@@ -33,15 +33,39 @@ from config.schema import LineSettings
 from config.telephony import SipSettings
 
 from . import api
-from .api import (CallArrived, CallCancelled, CallEnded, CallRejected, Dtmf, EngineStats,
-                  HoldChanged, IncomingCall, LegAnswered, LegEnded, LegFailed, LegRinging,
-                  RecordingSealed, SilentCallFlag, TelephonyEvent)
+from .api import (
+    CallArrived,
+    CallCancelled,
+    CallEnded,
+    CallRejected,
+    Dtmf,
+    EngineStats,
+    HoldChanged,
+    IncomingCall,
+    LegAnswered,
+    LegEnded,
+    LegFailed,
+    LegRinging,
+    RecordingSealed,
+    SilentCallFlag,
+    TelephonyEvent,
+)
 from .errors import EngineError, SdpError, SipError
 from .sip import sdp
 from .sip.dialog import resolve
-from .sip.events import (AckTimeout, Answered, ByeReceived, Failed, InviteCancelled,
-                         InviteReceived, Progress, ReInviteReceived, RegistrationResult,
-                         SessionConfirmed, UaEvent)
+from .sip.events import (
+    AckTimeout,
+    Answered,
+    ByeReceived,
+    Failed,
+    InviteCancelled,
+    InviteReceived,
+    Progress,
+    RegistrationResult,
+    ReInviteReceived,
+    SessionConfirmed,
+    UaEvent,
+)
 from .sip.message import Request, body_parts
 from .sip.ua import Registration, Session, UserAgent
 from .sip.uri import is_ip, parse_name_addr, parse_uri
@@ -233,7 +257,7 @@ class Engine:
         if is_ip(host):
             return host, port
         infos = await self._loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
-        return infos[0][4][0], port
+        return str(infos[0][4][0]), port
 
     def _emit(self, event: TelephonyEvent) -> None:
         try:
@@ -372,7 +396,7 @@ class Engine:
                              port=stream.local_port, ptime=self.settings.ptime,
                              session_id=session_id)
             neg = None
-            codec = self.settings.codecs[0]
+            codec: str = self.settings.codecs[0]
         else:
             try:
                 body, neg = sdp.answer(offer, codecs=list(self.settings.codecs),

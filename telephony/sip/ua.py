@@ -28,9 +28,19 @@ from telephony.errors import SipParseError
 
 from . import auth
 from .dialog import Addr, Dialog, resolve
-from .events import (AckTimeout, Answered, ByeReceived, Failed, InviteCancelled,
-                     InviteReceived, Progress, ReInviteReceived, RegistrationResult,
-                     SessionConfirmed, UaEvent)
+from .events import (
+    AckTimeout,
+    Answered,
+    ByeReceived,
+    Failed,
+    InviteCancelled,
+    InviteReceived,
+    Progress,
+    RegistrationResult,
+    ReInviteReceived,
+    SessionConfirmed,
+    UaEvent,
+)
 from .message import Request, Response, make_response, parse
 from .transaction import T1, T2, ClientTransaction, ServerTransaction, TxState
 from .uri import NameAddr, SipUri, Via, parse_name_addr, parse_uri
@@ -599,6 +609,8 @@ class UserAgent:
                 session.state = "confirmed"
                 self._out.append((ack.encode(), d.next_hop(ack)))
                 self._events.append(Answered(session, resp))
+            elif resp.to.tag != session.dialog.remote_tag:
+                self._end_forked_2xx(tx, resp, addr, now)
             elif session.ack is not None:
                 self._out.append((session.ack.encode(), session.dialog.next_hop(session.ack)))
             return
@@ -607,6 +619,18 @@ class UserAgent:
         if session.state in ("calling", "early"):
             session.state = "terminated"
             self._events.append(Failed(session, code, resp.reason))
+
+    def _end_forked_2xx(self, tx: ClientTransaction, resp: Response, addr: Addr,
+                        now: float) -> None:
+        """A second phone answered a forked INVITE: ACK its 2xx and hang it up at once
+        (RFC 3261 §13.2.2.4); only the first answer is kept."""
+        d = Dialog.as_uac(tx.request, resp, source=addr)
+        ack = d.request("ACK", self.via(), cseq=tx.request.cseq[0])
+        self._out.append((ack.encode(), d.next_hop(ack)))
+        bye = d.request("BYE", self.via())
+        self._server_headers(bye)
+        self._start_client(bye, d.next_hop(bye), now, owner=("bye", None))
+        self.counters["forked_2xx_hung_up"] += 1
 
     def _retry_auth(self, session: Session, tx: ClientTransaction, resp: Response,
                     now: float) -> bool:
@@ -670,7 +694,7 @@ class UserAgent:
                     reg.auth_attempts += 1
                     self._send_register(reg, now, hdr)
                     return
-        if code == 423 and resp.get("Min-Expires", "").isdigit() and not reg.stopping:
+        if code == 423 and (resp.get("Min-Expires") or "").isdigit() and not reg.stopping:
             reg.expires = int(resp.get("Min-Expires") or reg.expires)
             self._send_register(reg, now)
             return

@@ -12,59 +12,12 @@ from config.schema import LineSettings
 from config.telephony import SipSettings
 from telephony import api
 from telephony.engine import Engine
-from telephony.sip.message import Request, Response
+from telephony.sip.message import Response
 from telephony.sip.sdp import parse_sdp
 
 from .fake_media import FakeMedia, RecordingInfo
-from .peer import Peer, in_dialog, invite, sdp_offer
-
-LINES = [
-    LineSettings(name="999", numbers=["999", "112"], priority=0),
-    LineSettings(name="101", numbers=["101"], priority=1, queue_prompt="silence"),
-]
-
-
-class Rig:
-    def __init__(self, engine: Engine, events: list, peer: Peer) -> None:
-        self.engine, self.events, self.peer = engine, events, peer
-
-    @property
-    def media(self) -> FakeMedia:
-        return self.engine._media
-
-    def of(self, kind: type) -> list:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    async def wait_for(self, kind: type, n: int = 1, timeout: float = 3.0) -> list:
-        async def poll() -> None:
-            while len(self.of(kind)) < n:
-                await asyncio.sleep(0.01)
-        await asyncio.wait_for(poll(), timeout)
-        return self.of(kind)
-
-    async def answered_call(self, number: str = "999", **kw) -> tuple[Response, str]:
-        text, call_id, _ = invite(self.peer, self.engine.sip_port, number=number, **kw)
-        self.peer.send(text, self.engine.sip_port)
-        ok = await self.peer.expect_status(200)
-        self.peer.send(in_dialog("ACK", self.peer, self.engine.sip_port, ok, cseq=1),
-                       self.engine.sip_port)
-        return ok, call_id
-
-
-@pytest.fixture
-async def rig(tmp_path: Path, request: pytest.FixtureRequest):
-    overrides = getattr(request, "param", {})
-    settings = SipSettings(port=0, **overrides.get("settings", {}))
-    events: list = []
-    engine = Engine(settings=settings, lines=overrides.get("lines", LINES), recordings_dir=tmp_path,
-                    on_event=events.append, media_factory=FakeMedia)
-    await engine.start()
-    peer = await Peer().open()
-    try:
-        yield Rig(engine, events, peer)
-    finally:
-        peer.close()
-        await engine.stop(drain_timeout=0)
+from .peer import in_dialog, invite, sdp_offer
+from .rigs import LINES, Rig
 
 
 async def test_invite_answered_at_once_with_pcma_and_reported(rig: Rig) -> None:

@@ -5,63 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from pathlib import Path
 
 import pytest
 
-from config.schema import LineSettings
-from config.telephony import SipSettings
 from telephony import api
-from telephony.engine import Engine
 from telephony.errors import EngineError
 from telephony.sip.auth import parse_challenge
-from telephony.sip.message import Request, make_response
 from telephony.sip.sdp import parse_sdp
 
-from .fake_media import FakeMedia
-from .peer import Peer, in_dialog, invite, sdp_offer
-from .test_engine import LINES, Rig
-
-
-@pytest.fixture
-async def legrig(tmp_path: Path, request: pytest.FixtureRequest):
-    """Engine + caller peer + handler peer; settings overrides via indirect param."""
-    handler = await Peer().open()
-    overrides = getattr(request, "param", {})
-    kw = dict(overrides)
-    if kw.pop("proxy", False):
-        kw["proxy"] = f"sip:127.0.0.1:{handler.port}"
-    events: list = []
-    engine = Engine(settings=SipSettings(port=0, **kw), lines=LINES, recordings_dir=tmp_path,
-                    on_event=events.append, media_factory=FakeMedia)
-    await engine.start()
-    caller = await Peer().open()
-    rig = Rig(engine, events, caller)
-    rig.handler = handler  # type: ignore[attr-defined]
-    try:
-        yield rig
-    finally:
-        caller.close()
-        handler.close()
-        await engine.stop(drain_timeout=0)
+from .peer import Peer, in_dialog
+from .rigs import ANSWER, Rig, _reply
 
 
 async def _call(rig: Rig) -> str:
     await rig.answered_call()
     return rig.of(api.CallArrived)[0].call_id
-
-
-def _reply(peer: Peer, req: Request, status: int, *, tag: str = "h1", body: bytes = b"",
-           headers: list[tuple[str, str]] | None = None) -> None:
-    hdrs = list(headers or [])
-    if 100 < status < 300:
-        hdrs.append(("Contact", f"<sip:handler@127.0.0.1:{peer.port}>"))
-    resp = make_response(req, status, to_tag=tag, headers=hdrs, body=body)
-    assert peer.last_addr is not None
-    peer.transport.sendto(resp.encode(), peer.last_addr)
-
-
-ANSWER = sdp_offer(port=41000, codecs="0 101").encode()
 
 
 async def test_leg_rings_answers_and_bridges(legrig: Rig) -> None:

@@ -11,13 +11,12 @@ from config.schema import LineSettings
 from config.telephony import SipSettings
 from telephony import api
 from telephony.engine import Engine
-from telephony.sip.message import Request, make_response
+from telephony.sip.message import make_response
 from telephony.sip.sdp import parse_sdp
 
 from .fake_media import FakeMedia
 from .peer import Peer, in_dialog, invite, sdp_offer
-from .test_engine import LINES, Rig, rig  # noqa: F401 - fixture
-from .test_engine_legs import ANSWER, _reply, legrig  # noqa: F401 - fixture
+from .rigs import ANSWER, Rig, _reply
 
 
 async def test_proxied_invite_replies_via_top_via_and_bye_follows_record_route(rig: Rig) -> None:

@@ -14,8 +14,7 @@ from telephony.engine import Engine
 from telephony.sip.sdp import parse_sdp
 
 from .peer import Peer, in_dialog, sdp_offer
-from .test_engine import LINES, Rig
-from .test_engine_legs import _reply
+from .rigs import LINES, Rig, _reply
 
 
 class RtpPeer(asyncio.DatagramProtocol):

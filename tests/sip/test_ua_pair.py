@@ -6,10 +6,19 @@ from collections.abc import Callable
 
 import pytest
 
-from telephony.sip.events import (AckTimeout, Answered, ByeReceived, Failed, InviteCancelled,
-                                  InviteReceived, Progress, ReInviteReceived, RegistrationResult,
-                                  SessionConfirmed)
-from telephony.sip.message import Request, Response, make_response, parse
+from telephony.sip.events import (
+    AckTimeout,
+    Answered,
+    ByeReceived,
+    Failed,
+    InviteCancelled,
+    InviteReceived,
+    Progress,
+    RegistrationResult,
+    ReInviteReceived,
+    SessionConfirmed,
+)
+from telephony.sip.message import Request, make_response, parse
 from telephony.sip.ua import UserAgent
 
 A = ("10.0.0.1", 5060)
@@ -293,3 +302,21 @@ def test_register_failure_backs_off() -> None:
         assert reg.refresh_at == t + delay
         ua.handle_timers(t + delay)
     assert [e.ok for e in ua.events()] == [False, False]
+
+
+def test_second_forked_2xx_is_acked_and_hung_up() -> None:
+    """Two phones answer a forked INVITE: the second 200 (other To tag) is ACKed then BYEd."""
+    p = Pair()
+    uac, uas = p.invite()
+    invite = parse(p.sent("a>b", "INVITE")[0])
+    assert isinstance(invite, Request)
+    p.b.respond(uas, 200, body=b"v=0\r\n", now=p.now)
+    p.shuttle()
+    other = make_response(invite, 200, to_tag="fork2",
+                          headers=[("Contact", "<sip:other@10.0.0.2:5060>")])
+    p.a.receive(other.encode(), B, p.now)
+    out = [d for d, _ in p.a.datagrams_to_send()]
+    assert [d.split(b" ", 1)[0] for d in out] == [b"ACK", b"BYE"]
+    assert all(b"tag=fork2" in d for d in out)
+    assert [type(e) for e in p.a.events()] == [Answered]
+    assert uac.dialog.remote_tag == uas.local_tag
