@@ -36,11 +36,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
 import paho.mqtt.client as paho
 import structlog
-from paho.mqtt.properties import Properties
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from config.loader import secret
 from config.schema import MqttSettings
@@ -86,7 +86,7 @@ class CadPublisher:
     def __init__(self, settings: MqttSettings, db: Database, *,
                  on_incident: inbound.OnIncident | None = None,
                  password: str | None = None, batch_size: int = 200,
-                 window: int = 500, mark_every: int = 200, max_inflight: int = 20, poll_interval: float = 1.0,
+                 window: int = 100, mark_every: int = 100, max_inflight: int = 20, poll_interval: float = 1.0,
                  initial_backoff: float = 0.2, publish_timeout: float = 10.0,
                  session_expiry: int = 3600) -> None:
         """
@@ -127,6 +127,7 @@ class CadPublisher:
         """Rows acknowledged by the broker since start."""
         self.connects = 0
         self._wake: asyncio.Event | None = None
+        self._up = asyncio.Event()  # (3.10+: an Event binds to a loop only when awaited)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._summary: dict[str, Any] | None = None
         self._summary_dirty = False
@@ -163,6 +164,10 @@ class CadPublisher:
         self._summary = messages.queue_summary(lines, node=self.settings.node, now=time.time())
         self._summary_dirty = True
         self.notify()
+
+    async def wait_connected(self) -> None:
+        """Return once connected to the broker (for readiness checks and tests)."""
+        await self._up.wait()
 
     def depth(self) -> int:
         """Outbox rows not yet acknowledged by the broker."""
@@ -228,6 +233,7 @@ class CadPublisher:
                     log.exception("cad.publisher.failed", retry_in=round(backoff, 2))
                 finally:
                     self.connected = False
+                    self._up.clear()
                 # Jitter so a room of nodes does not reconnect in lock-step.
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, self.settings.reconnect_max)
@@ -267,6 +273,7 @@ class CadPublisher:
         async with self._client() as client:
             self.connected = True
             self.connects += 1
+            self._up.set()
             log.info("cad.publisher.connected", host=s.host, port=s.port,
                      protocol="5" if self.protocol == aiomqtt.ProtocolVersion.V5 else "3.1.1",
                      pending=await asyncio.to_thread(self._depth))
@@ -355,10 +362,13 @@ class CadPublisher:
                         continue
                     # Nothing in flight: wait for the feeder to queue more (or fail).
                     get = asyncio.ensure_future(window.get())
-                    done, _ = await asyncio.wait({get, feeder},
-                                                 return_when=asyncio.FIRST_COMPLETED)
+                    try:
+                        done, _ = await asyncio.wait({get, feeder},
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        if not get.done():
+                            get.cancel()
                     if get not in done:
-                        get.cancel()
                         feeder.result()  # the feeder failed: raise its error
                         raise aiomqtt.MqttError("feeder stopped")
                     row, task = get.result()

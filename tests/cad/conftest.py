@@ -92,9 +92,9 @@ class Collector:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
-    async def wait_until(self, pred: Callable[[], bool], timeout: float) -> bool:
+    async def wait_until(self, pred: Callable[[], bool], within: float) -> bool:
         """Wait until ``pred()`` holds (True) or the timeout passes (False)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while not pred():
             left = deadline - time.monotonic()
             if left <= 0:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
@@ -89,8 +90,8 @@ async def test_events_arrive_valid_in_order_on_call_topics(mosquitto: Mosquitto,
     assert types == [e.type for e in calls[0]]
 
 
-async def _wait(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
+async def _wait(pred: Callable[[], bool], within: float) -> bool:
+    deadline = time.monotonic() + within
     while not pred():
         if time.monotonic() > deadline:
             return False
@@ -184,7 +185,7 @@ async def test_kill_9_publisher_then_new_one_delivers_everything(mosquitto: Mosq
                        messages.status_topic(s.topic_prefix, s.node))
     async with Collector(mosquitto.host, mosquitto.port,
                          messages.calls_filter(s.topic_prefix, s.node)) as col, status:
-        child = subprocess.Popen(
+        child = subprocess.Popen(  # noqa: ASYNC220 - a fork/exec, not a wait
             [sys.executable, str(Path(__file__).with_name("publisher_child.py")), db.path,
              mosquitto.host, str(mosquitto.port), s.node],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
