@@ -217,8 +217,13 @@ class FakeBackend:
                       transcript: list[tuple[str, str]], incident: str | None = None,
                       grade: str | None = None, outcome: str = "answered",
                       recording: bool = True) -> str:
-        """Store a finished call (for previous-calls and auditor search)."""
-        cid = self.arrive(line, caller, arrived_at=arrived_at)
+        """Store a finished call (for previous-calls and auditor search); pushes nothing."""
+        subs, self._subs = self._subs, set()
+        try:
+            cid = self.arrive(line, caller, arrived_at=arrived_at)
+        finally:
+            self._subs = subs
+        self.stats[line]["offered"] -= 1      # history, not today's traffic
         self.waiting.remove(cid)
         c = self.calls[cid]
         talk = 3.0 * len(transcript)
@@ -567,8 +572,49 @@ def main() -> None:  # pragma: no cover - manual demo
         create_user(db, f"demo-{role}", "demo-password", [role])
     fb = demo_backend(tmp / "recordings")
     fb.arrive("101", "+447700900777", display_name="J SMITH")
-    web.run_app(create_app(backend=fb, db=db, settings=WebSettings(port=args.port)),
-                host="127.0.0.1", port=args.port)
+    app = create_app(backend=fb, db=db, settings=WebSettings(port=args.port))
+    app.cleanup_ctx.append(_simulate(fb))
+    print(f"console demo on http://127.0.0.1:{args.port}/  users demo-handler, demo-supervisor,"
+          " demo-auditor, demo-admin; password demo-password")
+    web.run_app(app, host="127.0.0.1", port=args.port)
+
+
+def _simulate(fb: FakeBackend) -> Any:  # pragma: no cover - manual demo
+    """Offer a call to demo-handler whenever they are available; speak once answered."""
+    import contextlib
+    import random
+
+    script = [("handler", "Police, what is your emergency?"),
+              ("caller", "There's a man shouting and banging on my neighbour's door"),
+              ("handler", "Is anyone injured? Can you see any weapons?"),
+              ("caller", "I can't see a weapon, he sounds drunk")]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(3)
+            h = fb.handlers["demo-handler"]
+            if h["state"] == "available" and not h["offer"]:
+                line = random.choice(["999", "101"])
+                cid = fb.arrive(line, "+447700900123", display_name="MRS A JONES",
+                                location="14 Elm Road, Birmingham B15 2TT", location_accuracy=12)
+                await asyncio.sleep(2)
+                fb.offer(cid, "demo-handler")
+            elif h["call"]:
+                cid = h["call"]
+                said = len(fb.transcripts.get(cid, []))
+                if said < len(script):
+                    fb.say(cid, *script[said])
+                elif not fb.calls[cid]["incident_number"]:
+                    fb.link_incident(cid, f"WMP-DEMO-{random.randint(1000, 9999)}", "2")
+
+    async def ctx(app: Any) -> AsyncIterator[None]:
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
 
 
 if __name__ == "__main__":  # pragma: no cover
