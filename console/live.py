@@ -231,6 +231,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 out.append(item)
                 if t in _VIEW_EVENTS:
                     out.append(await view())
+            elif hid is not None and t == "call.abandoned" and item.get("callback"):
+                # Every handler's call-back list changes: a 999 caller must be called back.
+                out.append(item)
             elif supervisor and t not in _CONTENT_EVENTS:
                 out.append(item)
         return out

@@ -111,6 +111,18 @@ def test_handler_screen_pop_transcript_and_wrapup(world: Any, page: Any) -> None
     server, fb, _ = world
     login(page, server, "h1", "/desk")
     shot(page, "login-desk-idle")
+    # An abandoned 999 lands on every handler's call-back list at once.
+    gone = server.call(lambda: fb.arrive("999", "+447700900444"))
+    server.call(fb.hang_up, gone)
+    item = page.locator(".cb-item", has_text="+447700900444")
+    item.locator("button", has_text="Take").click()
+    page.wait_for_selector(".cb-item >> text=Taken by h1")
+    item.locator("input").fill("spoke to caller - pocket dial")
+    item.locator("button", has_text="Close").click()
+    page.wait_for_selector(".cb-item", state="detached")
+    cb_id = next(iter(fb.cbs))
+    assert fb.actions[-2:] == [("take_callback", cb_id, "h1"),
+                               ("complete_callback", cb_id, "spoke to caller - pocket dial")]
     page.click("#btn-available")
     page.wait_for_selector("#state.st-available")
 

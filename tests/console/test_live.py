@@ -131,3 +131,19 @@ async def test_hub_resubscribes_when_stream_ends(backend: FakeBackend) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_abandoned_999_reaches_every_handler(api: Api, backend: FakeBackend) -> None:
+    """A call-back (abandoned 999) is pushed to handlers who never saw the call."""
+    api.as_role("handler")
+    ws = await api.client.ws_connect("/api/ws")
+    await ws.receive_json(timeout=5)
+    await api.client.app[HUB].ready.wait()
+    quiet = backend.arrive("101", "+441")
+    backend.hang_up(quiet)                 # 101: no call-back, not pushed to h1
+    cid = backend.arrive("999", "+447700900444")
+    backend.hang_up(cid)
+    seen = await _until(ws, lambda m: m["type"] == "call.abandoned")
+    assert [m["call_id"] for m in seen if m["type"] == "call.abandoned"] == [cid]
+    assert seen[-1]["callback"] is True
+    await ws.close()
