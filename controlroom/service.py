@@ -183,7 +183,8 @@ class Service:
         self.engine = Engine(settings=s.sip, lines=s.lines,
                              recordings_dir=s.storage.recordings_dir,
                              on_event=self.on_telephony, on_audio=self._on_audio)
-        await self.engine.start()
+        await self.engine.start()  # seals recordings a crash left open (RecordingSealed)
+        self._close_interrupted_calls()
         self._tasks.append(asyncio.create_task(self._router_loop(), name="router"))
         self._tasks.append(asyncio.create_task(self._summary_loop(), name="summary"))
         now = time.time()
@@ -196,6 +197,34 @@ class Service:
         self.ready = True
         log.info("service started", sip_port=self.engine.sip_port, web_port=self.web_port,
                  lines=list(self.lines), handlers=len(self.handlers))
+
+    def _close_interrupted_calls(self) -> None:
+        """Calls still open in the store were cut off by a crash: close them on the record.
+
+        Their recordings were sealed by the engine just before (recovered=True), so the
+        ``call.ended`` message carries the checksum; the CAD learns the call is over.
+        """
+        restarted = time.time()
+        rows = self.db.query("SELECT * FROM calls WHERE ended_at IS NULL")
+        for row in rows:
+            r = calls_table.to_dict(row)
+            answered = r["answered_at"]
+            reason = "service restarted: call interrupted"
+            # The recording runs from answer to the crash: the best record of when it ended.
+            now = (r["arrived_at"] + r["recording_duration"] if r["recording_duration"]
+                   else restarted)
+            with self.db.transaction() as conn:
+                calls_table.update(conn, r["call_id"], state="interrupted", ended_at=now,
+                                   ended_by="system", end_reason=reason)
+                self._commit(conn, ev.CallEnded(
+                    call_id=r["call_id"], at=now, line=r["line"], by="system", reason=reason,
+                    wait=(answered or now) - r["arrived_at"],
+                    talk=(now - answered) if answered else 0.0, total=now - r["arrived_at"],
+                    handler_id=r["handler_id"],
+                    recording_id=Path(r["recording_path"]).stem if r["recording_path"] else None,
+                    recording_sha256=r["recording_sha256"]), line=r["line"])
+            log.warning("call interrupted by a restart closed on the record",
+                        call_id=r["call_id"], line=r["line"])
 
     @staticmethod
     def _skills(h: Any) -> dict[str, int]:
@@ -725,4 +754,4 @@ def resolve_secrets(settings: Settings) -> Callable[[str], str | None]:
     return get
 
 
-__all__ = ["LiveCall", "Service", "Path"]
+__all__ = ["LiveCall", "Service"]
