@@ -58,6 +58,7 @@ from .sip.events import (
     Answered,
     ByeReceived,
     Failed,
+    InfoReceived,
     InviteCancelled,
     InviteReceived,
     Progress,
@@ -263,7 +264,7 @@ class Engine:
         try:
             self._on_event(event)
         except Exception:  # noqa: BLE001 - a consumer bug must not break signalling
-            log.exception("engine.on_event_failed", event=type(event).__name__)
+            log.exception("engine.on_event_failed", event_type=type(event).__name__)
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         if not self._running or self._ua is None:
@@ -291,7 +292,7 @@ class Engine:
                     try:
                         self._handle(ev)
                     except Exception:  # noqa: BLE001 - one bad call must not stop the rest
-                        log.exception("engine.event_failed", event=type(ev).__name__)
+                        log.exception("engine.event_failed", event_type=type(ev).__name__)
                     self._flush()
         finally:
             self._pumping = False
@@ -465,6 +466,10 @@ class Engine:
                 call.on_hold = on_hold
                 self._emit(HoldChanged(at=time.time(), call_id=call.call_id, on_hold=on_hold,
                                        by="caller"))
+        elif isinstance(ev, InfoReceived):
+            digit = _info_digit(ev.request)
+            if digit:
+                self._digit(call, None, digit)
         elif isinstance(ev, SessionConfirmed) and call.awaiting_answer:
             self._delayed_answer(call, ev.request)
 
@@ -722,6 +727,10 @@ class Engine:
                     call.log.info("leg.ended", leg_id=leg.leg_id, by="handler")
                     self._emit(LegEnded(at=time.time(), call_id=call.call_id, leg_id=leg.leg_id,
                                         by="handler"))
+        elif isinstance(ev, InfoReceived):
+            digit = _info_digit(ev.request)
+            if digit:
+                self._digit(call, leg, digit)
         elif isinstance(ev, ReInviteReceived):
             on_hold = self._reinvite(leg.session, leg.stream, call, ev.request)
             if on_hold is not None and on_hold != leg.on_hold:
@@ -788,10 +797,12 @@ class Engine:
     # -- DTMF, registration, stats -----------------------------------------------------
 
     def _on_dtmf(self, stream: Any, digit: str) -> None:
+        """RFC 4733 digit from the media layer."""
         owner = self._streams.get(id(stream))
-        if owner is None:
-            return
-        call, leg = owner
+        if owner is not None:
+            self._digit(owner[0], owner[1], digit)
+
+    def _digit(self, call: _Call, leg: _Leg | None, digit: str) -> None:
         now = time.time()
         self._emit(Dtmf(at=now, call_id=call.call_id, digit=digit,
                         leg_id=leg.leg_id if leg else None))
@@ -801,6 +812,7 @@ class Engine:
             # Silent Solution: 5 then 5 within a few seconds from a silent caller
             if digit == "5" and prev == "5" and now - prev_at < 5.0 and not call.silent_flagged:
                 call.silent_flagged = True
+                call.log.warning("call.silent_solution")
                 self._emit(SilentCallFlag(at=now, call_id=call.call_id))
 
     async def _start_registration(self, line: LineSettings) -> None:
@@ -844,6 +856,28 @@ class Engine:
     def sip_counters(self) -> dict[str, int]:
         """Parser/transaction counters (malformed, dropped, retransmissions_absorbed...)."""
         return dict(self._ua.counters) if self._ua else {}
+
+
+_DIGITS = set("0123456789*#ABCD")
+
+
+def _info_digit(req: Request) -> str | None:
+    """The digit of a SIP INFO DTMF body (application/dtmf-relay ``Signal=5`` or
+    application/dtmf ``5``); None for anything else."""
+    ctype = (req.get("Content-Type") or "").split(";")[0].strip().lower()
+    text = req.body.decode("utf-8", "replace").strip()
+    if ctype == "application/dtmf-relay":
+        for line in text.splitlines():
+            k, _, v = line.partition("=")
+            if k.strip().lower() == "signal":
+                text = v.strip()
+                break
+        else:
+            return None
+    elif ctype != "application/dtmf":
+        return None
+    digit = text.upper()
+    return digit if len(digit) == 1 and digit in _DIGITS else None
 
 
 def _caller_identity(req: Request) -> tuple[str, str]:

@@ -97,3 +97,11 @@ class RegistrationResult(UaEvent):
     ok: bool
     status: int
     expires: int
+
+
+@dataclass(frozen=True)
+class InfoReceived(UaEvent):
+    """An in-dialog INFO (200 already sent), e.g. SIP INFO DTMF (application/dtmf-relay)."""
+
+    session: Session
+    request: Request

@@ -33,6 +33,7 @@ from .events import (
     Answered,
     ByeReceived,
     Failed,
+    InfoReceived,
     InviteCancelled,
     InviteReceived,
     Progress,
@@ -321,8 +322,14 @@ class UserAgent:
                 dialog.remote_target = req.contact.uri
             self._reply(tx, 100, now=now)
             self._events.append(ReInviteReceived(session, req))
+        elif req.method == "UPDATE" and req.body:
+            # an UPDATE carrying an offer needs an answer we do not give: refuse it (the
+            # peer falls back to re-INVITE); bodyless UPDATEs (session refresh) are fine
+            self._reply(tx, 405, headers=[("Allow", ALLOW)], now=now)
         elif req.method in ("OPTIONS", "INFO", "UPDATE", "NOTIFY"):
             self._reply(tx, 200, now=now, headers=[("Allow", ALLOW)])
+            if req.method == "INFO" and req.body:
+                self._events.append(InfoReceived(session, req))
         elif req.method in _KNOWN:
             self._reply(tx, 405, headers=[("Allow", ALLOW)], now=now)
         else:

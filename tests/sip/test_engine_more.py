@@ -16,7 +16,7 @@ from telephony.sip.sdp import parse_sdp
 
 from .fake_media import FakeMedia
 from .peer import Peer, in_dialog, invite, sdp_offer
-from .rigs import ANSWER, Rig, _reply
+from .rigs import ANSWER, LINES, Rig, _reply
 
 
 async def test_proxied_invite_replies_via_top_via_and_bye_follows_record_route(rig: Rig) -> None:
@@ -156,3 +156,46 @@ async def test_registered_line_registers_and_takes_calls(tmp_path: Path) -> None
     finally:
         await engine.stop()
         registrar.close()
+
+
+async def test_sip_info_dtmf_and_update(rig: Rig) -> None:
+    """SIP INFO dtmf-relay digits become Dtmf events; UPDATE with SDP gets 405, without 200."""
+    ok, _ = await rig.answered_call()
+    info = in_dialog("INFO", rig.peer, rig.engine.sip_port, ok, cseq=2, body="Signal=5\r\nDuration=160\r\n")
+    rig.peer.send(info.replace("application/sdp", "application/dtmf-relay"), rig.engine.sip_port)
+    await rig.peer.expect_status(200)
+    info = in_dialog("INFO", rig.peer, rig.engine.sip_port, ok, cseq=3, body="#")
+    rig.peer.send(info.replace("application/sdp", "application/dtmf"), rig.engine.sip_port)
+    await rig.peer.expect_status(200)
+    assert [e.digit for e in rig.of(api.Dtmf)] == ["5", "#"]
+    rig.peer.send(in_dialog("UPDATE", rig.peer, rig.engine.sip_port, ok, cseq=4, body=sdp_offer()),
+                  rig.engine.sip_port)
+    await rig.peer.expect_status(405)
+    rig.peer.send(in_dialog("UPDATE", rig.peer, rig.engine.sip_port, ok, cseq=5), rig.engine.sip_port)
+    await rig.peer.expect_status(200)
+
+
+async def test_consumer_exception_does_not_break_signalling(tmp_path: Path) -> None:
+    """An on_event handler that raises is logged; the call is still answered and ended."""
+    from structlog.testing import capture_logs
+
+    def bad(ev: object) -> None:
+        raise RuntimeError("consumer bug")
+
+    engine = Engine(settings=SipSettings(port=0), lines=LINES, recordings_dir=tmp_path,
+                    on_event=bad, media_factory=FakeMedia)
+    await engine.start()
+    peer = await Peer().open()
+    try:
+        with capture_logs() as logs:
+            rig = Rig(engine, [], peer)
+            ok, _ = await rig.answered_call()
+            peer.send(in_dialog("BYE", peer, engine.sip_port, ok, cseq=2), engine.sip_port)
+            await peer.expect_status(200)
+            assert engine.stats.calls_active == 0
+            await engine.stop()  # waits for the recording to be sealed
+        failures = [e for e in logs if e["event"] == "engine.on_event_failed"]
+        assert [e["event_type"] for e in failures] == ["CallArrived", "CallEnded", "RecordingSealed"]
+    finally:
+        peer.close()
+        await engine.stop()
