@@ -20,9 +20,10 @@ from pathlib import Path
 from telephony.media import Codec, MediaEngine
 
 
-async def run(legs: int, seconds: float, port_min: int, rec_dir: Path) -> dict[str, float]:
+async def run(legs: int, seconds: float, port_min: int, rec_dir: Path,
+              read_in_tick: bool = True) -> dict[str, float]:
     eng = MediaEngine(bind="127.0.0.1", port_min=port_min, port_max=port_min + 4 * legs + 200,
-                      recordings_dir=rec_dir)
+                      recordings_dir=rec_dir, read_in_tick=read_in_tick)
     await eng.start()
     streams = [eng.allocate() for _ in range(legs)]
     recs = []
@@ -75,12 +76,15 @@ async def main() -> None:
     ap.add_argument("--legs", type=int, nargs="+", default=[100, 200, 300, 400])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--port-min", type=int, default=40000)
+    ap.add_argument("--reader", action="store_true",
+                    help="read sockets with one loop.add_reader callback each (not in the tick)")
     args = ap.parse_args()
     print(f"{'legs':>5} {'pkt/s/leg':>9} {'ticks/s':>7} {'lost':>6} {'late':>6} {'senderr':>7} "
           f"{'maxgap':>7} {'maxlate':>7} {'lateTk':>6} {'tick':>6} {'cpu%':>5} {'seal':>6}")
     with tempfile.TemporaryDirectory() as d:
         for n in args.legs:
-            r = await run(n, min(args.seconds, 60.0), args.port_min, Path(d))
+            r = await run(n, min(args.seconds, 60.0), args.port_min, Path(d),
+                          read_in_tick=not args.reader)
             print(f"{r['legs']:>5} {r['pps_per_leg']:>9.2f} {r['ticks_per_s']:>7.2f} "
                   f"{r['lost']:>6} {r['late']:>6} {r['send_errors']:>7} "
                   f"{r['max_tick_gap_ms']:>5.1f}ms {r['max_lateness_ms']:>5.1f}ms "

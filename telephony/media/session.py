@@ -4,15 +4,21 @@ Theory of operation:
 
 * :meth:`MediaEngine.allocate` is synchronous (the signalling code calls it while
   building an SDP answer): it binds a non-blocking UDP socket on a free even port of
-  the pool with the ``socket`` module and registers it with ``loop.add_reader``; the
-  port is live before ``allocate`` returns. RTCP (port + 1) is not bound: we neither
-  send nor need RTCP; the odd port is left unused as RFC 3550 expects.
+  the pool with the ``socket`` module; the port is live before ``allocate`` returns.
+  RTCP (port + 1) is not bound: we neither send nor need RTCP; the odd port is left
+  unused as RFC 3550 expects.
+* Reading: by default (``read_in_tick=True``) the media clock tick itself drains every
+  stream's socket (``recvfrom`` until EAGAIN) just before pulling from the jitter
+  buffers. A packet is only needed at the next pull, so nothing is lost by waiting for
+  the tick, and the per-packet cost of epoll + an asyncio callback disappears. The
+  cost is a 20 ms quantisation of arrival times: RFC 3550 jitter is measured on tick
+  times, and ``last_rx`` / DTMF are up to one tick late. With ``read_in_tick=False``
+  each socket gets a ``loop.add_reader`` callback that drains it.
 * Why not ``loop.create_datagram_endpoint(sock=...)`` (the first version did that):
   asyncio's datagram transport reads ONE datagram per socket per loop iteration. With
   300 legs the loop iterates about once per tick, so any backlog (a slow tick, start-up)
   never drains: measured 41 packets/s/leg received at 300 legs and 13 late packets per
-  leg per second. Our reader drains up to 32 datagrams per readiness event, then hands
-  each to :meth:`RtpStream.datagram_received` (the same method a protocol would have).
+  leg per second.
 * Receiving: parse, decode G.711 to 16-bit PCM with a lookup table, push into the
   stream's :class:`~telephony.media.jitter.JitterBuffer`. Malformed or unexpected
   packets are counted and dropped.
@@ -22,8 +28,11 @@ Theory of operation:
   ``sock.sendto`` directly. We bypass the transport's write buffer on purpose: a
   real-time sender must drop (and count) a packet the kernel refuses rather than queue
   stale audio behind it.
-* Symmetric RTP: we send to the source address of the latest valid packet received, or
-  to the SDP address until a packet arrives. Sequence number, timestamp and SSRC are
+* Symmetric RTP: we send to the source address of the RTP we receive, or to the SDP
+  address until a packet arrives. The source is latched: packets from another address
+  are dropped (``foreign``) unless the latched one has been silent ``relatch_after``
+  seconds (a NAT rebinding, a media server change), so a stray or forged packet cannot
+  divert a call's audio. Sequence number, timestamp and SSRC are
   per stream and continuous across source changes (play -> bridge -> play); the
   timestamp advances one frame per tick even while not sending (hold), so it always
   tracks real time. The marker bit is set on the first packet after a pause.
@@ -101,6 +110,8 @@ class RtpStats:
     """Datagrams that were not valid RTP (dropped)."""
     unexpected_pt: int = 0
     """Packets with a payload type we did not negotiate (dropped)."""
+    foreign: int = 0
+    """Packets from another address than the latched source while it is alive (dropped)."""
     jitter_ms: float = 0.0
     """RFC 3550 interarrival jitter."""
     max_send_gap_ms: float = 0.0
@@ -155,6 +166,9 @@ class RtpStream:
         """Address from SDP (``configure``)."""
         self.send_addr: tuple[str, int] | None = None
         """Where packets go: the latched source of received RTP, else ``remote``."""
+        self.relatch_after = 2.0
+        """Seconds the latched source must be silent before another source is accepted."""
+        self._latched: tuple[str, int] | None = None
         self.closed = False
         self.rx_frame: Pcm = silence(engine.frame_samples)
         """Audio received for the current tick (valid during and after the tick)."""
@@ -184,22 +198,23 @@ class RtpStream:
         self._last_send: float | None = None
         # plain attributes, not a dict: these are bumped per packet on the hot path
         self._packets_in = self._packets_out = self._bytes_in = self._bytes_out = 0
-        self._malformed = self._unexpected_pt = self._send_errors = 0
+        self._malformed = self._unexpected_pt = self._send_errors = self._foreign = 0
         self._sending = True  # direction allows sending
         self._receiving = True  # direction allows receiving
         self._max_send_gap = 0.0
 
     # ------------------------------------------------------------ transport
-    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        loop.add_reader(self._sock.fileno(), self._on_readable)
+    def _open(self, loop: asyncio.AbstractEventLoop, reader: bool) -> None:
+        if reader:
+            self._loop = loop
+            loop.add_reader(self._sock.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
         if self.closed:
             return
         sock = self._sock
         now = time.monotonic()
-        for _ in range(32):  # bounded, so one flooded socket cannot starve the others
+        for _ in range(64):  # bounded, so one flooded socket cannot starve the others
             try:
                 data, addr = sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
@@ -232,6 +247,7 @@ class RtpStream:
         if remote != self.remote:
             self.remote = remote
             self.send_addr = remote  # re-latch to the new address once its packets arrive
+            self._latched = None
 
     def set_direction(self, direction: str) -> None:
         """Our direction: ``sendrecv``, ``sendonly``, ``recvonly`` or ``inactive``."""
@@ -268,7 +284,8 @@ class RtpStream:
                         malformed=self._malformed, unexpected_pt=self._unexpected_pt,
                         jitter_ms=self._rstats.jitter_ms,
                         max_send_gap_ms=1000.0 * self._max_send_gap,
-                        send_errors=self._send_errors, resyncs=jb.resyncs,
+                        send_errors=self._send_errors, foreign=self._foreign,
+                        resyncs=jb.resyncs,
                         jitter_delay_ms=jb.delay / 8.0)
 
     def close(self) -> None:
@@ -308,10 +325,19 @@ class RtpStream:
         if table is None and pt != self.dtmf_pt:
             self._unexpected_pt += 1
             return
+        if now is None:
+            now = time.monotonic()
+        if addr != self._latched:
+            # Strict symmetric RTP: a single forged packet must not divert a 999 call's
+            # audio. Latch to the first source; move only if it has been silent a while.
+            if self._latched is not None and self.last_rx is not None \
+                    and now - self.last_rx < self.relatch_after:
+                self._foreign += 1
+                return
+            self._latched = self.send_addr = addr
         self._packets_in += 1
         self._bytes_in += n
-        self.last_rx = now = time.monotonic() if now is None else now
-        self.send_addr = addr
+        self.last_rx = now
         self._rstats.update(ssrc, seq, ts, now)
         if table is not None:
             if self._receiving and payload:
@@ -430,8 +456,14 @@ class MediaEngine:
     def __init__(self, *, bind: str, port_min: int, port_max: int, ptime: int = 20,
                  recordings_dir: Path,
                  on_audio: Callable[[AudioFrame], None] | None = None,
-                 on_dtmf: Callable[[RtpStream, str], None] | None = None) -> None:
-        """Ports: even ports in ``[port_min, port_max]``; ``ptime`` is the clock period in ms."""
+                 on_dtmf: Callable[[RtpStream, str], None] | None = None,
+                 read_in_tick: bool = True) -> None:
+        """Ports: even ports in ``[port_min, port_max]``; ``ptime`` is the clock period in ms.
+
+        ``read_in_tick``: sockets are read by the clock tick (default, cheapest) rather
+        than by one event-loop reader callback per socket. Either way nothing is
+        received before :meth:`start`.
+        """
         if ptime not in (10, 20, 30, 40):
             raise MediaError(f"ptime must be 10, 20, 30 or 40 ms, got {ptime}")
         first = port_min + (port_min & 1)
@@ -443,6 +475,7 @@ class MediaEngine:
         self.recordings_dir = Path(recordings_dir)
         self.on_audio = on_audio
         self.on_dtmf = on_dtmf
+        self.read_in_tick = read_in_tick
         self._family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         self._free: deque[int] = deque(range(first, port_max + 1, 2))
         self._streams: dict[int, RtpStream] = {}
@@ -503,7 +536,7 @@ class MediaEngine:
             stream = RtpStream(self, sock, port)
             self._streams[port] = stream
             self._stream_list = list(self._streams.values())
-            stream._open(loop)
+            stream._open(loop, not self.read_in_tick)
             return stream
         raise MediaError("RTP port pool exhausted")
 
@@ -571,9 +604,9 @@ class MediaEngine:
     def _tick(self, n: int) -> None:
         now = asyncio.get_running_loop().time()
         streams = self._stream_list
-        if self.clock.behind:
-            # catch-up tick: the loop has not run the socket readers since the last tick,
-            # so read what is queued now, or every packet would count as late
+        if self.read_in_tick or self.clock.behind:
+            # (reader mode: a catch-up tick comes before the loop ran the readers again,
+            # so read what is queued now, or every packet would count as late)
             for s in streams:
                 s._on_readable()
         for s in streams:

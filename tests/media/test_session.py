@@ -367,3 +367,21 @@ async def test_ptime_40_sends_320_sample_packets(engine: MediaEngine, phone_fact
     assert {len(q.payload) for q in p.packets} == {320}
     ts = [q.timestamp for q in p.packets]
     assert all((y - x) & 0xFFFFFFFF == 320 for x, y in zip(ts, ts[1:]))
+
+
+async def test_latched_source_ignores_foreign_packets_then_relatches(engine: MediaEngine, phone_factory) -> None:
+    """After latching, packets from another address are dropped; once the source is silent, it may move."""
+    good, evil = await phone_factory(), await phone_factory()
+    s = engine.allocate()
+    s.relatch_after = 0.3
+    s.configure(remote=good.addr, codec=Codec.PCMA, dtmf_pt=None)
+    dst = ("127.0.0.1", s.local_port)
+    good.transport.sendto(rtp.build(8, 1, 0, 7, bytes(160)), dst)
+    await wait_for(lambda: s.stats.packets_in == 1)
+    evil.transport.sendto(rtp.build(8, 1, 0, 9, bytes(160)), dst)
+    await wait_for(lambda: s.stats.foreign == 1)
+    assert s.send_addr == good.addr and s.stats.packets_in == 1
+    await asyncio.sleep(0.4)  # the latched source went quiet
+    evil.transport.sendto(rtp.build(8, 2, 160, 9, bytes(160)), dst)
+    await wait_for(lambda: s.stats.packets_in == 2)
+    assert s.send_addr == evil.addr
