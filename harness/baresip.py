@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .kamailio import HarnessError, Process, sip_options
-from .ports import HOST, free_rtp_range, free_tcp_port, free_udp_port
+from .ports import HOST, free_rtp_range, free_tcp_port, free_udp_port, release
 
 BARESIP = shutil.which("baresip") or "/usr/bin/baresip"
 MODULES = Path("/usr/lib/baresip/modules")
@@ -150,6 +150,7 @@ class Baresip:
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.stop()
+            release(self.port, self.ctrl_port, *range(self.rtp_min, self.rtp_max + 1))
 
     def log_text(self, tail: int = 20000) -> str:
         return self._proc.log_text(tail) if self._proc else ""

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .ports import HOST, free_udp_port
+from .ports import HOST, free_udp_port, release
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 
@@ -372,6 +372,7 @@ class Kamailio:
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.stop()
+            release(self.port)
 
     def log_text(self, tail: int = 20000) -> str:
         """The tail of Kamailio's log (include it in assertion messages)."""

@@ -9,7 +9,7 @@ that race rare enough for parallel test runs:
 * every port handed out is remembered for this process (:data:`_RESERVED`) and in a
   shared directory of lock files under the temp dir (a file per port, created with
   ``O_EXCL``, expiring after ``_LEASE`` seconds), so two pytest workers do not pick
-  the same port within a lease.
+  the same port within a lease. Peers release their ports when stopped.
 
 RTP needs even ports (RTCP on the odd one above), so :func:`free_rtp_range` returns an
 even-aligned block whose every port is bindable.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 _LOW, _HIGH = 10000, 32767
-_LEASE = 600.0
+_LEASE = 120.0
 _RESERVED: set[int] = set()
 _LOCK_DIR = Path(tempfile.gettempdir()) / "controlroom-harness-ports"
 
@@ -105,8 +105,13 @@ def free_rtp_range(count: int) -> tuple[int, int]:
     if count < 2:
         raise ValueError("an RTP range needs at least 2 ports")
     count += count % 2
+    # Blocks start on multiples of 64 so that many ranges tile the space without
+    # fragmenting it into holes too small for the next one.
+    slots = (_HIGH - _LOW - count) // 64
+    if slots <= 0:
+        raise ValueError(f"an RTP range of {count} ports does not fit in {_LOW}-{_HIGH}")
     for _ in range(500):
-        base = random.randrange(_LOW, _HIGH - count) & ~1
+        base = _LOW + 64 * random.randrange(slots)
         ports = range(base, base + count)
         if any(p in _RESERVED for p in ports):
             continue

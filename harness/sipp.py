@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .kamailio import HarnessError, Process
-from .ports import HOST, free_rtp_range, free_udp_port
+from .ports import HOST, free_rtp_range, free_udp_port, release
 from .speech import CapturedRtp, read_rtp_pcap
 
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
@@ -112,7 +112,8 @@ class Sipp:
             a += ["-rate_increase", f"{self.rate_increase:g}",
                   "-rate_interval", f"{self.rate_interval:g}s"]
             if self.rate_max is not None:
-                a += ["-rate_max", f"{self.rate_max:g}"]
+                # hold the top rate until -m calls are made (SIPp would quit at rate_max)
+                a += ["-rate_max", f"{self.rate_max:g}", "-no_rate_quit"]
         if self.service:
             a += ["-s", self.service]
         if self.rtp_echo:
@@ -168,6 +169,7 @@ class Sipp:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         code = self._proc.stop()
+        release(self.port, *range(self.media_port, self.media_port + 4))
         if self.exit_code is None:
             self.exit_code = code
         if self._final is None:

@@ -24,7 +24,7 @@ from config.schema import LineSettings
 from config.telephony import SipSettings
 from harness import speech
 from harness.kamailio import Kamailio
-from harness.ports import free_rtp_range, free_udp_port
+from harness.ports import free_rtp_range, free_udp_port, release
 from harness.sipp import Sipp
 
 DOMAIN = "controlroom.local"
@@ -132,6 +132,7 @@ async def rig(kamailio: Kamailio, engine_port: int, tmp_path: Path) -> AsyncIter
         yield holder["rig"]
     finally:
         await engine.stop(drain_timeout=0)
+        release(*range(rtp_min, rtp_max + 1))
 
 
 def sha256_file(path: Path) -> str:

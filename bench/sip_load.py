@@ -1,0 +1,418 @@
+"""SIP load benchmark through real peers: SIPp callers -> Kamailio -> the Engine, which
+answers, records, offers each call to a SIPp handler phone (through Kamailio) and bridges
+it; then the same caller load against a pyVoIP 1.6.8 answering phone. Prints figures.
+
+    .venv/bin/python bench/sip_load.py                 # defaults: 600 calls x 2 rounds
+    .venv/bin/python bench/sip_load.py --calls 300 --rate-max 20 --talk 6 --no-pyvoip
+
+Bounded: every SIPp run has ``-m`` calls and a global timeout; each phase has a wall-clock
+limit; all processes are stopped at the end (even on Ctrl-C).
+
+Figures (targets on 2 cores: >= 150 bridged recorded calls = 300 legs in real time,
+>= 30 new calls/s, INVITE->answer p99 <= 50 ms):
+  calls completed / failed (SIPp's view), INVITE->200 p50/p99 as the caller measures it
+  (through Kamailio) and as the engine measures it (INVITE in -> 200 out), peak concurrent
+  calls and legs, CPU of each process, RTP packets sent per stream per second (50 = real
+  time), largest send gap, event-loop lag, recordings sealed and complete, memory per
+  concurrent call and idle RSS after each round (flat = no leak).
+
+The engine runs in a child process (``--serve-engine``, this same file) so its CPU and
+memory are measured alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DOMAIN = "controlroom.local"
+
+
+# --- engine child process -------------------------------------------------------------
+
+async def serve_engine(args: argparse.Namespace) -> None:
+    """Run the Engine with a minimal router: offer each call to the next handler, bridge."""
+    import logging
+
+    import psutil
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    from config.schema import LineSettings
+    from config.telephony import SipSettings
+    from telephony import api
+    from telephony.engine import Engine
+
+    rtp_min, rtp_max = (int(x) for x in args.rtp.split("-"))
+    settings = SipSettings(port=args.port, domain=DOMAIN, proxy=args.proxy,
+                           rtp_port_min=rtp_min, rtp_port_max=rtp_max, max_calls=100000)
+    lines = [LineSettings(name="999", numbers=["999"], priority=0),
+             LineSettings(name="101", numbers=["101"], priority=1)]
+    handlers = itertools.cycle(args.handlers.split(",")) if args.handlers else None
+    st: dict[str, Any] = {"arrived": 0, "ended": 0, "legs_answered": 0, "legs_failed": 0,
+                          "sealed": 0, "complete": 0, "stream_seconds": 0.0,
+                          "answer_ms": [], "rec_bad": []}
+    call_at: dict[str, float] = {}
+    leg_at: dict[str, float] = {}
+    engine: Engine
+
+    def on_event(ev: Any) -> None:
+        if isinstance(ev, api.CallArrived):
+            st["arrived"] += 1
+            st["answer_ms"].append((ev.at - ev.invite_at) * 1000)
+            call_at[ev.call_id] = ev.at
+            if handlers is not None:
+                engine.offer(ev.call_id, f"sip:{next(handlers)}@{DOMAIN}", timeout=10)
+        elif isinstance(ev, api.LegAnswered):
+            st["legs_answered"] += 1
+            leg_at[ev.leg_id] = ev.at
+            engine.bridge(ev.call_id, ev.leg_id)
+        elif isinstance(ev, api.LegFailed):
+            st["legs_failed"] += 1
+        elif isinstance(ev, api.LegEnded):
+            st["stream_seconds"] += ev.at - leg_at.pop(ev.leg_id, ev.at)
+        elif isinstance(ev, api.CallEnded):
+            st["ended"] += 1
+            st["stream_seconds"] += ev.at - call_at.pop(ev.call_id, ev.at)
+        elif isinstance(ev, api.RecordingSealed):
+            st["sealed"] += 1
+            # complete: a valid stereo 16-bit WAV whose data covers the whole call
+            expect = 44 + round(ev.duration * 8000) * 4
+            size = ev.path.stat().st_size if ev.path.exists() else -1
+            if ev.duration > 0 and size == ev.bytes and abs(size - expect) <= 4 * 160:
+                st["complete"] += 1
+            elif len(st["rec_bad"]) < 5:
+                st["rec_bad"].append([str(ev.path), ev.duration, ev.bytes, size])
+            if not args.keep_recordings:
+                ev.path.unlink(missing_ok=True)
+
+    rec_dir = Path(args.recordings)
+    rec_dir.mkdir(parents=True, exist_ok=True)
+    engine = Engine(settings=settings, lines=lines, recordings_dir=rec_dir, on_event=on_event)
+    await engine.start()
+    proc = psutil.Process()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    out = open(args.stats, "a", buffering=1)  # noqa: SIM115 - closed below
+    lag_max = 0.0
+    lag_window = 0.0
+
+    async def lag_probe() -> None:
+        nonlocal lag_max, lag_window
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.01)
+            lag = loop.time() - t - 0.01
+            lag_max, lag_window = max(lag_max, lag), max(lag_window, lag)
+
+    probe = asyncio.create_task(lag_probe())
+    print("engine ready", engine.sip_port, flush=True)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except TimeoutError:
+            pass
+        s = engine.stats
+        cpu = proc.cpu_times()
+        out.write(json.dumps({
+            "t": time.time(), "calls": s.calls_active, "legs": s.legs_active,
+            "rss": proc.memory_info().rss, "cpu": cpu.user + cpu.system,
+            "rtp_out": s.rtp_packets_out, "rtp_in": s.rtp_packets_in, "lost": s.rtp_lost,
+            "late": s.rtp_late, "gap_ms": s.max_send_gap_ms, "lag_ms": lag_window * 1000,
+            **{k: v for k, v in st.items() if k not in ("answer_ms",)},
+        }) + "\n")
+        lag_window = 0.0
+        if args.dump_answer_ms:
+            Path(args.dump_answer_ms).write_text(json.dumps(st["answer_ms"]))
+    probe.cancel()
+    out.write(json.dumps({"final": True, "lag_max_ms": lag_max * 1000,
+                          "answer_ms": st["answer_ms"]}) + "\n")
+    out.close()
+    await engine.stop(drain_timeout=0)
+
+
+# --- orchestration --------------------------------------------------------------------
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def cpu_of(pid: int) -> float:
+    import psutil
+    try:
+        p = psutil.Process(pid)
+        total = p.cpu_times().user + p.cpu_times().system
+        for c in p.children(recursive=True):
+            try:
+                t = c.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def run_callers(args: argparse.Namespace, kam: Any, dialled: str, clip: Any, watch: dict[str, int],
+                name: str) -> dict[str, Any]:
+    """One round of caller load; returns SIPp's figures and CPU seconds of watched processes."""
+    from harness import scenarios
+    from harness.sipp import Sipp
+
+    scen = scenarios.caller(dialled=dialled, pcap=clip.pcap, talk_ms=int(args.talk * 1000),
+                            dtmf_pt=None)
+    sipp = Sipp(scen, target=kam.addr, calls=args.calls, rate=args.rate_start,
+                rate_increase=args.rate_step, rate_interval=1.0, rate_max=args.rate_max,
+                limit=args.limit, trace_msg=False, timeout=args.phase_timeout, name=name)
+    cpu0 = {k: cpu_of(pid) for k, pid in watch.items()}
+    t0 = time.monotonic()
+    sipp.start()
+    watch = {**watch, "sipp-callers": sipp._proc.pid}  # type: ignore[union-attr]
+    cpu0["sipp-callers"] = 0.0
+    cpu_last = dict(cpu0)
+    while sipp.alive() and time.monotonic() - t0 < args.phase_timeout + 10:
+        time.sleep(0.5)
+        for k, pid in watch.items():
+            c = cpu_of(pid)
+            if c:
+                cpu_last[k] = c
+    code = sipp.stop() if sipp.alive() else sipp.wait(5)
+    sipp.stop()
+    wall = time.monotonic() - t0
+    rtd = sipp.response_times_ms()
+    return {"exit": code, "ok": sipp.successful, "failed": sipp.failed, "wall": wall,
+            "rtd_p50": pct(rtd, 50), "rtd_p99": pct(rtd, 99), "rtd_max": max(rtd or [0]),
+            "cpu": {k: (cpu_last[k] - cpu0.get(k, 0.0)) / wall for k in watch},
+            "errors": sipp.errors_text(1500) if sipp.failed else ""}
+
+
+def engine_round_figures(samples: list[dict[str, Any]], t0: float, t1: float) -> dict[str, Any]:
+    win = [s for s in samples if "t" in s and t0 <= s["t"] <= t1 + 2]
+    if not win:
+        return {}
+    first, last = win[0], win[-1]
+    return {"peak_calls": max(s["calls"] for s in win), "peak_legs": max(s["legs"] for s in win),
+            "peak_rss": max(s["rss"] for s in win), "lag_ms": max(s["lag_ms"] for s in win),
+            "gap_ms": last["gap_ms"], "rtp_out": last["rtp_out"] - first["rtp_out"],
+            "lost": last["lost"] - first["lost"], "late": last["late"] - first["late"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="SIP load benchmark (engine vs pyVoIP)")
+    ap.add_argument("--serve-engine", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--proxy", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--rtp", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--handlers", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--recordings", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--stats", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--dump-answer-ms", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--keep-recordings", action="store_true")
+    ap.add_argument("--calls", type=int, default=600, help="calls per round")
+    ap.add_argument("--rounds", type=int, default=2, help="engine rounds (idle RSS after each)")
+    ap.add_argument("--rate-start", type=float, default=5.0)
+    ap.add_argument("--rate-step", type=float, default=5.0, help="cps added every second")
+    ap.add_argument("--rate-max", type=float, default=30.0)
+    ap.add_argument("--talk", type=float, default=8.0, help="seconds each caller talks")
+    ap.add_argument("--limit", type=int, default=400, help="max concurrent calls per SIPp")
+    ap.add_argument("--handler-phones", type=int, default=2, help="SIPp handler processes")
+    ap.add_argument("--phase-timeout", type=float, default=120.0)
+    ap.add_argument("--no-bridge", action="store_true", help="engine answers only (like pyVoIP)")
+    ap.add_argument("--no-pyvoip", action="store_true")
+    ap.add_argument("--pyvoip-calls", type=int, default=0, help="default: same as --calls")
+    args = ap.parse_args()
+    if args.serve_engine:
+        asyncio.run(serve_engine(args))
+        return
+    orchestrate(args)
+
+
+def orchestrate(args: argparse.Namespace) -> None:
+    import psutil
+
+    from harness import scenarios, speech
+    from harness.kamailio import Kamailio, Process, sip_options
+    from harness.ports import free_rtp_range, free_udp_port
+    from harness.sipp import Sipp
+
+    work = Path(tempfile.mkdtemp(prefix="sip-load-"))
+    print(f"work dir {work}; {psutil.cpu_count()} CPUs; load avg {os.getloadavg()}")
+    clip = speech.speech_clip("Police, which service? There has been a crash on the motorway, "
+                              "two cars, one person is trapped.", "PCMA", work / "caller.pcap",
+                              repeat=max(1, int(args.talk // 5) + 1))
+    tone = speech.tone_clip(440.0, args.talk + 2, "PCMA", work / "handler.pcap")
+    engine_port = free_udp_port()
+    pyvoip_port = free_udp_port()
+    rtp_min, rtp_max = free_rtp_range(2 * 2 * (args.limit + 50))
+    py_rtp = free_rtp_range(2 * (args.limit + 50))
+    stack: list[Any] = []
+    results: dict[str, Any] = {}
+    try:
+        kam = Kamailio(routes={"999": f"127.0.0.1:{engine_port}"}, domain=DOMAIN, trace=False,
+                       debug=1, children=4, workdir=work / "kamailio")
+        (work / "kamailio").mkdir()
+        kam.start()
+        stack.append(kam)
+        users = [f"h{i}" for i in range(1, 21)]
+        phones = []
+        for n in range(args.handler_phones):
+            ph = Sipp(scenarios.handler(user=f"hp{n}", ring_ms=50, pcap=tone.pcap,
+                                        dtmf_pt=None, wait_bye_ms=600000),
+                      calls=10**6, trace_msg=False, timeout=3600, name=f"handlers{n}",
+                      workdir=work / f"handlers{n}")
+            (work / f"handlers{n}").mkdir()
+            ph.start()
+            stack.append(ph)
+            phones.append(ph)
+        for i, u in enumerate(users):
+            kam.register(u, phones[i % len(phones)].contact(u))
+        stats_path = work / "engine-stats.jsonl"
+        eng = Process([sys.executable, __file__, "--serve-engine", "--port", str(engine_port),
+                       "--proxy", kam.uri, "--rtp", f"{rtp_min}-{rtp_max}",
+                       "--handlers", "" if args.no_bridge else ",".join(users),
+                       "--recordings", str(work / "recordings"), "--stats", str(stats_path)],
+                      log_path=work / "engine.log", cwd=ROOT)
+        stack.append(eng)
+        deadline = time.monotonic() + 20
+        while sip_options(("127.0.0.1", engine_port), timeout=0.3) is None:
+            if not eng.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"engine did not start:\n{eng.log_text()}")
+        time.sleep(1.5)
+        idle_rss = [read_jsonl(stats_path)[-1]["rss"]]
+        watch = {"engine": eng.pid, "kamailio": kam._proc.pid,  # type: ignore[union-attr]
+                 **{f"handlers{i}": p._proc.pid for i, p in enumerate(phones)}}  # type: ignore[union-attr]
+        for r in range(args.rounds):
+            t0 = time.time()
+            res = run_callers(args, kam, "999", clip, watch, f"callers-engine-{r}")
+            t1 = time.time()
+            time.sleep(3)  # let BYEs, recordings and stats settle
+            samples = read_jsonl(stats_path)
+            res["engine"] = engine_round_figures(samples, t0, t1)
+            res["idle_rss"] = samples[-1]["rss"]
+            res["counters"] = {k: samples[-1][k] for k in ("arrived", "ended", "legs_answered",
+                                                           "legs_failed", "sealed", "complete",
+                                                           "stream_seconds", "rtp_out", "rec_bad")}
+            idle_rss.append(samples[-1]["rss"])
+            results[f"engine round {r + 1}"] = res
+            report_round(f"engine round {r + 1}", res, idle_rss[0], args)
+        eng.stop(timeout=20)
+        final = [s for s in read_jsonl(stats_path) if s.get("final")]
+        if final:
+            ans = final[-1]["answer_ms"]
+            print(f"engine INVITE-in -> 200-out (all rounds): p50 {pct(ans, 50):.2f} ms, "
+                  f"p99 {pct(ans, 99):.2f} ms, max {max(ans or [0]):.2f} ms; "
+                  f"event-loop lag max {final[-1]['lag_max_ms']:.1f} ms")
+        print(f"idle RSS after start/rounds (MB): "
+              f"{', '.join(f'{x / 2**20:.1f}' for x in idle_rss)}")
+
+        if not args.no_pyvoip:
+            results["pyvoip"] = pyvoip_round(args, kam, clip, work, pyvoip_port, py_rtp)
+            e = results["engine round 1"]
+            p = results["pyvoip"]
+            print("\n=== engine vs pyVoIP (same caller load) ===")
+            print(f"calls completed: {e['ok']} vs {p['ok']}  (failed {e['failed']} vs {p['failed']})")
+            print(f"INVITE->200 p50: {e['rtd_p50']:.1f} vs {p['rtd_p50']:.1f} ms "
+                  f"(ratio {p['rtd_p50'] / max(e['rtd_p50'], 0.1):.1f}x)")
+            print(f"INVITE->200 p99: {e['rtd_p99']:.1f} vs {p['rtd_p99']:.1f} ms "
+                  f"(ratio {p['rtd_p99'] / max(e['rtd_p99'], 0.1):.1f}x)")
+            ce, cp = e["cpu"].get("engine", 0), p["cpu"].get("pyvoip", 0)
+            print(f"CPU (cores): engine {ce:.2f} (bridging 2 legs/call) vs pyVoIP {cp:.2f} "
+                  f"(1 leg/call)")
+    finally:
+        for item in reversed(stack):
+            try:
+                item.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                print("stop failed:", exc)
+    (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"results: {work / 'results.json'}")
+
+
+def report_round(name: str, r: dict[str, Any], rss0: int, args: argparse.Namespace) -> None:
+    e, c = r.get("engine", {}), r.get("counters", {})
+    print(f"\n=== {name}: {args.calls} calls, rate {args.rate_start:g}->{args.rate_max:g} cps, "
+          f"talk {args.talk:g} s, wall {r['wall']:.1f} s ===")
+    print(f"SIPp callers: ok {r['ok']} failed {r['failed']} exit {r['exit']}; "
+          f"INVITE->200 via Kamailio p50 {r['rtd_p50']:.1f} ms p99 {r['rtd_p99']:.1f} ms "
+          f"max {r['rtd_max']:.1f} ms")
+    if e:
+        streams = c.get("stream_seconds", 0) or 1
+        print(f"peak concurrent: {e['peak_calls']} calls, {e['peak_legs']} handler legs; "
+              f"RTP sent per stream per s: {e['rtp_out'] / streams:.1f} (50 = real time); "
+              f"largest send gap {e['gap_ms']:.1f} ms; loop lag max {e['lag_ms']:.1f} ms; "
+              f"rx lost {e['lost']} late {e['late']}")
+        per_call = (e["peak_rss"] - rss0) / max(1, e["peak_calls"])
+        print(f"memory: peak RSS {e['peak_rss'] / 2**20:.1f} MB, "
+              f"{per_call / 1024:.0f} KiB per concurrent call; idle after round "
+              f"{r['idle_rss'] / 2**20:.1f} MB")
+    print(f"engine counters (cumulative): {c}")
+    print("CPU (cores busy): " + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items()))
+    if r["errors"]:
+        print("SIPp errors (tail):", r["errors"][-800:])
+
+
+def pyvoip_round(args: argparse.Namespace, kam: Any, clip: Any, work: Path, port: int,
+                 rtp: tuple[int, int]) -> dict[str, Any]:
+    from harness.kamailio import Process, sip_options
+
+    stats = work / "pyvoip.json"
+    ph = Process([sys.executable, str(ROOT / "bench" / "pyvoip_phone.py"),
+                  "--registrar", f"{kam.addr[0]}:{kam.addr[1]}", "--user", "pyvoip",
+                  "--sip-port", str(port), "--rtp", f"{rtp[0]}-{rtp[1]}",
+                  "--out", str(work / "pyvoip-rec"), "--stats", str(stats)],
+                 log_path=work / "pyvoip.log", cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while sip_options(kam.addr, timeout=0.3, user="pyvoip") is None:
+            if not ph.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"pyVoIP phone did not register:\n{ph.log_text()}")
+            time.sleep(0.3)
+        calls = args.pyvoip_calls or args.calls
+        a2 = argparse.Namespace(**{**vars(args), "calls": calls})
+        res = run_callers(a2, kam, "pyvoip", clip, {"pyvoip": ph.pid}, "callers-pyvoip")
+        time.sleep(2)
+    finally:
+        ph.stop(timeout=10)
+    try:
+        res["phone"] = json.loads(stats.read_text())
+        res["phone"]["answer_delay_ms"] = pct(res["phone"]["answer_delay_ms"], 50)
+    except (OSError, ValueError):
+        res["phone"] = {}
+    print(f"\n=== pyVoIP 1.6.8 phone: {calls} calls, same rate ramp ===")
+    print(f"SIPp callers: ok {res['ok']} failed {res['failed']} exit {res['exit']}; "
+          f"INVITE->200 p50 {res['rtd_p50']:.1f} ms p99 {res['rtd_p99']:.1f} ms")
+    print(f"phone counters: {res['phone']}")
+    print("CPU (cores busy): " + ", ".join(f"{k} {v:.2f}" for k, v in res["cpu"].items()))
+    return res
+
+
+if __name__ == "__main__":
+    main()
