@@ -26,6 +26,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sqlite3
@@ -86,7 +87,8 @@ class CadPublisher:
     def __init__(self, settings: MqttSettings, db: Database, *,
                  on_incident: inbound.OnIncident | None = None,
                  password: str | None = None, batch_size: int = 200,
-                 window: int = 100, mark_every: int = 100, max_inflight: int = 20, poll_interval: float = 1.0,
+                 window: int = 100, mark_every: int = 100, mark_delay: float = 0.02,
+                 max_inflight: int = 20, poll_interval: float = 1.0,
                  initial_backoff: float = 0.2, publish_timeout: float = 10.0,
                  session_expiry: int = 3600) -> None:
         """
@@ -100,7 +102,7 @@ class CadPublisher:
         :param window: publishes outstanding at once (handed to paho, PUBACK not yet
             seen); bounds memory during a drain.
         :param mark_every: acknowledged rows marked delivered per write (also whenever
-            nothing is left in flight).
+            nothing is left in flight, after ``mark_delay`` seconds without more).
         :param max_inflight: QoS 1 publishes awaiting PUBACK at once (MQTT 5 brokers
             advertise a Receive Maximum, Mosquitto's is 20, that paho does not honour).
         :param poll_interval: how often to look at the outbox without a :meth:`notify`
@@ -114,6 +116,7 @@ class CadPublisher:
         self.batch_size = batch_size
         self.window = window
         self.mark_every = mark_every
+        self.mark_delay = mark_delay
         self.max_inflight = max_inflight
         self.poll_interval = poll_interval
         self.initial_backoff = initial_backoff
@@ -287,6 +290,18 @@ class CadPublisher:
                      asyncio.create_task(self._drain(client), name="cad-drain")]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            except asyncio.CancelledError:
+                # Orderly stop: the will is not sent on a clean DISCONNECT, so say
+                # "offline" ourselves (best effort, bounded) before leaving.
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                offline = messages.node_status(node=s.node, online=False, now=time.time())
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    await asyncio.wait_for(client.publish(
+                        messages.status_topic(s.topic_prefix, s.node), json.dumps(offline),
+                        qos=1, retain=True), 1.0)
+                raise
             finally:
                 for t in tasks:
                     t.cancel()
@@ -356,21 +371,23 @@ class CadPublisher:
         try:
             while True:
                 if window.empty():
-                    if acked:
-                        ids, acked = acked, []
-                        await asyncio.to_thread(self._mark, ids)
-                        continue
-                    # Nothing in flight: wait for the feeder to queue more (or fail).
+                    # Nothing else in flight. Acks not yet recorded wait ``mark_delay``
+                    # for more, so a trickle of events does not cost a second write
+                    # transaction each; then they are marked.
                     get = asyncio.ensure_future(window.get())
                     try:
-                        done, _ = await asyncio.wait({get, feeder},
-                                                     return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait({get, feeder}, timeout=self.mark_delay if acked else None,
+                                           return_when=asyncio.FIRST_COMPLETED)
                     finally:
                         if not get.done():
                             get.cancel()
-                    if get not in done:
-                        feeder.result()  # the feeder failed: raise its error
-                        raise aiomqtt.MqttError("feeder stopped")
+                    if not get.done() or get.cancelled():
+                        if feeder.done():
+                            feeder.result()  # the feeder failed: raise its error
+                            raise aiomqtt.MqttError("feeder stopped")
+                        ids, acked = acked, []
+                        await asyncio.to_thread(self._mark, ids)
+                        continue
                     row, task = get.result()
                 else:
                     row, task = window.get_nowait()

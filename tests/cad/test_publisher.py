@@ -362,3 +362,20 @@ def test_env_mosquitto_binary_present() -> None:
     from harness import mosquitto as mq
     assert mq.available()
     assert os.path.exists(mq._binary() or "")
+
+
+async def test_status_online_then_offline_on_orderly_stop(mosquitto: Mosquitto,
+                                                          db: Database) -> None:
+    """The retained status says online while connected and offline after stop()."""
+    s = _settings(mosquitto)
+    topic = messages.status_topic(s.topic_prefix, s.node)
+    async with Collector(mosquitto.host, mosquitto.port, topic) as col:
+        async with _publisher(s, db) as pub:
+            await asyncio.wait_for(pub.wait_connected(), 10)
+            assert await col.wait_until(lambda: len(col.messages) >= 1, 10)
+        assert await col.wait_until(lambda: len(col.messages) >= 2, 10)
+    statuses = [m["status"] for _, m, _ in col.messages]
+    assert statuses == ["online", "offline"]
+    for _, m, _ in col.messages:
+        schema.validate(m)
+        assert m["node"] == s.node
