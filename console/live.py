@@ -141,7 +141,9 @@ class History:
             for ln in snapshot.get("lines", [])}})
 
     def samples(self) -> dict[str, Any]:
-        return {"interval": self.interval, "samples": list(self._samples)}
+        """Oldest first."""
+        return {"interval": self.interval,
+                "samples": sorted(self._samples, key=lambda s: s["at"] or 0.0)}
 
 
 def live_ctx(history_interval: float) -> Any:

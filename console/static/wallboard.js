@@ -105,7 +105,7 @@ function drawChart() {
   g.scale(dpr, dpr);
   g.clearRect(0, 0, w, h);
   const L = 36, R = 40, T = 10, B = 22;
-  const pts = history.filter((s) => s.at);
+  const pts = history.filter((s) => s.at).sort((a, b) => a.at - b.at);
   const now = CR.serverNow();
   const t0 = Math.min(now - 3600, pts.length ? pts[0].at : now - 3600);
   const names = snap ? snap.lines.map((l) => l.name) : [];

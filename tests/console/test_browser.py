@@ -80,11 +80,14 @@ def world(tmp_path: Path) -> Iterator[tuple[LiveServer, FakeBackend, Database]]:
     db.close()
 
 
-def login(page: Any, server: LiveServer, user: str, lands: str, *, live: bool = True) -> None:
+def login(page: Any, server: LiveServer, user: str, lands: str, *, live: bool = True,
+          screenshot: bool = False) -> None:
     page.goto(server.url + "/")
     page.wait_for_url("**/login")
     page.fill("#username", user)
     page.fill("#password", PASSWORD)
+    if screenshot:
+        shot(page, "login")
     page.click("#signin")
     page.wait_for_url("**" + lands)
     if live:
@@ -109,8 +112,8 @@ def shot(page: Any, name: str) -> None:
 def test_handler_screen_pop_transcript_and_wrapup(world: Any, page: Any) -> None:
     """Offer pops 999 with the caller within the push; transcript streams; wrap-up reaches the backend."""
     server, fb, _ = world
-    login(page, server, "h1", "/desk")
-    shot(page, "login-desk-idle")
+    login(page, server, "h1", "/desk", screenshot=True)
+    shot(page, "desk-idle")
     # An abandoned 999 lands on every handler's call-back list at once.
     gone = server.call(lambda: fb.arrive("999", "+447700900444"))
     server.call(fb.hang_up, gone)
