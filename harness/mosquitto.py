@@ -9,7 +9,8 @@ Usage::
 
 Each instance writes its own config into a temp dir (persistence off unless asked, loopback
 listener only, anonymous access unless ``users`` is given, in which case a password
-file is generated with ``mosquitto_passwd``). The port is chosen once and kept across
+file is generated with ``mosquitto_passwd``; with ``tls`` the listener speaks TLS with a
+generated CA, see :attr:`Mosquitto.ca_file`). The port is chosen once and kept across
 stop/start so clients can reconnect to the same address. The process is always stopped
 on exit, even when the block raises.
 """
@@ -68,12 +69,35 @@ def _binary() -> str | None:
         None)
 
 
+def make_certs(directory: Path, host: str = HOST) -> dict[str, Path]:
+    """A throw-away CA and a server certificate for ``host`` (IP SAN), made with openssl.
+
+    Returns paths ``ca``, ``cert``, ``key``. Valid 2 days; for tests only.
+    """
+    d = Path(directory)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+    run("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"),
+        "-days", "2", "-subj", "/CN=controlroom test CA")
+    run("req", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"),
+        "-subj", f"/CN={host}")
+    ext = d / "san.ext"
+    san = f"IP:{host}" if host.replace(".", "").isdigit() else f"DNS:{host}"
+    ext.write_text(f"subjectAltName={san}\nbasicConstraints=CA:FALSE\n")
+    run("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.crt"), "-CAkey",
+        str(d / "ca.key"), "-CAcreateserial", "-out", str(d / "server.crt"), "-days", "2",
+        "-extfile", str(ext))
+    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
+
+
 class Mosquitto:
     """One broker process; a context manager. ``port`` 0 picks a free one."""
 
     def __init__(self, *, port: int = 0, host: str = HOST,
                  users: dict[str, str] | None = None, persistence: bool = False,
-                 extra_config: str = "",
+                 tls: bool = False, extra_config: str = "",
                  start_timeout: float = 10.0) -> None:
         binary = _binary()
         if binary is None:
@@ -83,6 +107,7 @@ class Mosquitto:
         self.port = port or free_port(host)
         self.users = dict(users or {})
         self.persistence = persistence
+        self.tls = tls
         self.extra_config = extra_config
         self.start_timeout = start_timeout
         self._tmp = tempfile.TemporaryDirectory(prefix="mosquitto-")
@@ -90,6 +115,10 @@ class Mosquitto:
         self.config_path = self.dir / "mosquitto.conf"
         self.log_path = self.dir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.ca_file = ""
+        """With ``tls``: the CA certificate clients must trust (server cert is for 127.0.0.1)."""
+        if tls:
+            self.ca_file = str(make_certs(self.dir, host)["ca"])
         self._write_config()
 
     # -- config --------------------------------------------------------------
@@ -115,6 +144,9 @@ class Mosquitto:
             # Run as root Mosquitto drops to user "mosquitto", which cannot read our
             # private temp dir (log, password file); stay the user that started it.
             lines.append("user root")
+        if self.tls:
+            lines += [f"cafile {self.dir / 'ca.crt'}", f"certfile {self.dir / 'server.crt'}",
+                      f"keyfile {self.dir / 'server.key'}"]
         if self.users:
             pw = self.dir / "passwd"
             pw.write_text("")

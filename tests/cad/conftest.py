@@ -49,8 +49,10 @@ def durable_mosquitto() -> Iterator[mq.Mosquitto]:
 class Collector:
     """A CAD-like subscriber: persistent session, QoS 1, reconnects, keeps every message."""
 
-    def __init__(self, host: str, port: int, topic: str) -> None:
+    def __init__(self, host: str, port: int, topic: str, **client_kwargs: Any) -> None:
         self.host, self.port, self.topic = host, port, topic
+        self.client_kwargs = client_kwargs
+        """Extra aiomqtt.Client arguments (username, password, tls_context)."""
         self.id = "cad-" + uuid.uuid4().hex[:8]
         self.messages: list[tuple[str, dict[str, Any], float]] = []
         """(topic, message, receive time.time())"""
@@ -64,7 +66,7 @@ class Collector:
         while True:
             try:
                 async with aiomqtt.Client(self.host, self.port, identifier=self.id,
-                                          clean_session=False) as c:
+                                          clean_session=False, **self.client_kwargs) as c:
                     await c.subscribe(self.topic, qos=1)
                     self.connected.set()
                     async for m in c.messages:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ from cad import messages, schema
 from cad.publisher import CadPublisher, append_event
 from config.schema import MqttSettings
 from controlroom import events as ev
-from harness.mosquitto import Mosquitto
+from harness.mosquitto import Mosquitto, make_certs
 from store import outbox
 from store.db import Database
 
@@ -299,7 +300,9 @@ async def test_username_password_from_env(monkeypatch: pytest.MonkeyPatch, db: D
     monkeypatch.setenv("CR_TEST_MQTT_PW", "s3cret")
     with Mosquitto(users={"cad": "s3cret"}) as broker:
         good = _settings(broker, username="cad", password="env:CR_TEST_MQTT_PW")
-        async with _AuthCollector(broker, good) as col:
+        async with Collector(broker.host, broker.port,
+                             messages.calls_filter(good.topic_prefix, good.node),
+                             username="cad", password="s3cret") as col:
             async with _publisher(good, db) as pub:
                 _append(db, pub, _queued("c1", 0), good.node)
                 assert await col.wait_until(lambda: len(col.messages) == 1, 10)
@@ -312,21 +315,6 @@ async def test_username_password_from_env(monkeypatch: pytest.MonkeyPatch, db: D
         assert outbox.depth(db) == 1
         failures = [e for e in logs if e["event"] == "cad.publisher.connect_failed"]
         assert failures and "wrong" not in json.dumps(failures)
-
-
-class _AuthCollector(Collector):
-    """A collector that logs in with the test user."""
-
-    def __init__(self, broker: Mosquitto, s: MqttSettings) -> None:
-        super().__init__(broker.host, broker.port, messages.calls_filter(s.topic_prefix, s.node))
-
-    async def _run(self) -> None:
-        async with aiomqtt.Client(self.host, self.port, username="cad", password="s3cret") as c:
-            await c.subscribe(self.topic, qos=1)
-            self.connected.set()
-            async for m in c.messages:
-                self.raw.append((str(m.topic), bytes(m.payload), m.retain))  # type: ignore[arg-type]
-                self._add(str(m.topic), json.loads(m.payload))  # type: ignore[arg-type]
 
 
 async def test_notify_from_another_thread(mosquitto: Mosquitto, db: Database) -> None:
@@ -379,3 +367,25 @@ async def test_status_online_then_offline_on_orderly_stop(mosquitto: Mosquitto,
     for _, m, _ in col.messages:
         schema.validate(m)
         assert m["node"] == s.node
+
+
+async def test_tls_with_ca_file(db: Database, tmp_path: Path) -> None:
+    """tls + ca_file: delivery over TLS; a broker cert from another CA is refused, no crash."""
+    with Mosquitto(tls=True) as broker:
+        s = _settings(broker, tls=True, ca_file=broker.ca_file)
+        ctx = ssl.create_default_context(cafile=broker.ca_file)
+        async with Collector(broker.host, broker.port,
+                             messages.calls_filter(s.topic_prefix, s.node), tls_context=ctx) as col:
+            async with _publisher(s, db) as pub:
+                _append(db, pub, _queued("c1", 0), s.node)
+                assert await col.wait_until(lambda: len(col.messages) == 1, 10)
+        other = make_certs(tmp_path)
+        wrong = _settings(broker, tls=True, ca_file=str(other["ca"]))
+        with capture_logs() as logs:
+            async with _publisher(wrong, db) as pub:
+                _append(db, pub, _queued("c2", 0), wrong.node)
+                await asyncio.sleep(1.0)
+                assert not pub.connected
+        assert outbox.depth(db) == 1
+        failed = [e for e in logs if e["event"] == "cad.publisher.connect_failed"]
+        assert failed and "CERTIFICATE_VERIFY_FAILED" in failed[0]["error"]
