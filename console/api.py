@@ -119,6 +119,11 @@ async def session_of(request: web.Request) -> users.Session | None:
     return users.get_session(request.app[DB], token) if token else None
 
 
+def _no_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity, which pass numeric range checks; refuse them.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _wrap(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     validator = jsonschema.Draft202012Validator(ep.body) if ep.body else None
 
@@ -138,9 +143,11 @@ def _wrap(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]
             if request.content_type != "application/json":
                 raise ApiError(415, "body must be application/json")
             try:
-                raw = await request.json()
+                raw = json.loads(await request.text(), parse_constant=_no_constant)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise ApiError(400, "body is not valid JSON") from None
+            except ValueError as e:
+                raise ApiError(400, str(e)) from None
             assert validator is not None
             errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.path))
             if errors:
