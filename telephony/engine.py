@@ -67,9 +67,12 @@ from .sip.events import (
     SessionConfirmed,
     UaEvent,
 )
+from .sip.inbound import caller_identity, info_digit
+from .sip.inbound import location as inbound_location
 from .sip.message import Request, body_parts
-from .sip.ua import Registration, Session, UserAgent
-from .sip.uri import is_ip, parse_name_addr, parse_uri
+from .sip.register import Registration
+from .sip.ua import Session, UserAgent
+from .sip.uri import is_ip, parse_uri
 from .transport import SipProtocol, open_sip_socket
 
 log = structlog.get_logger(__name__)
@@ -348,7 +351,7 @@ class Engine:
         invite_at = time.time()
         self._stats.invites += 1
         dialled = req.uri.number or req.to.uri.number
-        caller, display = _caller_identity(req)
+        caller, display = caller_identity(req)
         line = self._by_number.get(dialled)
         if line is None:
             self._reject(session, None, dialled, caller, 404, "Unknown number")
@@ -364,9 +367,7 @@ class Engine:
                          [("Retry-After", str(self.settings.retry_after))])
             return
         parts = body_parts(req)
-        location = req.get("Geolocation") or (
-            parts["application/pidf+xml"].decode("utf-8", "replace")
-            if "application/pidf+xml" in parts else None)
+        location = inbound_location(req)
         incoming = IncomingCall(line=line.name, dialled=dialled, caller=caller,
                                 display_name=display, source=f"{ev.source[0]}:{ev.source[1]}",
                                 location=location)
@@ -467,7 +468,7 @@ class Engine:
                 self._emit(HoldChanged(at=time.time(), call_id=call.call_id, on_hold=on_hold,
                                        by="caller"))
         elif isinstance(ev, InfoReceived):
-            digit = _info_digit(ev.request)
+            digit = info_digit(ev.request)
             if digit:
                 self._digit(call, None, digit)
         elif isinstance(ev, SessionConfirmed) and call.awaiting_answer:
@@ -728,7 +729,7 @@ class Engine:
                     self._emit(LegEnded(at=time.time(), call_id=call.call_id, leg_id=leg.leg_id,
                                         by="handler"))
         elif isinstance(ev, InfoReceived):
-            digit = _info_digit(ev.request)
+            digit = info_digit(ev.request)
             if digit:
                 self._digit(call, leg, digit)
         elif isinstance(ev, ReInviteReceived):
@@ -856,37 +857,3 @@ class Engine:
     def sip_counters(self) -> dict[str, int]:
         """Parser/transaction counters (malformed, dropped, retransmissions_absorbed...)."""
         return dict(self._ua.counters) if self._ua else {}
-
-
-_DIGITS = set("0123456789*#ABCD")
-
-
-def _info_digit(req: Request) -> str | None:
-    """The digit of a SIP INFO DTMF body (application/dtmf-relay ``Signal=5`` or
-    application/dtmf ``5``); None for anything else."""
-    ctype = (req.get("Content-Type") or "").split(";")[0].strip().lower()
-    text = req.body.decode("utf-8", "replace").strip()
-    if ctype == "application/dtmf-relay":
-        for line in text.splitlines():
-            k, _, v = line.partition("=")
-            if k.strip().lower() == "signal":
-                text = v.strip()
-                break
-        else:
-            return None
-    elif ctype != "application/dtmf":
-        return None
-    digit = text.upper()
-    return digit if len(digit) == 1 and digit in _DIGITS else None
-
-
-def _caller_identity(req: Request) -> tuple[str, str]:
-    """Caller number and display: P-Asserted-Identity first (trusted network), else From."""
-    for value in req.get_all("P-Asserted-Identity") + [req.get("From") or ""]:
-        try:
-            na = parse_name_addr(value)
-        except SipError:
-            continue
-        return na.uri.number or na.uri.user, na.display
-    return "", ""
-

@@ -2,7 +2,8 @@
 dialogs and the user agent core. No sockets, no clocks: see :mod:`telephony.sip.ua`."""
 
 from .message import Request, Response, make_response, parse
-from .ua import Registration, Session, UserAgent
+from .register import Registration
+from .ua import Session, UserAgent
 from .uri import NameAddr, SipUri, Via, parse_name_addr, parse_uri, parse_via
 
 __all__ = [

@@ -11,6 +11,7 @@ import secrets
 
 from telephony.errors import SipParseError
 
+from .message import Request, Response
 from .uri import split_outside
 
 _ALGOS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
@@ -64,3 +65,38 @@ def authorization(challenge: dict[str, str], *, method: str, uri: str, username:
     if "opaque" in challenge:
         parts.append(f'opaque="{challenge["opaque"]}"')
     return "Digest " + ", ".join(parts)
+
+
+def answer_challenge(req: Request, resp: Response, creds: tuple[str, str]) -> tuple[str, str] | None:
+    """The (Proxy-)Authorization header answering a 401/407 to ``req``; None if impossible."""
+    if resp.status == 407:
+        challenge, name = resp.get("Proxy-Authenticate"), "Proxy-Authorization"
+    else:
+        challenge, name = resp.get("WWW-Authenticate"), "Authorization"
+    if not challenge:
+        return None
+    try:
+        ch = parse_challenge(challenge)
+        value = authorization(ch, method=req.method, uri=str(req.uri),
+                                   username=creds[0], password=creds[1])
+    except SipParseError:
+        return None
+    return name, value
+
+
+def with_credentials(req: Request, resp: Response, creds: tuple[str, str], via: str) -> Request | None:
+    """The same INVITE with credentials, a new branch and the next CSeq (RFC 3261 §22.2)."""
+    hdr = answer_challenge(req, resp, creds)
+    if hdr is None:
+        return None
+    new = Request(method=req.method, uri=req.uri, body=req.body)
+    for n, v in req.headers:
+        if n in ("Authorization", "Proxy-Authorization"):
+            continue
+        if n == "Via":
+            v = via
+        elif n == "CSeq":
+            v = f"{req.cseq[0] + 1} {req.method}"
+        new.headers.append((n, v))
+    new.add(*hdr)
+    return new

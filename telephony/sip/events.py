@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from .message import Request, Response
 
 if TYPE_CHECKING:
-    from .ua import Registration, Session
+    from .register import Registration
+    from .ua import Session
 
 Addr = tuple[str, int]
 

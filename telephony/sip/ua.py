@@ -21,12 +21,12 @@ import itertools
 import secrets
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from telephony.errors import SipParseError
 
-from . import auth
+from .auth import with_credentials
 from .dialog import Addr, Dialog, resolve
 from .events import (
     AckTimeout,
@@ -37,12 +37,12 @@ from .events import (
     InviteCancelled,
     InviteReceived,
     Progress,
-    RegistrationResult,
     ReInviteReceived,
     SessionConfirmed,
     UaEvent,
 )
 from .message import Request, Response, make_response, parse
+from .register import RegisterMixin, Registration, new_tag
 from .transaction import T1, T2, ClientTransaction, ServerTransaction, TxState
 from .uri import NameAddr, SipUri, Via, parse_name_addr, parse_uri
 
@@ -50,10 +50,6 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
 SUPPORTED = {"timer"}
 """Option tags we accept in Require (session timers: the peer refreshes, we answer)."""
 _KNOWN = {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PRACK", "UPDATE", "PUBLISH"}
-
-
-def new_tag() -> str:
-    return secrets.token_hex(6)
 
 
 @dataclass(eq=False)
@@ -93,32 +89,7 @@ class Session:
         return min(times) if times else None
 
 
-@dataclass(eq=False)
-class Registration:
-    """A REGISTER binding kept alive for a 'registered' line."""
-
-    registrar: SipUri
-    aor: str
-    contact: str
-    expires: int
-    credentials: tuple[str, str] | None
-    dest: Addr
-    user: Any = None
-    call_id: str = field(default_factory=lambda: secrets.token_hex(12))
-    from_tag: str = field(default_factory=new_tag)
-    cseq: int = 0
-    registered: bool = False
-    stopping: bool = False
-    auth_attempts: int = 0
-    retry_delay: float = 5.0
-    refresh_at: float | None = None
-
-    @property
-    def deadline(self) -> float | None:
-        return self.refresh_at
-
-
-class UserAgent:
+class UserAgent(RegisterMixin):
     """One SIP endpoint's protocol state. Not thread-safe; drive it from one loop."""
 
     def __init__(self, *, host: str, port: int, domain: str = "localhost",
@@ -643,89 +614,13 @@ class UserAgent:
                     now: float) -> bool:
         if session.credentials is None or session.auth_attempts >= 2 or session.cancelled:
             return False
-        req = _authorized(tx.request, resp, session.credentials, self.via())
+        req = with_credentials(tx.request, resp, session.credentials, self.via())
         if req is None:
             return False
         session.auth_attempts += 1
         session.state = "calling"
         session.client_tx = self._start_client(req, session.dest, now, owner=("invite", session))
         return True
-
-    # -- REGISTER ----------------------------------------------------------------------
-
-    def register(self, *, registrar: str, user: str, expires: int,
-                 credentials: tuple[str, str] | None, owner: Any = None, now: float) -> Registration:
-        """Register ``user`` at ``registrar`` and keep the binding refreshed."""
-        reg_uri = parse_uri(registrar)
-        reg = Registration(
-            registrar=SipUri(reg_uri.scheme, "", reg_uri.host, reg_uri.port),
-            aor=f"sip:{user}@{reg_uri.host}", contact=f"<sip:{user}@{self.host}:{self.port}>",
-            expires=expires, credentials=credentials,
-            dest=resolve(reg_uri, (reg_uri.host, reg_uri.host_port[1])), user=owner)
-        self._send_register(reg, now)
-        return reg
-
-    def unregister(self, reg: Registration, now: float) -> None:
-        reg.stopping = True
-        reg.refresh_at = None
-        self._send_register(reg, now)
-
-    def _send_register(self, reg: Registration, now: float, auth_header: tuple[str, str] | None = None) -> None:
-        reg.cseq += 1
-        req = Request(method="REGISTER", uri=reg.registrar)
-        req.add("Via", self.via())
-        req.add("Max-Forwards", "70")
-        req.add("From", f"<{reg.aor}>;tag={reg.from_tag}")
-        req.add("To", f"<{reg.aor}>")
-        req.add("Call-ID", reg.call_id)
-        req.add("CSeq", f"{reg.cseq} REGISTER")
-        req.add("Contact", reg.contact)
-        req.add("Expires", "0" if reg.stopping else str(reg.expires))
-        if auth_header:
-            req.add(*auth_header)
-        self._server_headers(req)
-        self._start_client(req, reg.dest, now, owner=("register", reg))
-
-    def _register_response(self, reg: Registration, resp: Response, now: float) -> None:
-        code = resp.status
-        if code < 200:
-            return
-        tx_req = None
-        if code in (401, 407) and reg.credentials and reg.auth_attempts < 2:
-            for tx, owner in self._owner.items():
-                if owner == ("register", reg) and tx.final is resp:
-                    tx_req = tx.request
-            if tx_req is not None:
-                hdr = _auth_header(tx_req, resp, reg.credentials)
-                if hdr is not None:
-                    reg.auth_attempts += 1
-                    self._send_register(reg, now, hdr)
-                    return
-        if code == 423 and (resp.get("Min-Expires") or "").isdigit() and not reg.stopping:
-            reg.expires = int(resp.get("Min-Expires") or reg.expires)
-            self._send_register(reg, now)
-            return
-        reg.auth_attempts = 0
-        if 200 <= code < 300:
-            granted = _granted_expires(resp, reg)
-            reg.registered = not reg.stopping
-            reg.retry_delay = 5.0
-            if not reg.stopping:
-                # refresh well before expiry so one lost REGISTER can be retried in time
-                reg.refresh_at = now + max(1.0, min(granted * 0.8, granted - 5.0))
-                self._sched(reg)
-            self._events.append(RegistrationResult(reg, True, code, 0 if reg.stopping else granted))
-        else:
-            self._register_failed(reg, code, now)
-
-    def _register_failed(self, reg: Registration, status: int, now: float) -> None:
-        reg.registered = False
-        reg.auth_attempts = 0
-        if not reg.stopping:
-            reg.refresh_at = now + reg.retry_delay
-            reg.retry_delay = min(reg.retry_delay * 2, 300.0)
-            self._sched(reg)
-        self._events.append(RegistrationResult(reg, False, status, 0))
 
     def session_count(self) -> int:
         return len(self._dialogs)
@@ -748,51 +643,3 @@ def _parse_via_safe(v: str) -> Via | None:
         return parse_via(v)
     except SipParseError:
         return None
-
-
-def _auth_header(req: Request, resp: Response, creds: tuple[str, str]) -> tuple[str, str] | None:
-    if resp.status == 407:
-        challenge, name = resp.get("Proxy-Authenticate"), "Proxy-Authorization"
-    else:
-        challenge, name = resp.get("WWW-Authenticate"), "Authorization"
-    if not challenge:
-        return None
-    try:
-        ch = auth.parse_challenge(challenge)
-        value = auth.authorization(ch, method=req.method, uri=str(req.uri),
-                                   username=creds[0], password=creds[1])
-    except SipParseError:
-        return None
-    return name, value
-
-
-def _authorized(req: Request, resp: Response, creds: tuple[str, str], via: str) -> Request | None:
-    """The same INVITE with credentials, a new branch and the next CSeq (RFC 3261 §22.2)."""
-    hdr = _auth_header(req, resp, creds)
-    if hdr is None:
-        return None
-    new = Request(method=req.method, uri=req.uri, body=req.body)
-    for n, v in req.headers:
-        if n in ("Authorization", "Proxy-Authorization"):
-            continue
-        if n == "Via":
-            v = via
-        elif n == "CSeq":
-            v = f"{req.cseq[0] + 1} {req.method}"
-        new.headers.append((n, v))
-    new.add(*hdr)
-    return new
-
-
-def _granted_expires(resp: Response, reg: Registration) -> int:
-    for c in resp.get_all("Contact"):
-        try:
-            na = parse_name_addr(c)
-        except SipParseError:
-            continue
-        if na.uri.host == reg.contact.split("@")[-1].split(":")[0].rstrip(">") and "expires" in na.params:
-            v = na.params["expires"] or ""
-            if v.isdigit():
-                return int(v)
-    v = resp.get("Expires") or ""
-    return int(v) if v.isdigit() else reg.expires
