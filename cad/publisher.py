@@ -335,6 +335,8 @@ class CadPublisher:
             await asyncio.gather(feeder, return_exceptions=True)
             while not window.empty():
                 _, task = window.get_nowait()
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: the session's own error is reported
                 task.cancel()
 
     async def _feed(self, client: aiomqtt.Client,
@@ -356,7 +358,11 @@ class CadPublisher:
                 task = asyncio.create_task(client.publish(
                     messages.call_topic(s.topic_prefix, s.node, r.line, r.call_id),
                     r.payload.encode(), qos=self.qos))
-                await window.put((r, task))  # waits while the window is full
+                try:
+                    await window.put((r, task))  # waits while the window is full
+                except BaseException:
+                    task.cancel()  # not in the window: nobody else will reap it
+                    raise
                 last_id = r.id
             if rows:
                 continue
