@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -41,9 +42,9 @@ async def run(legs: int, seconds: float, port_min: int, rec_dir: Path,
     eng.clock.reset_stats()
     in0 = sum(s.stats.packets_in for s in streams)
     ticks0 = eng.clock.ticks
-    cpu0, t0 = time.process_time(), time.monotonic()
+    cpu0, t0, os0 = time.process_time(), time.monotonic(), os.times()
     await asyncio.sleep(seconds)
-    cpu1, t1 = time.process_time(), time.monotonic()
+    cpu1, t1, os1 = time.process_time(), time.monotonic(), os.times()
     in1 = sum(s.stats.packets_in for s in streams)
     wall = t1 - t0
     res = {
@@ -57,7 +58,9 @@ async def run(legs: int, seconds: float, port_min: int, rec_dir: Path,
         "max_lateness_ms": 1000 * eng.clock.max_lateness,
         "late_ticks": eng.clock.late_ticks,
         "tick_ms": 1000 * eng.clock.busy / max(1, eng.clock.ticks - ticks0),
+        "us_per_leg_tick": 1e6 * eng.clock.busy_cpu / max(1, eng.clock.ticks - ticks0) / legs,
         "cpu_pct": 100 * (cpu1 - cpu0) / wall,
+        "sys_share": (os1.system - os0.system) / max(1e-9, cpu1 - cpu0),
     }
     # CPU cost is what scales: scale the measured CPU to a full 50 ticks/s (when the
     # machine starved us of CPU the clock ran slower) and project legs per core
@@ -89,11 +92,14 @@ async def main() -> None:
                   f"{r['lost']:>6} {r['late']:>6} {r['send_errors']:>7} "
                   f"{r['max_tick_gap_ms']:>5.1f}ms {r['max_lateness_ms']:>5.1f}ms "
                   f"{r['late_ticks']:>6} {r['tick_ms']:>4.2f}ms {r['cpu_pct']:>5.1f} "
-                  f"{r['seal_ms_per_rec']:>4.1f}ms {r['cpu_rt_pct']:>6.1f} {r['legs_per_core']:>9.0f}", flush=True)
+                  f"{r['seal_ms_per_rec']:>4.1f}ms {r['cpu_rt_pct']:>6.1f} {r['legs_per_core']:>9.0f} {r['us_per_leg_tick']:>11.1f} {100 * r['sys_share']:>5.0f}%", flush=True)
     print("pkt/s/leg: received per leg per second (50 = real time); maxgap: largest interval "
           "between ticks (ideal 20 ms); lateTk: ticks run >1 period late (caught up); tick: mean "
           "time in one tick; cpu%: this process; cpuRT%: CPU of one core needed at 50 ticks/s; "
-          "legs/core: projected legs one core keeps in real time. Other load on the machine "
+          "legs/core: projected legs one core keeps in real time; us/leg/tick: CPU (thread time) "
+          "in the tick per leg - with read_in_tick all RTP work is in the tick, so 20000 / "
+          "this = legs per core, the figure least disturbed by other load; kernel: share of CPU "
+          "in system calls (sendto/recvfrom on loopback also run the receive path). Other load on the machine "
           "inflates every figure: check `uptime` first.")
 
 

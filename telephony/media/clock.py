@@ -16,6 +16,7 @@ never skipped: a recording always has exactly one frame per period of wall time.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import structlog
@@ -43,7 +44,10 @@ class MediaClock:
         self.max_lateness = 0.0
         """Largest delay of a tick behind its deadline, seconds."""
         self.busy = 0.0
-        """Seconds spent inside ``on_tick`` (for load figures)."""
+        """Wall seconds spent inside ``on_tick`` (for load figures)."""
+        self.busy_cpu = 0.0
+        """CPU seconds of this thread inside ``on_tick`` (unaffected by other processes
+        taking the CPU away, so comparable between runs on a shared machine)."""
         self.errors = 0
         self.behind = False
         """True while the running tick is a catch-up tick (over one period late): the
@@ -71,7 +75,7 @@ class MediaClock:
     def reset_stats(self) -> None:
         """Zero the gap/lateness figures (benchmarks measure a window)."""
         self.late_ticks = 0
-        self.max_gap = self.max_lateness = self.busy = 0.0
+        self.max_gap = self.max_lateness = self.busy = self.busy_cpu = 0.0
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -100,6 +104,7 @@ class MediaClock:
                 if gap > self.max_gap:
                     self.max_gap = gap
                 last = now
+                cpu = time.thread_time()
                 try:
                     self._on_tick(self.ticks)
                 except Exception:  # one bad tick must never stop every call's audio
@@ -109,5 +114,6 @@ class MediaClock:
                 n += 1
                 burst += 1
                 self.busy += loop.time() - now
+                self.busy_cpu += time.thread_time() - cpu
             if burst >= self._max_burst:
                 await asyncio.sleep(0)  # let the loop read sockets before catching up more

@@ -44,6 +44,7 @@ import asyncio
 import enum
 import math
 import random
+import select
 import socket
 import struct
 import time
@@ -297,6 +298,7 @@ class RtpStream:
             self._engine.unbridge(self)
         if self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
+        self._engine._unwatch(self)
         self._sock.close()
         self._engine._release(self)
 
@@ -476,6 +478,9 @@ class MediaEngine:
         self.on_audio = on_audio
         self.on_dtmf = on_dtmf
         self.read_in_tick = read_in_tick
+        # our own epoll (not the event loop's): the tick asks it which sockets to read
+        self._epoll = select.epoll() if read_in_tick else None
+        self._by_fd: dict[int, RtpStream] = {}
         self._family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         self._free: deque[int] = deque(range(first, port_max + 1, 2))
         self._streams: dict[int, RtpStream] = {}
@@ -535,10 +540,46 @@ class MediaEngine:
                 continue
             stream = RtpStream(self, sock, port)
             self._streams[port] = stream
+            if self._epoll is not None:
+                self._by_fd[sock.fileno()] = stream
+                self._epoll.register(sock.fileno(), select.EPOLLIN)
             self._stream_list = list(self._streams.values())
             stream._open(loop, not self.read_in_tick)
             return stream
         raise MediaError("RTP port pool exhausted")
+
+    def _unwatch(self, stream: RtpStream) -> None:
+        """Called by ``RtpStream.close`` before the socket is closed."""
+        fd = stream._sock.fileno()
+        if self._epoll is not None and self._by_fd.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def _read_ready(self) -> None:
+        """Read every socket with data waiting: one datagram per ready socket per pass.
+
+        ``epoll_wait`` (timeout 0) names the readable sockets, so idle sockets cost nothing
+        and no ``recvfrom`` ends in EAGAIN; a socket with more queued (10 ms ptime, a
+        backlog after a stall) shows up again in the next pass.
+        """
+        ep, by_fd = self._epoll, self._by_fd
+        assert ep is not None
+        for _ in range(16):  # bounded: a flood cannot hold the tick
+            events = ep.poll(0)
+            if not events:
+                return
+            now = time.monotonic()
+            for fd, _mask in events:
+                s = by_fd.get(fd)
+                if s is None:
+                    continue
+                try:
+                    data, addr = s._sock.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:  # ICMP error surfaced on the socket: see _on_readable
+                    s._send_errors += 1
+                    continue
+                s.datagram_received(data, addr, now)
 
     def _release(self, stream: RtpStream) -> None:
         if self._streams.pop(stream.local_port, None) is not None:
@@ -604,9 +645,11 @@ class MediaEngine:
     def _tick(self, n: int) -> None:
         now = asyncio.get_running_loop().time()
         streams = self._stream_list
-        if self.read_in_tick or self.clock.behind:
-            # (reader mode: a catch-up tick comes before the loop ran the readers again,
-            # so read what is queued now, or every packet would count as late)
+        if self.read_in_tick:
+            self._read_ready()
+        elif self.clock.behind:
+            # reader mode: a catch-up tick comes before the loop ran the readers again,
+            # so read what is queued now, or every packet would count as late
             for s in streams:
                 s._on_readable()
         for s in streams:

@@ -385,3 +385,24 @@ async def test_latched_source_ignores_foreign_packets_then_relatches(engine: Med
     evil.transport.sendto(rtp.build(8, 2, 160, 9, bytes(160)), dst)
     await wait_for(lambda: s.stats.packets_in == 2)
     assert s.send_addr == evil.addr
+
+
+async def test_reader_mode_receives_and_closes_cleanly(tmp_path: Path, phone_factory) -> None:
+    """With read_in_tick=False (one loop reader per socket) packets arrive and close() unregisters."""
+    lo, hi = free_even_range(2)
+    eng = MediaEngine(bind="127.0.0.1", port_min=lo, port_max=hi, recordings_dir=tmp_path,
+                      read_in_tick=False)
+    await eng.start()
+    try:
+        phone = await phone_factory()
+        s = eng.allocate()
+        s.configure(remote=None, codec=Codec.PCMA, dtmf_pt=None)
+        for k in range(5):
+            phone.transport.sendto(rtp.build(8, k, 160 * k, 3, bytes([0x9A]) * 160), ("127.0.0.1", s.local_port))
+        await wait_for(lambda: s.stats.packets_in == 5)
+        await wait_for(lambda: len(phone.packets) >= 2)  # symmetric RTP back to the phone
+        s.close()
+        await asyncio.sleep(0.05)
+        assert eng.free_ports == len(range(lo, hi + 1, 2))
+    finally:
+        await eng.stop()
