@@ -97,9 +97,10 @@ class Hub:
     async def run(self) -> None:
         """Consume the backend stream until cancelled; resubscribe if it ends or fails."""
         while True:
-            stream = self.backend.subscribe()
+            stream: Any = None
             nxt: asyncio.Future[dict[str, Any]] | None = None
             try:
+                stream = self.backend.subscribe()
                 # The first __anext__ is what registers a generator's subscription, so
                 # mark ready only once it is pending.
                 nxt = asyncio.ensure_future(anext(stream))
@@ -121,8 +122,9 @@ class Hub:
                 log.exception("console.live_stream_failed")
             finally:
                 self.ready.clear()
-                with contextlib.suppress(Exception):
-                    await stream.aclose()  # type: ignore[attr-defined]
+                if stream is not None and hasattr(stream, "aclose"):
+                    with contextlib.suppress(Exception):
+                        await stream.aclose()
             await asyncio.sleep(1.0)
 
 

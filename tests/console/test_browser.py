@@ -307,11 +307,22 @@ def test_auditor_search_open_play_and_access_log(world: Any, page: Any, browser:
         ("search", None, "knife"), ("view", cid, None), ("playback", cid, None)]
     assert {e["justification"] for e in log} == {"IOPC complaint 2026/117"}
 
+    # Alter one byte of the sealed recording: opening the call again shows the mismatch.
+    path = fb.recordings[cid][0]
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    page.click(".hit")
+    _confirm(page, "integrity check after incident report")
+    page.wait_for_selector("#rec-verified.mismatch")
+    assert "CHECKSUM MISMATCH" in page.text_content("#rec-verified")
+
     admin = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
     try:
         login(admin, server, "adm1", "/admin", live=False)
         admin.wait_for_selector("#log tr[data-action='playback']")
-        assert admin.locator("#log tr").count() == 3
+        assert admin.locator("#log tr").count() == 4
+        assert "integrity check after incident report" in admin.text_content("#log tr:first-child")
         shot(admin, "admin-access-log")
     finally:
         admin.context.close()
