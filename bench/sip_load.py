@@ -219,7 +219,11 @@ def engine_round_figures(samples: list[dict[str, Any]], t0: float, t1: float) ->
     if not win:
         return {}
     first, last = win[0], win[-1]
-    return {"peak_calls": max(s["calls"] for s in win), "peak_legs": max(s["legs"] for s in win),
+    # active stream-seconds over the window, integrated from the 1 s samples (trapezoid)
+    streams = sum((a["calls"] + a["legs"] + b["calls"] + b["legs"]) / 2 * (b["t"] - a["t"])
+                  for a, b in zip(win, win[1:]))
+    return {"streams_s": streams,
+            "peak_calls": max(s["calls"] for s in win), "peak_legs": max(s["legs"] for s in win),
             "peak_rss": max(s["rss"] for s in win), "lag_ms": max(s["lag_ms"] for s in win),
             "gap_ms": last["gap_ms"], "rtp_out": last["rtp_out"] - first["rtp_out"],
             "lost": last["lost"] - first["lost"], "late": last["late"] - first["late"]}
@@ -264,7 +268,11 @@ def orchestrate(args: argparse.Namespace) -> None:
     from harness.sipp import Sipp
 
     work = Path(tempfile.mkdtemp(prefix="sip-load-"))
-    print(f"work dir {work}; {psutil.cpu_count()} CPUs; load avg {os.getloadavg()}")
+    load = os.getloadavg()
+    print(f"work dir {work}; {psutil.cpu_count()} CPUs; load avg {load[0]:.1f} {load[1]:.1f} "
+          f"{load[2]:.1f}")
+    if load[0] > (psutil.cpu_count() or 1):
+        print("WARNING: the machine is already busy; figures below include CPU contention")
     clip = speech.speech_clip("Police, which service? There has been a crash on the motorway, "
                               "two cars, one person is trapped.", "PCMA", work / "caller.pcap",
                               repeat=max(1, int(args.talk // 5) + 1))
@@ -359,14 +367,15 @@ def orchestrate(args: argparse.Namespace) -> None:
 def report_round(name: str, r: dict[str, Any], rss0: int, args: argparse.Namespace) -> None:
     e, c = r.get("engine", {}), r.get("counters", {})
     print(f"\n=== {name}: {args.calls} calls, rate {args.rate_start:g}->{args.rate_max:g} cps, "
-          f"talk {args.talk:g} s, wall {r['wall']:.1f} s ===")
+          f"talk {args.talk:g} s, wall {r['wall']:.1f} s, load avg now "
+          f"{os.getloadavg()[0]:.1f} ===")
     print(f"SIPp callers: ok {r['ok']} failed {r['failed']} exit {r['exit']}; "
           f"INVITE->200 via Kamailio p50 {r['rtd_p50']:.1f} ms p99 {r['rtd_p99']:.1f} ms "
           f"max {r['rtd_max']:.1f} ms")
     if e:
-        streams = c.get("stream_seconds", 0) or 1
+        rate = e["rtp_out"] / e["streams_s"] if e["streams_s"] > 0 else float("nan")
         print(f"peak concurrent: {e['peak_calls']} calls, {e['peak_legs']} handler legs; "
-              f"RTP sent per stream per s: {e['rtp_out'] / streams:.1f} (50 = real time); "
+              f"RTP sent per stream per s: {rate:.1f} (50 = real time); "
               f"largest send gap {e['gap_ms']:.1f} ms; loop lag max {e['lag_ms']:.1f} ms; "
               f"rx lost {e['lost']} late {e['late']}")
         per_call = (e["peak_rss"] - rss0) / max(1, e["peak_calls"])
