@@ -149,11 +149,11 @@ def _wrap(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]
             except ValueError as e:
                 raise ApiError(400, str(e)) from None
             assert validator is not None
-            errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.path))
+            errors = sorted(validator.iter_errors(raw), key=lambda err: list(err.path))
             if errors:
-                e = errors[0]
-                where = "/".join(str(p) for p in e.absolute_path) or "body"
-                raise ApiError(400, f"{where}: {e.message}")
+                first = errors[0]
+                where = "/".join(str(p) for p in first.absolute_path) or "body"
+                raise ApiError(400, f"{where}: {first.message}")
             body = raw
         return await ep.handler(request, Ctx(session, body))
 
