@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
+import ipaddress
 import math
 import random
 import select
@@ -239,6 +241,8 @@ class RtpStream:
             raise MediaError(f"telephone-event payload type must be 96..127, got {dtmf_pt}")
         if ptime not in (10, 20, 30, 40):
             raise MediaError(f"ptime must be 10, 20, 30 or 40 ms, got {ptime}")
+        if remote is not None:
+            remote = self._engine._check_remote(remote)
         self.codec = codec
         self._enc = _ENCODE[codec]
         self._pt = codec.value
@@ -530,14 +534,24 @@ class MediaEngine:
             raise MediaError("allocate() must be called from the running event loop") from None
         for _ in range(len(self._free)):
             port = self._free.popleft()
-            sock = socket.socket(self._family, socket.SOCK_DGRAM)
+            try:
+                sock = socket.socket(self._family, socket.SOCK_DGRAM)
+            except OSError as e:  # EMFILE/ENFILE: out of file descriptors
+                self._free.appendleft(port)
+                raise MediaError(f"cannot create RTP socket: {e.strerror}") from e
             try:
                 sock.setblocking(False)
+                if self._family == socket.AF_INET:
+                    # DSCP EF (46): voice gets expedited forwarding where the network honours it
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xB8)
                 sock.bind((self.bind, port))
-            except OSError:
+            except OSError as e:
                 sock.close()
                 self._free.append(port)  # in use by someone else: try it again later
-                continue
+                if e.errno == errno.EADDRINUSE:
+                    continue
+                raise MediaError(f"cannot bind RTP socket on {self.bind}:{port}: "
+                                 f"{e.strerror}") from e
             stream = RtpStream(self, sock, port)
             self._streams[port] = stream
             if self._epoll is not None:
@@ -547,6 +561,20 @@ class MediaEngine:
             stream._open(loop, not self.read_in_tick)
             return stream
         raise MediaError("RTP port pool exhausted")
+
+    def _check_remote(self, remote: tuple[str, int]) -> tuple[str, int]:
+        """An SDP address must be an IP literal of our family (sendto would resolve a
+        host name synchronously, blocking the loop) and a real port."""
+        try:
+            host, port = remote
+            ip = ipaddress.ip_address(host)
+        except (TypeError, ValueError):
+            raise MediaError(f"remote must be (IP address, port), got {remote!r}") from None
+        if (ip.version == 6) != (self._family == socket.AF_INET6):
+            raise MediaError(f"remote {host} is not reachable from RTP bind address {self.bind}")
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise MediaError(f"remote port must be 1..65535, got {port!r}")
+        return (str(ip), port)
 
     def _unwatch(self, stream: RtpStream) -> None:
         """Called by ``RtpStream.close`` before the socket is closed."""

@@ -355,6 +355,13 @@ async def test_far_end_ssrc_change_and_reconfigure(engine: MediaEngine, phone_fa
         s.configure(remote=p2.addr, codec=Codec.PCMA, dtmf_pt=None, ptime=25)
     with pytest.raises(MediaError, match="unknown direction 'both'"):
         s.set_direction("both")
+    with pytest.raises(MediaError, match="remote must be \\(IP address, port\\), got \\('example.com', 4000\\)"):
+        s.configure(remote=("example.com", 4000), codec=Codec.PCMA, dtmf_pt=None)
+    with pytest.raises(MediaError, match="remote ::1 is not reachable from RTP bind address 127.0.0.1"):
+        s.configure(remote=("::1", 4000), codec=Codec.PCMA, dtmf_pt=None)
+    with pytest.raises(MediaError, match="remote port must be 1..65535, got 0"):
+        s.configure(remote=("127.0.0.1", 0), codec=Codec.PCMA, dtmf_pt=None)
+    assert s.remote == p2.addr  # a refused configure changed nothing
 
 
 async def test_ptime_40_sends_320_sample_packets(engine: MediaEngine, phone_factory) -> None:
@@ -406,3 +413,11 @@ async def test_reader_mode_receives_and_closes_cleanly(tmp_path: Path, phone_fac
         assert eng.free_ports == len(range(lo, hi + 1, 2))
     finally:
         await eng.stop()
+
+
+async def test_unusable_bind_address_is_a_clear_error(tmp_path: Path) -> None:
+    """A bind address that is not ours raises MediaError naming it, not 'pool exhausted'."""
+    eng = MediaEngine(bind="192.0.2.1", port_min=30000, port_max=30010, recordings_dir=tmp_path)
+    with pytest.raises(MediaError, match="cannot bind RTP socket on 192.0.2.1:30000"):
+        eng.allocate()
+    assert eng.free_ports == 6
