@@ -190,9 +190,17 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start media, bind the SIP socket, report recovered recordings, register lines.
+
+        Raises EngineError when the configuration cannot work (wildcard bind without
+        ``public_host``) and OSError when the SIP port is taken; nothing is left running.
+        """
         s = self.settings
-        loop = asyncio.get_running_loop()
-        self._loop = loop
+        self._loop = asyncio.get_running_loop()
+        for name, addr in (("bind", s.bind), ("rtp_bind", s.rtp_bind)):
+            if addr in ("0.0.0.0", "::") and not s.public_host:
+                raise EngineError(f"sip.public_host is required when sip.{name} is {addr}: "
+                                  "it goes in Via, Contact and SDP")
         self._codec = _codec_enum()
         factory = self._media_factory
         if factory is None:
@@ -202,14 +210,19 @@ class Engine:
                               ptime=s.ptime, recordings_dir=self.recordings_dir,
                               on_audio=self._on_audio, on_dtmf=self._on_dtmf)
         await self._media.start()
-        self._sock, self.sip_port = await open_sip_socket(s.bind, s.port, self._on_datagram)
-        host = s.public_host or s.bind
-        self._ua = UserAgent(host=host, port=self.sip_port, domain=s.domain,
+        try:
+            self._sock, self.sip_port = await open_sip_socket(s.bind, s.port, self._on_datagram)
+            if s.proxy:
+                uri = parse_uri(s.proxy)
+                self._proxy_addr = await self._resolve(uri.host, uri.host_port[1])
+                self._proxy_route = [f"<sip:{self._proxy_addr[0]}:{self._proxy_addr[1]};lr>"]
+        except BaseException:
+            if self._sock is not None and self._sock.transport is not None:
+                self._sock.transport.close()
+            await self._media.stop()
+            raise
+        self._ua = UserAgent(host=s.public_host or s.bind, port=self.sip_port, domain=s.domain,
                              user_agent=s.user_agent, max_message_bytes=s.max_message_bytes)
-        if s.proxy:
-            uri = parse_uri(s.proxy)
-            self._proxy_addr = await self._resolve(uri.host, uri.host_port[1])
-            self._proxy_route = [f"<sip:{self._proxy_addr[0]}:{self._proxy_addr[1]};lr>"]
         self._running = True
         for info in self._media.recover_recordings():
             self._emit(RecordingSealed(at=time.time(), call_id=info.call_id, path=info.path,

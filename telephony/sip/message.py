@@ -55,6 +55,8 @@ class Message:
 
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    _cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+    """Parsed Via/From/To/Contact, dropped whenever the headers change through this API."""
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of a header (case-insensitive, compact names accepted)."""
@@ -69,10 +71,12 @@ class Message:
         return [v for n, v in self.headers if n == key]
 
     def add(self, name: str, value: str) -> None:
+        self._cache.clear()
         self.headers.append((canonical(name), value))
 
     def set(self, name: str, value: str) -> None:
         """Replace every value of ``name`` with one (kept at the first one's position)."""
+        self._cache.clear()
         key = canonical(name)
         for i, (n, _) in enumerate(self.headers):
             if n == key:
@@ -82,10 +86,12 @@ class Message:
         self.headers.append((key, value))
 
     def remove(self, name: str) -> None:
+        self._cache.clear()
         key = canonical(name)
         self.headers = [h for h in self.headers if h[0] != key]
 
     def prepend(self, name: str, value: str) -> None:
+        self._cache.clear()
         self.headers.insert(0, (canonical(name), value))
 
     # -- typed accessors (valid once parse() has checked the required headers) --
@@ -99,21 +105,35 @@ class Message:
         num, _, method = (self.get("CSeq") or "").partition(" ")
         return int(num), method.strip().upper()
 
+    def set_header_at(self, index: int, value: str) -> None:
+        """Replace the value of the header line at ``index`` (keeps its name)."""
+        self._cache.clear()
+        self.headers[index] = (self.headers[index][0], value)
+
     @property
     def vias(self) -> list[Via]:
         return [parse_via(v) for v in self.get_all("Via")]
 
     @property
     def top_via(self) -> Via:
-        return parse_via(self.get_all("Via")[0])
+        v = self._cache.get("via")
+        if v is None:
+            v = self._cache["via"] = parse_via(self.get_all("Via")[0])
+        return v  # type: ignore[return-value]
 
     @property
     def from_(self) -> NameAddr:
-        return parse_name_addr(self.get("From") or "")
+        v = self._cache.get("from")
+        if v is None:
+            v = self._cache["from"] = parse_name_addr(self.get("From") or "")
+        return v  # type: ignore[return-value]
 
     @property
     def to(self) -> NameAddr:
-        return parse_name_addr(self.get("To") or "")
+        v = self._cache.get("to")
+        if v is None:
+            v = self._cache["to"] = parse_name_addr(self.get("To") or "")
+        return v  # type: ignore[return-value]
 
     @property
     def contact(self) -> NameAddr | None:

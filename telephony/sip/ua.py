@@ -204,7 +204,7 @@ class UserAgent(RegisterMixin):
                 if "rport" in params and not params["rport"]:
                     params["rport"] = str(addr[1])
                     params["received"] = addr[0]
-                req.headers[i] = (n, str(Via(via.transport, via.host, via.port, params)))
+                req.set_header_at(i, str(Via(via.transport, via.host, via.port, params)))
                 return
 
     def _reply(self, tx: ServerTransaction, status: int, reason: str | None = None, *,

@@ -199,3 +199,29 @@ async def test_consumer_exception_does_not_break_signalling(tmp_path: Path) -> N
     finally:
         peer.close()
         await engine.stop()
+
+
+async def test_start_refuses_wildcard_bind_without_public_host(tmp_path: Path) -> None:
+    """bind=0.0.0.0 without public_host would put 0.0.0.0 in Via/SDP: refused at start."""
+    from telephony.errors import EngineError
+
+    engine = Engine(settings=SipSettings(port=0, bind="0.0.0.0"), lines=LINES,
+                    recordings_dir=tmp_path, on_event=lambda e: None, media_factory=FakeMedia)
+    with pytest.raises(EngineError, match="sip.public_host is required when sip.bind is 0.0.0.0"):
+        await engine.start()
+
+
+async def test_start_failure_stops_media(tmp_path: Path) -> None:
+    """If the SIP port is taken, start() raises OSError and the media layer is stopped."""
+    import socket
+
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    try:
+        engine = Engine(settings=SipSettings(port=busy.getsockname()[1]), lines=LINES,
+                        recordings_dir=tmp_path, on_event=lambda e: None, media_factory=FakeMedia)
+        with pytest.raises(OSError):
+            await engine.start()
+        assert engine._media.stopped
+    finally:
+        busy.close()
