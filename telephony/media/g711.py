@@ -100,7 +100,8 @@ def _build_ulaw_encode() -> npt.NDArray[np.uint8]:
     mant = (mag >> (exp + 1)) & 0x0F
     code = 0x7F - ((exp << 4) | mant)  # mu-law transmits the bits inverted
     code = np.where(x >= 0, code | 0x80, code)
-    return code.astype(np.uint8)
+    out: npt.NDArray[np.uint8] = code.astype(np.uint8)
+    return out
 
 
 ALAW_DECODE: PcmArray = _build_alaw_decode()

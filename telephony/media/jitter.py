@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -106,8 +107,8 @@ class JitterBuffer:
         """Largest lead (samples) over the last complete window of packets."""
         self._keys: list[int] = []
         self._buf: dict[int, Pcm] = {}
-        self._raw: dict[int, object] = {}
-        self.last_raw: object = None
+        self._raw: dict[int, Any] = {}
+        self.last_raw: Any = None
         """``raw`` of the packet the last ``pull`` returned whole, else None."""
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
@@ -135,7 +136,7 @@ class JitterBuffer:
 
     # ------------------------------------------------------------------ input
     def push(self, *, ssrc: int, seq: int, timestamp: int, pcm: Pcm,
-             raw: object = None) -> str:
+             raw: Any = None) -> str:
         """Offer one decoded packet; returns a :class:`PushResult` constant.
 
         ``raw`` (optional, opaque) travels with the packet and is exposed as
@@ -220,7 +221,7 @@ class JitterBuffer:
         if len(self._seen_order) > 512:  # well inside the 16-bit space, so wrap is safe
             self._seen.discard(self._seen_order.popleft())
 
-    def _store(self, ext: int, seq: int, pcm: Pcm, raw: object) -> None:
+    def _store(self, ext: int, seq: int, pcm: Pcm, raw: Any) -> None:
         self.accepted += 1
         self._remember(seq)
         self._buf[ext] = pcm

@@ -47,7 +47,7 @@ def test_stereo_layout_duration_and_hash(tmp_path: Path) -> None:
 def test_header_is_kept_valid_at_each_flush(tmp_path: Path) -> None:
     """Between flushes the .part file is a valid WAV holding every flushed frame."""
     rec = Recording("c2", tmp_path, flush_every=50)
-    for k in range(120):
+    for _k in range(120):
         rec.write_frame(np.full(160, 1, np.int16), np.zeros(160, np.int16))
     fmt, data = read_wav(rec.part_path)  # 100 frames flushed, 20 still buffered
     assert fmt == (2, 8000, 2) and len(data) == 2 * 100 * 160

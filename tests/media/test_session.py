@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from telephony.media import Codec, MediaEngine, MediaError, rtp
-from telephony.media import g711
+from telephony.media import Codec, MediaEngine, MediaError, g711, rtp
 from telephony.media.jitter import silence
 
 
@@ -93,8 +92,8 @@ def signal(seconds: float, freq: float, seed: int) -> np.ndarray:
     return np.clip(x, -32768, 32767).astype(np.int16)
 
 
-async def wait_for(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    end = asyncio.get_running_loop().time() + timeout
+async def wait_for(cond, limit: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    end = asyncio.get_running_loop().time() + limit
     while not cond():
         if asyncio.get_running_loop().time() > end:
             raise AssertionError("condition not met in time")
@@ -137,8 +136,8 @@ async def test_bridge_pcma_pcmu_bit_exact_with_recording(engine: MediaEngine, ph
 
     # RTP continuity of what we sent to the handler phone.
     pk = handler_phone.packets
-    assert all((q.sequence - p.sequence) & 0xFFFF == 1 for p, q in zip(pk, pk[1:]))
-    assert all((q.timestamp - p.timestamp) & 0xFFFFFFFF == 160 for p, q in zip(pk, pk[1:]))
+    assert all((q.sequence - p.sequence) & 0xFFFF == 1 for p, q in zip(pk, pk[1:], strict=False))
+    assert all((q.timestamp - p.timestamp) & 0xFFFFFFFF == 160 for p, q in zip(pk, pk[1:], strict=False))
     assert [p.marker for p in pk].count(True) == 1 and pk[0].marker
     assert len({p.ssrc for p in pk}) == 1
 
@@ -186,7 +185,7 @@ async def test_symmetric_rtp_latches_to_source(engine: MediaEngine, phone_factor
     await asyncio.sleep(0.1)
     assert len(sdp_phone.packets) == before
     seqs = [p.sequence for p in sdp_phone.packets + real_phone.packets]
-    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))  # one sequence space
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))  # one sequence space
 
 
 async def test_tone_silence_and_direction(engine: MediaEngine, phone_factory) -> None:
@@ -284,7 +283,7 @@ async def test_stop_seals_open_recordings(tmp_path: Path) -> None:
     await eng.stop()
     assert rec.sealed is not None and rec.sealed.path == tmp_path / "c9.wav"
     assert rec.sealed.duration >= 0.2 and s.closed
-    assert not list(tmp_path.glob("*.part"))
+    assert not list(tmp_path.glob("*.part"))  # noqa: ASYNC240 - a test's tmp dir listing
     assert silence(160).sum() == 0
 
 
@@ -312,7 +311,7 @@ async def test_unbridge_returns_to_prompts_and_play_while_bridged(engine: MediaE
     assert pb.packets[-1].payload == bytes([0xD5]) * 160  # b's own prompt: silence
     # all packets to pa: one SSRC, continuous sequence and timestamps across the changes
     seqs = [p.sequence for p in pa.packets]
-    assert all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:]))
+    assert all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:], strict=False))
     assert len({p.ssrc for p in pa.packets}) == 1
 
 
@@ -373,7 +372,7 @@ async def test_ptime_40_sends_320_sample_packets(engine: MediaEngine, phone_fact
     await wait_for(lambda: len(p.packets) >= 4)
     assert {len(q.payload) for q in p.packets} == {320}
     ts = [q.timestamp for q in p.packets]
-    assert all((y - x) & 0xFFFFFFFF == 320 for x, y in zip(ts, ts[1:]))
+    assert all((y - x) & 0xFFFFFFFF == 320 for x, y in zip(ts, ts[1:], strict=False))
 
 
 async def test_latched_source_ignores_foreign_packets_then_relatches(engine: MediaEngine, phone_factory) -> None:
