@@ -173,8 +173,10 @@ def queue_summary(lines: Mapping[str, Mapping[str, Any]], *, node: str,
     for line, stats in lines.items():
         entry: dict[str, Any] = {}
         for key, kind in SUMMARY_FIELDS.items():
-            value = stats.get(key)
-            if value is None or isinstance(value, bool):
+            value = stats.get(key) if isinstance(stats, Mapping) else None
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue  # missing or not a number: left out rather than guessed
+            if not math.isfinite(value):
                 continue
             if kind is int:
                 entry[key] = max(0, int(value))

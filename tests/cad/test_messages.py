@@ -200,6 +200,17 @@ def test_queue_summary_drops_everything_but_counts() -> None:
     assert "+4477" not in json.dumps(s)
 
 
+def test_queue_summary_ignores_non_numbers() -> None:
+    """Strings, NaN, booleans or a non-mapping entry are left out, never raise."""
+    s = messages.queue_summary({"999": {"waiting": "3", "longest_wait": float("nan"),
+                                        "offered": True, "handlers_busy": 2.0},
+                                "101": None},  # type: ignore[dict-item]
+                               node="n", now=T0)
+    schema.validate(s)
+    assert s["lines"] == {"999": {"waiting": 0, "longest_wait": 0.0, "handlers_busy": 2},
+                          "101": {"waiting": 0, "longest_wait": 0.0}}
+
+
 def test_queue_summary_schema_refuses_extra_fields() -> None:
     """The summary schema itself forbids any per-line field beyond the counts."""
     s = messages.queue_summary({"999": {"waiting": 1, "longest_wait": 1.0}}, node="n", now=T0)
