@@ -242,7 +242,7 @@ class RtpStream:
         if ptime not in (10, 20, 30, 40):
             raise MediaError(f"ptime must be 10, 20, 30 or 40 ms, got {ptime}")
         if remote is not None:
-            remote = self._engine._check_remote(remote)
+            remote = self._engine._check_remote(remote)  # None for 0.0.0.0 (RFC 2543 hold)
         self.codec = codec
         self._enc = _ENCODE[codec]
         self._pt = codec.value
@@ -562,9 +562,10 @@ class MediaEngine:
             return stream
         raise MediaError("RTP port pool exhausted")
 
-    def _check_remote(self, remote: tuple[str, int]) -> tuple[str, int]:
+    def _check_remote(self, remote: tuple[str, int]) -> tuple[str, int] | None:
         """An SDP address must be an IP literal of our family (sendto would resolve a
-        host name synchronously, blocking the loop) and a real port."""
+        host name synchronously, blocking the loop) and a real port. The unspecified
+        address (``0.0.0.0``/``::``, old-style hold) means: do not send."""
         try:
             host, port = remote
             ip = ipaddress.ip_address(host)
@@ -574,6 +575,8 @@ class MediaEngine:
             raise MediaError(f"remote {host} is not reachable from RTP bind address {self.bind}")
         if not isinstance(port, int) or not 1 <= port <= 65535:
             raise MediaError(f"remote port must be 1..65535, got {port!r}")
+        if ip.is_unspecified:
+            return None
         return (str(ip), port)
 
     def _unwatch(self, stream: RtpStream) -> None:

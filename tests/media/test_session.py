@@ -361,6 +361,8 @@ async def test_far_end_ssrc_change_and_reconfigure(engine: MediaEngine, phone_fa
     with pytest.raises(MediaError, match="remote port must be 1..65535, got 0"):
         s.configure(remote=("127.0.0.1", 0), codec=Codec.PCMA, dtmf_pt=None)
     assert s.remote == p2.addr  # a refused configure changed nothing
+    s.configure(remote=("0.0.0.0", 4000), codec=Codec.PCMA, dtmf_pt=None)  # RFC 2543 hold
+    assert s.remote is None and s.send_addr is None
 
 
 async def test_ptime_40_sends_320_sample_packets(engine: MediaEngine, phone_factory) -> None:
