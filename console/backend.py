@@ -60,13 +60,17 @@ Handler states: ``available``, ``not_ready``, ``ringing``, ``on_call``, ``wrapup
 ``search(query, **filters)`` -- filters: ``number``, ``line``, ``handler``,
 ``date_from``/``date_to`` (epoch seconds), ``incident``, ``limit``. Returns hits
 ``{"call_id", "snippet", "offset", "channel", "line", "caller", "arrived_at",
-"handler_id", "incident_number"}``; ``snippet`` is plain text whose only markup is
-``<mark>``/``</mark>`` around the matched words (the page renders everything else as
-text, so the backend must not HTML-escape it); ``offset`` is seconds into the recording.
+"handler_id", "incident_number"}``; ``snippet`` is the segment text HTML-escaped
+(``html.escape``) with ``<mark>``/``</mark>`` around the matched words. The page never
+parses it as HTML: it splits on the two tags, decodes the escapes and inserts text
+nodes. ``offset`` is seconds into the recording.
 
 ``subscribe()`` yields, in order, dicts of three kinds, each with a ``type``:
 ``DomainEvent.as_dict()`` (``call.*``), ``{"type": "handler.state", "handler_id",
-"state", "reason", "at"}`` and ``{"type": "wallboard.snapshot", "snapshot": {...}}``.
+"state", "reason", "at"}`` and ``{"type": "wallboard.snapshot", ...}``. A
+``wallboard.snapshot`` item is a trigger: the console then calls :meth:`snapshot` once
+and sends that to every wallboard (so its content may be anything). Push one when the
+queue or a handler changes, and every few seconds.
 The iterator ends when the backend shuts down; a consumer that stops iterating must
 ``aclose()`` it.
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import re
 import time
 import uuid
@@ -510,7 +511,11 @@ class FakeBackend:
                 continue
             for seg in segs:
                 if pat.search(seg["text"]):
-                    hits.append({"call_id": cid, "snippet": pat.sub(r"<mark>\1</mark>", seg["text"]),
+                    # Like the real search: escape the text, then mark the words.
+                    marked = pat.sub("\x02\\1\x03", seg["text"])
+                    snippet = html.escape(marked, quote=False).replace(
+                        "\x02", "<mark>").replace("\x03", "</mark>")
+                    hits.append({"call_id": cid, "snippet": snippet,
                                  "offset": seg["start"], "channel": seg["channel"],
                                  "line": c["line"], "caller": c["caller"],
                                  "arrived_at": c["arrived_at"], "handler_id": c["handler_id"],

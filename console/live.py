@@ -94,6 +94,15 @@ class Hub:
             with contextlib.suppress(Exception):
                 await ws.close(code=1001, message=b"server shutdown")
 
+    async def _fresh_snapshot(self, item: dict[str, Any]) -> dict[str, Any]:
+        # A pushed snapshot is a trigger: the pages draw ``backend.snapshot()``'s
+        # documented shape, whatever the push carried. Taken once here for all pages.
+        try:
+            return {"type": "wallboard.snapshot", "snapshot": await self.backend.snapshot()}
+        except Exception:
+            log.exception("console.snapshot_failed")
+            return item
+
     async def run(self) -> None:
         """Consume the backend stream until cancelled; resubscribe if it ends or fails."""
         while True:
@@ -111,6 +120,8 @@ class Hub:
                         item = await nxt
                     except StopAsyncIteration:
                         break
+                    if item.get("type") == "wallboard.snapshot":
+                        item = await self._fresh_snapshot(item)
                     for c in list(self.clients):
                         c.put(item)
                     nxt = asyncio.ensure_future(anext(stream))

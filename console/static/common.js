@@ -76,8 +76,11 @@ const CR = (() => {
   function syncClock(serverAt) { if (serverAt) skew = serverAt - Date.now() / 1000; }
   function stateLabel(s) { return (s || "").replace("_", " "); }
 
-  // A search snippet is plain text whose only markup is <mark>..</mark>: build it
-  // from text nodes so nothing else in a transcript can become HTML.
+  // A search snippet is HTML-escaped text whose only markup is <mark>..</mark>. It is
+  // never parsed as HTML: split on the two tags, decode the escapes, insert text nodes,
+  // so nothing a caller said can become markup.
+  const ENTITIES = { "&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#x27;": "'", "&#39;": "'" };
+  function unescape(s) { return s.replace(/&(amp|lt|gt|quot|#x27|#39);/g, (m) => ENTITIES[m]); }
   function marked(snippet) {
     const frag = document.createDocumentFragment();
     let inMark = false;
@@ -85,7 +88,8 @@ const CR = (() => {
       if (part === "<mark>") { inMark = true; continue; }
       if (part === "</mark>") { inMark = false; continue; }
       if (!part) continue;
-      frag.append(inMark ? el("mark", { text: part }) : document.createTextNode(part));
+      const text = unescape(part);
+      frag.append(inMark ? el("mark", { text }) : document.createTextNode(text));
     }
     return frag;
   }

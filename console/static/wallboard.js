@@ -201,7 +201,7 @@ function wire() {
   wire();
   try { history = (await api("GET", "/api/wallboard/history")).samples; } catch (e) { history = []; }
   CR.live((m) => {
-    if (m.type === "wallboard.snapshot") {
+    if (m.type === "wallboard.snapshot" && Array.isArray(m.snapshot?.lines) && Array.isArray(m.snapshot?.handlers)) {
       snap = m.snapshot;
       CR.syncClock(snap.at);
       render();

@@ -112,3 +112,14 @@ async def test_admin_reads_access_log(api: Api, db: Database) -> None:
     assert rows == []
     assert (await a.call("GET", "/api/admin/access-log?action=delete"))[0] == 400
     assert (await api.as_role("auditor").call("GET", "/api/admin/access-log"))[0] == 403
+
+
+async def test_search_snippet_is_escaped_with_marks(api: Api, backend: FakeBackend) -> None:
+    """FakeBackend, like the real search, HTML-escapes the text and marks the words."""
+    backend.add_past_call("101", "+44", arrived_at=1.0, handler_id="h2",
+                          transcript=[("caller", "he said <b>stop</b> & ran with a gun")])
+    status, data = await api.as_role("auditor").call(
+        "POST", "/api/audit/search", {"query": "gun", "justification": "escaping check"})
+    assert status == 200
+    assert [h["snippet"] for h in data["hits"]] == [
+        "he said &lt;b&gt;stop&lt;/b&gt; &amp; ran with a <mark>gun</mark>"]

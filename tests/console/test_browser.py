@@ -286,6 +286,11 @@ def test_auditor_search_open_play_and_access_log(world: Any, page: Any, browser:
     page.wait_for_selector(".hit")
     assert page.locator(".hit").count() == 1
     assert page.text_content(".hit mark") == "knife"
+    # Snippets arrive HTML-escaped with <mark>; the page decodes to text, never to markup.
+    frag = page.evaluate("""() => { const d = document.createElement('div');
+        d.append(CR.marked('he said &lt;b&gt;stop&lt;/b&gt; &amp; ran <mark>a &amp; b</mark>'));
+        return [d.textContent, d.querySelectorAll('b').length, d.querySelectorAll('mark').length]; }""")
+    assert frag == ["he said <b>stop</b> & ran a & b", 0, 1]
     page.click(".hit")
     _confirm(page)                         # pre-filled with the last justification
     page.wait_for_selector(f"#call[data-call-id='{cid}']")

@@ -147,3 +147,17 @@ async def test_abandoned_999_reaches_every_handler(api: Api, backend: FakeBacken
     assert [m["call_id"] for m in seen if m["type"] == "call.abandoned"] == [cid]
     assert seen[-1]["callback"] is True
     await ws.close()
+
+
+async def test_pushed_snapshot_is_a_trigger(api: Api, backend: FakeBackend) -> None:
+    """Whatever a pushed wallboard.snapshot carries, supervisors get backend.snapshot()'s shape."""
+    api.as_role("supervisor")
+    ws = await api.client.ws_connect("/api/ws")
+    await ws.receive_json(timeout=5)
+    await api.client.app[HUB].ready.wait()
+    backend.push({"type": "wallboard.snapshot", "snapshot": {"handlers": {"h1": {}}, "odd": 1}})
+    seen = await _until(ws, lambda m: m["type"] == "wallboard.snapshot")
+    snap = seen[-1]["snapshot"]
+    assert [ln["name"] for ln in snap["lines"]] == ["999", "101"]
+    assert [h["handler_id"] for h in snap["handlers"]] == ["h1", "h2"]
+    await ws.close()
