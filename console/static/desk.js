@@ -198,6 +198,9 @@ function onLive(m) {
         card.incident_number = m.incident_number; card.grade = m.grade || card.grade; renderCard();
       }
       break;
+    case "call.hold":   // hold changed (from this desk or the phone)
+      if (card && card.call_id === m.call_id) { card.held = !!m.on_hold; renderCard(); }
+      break;
     case "call.abandoned":
       loadCallbacks();
       break;
@@ -216,8 +219,10 @@ function wire() {
   $("btn-logout-q").onclick = () => act(() => api("POST", "/api/desk/state", { state: "logged_out", reason: "left queue" }));
   $("accept").onclick = () => act(() => api("POST", "/api/desk/offer/accept", { call_id: card.call_id }));
   $("reject").onclick = () => act(() => api("POST", "/api/desk/offer/reject", { call_id: card.call_id }), "Call returned to the queue");
-  $("hold").onclick = () => act(() => api("POST", `/api/desk/calls/${card.call_id}/hold`, { on: !card.held }))
-    .then(() => { card.held = !card.held; renderCard(); });
+  $("hold").onclick = () => {
+    const on = !card.held;
+    act(() => api("POST", `/api/desk/calls/${card.call_id}/hold`, { on })).then(() => { card.held = on; renderCard(); });
+  };
   $("xfer-to").onchange = () => $("xfer-handler").classList.toggle("hidden", $("xfer-to").value !== "handler");
   $("transfer").onclick = () => {
     const v = $("xfer-to").value;
