@@ -84,6 +84,16 @@ _FAIL_REASON = {486: "busy", 600: "busy", 603: "rejected", 408: "unreachable",
                 480: "unreachable", 404: "unreachable", 503: "unreachable", 487: "cancelled"}
 
 
+NO_RESPONSE_TIMEOUT = 4.0
+"""A leg whose INVITE got no response at all (not even 100 Trying) in this many seconds
+is reported ``unreachable`` (RFC 3261's 32 s Timer B is far too slow for a control room;
+a proxy or phone on the LAN answers 100 Trying within milliseconds)."""
+
+
+_RINGING = ("calling", "trying", "ringing")
+"""Leg states before a final response."""
+
+
 class _FallbackCodec(enum.Enum):
     """Same values as ``telephony.media.Codec`` while that package is absent."""
 
@@ -106,7 +116,7 @@ class _Leg:
     session: Session
     stream: Any
     state: str = "calling"
-    """calling, ringing, answered, ended"""
+    """calling (INVITE sent), trying (100 received), ringing (18x), answered, ended"""
     reported: bool = False
     """A final outcome (LegFailed/LegEnded) was already emitted."""
     timer: asyncio.TimerHandle | None = None
@@ -635,20 +645,30 @@ class Engine:
         call.legs[leg_id] = leg
         self._legs[leg_id] = leg
         self._streams[id(stream)] = (call, leg)
-        leg.timer = self._loop.call_later(timeout, self._leg_timeout, leg)
+        ring_until = self._now() + timeout
+        leg.timer = self._loop.call_later(min(timeout, NO_RESPONSE_TIMEOUT), self._leg_timeout,
+                                          leg, ring_until)
         call.log.info("leg.offered", leg_id=leg_id, handler=handler_uri)
         self._pump()
         return leg_id
 
-    def _leg_timeout(self, leg: _Leg) -> None:
-        if leg.state in ("calling", "ringing"):
+    def _leg_timeout(self, leg: _Leg, ring_until: float) -> None:
+        if leg.state == "calling":
+            # not even 100 Trying: the proxy/phone is not there (or ICMP was swallowed)
+            self._fail_leg(leg, "unreachable", 408)
+            self._pump()
+        elif leg.state in ("trying", "ringing"):
+            left = ring_until - self._now()
+            if left > 0.001:
+                leg.timer = self._loop.call_later(left, self._leg_timeout, leg, ring_until)
+                return
             self._fail_leg(leg, "no-answer" if leg.state == "ringing" else "unreachable", 0)
             self._pump()
 
     def cancel_offer(self, leg_id: str) -> None:
         """Stop ringing a handler (CANCEL); LegFailed(cancelled) follows at once."""
         leg = self._legs.get(leg_id)
-        if leg is None or leg.state not in ("calling", "ringing"):
+        if leg is None or leg.state not in _RINGING:
             return
         self._fail_leg(leg, "cancelled", 0)
         self._pump()
@@ -691,7 +711,7 @@ class Engine:
                 leg.reported = True
                 self._emit(LegEnded(at=time.time(), call_id=leg.call.call_id, leg_id=leg.leg_id,
                                     by=by))
-        elif leg.state in ("calling", "ringing"):
+        elif leg.state in _RINGING:
             self._fail_leg(leg, "cancelled", 0)
 
     def _leg_event(self, leg: _Leg, ev: UaEvent) -> None:
@@ -699,11 +719,14 @@ class Engine:
         call = leg.call
         leg.last_signal = self._now()
         if isinstance(ev, Progress):
-            if leg.state == "calling":
+            if ev.response.status == 100:
+                if leg.state == "calling":
+                    leg.state = "trying"
+            elif leg.state in ("calling", "trying"):
                 leg.state = "ringing"
                 self._emit(LegRinging(at=time.time(), call_id=call.call_id, leg_id=leg.leg_id))
         elif isinstance(ev, Answered):
-            if leg.state not in ("calling", "ringing"):
+            if leg.state not in _RINGING:
                 self._ua.bye(leg.session, self._now())  # answered after we gave up: hang up
                 return
             try:
@@ -730,7 +753,7 @@ class Engine:
             call.log.info("leg.answered", leg_id=leg.leg_id, codec=neg.codec)
             self._emit(LegAnswered(at=time.time(), call_id=call.call_id, leg_id=leg.leg_id))
         elif isinstance(ev, Failed):
-            if leg.state in ("calling", "ringing"):
+            if leg.state in _RINGING:
                 reason = _FAIL_REASON.get(ev.status, "error")
                 self._fail_leg(leg, reason, ev.status)
         elif isinstance(ev, ByeReceived):

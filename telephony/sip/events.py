@@ -67,7 +67,7 @@ class ReInviteReceived(UaEvent):
 
 @dataclass(frozen=True)
 class Progress(UaEvent):
-    """A provisional response (>100) to our INVITE."""
+    """A provisional response (100 included) to our INVITE."""
 
     session: Session
     response: Response

@@ -571,7 +571,7 @@ class UserAgent(RegisterMixin):
                 if session.cancel_pending:
                     session.cancel_pending = False
                     self._send_cancel(session, now)
-            if code > 100 and session.state == "early":
+            if session.state == "early":
                 self._events.append(Progress(session, resp))
             return
         if code < 300:

@@ -196,3 +196,27 @@ async def test_dead_handler_leg_is_hung_up(legrig: Rig) -> None:
     await h.expect_request("BYE", timeout=1.0)
     assert [(e.leg_id, e.by) for e in legrig.of(api.LegEnded)] == [(leg_id, "system")]
     assert legrig.of(api.CallEnded) == []
+
+
+async def test_leg_without_any_response_is_unreachable(legrig: Rig) -> None:
+    """No response at all (not even 100) by the deadline -> LegFailed(unreachable, 408)."""
+    h: Peer = legrig.handler
+    call_id = await _call(legrig)
+    leg_id = legrig.engine.offer(call_id, f"sip:h1@127.0.0.1:{h.port}", timeout=0.3)
+    await h.expect_request("INVITE")
+    failed = await legrig.wait_for(api.LegFailed)
+    assert [(f.leg_id, f.reason, f.status) for f in failed] == [(leg_id, "unreachable", 408)]
+
+
+async def test_leg_trying_then_ringing_then_no_answer(legrig: Rig) -> None:
+    """100 then 180: one LegRinging, then no-answer at the ring timeout (not unreachable)."""
+    h: Peer = legrig.handler
+    call_id = await _call(legrig)
+    legrig.engine.offer(call_id, f"sip:h1@127.0.0.1:{h.port}", timeout=0.3)
+    inv = await h.expect_request("INVITE")
+    _reply(h, inv, 100)
+    _reply(h, inv, 180)
+    _reply(h, inv, 183)
+    await h.expect_request("CANCEL")
+    assert len(legrig.of(api.LegRinging)) == 1
+    assert [f.reason for f in legrig.of(api.LegFailed)] == ["no-answer"]

@@ -70,6 +70,7 @@ class Pair:
         self.shuttle()
         ev = self.b.events()
         assert [type(e) for e in ev] == [InviteReceived]
+        assert [(type(e), e.response.status) for e in self.a.events()] == [(Progress, 100)]
         return s, ev[0].session
 
 
