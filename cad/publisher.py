@@ -361,7 +361,10 @@ class CadPublisher:
                 try:
                     await window.put((r, task))  # waits while the window is full
                 except BaseException:
-                    task.cancel()  # not in the window: nobody else will reap it
+                    # Not in the window: nobody else will reap it.
+                    if task.done() and not task.cancelled():
+                        task.exception()
+                    task.cancel()
                     raise
                 last_id = r.id
             if rows:
