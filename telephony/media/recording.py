@@ -9,7 +9,10 @@ Theory of operation:
   the RIFF and data sizes in the header are rewritten. A ``kill -9`` therefore leaves a
   valid WAV up to the last flush (the page cache holds the data; we do not fsync per
   second, which would cost 300 syncs/s at full load - only ``seal`` fsyncs).
-* ``seal()`` writes the tail, fixes the header, fsyncs, renames to ``<call_id>.wav``
+* At seal, audio still in the jitter buffers of the (closed) caller/handler streams is
+  written as a short tail, so the caller's last words are kept: the duration is the
+  answered duration plus at most the jitter-buffer delay.
+* ``seal()`` writes the rest, fixes the header, fsyncs, renames to ``<call_id>.wav``
   and returns the SHA-256 of the whole file; ``seal_async()`` does the same with the
   fsync and hash in a worker thread (use it on the loop for long calls).
 * :func:`recover` seals ``.part`` files left by a crash: it truncates to whole stereo
@@ -101,6 +104,8 @@ class Recording:
         self.frames = 0
         """Stereo sample frames recorded so far (duration = frames / 8000)."""
         self.sealed: RecordingInfo | None = None
+        self.tail_frames = 0
+        """Frames written at seal from the closed streams' jitter buffers."""
         self._sealing = False
         self._frame = frame_samples
         self._flush_every = max(1, flush_every)
@@ -162,9 +167,26 @@ class Recording:
             self._fd = None
             raise MediaError(f"recording {self.call_id} write failed: {e.strerror}") from e
 
+    def _write_tail(self) -> None:
+        """Play out what the jitter buffers of *closed* attached streams still hold.
+
+        When a call ends, the last 40-100 ms the caller said is still in the jitter
+        buffer; dropping it would cut the last word off the evidence. So the recording
+        ends ``tail`` frames after the call (at most the buffer's delay).
+        """
+        jbs = [s._jb if s is not None and s.closed else None for s in (self.caller, self.handler)]
+        depth = max((jb.depth for jb in jbs if jb is not None), default=0)
+        frames = min(-(-depth // self._frame), 100)  # ceil, bounded (2 s at 20 ms)
+        quiet = np.zeros(self._frame, dtype=np.int16)
+        for _ in range(frames):
+            left, right = (jb.pull() if jb is not None else quiet for jb in jbs)
+            self.write_frame(left, right)
+        self.tail_frames = frames
+
     def _close_file(self) -> None:
         if self._fd is not None:
             try:
+                self._write_tail()
                 self.flush()
                 os.fsync(self._fd)
             finally:
@@ -210,6 +232,7 @@ class Recording:
 
         self._sealing = True
         try:
+            self._write_tail()
             self.flush()
             fd, self._fd = self._fd, None
             digest = await asyncio.to_thread(finish, fd)

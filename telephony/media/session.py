@@ -297,7 +297,8 @@ class RtpStream:
         """Stop sending and receiving, close the socket, return the port. Idempotent."""
         if self.closed:
             return
-        self.closed = True
+        self._on_readable()  # what already arrived still goes to the jitter buffer (and
+        self.closed = True   # from there into the recording's tail at seal)
         if self.peer is not None:
             self._engine.unbridge(self)
         if self._loop is not None:

@@ -422,3 +422,24 @@ async def test_unusable_bind_address_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="cannot bind RTP socket on 192.0.2.1:30000"):
         eng.allocate()
     assert eng.free_ports == 6
+
+
+async def test_last_words_in_jitter_buffer_are_recorded(engine: MediaEngine, phone_factory) -> None:
+    """Audio still in the jitter buffer when the call ends is written as the recording's tail."""
+    phone = await phone_factory()
+    s = engine.allocate()
+    s.configure(remote=phone.addr, codec=Codec.PCMA, dtmf_pt=None)
+    rec = engine.create_recording("c-tail")
+    rec.attach_caller(s)
+    x = signal(1.0, 500, 4)
+    xa = g711.alaw_encode(x)
+    for k in range(50):  # 1 s of speech at once: most of it is still buffered at hang-up
+        phone.transport.sendto(rtp.build(8, k, 160 * k, 3, xa[160 * k:160 * k + 160]), ("127.0.0.1", s.local_port))
+    await wait_for(lambda: s.stats.packets_in == 50, limit=5.0)
+    s.close()
+    info = rec.seal()
+    assert rec.tail_frames >= 10
+    with wave.open(str(info.path)) as w:
+        left = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")[0::2]
+    start = int(np.flatnonzero(left)[0])
+    assert np.array_equal(left[start:], g711.alaw_decode(xa))  # every sample, to the end
