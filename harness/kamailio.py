@@ -126,39 +126,73 @@ def sip_options(addr: tuple[str, int], *, timeout: float = 0.5, user: str = "") 
         s.close()
 
 
+def _digest(challenge: str, *, method: str, uri: str, user: str, password: str) -> str:
+    """An RFC 2617 ``Authorization`` value (MD5, with or without qop=auth)."""
+    import hashlib
+    import re
+
+    params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge))
+    realm, nonce = params.get("realm", ""), params.get("nonce", "")
+
+    def md5(x: str) -> str:
+        return hashlib.md5(x.encode()).hexdigest()  # noqa: S324 - SIP digest is MD5
+
+    ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"{method}:{uri}")
+    value = (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+             f'algorithm=MD5')
+    if "auth" in params.get("qop", "").split(","):
+        cnonce, nc = f"{random.randrange(1 << 32):08x}", "00000001"
+        resp = md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+        value += f', qop=auth, nc={nc}, cnonce="{cnonce}"'
+    else:
+        resp = md5(f"{ha1}:{nonce}:{ha2}")
+    if "opaque" in params:
+        value += f', opaque="{params["opaque"]}"'
+    return value + f', response="{resp}"'
+
+
 def sip_register(registrar: tuple[str, int], user: str, contact: str, *, domain: str,
-                 expires: int = 3600, timeout: float = 2.0) -> int:
+                 expires: int = 3600, timeout: float = 2.0, password: str | None = None) -> int:
     """REGISTER ``sip:user@domain`` with ``contact`` at ``registrar``; returns the status.
 
     Used to register SIPp handler phones (whose scenarios only answer) from Python.
-    ``expires=0`` unregisters.
+    ``expires=0`` unregisters. With ``password``, a 401 challenge is answered once.
     """
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.bind((HOST, 0))
-        s.settimeout(timeout)
         lport = s.getsockname()[1]
         tag = random.randrange(1 << 30)
-        msg = (
-            f"REGISTER sip:{domain} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {HOST}:{lport};branch=z9hG4bK{tag:x};rport\r\n"
-            f"Max-Forwards: 70\r\n"
-            f"From: <sip:{user}@{domain}>;tag={tag:x}\r\n"
-            f"To: <sip:{user}@{domain}>\r\n"
-            f"Call-ID: reg-{tag:x}@{HOST}\r\n"
-            f"CSeq: 1 REGISTER\r\n"
-            f"Contact: <{contact}>\r\n"
-            f"Expires: {expires}\r\n"
-            f"Content-Length: 0\r\n\r\n"
-        )
-        s.sendto(msg.encode(), registrar)
-        deadline = time.monotonic() + timeout
-        while True:
-            s.settimeout(max(0.01, deadline - time.monotonic()))
-            data, _ = s.recvfrom(65535)
-            status = int(data.split(b"\r\n", 1)[0].split()[1])
-            if status >= 200:
+        auth = ""
+        for cseq in (1, 2):
+            msg = (
+                f"REGISTER sip:{domain} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {HOST}:{lport};branch=z9hG4bK{tag:x}-{cseq};rport\r\n"
+                f"Max-Forwards: 70\r\n"
+                f"From: <sip:{user}@{domain}>;tag={tag:x}\r\n"
+                f"To: <sip:{user}@{domain}>\r\n"
+                f"Call-ID: reg-{tag:x}@{HOST}\r\n"
+                f"CSeq: {cseq} REGISTER\r\n"
+                f"Contact: <{contact}>\r\n"
+                f"Expires: {expires}\r\n{auth}"
+                f"Content-Length: 0\r\n\r\n"
+            )
+            s.sendto(msg.encode(), registrar)
+            deadline = time.monotonic() + timeout
+            while True:
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                data, _ = s.recvfrom(65535)
+                status = int(data.split(b"\r\n", 1)[0].split()[1])
+                if status >= 200:
+                    break
+            if status != 401 or password is None or cseq == 2:
                 return status
+            challenge = next((line.split(":", 1)[1].strip() for line in
+                              data.decode("utf-8", "replace").split("\r\n")
+                              if line.lower().startswith("www-authenticate:")), "")
+            auth = "Authorization: " + _digest(challenge, method="REGISTER", uri=f"sip:{domain}",
+                                               user=user, password=password) + "\r\n"
+        return status
     finally:
         s.close()
 
@@ -196,6 +230,7 @@ loadmodule "textops.so"
 loadmodule "siputils.so"
 loadmodule "xlog.so"
 loadmodule "sanity.so"
+{auth_modules}
 
 modparam("usrloc", "db_mode", 0)
 modparam("registrar", "max_expires", 7200)
@@ -246,6 +281,7 @@ request_route {{
         t_check_trans();
     }}
     remove_hf("Route");
+{auth}
     if (is_method("INVITE|SUBSCRIBE|REFER")) {{
         record_route();
     }}
@@ -286,13 +322,18 @@ class Kamailio:
         children: UDP worker processes (raise for load tests).
         trace: log every request (method, R-URI, source) - handy when a test fails.
         fr_inv_timer: ms a relayed INVITE may ring without a final answer (408 after).
+        users: ``{user: password}``: when given, REGISTERs need digest auth (401) and every
+            other initial request needs proxy auth (407) as one of these users, except
+            INVITEs to routed numbers (trunk calls from the network are not challenged).
     """
 
     def __init__(self, routes: Mapping[str, str] | None = None, *,
                  domain: str = "controlroom.local", port: int = 0, children: int = 2,
                  trace: bool = True, debug: int = 2, fr_inv_timer: int = 120000,
-                 workdir: Path | None = None) -> None:
+                 workdir: Path | None = None,
+                 users: Mapping[str, str] | None = None) -> None:
         self.routes = dict(routes or {})
+        self.users = dict(users or {})
         self.domain = domain
         self.port = port or free_udp_port()
         self.host = HOST
@@ -332,10 +373,36 @@ class Kamailio:
                 f'    }}'
             )
         trace = 'xlog("L_INFO", "REQ $rm $ru from $si:$sp\\n");' if self.trace else ""
+        auth, auth_modules = "", ""
+        if self.users:
+            auth_modules = 'loadmodule "auth.so"'
+            pw = []
+            for user, password in self.users.items():
+                if not user.replace("-", "").replace("_", "").isalnum() or '"' in password:
+                    raise ValueError(f"bad credentials for {user!r}")
+                pw.append(f'    if ($au == "{user}") {{ $var(pw) = "{password}"; }}')
+            routed = " || ".join(f'$rU == "{n}"' for n in self.routes) or "0"
+            auth = "\n".join([
+                '    $var(pw) = "";',
+                *pw,
+                '    if (is_method("REGISTER")) {',
+                '        if ($var(pw) == "" || !pv_www_authenticate("$fd", "$var(pw)", "0")) {',
+                '            www_challenge("$fd", "0");',
+                '            exit;',
+                '        }',
+                '        consume_credentials();',
+                f'    }} else if (!is_method("ACK|CANCEL") && !(is_method("INVITE") && ({routed}))) {{',
+                '        if ($var(pw) == "" || !pv_proxy_authenticate("$fd", "$var(pw)", "0")) {',
+                '            proxy_challenge("$fd", "0");',
+                '            exit;',
+                '        }',
+                '        consume_credentials();',
+                '    }',
+            ])
         return _CFG.format(
             debug=self.debug, children=self.children, host=self.host, port=self.port,
             domain=self.domain, routes="\n".join(lines), trace=trace,
-            fr_timer=5000, fr_inv_timer=self.fr_inv_timer,
+            fr_timer=5000, fr_inv_timer=self.fr_inv_timer, auth=auth, auth_modules=auth_modules,
         )
 
     def start(self, timeout: float = 10.0) -> Kamailio:
@@ -362,7 +429,8 @@ class Kamailio:
 
     def register(self, user: str, contact: str, expires: int = 3600) -> None:
         """Register ``contact`` (e.g. ``sip:h1@127.0.0.1:5090``) for ``user``; raise if refused."""
-        status = sip_register(self.addr, user, contact, domain=self.domain, expires=expires)
+        status = sip_register(self.addr, user, contact, domain=self.domain, expires=expires,
+                              password=self.users.get(user))
         if status != 200:
             raise HarnessError(f"REGISTER {user} -> {status}\n{self.log_text()}")
 

@@ -110,12 +110,21 @@ def lines() -> list[LineSettings]:
 
 
 @pytest.fixture
-async def rig(kamailio: Kamailio, engine_port: int, tmp_path: Path) -> AsyncIterator[EngineRig]:
+def engine_credentials() -> tuple[str, str] | None:
+    """``(username, password)`` the engine answers proxy challenges with (override per module)."""
+    return None
+
+
+@pytest.fixture
+async def rig(kamailio: Kamailio, engine_port: int, tmp_path: Path,
+              engine_credentials: tuple[str, str] | None) -> AsyncIterator[EngineRig]:
     from telephony.engine import Engine
 
     rtp_min, rtp_max = free_rtp_range(64)
+    user, password = engine_credentials or ("", None)
     settings = SipSettings(port=engine_port, domain=DOMAIN, proxy=kamailio.uri,
-                           rtp_port_min=rtp_min, rtp_port_max=rtp_max)
+                           rtp_port_min=rtp_min, rtp_port_max=rtp_max,
+                           username=user, password=password)
     events: list[Any] = []
     holder: dict[str, EngineRig] = {}
 
