@@ -130,18 +130,14 @@ class Sipp:
         return self
 
     def _wait_bound(self, timeout: float = 5.0) -> None:
-        import socket
+        # Read the kernel's UDP table instead of probing with bind(): a probe could hold
+        # the port at the very moment SIPp binds it and make SIPp fail.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc is not None and not self._proc.alive():
                 raise HarnessError(f"{self.name} exited at start:\n{self.diagnostics()}")
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                s.bind(self.addr)
-            except OSError:
-                return  # SIPp holds the port
-            finally:
-                s.close()
+            if udp_port_bound(self.port):
+                return
             time.sleep(0.02)
         raise HarnessError(f"{self.name} did not bind {self.addr}:\n{self.diagnostics()}")
 
@@ -261,6 +257,19 @@ class Sipp:
         self.stop()
         if self._own_dir and et is None and os.environ.get("HARNESS_KEEP_LOGS") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def udp_port_bound(port: int) -> bool:
+    """True if some UDP socket is bound to ``port`` (any address), from /proc/net/udp."""
+    want = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(line.split()[1].endswith(want) for line in lines if len(line.split()) > 1):
+            return True
+    return False
 
 
 def _tail(path: Path, n: int) -> str:
