@@ -67,6 +67,12 @@ async function openCall(callId, offset) {
   history.replaceState(null, "", "#call=" + encodeURIComponent(callId));
 }
 
+// Queue-log values: epoch times as clock times, other numbers to one decimal.
+function fmtValue(v) {
+  if (typeof v !== "number") return v;
+  return v > 1e9 ? fmtClock(v) : Math.round(v * 10) / 10;
+}
+
 function renderCall() {
   const c = current.call;
   $("call-empty").classList.add("hidden");
@@ -98,7 +104,7 @@ function renderCall() {
   $("export-btn").disabled = !rec;
   $("c-timeline").replaceChildren(...current.timeline.map((t) => el("tr", {},
     el("td", { text: fmtClock(t.at) }), el("td", { text: t.event }), el("td", { text: t.handler_id || "" }),
-    el("td", { class: "muted", text: Object.entries(t.data || {}).map(([k, v]) => `${k}=${typeof v === "number" ? Math.round(v * 10) / 10 : v}`).join(" ") }))));
+    el("td", { class: "muted", text: Object.entries(t.data || {}).map(([k, v]) => `${k}=${fmtValue(v)}`).join(" ") }))));
   $("c-transcript").replaceChildren(...current.transcript.map((s, i) => el("div", {
     class: `tl ${s.channel} seekable`, dataset: { i, start: s.start, end: s.end },
     onclick: () => seek(s.start) },
