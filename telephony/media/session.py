@@ -639,6 +639,11 @@ class MediaEngine:
             b.peer = None
             b._listen_peer = False
 
+    def preload(self, prompt: str) -> None:
+        """Load and check a prompt now (``'tone'``, ``'silence'`` or a WAV path), so a bad
+        file is a start-up error (MediaError) rather than a failure at a call's first play."""
+        self._prompt(prompt)
+
     def _prompt(self, prompt: str) -> _Loop | None:
         if prompt == "silence":
             return None

@@ -236,6 +236,9 @@ async def test_wav_prompt_and_bad_prompts(engine: MediaEngine, phone_factory, tm
         s.play(str(bad))
     with pytest.raises(MediaError, match="cannot read prompt"):
         s.play(str(tmp_path / "missing.wav"))
+    with pytest.raises(MediaError, match="cannot read prompt"):
+        engine.preload(str(tmp_path / "missing.wav"))
+    engine.preload(str(p))  # a good file is fine (and cached)
 
 
 async def test_garbage_is_counted_not_raised(engine: MediaEngine, phone_factory) -> None:
