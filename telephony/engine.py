@@ -666,11 +666,18 @@ class Engine:
             self._pump()
 
     def cancel_offer(self, leg_id: str) -> None:
-        """Stop ringing a handler (CANCEL); LegFailed(cancelled) follows at once."""
+        """Stop ringing a handler (CANCEL); LegFailed(cancelled) follows at once.
+
+        A leg that was already answered (the offer raced the answer) is hung up with BYE
+        and reported as LegEnded(by='system'). Unknown or ended legs are ignored.
+        """
         leg = self._legs.get(leg_id)
-        if leg is None or leg.state not in _RINGING:
+        if leg is None:
             return
-        self._fail_leg(leg, "cancelled", 0)
+        if leg.state in _RINGING:
+            self._fail_leg(leg, "cancelled", 0)
+        else:
+            self._drop_leg(leg, by="system")
         self._pump()
 
     def _fail_leg(self, leg: _Leg, reason: str, status: int) -> None:

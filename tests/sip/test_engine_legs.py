@@ -220,3 +220,21 @@ async def test_leg_trying_then_ringing_then_no_answer(legrig: Rig) -> None:
     await h.expect_request("CANCEL")
     assert len(legrig.of(api.LegRinging)) == 1
     assert [f.reason for f in legrig.of(api.LegFailed)] == ["no-answer"]
+
+
+async def test_cancel_offer_on_answered_leg_hangs_it_up(legrig: Rig) -> None:
+    """cancel_offer after the phone answered (offer withdrawn in the race): BYE + LegEnded."""
+    h: Peer = legrig.handler
+    call_id = await _call(legrig)
+    leg_id = legrig.engine.offer(call_id, f"sip:h1@127.0.0.1:{h.port}", timeout=5)
+    inv = await h.expect_request("INVITE")
+    _reply(h, inv, 200, body=ANSWER)
+    await h.expect_request("ACK")
+    await legrig.wait_for(api.LegAnswered)
+    legrig.engine.cancel_offer(leg_id)
+    bye = await h.expect_request("BYE")
+    assert bye.call_id == inv.call_id
+    assert [(e.leg_id, e.by) for e in legrig.of(api.LegEnded)] == [(leg_id, "system")]
+    assert legrig.of(api.LegFailed) == [] and legrig.media.streams[1].closed
+    legrig.engine.cancel_offer(leg_id)  # idempotent
+    assert len(legrig.of(api.LegEnded)) == 1
