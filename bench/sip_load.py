@@ -222,7 +222,7 @@ def engine_round_figures(samples: list[dict[str, Any]], t0: float, t1: float) ->
     # active stream-seconds over the window, integrated from the 1 s samples (trapezoid)
     streams = sum((a["calls"] + a["legs"] + b["calls"] + b["legs"]) / 2 * (b["t"] - a["t"])
                   for a, b in zip(win, win[1:]))
-    return {"streams_s": streams,
+    return {"streams_s": streams, "cpu_s": last["cpu"] - first["cpu"],
             "peak_calls": max(s["calls"] for s in win), "peak_legs": max(s["legs"] for s in win),
             "peak_rss": max(s["rss"] for s in win), "lag_ms": max(s["lag_ms"] for s in win),
             "gap_ms": last["gap_ms"], "rtp_out": last["rtp_out"] - first["rtp_out"],
@@ -378,6 +378,11 @@ def report_round(name: str, r: dict[str, Any], rss0: int, args: argparse.Namespa
               f"RTP sent per stream per s: {rate:.1f} (50 = real time); "
               f"largest send gap {e['gap_ms']:.1f} ms; loop lag max {e['lag_ms']:.1f} ms; "
               f"rx lost {e['lost']} late {e['late']}")
+        if e["streams_s"] > 0:
+            per = e["cpu_s"] / e["streams_s"]
+            print(f"engine CPU per RTP stream: {per * 1000:.2f} ms per stream-second -> "
+                  f"300 streams (150 bridged calls) would need {per * 300:.2f} cores "
+                  f"(CPU time, so contention from other processes barely skews it)")
         per_call = (e["peak_rss"] - rss0) / max(1, e["peak_calls"])
         print(f"memory: peak RSS {e['peak_rss'] / 2**20:.1f} MB, "
               f"{per_call / 1024:.0f} KiB per concurrent call; idle after round "
@@ -400,7 +405,9 @@ def pyvoip_round(args: argparse.Namespace, kam: Any, clip: Any, work: Path, port
                  log_path=work / "pyvoip.log", cwd=ROOT)
     try:
         deadline = time.monotonic() + 20
-        while sip_options(kam.addr, timeout=0.3, user="pyvoip") is None:
+        # The proxy says 404 at once until pyVoIP has registered; after that the OPTIONS is
+        # relayed to pyVoIP, which ignores it (so no answer within the probe's timeout).
+        while sip_options(kam.addr, timeout=0.5, user="pyvoip") == 404:
             if not ph.alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"pyVoIP phone did not register:\n{ph.log_text()}")
             time.sleep(0.3)

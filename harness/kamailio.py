@@ -261,8 +261,14 @@ request_route {{
         if (is_method("ACK")) {{
             if (t_check_trans()) {{
                 route(RELAY);
+            }} else if (uri != myself) {{
+                route(RELAY);
             }}
             exit;
+        }}
+        # A dialog whose UA ignored Record-Route (pyVoIP does) still reaches its Contact.
+        if (uri != myself) {{
+            route(RELAY);
         }}
         sl_send_reply("404", "Not here");
         exit;
