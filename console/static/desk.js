@@ -15,12 +15,23 @@ let liveFinal = {};       // call_id -> final segments received since the last v
 let partial = {};         // call_id -> {channel: segment} (replaced by the next)
 let callbacks = [];
 let formCallId = null;    // the call the grading form belongs to
+let notices = {};         // call_id -> why live captions stopped
+
+function captionsOff(c) {
+  return (c.flags || []).includes("live_transcript_off") || c.call_id in notices;
+}
 
 function cardOf(v) {
   if (v.call) return [v.call, "connected"];
   if (v.offer) return [v.offer, "ringing"];
   if (v.wrapup) return [v.wrapup, "wrapup"];
   return [null, "idle"];
+}
+
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+function fmtShort(epoch) {
+  const d = new Date(epoch * 1000);
+  return `${d.getDate()} ${MONTHS[d.getMonth()]} ${fmtClock(epoch).slice(0, 5)}`;
 }
 
 function render() {
@@ -62,6 +73,7 @@ function renderCard() {
   const flags = $("pop-flags");
   flags.replaceChildren();
   for (const f of card.flags || []) {
+    if (f === "live_transcript_off") continue;   // shown in the transcript pane
     const label = f === "dtmf55" ? "55 — Silent Solution" : f === "silent" ? "Silent call" : f;
     flags.append(el("span", { class: "flag " + (["silent", "dtmf55"].includes(f) ? f : "other"), text: label }));
   }
@@ -84,7 +96,7 @@ function renderCard() {
   if (!pcs.length) prev.append(el("tr", {}, el("td", { colspan: 5, class: "muted", text: "No previous calls" })));
   for (const p of pcs) {
     prev.append(el("tr", {},
-      el("td", { text: fmtDateTime(p.arrived_at) }), el("td", { text: p.line }),
+      el("td", { text: fmtShort(p.arrived_at), title: fmtDateTime(p.arrived_at) }), el("td", { text: p.line }),
       el("td", { text: p.outcome || "" }),
       el("td", {}, p.incident_number ? el("a", { href: "/auditor#call=" + encodeURIComponent(p.call_id), text: p.incident_number }) : "–"),
       el("td", { text: p.grade || "–" })));
@@ -115,7 +127,11 @@ function renderTranscript() {
   box.replaceChildren(...segs.map((s) => el("div", { class: `tl ${s.channel}${s.partialSeg ? " partial" : ""}` },
     el("span", { class: "who" }, s.channel === "caller" ? "Caller" : "Handler", el("span", { class: "ts", text: fmtDur(s.start) })),
     s.text)));
-  if (!segs.length) box.append(el("div", { class: "muted", text: phase === "ringing" ? "Transcript starts when the call is answered." : "Listening…" }));
+  if (!segs.length && !captionsOff(card)) box.append(el("div", { class: "muted", text: phase === "ringing" ? "Transcript starts when the call is answered." : "Listening…" }));
+  if (captionsOff(card)) {
+    box.append(el("div", { class: "notice", text: "Live captions stopped" + (notices[card.call_id] ? ": " + notices[card.call_id] : "")
+      + ". Record the caller's account yourself; the full transcript follows from the recording." }));
+  }
   if (atBottom) box.scrollTop = box.scrollHeight;
 }
 
@@ -197,6 +213,11 @@ function onLive(m) {
       if (card && card.call_id === m.call_id) {
         card.incident_number = m.incident_number; card.grade = m.grade || card.grade; renderCard();
       }
+      break;
+    case "call.flagged":
+      if (m.flag === "live_transcript_off") notices[m.call_id] = m.detail || "";
+      else if (card && card.call_id === m.call_id && !(card.flags || []).includes(m.flag)) card.flags = [...(card.flags || []), m.flag];
+      if (card && card.call_id === m.call_id) renderCard();
       break;
     case "call.hold":   // hold changed (from this desk or the phone)
       if (card && card.call_id === m.call_id) { card.held = !!m.on_hold; renderCard(); }

@@ -190,6 +190,10 @@ def test_handler_screen_pop_transcript_and_wrapup(world: Any, page: Any) -> None
     page.wait_for_selector("#transcript .tl.caller >> text=<img src=x")
     assert page.locator("#transcript img").count() == 0
     assert page.evaluate("() => window.__xss") is None
+    server.call(fb.flag, cid, "live_transcript_off", "CPU overload")
+    page.wait_for_selector("#transcript .notice")
+    assert page.text_content("#transcript .notice").startswith("Live captions stopped: CPU overload.")
+    assert "live_transcript_off" not in page.text_content("#pop-flags")
     server.call(fb.link_incident, cid, "WMP-20261123-0999", "1")
     page.wait_for_selector("#pop-incident.incident")
     assert page.text_content("#pop-incident").startswith("WMP-20261123-0999")
