@@ -77,6 +77,24 @@ def append_event(conn: sqlite3.Connection, event: DomainEvent, *, node: str, lin
                          payload_fn=build, event_id=event.event_id)
 
 
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has finished, re-cancelling as needed.
+
+    On Python 3.11 ``asyncio.wait_for`` (used inside aiomqtt) can swallow a cancel that
+    coincides with its future completing; a single cancel() + gather() could then wait
+    for ever on a task that keeps running after its session is gone.
+    """
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=1.0)
+        pending = [t for t in pending if not t.done()]
+    for t in tasks:
+        if not t.cancelled():
+            t.exception()  # retrieved; the caller reports the error that matters
+
+
 class CadPublisher:
     """Publishes the outbox to the CAD broker; see the module docstring.
 
@@ -194,11 +212,7 @@ class CadPublisher:
         """Cancel the task and wait for it (unacknowledged rows stay pending)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await _cancel_all([task])
 
     async def run(self) -> None:
         """Connect, drain, reconnect with back-off: until cancelled."""
@@ -293,19 +307,15 @@ class CadPublisher:
             except asyncio.CancelledError:
                 # Orderly stop: the will is not sent on a clean DISCONNECT, so say
                 # "offline" ourselves (best effort, bounded) before leaving.
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await _cancel_all(tasks)
                 offline = messages.node_status(node=s.node, online=False, now=time.time())
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                    await asyncio.wait_for(client.publish(
-                        messages.status_topic(s.topic_prefix, s.node), json.dumps(offline),
-                        qos=1, retain=True), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await client.publish(messages.status_topic(s.topic_prefix, s.node),
+                                             json.dumps(offline), qos=1, retain=True)
                 raise
             finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await _cancel_all(tasks)
             for t in done:
                 t.result()  # re-raise the MqttError that ended the session
 
@@ -331,8 +341,7 @@ class CadPublisher:
         try:
             await self._complete(window, feeder)
         finally:
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
+            await _cancel_all([feeder])
             while not window.empty():
                 _, task = window.get_nowait()
                 if task.done() and not task.cancelled():
@@ -369,10 +378,11 @@ class CadPublisher:
                 last_id = r.id
             if rows:
                 continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+            # lands as the event fires, leaving this feeder running after its session.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
 
     async def _complete(self, window: asyncio.Queue[tuple[outbox.OutboxRow, asyncio.Task[None]]],
                         feeder: asyncio.Task[None]) -> None:
