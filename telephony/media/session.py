@@ -88,6 +88,7 @@ class Codec(enum.Enum):
 
 
 _DECODE = {0: ULAW_DECODE, 8: ALAW_DECODE}
+_DECODE_BOTH = np.concatenate([ULAW_DECODE, ALAW_DECODE])  # index: code + 256 * is_alaw
 _SILENT_CODES = {0: b"\xff", 8: b"\xd5"}  # encode(0) per payload type
 _ENCODE = {Codec.PCMU: ULAW_ENCODE, Codec.PCMA: ALAW_ENCODE}
 # bridge fast path: received payload -> our payload type, by ``bytes.translate``
@@ -309,10 +310,12 @@ class RtpStream:
 
     # --------------------------------------------------------------- receive
     def datagram_received(self, data: bytes, addr: tuple[str, int],
-                          now: float | None = None) -> None:
+                          now: float | None = None, pcm: Pcm | None = None) -> None:
         """Handle one received datagram (never raises for bad input: counted, dropped).
 
-        ``now`` is ``time.monotonic()`` (taken once per batch of datagrams by the reader).
+        ``now`` is ``time.monotonic()`` (taken once per batch of datagrams by the reader);
+        ``pcm`` is the payload already decoded (the engine decodes a tick's packets in one
+        batch), else it is decoded here.
         """
         if self.closed:
             return
@@ -348,9 +351,9 @@ class RtpStream:
         self._rstats.update(ssrc, seq, ts, now)
         if table is not None:
             if self._receiving and payload:
-                self._jb.push(ssrc=ssrc, seq=seq, timestamp=ts,
-                              pcm=table[np.frombuffer(payload, dtype=np.uint8)],
-                              raw=(pt, payload))
+                if pcm is None:
+                    pcm = table[np.frombuffer(payload, dtype=np.uint8)]
+                self._jb.push(ssrc=ssrc, seq=seq, timestamp=ts, pcm=pcm, raw=(pt, payload))
             return
         try:
             digits = self._dtmf_rx.feed(ts, payload)
@@ -595,11 +598,11 @@ class MediaEngine:
         """
         ep, by_fd = self._epoll, self._by_fd
         assert ep is not None
+        batch: list[tuple[RtpStream, bytes, tuple[str, int]]] = []
         for _ in range(16):  # bounded: a flood cannot hold the tick
             events = ep.poll(0)
             if not events:
-                return
-            now = time.monotonic()
+                break
             for fd, _mask in events:
                 s = by_fd.get(fd)
                 if s is None:
@@ -611,7 +614,32 @@ class MediaEngine:
                 except OSError:  # ICMP error surfaced on the socket: see _on_readable
                     s._send_errors += 1
                     continue
-                s.datagram_received(data, addr, now)
+                batch.append((s, data, addr))
+        if batch:
+            self._ingest(batch, time.monotonic())
+
+    def _ingest(self, batch: list[tuple[RtpStream, bytes, tuple[str, int]]], now: float) -> None:
+        """Hand a tick's datagrams to their streams, decoding the G.711 ones in one go.
+
+        Decoding 160 bytes per packet with its own numpy call costs ~10 us of call
+        overhead; the ordinary packets of a tick (fixed header, PCMA/PCMU, one frame) are
+        instead stacked into one array and decoded by a single lookup in a 512-entry
+        table (mu-law codes 0-255, A-law codes 256-511). Others take the normal path.
+        """
+        size = 12 + self.frame_samples
+        rows: list[Pcm | None] = [None] * len(batch)
+        sel = [i for i, (_, d, _) in enumerate(batch)
+               if len(d) == size and d[0] == 0x80 and (d[1] & 0x7F) in (0, 8)]
+        if len(sel) >= 4:  # below that, one call per packet is as cheap
+            arr = np.frombuffer(b"".join([batch[i][1] for i in sel]), dtype=np.uint8)
+            arr = arr.reshape(len(sel), size)
+            idx = arr[:, 12:].astype(np.uint16)
+            idx[(arr[:, 1] & 0x7F) == 8] += 256
+            pcm = _DECODE_BOTH[idx]
+            for j, i in enumerate(sel):
+                rows[i] = pcm[j]
+        for (s, data, addr), row in zip(batch, rows, strict=True):
+            s.datagram_received(data, addr, now, row)
 
     def _release(self, stream: RtpStream) -> None:
         if self._streams.pop(stream.local_port, None) is not None:
