@@ -354,6 +354,15 @@ def orchestrate(args: argparse.Namespace) -> None:
             ce, cp = e["cpu"].get("engine", 0), p["cpu"].get("pyvoip", 0)
             print(f"CPU (cores): engine {ce:.2f} (bridging 2 legs/call) vs pyVoIP {cp:.2f} "
                   f"(1 leg/call)")
+            ee = e.get("engine", {})
+            py_streams = p.get("phone", {}).get("ended", 0) * args.talk
+            if ee.get("streams_s") and py_streams:
+                pe = ee["cpu_s"] / ee["streams_s"] * 1000
+                pp = cp * p["wall"] / py_streams * 1000
+                print(f"CPU per stream-second: engine {pe:.2f} ms vs pyVoIP {pp:.2f} ms "
+                      f"(pyVoIP costs {pp / pe:.1f}x); pyVoIP recorded "
+                      f"{p['phone'].get('recorded_seconds', 0):.0f} s of {py_streams:.0f} s "
+                      f"of caller audio")
     finally:
         for item in reversed(stack):
             try:
