@@ -39,6 +39,10 @@ INPUT_RATE = 8000
 
 MODELS_DOC = "transcription/MODELS.md"
 
+DIGITAL_SILENCE = 8
+"""Audio whose samples all stay within +-8 (-72 dBFS) is digital silence: the G.711 idle
+codes decode to it (A-law 0xD5/0x55 -> +-8, mu-law 0xFF -> 0)."""
+
 
 @dataclass(frozen=True)
 class Word:
@@ -154,12 +158,31 @@ class VoskRecogniser:
         self._partial_every = partial_every
         self._last_partial_at = -1.0
         self._last_partial = ""
+        self._idle = True  # no utterance open in the decoder
+        self._skipped = 0.0  # s of digital silence not fed to the decoder
 
     def accept(self, pcm: bytes | Pcm, *, resample: bool = True) -> list[Hypothesis]:
         x = self._resampler.process(pcm) if resample else np.frombuffer(pcm, np.int16)
+        # A worker that fell behind hands us seconds at once: decode in pieces of at most
+        # ``partial_every`` so partials keep their cadence and endpoints are not merged.
+        step = max(1, int(self._partial_every * self._rate))
+        out: list[Hypothesis] = []
+        for i in range(0, len(x), step):
+            out += self._accept(x[i:i + step])
+        return out
+
+    def _accept(self, x: Pcm) -> list[Hypothesis]:
+        if self._idle and not np.any(np.abs(x) > DIGITAL_SILENCE):
+            # Digital silence between utterances (an unbridged handler channel, muted
+            # phone) is skipped, not decoded: it costs as much CPU as speech. Safe only
+            # while idle (no utterance open), so every later time shifts by the same amount.
+            self._skipped += len(x) / self._rate
+            return []
+        self._idle = False
         self._fed += len(x)
         now = self._fed / self._rate
         if self._rec.AcceptWaveform(x.tobytes()):
+            self._idle = True
             return self._final(json.loads(self._rec.Result()), now)
         if now - self._last_partial_at < self._partial_every:
             return []
@@ -171,9 +194,10 @@ class VoskRecogniser:
         self._last_partial = text
         words = res.get("partial_result") or []
         start = words[0]["start"] if words else self._utt_start
-        return [Hypothesis(text, float(start), now, False)]
+        return [Hypothesis(text, float(start) + self._skipped, now + self._skipped, False)]
 
     def flush(self) -> list[Hypothesis]:
+        self._idle = True
         return self._final(json.loads(self._rec.FinalResult()), self._fed / self._rate)
 
     def _final(self, res: dict[str, Any], now: float) -> list[Hypothesis]:
@@ -183,11 +207,12 @@ class VoskRecogniser:
         self._utt_start = now
         if not text:
             return []
-        words = tuple(Word(w["word"], float(w["start"]), float(w["end"]), float(w["conf"]))
+        k = self._skipped
+        words = tuple(Word(w["word"], float(w["start"]) + k, float(w["end"]) + k, float(w["conf"]))
                       for w in res.get("result", []))
         conf = sum(w.confidence for w in words) / len(words) if words else None
-        start = words[0].start if words else start_default
-        end = words[-1].end if words else now
+        start = words[0].start if words else start_default + k
+        end = words[-1].end if words else now + k
         return [Hypothesis(text, start, end, True, conf, words)]
 
 
@@ -382,12 +407,15 @@ class WhisperEngine:
                              path=str(p)) from None
         self._lock = threading.Lock()
 
-    def decode(self, audio16k: Pcm, *, word_timestamps: bool,
-               vad: bool = False, should_stop: Callable[[], bool] | None = None) -> list[Hypothesis]:
-        """Decode 16 kHz int16 audio; all segments are final, times from its start."""
+    def decode(self, audio16k: Pcm, *, word_timestamps: bool, vad: bool = False,
+               beam_size: int = 1,
+               should_stop: Callable[[], bool] | None = None) -> list[Hypothesis]:
+        """Decode 16 kHz int16 audio; all segments are final, times from its start.
+        Live uses greedy decoding (beam 1, fastest); finals use beam 5 (more accurate
+        on telephone audio, and nobody waits for them)."""
         segs, _info = self._model.transcribe(
             to_float(audio16k), language=self.language,
-            beam_size=1, best_of=1, temperature=0.0, condition_on_previous_text=False,
+            beam_size=beam_size, best_of=1, temperature=0.0, condition_on_previous_text=False,
             word_timestamps=word_timestamps, vad_filter=vad, without_timestamps=not word_timestamps)
         out: list[Hypothesis] = []
         for s in segs:  # a generator: decoding happens as we iterate
@@ -410,7 +438,7 @@ class WhisperEngine:
         x = Resampler(rate, 16000).process(pcm)
         # Silero VAD (bundled in faster-whisper, ONNX, offline) skips long silences of a
         # recording, where Whisper otherwise hallucinates text.
-        return self.decode(x, word_timestamps=True, vad=True, should_stop=should_stop)
+        return self.decode(x, word_timestamps=True, vad=True, beam_size=5, should_stop=should_stop)
 
 
 def load_engine(engine: str, model: str, *, language: str = "", replicas: int = 1) -> Engine | None:

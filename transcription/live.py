@@ -226,9 +226,13 @@ class LivePolicy:
     max_streams: int
     max_lag: float = 1.5
     cooldown: float = 1.0
+    sustain: float = 1.0
+    """Lag must stay over ``max_lag`` this long before a shed (Whisper decodes in bursts
+    of ~0.5-1 s, so a single spike is not overload); a full inbox sheds at once."""
     streams: dict[str, StreamInfo] = field(default_factory=dict)
     _seq: int = 0
     _last_shed: dict[int, tuple[float, float]] = field(default_factory=dict)
+    _over_since: dict[int, float] = field(default_factory=dict)
 
     def live_count(self) -> int:
         return sum(1 for s in self.streams.values() if s.live)
@@ -272,6 +276,10 @@ class LivePolicy:
         """
         if not full and lag <= self.max_lag:
             self._last_shed.pop(worker, None)  # recovered: the next overload starts afresh
+            self._over_since.pop(worker, None)
+            return None
+        since = self._over_since.setdefault(worker, now)
+        if not full and now - since < self.sustain:
             return None
         last = self._last_shed.get(worker)
         if last is not None and (now - last[0] < self.cooldown or (lag <= last[1] and not full)):

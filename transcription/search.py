@@ -132,9 +132,14 @@ def _highlight(raw: str) -> str:
 class TranscriptSearch:
     """SQLite FTS5 search over final transcripts, filtered by the ``calls`` row."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, max_candidates: int = 3000,
+                 calls_first_max: int = 1000) -> None:
         self._db = db
         self._local = threading.local()
+        self.max_candidates = max_candidates
+        """Most matching segments ranked per query (the newest ones)."""
+        self.calls_first_max = calls_first_max
+        """Filters leaving at most this many calls are applied before the text match."""
 
     def _conn(self) -> sqlite3.Connection | None:
         if self._db.path == ":memory:":
@@ -156,10 +161,18 @@ class TranscriptSearch:
                limit: int = 20) -> list[Hit]:
         """Best calls first. Filters apply to the ``calls`` row (``since`` inclusive,
         ``until`` exclusive, on ``arrived_at``); a filtered search skips transcripts with
-        no call row. Raises :class:`SearchQueryError` for unusable queries."""
+        no call row. Raises :class:`SearchQueryError` for unusable queries.
+
+        Bounded work, whatever the index size: relevance (bm25) is computed for at most
+        ``max_candidates`` matching segments, the newest ones (segment ids grow with
+        time). A rare word is therefore ranked over all its matches; a word found in
+        hundreds of thousands of calls is ranked among its newest matches: add words or
+        filters to reach further back. Selective filters (a caller, an incident, a
+        handler's day) are applied first, through the ``calls`` indexes.
+        """
         match = to_fts_query(query)
         limit = max(1, min(int(limit), MAX_LIMIT))
-        where, params = ["transcription_fts MATCH ?"], [match]
+        where, params = [], []
         for col, val in (("c.line", line), ("c.caller", caller), ("c.handler_id", handler_id),
                          ("c.incident_number", incident)):
             if val is not None:
@@ -171,30 +184,69 @@ class TranscriptSearch:
         if until is not None:
             where.append("c.arrived_at < ?")
             params.append(_epoch(until))
-        # One min() aggregate only, so SQLite takes the bare columns (s.id, s.start,
-        # s.channel) from the best-ranked segment of each call.
-        sql = (
-            "SELECT s.call_id, s.id AS seg_id, s.start AS seg_start, min(f.rank) AS best,"
-            " c.line, c.caller, c.handler_id, c.arrived_at, c.incident_number"
-            " FROM transcription_fts f JOIN transcription_segments s ON s.id = f.rowid"
-            " LEFT JOIN calls c ON c.call_id = s.call_id"
-            f" WHERE {' AND '.join(where)} GROUP BY s.call_id ORDER BY best LIMIT ?")
         try:
-            rows = self._q(sql, [*params, limit])
+            cands = self._candidates(match, where, params)
         except sqlite3.OperationalError as exc:  # defensive: we built the expression
             raise SearchQueryError(f"query cannot be searched: {exc}") from None
+        best: dict[str, tuple[float, int, float]] = {}  # call_id -> (rank, seg id, start)
+        for seg_id, rank, call_id, start in cands:
+            if call_id not in best or rank < best[call_id][0]:
+                best[call_id] = (rank, seg_id, start)
+        top = sorted(best.items(), key=lambda kv: (kv[1][0], kv[0]))[:limit]
         hits = []
-        for r in rows:
+        for call_id, (rank, seg_id, start) in top:
+            c = self._q("SELECT line, caller, handler_id, arrived_at, incident_number FROM calls"
+                        " WHERE call_id = ?", (call_id,))
+            row = c[0] if c else None
             snip = self._q("SELECT snippet(transcription_fts, 0, char(2), char(3), '…', 16)"
                            " FROM transcription_fts WHERE transcription_fts MATCH ? AND rowid = ?",
-                           (match, r["seg_id"]))
-            first_at, first_ch = self._first_hit(match, r["call_id"], r["seg_start"])
-            hits.append(Hit(call_id=r["call_id"], score=round(-r["best"], 4),
+                           (match, seg_id))
+            first_at, first_ch = self._first_hit(match, call_id, start)
+            hits.append(Hit(call_id=call_id, score=round(-rank, 4),
                             snippet=_highlight(snip[0][0]) if snip else "",
-                            offset=first_at, channel=first_ch, line=r["line"],
-                            caller=r["caller"], handler_id=r["handler_id"],
-                            arrived_at=r["arrived_at"], incident_number=r["incident_number"]))
+                            offset=first_at, channel=first_ch,
+                            line=row["line"] if row else None,
+                            caller=row["caller"] if row else None,
+                            handler_id=row["handler_id"] if row else None,
+                            arrived_at=row["arrived_at"] if row else None,
+                            incident_number=row["incident_number"] if row else None))
         return hits
+
+    def _candidates(self, match: str, where: list[str], params: list[Any]
+                    ) -> list[tuple[int, float, str, float]]:
+        """(segment id, bm25 rank, call_id, start) of at most max_candidates matches."""
+        n = self.max_candidates
+        if where:
+            # Selective filter? Count the calls it leaves, up to a cap, via calls' indexes.
+            cond = " AND ".join(where)
+            few = self._q(f"SELECT c.call_id FROM calls c WHERE {cond}"
+                          f" ORDER BY c.arrived_at DESC LIMIT {self.calls_first_max + 1}", params)
+            if len(few) <= self.calls_first_max:
+                if not few:
+                    return []
+                ids = [r[0] for r in self._q(
+                    "SELECT s.id FROM transcription_segments s WHERE s.call_id IN"
+                    f" ({','.join('?' * len(few))})", [r[0] for r in few])]
+                if not ids:
+                    return []
+                # Integer ids from our own table, inlined: FTS5 then seeks each rowid in
+                # the match's doclists instead of scanning the whole match set.
+                return [tuple(r) for r in self._q(
+                    "SELECT f.rowid, f.rank, s.call_id, s.start FROM transcription_fts f"
+                    " JOIN transcription_segments s ON s.id = f.rowid"
+                    f" WHERE transcription_fts MATCH ? AND f.rowid IN ({','.join(map(str, ids))})"
+                    f" LIMIT {n}", (match,))]
+            return [tuple(r) for r in self._q(
+                "SELECT f.rowid, f.rank, s.call_id, s.start FROM transcription_fts f"
+                " JOIN transcription_segments s ON s.id = f.rowid"
+                " JOIN calls c ON c.call_id = s.call_id"
+                f" WHERE transcription_fts MATCH ? AND {cond} ORDER BY f.rowid DESC LIMIT {n}",
+                [match, *params])]
+        # rank is computed lazily, only for the rows the LIMIT lets through.
+        return [tuple(r) for r in self._q(
+            "SELECT f.rowid, f.rank, s.call_id, s.start FROM transcription_fts f"
+            " JOIN transcription_segments s ON s.id = f.rowid"
+            f" WHERE transcription_fts MATCH ? ORDER BY f.rowid DESC LIMIT {n}", (match,))]
 
     def _first_hit(self, match: str, call_id: str, best_start: float) -> tuple[float, str]:
         # Only segments that start no later than the best one can be the first hit; check

@@ -14,9 +14,10 @@ from transcription.engines import Hypothesis
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None and shutil.which("sox") is not None
 
 
-def speak(text: str, *, voice: str = "en", rate: int = 8000, wpm: int = 150) -> np.ndarray:
+def speak(text: str, *, voice: str = "en", rate: int = 8000, wpm: int = 150,
+          gap: int = 0) -> np.ndarray:
     """espeak-ng speech resampled by sox to ``rate`` Hz, int16 mono."""
-    tts = subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "--stdout", text],
+    tts = subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-g", str(gap), "--stdout", text],
                          check=True, capture_output=True, timeout=60).stdout
     out = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-e", "signed-integer", "-b", "16",
                           "-c", "1", "-r", str(rate), "-"], input=tts, check=True,

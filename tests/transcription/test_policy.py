@@ -36,7 +36,7 @@ def test_equal_priority_at_limit_is_refused():
 def test_overload_sheds_101_before_999_with_cooldown():
     """Lag over the limit sheds the 101 call first; within the cooldown, or while the lag
     is not growing, nothing more is shed; then the newest 999 call goes."""
-    p = LivePolicy(max_streams=8, max_lag=1.5, cooldown=1.0)
+    p = LivePolicy(max_streams=8, max_lag=1.5, cooldown=1.0, sustain=0.0)
     p.admit("e1", 0, workers=1)
     p.admit("n1", 1, workers=1)
     p.admit("e2", 0, workers=1)
@@ -61,7 +61,7 @@ def test_full_inbox_sheds_even_below_lag():
 
 def test_overload_only_sheds_on_that_worker():
     """Shedding picks among the lagging worker's calls."""
-    p = LivePolicy(max_streams=8)
+    p = LivePolicy(max_streams=8, sustain=0.0)
     p.admit("w0", 0, workers=2)
     p.admit("w1", 5, workers=2)
     v = p.overloaded(0, lag=3.0, now=0.0)
@@ -90,9 +90,20 @@ def test_inbox_bounded_but_controls_pass():
 
 def test_recovery_resets_shed_memory():
     """Once the lag is back under the limit, a new overload sheds at once."""
-    p = LivePolicy(max_streams=8, max_lag=1.0, cooldown=1.0)
+    p = LivePolicy(max_streams=8, max_lag=1.0, cooldown=1.0, sustain=0.0)
     p.admit("a", 1, workers=1)
     p.admit("b", 1, workers=1)
     assert p.overloaded(0, lag=3.0, now=0.0).call_id == "b"
     assert p.overloaded(0, lag=0.2, now=2.0) is None
     assert p.overloaded(0, lag=1.5, now=2.1).call_id == "a"
+
+
+def test_lag_must_be_sustained():
+    """A lag spike shorter than ``sustain`` sheds nothing; a sustained one does."""
+    p = LivePolicy(max_streams=8, max_lag=1.0, sustain=1.0)
+    p.admit("a", 1, workers=1)
+    assert p.overloaded(0, lag=2.0, now=0.0) is None
+    assert p.overloaded(0, lag=0.5, now=0.5) is None  # spike over
+    assert p.overloaded(0, lag=2.0, now=0.75) is None
+    assert p.overloaded(0, lag=2.0, now=1.5) is None
+    assert p.overloaded(0, lag=2.1, now=1.8).call_id == "a"

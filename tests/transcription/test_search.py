@@ -134,3 +134,23 @@ def test_retranscription_replaces_index(populated, db):
 async def test_asearch_runs_in_thread(populated):
     """asearch gives the same hits as search."""
     assert [h.call_id for h in await populated.asearch("knife")] == ["c"]
+
+
+@pytest.mark.parametrize("calls_first_max", [0, 1000])
+def test_filter_strategies_agree(populated, db, calls_first_max):
+    """Filters give the same hits whether applied before (calls-first) or after the match."""
+    s = TranscriptSearch(db, calls_first_max=calls_first_max)
+    assert [h.call_id for h in s.search("burglary", line="101")] == ["b"]
+    assert {h.call_id for h in s.search("road", handler_id="h1", since=0, until=5000)} == {"a", "c"}
+    assert s.search("knife", caller="0111") == []
+    h = s.search("burglary", incident="INC-1")[0]
+    assert (h.call_id, h.offset, h.channel) == ("a", 3.0, "caller")
+
+
+def test_candidates_bounded_to_newest(db):
+    """With more matches than max_candidates, only the newest matching segments are ranked."""
+    for i in range(6):
+        _transcript(db, f"n{i}", [("caller", 0.0, 1.0, "smoke " * (6 - i))])  # older = denser
+    s = TranscriptSearch(db, max_candidates=3)
+    assert {h.call_id for h in s.search("smoke")} == {"n3", "n4", "n5"}
+    assert [h.call_id for h in TranscriptSearch(db).search("smoke")][0] == "n0"

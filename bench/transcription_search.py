@@ -1,0 +1,149 @@
+"""Transcript search latency over many synthetic transcripts (target p95 <= 100 ms).
+
+    .venv/bin/python bench/transcription_search.py [--calls 1000000] [--db PATH] [--queries 40]
+
+Builds (or reuses, with --db) a database of N calls, each with a caller and a handler
+segment of Zipf-distributed words plus a few rare "incident" words, indexed by the real
+transcription migrations (FTS5 + triggers), then times TranscriptSearch.search for
+rare, medium and common terms, phrases, prefixes and filtered searches. Rows are
+generated with executemany in batches; the build is bounded by --max-build-seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from store import calls  # noqa: E402
+from store.db import Database  # noqa: E402
+from transcription import store as tstore  # noqa: E402
+from transcription.search import TranscriptSearch  # noqa: E402
+
+COMMON = ("the a is and to of at he she it there my i you they on in with was for "
+          "police what your address where now please okay yes no help ambulance car "
+          "house road street door outside man woman someone think saw just").split()
+MEDIUM = ("burglary knife fight fire alarm crash window broken drunk shouting stolen "
+          "threatening neighbour garden van bike phone bag shop school park station "
+          "injured bleeding weapon missing child dog noise smoke party").split()
+RARE = [f"zeta{i:05d}" for i in range(20000)]  # each appears in ~N/20000 calls
+LINES = ["999", "101"]
+HANDLERS = [f"h{i}" for i in range(60)]
+
+
+VOCAB = np.array(COMMON + MEDIUM + RARE)
+_P = np.concatenate([
+    0.80 * (w := 1.0 / np.arange(1, len(COMMON) + 1) ** 1.1) / w.sum(),  # Zipf-like
+    np.full(len(MEDIUM), 0.19 / len(MEDIUM)),
+    np.full(len(RARE), 0.01 / len(RARE)),
+])
+
+
+def _texts(rng: np.random.Generator, count: int, words: int) -> list[str]:
+    idx = rng.choice(len(VOCAB), size=(count, words), p=_P / _P.sum())
+    return [" ".join(row) for row in VOCAB[idx].tolist()]
+
+
+def build(db: Database, n: int, max_seconds: float, batch: int = 20000) -> int:
+    rng = np.random.default_rng(42)
+    t0 = time.monotonic()
+    made = 0
+    base = 1.7e9
+    while made < n and time.monotonic() - t0 < max_seconds:
+        k = min(batch, n - made)
+        call_rows, tr_rows, seg_rows = [], [], []
+        callers, handlers = _texts(rng, k, 14), _texts(rng, k, 10)
+        for j in range(made, made + k):
+            cid = f"c{j:08d}"
+            at = base + j * 30.0
+            call_rows.append((cid, LINES[j % 7 == 0], f"0770{j % 100000:06d}", "ended", at,
+                              HANDLERS[j % len(HANDLERS)], f"INC-{j}" if j % 10 == 0 else None))
+            caller, handler = callers[j - made], handlers[j - made]
+            tr_rows.append((cid, "bench", "synthetic", "en", f"caller: {caller}\nhandler: {handler}",
+                            0.9, 60.0, None, at))
+            seg_rows.append((cid, "handler", 0.5, 3.0, handler, 0.9, "[]"))
+            seg_rows.append((cid, "caller", 3.5, 9.0, caller, 0.9, "[]"))
+        with db.transaction() as conn:
+            conn.executemany("INSERT INTO calls(call_id, line, caller, state, arrived_at, handler_id,"
+                             " incident_number) VALUES (?,?,?,?,?,?,?)", call_rows)
+            conn.executemany("INSERT INTO transcription_transcripts VALUES (?,?,?,?,?,?,?,?,?)", tr_rows)
+            conn.executemany('INSERT INTO transcription_segments(call_id, channel, start, "end", text,'
+                             " confidence, words) VALUES (?,?,?,?,?,?,?)", seg_rows)
+        made += k
+        if made % 100000 == 0:
+            print(f"  built {made:,} calls in {time.monotonic() - t0:.0f} s", flush=True)
+    t1 = time.monotonic()
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO transcription_fts(transcription_fts) VALUES ('optimize')")
+    print(f"  fts optimize {time.monotonic() - t1:.0f} s", flush=True)
+    return made
+
+
+def time_queries(search: TranscriptSearch, label: str, queries: list[tuple[str, dict]]) -> None:
+    lat = []
+    hits = 0
+    for q, filters in queries:
+        t = time.perf_counter()
+        res = search.search(q, **filters)
+        lat.append((time.perf_counter() - t) * 1000)
+        hits += len(res)
+    lat.sort()
+    p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+    print(f"{label:<34} n={len(lat):3d} p50={statistics.median(lat):7.1f} ms  p95={p95:7.1f} ms"
+          f"  max={lat[-1]:7.1f} ms  mean hits={hits / len(lat):.1f}  "
+          f"{'OK' if p95 <= 100 else 'OVER 100 ms'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=1_000_000)
+    ap.add_argument("--db", default="")
+    ap.add_argument("--queries", type=int, default=40)
+    ap.add_argument("--max-build-seconds", type=float, default=900)
+    a = ap.parse_args()
+    path = a.db or os.path.join(tempfile.mkdtemp(prefix="tx-search-"), "bench.sqlite3")
+    db = Database(path)
+    db.migrate(calls.COMPONENT, calls.MIGRATIONS)
+    tstore.migrate(db)
+    have = db.query_one("SELECT count(*) FROM transcription_transcripts")[0]
+    if have < a.calls:
+        t0 = time.monotonic()
+        made = build(db, a.calls - have, a.max_build_seconds)
+        dt = time.monotonic() - t0
+        print(f"built {made:,} calls ({2 * made:,} segments) in {dt:.0f} s "
+              f"({made / max(dt, 1e-9):,.0f} calls/s); db {os.path.getsize(path) / 1e6:,.0f} MB")
+    total = db.query_one("SELECT count(*) FROM transcription_transcripts")[0]
+    print(f"searching {total:,} transcripts at {path}; load average {os.getloadavg()[0]:.1f}")
+    search = TranscriptSearch(db)
+    rng = random.Random(7)
+    n = a.queries
+    print(f"(bounded ranking: at most {search.max_candidates} newest matching segments are "
+          f"ranked; filters leaving <= {search.calls_first_max} calls are applied first)")
+    time_queries(search, "rare word (~12 calls per 1M)", [(rng.choice(RARE), {}) for _ in range(n)])
+    time_queries(search, "rare word, line=999", [(rng.choice(RARE), {"line": "999"}) for _ in range(n)])
+    time_queries(search, "medium word (~14% of calls)", [(rng.choice(MEDIUM), {}) for _ in range(n)])
+    time_queries(search, "two medium words (AND)",
+                 [(f"{rng.choice(MEDIUM)} {rng.choice(MEDIUM)}", {}) for _ in range(n)])
+    time_queries(search, "medium word + handler + 1 day",
+                 [(rng.choice(MEDIUM), {"handler_id": rng.choice(HANDLERS),
+                                        "since": 1.7e9 + (d := rng.randrange(total * 30)),
+                                        "until": 1.7e9 + d + 86400}) for _ in range(n)])
+    time_queries(search, "medium word + caller",
+                 [(rng.choice(MEDIUM), {"caller": f"0770{rng.randrange(100000):06d}"}) for _ in range(n)])
+    time_queries(search, "prefix (burg*)", [("burg*", {}) for _ in range(max(5, n // 4))])
+    time_queries(search, "common word (~most calls)", [(rng.choice(COMMON[:10]), {}) for _ in range(max(5, n // 4))])
+    time_queries(search, "phrase of common words", [('"police what"', {}) for _ in range(max(5, n // 4))])
+    db.close()
+
+
+if __name__ == "__main__":
+    main()

