@@ -7,18 +7,19 @@ Theory of operation:
   :meth:`CadPublisher.notify`, which only sets an event. A slow or dead broker therefore
   cannot delay call handling; the outbox grows on disk instead.
 - :meth:`CadPublisher.run` is one task that loops: connect (MQTT 5, falling back to
-  3.1.1 if the broker refuses the protocol), then read pending rows in commit order a
-  batch at a time (on a separate read-only connection, in a worker thread, so only
-  committed rows are sent and the event loop never waits for the disk), publish the
-  batch pipelined at QoS 1 and mark rows delivered only once the broker's PUBACK has
-  arrived. Publishes are issued in outbox order on one connection, and MQTT keeps a
-  connection's order, so each call's messages arrive in seq order.
+  3.1.1 if the broker refuses the protocol), then pipeline. A feeder reads pending rows
+  in commit order a batch at a time (on a separate read-only connection, in a worker
+  thread, so only committed rows are sent and the event loop never waits for the disk)
+  and hands them to paho at QoS 1, up to ``window`` unacknowledged; a completer awaits
+  the PUBACKs in the same order and marks the acknowledged prefix delivered. Publishes
+  are issued in outbox order on one connection, and MQTT keeps a connection's order, so
+  each call's messages arrive in seq order.
 - On any broker error the connection is dropped and re-made with exponential back-off
-  (capped at ``settings.reconnect_max``); everything not acknowledged is still pending and
-  is sent again first. Only a prefix of a batch that was fully acknowledged is marked, so
-  a resend never jumps a call's order. Duplicates can happen only for messages that were
-  in flight when the connection or the process died; consumers dedupe on ``event_id``
-  (or ``(call_id, seq)``).
+  (capped at ``settings.reconnect_max``); everything not marked is still pending and is
+  sent again first. Only an acknowledged prefix is ever marked, so a resend never jumps
+  a call's order. Duplicates can happen only for messages in flight (sent, or acked but
+  not yet marked: at most ``window + mark_every``) when the connection or the process
+  died; consumers dedupe on ``event_id`` (or ``(call_id, seq)``).
 - The queue summary and node status are retained snapshots, not outbox rows: only the
   latest summary matters, so it is kept in memory and re-published on every connect.
 """
