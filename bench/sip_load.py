@@ -100,6 +100,11 @@ async def serve_engine(args: argparse.Namespace) -> None:
             if not args.keep_recordings:
                 ev.path.unlink(missing_ok=True)
 
+    profiler = None
+    if args.profile:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
     rec_dir = Path(args.recordings)
     rec_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine(settings=settings, lines=lines, recordings_dir=rec_dir, on_event=on_event)
@@ -144,6 +149,9 @@ async def serve_engine(args: argparse.Namespace) -> None:
                           "answer_ms": st["answer_ms"]}) + "\n")
     out.close()
     await engine.stop(drain_timeout=0)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
 
 
 # --- orchestration --------------------------------------------------------------------
@@ -240,6 +248,7 @@ def main() -> None:
     ap.add_argument("--stats", default="", help=argparse.SUPPRESS)
     ap.add_argument("--dump-answer-ms", default="", help=argparse.SUPPRESS)
     ap.add_argument("--keep-recordings", action="store_true")
+    ap.add_argument("--profile", default="", help="cProfile the engine into this file")
     ap.add_argument("--calls", type=int, default=600, help="calls per round")
     ap.add_argument("--rounds", type=int, default=2, help="engine rounds (idle RSS after each)")
     ap.add_argument("--rate-start", type=float, default=5.0)
@@ -306,7 +315,8 @@ def orchestrate(args: argparse.Namespace) -> None:
         eng = Process([sys.executable, __file__, "--serve-engine", "--port", str(engine_port),
                        "--proxy", kam.uri, "--rtp", f"{rtp_min}-{rtp_max}",
                        "--handlers", "" if args.no_bridge else ",".join(users),
-                       "--recordings", str(work / "recordings"), "--stats", str(stats_path)],
+                       "--recordings", str(work / "recordings"), "--stats", str(stats_path),
+                       *(["--profile", args.profile] if args.profile else [])],
                       log_path=work / "engine.log", cwd=ROOT)
         stack.append(eng)
         deadline = time.monotonic() + 20
@@ -332,6 +342,10 @@ def orchestrate(args: argparse.Namespace) -> None:
             results[f"engine round {r + 1}"] = res
             report_round(f"engine round {r + 1}", res, idle_rss[0], args)
         eng.stop(timeout=20)
+        if args.profile and Path(args.profile).exists():
+            import pstats
+            print(f"\n--- engine profile (top 15 by own time), {args.profile} ---")
+            pstats.Stats(args.profile).sort_stats("tottime").print_stats(15)
         final = [s for s in read_jsonl(stats_path) if s.get("final")]
         if final:
             ans = final[-1]["answer_ms"]
