@@ -254,14 +254,24 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return out
 
     async def writer() -> None:
-        if hid is not None:
-            await ws.send_json(await view())
-        if supervisor:
-            await ws.send_json({"type": "wallboard.snapshot", "snapshot": await backend.snapshot()})
-        while (item := await client.queue.get()) is not None:
-            for msg in await shape(item):
-                if msg is not None:
-                    await ws.send_json(msg)
+        try:
+            if hid is not None:
+                await ws.send_json(await view())
+            if supervisor:
+                await ws.send_json({"type": "wallboard.snapshot",
+                                    "snapshot": await backend.snapshot()})
+            while (item := await client.queue.get()) is not None:
+                for msg in await shape(item):
+                    if msg is not None:
+                        await ws.send_json(msg)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # A backend bug must not leave a page connected but silently frozen:
+            # close so it reconnects and refetches its whole state.
+            log.exception("console.ws_writer_failed", user=session.user.username)
+            await ws.close(code=1011, message=b"internal error; reconnect")
+            return
         await ws.close(code=1013, message=b"too slow; reconnect")
 
     async def recheck() -> None:

@@ -161,3 +161,22 @@ async def test_pushed_snapshot_is_a_trigger(api: Api, backend: FakeBackend) -> N
     assert [ln["name"] for ln in snap["lines"]] == ["999", "101"]
     assert [h["handler_id"] for h in snap["handlers"]] == ["h1", "h2"]
     await ws.close()
+
+
+async def test_backend_failure_closes_socket_for_reconnect(api: Api, backend: FakeBackend,
+                                                           monkeypatch: Any) -> None:
+    """If handler_view raises a bug, the page's socket is closed with 1011 (it reconnects)."""
+    api.as_role("handler")
+    ws = await api.client.ws_connect("/api/ws")
+    await ws.receive_json(timeout=5)
+    await api.client.app[HUB].ready.wait()
+
+    async def broken(handler_id: str) -> dict[str, Any]:
+        raise RuntimeError("bug")
+    monkeypatch.setattr(backend, "handler_view", broken)
+    backend.push({"type": "handler.state", "handler_id": "h1", "state": "available",
+                  "reason": "", "at": 1.0})
+    async with asyncio.timeout(5):
+        while not ws.closed:
+            await ws.receive()
+    assert ws.close_code == 1011
