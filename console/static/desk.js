@@ -98,7 +98,9 @@ function renderCard() {
     prev.append(el("tr", {},
       el("td", { text: fmtShort(p.arrived_at), title: fmtDateTime(p.arrived_at) }), el("td", { text: p.line }),
       el("td", { text: p.outcome || "" }),
-      el("td", {}, p.incident_number ? el("a", { href: "/auditor#call=" + encodeURIComponent(p.call_id), text: p.incident_number }) : "–"),
+      el("td", {}, !p.incident_number ? "–" : CR.me.roles.includes("auditor")
+        ? el("a", { href: "/auditor#call=" + encodeURIComponent(p.call_id), text: p.incident_number })
+        : el("span", { class: "mono", text: p.incident_number, title: "call " + p.call_id })),
       el("td", { text: p.grade || "–" })));
   }
   $("act-offer").classList.toggle("hidden", phase !== "ringing");
