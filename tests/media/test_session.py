@@ -125,7 +125,11 @@ async def test_bridge_pcma_pcmu_bit_exact_with_recording(engine: MediaEngine, ph
         handler_phone.transport.sendto(rtp.build(0, 60000 + k, 2**32 - 800 + 160 * k, 0xBBBB,
                                                  yu[160 * k:160 * k + 160]),  # seq & ts wrap
                                        ("127.0.0.1", b.local_port))
-    await asyncio.sleep(1.5)
+    # until 1 s of audio plus the jitter delay has been played and relayed (tick-count
+    # based, not a fixed sleep, so a loaded machine only makes the test slower)
+    await wait_for(lambda: rec.frames >= 160 * 70, limit=20)
+    await wait_for(lambda: len(handler_phone.packets) >= 70 and len(caller_phone.packets) >= 70,
+                   limit=20)
     info = rec.seal()
 
     # What each phone heard: the other side's audio, transcoded through 16-bit PCM.
@@ -368,16 +372,21 @@ async def test_far_end_ssrc_change_and_reconfigure(engine: MediaEngine, phone_fa
     assert s.remote is None and s.send_addr is None
 
 
-async def test_ptime_40_sends_320_sample_packets(engine: MediaEngine, phone_factory) -> None:
-    """A stream configured for 40 ms sends one 320-sample packet every other tick, ts += 320."""
+@pytest.mark.parametrize("ptime", [10, 30, 40])
+async def test_other_ptime_sends_whole_packets_of_the_tone(engine: MediaEngine, phone_factory, ptime: int) -> None:
+    """A stream configured for 10/30/40 ms sends packets of ptime*8 samples, ts += that, audio continuous."""
     p = await phone_factory()
     s = engine.allocate()
-    s.configure(remote=p.addr, codec=Codec.PCMA, dtmf_pt=None, ptime=40)
+    s.configure(remote=p.addr, codec=Codec.PCMA, dtmf_pt=None, ptime=ptime)
     s.play("tone")
-    await wait_for(lambda: len(p.packets) >= 4)
-    assert {len(q.payload) for q in p.packets} == {320}
-    ts = [q.timestamp for q in p.packets]
-    assert all((y - x) & 0xFFFFFFFF == 320 for x, y in zip(ts, ts[1:], strict=False))
+    await wait_for(lambda: len(p.packets) >= 12)
+    n = ptime * 8
+    pk = p.packets[:12]
+    assert {len(q.payload) for q in pk} == {n}
+    assert all((y.timestamp - x.timestamp) & 0xFFFFFFFF == n for x, y in zip(pk, pk[1:], strict=False))
+    assert all((y.sequence - x.sequence) & 0xFFFF == 1 for x, y in zip(pk, pk[1:], strict=False))
+    tone = np.concatenate(engine._prompts["tone"])
+    assert b"".join(q.payload for q in pk) == g711.alaw_encode(tone[:12 * n])
 
 
 async def test_latched_source_ignores_foreign_packets_then_relatches(engine: MediaEngine, phone_factory) -> None:
