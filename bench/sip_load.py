@@ -237,6 +237,17 @@ def engine_round_figures(samples: list[dict[str, Any]], t0: float, t1: float) ->
             "lost": last["lost"] - first["lost"], "late": last["late"] - first["late"]}
 
 
+def combine(figs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum (or max) per-worker round figures."""
+    figs = [f for f in figs if f]
+    if not figs:
+        return {}
+    out = {k: sum(f[k] for f in figs) for k in ("streams_s", "cpu_s", "peak_calls", "peak_legs",
+                                                 "peak_rss", "rtp_out", "lost", "late")}
+    out.update({k: max(f[k] for f in figs) for k in ("lag_ms", "gap_ms")})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="SIP load benchmark (engine vs pyVoIP)")
     ap.add_argument("--serve-engine", action="store_true", help=argparse.SUPPRESS)
@@ -259,6 +270,8 @@ def main() -> None:
     ap.add_argument("--handler-phones", type=int, default=2, help="SIPp handler processes")
     ap.add_argument("--phase-timeout", type=float, default=120.0)
     ap.add_argument("--no-bridge", action="store_true", help="engine answers only (like pyVoIP)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="engine processes; Kamailio spreads calls by Call-ID hash")
     ap.add_argument("--no-pyvoip", action="store_true")
     ap.add_argument("--pyvoip-calls", type=int, default=0, help="default: same as --calls")
     args = ap.parse_args()
@@ -286,15 +299,17 @@ def orchestrate(args: argparse.Namespace) -> None:
                               "two cars, one person is trapped.", "PCMA", work / "caller.pcap",
                               repeat=max(1, int(args.talk // 5) + 1))
     tone = speech.tone_clip(440.0, args.talk + 2, "PCMA", work / "handler.pcap")
-    engine_port = free_udp_port()
+    nw = max(1, args.workers)
+    engine_ports = [free_udp_port() for _ in range(nw)]
     pyvoip_port = free_udp_port()
-    rtp_min, rtp_max = free_rtp_range(2 * 2 * (args.limit + 50))
+    per_worker = 2 * 2 * (args.limit // nw + 50)
+    rtp_ranges = [free_rtp_range(per_worker) for _ in range(nw)]
     py_rtp = free_rtp_range(2 * (args.limit + 50))
     stack: list[Any] = []
     results: dict[str, Any] = {}
     try:
-        kam = Kamailio(routes={"999": f"127.0.0.1:{engine_port}"}, domain=DOMAIN, trace=False,
-                       debug=1, children=4, workdir=work / "kamailio")
+        kam = Kamailio(routes={"999": [f"127.0.0.1:{p}" for p in engine_ports]}, domain=DOMAIN,
+                       trace=False, debug=1, children=4, workdir=work / "kamailio")
         (work / "kamailio").mkdir()
         kam.start()
         stack.append(kam)
@@ -311,48 +326,62 @@ def orchestrate(args: argparse.Namespace) -> None:
             phones.append(ph)
         for i, u in enumerate(users):
             kam.register(u, phones[i % len(phones)].contact(u))
-        stats_path = work / "engine-stats.jsonl"
-        eng = Process([sys.executable, __file__, "--serve-engine", "--port", str(engine_port),
-                       "--proxy", kam.uri, "--rtp", f"{rtp_min}-{rtp_max}",
-                       "--handlers", "" if args.no_bridge else ",".join(users),
-                       "--recordings", str(work / "recordings"), "--stats", str(stats_path),
-                       *(["--profile", args.profile] if args.profile else [])],
-                      log_path=work / "engine.log", cwd=ROOT)
-        stack.append(eng)
-        deadline = time.monotonic() + 20
-        while sip_options(("127.0.0.1", engine_port), timeout=0.3) is None:
-            if not eng.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"engine did not start:\n{eng.log_text()}")
+        engines, stats_paths = [], []
+        for w, (port, (lo, hi)) in enumerate(zip(engine_ports, rtp_ranges)):
+            stats_path = work / f"engine{w}-stats.jsonl"
+            prof = [f"--profile", f"{args.profile}.{w}"] if args.profile else []
+            eng = Process([sys.executable, __file__, "--serve-engine", "--port", str(port),
+                           "--proxy", kam.uri, "--rtp", f"{lo}-{hi}",
+                           "--handlers", "" if args.no_bridge else ",".join(users),
+                           "--recordings", str(work / f"recordings{w}"),
+                           "--stats", str(stats_path), *prof],
+                          log_path=work / f"engine{w}.log", cwd=ROOT)
+            stack.append(eng)
+            engines.append(eng)
+            stats_paths.append(stats_path)
+        deadline = time.monotonic() + 30
+        for eng, port in zip(engines, engine_ports):
+            while sip_options(("127.0.0.1", port), timeout=0.3) is None:
+                if not eng.alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"engine did not start:\n{eng.log_text()}")
         time.sleep(1.5)
-        idle_rss = [read_jsonl(stats_path)[-1]["rss"]]
-        watch = {"engine": eng.pid, "kamailio": kam._proc.pid,  # type: ignore[union-attr]
+        idle_rss = [sum(read_jsonl(p)[-1]["rss"] for p in stats_paths)]
+        watch = {**{f"engine{w}": e.pid for w, e in enumerate(engines)},
+                 "kamailio": kam._proc.pid,  # type: ignore[union-attr]
                  **{f"handlers{i}": p._proc.pid for i, p in enumerate(phones)}}  # type: ignore[union-attr]
         for r in range(args.rounds):
             t0 = time.time()
             res = run_callers(args, kam, "999", clip, watch, f"callers-engine-{r}")
             t1 = time.time()
             time.sleep(3)  # let BYEs, recordings and stats settle
-            samples = read_jsonl(stats_path)
-            res["engine"] = engine_round_figures(samples, t0, t1)
-            res["idle_rss"] = samples[-1]["rss"]
-            res["counters"] = {k: samples[-1][k] for k in ("arrived", "ended", "legs_answered",
-                                                           "legs_failed", "sealed", "complete",
-                                                           "stream_seconds", "rtp_out", "rec_bad")}
-            idle_rss.append(samples[-1]["rss"])
+            per = [read_jsonl(p) for p in stats_paths]
+            res["engine"] = combine([engine_round_figures(sm, t0, t1) for sm in per])
+            res["cpu"]["engine"] = sum(v for k, v in res["cpu"].items() if k.startswith("engine"))
+            res["idle_rss"] = sum(sm[-1]["rss"] for sm in per)
+            keys = ("arrived", "ended", "legs_answered", "legs_failed", "sealed", "complete",
+                    "rtp_out")
+            res["counters"] = {k: sum(sm[-1][k] for sm in per) for k in keys}
+            res["counters"]["rec_bad"] = [b for sm in per for b in sm[-1]["rec_bad"]]
+            idle_rss.append(res["idle_rss"])
             results[f"engine round {r + 1}"] = res
-            report_round(f"engine round {r + 1}", res, idle_rss[0], args)
-        eng.stop(timeout=20)
-        if args.profile and Path(args.profile).exists():
-            import pstats
-            print(f"\n--- engine profile (top 15 by own time), {args.profile} ---")
-            pstats.Stats(args.profile).sort_stats("tottime").print_stats(15)
-        final = [s for s in read_jsonl(stats_path) if s.get("final")]
-        if final:
-            ans = final[-1]["answer_ms"]
-            print(f"engine INVITE-in -> 200-out (all rounds): p50 {pct(ans, 50):.2f} ms, "
-                  f"p99 {pct(ans, 99):.2f} ms, max {max(ans or [0]):.2f} ms; "
-                  f"event-loop lag max {final[-1]['lag_max_ms']:.1f} ms")
-        print(f"idle RSS after start/rounds (MB): "
+            report_round(f"engine round {r + 1} ({nw} worker{'s' * (nw > 1)})", res,
+                         idle_rss[0], args)
+        ans: list[float] = []
+        lag = 0.0
+        for w, (eng, sp) in enumerate(zip(engines, stats_paths)):
+            eng.stop(timeout=20)
+            if args.profile and Path(f"{args.profile}.{w}").exists():
+                import pstats
+                print(f"\n--- engine {w} profile (top 15 by own time) ---")
+                pstats.Stats(f"{args.profile}.{w}").sort_stats("tottime").print_stats(15)
+            final = [s for s in read_jsonl(sp) if s.get("final")]
+            if final:
+                ans += final[-1]["answer_ms"]
+                lag = max(lag, final[-1]["lag_max_ms"])
+        print(f"engine INVITE-in -> 200-out (all rounds): p50 {pct(ans, 50):.2f} ms, "
+              f"p99 {pct(ans, 99):.2f} ms, max {max(ans or [0]):.2f} ms; "
+              f"event-loop lag max {lag:.1f} ms")
+        print(f"idle RSS after start/rounds (MB, all workers): "
               f"{', '.join(f'{x / 2**20:.1f}' for x in idle_rss)}")
 
         if not args.no_pyvoip:

@@ -322,7 +322,8 @@ class Kamailio:
     """A running Kamailio proxy/registrar on ``127.0.0.1:<free port>``.
 
     Args:
-        routes: dialled number (request-URI user) -> ``host:port`` it is relayed to.
+        routes: dialled number (request-URI user) -> ``host:port`` it is relayed to, or a
+            list of them (calls spread over the workers by a hash of the Call-ID).
         domain: SIP domain handler phones register in (also an alias of the proxy).
         port: UDP port (0: a free one).
         children: UDP worker processes (raise for load tests).
@@ -333,7 +334,7 @@ class Kamailio:
             INVITEs to routed numbers (trunk calls from the network are not challenged).
     """
 
-    def __init__(self, routes: Mapping[str, str] | None = None, *,
+    def __init__(self, routes: Mapping[str, str | Sequence[str]] | None = None, *,
                  domain: str = "controlroom.local", port: int = 0, children: int = 2,
                  trace: bool = True, debug: int = 2, fr_inv_timer: int = 120000,
                  workdir: Path | None = None,
@@ -370,11 +371,21 @@ class Kamailio:
     def config_text(self) -> str:
         lines = []
         for number, target in self.routes.items():
-            if not number.replace("+", "").isalnum() or '"' in target:
+            targets = [target] if isinstance(target, str) else list(target)
+            if not number.replace("+", "").isalnum() or not targets or \
+                    any('"' in t for t in targets):
                 raise ValueError(f"bad route {number!r} -> {target!r}")
+            if len(targets) == 1:
+                pick = f'        $du = "sip:{targets[0]}";\n'
+            else:
+                # Several service workers: spread calls by a hash of the Call-ID, so every
+                # request and retransmission of one call reaches the same worker.
+                pick = f'        $var(w) = $(ci{{s.corehash,{len(targets)}}});\n' + "".join(
+                    f'        if ($var(w) == {i}) {{ $du = "sip:{t}"; }}\n'
+                    for i, t in enumerate(targets))
             lines.append(
                 f'    if ($rU == "{number}") {{\n'
-                f'        $du = "sip:{target}";\n'
+                f'{pick}'
                 f'        route(RELAY);\n'
                 f'    }}'
             )
