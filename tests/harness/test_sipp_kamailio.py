@@ -107,3 +107,18 @@ def test_dtmf_pcap_plays_through(kamailio: Kamailio, tmp_path: Path) -> None:
         got = [c.rtp for c in cap.packets() if c.dst[1] == hs.media_port]
     assert [(p.pt, p.seq, p.ts, p.payload, p.marker) for p in got] == \
         [(p.pt, p.seq, p.ts, p.payload, p.marker) for p in packets]
+
+
+def test_route_to_several_workers_spreads_calls() -> None:
+    """A number routed to two targets spreads calls over both by Call-ID hash; each call stays whole."""
+    with Sipp(scenarios.handler(user="w", ring_ms=10), calls=20, name="wa") as wa, \
+            Sipp(scenarios.handler(user="w", ring_ms=10), calls=20, name="wb") as wb, \
+            Kamailio(routes={"999": [f"127.0.0.1:{wa.port}", f"127.0.0.1:{wb.port}"]}) as k, \
+            Sipp(scenarios.caller(dialled="999", talk_ms=200), target=k.addr, calls=20, rate=20,
+                 name="caller") as cs:
+        assert cs.wait(30) == 0, cs.diagnostics() + k.log_text()
+        wa.stop()
+        wb.stop()
+        assert cs.successful == 20
+        assert wa.successful + wb.successful == 20
+        assert wa.successful >= 2 and wb.successful >= 2, (wa.successful, wb.successful)
