@@ -98,7 +98,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    from console.users import create_user
+    from console.users import UserError, create_user
     from store import Database
 
     settings = _load(args.config)
@@ -112,7 +112,13 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         print("password too short (at least 10 characters)", file=sys.stderr)
         return 2
     db = Database(settings.storage.database_path)
-    create_user(db, args.username, password, args.role)
+    # A handler whose console login differs from their handler id is mapped here.
+    handler_id = next((h.id for h in settings.handlers if h.user == args.username), None)
+    try:
+        create_user(db, args.username, password, args.role, handler_id=handler_id)
+    except UserError as exc:
+        print(f"cannot add user: {exc}", file=sys.stderr)
+        return 2
     print(f"user {args.username} created with roles {', '.join(args.role)}")
     return 0
 

@@ -504,8 +504,10 @@ class Service:
                 elif isinstance(a, Reject):
                     self._on_reject(a, now)
                 elif isinstance(a, HandlerChanged):
+                    from controlroom.desk import _state_name
+
                     self._fanout({"type": "handler.state", "handler_id": a.handler_id,
-                                  "state": str(getattr(a.state, "value", a.state)),
+                                  "state": _state_name(a.state),
                                   "reason": a.reason, "at": now})
             except Exception:
                 log.exception("applying router action failed", action=repr(a))

@@ -124,3 +124,14 @@ def test_transcribe_a_recording_file(tmp_path: Path) -> None:
     out = json.loads(r.stdout)
     text = json.dumps(out).lower()
     assert "crashed" in text and "wall" in text
+
+
+def test_user_add_duplicate_is_a_clear_error(tmp_path: Path) -> None:
+    """Adding the same user twice exits 2 with a message, not a traceback."""
+    cfg = config(tmp_path)
+    args = ("user", "add", "chief", "--role", "admin", "--config", str(cfg),
+            "--password", "correct-horse-battery")
+    assert run(*args).returncode == 0
+    r = run(*args)
+    assert r.returncode == 2
+    assert r.stderr.startswith("cannot add user:") and "Traceback" not in r.stderr
