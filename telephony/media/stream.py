@@ -1,0 +1,388 @@
+"""One RTP leg: socket I/O, receive path into the jitter buffer, send path on the tick.
+
+See :mod:`telephony.media.session` for the theory of operation (reading in the tick,
+symmetric RTP latching, sequence/timestamp continuity, what a bridge sends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import socket
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from . import rtp
+from .dtmf import DtmfReceiver, DtmfSender
+from .errors import MediaError, RtpError
+from .g711 import A2U_TRANSLATE, ALAW_DECODE, ALAW_ENCODE, U2A_TRANSLATE, ULAW_DECODE, ULAW_ENCODE
+from .jitter import JitterBuffer, silence
+
+if TYPE_CHECKING:
+    from .prompts import PromptLoop
+    from .session import MediaEngine
+
+__all__ = ["DIRECTIONS", "Codec", "RtpStats", "RtpStream"]
+
+Pcm = npt.NDArray[np.int16]
+_HDR = struct.Struct("!BBHII")
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+class Codec(enum.Enum):
+    """Static payload types of ITU-T G.711."""
+
+    PCMU = 0
+    PCMA = 8
+
+
+_DECODE = {0: ULAW_DECODE, 8: ALAW_DECODE}
+_SILENT_CODES = {0: b"\xff", 8: b"\xd5"}  # encode(0) per payload type
+_ENCODE = {Codec.PCMU: ULAW_ENCODE, Codec.PCMA: ALAW_ENCODE}
+# bridge fast path: received payload -> our payload type, by ``bytes.translate``
+_TRANSLATE = {(8, 0): A2U_TRANSLATE, (0, 8): U2A_TRANSLATE}
+
+
+@dataclass(frozen=True)
+class RtpStats:
+    """A snapshot of one stream's counters."""
+
+    packets_in: int = 0
+    """Valid RTP packets received (audio and telephone-event)."""
+    packets_out: int = 0
+    """RTP packets sent."""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    lost: int = 0
+    """RFC 3550 cumulative loss (expected - received), summed over SSRCs."""
+    late: int = 0
+    """Audio packets that arrived after their playout time (dropped)."""
+    duplicates: int = 0
+    malformed: int = 0
+    """Datagrams that were not valid RTP (dropped)."""
+    unexpected_pt: int = 0
+    """Packets with a payload type we did not negotiate (dropped)."""
+    foreign: int = 0
+    """Packets from another address than the latched source while it is alive (dropped)."""
+    jitter_ms: float = 0.0
+    """RFC 3550 interarrival jitter."""
+    max_send_gap_ms: float = 0.0
+    """Largest interval between two packets sent while sending continuously."""
+    send_errors: int = 0
+    """Packets the kernel refused (buffer full, unreachable): dropped, not queued."""
+    resyncs: int = 0
+    """New SSRC or timestamp jump on the receive side."""
+    jitter_delay_ms: float = 0.0
+    """Current playout delay of the jitter buffer."""
+
+
+class RtpStream:
+    """One RTP leg: a socket, a jitter buffer, a send source. Made by ``MediaEngine.allocate``."""
+
+    def __init__(self, engine: MediaEngine, sock: socket.socket, port: int) -> None:
+        self.local_port = port
+        """Even UDP port this stream is bound to."""
+        self.last_rx: float | None = None
+        """``time.monotonic()`` of the last valid RTP packet received."""
+        self.codec = Codec.PCMA
+        self.dtmf_pt: int | None = None
+        self.direction = "sendrecv"
+        self.remote: tuple[str, int] | None = None
+        """Address from SDP (``configure``)."""
+        self.send_addr: tuple[str, int] | None = None
+        """Where packets go: the latched source of received RTP, else ``remote``."""
+        self.relatch_after = 2.0
+        """Seconds the latched source must be silent before another source is accepted."""
+        self._latched: tuple[str, int] | None = None
+        self.closed = False
+        self.rx_frame: Pcm = silence(engine.frame_samples)
+        """Audio received for the current tick (valid during and after the tick)."""
+        self.rx_raw: tuple[int, bytes] | None = None
+        """``(payload type, G.711 payload)`` when ``rx_frame`` is exactly one received packet."""
+        self._engine = engine
+        self._sock = sock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._frame = engine.frame_samples
+        self._ptime_samples = self._frame
+        self._enc = ALAW_ENCODE
+        self._pt = Codec.PCMA.value
+        self._acc: Pcm | None = None
+        self._jb = JitterBuffer(frame_samples=self._frame)
+        self._rstats = rtp.ReceptionStats()
+        self._dtmf_rx = DtmfReceiver()
+        self._dtmf_tx: deque[tuple[str, int]] = deque()
+        self._dtmf_active: DtmfSender | None = None
+        self._prompt: PromptLoop | None = None  # None: silence
+        self.peer: RtpStream | None = None
+        """Bridged stream whose received audio we send (None when not bridged)."""
+        self._listen_peer = False
+        self._ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._marker = True
+        self._last_send: float | None = None
+        # plain attributes, not a dict: these are bumped per packet on the hot path
+        self._packets_in = self._packets_out = self._bytes_in = self._bytes_out = 0
+        self._malformed = self._unexpected_pt = self._send_errors = self._foreign = 0
+        self._sending = True  # direction allows sending
+        self._receiving = True  # direction allows receiving
+        self._max_send_gap = 0.0
+
+    # ------------------------------------------------------------ transport
+    def _open(self, loop: asyncio.AbstractEventLoop, reader: bool) -> None:
+        if reader:
+            self._loop = loop
+            loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        if self.closed:
+            return
+        sock = self._sock
+        now = time.monotonic()
+        for _ in range(64):  # bounded, so one flooded socket cannot starve the others
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # ICMP errors surfaced on the socket (port unreachable after our sendto):
+                # the far end is not there (yet); the dead-call guard decides, not us.
+                self._send_errors += 1
+                continue
+            self.datagram_received(data, addr, now)
+            if self.closed:
+                return
+
+    # -------------------------------------------------------------- control
+    def configure(self, *, remote: tuple[str, int] | None, codec: Codec, dtmf_pt: int | None,
+                  ptime: int = 20) -> None:
+        """Set (or change, on re-INVITE) the far address, send codec, DTMF PT and ptime."""
+        if not isinstance(codec, Codec):
+            raise MediaError(f"unsupported codec {codec!r}")
+        if dtmf_pt is not None and not (96 <= dtmf_pt <= 127):
+            raise MediaError(f"telephone-event payload type must be 96..127, got {dtmf_pt}")
+        if ptime not in (10, 20, 30, 40):
+            raise MediaError(f"ptime must be 10, 20, 30 or 40 ms, got {ptime}")
+        if remote is not None:
+            remote = self._engine._check_remote(remote)  # None for 0.0.0.0 (RFC 2543 hold)
+        self.codec = codec
+        self._enc = _ENCODE[codec]
+        self._pt = codec.value
+        self.dtmf_pt = dtmf_pt
+        self._ptime_samples = ptime * 8
+        self._acc = None
+        if remote != self.remote:
+            self.remote = remote
+            self.send_addr = remote  # re-latch to the new address once its packets arrive
+            self._latched = None
+
+    def set_direction(self, direction: str) -> None:
+        """Our direction: ``sendrecv``, ``sendonly``, ``recvonly`` or ``inactive``."""
+        if direction not in DIRECTIONS:
+            raise MediaError(f"unknown direction {direction!r}")
+        self.direction = direction
+        self._sending = direction in ("sendrecv", "sendonly")
+        self._receiving = direction in ("sendrecv", "recvonly")
+
+    def play(self, prompt: str) -> None:
+        """Send ``'tone'``, ``'silence'`` or a WAV file (8 kHz mono 16-bit), looped.
+
+        Takes effect at the next tick, also while bridged (this side then stops sending
+        the peer's audio, e.g. hold music; ``bridge`` again to resume). It is the source
+        ``unbridge`` returns to.
+        """
+        self._prompt = self._engine._prompt(prompt)
+        self._listen_peer = False
+
+    def send_dtmf(self, digit: str, duration_ms: int = 160) -> None:
+        """Queue an RFC 4733 digit (audio pauses while it is sent)."""
+        DtmfSender(digit, timestamp=0)  # validates the digit now, raising ValueError
+        if not 40 <= duration_ms <= 5000:
+            raise MediaError(f"DTMF duration must be 40..5000 ms, got {duration_ms}")
+        self._dtmf_tx.append((digit, duration_ms))
+
+    @property
+    def stats(self) -> RtpStats:
+        """Counters snapshot."""
+        jb = self._jb
+        return RtpStats(packets_in=self._packets_in, packets_out=self._packets_out,
+                        bytes_in=self._bytes_in, bytes_out=self._bytes_out,
+                        lost=self._rstats.lost, late=jb.late, duplicates=jb.duplicates,
+                        malformed=self._malformed, unexpected_pt=self._unexpected_pt,
+                        jitter_ms=self._rstats.jitter_ms,
+                        max_send_gap_ms=1000.0 * self._max_send_gap,
+                        send_errors=self._send_errors, foreign=self._foreign,
+                        resyncs=jb.resyncs,
+                        jitter_delay_ms=jb.delay / 8.0)
+
+    def close(self) -> None:
+        """Stop sending and receiving, close the socket, return the port. Idempotent."""
+        if self.closed:
+            return
+        self._on_readable()  # what already arrived still goes to the jitter buffer (and
+        self.closed = True   # from there into the recording's tail at seal)
+        if self.peer is not None:
+            self._engine.unbridge(self)
+        if self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+        self._engine._unwatch(self)
+        self._sock.close()
+        self._engine._release(self)
+
+    # --------------------------------------------------------------- receive
+    def datagram_received(self, data: bytes, addr: tuple[str, int],
+                          now: float | None = None, pcm: Pcm | None = None) -> None:
+        """Handle one received datagram (never raises for bad input: counted, dropped).
+
+        ``now`` is ``time.monotonic()`` (taken once per batch of datagrams by the reader);
+        ``pcm`` is the payload already decoded (the engine decodes a tick's packets in one
+        batch), else it is decoded here.
+        """
+        if self.closed:
+            return
+        n = len(data)
+        if n >= 12 and data[0] == 0x80:  # fast path: no padding, extension or CSRC
+            b0, b1, seq, ts, ssrc = _HDR.unpack_from(data)
+            pt = b1 & 0x7F
+            payload = data[12:]
+        else:
+            try:
+                p = rtp.parse(data)
+            except RtpError:
+                self._malformed += 1
+                return
+            pt, seq, ts, ssrc, payload = p.payload_type, p.sequence, p.timestamp, p.ssrc, p.payload
+        table = _DECODE.get(pt)
+        if table is None and pt != self.dtmf_pt:
+            self._unexpected_pt += 1
+            return
+        if now is None:
+            now = time.monotonic()
+        if addr != self._latched:
+            # Strict symmetric RTP: a single forged packet must not divert a 999 call's
+            # audio. Latch to the first source; move only if it has been silent a while.
+            if self._latched is not None and self.last_rx is not None \
+                    and now - self.last_rx < self.relatch_after:
+                self._foreign += 1
+                return
+            self._latched = self.send_addr = addr
+        self._packets_in += 1
+        self._bytes_in += n
+        self.last_rx = now
+        self._rstats.update(ssrc, seq, ts, now)
+        if table is not None:
+            if self._receiving and payload:
+                if pcm is None:
+                    pcm = table[np.frombuffer(payload, dtype=np.uint8)]
+                self._jb.push(ssrc=ssrc, seq=seq, timestamp=ts, pcm=pcm, raw=(pt, payload))
+            return
+        try:
+            digits = self._dtmf_rx.feed(ts, payload)
+        except RtpError:
+            self._malformed += 1
+            return
+        for d in digits:
+            self._engine._dtmf(self, d)
+
+    # ------------------------------------------------------------------ tick
+    def _send_tick(self, now: float) -> None:
+        frame_ts = self._ts
+        self._ts = (frame_ts + self._frame) & 0xFFFFFFFF  # real time, sent or not
+        addr = self.send_addr
+        if addr is None or not self._sending:
+            self._marker = True
+            self._last_send = None
+            return
+        if self._dtmf_tx or self._dtmf_active is not None:
+            if self.dtmf_pt is None:  # no telephone-event negotiated: digits cannot be sent
+                self._dtmf_active = None
+                self._dtmf_tx.clear()
+            else:
+                if self._dtmf_active is None:
+                    digit, ms = self._dtmf_tx.popleft()
+                    self._dtmf_active = DtmfSender(digit, timestamp=frame_ts, duration_ms=ms,
+                                                   frame_samples=self._frame)
+                sender = self._dtmf_active
+                marker, payload = sender.next_packet()
+                if sender.done:
+                    self._dtmf_active = None
+                self._send(rtp.build_fast(self.dtmf_pt, self._seq, sender.timestamp,
+                                          self._ssrc, payload, marker), addr, now)
+                return
+        pt = self._pt
+        if self._ptime_samples == self._frame:  # the hot path, _send inlined
+            peer = self.peer if self._listen_peer else None
+            if peer is not None:
+                raw = peer.rx_raw
+                if raw is None:
+                    payload = self._enc[peer.rx_frame.view(np.uint16)].tobytes()
+                elif raw[0] == pt:
+                    payload = raw[1]  # same law: forward the received codes untouched
+                else:
+                    payload = raw[1].translate(_TRANSLATE[raw[0], pt])
+            elif self._prompt is not None:
+                loop = self._prompt
+                payload = loop.payloads(self.codec)[loop.next_index()]
+            else:
+                payload = _SILENT_CODES[pt] * self._frame
+            seq = self._seq
+            packet = _HDR.pack(0x80, (0x80 | pt) if self._marker else pt, seq, frame_ts,
+                               self._ssrc) + payload
+            self._seq = (seq + 1) & 0xFFFF
+            self._marker = False
+            last = self._last_send
+            if last is not None and now - last > self._max_send_gap:
+                self._max_send_gap = now - last
+            self._last_send = now
+            try:
+                self._sock.sendto(packet, addr)
+            except OSError:  # EAGAIN (buffer full), unreachable...: drop, never queue
+                self._send_errors += 1
+                return
+            self._packets_out += 1
+            self._bytes_out += len(packet)
+            return
+        if self._listen_peer and self.peer is not None:
+            frame = self.peer.rx_frame
+        elif self._prompt is not None:
+            frame = self._prompt.frames[self._prompt.next_index()]
+        else:
+            frame = silence(self._frame)
+        table = self._enc
+        # other ptime: accumulate samples, send whole packets (ts of their first sample)
+        if self._acc is None:
+            self._acc = frame.copy()
+            self._acc_ts = frame_ts
+        else:
+            self._acc = np.concatenate((self._acc, frame))
+        p = self._ptime_samples
+        while self._acc is not None and len(self._acc) >= p:
+            chunk, rest = self._acc[:p], self._acc[p:]
+            self._send(rtp.build_fast(pt, self._seq, self._acc_ts, self._ssrc,
+                                      table[chunk.view(np.uint16)].tobytes(), self._marker),
+                       addr, now)
+            self._acc_ts = (self._acc_ts + p) & 0xFFFFFFFF
+            self._acc = rest if len(rest) else None
+
+    def _send(self, packet: bytes, addr: tuple[str, int], now: float) -> None:
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._marker = False
+        if self._last_send is not None:
+            gap = now - self._last_send
+            if gap > self._max_send_gap:
+                self._max_send_gap = gap
+        self._last_send = now
+        try:
+            self._sock.sendto(packet, addr)
+        except OSError:  # EAGAIN (buffer full), unreachable...: drop, never queue
+            self._send_errors += 1
+            return
+        self._packets_out += 1
+        self._bytes_out += len(packet)
