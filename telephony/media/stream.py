@@ -166,8 +166,12 @@ class RtpStream:
         """Set (or change, on re-INVITE) the far address, send codec, DTMF PT and ptime."""
         if not isinstance(codec, Codec):
             raise MediaError(f"unsupported codec {codec!r}")
-        if dtmf_pt is not None and not (96 <= dtmf_pt <= 127):
-            raise MediaError(f"telephone-event payload type must be 96..127, got {dtmf_pt}")
+        # RFC 4733 uses a dynamic type (96-127), but we take any the SDP named rather than
+        # fail a call over it - except the G.711 types themselves, which would be ambiguous.
+        if dtmf_pt is not None and (not isinstance(dtmf_pt, int) or not 0 <= dtmf_pt <= 127
+                                    or dtmf_pt in (0, 8)):
+            raise MediaError(f"telephone-event payload type must be 0..127 and not 0 or 8, "
+                             f"got {dtmf_pt!r}")
         if ptime not in (10, 20, 30, 40):
             raise MediaError(f"ptime must be 10, 20, 30 or 40 ms, got {ptime}")
         if remote is not None:

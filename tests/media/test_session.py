@@ -359,6 +359,8 @@ async def test_far_end_ssrc_change_and_reconfigure(engine: MediaEngine, phone_fa
     assert {p.payload_type for p in p2.packets} == {8}
     with pytest.raises(MediaError, match="ptime must be 10, 20, 30 or 40 ms, got 25"):
         s.configure(remote=p2.addr, codec=Codec.PCMA, dtmf_pt=None, ptime=25)
+    with pytest.raises(MediaError, match="telephone-event payload type must be 0..127 and not 0 or 8, got 8"):
+        s.configure(remote=p2.addr, codec=Codec.PCMA, dtmf_pt=8)
     with pytest.raises(MediaError, match="unknown direction 'both'"):
         s.set_direction("both")
     with pytest.raises(MediaError, match="remote must be \\(IP address, port\\), got \\('example.com', 4000\\)"):
