@@ -138,3 +138,22 @@ def test_tables_are_read_only() -> None:
     """The shared lookup tables cannot be corrupted by a caller."""
     with pytest.raises(ValueError):
         g711.ALAW_DECODE[0] = 1
+
+
+@pytest.mark.realparts
+@pytest.mark.parametrize(("law", "enc"), [("alaw", "a-law"), ("ulaw", "u-law")])
+def test_sox_decodes_our_codes_like_we_do(tmp_path, law: str, enc: str) -> None:
+    """An independent implementation (sox) decodes all 256 codes to the same 16-bit values."""
+    import shutil
+    import subprocess
+
+    sox = shutil.which("sox")
+    if sox is None:
+        pytest.skip("sox not installed")
+    src, dst = tmp_path / "in.raw", tmp_path / "out.raw"
+    src.write_bytes(bytes(range(256)))
+    subprocess.run([sox, "-t", "raw", "-r", "8000", "-c", "1", "-e", enc, "-b", "8", str(src),
+                    "-t", "raw", "-e", "signed-integer", "-b", "16", "-L", str(dst)],
+                   check=True, timeout=30)
+    theirs = np.frombuffer(dst.read_bytes(), dtype="<i2")
+    assert theirs.tolist() == getattr(g711, f"{law.upper()}_DECODE").tolist()
