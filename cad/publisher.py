@@ -78,6 +78,16 @@ def append_event(conn: sqlite3.Connection, event: DomainEvent, *, node: str, lin
                          payload_fn=build, event_id=event.event_id)
 
 
+def _reap(task: asyncio.Task[Any]) -> None:
+    """Drop a publish task we no longer wait for: cancel it, or retrieve its error (the
+    session's own error is what gets reported, not one line per message)."""
+    if task.done():
+        if not task.cancelled():
+            task.exception()
+    else:
+        task.cancel()
+
+
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     """Cancel ``tasks`` and wait until each has finished, re-cancelling as needed.
 
@@ -344,10 +354,7 @@ class CadPublisher:
         finally:
             await _cancel_all([feeder])
             while not window.empty():
-                _, task = window.get_nowait()
-                if task.done() and not task.cancelled():
-                    task.exception()  # retrieved: the session's own error is reported
-                task.cancel()
+                _reap(window.get_nowait()[1])
 
     async def _feed(self, client: aiomqtt.Client,
                     window: asyncio.Queue[tuple[outbox.OutboxRow, asyncio.Task[None]]]) -> None:
@@ -371,10 +378,7 @@ class CadPublisher:
                 try:
                     await window.put((r, task))  # waits while the window is full
                 except BaseException:
-                    # Not in the window: nobody else will reap it.
-                    if task.done() and not task.cancelled():
-                        task.exception()
-                    task.cancel()
+                    _reap(task)  # not in the window: nobody else will
                     raise
                 last_id = r.id
             if rows:
@@ -398,6 +402,11 @@ class CadPublisher:
                     try:
                         await asyncio.wait({get, feeder}, timeout=self.mark_delay if acked else None,
                                            return_when=asyncio.FIRST_COMPLETED)
+                    except BaseException:
+                        # Cancelled just as an item was taken: reap its publish task.
+                        if get.done() and not get.cancelled():
+                            _reap(get.result()[1])
+                        raise
                     finally:
                         if not get.done():
                             get.cancel()
