@@ -216,3 +216,23 @@ async def test_publish_errors_do_not_stop_service(db):
         await _until(lambda: svc.stats["segments_published"] >= 1)
     finally:
         await svc.stop()
+
+
+async def test_full_inbox_drops_frames_and_sheds_without_blocking(db):
+    """A tiny inbox on a slow worker: feed never blocks, extra frames are counted as
+    dropped and the least urgent call is shed at once (flagged 'inbox full')."""
+    events = []
+    svc = TranscriptionService(settings=_settings(), db=db, publish=events.append,
+                               engine=FakeEngine(cost=2.0), inbox_seconds=0.05)
+    await svc.start()
+    try:
+        svc.live_start("e999", priority=0)
+        svc.live_start("n101", priority=1)
+        t = time.monotonic()
+        await _feed(svc, ["e999", "n101"], 0.5, realtime=False)
+        assert time.monotonic() - t < 2.0  # 100 feeds against a stalled worker return at once
+        assert svc.stats["frames_dropped"] > 0
+        flags = [e for e in events if isinstance(e, CallFlagged)]
+        assert flags and flags[0].call_id == "n101" and "inbox full" in flags[0].detail
+    finally:
+        await svc.stop()
