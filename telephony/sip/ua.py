@@ -162,6 +162,7 @@ class UserAgent(RegisterMixin):
                 self.counters["dropped"] += 1
             return
         if msg is None:
+            self.counters["keepalives"] += 1
             return
         if isinstance(msg, Request):
             self.counters["requests"] += 1

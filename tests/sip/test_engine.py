@@ -233,3 +233,33 @@ async def test_recovered_recordings_reported_at_start(tmp_path: Path) -> None:
     assert events == [api.RecordingSealed(at=events[0].at, call_id="c9", path=info.path,
                                           sha256="ab" * 32, duration=12.0, bytes=192044,
                                           recovered=True)]
+
+
+async def test_flood_of_junk_does_not_stop_service(rig: Rig) -> None:
+    """2000 junk/malformed datagrams are counted (no exception escapes); calls still work."""
+    received = [0]
+    handler = rig.engine._sock._on_datagram
+
+    def counting(data: bytes, addr: tuple[str, int]) -> None:
+        received[0] += 1
+        handler(data, addr)
+
+    rig.engine._sock._on_datagram = counting
+    text, _, _ = invite(rig.peer, rig.engine.sip_port)
+    bad = text.replace("Content-Length: ", "Content-Length: x")
+    for i in range(1000):
+        rig.peer.send(bytes([i % 256]) * (i % 700 + 1), rig.engine.sip_port)
+        rig.peer.send(bad, rig.engine.sip_port)
+        if i % 50 == 49:
+            await asyncio.sleep(0.005)  # same loop: let the engine read (bounded kernel buffer)
+    await asyncio.sleep(0.3)
+    while not rig.peer.proto.queue.empty():
+        rig.peer.proto.queue.get_nowait()
+    counters = rig.engine.sip_counters
+    # every datagram that reached the socket was either refused or a blank keep-alive
+    assert received[0] > 500
+    assert counters["malformed"] + counters["keepalives"] == received[0]
+    assert counters.get("requests", 0) == 0
+    assert rig.engine._sock.handler_errors == 0
+    await rig.answered_call(from_tag="after-flood")
+    assert len(rig.of(api.CallArrived)) == 1

@@ -176,3 +176,36 @@ def test_fuzz_sip_shaped_messages_never_crash(start: str, lines: list[str], body
         return
     assert msg is not None
     msg.call_id, msg.cseq, msg.vias, msg.from_, msg.to  # noqa: B018 - accessors must work
+
+
+_REQ_LINES = st.sampled_from([
+    "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKf1;rport", "Via: SIP/2.0/UDP 10.0.0.1",
+    "From: <sip:a@b>;tag=1", "From: <sip:a@b>", "To: <sip:999@c>", "To: <sip:999@c>;tag=zz",
+    "Call-ID: fz", "CSeq: 1 INVITE", "CSeq: 2 BYE", "CSeq: 1 ACK", "CSeq: 1 CANCEL",
+    "Contact: <sip:a@10.0.0.1:5060>", "Contact: *", "Record-Route: <sip:p;lr>",
+    "Max-Forwards: 0", "Require: 100rel", "Content-Type: application/sdp",
+    "Content-Type: multipart/mixed;boundary=x", "Content-Length: 4", "Route: <sip:x;lr>",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "FOO", "SIP/2.0 200",
+                     "SIP/2.0 487", "SIP/2.0 100"]),
+    st.lists(_REQ_LINES, max_size=10), st.sampled_from([b"", b"v=0\r\n", b"\xff\xfe"])),
+    max_size=6), st.floats(0, 100))
+def test_fuzz_user_agent_never_raises(msgs: list, now: float) -> None:
+    """The UA core absorbs any sequence of SIP-shaped datagrams without raising."""
+    from telephony.sip.ua import UserAgent
+
+    ua = UserAgent(host="10.0.0.2", port=5060)
+    for start, lines, body in msgs:
+        first = f"{start} OK" if start.startswith("SIP/") else f"{start} sip:999@10.0.0.2 SIP/2.0"
+        data = ("\r\n".join([first, *lines]) + "\r\n\r\n").encode() + body
+        ua.receive(data, ("10.0.0.1", 5060), now)
+        for ev in ua.events():
+            session = getattr(ev, "session", None)
+            if session is not None and session.role == "uas" and session.state == "incoming":
+                ua.respond(session, 200, body=b"v=0\r\n", now=now)
+        ua.handle_timers(now + 40)
+        ua.datagrams_to_send()
