@@ -79,9 +79,15 @@ async def main() -> None:
     ap.add_argument("--legs", type=int, nargs="+", default=[100, 200, 300, 400])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--port-min", type=int, default=40000)
+    ap.add_argument("--nice", type=int, default=0,
+                    help="lower our nice value by this much (needs root): how a media process "
+                         "is deployed (higher priority than batch work); 0 = as started")
     ap.add_argument("--reader", action="store_true",
                     help="read sockets with one loop.add_reader callback each (not in the tick)")
     args = ap.parse_args()
+    if args.nice:
+        os.nice(-abs(args.nice))
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, nice {os.nice(0)}")
     print(f"{'legs':>5} {'pkt/s/leg':>9} {'ticks/s':>7} {'lost':>6} {'late':>6} {'senderr':>7} "
           f"{'maxgap':>7} {'maxlate':>7} {'lateTk':>6} {'tick':>6} {'cpu%':>5} {'seal':>6}")
     with tempfile.TemporaryDirectory() as d:

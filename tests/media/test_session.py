@@ -480,3 +480,25 @@ async def test_batch_decode_matches_per_packet_decode(engine: MediaEngine) -> No
     assert [p.tolist() for p in b._jb._buf.values()] == [
         g711.ulaw_decode(pay[1]).tolist(), g711.ulaw_decode(pay[3]).tolist()]
     assert b.stats.malformed == 1 and b.stats.packets_in == 3
+
+
+async def test_ipv6_loopback_stream(tmp_path: Path) -> None:
+    """Streams work on ::1 too (IPv6 family chosen from the bind address)."""
+    probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    finally:
+        probe.close()
+    eng = MediaEngine(bind="::1", port_min=30000, port_max=65000, recordings_dir=tmp_path)
+    await eng.start()
+    try:
+        a, b = eng.allocate(), eng.allocate()
+        a.configure(remote=("::1", b.local_port), codec=Codec.PCMA, dtmf_pt=None)
+        b.configure(remote=("::1", a.local_port), codec=Codec.PCMU, dtmf_pt=None)
+        a.play("tone")
+        await wait_for(lambda: b.stats.packets_in >= 5)
+        assert b.send_addr is not None and b.send_addr[:2] == ("::1", a.local_port)
+    finally:
+        await eng.stop()
