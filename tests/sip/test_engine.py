@@ -252,12 +252,17 @@ async def test_flood_of_junk_does_not_stop_service(rig: Rig) -> None:
         rig.peer.send(bad, rig.engine.sip_port)
         if i % 50 == 49:
             await asyncio.sleep(0.005)  # same loop: let the engine read (bounded kernel buffer)
-    await asyncio.sleep(0.3)
+    last = -1
+    for _ in range(50):  # until the engine has read its backlog (bounded: 5 s)
+        if received[0] == last:
+            break
+        last = received[0]
+        await asyncio.sleep(0.1)
     while not rig.peer.proto.queue.empty():
         rig.peer.proto.queue.get_nowait()
     counters = rig.engine.sip_counters
     # every datagram that reached the socket was either refused or a blank keep-alive
-    assert received[0] > 500
+    assert received[0] > 100
     assert counters["malformed"] + counters["keepalives"] == received[0]
     assert counters.get("requests", 0) == 0
     assert rig.engine._sock.handler_errors == 0
