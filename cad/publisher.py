@@ -46,7 +46,7 @@ from paho.mqtt.properties import Properties
 
 from config.loader import secret
 from config.schema import MqttSettings
-from controlroom.events import DomainEvent
+from controlroom.events import CAD_EVENT_TYPES, DomainEvent
 from store import outbox
 from store.db import Database
 
@@ -59,23 +59,56 @@ _UNSUPPORTED_PROTOCOL = {1, 132}
 
 
 def append_event(conn: sqlite3.Connection, event: DomainEvent, *, node: str, line: str,
-                 incident_number: str | None = None, validate: bool = True) -> int:
+                 incident_number: str | None = None, validate: bool = True,
+                 strict: bool = False) -> int | None:
     """Append the CAD message for ``event`` to the outbox; returns its per-call seq.
 
     Call inside the ``db.transaction()`` that records the state change, then
     :meth:`CadPublisher.notify`. ``line`` is the call's line (a topic level) even for
-    events that do not carry one. With ``validate`` the message is checked against the
-    schema first; a failure is a bug here and raises :class:`cad.schema.SchemaError`,
-    rolling back the caller's transaction rather than sending a bad message.
+    events that do not carry one. Events that do not go to the CAD (live transcript
+    segments) are skipped: returns None.
+
+    A message that cannot be built or fails the schema is a bug in this service. The
+    call's state change matters more than its CAD message, so by default it is logged
+    (``cad.message.invalid`` / ``cad.message.build_failed``, error level) rather than
+    raised into the caller's transaction: an invalid message is still queued (the CAD
+    sees it and may reject it), an unbuildable one is dropped. ``strict`` raises instead
+    (tests).
     """
+    if event.type not in CAD_EVENT_TYPES:
+        return None
+    if not conn.in_transaction:
+        raise ValueError("append_event must run inside db.transaction()")
+
     def build(seq: int) -> dict[str, Any]:
         msg = messages.to_message(event, seq=seq, node=node, incident_number=incident_number)
         if validate:
-            schema.validate(msg)
+            try:
+                schema.validate(msg)
+            except schema.SchemaError as exc:
+                if strict:
+                    raise
+                log.error("cad.message.invalid", call_id=event.call_id, type=event.type,
+                          event_id=event.event_id, error=str(exc))
         return msg
 
-    return outbox.append(conn, call_id=event.call_id, line=line, type=event.type,
-                         payload_fn=build, event_id=event.event_id)
+    if strict:
+        return outbox.append(conn, call_id=event.call_id, line=line, type=event.type,
+                             payload_fn=build, event_id=event.event_id)
+    # A savepoint keeps a failed build from leaving a half-done append (the seq bump)
+    # inside the caller's transaction.
+    conn.execute("SAVEPOINT cad_append")
+    try:
+        seq = outbox.append(conn, call_id=event.call_id, line=line, type=event.type,
+                            payload_fn=build, event_id=event.event_id)
+    except Exception as exc:  # noqa: BLE001 - see docstring: never break call handling
+        conn.execute("ROLLBACK TO cad_append")
+        conn.execute("RELEASE cad_append")
+        log.error("cad.message.build_failed", call_id=event.call_id, type=event.type,
+                  event_id=event.event_id, error=repr(exc))
+        return None
+    conn.execute("RELEASE cad_append")
+    return seq
 
 
 def _reap(task: asyncio.Task[Any]) -> None:

@@ -138,7 +138,7 @@ def test_append_event_builds_validated_message(db: Database) -> None:
     """append_event stores the schema-valid CAD message with its seq and event id."""
     events = one_of_each("call-1")[:-1]  # the last sample belongs to another call
     with db.transaction() as conn:
-        seqs = [append_event(conn, e, node="fcr1", line="999") for e in events]
+        seqs = [append_event(conn, e, node="fcr1", line="999", strict=True) for e in events]
     assert seqs == list(range(1, len(events) + 1))
     rows = outbox.pending(db)
     for row, e in zip(rows, events, strict=True):
@@ -173,3 +173,67 @@ def test_two_processes_appending_keep_seq_gap_free(tmp_path: Path) -> None:
     rows = outbox.pending(d, limit=1000)
     assert [r.seq for r in rows] == list(range(1, 201))  # commit order == seq order
     d.close()
+
+
+def test_append_event_skips_live_segments(db: Database) -> None:
+    """Live transcript segments are not CAD messages: nothing appended, None returned."""
+    from controlroom import events as ev
+    seg = ev.TranscriptSegment(call_id="c", at=1.0, channel="caller", text="hi", start=0.0,
+                               end=1.0, final=True)
+    with db.transaction() as conn:
+        assert append_event(conn, seg, node="n", line="999") is None
+    assert outbox.depth(db) == 0
+
+
+def test_append_event_outside_transaction_refused(db: Database) -> None:
+    """append_event needs the caller's transaction."""
+    conn = sqlite3.connect(db.path, isolation_level=None)
+    with pytest.raises(ValueError, match="inside db.transaction"):
+        append_event(conn, one_of_each()[0], node="n", line="999")
+    conn.close()
+
+
+def test_invalid_message_is_logged_but_queued(db: Database,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A schema failure never breaks the caller's transaction: logged as an error, still sent."""
+    from structlog.testing import capture_logs
+
+    from cad import messages
+    real = messages.to_message
+    monkeypatch.setattr(messages, "to_message",
+                        lambda *a, **k: {**real(*a, **k), "stray": 1})
+    with capture_logs() as logs, db.transaction() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS marker (x)")
+        conn.execute("INSERT INTO marker VALUES (1)")
+        assert append_event(conn, one_of_each()[0], node="n", line="999") == 1
+    assert db.query_one("SELECT COUNT(*) FROM marker")[0] == 1
+    assert outbox.depth(db) == 1
+    assert logs[0]["event"] == "cad.message.invalid"
+    assert logs[0]["log_level"] == "error"
+    assert "stray" in logs[0]["error"]
+    with pytest.raises(schema.SchemaError), db.transaction() as conn:
+        append_event(conn, one_of_each()[0], node="n", line="999", strict=True)
+
+
+def test_unbuildable_message_is_dropped_without_breaking_the_call(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A builder crash is logged; the caller's other writes commit and no seq is used up."""
+    from structlog.testing import capture_logs
+
+    from cad import messages
+
+    def boom(*a: object, **k: object) -> dict:
+        raise TypeError("bug")
+    e = one_of_each()[0]
+    with db.transaction() as conn:
+        assert append_event(conn, e, node="n", line="999") == 1
+    monkeypatch.setattr(messages, "to_message", boom)
+    with capture_logs() as logs, db.transaction() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS marker (x)")
+        conn.execute("INSERT INTO marker VALUES (1)")
+        assert append_event(conn, e, node="n", line="999") is None
+    assert db.query_one("SELECT COUNT(*) FROM marker")[0] == 1
+    assert logs[0]["event"] == "cad.message.build_failed"
+    monkeypatch.undo()
+    with db.transaction() as conn:
+        assert append_event(conn, one_of_each()[1], node="n", line="999") == 2

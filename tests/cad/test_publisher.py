@@ -48,9 +48,11 @@ def _publisher(settings: MqttSettings, db: Database, **kw: object) -> CadPublish
 def _append(db: Database, pub: CadPublisher | None, event: ev.DomainEvent, node: str,
             line: str = "999", validate: bool = True) -> int:
     with db.transaction() as conn:
-        seq = append_event(conn, event, node=node, line=line, validate=validate)
+        seq = append_event(conn, event, node=node, line=line, validate=validate,
+                           strict=validate)
     if pub is not None:
         pub.notify()
+    assert seq is not None
     return seq
 
 
