@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 
 import pytest
 
+from config.telephony import SipSettings
 from telephony import api
+from telephony.engine import Engine
 from telephony.errors import EngineError
 from telephony.sip.auth import parse_challenge
 from telephony.sip.sdp import parse_sdp
 
+from .fake_media import FakeMedia
 from .peer import Peer, in_dialog
-from .rigs import ANSWER, Rig, _reply
+from .rigs import ANSWER, LINES, Rig, _reply
 
 
 async def _call(rig: Rig) -> str:
@@ -238,3 +242,34 @@ async def test_cancel_offer_on_answered_leg_hangs_it_up(legrig: Rig) -> None:
     assert legrig.of(api.LegFailed) == [] and legrig.media.streams[1].closed
     legrig.engine.cancel_offer(leg_id)  # idempotent
     assert len(legrig.of(api.LegEnded)) == 1
+
+
+async def test_commands_from_inside_on_event(tmp_path: Path) -> None:
+    """A consumer that offers a leg from inside its CallArrived handler (re-entrant command)
+    gets the INVITE out and later events in order."""
+    handler = await Peer().open()
+    caller = await Peer().open()
+    events: list = []
+    holder: dict = {}
+
+    def on_event(ev: object) -> None:
+        events.append(ev)
+        if isinstance(ev, api.CallArrived):
+            holder["leg"] = holder["engine"].offer(ev.call_id, f"sip:h@127.0.0.1:{handler.port}",
+                                                   timeout=5)
+
+    engine = Engine(settings=SipSettings(port=0), lines=LINES, recordings_dir=tmp_path,
+                    on_event=on_event, media_factory=FakeMedia)
+    holder["engine"] = engine
+    await engine.start()
+    try:
+        await Rig(engine, events, caller).answered_call()
+        inv = await handler.expect_request("INVITE")
+        _reply(handler, inv, 180)
+        await Rig(engine, events, caller).wait_for(api.LegRinging)
+        assert [type(e).__name__ for e in events] == ["CallArrived", "LegRinging"]
+        assert events[1].leg_id == holder["leg"]
+    finally:
+        caller.close()
+        handler.close()
+        await engine.stop()
