@@ -132,8 +132,11 @@ class Baresip:
                 if not chunk:
                     break
                 buf += chunk
-                head, _, rest = buf.partition(b":")
-                if head.isdigit() and len(rest) >= int(head) + 1:
+                # Events ({"event": true, ...}) may come before the response: skip them.
+                while True:
+                    head, _, rest = buf.partition(b":")
+                    if not head.isdigit() or len(rest) < int(head) + 1:
+                        break
                     msg = json.loads(rest[:int(head)])
                     if msg.get("response"):
                         return msg
