@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 import itertools
 import secrets
 import socket
@@ -183,6 +184,7 @@ class Engine:
         self._streams: dict[int, tuple[_Call, _Leg | None]] = {}
         self._regs: list[Registration] = []
         self._registrar_ips: dict[str, set[str]] = {}
+        self._trusted_nets: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._pumping = False
@@ -380,8 +382,7 @@ class Engine:
             self._reject(session, None, dialled, caller, 404, "Unknown number")
             return
         source_ip = ev.source[0]
-        trusted = set(line.trusted_sources) | self._registrar_ips.get(line.name, set())
-        if source_ip not in trusted:
+        if not self._trusted(line, source_ip):
             self._reject(session, line, dialled, caller, 403, "Source not trusted")
             return
         if (self._priority_max is not None and line.priority > self._priority_max) or (
@@ -455,6 +456,26 @@ class Engine:
                                caller=caller, display_name=display, source=incoming.source,
                                sip_call_id=req.call_id, codec=codec, location=location,
                                invite_at=invite_at))
+
+    def _trusted(self, line: LineSettings, ip: str) -> bool:
+        """Source check for a line: exact addresses or CIDR blocks (``10.0.0.0/24``), plus
+        the registrar's address for registered lines."""
+        if ip in self._registrar_ips.get(line.name, set()):
+            return True
+        nets = self._trusted_nets.get(line.name)
+        if nets is None:
+            nets = []
+            for src in line.trusted_sources:
+                try:
+                    nets.append(ipaddress.ip_network(src, strict=False))
+                except ValueError:
+                    log.warning("engine.bad_trusted_source", line=line.name, source=src)
+            self._trusted_nets[line.name] = nets
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in nets)
 
     def _rtp_host(self) -> str:
         s = self.settings

@@ -225,3 +225,15 @@ async def test_start_failure_stops_media(tmp_path: Path) -> None:
         assert engine._media.stopped
     finally:
         busy.close()
+
+
+@pytest.mark.parametrize("rig", [{"lines": [
+    LineSettings(name="999", numbers=["999"], priority=0, trusted_sources=["127.0.0.0/8"]),
+    LineSettings(name="101", numbers=["101"], priority=1, trusted_sources=["10.0.0.0/24", "bad"])]}],
+    indirect=True)
+async def test_trusted_sources_accept_cidr(rig: Rig) -> None:
+    """trusted_sources may hold CIDR blocks; an unparsable entry is ignored (logged)."""
+    await rig.answered_call("999")
+    text, _, _ = invite(rig.peer, rig.engine.sip_port, number="101", from_tag="b")
+    rig.peer.send(text, rig.engine.sip_port)
+    await rig.peer.expect_status(403)
