@@ -1,4 +1,5 @@
-"""MQTT 3.1.1 fallback against a minimal in-test 3.1.1-only broker (no Mosquitto needed)."""
+"""Against a minimal in-test MQTT 3.1.1-only broker: protocol fallback, a broker that stops
+acknowledging (no Mosquitto needed)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ from store.db import Database
 class Broker311:
     """Just enough of an MQTT 3.1.1 broker: refuses MQTT 5 (CONNACK 1), acks QoS 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, mute_connections: int = 0, acks_before_mute: int = 0) -> None:
+        self.mute_connections = mute_connections
+        """How many accepted connections stop getting PUBACKs (a stalled broker)..."""
+        self.acks_before_mute = acks_before_mute
+        """...after this many."""
+        self.accepted = 0
         self.levels: list[int] = []
         self.published: list[tuple[str, bytes, int]] = []  # topic, payload, qos
 
@@ -46,6 +52,9 @@ class Broker311:
                 await writer.drain()
                 return
             writer.write(bytes([0x20, 2, 0, 0]))
+            self.accepted += 1
+            stalls = self.accepted <= self.mute_connections
+            acks = 0
             while True:
                 first, body = await self._packet(reader)
                 kind = first >> 4
@@ -55,7 +64,9 @@ class Broker311:
                     topic = body[2:2 + n].decode()
                     rest = body[2 + n:]
                     if qos:
-                        writer.write(bytes([0x40, 2]) + rest[:2])  # PUBACK
+                        if not stalls or acks < self.acks_before_mute:
+                            writer.write(bytes([0x40, 2]) + rest[:2])  # PUBACK
+                            acks += 1
                         rest = rest[2:]
                     self.published.append((topic, rest, qos))
                 elif kind == 8:  # SUBSCRIBE -> SUBACK granting QoS 1
@@ -101,3 +112,44 @@ async def test_falls_back_to_311_when_broker_refuses_mqtt5(db: Database) -> None
     assert [m["seq"] for _, m in calls] == [1, 2, 3, 4, 5]
     assert all(q == 1 for t, _, q in broker.published if "/calls/" in t)
     assert any(e["event"] == "cad.publisher.mqtt5_refused" for e in logs)
+
+
+async def test_stalled_broker_times_out_reconnects_and_delivers(db: Database) -> None:
+    """A broker that stops acknowledging is dropped after the publish timeout; on the next
+    connection everything unacknowledged is sent again, in order, nothing lost."""
+    broker = Broker311(mute_connections=1, acks_before_mute=6)  # status + 5 events
+    server = await asyncio.start_server(broker.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    s = MqttSettings(host="127.0.0.1", port=port, node="slow", reconnect_max=0.5)
+    events = [ev.CallQueued(call_id="c1", at=1.0e9 + i, line="999", position=1)
+              for i in range(30)]
+    try:
+        with capture_logs() as logs:
+            async with CadPublisher(s, db, initial_backoff=0.05, poll_interval=0.1,
+                                    publish_timeout=1.0) as pub:
+                for e in events:
+                    with db.transaction() as conn:
+                        append_event(conn, e, node="slow", line="999", strict=True)
+                    pub.notify()
+                for _ in range(200):
+                    if outbox.depth(db) == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert outbox.depth(db) == 0
+                assert pub.connects >= 2
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert broker.accepted >= 2
+    seen: list[str] = []
+    for t, p, _ in broker.published:
+        if "/calls/" in t:
+            m = json.loads(p)
+            if m["event_id"] not in seen:
+                seen.append(m["event_id"])
+    assert seen == [e.event_id for e in events]
+    # First connection: 1-5 acknowledged, then paho's 20 in flight (6-25) never are;
+    # the second connection resends exactly 6-30, in order.
+    sent = [json.loads(p)["seq"] for t, p, _ in broker.published if "/calls/" in t]
+    assert sent == list(range(1, 26)) + list(range(6, 31))
+    assert any(e["event"] == "cad.publisher.disconnected" for e in logs)
