@@ -147,11 +147,15 @@ class JitterBuffer:
             self._anchor(ssrc, timestamp)
             self._store(timestamp, seq, pcm, raw)  # anchored: timestamp is its own unwrapped value
             return PushResult.RESYNC
-        ext = self._unwrap(timestamp)
+        # (this runs for every packet: _unwrap and _store are written out in line)
+        pos = self.position
+        lead = (timestamp - pos) & 0xFFFFFFFF
+        if lead >= 0x80000000:
+            lead -= 0x100000000
+        ext = pos + lead
         if seq in self._seen or ext in self._buf:
             self.duplicates += 1
             return PushResult.DUPLICATE
-        lead = ext - self.position
         if lead > self.max_jump or -lead > self.max_jump:
             self._anchor(ssrc, timestamp)
             self._store(timestamp, seq, pcm, raw)
@@ -163,10 +167,23 @@ class JitterBuffer:
             if self._want <= 0 and self._may_grow():
                 self._want, self._waited = 1, 0
             return PushResult.LATE
-        if len(self._keys) >= self.max_packets:
+        keys = self._keys
+        if len(keys) >= self.max_packets:
             self.overflows += 1  # far-future flood: keep what is due soonest
             return PushResult.OVERFLOW
-        self._store(ext, seq, pcm, raw)
+        self.accepted += 1
+        self._seen.add(seq)
+        order = self._seen_order
+        order.append(seq)
+        if len(order) > 512:
+            self._seen.discard(order.popleft())
+        self._buf[ext] = pcm
+        if raw is not None:
+            self._raw[ext] = raw
+        if not keys or ext > keys[-1]:
+            keys.append(ext)
+        else:
+            bisect.insort(keys, ext)
         return PushResult.ACCEPTED
 
     def _observe(self, lead: int) -> None:
