@@ -8,6 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cad import schema
 from cad.publisher import append_event
@@ -237,3 +239,29 @@ def test_unbuildable_message_is_dropped_without_breaking_the_call(
     monkeypatch.undo()
     with db.transaction() as conn:
         assert append_event(conn, one_of_each()[1], node="n", line="999") == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans()), max_size=40))
+def test_property_seq_gap_free_under_rollbacks(tmp_path_factory: pytest.TempPathFactory,
+                                               ops: list[tuple[str, bool]]) -> None:
+    """Any mix of committed and rolled-back appends leaves each call's seqs exactly 1..n
+    and pending() in commit order."""
+    d = Database(tmp_path_factory.mktemp("prop") / "p.sqlite3")
+    d.migrate(outbox.COMPONENT, outbox.MIGRATIONS)
+    committed: list[tuple[str, int]] = []
+    for i, (call_id, commit) in enumerate(ops):
+        try:
+            with d.transaction() as conn:
+                seq = outbox.append(conn, call_id=call_id, line="999", type="x",
+                                    payload={"event_id": f"e{i}"})
+                if not commit:
+                    raise KeyError("rollback")
+            committed.append((call_id, seq))
+        except KeyError:
+            pass
+    assert [(r.call_id, r.seq) for r in outbox.pending(d, limit=100)] == committed
+    for call_id in "abc":
+        seqs = [s for c, s in committed if c == call_id]
+        assert seqs == list(range(1, len(seqs) + 1))
+    d.close()
