@@ -110,6 +110,26 @@ def _codec_enum() -> Any:
     return Codec
 
 
+def _play(stream: Any, prompt: str) -> None:
+    """Play a prompt; a missing/bad WAV falls back to the tone rather than failing the call."""
+    try:
+        stream.play(prompt)
+    except Exception:  # noqa: BLE001 - MediaError, OSError...
+        log.exception("media.prompt_failed", prompt=prompt)
+        if prompt != "tone":
+            stream.play("tone")
+
+
+class _NoRecording:
+    """Stands in when a recording could not be created (logged as an error)."""
+
+    def attach_caller(self, stream: Any) -> None:
+        pass
+
+    def attach_handler(self, stream: Any) -> None:
+        pass
+
+
 @dataclass(eq=False)
 class _Leg:
     leg_id: str
@@ -346,7 +366,13 @@ class Engine:
 
     def _handle(self, ev: UaEvent) -> None:
         if isinstance(ev, InviteReceived):
-            self._on_invite(ev)
+            try:
+                self._on_invite(ev)
+            except Exception:  # noqa: BLE001 - never leave a caller without a final answer
+                log.exception("engine.invite_failed", sip_call_id=ev.request.call_id)
+                if ev.session.state == "incoming" and self._ua is not None:
+                    self._ua.respond(ev.session, 500, "Internal error",
+                                     headers=[("Retry-After", "1")], now=self._now())
             return
         owner = getattr(ev, "session", None)
         user = owner.user if owner is not None else None
@@ -435,9 +461,13 @@ class Engine:
                 return
             self._configure(stream, neg)
             codec = neg.codec
-        recording = self._media.create_recording(call_id)
+        try:
+            recording: Any = self._media.create_recording(call_id)
+        except Exception:  # noqa: BLE001 - a recording fault must not refuse a 999 call
+            log.exception("recording.create_failed", call_id=call_id)
+            recording = _NoRecording()
         recording.attach_caller(stream)
-        stream.play(line.queue_prompt)
+        _play(stream, line.queue_prompt)
         self._ua.respond(session, 200, body=body.encode(), now=now)
         self._flush()  # the 200 leaves before any consumer code runs
         call = _Call(call_id=call_id, line=line, session=session, stream=stream,
@@ -586,6 +616,8 @@ class Engine:
 
     async def _seal(self, call: _Call) -> None:
         rec = call.recording
+        if isinstance(rec, _NoRecording):
+            return
         try:
             info = await rec.seal_async() if hasattr(rec, "seal_async") else rec.seal()
         except Exception:  # noqa: BLE001 - a disk error must not leave the call half-ended
@@ -662,7 +694,7 @@ class Engine:
                                   body=off.encode(), credentials=creds, now=self._now())
         leg = _Leg(leg_id, call, session, stream)
         session.user = leg
-        stream.play("silence")
+        _play(stream, "silence")
         call.legs[leg_id] = leg
         self._legs[leg_id] = leg
         self._streams[id(stream)] = (call, leg)
@@ -723,7 +755,7 @@ class Engine:
             call.recording.attach_handler(None)
             call.bridged = None
             if call.call_id in self._calls:
-                call.stream.play(call.prompt)
+                _play(call.stream, call.prompt)
         self._streams.pop(id(leg.stream), None)
         self._close_stream(leg.stream)
         call.legs.pop(leg.leg_id, None)
@@ -831,7 +863,7 @@ class Engine:
         call = self._call(call_id)
         call.prompt = prompt
         if call.bridged is None or call.held_by_handler:
-            call.stream.play(prompt)
+            _play(call.stream, prompt)
 
     def hold(self, call_id: str, on: bool) -> None:
         """Handler hold: caller hears the prompt, handler hears silence; resume re-bridges."""
@@ -841,8 +873,8 @@ class Engine:
             return
         if on:
             self._media.unbridge(call.stream)
-            call.stream.play(call.prompt)
-            leg.stream.play("silence")
+            _play(call.stream, call.prompt)
+            _play(leg.stream, "silence")
         else:
             self._media.bridge(call.stream, leg.stream)
         call.held_by_handler = on

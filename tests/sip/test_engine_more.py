@@ -237,3 +237,41 @@ async def test_trusted_sources_accept_cidr(rig: Rig) -> None:
     text, _, _ = invite(rig.peer, rig.engine.sip_port, number="101", from_tag="b")
     rig.peer.send(text, rig.engine.sip_port)
     await rig.peer.expect_status(403)
+
+
+async def test_recording_and_prompt_faults_do_not_refuse_the_call(tmp_path: Path) -> None:
+    """create_recording failing and a bad prompt: the call is still answered (tone plays);
+    no RecordingSealed is reported for it."""
+    from .fake_media import FakeStream
+
+    class PickyStream(FakeStream):
+        def play(self, prompt: str) -> None:
+            if prompt.endswith(".wav"):
+                raise FileNotFoundError(prompt)
+            self.prompt = prompt
+
+    class Broken(FakeMedia):
+        def create_recording(self, call_id: str):
+            raise OSError("disk full")
+
+        def allocate(self) -> FakeStream:
+            s = PickyStream(self.port_min + 2 * len(self.streams))
+            self.streams.append(s)
+            return s
+
+    line = LineSettings(name="999", numbers=["999"], priority=0, queue_prompt="/nonexistent.wav")
+    events: list = []
+    engine = Engine(settings=SipSettings(port=0), lines=[line], recordings_dir=tmp_path,
+                    on_event=events.append, media_factory=Broken)
+    await engine.start()
+    peer = await Peer().open()
+    try:
+        ok, _ = await Rig(engine, events, peer).answered_call()
+        assert engine._media.streams[0].prompt == "tone"
+        peer.send(in_dialog("BYE", peer, engine.sip_port, ok, cseq=2), engine.sip_port)
+        await peer.expect_status(200)
+        await engine.stop()
+        assert [type(e).__name__ for e in events] == ["CallArrived", "CallEnded"]
+    finally:
+        peer.close()
+        await engine.stop()
