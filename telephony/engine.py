@@ -110,6 +110,28 @@ def _codec_enum() -> Any:
     return Codec
 
 
+@dataclass(eq=False)
+class _SdpState:
+    """Our side of one SDP session: o= id/version and the last body we sent (RFC 3264 §8:
+    the version changes only when the description does)."""
+
+    session_id: int
+    version: int = 1
+    last: bytes = b""
+
+    def encode(self, build: Callable[[int], sdp.SessionDescription]) -> bytes:
+        body = build(self.version).encode()
+        if self.last and _without_origin(body) != _without_origin(self.last):
+            self.version += 1
+            body = build(self.version).encode()
+        self.last = body
+        return body
+
+
+def _without_origin(body: bytes) -> bytes:
+    return b"\n".join(ln for ln in body.split(b"\n") if not ln.startswith(b"o="))
+
+
 def _play(stream: Any, prompt: str) -> None:
     """Play a prompt; a missing/bad WAV falls back to the tone rather than failing the call."""
     try:
@@ -143,6 +165,8 @@ class _Leg:
     timer: asyncio.TimerHandle | None = None
     on_hold: bool = False
     last_signal: float = 0.0
+    sdp: _SdpState = field(default_factory=lambda: _SdpState(0))
+    codec: str = ""
 
 
 @dataclass(eq=False)
@@ -162,8 +186,7 @@ class _Call:
     bridged: _Leg | None = None
     held_by_handler: bool = False
     on_hold: bool = False
-    sdp_version: int = 1
-    session_id: int = 0
+    sdp: _SdpState = field(default_factory=lambda: _SdpState(0))
     guard: asyncio.TimerHandle | None = None
     last_digit: tuple[str, float] = ("", 0.0)
     silent_flagged: bool = False
@@ -441,20 +464,20 @@ class Engine:
                          [("Retry-After", str(self.settings.retry_after))])
             return
         call_id = f"c{next(self._ids)}-{secrets.token_hex(3)}"
-        session_id = secrets.randbelow(2**31)
+        sdp_state = _SdpState(secrets.randbelow(2**31))
         if offer is None:
             # delayed offer (RFC 3261 §13.2.1): we offer in the 200, the ACK answers
             body = sdp.offer(codecs=list(self.settings.codecs), address=self._rtp_host(),
                              port=stream.local_port, ptime=self.settings.ptime,
-                             session_id=session_id)
+                             session_id=sdp_state.session_id)
             neg = None
             codec: str = self.settings.codecs[0]
         else:
             try:
                 body, neg = sdp.answer(offer, codecs=list(self.settings.codecs),
                                        address=self._rtp_host(), port=stream.local_port,
-                                       ptime=self.settings.ptime, session_id=session_id,
-                                       version=1)
+                                       ptime=self.settings.ptime,
+                                       session_id=sdp_state.session_id, version=1)
             except SdpError as exc:
                 self._close_stream(stream)
                 self._reject(session, line, dialled, caller, exc.status, exc.reason)
@@ -468,13 +491,14 @@ class Engine:
             recording = _NoRecording()
         recording.attach_caller(stream)
         _play(stream, line.queue_prompt)
-        self._ua.respond(session, 200, body=body.encode(), now=now)
+        sdp_state.last = body.encode()
+        self._ua.respond(session, 200, body=sdp_state.last, now=now)
         self._flush()  # the 200 leaves before any consumer code runs
         call = _Call(call_id=call_id, line=line, session=session, stream=stream,
                      recording=recording, caller=caller, codec=codec, invite_at=invite_at,
                      last_signal=now, prompt=line.queue_prompt,
                      log=log.bind(call_id=call_id, line=line.name),
-                     on_hold=neg.on_hold if neg else False, session_id=session_id,
+                     on_hold=neg.on_hold if neg else False, sdp=sdp_state,
                      awaiting_answer=neg is None)
         session.user = call
         self._calls[call_id] = call
@@ -536,7 +560,7 @@ class Engine:
             self._emit(CallCancelled(at=time.time(), call_id=call.call_id, line=call.line.name,
                                      caller=call.caller))
         elif isinstance(ev, ReInviteReceived):
-            on_hold = self._reinvite(call.session, call.stream, call, ev.request)
+            on_hold = self._reinvite(call.session, call.stream, call.sdp, call.codec, ev.request)
             if on_hold is not None and on_hold != call.on_hold:
                 call.on_hold = on_hold
                 self._emit(HoldChanged(at=time.time(), call_id=call.call_id, on_hold=on_hold,
@@ -564,29 +588,34 @@ class Engine:
         self._configure(call.stream, neg)
         call.codec = neg.codec
 
-    def _reinvite(self, session: Session, stream: Any, call: _Call, req: Request) -> bool | None:
-        """Answer a re-INVITE; returns the peer's hold state, or None if refused."""
+    def _reinvite(self, session: Session, stream: Any, st: _SdpState, codec: str,
+                  req: Request) -> bool | None:
+        """Answer a re-INVITE (caller or handler leg); returns the peer's hold state, or
+        None when there was no offer to apply or it was refused."""
         assert self._ua is not None
         now = self._now()
         body = body_parts(req).get("application/sdp")
-        call.sdp_version += 1
+        host, ptime = self._rtp_host(), self.settings.ptime
         try:
             if not body:
                 # offerless re-INVITE (session refresh): offer our current media again
-                off = sdp.offer(codecs=[call.codec], address=self._rtp_host(),
-                                port=stream.local_port, ptime=self.settings.ptime,
-                                session_id=call.session_id, version=call.sdp_version)
-                self._ua.respond_reinvite(session, 200, body=off.encode(), now=now)
+                offer = st.encode(lambda v: sdp.offer(codecs=[codec], address=host,
+                                                      port=stream.local_port, ptime=ptime,
+                                                      session_id=st.session_id, version=v))
+                self._ua.respond_reinvite(session, 200, body=offer, now=now)
                 return None
-            answer, neg = sdp.answer(sdp.parse_sdp(body), codecs=list(self.settings.codecs),
-                                     address=self._rtp_host(), port=stream.local_port,
-                                     ptime=self.settings.ptime, session_id=call.session_id,
-                                     version=call.sdp_version)
+            remote = sdp.parse_sdp(body)
+            _, neg = sdp.answer(remote, codecs=list(self.settings.codecs), address=host,
+                                port=stream.local_port, ptime=ptime, session_id=st.session_id,
+                                version=st.version)
         except SdpError as exc:
             self._ua.respond_reinvite(session, exc.status, exc.reason, now=now)
             return None
+        answer = st.encode(lambda v: sdp.answer(
+            remote, codecs=list(self.settings.codecs), address=host, port=stream.local_port,
+            ptime=ptime, session_id=st.session_id, version=v)[0])
         self._configure(stream, neg)
-        self._ua.respond_reinvite(session, 200, body=answer.encode(), now=now)
+        self._ua.respond_reinvite(session, 200, body=answer, now=now)
         return neg.on_hold
 
     def _end_call(self, call: _Call, *, by: api.Party, reason: str, send_bye: bool) -> None:
@@ -682,17 +711,19 @@ class Engine:
             stream = self._media.allocate()
         except Exception as exc:  # noqa: BLE001 - MediaError: port pool exhausted
             raise EngineError(f"cannot allocate RTP for leg: {exc}") from exc
+        sdp_state = _SdpState(secrets.randbelow(2**31))
         off = sdp.offer(codecs=list(self.settings.codecs), address=self._rtp_host(),
                         port=stream.local_port, ptime=self.settings.ptime,
-                        session_id=secrets.randbelow(2**31))
+                        session_id=sdp_state.session_id)
+        sdp_state.last = off.encode()
         creds = None
         if self.settings.username:
             creds = (self.settings.username, secret(self.settings.password, key="sip.password") or "")
         from_user = call.caller if call.caller.isalnum() else "controlroom"
         session = self._ua.invite(handler_uri, from_user=from_user, from_display=caller_display,
                                   routes=self._proxy_route, dest=self._proxy_addr,
-                                  body=off.encode(), credentials=creds, now=self._now())
-        leg = _Leg(leg_id, call, session, stream)
+                                  body=sdp_state.last, credentials=creds, now=self._now())
+        leg = _Leg(leg_id, call, session, stream, sdp=sdp_state)
         session.user = leg
         _play(stream, "silence")
         call.legs[leg_id] = leg
@@ -804,7 +835,7 @@ class Engine:
                                      reason="error", status=ev.response.status))
                 return
             self._configure(leg.stream, neg)
-            leg.state = "answered"
+            leg.state, leg.codec = "answered", neg.codec
             if leg.timer:
                 leg.timer.cancel()
             if call.guard:  # the leg's own dead-media deadline joins the call's guard
@@ -829,7 +860,7 @@ class Engine:
             if digit:
                 self._digit(call, leg, digit)
         elif isinstance(ev, ReInviteReceived):
-            on_hold = self._reinvite(leg.session, leg.stream, call, ev.request)
+            on_hold = self._reinvite(leg.session, leg.stream, leg.sdp, leg.codec, ev.request)
             if on_hold is not None and on_hold != leg.on_hold:
                 leg.on_hold = on_hold
                 self._emit(HoldChanged(at=time.time(), call_id=call.call_id, on_hold=on_hold,

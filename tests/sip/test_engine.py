@@ -184,6 +184,12 @@ async def test_reinvite_hold_and_resume(rig: Rig) -> None:
     resp = await rig.peer.expect_status(200)
     assert parse_sdp(resp.body).media[0].direction == "sendrecv"
     assert [e.on_hold for e in rig.of(api.HoldChanged)] == [True, False]
+    # o= version: 1 in the 200, 2 on hold, 3 on resume, unchanged for a same-SDP refresh
+    assert resp.body.split(b"\r\n")[1].split()[2] == b"3"
+    rig.peer.send(in_dialog("INVITE", rig.peer, rig.engine.sip_port, ok, cseq=4,
+                            body=sdp_offer()), rig.engine.sip_port)
+    again = await rig.peer.expect_status(200)
+    assert again.body == resp.body
 
 
 @pytest.mark.parametrize("rig", [{"settings": {"dead_call_timeout": 0.3}}], indirect=True)
