@@ -123,7 +123,7 @@ async def live_lag(engine, pcm8k: np.ndarray, settings: TranscriptionSettings) -
         await asyncio.sleep(max(0.0, t0 + (n + 1) * 0.02 - time.monotonic()))
     deadline = time.monotonic() + 20
     while not any(isinstance(e, TranscriptSegment) and e.final for _, e in events) \
-            and time.monotonic() < deadline:
+            and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll
         await asyncio.sleep(0.02)
     svc.live_stop("lag")
     await svc.stop()

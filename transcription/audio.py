@@ -26,7 +26,7 @@ def _lowpass(cutoff: float, taps: int) -> npt.NDArray[np.float64]:
     """Windowed-sinc (Blackman) low-pass; ``cutoff`` in cycles per sample (< 0.5)."""
     n = np.arange(taps) - (taps - 1) / 2
     h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.blackman(taps)
-    return h / h.sum()
+    return np.asarray(h / h.sum(), dtype=np.float64)
 
 
 class Resampler:
@@ -79,7 +79,7 @@ class Resampler:
         out = np.interp(pos, np.arange(len(x)), x.astype(np.float64))
         self._pos = (pos[-1] + step) - len(x) if len(pos) else self._pos - len(x)
         self._pos = max(self._pos, 0.0)
-        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        return np.asarray(np.clip(np.rint(out), -32768, 32767), dtype=np.int16)
 
 
 def resample(pcm: Pcm, src: int, dst: int) -> Pcm:

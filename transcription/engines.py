@@ -312,7 +312,7 @@ class WhisperRecogniser:
 
     def _is_speech(self, frame: Pcm) -> bool:
         rms = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) + 1e-9
-        db = 20 * np.log10(rms / 32768)
+        db = float(20 * np.log10(rms / 32768))
         speech = db > max(-48.0, self._floor_db + 12.0)
         if not speech:  # track the noise floor slowly, only on non-speech frames
             self._floor_db = 0.95 * self._floor_db + 0.05 * db
@@ -348,11 +348,15 @@ class WhisperRecogniser:
             dur = self._t / INPUT_RATE - self._utt_start
             if (self._silence >= self.end_silence or dur >= self.max_utterance):
                 out += self._finalise()
-            elif self._since_partial >= self.partial_every:
-                self._since_partial = 0.0
-                h = self._decode(final=False)
-                if h is not None:
-                    out.append(h)
+        # At most one partial per call, at the end of what we were given: a worker that
+        # fell behind hands us seconds of audio at once, and re-decoding the utterance
+        # for every second of it would only fall further behind (each decode costs a full
+        # 30 s encoder pass). So under load partials thin out before captions are shed.
+        if self._utt and self._since_partial >= self.partial_every:
+            self._since_partial = 0.0
+            h = self._decode(final=False)
+            if h is not None:
+                out.append(h)
         return out
 
     def flush(self) -> list[Hypothesis]:

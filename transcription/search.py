@@ -172,7 +172,8 @@ class TranscriptSearch:
         """
         match = to_fts_query(query)
         limit = max(1, min(int(limit), MAX_LIMIT))
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for col, val in (("c.line", line), ("c.caller", caller), ("c.handler_id", handler_id),
                          ("c.incident_number", incident)):
             if val is not None:

@@ -21,6 +21,7 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -258,9 +259,9 @@ class TranscriptionService:
             call_id, path = job
             try:
                 result = await loop.run_in_executor(
-                    self._executor, lambda: run_job(self._engine, self._db, call_id, path,  # type: ignore[arg-type]
-                                                    language=self.settings.language,
-                                                    should_stop=self._final_should_stop))
+                    self._executor, functools.partial(
+                        run_job, self._engine, self._db, call_id, path,
+                        language=self.settings.language, should_stop=self._final_should_stop))
             except Interrupted:
                 store.finish_job(self._db, call_id, requeue=True)
                 return

@@ -38,9 +38,10 @@ async def _feed(svc, call_ids, seconds, *, realtime=True, pcm=VOICE):
             await asyncio.sleep(max(0.0, t0 + (n + 1) * 0.02 - time.monotonic()))
 
 
-async def _until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
+async def _until(cond, within=10.0):
+    """Poll a condition that worker threads make true (no event to await for it)."""
+    deadline = time.monotonic() + within
+    while not cond():  # noqa: ASYNC110 - polled: set by other threads and the DB
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
@@ -126,7 +127,7 @@ async def test_overload_sheds_101_first(db):
         assert [f.call_id for f in flags] == ["n101"]
         assert flags[0].flag == LIVE_OFF_FLAG and "CPU overload" in flags[0].detail
         assert svc.live_status("e999")["live"] and not svc.live_status("n101")["live"]
-        await _until(lambda: svc.worker_lag()[0] < 0.5, timeout=5)
+        await _until(lambda: svc.worker_lag()[0] < 0.5, within=5)
         late = [e for e in events if isinstance(e, TranscriptSegment) and e.call_id == "n101"
                 and e.at > flags[0].at]
         assert late == []
