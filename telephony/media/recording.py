@@ -11,7 +11,8 @@ Theory of operation:
   second, which would cost 300 syncs/s at full load - only ``seal`` fsyncs).
 * At seal, audio still in the jitter buffers of the (closed) caller/handler streams is
   written as a short tail, so the caller's last words are kept: the duration is the
-  answered duration plus at most the jitter-buffer delay.
+  answered duration plus the audio still buffered (typically 40-60 ms, at most the
+  jitter buffer's max delay, 200 ms).
 * ``seal()`` writes the rest, fixes the header, fsyncs, renames to ``<call_id>.wav``
   and returns the SHA-256 of the whole file; ``seal_async()`` does the same with the
   fsync and hash in a worker thread (use it on the loop for long calls).
@@ -176,7 +177,10 @@ class Recording:
         """
         jbs = [s._jb if s is not None and s.closed else None for s in (self.caller, self.handler)]
         depth = max((jb.depth for jb in jbs if jb is not None), default=0)
-        frames = min(-(-depth // self._frame), 100)  # ceil, bounded (2 s at 20 ms)
+        # ceil; bounded by the buffer's max delay (200 ms): more would be a far end that
+        # sent ahead of time, not words still in flight
+        bound = max((jb.max_delay for jb in jbs if jb is not None), default=0) // self._frame
+        frames = min(-(-depth // self._frame), bound)
         quiet = np.zeros(self._frame, dtype=np.int16)
         for _ in range(frames):
             left, right = (jb.pull() if jb is not None else quiet for jb in jbs)
