@@ -17,7 +17,7 @@ from telephony.sip.auth import parse_challenge
 from telephony.sip.sdp import parse_sdp
 
 from .fake_media import FakeMedia
-from .peer import Peer, in_dialog
+from .peer import Peer, in_dialog, sdp_offer
 from .rigs import ANSWER, LINES, Rig, _reply
 
 
@@ -273,3 +273,27 @@ async def test_commands_from_inside_on_event(tmp_path: Path) -> None:
         caller.close()
         handler.close()
         await engine.stop()
+
+
+async def test_handler_hold_reinvite(legrig: Rig) -> None:
+    """The handler's phone holds (re-INVITE sendonly): 200 recvonly with the leg's own o=
+    session, HoldChanged(by=handler)."""
+    h: Peer = legrig.handler
+    call_id = await _call(legrig)
+    legrig.engine.offer(call_id, f"sip:h1@127.0.0.1:{h.port}", timeout=5)
+    inv = await h.expect_request("INVITE")
+    _reply(h, inv, 200, body=ANSWER)
+    ack = await h.expect_request("ACK")
+    reinvite = (f"INVITE sip:controlroom@127.0.0.1:{legrig.engine.sip_port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{h.port};branch=z9hG4bKhold1\r\n"
+                f"From: {ack.get('To')}\r\nTo: {ack.get('From')}\r\nCall-ID: {ack.call_id}\r\n"
+                f"CSeq: 2 INVITE\r\nContact: <sip:handler@127.0.0.1:{h.port}>\r\n"
+                "Content-Type: application/sdp\r\n")
+    body = sdp_offer(port=41000, codecs="0 101", direction="sendonly")
+    h.send(reinvite + f"Content-Length: {len(body)}\r\n\r\n{body}", legrig.engine.sip_port)
+    resp = await h.expect_status(200)
+    ours, theirs = parse_sdp(resp.body), parse_sdp(inv.body)
+    assert ours.media[0].direction == "recvonly"
+    assert ours.origin.split()[1] == theirs.origin.split()[1]  # same session id as our offer
+    assert ours.origin.split()[2] == "2"
+    assert [(e.on_hold, e.by) for e in legrig.of(api.HoldChanged)] == [(True, "handler")]
