@@ -237,6 +237,38 @@ def engine_round_figures(samples: list[dict[str, Any]], t0: float, t1: float) ->
             "lost": last["lost"] - first["lost"], "late": last["late"] - first["late"]}
 
 
+def sip_wire_delays(pcap: Path, ports: set[int]) -> dict[str, float]:
+    """INVITE in -> 200 out and BYE in -> 200 out at the engine's SIP sockets, from a
+    loopback capture: includes time queued in the socket, unlike the engine's own figure."""
+    from harness.speech import read_udp_pcap
+
+    def header(msg: bytes, name: bytes) -> bytes:
+        for line in msg.split(b"\r\n"):
+            if line[:len(name) + 1].lower() == name.lower() + b":":
+                return line[len(name) + 1:].strip()
+        return b""
+
+    first_in: dict[tuple[bytes, bytes], float] = {}
+    delays: dict[bytes, list[float]] = {b"INVITE": [], b"BYE": []}
+    seen: set[tuple[bytes, bytes]] = set()
+    for t, src, dst, payload in read_udp_pcap(pcap):
+        method = payload.split(b" ", 1)[0]
+        if dst[1] in ports and method in delays and b"tag=" not in header(payload, b"To") \
+                or dst[1] in ports and method == b"BYE":
+            key = (header(payload, b"Call-ID"), method)
+            first_in.setdefault(key, t)
+        elif src[1] in ports and payload.startswith(b"SIP/2.0 200"):
+            cseq = header(payload, b"CSeq").split()
+            key = (header(payload, b"Call-ID"), cseq[-1] if cseq else b"")
+            if key in first_in and key not in seen:
+                seen.add(key)
+                delays[key[1]].append((t - first_in[key]) * 1000)
+    inv, bye = delays[b"INVITE"], delays[b"BYE"]
+    return {"invite_n": len(inv), "invite_p50": pct(inv, 50), "invite_p99": pct(inv, 99),
+            "bye_n": len(bye), "bye_p50": pct(bye, 50), "bye_p99": pct(bye, 99),
+            "bye_max": max(bye or [float("nan")])}
+
+
 def combine(figs: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum (or max) per-worker round figures."""
     figs = [f for f in figs if f]
@@ -287,7 +319,7 @@ def orchestrate(args: argparse.Namespace) -> None:
     from harness import scenarios, speech
     from harness.kamailio import Kamailio, Process, sip_options
     from harness.ports import free_rtp_range, free_udp_port
-    from harness.sipp import Sipp
+    from harness.sipp import RtpCapture, Sipp
 
     work = Path(tempfile.mkdtemp(prefix="sip-load-"))
     load = os.getloadavg()
@@ -351,9 +383,14 @@ def orchestrate(args: argparse.Namespace) -> None:
                  **{f"handlers{i}": p._proc.pid for i, p in enumerate(phones)}}  # type: ignore[union-attr]
         for r in range(args.rounds):
             t0 = time.time()
+            cap = RtpCapture(engine_ports, workdir=work / f"sipcap{r}")
+            (work / f"sipcap{r}").mkdir()
+            cap.start()
             res = run_callers(args, kam, "999", clip, watch, f"callers-engine-{r}")
             t1 = time.time()
             time.sleep(3)  # let BYEs, recordings and stats settle
+            cap.stop()
+            res["wire"] = sip_wire_delays(cap.path, set(engine_ports))
             per = [read_jsonl(p) for p in stats_paths]
             res["engine"] = combine([engine_round_figures(sm, t0, t1) for sm in per])
             res["cpu"]["engine"] = sum(v for k, v in res["cpu"].items() if k.startswith("engine"))
@@ -424,6 +461,12 @@ def report_round(name: str, r: dict[str, Any], rss0: int, args: argparse.Namespa
     print(f"SIPp callers: ok {r['ok']} failed {r['failed']} exit {r['exit']}; "
           f"INVITE->200 via Kamailio p50 {r['rtd_p50']:.1f} ms p99 {r['rtd_p99']:.1f} ms "
           f"max {r['rtd_max']:.1f} ms")
+    w = r.get("wire")
+    if w:
+        print(f"at the engine's socket (capture): INVITE->200 p50 {w['invite_p50']:.1f} ms "
+              f"p99 {w['invite_p99']:.1f} ms (n={w['invite_n']}); BYE->200 p50 "
+              f"{w['bye_p50']:.1f} ms p99 {w['bye_p99']:.1f} ms max {w['bye_max']:.1f} ms "
+              f"(n={w['bye_n']})")
     if e:
         rate = e["rtp_out"] / e["streams_s"] if e["streams_s"] > 0 else float("nan")
         print(f"peak concurrent: {e['peak_calls']} calls, {e['peak_legs']} handler legs; "

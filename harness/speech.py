@@ -324,11 +324,9 @@ class CapturedRtp:
     rtp: RtpPacket
 
 
-def read_rtp_pcap(path: Path) -> list[CapturedRtp]:
-    """Parse UDP/RTP packets from a pcap (Ethernet, Linux cooked v1/v2, null/loopback).
-
-    Non-UDP frames, non-RTP datagrams (e.g. SIP) and RTCP are skipped.
-    """
+def read_udp_pcap(path: Path) -> list[tuple[float, tuple[str, int], tuple[str, int], bytes]]:
+    """Every IPv4 UDP datagram in a pcap (Ethernet, Linux cooked v1/v2, null, raw):
+    ``(time, src, dst, payload)``."""
     import socket
 
     data = Path(path).read_bytes()
@@ -346,7 +344,7 @@ def read_rtp_pcap(path: Path) -> list[CapturedRtp]:
     l2 = {1: 14, 113: 16, 276: 20, 0: 4, 101: 0}.get(link)
     if l2 is None:
         raise ValueError(f"{path}: unsupported link type {link}")
-    out: list[CapturedRtp] = []
+    out = []
     off = 24
     while off + 16 <= len(data):
         sec, frac, incl, _orig = struct.unpack(endian + "IIII", data[off:off + 16])
@@ -357,18 +355,25 @@ def read_rtp_pcap(path: Path) -> list[CapturedRtp]:
             continue
         ihl = (ip[0] & 0x0F) * 4
         sport, dport, ulen = struct.unpack("!HHH", ip[ihl:ihl + 6])
-        payload = ip[ihl + 8:ihl + ulen]
+        out.append((sec + frac / (1e9 if nano else 1e6),
+                    (socket.inet_ntoa(ip[12:16]), sport), (socket.inet_ntoa(ip[16:20]), dport),
+                    ip[ihl + 8:ihl + ulen]))
+    return out
+
+
+def read_rtp_pcap(path: Path) -> list[CapturedRtp]:
+    """The RTP packets of a pcap (see :func:`read_udp_pcap`); SIP and RTCP are skipped."""
+    out: list[CapturedRtp] = []
+    for t, src, dst, payload in read_udp_pcap(path):
         if len(payload) < 12 or payload[0] >> 6 != 2 or 72 <= (payload[1] & 0x7F) <= 79:
             continue  # not RTP, or RTCP (PT 200-207 shows as 72-79 once the marker is masked)
-        if payload[:7] in (b"SIP/2.0",) or payload[:3].isalpha():
-            continue
+        if payload[:3].isalpha():
+            continue  # SIP text
         try:
             rtp = RtpPacket.parse(payload)
         except ValueError:
             continue
-        t = sec + frac / (1e9 if nano else 1e6)
-        out.append(CapturedRtp(time=t, src=(socket.inet_ntoa(ip[12:16]), sport),
-                               dst=(socket.inet_ntoa(ip[16:20]), dport), rtp=rtp))
+        out.append(CapturedRtp(time=t, src=src, dst=dst, rtp=rtp))
     return out
 
 
