@@ -240,6 +240,7 @@ class Engine:
         """RTP counters of streams already closed (stats stay monotonic)."""
         self._drained: asyncio.Event | None = None
         self._seal_tasks: set[asyncio.Task[None]] = set()
+        self._byes_done: asyncio.Event | None = None
         self._running = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -289,9 +290,13 @@ class Engine:
         log.info("engine.started", sip_port=self.sip_port, lines=[ln.name for ln in self.lines])
         self._pump()
 
-    async def stop(self, drain_timeout: float = 0.0) -> None:
+    async def stop(self, drain_timeout: float = 0.0, *, bye_grace: float = 1.0) -> None:
         """Refuse new calls (503), wait up to ``drain_timeout`` s for calls to end, then
-        hang up the rest (CallEnded reason ``shutdown``), unregister, stop media."""
+        hang up the rest (CallEnded reason ``shutdown``), unregister, stop media.
+
+        Up to ``bye_grace`` s is spent waiting for the BYEs' answers, so that a lost BYE is
+        retransmitted before the socket closes (0: do not wait).
+        """
         if not self._running:
             return
         self._priority_max = -1
@@ -308,6 +313,13 @@ class Engine:
             if reg.registered:
                 self._ua.unregister(reg, self._now())
         self._pump()
+        if bye_grace > 0 and self._ua.requests_in_flight("BYE"):
+            # the core's timer keeps retransmitting; _pump sets the event when all are answered
+            self._byes_done = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._byes_done.wait(), bye_grace)
+            except TimeoutError:
+                log.warning("engine.bye_unanswered", count=self._ua.requests_in_flight("BYE"))
         if self._seal_tasks:
             await asyncio.gather(*list(self._seal_tasks), return_exceptions=True)
         self._running = False
@@ -368,6 +380,8 @@ class Engine:
         finally:
             self._pumping = False
         self._rearm()
+        if self._byes_done is not None and not self._ua.requests_in_flight("BYE"):
+            self._byes_done.set()
 
     def _rearm(self) -> None:
         assert self._ua is not None

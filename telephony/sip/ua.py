@@ -623,6 +623,11 @@ class UserAgent(RegisterMixin):
         session.client_tx = self._start_client(req, session.dest, now, owner=("invite", session))
         return True
 
+    def requests_in_flight(self, method: str) -> int:
+        """Client transactions of ``method`` still waiting for a final response."""
+        return sum(1 for tx in self._client.values() if tx.request.method == method
+                   and tx.state in (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING))
+
     def session_count(self) -> int:
         return len(self._dialogs)
 

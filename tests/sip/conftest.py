@@ -27,7 +27,7 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest):
         yield Rig(engine, events, peer)
     finally:
         peer.close()
-        await engine.stop(drain_timeout=0)
+        await engine.stop(drain_timeout=0, bye_grace=0)
 
 
 @pytest.fixture
@@ -50,6 +50,6 @@ async def legrig(tmp_path: Path, request: pytest.FixtureRequest):
     finally:
         caller.close()
         handler.close()
-        await engine.stop(drain_timeout=0)
+        await engine.stop(drain_timeout=0, bye_grace=0)
 
 

@@ -12,7 +12,7 @@ from config.schema import LineSettings
 from config.telephony import SipSettings
 from telephony import api
 from telephony.engine import Engine
-from telephony.sip.message import Response
+from telephony.sip.message import Response, make_response
 from telephony.sip.sdp import parse_sdp
 
 from .fake_media import FakeMedia, RecordingInfo
@@ -213,12 +213,18 @@ async def test_hangup_sends_bye(rig: Rig) -> None:
     assert [(e.by, e.reason) for e in rig.of(api.CallEnded)] == [("system", "transferred")]
 
 
-async def test_stop_hangs_up_calls(rig: Rig) -> None:
-    """stop() ends live calls with reason shutdown and BYE."""
+async def test_stop_hangs_up_calls_and_waits_for_bye_answer(rig: Rig) -> None:
+    """stop() ends live calls (reason shutdown) with BYE, retransmits an unanswered BYE
+    during the grace period and returns once it is answered."""
     await rig.answered_call()
     await asyncio.sleep(0.05)
-    await rig.engine.stop(drain_timeout=0)
-    await rig.peer.expect_request("BYE")
+    stopping = asyncio.create_task(rig.engine.stop(drain_timeout=0, bye_grace=3.0))
+    first = await rig.peer.expect_request("BYE")
+    again = await rig.peer.expect_request("BYE", timeout=1.5)  # T1 retransmission
+    assert again.top_via.branch == first.top_via.branch
+    resp = make_response(again, 200)
+    rig.peer.transport.sendto(resp.encode(), rig.peer.last_addr)
+    await asyncio.wait_for(stopping, 1.0)
     assert [e.reason for e in rig.of(api.CallEnded)] == ["shutdown"]
     assert rig.media.stopped
 
@@ -235,7 +241,7 @@ async def test_recovered_recordings_reported_at_start(tmp_path: Path) -> None:
     engine = Engine(settings=SipSettings(port=0), lines=LINES, recordings_dir=tmp_path,
                     on_event=events.append, media_factory=Recovering)
     await engine.start()
-    await engine.stop()
+    await engine.stop(bye_grace=0)
     assert events == [api.RecordingSealed(at=events[0].at, call_id="c9", path=info.path,
                                           sha256="ab" * 32, duration=12.0, bytes=192044,
                                           recovered=True)]

@@ -272,7 +272,7 @@ async def test_commands_from_inside_on_event(tmp_path: Path) -> None:
     finally:
         caller.close()
         handler.close()
-        await engine.stop()
+        await engine.stop(bye_grace=0)
 
 
 async def test_handler_hold_reinvite(legrig: Rig) -> None:

@@ -154,7 +154,7 @@ async def test_registered_line_registers_and_takes_calls(tmp_path: Path) -> None
         assert [(e.line, e.dialled) for e in events if isinstance(e, api.CallArrived)] == [
             ("101", "cr101")]
     finally:
-        await engine.stop()
+        await engine.stop(bye_grace=0)
         registrar.close()
 
 
@@ -193,12 +193,12 @@ async def test_consumer_exception_does_not_break_signalling(tmp_path: Path) -> N
             peer.send(in_dialog("BYE", peer, engine.sip_port, ok, cseq=2), engine.sip_port)
             await peer.expect_status(200)
             assert engine.stats.calls_active == 0
-            await engine.stop()  # waits for the recording to be sealed
+            await engine.stop(bye_grace=0)  # waits for the recording to be sealed
         failures = [e for e in logs if e["event"] == "engine.on_event_failed"]
         assert [e["event_type"] for e in failures] == ["CallArrived", "CallEnded", "RecordingSealed"]
     finally:
         peer.close()
-        await engine.stop()
+        await engine.stop(bye_grace=0)
 
 
 async def test_start_refuses_wildcard_bind_without_public_host(tmp_path: Path) -> None:
@@ -270,8 +270,8 @@ async def test_recording_and_prompt_faults_do_not_refuse_the_call(tmp_path: Path
         assert engine._media.streams[0].prompt == "tone"
         peer.send(in_dialog("BYE", peer, engine.sip_port, ok, cseq=2), engine.sip_port)
         await peer.expect_status(200)
-        await engine.stop()
+        await engine.stop(bye_grace=0)
         assert [type(e).__name__ for e in events] == ["CallArrived", "CallEnded"]
     finally:
         peer.close()
-        await engine.stop()
+        await engine.stop(bye_grace=0)

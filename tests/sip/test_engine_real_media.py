@@ -84,4 +84,4 @@ async def test_real_media_call_bridge_and_recording(tmp_path: Path) -> None:
         h_tr.close()
         caller.close()
         handler.close()
-        await engine.stop()
+        await engine.stop(bye_grace=0)
