@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -375,7 +376,16 @@ class RouterMachine(RuleBasedStateMachine):
         assert len(self.r.queue) == 0
 
 
-RouterMachine.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=60, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow])
-TestRouterMachine = RouterMachine.TestCase
+class TestRouterMachine(RouterMachine.TestCase):
+    """Random control-room sequences (kept under ~15 s for the default run)."""
+
+    settings = settings(max_examples=60, stateful_step_count=60, deadline=None,
+                        suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.slow
+class TestRouterMachineLong(RouterMachine.TestCase):
+    """The same machine, many more and longer sequences (``-m slow``)."""
+
+    settings = settings(max_examples=600, stateful_step_count=100, deadline=None,
+                        suppress_health_check=[HealthCheck.too_slow])

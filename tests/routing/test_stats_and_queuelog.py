@@ -1,0 +1,123 @@
+"""Service-level figures, their replay from the queue log, and queue_log persistence."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from routing import LineSpec, QueueLogEntry, Router, RoutingError, ServiceLevel, replay
+from store import queuelog
+from store.db import Database
+
+from .script import run
+
+LINES = [LineSpec("999", 0, "999", answer_threshold=10, wrapup=0, callback_on_abandon=True),
+         LineSpec("101", 1, "101", answer_threshold=60, wrapup=0, ageing_per_minute=0.2)]
+
+SCRIPT = [
+    (0, "login h1 999:5,101:5", ["h1 not_ready(login)"]),
+    (0, "login h2 999:5", ["h2 not_ready(login)"]),
+    (0, "arrive e1 999 111", ["queued e1 #1"]),
+    (1, "arrive e2 999 222", ["queued e2 #2"]),
+    (2, "arrive e3 999 333", ["queued e3 #3"]),
+    (3, "arrive e4 999 444", ["queued e4 #4"]),
+    (4, "arrive c1 101 555", ["queued c1 #1"]),
+    (5, "ready h1", ["h1 available", "offer e1->h1", "h1 offered"]),
+    (5, "answer e1 h1", ["connected e1 h1 wait=5", "h1 on_call"]),
+    (15, "ready h2", ["h2 available", "offer e2->h2", "h2 offered"]),
+    (15, "answer e2 h2", ["connected e2 h2 wait=14", "h2 on_call"]),
+    (16, "reprio c1 0.5", ["queued c1 #1"]),
+    (20, "hangup e3", ["abandoned e3 wait=18 pos=1 callback"]),
+    (25, "end e1", ["completed e1 h1 talk=20", "h1 wrap_up", "h1 available",
+                    "offer e4->h1", "h1 offered"]),
+]
+
+
+def play() -> tuple[Router, list[QueueLogEntry]]:
+    r = Router(lines=LINES, offer_timeout=15)
+    return r, run(r, SCRIPT)
+
+
+def test_service_level_figures_are_exact():
+    """SL = within/offered, abandon rate = abandoned/offered, mean and p90 over answered."""
+    r, _ = play()
+    assert r.service_level("999", 30) == ServiceLevel(
+        line="999", threshold=10, offered=4, answered=2, answered_within=1, abandoned=1,
+        rejected=0, service_level=0.25, abandon_rate=0.25, average_wait=9.5, p90_wait=14.0,
+        waiting=1, longest_wait=27.0)
+    assert r.service_level("101", 30) == ServiceLevel(
+        line="101", threshold=60, offered=1, service_level=0.0, abandon_rate=0.0, waiting=1,
+        longest_wait=26.0)
+
+
+def test_service_level_over_an_interval():
+    """since= counts only events at or after it; the longest current wait is still live."""
+    r, _ = play()
+    sl = r.service_level("999", 30, since=10)
+    assert (sl.offered, sl.answered, sl.answered_within, sl.abandoned) == (0, 1, 0, 1)
+    assert (sl.service_level, sl.p90_wait, sl.longest_wait) == (None, 14.0, 27.0)
+    with pytest.raises(RoutingError, match="unknown line 'nope'"):
+        r.service_level("nope", 30)
+
+
+def test_replay_of_the_log_equals_live_figures():
+    """replay(entries) rebuilds every line's figures exactly, overall and per interval."""
+    r, log = play()
+    for since in (None, 0, 4.5, 10, 20):
+        rebuilt = replay(log, now=30, since=since)
+        assert set(rebuilt) == {"999", "101"}
+        for line in ("999", "101"):
+            assert rebuilt[line] == r.service_level(line, 30, since=since)
+
+
+def test_replay_ignores_orphan_rows():
+    """CONNECT/ABANDON rows without their ENTER (log cut by since) do not crash replay."""
+    rows = [QueueLogEntry(5, "x", "999", "h1", "CONNECT", {"wait": 3}),
+            QueueLogEntry(6, "y", "999", "", "ABANDON", {}),
+            QueueLogEntry(7, "z", "101", "", "REJECTED", {"status": 486, "threshold": 60})]
+    out = replay(rows)
+    assert list(out) == ["101"] and out["101"].rejected == 1 and out["101"].offered == 0
+
+
+def test_queue_log_round_trip_through_sqlite_file(tmp_path):
+    """Every entry survives a real SQLite file and a reopen; replay of the loaded rows
+    equals the live figures; the table is append-only; load(since=) filters by time."""
+    r, log = play()
+    path = tmp_path / "cr.sqlite3"
+    db = Database(path)
+    assert db.migrate(queuelog.COMPONENT, queuelog.MIGRATIONS) == 1
+    with db.transaction() as conn:
+        ids = [queuelog.append(conn, e) for e in log]
+    assert ids == list(range(1, len(log) + 1))
+    db.close()
+
+    db = Database(path)
+    assert db.migrate(queuelog.COMPONENT, queuelog.MIGRATIONS) == 0
+    loaded = queuelog.load(db)
+    assert loaded == log
+    events = {e.event for e in loaded}
+    assert {"ENTER", "OFFER", "CONNECT", "ABANDON", "COMPLETE", "REPRIORITISE", "STATE",
+            "CALLBACK_ADD"} <= events
+    for line in ("999", "101"):
+        assert replay(loaded, now=30)[line] == r.service_level(line, 30)
+    assert queuelog.load(db, since=20) == [e for e in log if e.at >= 20]
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("UPDATE queue_log SET event='X' WHERE id=1")
+    db.close()
+
+
+def test_queue_log_rolls_back_with_the_transaction(tmp_path):
+    """An append inside a failed transaction leaves no row (state and log stay in step)."""
+    db = Database(tmp_path / "q.sqlite3")
+    db.migrate(queuelog.COMPONENT, queuelog.MIGRATIONS)
+    with pytest.raises(RuntimeError):
+        with db.transaction() as conn:
+            queuelog.append(conn, QueueLogEntry(1.0, "c1", "999", "", "ENTER", {"a": [1, 2]}))
+            raise RuntimeError("service failed after appending")
+    assert queuelog.load(db) == []
+    with db.transaction() as conn:
+        queuelog.append(conn, QueueLogEntry(2.0, "c1", "999", "", "ENTER",
+                                            {"bad": float("nan"), "nested": {"k": (1, 2)}}))
+    assert queuelog.load(db)[0].data == {"bad": None, "nested": {"k": [1, 2]}}
+    db.close()
