@@ -134,9 +134,14 @@ async def serve_engine(args: argparse.Namespace) -> None:
             pass
         s = engine.stats
         cpu = proc.cpu_times()
+        try:  # ns waiting on a run queue (runnable, no CPU free), summed over our threads
+            rq_wait = sum(int(Path(f"/proc/self/task/{t}/schedstat").read_text().split()[1])
+                          for t in os.listdir("/proc/self/task")) / 1e9
+        except (OSError, ValueError, IndexError):
+            rq_wait = 0.0
         out.write(json.dumps({
             "t": time.time(), "calls": s.calls_active, "legs": s.legs_active,
-            "rss": proc.memory_info().rss, "cpu": cpu.user + cpu.system,
+            "rss": proc.memory_info().rss, "cpu": cpu.user + cpu.system, "rq_wait": rq_wait,
             "rtp_out": s.rtp_packets_out, "rtp_in": s.rtp_packets_in, "lost": s.rtp_lost,
             "late": s.rtp_late, "gap_ms": s.max_send_gap_ms, "lag_ms": lag_window * 1000,
             **{k: v for k, v in st.items() if k not in ("answer_ms",)},
@@ -231,6 +236,8 @@ def engine_round_figures(samples: list[dict[str, Any]], t0: float, t1: float) ->
     streams = sum((a["calls"] + a["legs"] + b["calls"] + b["legs"]) / 2 * (b["t"] - a["t"])
                   for a, b in zip(win, win[1:]))
     return {"streams_s": streams, "cpu_s": last["cpu"] - first["cpu"],
+            "rq_wait_s": last.get("rq_wait", 0.0) - first.get("rq_wait", 0.0),
+            "wall_s": last["t"] - first["t"],
             "peak_calls": max(s["calls"] for s in win), "peak_legs": max(s["legs"] for s in win),
             "peak_rss": max(s["rss"] for s in win), "lag_ms": max(s["lag_ms"] for s in win),
             "gap_ms": last["gap_ms"], "rtp_out": last["rtp_out"] - first["rtp_out"],
@@ -275,7 +282,9 @@ def combine(figs: list[dict[str, Any]]) -> dict[str, Any]:
     if not figs:
         return {}
     out = {k: sum(f[k] for f in figs) for k in ("streams_s", "cpu_s", "peak_calls", "peak_legs",
-                                                 "peak_rss", "rtp_out", "lost", "late")}
+                                                 "peak_rss", "rtp_out", "lost", "late",
+                                                 "rq_wait_s")}
+    out["wall_s"] = max(f["wall_s"] for f in figs)
     out.update({k: max(f[k] for f in figs) for k in ("lag_ms", "gap_ms")})
     return out
 
@@ -473,6 +482,10 @@ def report_round(name: str, r: dict[str, Any], rss0: int, args: argparse.Namespa
               f"RTP sent per stream per s: {rate:.1f} (50 = real time); "
               f"largest send gap {e['gap_ms']:.1f} ms; loop lag max {e['lag_ms']:.1f} ms; "
               f"rx lost {e['lost']} late {e['late']}")
+        if e.get("wall_s"):
+            print(f"engine process(es): on CPU {e['cpu_s'] / e['wall_s']:.2f} cores, runnable "
+                  f"but waiting for a CPU {e['rq_wait_s'] / e['wall_s']:.2f} cores-worth "
+                  f"(from /proc schedstat: > 0.1 means the machine starved the engine)")
         if e["streams_s"] > 0:
             per = e["cpu_s"] / e["streams_s"]
             print(f"engine CPU per RTP stream: {per * 1000:.2f} ms per stream-second -> "
