@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -129,6 +130,7 @@ async def drain(broker: Mosquitto, db: Database, n: int) -> dict[str, float]:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await asyncio.sleep(0.2)
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         pub.notify()
         await pub.wait_connected()
         t_conn = time.perf_counter()
@@ -136,6 +138,7 @@ async def drain(broker: Mosquitto, db: Database, n: int) -> dict[str, float]:
         while outbox.depth(db) > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls the DB
             await asyncio.sleep(0.01)
         t_acked = time.perf_counter()
+        cpu = time.process_time() - cpu0
         e2e = float("nan")
         if sub is not None:
             try:
@@ -146,6 +149,7 @@ async def drain(broker: Mosquitto, db: Database, n: int) -> dict[str, float]:
                 sub.wait(5)
     return {"events": n, "reconnect_s": t_conn - t0, "acked_s": t_acked - t_conn,
             "drain_per_s": n / (t_acked - t_conn), "subscriber_all_s": e2e,
+            "cpu_us_per_event": cpu / n * 1e6,
             "append_p50_ms": _pct(append_ms, 50), "append_p99_ms": _pct(append_ms, 99),
             "append_max_ms": max(append_ms)}
 
@@ -173,6 +177,9 @@ async def main(argv: list[str]) -> int:
               f"   (target >= {DRAIN_TARGET_PER_S:.0f}/s: ratio "
               f"{dr['drain_per_s'] / DRAIN_TARGET_PER_S:.2f}x);"
               f" separate subscriber had all after {dr['subscriber_all_s']:.2f} s")
+        print(f"cpu      publisher process {dr['cpu_us_per_event']:.0f} us CPU per drained event"
+              f" = {1e6 / dr['cpu_us_per_event']:.0f} events/s per free core"
+              f"   (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
         db.close()
     ok = lat["p99_ms"] <= LATENCY_P99_TARGET_MS and dr["drain_per_s"] >= DRAIN_TARGET_PER_S
     print("targets met" if ok else "TARGET MISSED")
