@@ -69,15 +69,19 @@ class SessionDescription:
     def encode(self) -> bytes:
         lines = ["v=0", f"o={self.origin}", f"s={self.name}"]
         if self.connection:
-            lines.append(f"c=IN IP4 {self.connection}")
+            lines.append(f"c=IN {_family(self.connection)} {self.connection}")
         lines.append("t=0 0")
         lines += [f"a={n}" if v is None else f"a={n}:{v}" for n, v in self.attributes]
         for m in self.media:
             lines.append(f"m={m.kind} {m.port} {m.proto} {' '.join(m.formats)}")
             if m.connection and m.connection != self.connection:
-                lines.append(f"c=IN IP4 {m.connection}")
+                lines.append(f"c=IN {_family(m.connection)} {m.connection}")
             lines += [f"a={n}" if v is None else f"a={n}:{v}" for n, v in m.attributes]
         return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def _family(address: str) -> str:
+    return "IP6" if ":" in address else "IP4"
 
 
 def parse_sdp(body: bytes) -> SessionDescription:
@@ -199,7 +203,7 @@ def answer(offer: SessionDescription, *, codecs: list[str], address: str, port: 
         attrs += [("rtpmap", f"{dtmf} telephone-event/8000"), ("fmtp", f"{dtmf} 0-15")]
     attrs += [("ptime", str(ptime_used)), (direction, None)]
     ans = SessionDescription(
-        origin=f"controlroom {session_id} {version} IN IP4 {address}", name="controlroom",
+        origin=f"controlroom {session_id} {version} IN {_family(address)} {address}", name="controlroom",
         connection=address, media=[Media("audio", port, m.proto, fmts, None, attrs)])
     on_hold = m.direction in ("sendonly", "inactive") or held_addr
     return ans, Negotiated(chosen, pt, dtmf, remote, direction, ptime_used, on_hold)
@@ -213,7 +217,7 @@ def offer(*, codecs: list[str], address: str, port: int, ptime: int, session_id:
     attrs += [("rtpmap", f"{DTMF_PT} telephone-event/8000"), ("fmtp", f"{DTMF_PT} 0-15"),
               ("ptime", str(ptime)), ("sendrecv", None)]
     return SessionDescription(
-        origin=f"controlroom {session_id} {version} IN IP4 {address}", name="controlroom",
+        origin=f"controlroom {session_id} {version} IN {_family(address)} {address}", name="controlroom",
         connection=address, media=[Media("audio", port, "RTP/AVP", fmts, None, attrs)])
 
 

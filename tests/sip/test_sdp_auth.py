@@ -120,3 +120,10 @@ def test_digest_without_qop_and_bad_challenges() -> None:
         parse_challenge('Basic realm="r"')
     with pytest.raises(SipParseError, match="Digest challenge without realm or nonce"):
         parse_challenge('Digest realm="r"')
+
+
+def test_ipv6_addresses_use_ip6() -> None:
+    """An IPv6 media address is written as IN IP6 in o= and c=."""
+    off = sdp.offer(codecs=["PCMA"], address="2001:db8::5", port=20000, ptime=20, session_id=1)
+    text = off.encode().decode()
+    assert "o=controlroom 1 1 IN IP6 2001:db8::5\r\n" in text and "c=IN IP6 2001:db8::5\r\n" in text
