@@ -4,7 +4,19 @@ One UDP socket (:mod:`telephony.transport`), one loop timer scheduled at the cor
 deadline, media through the :mod:`telephony.media` contract. Every inbound call is
 answered at once (caller audio is recorded from answer; the caller hears the queue
 prompt) and reported as :class:`CallArrived`; handler legs go out through the proxy.
-Events reach ``on_event`` synchronously on the loop, in order.
+Events reach ``on_event`` synchronously on the loop, in order; commands may be called
+from inside ``on_event`` (re-entrancy is handled).
+
+Inbound INVITE, in order: 100 Trying; line by Request-URI user (``+``/separators stripped;
+a registered line's username also maps) else 404; source in ``trusted_sources`` (address
+or CIDR; the registrar for registered lines) else 403; ``set_accepting`` / ``max_calls``
+(priority-0 lines exempt from ``max_calls``) else 503 + Retry-After; the optional
+``admit(IncomingCall)`` hook may refuse with its own status; SDP (400/488 on bad or no
+common codec; no SDP = delayed offer); RTP port (503 if none); 200 OK; CallArrived.
+
+Timers: the SIP core's deadlines share one loop timer; each call has one dead-media
+guard timer (covering its connected legs); each ringing leg one ring timer. A leg with no
+response at all after ``NO_RESPONSE_TIMEOUT`` s fails ``unreachable``.
 
 Construct in a test::
 
@@ -203,6 +215,9 @@ class Engine:
                  on_audio: Callable[[api.AudioFrame], None] | None = None,
                  media_factory: Callable[..., Any] | None = None,
                  admit: Admit | None = None) -> None:
+        """``media_factory`` defaults to :class:`telephony.media.MediaEngine` and is called
+        with its keyword arguments (tests pass a fake); ``admit`` may refuse a call after
+        the engine's own checks by returning ``(status, reason)``."""
         self.settings = settings
         self.lines = list(lines)
         self.recordings_dir = Path(recordings_dir)
