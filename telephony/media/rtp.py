@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass
 
 from .errors import RtpError
+from .rtcp import ReportBlock
 
 __all__ = ["RtpPacket", "ReceptionStats", "build", "parse"]
 
@@ -148,7 +149,7 @@ class ReceptionStats:
     """
 
     __slots__ = ("ssrc", "base_seq", "max_seq", "cycles", "received", "_transit", "_jitter",
-                 "clock_rate", "_lost_before")
+                 "clock_rate", "_lost_before", "_expected_prior", "_received_prior")
 
     def __init__(self, clock_rate: int = 8000) -> None:
         self.clock_rate = clock_rate
@@ -160,6 +161,8 @@ class ReceptionStats:
         self._transit: float | None = None
         self._jitter = 0.0
         self._lost_before = 0
+        self._expected_prior = 0
+        self._received_prior = 0
 
     def reset(self, ssrc: int, seq: int) -> None:
         """Start counting a new source (loss of the previous one is kept in ``lost``)."""
@@ -171,6 +174,7 @@ class ReceptionStats:
         self.cycles = 0
         self.received = 0
         self._transit = None
+        self._expected_prior = self._received_prior = 0
 
     def update(self, ssrc: int, seq: int, timestamp: int, arrival: float) -> None:
         """Account for one packet (after duplicate detection is not required: RFC counts all)."""
@@ -206,3 +210,19 @@ class ReceptionStats:
     def jitter_ms(self) -> float:
         """Interarrival jitter estimate in milliseconds."""
         return 1000.0 * self._jitter / self.clock_rate
+
+    def report_block(self, *, lsr: int, dlsr: int) -> ReportBlock | None:
+        """RFC 3550 A.3 reception report about the current source (None before any packet);
+        fraction lost is counted since the previous call."""
+        if self.ssrc is None:
+            return None
+        expected, received = self.expected, self.received
+        exp_int = expected - self._expected_prior
+        rec_int = received - self._received_prior
+        self._expected_prior, self._received_prior = expected, received
+        lost_int = exp_int - rec_int
+        fraction = 0 if exp_int <= 0 or lost_int <= 0 else min(255, (lost_int << 8) // exp_int)
+        return ReportBlock(ssrc=self.ssrc, fraction_lost=fraction,
+                           cumulative_lost=expected - received,
+                           highest_seq=self.cycles + self.max_seq, jitter=int(self._jitter),
+                           lsr=lsr, dlsr=dlsr)

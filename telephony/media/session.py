@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import secrets
 import select
 import socket
 import time
@@ -104,6 +105,11 @@ class MediaEngine:
         # our own epoll (not the event loop's): the tick asks it which sockets to read
         self._epoll = select.epoll() if read_in_tick else None
         self._by_fd: dict[int, RtpStream] = {}
+        self._rtcp_by_fd: dict[int, RtpStream] = {}
+        self.cname = f"controlroom-{secrets.token_hex(6)}"
+        """RTCP CNAME of this process (random, RFC 7022)."""
+        self.rtcp_interval = 5.0
+        """Mean seconds between RTCP reports of a stream."""
         self._family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         self._free: deque[int] = deque(range(first, port_max + 1, 2))
         self._streams: dict[int, RtpStream] = {}
@@ -171,11 +177,14 @@ class MediaEngine:
                     continue
                 raise MediaError(f"cannot bind RTP socket on {self.bind}:{port}: "
                                  f"{e.strerror}") from e
-            stream = RtpStream(self, sock, port)
+            stream = RtpStream(self, sock, port, self._bind_rtcp(port + 1))
             self._streams[port] = stream
             if self._epoll is not None:
                 self._by_fd[sock.fileno()] = stream
                 self._epoll.register(sock.fileno(), select.EPOLLIN)
+                if stream._rtcp_sock is not None:
+                    self._rtcp_by_fd[stream._rtcp_sock.fileno()] = stream
+                    self._epoll.register(stream._rtcp_sock.fileno(), select.EPOLLIN)
             self._stream_list = list(self._streams.values())
             stream._open(loop, not self.read_in_tick)
             return stream
@@ -198,11 +207,29 @@ class MediaEngine:
             return None
         return (str(ip), port)
 
+    def _bind_rtcp(self, port: int) -> socket.socket | None:
+        """The RTCP socket next to an RTP port, or None if that port is taken (RTP still works)."""
+        try:
+            sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        except OSError:
+            return None
+        try:
+            sock.setblocking(False)
+            sock.bind((self.bind, port))
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
     def _unwatch(self, stream: RtpStream) -> None:
-        """Called by ``RtpStream.close`` before the socket is closed."""
+        """Called by ``RtpStream.close`` before the sockets are closed."""
         fd = stream._sock.fileno()
         if self._epoll is not None and self._by_fd.pop(fd, None) is not None:
             self._epoll.unregister(fd)
+        if stream._rtcp_sock is not None:
+            fd = stream._rtcp_sock.fileno()
+            if self._epoll is not None and self._rtcp_by_fd.pop(fd, None) is not None:
+                self._epoll.unregister(fd)
 
     def _read_ready(self) -> None:
         """Read every socket with data waiting: one datagram per ready socket per pass.
@@ -221,6 +248,13 @@ class MediaEngine:
             for fd, _mask in events:
                 s = by_fd.get(fd)
                 if s is None:
+                    r = self._rtcp_by_fd.get(fd)
+                    if r is not None and r._rtcp_sock is not None:
+                        try:
+                            data, addr = r._rtcp_sock.recvfrom(2048)
+                        except OSError:
+                            continue
+                        r.rtcp_received(data, addr, time.monotonic())
                     continue
                 try:
                     data, addr = s._sock.recvfrom(2048)
@@ -343,6 +377,8 @@ class MediaEngine:
                     self._dtmf(s, d)
         for s in streams:
             s._send_tick(now)
+            if now >= s._rtcp_due:
+                s._send_rtcp(now)
         if self._rec_list:
             self._tick_recordings()
 

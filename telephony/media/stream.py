@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from . import rtp
+from . import rtcp, rtp
 from .dtmf import DtmfReceiver, DtmfSender
 from .errors import MediaError, RtpError
 from .g711 import A2U_TRANSLATE, ALAW_DECODE, ALAW_ENCODE, U2A_TRANSLATE, ULAW_DECODE, ULAW_ENCODE
@@ -81,12 +81,24 @@ class RtpStats:
     """New SSRC or timestamp jump on the receive side."""
     jitter_delay_ms: float = 0.0
     """Current playout delay of the jitter buffer."""
+    rtcp_in: int = 0
+    """RTCP compound packets received and understood."""
+    rtcp_out: int = 0
+    far_fraction_lost: float | None = None
+    """Loss of OUR audio at the far end over its last report interval (0..1), from RTCP."""
+    far_lost: int | None = None
+    """Cumulative loss of our packets reported by the far end."""
+    far_jitter_ms: float | None = None
+    """Jitter of our packets as the far end measures it."""
+    rtt_ms: float | None = None
+    """Round-trip time from the far end's LSR/DLSR (None until it echoed one of our SRs)."""
 
 
 class RtpStream:
     """One RTP leg: a socket, a jitter buffer, a send source. Made by ``MediaEngine.allocate``."""
 
-    def __init__(self, engine: MediaEngine, sock: socket.socket, port: int) -> None:
+    def __init__(self, engine: MediaEngine, sock: socket.socket, port: int,
+                 rtcp_sock: socket.socket | None = None) -> None:
         self.local_port = port
         """Even UDP port this stream is bound to."""
         self.last_rx: float | None = None
@@ -134,12 +146,34 @@ class RtpStream:
         self._sending = True  # direction allows sending
         self._receiving = True  # direction allows receiving
         self._max_send_gap = 0.0
+        # RTCP (port + 1; None if that port was taken: RTP works without it)
+        self._rtcp_sock = rtcp_sock
+        self._rtcp_addr: tuple[str, int] | None = None  # latched RTCP source
+        self._rtcp_due = 0.0  # loop time of the next report (0: at the first tick)
+        self._rtcp_in = self._rtcp_out = self._rtcp_bad = 0
+        self._far_sr: tuple[int, float] | None = None  # (NTP mid32, loop time) of its last SR
+        self._far_block: rtcp.ReportBlock | None = None
+        self._rtt: float | None = None
+        self._sent_since_report = False
 
     # ------------------------------------------------------------ transport
     def _open(self, loop: asyncio.AbstractEventLoop, reader: bool) -> None:
         if reader:
             self._loop = loop
             loop.add_reader(self._sock.fileno(), self._on_readable)
+            if self._rtcp_sock is not None:
+                loop.add_reader(self._rtcp_sock.fileno(), self._on_rtcp_readable)
+
+    def _on_rtcp_readable(self) -> None:
+        sock = self._rtcp_sock
+        if self.closed or sock is None:
+            return
+        for _ in range(8):
+            try:
+                data, addr = sock.recvfrom(2048)
+            except OSError:  # EAGAIN, or an ICMP error: nothing more to read now
+                return
+            self.rtcp_received(data, addr, time.monotonic())
 
     def _on_readable(self) -> None:
         if self.closed:
@@ -224,7 +258,14 @@ class RtpStream:
                         max_send_gap_ms=1000.0 * self._max_send_gap,
                         send_errors=self._send_errors, foreign=self._foreign,
                         resyncs=jb.resyncs,
-                        jitter_delay_ms=jb.delay / 8.0)
+                        jitter_delay_ms=jb.delay / 8.0, rtcp_in=self._rtcp_in,
+                        rtcp_out=self._rtcp_out,
+                        far_fraction_lost=(None if self._far_block is None
+                                           else self._far_block.fraction_lost / 256.0),
+                        far_lost=None if self._far_block is None else self._far_block.cumulative_lost,
+                        far_jitter_ms=(None if self._far_block is None
+                                       else self._far_block.jitter / 8.0),
+                        rtt_ms=None if self._rtt is None else 1000.0 * self._rtt)
 
     def close(self) -> None:
         """Stop sending and receiving, close the socket, return the port. Idempotent."""
@@ -234,11 +275,80 @@ class RtpStream:
         self.closed = True   # from there into the recording's tail at seal)
         if self.peer is not None:
             self._engine.unbridge(self)
+        if self._rtcp_sock is not None:
+            dest = self._rtcp_dest()
+            if dest is not None:
+                try:  # BYE: the far end may stop expecting us at once
+                    self._rtcp_sock.sendto(rtcp.build_bye(self._ssrc, self._engine.cname), dest)
+                except OSError:
+                    pass
         if self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
+            if self._rtcp_sock is not None:
+                self._loop.remove_reader(self._rtcp_sock.fileno())
         self._engine._unwatch(self)
         self._sock.close()
+        if self._rtcp_sock is not None:
+            self._rtcp_sock.close()
         self._engine._release(self)
+
+    # ------------------------------------------------------------------ RTCP
+    def _rtcp_dest(self) -> tuple[str, int] | None:
+        if self._rtcp_addr is not None:
+            return self._rtcp_addr
+        addr = self.send_addr
+        return None if addr is None else (addr[0], addr[1] + 1)
+
+    def rtcp_received(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        """Handle one datagram on the RTCP port (bad ones are counted and dropped)."""
+        peer = self.send_addr
+        if peer is not None and addr[0] != peer[0]:
+            self._rtcp_bad += 1  # only the host we exchange RTP with may report on it
+            return
+        try:
+            reports = rtcp.parse(data)
+        except RtpError:
+            self._rtcp_bad += 1
+            return
+        self._rtcp_in += 1
+        self._rtcp_addr = addr
+        for r in reports:
+            if r.ntp_mid32 is not None:
+                self._far_sr = (r.ntp_mid32, now)
+            for b in r.blocks:
+                if b.ssrc != self._ssrc:
+                    continue
+                self._far_block = b
+                if b.lsr:
+                    rtt = ((rtcp.ntp_mid32(time.time()) - b.lsr - b.dlsr) & 0xFFFFFFFF) / 65536.0
+                    if rtt < 60.0:  # else a bogus echo (or clocks stepped): ignore
+                        self._rtt = rtt
+
+    def _send_rtcp(self, now: float) -> None:
+        """Send a report and schedule the next (5 s, randomised 0.5-1.5x per RFC 3550)."""
+        interval = self._engine.rtcp_interval
+        self._rtcp_due = now + interval * (0.5 + random.random())
+        dest = self._rtcp_dest()
+        sock = self._rtcp_sock
+        if dest is None or sock is None:
+            return
+        lsr = dlsr = 0
+        if self._far_sr is not None:
+            lsr = self._far_sr[0]
+            dlsr = int((now - self._far_sr[1]) * 65536)
+        block = self._rstats.report_block(lsr=lsr, dlsr=dlsr)
+        sending = self._sent_since_report
+        self._sent_since_report = False
+        packet = rtcp.build_report(ssrc=self._ssrc, cname=self._engine.cname, wall=time.time(),
+                                   rtp_ts=self._ts if sending else None,
+                                   packets=self._packets_out,
+                                   octets=self._bytes_out - 12 * self._packets_out, block=block)
+        try:
+            sock.sendto(packet, dest)
+        except OSError:
+            self._send_errors += 1
+            return
+        self._rtcp_out += 1
 
     # --------------------------------------------------------------- receive
     def datagram_received(self, data: bytes, addr: tuple[str, int],
@@ -352,6 +462,7 @@ class RtpStream:
                 return
             self._packets_out += 1
             self._bytes_out += len(packet)
+            self._sent_since_report = True
             return
         if self._listen_peer and self.peer is not None:
             frame = self.peer.rx_frame
@@ -390,3 +501,4 @@ class RtpStream:
             return
         self._packets_out += 1
         self._bytes_out += len(packet)
+        self._sent_since_report = True
