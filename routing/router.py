@@ -242,9 +242,9 @@ class Router(RouterViews):
                           self._estimate(call), overflow,
                           effective(call, line, now, self.ageing_cap)))
 
-    def _unqueue(self, call: Call) -> int:
-        """Take a QUEUED call out of its place; returns the position it had."""
-        pos = self._position(call) or 0
+    def _unqueue(self, call: Call, *, position: bool = True) -> int:
+        """Take a QUEUED call out of its place; returns the position it had (if asked)."""
+        pos = (self._position(call) or 0) if position else 0
         if call.target is not None:
             lst = self._direct[call.target]
             lst.remove(call)
@@ -256,7 +256,7 @@ class Router(RouterViews):
 
     def _offer(self, call: Call, h: Handler, now: float, out: list[Action]) -> None:
         directed = call.target is not None
-        self._unqueue(call)
+        self._unqueue(call, position=False)
         call.state = call_move(call.call_id, call.state, "offer")
         handler_move(h.handler_id, h.state, "offer")
         call.handler_id = h.handler_id

@@ -370,3 +370,75 @@ def test_from_settings_builds_lines_and_policy():
         RoutingSettings(strategy="least-calls", offer_timeout=20, rona_not_ready=False))
     assert r.lines["101"].skill == "nonemergency" and r.lines["999"].skill == "999"
     assert (r.policy.name, r.offer_timeout, r.rona_not_ready) == ("least-calls", 20, False)
+
+
+def test_ageing_lets_an_older_waiter_on_a_faster_ageing_line_go_first():
+    """Same class: a call on an ageing line passes an earlier call on a non-ageing line."""
+    lines = [LineSpec("a", 1, "101"), LineSpec("b", 1, "101", ageing_per_minute=0.5)]
+    run(router(lines=lines), [
+        (0, "login h1 101:5", ["h1 not_ready(login)"]),
+        (0, "arrive a1 a", ["queued a1 #1"]),
+        (10, "arrive b1 b", ["queued b1 #2"]),
+        (100, "ready h1", ["h1 available", "offer b1->h1", "h1 offered"]),
+    ])
+
+
+def test_directed_transfer_falls_back_to_the_line_queue():
+    """If the named handler logs out, or lets the offer ring out, the call joins its line."""
+    r = router(lines=[LineSpec("101", 1, "101", wrapup=0)])
+    run(r, [
+        (0, "login h1 101:5", ["h1 not_ready(login)"]),
+        (0, "login h2 101:5", ["h2 not_ready(login)"]),
+        (0, "ready h1", ["h1 available"]),
+        (1, "arrive c1 101", ["queued c1 #1", "offer c1->h1", "h1 offered"]),
+        (2, "answer c1 h1", ["connected c1 h1 wait=1", "h1 on_call"]),
+        (3, "arrive c2 101", ["queued c2 #1"]),
+        (4, "xhandler c1 h2", ["h1 wrap_up", "h1 available", "queued c1 #1",
+                               "offer c2->h1", "h1 offered"]),
+        (4.5, "answer c2 h1", ["connected c2 h1 wait=1.5", "h1 on_call"]),
+        (5, "logout h2", ["h2 logged_out(logout)", "queued c1 #1"]),
+        (6, "login h2 101:5", ["h2 not_ready(login)"]),
+        (7, "ready h2", ["h2 available", "offer c1->h2", "h2 offered"]),
+        (8, "answer c1 h2", ["connected c1 h2 wait=4", "h2 on_call"]),
+        (9, "login h3 101:5", ["h3 not_ready(login)"]),
+        (10, "xhandler c1 h3", ["h2 wrap_up", "h2 available", "queued c1 #1"]),
+        (11, "ready h3", ["h3 available", "offer c1->h3", "h3 offered"]),
+        (26, "tick", ["cancel c1 h3 no-answer", "h3 not_ready(missed call)",
+                      "queued c1 #1", "offer c1->h2", "h2 offered"]),
+    ])
+    with pytest.raises(RoutingError, match="handler 'h9' is logged_out: cannot take"):
+        r.handler_login("h9", 27, skills={"101": 1})
+        r.handler_logout("h9", 27)
+        r.offer_answered("c1", "h2", 28)
+        r.transfer_to_handler("c1", "h9", 29)
+
+
+def test_new_skill_makes_a_waiting_call_offerable_at_once():
+    """set_skills on an available handler offers the waiting call it can now take."""
+    run(router(), [
+        (0, "login h1 101:5", ["h1 not_ready(login)"]),
+        (0, "ready h1", ["h1 available"]),
+        (1, "arrive e1 999", ["queued e1 #1"]),
+        (2, "skills h1 101:5,999:3", ["offer e1->h1", "h1 offered"]),
+    ])
+
+
+def test_snapshot_is_json_and_lists_waiting_calls_in_order():
+    """snapshot() serialises to JSON with positions, waits and handler states."""
+    import json
+    r = router()
+    run(r, [
+        (0, "login h1 101:5", ["h1 not_ready(login)"]),
+        (1, "arrive c1 101 07700900001", ["queued c1 #1"]),
+        (2, "arrive c2 101", ["queued c2 #2"]),
+        (2, "arrive e1 999", ["queued e1 #1"]),
+    ])
+    snap = json.loads(json.dumps(r.snapshot(12)))
+    assert [(w["call_id"], w["position"], w["wait"]) for w in snap["lines"]["101"]["waiting"]] \
+        == [("c1", 1, 11.0), ("c2", 2, 10.0)]
+    # nobody staffs 999; h1 (101) is not ready, so no estimate can be made either
+    assert snap["lines"]["999"]["waiting"][0]["estimated_wait"] is None
+    assert snap["lines"]["101"]["waiting"][1]["estimated_wait"] is None
+    assert snap["handlers"]["h1"] == {
+        "state": "not_ready", "reason": "login", "since": 0.0, "call_id": None,
+        "skills": {"101": 5}, "calls": 0, "idle_since": None, "wrapup_deadline": None}
