@@ -256,6 +256,7 @@ class Engine:
         self._drained: asyncio.Event | None = None
         self._seal_tasks: set[asyncio.Task[None]] = set()
         self._byes_done: asyncio.Event | None = None
+        self._leg_credentials: tuple[str, str] | None = None
         self._running = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -273,6 +274,8 @@ class Engine:
                 raise EngineError(f"sip.public_host is required when sip.{name} is {addr}: "
                                   "it goes in Via, Contact and SDP")
         self._codec = _codec_enum()
+        if s.username:  # resolved once: env:/file: secrets are never read per call
+            self._leg_credentials = (s.username, secret(s.password, key="sip.password") or "")
         factory = self._media_factory
         if factory is None:
             from telephony.media import MediaEngine
@@ -745,13 +748,10 @@ class Engine:
                         port=stream.local_port, ptime=self.settings.ptime,
                         session_id=sdp_state.session_id)
         sdp_state.last = off.encode()
-        creds = None
-        if self.settings.username:
-            creds = (self.settings.username, secret(self.settings.password, key="sip.password") or "")
         from_user = call.caller if call.caller.isalnum() else "controlroom"
         session = self._ua.invite(handler_uri, from_user=from_user, from_display=caller_display,
                                   routes=self._proxy_route, dest=self._proxy_addr,
-                                  body=sdp_state.last, credentials=creds, now=self._now())
+                                  body=sdp_state.last, credentials=self._leg_credentials, now=self._now())
         leg = _Leg(leg_id, call, session, stream, sdp=sdp_state)
         session.user = leg
         _play(stream, "silence")
