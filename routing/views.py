@@ -6,24 +6,45 @@ the call-back list of abandoned calls. Reads never change routing state.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .actions import Action, Callback
 from .errors import RoutingError
-from .model import Call, CallState, HandlerState
-from .queue import effective, order_key
-from .stats import ServiceLevel
-
-if TYPE_CHECKING:
-    from .router import Router
+from .model import Call, CallState, Handler, HandlerState, LineSpec
+from .policy import AvailablePool
+from .queue import CallQueue, effective, order_key
+from .stats import LineRecords, ServiceLevel
 
 
 class RouterViews:
-    """Read side of the router; see Router."""
+    """Read side of the router; see Router (which owns every attribute below)."""
+
+    lines: dict[str, LineSpec]
+    calls: dict[str, Call]
+    handlers: dict[str, Handler]
+    queue: CallQueue
+    pool: AvailablePool
+    ageing_cap: float
+    default_handle_time: float
+    _direct: dict[str, list[Call]]
+    _staffed: dict[str, int]
+    _handle_times: dict[str, deque[float]]
+    _records: dict[str, LineRecords]
+    _callbacks: dict[str, Callback]
+    _now: float
+
+    if TYPE_CHECKING:
+        def _clock(self, now: float) -> float: ...
+        def _line(self, name: str) -> LineSpec: ...
+        def _handler(self, handler_id: str) -> Handler: ...
+        @staticmethod
+        def _log(out: list[Action], now: float, call_id: str, line: str, handler_id: str,
+                 event: str, **data: Any) -> None: ...
 
     # -- positions and estimates (also used when announcing Queued) -----------
-    def _position(self: Router, call: Call) -> int | None:
+    def _position(self, call: Call) -> int | None:
         if call.state is CallState.OFFERED:
             return 0
         if call.state is not CallState.QUEUED:
@@ -32,11 +53,11 @@ class RouterViews:
             return self._direct[call.target].index(call) + 1
         return self.queue.position(call, self._now)
 
-    def _aht(self: Router, line: str) -> float:
+    def _aht(self, line: str) -> float:
         samples = self._handle_times[line]
         return sum(samples) / len(samples) if samples else self.default_handle_time
 
-    def _estimate(self: Router, call: Call, position: int | None = None) -> float | None:
+    def _estimate(self, call: Call, position: int | None = None) -> float | None:
         """Seconds until offered: calls ahead beyond the free handlers, times the line's
         moving-average handle time, shared by the handlers staffing the skill."""
         if call.state is CallState.OFFERED:
@@ -51,20 +72,20 @@ class RouterViews:
         ahead = max(0, p - self.pool.count.get(skill, 0))
         return ahead * self._aht(call.line) / staffed
 
-    def position(self: Router, call_id: str) -> int | None:
+    def position(self, call_id: str) -> int | None:
         """1-based place among calls competing for the same handlers; 0 while ringing;
         None when connected or unknown."""
         call = self.calls.get(call_id)
         return None if call is None else self._position(call)
 
-    def estimated_wait(self: Router, call_id: str, now: float) -> float | None:
+    def estimated_wait(self, call_id: str, now: float) -> float | None:
         """Estimated seconds until this call is offered; None if unknown."""
         self._clock(now)
         call = self.calls.get(call_id)
         return None if call is None else self._estimate(call)
 
     # -- figures --------------------------------------------------------------
-    def service_level(self: Router, line: str, now: float, *,
+    def service_level(self, line: str, now: float, *,
                       since: float | None = None) -> ServiceLevel:
         """Live service level of ``line`` (see routing.stats for the definitions)."""
         now = self._clock(now)
@@ -73,7 +94,7 @@ class RouterViews:
                   if c.line == line and c.state in (CallState.QUEUED, CallState.OFFERED)]
         return self._records[line].compute(since=since, now=now, open_entered=opened)
 
-    def snapshot(self: Router, now: float) -> dict[str, Any]:
+    def snapshot(self, now: float) -> dict[str, Any]:
         """Everything the desk and wallboard show, JSON-able. O(n log n) in waiting calls."""
         now = self._clock(now)
         cap = self.ageing_cap
@@ -109,7 +130,7 @@ class RouterViews:
         return {"at": now, "lines": lines, "handlers": handlers,
                 "callbacks": [cb.as_dict() for cb in self._callbacks.values()]}
 
-    def _call_view(self: Router, call: Call, now: float, position: int | None) -> dict[str, Any]:
+    def _call_view(self, call: Call, now: float, position: int | None) -> dict[str, Any]:
         spec = self.lines[call.line]
         return {"call_id": call.call_id, "caller": call.caller, "state": call.state.value,
                 "position": position, "wait": now - call.entered,
@@ -118,17 +139,17 @@ class RouterViews:
                 "handler_id": call.handler_id, "target": call.target}
 
     # -- call-backs -----------------------------------------------------------
-    def callbacks(self: Router) -> list[Callback]:
+    def callbacks(self) -> list[Callback]:
         """Open call-backs (pending and taken), oldest first (copies)."""
         return [replace(cb) for cb in self._callbacks.values()]
 
-    def _callback(self: Router, cb_id: str) -> Callback:
+    def _callback(self, cb_id: str) -> Callback:
         cb = self._callbacks.get(cb_id)
         if cb is None:
             raise RoutingError(f"unknown call-back {cb_id!r}")
         return cb
 
-    def take_callback(self: Router, cb_id: str, handler_id: str, now: float) -> list[Action]:
+    def take_callback(self, cb_id: str, handler_id: str, now: float) -> list[Action]:
         """A handler takes a pending call-back (they will ring the caller)."""
         now = self._clock(now)
         cb = self._callback(cb_id)
@@ -144,7 +165,7 @@ class RouterViews:
         self._log(out, now, cb.call_id, cb.line, handler_id, "CALLBACK_TAKE", cb_id=cb_id)
         return out
 
-    def complete_callback(self: Router, cb_id: str, now: float, *,
+    def complete_callback(self, cb_id: str, now: float, *,
                           outcome: str) -> list[Action]:
         """The call-back is done (``outcome`` e.g. ``reached``, ``no-reply``); removed."""
         now = self._clock(now)
