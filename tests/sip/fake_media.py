@@ -114,8 +114,7 @@ class FakeMedia:
         self.stopped = True
 
     def allocate(self) -> FakeStream:
-        live = [s for s in self.streams if not s.closed]
-        if self.pool_limit is not None and len(live) >= self.pool_limit:
+        if self.pool_limit is not None and sum(not s.closed for s in self.streams) >= self.pool_limit:
             raise MediaError("RTP port pool exhausted")
         s = FakeStream(self.port_min + 2 * len(self.streams))
         self.streams.append(s)

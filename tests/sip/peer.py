@@ -59,14 +59,14 @@ class Peer:
             data = data.replace("\r\n", "\n").replace("\n", "\r\n").encode()
         self.transport.sendto(data, ("127.0.0.1", port))
 
-    async def recv(self, timeout: float = 2.0) -> Request | Response:
+    async def recv(self, timeout: float = 2.0) -> Request | Response:  # noqa: ASYNC109 - test helper deadline
         data, addr = await asyncio.wait_for(self.proto.queue.get(), timeout)
         self.last_addr = addr
         msg = parse(data)
         assert msg is not None
         return msg
 
-    async def expect_status(self, status: int, timeout: float = 2.0) -> Response:
+    async def expect_status(self, status: int, timeout: float = 2.0) -> Response:  # noqa: ASYNC109 - test helper deadline
         """Next response with this status (skipping 100 Trying)."""
         while True:
             msg = await self.recv(timeout)
@@ -76,14 +76,14 @@ class Peer:
             assert msg.status == status, f"expected {status}, got {msg.status} {msg.reason}"
             return msg
 
-    async def expect_request(self, method: str, timeout: float = 2.0) -> Request:
+    async def expect_request(self, method: str, timeout: float = 2.0) -> Request:  # noqa: ASYNC109 - test helper deadline
         while True:
             msg = await self.recv(timeout)
             if isinstance(msg, Request) and msg.method == method:
                 return msg
             assert not isinstance(msg, Request), f"expected {method}, got {msg.method}"
 
-    async def silent(self, timeout: float = 0.3) -> bool:
+    async def silent(self, timeout: float = 0.3) -> bool:  # noqa: ASYNC109 - test helper deadline
         try:
             await asyncio.wait_for(self.proto.queue.get(), timeout)
         except TimeoutError:

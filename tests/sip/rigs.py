@@ -28,7 +28,7 @@ class Rig:
     def of(self, kind: type) -> list:
         return [e for e in self.events if isinstance(e, kind)]
 
-    async def wait_for(self, kind: type, n: int = 1, timeout: float = 3.0) -> list:
+    async def wait_for(self, kind: type, n: int = 1, timeout: float = 3.0) -> list:  # noqa: ASYNC109 - test helper deadline
         async def poll() -> None:
             while len(self.of(kind)) < n:  # noqa: ASYNC110 - events land in a plain list
                 await asyncio.sleep(0.01)
