@@ -155,9 +155,16 @@ class Negotiated:
 
 
 def _audio(sdp: SessionDescription) -> Media:
+    """The first active plain-RTP audio stream (SRTP is not offered or accepted)."""
+    srtp = False
     for m in sdp.media:
-        if m.kind == "audio" and m.port != 0 and m.proto.upper().startswith("RTP/"):
+        if m.kind != "audio" or m.port == 0:
+            continue
+        if m.proto.upper() in ("RTP/AVP", "RTP/AVPF"):
             return m
+        srtp = srtp or "SAVP" in m.proto.upper()
+    if srtp:
+        raise SdpError(488, "Secure RTP (SAVP) not supported")
     raise SdpError(488, "No audio stream in SDP offer")
 
 

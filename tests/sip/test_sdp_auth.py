@@ -127,3 +127,10 @@ def test_ipv6_addresses_use_ip6() -> None:
     off = sdp.offer(codecs=["PCMA"], address="2001:db8::5", port=20000, ptime=20, session_id=1)
     text = off.encode().decode()
     assert "o=controlroom 1 1 IN IP6 2001:db8::5\r\n" in text and "c=IN IP6 2001:db8::5\r\n" in text
+
+
+def test_srtp_only_offer_is_488() -> None:
+    """An RTP/SAVP-only offer is refused with 488 naming SRTP (we cannot answer it)."""
+    with pytest.raises(SdpError) as info:
+        _answer(sdp_offer().replace("RTP/AVP", "RTP/SAVP"))
+    assert (info.value.status, info.value.reason) == (488, "Secure RTP (SAVP) not supported")
