@@ -147,6 +147,19 @@ def main() -> None:
         verdict[title] = statistics.quantiles(every, n=100)[98]
     for title, p99 in verdict.items():
         print(f"p99 {title} / target 1 ms = {p99:.2f}  ({'OK' if p99 <= 1.0 else 'OVER'})")
+    # the read side the desk and wallboard poll (not decisions, but on the same loop)
+    some = [f"c{i}" for i in range(1, n + 1, max(1, n // 200))]
+    for kind, fn in (("snapshot(limit=100)", lambda: r.snapshot(now)),
+                     ("service_level", lambda: r.service_level("101", now)),
+                     ("position", lambda: [r.position(c) for c in some])):
+        t0 = time.perf_counter()
+        reps = 20
+        for _ in range(reps):
+            fn()
+        per = (time.perf_counter() - t0) / reps * 1000
+        if kind == "position":
+            per /= len(some)
+        print(f"read {kind:20s} {per:.3f} ms per call")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 

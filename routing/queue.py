@@ -24,6 +24,7 @@ therefore enough to find the best call for a skill.
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Iterator
 
 from .model import Call, LineSpec
@@ -170,6 +171,18 @@ class CallQueue:
             elif b.seqs:
                 ahead += b.count_before(key, now, self.cap)
         return ahead + 1
+
+    def skills(self) -> list[str]:
+        return list(self._by_skill)
+
+    def ordered(self, skill: str, now: float) -> Iterator[Call]:
+        """Waiting calls needing ``skill`` in offer order (lazy merge of the buckets)."""
+        cap = self.cap
+        streams = [((order_key(c, b.line, now, cap), c) for c in b)
+                   for b in self._by_skill.get(skill, ()) if b.seqs]
+        # keys end with the unique seq, so the merge never compares two Call objects
+        for _key, call in heapq.merge(*streams, key=lambda kc: kc[0]):
+            yield call
 
     def waiting(self, line: str) -> Iterator[Call]:
         """Every waiting call of ``line`` (bucket by bucket, FIFO inside each)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -72,7 +72,7 @@ class LineRecords:
         del self.answer_wait[:k]
 
     def compute(self, *, since: float | None, now: float | None,
-                open_entered: Iterable[float] = ()) -> ServiceLevel:
+                open_entered: Collection[float] = ()) -> ServiceLevel:
         def count(lst: list[float]) -> int:
             return len(lst) if since is None else len(lst) - bisect.bisect_left(lst, since)
 
@@ -81,8 +81,7 @@ class LineRecords:
         offered = count(self.enters)
         abandoned = count(self.abandons)
         within = sum(1 for w in waits if w <= self.threshold)
-        opened = list(open_entered)
-        longest = (max(now - e for e in opened) if opened and now is not None else None)
+        longest = (now - min(open_entered) if open_entered and now is not None else None)
         p90 = None
         if waits:
             s = sorted(waits)
@@ -93,7 +92,7 @@ class LineRecords:
             service_level=(within / offered) if offered else None,
             abandon_rate=(abandoned / offered) if offered else None,
             average_wait=(sum(waits) / len(waits)) if waits else None,
-            p90_wait=p90, waiting=len(opened), longest_wait=longest)
+            p90_wait=p90, waiting=len(open_entered), longest_wait=longest)
 
 
 def _insert(lst: list[float], t: float) -> None:

@@ -14,7 +14,7 @@ from .actions import Action, Callback
 from .errors import RoutingError
 from .model import Call, CallState, Handler, HandlerState, LineSpec
 from .policy import AvailablePool
-from .queue import CallQueue, effective, order_key
+from .queue import CallQueue, effective
 from .stats import LineRecords, ServiceLevel
 
 
@@ -32,6 +32,7 @@ class RouterViews:
     _staffed: dict[str, int]
     _handle_times: dict[str, deque[float]]
     _records: dict[str, LineRecords]
+    _open: dict[str, dict[str, float]]
     _callbacks: dict[str, Callback]
     _now: float
 
@@ -90,34 +91,46 @@ class RouterViews:
         """Live service level of ``line`` (see routing.stats for the definitions)."""
         now = self._clock(now)
         self._line(line)
-        opened = [c.entered for c in self.calls.values()
-                  if c.line == line and c.state in (CallState.QUEUED, CallState.OFFERED)]
-        return self._records[line].compute(since=since, now=now, open_entered=opened)
+        return self._records[line].compute(since=since, now=now,
+                                           open_entered=self._open[line].values())
 
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """Everything the desk and wallboard show, JSON-able. O(n log n) in waiting calls."""
+    def snapshot(self, now: float, *, limit: int | None = 100) -> dict[str, Any]:
+        """Everything the desk and wallboard show, JSON-able.
+
+        Per line: up to ``limit`` queued calls in offer order (None: all; the cost is
+        O(limit x buckets) plus one pass over live calls), ``waiting_count`` (all queued),
+        every ringing or directed call, and the service level.
+        """
         now = self._clock(now)
-        cap = self.ageing_cap
-        by_skill: dict[str, list[tuple[Any, Call]]] = {}
-        for call in self.calls.values():
-            if call.state is CallState.QUEUED and call.target is None:
-                spec = self.lines[call.line]
-                by_skill.setdefault(spec.skill, []).append(
-                    (order_key(call, spec, now, cap), call))
         waiting: dict[str, list[dict[str, Any]]] = {n: [] for n in self.lines}
-        for lst in by_skill.values():
-            lst.sort(key=lambda x: x[0])
-            for pos, (_, call) in enumerate(lst, start=1):
+        for skill in self.queue.skills():
+            lines_of_skill = [n for n, spec in self.lines.items() if spec.skill == skill]
+            left = {n: limit for n in lines_of_skill}
+            for pos, call in enumerate(self.queue.ordered(skill, now), start=1):
+                if limit is not None:
+                    if left[call.line] == 0:
+                        if not any(left.values()):
+                            break
+                        continue
+                    left[call.line] = (left[call.line] or 0) - 1
                 waiting[call.line].append(self._call_view(call, now, pos))
-        for call in self.calls.values():
-            if call.state is CallState.OFFERED or call.target is not None:
+        # ringing and directed calls: bounded by the number of handlers
+        for h in self.handlers.values():
+            if h.state is HandlerState.OFFERED and h.call_id is not None:
+                call = self.calls[h.call_id]
+                waiting[call.line].append(self._call_view(call, now, 0))
+        for lst in self._direct.values():
+            for call in lst:
                 waiting[call.line].append(self._call_view(call, now, self._position(call)))
         lines = {}
         for name, spec in self.lines.items():
+            sl = self._records[name].compute(since=None, now=now,
+                                             open_entered=self._open[name].values())
             lines[name] = {
                 "priority": spec.priority, "skill": spec.skill,
+                "waiting_count": self.queue.per_line[name],
                 "waiting": waiting[name],
-                "service_level": self.service_level(name, now).as_dict(),
+                "service_level": sl.as_dict(),
                 "estimated_handle_time": self._aht(name),
             }
         handlers = {

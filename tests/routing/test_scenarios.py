@@ -442,3 +442,18 @@ def test_snapshot_is_json_and_lists_waiting_calls_in_order():
     assert snap["handlers"]["h1"] == {
         "state": "not_ready", "reason": "login", "since": 0.0, "call_id": None,
         "skills": {"101": 5}, "calls": 0, "idle_since": None, "wrapup_deadline": None}
+
+
+def test_snapshot_limit_keeps_the_head_of_each_line_and_the_count():
+    """snapshot(limit=2) lists the first two queued calls per line (offer order) and counts all."""
+    r = router(lines=[LineSpec("a", 1, "101"), LineSpec("b", 1, "101")])
+    r.handler_login("h1", 0, skills={"101": 1})
+    for i, line in enumerate("ababbb"):
+        r.call_arrived(f"c{i}", line, i)
+    snap = r.snapshot(10, limit=2)
+    assert [(w["call_id"], w["position"]) for w in snap["lines"]["a"]["waiting"]] == [
+        ("c0", 1), ("c2", 3)]
+    assert [(w["call_id"], w["position"]) for w in snap["lines"]["b"]["waiting"]] == [
+        ("c1", 2), ("c3", 4)]
+    assert (snap["lines"]["a"]["waiting_count"], snap["lines"]["b"]["waiting_count"]) == (2, 4)
+    assert len(r.snapshot(10, limit=None)["lines"]["b"]["waiting"]) == 4
