@@ -211,7 +211,10 @@ def answer(offer: SessionDescription, *, codecs: list[str], address: str, port: 
     attrs += [("ptime", str(ptime_used)), (direction, None)]
     ans = SessionDescription(
         origin=f"controlroom {session_id} {version} IN {_family(address)} {address}", name="controlroom",
-        connection=address, media=[Media("audio", port, m.proto, fmts, None, attrs)])
+        connection=address,
+        # RFC 3264 §6: one answer m-line per offered m-line, the others refused with port 0
+        media=[Media("audio", port, m.proto, fmts, None, attrs) if o is m
+               else Media(o.kind, 0, o.proto, o.formats[:1] or ["0"]) for o in offer.media])
     on_hold = m.direction in ("sendonly", "inactive") or held_addr
     return ans, Negotiated(chosen, pt, dtmf, remote, direction, ptime_used, on_hold)
 

@@ -134,3 +134,13 @@ def test_srtp_only_offer_is_488() -> None:
     with pytest.raises(SdpError) as info:
         _answer(sdp_offer().replace("RTP/AVP", "RTP/SAVP"))
     assert (info.value.status, info.value.reason) == (488, "Secure RTP (SAVP) not supported")
+
+
+def test_answer_keeps_one_m_line_per_offered_stream() -> None:
+    """Audio + video offered: the answer refuses video with port 0, in the same order."""
+    offer = ("v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\n"
+             "m=video 6000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 5004 RTP/AVP 8\r\n")
+    ans, neg = _answer(offer)
+    assert [(m.kind, m.port) for m in ans.media] == [("video", 0), ("audio", 20000)]
+    assert neg.remote == ("1.2.3.4", 5004)
+    assert "m=video 0 RTP/AVP 96\r\n" in ans.encode().decode()
