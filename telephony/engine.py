@@ -432,8 +432,9 @@ class Engine:
         owner = getattr(ev, "session", None)
         user = owner.user if owner is not None else None
         if isinstance(ev, RegistrationResult):
-            log.info("sip.registration", line=getattr(ev.registration.user, "name", ""),
-                     ok=ev.ok, status=ev.status, expires=ev.expires)
+            (log.info if ev.ok else log.warning)(
+                "sip.registration", line=getattr(ev.registration.user, "name", ""),
+                ok=ev.ok, status=ev.status, expires=ev.expires)
         elif isinstance(user, _Call):
             self._call_event(user, ev)
         elif isinstance(user, _Leg):
