@@ -55,6 +55,7 @@ def test_handler_cancel_while_ringing(kamailio: Kamailio) -> None:
             assert cs.wait(20) == 0, cs.diagnostics()
             assert hs.wait(10) == 0, hs.diagnostics()
             assert "SIP/2.0 487 Request Terminated" in hs.messages_text()
+            assert "SIP/2.0 200" in cs.messages_text() and "CSeq: 1 CANCEL" in cs.messages_text()
 
 
 def test_handler_busy_and_unknown_number(kamailio: Kamailio) -> None:
