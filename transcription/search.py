@@ -132,7 +132,7 @@ def _highlight(raw: str) -> str:
 class TranscriptSearch:
     """SQLite FTS5 search over final transcripts, filtered by the ``calls`` row."""
 
-    def __init__(self, db: Database, *, max_candidates: int = 3000,
+    def __init__(self, db: Database, *, max_candidates: int = 1000,
                  calls_first_max: int = 1000) -> None:
         self._db = db
         self._local = threading.local()

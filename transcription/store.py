@@ -81,6 +81,31 @@ MIGRATIONS = [
     );
     CREATE INDEX transcription_jobs_state ON transcription_jobs(state, enqueued_at);
     """,
+    # 2: prefix indexes (2-4 characters) for "burg*" searches: without them FTS5 merges
+    # the doclists of every matching term, ~0.5 s on a million transcripts.
+    """
+    DROP TRIGGER transcription_segments_ai;
+    DROP TRIGGER transcription_segments_ad;
+    DROP TRIGGER transcription_segments_au;
+    DROP TABLE transcription_fts;
+    CREATE VIRTUAL TABLE transcription_fts USING fts5(
+        text, content='transcription_segments', content_rowid='id',
+        tokenize='porter unicode61 remove_diacritics 2', prefix='2 3 4'
+    );
+    INSERT INTO transcription_fts(transcription_fts) VALUES ('rebuild');
+    CREATE TRIGGER transcription_segments_ai AFTER INSERT ON transcription_segments BEGIN
+        INSERT INTO transcription_fts(rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TRIGGER transcription_segments_ad AFTER DELETE ON transcription_segments BEGIN
+        INSERT INTO transcription_fts(transcription_fts, rowid, text)
+        VALUES ('delete', old.id, old.text);
+    END;
+    CREATE TRIGGER transcription_segments_au AFTER UPDATE ON transcription_segments BEGIN
+        INSERT INTO transcription_fts(transcription_fts, rowid, text)
+        VALUES ('delete', old.id, old.text);
+        INSERT INTO transcription_fts(rowid, text) VALUES (new.id, new.text);
+    END;
+    """,
 ]
 
 MAX_ATTEMPTS = 3

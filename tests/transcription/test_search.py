@@ -154,3 +154,18 @@ def test_candidates_bounded_to_newest(db):
     s = TranscriptSearch(db, max_candidates=3)
     assert {h.call_id for h in s.search("smoke")} == {"n3", "n4", "n5"}
     assert [h.call_id for h in TranscriptSearch(db).search("smoke")][0] == "n0"
+
+
+def test_migration_two_keeps_existing_segments(tmp_path):
+    """Upgrading from migration 1 rebuilds the index (with prefixes) over existing rows."""
+    from store.db import Database
+    d = Database(tmp_path / "up.sqlite3")
+    d.migrate(calls.COMPONENT, calls.MIGRATIONS)
+    d.migrate(tstore.COMPONENT, tstore.MIGRATIONS[:1])
+    _transcript(d, "old", [("caller", 1.0, 2.0, "an old burglary report")])
+    assert d.migrate(tstore.COMPONENT, tstore.MIGRATIONS) == 1
+    s = TranscriptSearch(d)
+    assert [h.call_id for h in s.search("burg*")] == ["old"]
+    _transcript(d, "new", [("caller", 1.0, 2.0, "a new burglary")])
+    assert {h.call_id for h in s.search("burglary")} == {"old", "new"}
+    d.close()
