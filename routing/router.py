@@ -68,7 +68,8 @@ HS = HandlerState
 CS = CallState
 STAFFED = frozenset({HS.AVAILABLE, HS.OFFERED, HS.ON_CALL, HS.WRAP_UP})
 """States in which a handler counts as staffing their skills (estimated wait)."""
-OFFER_FAIL_REASONS = ("no-answer", "rejected", "busy", "unreachable", "error")
+OFFER_FAIL_REASONS = ("no-answer", "rejected", "busy", "unreachable", "cancelled", "error")
+"""Why an offer failed: the values of ``telephony.api.LegFailed.reason``."""
 _ENDED_MEMORY = 100_000
 """Terminal call ids remembered to refuse a reused id with a clear error."""
 
@@ -413,8 +414,9 @@ class Router(RouterViews):
         """The offer ended without answer; the call goes back to its old place.
 
         ``no-answer``: handler not ready "missed call" (or available if not
-        ``rona_not_ready``); ``rejected``/``busy``/``unreachable``/``error``: handler not
-        ready with that reason (a broken or declining phone is not offered again).
+        ``rona_not_ready``); ``rejected``/``busy``/``unreachable``/``cancelled``/``error``:
+        handler not ready with that reason (a declining or broken phone is not offered the
+        next call until the handler says they are ready again).
         """
         now = self._clock(now)
         if reason not in OFFER_FAIL_REASONS:

@@ -133,15 +133,21 @@ class RouterViews:
                 "service_level": sl.as_dict(),
                 "estimated_handle_time": self._aht(name),
             }
-        handlers = {
-            h.handler_id: {"state": h.state.value, "reason": h.reason, "since": h.since,
-                           "call_id": h.call_id, "skills": dict(h.skills), "calls": h.calls,
-                           "idle_since": (h.idle_since if h.state is HandlerState.AVAILABLE
-                                          else None),
-                           "wrapup_deadline": h.wrapup_deadline}
-            for h in self.handlers.values()}
+        handlers = {h.handler_id: self._handler_view(h) for h in self.handlers.values()}
         return {"at": now, "lines": lines, "handlers": handlers,
                 "callbacks": [cb.as_dict() for cb in self._callbacks.values()]}
+
+    def handler_info(self, handler_id: str) -> dict[str, Any] | None:
+        """One handler as in :meth:`snapshot` (cheap; None if never logged in)."""
+        h = self.handlers.get(handler_id)
+        return None if h is None else self._handler_view(h)
+
+    @staticmethod
+    def _handler_view(h: Handler) -> dict[str, Any]:
+        return {"state": h.state.value, "reason": h.reason, "since": h.since,
+                "call_id": h.call_id, "skills": dict(h.skills), "calls": h.calls,
+                "idle_since": h.idle_since if h.state is HandlerState.AVAILABLE else None,
+                "wrapup_deadline": h.wrapup_deadline}
 
     def _call_view(self, call: Call, now: float, position: int | None) -> dict[str, Any]:
         spec = self.lines[call.line]

@@ -231,7 +231,7 @@ class RouterMachine(RuleBasedStateMachine):
         elif op == "answer":
             self.do(self.r.offer_answered, cid, c.handler, self.now)
         elif op == "fail":
-            reason = data.draw(st.sampled_from(["no-answer", "rejected", "busy", "error"]))
+            reason = data.draw(st.sampled_from(["no-answer", "rejected", "busy", "cancelled", "error"]))
             self.do(self.r.offer_failed, cid, c.handler, self.now, reason=reason)
         elif op == "end":
             self.do(self.r.call_ended, cid, self.now)

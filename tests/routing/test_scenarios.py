@@ -77,7 +77,13 @@ def test_rejected_and_unreachable_offers_requeue_and_set_not_ready():
         (4, "fail c1 h1 rejected", []),          # stale report: ignored
         (5, "ready h1", ["h1 available", "offer c1->h1", "h1 offered"]),
         (6, "fail c1 h1 unreachable", ["h1 not_ready(unreachable)", "queued c1 #1"]),
+        (7, "ready h1", ["h1 available", "offer c1->h1", "h1 offered"]),
+        (8, "fail c1 h1 cancelled", ["h1 not_ready(cancelled)", "queued c1 #1"]),
     ])
+    assert r.handler_info("h1") == {
+        "state": "not_ready", "reason": "cancelled", "since": 8.0, "call_id": None,
+        "skills": {"101": 5}, "calls": 0, "idle_since": None, "wrapup_deadline": None}
+    assert r.handler_info("nobody") is None
     assert r.next_deadline() is None
 
 
@@ -326,7 +332,7 @@ def test_position_and_estimated_wait():
     (lambda r: r.call_arrived("c9", "102", 5), "unknown line '102'"),
     (lambda r: r.call_ended("c9", 5), "unknown call 'c9'"),
     (lambda r: r.set_available("h9", 5), "unknown handler 'h9'"),
-    (lambda r: r.offer_failed("c1", "h1", 5, reason="x"), "unknown offer failure reason 'x'; expected one of no-answer, rejected, busy, unreachable, error"),
+    (lambda r: r.offer_failed("c1", "h1", 5, reason="x"), "unknown offer failure reason 'x'; expected one of no-answer, rejected, busy, unreachable, cancelled, error"),
     (lambda r: r.handler_login("h2", 5, skills={"101": 11}),
      "proficiency of skill '101' must be an int 1-10, got 11"),
     (lambda r: r.tick(float("inf")), "now must be a finite number, got inf"),
