@@ -30,9 +30,13 @@ packets we keep the smallest and largest lead:
 
 An adjustment waits for a window with no data (silence or loss), where holding the
 schedule for a tick or skipping an empty frame changes no audio. With continuous audio
-(G.711 phones rarely use silence suppression) it is forced after ``grow_grace`` /
-``shrink_grace`` ticks: a hold then inserts one faded silent frame, a skip drops one
-frame (counted in ``skipped``). With 100 ppm drift that is one 20 ms adjustment every
+(G.711 phones rarely use silence suppression) a grow caused by a *late* packet is forced
+after ``grow_grace`` ticks (one faded silent frame, instead of losing a packet every few
+ticks), and a shrink after ``shrink_grace`` ticks once the excess reaches two frames
+(one frame of audio dropped, counted in ``skipped``: recorded evidence is only cut for
+a real latency problem); a merely proactive grow (lead under ``grow_below``, nothing late yet) only
+ever happens in silence, since forcing it would cost the same 20 ms gap as the loss it
+tries to avoid. With 100 ppm drift that is one 20 ms adjustment every
 ~200 s, and latency stays bounded instead of growing by 0.36 s per hour.
 """
 
@@ -115,7 +119,9 @@ class JitterBuffer:
         self._last_sample = 0
         self._win_min = self._win_max = 0
         self._win_n = 0
-        self._want = 0  # +1 grow, -1 shrink
+        # 2: grow (a packet was late: forced after grow_grace); 1: grow in silence only;
+        # -1: shrink in silence only; -2: shrink (forced after shrink_grace)
+        self._want = 0
         self._waited = 0
         # counters
         self.accepted = 0
@@ -164,8 +170,8 @@ class JitterBuffer:
         if lead + len(pcm) <= 0:
             self.late += 1
             self._remember(seq)
-            if self._want <= 0 and self._may_grow():
-                self._want, self._waited = 1, 0
+            if self._want <= 1 and self._may_grow():
+                self._want, self._waited = 2, 0
             return PushResult.LATE
         keys = self._keys
         if len(keys) >= self.max_packets:
@@ -196,11 +202,19 @@ class JitterBuffer:
             return
         self.lead_min, self.lead_max = self._win_min, self._win_max
         self._win_n = 0
-        if self._want == 0:
-            if self.lead_min < self.grow_below and self._may_grow():
-                self._want, self._waited = 1, 0
-            elif self.lead_min >= self.min_delay + self.frame:
-                self._want, self._waited = -1, 0
+        if self._want == 2:
+            return  # a late packet already asked for a (forced) grow
+        frame, lead_min = self.frame, self.lead_min
+        if lead_min < self.grow_below and self._may_grow():
+            want = 1
+        elif lead_min >= self.min_delay + 2 * frame:
+            want = -2  # 40 ms too much: forced after shrink_grace
+        elif lead_min >= self.min_delay + frame:
+            want = -1  # 20 ms too much: only in silence
+        else:
+            want = 0  # (a wish the last window no longer supports is dropped)
+        if want != self._want:
+            self._want, self._waited = want, 0
 
     def _may_grow(self) -> bool:
         top = self._win_max if self._win_n else (self.lead_max or 0)
@@ -269,13 +283,13 @@ class JitterBuffer:
         want = self._want
         if want:
             self._waited += 1
-            if want > 0 and (empty or self._waited >= self.grow_grace):
+            if want > 0 and (empty or (want == 2 and self._waited >= self.grow_grace)):
                 self.holds += 1
                 self._nominal += frame
                 self._adjusted()
                 return self._silent_frame()  # position not advanced: one frame later
             if want < 0 and ((empty and not (keys and keys[0] < end + frame))
-                             or self._waited >= self.shrink_grace):
+                             or (want == -2 and self._waited >= self.shrink_grace)):
                 self.skips += 1
                 self._nominal -= frame
                 self._adjusted()
