@@ -80,6 +80,18 @@ class LineSpec:
                    callback_on_abandon=line.callback_on_abandon)
 
 
+def check_skills(skills: Any) -> dict[str, int]:
+    """A handler's skills: non-empty names -> proficiency 1-10 (a copy)."""
+    if not isinstance(skills, dict):
+        raise RoutingError(f"skills must be a dict of skill -> proficiency, got {skills!r}")
+    for k, v in skills.items():
+        if not isinstance(k, str) or not k:
+            raise RoutingError(f"skill names must be non-empty strings, got {k!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10:
+            raise RoutingError(f"proficiency of skill {k!r} must be an int 1-10, got {v!r}")
+    return dict(skills)
+
+
 class HandlerState(enum.Enum):
     LOGGED_OUT = "logged_out"
     NOT_READY = "not_ready"

@@ -51,6 +51,7 @@ from .model import (
     HandlerState,
     LineSpec,
     call_move,
+    check_skills,
     handler_move,
 )
 from .policy import AvailablePool, make_policy
@@ -173,17 +174,6 @@ class Router(RouterViews):
         self._ended[call.call_id] = state
         if len(self._ended) > _ENDED_MEMORY:
             self._ended.popitem(last=False)
-
-    @staticmethod
-    def _check_skills(skills: Any) -> dict[str, int]:
-        if not isinstance(skills, dict):
-            raise RoutingError(f"skills must be a dict of skill -> proficiency, got {skills!r}")
-        for k, v in skills.items():
-            if not isinstance(k, str) or not k:
-                raise RoutingError(f"skill names must be non-empty strings, got {k!r}")
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10:
-                raise RoutingError(f"proficiency of skill {k!r} must be an int 1-10, got {v!r}")
-        return dict(skills)
 
     # ------------------------------------------------------------ handler state
     def _hset(self, h: Handler, new: HandlerState, now: float, out: list[Action], *,
@@ -567,7 +557,7 @@ class Router(RouterViews):
         now = self._clock(now)
         if not isinstance(handler_id, str) or not handler_id:
             raise RoutingError(f"handler_id must be a non-empty string, got {handler_id!r}")
-        skills = self._check_skills(skills)
+        skills = check_skills(skills)
         h = self.handlers.get(handler_id)
         if h is None:
             h = self.handlers[handler_id] = Handler(handler_id)
@@ -659,7 +649,7 @@ class Router(RouterViews):
         """Replace a handler's skills (any state); takes effect for the next offer."""
         now = self._clock(now)
         h = self._handler(handler_id)
-        skills = self._check_skills(skills)
+        skills = check_skills(skills)
         out: list[Action] = []
         available = h.state is HS.AVAILABLE
         if available:

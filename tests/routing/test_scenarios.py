@@ -15,7 +15,8 @@ LINES = [
 
 
 def router(**kw) -> Router:
-    return Router(lines=list(kw.pop("lines", LINES)), offer_timeout=15, **kw)
+    kw.setdefault("offer_timeout", 15)
+    return Router(lines=list(kw.pop("lines", LINES)), **kw)
 
 
 def test_999_behind_three_101s_is_offered_first():
@@ -463,3 +464,50 @@ def test_snapshot_limit_keeps_the_head_of_each_line_and_the_count():
         ("c1", 2), ("c3", 4)]
     assert (snap["lines"]["a"]["waiting_count"], snap["lines"]["b"]["waiting_count"]) == (2, 4)
     assert len(r.snapshot(10, limit=None)["lines"]["b"]["waiting"]) == 4
+
+
+def test_reprioritise_while_ringing_applies_when_the_call_returns():
+    """A ringing call's new priority takes effect if the offer fails and it is requeued."""
+    r = router(lines=[LineSpec("101", 1, "101"), LineSpec("bsl", 2, "101")])
+    run(r, [
+        (0, "login h1 101:5", ["h1 not_ready(login)"]),
+        (0, "login h2 101:5", ["h2 not_ready(login)"]),
+        (0, "ready h1", ["h1 available"]),
+        (1, "arrive b1 bsl", ["queued b1 #1", "offer b1->h1", "h1 offered"]),
+        (2, "arrive c1 101", ["queued c1 #1"]),
+        (3, "reprio b1 0", []),
+        (4, "fail b1 h1 busy", ["h1 not_ready(busy)", "queued b1 #1"]),
+        (5, "ready h2", ["h2 available", "offer b1->h2", "h2 offered"]),
+    ])
+    assert r.position("c1") == 1
+
+
+def test_old_statistics_are_forgotten_after_the_retention():
+    """tick() drops service-level facts older than stats_retention (bounded memory)."""
+    r = router(stats_retention=100)
+    run(r, [
+        (0, "login h1 999:1", ["h1 not_ready(login)"]),
+        (1, "arrive e1 999", ["queued e1 #1"]),
+        (2, "hangup e1", ["abandoned e1 wait=1 pos=1 callback"]),
+        (50, "arrive e2 999", ["queued e2 #1"]),
+        (51, "hangup e2", ["abandoned e2 wait=1 pos=1 callback"]),
+    ])
+    assert (r.service_level("999", 60).offered, r.service_level("999", 60).abandoned) == (2, 2)
+    run(r, [(120, "tick", [])])
+    assert (r.service_level("999", 120).offered, r.service_level("999", 120).abandoned) == (1, 1)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"ageing_cap": 1.0}, "ageing_cap must be in [0, 1), got 1.0"),
+    ({"offer_timeout": 0}, "offer_timeout must be positive, got 0"),
+    ({"lines": []}, "at least one line is required"),
+    ({"lines": [LineSpec("a", 0, "x"), LineSpec("a", 1, "y")]}, "duplicate line 'a'"),
+    ({"lines": [LineSpec("a", 0, "x", overflow="drop")]},
+     "line 'a': overflow must be 'queue' or 'busy', got 'drop'"),
+    ({"lines": [LineSpec("a", -1, "x")]}, "line 'a': priority must be >= 0, got -1"),
+])
+def test_bad_router_configuration_is_refused(kw, message):
+    """Router() refuses inconsistent settings with a message naming the setting."""
+    with pytest.raises(RoutingError) as info:
+        router(**kw)
+    assert info.value.message == message
