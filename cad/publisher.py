@@ -197,6 +197,7 @@ class CadPublisher:
         self._summary: dict[str, Any] | None = None
         self._summary_dirty = False
         self._task: asyncio.Task[None] | None = None
+        self._running: asyncio.Task[Any] | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._tls_context: ssl.SSLContext | None = None
@@ -231,7 +232,8 @@ class CadPublisher:
         self.notify()
 
     async def wait_connected(self) -> None:
-        """Return once connected to the broker (for readiness checks and tests)."""
+        """Return once connected: status ``online`` published, incident topic subscribed,
+        outbox draining (for readiness checks and tests)."""
         await self._up.wait()
 
     def depth(self) -> int:
@@ -253,17 +255,26 @@ class CadPublisher:
         return self._task
 
     async def stop(self) -> None:
-        """Cancel the task and wait for it (unacknowledged rows stay pending)."""
-        task, self._task = self._task, None
-        if task is not None:
+        """Stop :meth:`run` however it was started (:meth:`start` or a task of the
+        caller's) and wait for it: status ``offline`` is published if connected;
+        unacknowledged rows stay pending for the next start."""
+        task = self._task or self._running
+        self._task = None
+        if task is not None and task is not asyncio.current_task():
             await _cancel_all([task])
+
+    async def close(self) -> None:
+        """Alias of :meth:`stop` (for owners that close their parts)."""
+        await self.stop()
 
     async def run(self) -> None:
         """Connect, drain, reconnect with back-off: until cancelled."""
         self._loop = asyncio.get_running_loop()
+        self._running = asyncio.current_task()
         self._wake = asyncio.Event()
         if not self.settings.enabled:
             log.info("cad.publisher.disabled")
+            self._running = None
             return
         if self.qos == 0:
             log.warning("cad.publisher.qos0", note="QoS 0 has no PUBACK: delivery is not guaranteed")
@@ -300,6 +311,7 @@ class CadPublisher:
                 backoff = min(backoff * 2, self.settings.reconnect_max)
         finally:
             self._close_reader()
+            self._running = None
 
     # -- connection ------------------------------------------------------------
     def _client(self) -> aiomqtt.Client:
@@ -331,22 +343,24 @@ class CadPublisher:
 
     async def _session(self) -> None:
         s = self.settings
+        status_topic = messages.status_topic(s.topic_prefix, s.node)
         async with self._client() as client:
             self.connected = True
             self.connects += 1
-            self._up.set()
-            log.info("cad.publisher.connected", host=s.host, port=s.port,
-                     protocol="5" if self.protocol == aiomqtt.ProtocolVersion.V5 else "3.1.1",
-                     pending=await asyncio.to_thread(self._depth))
-            online = messages.node_status(node=s.node, online=True, now=time.time())
-            await client.publish(messages.status_topic(s.topic_prefix, s.node),
-                                 json.dumps(online), qos=1, retain=True)
-            if self.on_incident is not None:
-                await client.subscribe(messages.incidents_topic(s.topic_prefix, s.node), qos=1)
-            self._summary_dirty = self._summary is not None
-            tasks = [asyncio.create_task(self._receive(client), name="cad-receive"),
-                     asyncio.create_task(self._drain(client), name="cad-drain")]
+            tasks: list[asyncio.Task[None]] = []
             try:
+                log.info("cad.publisher.connected", host=s.host, port=s.port,
+                         protocol="5" if self.protocol == aiomqtt.ProtocolVersion.V5 else "3.1.1",
+                         pending=await asyncio.to_thread(self._depth))
+                online = messages.node_status(node=s.node, online=True, now=time.time())
+                await client.publish(status_topic, json.dumps(online), qos=1, retain=True)
+                if self.on_incident is not None:
+                    await client.subscribe(messages.incidents_topic(s.topic_prefix, s.node),
+                                           qos=1)
+                self._summary_dirty = self._summary is not None
+                tasks = [asyncio.create_task(self._receive(client), name="cad-receive"),
+                         asyncio.create_task(self._drain(client), name="cad-drain")]
+                self._up.set()
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             except asyncio.CancelledError:
                 # Orderly stop: the will is not sent on a clean DISCONNECT, so say
@@ -355,8 +369,8 @@ class CadPublisher:
                 offline = messages.node_status(node=s.node, online=False, now=time.time())
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     async with asyncio.timeout(1.0):
-                        await client.publish(messages.status_topic(s.topic_prefix, s.node),
-                                             json.dumps(offline), qos=1, retain=True)
+                        await client.publish(status_topic, json.dumps(offline), qos=1,
+                                             retain=True)
                 raise
             finally:
                 await _cancel_all(tasks)

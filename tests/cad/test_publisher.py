@@ -391,3 +391,18 @@ async def test_tls_with_ca_file(db: Database, tmp_path: Path) -> None:
         assert outbox.depth(db) == 1
         failed = [e for e in logs if e["event"] == "cad.publisher.connect_failed"]
         assert failed and "CERTIFICATE_VERIFY_FAILED" in failed[0]["error"]
+
+
+async def test_close_stops_a_run_task_started_by_the_owner(mosquitto: Mosquitto,
+                                                           db: Database) -> None:
+    """close() stops run() even when the owner created the task, and says offline."""
+    s = _settings(mosquitto)
+    topic = messages.status_topic(s.topic_prefix, s.node)
+    async with Collector(mosquitto.host, mosquitto.port, topic) as col:
+        pub = _publisher(s, db)
+        task = asyncio.create_task(pub.run())
+        await asyncio.wait_for(pub.wait_connected(), 10)
+        await pub.close()
+        assert task.done() and task.cancelled()
+        await col.wait_until(lambda: len(col.messages) >= 2, 10)
+        assert [m["status"] for _, m, _ in col.messages] == ["online", "offline"]
