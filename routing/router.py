@@ -81,7 +81,8 @@ class Router(RouterViews):
     def __init__(self, *, lines: list[LineSpec], offer_timeout: float = 15.0,
                  strategy: str = "longest-idle", rona_not_ready: bool = True,
                  ageing_cap: float = DEFAULT_AGEING_CAP, default_handle_time: float = 180.0,
-                 handle_time_samples: int = 20, stats_retention: float = 7 * 86400.0) -> None:
+                 handle_time_samples: int = 20, stats_retention: float = 7 * 86400.0,
+                 transfer_timeout: float = 60.0) -> None:
         if not lines:
             raise RoutingError("at least one line is required")
         self.lines: dict[str, LineSpec] = {}
@@ -99,6 +100,8 @@ class Router(RouterViews):
         self.ageing_cap = ageing_cap
         self.default_handle_time = default_handle_time
         self.stats_retention = stats_retention
+        self.transfer_timeout = transfer_timeout
+        """A directed transfer not yet offered after this long joins its line's queue."""
         self.policy = make_policy(strategy)
         self.calls: dict[str, Call] = {}
         """Live calls (queued, offered, connected)."""
@@ -475,6 +478,8 @@ class Router(RouterViews):
                   caller=call.caller, threshold=spec.answer_threshold, transfer=True, **data)
         record_enter(self._records[call.line], now)
         self._open[call.line][call.call_id] = now
+        if call.target is not None:
+            self._timer(now + self.transfer_timeout, "direct", call.call_id, call.target)
         self._enqueue(call, now, out)
         self._dispatch(now, out)
 
@@ -507,8 +512,9 @@ class Router(RouterViews):
         """Move a connected call to a named handler: offered to them when available.
 
         Directed calls wait in the handler's own list and are offered before queue calls
-        of the same class (not before a more urgent class). If that offer fails, or the
-        handler logs out, the call goes to its line's queue.
+        of the same class (not before a more urgent class). If that offer fails, the
+        handler logs out, or ``transfer_timeout`` passes first, the call goes to its
+        line's queue (at its place by its original seq).
         """
         now = self._clock(now)
         call = self._call(call_id)
@@ -593,14 +599,17 @@ class Router(RouterViews):
         if held is not None:
             self._enqueue(held, now, out)
         for call in list(self._direct.get(handler_id, ())):
-            self._unqueue(call)
-            call_move(call.call_id, call.state, "requeue")
-            call.target = None
-            self._log(out, now, call.call_id, call.line, handler_id, "REQUEUE",
-                      reason="target-logged-out")
-            self._enqueue(call, now, out)
+            self._undirect(call, now, "target-logged-out", out)
         self._dispatch(now, out)
         return out
+
+    def _undirect(self, call: Call, now: float, reason: str, out: list[Action]) -> None:
+        """A directed transfer gives up on its handler and joins its line's queue."""
+        self._unqueue(call)
+        call_move(call.call_id, call.state, "requeue")
+        target, call.target = call.target, None
+        self._log(out, now, call.call_id, call.line, target or "", "REQUEUE", reason=reason)
+        self._enqueue(call, now, out)
 
     def set_available(self, handler_id: str, now: float) -> list[Action]:
         """Ready for calls (from not ready, or ending wrap-up early). Idempotent if available."""
@@ -672,7 +681,7 @@ class Router(RouterViews):
     # ---------------------------------------------------------------------- time
     def tick(self, now: float) -> list[Action]:
         """Fire due timers: offer timeouts (CancelOffer + requeue in old place + RONA),
-        wrap-up ends; then offer whatever can be offered (ageing is applied at decision
+        wrap-up ends, directed transfers waited out (to the line's queue); then offer whatever can be offered (ageing is applied at decision
         time, so it needs no timer)."""
         now = self._clock(now)
         out: list[Action] = []
@@ -683,6 +692,11 @@ class Router(RouterViews):
                 if (call is not None and call.state is CS.OFFERED
                         and call.handler_id == token and call.offer_deadline == deadline):
                     self._fail_offer(call, now, "no-answer", out, cancel=True)
+            elif kind == "direct":
+                call = self.calls.get(ident)
+                if self._direct_live(call, deadline, token):
+                    assert call is not None
+                    self._undirect(call, now, "transfer-timeout", out)
             else:
                 h = self.handlers.get(ident)
                 if h is not None and h.state is HS.WRAP_UP and h.wrapup_deadline == deadline:
@@ -696,6 +710,10 @@ class Router(RouterViews):
         self._dispatch(now, out)
         return out
 
+    def _direct_live(self, call: Call | None, deadline: float, target: str) -> bool:
+        return (call is not None and call.state is CS.QUEUED and call.target == target
+                and call.entered + self.transfer_timeout == deadline)
+
     def next_deadline(self) -> float | None:
         """When :meth:`tick` must next be called (None: no timer pending)."""
         while self._timers:
@@ -704,6 +722,8 @@ class Router(RouterViews):
                 call = self.calls.get(ident)
                 live = (call is not None and call.state is CS.OFFERED
                         and call.handler_id == token and call.offer_deadline == deadline)
+            elif kind == "direct":
+                live = self._direct_live(self.calls.get(ident), deadline, token)
             else:
                 h = self.handlers.get(ident)
                 live = h is not None and h.state is HS.WRAP_UP and h.wrapup_deadline == deadline

@@ -71,6 +71,7 @@ class RouterMachine(RuleBasedStateMachine):
         self.hstate: dict[str, str] = {}
         self.hcall: dict[str, str | None] = {}
         self.hskills: dict[str, dict[str, int]] = {}
+        self.reprioritising: str | None = None
 
     @initialize(strategy=st.sampled_from(["longest-idle", "least-calls"]),
                 rona=st.booleans(), staff=st.lists(st.tuples(SKILLS, st.booleans()),
@@ -124,6 +125,8 @@ class RouterMachine(RuleBasedStateMachine):
                     self.hcall[c.handler or ""] = None
                 if c.status in ("offered", "waiting-cancelled"):
                     c.target = None                # a failed directed offer goes to the line
+                elif c.status == "waiting" and self.reprioritising != a.call_id:
+                    c.target = None                # directed transfer waited out: the line
                 c.status, c.handler = "waiting", None
                 self.check_position(a.call_id, a.position)
             elif isinstance(a, Connected):
@@ -238,7 +241,9 @@ class RouterMachine(RuleBasedStateMachine):
         elif op == "reprioritise":
             p = data.draw(st.floats(0, 3, allow_nan=False))
             c.klass, c.reprioritised = int(math.floor(p)), True
+            self.reprioritising = cid
             self.do(self.r.reprioritise, cid, self.now, priority=p)
+            self.reprioritising = None
         elif op == "transfer_line":
             line = data.draw(st.sampled_from([x.name for x in LINES]))
             head = data.draw(st.booleans())

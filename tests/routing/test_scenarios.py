@@ -511,3 +511,25 @@ def test_bad_router_configuration_is_refused(kw, message):
     with pytest.raises(RoutingError) as info:
         router(**kw)
     assert info.value.message == message
+
+
+def test_directed_transfer_waits_at_most_transfer_timeout():
+    """A transfer to a handler who stays busy joins the line's queue after transfer_timeout."""
+    r = router(lines=[LineSpec("101", 1, "101", wrapup=0)], transfer_timeout=30)
+    log = run(r, [
+        (0, "login h1 101:5", ["h1 not_ready(login)"]),
+        (0, "login h2 101:5", ["h2 not_ready(login)"]),
+        (0, "ready h1", ["h1 available"]),
+        (1, "arrive c1 101", ["queued c1 #1", "offer c1->h1", "h1 offered"]),
+        (2, "answer c1 h1", ["connected c1 h1 wait=1", "h1 on_call"]),
+        (3, "xhandler c1 h2", ["h1 wrap_up", "h1 available", "queued c1 #1"]),
+        (3, "notready h1 lunch", ["h1 not_ready(lunch)"]),
+        (4, "arrive c2 101", ["queued c2 #1"]),
+    ])
+    assert r.next_deadline() == 33
+    log += run(r, [
+        (32.9, "tick", []),
+        (33, "tick", ["queued c1 #1"]),
+        (34, "ready h1", ["h1 available", "offer c1->h1", "h1 offered"]),
+    ])
+    assert [e.data for e in log if e.event == "REQUEUE"] == [{"reason": "transfer-timeout"}]
