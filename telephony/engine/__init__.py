@@ -1,0 +1,207 @@
+"""The telephony engine: a thin asyncio adapter around the sans-IO SIP core and media.
+
+One UDP socket (:mod:`telephony.transport`), one loop timer scheduled at the core's next
+deadline, media through the :mod:`telephony.media` contract. Every inbound call is
+answered at once (caller audio is recorded from answer; the caller hears the queue
+prompt) and reported as :class:`CallArrived`; handler legs go out through the proxy.
+Events reach ``on_event`` synchronously on the loop, in order; commands may be called
+from inside ``on_event`` (re-entrancy is handled).
+
+Inbound INVITE, in order: 100 Trying; line by Request-URI user (``+``/separators stripped;
+a registered line's username also maps) else 404; source in ``trusted_sources`` (address
+or CIDR; the registrar for registered lines) else 403; ``set_accepting`` / ``max_calls``
+(priority-0 lines exempt from ``max_calls``) else 503 + Retry-After; the optional
+``admit(IncomingCall)`` hook may refuse with its own status; SDP (400/488 on bad or no
+common codec; no SDP = delayed offer); RTP port (503 if none); 200 OK; CallArrived.
+
+Timers: the SIP core's deadlines share one loop timer; each call has one dead-media
+guard timer (covering its connected legs); each ringing leg one ring timer. A leg with no
+response at all after ``NO_RESPONSE_TIMEOUT`` s fails ``unreachable``.
+
+Construct in a test::
+
+    engine = Engine(settings=SipSettings(port=0), lines=[...], recordings_dir=tmp,
+                    on_event=events.append, media_factory=FakeMedia)
+    await engine.start(); ...; await engine.stop(drain_timeout=0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from config.loader import secret
+from config.schema import LineSettings
+from telephony.api import EngineStats, RecordingSealed
+from telephony.errors import EngineError
+from telephony.sip.events import InviteReceived, RegistrationResult, UaEvent
+from telephony.sip.ua import UserAgent
+from telephony.sip.uri import parse_uri
+from telephony.transport import open_sip_socket
+
+from .base import EngineBase
+from .calls import CallsMixin
+from .legs import LegsMixin
+from .state import NO_RESPONSE_TIMEOUT, Admit, _Call, _codec_enum, _Leg
+
+log = structlog.get_logger("telephony.engine")
+
+__all__ = ["NO_RESPONSE_TIMEOUT", "Admit", "Engine"]
+
+
+class Engine(CallsMixin, LegsMixin, EngineBase):
+    """SIP signalling + media for inbound calls and handler legs; implements
+    :class:`telephony.api.EngineCommands`."""
+
+    async def start(self) -> None:
+        """Start media, bind the SIP socket, report recovered recordings, register lines.
+
+        Raises EngineError when the configuration cannot work (wildcard bind without
+        ``public_host``) and OSError when the SIP port is taken; nothing is left running.
+        """
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        for name, addr in (("bind", s.bind), ("rtp_bind", s.rtp_bind)):
+            if addr in ("0.0.0.0", "::") and not s.public_host:
+                raise EngineError(f"sip.public_host is required when sip.{name} is {addr}: "
+                                  "it goes in Via, Contact and SDP")
+        self._codec = _codec_enum()
+        if s.username:  # resolved once: env:/file: secrets are never read per call
+            self._leg_credentials = (s.username, secret(s.password, key="sip.password") or "")
+        factory = self._media_factory
+        if factory is None:
+            from telephony.media import MediaEngine
+            factory = MediaEngine
+        self._media = factory(bind=s.rtp_bind, port_min=s.rtp_port_min, port_max=s.rtp_port_max,
+                              ptime=s.ptime, recordings_dir=self.recordings_dir,
+                              on_audio=self._on_audio, on_dtmf=self._on_dtmf)
+        await self._media.start()
+        try:
+            self._sock, self.sip_port = await open_sip_socket(s.bind, s.port, self._on_datagram)
+            if s.proxy:
+                uri = parse_uri(s.proxy)
+                self._proxy_addr = await self._resolve(uri.host, uri.host_port[1])
+                self._proxy_route = [f"<sip:{self._proxy_addr[0]}:{self._proxy_addr[1]};lr>"]
+        except BaseException:
+            if self._sock is not None and self._sock.transport is not None:
+                self._sock.transport.close()
+            await self._media.stop()
+            raise
+        self._ua = UserAgent(host=s.public_host or s.bind, port=self.sip_port, domain=s.domain,
+                             user_agent=s.user_agent, max_message_bytes=s.max_message_bytes)
+        self._running = True
+        for info in self._media.recover_recordings():
+            self._emit(RecordingSealed(at=time.time(), call_id=info.call_id, path=info.path,
+                                       sha256=info.sha256, duration=info.duration,
+                                       bytes=info.bytes, recovered=True))
+        for line in self.lines:
+            if line.mode == "registered":
+                await self._start_registration(line)
+        log.info("engine.started", sip_port=self.sip_port, lines=[ln.name for ln in self.lines])
+        self._pump()
+
+    async def stop(self, drain_timeout: float = 0.0, *, bye_grace: float = 1.0) -> None:
+        """Refuse new calls (503), wait up to ``drain_timeout`` s for calls to end, then
+        hang up the rest (CallEnded reason ``shutdown``), unregister, stop media.
+
+        Up to ``bye_grace`` s is spent waiting for the BYEs' answers, so that a lost BYE is
+        retransmitted before the socket closes (0: do not wait).
+        """
+        if not self._running:
+            return
+        self._priority_max = -1
+        if self._calls and drain_timeout > 0:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), drain_timeout)
+            except TimeoutError:
+                pass
+        for call in list(self._calls.values()):
+            self._end_call(call, by="system", reason="shutdown", send_bye=True)
+        assert self._ua is not None
+        for reg in self._regs:
+            if reg.registered:
+                self._ua.unregister(reg, self._now())
+        self._pump()
+        if bye_grace > 0 and self._ua.requests_in_flight("BYE"):
+            # the core's timer keeps retransmitting; _pump sets the event when all are answered
+            self._byes_done = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._byes_done.wait(), bye_grace)
+            except TimeoutError:
+                log.warning("engine.bye_unanswered", count=self._ua.requests_in_flight("BYE"))
+        if self._seal_tasks:
+            await asyncio.gather(*list(self._seal_tasks), return_exceptions=True)
+        self._running = False
+        if self._timer:
+            self._timer.cancel()
+        await self._media.stop()
+        if self._sock and self._sock.transport:
+            self._sock.transport.close()
+        log.info("engine.stopped")
+
+    def _handle(self, ev: UaEvent) -> None:
+        if isinstance(ev, InviteReceived):
+            try:
+                self._on_invite(ev)
+            except Exception:  # noqa: BLE001 - never leave a caller without a final answer
+                log.exception("engine.invite_failed", sip_call_id=ev.request.call_id)
+                if ev.session.state == "incoming" and self._ua is not None:
+                    self._ua.respond(ev.session, 500, "Internal error",
+                                     headers=[("Retry-After", "1")], now=self._now())
+            return
+        owner = getattr(ev, "session", None)
+        user = owner.user if owner is not None else None
+        if isinstance(ev, RegistrationResult):
+            (log.info if ev.ok else log.warning)(
+                "sip.registration", line=getattr(ev.registration.user, "name", ""),
+                ok=ev.ok, status=ev.status, expires=ev.expires)
+        elif isinstance(user, _Call):
+            self._call_event(user, ev)
+        elif isinstance(user, _Leg):
+            self._leg_event(user, ev)
+
+    async def _start_registration(self, line: LineSettings) -> None:
+        assert self._ua is not None
+        uri = parse_uri(line.registrar)
+        host, port = await self._resolve(uri.host, uri.host_port[1])
+        self._registrar_ips[line.name] = {host}
+        creds = (line.username, secret(line.password, key=f"lines.{line.name}.password") or "") \
+            if line.username else None
+        reg = self._ua.register(registrar=f"sip:{host}:{port}", user=line.username or line.name,
+                                expires=line.register_expires, credentials=creds, owner=line,
+                                now=self._now())
+        self._regs.append(reg)
+
+    @property
+    def registrations(self) -> dict[str, bool]:
+        """Line name -> currently registered (registered-mode lines only)."""
+        return {getattr(r.user, "name", ""): r.registered for r in self._regs}
+
+    @property
+    def stats(self) -> EngineStats:
+        """Counters for /metrics (RTP figures summed over live streams)."""
+        st = self._stats
+        st.calls_active = len(self._calls)
+        st.legs_active = len(self._legs)
+        r = self._retired
+        pin, pout, lost, late = r["packets_in"], r["packets_out"], r["lost"], r["late"]
+        gap = st.max_send_gap_ms
+        for call, leg in self._streams.values():
+            rs = getattr((leg or call).stream, "stats", None)
+            pin += getattr(rs, "packets_in", 0)
+            pout += getattr(rs, "packets_out", 0)
+            lost += getattr(rs, "lost", 0)
+            late += getattr(rs, "late", 0)
+            gap = max(gap, float(getattr(rs, "max_send_gap_ms", 0.0)))
+        st.rtp_packets_in, st.rtp_packets_out, st.rtp_lost, st.rtp_late = pin, pout, lost, late
+        st.max_send_gap_ms = gap
+        return st
+
+    @property
+    def sip_counters(self) -> dict[str, int]:
+        """Parser/transaction counters (malformed, dropped, retransmissions_absorbed...)."""
+        return dict(self._ua.counters) if self._ua else {}
+

@@ -1,0 +1,227 @@
+"""Engine plumbing shared by the call and leg halves: state, the SIP core pump, timers,
+SDP/media helpers. See :mod:`telephony.engine` for the whole picture."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from config.schema import LineSettings
+from config.telephony import SipSettings
+from telephony import api
+from telephony.api import (
+    EngineStats,
+    TelephonyEvent,
+)
+from telephony.errors import EngineError, SdpError
+from telephony.sip import sdp
+from telephony.sip.events import (
+    UaEvent,
+)
+from telephony.sip.message import Request, body_parts
+from telephony.sip.register import Registration
+from telephony.sip.ua import Session, UserAgent
+from telephony.sip.uri import is_ip
+from telephony.transport import SipProtocol
+
+from .state import Admit, _Call, _FallbackCodec, _Leg, _SdpState
+
+log = structlog.get_logger("telephony.engine")
+
+class EngineBase:
+    """Attributes and plumbing; the behaviour lives in the mixins and :class:`Engine`."""
+
+    _loop: asyncio.AbstractEventLoop
+
+    def __init__(self, *, settings: SipSettings, lines: list[LineSettings], recordings_dir: Path,
+                 on_event: Callable[[TelephonyEvent], None],
+                 on_audio: Callable[[api.AudioFrame], None] | None = None,
+                 media_factory: Callable[..., Any] | None = None,
+                 admit: Admit | None = None) -> None:
+        """``media_factory`` defaults to :class:`telephony.media.MediaEngine` and is called
+        with its keyword arguments (tests pass a fake); ``admit`` may refuse a call after
+        the engine's own checks by returning ``(status, reason)``."""
+        self.settings = settings
+        self.lines = list(lines)
+        self.recordings_dir = Path(recordings_dir)
+        self._on_event = on_event
+        self._on_audio = on_audio
+        self._media_factory = media_factory
+        self._admit = admit
+        self.sip_port = 0
+        """Actual bound SIP port (after start)."""
+        self._by_number: dict[str, LineSettings] = {}
+        for line in self.lines:
+            for n in line.numbers:
+                self._by_number[n.lstrip("+")] = line
+            if line.mode == "registered" and line.username:
+                self._by_number.setdefault(line.username, line)
+        self._ua: UserAgent | None = None
+        self._sock: SipProtocol | None = None
+        self._media: Any = None
+        self._codec: Any = _FallbackCodec
+        self._calls: dict[str, _Call] = {}
+        self._legs: dict[str, _Leg] = {}
+        self._streams: dict[int, tuple[_Call, _Leg | None]] = {}
+        self._regs: list[Registration] = []
+        self._registrar_ips: dict[str, set[str]] = {}
+        self._trusted_nets: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._pumping = False
+        self._priority_max: int | None = None
+        self._proxy_route: list[str] = []
+        self._proxy_addr: tuple[str, int] | None = None
+        self._ids = itertools.count(1)
+        self._stats = EngineStats()
+        self._retired = {"packets_in": 0, "packets_out": 0, "lost": 0, "late": 0}
+        """RTP counters of streams already closed (stats stay monotonic)."""
+        self._drained: asyncio.Event | None = None
+        self._seal_tasks: set[asyncio.Task[None]] = set()
+        self._byes_done: asyncio.Event | None = None
+        self._leg_credentials: tuple[str, str] | None = None
+        self._running = False
+
+    def _now(self) -> float:
+        return self._loop.time()
+
+    async def _resolve(self, host: str, port: int) -> tuple[str, int]:
+        if host == "localhost":
+            return "127.0.0.1", port
+        if is_ip(host):
+            return host, port
+        infos = await self._loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+        return str(infos[0][4][0]), port
+
+    def _emit(self, event: TelephonyEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:  # noqa: BLE001 - a consumer bug must not break signalling
+            log.exception("engine.on_event_failed", event_type=type(event).__name__)
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self._running or self._ua is None:
+            return
+        self._ua.receive(data, addr, self._now())
+        self._pump()
+
+    def _flush(self) -> None:
+        assert self._ua is not None and self._sock is not None
+        for data, addr in self._ua.datagrams_to_send():
+            self._sock.send(data, addr)
+
+    def _pump(self) -> None:
+        """Send what the core produced, handle its events, re-arm the timer."""
+        if self._pumping or self._ua is None:
+            return
+        self._pumping = True
+        try:
+            while True:
+                self._flush()
+                events = self._ua.events()
+                if not events:
+                    break
+                for ev in events:
+                    try:
+                        self._handle(ev)
+                    except Exception:  # noqa: BLE001 - one bad call must not stop the rest
+                        log.exception("engine.event_failed", event_type=type(ev).__name__)
+                    self._flush()
+        finally:
+            self._pumping = False
+        self._rearm()
+        if self._byes_done is not None and not self._ua.requests_in_flight("BYE"):
+            self._byes_done.set()
+
+    def _rearm(self) -> None:
+        assert self._ua is not None
+        d = self._ua.next_deadline()
+        if d == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, d
+        if d is not None and self._running:
+            self._timer = self._loop.call_at(d, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._ua is not None
+        now = max(self._now(), self._timer_at or 0.0)
+        self._timer = self._timer_at = None
+        self._ua.handle_timers(now)
+        self._pump()
+
+    def _rtp_host(self) -> str:
+        s = self.settings
+        return s.public_host or s.rtp_bind
+
+    def _close_stream(self, stream: Any) -> None:
+        """Close a stream, keeping its counters in the engine's running totals."""
+        rs = getattr(stream, "stats", None)
+        for k in self._retired:
+            self._retired[k] += getattr(rs, k, 0)
+        gap = float(getattr(rs, "max_send_gap_ms", 0.0) or 0.0)
+        self._stats.max_send_gap_ms = max(self._stats.max_send_gap_ms, gap)
+        stream.close()
+
+    def _configure(self, stream: Any, neg: sdp.Negotiated) -> None:
+        stream.configure(remote=neg.remote, codec=self._codec[neg.codec], dtmf_pt=neg.dtmf_pt,
+                         ptime=neg.ptime)
+        stream.set_direction(neg.direction)
+
+    def _call(self, call_id: str) -> _Call:
+        call = self._calls.get(call_id)
+        if call is None:
+            raise EngineError(f"unknown call_id {call_id!r}")
+        return call
+
+    def _reinvite(self, session: Session, stream: Any, st: _SdpState, codec: str,
+                  req: Request) -> bool | None:
+        """Answer a re-INVITE (caller or handler leg); returns the peer's hold state, or
+        None when there was no offer to apply or it was refused."""
+        assert self._ua is not None
+        now = self._now()
+        body = body_parts(req).get("application/sdp")
+        host, ptime = self._rtp_host(), self.settings.ptime
+        try:
+            if not body:
+                # offerless re-INVITE (session refresh): offer our current media again
+                offer = st.encode(lambda v: sdp.offer(codecs=[codec], address=host,
+                                                      port=stream.local_port, ptime=ptime,
+                                                      session_id=st.session_id, version=v))
+                self._ua.respond_reinvite(session, 200, body=offer, now=now)
+                return None
+            remote = sdp.parse_sdp(body)
+            _, neg = sdp.answer(remote, codecs=list(self.settings.codecs), address=host,
+                                port=stream.local_port, ptime=ptime, session_id=st.session_id,
+                                version=st.version)
+        except SdpError as exc:
+            self._ua.respond_reinvite(session, exc.status, exc.reason, now=now)
+            return None
+        answer = st.encode(lambda v: sdp.answer(
+            remote, codecs=list(self.settings.codecs), address=host, port=stream.local_port,
+            ptime=ptime, session_id=st.session_id, version=v)[0])
+        self._configure(stream, neg)
+        self._ua.respond_reinvite(session, 200, body=answer, now=now)
+        return neg.on_hold
+
+    # -- implemented by the mixins / Engine --------------------------------------------
+
+    def _handle(self, ev: UaEvent) -> None:
+        raise NotImplementedError
+
+    def _drop_leg(self, leg: _Leg, *, by: api.Party) -> None:
+        raise NotImplementedError
+
+    def _arm_guard(self, call: _Call) -> None:
+        raise NotImplementedError
+
+    def _digit(self, call: _Call, leg: _Leg | None, digit: str) -> None:
+        raise NotImplementedError

@@ -1,0 +1,135 @@
+"""Engine state: per-call and per-leg records, SDP session state, small media helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from config.schema import LineSettings
+from telephony.api import (
+    IncomingCall,
+)
+from telephony.sip import sdp
+from telephony.sip.ua import Session
+
+log = structlog.get_logger("telephony.engine")
+
+Admit = Callable[[IncomingCall], "tuple[int, str] | None"]
+"""Optional admission hook: None accepts, ``(status, reason)`` rejects (e.g. 486)."""
+
+_FAIL_REASON = {486: "busy", 600: "busy", 603: "rejected", 408: "unreachable",
+                480: "unreachable", 404: "unreachable", 503: "unreachable", 487: "cancelled"}
+
+
+NO_RESPONSE_TIMEOUT = 4.0
+"""A leg whose INVITE got no response at all (not even 100 Trying) in this many seconds
+is reported ``unreachable`` (RFC 3261's 32 s Timer B is far too slow for a control room;
+a proxy or phone on the LAN answers 100 Trying within milliseconds)."""
+
+
+_RINGING = ("calling", "trying", "ringing")
+"""Leg states before a final response."""
+
+
+class _FallbackCodec(enum.Enum):
+    """Same values as ``telephony.media.Codec`` while that package is absent."""
+
+    PCMU = 0
+    PCMA = 8
+
+
+def _codec_enum() -> Any:
+    try:
+        from telephony.media import Codec
+    except ImportError:
+        return _FallbackCodec
+    return Codec
+
+
+@dataclass(eq=False)
+class _SdpState:
+    """Our side of one SDP session: o= id/version and the last body we sent (RFC 3264 §8:
+    the version changes only when the description does)."""
+
+    session_id: int
+    version: int = 1
+    last: bytes = b""
+
+    def encode(self, build: Callable[[int], sdp.SessionDescription]) -> bytes:
+        body = build(self.version).encode()
+        if self.last and _without_origin(body) != _without_origin(self.last):
+            self.version += 1
+            body = build(self.version).encode()
+        self.last = body
+        return body
+
+
+def _without_origin(body: bytes) -> bytes:
+    return b"\n".join(ln for ln in body.split(b"\n") if not ln.startswith(b"o="))
+
+
+def _play(stream: Any, prompt: str) -> None:
+    """Play a prompt; a missing/bad WAV falls back to the tone rather than failing the call."""
+    try:
+        stream.play(prompt)
+    except Exception:  # noqa: BLE001 - MediaError, OSError...
+        log.exception("media.prompt_failed", prompt=prompt)
+        if prompt != "tone":
+            stream.play("tone")
+
+
+class _NoRecording:
+    """Stands in when a recording could not be created (logged as an error)."""
+
+    def attach_caller(self, stream: Any) -> None:
+        pass
+
+    def attach_handler(self, stream: Any) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Leg:
+    leg_id: str
+    call: _Call
+    session: Session
+    stream: Any
+    state: str = "calling"
+    """calling (INVITE sent), trying (100 received), ringing (18x), answered, ended"""
+    reported: bool = False
+    """A final outcome (LegFailed/LegEnded) was already emitted."""
+    timer: asyncio.TimerHandle | None = None
+    on_hold: bool = False
+    last_signal: float = 0.0
+    sdp: _SdpState = field(default_factory=lambda: _SdpState(0))
+    codec: str = ""
+
+
+@dataclass(eq=False)
+class _Call:
+    call_id: str
+    line: LineSettings
+    session: Session
+    stream: Any
+    recording: Any
+    caller: str
+    codec: str
+    invite_at: float
+    last_signal: float
+    prompt: str
+    log: Any
+    legs: dict[str, _Leg] = field(default_factory=dict)
+    bridged: _Leg | None = None
+    held_by_handler: bool = False
+    on_hold: bool = False
+    sdp: _SdpState = field(default_factory=lambda: _SdpState(0))
+    guard: asyncio.TimerHandle | None = None
+    last_digit: tuple[str, float] = ("", 0.0)
+    silent_flagged: bool = False
+    awaiting_answer: bool = False
+    """Delayed offer: our 200 carried the offer, the ACK carries the answer."""
