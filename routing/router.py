@@ -93,8 +93,9 @@ class Router(RouterViews):
             self.lines[line.name] = line
         if not 0.0 <= ageing_cap < 1.0:
             raise RoutingError(f"ageing_cap must be in [0, 1), got {ageing_cap}")
-        if offer_timeout <= 0:
-            raise RoutingError(f"offer_timeout must be positive, got {offer_timeout}")
+        if offer_timeout <= 0 or transfer_timeout <= 0:
+            raise RoutingError(f"offer_timeout and transfer_timeout must be positive, got "
+                               f"{offer_timeout} and {transfer_timeout}")
         self.offer_timeout = offer_timeout
         self.rona_not_ready = rona_not_ready
         self.ageing_cap = ageing_cap

@@ -499,7 +499,9 @@ def test_old_statistics_are_forgotten_after_the_retention():
 
 @pytest.mark.parametrize(("kw", "message"), [
     ({"ageing_cap": 1.0}, "ageing_cap must be in [0, 1), got 1.0"),
-    ({"offer_timeout": 0}, "offer_timeout must be positive, got 0"),
+    ({"offer_timeout": 0}, "offer_timeout and transfer_timeout must be positive, got 0 and 60.0"),
+    ({"transfer_timeout": -1},
+     "offer_timeout and transfer_timeout must be positive, got 15 and -1"),
     ({"lines": []}, "at least one line is required"),
     ({"lines": [LineSpec("a", 0, "x"), LineSpec("a", 1, "y")]}, "duplicate line 'a'"),
     ({"lines": [LineSpec("a", 0, "x", overflow="drop")]},
