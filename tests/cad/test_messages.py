@@ -243,3 +243,14 @@ def test_topic_levels_never_carry_separators_or_wildcards() -> None:
     t = messages.call_topic("p", "n", "99/9", "a+b#c")
     assert t == "p/n/calls/99%2F9/a%2Bb%23c"
     assert messages.call_topic("p", "n", "", "x") == "p/n/calls/_/x"
+
+
+@pytest.mark.parametrize("name", [schema.CALL_EVENT, schema.QUEUE_SUMMARY, schema.NODE_STATUS,
+                                  schema.INCIDENT_LINK])
+def test_shipped_schema_files_are_valid_draft_2020_12(name: str) -> None:
+    """Each shipped schema is itself valid JSON Schema 2020-12 with a versioned $id."""
+    import jsonschema
+    doc = schema.load(name)
+    jsonschema.Draft202012Validator.check_schema(doc)
+    assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert doc["$id"].endswith(f"/cad/schema/v1/{name}")
