@@ -28,8 +28,6 @@ import itertools
 import json
 import os
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,15 @@ DOMAIN = "controlroom.local"
 
 
 # --- engine child process -------------------------------------------------------------
+
+def run_queue_wait() -> float:
+    """Seconds this process's threads spent runnable but waiting for a CPU (schedstat)."""
+    try:
+        return sum(int(Path(f"/proc/self/task/{t}/schedstat").read_text().split()[1])
+                   for t in os.listdir("/proc/self/task")) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
 
 async def serve_engine(args: argparse.Namespace) -> None:
     """Run the Engine with a minimal router: offer each call to the next handler, bridge."""
@@ -90,15 +97,23 @@ async def serve_engine(args: argparse.Namespace) -> None:
             st["stream_seconds"] += ev.at - call_at.pop(ev.call_id, ev.at)
         elif isinstance(ev, api.RecordingSealed):
             st["sealed"] += 1
-            # complete: a valid stereo 16-bit WAV whose data covers the whole call
-            expect = 44 + round(ev.duration * 8000) * 4
-            size = ev.path.stat().st_size if ev.path.exists() else -1
-            if ev.duration > 0 and size == ev.bytes and abs(size - expect) <= 4 * 160:
-                st["complete"] += 1
-            elif len(st["rec_bad"]) < 5:
-                st["rec_bad"].append([str(ev.path), ev.duration, ev.bytes, size])
-            if not args.keep_recordings:
-                ev.path.unlink(missing_ok=True)
+            fut = asyncio.get_running_loop().run_in_executor(None, check_recording, ev)
+            fut.add_done_callback(lambda f, ev=ev: count_recording(ev, f.result()))
+
+    def check_recording(ev: Any) -> int:
+        """(worker thread) size of the sealed file, then delete it unless kept."""
+        size = ev.path.stat().st_size if ev.path.exists() else -1
+        if not args.keep_recordings:
+            ev.path.unlink(missing_ok=True)
+        return size
+
+    def count_recording(ev: Any, size: int) -> None:
+        # complete: a valid stereo 16-bit WAV whose data covers the whole call
+        expect = 44 + round(ev.duration * 8000) * 4
+        if ev.duration > 0 and size == ev.bytes and abs(size - expect) <= 4 * 160:
+            st["complete"] += 1
+        elif len(st["rec_bad"]) < 5:
+            st["rec_bad"].append([str(ev.path), ev.duration, ev.bytes, size])
 
     profiler = None
     if args.profile:
@@ -106,14 +121,14 @@ async def serve_engine(args: argparse.Namespace) -> None:
         profiler = cProfile.Profile()
         profiler.enable()
     rec_dir = Path(args.recordings)
-    rec_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(rec_dir.mkdir, parents=True, exist_ok=True)
     engine = Engine(settings=settings, lines=lines, recordings_dir=rec_dir, on_event=on_event)
     await engine.start()
     proc = psutil.Process()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    out = open(args.stats, "a", buffering=1)  # noqa: SIM115 - closed below
+    out = await asyncio.to_thread(open, args.stats, "a", buffering=1)
     lag_max = 0.0
     lag_window = 0.0
 
@@ -134,25 +149,21 @@ async def serve_engine(args: argparse.Namespace) -> None:
             pass
         s = engine.stats
         cpu = proc.cpu_times()
-        try:  # ns waiting on a run queue (runnable, no CPU free), summed over our threads
-            rq_wait = sum(int(Path(f"/proc/self/task/{t}/schedstat").read_text().split()[1])
-                          for t in os.listdir("/proc/self/task")) / 1e9
-        except (OSError, ValueError, IndexError):
-            rq_wait = 0.0
-        out.write(json.dumps({
+        rq_wait = await asyncio.to_thread(run_queue_wait)
+        line = json.dumps({
             "t": time.time(), "calls": s.calls_active, "legs": s.legs_active,
             "rss": proc.memory_info().rss, "cpu": cpu.user + cpu.system, "rq_wait": rq_wait,
             "rtp_out": s.rtp_packets_out, "rtp_in": s.rtp_packets_in, "lost": s.rtp_lost,
             "late": s.rtp_late, "gap_ms": s.max_send_gap_ms, "lag_ms": lag_window * 1000,
             **{k: v for k, v in st.items() if k not in ("answer_ms",)},
-        }) + "\n")
+        }) + "\n"
+        await asyncio.to_thread(out.write, line)
         lag_window = 0.0
-        if args.dump_answer_ms:
-            Path(args.dump_answer_ms).write_text(json.dumps(st["answer_ms"]))
     probe.cancel()
-    out.write(json.dumps({"final": True, "lag_max_ms": lag_max * 1000,
-                          "answer_ms": st["answer_ms"]}) + "\n")
-    out.close()
+    line = json.dumps({"final": True, "lag_max_ms": lag_max * 1000,
+                       "answer_ms": st["answer_ms"]}) + "\n"
+    await asyncio.to_thread(out.write, line)
+    await asyncio.to_thread(out.close)
     await engine.stop(drain_timeout=0)
     if profiler is not None:
         profiler.disable()
@@ -234,7 +245,7 @@ def engine_round_figures(samples: list[dict[str, Any]], t0: float, t1: float) ->
     first, last = win[0], win[-1]
     # active stream-seconds over the window, integrated from the 1 s samples (trapezoid)
     streams = sum((a["calls"] + a["legs"] + b["calls"] + b["legs"]) / 2 * (b["t"] - a["t"])
-                  for a, b in zip(win, win[1:]))
+                  for a, b in zip(win, win[1:], strict=False))
     return {"streams_s": streams, "cpu_s": last["cpu"] - first["cpu"],
             "rq_wait_s": last.get("rq_wait", 0.0) - first.get("rq_wait", 0.0),
             "wall_s": last["t"] - first["t"],
@@ -298,7 +309,6 @@ def main() -> None:
     ap.add_argument("--handlers", default="", help=argparse.SUPPRESS)
     ap.add_argument("--recordings", default="", help=argparse.SUPPRESS)
     ap.add_argument("--stats", default="", help=argparse.SUPPRESS)
-    ap.add_argument("--dump-answer-ms", default="", help=argparse.SUPPRESS)
     ap.add_argument("--keep-recordings", action="store_true")
     ap.add_argument("--profile", default="", help="cProfile the engine into this file")
     ap.add_argument("--calls", type=int, default=600, help="calls per round")
@@ -368,9 +378,9 @@ def orchestrate(args: argparse.Namespace) -> None:
         for i, u in enumerate(users):
             kam.register(u, phones[i % len(phones)].contact(u))
         engines, stats_paths = [], []
-        for w, (port, (lo, hi)) in enumerate(zip(engine_ports, rtp_ranges)):
+        for w, (port, (lo, hi)) in enumerate(zip(engine_ports, rtp_ranges, strict=True)):
             stats_path = work / f"engine{w}-stats.jsonl"
-            prof = [f"--profile", f"{args.profile}.{w}"] if args.profile else []
+            prof = ["--profile", f"{args.profile}.{w}"] if args.profile else []
             eng = Process([sys.executable, __file__, "--serve-engine", "--port", str(port),
                            "--proxy", kam.uri, "--rtp", f"{lo}-{hi}",
                            "--handlers", "" if args.no_bridge else ",".join(users),
@@ -381,7 +391,7 @@ def orchestrate(args: argparse.Namespace) -> None:
             engines.append(eng)
             stats_paths.append(stats_path)
         deadline = time.monotonic() + 30
-        for eng, port in zip(engines, engine_ports):
+        for eng, port in zip(engines, engine_ports, strict=True):
             while sip_options(("127.0.0.1", port), timeout=0.3) is None:
                 if not eng.alive() or time.monotonic() > deadline:
                     raise RuntimeError(f"engine did not start:\n{eng.log_text()}")
@@ -414,7 +424,7 @@ def orchestrate(args: argparse.Namespace) -> None:
                          idle_rss[0], args)
         ans: list[float] = []
         lag = 0.0
-        for w, (eng, sp) in enumerate(zip(engines, stats_paths)):
+        for w, (eng, sp) in enumerate(zip(engines, stats_paths, strict=True)):
             eng.stop(timeout=20)
             if args.profile and Path(f"{args.profile}.{w}").exists():
                 import pstats

@@ -41,7 +41,7 @@ def _alaw_encode_one(pcm: int) -> int:
     else:
         mask = 0x55
         pcm = -pcm - 1
-    for seg, end in enumerate((0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF)):
+    for seg, end in enumerate((0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF)):  # noqa: B007
         if pcm <= end:
             break
     else:
@@ -72,7 +72,7 @@ def _ulaw_encode_one(pcm: int) -> int:
     else:
         mask = 0xFF
     pcm = min(pcm, clip) + (bias >> 2)
-    for seg, end in enumerate((0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF)):
+    for seg, end in enumerate((0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF)):  # noqa: B007
         if pcm <= end:
             break
     else:

@@ -178,7 +178,7 @@ def handler(*, user: str = "h1", codecs: Sequence[str] = ("PCMA", "PCMU"),
         status: 200 answers; anything else (486, 603) refuses after ``ring_ms``.
         hangup: ``remote`` waits for BYE; ``handler`` sends BYE after ``talk_ms``.
     """
-    tag = f"tag=[pid]-[call_number]-h"
+    tag = "tag=[pid]-[call_number]-h"
     contact = f"Contact: <sip:{user}@[local_ip]:[local_port];transport=[transport]>"
     resp = ("SIP/2.0 {code}\n[last_Via:]\n[last_From:]\n[last_To:];" + tag +
             "\n[last_Call-ID:]\n[last_CSeq:]\n[last_Record-Route:]\n" + contact +

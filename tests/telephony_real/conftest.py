@@ -22,7 +22,6 @@ import pytest
 
 from config.schema import LineSettings
 from config.telephony import SipSettings
-from harness import speech
 from harness.kamailio import Kamailio
 from harness.ports import free_rtp_range, free_udp_port, release
 from harness.sipp import Sipp
@@ -66,10 +65,10 @@ class EngineRig:
         return [e for e in self.events if isinstance(e, kind)
                 and all(getattr(e, k) == v for k, v in match.items())]
 
-    async def wait(self, kind: type[E], timeout: float = 10.0, **match: Any) -> E:
-        """The first event of ``kind`` whose fields equal ``match`` (waits up to ``timeout``)."""
+    async def wait(self, kind: type[E], within: float = 10.0, **match: Any) -> E:
+        """The first event of ``kind`` whose fields equal ``match`` (waits up to ``within`` s)."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
+        end = loop.time() + within
         while True:
             found = self.of(kind, **match)
             if found:
@@ -77,7 +76,7 @@ class EngineRig:
             left = end - loop.time()
             if left <= 0:
                 raise AssertionError(
-                    f"no {kind.__name__} {match} within {timeout} s; events: {self.events}\n"
+                    f"no {kind.__name__} {match} within {within} s; events: {self.events}\n"
                     f"--- kamailio:\n{self.kamailio.log_text(6000)}")
             self._changed.clear()
             try:
@@ -90,9 +89,9 @@ class EngineRig:
         await asyncio.to_thread(sipp.start)
         return sipp
 
-    async def finish(self, sipp: Sipp, timeout: float = 30.0) -> int:
+    async def finish(self, sipp: Sipp, within: float = 30.0) -> int:
         """Wait for SIPp to finish off the loop; returns its exit code."""
-        return await asyncio.to_thread(sipp.wait, timeout)
+        return await asyncio.to_thread(sipp.wait, within)
 
     async def phone(self, sipp: Sipp, user: str) -> Sipp:
         """Start a handler phone and register it at Kamailio as ``sip:user@domain``."""

@@ -100,9 +100,9 @@ class RawUac:
         data = text.encode() if isinstance(text, str) else text
         self.transport.sendto(data, self.target)
 
-    async def recv(self, timeout: float = 2.0) -> Msg | None:
+    async def recv(self, within: float = 2.0) -> Msg | None:
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            return await asyncio.wait_for(self.queue.get(), within)
         except TimeoutError:
             return None
 

@@ -11,9 +11,20 @@ import pytest
 from harness import scenarios, speech
 from harness.kamailio import sip_options
 from harness.sipp import Sipp
-from telephony.api import (CallArrived, CallCancelled, CallEnded, CallRejected, Dtmf,
-                           HoldChanged, LegAnswered, LegEnded, LegFailed, LegRinging,
-                           RecordingSealed, SilentCallFlag)
+from telephony.api import (
+    CallArrived,
+    CallCancelled,
+    CallEnded,
+    CallRejected,
+    Dtmf,
+    HoldChanged,
+    LegAnswered,
+    LegEnded,
+    LegFailed,
+    LegRinging,
+    RecordingSealed,
+    SilentCallFlag,
+)
 
 from .conftest import EngineRig
 from .rawsip import RawUac
@@ -106,7 +117,7 @@ async def test_handler_leg_cancelled_while_ringing(rig: EngineRig, when: float) 
         if when < 1:
             await asyncio.sleep(when - (time.monotonic() - started))
             rig.engine.cancel_offer(leg)
-        failed = await rig.wait(LegFailed, leg_id=leg, timeout=when + 5)
+        failed = await rig.wait(LegFailed, leg_id=leg, within=when + 5)
         elapsed = time.monotonic() - started
         assert failed.reason == ("cancelled" if when < 1 else "no-answer"), failed
         assert when - 0.05 <= elapsed <= when + 3.0, elapsed  # generous: shared CI cores
