@@ -7,15 +7,18 @@ Theory of operation:
 * :meth:`MediaEngine.allocate` is synchronous (the signalling code calls it while
   building an SDP answer): it binds a non-blocking UDP socket on a free even port of
   the pool with the ``socket`` module; the port is live before ``allocate`` returns.
-  RTCP (port + 1) is not bound: we neither send nor need RTCP; the odd port is left
-  unused as RFC 3550 expects.
-* Reading: by default (``read_in_tick=True``) the media clock tick itself drains every
-  stream's socket (``recvfrom`` until EAGAIN) just before pulling from the jitter
-  buffers. A packet is only needed at the next pull, so nothing is lost by waiting for
-  the tick, and the per-packet cost of epoll + an asyncio callback disappears. The
-  cost is a 20 ms quantisation of arrival times: RFC 3550 jitter is measured on tick
-  times, and ``last_rx`` / DTMF are up to one tick late. With ``read_in_tick=False``
-  each socket gets a ``loop.add_reader`` callback that drains it.
+  RTCP uses port + 1 when it is free (see :mod:`telephony.media.rtcp`); if not, the
+  stream simply has no RTCP.
+* Reading: by default (``read_in_tick=True``) the media clock tick itself reads every
+  socket that has data (the engine's own ``epoll``, polled with timeout 0, names them;
+  one datagram per ready socket per pass, passes until none is ready) just before
+  pulling from the jitter buffers, and decodes that tick's G.711 payloads in one numpy
+  lookup. A packet is only needed at the next pull, so nothing is lost by waiting for
+  the tick, and the per-packet cost of an asyncio callback disappears (measured 36 vs
+  55 us of CPU per leg per tick at 300 legs). The cost is a 20 ms quantisation of
+  arrival times: RFC 3550 jitter is measured on tick times, and ``last_rx`` / DTMF are
+  up to one tick late. With ``read_in_tick=False`` each socket gets a
+  ``loop.add_reader`` callback that drains it.
 * Why not ``loop.create_datagram_endpoint(sock=...)`` (the first version did that):
   asyncio's datagram transport reads ONE datagram per socket per loop iteration. With
   300 legs the loop iterates about once per tick, so any backlog (a slow tick, start-up)
@@ -25,11 +28,16 @@ Theory of operation:
   stream's :class:`~telephony.media.jitter.JitterBuffer`. Malformed or unexpected
   packets are counted and dropped.
 * Sending happens only on the shared :class:`~telephony.media.clock.MediaClock` tick:
-  each stream takes one frame from its source (prompt loop, silence, or the bridged
-  peer's received frame of the same tick), encodes it and writes it with
-  ``sock.sendto`` directly. We bypass the transport's write buffer on purpose: a
-  real-time sender must drop (and count) a packet the kernel refuses rather than queue
-  stale audio behind it.
+  each stream takes one frame from its source and writes it with ``sock.sendto``. A
+  prompt's payloads are encoded once per codec; a bridge forwards the peer's received
+  G.711 codes untouched (same law) or through a 256-byte ``bytes.translate`` table
+  (A-law <-> mu-law via 16-bit PCM, identical to decode+encode); only silence/loss
+  frames and odd packet sizes are encoded from PCM. A packet the kernel refuses is
+  dropped and counted, never queued: stale audio is worse than none.
+* Bridge and ``play``: ``bridge(a, b)`` makes each send what the other received this
+  tick (no extra delay). ``play`` on a bridged stream takes over what that side sends
+  (hold) while the peer keeps hearing it; ``unbridge`` returns both to their last
+  ``play`` source.
 * Symmetric RTP: we send to the source address of the RTP we receive, or to the SDP
   address until a packet arrives. The source is latched: packets from another address
   are dropped (``foreign``) unless the latched one has been silent ``relatch_after``
