@@ -129,6 +129,8 @@ class MediaEngine:
         self._encoded: dict[str, dict[Codec, list[bytes]]] = {"tone": {}}
         self.clock = MediaClock(ptime / 1000.0, self._tick)
         self.audio_errors = 0
+        self.stream_errors = 0
+        """Per-stream tick failures (bugs), logged for the first 20; the others kept going."""
 
     # --------------------------------------------------------------- life
     async def start(self) -> None:
@@ -374,21 +376,35 @@ class MediaEngine:
             # so read what is queued now, or every packet would count as late
             for s in streams:
                 s._on_readable()
+        # try/except per stream costs nothing on 3.11 unless raised, and keeps one
+        # stream's bug from silencing every call
         for s in streams:
-            frame = s._jb.pull()
-            if s._receiving:
-                s.rx_frame, s.rx_raw = frame, s._jb.last_raw
-            else:
-                s.rx_frame, s.rx_raw = silence(len(frame)), None
-            if s._dtmf_rx._current_ts is not None:
-                for d in s._dtmf_rx.expire():
-                    self._dtmf(s, d)
+            try:
+                frame = s._jb.pull()
+                if s._receiving:
+                    s.rx_frame, s.rx_raw = frame, s._jb.last_raw
+                else:
+                    s.rx_frame, s.rx_raw = silence(len(frame)), None
+                if s._dtmf_rx._current_ts is not None:
+                    for d in s._dtmf_rx.expire():
+                        self._dtmf(s, d)
+            except Exception:
+                s.rx_frame, s.rx_raw = silence(self.frame_samples), None
+                self._stream_failed(s, "receive")
         for s in streams:
-            s._send_tick(now)
-            if now >= s._rtcp_due:
-                s._send_rtcp(now)
+            try:
+                s._send_tick(now)
+                if now >= s._rtcp_due:
+                    s._send_rtcp(now)
+            except Exception:
+                self._stream_failed(s, "send")
         if self._rec_list:
             self._tick_recordings()
+
+    def _stream_failed(self, s: RtpStream, where: str) -> None:
+        self.stream_errors += 1
+        if self.stream_errors <= 20:  # a bug per tick must not flood the log
+            log.exception("media stream tick failed", port=s.local_port, where=where)
 
     def _tick_recordings(self) -> None:
         quiet = silence(self.frame_samples)

@@ -512,3 +512,20 @@ async def test_ipv6_loopback_stream(tmp_path: Path) -> None:
         assert b.send_addr is not None and b.send_addr[:2] == ("::1", a.local_port)
     finally:
         await eng.stop()
+
+
+async def test_one_broken_stream_does_not_silence_the_others(engine: MediaEngine, phone_factory) -> None:
+    """If one stream's tick raises (a bug), the other streams keep sending and it is counted."""
+    p = await phone_factory()
+    good, bad = engine.allocate(), engine.allocate()
+    good.configure(remote=p.addr, codec=Codec.PCMA, dtmf_pt=None)
+    bad.configure(remote=p.addr, codec=Codec.PCMA, dtmf_pt=None)
+
+    def boom(now: float) -> None:
+        raise RuntimeError("bug")
+
+    bad._send_tick = boom  # type: ignore[method-assign]
+    n = len(p.packets)
+    await wait_for(lambda: len(p.packets) >= n + 5)
+    assert engine.stream_errors >= 5 and engine.clock.errors == 0
+    assert {q.ssrc for q in p.packets[n:]} == {good._ssrc}
