@@ -182,7 +182,7 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
 
     @property
     def stats(self) -> EngineStats:
-        """Counters for /metrics (RTP figures summed over live streams)."""
+        """Counters for /metrics (RTP figures: live streams plus every closed one)."""
         st = self._stats
         st.calls_active = len(self._calls)
         st.legs_active = len(self._legs)
