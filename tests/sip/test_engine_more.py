@@ -275,3 +275,35 @@ async def test_recording_and_prompt_faults_do_not_refuse_the_call(tmp_path: Path
     finally:
         peer.close()
         await engine.stop(bye_grace=0)
+
+
+@pytest.mark.parametrize("verdict,status,reason", [
+    ((486, "Line full"), 486, "Line full"), ("raise", 500, "Internal error")])
+async def test_admit_hook_and_internal_error(tmp_path: Path, verdict, status: int,
+                                             reason: str) -> None:
+    """admit() may refuse with its own status (sees IncomingCall); if INVITE handling
+    raises, the caller still gets a final 500 instead of silence."""
+    seen: list[api.IncomingCall] = []
+
+    def admit(inc: api.IncomingCall):
+        seen.append(inc)
+        if verdict == "raise":
+            raise RuntimeError("service bug")
+        return verdict
+
+    events: list = []
+    engine = Engine(settings=SipSettings(port=0), lines=LINES, recordings_dir=tmp_path,
+                    on_event=events.append, media_factory=FakeMedia, admit=admit)
+    await engine.start()
+    peer = await Peer().open()
+    try:
+        text, _, _ = invite(peer, engine.sip_port, extra="Geolocation: <cid:loc1@sbc>\r\n")
+        peer.send(text, engine.sip_port)
+        resp = await peer.expect_status(status)
+        assert resp.reason == reason
+        assert [(i.line, i.caller, i.location) for i in seen] == [
+            ("999", "07700900123", "<cid:loc1@sbc>")]
+        assert engine._media.streams == []
+    finally:
+        peer.close()
+        await engine.stop(bye_grace=0)
