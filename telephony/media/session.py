@@ -298,7 +298,10 @@ class MediaEngine:
             for j, i in enumerate(sel):
                 rows[i] = pcm[j]
         for (s, data, addr), row in zip(batch, rows, strict=True):
-            s.datagram_received(data, addr, now, row)
+            try:
+                s.datagram_received(data, addr, now, row)
+            except Exception:  # a bug must not cost every other stream its packets
+                self._stream_failed(s, "receive")
 
     def _release(self, stream: RtpStream) -> None:
         if self._streams.pop(stream.local_port, None) is not None:
@@ -419,7 +422,7 @@ class MediaEngine:
             offset = r.duration
             try:
                 r.write_frame(left, right)
-            except MediaError:
+            except Exception:  # disk error (MediaError, logged once: the file is closed) or bug
                 log.exception("recording write failed", call_id=r.call_id)
             if self.on_audio is not None:
                 self._audio(r.call_id, "caller", c, left, offset)
