@@ -130,6 +130,7 @@ class MediaEngine:
         self.clock = MediaClock(ptime / 1000.0, self._tick)
         self.audio_errors = 0
         self.stream_errors = 0
+        self.recording_errors = 0
         """Per-stream tick failures (bugs), logged for the first 20; the others kept going."""
 
     # --------------------------------------------------------------- life
@@ -422,8 +423,10 @@ class MediaEngine:
             offset = r.duration
             try:
                 r.write_frame(left, right)
-            except Exception:  # disk error (MediaError, logged once: the file is closed) or bug
-                log.exception("recording write failed", call_id=r.call_id)
+            except Exception:  # disk error (MediaError: the file is then closed) or a bug
+                self.recording_errors += 1
+                if self.recording_errors <= 20:
+                    log.exception("recording write failed", call_id=r.call_id)
             if self.on_audio is not None:
                 self._audio(r.call_id, "caller", c, left, offset)
                 self._audio(r.call_id, "handler", h, right, offset)
