@@ -131,7 +131,8 @@ class TranscriptionService:
         if call_id in self._policy.streams:
             return
         if not self._workers:
-            if self.settings.live and self.settings.engine != "none":
+            s = self.settings
+            if s.live and s.max_live_streams > 0 and s.engine != "none":
                 self._flag(call_id, "no live captions: the speech engine is not running")
             return
         info, victim = self._policy.admit(call_id, priority, len(self._workers))

@@ -237,3 +237,35 @@ async def test_full_inbox_drops_frames_and_sheds_without_blocking(db):
         assert flags and flags[0].call_id == "n101" and "inbox full" in flags[0].detail
     finally:
         await svc.stop()
+
+
+async def test_live_off_by_config_is_silent(db):
+    """live = false: live_start/feed do nothing and publish nothing (no flag either)."""
+    events = []
+    svc = TranscriptionService(settings=_settings(live=False), db=db, publish=events.append,
+                               engine=FakeEngine())
+    await svc.start()
+    try:
+        svc.live_start("c", priority=0)
+        svc.feed(AudioFrame("c", "caller", VOICE, 0.0))
+        assert events == [] and svc.live_status("c") is None
+    finally:
+        await svc.stop()
+
+
+async def test_engine_not_running_is_flagged(db):
+    """An engine is configured but not running (start failed or not called): each call is
+    told it has no live captions and why; with engine none nothing is published."""
+    events = []
+    svc = TranscriptionService(settings=_settings(), db=db, publish=events.append)
+    svc.live_start("c", priority=0)
+    assert [(e.flag, e.detail) for e in events] == [
+        (LIVE_OFF_FLAG, "no live captions: the speech engine is not running")]
+    quiet = []
+    none = TranscriptionService(settings=_settings(engine="none"), db=db, publish=quiet.append)
+    await none.start()
+    try:
+        none.live_start("c", priority=0)
+        assert quiet == []
+    finally:
+        await none.stop()
