@@ -607,8 +607,8 @@ class Service:
         if call is not None:
             incident = call.incident_number
         if event.type in ev.CAD_EVENT_TYPES:
-            # Validated against the published schema before it is written: a message
-            # that does not match is a bug here and rolls the state change back.
+            # Validated against the published schema before it is written; a CAD
+            # formatting bug is logged loudly but never rolls back the call's state.
             append_event(conn, event, node=self.settings.mqtt.node, line=line,
                          incident_number=incident)
         loop = _running_loop()
