@@ -202,6 +202,10 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
 
     @property
     def sip_counters(self) -> dict[str, int]:
-        """Parser/transaction counters (malformed, dropped, retransmissions_absorbed...)."""
-        return dict(self._ua.counters) if self._ua else {}
+        """SIP counters for /metrics: requests, responses, malformed, dropped, keepalives,
+        retransmissions_absorbed, forked_2xx_hung_up, handler_errors (bugs caught at the
+        socket)."""
+        out = dict(self._ua.counters) if self._ua else {}
+        out["handler_errors"] = self._sock.handler_errors if self._sock else 0
+        return out
 
