@@ -1,6 +1,27 @@
-"""Media layer: G.711, RTP, jitter buffer, DTMF, the shared media clock and recordings.
+"""Media layer: G.711, RTP/RTCP, jitter buffer, DTMF, the shared media clock, recordings.
 
-See ``/work/notes/media_api.md`` for the contract with the signalling engine.
+Contract with the signalling engine: ``/work/notes/media_api.md``. Typical use::
+
+    media = MediaEngine(bind="127.0.0.1", port_min=20000, port_max=29999,
+                        recordings_dir=path, on_audio=..., on_dtmf=...)
+    await media.start()                      # the one 20 ms clock of the process
+    for info in media.recover_recordings():  # .part files left by a crash
+        ...
+    media.preload("tone")                    # optional: check prompts at start-up
+    s = media.allocate()                     # sync; s.local_port goes in the SDP answer
+    s.configure(remote=("192.0.2.7", 4000), codec=Codec.PCMA, dtmf_pt=101, ptime=20)
+    s.set_direction("sendrecv")
+    rec = media.create_recording(call_id)    # at answer
+    rec.attach_caller(s)
+    s.play("tone")                           # queue tone; or "silence" or a WAV path
+    media.bridge(s, handler_stream); rec.attach_handler(handler_stream)
+    media.unbridge(s)                        # both back to their last play() source
+    s.close(); info = await rec.seal_async() # (seal() is the synchronous form)
+    await media.stop()
+
+Modules: ``g711`` (tables), ``rtp``/``rtcp`` (sans-IO packets), ``jitter`` (pure playout
+buffer), ``dtmf`` (RFC 4733), ``clock``, ``stream`` (RtpStream), ``prompts``,
+``recording``, ``session`` (MediaEngine).
 """
 
 from .errors import MediaError, RtpError
