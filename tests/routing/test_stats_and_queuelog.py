@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routing import LineSpec, QueueLogEntry, Router, RoutingError, ServiceLevel, replay
 from store import queuelog
@@ -120,4 +122,30 @@ def test_queue_log_rolls_back_with_the_transaction(tmp_path):
         queuelog.append(conn, QueueLogEntry(2.0, "c1", "999", "", "ENTER",
                                             {"bad": float("nan"), "nested": {"k": (1, 2)}}))
     assert queuelog.load(db)[0].data == {"bad": None, "nested": {"k": [1, 2]}}
+    db.close()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(max_size=20)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                  max_size=3),
+    max_leaves=10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.floats(0, 2e9, allow_nan=False), st.text(max_size=12),
+                               st.sampled_from(["999", "101", ""]), st.text(max_size=8),
+                               st.sampled_from(["ENTER", "CONNECT", "STATE"]),
+                               st.dictionaries(st.text(max_size=8), JSON, max_size=4)),
+                     max_size=8))
+def test_any_entry_round_trips_through_the_table(rows):
+    """Whatever JSON-able data an entry carries, load() gives back an equal entry."""
+    entries = [QueueLogEntry(*r) for r in rows]
+    db = Database(":memory:")
+    db.migrate(queuelog.COMPONENT, queuelog.MIGRATIONS)
+    with db.transaction() as conn:
+        for e in entries:
+            queuelog.append(conn, e)
+    assert queuelog.load(db) == entries
     db.close()
