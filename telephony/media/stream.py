@@ -151,7 +151,7 @@ class RtpStream:
         self._rtcp_addr: tuple[str, int] | None = None  # latched RTCP source
         self._rtcp_due = 0.0  # loop time of the next report (0: at the first tick)
         self._rtcp_in = self._rtcp_out = self._rtcp_bad = 0
-        self._far_sr: tuple[int, float] | None = None  # (NTP mid32, loop time) of its last SR
+        self._far_sr: tuple[int, float] | None = None  # (NTP mid32, monotonic) of its last SR
         self._far_block: rtcp.ReportBlock | None = None
         self._rtt: float | None = None
         self._sent_since_report = False
@@ -333,9 +333,9 @@ class RtpStream:
         if dest is None or sock is None:
             return
         lsr = dlsr = 0
-        if self._far_sr is not None:
+        if self._far_sr is not None:  # (its arrival was stamped with time.monotonic())
             lsr = self._far_sr[0]
-            dlsr = int((now - self._far_sr[1]) * 65536)
+            dlsr = max(0, int((time.monotonic() - self._far_sr[1]) * 65536))
         block = self._rstats.report_block(lsr=lsr, dlsr=dlsr)
         sending = self._sent_since_report
         self._sent_since_report = False
