@@ -108,12 +108,12 @@ def retranscribe(db: Database, settings: TranscriptionSettings,
     if until is not None:
         where.append("arrived_at < ?")
         params.append(_epoch(until))
-    rows = db.query(f"SELECT call_id, recording_path FROM calls WHERE {' AND '.join(where)}"
-                    " ORDER BY arrived_at", params)
+    rows = db.query(f"SELECT call_id, recording_path, priority FROM calls"
+                    f" WHERE {' AND '.join(where)} ORDER BY arrived_at", params)
     ids = {r["call_id"] for r in rows}
     with db.transaction() as conn:
         for r in rows:
-            store.enqueue_job(conn, r["call_id"], r["recording_path"])
+            store.enqueue_job(conn, r["call_id"], r["recording_path"], r["priority"])
     eng = engine or _engine(settings)
     counts = {"queued": len(rows), "done": 0, "failed": 0}
     while True:

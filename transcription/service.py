@@ -230,10 +230,11 @@ class TranscriptionService:
             log.exception("publish failed", call_id=event.call_id, type=event.type)
 
     # -- final ----------------------------------------------------------------------
-    def enqueue_final(self, call_id: str, recording_path: str) -> None:
-        """Queue the call's final transcription (a durable job row; a short write)."""
+    def enqueue_final(self, call_id: str, recording_path: str, *, priority: int = 0) -> None:
+        """Queue the call's final transcription (a durable job row; a short write).
+        ``priority`` is the line's (lower runs first: 999 transcripts before 101)."""
         with self._db.transaction() as conn:
-            store.enqueue_job(conn, call_id, str(recording_path))
+            store.enqueue_job(conn, call_id, str(recording_path), priority)
         self._wake.set()
 
     def _final_should_stop(self) -> bool:

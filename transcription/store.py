@@ -106,6 +106,13 @@ MIGRATIONS = [
         INSERT INTO transcription_fts(rowid, text) VALUES (new.id, new.text);
     END;
     """,
+    # 3: job priority (the line's; lower first), so 999 transcripts reach the CAD first
+    # when a surge leaves a backlog of final jobs.
+    """
+    ALTER TABLE transcription_jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX transcription_jobs_state;
+    CREATE INDEX transcription_jobs_next ON transcription_jobs(state, priority, enqueued_at);
+    """,
 ]
 
 MAX_ATTEMPTS = 3
@@ -196,14 +203,17 @@ def get_transcript(db: Database, call_id: str) -> dict[str, Any] | None:
 
 # -- jobs ------------------------------------------------------------------------------
 
-def enqueue_job(conn: sqlite3.Connection, call_id: str, recording_path: str) -> None:
-    """Queue (or re-queue) the call's final transcription; idempotent per call."""
+def enqueue_job(conn: sqlite3.Connection, call_id: str, recording_path: str,
+                priority: int = 0) -> None:
+    """Queue (or re-queue) the call's final transcription; idempotent per call. Jobs run
+    by ``priority`` (lower first, as line priorities), then in arrival order."""
     conn.execute(
-        "INSERT INTO transcription_jobs(call_id, recording_path, state, attempts, enqueued_at)"
-        " VALUES (?, ?, 'queued', 0, ?) ON CONFLICT(call_id) DO UPDATE SET"
+        "INSERT INTO transcription_jobs(call_id, recording_path, state, attempts, enqueued_at,"
+        " priority) VALUES (?, ?, 'queued', 0, ?, ?) ON CONFLICT(call_id) DO UPDATE SET"
         " recording_path=excluded.recording_path, state='queued', attempts=0, error=NULL,"
-        " enqueued_at=excluded.enqueued_at, started_at=NULL, finished_at=NULL",
-        (call_id, recording_path, time.time()))
+        " enqueued_at=excluded.enqueued_at, started_at=NULL, finished_at=NULL,"
+        " priority=excluded.priority",
+        (call_id, recording_path, time.time(), priority))
 
 
 def recover_jobs(db: Database) -> int:
@@ -214,10 +224,11 @@ def recover_jobs(db: Database) -> int:
 
 
 def claim_job(db: Database) -> tuple[str, str] | None:
-    """Take the oldest queued job (marks it running); returns (call_id, recording_path)."""
+    """Take the next queued job, most urgent then oldest (marks it running); returns
+    (call_id, recording_path)."""
     with db.transaction() as conn:
         row = conn.execute("SELECT call_id, recording_path FROM transcription_jobs"
-                           " WHERE state='queued' ORDER BY enqueued_at LIMIT 1").fetchone()
+                           " WHERE state='queued' ORDER BY priority, enqueued_at LIMIT 1").fetchone()
         if row is None:
             return None
         conn.execute("UPDATE transcription_jobs SET state='running', attempts=attempts+1,"

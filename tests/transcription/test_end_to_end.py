@@ -59,7 +59,7 @@ async def test_whisper_live_final_and_search(db, whisper, tmp_path):
         assert final.channel == "caller" and 30.2 <= final.start <= 30.6
         assert "road" in final.text.lower()
         write_wav(tmp_path / "k1.wav", 8000, caller, handler)
-        svc.enqueue_final("k1", str(tmp_path / "k1.wav"))
+        svc.enqueue_final("k1", str(tmp_path / "k1.wav"), priority=0)
         await _until(lambda: any(isinstance(e, TranscriptFinal) for e in events), 60)
     finally:
         await svc.stop()

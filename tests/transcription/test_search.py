@@ -163,7 +163,7 @@ def test_migration_two_keeps_existing_segments(tmp_path):
     d.migrate(calls.COMPONENT, calls.MIGRATIONS)
     d.migrate(tstore.COMPONENT, tstore.MIGRATIONS[:1])
     _transcript(d, "old", [("caller", 1.0, 2.0, "an old burglary report")])
-    assert d.migrate(tstore.COMPONENT, tstore.MIGRATIONS) == 1
+    assert d.migrate(tstore.COMPONENT, tstore.MIGRATIONS) == len(tstore.MIGRATIONS) - 1
     s = TranscriptSearch(d)
     assert [h.call_id for h in s.search("burg*")] == ["old"]
     _transcript(d, "new", [("caller", 1.0, 2.0, "a new burglary")])

@@ -139,7 +139,7 @@ async def test_final_job_stores_and_publishes(service, db, tmp_path):
     """enqueue_final -> transcript stored (both channels, time-ordered) and TranscriptFinal."""
     voice = np.tile(np.frombuffer(VOICE, np.int16), 50)  # 1 s
     write_wav(tmp_path / "r.wav", 8000, voice, np.zeros_like(voice))
-    service.enqueue_final("c9", str(tmp_path / "r.wav"))
+    service.enqueue_final("c9", str(tmp_path / "r.wav"), priority=1)
     await _until(lambda: any(isinstance(e, TranscriptFinal) for e in service.events))
     ev = next(e for e in service.events if isinstance(e, TranscriptFinal))
     assert (ev.engine, ev.model, ev.text) == ("fake", "fake-1", "caller: word0\ncaller: word1")
@@ -269,3 +269,13 @@ async def test_engine_not_running_is_flagged(db):
         assert quiet == []
     finally:
         await none.stop()
+
+
+def test_jobs_claimed_by_priority_then_age(db):
+    """999 jobs (priority 0) are claimed before older 101 jobs; equal priority by age."""
+    with db.transaction() as conn:
+        tstore.enqueue_job(conn, "old101", "a.wav", 1)
+        tstore.enqueue_job(conn, "e1", "b.wav", 0)
+        tstore.enqueue_job(conn, "e2", "c.wav", 0)
+    assert [tstore.claim_job(db)[0] for _ in range(3)] == ["e1", "e2", "old101"]
+    assert tstore.claim_job(db) is None
