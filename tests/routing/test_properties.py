@@ -367,6 +367,16 @@ class RouterMachine(RuleBasedStateMachine):
         for line, sl in rebuilt.items():
             assert sl == self.r.service_level(line, self.now, since=since)
 
+    @invariant()
+    def queue_log_tells_every_handler_move(self) -> None:
+        """STATE rows chain (each 'from' is the previous 'state') and end in the live state."""
+        last: dict[str, str] = {}
+        for e in self.log:
+            if e.event == "STATE":
+                assert e.data["from"] == last.get(e.handler_id, "logged_out")
+                last[e.handler_id] = e.data["state"]
+        assert last == self.hstate
+
     def teardown(self) -> None:
         """Drain: every call reaches exactly one terminal state."""
         if not hasattr(self, "r"):
