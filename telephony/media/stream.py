@@ -220,6 +220,7 @@ class RtpStream:
             self.remote = remote
             self.send_addr = remote  # re-latch to the new address once its packets arrive
             self._latched = None
+            self._rtcp_addr = None
 
     def set_direction(self, direction: str) -> None:
         """Our direction: ``sendrecv``, ``sendonly``, ``recvonly`` or ``inactive``."""
