@@ -1,6 +1,6 @@
 """Service level per line, live and rebuilt from the queue log.
 
-Definitions (per line, over calls whose event time is >= ``since``):
+Definitions (per line, over events whose time is in ``[since, until)``; None: unbounded):
 
 - ``offered``: queue legs that entered the line (ENTER; a transfer into a line is a new leg,
   as in Asterisk). ``rejected`` (overflow busy) are counted apart and are not offered.
@@ -72,12 +72,19 @@ class LineRecords:
         del self.answer_wait[:k]
 
     def compute(self, *, since: float | None, now: float | None,
-                open_entered: Collection[float] = ()) -> ServiceLevel:
-        def count(lst: list[float]) -> int:
-            return len(lst) if since is None else len(lst) - bisect.bisect_left(lst, since)
+                open_entered: Collection[float] = (),
+                until: float | None = None) -> ServiceLevel:
+        def span(lst: list[float]) -> tuple[int, int]:
+            lo = 0 if since is None else bisect.bisect_left(lst, since)
+            hi = len(lst) if until is None else bisect.bisect_left(lst, until)
+            return lo, max(lo, hi)
 
-        k = 0 if since is None else bisect.bisect_left(self.answer_at, since)
-        waits = self.answer_wait[k:]
+        def count(lst: list[float]) -> int:
+            lo, hi = span(lst)
+            return hi - lo
+
+        lo, hi = span(self.answer_at)
+        waits = self.answer_wait[lo:hi]
         offered = count(self.enters)
         abandoned = count(self.abandons)
         within = sum(1 for w in waits if w <= self.threshold)
@@ -126,7 +133,7 @@ def record_reject(r: LineRecords, at: float) -> None:
 
 
 def replay(entries: Iterable[QueueLogEntry], *, now: float | None = None,
-           since: float | None = None) -> dict[str, ServiceLevel]:
+           since: float | None = None, until: float | None = None) -> dict[str, ServiceLevel]:
     """Rebuild every line's service level from queue-log rows (in log order)."""
     records: dict[str, LineRecords] = {}
     open_legs: dict[str, tuple[str, float]] = {}
@@ -156,5 +163,5 @@ def replay(entries: Iterable[QueueLogEntry], *, now: float | None = None,
     out: dict[str, ServiceLevel] = {}
     for name, r in records.items():
         opened = [at for (ln, at) in open_legs.values() if ln == name]
-        out[name] = r.compute(since=since, now=now, open_entered=opened)
+        out[name] = r.compute(since=since, until=until, now=now, open_entered=opened)
     return out

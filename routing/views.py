@@ -86,12 +86,13 @@ class RouterViews:
         return None if call is None else self._estimate(call)
 
     # -- figures --------------------------------------------------------------
-    def service_level(self, line: str, now: float, *,
-                      since: float | None = None) -> ServiceLevel:
-        """Live service level of ``line`` (see routing.stats for the definitions)."""
+    def service_level(self, line: str, now: float, *, since: float | None = None,
+                      until: float | None = None) -> ServiceLevel:
+        """Live service level of ``line`` over ``[since, until)`` (default: everything
+        retained); ``waiting``/``longest_wait`` are always as of ``now``. See routing.stats."""
         now = self._clock(now)
         self._line(line)
-        return self._records[line].compute(since=since, now=now,
+        return self._records[line].compute(since=since, until=until, now=now,
                                            open_entered=self._open[line].values())
 
     def snapshot(self, now: float, *, limit: int | None = 100) -> dict[str, Any]:

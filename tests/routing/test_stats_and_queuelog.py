@@ -59,6 +59,10 @@ def test_service_level_over_an_interval():
     sl = r.service_level("999", 30, since=10)
     assert (sl.offered, sl.answered, sl.answered_within, sl.abandoned) == (0, 1, 0, 1)
     assert (sl.service_level, sl.p90_wait, sl.longest_wait) == (None, 14.0, 27.0)
+    sl = r.service_level("999", 30, since=0, until=15)    # 15:00-15:15 style intervals
+    assert (sl.offered, sl.answered, sl.answered_within, sl.abandoned) == (4, 1, 1, 0)
+    sl = r.service_level("999", 30, since=15, until=30)
+    assert (sl.offered, sl.answered, sl.answered_within, sl.abandoned) == (0, 1, 0, 1)
     with pytest.raises(RoutingError, match="unknown line 'nope'"):
         r.service_level("nope", 30)
 
@@ -66,11 +70,12 @@ def test_service_level_over_an_interval():
 def test_replay_of_the_log_equals_live_figures():
     """replay(entries) rebuilds every line's figures exactly, overall and per interval."""
     r, log = play()
-    for since in (None, 0, 4.5, 10, 20):
-        rebuilt = replay(log, now=30, since=since)
+    for since, until in ((None, None), (0, None), (4.5, None), (10, None), (20, None),
+                         (None, 10), (0, 15), (15, 15.5), (5, 5), (20, 10)):
+        rebuilt = replay(log, now=30, since=since, until=until)
         assert set(rebuilt) == {"999", "101"}
         for line in ("999", "101"):
-            assert rebuilt[line] == r.service_level(line, 30, since=since)
+            assert rebuilt[line] == r.service_level(line, 30, since=since, until=until)
 
 
 def test_replay_ignores_orphan_rows():
