@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from typing import Any
 
 from .actions import (
@@ -125,6 +126,14 @@ class Router(RouterViews):
         self._callbacks: dict[str, Callback] = {}
         self._cb_seq = 0
         self._now = 0.0
+
+    def restore(self, entries: Iterable[QueueLogEntry], now: float) -> list[Action]:
+        """After a restart, before any call: rebuild statistics and the call-back list
+        from the queue log; calls that were waiting when the process stopped are lost and
+        logged as ABANDON (reason ``restart``; on call-back lines they join the list).
+        Returns the rows to append to the log. See ``routing.restore``."""
+        from .restore import restore
+        return restore(self, entries, now)
 
     @classmethod
     def from_settings(cls, lines: list[Any], routing: Any, **kw: Any) -> Router:
@@ -372,7 +381,7 @@ class Router(RouterViews):
                   callback=cb_id is not None)
         if cb_id is not None:
             self._log(out, now, call_id, call.line, "", "CALLBACK_ADD", cb_id=cb_id,
-                      caller=call.caller)
+                      caller=call.caller, wait=wait)
         record_abandon(self._records[call.line], now)
         del self._open[call.line][call_id]
         out.append(Abandoned(call_id, call.line, wait, position, cb_id is not None, cb_id))

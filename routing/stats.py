@@ -132,9 +132,10 @@ def record_reject(r: LineRecords, at: float) -> None:
     _insert(r.rejects, at)
 
 
-def replay(entries: Iterable[QueueLogEntry], *, now: float | None = None,
-           since: float | None = None, until: float | None = None) -> dict[str, ServiceLevel]:
-    """Rebuild every line's service level from queue-log rows (in log order)."""
+def rebuild(entries: Iterable[QueueLogEntry]) -> tuple[dict[str, LineRecords],
+                                                      dict[str, tuple[str, float]]]:
+    """Per-line records from queue-log rows (in log order), and the legs still open
+    (call id -> (line, leg start)): entered but neither answered nor abandoned."""
     records: dict[str, LineRecords] = {}
     open_legs: dict[str, tuple[str, float]] = {}
 
@@ -160,6 +161,13 @@ def replay(entries: Iterable[QueueLogEntry], *, now: float | None = None,
                 record_abandon(rec(leg[0], {}), e.at)
         elif e.event == "REJECTED":
             record_reject(rec(e.line, e.data), e.at)
+    return records, open_legs
+
+
+def replay(entries: Iterable[QueueLogEntry], *, now: float | None = None,
+           since: float | None = None, until: float | None = None) -> dict[str, ServiceLevel]:
+    """Rebuild every line's service level from queue-log rows (in log order)."""
+    records, open_legs = rebuild(entries)
     out: dict[str, ServiceLevel] = {}
     for name, r in records.items():
         opened = [at for (ln, at) in open_legs.values() if ln == name]

@@ -378,9 +378,22 @@ class RouterMachine(RuleBasedStateMachine):
         assert last == self.hstate
 
     def teardown(self) -> None:
-        """Drain: every call reaches exactly one terminal state."""
+        """Restart from the log reproduces figures and call-backs; then drain: every call
+        reaches exactly one terminal state."""
         if not hasattr(self, "r"):
             return
+        fresh = Router(lines=LINES, offer_timeout=15)
+        rows = fresh.restore(self.log, self.now)
+        rebuilt = replay(self.log + rows, now=self.now)
+        for line in SPEC:
+            if line in rebuilt:
+                assert fresh.service_level(line, self.now) == rebuilt[line]
+        lost_999 = {cid for cid, c in self.calls.items()
+                    if c.status in ("waiting", "offered") and c.line == "999"}
+        before = {(cb.cb_id, cb.call_id, cb.state) for cb in self.r.callbacks()}
+        after = {(cb.cb_id, cb.call_id, cb.state) for cb in fresh.callbacks()}
+        assert before <= after
+        assert {cid for (_, cid, _) in after - before} == lost_999
         for cid, c in list(self.calls.items()):
             if c.status in ("waiting", "offered"):
                 self.do(self.r.call_abandoned, cid, self.now)

@@ -154,3 +154,40 @@ def test_any_entry_round_trips_through_the_table(rows):
             queuelog.append(conn, e)
     assert queuelog.load(db) == entries
     db.close()
+
+
+def test_restart_restores_figures_and_callbacks_and_calls_back_lost_999s(tmp_path):
+    """restore(load(db)) after a restart: same figures, same call-back list, and the 999
+    caller who was waiting when the process died is closed as ABANDON and put on the list."""
+    r, log = play()          # at t=25: e4 ringing h1, c1 waiting, e2 connected, cb1 pending
+    db = Database(tmp_path / "cr.sqlite3")
+    db.migrate(queuelog.COMPONENT, queuelog.MIGRATIONS)
+    with db.transaction() as conn:
+        for e in log:
+            queuelog.append(conn, e)
+
+    fresh = Router(lines=LINES, offer_timeout=15)
+    fresh.handler_login("h1", 40, skills={"999": 5})
+    rows = fresh.restore(queuelog.load(db), 40)
+    assert [(e.event, e.call_id, e.data.get("reason")) for e in rows] == [
+        ("COMPLETE", "e2", "restart"),
+        ("ABANDON", "e4", "restart"), ("CALLBACK_ADD", "e4", "restart"),
+        ("ABANDON", "c1", "restart")]
+    with db.transaction() as conn:
+        for e in rows:
+            queuelog.append(conn, e)
+    full = queuelog.load(db)
+    for line in ("999", "101"):
+        assert fresh.service_level(line, 40) == replay(full, now=40)[line]
+    sl = fresh.service_level("999", 40)
+    assert (sl.offered, sl.answered, sl.abandoned, sl.waiting) == (4, 2, 2, 0)
+    assert [(c.cb_id, c.call_id, c.caller, c.wait) for c in fresh.callbacks()] == [
+        ("cb1", "e3", "333", 18.0), ("cb2", "e4", "444", 37.0)]
+    with pytest.raises(RoutingError, match="call 'e4' is already abandoned"):
+        fresh.call_abandoned("e4", 41)
+    with pytest.raises(RoutingError, match="call 'e1' already exists"):
+        fresh.call_arrived("e1", "999", 41)
+    fresh.call_arrived("e9", "999", 41)
+    with pytest.raises(RoutingError, match="restore\\(\\) must be called before any call"):
+        fresh.restore(full, 42)
+    db.close()

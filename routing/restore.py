@@ -1,0 +1,100 @@
+"""Start-up from the queue log: statistics and call-backs survive a restart.
+
+Calls themselves do not survive (their SIP dialogs and media died with the process), so
+every queue leg still open in the log is closed as ABANDON with ``reason="restart"``; on
+a line with ``callback_on_abandon`` (999) the caller goes on the call-back list, because
+a 999 caller cut off by our restart must be rung back like any other. Calls that were
+connected get a COMPLETE row (``reason="restart"``) so the log has no dangling call.
+The rows returned must be appended to the log; after that, ``replay(log)`` equals the
+router's live figures again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .actions import Action, Callback, QueueLogEntry
+from .errors import RoutingError
+from .model import CallState
+from .stats import rebuild, record_abandon
+
+if TYPE_CHECKING:
+    from .router import Router
+
+
+def restore(router: Router, entries: Iterable[QueueLogEntry], now: float) -> list[Action]:
+    now = router._clock(now)
+    if router.calls or router._callbacks or any(r.enters or r.rejects
+                                                for r in router._records.values()):
+        raise RoutingError("restore() must be called before any call enters the router")
+    rows = list(entries)
+    records, open_legs = rebuild(rows)
+    for name, rec in records.items():
+        live = router._records.get(name)
+        if live is None:
+            continue            # a line no longer configured: only replay will show it
+        live.enters, live.abandons, live.rejects = rec.enters, rec.abandons, rec.rejects
+        live.answer_at, live.answer_wait = rec.answer_at, rec.answer_wait
+
+    callers: dict[str, str] = {}
+    connected: dict[str, tuple[str, str]] = {}
+    ended: dict[str, CallState] = {}
+    for e in rows:
+        if e.event == "ENTER":
+            callers[e.call_id] = str(e.data.get("caller", ""))
+            connected.pop(e.call_id, None)
+        elif e.event == "CONNECT":
+            connected[e.call_id] = (e.line, e.handler_id)
+        elif e.event in ("COMPLETE", "TRANSFER"):
+            connected.pop(e.call_id, None)
+            if e.event == "COMPLETE":
+                ended[e.call_id] = CallState.COMPLETED
+        elif e.event == "ABANDON":
+            ended[e.call_id] = CallState.ABANDONED
+        elif e.event == "REJECTED":
+            ended[e.call_id] = CallState.REJECTED
+        elif e.event == "CALLBACK_ADD":
+            cb_id = str(e.data.get("cb_id", ""))
+            router._callbacks[cb_id] = Callback(
+                cb_id, e.call_id, e.line, str(e.data.get("caller", "")), e.at,
+                float(e.data.get("wait", 0.0)))
+            _bump_cb_seq(router, cb_id)
+        elif e.event == "CALLBACK_TAKE":
+            cb = router._callbacks.get(str(e.data.get("cb_id", "")))
+            if cb is not None:
+                cb.state, cb.handler_id, cb.taken_at = "taken", e.handler_id, e.at
+        elif e.event == "CALLBACK_DONE":
+            router._callbacks.pop(str(e.data.get("cb_id", "")), None)
+
+    out: list[Action] = []
+    for call_id, (line, handler_id) in connected.items():
+        router._log(out, now, call_id, line, handler_id, "COMPLETE", talk=None,
+                    reason="restart")
+        ended[call_id] = CallState.COMPLETED
+    for call_id, (line, entered) in open_legs.items():
+        wait = now - entered
+        spec = router.lines.get(line)
+        callback = spec is not None and spec.callback_on_abandon
+        router._log(out, now, call_id, line, "", "ABANDON", wait=wait, position=0,
+                    callback=callback, reason="restart")
+        if spec is not None:
+            record_abandon(router._records[line], now)
+        if callback:
+            router._cb_seq += 1
+            cb_id = f"cb{router._cb_seq}"
+            router._callbacks[cb_id] = Callback(cb_id, call_id, line, callers.get(call_id, ""),
+                                                now, wait)
+            router._log(out, now, call_id, line, "", "CALLBACK_ADD", cb_id=cb_id,
+                        caller=callers.get(call_id, ""), wait=wait, reason="restart")
+        ended[call_id] = CallState.ABANDONED
+    for call_id, state in ended.items():
+        router._ended[call_id] = state
+    while len(router._ended) > 100_000:
+        router._ended.popitem(last=False)
+    return out
+
+
+def _bump_cb_seq(router: Router, cb_id: str) -> None:
+    if cb_id.startswith("cb") and cb_id[2:].isdigit():
+        router._cb_seq = max(router._cb_seq, int(cb_id[2:]))
