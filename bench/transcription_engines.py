@@ -81,17 +81,50 @@ def wer_rtf(engine, rows: list[dict]) -> None:
               f"offline RTF={rtf:.3f} (1 thread)")
 
 
+def _ticker_delays(work, tick: float = 0.002) -> tuple[float, float]:
+    """Run ``work()`` in a thread while a Python thread sleeps ``tick`` s in a loop;
+    returns (p95, max) of its oversleep in ms. A C call that holds the GIL stalls the
+    ticker for its whole duration; one that releases it does not. Load on the machine
+    adds scheduling noise but not the long stalls, so this works on a busy box."""
+    delays: list[float] = []
+    done = threading.Event()
+
+    def ticker() -> None:
+        while not done.is_set():
+            t = time.perf_counter()
+            time.sleep(tick)
+            delays.append((time.perf_counter() - t - tick) * 1000)
+
+    th = threading.Thread(target=ticker)
+    th.start()
+    w = threading.Thread(target=work)
+    w.start()
+    w.join()
+    done.set()
+    th.join()
+    delays.sort()
+    return delays[int(0.95 * (len(delays) - 1))], delays[-1]
+
+
 def gil(engine, pcm8k: np.ndarray, seconds: float = 6.0) -> None:
-    """Wall time of N recognisers in N threads vs one: ~1.0x means they run in parallel."""
+    """Does the engine release the GIL while it computes? Measured two ways: the stall of
+    a Python ticker thread during decoding (vs. a GIL-holding control), and the wall time
+    of 2 recognisers in 2 threads vs 1 (only meaningful on an idle machine)."""
     reps = max(1, int(seconds / (len(pcm8k) / 8000)))
     audio = np.tile(pcm8k, reps)
 
     def run():
         rec = engine.recogniser()
-        for i in range(0, len(audio), 1600):
-            rec.accept(audio[i:i + 1600].tobytes())
+        for i in range(0, len(audio), 8000):  # 1 s per call: long C calls
+            rec.accept(audio[i:i + 8000].tobytes())
         rec.flush()
 
+    big = np.random.default_rng(0).permutation(1_500_000).tolist()
+    c95, cmax = _ticker_delays(lambda: [sorted(big) for _ in range(2)])  # ~0.5 s each, GIL held
+    e95, emax = _ticker_delays(run)
+    print(f"  {engine.name:<7} ticker stall while decoding: p95 {e95:.1f} ms, max {emax:.1f} ms "
+          f"(control holding the GIL in sorted(): p95 {c95:.1f} ms, max {cmax:.1f} ms) -> "
+          f"{'GIL released' if emax < cmax / 4 else 'GIL held'}")
     t = time.perf_counter()
     run()
     one = time.perf_counter() - t
@@ -102,9 +135,9 @@ def gil(engine, pcm8k: np.ndarray, seconds: float = 6.0) -> None:
     for x in th:
         x.join()
     two = time.perf_counter() - t
-    print(f"  {engine.name:<7} streaming {len(audio) / 8000:.1f} s: 1 thread {one:.2f} s "
+    print(f"  {engine.name:<7} {len(audio) / 8000:.1f} s streamed: 1 thread {one:.2f} s "
           f"(RTF {one / (len(audio) / 8000):.2f}); 2 threads {two:.2f} s -> {two / one:.2f}x "
-          f"({'GIL released: parallel' if two / one < 1.5 else 'serialised'})")
+          f"({load_avg()}; ~1x means parallel, 2x serial or no free core)")
 
 
 async def live_lag(engine, pcm8k: np.ndarray, settings: TranscriptionSettings) -> None:
