@@ -172,9 +172,18 @@ class EngineBase:
         stream.close()
 
     def _configure(self, stream: Any, neg: sdp.Negotiated) -> None:
-        stream.configure(remote=neg.remote, codec=self._codec[neg.codec], dtmf_pt=neg.dtmf_pt,
-                         ptime=neg.ptime)
-        stream.set_direction(neg.direction)
+        """Apply negotiated media; media the stream refuses (a host name instead of an IP
+        literal, wrong family, bad port or event type) is 488 Not Acceptable Here."""
+        try:
+            stream.configure(remote=neg.remote, codec=self._codec[neg.codec],
+                             dtmf_pt=neg.dtmf_pt, ptime=neg.ptime)
+            stream.set_direction(neg.direction)
+        except (ValueError, TypeError, OSError) as exc:
+            raise SdpError(488, f"unusable media description: {exc}") from None
+        except Exception as exc:  # MediaError (not imported here: media is pluggable)
+            if type(exc).__name__ != "MediaError":
+                raise
+            raise SdpError(488, f"unusable media description: {exc}") from None
 
     def _call(self, call_id: str) -> _Call:
         call = self._calls.get(call_id)
@@ -208,7 +217,11 @@ class EngineBase:
         answer = st.encode(lambda v: sdp.answer(
             remote, codecs=list(self.settings.codecs), address=host, port=stream.local_port,
             ptime=ptime, session_id=st.session_id, version=v)[0])
-        self._configure(stream, neg)
+        try:
+            self._configure(stream, neg)
+        except SdpError as exc:
+            self._ua.respond_reinvite(session, exc.status, exc.reason, now=now)
+            return None
         self._ua.respond_reinvite(session, 200, body=answer, now=now)
         return neg.on_hold
 

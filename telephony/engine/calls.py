@@ -118,11 +118,11 @@ class CallsMixin(EngineBase):
                                        address=self._rtp_host(), port=stream.local_port,
                                        ptime=self.settings.ptime,
                                        session_id=sdp_state.session_id, version=1)
+                self._configure(stream, neg)
             except SdpError as exc:
                 self._close_stream(stream)
                 self._reject(session, line, dialled, caller, exc.status, exc.reason)
                 return
-            self._configure(stream, neg)
             codec = neg.codec
         try:
             recording: Any = self._media.create_recording(call_id)
@@ -203,11 +203,11 @@ class CallsMixin(EngineBase):
                 raise SdpError(488, "ACK without SDP answer")
             neg = sdp.accept_answer(sdp.parse_sdp(body), codecs=list(self.settings.codecs),
                                     ptime=self.settings.ptime)
+            self._configure(call.stream, neg)
         except SdpError as exc:
             self._end_call(call, by="system", reason=f"bad SDP answer in ACK: {exc.reason}",
                            send_bye=True)
             return
-        self._configure(call.stream, neg)
         call.codec = neg.codec
 
     def _end_call(self, call: _Call, *, by: api.Party, reason: str, send_bye: bool) -> None:

@@ -167,6 +167,7 @@ class LegsMixin(EngineBase):
                     raise SdpError(488, "2xx without SDP answer")
                 neg = sdp.accept_answer(sdp.parse_sdp(body), codecs=list(self.settings.codecs),
                                         ptime=self.settings.ptime)
+                self._configure(leg.stream, neg)
             except SdpError as exc:
                 call.log.warning("leg.bad_answer", leg_id=leg.leg_id, reason=exc.reason)
                 self._ua.bye(leg.session, self._now())
@@ -175,7 +176,6 @@ class LegsMixin(EngineBase):
                 self._emit(LegFailed(at=time.time(), call_id=call.call_id, leg_id=leg.leg_id,
                                      reason="error", status=ev.response.status))
                 return
-            self._configure(leg.stream, neg)
             leg.state, leg.codec = "answered", neg.codec
             if leg.timer:
                 leg.timer.cancel()

@@ -85,3 +85,28 @@ async def test_real_media_call_bridge_and_recording(tmp_path: Path) -> None:
         caller.close()
         handler.close()
         await engine.stop(bye_grace=0)
+
+
+async def test_sdp_with_a_host_name_is_488_not_a_crash(tmp_path: Path) -> None:
+    """An offer whose c= line names a host (resolving it would block the loop) is refused
+    with 488, and the engine keeps answering calls afterwards."""
+    from .peer import invite
+
+    events: list = []
+    engine = Engine(settings=SipSettings(port=0, rtp_port_min=32000, rtp_port_max=32099),
+                    lines=LINES, recordings_dir=tmp_path, on_event=events.append)
+    await engine.start()
+    caller = await Peer().open()
+    try:
+        text, _, _ = invite(caller, engine.sip_port, number="999",
+                            body=sdp_offer(port=40000, addr="media.example.net"))
+        caller.send(text, engine.sip_port)
+        resp = await caller.expect_status(488)
+        assert "unusable media description" in resp.reason
+        assert not [e for e in events if isinstance(e, api.CallArrived)]
+        rig = Rig(engine, events, caller)
+        ok, _ = await rig.answered_call(body=sdp_offer(port=40002))
+        assert ok.status == 200
+    finally:
+        caller.close()
+        await engine.stop()
