@@ -79,6 +79,15 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
                               on_audio=self._on_audio, on_dtmf=self._on_dtmf)
         await self._media.start()
         try:
+            preload = getattr(self._media, "preload", None)
+            if preload is not None:
+                # A missing or unreadable prompt WAV is a start-up error naming the line,
+                # not a surprise at the first caller.
+                for line in self.lines:
+                    try:
+                        preload(line.queue_prompt)
+                    except Exception as exc:
+                        raise EngineError(f"lines[{line.name}].queue_prompt: {exc}") from None
             self._sock, self.sip_port = await open_sip_socket(s.bind, s.port, self._on_datagram)
             if s.proxy:
                 uri = parse_uri(s.proxy)

@@ -110,3 +110,18 @@ async def test_sdp_with_a_host_name_is_488_not_a_crash(tmp_path: Path) -> None:
     finally:
         caller.close()
         await engine.stop()
+
+
+async def test_missing_queue_prompt_is_a_start_up_error(tmp_path: Path) -> None:
+    """A line whose queue prompt WAV does not exist stops the engine at start-up, naming the line."""
+    import dataclasses
+
+    import pytest
+
+    from telephony.errors import EngineError
+
+    lines = [dataclasses.replace(LINES[0], queue_prompt=str(tmp_path / "nope.wav")), *LINES[1:]]
+    engine = Engine(settings=SipSettings(port=0, rtp_port_min=32100, rtp_port_max=32199),
+                    lines=lines, recordings_dir=tmp_path, on_event=lambda e: None)
+    with pytest.raises(EngineError, match=rf"lines\[{LINES[0].name}\].queue_prompt: "):
+        await engine.start()
