@@ -9,7 +9,7 @@ Public API (all the lead needs to wire; everything else is internal)::
     svc.live_start(call_id, priority=line.priority)   # lower number = more urgent (999 = 0)
     svc.feed(frame)              # telephony.api.AudioFrame, every 20 ms per channel; never blocks
     svc.live_stop(call_id)       # flushes: last finals are published
-    svc.enqueue_final(call_id, recording_path)        # durable job -> store + TranscriptFinal
+    svc.enqueue_final(call_id, recording_path, priority=0)  # durable job -> TranscriptFinal
     await svc.stop()
 
     search = TranscriptSearch(db)                      # SQLite FTS5 (SearchBackend protocol)
@@ -18,6 +18,12 @@ Public API (all the lead needs to wire; everything else is internal)::
 
     transcribe_file(path, settings.transcription) -> dict        # CLI: one recording
     retranscribe(db, settings.transcription, since, until) -> {"queued", "done", "failed"}
+
+Wiring (suggested): CallAnswered -> ``live_start(call_id, priority=line.priority)``
+(or CallArrived, to caption the caller while queued); every telephony AudioFrame ->
+``feed``; CallEnded -> ``live_stop``; RecordingSealed -> ``enqueue_final(call_id, path,
+priority=line.priority)``. Search and ``get_transcript`` read SQLite: call them in a
+thread (``TranscriptSearch.asearch``) and log each use with its reason (DPA s.62).
 
 Events published (on the loop): ``TranscriptSegment`` (live partials/finals per channel),
 ``TranscriptFinal`` (after the job), and ``CallFlagged(flag="live_transcript_off",

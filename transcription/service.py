@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -68,6 +69,7 @@ class TranscriptionService:
         self._wake = asyncio.Event()
         self._stopping = False
         self._executor: ThreadPoolExecutor | None = None
+        self._pending: set[asyncio.Future[Any]] = set()
         self.stats = {"frames_in": 0, "frames_dropped": 0, "frames_ignored": 0,
                       "segments_published": 0, "streams_shed": 0, "finals_done": 0,
                       "finals_failed": 0}
@@ -225,7 +227,11 @@ class TranscriptionService:
 
     def _safe_publish(self, event: DomainEvent) -> None:
         try:
-            self._publish(event)
+            result = self._publish(event)
+            if inspect.isawaitable(result):  # an async publish: run it, keep a reference
+                task = asyncio.ensure_future(result)
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
         except Exception:  # a consumer's bug must not stop transcription
             log.exception("publish failed", call_id=event.call_id, type=event.type)
 

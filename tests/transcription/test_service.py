@@ -279,3 +279,23 @@ def test_jobs_claimed_by_priority_then_age(db):
         tstore.enqueue_job(conn, "e2", "c.wav", 0)
     assert [tstore.claim_job(db)[0] for _ in range(3)] == ["e1", "e2", "old101"]
     assert tstore.claim_job(db) is None
+
+
+async def test_async_publish_is_awaited(db):
+    """publish may be a coroutine function: its coroutines are run, not dropped."""
+    got = []
+
+    async def publish(e):
+        await asyncio.sleep(0)
+        got.append(e)
+
+    svc = TranscriptionService(settings=_settings(max_live_streams=1), db=db, publish=publish,
+                               engine=FakeEngine())
+    await svc.start()
+    try:
+        svc.live_start("a", priority=1)
+        svc.live_start("b", priority=1)
+        await _until(lambda: len(got) == 1, 2)
+        assert isinstance(got[0], CallFlagged) and (got[0].call_id, got[0].flag) == ("b", LIVE_OFF_FLAG)
+    finally:
+        await svc.stop()
