@@ -320,6 +320,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=400, help="max concurrent calls per SIPp")
     ap.add_argument("--handler-phones", type=int, default=2, help="SIPp handler processes")
     ap.add_argument("--phase-timeout", type=float, default=120.0)
+    ap.add_argument("--drain", type=float, default=75.0,
+                    help="seconds to wait after a round for the engine to hold no call")
     ap.add_argument("--no-bridge", action="store_true", help="engine answers only (like pyVoIP)")
     ap.add_argument("--workers", type=int, default=1,
                     help="engine processes; Kamailio spreads calls by Call-ID hash")
@@ -407,7 +409,14 @@ def orchestrate(args: argparse.Namespace) -> None:
             cap.start()
             res = run_callers(args, kam, "999", clip, watch, f"callers-engine-{r}")
             t1 = time.time()
-            time.sleep(3)  # let BYEs, recordings and stats settle
+            # Drain: wait (bounded) until no call or leg is left, so idle RSS means idle.
+            drain_end = time.monotonic() + args.drain
+            while time.monotonic() < drain_end:
+                time.sleep(1.0)
+                last = [read_jsonl(p)[-1] for p in stats_paths]
+                if all(x["calls"] == 0 and x["legs"] == 0 for x in last):
+                    break
+            time.sleep(2)  # recordings sealed, stats written
             cap.stop()
             res["wire"] = sip_wire_delays(cap.path, set(engine_ports))
             per = [read_jsonl(p) for p in stats_paths]
