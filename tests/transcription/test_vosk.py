@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import threading
 from pathlib import Path
 
@@ -83,26 +82,34 @@ def test_offline_agrees_with_streaming(vosk_ko, ko_speech, streamed):
 
 @pytest.mark.slow
 def test_concurrent_recognisers_share_model(vosk_ko, ko_speech, streamed):
-    """Three recognisers in three threads on one model each give (nearly) the serial
-    result. Measured: serial runs are bit-identical, but concurrent recognisers on a shared
-    model occasionally differ by a word (a race inside Vosk/Kaldi's shared graph state),
-    so we require >= 80 % of the words to match, not equality."""
-    expected = [h.text for _, h in streamed if h.final]
-    results: dict[int, list[str]] = {}
+    """Three recognisers in three threads on one model keep their streams apart: speech
+    gives words at the serial run's times, the same speech 1.5 s later gives them 1.5 s
+    later, low noise gives nothing. (Words themselves may differ from the serial run:
+    Vosk's concurrent results are not bit-reproducible, measured also with separate
+    models per thread, so this pins isolation and timing, not exact text.)"""
+    serial = [w for _, h in streamed if h.final for w in h.words]
+    rng = np.random.default_rng(2)
+    inputs = {
+        "speech": ko_speech,
+        "later": np.concatenate([np.zeros(12000, np.int16), ko_speech]),
+        "noise": (rng.standard_normal(len(ko_speech)) * 20).astype(np.int16),
+    }
+    results: dict[str, list] = {}
 
-    def run(i):
-        results[i] = [h.text for _, h in _stream(vosk_ko, ko_speech) if h.final]
+    def run(name):
+        results[name] = [w for _, h in _stream(vosk_ko, inputs[name]) if h.final for w in h.words]
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    threads = [threading.Thread(target=run, args=(n,)) for n in inputs]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
-    assert sorted(results) == [0, 1, 2]
-    want = " ".join(expected).split()
-    for got in results.values():
-        sm = difflib.SequenceMatcher(a=want, b=" ".join(got).split())
-        assert sm.ratio() >= 0.8, (want, got)
+        t.join(120)
+    assert results["noise"] == []
+    for name, shift in (("speech", 0.0), ("later", 1.5)):
+        words = results[name]
+        assert 0.6 <= len(words) / len(serial) <= 1.6, name
+        assert abs(words[0].start - (serial[0].start + shift)) < 0.3, name
+        assert abs(words[-1].end - (serial[-1].end + shift)) < 0.3, name
 
 
 def test_g711_path_still_recognises(vosk_ko, ko_speech):
