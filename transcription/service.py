@@ -70,7 +70,7 @@ class TranscriptionService:
         self._stopping = False
         self._executor: ThreadPoolExecutor | None = None
         self._pending: set[asyncio.Future[Any]] = set()
-        self.stats = {"frames_in": 0, "frames_dropped": 0, "frames_ignored": 0,
+        self.stats = {"frames_in": 0, "frames_dropped": 0, "frames_ignored": 0, "frames_bad": 0,
                       "segments_published": 0, "streams_shed": 0, "finals_done": 0,
                       "finals_failed": 0}
         """Counters for /metrics."""
@@ -149,6 +149,11 @@ class TranscriptionService:
         info = self._policy.streams.get(frame.call_id)
         if info is None or not info.live:
             self.stats["frames_ignored"] += 1
+            return
+        if frame.channel not in ("caller", "handler") or len(frame.pcm) % 2:
+            # Not 16-bit PCM of a known channel: refuse here rather than let the decoder
+            # thread fail on it (and lose the stream's recogniser state).
+            self.stats["frames_bad"] += 1
             return
         self.stats["frames_in"] += 1
         w = self._workers[info.worker]

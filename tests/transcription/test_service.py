@@ -299,3 +299,14 @@ async def test_async_publish_is_awaited(db):
         assert isinstance(got[0], CallFlagged) and (got[0].call_id, got[0].flag) == ("b", LIVE_OFF_FLAG)
     finally:
         await svc.stop()
+
+
+async def test_bad_frames_refused(service):
+    """Odd-length PCM or an unknown channel is counted and never reaches a recogniser."""
+    service.live_start("c", priority=0)
+    service.feed(AudioFrame("c", "caller", b"\x01\x02\x03", 0.0))
+    service.feed(AudioFrame("c", "system", VOICE, 0.0))  # type: ignore[arg-type]
+    assert service.stats["frames_bad"] == 2 and service.stats["frames_in"] == 0
+    await _feed(service, ["c"], 0.6, realtime=False)
+    await _until(lambda: any(isinstance(e, TranscriptSegment) and e.final for e in service.events))
+    assert service.engine.made == 2 and service._workers[0].errors == 0
