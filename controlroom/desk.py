@@ -87,7 +87,7 @@ class ServiceDesk:
                 "draining": s._draining}
 
     def _handler(self, handler_id: str) -> dict[str, Any]:
-        h = self.s.router.snapshot(time.time()).get("handlers", {}).get(handler_id)
+        h = self.s.router.handler_info(handler_id)
         if h is not None:
             return h
         raise NotFound(f"no handler {handler_id!r}")

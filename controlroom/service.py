@@ -70,7 +70,7 @@ class Service:
     """One controlroom node."""
 
     def __init__(self, settings: Settings) -> None:
-        from routing import LineSpec, Router
+        from routing import Router
 
         self.settings = settings
         self.started_at = time.time()
@@ -84,17 +84,10 @@ class Service:
         self.db.migrate(queuelog.COMPONENT, queuelog.MIGRATIONS)
         self.handlers = {h.id: h for h in settings.handlers}
         self.lines = {line.name: line for line in settings.lines}
-        self.router = Router(
-            lines=[LineSpec(name=line.name, priority=line.priority, skill=line.required_skill,
-                            answer_threshold=line.answer_threshold, wrapup=line.wrapup,
-                            max_queue=line.max_queue, overflow=line.overflow,
-                            ageing_per_minute=line.ageing_per_minute,
-                            callback_on_abandon=line.callback_on_abandon)
-                   for line in settings.lines],
-            offer_timeout=settings.routing.offer_timeout,
-            strategy=settings.routing.strategy,
-            rona_not_ready=settings.routing.rona_not_ready,
-        )
+        self.router = Router.from_settings(settings.lines, settings.routing)
+        # Statistics and the call-back list survive a restart: rebuilt from the queue log.
+        restored = self.router.restore(queuelog.load(self.db), time.time())
+        self._log_entries(restored)
         self.calls: dict[str, LiveCall] = {}
         self.legs: dict[str, str] = {}  # leg_id -> call_id
         self.wrapup_calls: dict[str, str] = {}  # handler_id -> call in wrap-up
@@ -182,7 +175,8 @@ class Service:
         self._tasks.append(asyncio.create_task(self.publisher.run(), name="cad-publisher"))
         self.engine = Engine(settings=s.sip, lines=s.lines,
                              recordings_dir=s.storage.recordings_dir,
-                             on_event=self.on_telephony, on_audio=self._on_audio)
+                             on_event=self.on_telephony, on_audio=self._on_audio,
+                             admit=self._admit)
         await self.engine.start()  # seals recordings a crash left open (RecordingSealed)
         self._close_interrupted_calls()
         self._tasks.append(asyncio.create_task(self._router_loop(), name="router"))
@@ -344,17 +338,30 @@ class Service:
                                caller=e.caller, state="queued", arrived_at=e.at)
             self._commit(conn, ev.CallArrived(call_id=e.call_id, at=e.at, line=e.line,
                                               priority=line.priority, caller=e.caller))
+        from routing import CancelOffer, Offer, Reject
+
         actions = self.router.call_arrived(e.call_id, e.line, e.at, caller=e.caller)
-        actions += self.router.call_abandoned(e.call_id, e.at)
-        from routing import CancelOffer, Offer
+        if not any(isinstance(a, Reject) for a in actions):
+            actions += self.router.call_abandoned(e.call_id, e.at)
 
         offered = {a.call_id for a in actions if isinstance(a, Offer)}
         self._apply([a for a in actions
                      if not (isinstance(a, (Offer, CancelOffer)) and a.call_id in offered)])
         self._finish(e.call_id, by="caller", reason="cancelled before answer")
 
+    def _admit(self, incoming: tel.IncomingCall) -> tuple[int, str] | None:
+        """Before we answer: a full 101 queue (overflow ``busy``) gets 486, never 999."""
+        reason = self.router.would_refuse(incoming.line)
+        if reason is None:
+            return None
+        return 486, f"Busy Here ({reason})"
+
     def _tel_CallRejected(self, e: tel.CallRejected) -> None:
         self.m_rejected.inc(status=str(e.status), line=e.line or "")
+        if e.status == 486 and e.line in self.lines and "(" in e.reason:
+            reason = e.reason.split("(", 1)[1].rstrip(")")
+            self._log_entries(self.router.refused(f"r-{ev.new_id()[:12]}", e.line, e.at,
+                                                  caller=e.caller, reason=reason))
         log.info("call refused", status=e.status, reason=e.reason, line=e.line, dialled=e.dialled)
 
     def _tel_LegAnswered(self, e: tel.LegAnswered) -> None:
@@ -363,7 +370,16 @@ class Service:
             # The caller left or the offer was withdrawn while the phone was answered.
             self.engine.cancel_offer(e.leg_id)
             return
-        self._apply(self.router.offer_answered(e.call_id, call.handler_id, e.at))
+        from routing import RoutingError
+
+        try:
+            actions = self.router.offer_answered(e.call_id, call.handler_id, e.at)
+        except RoutingError as exc:
+            # The router withdrew the offer (timeout) as the phone answered: hang it up.
+            log.info("late answer hung up", leg_id=e.leg_id, why=str(exc))
+            self.engine.cancel_offer(e.leg_id)
+            return
+        self._apply(actions)
 
     def _tel_LegFailed(self, e: tel.LegFailed) -> None:
         self.legs.pop(e.leg_id, None)
@@ -468,6 +484,15 @@ class Service:
             self.transcription.feed(frame)
 
     # ------------------------------------------------------------------ router actions
+    def _log_entries(self, actions: list[Any]) -> None:
+        from routing import QueueLogEntry
+
+        entries = [a for a in actions if isinstance(a, QueueLogEntry)]
+        if entries:
+            with self.db.transaction() as conn:
+                for entry in entries:
+                    self._queuelog.append(conn, entry)
+
     def _apply(self, actions: list[Any]) -> None:
         """Carry out the router's decisions: telephony commands and domain events."""
         from routing import (
@@ -482,11 +507,7 @@ class Service:
         )
 
         now = time.time()
-        log_entries = [a for a in actions if isinstance(a, QueueLogEntry)]
-        if log_entries:
-            with self.db.transaction() as conn:
-                for entry in log_entries:
-                    self._queuelog.append(conn, entry)
+        self._log_entries(actions)
         for a in actions:
             if isinstance(a, QueueLogEntry):
                 continue

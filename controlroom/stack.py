@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ class StackOptions:
     phone_timeout: float = 3600.0
     """Handler phones exit after this long (SIPp's global timeout)."""
     codec: str = "PCMA"
+    line_101: dict[str, Any] = field(default_factory=dict)
+    """Extra settings for the 101 line (e.g. ``max_queue``, ``overflow``)."""
     handler_text: str = "Police. What is your emergency? Tell me exactly where you are."
 
 
@@ -115,7 +117,7 @@ class Stack:
                  "wrapup": o.wrapup, "callback_on_abandon": True},
                 {"name": "101", "numbers": ["101"], "priority": 1, "skill": "101",
                  "trusted_sources": ["127.0.0.1"], "answer_threshold": 60.0,
-                 "wrapup": o.wrapup, "ageing_per_minute": 0.1},
+                 "wrapup": o.wrapup, "ageing_per_minute": 0.1, **o.line_101},
             ],
             "handlers": [{"id": f"h{i}", "name": f"Handler {i}",
                           "phone": f"sip:h{i}@{DOMAIN}", "skills": ["999", "101"]}

@@ -328,18 +328,11 @@ class Router(RouterTransfers, RouterViews):
             raise RoutingError(f"call {call_id!r} already exists")
         spec = self._line(line)
         out: list[Action] = []
-        overflow = None
-        if spec.max_queue and self.queue.per_line[line] >= spec.max_queue:
-            overflow = "queue-full"
-        elif not self._logged_in.get(spec.skill):
-            overflow = "no-handlers"
+        overflow = self._overflow(spec)
         if overflow is not None and spec.overflow == "busy" and spec.priority != 0:
             # 486 for a 101 caller; a priority-0 (999) call is never turned away
-            self._log(out, now, call_id, line, "", "REJECTED", status=486, reason=overflow,
-                      threshold=spec.answer_threshold, caller=caller)
-            record_reject(self._records[line], now)
+            out.extend(self.refused(call_id, line, now, caller=caller, reason=overflow))
             out.append(Reject(call_id, 486, overflow))
-            self._ended[call_id] = CS.REJECTED
             return out
         self._seq += 1
         call = Call(call_id=call_id, line=line, caller=caller, arrived=now, entered=now,
@@ -351,6 +344,36 @@ class Router(RouterTransfers, RouterViews):
         self._open[line][call_id] = now
         self._enqueue(call, now, out, overflow=overflow)
         self._dispatch(now, out)
+        return out
+
+    def _overflow(self, spec: LineSpec) -> str | None:
+        if spec.max_queue and self.queue.per_line[spec.name] >= spec.max_queue:
+            return "queue-full"
+        if not self._logged_in.get(spec.skill):
+            return "no-handlers"
+        return None
+
+    def would_refuse(self, line: str) -> str | None:
+        """Why a new call on ``line`` would be refused now (``queue-full``/``no-handlers``
+        with ``overflow = "busy"``), or None. Pure: lets the telephony side answer 486
+        before it answers the call; never refuses a priority-0 (999) line."""
+        spec = self._line(line)
+        overflow = self._overflow(spec)
+        if overflow is not None and spec.overflow == "busy" and spec.priority != 0:
+            return overflow
+        return None
+
+    def refused(self, call_id: str, line: str, now: float, *, caller: str = "",
+                reason: str) -> list[Action]:
+        """Record a call refused with 486 before it was answered (counts as offered and
+        rejected on the line, and is written to the queue log)."""
+        now = self._clock(now)
+        spec = self._line(line)
+        out: list[Action] = []
+        self._log(out, now, call_id, line, "", "REJECTED", status=486, reason=reason,
+                  threshold=spec.answer_threshold, caller=caller)
+        record_reject(self._records[line], now)
+        self._ended[call_id] = CS.REJECTED
         return out
 
     def call_abandoned(self, call_id: str, now: float) -> list[Action]:

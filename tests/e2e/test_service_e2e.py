@@ -140,3 +140,26 @@ async def test_caller_who_hangs_up_while_queued_is_abandoned_and_called_back(
         assert [cb["call_id"] for cb in cbs] == [rows["999"]["call_id"]]
         assert cbs[0]["caller"] == "07700900555" and cbs[0]["state"] == "open"
         assert time.time() - cbs[0]["abandoned_at"] < 60
+
+
+async def test_full_101_queue_is_busy_before_answer_and_999_never_is(
+        tmp_path: Path, cad_subscriber_factory) -> None:
+    """With the 101 queue full (max_queue 1, overflow busy) the next 101 caller gets 486
+    before we answer, counted as rejected in the queue log; a 999 caller is still queued."""
+    opts = StackOptions(handlers=1, engine="none", handlers_available=False,
+                        line_101={"max_queue": 1, "overflow": "busy"})
+    async with Stack(tmp_path, opts) as st:
+        first = st.call("101", caller="01214960001", talk_s=15)
+        await wait_until(lambda: len(st.service.calls) == 1, 15, "first 101 queued")
+        busy = st.call("101", caller="01214960002", expect_status=486)
+        assert await asyncio.to_thread(busy.wait, 30) == 0, busy.diagnostics()
+        emergency = st.call("999", caller="07700900002", talk_s=3)
+        await wait_until(lambda: len(st.service.calls) == 2, 15, "999 queued")
+        assert await asyncio.to_thread(emergency.wait, 30) == 0, emergency.diagnostics()
+        rows = st.service.db.query("SELECT event, line, data FROM queue_log WHERE event='REJECTED'")
+        assert [(r["event"], r["line"]) for r in rows] == [("REJECTED", "101")]
+        assert "01214960002" in rows[0]["data"]
+        sl = st.service.router.service_level("101", time.time())
+        assert sl.rejected == 1
+        assert st.service.db.query_one("SELECT COUNT(*) n FROM calls WHERE line='101'")["n"] == 1
+        await asyncio.to_thread(first.stop)

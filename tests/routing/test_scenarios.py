@@ -535,3 +535,23 @@ def test_directed_transfer_waits_at_most_transfer_timeout():
         (34, "ready h1", ["h1 available", "offer c1->h1", "h1 offered"]),
     ])
     assert [e.data for e in log if e.event == "REQUEUE"] == [{"reason": "transfer-timeout"}]
+
+
+def test_would_refuse_and_refused_before_answer() -> None:
+    """would_refuse is pure (101 busy when full, never 999); refused logs REJECTED and counts it."""
+    from routing import LineSpec, QueueLogEntry, Router
+
+    r = Router(lines=[LineSpec(name="999", priority=0, skill="999", overflow="busy"),
+                      LineSpec(name="101", priority=1, skill="101", max_queue=1, overflow="busy")])
+    assert r.would_refuse("101") == "no-handlers"
+    assert r.would_refuse("999") is None
+    r.handler_login("h1", 0.0, skills={"101": 5})
+    assert r.would_refuse("101") is None
+    r.call_arrived("c1", "101", 1.0)
+    assert r.would_refuse("101") == "queue-full"
+    assert r.would_refuse("101") == "queue-full"  # asking changes nothing
+    rows = r.refused("r1", "101", 2.0, caller="0121", reason="queue-full")
+    assert [(e.event, e.call_id, e.data["status"]) for e in rows
+            if isinstance(e, QueueLogEntry)] == [("REJECTED", "r1", 486)]
+    sl = r.service_level("101", 3.0)
+    assert (sl.offered, sl.rejected) == (1, 1)  # a refused call is not an offered one
