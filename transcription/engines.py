@@ -43,6 +43,9 @@ INPUT_RATE = 8000
 
 MODELS_DOC = "transcription/MODELS.md"
 
+ONSET_RMS = 300.0
+"""RMS (of 16-bit samples, about -40 dBFS) above which a chunk starts an utterance."""
+
 DIGITAL_SILENCE = 8
 """Audio whose samples all stay within +-8 (-72 dBFS) is digital silence: the G.711 idle
 codes decode to it (A-law 0xD5/0x55 -> +-8, mu-law 0xFF -> 0)."""
@@ -155,7 +158,10 @@ class VoskRecogniser:
         self._rate = engine.rate
         self._rec = vosk.KaldiRecognizer(engine.vosk_model, float(engine.rate))
         self._rec.SetWords(True)
-        self._rec.SetPartialWords(True)
+        # No SetPartialWords: word alignment of partials delays the first partial by
+        # ~1.2 s (measured: 2.26 s vs 1.06 s into the same audio). A partial's start is
+        # taken from an energy onset instead; finals carry exact word timings.
+        self._onset: float | None = None
         self._resampler = Resampler(INPUT_RATE, engine.rate)
         self._fed = 0  # samples at model rate
         self._utt_start = 0.0
@@ -183,6 +189,8 @@ class VoskRecogniser:
             self._skipped += len(x) / self._rate
             return []
         self._idle = False
+        if self._onset is None and float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) > ONSET_RMS:
+            self._onset = self._fed / self._rate
         self._fed += len(x)
         now = self._fed / self._rate
         if self._rec.AcceptWaveform(x.tobytes()):
@@ -196,9 +204,8 @@ class VoskRecogniser:
         if not text or text == self._last_partial:
             return []
         self._last_partial = text
-        words = res.get("partial_result") or []
-        start = words[0]["start"] if words else self._utt_start
-        return [Hypothesis(text, float(start) + self._skipped, now + self._skipped, False)]
+        start = self._onset if self._onset is not None else self._utt_start
+        return [Hypothesis(text, start + self._skipped, now + self._skipped, False)]
 
     def flush(self) -> list[Hypothesis]:
         self._idle = True
@@ -206,6 +213,7 @@ class VoskRecogniser:
 
     def _final(self, res: dict[str, Any], now: float) -> list[Hypothesis]:
         self._last_partial = ""
+        self._onset = None
         text = res.get("text", "").strip()
         start_default = self._utt_start
         self._utt_start = now

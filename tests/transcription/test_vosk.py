@@ -122,3 +122,13 @@ def test_g711_path_still_recognises(vosk_ko, ko_speech):
 def test_silence_gives_nothing(vosk_ko):
     """Two seconds of silence produce no final text."""
     assert vosk_ko.transcribe(np.zeros(16000, np.int16), INPUT_RATE) == []
+
+
+def test_first_partial_is_prompt_and_timed_at_onset(streamed, ko_speech):
+    """The first partial comes within 1.5 s of audio after speech starts (no partial word
+    alignment, which delayed it ~1.2 s) and starts at the energy onset."""
+    loud = np.flatnonzero(np.abs(ko_speech) > 500)
+    onset = loud[0] / INPUT_RATE
+    t_fed, first = next((t, h) for t, h in streamed if not h.final)
+    assert t_fed - onset <= 1.5
+    assert abs(first.start - onset) <= 0.1
