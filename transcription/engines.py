@@ -28,6 +28,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,8 +308,10 @@ class WhisperRecogniser:
 
     def __init__(self, engine: WhisperEngine, *, partial_every: float = 1.0,
                  end_silence: float = 0.6, max_utterance: float = 15.0,
-                 preroll: float = 0.2) -> None:
+                 preroll: float = 0.2, adaptive: bool = True) -> None:
         self._engine = engine
+        self._adaptive = adaptive
+        self._cost = 0.0  # running mean of decode wall time (s)
         self._resampler = Resampler(INPUT_RATE, 16000)
         self._pending = np.zeros(0, dtype=np.int16)  # 8 kHz samples not yet framed
         self._utt: list[Pcm] = []  # 16 kHz chunks of the current utterance (with preroll)
@@ -364,7 +367,10 @@ class WhisperRecogniser:
         # fell behind hands us seconds of audio at once, and re-decoding the utterance
         # for every second of it would only fall further behind (each decode costs a full
         # 30 s encoder pass). So under load partials thin out before captions are shed.
-        if self._utt and self._since_partial >= self.partial_every:
+        # Adaptive: never spend more than ~2/3 of real time on partials of one stream
+        # (a tiny.en decode is ~1 s on a slow core, as long as the default interval).
+        every = max(self.partial_every, 1.5 * self._cost) if self._adaptive else self.partial_every
+        if self._utt and self._since_partial >= every:
             self._since_partial = 0.0
             h = self._decode(final=False)
             if h is not None:
@@ -381,7 +387,10 @@ class WhisperRecogniser:
 
     def _decode(self, *, final: bool) -> Hypothesis | None:
         audio = np.concatenate(self._utt)
+        t0 = time.perf_counter()
         segs = self._engine.decode(audio, word_timestamps=False)
+        dt = time.perf_counter() - t0
+        self._cost = dt if self._cost == 0.0 else 0.7 * self._cost + 0.3 * dt
         text = " ".join(s.text for s in segs).strip()
         if not text:
             return None

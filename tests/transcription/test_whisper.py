@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from transcription.engines import INPUT_RATE
+from transcription.engines import INPUT_RATE, WhisperRecogniser
 
 from .helpers import HAVE_ESPEAK, g711_roundtrip, speak
 
@@ -47,7 +47,7 @@ def test_live_recogniser_partials_then_final(whisper):
     """20 ms frames: partials while speaking (every ~1 s of speech), a final after the
     trailing silence, timed from the utterance start."""
     pcm = np.concatenate([phone_speech("alaw"), np.zeros(INPUT_RATE, np.int16)])
-    rec = whisper.recogniser()
+    rec = WhisperRecogniser(whisper, adaptive=False)  # fixed 1 s cadence, whatever the load
     out = []
     for i in range(0, len(pcm), 160):
         out += [(i / INPUT_RATE, h) for h in rec.accept(pcm[i:i + 160].tobytes())]
@@ -73,3 +73,15 @@ def test_silence_and_noise_floor_produce_nothing(whisper):
     for i in range(0, len(noise), 160):
         out += rec.accept(noise[i:i + 160].tobytes())
     assert out == [] and rec.flush() == []
+
+
+def test_adaptive_cadence_follows_decode_cost(whisper):
+    """With a (simulated) 2 s decode cost, partials come every 3 s of speech, not every 1 s."""
+    rec = WhisperRecogniser(whisper)
+    rec._cost = 2.0
+    tone = (4000 * np.sin(2 * np.pi * 220 * np.arange(160) / INPUT_RATE)).astype(np.int16)
+    calls = []
+    rec._decode = lambda final: calls.append((rec._t / INPUT_RATE, final))  # type: ignore[method-assign]
+    for _ in range(int(7.0 / 0.02)):
+        rec.accept(tone.tobytes())
+    assert [round(t, 2) for t, f in calls if not f] == [3.0, 6.0]
