@@ -115,6 +115,10 @@ async def serve_engine(args: argparse.Namespace) -> None:
         elif len(st["rec_bad"]) < 5:
             st["rec_bad"].append([str(ev.path), ev.duration, ev.bytes, size])
 
+    snap0 = None
+    if args.tracemalloc:
+        import tracemalloc
+        tracemalloc.start(6)
     profiler = None
     if args.profile:
         import cProfile
@@ -141,6 +145,8 @@ async def serve_engine(args: argparse.Namespace) -> None:
             lag_max, lag_window = max(lag_max, lag), max(lag_window, lag)
 
     probe = asyncio.create_task(lag_probe())
+    if args.tracemalloc:
+        snap0 = tracemalloc.take_snapshot()
     print("engine ready", engine.sip_port, flush=True)
     while not stop.is_set():
         try:
@@ -160,6 +166,29 @@ async def serve_engine(args: argparse.Namespace) -> None:
         await asyncio.to_thread(out.write, line)
         lag_window = 0.0
     probe.cancel()
+    if snap0 is not None:
+        # What the engine still holds after the calls, by allocation site (leak hunting).
+        diff = tracemalloc.take_snapshot().compare_to(snap0, "traceback")
+        lines = ["tracemalloc: growth since start, top 8 sites"]
+        for stat in diff[:8]:
+            lines.append(f"  +{stat.size_diff / 1024:.0f} KiB in {stat.count_diff} blocks")
+            lines += [f"      {ln}" for ln in stat.traceback.format()[-6:]]
+        # Who still holds RtpStream objects (should be none once every call ended)?
+        import gc
+        alive = [o for o in gc.get_objects() if type(o).__name__ in ("RtpStream", "JitterBuffer")]
+        lines.append(f"RtpStream+JitterBuffer objects alive: {len(alive)} (engine reports "
+                     f"{engine.stats.calls_active} calls, {engine.stats.legs_active} legs)")
+        for obj in alive[:2]:
+            for ref in gc.get_referrers(obj):
+                if ref is alive:
+                    continue
+                desc = type(ref).__name__
+                if isinstance(ref, dict | list | tuple):
+                    owners = [type(o).__name__ for o in gc.get_referrers(ref)
+                              if o is not alive and o is not lines][:4]
+                    desc += f" held by {owners}"
+                lines.append(f"  referrer: {desc}")
+        await asyncio.to_thread(Path(args.tracemalloc).write_text, "\n".join(lines))
     line = json.dumps({"final": True, "lag_max_ms": lag_max * 1000,
                        "answer_ms": st["answer_ms"]}) + "\n"
     await asyncio.to_thread(out.write, line)
@@ -311,6 +340,8 @@ def main() -> None:
     ap.add_argument("--stats", default="", help=argparse.SUPPRESS)
     ap.add_argument("--keep-recordings", action="store_true")
     ap.add_argument("--profile", default="", help="cProfile the engine into this file")
+    ap.add_argument("--tracemalloc", default="", help="write the engine's memory growth "
+                    "by allocation site (tracemalloc) to this file at the end")
     ap.add_argument("--calls", type=int, default=600, help="calls per round")
     ap.add_argument("--rounds", type=int, default=2, help="engine rounds (idle RSS after each)")
     ap.add_argument("--rate-start", type=float, default=5.0)
@@ -322,6 +353,9 @@ def main() -> None:
     ap.add_argument("--phase-timeout", type=float, default=120.0)
     ap.add_argument("--drain", type=float, default=75.0,
                     help="seconds to wait after a round for the engine to hold no call")
+    ap.add_argument("--settle", type=float, default=3.0,
+                    help="seconds idle after the drain before idle RSS is read (use 40 to "
+                         "let completed SIP transactions expire)")
     ap.add_argument("--no-bridge", action="store_true", help="engine answers only (like pyVoIP)")
     ap.add_argument("--workers", type=int, default=1,
                     help="engine processes; Kamailio spreads calls by Call-ID hash")
@@ -383,6 +417,8 @@ def orchestrate(args: argparse.Namespace) -> None:
         for w, (port, (lo, hi)) in enumerate(zip(engine_ports, rtp_ranges, strict=True)):
             stats_path = work / f"engine{w}-stats.jsonl"
             prof = ["--profile", f"{args.profile}.{w}"] if args.profile else []
+            if args.tracemalloc:
+                prof += ["--tracemalloc", f"{args.tracemalloc}.{w}"]
             eng = Process([sys.executable, __file__, "--serve-engine", "--port", str(port),
                            "--proxy", kam.uri, "--rtp", f"{lo}-{hi}",
                            "--handlers", "" if args.no_bridge else ",".join(users),
@@ -416,7 +452,7 @@ def orchestrate(args: argparse.Namespace) -> None:
                 last = [read_jsonl(p)[-1] for p in stats_paths]
                 if all(x["calls"] == 0 and x["legs"] == 0 for x in last):
                     break
-            time.sleep(2)  # recordings sealed, stats written
+            time.sleep(args.settle)  # recordings sealed, SIP transactions' Timer J/H (32 s)
             cap.stop()
             res["wire"] = sip_wire_delays(cap.path, set(engine_ports))
             per = [read_jsonl(p) for p in stats_paths]
@@ -439,6 +475,8 @@ def orchestrate(args: argparse.Namespace) -> None:
                 import pstats
                 print(f"\n--- engine {w} profile (top 15 by own time) ---")
                 pstats.Stats(f"{args.profile}.{w}").sort_stats("tottime").print_stats(15)
+            if args.tracemalloc and Path(f"{args.tracemalloc}.{w}").exists():
+                print(Path(f"{args.tracemalloc}.{w}").read_text())
             final = [s for s in read_jsonl(sp) if s.get("final")]
             if final:
                 ans += final[-1]["answer_ms"]
