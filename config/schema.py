@@ -164,7 +164,7 @@ class TranscriptionSettings:
     live: bool = True
     """Live captions during the call."""
     workers: int = 1
-    """Recognition worker processes."""
+    """Recognition worker threads (Vosk and faster-whisper release the GIL while decoding)."""
     max_live_streams: int = 8
     """Live streams at most; beyond this, 101 calls lose live captions first."""
 
