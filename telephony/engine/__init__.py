@@ -213,8 +213,14 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
     def sip_counters(self) -> dict[str, int]:
         """SIP counters for /metrics: requests, responses, malformed, dropped, keepalives,
         retransmissions_absorbed, forked_2xx_hung_up, handler_errors (bugs caught at the
-        socket)."""
+        socket), overload_rejected (new INVITEs answered 503 because datagrams waited over
+        ``overload_wait``), kernel_drops (datagrams lost on a full receive buffer),
+        max_rx_wait_ms (longest wait of a datagram before it was handled)."""
         out = dict(self._ua.counters) if self._ua else {}
-        out["handler_errors"] = self._sock.handler_errors if self._sock else 0
+        sock = self._sock
+        out["handler_errors"] = sock.handler_errors if sock else 0
+        out["overload_rejected"] = self._shed
+        out["kernel_drops"] = sock.kernel_drops if sock else 0
+        out["max_rx_wait_ms"] = int((sock.max_wait if sock else 0.0) * 1000)
         return out
 

@@ -31,7 +31,7 @@ from telephony.sip.ua import Session, UserAgent
 from telephony.sip.uri import is_ip
 from telephony.transport import SipProtocol
 
-from .state import Admit, _Call, _FallbackCodec, _Leg, _SdpState
+from .state import OVERLOAD_WAIT, Admit, _Call, _FallbackCodec, _Leg, _SdpState
 
 log = structlog.get_logger("telephony.engine")
 
@@ -88,6 +88,11 @@ class EngineBase:
         self._byes_done: asyncio.Event | None = None
         self._leg_credentials: tuple[str, str] | None = None
         self._running = False
+        self.overload_wait = OVERLOAD_WAIT
+        """Shedding threshold, seconds (see :data:`telephony.engine.state.OVERLOAD_WAIT`)."""
+        self._rx_wait = 0.0
+        """How long the datagram being handled waited before the engine got it."""
+        self._shed = 0
 
     def _now(self) -> float:
         return self._loop.time()
@@ -109,6 +114,7 @@ class EngineBase:
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         if not self._running or self._ua is None:
             return
+        self._rx_wait = self._sock.wait if self._sock is not None else 0.0
         self._ua.receive(data, addr, self._now())
         self._pump()
 

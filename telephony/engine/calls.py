@@ -74,6 +74,13 @@ class CallsMixin(EngineBase):
         if not self._trusted(line, source_ip):
             self._reject(session, line, dialled, caller, 403, "Source not trusted")
             return
+        if line.priority > 0 and self._rx_wait > self.overload_wait:
+            # shed load before any real work (SDP, media port, recording): this INVITE
+            # already waited too long, so the engine is behind; 999 is never shed
+            self._shed += 1
+            self._reject(session, line, dialled, caller, 503, "Overloaded",
+                         [("Retry-After", str(self.settings.retry_after))])
+            return
         if (self._priority_max is not None and line.priority > self._priority_max) or (
                 line.priority > 0 and len(self._calls) >= self.settings.max_calls):
             self._reject(session, line, dialled, caller, 503, "Overloaded",

@@ -32,6 +32,14 @@ is reported ``unreachable`` (RFC 3261's 32 s Timer B is far too slow for a contr
 a proxy or phone on the LAN answers 100 Trying within milliseconds)."""
 
 
+OVERLOAD_WAIT = 0.25
+"""Seconds a datagram may wait between reaching the host and being handled before the
+engine counts itself overloaded and answers NEW non-emergency INVITEs 503 + Retry-After
+at once (priority-0 lines are always served; in-dialog requests are never shed). A
+caller's SIP stack retransmits an unanswered INVITE after 0.5 s: past this wait the
+answer is already late, and refusing some calls quickly keeps the rest on time."""
+
+
 _RINGING = ("calling", "trying", "ringing")
 """Leg states before a final response."""
 
