@@ -4,8 +4,9 @@ Why not an asyncio DatagramProtocol: asyncio reads ONE datagram per socket per e
 iteration. With the media clock's tick taking milliseconds per iteration at a few hundred
 RTP legs, a burst of INVITEs (plus the proxy's retransmissions of them) then queues for
 seconds in the kernel buffer. Here every readiness wake-up reads up to ``batch``
-datagrams (bounded, so a flood cannot starve the media clock; the reader fires again on
-the next iteration if more are queued).
+datagrams, and handles them for at most ``budget`` seconds of wall time (so neither a
+flood nor a burst of expensive INVITEs can hold the loop away from the 20 ms media clock);
+what is left is kept, in order, and handled first on the next loop iteration.
 
 Each batch is handed on in priority order: responses and ACK/BYE/CANCEL first (they end
 or confirm calls that already exist and are cheap), then everything else (new INVITEs...)
@@ -40,7 +41,11 @@ Addr = tuple[str, int]
 
 RCVBUF_BYTES = 4 * 1024 * 1024
 BATCH = 256
-"""Datagrams read per wake-up at most (the rest on the next loop iteration)."""
+"""Datagrams read and held at most (the rest wait in the kernel for the next iteration)."""
+BUDGET = 0.010
+"""Seconds of handling per wake-up at most: under half the 20 ms media period."""
+SLOW_WAKEUP = 0.2
+"""A wake-up longer than this is logged (a single datagram's handling blocked the loop)."""
 MAX_DATAGRAM = 65535
 SEND_QUEUE_MAX = 4096
 """Datagrams kept while the kernel send buffer is full; beyond, dropped (SIP retransmits)."""
@@ -124,10 +129,14 @@ class SipProtocol:
 
     def __init__(self, on_datagram: Callable[[bytes, Addr], None],
                  on_error: Callable[[Exception], None] | None = None, *,
-                 batch: int = BATCH) -> None:
+                 batch: int = BATCH, budget: float = BUDGET) -> None:
         self._on_datagram = on_datagram
         self._on_error = on_error
         self.batch = batch
+        self.budget = budget
+        self._backlog: list[tuple[bytes, Addr, float]] = []
+        """Read but not yet handled (the budget ran out), in handling order."""
+        self._resume: asyncio.Handle | None = None
         self.sock: socket.socket | None = None
         self.transport: _SocketHandle | None = None
         self.closed = False
@@ -144,6 +153,15 @@ class SipProtocol:
         self.max_batch = 0
         self.kernel_drops = 0
         self.send_drops = 0
+        self.deferred = 0
+        """Wake-ups that ran out of budget and left datagrams for the next iteration."""
+        self.max_wakeup = 0.0
+        """Longest time spent handling datagrams in one wake-up, seconds."""
+
+    @property
+    def backlog(self) -> int:
+        """Datagrams read from the socket but not handled yet."""
+        return len(self._backlog)
 
     def attach(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         """Take over a bound UDP socket: non-blocking, timestamped, read on readiness."""
@@ -166,6 +184,10 @@ class SipProtocol:
         if self.closed:
             return
         self.closed = True
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        self._backlog = []
         if self.sock is not None and self._loop is not None:
             fd = self.sock.fileno()
             if fd >= 0:
@@ -177,13 +199,13 @@ class SipProtocol:
 
     # -- receive -----------------------------------------------------------------------
 
-    def _read_batch(self) -> list[tuple[bytes, Addr, float]]:
-        """Up to ``batch`` datagrams with their arrival time (``time.time()`` scale)."""
+    def _read_batch(self, limit: int) -> list[tuple[bytes, Addr, float]]:
+        """Up to ``limit`` datagrams with their arrival time (``time.time()`` scale)."""
         sock = self.sock
         assert sock is not None
         out: list[tuple[bytes, Addr, float]] = []
         ts_wanted = self._timestamps
-        for _ in range(self.batch):
+        for _ in range(limit):
             try:
                 data, anc, _flags, addr = sock.recvmsg(MAX_DATAGRAM, _ANC)
             except (BlockingIOError, InterruptedError):
@@ -207,6 +229,15 @@ class SipProtocol:
         return out
 
     def _read_ready(self) -> None:
+        if self._resume is not None:
+            return  # a resume is already queued for this iteration: it reads too
+        self._safe_drain()
+
+    def _resumed(self) -> None:
+        self._resume = None
+        self._safe_drain()
+
+    def _safe_drain(self) -> None:
         try:
             self.drain()
         except Exception:  # noqa: BLE001 - the reader must survive anything
@@ -214,20 +245,29 @@ class SipProtocol:
             log.exception("sip.read_failed")
 
     def drain(self) -> int:
-        """Read up to ``batch`` queued datagrams and handle them (priority order); returns
-        how many. Safe to call from anywhere on the loop (e.g. a long media tick)."""
+        """Read what is queued (up to ``batch`` held) and handle it in priority order for
+        at most ``budget`` s; returns how many were handled. The rest is handled on the
+        next loop iteration. Safe to call from anywhere on the loop."""
         if self.closed or self.sock is None:
             return 0
-        batch = self._read_batch()
-        if not batch:
+        room = self.batch - len(self._backlog)
+        fresh = self._read_batch(room) if room > 0 else []
+        if fresh:
+            self.wakeups += 1
+            self.datagrams += len(fresh)
+            if len(fresh) > self.max_batch:
+                self.max_batch = len(fresh)
+        if not fresh and not self._backlog:
             return 0
-        self.wakeups += 1
-        self.datagrams += len(batch)
-        if len(batch) > self.max_batch:
-            self.max_batch = len(batch)
-        for data, addr, arrived in prioritise(batch):
+        # re-ordered together: a BYE read now goes before INVITEs left from last time
+        items = prioritise(self._backlog + fresh) if fresh else self._backlog
+        self._backlog = []
+        start = time.perf_counter()
+        stop_at = start + self.budget
+        done = 0
+        for data, addr, arrived in items:
             if self.closed:
-                break
+                return done
             wait = time.time() - arrived
             self.wait = wait if wait > 0 else 0.0
             if self.wait > self.max_wait:
@@ -238,7 +278,19 @@ class SipProtocol:
                 self.handler_errors += 1
                 log.exception("sip.datagram_handler_failed", source=f"{addr[0]}:{addr[1]}",
                               size=len(data))
-        return len(batch)
+            done += 1
+            if done < len(items) and time.perf_counter() > stop_at:
+                self._backlog = items[done:]
+                self.deferred += 1
+                if self._resume is None and self._loop is not None:
+                    self._resume = self._loop.call_soon(self._resumed)
+                break
+        spent = time.perf_counter() - start
+        if spent > self.max_wakeup:
+            self.max_wakeup = spent
+        if spent > SLOW_WAKEUP:
+            log.warning("sip.slow_wakeup", seconds=round(spent, 3), handled=done)
+        return done
 
     def _error(self, exc: Exception) -> None:
         # Unconnected UDP on Linux only reports ICMP errors without the peer address;

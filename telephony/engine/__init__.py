@@ -215,12 +215,16 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
         retransmissions_absorbed, forked_2xx_hung_up, handler_errors (bugs caught at the
         socket), overload_rejected (new INVITEs answered 503 because datagrams waited over
         ``overload_wait``), kernel_drops (datagrams lost on a full receive buffer),
-        max_rx_wait_ms (longest wait of a datagram before it was handled)."""
+        max_rx_wait_ms (longest wait of a datagram before it was handled), rx_deferred
+        (wake-ups whose handling budget ran out, rest left to the next loop iteration),
+        max_rx_wakeup_ms (longest handling in one wake-up)."""
         out = dict(self._ua.counters) if self._ua else {}
         sock = self._sock
         out["handler_errors"] = sock.handler_errors if sock else 0
         out["overload_rejected"] = self._shed
         out["kernel_drops"] = sock.kernel_drops if sock else 0
         out["max_rx_wait_ms"] = int((sock.max_wait if sock else 0.0) * 1000)
+        out["rx_deferred"] = sock.deferred if sock else 0
+        out["max_rx_wakeup_ms"] = int((sock.max_wakeup if sock else 0.0) * 1000)
         return out
 
