@@ -323,12 +323,16 @@ def _check(msg: Request | Response, body: bytes) -> None:
 
 
 def _answerable(req: Request) -> bool:
-    """Can a response be built (and routed) for this partially parsed request?"""
+    """Can a response be built (and routed) for this partially parsed request?
+
+    A parseable top Via is enough (RFC 3261 §8.2 / §16.3: a request missing Call-ID,
+    CSeq, From or To is answered 400 naming what is missing; the response copies what
+    the request has and is routed by its Via). ACK is never answered."""
     try:
         if not req.get_all("Via") or req.method == "ACK":
             return False
         req.top_via  # noqa: B018
-        return all(req.get(n) is not None for n in ("From", "To", "Call-ID", "CSeq"))
+        return True
     except SipParseError:
         return False
 

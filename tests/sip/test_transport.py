@@ -202,3 +202,46 @@ async def test_handling_budget_yields_to_the_loop_and_keeps_order() -> None:
     finally:
         raw.close()
         proto.close()
+
+
+async def test_request_missing_call_id_or_cseq_is_answered_400(rig: Rig) -> None:
+    """An INVITE without Call-ID, or without CSeq, but with a good Via gets 400 naming
+    the missing header, sent to the Via address with its branch (RFC 3261 §8.2); no call
+    is started; an ACK missing Call-ID is never answered."""
+    p = rig.peer
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        raw.bind(("127.0.0.1", 0))
+        raw.settimeout(2.0)
+        port = raw.getsockname()[1]
+        for missing in ("Call-ID", "CSeq"):
+            text, _, branch = invite(p, rig.engine.sip_port, number="999")
+            text = text.replace(f"Via: SIP/2.0/UDP 127.0.0.1:{p.port}",
+                                f"Via: SIP/2.0/UDP 127.0.0.1:{port}")
+            text = "".join(ln for ln in text.splitlines(keepends=True)
+                           if not ln.startswith(f"{missing}:"))
+            raw.sendto(text.encode(), ("127.0.0.1", rig.engine.sip_port))
+            await asyncio.sleep(0.1)  # same loop: let the engine read and answer
+            data = raw.recv(65535)
+            head = data.decode()
+            assert head.startswith(f"SIP/2.0 400 Missing {missing} header\r\n")
+            assert f";branch={branch}" in head
+            assert "From: \"Jo Caller\" <sip:07700900123@127.0.0.1>;tag=ft1\r\n" in head
+            assert ("Call-ID:" in head) == (missing != "Call-ID")
+            assert ("CSeq: 1 INVITE" in head) == (missing != "CSeq")
+        ack = (f"ACK sip:999@127.0.0.1:{rig.engine.sip_port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKack1\r\n"
+               "From: <sip:a@127.0.0.1>;tag=a\r\nTo: <sip:999@127.0.0.1>\r\n"
+               "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
+        raw.sendto(ack.encode(), ("127.0.0.1", rig.engine.sip_port))
+        await asyncio.sleep(0.2)
+        raw.settimeout(0.1)
+        try:
+            extra = raw.recv(65535)
+        except TimeoutError:
+            extra = b""
+        assert extra == b""
+        assert rig.of(api.CallArrived) == []
+        assert rig.engine.sip_counters["malformed"] == 3
+    finally:
+        raw.close()
