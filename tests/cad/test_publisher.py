@@ -381,6 +381,12 @@ async def test_tls_with_ca_file(db: Database, tmp_path: Path) -> None:
             async with _publisher(s, db) as pub:
                 _append(db, pub, _queued("c1", 0), s.node)
                 assert await col.wait_until(lambda: len(col.messages) == 1, 10)
+                # The PUBACK mark is written a moment after the subscriber sees the message.
+                for _ in range(200):
+                    if outbox.depth(db) == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert outbox.depth(db) == 0
         other = make_certs(tmp_path)
         wrong = _settings(broker, tls=True, ca_file=str(other["ca"]))
         with capture_logs() as logs:
