@@ -6,6 +6,11 @@ few). Each component owns its tables and registers its own ordered list of migra
 under a component name; :meth:`Database.migrate` applies the ones not yet applied, each
 in its own transaction, and records them in ``schema_migrations``.
 
+Checkpoints (copying the WAL back into the database file, with an fsync) are taken off
+the writer: ``wal_autocheckpoint`` is off on the writer connection and a daemon thread
+runs a PASSIVE checkpoint every ``checkpoint_interval`` seconds on its own connection, so
+a commit on the event loop never pays for one.
+
 Writes from the event loop are short (a row or two, well under a millisecond in WAL);
 anything that scans (search, reports) runs in a thread with its own connection from
 :meth:`Database.connect_reader`. The writer connection is guarded by a lock so a worker
@@ -38,13 +43,20 @@ def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
 class Database:
     """The service's SQLite database (one writer connection, readers on demand)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, checkpoint_interval: float = 1.0) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = _connect(self.path)
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         if self.path != ":memory:":
             self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, args=(checkpoint_interval,),
+                name="sqlite-checkpoint", daemon=True)
+            self._checkpointer.start()
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.RLock()
         self._depth = 0
@@ -124,8 +136,36 @@ class Database:
         """A separate connection for a thread doing long reads (search, reports)."""
         return _connect(self.path)
 
-    def close(self) -> None:
+    def _checkpoint_loop(self, interval: float) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    if conn is None:
+                        conn = _connect(self.path)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    # Busy or locked: the next round catches up; the WAL just grows a bit.
+                    continue
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def checkpoint(self) -> None:
+        """A full checkpoint now (tests, shutdown)."""
         with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=5)
+        with self._lock:
+            try:
+                if self.path != ":memory:":
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                pass
             self._conn.close()
 
 
