@@ -9,7 +9,9 @@ from inside ``on_event`` (re-entrancy is handled).
 
 Inbound INVITE, in order: 100 Trying; line by Request-URI user (``+``/separators stripped;
 a registered line's username also maps) else 404; source in ``trusted_sources`` (address
-or CIDR; the registrar for registered lines) else 403; ``set_accepting`` / ``max_calls``
+or CIDR; the registrar for registered lines) else 403; overload (the INVITE waited more
+than ``overload_wait`` s between reaching the host and being handled: 503 + Retry-After,
+priority-0 lines exempt); ``set_accepting`` / ``max_calls``
 (priority-0 lines exempt from ``max_calls``) else 503 + Retry-After; the optional
 ``admit(IncomingCall)`` hook may refuse with its own status; SDP (400/488 on bad or no
 common codec; no SDP = delayed offer); RTP port (503 if none); 200 OK; CallArrived.
