@@ -90,27 +90,3 @@ def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigError, match="mqtt.password: environment variable NOPE_X is not set"):
         secret("env:NOPE_X", key="mqtt.password")
 
-
-def test_database_checkpoints_off_the_writer(tmp_path: Path) -> None:
-    """The writer never auto-checkpoints; the background checkpointer folds the WAL in,
-    and committed rows survive closing and reopening."""
-    import time
-
-    from store import Database
-
-    db = Database(tmp_path / "x.sqlite3", checkpoint_interval=0.05)
-    assert db.query_one("PRAGMA wal_autocheckpoint")[0] == 0
-    db.execute("CREATE TABLE t (x INTEGER)")
-    with db.transaction() as conn:
-        conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(1000)])
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        row = db.query_one("PRAGMA wal_checkpoint(PASSIVE)")
-        if row[1] == row[2]:  # every WAL frame is in the database file
-            break
-        time.sleep(0.05)
-    assert row[1] == row[2]
-    db.close()
-    again = Database(tmp_path / "x.sqlite3")
-    assert again.query_one("SELECT COUNT(*) FROM t")[0] == 1000
-    again.close()
