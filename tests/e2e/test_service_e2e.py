@@ -163,3 +163,33 @@ async def test_full_101_queue_is_busy_before_answer_and_999_never_is(
         assert sl.rejected == 1
         assert st.service.db.query_one("SELECT COUNT(*) n FROM calls WHERE line='101'")["n"] == 1
         await asyncio.to_thread(first.stop)
+
+
+async def test_transfer_to_the_999_queue_reaches_the_next_handler(
+        tmp_path: Path, cad_subscriber_factory) -> None:
+    """A connected 101 call that turns out to be an emergency is moved to the 999 queue:
+    the first handler's phone is released into wrap-up, the next handler's phone rings and
+    is bridged, and the CAD sees call.transferred then a second call.answered."""
+    opts = StackOptions(handlers=2, engine="none", handlers_available=False, ring_ms=200)
+    async with Stack(tmp_path, opts) as st:
+        cad = await cad_subscriber_factory("127.0.0.1", st.mosquitto.port)
+        desk = ServiceDesk(st.service)
+        await desk.set_handler_state("h1", "available")
+        caller = st.call("101", caller="01214960777", talk_s=12)
+        await wait_until(lambda: any(c.state == "connected" for c in st.service.calls.values()),
+                         15, "answered by h1")
+        call = next(iter(st.service.calls.values()))
+        assert call.handler_id == "h1"
+        await desk.set_handler_state("h2", "available")
+        await desk.transfer(call.call_id, to_line="999")
+        await wait_until(lambda: call.state == "connected" and call.handler_id == "h2", 15,
+                         "answered by h2 after the transfer")
+        assert call.line == "999"
+        h1 = st.service.router.handler_info("h1")
+        assert h1 is not None and h1["state"] == "wrap_up"
+        await cad.wait_for(call.call_id, "call.transferred", 10)
+        await wait_until(lambda: len([m for m in cad.for_call(call.call_id)
+                                      if m["type"] == "call.answered"]) == 2, 10, "2nd answer")
+        answered = [m for m in cad.for_call(call.call_id) if m["type"] == "call.answered"]
+        assert "h1" in str(answered[0]) and "h2" in str(answered[1])
+        assert await asyncio.to_thread(caller.wait, 30) == 0, caller.diagnostics()
