@@ -569,10 +569,13 @@ class Service:
         call = self.calls.get(a.call_id)
         if call is None or call.leg_id is None:
             return
-        self.engine.cancel_offer(call.leg_id)
-        self.legs.pop(call.leg_id, None)
+        # Forget the leg first: the engine may report LegFailed(cancelled) from inside
+        # cancel_offer, and that report must not count as a second failed offer.
+        leg_id = call.leg_id
         handler_id = call.handler_id or a.handler_id
         call.leg_id, call.handler_id = None, None
+        self.legs.pop(leg_id, None)
+        self.engine.cancel_offer(leg_id)
         if call.state == "offered":
             call.state = "queued"
         with self.db.transaction() as conn:

@@ -49,6 +49,8 @@ class StackOptions:
     phone_timeout: float = 3600.0
     """Handler phones exit after this long (SIPp's global timeout)."""
     codec: str = "PCMA"
+    ring_ms_by_handler: dict[str, int] = field(default_factory=dict)
+    """Per-handler ring time (a long one makes a phone nobody answers)."""
     line_101: dict[str, Any] = field(default_factory=dict)
     """Extra settings for the 101 line (e.g. ``max_queue``, ``overflow``)."""
     handler_text: str = "Police. What is your emergency? Tell me exactly where you are."
@@ -160,8 +162,9 @@ class Stack:
         self.handler_clip = handler_clip = await asyncio.to_thread(
             self.clip, self.options.handler_text, voice="en-gb+f3", lead_s=0.5, name="handler")
         for h in self.settings.handlers:
-            phone = Sipp(scenarios.handler(user=h.id, ring_ms=self.options.ring_ms,
-                                           pcap=handler_clip.pcap, hangup="remote"),
+            ring = self.options.ring_ms_by_handler.get(h.id, self.options.ring_ms)
+            phone = Sipp(scenarios.handler(user=h.id, ring_ms=ring, pcap=handler_clip.pcap,
+                                           hangup="remote", expect_cancel=ring > 30000),
                          calls=100000, timeout=self.options.phone_timeout, name=f"phone-{h.id}",
                          trace_msg=False, workdir=self.workdir / f"phone-{h.id}")
             await asyncio.to_thread(lambda p=phone: self._exit.enter_context(p))

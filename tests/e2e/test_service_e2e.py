@@ -193,3 +193,32 @@ async def test_transfer_to_the_999_queue_reaches_the_next_handler(
         answered = [m for m in cad.for_call(call.call_id) if m["type"] == "call.answered"]
         assert "h1" in str(answered[0]) and "h2" in str(answered[1])
         assert await asyncio.to_thread(caller.wait, 30) == 0, caller.diagnostics()
+
+
+async def test_ring_no_answer_puts_the_call_back_and_the_next_handler_takes_it(
+        tmp_path: Path, cad_subscriber_factory) -> None:
+    """h1's phone rings past the offer timeout: CANCEL, h1 is set not ready ("missed
+    call"), the call keeps its place and h2's phone answers it."""
+    opts = StackOptions(handlers=2, engine="none", handlers_available=False, ring_ms=200,
+                        offer_timeout=2.0, ring_ms_by_handler={"h1": 60000})
+    async with Stack(tmp_path, opts) as st:
+        cad = await cad_subscriber_factory("127.0.0.1", st.mosquitto.port)
+        desk = ServiceDesk(st.service)
+        await desk.set_handler_state("h1", "available")
+        caller = st.call("999", caller="07700900888", talk_s=10)
+        await wait_until(lambda: any(c.state == "offered" for c in st.service.calls.values()),
+                         15, "offered to h1")
+        await desk.set_handler_state("h2", "available")  # h1 is longest idle: h1 was offered
+        call = next(iter(st.service.calls.values()))
+        await wait_until(lambda: call.state == "connected", 20, "answered after RONA")
+        assert call.handler_id == "h2"
+        h1 = st.service.router.handler_info("h1")
+        assert h1 is not None and (h1["state"], h1["reason"]) == ("not_ready", "missed call")
+        failed = await cad.wait_for(call.call_id, "call.offer_failed", 10)
+        assert "h1" in str(failed) and "no-answer" in str(failed)
+        log = [r["event"] for r in st.service.db.query(
+            "SELECT event FROM queue_log WHERE call_id=? AND event != 'STATE' ORDER BY id",
+            (call.call_id,))]
+        assert log[:5] == ["ENTER", "OFFER", "RINGNOANSWER", "OFFER", "CONNECT"], log
+        assert len([m for m in cad.for_call(call.call_id) if m["type"] == "call.offer_failed"]) == 1
+        assert await asyncio.to_thread(caller.wait, 30) == 0, caller.diagnostics()
