@@ -626,10 +626,13 @@ class Service:
         """Write ``event`` to the outbox inside the caller's transaction; fan out after."""
         if line is None:
             line = getattr(event, "line", None) or self._line_of(conn, event.call_id) or "unknown"
-        incident = None
         call = self.calls.get(event.call_id)
         if call is not None:
             incident = call.incident_number
+        else:  # the call is over (ended, recording, transcript, wrap-up): the record has it
+            row = conn.execute("SELECT incident_number FROM calls WHERE call_id=?",
+                               (event.call_id,)).fetchone()
+            incident = row[0] if row else None
         if event.type in ev.CAD_EVENT_TYPES:
             # Validated against the published schema before it is written; a CAD
             # formatting bug is logged loudly but never rolls back the call's state.

@@ -222,3 +222,36 @@ async def test_ring_no_answer_puts_the_call_back_and_the_next_handler_takes_it(
         assert log[:5] == ["ENTER", "OFFER", "RINGNOANSWER", "OFFER", "CONNECT"], log
         assert len([m for m in cad.for_call(call.call_id) if m["type"] == "call.offer_failed"]) == 1
         assert await asyncio.to_thread(caller.wait, 30) == 0, caller.diagnostics()
+
+
+async def test_cad_incident_number_comes_back_onto_the_call(
+        tmp_path: Path, cad_subscriber_factory) -> None:
+    """The CAD publishes an incident number for a live call: it is stored on the call,
+    acknowledged as call.incident, carried by every later message; junk is ignored."""
+    import json
+
+    import aiomqtt
+
+    opts = StackOptions(handlers=1, engine="none", ring_ms=200)
+    async with Stack(tmp_path, opts) as st:
+        cad = await cad_subscriber_factory("127.0.0.1", st.mosquitto.port)
+        caller = st.call("999", caller="07700900444", talk_s=6)
+        await wait_until(lambda: any(c.state == "connected" for c in st.service.calls.values()),
+                         15, "connected")
+        call_id = next(iter(st.service.calls))
+        async with aiomqtt.Client("127.0.0.1", st.mosquitto.port, identifier="test-cad-out") as c:
+            topic = "controlroom/fcr1/cad/incidents"
+            await c.publish(topic, b"{not json", qos=1)
+            await c.publish(topic, json.dumps({"schema_version": "1.0", "call_id": "nope",
+                                               "incident_number": "X-1"}), qos=1)
+            await c.publish(topic, json.dumps({"schema_version": "1.0", "call_id": call_id,
+                                               "incident_number": "WMP-20261123-0042",
+                                               "grade": "1"}), qos=1)
+        ack = await cad.wait_for(call_id, "call.incident", 15)
+        assert "WMP-20261123-0042" in str(ack)
+        row = st.service.db.query_one("SELECT incident_number, grade FROM calls WHERE call_id=?",
+                                      (call_id,))
+        assert (row["incident_number"], row["grade"]) == ("WMP-20261123-0042", "1")
+        assert await asyncio.to_thread(caller.wait, 30) == 0, caller.diagnostics()
+        ended = await cad.wait_for(call_id, "call.ended", 15)
+        assert ended["incident"]["number"] == "WMP-20261123-0042"
