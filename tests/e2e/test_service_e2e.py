@@ -255,3 +255,28 @@ async def test_cad_incident_number_comes_back_onto_the_call(
         assert await asyncio.to_thread(caller.wait, 30) == 0, caller.diagnostics()
         ended = await cad.wait_for(call_id, "call.ended", 15)
         assert ended["incident"]["number"] == "WMP-20261123-0042"
+
+
+async def test_silent_caller_pressing_55_is_flagged(tmp_path: Path, cad_subscriber_factory) -> None:
+    """A 999 caller who presses 5 5 (RFC 4733 events through Kamailio) is flagged as a
+    Silent Solution call, once, on the record and to the CAD."""
+    from harness import scenarios, speech
+    from harness.sipp import Sipp
+
+    opts = StackOptions(handlers=1, engine="none", handlers_available=False)
+    async with Stack(tmp_path, opts) as st:
+        cad = await cad_subscriber_factory("127.0.0.1", st.mosquitto.port)
+        packets = speech.dtmf_packets("55", "PCMA")
+        pcap = speech.write_rtp_pcap(tmp_path / "dtmf55.pcap", packets)
+        caller = Sipp(scenarios.caller(dialled="999", caller_id="07700900055", pcap=pcap,
+                                       talk_ms=int(packets[-1].at * 1000) + 1500),
+                      target=st.kamailio.addr, calls=1, timeout=60, name="silent").start()
+        try:
+            assert await asyncio.to_thread(caller.wait, 30) == 0, caller.diagnostics()
+        finally:
+            caller.stop()
+        row = st.service.db.query_one("SELECT call_id, flags FROM calls")
+        flagged = await cad.wait_for(row["call_id"], "call.flagged", 10)
+        assert "dtmf55" in str(flagged)
+        assert [m["type"] for m in cad.for_call(row["call_id"])].count("call.flagged") == 1
+        assert "dtmf55" in row["flags"]
