@@ -146,9 +146,8 @@ class Service:
             return [({}, float(self._outbox.depth(self.db)))]
 
         def transcription_lag() -> list[tuple[dict[str, str], float]]:
-            lag = getattr(self.transcription, "lag", None)
-            value = lag() if callable(lag) else 0.0
-            return [({}, float(value or 0.0))]
+            lags = self.transcription.worker_lag() if self.transcription is not None else []
+            return [({"worker": str(i)}, float(v)) for i, v in enumerate(lags)]
 
         m.gauge("controlroom_calls", "Calls in progress by line and state", by_state)
         m.gauge("controlroom_queue_length", "Calls waiting, by line", waiting)

@@ -38,6 +38,8 @@ async def test_health_metrics_and_drain(tmp_path: Path) -> None:
             assert 'controlroom_queue_length{line="101"} 0' in text
             assert "controlroom_outbox_depth " in text
             assert 'controlroom_engine{stat="rtp_packets_in"}' in text
+            assert "# TYPE controlroom_transcription_lag_seconds gauge" in text
+            assert 'controlroom_longest_wait_seconds{line="999"} 0' in text
 
             drain = asyncio.create_task(st.service.drain(timeout=30))
             await asyncio.sleep(0.2)
