@@ -86,7 +86,9 @@ class Service:
         self.lines = {line.name: line for line in settings.lines}
         self.router = Router.from_settings(settings.lines, settings.routing)
         # Statistics and the call-back list survive a restart: rebuilt from the queue log.
-        restored = self.router.restore(queuelog.load(self.db), time.time())
+        # Only the router's statistics window is read back (a week), not years of log.
+        restored = self.router.restore(queuelog.load(self.db, since=time.time() - 8 * 86400),
+                                       time.time())
         self._log_entries(restored)
         self.calls: dict[str, LiveCall] = {}
         self.legs: dict[str, str] = {}  # leg_id -> call_id
