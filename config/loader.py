@@ -85,7 +85,7 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         return {str(k): convert(vt, v, _join(path, str(k))) for k, v in value.items()}
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

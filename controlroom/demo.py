@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 import aiomqtt
 
 from controlroom.logs import configure

@@ -27,10 +27,10 @@ from typing import Any
 
 import structlog
 
+from cad.publisher import append_event
 from config import Settings
 from config.loader import secret
 from controlroom import events as ev
-from cad.publisher import append_event
 from controlroom.metrics import Registry
 from store import Database
 from store import calls as calls_table

@@ -14,7 +14,6 @@ def build_app(service: Service) -> web.Application:
     """The console app with ``/healthz``, ``/readyz`` and ``/metrics`` added."""
     try:
         from console.app import create_app
-
         from controlroom.desk import ServiceDesk
     except ImportError:  # console not installed: operations endpoints only
         app = web.Application()

@@ -19,7 +19,6 @@ import pytest
 from console import users
 from controlroom.stack import Stack, StackOptions
 
-
 pytestmark = [pytest.mark.realparts, pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = "/usr/bin/chromium"
