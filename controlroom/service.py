@@ -54,6 +54,10 @@ class LiveCall:
     handler_id: str | None = None
     leg_id: str | None = None
     answered_at: float | None = None
+    first_answered_at: float | None = None
+    """First answer by any handler (a transfer starts a new leg; the call stays answered)."""
+    talk_before: float = 0.0
+    """Talk time with handlers before a transfer."""
     ended_by: str | None = None
     end_reason: str | None = None
     dtmf: str = ""
@@ -589,6 +593,8 @@ class Service:
             return
         self.engine.bridge(a.call_id, call.leg_id)
         call.state, call.answered_at = "connected", now
+        if call.first_answered_at is None:
+            call.first_answered_at = now
         self.m_answer.observe(a.wait, line=call.line)
         self.m_calls.inc(line=call.line, outcome="answered")
         with self.db.transaction() as conn:
@@ -671,6 +677,8 @@ class Service:
         self.engine.unbridge(call.call_id)
         if from_handler:
             self.wrapup_calls[from_handler] = call.call_id
+        if call.answered_at is not None:
+            call.talk_before += now - call.answered_at
         call.state, call.handler_id, call.leg_id, call.answered_at = "queued", None, None, None
         if to_line is not None:
             call.line = to_line
@@ -688,17 +696,19 @@ class Service:
         call = self.calls.pop(call_id, None)
         if call is None:
             return
-        now = time.time()
-        talk = (now - call.answered_at) if call.answered_at else 0.0
-        wait = ((call.answered_at or now) - call.arrived_at)
+        # The end is when the call ended, not when its record is closed (which may wait
+        # briefly for the recording's checksum).
+        now = call.end_event.at if call.end_event is not None else time.time()
+        talk = call.talk_before + ((now - call.answered_at) if call.answered_at else 0.0)
+        answered = call.first_answered_at
+        wait = (answered or now) - call.arrived_at
         rec = call.recording
         if by not in ("caller", "handler", "system"):
             by = "system"
         with self.db.transaction() as conn:
-            final_state = "abandoned" if call.answered_at is None else "completed"
+            final_state = "abandoned" if answered is None else "completed"
             calls_table.update(conn, call_id, state=final_state, ended_at=now, ended_by=by,
-                               end_reason=reason, talk=talk,
-                               wait=wait if call.answered_at else (now - call.arrived_at))
+                               end_reason=reason, talk=talk, wait=wait)
             self._commit(conn, ev.CallEnded(call_id=call_id, at=now, line=call.line, by=by,
                                             reason=reason, wait=wait, talk=talk,
                                             total=now - call.arrived_at,

@@ -193,6 +193,13 @@ async def test_transfer_to_the_999_queue_reaches_the_next_handler(
         answered = [m for m in cad.for_call(call.call_id) if m["type"] == "call.answered"]
         assert "h1" in str(answered[0]) and "h2" in str(answered[1])
         assert await asyncio.to_thread(caller.wait, 30) == 0, caller.diagnostics()
+        ended = await cad.wait_for(call.call_id, "call.ended", 15)
+        row = st.service.db.query_one("SELECT * FROM calls WHERE call_id=?", (call.call_id,))
+        # Still an answered call after the transfer; talk counts both handlers' time.
+        assert row["state"] == "completed" and row["handler_id"] == "h2"
+        assert 8.0 <= row["talk"] + row["wait"] <= 14.0, dict(row)
+        assert row["wait"] < 3.0
+        assert ended["type"] == "call.ended"
 
 
 async def test_ring_no_answer_puts_the_call_back_and_the_next_handler_takes_it(
