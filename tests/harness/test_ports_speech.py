@@ -85,3 +85,22 @@ def test_find_alignment_is_exact() -> None:
     assert speech.find_alignment(needle, hay) == 1234 - 100
     hay[1234 + 400] += 1
     assert speech.find_alignment(needle, hay) is None
+
+
+def test_frames_in_order_tolerates_playout_shifts_but_not_corruption() -> None:
+    """A silence frame inserted by the jitter buffer is a shift, not a failure; one changed
+    sample, or a lost frame, is a failure."""
+    import numpy as np
+
+    from harness.speech import FRAME, frames_in_order
+
+    rng = np.random.default_rng(7)
+    sent = rng.integers(-3000, 3000, FRAME * 50).astype(np.int16)
+    recorded = np.concatenate([np.full(FRAME * 3, 8, np.int16), sent[:FRAME * 20],
+                               np.full(FRAME, 8, np.int16), sent[FRAME * 20:]])
+    assert frames_in_order(sent, recorded) == (50, 50, 1)
+    corrupt = recorded.copy()
+    corrupt[FRAME * 30 + 5] ^= 1
+    assert frames_in_order(sent, corrupt)[1] == 49
+    lost = np.concatenate([recorded[:FRAME * 10], recorded[FRAME * 11:]])
+    assert frames_in_order(sent, lost)[1] < 50
