@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ import structlog
 
 from cad.publisher import append_event
 from config import Settings
-from config.loader import secret
 from controlroom import events as ev
 from controlroom.metrics import Registry
 from store import Database
@@ -60,7 +59,6 @@ class LiveCall:
     """Talk time with handlers before a transfer."""
     ended_by: str | None = None
     end_reason: str | None = None
-    dtmf: str = ""
     flags: list[str] = field(default_factory=list)
     incident_number: str | None = None
     position: int | None = None
@@ -457,15 +455,8 @@ class Service:
             if call.state == "ended":
                 self._finish(e.call_id, by=call.ended_by or "system", reason=call.end_reason or "")
 
-    def _tel_Dtmf(self, e: tel.Dtmf) -> None:
-        call = self.calls.get(e.call_id)
-        if call is None or e.leg_id is not None:
-            return
-        call.dtmf = (call.dtmf + e.digit)[-8:]
-        if call.dtmf.endswith("55") and "dtmf55" not in call.flags:
-            self._flag(call, "dtmf55", "caller pressed 55 (Silent Solution)", e.at)
-
     def _tel_SilentCallFlag(self, e: tel.SilentCallFlag) -> None:
+        """The engine detects 5-5 (RFC 4733 or SIP INFO); flag the call once."""
         call = self.calls.get(e.call_id)
         if call is not None and "dtmf55" not in call.flags:
             self._flag(call, "dtmf55", "caller pressed 55 (Silent Solution)", e.at)
@@ -783,15 +774,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def resolve_secrets(settings: Settings) -> Callable[[str], str | None]:
-    """Lookup for secrets named in config (``env:``/``file:``); never logged."""
-    def get(key: str) -> str | None:
-        section, _, name = key.partition(".")
-        value = getattr(getattr(settings, section), name)
-        return secret(value, key=key)
-    return get
 
 
 __all__ = ["LiveCall", "Service"]

@@ -108,7 +108,6 @@ async def test_999_answered_before_three_waiting_101_calls(tmp_path: Path,
                          15, "first answer")
         first = next(c for c in st.service.calls.values() if c.state == "connected")
         assert first.line == "999" and first.caller == "07700900999"
-        answered = [m for m in cad.messages if m["type"] == "call.answered"]
         await wait_until(lambda: any(m["type"] == "call.answered" for m in cad.messages), 10,
                          "call.answered on MQTT")
         answered = [m for m in cad.messages if m["type"] == "call.answered"]
