@@ -135,3 +135,30 @@ def test_user_add_duplicate_is_a_clear_error(tmp_path: Path) -> None:
     r = run(*args)
     assert r.returncode == 2
     assert r.stderr.startswith("cannot add user:") and "Traceback" not in r.stderr
+
+
+def test_search_finds_a_call_by_its_words_with_filters(tmp_path: Path) -> None:
+    """`search` prints one JSON hit per call with the highlighted words and offset;
+    a filter that excludes it prints nothing and exits 1."""
+    from store import Database
+    from store import calls as calls_table
+    from transcription.store import Segment, migrate, save_transcript
+
+    cfg = config(tmp_path)
+    db = Database(tmp_path / "data" / "controlroom.sqlite3")
+    db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS)
+    migrate(db)
+    with db.transaction() as conn:
+        calls_table.insert(conn, call_id="c1", line="999", priority=0, caller="07700900123",
+                           state="completed", arrived_at=time.time())
+    save_transcript(db, "c1", engine="whisper", model="tiny.en", language="en",
+                    segments=[Segment("caller", 2.5, 5.0, "a car crashed into the wall", 0.9)],
+                    duration=6.0, recording_path=None)
+    db.close()
+    r = run("search", "crashed wall", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    [hit] = [json.loads(line) for line in r.stdout.splitlines()]
+    assert (hit["call_id"], hit["line"], hit["offset"]) == ("c1", "999", 2.5)
+    assert "<mark>crashed</mark>" in hit["snippet"]
+    r = run("search", "crashed", "--line", "101", "--config", str(cfg))
+    assert r.returncode == 1 and r.stdout == "" and "no matches" in r.stderr
