@@ -298,23 +298,32 @@ def validate_whisper_model(path: str) -> Path:
 
 class WhisperRecogniser:
     """Whisper is not streaming: we segment by energy (a small VAD) and re-decode the
-    growing utterance every ``partial_every`` s of new speech (a partial), then once
-    more after ``end_silence`` s of silence or at ``max_utterance`` s (the final).
-    Lag is therefore about ``partial_every`` + one decode (~0.3-0.8 s for tiny.en on
-    one core), which keeps live captions within ~1.5 s when a core is free.
+    utterance so far every ``partial_every`` s of new speech (a partial), then once more
+    after ``end_silence`` s of silence (the final).
+
+    Bounded work per decode: an utterance longer than ``max_utterance`` s is cut at its
+    quietest 20 ms frame of the last ``cut_search`` s (a pause between words when there
+    is one) and that part becomes a final; the rest starts the next window. Each decode
+    is greedy, without timestamps, on the window alone (no previous text as prompt) and
+    with a short encoder input (:meth:`WhisperEngine.decode_live`), ~0.1-0.2 s for
+    tiny.en on one core instead of ~0.5-1 s for a 30 s-padded decode. Caption lag (a
+    spoken word until a caption covers it) is then the wait for the next decode (up to
+    ``partial_every``) plus one decode: measured p50/p95 in
+    ``bench/transcription_engines.py``.
     """
 
     FRAME = 160  # 20 ms at 8 kHz
 
-    def __init__(self, engine: WhisperEngine, *, partial_every: float = 1.0,
-                 end_silence: float = 0.6, max_utterance: float = 15.0,
-                 preroll: float = 0.2, adaptive: bool = True) -> None:
+    def __init__(self, engine: WhisperEngine, *, partial_every: float = 0.5,
+                 end_silence: float = 0.6, max_utterance: float = 10.0,
+                 cut_search: float = 2.0, preroll: float = 0.2, adaptive: bool = True) -> None:
         self._engine = engine
         self._adaptive = adaptive
         self._cost = 0.0  # running mean of decode wall time (s)
         self._resampler = Resampler(INPUT_RATE, 16000)
         self._pending = np.zeros(0, dtype=np.int16)  # 8 kHz samples not yet framed
-        self._utt: list[Pcm] = []  # 16 kHz chunks of the current utterance (with preroll)
+        self._utt: list[Pcm] = []  # 16 kHz frames of the current window (with preroll)
+        self._utt_db: list[float] = []  # level (dBFS) of each of those frames
         self._pre: list[Pcm] = []
         self._pre_max = int(preroll / 0.02)
         self._t = 0  # 8 kHz samples processed
@@ -324,14 +333,18 @@ class WhisperRecogniser:
         self._silence = 0.0
         self._floor_db = -60.0
         self.partial_every, self.end_silence, self.max_utterance = partial_every, end_silence, max_utterance
+        self.cut_search = cut_search
 
-    def _is_speech(self, frame: Pcm) -> bool:
+    def _level(self, frame: Pcm) -> tuple[float, bool]:
         rms = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) + 1e-9
         db = float(20 * np.log10(rms / 32768))
         speech = db > max(-48.0, self._floor_db + 12.0)
         if not speech:  # track the noise floor slowly, only on non-speech frames
             self._floor_db = 0.95 * self._floor_db + 0.05 * db
-        return speech
+        return db, speech
+
+    def _is_speech(self, frame: Pcm) -> bool:
+        return self._level(frame)[1]
 
     def accept(self, pcm: bytes | Pcm) -> list[Hypothesis]:
         x = np.frombuffer(pcm, np.int16) if isinstance(pcm, bytes | bytearray) else pcm
@@ -342,34 +355,36 @@ class WhisperRecogniser:
         for i in range(0, n, self.FRAME):
             f8 = frames[i:i + self.FRAME]
             f16 = self._resampler.process(f8)
-            speech = self._is_speech(f8)
+            db, speech = self._level(f8)
             self._t += self.FRAME
             if not self._utt:
                 if not speech:
                     self._pre = (self._pre + [f16])[-self._pre_max:]
                     continue
                 self._utt = self._pre + [f16]
+                self._utt_db = [-120.0] * len(self._pre) + [db]
                 self._pre = []
                 self._utt_start = max(0.0, self._t / INPUT_RATE - 0.02 * len(self._utt))
                 self._speech = self._since_partial = self._silence = 0.0
             else:
                 self._utt.append(f16)
+                self._utt_db.append(db)
             if speech:
                 self._speech += 0.02
                 self._since_partial += 0.02
                 self._silence = 0.0
             else:
                 self._silence += 0.02
-            dur = self._t / INPUT_RATE - self._utt_start
-            if (self._silence >= self.end_silence or dur >= self.max_utterance):
+            if self._silence >= self.end_silence:
                 out += self._finalise()
+            elif 0.02 * len(self._utt) >= self.max_utterance:
+                out += self._cut()
         # At most one partial per call, at the end of what we were given: a worker that
-        # fell behind hands us seconds of audio at once, and re-decoding the utterance
-        # for every second of it would only fall further behind (each decode costs a full
-        # 30 s encoder pass). So under load partials thin out before captions are shed.
-        # Adaptive: never spend more than ~2/3 of real time on partials of one stream
-        # (a tiny.en decode is ~1 s on a slow core, as long as the default interval).
-        every = max(self.partial_every, 1.5 * self._cost) if self._adaptive else self.partial_every
+        # fell behind hands us seconds of audio at once, and re-decoding the window for
+        # every second of it would only fall further behind. So under load partials thin
+        # out before captions are shed. Adaptive: never spend more than about half of
+        # real time on the partials of one stream.
+        every = max(self.partial_every, 2.0 * self._cost) if self._adaptive else self.partial_every
         if self._utt and self._since_partial >= every:
             self._since_partial = 0.0
             h = self._decode(final=False)
@@ -382,20 +397,39 @@ class WhisperRecogniser:
 
     def _finalise(self) -> list[Hypothesis]:
         h = self._decode(final=True) if self._speech >= 0.1 else None
-        self._utt, self._speech, self._since_partial, self._silence = [], 0.0, 0.0, 0.0
+        self._utt, self._utt_db = [], []
+        self._speech, self._since_partial, self._silence = 0.0, 0.0, 0.0
+        return [h] if h is not None else []
+
+    def _cut(self) -> list[Hypothesis]:
+        """Window full while speech goes on: final up to the quietest recent frame, the
+        rest (with its speech time) carried into the next window."""
+        n = len(self._utt)
+        lo = max(1, n - int(self.cut_search / 0.02))
+        cut = lo + int(np.argmin(self._utt_db[lo:])) + 1  # frames [0, cut) are finalised
+        rest, rest_db = self._utt[cut:], self._utt_db[cut:]
+        self._utt, self._utt_db = self._utt[:cut], self._utt_db[:cut]
+        t, silence = self._t, self._silence
+        self._t -= len(rest) * self.FRAME  # the final ends at the cut
+        self._silence = 0.0
+        h = self._decode(final=True) if self._speech >= 0.1 else None
+        self._t, self._silence = t, silence
+        self._utt_start += 0.02 * cut
+        self._utt, self._utt_db = rest, rest_db
+        self._speech = 0.02 * sum(1 for d in rest_db if d > max(-48.0, self._floor_db + 12.0))
+        self._since_partial = 0.0
         return [h] if h is not None else []
 
     def _decode(self, *, final: bool) -> Hypothesis | None:
         audio = np.concatenate(self._utt)
         t0 = time.perf_counter()
-        segs = self._engine.decode(audio, word_timestamps=False)
+        res = self._engine.decode_live(audio)
         dt = time.perf_counter() - t0
         self._cost = dt if self._cost == 0.0 else 0.7 * self._cost + 0.3 * dt
-        text = " ".join(s.text for s in segs).strip()
-        if not text:
+        if res is None:
             return None
+        text, conf = res
         end = self._t / INPUT_RATE - (self._silence if final else 0.0)
-        conf = _mean([s.confidence for s in segs])
         return Hypothesis(text, self._utt_start, max(end, self._utt_start), final,
                           conf if final else None)
 
@@ -431,6 +465,13 @@ class WhisperEngine:
             raise ModelError(f"faster-whisper could not load the model at {p}: {exc}",
                              path=str(p)) from None
         self._lock = threading.Lock()
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self._tokenizer = Tokenizer(self._model.hf_tokenizer, self._model.model.is_multilingual,
+                                    task="transcribe", language=self.language)
+        self._live_prompt = self._model.get_prompt(self._tokenizer, [], without_timestamps=True)
+        self._suppress = get_suppressed_tokens(self._tokenizer, [-1])
 
     def decode(self, audio16k: Pcm, *, word_timestamps: bool, vad: bool = False,
                beam_size: int = 1,
@@ -454,6 +495,51 @@ class WhisperEngine:
             conf = (sum(w.confidence for w in words) / len(words)) if words else float(np.exp(s.avg_logprob))
             out.append(Hypothesis(text, float(s.start), float(s.end), True, conf, words))
         return out
+
+    LIVE_PAD = 1.0
+    """Seconds of silence after a live window in the encoder input (Whisper expects the
+    speech to be followed by silence; measured slightly better than none)."""
+
+    def decode_live(self, audio16k: Pcm) -> tuple[str, float] | None:
+        """Greedy, no timestamps, short encoder input: (text, confidence) or None.
+
+        faster-whisper pads every input to Whisper's 30 s, so decoding 2 s of speech cost
+        as much as 30 s (~0.45 s of encoder for tiny.en on one core). CTranslate2's
+        encoder accepts fewer frames (positions are absolute; we keep the first ones):
+        we give it the window plus ``LIVE_PAD`` s, ~5x cheaper for a 5 s window, and
+        measured no worse on the corpus (live-caption WER in
+        ``bench/transcription_engines.py``). A decode that looks like a hallucination
+        (no-speech probability > 0.6 with mean log-probability < -1, faster-whisper's
+        rule) gives None; one that looks like a repetition loop (compression ratio >
+        2.4) is decoded again the standard way (30 s padding), as finals used to be.
+        """
+        from faster_whisper.transcribe import get_compression_ratio, get_ctranslate2_storage
+
+        secs = len(audio16k) / 16000
+        feats = self._model.feature_extractor(to_float(audio16k))[..., :-1]
+        frames = min(3000, feats.shape[1] + int(self.LIVE_PAD * 100))
+        if feats.shape[1] >= frames:
+            feats = feats[:, :frames]
+        else:
+            feats = np.pad(feats, ((0, 0), (0, frames - feats.shape[1])))
+        enc = self._model.model.encode(
+            get_ctranslate2_storage(np.ascontiguousarray(feats[None], dtype=np.float32)), to_cpu=False)
+        max_new = min(200, int(8 * secs) + 16)  # English: ~3-4 tokens/s of speech
+        res = self._model.model.generate(
+            enc, [self._live_prompt], beam_size=1, max_length=len(self._live_prompt) + max_new,
+            return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+            suppress_tokens=list(self._suppress))[0]
+        tokens = [t for t in res.sequences_ids[0] if t < self._tokenizer.eot]
+        text = self._tokenizer.decode(tokens).strip()
+        avg_logprob = res.scores[0] * len(tokens) / (len(tokens) + 1)
+        if res.no_speech_prob > 0.6 and avg_logprob < -1.0:
+            return None
+        if text and get_compression_ratio(text) > 2.4:
+            segs = self.decode(audio16k, word_timestamps=False)
+            text = " ".join(s.text for s in segs).strip()
+            conf = _mean([s.confidence for s in segs])
+            return (text, conf if conf is not None else 0.0) if text else None
+        return (text, float(np.exp(avg_logprob))) if text else None
 
     def recogniser(self) -> WhisperRecogniser:
         return WhisperRecogniser(self)

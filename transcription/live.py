@@ -227,8 +227,8 @@ class LivePolicy:
     max_lag: float = 1.5
     cooldown: float = 1.0
     sustain: float = 1.0
-    """Lag must stay over ``max_lag`` this long before a shed (Whisper decodes in bursts
-    of ~0.5-1 s, so a single spike is not overload); a full inbox sheds at once."""
+    """Lag must stay over ``max_lag`` this long before a shed (Whisper decodes in bursts,
+    so a single spike is not overload); a full inbox sheds at once."""
     streams: dict[str, StreamInfo] = field(default_factory=dict)
     _seq: int = 0
     _last_shed: dict[int, tuple[float, float]] = field(default_factory=dict)

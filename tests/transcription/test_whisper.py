@@ -44,10 +44,10 @@ def test_phone_sentence_key_words(whisper, law):
 
 
 def test_live_recogniser_partials_then_final(whisper):
-    """20 ms frames: partials while speaking (every ~1 s of speech), a final after the
+    """20 ms frames: partials while speaking (every ~0.5 s of speech), a final after the
     trailing silence, timed from the utterance start."""
     pcm = np.concatenate([phone_speech("alaw"), np.zeros(INPUT_RATE, np.int16)])
-    rec = WhisperRecogniser(whisper, adaptive=False)  # fixed 1 s cadence, whatever the load
+    rec = WhisperRecogniser(whisper, adaptive=False)  # fixed 0.5 s cadence, whatever the load
     out = []
     for i in range(0, len(pcm), 160):
         out += [(i / INPUT_RATE, h) for h in rec.accept(pcm[i:i + 160].tobytes())]
@@ -76,12 +76,12 @@ def test_silence_and_noise_floor_produce_nothing(whisper):
 
 
 def test_adaptive_cadence_follows_decode_cost(whisper):
-    """With a (simulated) 2 s decode cost, partials come every 3 s of speech, not every 1 s."""
+    """With a (simulated) 2 s decode cost, partials come every 4 s of speech, not every 0.5 s."""
     rec = WhisperRecogniser(whisper)
     rec._cost = 2.0
     tone = (4000 * np.sin(2 * np.pi * 220 * np.arange(160) / INPUT_RATE)).astype(np.int16)
     calls = []
     rec._decode = lambda final: calls.append((rec._t / INPUT_RATE, final))  # type: ignore[method-assign]
-    for _ in range(int(7.0 / 0.02)):
+    for _ in range(int(9.0 / 0.02)):
         rec.accept(tone.tobytes())
-    assert [round(t, 2) for t, f in calls if not f] == [3.0, 6.0]
+    assert [round(t, 2) for t, f in calls if not f] == [4.0, 8.0]
