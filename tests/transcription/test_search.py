@@ -184,3 +184,70 @@ def test_calls_first_ranking_paths(populated, db):
     assert [h.call_id for h in d] == [h.call_id for h in s]
     assert [h.score for h in d] == [h.score for h in s] and all(h.score > 0 for h in d)
     assert [h.call_id for h in u] == ["c", "b", "a"] and {h.score for h in u} == {0.0}
+
+
+def _forced_estimates(db, **kw):
+    """A search that treats every query as too frequent to count exactly (PROBE 1)."""
+    s = TranscriptSearch(db, max_idf_scan=-1, **kw)
+    s.PROBE = 1
+    return s
+
+
+@pytest.mark.parametrize("q", ["burglary", '"station road"', "burg*", "knife OR shed",
+                               "burglary -shed", "road is", '"is a" burglary'])
+def test_own_bm25_equals_fts5_bm25_with_exact_counts(populated, db, q):
+    """The bm25 used for very frequent terms is FTS5's formula: with exact document
+    frequencies it gives FTS5's rank for every matching segment (phrases, prefixes, OR, NOT)."""
+    from transcription.search import parse_query
+    s = TranscriptSearch(db)
+    groups, negatives = parse_query(q)
+    phrases = [p for g in groups for p in g] + negatives
+    dfs = {p: (db.query_one("SELECT count(*) FROM transcription_fts WHERE transcription_fts MATCH ?",
+                            (f'"{p[0]}"' + ("*" if p[1] else ""),))[0], True) for p in phrases}
+    fts = {r[0]: r[1] for r in db.query("SELECT f.rowid, f.rank, s.text FROM transcription_fts f"
+                                        " JOIN transcription_segments s ON s.id = f.rowid"
+                                        " WHERE transcription_fts MATCH ?", (to_fts_query(q),))}
+    texts = {r[0]: r[1] for r in db.query(
+        f"SELECT id, text FROM transcription_segments WHERE id IN ({','.join('?' * len(fts))})", list(fts))}
+    own = s._bm25(phrases, dfs, texts)
+    assert fts and own.keys() == fts.keys()
+    for seg_id, rank in fts.items():
+        assert own[seg_id] == pytest.approx(rank, rel=1e-9, abs=1e-12)
+
+
+def test_frequent_terms_use_estimated_idf_and_say_so(populated, db):
+    """A term too frequent to count exactly is scored with an estimated IDF: same hits and
+    order as exact bm25 for a one-word query, and each hit says how it was scored."""
+    exact = populated.search("burglary")
+    est = _forced_estimates(db).search("burglary")
+    assert [h.call_id for h in est] == [h.call_id for h in exact] == ["a", "b"]
+    assert {h.scoring for h in exact} == {"bm25"}
+    assert {h.scoring for h in est} == {"bm25-estimated-idf"}
+    assert all(h.score > 0 for h in est)
+    assert (est[0].offset, est[0].channel) == (3.0, "caller")
+    assert "<mark>burglary</mark>" in est[0].snippet
+
+
+@pytest.mark.parametrize("calls_first_max", [0, 1000])
+def test_filters_hold_with_estimated_idf(populated, db, calls_first_max):
+    """Filters give the same calls on the estimated-IDF path, calls-first or after the match."""
+    s = _forced_estimates(db, calls_first_max=calls_first_max)
+    assert [h.call_id for h in s.search("burglary", line="101")] == ["b"]
+    assert [h.call_id for h in s.search("burglary", caller="0111")] == ["a"]
+    assert {h.call_id for h in s.search("road", handler_id="h1")} == {"a", "c"}
+    assert [h.call_id for h in s.search("road", since=1500, until=3000)] == ["b"]
+    assert [h.call_id for h in s.search("burglary", incident="INC-1")] == ["a"]
+    assert s.search("knife", caller="0111") == []
+    assert {h.scoring for h in s.search("road", handler_id="h1")} == {"bm25-estimated-idf"}
+
+
+def test_hits_say_when_ranked_within_recent(db):
+    """When matches exceed max_candidates the hits say only the newest N were ranked and
+    estimate how many segments match; below it, the count is exact and nothing is said."""
+    for i in range(6):
+        _transcript(db, f"n{i}", [("caller", 0.0, 1.0, "smoke " * (6 - i))])
+    capped = TranscriptSearch(db, max_candidates=3).search("smoke")
+    assert {(h.ranked_within_recent, h.matches_estimate) for h in capped} == {(3, 6)}
+    full = TranscriptSearch(db).search("smoke")
+    assert {(h.ranked_within_recent, h.matches_estimate) for h in full} == {(None, 6)}
+    assert {h.call_id for h in _forced_estimates(db, max_candidates=3).search("smoke")} == {"n3", "n4", "n5"}
