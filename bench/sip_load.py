@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import json
 import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ def run_queue_wait() -> float:
 
 async def serve_engine(args: argparse.Namespace) -> None:
     """Run the Engine with a minimal router: offer each call to the next handler, bridge."""
+    import gc
     import logging
 
     import psutil
@@ -135,16 +138,31 @@ async def serve_engine(args: argparse.Namespace) -> None:
     out = await asyncio.to_thread(open, args.stats, "a", buffering=1)
     lag_max = 0.0
     lag_window = 0.0
+    census_done = False
 
     async def lag_probe() -> None:
         nonlocal lag_max, lag_window
         while True:
             t = loop.time()
+            if stalls is not None:
+                stalls.beat = time.monotonic()
             await asyncio.sleep(0.01)
             lag = loop.time() - t - 0.01
             lag_max, lag_window = max(lag_max, lag), max(lag_window, lag)
 
     probe = asyncio.create_task(lag_probe())
+    stalls = StallTracer(threading.get_ident()) if args.stalls else None
+    gc_pauses: list[float] = []
+    gc_t0 = [0.0]
+
+    def gc_cb(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_t0[0] = time.perf_counter()
+        else:
+            gc_pauses.append((time.perf_counter() - gc_t0[0]) * 1000)
+
+
+    gc.callbacks.append(gc_cb)
     if args.tracemalloc:
         snap0 = tracemalloc.take_snapshot()
     print("engine ready", engine.sip_port, flush=True)
@@ -154,11 +172,20 @@ async def serve_engine(args: argparse.Namespace) -> None:
         except TimeoutError:
             pass
         s = engine.stats
+        if args.census and s.calls_active >= args.census and not census_done:
+            census_done = True
+            objs = gc.get_objects()
+            counts = collections.Counter(type(o).__name__ for o in objs)
+            text = (f"object census at {s.calls_active} calls: {len(objs)} tracked objects\n"
+                    + "\n".join(f"{n:8d} {k}" for k, n in counts.most_common(25)))
+            del objs
+            await asyncio.to_thread(Path(args.stats + ".census").write_text, text)
         cpu = proc.cpu_times()
         rq_wait = await asyncio.to_thread(run_queue_wait)
         line = json.dumps({
             "t": time.time(), "calls": s.calls_active, "legs": s.legs_active,
-            "rss": proc.memory_info().rss, "cpu": cpu.user + cpu.system, "rq_wait": rq_wait,
+            "rss": proc.memory_info().rss, "blocks": sys.getallocatedblocks(),
+            "tracked": len(gc.get_objects()) if s.calls_active == 0 else -1, "cpu": cpu.user + cpu.system, "rq_wait": rq_wait,
             "rtp_out": s.rtp_packets_out, "rtp_in": s.rtp_packets_in, "lost": s.rtp_lost,
             "late": s.rtp_late, "gap_ms": s.max_send_gap_ms, "lag_ms": lag_window * 1000,
             **{k: v for k, v in st.items() if k not in ("answer_ms",)},
@@ -166,6 +193,9 @@ async def serve_engine(args: argparse.Namespace) -> None:
         await asyncio.to_thread(out.write, line)
         lag_window = 0.0
     probe.cancel()
+    if stalls is not None:
+        stalls.stop = True
+        await asyncio.to_thread(Path(args.stalls).write_text, stalls.report())
     if snap0 is not None:
         # What the engine still holds after the calls, by allocation site (leak hunting).
         diff = tracemalloc.take_snapshot().compare_to(snap0, "traceback")
@@ -190,6 +220,8 @@ async def serve_engine(args: argparse.Namespace) -> None:
                 lines.append(f"  referrer: {desc}")
         await asyncio.to_thread(Path(args.tracemalloc).write_text, "\n".join(lines))
     line = json.dumps({"final": True, "lag_max_ms": lag_max * 1000,
+                       "gc_max_ms": max(gc_pauses or [0.0]), "gc_total_ms": sum(gc_pauses),
+                       "gc_count": len(gc_pauses),
                        "answer_ms": st["answer_ms"]}) + "\n"
     await asyncio.to_thread(out.write, line)
     await asyncio.to_thread(out.close)
@@ -197,6 +229,43 @@ async def serve_engine(args: argparse.Namespace) -> None:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)
+
+
+class StallTracer(threading.Thread):
+    """Samples the event-loop thread's stack whenever the loop is >50 ms late (diagnosis).
+
+    The loop stamps ``beat`` every 10 ms; this thread checks every 5 ms and, while the
+    stamp is stale, records where the loop thread is (innermost project frames).
+    """
+
+    def __init__(self, loop_thread: int) -> None:
+        super().__init__(daemon=True, name="stall-tracer")
+        self.loop_thread = loop_thread
+        self.beat = time.monotonic()
+        self.stop = False
+        self.samples: collections.Counter[str] = collections.Counter()
+        self.start()
+
+    def run(self) -> None:
+        import traceback
+        while not self.stop:
+            time.sleep(0.005)
+            if time.monotonic() - self.beat < 0.05:
+                continue
+            frame = sys._current_frames().get(self.loop_thread)
+            if frame is None:
+                continue
+            stack = traceback.extract_stack(frame)[-6:]
+            key = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                              for f in reversed(stack))
+            self.samples[key] += 1
+
+    def report(self) -> str:
+        total = sum(self.samples.values())
+        out = [f"stall samples (loop >50 ms late, 5 ms each): {total}"]
+        for key, n in self.samples.most_common(12):
+            out.append(f"{n:5d}  {key}")
+        return "\n".join(out)
 
 
 # --- orchestration --------------------------------------------------------------------
@@ -340,6 +409,10 @@ def main() -> None:
     ap.add_argument("--stats", default="", help=argparse.SUPPRESS)
     ap.add_argument("--keep-recordings", action="store_true")
     ap.add_argument("--profile", default="", help="cProfile the engine into this file")
+    ap.add_argument("--stalls", default="", help="sample the engine's stack whenever its "
+                    "event loop is >50 ms late; write the top sites to this file")
+    ap.add_argument("--census", type=int, default=0, help="count the engine's GC-tracked "
+                    "objects by type once this many calls are up (printed at the end)")
     ap.add_argument("--tracemalloc", default="", help="write the engine's memory growth "
                     "by allocation site (tracemalloc) to this file at the end")
     ap.add_argument("--calls", type=int, default=600, help="calls per round")
@@ -419,6 +492,10 @@ def orchestrate(args: argparse.Namespace) -> None:
             prof = ["--profile", f"{args.profile}.{w}"] if args.profile else []
             if args.tracemalloc:
                 prof += ["--tracemalloc", f"{args.tracemalloc}.{w}"]
+            if args.stalls:
+                prof += ["--stalls", f"{args.stalls}.{w}"]
+            if args.census:
+                prof += ["--census", str(args.census)]
             eng = Process([sys.executable, __file__, "--serve-engine", "--port", str(port),
                            "--proxy", kam.uri, "--rtp", f"{lo}-{hi}",
                            "--handlers", "" if args.no_bridge else ",".join(users),
@@ -435,6 +512,8 @@ def orchestrate(args: argparse.Namespace) -> None:
                     raise RuntimeError(f"engine did not start:\n{eng.log_text()}")
         time.sleep(1.5)
         idle_rss = [sum(read_jsonl(p)[-1]["rss"] for p in stats_paths)]
+        idle_blocks = [sum(read_jsonl(p)[-1]["blocks"] for p in stats_paths)]
+        idle_tracked = [sum(read_jsonl(p)[-1]["tracked"] for p in stats_paths)]
         watch = {**{f"engine{w}": e.pid for w, e in enumerate(engines)},
                  "kamailio": kam._proc.pid,  # type: ignore[union-attr]
                  **{f"handlers{i}": p._proc.pid for i, p in enumerate(phones)}}  # type: ignore[union-attr]
@@ -464,10 +543,13 @@ def orchestrate(args: argparse.Namespace) -> None:
             res["counters"] = {k: sum(sm[-1][k] for sm in per) for k in keys}
             res["counters"]["rec_bad"] = [b for sm in per for b in sm[-1]["rec_bad"]]
             idle_rss.append(res["idle_rss"])
+            idle_blocks.append(sum(sm[-1].get("blocks", 0) for sm in per))
+            idle_tracked.append(sum(sm[-1].get("tracked", 0) for sm in per))
             results[f"engine round {r + 1}"] = res
             report_round(f"engine round {r + 1} ({nw} worker{'s' * (nw > 1)})", res,
                          idle_rss[0], args)
         ans: list[float] = []
+        gcs: list[dict[str, Any]] = []
         lag = 0.0
         for w, (eng, sp) in enumerate(zip(engines, stats_paths, strict=True)):
             eng.stop(timeout=20)
@@ -477,15 +559,27 @@ def orchestrate(args: argparse.Namespace) -> None:
                 pstats.Stats(f"{args.profile}.{w}").sort_stats("tottime").print_stats(15)
             if args.tracemalloc and Path(f"{args.tracemalloc}.{w}").exists():
                 print(Path(f"{args.tracemalloc}.{w}").read_text())
+            if args.stalls and Path(f"{args.stalls}.{w}").exists():
+                print(Path(f"{args.stalls}.{w}").read_text())
+            if Path(f"{sp}.census").exists():
+                print(Path(f"{sp}.census").read_text())
             final = [s for s in read_jsonl(sp) if s.get("final")]
             if final:
                 ans += final[-1]["answer_ms"]
                 lag = max(lag, final[-1]["lag_max_ms"])
+                gcs.append(final[-1])
+        if gcs:
+            print(f"garbage collector: {sum(g['gc_count'] for g in gcs)} collections, "
+                  f"{sum(g['gc_total_ms'] for g in gcs):.0f} ms in all, "
+                  f"longest pause {max(g['gc_max_ms'] for g in gcs):.1f} ms")
         print(f"engine INVITE-in -> 200-out (all rounds): p50 {pct(ans, 50):.2f} ms, "
               f"p99 {pct(ans, 99):.2f} ms, max {max(ans or [0]):.2f} ms; "
               f"event-loop lag max {lag:.1f} ms")
         print(f"idle RSS after start/rounds (MB, all workers): "
               f"{', '.join(f'{x / 2**20:.1f}' for x in idle_rss)}")
+        print(f"idle Python heap after start/rounds (allocated blocks, thousands): "
+              f"{', '.join(f'{x / 1000:.0f}' for x in idle_blocks)}; GC-tracked objects: "
+              f"{', '.join(str(x) for x in idle_tracked)}")
 
         if not args.no_pyvoip:
             results["pyvoip"] = pyvoip_round(args, kam, clip, work, pyvoip_port, py_rtp)
