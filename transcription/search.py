@@ -195,11 +195,14 @@ class TranscriptSearch:
     SPARSE_RANKED = 8
     PROBE = 64
     """Newest matches read to estimate a term's document frequency."""
+    STEM_CACHE = 200_000
+    """Most words whose stems are remembered (then the cache starts afresh)."""
 
     def __init__(self, db: Database, *, max_candidates: int = 1000,
                  calls_first_max: int = 1000, max_idf_scan: int = 400_000) -> None:
         self._db = db
         self._local = threading.local()
+        self._stems: dict[str, tuple[str, ...]] = {}  # word -> FTS5 terms; shared, see _tokenize
         self.max_candidates = max_candidates
         """Most matching segments ranked per query (the newest ones)."""
         self.calls_first_max = calls_first_max
@@ -437,9 +440,8 @@ class TranscriptSearch:
         """FTS5's bm25 (k1 1.2, b 0.75; negative: lower ranks first) of each segment, with
         the index's row count and mean length from its averages record and each phrase's
         document frequency from :meth:`_document_frequencies`. Terms and positions come
-        from the same tokenizer: the candidates are tokenized again in a per-connection
-        TEMP FTS5 table (``detail=full``) and read back through an fts5vocab instance
-        table, so a phrase is counted where its stemmed words are adjacent."""
+        from the index's tokenizer (:meth:`_tokenize`), so a phrase is counted where its
+        stemmed words are adjacent."""
         n_rows, n_tokens = self._totals()
         avgdl = n_tokens / n_rows if n_rows else 1.0
         rows = [(-(i + 1), text) for i, (text, _) in enumerate(phrases)] + list(texts.items())
@@ -463,7 +465,32 @@ class TranscriptSearch:
         return out
 
     def _tokenize(self, rows: list[tuple[int, str]]) -> dict[int, list[str]]:
-        """Stemmed tokens of each (rowid, text), in order, by the index's own tokenizer."""
+        """Stemmed tokens of each (rowid, text), in order, as the index's tokenizer makes
+        them: words split on what is not a letter or digit (unicode61's token
+        characters), each word stemmed by FTS5 itself (case folding, diacritics, porter)
+        through a TEMP table and an fts5vocab instance table, cached per searcher."""
+        words = {r: _WORDS.findall(text) for r, text in rows}
+        cache = self._stems  # shared by searching threads: only get/set, never test-then-index
+        local: dict[str, tuple[str, ...]] = {}
+        new: list[str] = []
+        for w in dict.fromkeys(w for ws in words.values() for w in ws):
+            t = cache.get(w)
+            if t is None:
+                new.append(w)
+            else:
+                local[w] = t
+        if new:
+            if len(cache) + len(new) > self.STEM_CACHE:
+                cache.clear()
+            stems: dict[int, list[tuple[int, str]]] = {}
+            for doc, offset, term in self._stem(new):
+                stems.setdefault(doc, []).append((offset, term))
+            for i, w in enumerate(new):
+                local[w] = cache[w] = tuple(t for _, t in sorted(stems.get(i, ())))
+        return {r: [t for w in ws for t in local[w]] for r, ws in words.items()}
+
+    def _stem(self, words: list[str]) -> list[tuple[int, int, str]]:
+        """(row, offset, term) of each word tokenized as a row of a TEMP FTS5 table."""
         conn = self._conn()
         with contextlib.ExitStack() as stack:
             if conn is None:  # in-memory database: its only connection
@@ -471,17 +498,15 @@ class TranscriptSearch:
             else:  # one transaction: FTS5 would flush and merge after every autocommit row
                 conn.execute("BEGIN")
                 stack.callback(conn.execute, "COMMIT")
-            conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.transcription_rank USING fts5("
+            conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.transcription_stem USING fts5("
                          "text, content='', tokenize='porter unicode61 remove_diacritics 2')")
-            conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.transcription_rank_i USING"
-                         " fts5vocab('temp', 'transcription_rank', 'instance')")
-            conn.execute("INSERT INTO temp.transcription_rank(transcription_rank) VALUES ('delete-all')")
-            conn.executemany("INSERT INTO temp.transcription_rank(rowid, text) VALUES (?, ?)", rows)
-            found = conn.execute("SELECT doc, offset, term FROM temp.transcription_rank_i").fetchall()
-        by_doc: dict[int, list[tuple[int, str]]] = {}
-        for doc, offset, term in found:
-            by_doc.setdefault(doc, []).append((offset, term))
-        return {d: [t for _, t in sorted(v)] for d, v in by_doc.items()}
+            conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.transcription_stem_i USING"
+                         " fts5vocab('temp', 'transcription_stem', 'instance')")
+            conn.execute("INSERT INTO temp.transcription_stem(transcription_stem) VALUES ('delete-all')")
+            conn.executemany("INSERT INTO temp.transcription_stem(rowid, text) VALUES (?, ?)",
+                             list(enumerate(words)))
+            return [tuple(r) for r in conn.execute(
+                "SELECT doc, offset, term FROM temp.transcription_stem_i").fetchall()]
 
     def _first_hit(self, match: str, call_id: str, best_start: float) -> tuple[float, str]:
         # Only segments that start no later than the best one can be the first hit; check

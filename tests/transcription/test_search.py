@@ -251,3 +251,14 @@ def test_hits_say_when_ranked_within_recent(db):
     full = TranscriptSearch(db).search("smoke")
     assert {(h.ranked_within_recent, h.matches_estimate) for h in full} == {(None, 6)}
     assert {h.call_id for h in _forced_estimates(db, max_candidates=3).search("smoke")} == {"n3", "n4", "n5"}
+
+
+def test_estimated_path_stems_like_the_index(db):
+    """Words are stemmed and split exactly as FTS5 does (case, diacritics, porter,
+    punctuation), so the frequency of an inflected word counts in the score."""
+    _transcript(db, "s1", [("caller", 0.0, 1.0, "Burglaries, BURGLARY; burglarized café-bar")])
+    _transcript(db, "s2", [("caller", 0.0, 1.0, "one burglary and many other words here today")])
+    s = _forced_estimates(db)
+    hits = s.search("burglary")
+    assert [h.call_id for h in hits] == ["s1", "s2"]
+    assert s._tokenize([(1, "Burglaries, BURGLARY; café-bar")])[1] == ["burglari", "burglari", "cafe", "bar"]
