@@ -85,3 +85,35 @@ def test_adaptive_cadence_follows_decode_cost(whisper):
     for _ in range(int(9.0 / 0.02)):
         rec.accept(tone.tobytes())
     assert [round(t, 2) for t, f in calls if not f] == [4.0, 8.0]
+
+
+def test_long_speech_is_cut_at_a_pause_into_bounded_windows(whisper):
+    """Speech longer than max_utterance with only a short pause (below end_silence) is
+    committed as a final at that pause, not mid-word; no decode window is longer than
+    max_utterance, and both halves are recognised."""
+    one = g711_roundtrip(speak(SENTENCE, voice="en+f2", wpm=120, gap=8), "alaw")
+    loud = np.flatnonzero(np.abs(one) > 300)
+    one = one[loud[0]:loud[-1] + 1]  # espeak's own leading/trailing silence off
+    pause = np.zeros(int(0.3 * INPUT_RATE), np.int16)
+    pcm = np.concatenate([one, pause, one, np.zeros(INPUT_RATE, np.int16)])
+    first = len(one) / INPUT_RATE
+    max_utt = first + 1.0  # the window fills during the second sentence
+    rec = WhisperRecogniser(whisper, adaptive=False, max_utterance=max_utt, cut_search=2.0)
+    windows = []
+    decode = rec._decode
+
+    def spy(*, final):
+        windows.append(0.02 * len(rec._utt))
+        return decode(final=final)
+    rec._decode = spy  # type: ignore[method-assign]
+    out = []
+    for i in range(0, len(pcm), 160):
+        out += rec.accept(pcm[i:i + 160].tobytes())
+    out += rec.flush()
+    finals = [h for h in out if h.final]
+    assert len(finals) == 2
+    assert first - 0.1 <= finals[0].end <= first + 0.35  # cut inside the pause
+    assert finals[1].start >= finals[0].end - 0.02
+    assert max(windows) <= max_utt + 0.02
+    for h in finals:
+        assert {"station", "road"} <= _words(h.text)
