@@ -131,6 +131,7 @@ async def serve_engine(args: argparse.Namespace) -> None:
     await asyncio.to_thread(rec_dir.mkdir, parents=True, exist_ok=True)
     engine = Engine(settings=settings, lines=lines, recordings_dir=rec_dir, on_event=on_event)
     await engine.start()
+    gc.freeze()  # as `controlroom serve` does once started: start-up objects are never rescanned
     proc = psutil.Process()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -153,13 +154,18 @@ async def serve_engine(args: argparse.Namespace) -> None:
     probe = asyncio.create_task(lag_probe())
     stalls = StallTracer(threading.get_ident()) if args.stalls else None
     gc_pauses: list[float] = []
+    gc_slow: list[tuple[Any, ...]] = []
     gc_t0 = [0.0]
 
     def gc_cb(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             gc_t0[0] = time.perf_counter()
         else:
-            gc_pauses.append((time.perf_counter() - gc_t0[0]) * 1000)
+            ms = (time.perf_counter() - gc_t0[0]) * 1000
+            gc_pauses.append(ms)
+            if ms > 20:
+                gc_slow.append((round(ms, 1), info.get("generation"), info.get("collected"),
+                                len(gc.get_objects(info.get("generation", 2)))))
 
 
     gc.callbacks.append(gc_cb)
@@ -193,6 +199,27 @@ async def serve_engine(args: argparse.Namespace) -> None:
         await asyncio.to_thread(out.write, line)
         lag_window = 0.0
     probe.cancel()
+    if args.census:
+        objs = gc.get_objects()
+        counts = collections.Counter(type(o).__name__ for o in objs)
+        text = (f"\nobject census at the end (idle): {len(objs)} tracked objects\n"
+                + "\n".join(f"{n:8d} {k}" for k, n in counts.most_common(25)))
+        sample = [o for o in objs if type(o).__name__ == "_Call"][:1]
+        ua = engine._ua
+        if ua is not None:
+            now_ = loop.time()
+            text += (f"\nUA tables: server {len(ua._server)} server_alt {len(ua._server_alt)} "
+                     f"client {len(ua._client)} owner {len(ua._owner)} tx_session "
+                     f"{len(ua._tx_session)} dialogs {len(ua._dialogs)} heap {len(ua._heap)}; "
+                     f"server tx states {collections.Counter(str(t.state) for t in ua._server.values())}; "
+                     f"deadlines in (s) {sorted(round((t.deadline or 0) - now_, 1) for t in ua._server.values())[:5]}"
+                     f"; engine calls {len(engine._calls)} legs {len(engine._legs)} streams "
+                     f"{len(engine._streams)}")
+        del objs
+        if sample:
+            holders = [type(r).__name__ for r in gc.get_referrers(sample[0])]
+            text += f"\nan ended _Call is still referred to by: {holders}"
+        await asyncio.to_thread(append_text, args.stats + ".census", text)
     if stalls is not None:
         stalls.stop = True
         await asyncio.to_thread(Path(args.stalls).write_text, stalls.report())
@@ -221,7 +248,7 @@ async def serve_engine(args: argparse.Namespace) -> None:
         await asyncio.to_thread(Path(args.tracemalloc).write_text, "\n".join(lines))
     line = json.dumps({"final": True, "lag_max_ms": lag_max * 1000,
                        "gc_max_ms": max(gc_pauses or [0.0]), "gc_total_ms": sum(gc_pauses),
-                       "gc_count": len(gc_pauses),
+                       "gc_count": len(gc_pauses), "gc_slow": sorted(gc_slow)[-6:],
                        "answer_ms": st["answer_ms"]}) + "\n"
     await asyncio.to_thread(out.write, line)
     await asyncio.to_thread(out.close)
@@ -229,6 +256,11 @@ async def serve_engine(args: argparse.Namespace) -> None:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)
+
+
+def append_text(path: str, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
 
 
 class StallTracer(threading.Thread):
@@ -303,37 +335,60 @@ def cpu_of(pid: int) -> float:
         return 0.0
 
 
-def run_callers(args: argparse.Namespace, kam: Any, dialled: str, clip: Any, watch: dict[str, int],
-                name: str) -> dict[str, Any]:
-    """One round of caller load; returns SIPp's figures and CPU seconds of watched processes."""
+def run_callers(args: argparse.Namespace, kam: Any, dialled: str | list[tuple[str, float]],
+                clip: Any, watch: dict[str, int], name: str) -> dict[str, Any]:
+    """One round of caller load; returns SIPp's figures and CPU seconds of watched processes.
+
+    ``dialled`` is one number, or ``[(number, share), ...]``: one SIPp per number, each
+    with its share of ``--calls`` and of the rates, all running at once (a 999/101 mix).
+    """
     from harness import scenarios
     from harness.sipp import Sipp
 
-    scen = scenarios.caller(dialled=dialled, pcap=clip.pcap, talk_ms=int(args.talk * 1000),
-                            dtmf_pt=None)
-    sipp = Sipp(scen, target=kam.addr, calls=args.calls, rate=args.rate_start,
-                rate_increase=args.rate_step, rate_interval=1.0, rate_max=args.rate_max,
-                limit=args.limit, trace_msg=False, timeout=args.phase_timeout, name=name)
+    mix = [(dialled, 1.0)] if isinstance(dialled, str) else [(d, f) for d, f in dialled if f > 0]
+    sipps: list[tuple[str, Sipp]] = []
+    for number, share in mix:
+        scen = scenarios.caller(dialled=number, pcap=clip.pcap, talk_ms=int(args.talk * 1000),
+                                dtmf_pt=None)
+        sipps.append((number, Sipp(
+            scen, target=kam.addr, calls=max(1, round(args.calls * share)),
+            rate=args.rate_start * share, rate_increase=max(1, round(args.rate_step * share)),
+            rate_interval=1.0, rate_max=args.rate_max * share,
+            limit=max(1, round(args.limit * share)), trace_msg=False,
+            timeout=args.phase_timeout, name=f"{name}-{number}")))
     cpu0 = {k: cpu_of(pid) for k, pid in watch.items()}
     t0 = time.monotonic()
-    sipp.start()
-    watch = {**watch, "sipp-callers": sipp._proc.pid}  # type: ignore[union-attr]
-    cpu0["sipp-callers"] = 0.0
+    for _, sipp in sipps:
+        sipp.start()
+    for number, sipp in sipps:
+        key = "sipp-callers" if len(sipps) == 1 else f"sipp-callers-{number}"
+        watch = {**watch, key: sipp._proc.pid}  # type: ignore[union-attr]
+        cpu0[key] = 0.0
     cpu_last = dict(cpu0)
-    while sipp.alive() and time.monotonic() - t0 < args.phase_timeout + 10:
+    while any(sp.alive() for _, sp in sipps) and time.monotonic() - t0 < args.phase_timeout + 10:
         time.sleep(0.5)
         for k, pid in watch.items():
             c = cpu_of(pid)
             if c:
                 cpu_last[k] = c
-    code = sipp.stop() if sipp.alive() else sipp.wait(5)
-    sipp.stop()
+    codes = []
+    for _, sipp in sipps:
+        codes.append(sipp.stop() if sipp.alive() else sipp.wait(5))
+        sipp.stop()
     wall = time.monotonic() - t0
-    rtd = sipp.response_times_ms()
-    return {"exit": code, "ok": sipp.successful, "failed": sipp.failed, "wall": wall,
+    rtd: list[float] = []
+    lines = {}
+    for number, sipp in sipps:
+        r = sipp.response_times_ms()
+        rtd += r
+        lines[number] = {"ok": sipp.successful, "failed": sipp.failed, "rtd_p50": pct(r, 50),
+                         "rtd_p99": pct(r, 99), "rtd_max": max(r or [0])}
+    return {"exit": max(codes, key=lambda c: c != 0), "ok": sum(v["ok"] for v in lines.values()),
+            "failed": sum(v["failed"] for v in lines.values()), "wall": wall,
             "rtd_p50": pct(rtd, 50), "rtd_p99": pct(rtd, 99), "rtd_max": max(rtd or [0]),
+            "lines": lines,
             "cpu": {k: (cpu_last[k] - cpu0.get(k, 0.0)) / wall for k in watch},
-            "errors": sipp.errors_text(1500) if sipp.failed else ""}
+            "errors": "\n".join(sp.errors_text(1500) for _, sp in sipps if sp.failed)}
 
 
 def engine_round_figures(samples: list[dict[str, Any]], t0: float, t1: float) -> dict[str, Any]:
@@ -420,6 +475,9 @@ def main() -> None:
     ap.add_argument("--rate-start", type=float, default=5.0)
     ap.add_argument("--rate-step", type=float, default=5.0, help="cps added every second")
     ap.add_argument("--rate-max", type=float, default=30.0)
+    ap.add_argument("--share-101", type=float, default=0.0,
+                    help="share of the calls (and of the rates) that dial 101 instead of "
+                    "999, from a second SIPp (0..1)")
     ap.add_argument("--talk", type=float, default=8.0, help="seconds each caller talks")
     ap.add_argument("--limit", type=int, default=400, help="max concurrent calls per SIPp")
     ap.add_argument("--handler-phones", type=int, default=2, help="SIPp handler processes")
@@ -468,7 +526,7 @@ def orchestrate(args: argparse.Namespace) -> None:
     stack: list[Any] = []
     results: dict[str, Any] = {}
     try:
-        kam = Kamailio(routes={"999": [f"127.0.0.1:{p}" for p in engine_ports]}, domain=DOMAIN,
+        kam = Kamailio(routes={n: [f"127.0.0.1:{p}" for p in engine_ports] for n in ("999", "101")}, domain=DOMAIN,
                        trace=False, debug=1, children=4, workdir=work / "kamailio")
         (work / "kamailio").mkdir()
         kam.start()
@@ -522,7 +580,8 @@ def orchestrate(args: argparse.Namespace) -> None:
             cap = RtpCapture(engine_ports, workdir=work / f"sipcap{r}")
             (work / f"sipcap{r}").mkdir()
             cap.start()
-            res = run_callers(args, kam, "999", clip, watch, f"callers-engine-{r}")
+            mix = [("999", 1.0 - args.share_101), ("101", args.share_101)]
+            res = run_callers(args, kam, mix, clip, watch, f"callers-engine-{r}")
             t1 = time.time()
             # Drain: wait (bounded) until no call or leg is left, so idle RSS means idle.
             drain_end = time.monotonic() + args.drain
@@ -571,7 +630,9 @@ def orchestrate(args: argparse.Namespace) -> None:
         if gcs:
             print(f"garbage collector: {sum(g['gc_count'] for g in gcs)} collections, "
                   f"{sum(g['gc_total_ms'] for g in gcs):.0f} ms in all, "
-                  f"longest pause {max(g['gc_max_ms'] for g in gcs):.1f} ms")
+                  f"longest pause {max(g['gc_max_ms'] for g in gcs):.1f} ms; slowest (ms, "
+                  f"generation, collected, objects in it after): "
+                  f"{[x for g in gcs for x in g.get('gc_slow', [])]}")
         print(f"engine INVITE-in -> 200-out (all rounds): p50 {pct(ans, 50):.2f} ms, "
               f"p99 {pct(ans, 99):.2f} ms, max {max(ans or [0]):.2f} ms; "
               f"event-loop lag max {lag:.1f} ms")
@@ -621,6 +682,10 @@ def report_round(name: str, r: dict[str, Any], rss0: int, args: argparse.Namespa
     print(f"SIPp callers: ok {r['ok']} failed {r['failed']} exit {r['exit']}; "
           f"INVITE->200 via Kamailio p50 {r['rtd_p50']:.1f} ms p99 {r['rtd_p99']:.1f} ms "
           f"max {r['rtd_max']:.1f} ms")
+    if len(r.get("lines", {})) > 1:
+        for number, v in r["lines"].items():
+            print(f"  line {number}: ok {v['ok']} failed {v['failed']}; INVITE->200 p50 "
+                  f"{v['rtd_p50']:.1f} ms p99 {v['rtd_p99']:.1f} ms max {v['rtd_max']:.1f} ms")
     w = r.get("wire")
     if w:
         print(f"at the engine's socket (capture): INVITE->200 p50 {w['invite_p50']:.1f} ms "

@@ -31,7 +31,7 @@ from telephony.sip.ua import Session, UserAgent
 from telephony.sip.uri import is_ip
 from telephony.transport import SipProtocol
 
-from .state import OVERLOAD_WAIT, Admit, _Call, _FallbackCodec, _Leg, _SdpState
+from .state import OVERLOAD_WAIT, UNLINK_AFTER, Admit, _Call, _FallbackCodec, _Leg, _SdpState
 
 log = structlog.get_logger("telephony.engine")
 
@@ -96,6 +96,11 @@ class EngineBase:
 
     def _now(self) -> float:
         return self._loop.time()
+
+    def _unlink_later(self, obj: _Call | _Leg) -> None:
+        """Cut an ended call's or leg's reference cycles once no late message can need
+        them (see :data:`telephony.engine.state.UNLINK_AFTER`)."""
+        self._loop.call_later(UNLINK_AFTER, _unlink, obj)
 
     async def _resolve(self, host: str, port: int) -> tuple[str, int]:
         if host == "localhost":
@@ -244,3 +249,13 @@ class EngineBase:
 
     def _digit(self, call: _Call, leg: _Leg | None, digit: str) -> None:
         raise NotImplementedError
+
+
+def _unlink(obj: _Call | _Leg) -> None:
+    obj.session.user = None
+    if isinstance(obj, _Call):
+        obj.legs.clear()
+        obj.bridged = None
+        obj.guard = None
+    else:
+        obj.timer = None

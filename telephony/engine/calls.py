@@ -233,6 +233,7 @@ class CallsMixin(EngineBase):
             self._ua.bye(call.session, now)
         self._streams.pop(id(call.stream), None)
         self._close_stream(call.stream)
+        self._unlink_later(call)
         call.log.info("call.ended", by=by, reason=reason)
         self._emit(CallEnded(at=time.time(), call_id=call.call_id, by=by, reason=reason))
         # sealing hashes the whole file: off the loop when the media layer offers it

@@ -132,6 +132,7 @@ class LegsMixin(EngineBase):
         self._close_stream(leg.stream)
         call.legs.pop(leg.leg_id, None)
         self._legs.pop(leg.leg_id, None)
+        self._unlink_later(leg)
 
     def _drop_leg(self, leg: _Leg, *, by: api.Party) -> None:
         """End a leg in any state from our side (BYE if answered, else CANCEL)."""

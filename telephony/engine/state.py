@@ -32,6 +32,17 @@ is reported ``unreachable`` (RFC 3261's 32 s Timer B is far too slow for a contr
 a proxy or phone on the LAN answers 100 Trying within milliseconds)."""
 
 
+UNLINK_AFTER = 40.0
+"""Seconds after a call or leg ended before the engine cuts its links to its SIP sessions.
+
+Until then a late message (the 2xx of a leg we cancelled, a retransmitted BYE) still
+reaches the ended call or leg; the UA forgets its transactions after 64*T1 = 32 s. After
+it, nothing refers to the call but the session and the session only to the call, so
+clearing ``session.user`` (and the call's leg table) lets reference counting free the
+whole call at once: no per-call reference cycle is left for the garbage collector, whose
+full collections otherwise walk every call of the last minutes (40-130 ms pauses at
+30 calls/s, bench/sip_load.py) and hold their memory until then."""
+
 OVERLOAD_WAIT = 0.25
 """Seconds a datagram may wait between reaching the host and being handled before the
 engine counts itself overloaded and answers NEW non-emergency INVITEs 503 + Retry-After
