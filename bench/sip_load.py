@@ -131,7 +131,9 @@ async def serve_engine(args: argparse.Namespace) -> None:
     await asyncio.to_thread(rec_dir.mkdir, parents=True, exist_ok=True)
     engine = Engine(settings=settings, lines=lines, recordings_dir=rec_dir, on_event=on_event)
     await engine.start()
-    gc.freeze()  # as `controlroom serve` does once started: start-up objects are never rescanned
+    if not args.default_gc:
+        from telephony.runtime import tune_gc
+        tune_gc()  # as `controlroom serve` does once started
     proc = psutil.Process()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -475,6 +477,12 @@ def main() -> None:
     ap.add_argument("--rate-start", type=float, default=5.0)
     ap.add_argument("--rate-step", type=float, default=5.0, help="cps added every second")
     ap.add_argument("--rate-max", type=float, default=30.0)
+    ap.add_argument("--default-gc", action="store_true",
+                    help="leave the engine's garbage collector at CPython's defaults "
+                    "(not telephony.runtime.tune_gc, as controlroom serve uses)")
+    ap.add_argument("--engine-nice", type=int, default=0,
+                    help="run the engine process(es) at this nice value (e.g. -10; needs "
+                    "root): the call path ahead of other work on the machine")
     ap.add_argument("--share-101", type=float, default=0.0,
                     help="share of the calls (and of the rates) that dial 101 instead of "
                     "999, from a second SIPp (0..1)")
@@ -554,6 +562,8 @@ def orchestrate(args: argparse.Namespace) -> None:
                 prof += ["--stalls", f"{args.stalls}.{w}"]
             if args.census:
                 prof += ["--census", str(args.census)]
+            if args.default_gc:
+                prof += ["--default-gc"]
             eng = Process([sys.executable, __file__, "--serve-engine", "--port", str(port),
                            "--proxy", kam.uri, "--rtp", f"{lo}-{hi}",
                            "--handlers", "" if args.no_bridge else ",".join(users),
@@ -563,6 +573,10 @@ def orchestrate(args: argparse.Namespace) -> None:
             stack.append(eng)
             engines.append(eng)
             stats_paths.append(stats_path)
+            if args.engine_nice:
+                # how a control room deploys the call path (systemd Nice=, or a container
+                # with SYS_NICE): ahead of batch work on the host; needs root
+                os.setpriority(os.PRIO_PROCESS, eng.pid, args.engine_nice)
         deadline = time.monotonic() + 30
         for eng, port in zip(engines, engine_ports, strict=True):
             while sip_options(("127.0.0.1", port), timeout=0.3) is None:

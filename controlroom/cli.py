@@ -34,6 +34,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 async def _serve(settings) -> int:  # noqa: ANN001
     from controlroom.logs import configure
     from controlroom.service import Service
+    from telephony.runtime import tune_gc
 
     configure(settings.logging.level, settings.logging.json)
     service = Service(settings)
@@ -42,6 +43,7 @@ async def _serve(settings) -> int:  # noqa: ANN001
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
+    tune_gc()  # short, rare garbage-collector pauses (see telephony.runtime)
     print(f"controlroom serving: SIP udp {settings.sip.bind}:{service.engine.sip_port}, "
           f"console http://{settings.web.bind}:{service.web_port}/", flush=True)
     await stop.wait()
