@@ -13,6 +13,14 @@ A query with nothing searchable (empty, punctuation only, exclusions only) raise
 
 Each hit is a call: its best-ranked segment gives the score and the snippet; ``offset``
 is where the first matching segment starts (seconds from answer), for playback.
+
+Bounded work on a big index, and said so in each hit: at most ``max_candidates`` (1000)
+matching segments are ranked, the newest (``Hit.ranked_within_recent``, with
+``Hit.matches_estimate``). FTS5's bm25 counts each query word's documents by reading all
+its occurrences, ~55 ms for "the" over a million calls and growing with the index; for
+such words we compute the same bm25 ourselves with document frequencies estimated from
+their 64 newest matches (``Hit.scoring == "bm25-estimated-idf"``), which costs the same
+whatever the index size.
 :class:`TranscriptSearch` is the SQLite FTS5 implementation of :class:`SearchBackend`;
 a PostgreSQL full-text backend can implement the same protocol later.
 
@@ -429,7 +437,7 @@ class TranscriptSearch:
         if not blob:
             return 0, 0
         data, pos = bytes(blob[0][0]), 0
-        vals = []
+        vals: list[int] = []
         while pos < len(data) and len(vals) < 2:
             v, pos = _varint(data, pos)
             vals.append(v)
