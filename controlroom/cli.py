@@ -34,7 +34,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 async def _serve(settings) -> int:  # noqa: ANN001
     from controlroom.logs import configure
     from controlroom.service import Service
-    from telephony.runtime import tune_gc
+    from telephony.runtime import prioritise_this_thread, tune_gc
 
     configure(settings.logging.level, settings.logging.json)
     service = Service(settings)
@@ -44,6 +44,7 @@ async def _serve(settings) -> int:  # noqa: ANN001
         loop.add_signal_handler(sig, stop.set)
     await service.start()
     tune_gc()  # short, rare garbage-collector pauses (see telephony.runtime)
+    prioritise_this_thread()  # speech recognition and checkpoints behind the call path
     print(f"controlroom serving: SIP udp {settings.sip.bind}:{service.engine.sip_port}, "
           f"console http://{settings.web.bind}:{service.web_port}/", flush=True)
     await stop.wait()

@@ -1,4 +1,5 @@
-"""Process-wide settings for a process that carries calls (``controlroom serve``, benches).
+"""Process-wide settings for a process that carries calls (``controlroom serve``, benches):
+the garbage collector (:func:`tune_gc`) and thread priorities (:func:`prioritise_this_thread`).
 
 Python's cyclic garbage collector stops the whole process while it runs; a full
 (generation 2) collection walks every tracked object, so with a few hundred calls up it
@@ -30,3 +31,41 @@ def tune_gc() -> None:
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_EVERY)
+
+
+BACKGROUND_NICE = 10
+"""Nice value for every thread but the event loop's in a call-carrying process."""
+
+
+def prioritise_this_thread(background_nice: int = BACKGROUND_NICE) -> int:
+    """Put every other thread of this process ``background_nice`` below the calling one.
+
+    Call it from the event-loop thread once start-up is done. The loop carries SIP, the
+    media clock and every call's state; the other threads (speech recognition, which
+    can use every core, SQLite checkpoints, hashing of sealed recordings) are batch work
+    next to it. On Linux the nice value is per thread and inherited by threads a thread
+    creates, so recogniser pools made at model load stay in the background; executor
+    threads the loop starts later stay level with it (they do call-path work: fsync,
+    hashes a caller is waiting for).
+
+    Raising a thread's nice value needs no privilege. Returns how many threads were
+    moved; 0 where the platform has no per-thread priorities.
+    """
+    import os
+    import threading
+
+    if not hasattr(os, "setpriority") or not os.path.isdir("/proc/self/task"):
+        return 0
+    me = threading.get_native_id()
+    moved = 0
+    for name in os.listdir("/proc/self/task"):
+        tid = int(name)
+        if tid == me:
+            continue
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < background_nice:
+                os.setpriority(os.PRIO_PROCESS, tid, background_nice)
+                moved += 1
+        except OSError:  # the thread ended meanwhile
+            continue
+    return moved
