@@ -305,7 +305,7 @@ class WhisperRecogniser:
     quietest 20 ms frame of the last ``cut_search`` s (a pause between words when there
     is one) and that part becomes a final; the rest starts the next window. Each decode
     is greedy, without timestamps, on the window alone (no previous text as prompt) and
-    with a short encoder input (:meth:`WhisperEngine.decode_live`), ~0.1-0.2 s for
+    with a short encoder input (:meth:`WhisperEngine.decode_live`), ~0.05-0.2 s for
     tiny.en on one core instead of ~0.5-1 s for a 30 s-padded decode. Caption lag (a
     spoken word until a caption covers it) is then the wait for the next decode (up to
     ``partial_every``) plus one decode: measured p50/p95 in
@@ -342,9 +342,6 @@ class WhisperRecogniser:
         if not speech:  # track the noise floor slowly, only on non-speech frames
             self._floor_db = 0.95 * self._floor_db + 0.05 * db
         return db, speech
-
-    def _is_speech(self, frame: Pcm) -> bool:
-        return self._level(frame)[1]
 
     def accept(self, pcm: bytes | Pcm) -> list[Hypothesis]:
         x = np.frombuffer(pcm, np.int16) if isinstance(pcm, bytes | bytearray) else pcm
