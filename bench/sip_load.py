@@ -2,8 +2,11 @@
 answers, records, offers each call to a SIPp handler phone (through Kamailio) and bridges
 it; then the same caller load against a pyVoIP 1.6.8 answering phone. Prints figures.
 
-    .venv/bin/python bench/sip_load.py                 # defaults: 600 calls x 2 rounds
-    .venv/bin/python bench/sip_load.py --calls 300 --rate-max 20 --talk 6 --no-pyvoip
+    .venv/bin/python bench/sip_load.py     # the target: 30 calls/s (30 % of them 101),
+                                           # 6 s calls (~175 at once), 1,500 calls x 2
+                                           # rounds, then 600 calls against pyVoIP
+    .venv/bin/python bench/sip_load.py --calls 2000 --rounds 5 --settle 45 --no-pyvoip
+                                           # 10,000 calls: idle memory after each round
 
 Bounded: every SIPp run has ``-m`` calls and a global timeout; each phase has a wall-clock
 limit; all processes are stopped at the end (even on Ctrl-C).
@@ -472,9 +475,9 @@ def main() -> None:
                     "objects by type once this many calls are up (printed at the end)")
     ap.add_argument("--tracemalloc", default="", help="write the engine's memory growth "
                     "by allocation site (tracemalloc) to this file at the end")
-    ap.add_argument("--calls", type=int, default=600, help="calls per round")
+    ap.add_argument("--calls", type=int, default=1500, help="calls per round")
     ap.add_argument("--rounds", type=int, default=2, help="engine rounds (idle RSS after each)")
-    ap.add_argument("--rate-start", type=float, default=5.0)
+    ap.add_argument("--rate-start", type=float, default=30.0)
     ap.add_argument("--rate-step", type=float, default=5.0, help="cps added every second")
     ap.add_argument("--rate-max", type=float, default=30.0)
     ap.add_argument("--default-gc", action="store_true",
@@ -483,10 +486,10 @@ def main() -> None:
     ap.add_argument("--engine-nice", type=int, default=0,
                     help="run the engine process(es) at this nice value (e.g. -10; needs "
                     "root): the call path ahead of other work on the machine")
-    ap.add_argument("--share-101", type=float, default=0.0,
+    ap.add_argument("--share-101", type=float, default=0.3,
                     help="share of the calls (and of the rates) that dial 101 instead of "
                     "999, from a second SIPp (0..1)")
-    ap.add_argument("--talk", type=float, default=8.0, help="seconds each caller talks")
+    ap.add_argument("--talk", type=float, default=6.0, help="seconds each caller talks")
     ap.add_argument("--limit", type=int, default=400, help="max concurrent calls per SIPp")
     ap.add_argument("--handler-phones", type=int, default=2, help="SIPp handler processes")
     ap.add_argument("--phase-timeout", type=float, default=120.0)
@@ -499,7 +502,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1,
                     help="engine processes; Kamailio spreads calls by Call-ID hash")
     ap.add_argument("--no-pyvoip", action="store_true")
-    ap.add_argument("--pyvoip-calls", type=int, default=0, help="default: same as --calls")
+    ap.add_argument("--pyvoip-calls", type=int, default=600,
+                    help="calls against pyVoIP (0: same as --calls)")
     args = ap.parse_args()
     if args.serve_engine:
         asyncio.run(serve_engine(args))
