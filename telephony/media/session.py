@@ -73,7 +73,7 @@ from .errors import MediaError
 from .g711 import ALAW_DECODE, ULAW_DECODE
 from .jitter import silence
 from .prompts import PromptLoop, load_wav, queue_tone
-from .recording import Recording, RecordingInfo, recover
+from .recording import DiskWriter, Recording, RecordingInfo, recover
 from .stream import Codec, RtpStats, RtpStream
 
 __all__ = ["Codec", "MediaEngine", "RtpStats", "RtpStream"]
@@ -122,6 +122,8 @@ class MediaEngine:
         self._free: deque[int] = deque(range(first, port_max + 1, 2))
         self._streams: dict[int, RtpStream] = {}
         self._stream_list: list[RtpStream] = []
+        self.disk = DiskWriter()
+        """The thread that writes every recording (the tick never waits for the disk)."""
         self._recordings: dict[str, Recording] = {}
         self._rec_list: list[Recording] = []
         self._rec_counter = 0
@@ -135,7 +137,8 @@ class MediaEngine:
 
     # --------------------------------------------------------------- life
     async def start(self) -> None:
-        """Start the shared media clock."""
+        """Start the shared media clock and the recording writer."""
+        self.disk.start()
         self.clock.start()
 
     async def stop(self) -> None:
@@ -150,6 +153,7 @@ class MediaEngine:
                 log.exception("recording seal failed at stop", call_id=r.call_id)
         self._recordings.clear()
         self._rec_list = []
+        await asyncio.to_thread(self.disk.stop)
 
     # ------------------------------------------------------------ streams
     @property
@@ -359,7 +363,8 @@ class MediaEngine:
             raise MediaError(f"recording for call {call_id} already exists")
         self._rec_counter += 1
         rec = Recording(call_id, self.recordings_dir, frame_samples=self.frame_samples,
-                        flush_every=max(1, 1000 // self.ptime), phase=self._rec_counter)
+                        flush_every=max(1, 1000 // self.ptime), phase=self._rec_counter,
+                        writer=self.disk)
         self._recordings[call_id] = rec
         self._rec_list = list(self._recordings.values())
         return rec

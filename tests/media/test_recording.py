@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -117,3 +118,83 @@ def test_kill_9_then_recover(tmp_path: Path) -> None:
     assert frames >= 100 and frames % 50 == 0  # whole flushed seconds (flush every 50 ticks)
     assert np.array_equal(data[0::2], np.repeat(np.arange(frames), 160))
     assert np.array_equal(data[1::2], -np.repeat(np.arange(frames), 160))
+
+
+# --- the writer thread -------------------------------------------------------------
+
+def _frames(rec: Recording, start: int, count: int) -> None:
+    for k in range(start, start + count):
+        rec.write_frame(np.full(160, k, np.int16), np.full(160, -k, np.int16))
+
+
+async def test_writer_the_loop_never_waits_for_a_stuck_disk_and_nothing_is_lost(tmp_path: Path) -> None:
+    """With the writer blocked (a disk that does not answer), frames and flushes still
+    return at once; once it moves again, every frame is in the sealed file, in order."""
+    import threading
+
+    from telephony.media.recording import DiskWriter
+
+    disk = DiskWriter()
+    disk.start()
+    stuck = threading.Event()
+    disk.submit(lambda: stuck.wait(10))  # everything after this waits for the "disk"
+    rec = Recording("w1", tmp_path, flush_every=10, writer=disk)
+    _frames(rec, 0, 95)  # 9 flushes queued behind the stuck job
+    assert disk.queued >= 10
+    assert rec.part_path.stat().st_size == 44  # nothing reached the file yet
+    seal = asyncio.ensure_future(rec.seal_async())
+    await asyncio.sleep(0.05)
+    assert not seal.done()  # sealing waits for the writes, the loop does not
+    stuck.set()
+    info = await seal
+    assert info.duration == pytest.approx(95 * 0.02) and info.bytes == 44 + 95 * 640
+    fmt, data = read_wav(info.path)
+    assert np.array_equal(data[0::2], np.repeat(np.arange(95), 160))
+    assert np.array_equal(data[1::2], -np.repeat(np.arange(95), 160))
+    assert info.sha256 == hashlib.sha256(info.path.read_bytes()).hexdigest()
+    disk.stop()
+    assert disk.queued == 0 and disk.errors == 0
+
+
+async def test_writer_a_failing_disk_stops_that_recording_loudly_and_keeps_what_was_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC on the writer thread: the next flush on the loop raises MediaError (the call
+    goes on), later frames are not written, the sealed file holds what reached the disk."""
+    import errno
+
+    from telephony.media import recording as recording_mod
+    from telephony.media.recording import DiskWriter
+
+    disk = DiskWriter()
+    rec = Recording("w2", tmp_path, flush_every=10, writer=disk)
+    _frames(rec, 0, 20)  # two good batches
+    disk.barrier().result(5)
+    real = os.pwrite
+    monkeypatch.setattr(recording_mod.os, "pwrite", lambda fd, data, off: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")) if off > 44 else real(fd, data, off))
+    _frames(rec, 20, 10)  # third batch fails on the writer thread
+    disk.barrier().result(5)
+    monkeypatch.setattr(recording_mod.os, "pwrite", real)
+    with pytest.raises(MediaError, match="w2 write failed: No space left on device"):
+        _frames(rec, 30, 10)
+    _frames(rec, 40, 10)  # stopped: ignored, no error again
+    info = await rec.seal_async()
+    assert info.duration == pytest.approx(20 * 0.02)
+    fmt, data = read_wav(info.path)
+    assert np.array_equal(data[0::2], np.repeat(np.arange(20), 160))
+    disk.stop()
+
+
+async def test_media_engine_records_through_its_writer(tmp_path: Path) -> None:
+    """MediaEngine's recordings go through its writer thread; stop() seals them and ends it."""
+    from telephony.media import MediaEngine
+
+    eng = MediaEngine(bind="127.0.0.1", port_min=47100, port_max=47199, recordings_dir=tmp_path)
+    await eng.start()
+    rec = eng.create_recording("w3")
+    assert rec._writer is eng.disk
+    await asyncio.sleep(1.3)  # over one flush (1 s) of silence on the clock
+    assert rec._on_disk > 0
+    await eng.stop()
+    assert rec.sealed is not None and rec.sealed.duration == pytest.approx(rec.frames / 8000)
+    assert eng.disk._thread is None
