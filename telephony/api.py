@@ -229,3 +229,5 @@ class EngineStats:
     rtp_lost: int = 0
     rtp_late: int = 0
     max_send_gap_ms: float = 0.0
+    recording_backlog: int = 0
+    """Recording batches queued for the disk writer (a slow disk shows here, not as gaps)."""

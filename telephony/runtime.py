@@ -37,7 +37,12 @@ BACKGROUND_NICE = 10
 """Nice value for every thread but the event loop's in a call-carrying process."""
 
 
-def prioritise_this_thread(background_nice: int = BACKGROUND_NICE) -> int:
+KEEP_LEVEL = ("recording-writer",)
+"""Python threads (by name) that do call-path work and stay at the loop's priority."""
+
+
+def prioritise_this_thread(background_nice: int = BACKGROUND_NICE,
+                           keep: tuple[str, ...] = KEEP_LEVEL) -> int:
     """Put every other thread of this process ``background_nice`` below the calling one.
 
     Call it from the event-loop thread once start-up is done. The loop carries SIP, the
@@ -46,7 +51,8 @@ def prioritise_this_thread(background_nice: int = BACKGROUND_NICE) -> int:
     next to it. On Linux the nice value is per thread and inherited by threads a thread
     creates, so recogniser pools made at model load stay in the background; executor
     threads the loop starts later stay level with it (they do call-path work: fsync,
-    hashes a caller is waiting for).
+    hashes a caller is waiting for), and so do the threads named in ``keep`` (the
+    recording writer: evidence must not queue behind speech recognition).
 
     Raising a thread's nice value needs no privilege. Returns how many threads were
     moved; 0 where the platform has no per-thread priorities.
@@ -56,11 +62,12 @@ def prioritise_this_thread(background_nice: int = BACKGROUND_NICE) -> int:
 
     if not hasattr(os, "setpriority") or not os.path.isdir("/proc/self/task"):
         return 0
-    me = threading.get_native_id()
+    level = {threading.get_native_id()} | {t.native_id for t in threading.enumerate()
+                                            if t.name in keep and t.native_id is not None}
     moved = 0
     for name in os.listdir("/proc/self/task"):
         tid = int(name)
-        if tid == me:
+        if tid in level:
             continue
         try:
             if os.getpriority(os.PRIO_PROCESS, tid) < background_nice:

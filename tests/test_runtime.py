@@ -38,6 +38,19 @@ def test_other_threads_go_to_the_background_and_this_one_stays() -> None:
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
+def test_the_recording_writer_keeps_the_loops_priority(tmp_path) -> None:
+    from telephony.media.recording import DiskWriter
+
+    disk = DiskWriter()
+    disk.start()
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, disk._thread.native_id)
+        prioritise_this_thread()
+        assert os.getpriority(os.PRIO_PROCESS, disk._thread.native_id) == before
+    finally:
+        disk.stop()
+
+
 def test_tune_gc_freezes_start_up_objects_and_spaces_full_collections() -> None:
     old = gc.get_threshold()
     try:

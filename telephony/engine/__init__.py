@@ -209,6 +209,8 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
             gap = max(gap, float(getattr(rs, "max_send_gap_ms", 0.0)))
         st.rtp_packets_in, st.rtp_packets_out, st.rtp_lost, st.rtp_late = pin, pout, lost, late
         st.max_send_gap_ms = gap
+        disk = getattr(self._media, "disk", None)
+        st.recording_backlog = int(getattr(disk, "queued", 0))
         return st
 
     @property
