@@ -4,7 +4,10 @@ it; then the same caller load against a pyVoIP 1.6.8 answering phone. Prints fig
 
     .venv/bin/python bench/sip_load.py     # the target: 30 calls/s (30 % of them 101),
                                            # 6 s calls (~175 at once), 1,500 calls x 2
-                                           # rounds, then 600 calls against pyVoIP
+                                           # rounds, 2 engine processes, then 600 calls
+                                           # against pyVoIP
+    .venv/bin/python bench/sip_load.py --workers 1 --rounds 3 --no-pyvoip
+                                           # the same with one engine process
     .venv/bin/python bench/sip_load.py --calls 2000 --rounds 5 --settle 45 --no-pyvoip
                                            # 10,000 calls: idle memory after each round
 
@@ -499,8 +502,10 @@ def main() -> None:
                     help="seconds idle after the drain before idle RSS is read (use 40 to "
                          "let completed SIP transactions expire)")
     ap.add_argument("--no-bridge", action="store_true", help="engine answers only (like pyVoIP)")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="engine processes; Kamailio spreads calls by Call-ID hash")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="engine processes, each a whole engine (SIP, media clock, "
+                    "recordings); Kamailio spreads calls by Call-ID hash. 2 on 2 cores: "
+                    "a tick or a preemption in one never delays the other's INVITEs")
     ap.add_argument("--no-pyvoip", action="store_true")
     ap.add_argument("--pyvoip-calls", type=int, default=600,
                     help="calls against pyVoIP (0: same as --calls)")
