@@ -52,6 +52,9 @@ class FakeBackend:
                  recordings_dir: Path | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        self.search_rank_window: int | None = None
+        """Rank only this many newest matches (None: all), as the real search does for
+        very frequent words."""
         self.recordings_dir = recordings_dir
         self.lines: dict[str, dict[str, Any]] = {
             "999": {"priority": 0, "threshold": 10.0},
@@ -521,6 +524,15 @@ class FakeBackend:
                                  "arrived_at": c["arrived_at"], "handler_id": c["handler_id"],
                                  "incident_number": c["incident_number"]})
         hits.sort(key=lambda h: h["arrived_at"], reverse=True)
+        window = self.search_rank_window
+        if window is not None and len(hits) > window:
+            # Like the real search for very frequent words: only the newest matches are
+            # ranked, and each hit says so (transcription.search.Hit).
+            total = len(hits)
+            hits = hits[:window]
+            for h in hits:
+                h.update(ranked_within_recent=window, matches_estimate=total,
+                         scoring="bm25-estimated-idf")
         return hits[: int(filters.get("limit") or 50)]
 
     async def recording_file(self, call_id: str) -> tuple[Path, str]:

@@ -41,6 +41,13 @@ async function search(e) {
   }
   const res = await act(() => api("POST", "/api/audit/search", body));
   $("hits-title").textContent = `Results — ${res.hits.length} hit${res.hits.length === 1 ? "" : "s"}`;
+  // Very frequent words: the search ranks only the newest matches, and says so.
+  const bounded = res.hits.find((h) => h.ranked_within_recent);
+  $("hits-note").textContent = bounded
+    ? `Very common words: ranked among the newest ${bounded.ranked_within_recent.toLocaleString("en-GB")} matching passages` +
+      (bounded.matches_estimate ? ` (about ${bounded.matches_estimate.toLocaleString("en-GB")} in all)` : "") +
+      ". Add words or filters (caller, handler, dates) to reach further back."
+    : "";
   const box = $("hits");
   if (!res.hits.length) { box.replaceChildren(el("div", { class: "muted", text: "No matches." })); return; }
   box.replaceChildren(...res.hits.map((h) => el("div", { class: "hit", dataset: { callId: h.call_id }, tabindex: 0,

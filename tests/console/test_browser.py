@@ -290,6 +290,7 @@ def test_auditor_search_open_play_and_access_log(world: Any, page: Any, browser:
     page.wait_for_selector(".hit")
     assert page.locator(".hit").count() == 1
     assert page.text_content(".hit mark") == "knife"
+    assert page.text_content("#hits-note") == ""  # ranked over every match: nothing to say
     # Snippets arrive HTML-escaped with <mark>; the page decodes to text, never to markup.
     frag = page.evaluate("""() => { const d = document.createElement('div');
         d.append(CR.marked('he said &lt;b&gt;stop&lt;/b&gt; &amp; ran <mark>a &amp; b</mark>'));
@@ -335,3 +336,13 @@ def test_auditor_search_open_play_and_access_log(world: Any, page: Any, browser:
         shot(admin, "admin-access-log")
     finally:
         admin.context.close()
+
+    # A very frequent word: the page tells the auditor only the newest matches were ranked.
+    fb.search_rank_window = 1  # type: ignore[attr-defined]
+    page.fill("#q", "is")  # in three passages
+    page.click("#search-btn")
+    _confirm(page, "IOPC complaint 2026/117")
+    wait_js(page, "() => document.getElementById('hits-note').textContent !== ''")
+    assert page.text_content("#hits-note").startswith(
+        "Very common words: ranked among the newest 1 matching passages (about ")
+    fb.search_rank_window = None  # type: ignore[attr-defined]
