@@ -37,8 +37,10 @@ BACKGROUND_NICE = 10
 """Nice value for every thread but the event loop's in a call-carrying process."""
 
 
-KEEP_LEVEL = ("recording-writer",)
-"""Python threads (by name) that do call-path work and stay at the loop's priority."""
+KEEP_LEVEL = ("recording-writer", "asyncio_")
+"""Name prefixes of Python threads that do call-path work and stay at the loop's priority:
+the recording writer, and the loop's default executor (``asyncio.to_thread``: the fsync,
+rename and hash that seal a recording, store reads)."""
 
 
 def prioritise_this_thread(background_nice: int = BACKGROUND_NICE,
@@ -46,13 +48,13 @@ def prioritise_this_thread(background_nice: int = BACKGROUND_NICE,
     """Put every other thread of this process ``background_nice`` below the calling one.
 
     Call it from the event-loop thread once start-up is done. The loop carries SIP, the
-    media clock and every call's state; the other threads (speech recognition, which
-    can use every core, SQLite checkpoints, hashing of sealed recordings) are batch work
-    next to it. On Linux the nice value is per thread and inherited by threads a thread
-    creates, so recogniser pools made at model load stay in the background; executor
-    threads the loop starts later stay level with it (they do call-path work: fsync,
-    hashes a caller is waiting for), and so do the threads named in ``keep`` (the
-    recording writer: evidence must not queue behind speech recognition).
+    media clock and every call's state; speech recognition (which can use every core,
+    and whose native pools have no Python name) and SQLite checkpoints are batch work
+    next to it. Threads whose names start with one of ``keep`` stay level with the loop
+    (the recording writer: evidence must not queue behind speech recognition; the
+    default executor). On Linux the nice value is per thread and inherited by threads a
+    thread creates, so recogniser pools made at model load stay in the background and
+    executor threads the loop starts later stay level.
 
     Raising a thread's nice value needs no privilege. Returns how many threads were
     moved; 0 where the platform has no per-thread priorities.
@@ -63,7 +65,7 @@ def prioritise_this_thread(background_nice: int = BACKGROUND_NICE,
     if not hasattr(os, "setpriority") or not os.path.isdir("/proc/self/task"):
         return 0
     level = {threading.get_native_id()} | {t.native_id for t in threading.enumerate()
-                                            if t.name in keep and t.native_id is not None}
+                                            if t.name.startswith(keep) and t.native_id is not None}
     moved = 0
     for name in os.listdir("/proc/self/task"):
         tid = int(name)

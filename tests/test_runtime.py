@@ -1,62 +1,75 @@
-"""telephony.runtime: the process settings `controlroom serve` applies once started."""
+"""telephony.runtime: the process settings `controlroom serve` applies once started.
+
+Each check runs in a child Python, so the priorities it sets never touch the threads of
+the test process itself."""
 
 from __future__ import annotations
 
-import gc
-import os
-import threading
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
-from telephony.runtime import FULL_EVERY, prioritise_this_thread, tune_gc
-
-
-def test_other_threads_go_to_the_background_and_this_one_stays() -> None:
-    started, release = threading.Event(), threading.Event()
-    seen: dict[str, int] = {}
-
-    def worker() -> None:
-        seen["tid"] = threading.get_native_id()
-        started.set()
-        release.wait(10)
-        seen["nice"] = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's own value
-        inner = threading.Thread(target=lambda: seen.__setitem__(
-            "child", os.getpriority(os.PRIO_PROCESS, 0)))
-        inner.start()
-        inner.join()
-
-    t = threading.Thread(target=worker)
-    t.start()
-    started.wait(10)
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    try:
-        moved = prioritise_this_thread(background_nice=max(mine + 5, 5))
-    finally:
-        release.set()
-        t.join()
-    assert moved >= 1
-    assert seen["nice"] == max(mine + 5, 5)
-    assert seen["child"] == seen["nice"]  # threads a background thread starts stay there
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_recording_writer_keeps_the_loops_priority(tmp_path) -> None:
-    from telephony.media.recording import DiskWriter
+def _child(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
-    disk = DiskWriter()
-    disk.start()
-    try:
-        before = os.getpriority(os.PRIO_PROCESS, disk._thread.native_id)
-        prioritise_this_thread()
-        assert os.getpriority(os.PRIO_PROCESS, disk._thread.native_id) == before
-    finally:
-        disk.stop()
+
+def test_other_threads_go_to_the_background_and_call_path_threads_stay() -> None:
+    r = _child("""
+        import asyncio, json, os, threading
+        from telephony.media.recording import DiskWriter
+        from telephony.runtime import prioritise_this_thread
+
+        def nice(tid=0):
+            return os.getpriority(os.PRIO_PROCESS, tid)
+
+        async def main():
+            started, release, seen = threading.Event(), threading.Event(), {}
+
+            def worker():  # stands in for a recogniser thread
+                started.set()
+                release.wait(10)
+                seen["worker"] = nice()
+                child = threading.Thread(target=lambda: seen.__setitem__("child", nice()))
+                child.start()
+                child.join()
+
+            t = threading.Thread(target=worker, name="live-worker-0")
+            t.start()
+            started.wait(10)
+            disk = DiskWriter()
+            disk.start()
+            executor_tid = await asyncio.to_thread(threading.get_native_id)  # "asyncio_0"
+            moved = prioritise_this_thread()
+            release.set()
+            t.join()
+            out = dict(seen, moved=moved, loop=nice(), writer=nice(disk._thread.native_id),
+                       executor=nice(executor_tid),
+                       later_executor=await asyncio.to_thread(nice))
+            disk.stop()
+            print(json.dumps(out))
+
+        asyncio.run(main())
+    """)
+    assert r["moved"] >= 1
+    assert r["worker"] == 10 and r["child"] == 10  # a background thread's children stay there
+    assert r["loop"] == 0 and r["writer"] == 0 and r["executor"] == 0 and r["later_executor"] == 0
 
 
 def test_tune_gc_freezes_start_up_objects_and_spaces_full_collections() -> None:
-    old = gc.get_threshold()
-    try:
+    r = _child("""
+        import gc, json
+        from telephony.runtime import FULL_EVERY, tune_gc
         tune_gc()
-        assert gc.get_freeze_count() > 1000  # modules, functions... out of every collection
-        assert gc.get_threshold()[2] == FULL_EVERY
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*old)
+        print(json.dumps({"frozen": gc.get_freeze_count(), "threshold": gc.get_threshold(),
+                          "full_every": FULL_EVERY}))
+    """)
+    assert r["frozen"] > 1000  # modules, functions... out of every collection
+    assert r["threshold"][2] == r["full_every"] == 100

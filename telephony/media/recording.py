@@ -112,10 +112,14 @@ class DiskWriter:
     def __init__(self) -> None:
         self._q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self.queued = 0
-        """Jobs submitted and not yet done (a disk falling behind shows here)."""
         self.max_queued = 0
+        """Most jobs ever waiting at once (read on the submitting thread)."""
         self.errors = 0
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for the writer (a disk falling behind shows here)."""
+        return self._q.qsize()
 
     def start(self) -> None:
         if self._thread is None:
@@ -127,10 +131,10 @@ class DiskWriter:
         """Run ``job`` on the writer thread after every job submitted before it."""
         if self._thread is None:
             self.start()
-        self.queued += 1
-        if self.queued > self.max_queued:
-            self.max_queued = self.queued
         self._q.put(job)
+        waiting = self._q.qsize()
+        if waiting > self.max_queued:
+            self.max_queued = waiting
 
     def barrier(self) -> concurrent.futures.Future[None]:
         """A future done once every job submitted so far has run."""
@@ -155,8 +159,6 @@ class DiskWriter:
             except Exception:  # a job must never end the thread every recording needs
                 self.errors += 1
                 log.exception("recording writer job failed")
-            finally:
-                self.queued -= 1
 
 
 class Recording:

@@ -140,7 +140,7 @@ async def test_writer_the_loop_never_waits_for_a_stuck_disk_and_nothing_is_lost(
     disk.submit(lambda: stuck.wait(10))  # everything after this waits for the "disk"
     rec = Recording("w1", tmp_path, flush_every=10, writer=disk)
     _frames(rec, 0, 95)  # 9 flushes queued behind the stuck job
-    assert disk.queued >= 10
+    assert disk.queued >= 9  # the 9 batches wait behind the stuck job
     assert rec.part_path.stat().st_size == 44  # nothing reached the file yet
     seal = asyncio.ensure_future(rec.seal_async())
     await asyncio.sleep(0.05)
