@@ -36,43 +36,76 @@ def _packet(seq: int, pt: int = 8, byte: int = 0xD5) -> bytes:
     return struct.pack("!BBHII", 0x80, pt, seq, seq * 160, 0x1234) + bytes([byte]) * 160
 
 
+class _Loopback:
+    """The engine on loopback with a caller and a handler peer, each with an RTP socket."""
+
+    async def open(self, tmp_path: Path, rtp_min: int) -> _Loopback:
+        self.events: list = []
+        self.engine = Engine(settings=SipSettings(port=0, rtp_port_min=rtp_min,
+                                                  rtp_port_max=rtp_min + 99),
+                             lines=LINES, recordings_dir=tmp_path, on_event=self.events.append)
+        await self.engine.start()
+        self.caller, self.handler = await Peer().open(), await Peer().open()
+        self.c_tr, self.c_rtp, self.c_port = await _rtp_socket()
+        self.h_tr, self.h_rtp, self.h_port = await _rtp_socket()
+        self.rig = Rig(self.engine, self.events, self.caller)
+        return self
+
+    async def answer(self) -> None:
+        """The caller's INVITE answered: ``ok`` (the 200), ``our`` (our RTP port), ``call_id``."""
+        self.ok, _ = await self.rig.answered_call(body=sdp_offer(port=self.c_port))
+        self.our = parse_sdp(self.ok.body).media[0].port
+        self.call_id = self.rig.of(api.CallArrived)[0].call_id
+
+    async def bridge(self) -> None:
+        """Offer to the handler, who answers with PCMU; bridge. Sets ``leg_port``."""
+        leg_id = self.engine.offer(self.call_id, f"sip:h1@127.0.0.1:{self.handler.port}",
+                                   timeout=5)
+        inv = await self.handler.expect_request("INVITE")
+        self.leg_port = parse_sdp(inv.body).media[0].port
+        _reply(self.handler, inv, 200, body=sdp_offer(port=self.h_port, codecs="0 101").encode())
+        await self.handler.expect_request("ACK")
+        await self.rig.wait_for(api.LegAnswered)
+        self.engine.bridge(self.call_id, leg_id)
+
+    def send_both(self, i: int) -> None:
+        self.c_tr.sendto(_packet(i), ("127.0.0.1", self.our))
+        self.h_tr.sendto(_packet(i, pt=0, byte=0xFF), ("127.0.0.1", self.leg_port))
+
+    async def caller_hangs_up(self) -> None:
+        self.caller.send(in_dialog("BYE", self.caller, self.engine.sip_port, self.ok, cseq=2),
+                         self.engine.sip_port)
+        await self.caller.expect_status(200)
+        bye = await self.handler.expect_request("BYE")
+        _reply(self.handler, bye, 200)
+
+    async def close(self) -> None:
+        self.c_tr.close()
+        self.h_tr.close()
+        self.caller.close()
+        self.handler.close()
+        await self.engine.stop(bye_grace=0)
+
+
 async def test_real_media_call_bridge_and_recording(tmp_path: Path) -> None:
     """Caller and handler exchange RTP through the bridge; the WAV is sealed with its sha256."""
-    events: list = []
-    engine = Engine(settings=SipSettings(port=0, rtp_port_min=31000, rtp_port_max=31999),
-                    lines=LINES, recordings_dir=tmp_path, on_event=events.append)
-    await engine.start()
-    caller, handler = await Peer().open(), await Peer().open()
-    c_tr, c_rtp, c_port = await _rtp_socket()
-    h_tr, h_rtp, h_port = await _rtp_socket()
-    rig = Rig(engine, events, caller)
+    lb = await _Loopback().open(tmp_path, 31000)
     try:
-        ok, _ = await rig.answered_call(body=sdp_offer(port=c_port))
-        our = parse_sdp(ok.body).media[0].port
-        call_id = rig.of(api.CallArrived)[0].call_id
+        await lb.answer()
         for i in range(10):
-            c_tr.sendto(_packet(i), ("127.0.0.1", our))
+            lb.c_tr.sendto(_packet(i), ("127.0.0.1", lb.our))
             await asyncio.sleep(0.02)
-        assert len(c_rtp.received) >= 5  # the queue tone reaches the caller
-        leg_id = engine.offer(call_id, f"sip:h1@127.0.0.1:{handler.port}", timeout=5)
-        inv = await handler.expect_request("INVITE")
-        leg_port = parse_sdp(inv.body).media[0].port
-        _reply(handler, inv, 200, body=sdp_offer(port=h_port, codecs="0 101").encode())
-        await handler.expect_request("ACK")
-        await rig.wait_for(api.LegAnswered)
-        engine.bridge(call_id, leg_id)
-        h_before = len(h_rtp.received)
+        assert len(lb.c_rtp.received) >= 5  # the queue tone reaches the caller
+        await lb.bridge()
+        h_before = len(lb.h_rtp.received)
         for i in range(10, 30):
-            c_tr.sendto(_packet(i), ("127.0.0.1", our))
-            h_tr.sendto(_packet(i, pt=0, byte=0xFF), ("127.0.0.1", leg_port))
+            lb.send_both(i)
             await asyncio.sleep(0.02)
-        got = h_rtp.received[h_before:]
+        got = lb.h_rtp.received[h_before:]
         assert len(got) >= 10 and all(p[1] & 0x7F == 0 for p in got)  # PCMU to the handler
-        assert engine.stats.rtp_packets_in >= 40
-        caller.send(in_dialog("BYE", caller, engine.sip_port, ok, cseq=2), engine.sip_port)
-        await caller.expect_status(200)
-        await handler.expect_request("BYE")
-        sealed = await rig.wait_for(api.RecordingSealed)
+        assert lb.engine.stats.rtp_packets_in >= 40
+        await lb.caller_hangs_up()
+        sealed = await lb.rig.wait_for(api.RecordingSealed)
         info = sealed[0]
         assert info.sha256 == hashlib.sha256(info.path.read_bytes()).hexdigest()
         with wave.open(str(info.path)) as w:
@@ -80,11 +113,7 @@ async def test_real_media_call_bridge_and_recording(tmp_path: Path) -> None:
             assert abs(w.getnframes() / 8000 - info.duration) < 0.001
         assert 0.4 < info.duration < 3.0
     finally:
-        c_tr.close()
-        h_tr.close()
-        caller.close()
-        handler.close()
-        await engine.stop(bye_grace=0)
+        await lb.close()
 
 
 async def test_sdp_with_a_host_name_is_488_not_a_crash(tmp_path: Path) -> None:
@@ -142,14 +171,8 @@ async def test_a_finished_call_leaves_no_reference_cycles(tmp_path: Path, monkey
     import telephony.engine.base
 
     monkeypatch.setattr(telephony.engine.base, "UNLINK_AFTER", 0.3)  # production: 40 s
-    events: list = []
-    engine = Engine(settings=SipSettings(port=0, rtp_port_min=32200, rtp_port_max=32299),
-                    lines=LINES, recordings_dir=tmp_path, on_event=events.append)
-    await engine.start()
-    caller, handler = await Peer().open(), await Peer().open()
-    c_tr, _, c_port = await _rtp_socket()
-    h_tr, _, h_port = await _rtp_socket()
-    rig = Rig(engine, events, caller)
+    lb = await _Loopback().open(tmp_path, 32200)
+    engine = lb.engine
 
     def census() -> collections.Counter[str]:
         return collections.Counter(n for n in map(lambda o: type(o).__name__, gc.get_objects())
@@ -159,25 +182,13 @@ async def test_a_finished_call_leaves_no_reference_cycles(tmp_path: Path, monkey
     before = census()
     gc.disable()
     try:
-        ok, _ = await rig.answered_call(body=sdp_offer(port=c_port))
-        our = parse_sdp(ok.body).media[0].port
-        call_id = rig.of(api.CallArrived)[0].call_id
-        leg_id = engine.offer(call_id, f"sip:h1@127.0.0.1:{handler.port}", timeout=5)
-        inv = await handler.expect_request("INVITE")
-        leg_port = parse_sdp(inv.body).media[0].port
-        _reply(handler, inv, 200, body=sdp_offer(port=h_port, codecs="0 101").encode())
-        await handler.expect_request("ACK")
-        await rig.wait_for(api.LegAnswered)
-        engine.bridge(call_id, leg_id)
+        await lb.answer()
+        await lb.bridge()
         for i in range(10):
-            c_tr.sendto(_packet(i), ("127.0.0.1", our))
-            h_tr.sendto(_packet(i, pt=0, byte=0xFF), ("127.0.0.1", leg_port))
+            lb.send_both(i)
             await asyncio.sleep(0.02)
-        caller.send(in_dialog("BYE", caller, engine.sip_port, ok, cseq=2), engine.sip_port)
-        await caller.expect_status(200)
-        bye = await handler.expect_request("BYE")
-        _reply(handler, bye, 200)
-        await rig.wait_for(api.RecordingSealed)
+        await lb.caller_hangs_up()
+        await lb.rig.wait_for(api.RecordingSealed)
         await asyncio.sleep(0.5)  # past UNLINK_AFTER
         # The finished transactions linger for their absorb timers (RFC 3261 17.2: 32 s);
         # let them expire now rather than wait.
@@ -185,8 +196,8 @@ async def test_a_finished_call_leaves_no_reference_cycles(tmp_path: Path, monkey
         ua.handle_timers(engine._now() + 40)
         engine._pump()
         assert not engine._calls and not engine._legs and not engine._streams
-        del ok, inv, bye, rig
-        events.clear()
+        del lb.ok, lb.rig  # the test's own references to the call's messages and events
+        lb.events.clear()
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
         left = sorted({type(o).__name__ for o in gc.garbage} & PER_CALL_TYPES)
@@ -198,8 +209,4 @@ async def test_a_finished_call_leaves_no_reference_cycles(tmp_path: Path, monkey
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
-        c_tr.close()
-        h_tr.close()
-        caller.close()
-        handler.close()
-        await engine.stop(bye_grace=0)
+        await lb.close()
