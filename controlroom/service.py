@@ -97,7 +97,7 @@ class Service:
         self.wrapup_calls: dict[str, str] = {}  # handler_id -> call in wrap-up
         self.rejected_today: dict[str, int] = {}
         self.live_transcripts: dict[str, list[dict[str, Any]]] = {}
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._subscribers: set[Any] = set()  # console.feed.LiveQueue, one per subscription
         self._wake_router = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._draining = False
@@ -116,6 +116,10 @@ class Service:
         self.m_answer = m.histogram("controlroom_answer_seconds",
                                     "Arrival to handler answer, by line", ANSWER_BUCKETS)
         self.m_rejected = m.counter("controlroom_sip_rejected_total", "INVITEs refused, by status")
+        self.m_live_resyncs = m.counter(
+            "controlroom_live_resyncs_total",
+            "Live console feeds that overflowed and were resynced with a fresh snapshot: "
+            "stage=service (the console's subscription), stage=page (a page's WebSocket)")
 
         def by_state() -> list[tuple[dict[str, str], float]]:
             counts: dict[tuple[str, str], int] = {}
@@ -389,6 +393,10 @@ class Service:
         call = self.calls.get(e.call_id)
         if call is None or call.leg_id != e.leg_id:
             return  # already handled (we cancelled it on the router's timeout)
+        if call.end_event is not None:
+            # The caller left while this phone rang: the abandon (already handled when the
+            # call ended) explains it; the handler did nothing and is not blamed.
+            return
         handler_id = call.handler_id
         call.leg_id = None
         call.handler_id = None
@@ -416,8 +424,8 @@ class Service:
             call.ended_by, call.end_reason = e.by, e.reason
         call.end_event = e
         if call.state in ("queued", "offered"):
-            if call.leg_id:
-                self.engine.cancel_offer(call.leg_id)
+            # The router withdraws a ringing offer (CancelOffer 'caller-gone': the phone
+            # gets CANCEL, the handler goes back to the state it had) and records the abandon.
             self._apply(self.router.call_abandoned(e.call_id, e.at))
         elif call.state == "connected":
             if call.handler_id:
@@ -572,6 +580,8 @@ class Service:
         call.leg_id, call.handler_id = None, None
         self.legs.pop(leg_id, None)
         self.engine.cancel_offer(leg_id)
+        if call.end_event is not None:
+            return  # the caller left: call.abandoned tells the CAD, not an offer failure
         if call.state == "offered":
             call.state = "queued"
         with self.db.transaction() as conn:
@@ -650,12 +660,10 @@ class Service:
         self._fanout(payload)
 
     def _fanout(self, payload: dict[str, Any]) -> None:
+        # Never blocks: a subscriber that cannot keep up drops its backlog and is
+        # resynced with a fresh snapshot (console.feed); it is never dropped.
         for q in list(self._subscribers):
-            try:
-                q.put_nowait(payload)
-            except asyncio.QueueFull:
-                # A desk that cannot keep up is dropped; its page reconnects and reloads.
-                self._subscribers.discard(q)
+            q.put(payload)
 
     def transfer(self, call: LiveCall, *, to_line: str | None, to_handler: str | None) -> None:
         """Move a connected call to a line's queue (at the head) or a named handler."""
@@ -741,8 +749,16 @@ class Service:
 
     # ------------------------------------------------------------------ desk subscriptions
     @contextlib.asynccontextmanager
-    async def subscription(self, maxsize: int = 1000) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=maxsize)
+    async def subscription(self, maxsize: int | None = None) -> AsyncIterator[Any]:
+        """A bounded :class:`console.feed.LiveQueue` of live items (``resync`` after an overflow)."""
+        from console.feed import LiveQueue, snapshot_key
+
+        def overflowed() -> None:
+            log.warning("live feed overflowed; subscriber resyncs", maxsize=q.maxsize)
+            self.m_live_resyncs.inc(stage="service")
+
+        q = LiveQueue(maxsize or self.settings.web.live_queue, key=snapshot_key,
+                      on_overflow=overflowed)
         self._subscribers.add(q)
         try:
             yield q

@@ -441,8 +441,9 @@ class Router(RouterTransfers, RouterViews):
         """The offer ended without answer; the call goes back to its old place.
 
         ``no-answer``: handler not ready "missed call" (or available if not
-        ``rona_not_ready``); ``rejected``/``busy``/``unreachable``/``cancelled``/``error``:
-        handler not ready with that reason (a declining or broken phone is not offered the
+        ``rona_not_ready``); ``cancelled`` (we withdrew it; the handler did nothing):
+        available; ``rejected``/``busy``/``unreachable``/``error``: handler not ready with
+        that reason (a declining or broken phone is not offered the
         next call until the handler says they are ready again).
         """
         now = self._clock(now)
@@ -473,6 +474,9 @@ class Router(RouterTransfers, RouterViews):
                 self._hset(h, HS.NOT_READY, now, out, reason="missed call", call_id=call.call_id)
             else:
                 self._hset(h, HS.AVAILABLE, now, out, call_id=call.call_id)
+        elif reason == "cancelled":
+            # We withdrew the offer (the handler did nothing): back to available.
+            self._hset(h, HS.AVAILABLE, now, out, call_id=call.call_id)
         else:
             self._hset(h, HS.NOT_READY, now, out, reason=reason, call_id=call.call_id)
         self._enqueue(call, now, out)

@@ -111,6 +111,7 @@ class CallsMixin(EngineBase):
                          [("Retry-After", str(self.settings.retry_after))])
             return
         call_id = f"c{next(self._ids)}-{secrets.token_hex(3)}"
+        self._media_source(stream, call_id, source_ip if line.nat else None)
         sdp_state = _SdpState(secrets.randbelow(2**31))
         if offer is None:
             # delayed offer (RFC 3261 §13.2.1): we offer in the 200, the ACK answers
@@ -225,7 +226,12 @@ class CallsMixin(EngineBase):
         del self._calls[call.call_id]
         if call.guard:
             call.guard.cancel()
-        for leg in list(call.legs.values()):
+        call.log.info("call.ended", by=by, reason=reason)
+        # Causal order: the call's end is reported BEFORE the legs it takes down, so a
+        # consumer sees a handler's phone stop ringing as the consequence of the caller
+        # leaving (an abandon), never as that handler failing an offer.
+        self._emit(CallEnded(at=time.time(), call_id=call.call_id, by=by, reason=reason))
+        for leg in list(call.legs.values()):  # ringing: CANCEL; answered: BYE
             self._drop_leg(leg, by="caller" if by == "caller" else "system")
         if call.bridged is not None:
             self._media.unbridge(call.stream)
@@ -234,8 +240,6 @@ class CallsMixin(EngineBase):
         self._streams.pop(id(call.stream), None)
         self._close_stream(call.stream)
         self._unlink_later(call)
-        call.log.info("call.ended", by=by, reason=reason)
-        self._emit(CallEnded(at=time.time(), call_id=call.call_id, by=by, reason=reason))
         # sealing hashes the whole file: off the loop when the media layer offers it
         task = asyncio.get_running_loop().create_task(self._seal(call))
         self._seal_tasks.add(task)

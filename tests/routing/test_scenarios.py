@@ -79,10 +79,15 @@ def test_rejected_and_unreachable_offers_requeue_and_set_not_ready():
         (5, "ready h1", ["h1 available", "offer c1->h1", "h1 offered"]),
         (6, "fail c1 h1 unreachable", ["h1 not_ready(unreachable)", "queued c1 #1"]),
         (7, "ready h1", ["h1 available", "offer c1->h1", "h1 offered"]),
-        (8, "fail c1 h1 cancelled", ["h1 not_ready(cancelled)", "queued c1 #1"]),
+        (8, "fail c1 h1 error", ["h1 not_ready(error)", "queued c1 #1"]),
+        (9, "ready h1", ["h1 available", "offer c1->h1", "h1 offered"]),
+        # Withdrawn by us, not declined by the handler: no blame, offered again at once.
+        (10, "fail c1 h1 cancelled", ["h1 available", "queued c1 #1", "offer c1->h1",
+                                      "h1 offered"]),
+        (11, "fail c1 h1 busy", ["h1 not_ready(busy)", "queued c1 #1"]),
     ])
     assert r.handler_info("h1") == {
-        "state": "not_ready", "reason": "cancelled", "since": 8.0, "call_id": None,
+        "state": "not_ready", "reason": "busy", "since": 11.0, "call_id": None,
         "skills": {"101": 5}, "calls": 0, "idle_since": None, "wrapup_deadline": None}
     assert r.handler_info("nobody") is None
     assert r.next_deadline() is None
