@@ -156,32 +156,84 @@ async def test_writer_the_loop_never_waits_for_a_stuck_disk_and_nothing_is_lost(
     assert disk.queued == 0 and disk.errors == 0
 
 
-async def test_writer_a_failing_disk_stops_that_recording_loudly_and_keeps_what_was_written(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ENOSPC on the writer thread: the next flush on the loop raises MediaError (the call
-    goes on), later frames are not written, the sealed file holds what reached the disk."""
+def _enospc_above_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake full disk for unit tests: data writes fail, header rewrites succeed."""
     import errno
 
     from telephony.media import recording as recording_mod
+
+    real = os.pwrite
+
+    def pwrite(fd: int, data: bytes, off: int) -> int:
+        if off > 44 or (off == 44 and data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, off)
+    monkeypatch.setattr(recording_mod.os, "pwrite", pwrite)
+
+
+async def test_writer_a_failing_disk_spools_then_resumes_into_a_next_segment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC on the writer thread: the segment is closed as a valid WAV with what reached
+    the disk, later audio is spooled (health shows it), and when space returns the
+    recording goes on in segment 2 with every frame: no gap, nothing raised on the loop."""
     from telephony.media.recording import DiskWriter
 
     disk = DiskWriter()
+    disk.health.retry_interval = 0.0
     rec = Recording("w2", tmp_path, flush_every=10, writer=disk)
     _frames(rec, 0, 20)  # two good batches
     disk.barrier().result(5)
-    real = os.pwrite
-    monkeypatch.setattr(recording_mod.os, "pwrite", lambda fd, data, off: (_ for _ in ()).throw(
-        OSError(errno.ENOSPC, "No space left on device")) if off > 44 else real(fd, data, off))
-    _frames(rec, 20, 10)  # third batch fails on the writer thread
+    with monkeypatch.context() as m:
+        _enospc_above_header(m)
+        _frames(rec, 20, 30)  # three batches: the first fails, all three are spooled
+        disk.barrier().result(5)
+        assert disk.health.spooling == {"w2"} and disk.health.faults == 1
+        assert disk.health.spool_bytes == 30 * 640
+        fmt, data = read_wav(tmp_path / "w2.wav")  # closed already, valid on its own
+        assert len(data) == 2 * 20 * 160
+    _frames(rec, 50, 10)  # space is back: the spool and this batch go to segment 2
     disk.barrier().result(5)
-    monkeypatch.setattr(recording_mod.os, "pwrite", real)
-    with pytest.raises(MediaError, match="w2 write failed: No space left on device"):
-        _frames(rec, 30, 10)
-    _frames(rec, 40, 10)  # stopped: ignored, no error again
+    assert disk.health.spooling == set() and disk.health.spool_bytes == 0
     info = await rec.seal_async()
-    assert info.duration == pytest.approx(20 * 0.02)
-    fmt, data = read_wav(info.path)
-    assert np.array_equal(data[0::2], np.repeat(np.arange(20), 160))
+    assert info.gaps == () and [s.path.name for s in info.segments] == [
+        "w2.wav", "w2.seg2-at3200.wav"]
+    assert [s.start for s in info.segments] == [0.0, 20 * 0.02]
+    assert info.duration == pytest.approx(60 * 0.02)
+    _, second = read_wav(info.segments[1].path)
+    assert np.array_equal(second[0::2], np.repeat(np.arange(20, 60), 160))
+    for s in info.segments:
+        assert s.sha256 == hashlib.sha256(s.path.read_bytes()).hexdigest()
+        assert s.bytes == s.path.stat().st_size
+    assert info.path == tmp_path / "w2.wav" and info.sha256 == info.segments[0].sha256
+    assert not list(tmp_path.glob("*.part"))
+    disk.stop()
+
+
+async def test_a_full_spool_drops_the_oldest_audio_and_records_the_gap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With room for 2 s of spool, a 5 s outage loses 3 s: the gap says where and how
+    many frames, the next segment starts after it, and the loss is counted."""
+    from telephony.media.recording import DiskWriter
+
+    disk = DiskWriter()
+    disk.health.retry_interval = 0.0
+    disk.health.spool_limit = 2 * 50 * 640
+    rec = Recording("w4", tmp_path, flush_every=50, writer=disk)
+    _frames(rec, 0, 50)
+    disk.barrier().result(5)
+    with monkeypatch.context() as m:
+        _enospc_above_header(m)
+        _frames(rec, 50, 250)
+        disk.barrier().result(5)
+    assert disk.health.frames_lost == 3 * 50 * 160
+    _frames(rec, 300, 50)
+    info = await rec.seal_async()
+    [gap] = info.gaps
+    assert (gap.start, gap.end, gap.frames_lost) == (1.0, 4.0, 3 * 8000)
+    assert gap.reason == "No space left on device"
+    assert [(s.start, s.duration) for s in info.segments] == [(0.0, 1.0), (4.0, 3.0)]
+    _, second = read_wav(info.segments[1].path)
+    assert np.array_equal(second[0::2], np.repeat(np.arange(200, 350), 160))
     disk.stop()
 
 
