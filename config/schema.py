@@ -179,6 +179,14 @@ class WebSettings:
     secure_cookies: bool = False
     """Set the Secure flag (true behind TLS)."""
     session_hours: float = 12.0
+    live_queue: int = 1000
+    """Live items buffered per subscriber (the console's feed from the service, and each
+    page's WebSocket); beyond it the backlog is dropped and the page is resynced with a
+    fresh snapshot (memory stays bounded, the page never stops)."""
+
+    def validate(self) -> None:
+        if self.live_queue < 1:
+            raise ConfigError("live_queue", f"must be at least 1, got {self.live_queue}")
 
 
 @dataclass(frozen=True, kw_only=True)

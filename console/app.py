@@ -116,7 +116,7 @@ def create_app(*, backend: DeskBackend, db: Database, settings: WebSettings,
     app[BACKEND] = backend
     app[DB] = db
     app[SETTINGS] = settings
-    app[HUB] = Hub(backend)
+    app[HUB] = Hub(backend, client_queue=settings.live_queue)
     app[HISTORY] = History(interval=history_interval, hours=history_hours)
     app[TICKETS] = {}
     app[THROTTLE] = LoginThrottle()

@@ -39,6 +39,9 @@ Handler states: ``available``, ``not_ready``, ``ringing``, ``on_call``, ``wrapup
 
     CallCard = {"call_id", "line", "priority", "caller", "display_name", "line_type",
                 "location": str | None, "location_accuracy": metres | None,
+                "caller_normalised": "+447700900123" | "",   # E.164; "" withheld/short
+                "location_detail": {"by", "uri", "parsed", "error", "geodetic": [...],
+                                    "civic": [...], "accuracy"} | None,  # as the CAD's
                 "flags": ["silent", "dtmf55", ...], "arrived_at", "answered_at",
                 "held": bool, "incident_number", "grade",
                 "queue_history": [{"at", "event", "position"}],
@@ -71,6 +74,9 @@ nodes. ``offset`` is seconds into the recording.
 ``wallboard.snapshot`` item is a trigger: the console then calls :meth:`snapshot` once
 and sends that to every wallboard (so its content may be anything). Push one when the
 queue or a handler changes, and every few seconds.
+A ``{"type": "resync"}`` item says the backend dropped items this subscriber could not
+take in time (bounded memory, :mod:`console.feed`): the console then sends every page
+its full current state again and carries on.
 The iterator ends when the backend shuts down; a consumer that stops iterating must
 ``aclose()`` it.
 """

@@ -2,10 +2,15 @@
 
 Theory of operation: :class:`Hub` holds the single ``backend.subscribe()`` iterator
 (started in ``app.cleanup_ctx``) and copies each item into every connected client's
-bounded queue. A client that cannot keep up (queue full: a frozen browser tab) is not
-allowed to slow the others or grow memory: its queue is emptied and it is closed with
-1013 "try again later"; the page reconnects and fetches its full state again, so
-nothing is lost from the operator's point of view.
+bounded :class:`~console.feed.LiveQueue`. A client that cannot keep up (a burst of
+calls, a frozen browser tab) is not allowed to slow the others or grow memory: its
+backlog is dropped and its next item is a resync, on which the writer sends
+``{"type": "resync", "state": "start"}``, the page's full current state (the handler's
+``desk.view`` with any offer, and the queue summary; the wallboard snapshot) and
+``{"type": "resync", "state": "done"}``, then carries on streaming. The page shows
+"resyncing…" meanwhile. When the backend's own subscription overflowed (it yields a
+``resync`` item), every client is resynced the same way. Wallboard snapshots are
+coalesced per client: a slow page gets only the newest.
 
 Each connection filters and shapes items for its role: a handler sees only their own
 calls (and a fresh ``desk.view`` whenever the call or their state changes, which is what
@@ -20,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -29,6 +34,7 @@ from aiohttp import WSMsgType, web
 from . import users
 from .api import ApiError, cookie_name, session_of
 from .backend import DeskBackend, DeskError
+from .feed import RESYNC_TYPE, LiveQueue, snapshot_key
 from .keys import BACKEND, DB, HISTORY, HUB, SESSION_RECHECK_KEY
 
 log = structlog.get_logger(__name__)
@@ -40,7 +46,7 @@ CLOSE_SESSION_ENDED = 4001
 """WebSocket close code telling the page to go back to the login page."""
 
 CLIENT_QUEUE = 2000
-"""Items buffered per WebSocket before it is treated as stuck and closed."""
+"""Items buffered per WebSocket before its backlog is dropped for a resync."""
 
 # Events after which the handler's desk view is re-sent (the call card changed).
 _VIEW_EVENTS = frozenset({
@@ -50,38 +56,37 @@ _VIEW_EVENTS = frozenset({
 _CONTENT_EVENTS = frozenset({"call.transcript_segment", "call.transcript", "call.wrapup"})
 
 
-class Client:
-    """One WebSocket's bounded inbox."""
+class Client(LiveQueue):
+    """One WebSocket's bounded inbox (snapshots coalesced; overflow -> resync)."""
 
-    def __init__(self, maxsize: int = CLIENT_QUEUE) -> None:
-        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize)
-        self.overflowed = False
-
-    def put(self, item: dict[str, Any]) -> None:
-        if self.overflowed:
-            return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.overflowed = True
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(None)
+    def __init__(self, maxsize: int = CLIENT_QUEUE,
+                 on_overflow: Callable[[], None] | None = None) -> None:
+        super().__init__(maxsize, key=snapshot_key, on_overflow=on_overflow)
 
 
 class Hub:
     """Fans the backend's live stream out to the connected pages."""
 
-    def __init__(self, backend: DeskBackend) -> None:
+    def __init__(self, backend: DeskBackend, *, client_queue: int = CLIENT_QUEUE) -> None:
         self.backend = backend
+        self.client_queue = client_queue
         self.clients: set[Client] = set()
         self.sockets: set[web.WebSocketResponse] = set()
         """Open WebSockets, closed with 1001 on shutdown so the runner does not wait on them."""
         self.ready = asyncio.Event()
         """Set once the backend subscription is open (tests wait on it)."""
+        self.resyncs = {"backend": 0, "page": 0}
+        """Overflows of the backend subscription; resyncs sent to pages."""
+        self.on_resync: Callable[[str], None] | None = None
+        """Called with ``"backend"`` or ``"page"`` on each resync (the service's metrics)."""
+
+    def _count(self, stage: str) -> None:
+        self.resyncs[stage] += 1
+        if self.on_resync is not None:
+            self.on_resync(stage)
 
     def register(self) -> Client:
-        c = Client()
+        c = Client(self.client_queue, on_overflow=lambda: self._count("page"))
         self.clients.add(c)
         return c
 
@@ -120,10 +125,17 @@ class Hub:
                         item = await nxt
                     except StopAsyncIteration:
                         break
-                    if item.get("type") == "wallboard.snapshot":
-                        item = await self._fresh_snapshot(item)
-                    for c in list(self.clients):
-                        c.put(item)
+                    if item.get("type") == RESYNC_TYPE:
+                        # The backend dropped items for us: every page refetches its state.
+                        log.warning("console.live_resync", clients=len(self.clients))
+                        self._count("backend")
+                        for c in list(self.clients):
+                            c.resync()
+                    else:
+                        if item.get("type") == "wallboard.snapshot":
+                            item = await self._fresh_snapshot(item)
+                        for c in list(self.clients):
+                            c.put(item)
                     nxt = asyncio.ensure_future(anext(stream))
             except asyncio.CancelledError:
                 if nxt is not None:
@@ -253,14 +265,27 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 out.append(item)
         return out
 
+    async def send_state() -> None:
+        # The whole state this page is entitled to, as of now.
+        if hid is not None:
+            await ws.send_json(await view())
+        if hid is not None or supervisor:
+            snap = await backend.snapshot()
+            if supervisor:
+                await ws.send_json({"type": "wallboard.snapshot", "snapshot": snap})
+            if hid is not None:
+                await ws.send_json(_queue_summary(snap))
+
     async def writer() -> None:
         try:
-            if hid is not None:
-                await ws.send_json(await view())
-            if supervisor:
-                await ws.send_json({"type": "wallboard.snapshot",
-                                    "snapshot": await backend.snapshot()})
-            while (item := await client.queue.get()) is not None:
+            await send_state()
+            while (item := await client.get()) is not None:
+                if item.get("type") == RESYNC_TYPE:
+                    log.info("console.ws_resync", user=session.user.username)
+                    await ws.send_json({"type": RESYNC_TYPE, "state": "start"})
+                    await send_state()
+                    await ws.send_json({"type": RESYNC_TYPE, "state": "done"})
+                    continue
                 for msg in await shape(item):
                     if msg is not None:
                         await ws.send_json(msg)
@@ -272,7 +297,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             log.exception("console.ws_writer_failed", user=session.user.username)
             await ws.close(code=1011, message=b"internal error; reconnect")
             return
-        await ws.close(code=1013, message=b"too slow; reconnect")
+        await ws.close(code=1001, message=b"feed closed; reconnect")
 
     async def recheck() -> None:
         # A WebSocket outlives the request that opened it: re-check the session so a

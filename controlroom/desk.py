@@ -369,6 +369,7 @@ class ServiceDesk:
 
     # ------------------------------------------------------------------ live
     async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        # After an overflow the queue yields {"type": "resync"}: the console refetches.
         async with self.s.subscription() as q:
-            while True:
-                yield await q.get()
+            while (item := await q.get()) is not None:
+                yield item

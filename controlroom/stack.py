@@ -54,6 +54,10 @@ class StackOptions:
     line_101: dict[str, Any] = field(default_factory=dict)
     """Extra settings for the 101 line (e.g. ``max_queue``, ``overflow``)."""
     handler_text: str = "Police. What is your emergency? Tell me exactly where you are."
+    web: dict[str, Any] = field(default_factory=dict)
+    """Extra settings for the console (e.g. ``live_queue``)."""
+    storage: dict[str, Any] = field(default_factory=dict)
+    """Extra storage settings (e.g. ``database`` on a file system of its own)."""
 
 
 def toml_dump(data: dict[str, Any]) -> str:
@@ -126,10 +130,10 @@ class Stack:
                          for i in range(1, o.handlers + 1)],
             "routing": {"offer_timeout": o.offer_timeout,
                         "handlers_start_available": o.handlers_available},
-            "storage": {"data_dir": str(self.workdir / "data")},
+            "storage": {"data_dir": str(self.workdir / "data"), **o.storage},
             "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "node": "fcr1"},
             "transcription": {"engine": o.engine, "model": o.model, "live": o.engine != "none"},
-            "web": {"bind": "127.0.0.1", "port": web_port},
+            "web": {"bind": "127.0.0.1", "port": web_port, **o.web},
             "logging": {"level": "info"},
         }
 

@@ -20,9 +20,14 @@ def build_app(service: Service) -> web.Application:
     else:
         app = create_app(backend=ServiceDesk(service), db=service.db,
                          settings=service.settings.web)
+        from console.keys import HUB
+
+        app[HUB].on_resync = lambda stage: (
+            service.m_live_resyncs.inc(stage="page") if stage == "page" else None)
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        # 200 even when degraded: the node still takes calls (Service.health).
+        return web.json_response(service.health())
 
     async def readyz(_: web.Request) -> web.Response:
         ok = service.ready and not service._draining

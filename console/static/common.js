@@ -128,23 +128,58 @@ const CR = (() => {
     return bar;
   }
 
-  function setConn(up) {
+  // state: "live" | "offline" | "resyncing"
+  function setConn(state) {
     const c = document.getElementById("conn");
     if (!c) return;
     c.classList.remove("hidden");
-    c.textContent = up ? "live" : "offline";
-    c.classList.toggle("down", !up);
+    c.textContent = state === "resyncing" ? "resyncing…" : state;
+    c.classList.toggle("down", state === "offline");
+    c.classList.toggle("resync", state === "resyncing");
   }
 
-  // Live feed with reconnect; onOpen lets the page refetch after a gap.
-  function live(onMessage) {
-    let delay = 500;
+  // Live feed that never silently stops. The server sends the page's full state first,
+  // then events; after an overflow it sends {type: "resync", state: "start"}, the full
+  // state again and {type: "resync", state: "done"}. A closed socket reconnects with
+  // backoff (the state comes again); a socket silent for STALL_MS (the server pushes the
+  // queue every 2 s) is closed and reconnected. While resyncing the top bar says so
+  // (for at least RESYNC_SHOW_MS, so a person sees it); #conn[data-resyncs] counts them.
+  // onResync() lets the page refetch what the feed does not carry (e.g. call-backs).
+  const STALL_MS = 15000, RESYNC_SHOW_MS = 1500;
+  function live(onMessage, onResync) {
+    let delay = 500, opened = false, resyncs = 0, shownAt = 0, stall = null, pendingFirst = false;
+    function resyncStart() {
+      resyncs += 1;
+      shownAt = Date.now();
+      setConn("resyncing");
+      const c = document.getElementById("conn");
+      if (c) c.dataset.resyncs = String(resyncs);
+    }
+    function resyncDone() {
+      setTimeout(() => { if (!document.getElementById("conn")?.classList.contains("down")) setConn("live"); },
+        Math.max(0, shownAt + RESYNC_SHOW_MS - Date.now()));
+      if (onResync) { try { onResync(); } catch (x) { /* a page bug must not stop the feed */ } }
+    }
     function connect() {
       const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/ws");
-      ws.onopen = () => { delay = 500; setConn(true); };
-      ws.onmessage = (e) => { let m; try { m = JSON.parse(e.data); } catch (x) { return; } onMessage(m); };
+      const alive = () => { clearTimeout(stall); stall = setTimeout(() => ws.close(), STALL_MS); };
+      ws.onopen = () => {
+        delay = 500;
+        if (opened) { resyncStart(); pendingFirst = true; } else setConn("live");
+        opened = true;
+        alive();
+      };
+      ws.onmessage = (e) => {
+        alive();
+        let m; try { m = JSON.parse(e.data); } catch (x) { return; }
+        if (m.type === "resync") { m.state === "start" ? resyncStart() : resyncDone(); return; }
+        onMessage(m);
+        if (pendingFirst) { pendingFirst = false; resyncDone(); }
+      };
       ws.onclose = (e) => {
-        setConn(false);
+        clearTimeout(stall);
+        pendingFirst = false;
+        setConn("offline");
         if (e.code === 4001) { toLogin(); return; }   // session ended (logout / expiry)
         setTimeout(async () => {
           // A refused handshake looks like any drop: ask whether we are still logged in.

@@ -69,7 +69,8 @@ function renderCard() {
   $("pop-phase").textContent = phase === "connected" ? (card.held ? "On hold" : "Connected")
     : phase === "wrapup" ? "Wrap-up" : "Ringing";
   $("pop-caller").textContent = card.caller || "Withheld";
-  $("pop-ident").textContent = [card.display_name, card.line_type].filter(Boolean).join(" · ");
+  const e164 = card.caller_normalised && card.caller_normalised !== card.caller ? card.caller_normalised : "";
+  $("pop-ident").textContent = [e164, card.display_name, card.line_type].filter(Boolean).join(" · ");
   const flags = $("pop-flags");
   flags.replaceChildren();
   for (const f of card.flags || []) {
@@ -81,9 +82,12 @@ function renderCard() {
     flags.append(el("span", { class: "flag callback", text: "On call-back list" }));
   }
   $("pop-arrived").textContent = fmtClock(card.arrived_at);
-  $("pop-location").textContent = card.location
-    ? card.location + (card.location_accuracy ? ` (±${Math.round(card.location_accuracy)} m)` : "")
-    : "not provided";
+  const ld = card.location_detail;
+  const how = ld && ld.parsed ? [...(ld.geodetic || []), ...(ld.civic || [])].map((x) => x.method).find(Boolean) : "";
+  $("pop-location").textContent = !card.location ? "not provided"
+    : ld && ld.parsed ? card.location + (how ? ` · ${how}` : "")   // the summary has the ± radius
+    : card.location + (card.location_accuracy ? ` (±${Math.round(card.location_accuracy)} m)` : "")
+      + (ld && ld.error ? ` (unread: ${ld.error})` : "");
   const inc = $("pop-incident");
   inc.textContent = card.incident_number ? card.incident_number + (card.grade ? `  · grade ${card.grade}` : "") : "awaiting CAD";
   inc.className = card.incident_number ? "incident" : "muted";
@@ -267,7 +271,7 @@ function wire() {
   await CR.loadMe();
   CR.topbar("Handler desk · " + (CR.me.handler_id || ""));
   wire();
-  CR.live(onLive);
+  CR.live(onLive, loadCallbacks);   // after a resync or reconnect: call-backs may have changed
   loadCallbacks();
   setInterval(tick, 250);
   setInterval(loadCallbacks, 30000);

@@ -10,7 +10,7 @@ from aiohttp import ClientWebSocketResponse
 
 from console.fake import FakeBackend
 from console.keys import HUB
-from console.live import Client
+from console.feed import LiveQueue, snapshot_key
 
 from .conftest import Api
 
@@ -67,12 +67,74 @@ async def test_supervisor_feed_has_no_transcript_text(api: Api, backend: FakeBac
     await ws.close()
 
 
-def test_slow_client_is_cut_off_not_buffered() -> None:
-    """A full client queue is emptied and ends with the close sentinel (no unbounded growth)."""
-    c = Client(maxsize=3)
+def test_overflow_drops_backlog_then_resyncs_and_continues() -> None:
+    """A full live queue drops its backlog (bounded memory), yields one resync, and then
+    streams again; snapshots are coalesced to the newest and never fill it."""
+    overflows: list[int] = []
+    q = LiveQueue(3, key=snapshot_key, on_overflow=lambda: overflows.append(1))
+    for i in range(3):
+        q.put({"type": "wallboard.snapshot", "n": i})
+    assert q.qsize() == 1                       # coalesced
     for i in range(10):
-        c.put({"type": "x", "i": i})
-    assert c.overflowed and c.queue.qsize() == 1 and c.queue.get_nowait() is None
+        q.put({"type": "call.queued", "i": i})
+    assert q.needs_resync and q.qsize() == 0 and overflows == [1] and q.overflows == 1
+    assert q.peak == 3
+    q.put({"type": "call.queued", "i": 99})     # covered by the snapshot taken at resync
+    assert q.get_nowait() == {"type": "resync"}
+    assert q.get_nowait() is None
+    q.put({"type": "call.offered", "i": 100})
+    q.put({"type": "wallboard.snapshot", "n": 7})
+    q.put({"type": "wallboard.snapshot", "n": 8})
+    assert q.get_nowait() == {"type": "call.offered", "i": 100}
+    assert q.get_nowait() == {"type": "wallboard.snapshot", "n": 8}
+    assert not q.needs_resync and overflows == [1]
+
+
+async def test_slow_page_is_resynced_not_dropped(aiohttp_client: Any, backend: FakeBackend,
+                                                db: Any) -> None:
+    """A handler's WebSocket that overflows gets resync start, its desk view (with the
+    offer) and the queue, resync done, and then keeps receiving live events."""
+    from config import WebSettings
+    from console.app import create_app
+
+    app = create_app(backend=backend, db=db, settings=WebSettings(live_queue=5))
+    api = Api(await aiohttp_client(app), db).as_role("handler")
+    ws = await api.client.ws_connect("/api/ws")
+    assert (await ws.receive_json(timeout=5))["type"] == "desk.view"
+    await app[HUB].ready.wait()
+    cid = backend.arrive("999", "+447700900777")
+    backend.offer(cid, "h1")
+    # A burst delivered faster than the page takes it (the hub puts without waiting).
+    (client,) = app[HUB].clients
+    for i in range(40):
+        client.put({"type": "call.queued", "call_id": f"x{i}", "position": i})
+    seen = await _until(ws, lambda m: m == {"type": "resync", "state": "done"})
+    start = seen.index({"type": "resync", "state": "start"})
+    views = [m for m in seen[start:] if m["type"] == "desk.view"]
+    assert views and views[-1]["view"]["offer"]["call_id"] == cid
+    assert any(m["type"] == "queue.summary" for m in seen[start:])
+    assert app[HUB].resyncs["page"] >= 1
+    backend.link_incident(cid, "INC-77", "1")
+    seen = await _until(ws, lambda m: m["type"] == "call.incident")
+    assert seen[-1]["incident_number"] == "INC-77"
+    await ws.close()
+
+
+async def test_backend_resync_resyncs_every_page(api: Api, backend: FakeBackend) -> None:
+    """A resync from the backend (its subscription overflowed) sends each page its full
+    state again: the supervisor gets a fresh wallboard snapshot."""
+    api.as_role("supervisor")
+    ws = await api.client.ws_connect("/api/ws")
+    assert (await ws.receive_json(timeout=5))["type"] == "wallboard.snapshot"
+    hub = api.client.app[HUB]
+    await hub.ready.wait()
+    cid = backend.arrive("999", "+447700900888")
+    backend.push({"type": "resync"})
+    seen = await _until(ws, lambda m: m == {"type": "resync", "state": "done"})
+    snaps = [m for m in seen if m["type"] == "wallboard.snapshot"]
+    assert any(w["call_id"] == cid for ln in snaps[-1]["snapshot"]["lines"] for w in ln["waiting"])
+    assert hub.resyncs["backend"] == 1
+    await ws.close()
 
 
 async def test_logout_closes_live_feed(aiohttp_client: Any, backend: FakeBackend, db: Any) -> None:
@@ -125,7 +187,7 @@ async def test_hub_resubscribes_when_stream_ends(backend: FakeBackend) -> None:
         assert backend._subs                  # subscribed again
         backend.push({"type": "handler.state", "handler_id": "h1", "state": "available",
                       "reason": "", "at": 1.0})
-        item = await asyncio.wait_for(client.queue.get(), 5)
+        item = await asyncio.wait_for(client.get(), 5)
         assert item is not None and item["type"] == "handler.state"
     finally:
         task.cancel()
