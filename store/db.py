@@ -110,12 +110,25 @@ class Database:
             self._depth = 1
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._depth = 0
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._depth = 0
-            self._conn.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    def _rollback(self) -> None:
+        """Roll back what is left of a failed transaction, whatever failed.
+
+        SQLite may already have rolled the transaction back itself (SQLITE_FULL,
+        SQLITE_IOERR), and a COMMIT that failed on a full or read-only disk leaves it
+        open: either way the connection must come out with no transaction, or every
+        later BEGIN fails. A ROLLBACK that fails too is not allowed to hide the error
+        that matters (the one being raised).
+        """
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
         """One statement in its own transaction (or the current one)."""
