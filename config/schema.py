@@ -56,6 +56,11 @@ class LineSettings:
     """Priority uplift per minute waited (101 ageing); capped below the next class."""
     callback_on_abandon: bool = False
     """Put abandoned calls on the call-back list (999: yes)."""
+    nat: bool = False
+    """The far end (SBC/PBX) is behind NAT: its SDP may name an address its RTP does not
+    come from. Then the first RTP packet of a call, if it comes from the signalling
+    source's address (any port), is taken as the media address (latched, logged).
+    Otherwise (default) RTP is accepted only from the exact address and port in the SDP."""
 
     def validate(self) -> None:
         if not self.name or "/" in self.name or "+" in self.name or "#" in self.name:

@@ -231,3 +231,14 @@ class EngineStats:
     max_send_gap_ms: float = 0.0
     recording_backlog: int = 0
     """Recording batches queued for the disk writer (a slow disk shows here, not as gaps)."""
+    rtp_foreign: int = 0
+    """RTP packets dropped because they came from another address than the SDP names
+    (or the NAT-latched one): strangers, stale streams of earlier calls."""
+    rtp_ssrc_dropped: int = 0
+    """RTP packets from the right address dropped for carrying a second SSRC while the
+    current one was still flowing."""
+    rtp_nat_latched: int = 0
+    """Streams (lines behind NAT) that latched to their first packet's address."""
+    rtp_ports_reused_early: int = 0
+    """RTP ports handed out before their rest after the previous call was over (the
+    pool had no other free port)."""

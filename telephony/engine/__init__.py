@@ -199,6 +199,7 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
         st.legs_active = len(self._legs)
         r = self._retired
         pin, pout, lost, late = r["packets_in"], r["packets_out"], r["lost"], r["late"]
+        foreign, ssrc, latched = r["foreign"], r["ssrc_dropped"], r["latched"]
         gap = st.max_send_gap_ms
         for call, leg in self._streams.values():
             rs = getattr((leg or call).stream, "stats", None)
@@ -206,8 +207,13 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
             pout += getattr(rs, "packets_out", 0)
             lost += getattr(rs, "lost", 0)
             late += getattr(rs, "late", 0)
+            foreign += getattr(rs, "foreign", 0)
+            ssrc += getattr(rs, "ssrc_dropped", 0)
+            latched += getattr(rs, "latched", 0)
             gap = max(gap, float(getattr(rs, "max_send_gap_ms", 0.0)))
         st.rtp_packets_in, st.rtp_packets_out, st.rtp_lost, st.rtp_late = pin, pout, lost, late
+        st.rtp_foreign, st.rtp_ssrc_dropped, st.rtp_nat_latched = foreign, ssrc, latched
+        st.rtp_ports_reused_early = int(getattr(self._media, "ports_reused_early", 0))
         st.max_send_gap_ms = gap
         disk = getattr(self._media, "disk", None)
         st.recording_backlog = int(getattr(disk, "queued", 0))

@@ -81,7 +81,8 @@ class EngineBase:
         self._proxy_addr: tuple[str, int] | None = None
         self._ids = itertools.count(1)
         self._stats = EngineStats()
-        self._retired = {"packets_in": 0, "packets_out": 0, "lost": 0, "late": 0}
+        self._retired = {"packets_in": 0, "packets_out": 0, "lost": 0, "late": 0,
+                         "foreign": 0, "ssrc_dropped": 0, "latched": 0}
         """RTP counters of streams already closed (stats stay monotonic)."""
         self._drained: asyncio.Event | None = None
         self._seal_tasks: set[asyncio.Task[None]] = set()
@@ -181,6 +182,15 @@ class EngineBase:
         gap = float(getattr(rs, "max_send_gap_ms", 0.0) or 0.0)
         self._stats.max_send_gap_ms = max(self._stats.max_send_gap_ms, gap)
         stream.close()
+
+    def _media_source(self, stream: Any, tag: str, latch_host: str | None) -> None:
+        """Name the stream for its log lines and, on a line behind NAT, let its first RTP
+        packet latch to the signalling source's host (see :mod:`telephony.media.stream`).
+        Media is pluggable: a media layer without these simply does not filter."""
+        if latch_host is not None and hasattr(stream, "allow_latch"):
+            stream.allow_latch(latch_host, tag=tag)
+        elif hasattr(stream, "tag"):
+            stream.tag = tag
 
     def _configure(self, stream: Any, neg: sdp.Negotiated) -> None:
         """Apply negotiated media; media the stream refuses (a host name instead of an IP

@@ -55,6 +55,11 @@ class LegsMixin(EngineBase):
             stream = self._media.allocate()
         except Exception as exc:  # noqa: BLE001 - MediaError: port pool exhausted
             raise EngineError(f"cannot allocate RTP for leg: {exc}") from exc
+        # Handler phones are heard only from the address their 200 OK's SDP names: they
+        # sit on the control room's network, and the signalling source here is the proxy,
+        # not the phone, so there is no address to latch to (a phone behind NAT needs the
+        # proxy to fix its SDP, e.g. Kamailio nathelper / rtpengine).
+        self._media_source(stream, leg_id, None)
         sdp_state = _SdpState(secrets.randbelow(2**31))
         off = sdp.offer(codecs=list(self.settings.codecs), address=self._rtp_host(),
                         port=stream.local_port, ptime=self.settings.ptime,

@@ -5,8 +5,10 @@ Streams live in :mod:`telephony.media.stream`, prompts in :mod:`telephony.media.
 Theory of operation:
 
 * :meth:`MediaEngine.allocate` is synchronous (the signalling code calls it while
-  building an SDP answer): it binds a non-blocking UDP socket on a free even port of
-  the pool with the ``socket`` module; the port is live before ``allocate`` returns.
+  building an SDP answer): it binds a non-blocking UDP socket on an even port of the
+  pool chosen at random, never one released in the last ``port_quarantine`` seconds
+  while another is free (:mod:`telephony.media.ports`), with the ``socket`` module; the
+  port is live before ``allocate`` returns.
   RTCP uses port + 1 when it is free (see :mod:`telephony.media.rtcp`); if not, the
   stream simply has no RTCP.
 * Reading: by default (``read_in_tick=True``) the media clock tick itself reads every
@@ -38,11 +40,11 @@ Theory of operation:
   tick (no extra delay). ``play`` on a bridged stream takes over what that side sends
   (hold) while the peer keeps hearing it; ``unbridge`` returns both to their last
   ``play`` source.
-* Symmetric RTP: we send to the source address of the RTP we receive, or to the SDP
-  address until a packet arrives. The source is latched: packets from another address
-  are dropped (``foreign``) unless the latched one has been silent ``relatch_after``
-  seconds (a NAT rebinding, a media server change), so a stray or forged packet cannot
-  divert a call's audio. Sequence number, timestamp and SSRC are
+* Who is heard: only the address and port the SDP names (see
+  :mod:`telephony.media.stream` for the rules: NAT latching on lines behind NAT, one
+  SSRC at a time); everything else is dropped and counted (``foreign``,
+  ``ssrc_dropped``), one address comparison per packet. We send to the SDP address
+  (or the NAT-latched one). Sequence number, timestamp and SSRC are
   per stream and continuous across source changes (play -> bridge -> play); the
   timestamp advances one frame per tick even while not sending (hold), so it always
   tracks real time. The marker bit is set on the first packet after a pause.
@@ -57,7 +59,6 @@ import secrets
 import select
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ from .clock import MediaClock
 from .errors import MediaError
 from .g711 import ALAW_DECODE, ULAW_DECODE
 from .jitter import silence
+from .ports import PortPool
 from .prompts import PromptLoop, load_wav, queue_tone
 from .recording import DiskWriter, Recording, RecordingInfo, recover
 from .stream import Codec, RtpStats, RtpStream
@@ -91,8 +93,11 @@ class MediaEngine:
                  recordings_dir: Path,
                  on_audio: Callable[[AudioFrame], None] | None = None,
                  on_dtmf: Callable[[RtpStream, str], None] | None = None,
-                 read_in_tick: bool = True) -> None:
+                 read_in_tick: bool = True, port_quarantine: float = 30.0) -> None:
         """Ports: even ports in ``[port_min, port_max]``; ``ptime`` is the clock period in ms.
+
+        ``port_quarantine``: seconds a released port rests before it is handed out again
+        (unless no other port is free), so a stale stream cannot reach the next call.
 
         ``read_in_tick``: sockets are read by the clock tick (default, cheapest) rather
         than by one event-loop reader callback per socket. Either way nothing is
@@ -119,7 +124,7 @@ class MediaEngine:
         self.rtcp_interval = 5.0
         """Mean seconds between RTCP reports of a stream."""
         self._family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-        self._free: deque[int] = deque(range(first, port_max + 1, 2))
+        self._pool = PortPool(first, port_max, quarantine=port_quarantine)
         self._streams: dict[int, RtpStream] = {}
         self._stream_list: list[RtpStream] = []
         self.disk = DiskWriter()
@@ -158,8 +163,13 @@ class MediaEngine:
     # ------------------------------------------------------------ streams
     @property
     def free_ports(self) -> int:
-        """Ports left in the pool."""
-        return len(self._free)
+        """Ports left in the pool (free or resting: ``allocate`` can hand out either)."""
+        return len(self._pool)
+
+    @property
+    def ports_reused_early(self) -> int:
+        """Ports handed out before their quarantine ended (the pool had no other)."""
+        return self._pool.reused_early
 
     @property
     def streams(self) -> list[RtpStream]:
@@ -167,17 +177,22 @@ class MediaEngine:
         return list(self._stream_list)
 
     def allocate(self) -> RtpStream:
-        """Bind a new stream on a free even port (synchronous; needs the running loop)."""
+        """Bind a new stream on a random even port of the pool (synchronous; needs the
+        running loop)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise MediaError("allocate() must be called from the running event loop") from None
-        for _ in range(len(self._free)):
-            port = self._free.popleft()
+        pool = self._pool
+        now = time.monotonic()
+        for _ in range(len(pool)):
+            port = pool.take(now)
+            if port is None:
+                break
             try:
                 sock = socket.socket(self._family, socket.SOCK_DGRAM)
             except OSError as e:  # EMFILE/ENFILE: out of file descriptors
-                self._free.appendleft(port)
+                pool.release(port, now - pool.quarantine)  # never used: free at once
                 raise MediaError(f"cannot create RTP socket: {e.strerror}") from e
             try:
                 sock.setblocking(False)
@@ -187,7 +202,7 @@ class MediaEngine:
                 sock.bind((self.bind, port))
             except OSError as e:
                 sock.close()
-                self._free.append(port)  # in use by someone else: try it again later
+                pool.release(port, now)  # in use by someone else: try it again later
                 if e.errno == errno.EADDRINUSE:
                     continue
                 raise MediaError(f"cannot bind RTP socket on {self.bind}:{port}: "
@@ -311,9 +326,9 @@ class MediaEngine:
     def _release(self, stream: RtpStream) -> None:
         if self._streams.pop(stream.local_port, None) is not None:
             self._stream_list = list(self._streams.values())
-            # to the back of the queue: the port rests while stray packets of the old
-            # call drain, and the socket's close (next loop turn) completes
-            self._free.append(stream.local_port)
+            # the port rests while stray packets of the old call drain (and the socket's
+            # close, next loop turn, completes) before another call may get it
+            self._pool.release(stream.local_port, time.monotonic())
 
     def bridge(self, a: RtpStream, b: RtpStream) -> None:
         """Each of ``a`` and ``b`` sends what the other receives (transcoded via PCM)."""
@@ -460,5 +475,7 @@ class MediaEngine:
             out["packets_out"] += st.packets_out
             out["lost"] += st.lost
             out["late"] += st.late
+            out["foreign"] = out.get("foreign", 0) + st.foreign
+            out["ssrc_dropped"] = out.get("ssrc_dropped", 0) + st.ssrc_dropped
         out["max_tick_gap_ms"] = 1000.0 * self.clock.max_gap
         return out

@@ -1,7 +1,28 @@
 """One RTP leg: socket I/O, receive path into the jitter buffer, send path on the tick.
 
 See :mod:`telephony.media.session` for the theory of operation (reading in the tick,
-symmetric RTP latching, sequence/timestamp continuity, what a bridge sends).
+sequence/timestamp continuity, what a bridge sends).
+
+Who is heard (a stranger must not put audio into a 999 call or its recording):
+
+* Only RTP from the address and port the SDP names is accepted (one comparison of the
+  source port and host per packet, nothing allocated); anything else is dropped and
+  counted (``foreign``), the first such packet of a stream logged. Before the SDP is
+  known (delayed offer, a handler leg still ringing) nothing is accepted. An SDP with
+  ``c=0.0.0.0`` (old-style hold) keeps the last address: the far end may still send.
+* NAT latching, only where the line is configured behind NAT (``allow_latch``): the
+  first valid RTP packet, if it comes from the signalling source's host (any port)
+  rather than the SDP address, moves the accepted and the send address there, once,
+  and is logged (``rtp.nat_latched``). The window closes with the first packet accepted
+  either way and opens again only when an SDP names a new address.
+* One SSRC at a time: the first packet after each ``configure`` (offer/answer, also a
+  re-INVITE) sets it. A packet with another SSRC from the right address is dropped and
+  counted (``ssrc_dropped``) while the current SSRC is alive; once the current one has
+  been silent ``ssrc_switch_after`` seconds (0.5) the new one is taken (logged). That is
+  what a real SBC does: after a restart, a failover or an upstream source switch it
+  starts a new SSRC on the same address, and the old stream has stopped; two streams
+  interleaved on one address is the case that is not legitimate. So a caller whose SBC
+  restarts loses at most half a second, never the rest of the call.
 """
 
 from __future__ import annotations
@@ -18,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from . import rtcp, rtp
 from .dtmf import DtmfReceiver, DtmfSender
@@ -30,6 +52,8 @@ if TYPE_CHECKING:
     from .session import MediaEngine
 
 __all__ = ["DIRECTIONS", "Codec", "RtpStats", "RtpStream"]
+
+log = structlog.get_logger("telephony.media")
 
 Pcm = npt.NDArray[np.int16]
 _HDR = struct.Struct("!BBHII")
@@ -70,7 +94,11 @@ class RtpStats:
     unexpected_pt: int = 0
     """Packets with a payload type we did not negotiate (dropped)."""
     foreign: int = 0
-    """Packets from another address than the latched source while it is alive (dropped)."""
+    """Packets from another address than the SDP's (or the NAT-latched) one (dropped)."""
+    ssrc_dropped: int = 0
+    """Packets from the right address with another SSRC while the current one is alive."""
+    latched: int = 0
+    """1 once the stream latched to a NAT address (lines behind NAT only), else 0."""
     jitter_ms: float = 0.0
     """RFC 3550 interarrival jitter."""
     max_send_gap_ms: float = 0.0
@@ -109,10 +137,19 @@ class RtpStream:
         self.remote: tuple[str, int] | None = None
         """Address from SDP (``configure``)."""
         self.send_addr: tuple[str, int] | None = None
-        """Where packets go: the latched source of received RTP, else ``remote``."""
-        self.relatch_after = 2.0
-        """Seconds the latched source must be silent before another source is accepted."""
-        self._latched: tuple[str, int] | None = None
+        """Where packets go: ``remote``, or the NAT-latched source."""
+        self.ssrc_switch_after = 0.5
+        """Seconds the current SSRC must be silent before another one from the same
+        address is accepted without a new SDP."""
+        self.tag = ""
+        """Who this stream belongs to (a call id), for log lines."""
+        # the one accepted source (host, port); None until an SDP names it
+        self._src_host: str | None = None
+        self._src_port: int | None = None
+        self._latch_host: str | None = None  # signalling source host (NAT lines only)
+        self._latch_open = False
+        self._latched = 0
+        self._ssrc_in: int | None = None  # SSRC being accepted (None: the next one)
         self.closed = False
         self.rx_frame: Pcm = silence(engine.frame_samples)
         """Audio received for the current tick (valid during and after the tick)."""
@@ -143,6 +180,7 @@ class RtpStream:
         # plain attributes, not a dict: these are bumped per packet on the hot path
         self._packets_in = self._packets_out = self._bytes_in = self._bytes_out = 0
         self._malformed = self._unexpected_pt = self._send_errors = self._foreign = 0
+        self._ssrc_dropped = 0
         self._sending = True  # direction allows sending
         self._receiving = True  # direction allows receiving
         self._max_send_gap = 0.0
@@ -216,11 +254,22 @@ class RtpStream:
         self.dtmf_pt = dtmf_pt
         self._ptime_samples = ptime * 8
         self._acc = None
+        self._ssrc_in = None  # a new offer/answer may bring a new source
         if remote != self.remote:
             self.remote = remote
-            self.send_addr = remote  # re-latch to the new address once its packets arrive
-            self._latched = None
+            self.send_addr = remote
             self._rtcp_addr = None
+            if remote is not None:  # (None, 0.0.0.0 hold: keep hearing the last address)
+                self._src_host, self._src_port = remote
+                self._latch_open = self._latch_host is not None
+
+    def allow_latch(self, host: str, *, tag: str = "") -> None:
+        """Line behind NAT: the first RTP packet may come from ``host`` (the signalling
+        source's address) on another address than the SDP names; the stream then
+        latches there (receive and send). ``tag`` names the call in the log line."""
+        self._latch_host = host
+        self._latch_open = True
+        self.tag = tag or self.tag
 
     def set_direction(self, direction: str) -> None:
         """Our direction: ``sendrecv``, ``sendonly``, ``recvonly`` or ``inactive``."""
@@ -255,6 +304,7 @@ class RtpStream:
                         bytes_in=self._bytes_in, bytes_out=self._bytes_out,
                         lost=self._rstats.lost, late=jb.late, duplicates=jb.duplicates,
                         malformed=self._malformed, unexpected_pt=self._unexpected_pt,
+                        ssrc_dropped=self._ssrc_dropped, latched=self._latched,
                         jitter_ms=self._rstats.jitter_ms,
                         max_send_gap_ms=1000.0 * self._max_send_gap,
                         send_errors=self._send_errors, foreign=self._foreign,
@@ -302,9 +352,8 @@ class RtpStream:
 
     def rtcp_received(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         """Handle one datagram on the RTCP port (bad ones are counted and dropped)."""
-        peer = self.send_addr
-        if peer is not None and addr[0] != peer[0]:
-            self._rtcp_bad += 1  # only the host we exchange RTP with may report on it
+        if addr[0] != self._src_host:
+            self._rtcp_bad += 1  # only the host we hear RTP from may report on it
             return
         try:
             reports = rtcp.parse(data)
@@ -362,6 +411,16 @@ class RtpStream:
         """
         if self.closed:
             return
+        latch = False
+        if addr[1] != self._src_port or addr[0] != self._src_host:
+            if not self._latch_open or addr[0] != self._latch_host:
+                self._foreign += 1
+                if self._foreign == 1:
+                    log.warning("rtp.foreign_dropped", port=self.local_port, call_id=self.tag,
+                                source=f"{addr[0]}:{addr[1]}",
+                                expected=f"{self._src_host}:{self._src_port}")
+                return
+            latch = True  # a NAT line's first packet from the signalling host: if valid RTP
         n = len(data)
         if n >= 12 and data[0] == 0x80:  # fast path: no padding, extension or CSRC
             b0, b1, seq, ts, ssrc = _HDR.unpack_from(data)
@@ -380,14 +439,13 @@ class RtpStream:
             return
         if now is None:
             now = time.monotonic()
-        if addr != self._latched:
-            # Strict symmetric RTP: a single forged packet must not divert a 999 call's
-            # audio. Latch to the first source; move only if it has been silent a while.
-            if self._latched is not None and self.last_rx is not None \
-                    and now - self.last_rx < self.relatch_after:
-                self._foreign += 1
+        if ssrc != self._ssrc_in:
+            if not self._new_ssrc(ssrc, now):
                 return
-            self._latched = self.send_addr = addr
+        if self._latch_open:
+            self._latch_open = False  # only the first packet may latch
+            if latch:
+                self._latch(addr)
         self._packets_in += 1
         self._bytes_in += n
         self.last_rx = now
@@ -405,6 +463,32 @@ class RtpStream:
             return
         for d in digits:
             self._engine._dtmf(self, d)
+
+    def _new_ssrc(self, ssrc: int, now: float) -> bool:
+        """Whether a packet with an SSRC other than the current one is taken (see above)."""
+        current, last = self._ssrc_in, self.last_rx
+        if current is not None and last is not None and now - last < self.ssrc_switch_after:
+            self._ssrc_dropped += 1
+            if self._ssrc_dropped == 1:
+                log.warning("rtp.ssrc_dropped", port=self.local_port, call_id=self.tag,
+                            ssrc=ssrc, current=current)
+            return False
+        if current is not None:
+            log.info("rtp.ssrc_changed", port=self.local_port, call_id=self.tag,
+                     ssrc=ssrc, previous=current, silent_s=round(now - (last or now), 3))
+        self._ssrc_in = ssrc
+        return True
+
+    def _latch(self, addr: tuple[str, int]) -> None:
+        """NAT line: hear and answer the address the first packet came from."""
+        sdp = f"{self._src_host}:{self._src_port}"
+        self._src_host, self._src_port = addr[0], addr[1]
+        if self.remote is not None:  # (not before the SDP is known, nor on hold)
+            self.send_addr = (addr[0], addr[1])
+        self._rtcp_addr = None
+        self._latched = 1
+        log.info("rtp.nat_latched", port=self.local_port, call_id=self.tag, sdp=sdp,
+                 source=f"{addr[0]}:{addr[1]}")
 
     # ------------------------------------------------------------------ tick
     def _send_tick(self, now: float) -> None:

@@ -44,6 +44,11 @@ class FakeStream:
     last_rx: float | None = None
     stats: Any = None
     dtmf_sent: list[str] = field(default_factory=list)
+    tag: str = ""
+    latch_host: str | None = None
+
+    def allow_latch(self, host: str, *, tag: str = "") -> None:
+        self.latch_host, self.tag = host, tag
 
     def configure(self, *, remote, codec, dtmf_pt, ptime=20) -> None:
         self.remote, self.codec, self.dtmf_pt, self.ptime = remote, codec, dtmf_pt, ptime

@@ -109,6 +109,12 @@ def lines() -> list[LineSettings]:
 
 
 @pytest.fixture
+def engine_lines() -> list[LineSettings]:
+    """The engine's lines (override per module, e.g. a line behind NAT)."""
+    return lines()
+
+
+@pytest.fixture
 def engine_credentials() -> tuple[str, str] | None:
     """``(username, password)`` the engine answers proxy challenges with (override per module)."""
     return None
@@ -116,7 +122,8 @@ def engine_credentials() -> tuple[str, str] | None:
 
 @pytest.fixture
 async def rig(kamailio: Kamailio, engine_port: int, tmp_path: Path,
-              engine_credentials: tuple[str, str] | None) -> AsyncIterator[EngineRig]:
+              engine_credentials: tuple[str, str] | None,
+              engine_lines: list[LineSettings]) -> AsyncIterator[EngineRig]:
     from telephony.engine import Engine
 
     rtp_min, rtp_max = free_rtp_range(64)
@@ -131,7 +138,7 @@ async def rig(kamailio: Kamailio, engine_port: int, tmp_path: Path,
         events.append(ev)
         holder["rig"].notify()
 
-    engine = Engine(settings=settings, lines=lines(), recordings_dir=tmp_path / "recordings",
+    engine = Engine(settings=settings, lines=engine_lines, recordings_dir=tmp_path / "recordings",
                     on_event=on_event)
     holder["rig"] = EngineRig(engine, events, kamailio, tmp_path)
     (tmp_path / "recordings").mkdir()
