@@ -1,21 +1,39 @@
-"""Transcript search: ranked (bm25), highlighted, with the time offset of the hit.
+"""Transcript search over whole calls: ranked, highlighted, with each matched word's time.
+
+Each call is indexed as one document (``transcription_call_index``, built by
+``transcription/store.py``): the normalised terms of everything said on it, the caller's
+words in time order then the handler's, each term with its start and end, channel,
+confidence and the words as transcribed. So a two-word search matches words said in
+different segments, and a hit's ``offset`` is the start of its first matched word.
+
+Query and transcript go through the same normalisation (``transcription/normalise.py``):
+numbers in words or digits, UK and US spellings, registrations and postcodes spelled out
+or written, and the index's Porter stemmer for plurals and simple stems.
 
 The query language is small and can never produce an FTS5 syntax error, because we
-build the FTS5 expression ourselves from tokens (every term is quoted):
+build the FTS5 expression ourselves from normalised terms (every term is quoted):
 
-* ``burglary station`` both words (AND), any order; words are stemmed (porter), so
-  ``burglaries`` finds ``burglary``;
+* ``burglary station`` both words (AND), anywhere in the call, in any order;
 * ``"station road"`` a phrase (an unbalanced ``"`` runs to the end of the query);
-* ``knife OR gun`` either; ``-test`` excludes; ``burg*`` prefix.
+* ``knife OR gun`` either; ``-test`` or ``NOT test`` excludes; ``burg*`` prefix (at
+  least 2 characters); ``AND`` between words is allowed (it is the default);
+  parentheses must balance and are otherwise ignored (OR binds its two neighbours);
+* a code ("AB12", "alpha bravo one two") also finds longer codes that start with it.
 
-A query with nothing searchable (empty, punctuation only, exclusions only) raises
-:class:`SearchQueryError` with a message fit for the auditor's screen.
+A query that cannot be run (nothing searchable, a lone operator, unbalanced
+parentheses, a one-letter prefix, too long) raises :class:`SearchQueryError` with a
+message fit for the auditor's screen or terminal.
 
-Each hit is a call: its best-ranked segment gives the score and the snippet; ``offset``
-is where the first matching segment starts (seconds from answer), for playback.
+Exact matches rank first. A rare or unknown query word (found in fewer than
+``fuzzy_below`` calls) is then also looked up in the vocabulary of indexed words: close
+spellings (rapidfuzz ratio >= ``fuzzy_cutoff``, same first letter, similar length) and
+words with the same phonetic key (:func:`~transcription.normalise.phonetic_key`); calls
+found only through them follow the exact hits (``Hit.match`` "fuzzy", then
+"phonetic"). Words recognised with low confidence are indexed like the others and marked
+in the hit (``Hit.matches``, ``Hit.fragments``).
 
 Bounded work on a big index, and said so in each hit: at most ``max_candidates`` (1000)
-matching segments are ranked, the newest (``Hit.ranked_within_recent``, with
+matching calls are ranked, the newest (``Hit.ranked_within_recent``, with
 ``Hit.matches_estimate``). FTS5's bm25 counts each query word's documents by reading all
 its occurrences, ~55 ms for "the" over a million calls and growing with the index; for
 such words we compute the same bm25 ourselves with document frequencies estimated from
@@ -38,19 +56,27 @@ import math
 import re
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+
+from rapidfuzz import fuzz, process
 
 from store.db import Database
 
 from .errors import SearchQueryError
+from .normalise import is_code, normalise, phonetic_key
+from .store import IndexedTerm, decode_index
 
-_TOKEN = re.compile(r'"([^"]*)"?|(\S+)')
+_TOKEN = re.compile(r'"([^"]*)"?|([()])|([^\s()"]+)')
 _WORDCHAR = re.compile(r"\w", re.UNICODE)
 _WORDS = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_QUERY_CHARS = 500
 MAX_LIMIT = 200
+SNIPPET_WORDS = 8
+"""Words shown on each side of the first matched word."""
+MAX_MATCHES = 20
+"""Matched words listed per hit (with their times)."""
 
 
 @dataclass(frozen=True)
@@ -59,24 +85,25 @@ class Hit:
 
     call_id: str
     score: float
-    """bm25 relevance of the best segment (higher is better)."""
+    """bm25 relevance of the call (higher is better); fuzzy and phonetic matches are
+    scaled down by their similarity."""
     snippet: str
-    """HTML-safe text of the best segment with matches wrapped in ``<mark>``."""
+    """HTML-safe text around the first matched word, matches wrapped in ``<mark>``."""
     offset: float
-    """Seconds from answer where the first matching segment starts."""
+    """Seconds into the recording where the first matched word starts (play from here)."""
     channel: str
-    """Channel of the first matching segment: ``caller`` or ``handler``."""
+    """Channel of the first matched word: ``caller`` or ``handler``."""
     line: str | None
     caller: str | None
     handler_id: str | None
     arrived_at: float | None
     incident_number: str | None
     ranked_within_recent: int | None = None
-    """None: every matching segment was considered. N: the query matched more segments
-    than the search ranks (``max_candidates``), so only the newest N matching segments
-    were ranked and older calls may match too: add words, a filter or a date range."""
+    """None: every matching call was considered. N: the query matched more calls than
+    the search ranks (``max_candidates``), so only the newest N matching calls were
+    ranked and older calls may match too: add words, a filter or a date range."""
     matches_estimate: int | None = None
-    """Matching segments in the index (over the filtered calls, if few): exact below
+    """Matching calls in the index (over the filtered calls, if few): exact below
     ``max_candidates``, else estimated from how densely the newest matches occur."""
     scoring: str = "bm25"
     """``bm25``: FTS5's bm25 with statistics of the whole index. ``bm25-estimated-idf``:
@@ -85,6 +112,19 @@ class Hit:
     ``max_idf_scan`` occurrences) that counting them exactly would read every occurrence
     (~55 ms for "the" in a million calls). Scores are close to, not identical with,
     exact bm25. ``newest-first``: not ranked (score 0)."""
+    rank: int = 0
+    """1 for the best hit of the search, then 2, 3..."""
+    match: str = "exact"
+    """``exact`` (the query's words, normalised and stemmed), ``fuzzy`` (a close spelling
+    of a rare query word) or ``phonetic`` (a word that sounds the same)."""
+    matches: tuple[dict[str, Any], ...] = field(default=())
+    """The matched words in time order (at most MAX_MATCHES): ``word`` as transcribed,
+    ``at`` and ``end`` (seconds), ``channel``, ``confidence``, ``low_confidence``."""
+    fragments: tuple[dict[str, Any], ...] = field(default=())
+    """The snippet as words: ``text``, ``match`` (bool), ``low_confidence`` (bool),
+    ``at`` (seconds); a renderer needs no HTML parsing."""
+    low_confidence: bool = False
+    """Some matched word was recognised with low confidence (check the recording)."""
 
 
 class SearchBackend(Protocol):
@@ -99,41 +139,100 @@ def _quote(term: str) -> str:
 
 
 Phrase = tuple[str, bool]
-"""(text, prefix) of one quoted FTS5 phrase."""
+"""(normalised text, prefix) of one quoted FTS5 phrase."""
+OPERATORS = ("AND", "OR", "NOT")
+
+
+def _norm(text: str, prefix: bool = False) -> Phrase | None:
+    """A phrase of normalised terms; a trailing code becomes a prefix (AB12 -> AB12*)."""
+    ts = normalise(text)
+    if not ts:
+        return None
+    return " ".join(ts), prefix or is_code(ts[-1])
 
 
 def parse_query(query: str) -> tuple[list[list[Phrase]], list[Phrase]]:
-    """The query as an AND of OR-groups of phrases, and the excluded phrases."""
+    """The query as an AND of OR-groups of normalised phrases, and the excluded ones.
+    Raises :class:`SearchQueryError` naming what is wrong."""
     if len(query) > MAX_QUERY_CHARS:
         raise SearchQueryError(f"query is too long ({len(query)} characters; at most {MAX_QUERY_CHARS})")
-    groups: list[list[Phrase]] = []  # AND of ORs
-    negatives: list[Phrase] = []
-    pending_or = False
+    items: list[tuple[str, str]] = []  # (kind, text): word, phrase, op
+    depth = 0
     for m in _TOKEN.finditer(query):
-        phrase, word = m.group(1), m.group(2)
-        if word == "OR" and groups:
-            pending_or = True
-            continue
-        negate = False
-        prefix = False
-        if phrase is not None:
-            text = phrase
+        phrase, paren, word = m.group(1), m.group(2), m.group(3)
+        if paren is not None:
+            depth += 1 if paren == "(" else -1
+            if depth < 0:
+                raise SearchQueryError("unbalanced parentheses: ')' without '('")
+        elif phrase is not None:
+            items.append(("phrase", phrase))
+        elif word in OPERATORS:
+            items.append(("op", word))
         else:
-            text = word
+            items.append(("word", word))
+    if depth > 0:
+        raise SearchQueryError("unbalanced parentheses: '(' without ')'")
+    for i, (kind, text) in enumerate(items):
+        if kind != "op":
+            continue
+        prev = items[i - 1] if i else None
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        if nxt is None or nxt[0] == "op" or (text != "NOT" and (prev is None or prev[0] == "op")):
+            raise SearchQueryError(f"{text!r} needs a word on each side" if text != "NOT"
+                                   else "'NOT' needs a word after it")
+    groups: list[list[Phrase]] = []
+    negatives: list[Phrase] = []
+    run: list[str] = []
+    pending_or = False
+
+    def add(p: Phrase | None) -> None:
+        nonlocal pending_or
+        if p is None:
+            return
+        if pending_or and groups:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+        pending_or = False
+
+    def flush() -> None:
+        if run:
+            for t in normalise(" ".join(run)):
+                add((t, is_code(t)))
+            run.clear()
+
+    negate_next = False
+    for kind, text in items:
+        if kind == "op":
+            flush()
+            if text == "OR":
+                pending_or = True
+            elif text == "NOT":
+                negate_next = True
+            continue
+        negate, prefix = negate_next, False
+        negate_next = False
+        if kind == "word":
             if text.startswith("-") and len(text) > 1:
                 negate, text = True, text[1:]
             if text.endswith("*"):
                 prefix, text = True, text.rstrip("*")
+                stem = _WORDS.findall(text)
+                if not stem or len(stem[-1]) < 2:
+                    raise SearchQueryError(f"a prefix needs at least 2 letters before '*': {text + '*'!r}")
         if not _WORDCHAR.search(text):
             continue  # punctuation only: nothing the tokenizer would index
-        item = (text.strip(), prefix)
+        if kind == "word" and not negate and not prefix and not pending_or:
+            run.append(text)  # plain words are normalised together: "two thousand", "AB12 CDE"
+            continue
+        flush()
+        p = _norm(text, prefix)
         if negate:
-            negatives.append(item)
-        elif pending_or:
-            groups[-1].append(item)
+            if p is not None:
+                negatives.append(p)
         else:
-            groups.append([item])
-        pending_or = False
+            add(p)
+    flush()
     if not groups:
         if negatives:
             raise SearchQueryError("query needs at least one word to find (exclusions alone match nothing)")
@@ -145,18 +244,21 @@ def _expr(p: Phrase) -> str:
     return _quote(p[0]) + ("*" if p[1] else "")
 
 
+def _match_expr(groups: list[list[Phrase]], negatives: list[Phrase]) -> str:
+    out = " AND ".join(_expr(g[0]) if len(g) == 1 else "(" + " OR ".join(map(_expr, g)) + ")"
+                       for g in groups)
+    if negatives:
+        out += " NOT (" + " OR ".join(map(_expr, negatives)) + ")"
+    return out
+
+
 def to_fts_query(query: str) -> str:
     """Translate the user's query into a safe FTS5 MATCH expression.
 
     >>> to_fts_query('knife OR gun "station road" -test burg*')
     '("knife" OR "gun") AND "station road" AND "burg"* NOT ("test")'
     """
-    groups, negatives = parse_query(query)
-    out = " AND ".join(_expr(g[0]) if len(g) == 1 else "(" + " OR ".join(map(_expr, g)) + ")"
-                       for g in groups)
-    if negatives:
-        out += " NOT (" + " OR ".join(map(_expr, negatives)) + ")"
-    return out
+    return _match_expr(*parse_query(query))
 
 
 def _epoch(v: float | datetime | None) -> float | None:
@@ -192,12 +294,37 @@ def _count_phrase(toks: list[str], want: list[str], prefix: bool) -> int:
     return n
 
 
-def _highlight(raw: str) -> str:
-    return html.escape(raw, quote=False).replace("\x02", "<mark>").replace("\x03", "</mark>")
+def _marked(highlighted: str) -> set[int]:
+    """Positions of the terms FTS5's highlight() wrapped in char(2)..char(3)."""
+    out: set[int] = set()
+    inside = False
+    for i, tok in enumerate(highlighted.split(" ")):
+        if tok.startswith("\x02"):
+            inside = True
+        if inside:
+            out.add(i)
+        if tok.endswith("\x03"):
+            inside = False
+    return out
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A vocabulary word standing in for a rare query word."""
+
+    term: str
+    kind: str
+    """``fuzzy`` or ``phonetic``."""
+    similarity: float
+    """0..1: rapidfuzz ratio / 100 (fuzzy), PHONETIC_SIMILARITY (phonetic)."""
+
+
+PHONETIC_SIMILARITY = 0.5
+KIND_ORDER = {"exact": 0, "fuzzy": 1, "phonetic": 2}
 
 
 class TranscriptSearch:
-    """SQLite FTS5 search over final transcripts, filtered by the ``calls`` row."""
+    """SQLite FTS5 search over whole-call transcripts, filtered by the ``calls`` row."""
 
     RANGE_SPAN = 50_000
     SPARSE_RANKED = 8
@@ -207,12 +334,13 @@ class TranscriptSearch:
     """Most words whose stems are remembered (then the cache starts afresh)."""
 
     def __init__(self, db: Database, *, max_candidates: int = 1000,
-                 calls_first_max: int = 1000, max_idf_scan: int = 400_000) -> None:
+                 calls_first_max: int = 1000, max_idf_scan: int = 400_000,
+                 fuzzy_below: int = 3, fuzzy_cutoff: float = 80.0, fuzzy_max: int = 5) -> None:
         self._db = db
         self._local = threading.local()
         self._stems: dict[str, tuple[str, ...]] = {}  # word -> FTS5 terms; shared, see _tokenize
         self.max_candidates = max_candidates
-        """Most matching segments ranked per query (the newest ones)."""
+        """Most matching calls ranked per query (the newest ones)."""
         self.calls_first_max = calls_first_max
         """Filters leaving at most this many calls are applied before the text match."""
         self.max_idf_scan = max_idf_scan
@@ -221,6 +349,13 @@ class TranscriptSearch:
         growing with the index). A query whose words occur more often than this in
         total (phrases count twice: positions are compared) is scored by :meth:`_bm25`
         with estimated document frequencies instead (``Hit.scoring``)."""
+        self.fuzzy_below = fuzzy_below
+        """A query word found in fewer calls than this is also looked for by close
+        spelling and by sound (a misspelt name, a misrecognised place)."""
+        self.fuzzy_cutoff = fuzzy_cutoff
+        """Least rapidfuzz ratio (0-100) of a close spelling."""
+        self.fuzzy_max = fuzzy_max
+        """Most alternatives per query word, of each kind."""
 
     def _conn(self) -> sqlite3.Connection | None:
         if self._db.path == ":memory:":
@@ -240,22 +375,21 @@ class TranscriptSearch:
                handler_id: str | None = None, since: float | datetime | None = None,
                until: float | datetime | None = None, incident: str | None = None,
                limit: int = 20) -> list[Hit]:
-        """Best calls first. Filters apply to the ``calls`` row (``since`` inclusive,
-        ``until`` exclusive, on ``arrived_at``); a filtered search skips transcripts with
-        no call row. Raises :class:`SearchQueryError` for unusable queries.
+        """Best calls first: exact matches, then fuzzy, then phonetic ones. Filters apply
+        to the ``calls`` row (``since`` inclusive, ``until`` exclusive, on
+        ``arrived_at``); a filtered search skips transcripts with no call row. Raises
+        :class:`SearchQueryError` for unusable queries.
 
         Bounded work, whatever the index size: relevance (bm25) is computed for at most
-        ``max_candidates`` matching segments, the newest ones (segment ids grow with
-        time). A rare word is therefore ranked over all its matches; a word found in
-        hundreds of thousands of calls is ranked among its newest matches (the hits say
-        so: ``ranked_within_recent``): add words or filters to reach further back.
+        ``max_candidates`` matching calls, the newest ones (index rows grow with time).
+        A rare word is therefore ranked over all its matches; a word found in hundreds of
+        thousands of calls is ranked among its newest matches (the hits say so:
+        ``ranked_within_recent``): add words or filters to reach further back.
         Selective filters (a caller, an incident, a handler's day) are applied first,
         through the ``calls`` indexes. bm25 needs each term's document frequency; for
         very frequent words it is estimated (``max_idf_scan``, ``Hit.scoring``).
         """
         groups, negatives = parse_query(query)
-        match = to_fts_query(query)
-        phrases = [p for g in groups for p in g] + negatives  # FTS5's phrase order
         limit = max(1, min(int(limit), MAX_LIMIT))
         where: list[str] = []
         params: list[Any] = []
@@ -271,35 +405,111 @@ class TranscriptSearch:
             where.append("c.arrived_at < ?")
             params.append(_epoch(until))
         try:
-            dfs = self._document_frequencies(phrases)
-            frequent = self._idf_scan(phrases, dfs) > self.max_idf_scan
-            cands, info = self._candidates(match, where, params, phrases if frequent else None, dfs)
+            dfs = self._document_frequencies([p for g in groups for p in g] + negatives)
+            found = self._run(groups, negatives, where, params, dfs, limit, set())
+            hits = [self._hit(row, "exact", {}) for row in found]
+            alternatives = self._alternatives(groups, dfs)
+            if alternatives and len(hits) < limit:
+                wider = [g + [(a.term, False) for a in alternatives.get(i, [])]
+                         for i, g in enumerate(groups)]
+                dfs.update(self._document_frequencies(
+                    [(a.term, False) for alts in alternatives.values() for a in alts]))
+                more = self._run(wider, negatives, where, params, dfs, limit - len(hits),
+                                 {h.call_id for h in hits})
+                by_term = {a.term: a for alts in alternatives.values() for a in alts}
+                extra = [self._hit(row, "", by_term) for row in more]
+                hits += sorted(extra, key=lambda h: (KIND_ORDER[h.match], -h.score))
         except sqlite3.OperationalError as exc:  # defensive: we built the expression
             raise SearchQueryError(f"query cannot be searched: {exc}") from None
-        best: dict[str, tuple[float, int, float]] = {}  # call_id -> (rank, seg id, start)
-        for seg_id, rank, call_id, start in cands:
-            if call_id not in best or rank < best[call_id][0]:
-                best[call_id] = (rank, seg_id, start)
+        return [_with(h, rank=i + 1) for i, h in enumerate(hits[:limit])]
+
+    def _run(self, groups: list[list[Phrase]], negatives: list[Phrase], where: list[str],
+             params: list[Any], dfs: dict[Phrase, tuple[int, bool]], limit: int,
+             exclude: set[str]) -> list[tuple[int, float, str, str, dict[str, Any]]]:
+        """The best ``limit`` calls for this expression: (rowid, rank, call_id, match
+        expression, Hit fields saying how they were found)."""
+        match = _match_expr(groups, negatives)
+        phrases = [p for g in groups for p in g] + negatives  # FTS5's phrase order
+        frequent = self._idf_scan(phrases, dfs) > self.max_idf_scan
+        cands, info = self._candidates(match, where, params, phrases if frequent else None, dfs)
+        best: dict[str, tuple[float, int]] = {}  # call_id -> (rank, row id)
+        for row_id, rank, call_id, _ in cands:
+            if call_id not in exclude and (call_id not in best or rank < best[call_id][0]):
+                best[call_id] = (rank, row_id)
         top = sorted(best.items(), key=lambda kv: (kv[1][0], -kv[1][1]))[:limit]
-        hits = []
-        for call_id, (rank, seg_id, start) in top:
-            c = self._q("SELECT line, caller, handler_id, arrived_at, incident_number FROM calls"
-                        " WHERE call_id = ?", (call_id,))
-            row = c[0] if c else None
-            snip = self._q("SELECT snippet(transcription_fts, 0, char(2), char(3), '…', 16)"
-                           " FROM transcription_fts WHERE transcription_fts MATCH ? AND rowid = ?",
-                           (match, seg_id))
-            first_at, first_ch = self._first_hit(match, call_id, start)
-            hits.append(Hit(call_id=call_id, score=round(-rank, 4),
-                            snippet=_highlight(snip[0][0]) if snip else "",
-                            offset=first_at, channel=first_ch,
-                            line=row["line"] if row else None,
-                            caller=row["caller"] if row else None,
-                            handler_id=row["handler_id"] if row else None,
-                            arrived_at=row["arrived_at"] if row else None,
-                            incident_number=row["incident_number"] if row else None,
-                            **info))
-        return hits
+        return [(row_id, rank, call_id, match, info) for call_id, (rank, row_id) in top]
+
+    def _alternatives(self, groups: list[list[Phrase]], dfs: dict[Phrase, tuple[int, bool]]
+                      ) -> dict[int, list[Alternative]]:
+        """Close spellings and same-sounding words for each rare single-word group."""
+        out: dict[int, list[Alternative]] = {}
+        for i, group in enumerate(groups):
+            alts: list[Alternative] = []
+            for text, prefix in group:
+                if prefix or " " in text or not text.isalpha() or len(text) < 4:
+                    continue
+                if dfs.get((text, prefix), (0, True))[0] >= self.fuzzy_below:
+                    continue
+                alts += self._similar(text)
+            have = {t for t, _ in group}
+            alts = [a for a in dict((a.term, a) for a in reversed(alts)).values() if a.term not in have]
+            if alts:
+                out[i] = alts
+        return out
+
+    def _similar(self, word: str) -> list[Alternative]:
+        n = len(word)
+        spread = 1 if n < 6 else 2
+        rows = self._q("SELECT term FROM transcription_vocab WHERE head = ? AND len BETWEEN ? AND ?",
+                       (word[0], n - spread, n + spread))
+        found = process.extract(word, [r[0] for r in rows], scorer=fuzz.ratio,
+                                score_cutoff=self.fuzzy_cutoff, limit=self.fuzzy_max + 1)
+        alts = [Alternative(t, "fuzzy", round(score / 100.0, 3)) for t, score, _ in found if t != word]
+        key = phonetic_key(word)
+        if len(key) >= 2:
+            seen = {a.term for a in alts} | {word}
+            alts += [Alternative(r[0], "phonetic", PHONETIC_SIMILARITY) for r in self._q(
+                "SELECT term FROM transcription_vocab WHERE phonetic = ? ORDER BY calls DESC"
+                f" LIMIT {self.fuzzy_max + 1}", (key,)) if r[0] not in seen]
+        return alts[: 2 * self.fuzzy_max]
+
+    def _hit(self, found: tuple[int, float, str, str, dict[str, Any]], kind: str,
+             alternatives: dict[str, Alternative]) -> Hit:
+        row_id, rank, call_id, match, info = found
+        c = self._q("SELECT line, caller, handler_id, arrived_at, incident_number FROM calls"
+                    " WHERE call_id = ?", (call_id,))
+        row = c[0] if c else None
+        doc = self._q("SELECT terms, times, display FROM transcription_call_index WHERE id = ?", (row_id,))
+        hl = self._q("SELECT highlight(transcription_call_fts, 0, char(2), char(3)) FROM"
+                     " transcription_call_fts WHERE transcription_call_fts MATCH ? AND rowid = ?",
+                     (match, row_id))
+        items = decode_index(doc[0][0], bytes(doc[0][1]), doc[0][2]) if doc else []
+        marked = sorted(_marked(hl[0][0]) if hl else set())
+        score = -rank
+        if not kind:  # found through alternatives: the weakest one used says how
+            used = [alternatives[items[i].term] for i in marked if items[i].term in alternatives]
+            kind = max((a.kind for a in used), key=KIND_ORDER.__getitem__, default="exact")
+            score *= min((a.similarity for a in used), default=1.0)
+        owner = _owners(items)  # a term -> the term showing its words
+        matched = sorted({(items[owner[i]].start, owner[i]) for i in marked if i < len(items)})
+        first = matched[0][1] if matched else 0
+        snippet, fragments = _snippet(items, first, {i for _, i in matched})
+        words = [items[i] for _, i in matched]
+        return Hit(call_id=call_id, score=float(f"{score:.4g}"), snippet=snippet,
+                   offset=round(items[first].start, 3) if items else 0.0,
+                   channel=items[first].channel if items else "",
+                   line=row["line"] if row else None,
+                   caller=row["caller"] if row else None,
+                   handler_id=row["handler_id"] if row else None,
+                   arrived_at=row["arrived_at"] if row else None,
+                   incident_number=row["incident_number"] if row else None,
+                   match=kind,
+                   matches=tuple({"word": w.display, "at": w.start, "end": w.end,
+                                  "channel": w.channel, "confidence": w.confidence,
+                                  "low_confidence": w.low_confidence} for w in words[:MAX_MATCHES]),
+                   fragments=tuple(fragments),
+                   low_confidence=any(w.low_confidence for w in words),
+                   **info)
 
     # -- candidates --------------------------------------------------------------------
     def _candidates(self, match: str, where: list[str], params: list[Any],
@@ -319,7 +529,7 @@ class TranscriptSearch:
                 if not few:
                     return [], {}
                 segs = {r[0]: (r[1], r[2]) for r in self._q(
-                    "SELECT s.id, s.call_id, s.start FROM transcription_segments s WHERE s.call_id IN"
+                    "SELECT s.id, s.call_id, 0.0 FROM transcription_call_index s WHERE s.call_id IN"
                     f" ({','.join('?' * len(few))})", [r[0] for r in few])}
                 out, scoring = self._rank_ids(match, segs, own, dfs)
                 return out, {"matches_estimate": len(out), "scoring": scoring}
@@ -329,15 +539,15 @@ class TranscriptSearch:
         if own is None:
             # rank is computed lazily, only for the rows the LIMIT lets through.
             rows = [tuple(r) for r in self._q(
-                "SELECT f.rowid, f.rank, s.call_id, s.start FROM transcription_fts f"
-                f" JOIN transcription_segments s ON s.id = f.rowid{join}"
-                f" WHERE transcription_fts MATCH ?{cond} ORDER BY f.rowid DESC LIMIT {n}",
+                "SELECT f.rowid, f.rank, s.call_id, 0.0 FROM transcription_call_fts f"
+                f" JOIN transcription_call_index s ON s.id = f.rowid{join}"
+                f" WHERE transcription_call_fts MATCH ?{cond} ORDER BY f.rowid DESC LIMIT {n}",
                 [match, *params])]
         else:
             found = self._q(
-                "SELECT f.rowid, s.call_id, s.start, s.text FROM transcription_fts f"
-                f" JOIN transcription_segments s ON s.id = f.rowid{join}"
-                f" WHERE transcription_fts MATCH ?{cond} ORDER BY f.rowid DESC LIMIT {n}",
+                "SELECT f.rowid, s.call_id, 0.0, s.terms FROM transcription_call_fts f"
+                f" JOIN transcription_call_index s ON s.id = f.rowid{join}"
+                f" WHERE transcription_call_fts MATCH ?{cond} ORDER BY f.rowid DESC LIMIT {n}",
                 [match, *params])
             scores = self._bm25(own, dfs, {r[0]: r[3] for r in found})
             rows = [(r[0], scores[r[0]], r[1], r[2]) for r in found]
@@ -361,7 +571,7 @@ class TranscriptSearch:
         matches with :meth:`_bm25`.
         """
         matched = [i for i in sorted(segs) if self._q(
-            "SELECT 1 FROM transcription_fts WHERE transcription_fts MATCH ? AND rowid = ?",
+            "SELECT 1 FROM transcription_call_fts WHERE transcription_call_fts MATCH ? AND rowid = ?",
             (match, i))]
         if not matched:
             return [], "bm25"
@@ -369,16 +579,16 @@ class TranscriptSearch:
         scoring = "bm25"
         if own is not None:
             texts = {r[0]: r[1] for r in self._q(
-                f"SELECT id, text FROM transcription_segments WHERE id IN ({','.join('?' * len(matched))})",
+                f"SELECT id, terms FROM transcription_call_index WHERE id IN ({','.join('?' * len(matched))})",
                 matched)}
             ranks = self._bm25(own, dfs, texts)
             scoring = "bm25-estimated-idf"
         elif hi - lo <= self.RANGE_SPAN:
             ranks = {r[0]: r[1] for r in self._q(
-                "SELECT rowid, rank FROM transcription_fts WHERE transcription_fts MATCH ?"
+                "SELECT rowid, rank FROM transcription_call_fts WHERE transcription_call_fts MATCH ?"
                 " AND rowid BETWEEN ? AND ?", (match, lo, hi))}
         elif len(matched) <= self.SPARSE_RANKED:
-            ranks = {i: self._q("SELECT rank FROM transcription_fts WHERE transcription_fts"
+            ranks = {i: self._q("SELECT rank FROM transcription_call_fts WHERE transcription_call_fts"
                                 " MATCH ? AND rowid = ?", (match, i))[0][0] for i in matched}
         else:  # many matches spread over the whole index: newest first, score 0
             ranks = dict.fromkeys(matched, 0.0)
@@ -399,7 +609,7 @@ class TranscriptSearch:
                 items += [(w, False) for w in words[:-1]] + [(words[-1], prefix)]
         out: dict[Phrase, tuple[int, bool]] = {}
         for item in dict.fromkeys(items):
-            rows = self._q("SELECT rowid FROM transcription_fts WHERE transcription_fts MATCH ?"
+            rows = self._q("SELECT rowid FROM transcription_call_fts WHERE transcription_call_fts MATCH ?"
                            f" ORDER BY rowid DESC LIMIT {self.PROBE}", (_expr(item),))
             if len(rows) < self.PROBE:
                 out[item] = (len(rows), True)
@@ -423,8 +633,8 @@ class TranscriptSearch:
     def _estimate(self, k: int, kth_newest: int) -> int:
         """Matching segments in the index when the k-th newest match has id ``kth_newest``:
         k per id span, scaled to the whole id range (deleted ids thin both alike)."""
-        r = self._q("SELECT (SELECT min(id) FROM transcription_segments),"
-                    " (SELECT max(id) FROM transcription_segments)", ())  # two index seeks
+        r = self._q("SELECT (SELECT min(id) FROM transcription_call_index),"
+                    " (SELECT max(id) FROM transcription_call_index)", ())  # two index seeks
         lo, hi = r[0][0], r[0][1]
         if lo is None:
             return k
@@ -433,7 +643,7 @@ class TranscriptSearch:
 
     def _totals(self) -> tuple[int, int]:
         """(rows, tokens) of the whole index, from FTS5's own averages record."""
-        blob = self._q("SELECT block FROM transcription_fts_data WHERE id = 1", ())
+        blob = self._q("SELECT block FROM transcription_call_fts_data WHERE id = 1", ())
         if not blob:
             return 0, 0
         data, pos = bytes(blob[0][0]), 0
@@ -516,17 +726,44 @@ class TranscriptSearch:
             return [tuple(r) for r in conn.execute(
                 "SELECT doc, offset, term FROM temp.transcription_stem_i").fetchall()]
 
-    def _first_hit(self, match: str, call_id: str, best_start: float) -> tuple[float, str]:
-        # Only segments that start no later than the best one can be the first hit; check
-        # each by rowid (an indexed FTS5 lookup), never by scanning the whole match set.
-        segs = self._q("SELECT id, start, channel FROM transcription_segments"
-                       " WHERE call_id = ? AND start <= ? ORDER BY start, id", (call_id, best_start))
-        for s in segs:
-            if self._q("SELECT 1 FROM transcription_fts WHERE transcription_fts MATCH ?"
-                       " AND rowid = ?", (match, s["id"])):
-                return float(s["start"]), s["channel"]
-        return float(best_start), ""
-
     async def asearch(self, query: str, **filters: Any) -> list[Hit]:
         """:meth:`search` in a worker thread (for the web handlers)."""
         return await asyncio.to_thread(self.search, query, **filters)
+
+
+def _with(hit: Hit, **changes: Any) -> Hit:
+    return Hit(**{**vars(hit), **changes})
+
+
+def _owners(items: list[IndexedTerm]) -> list[int]:
+    """For each term, the index of the term that shows its words (itself, or the first
+    term made from the same words)."""
+    out, last = [], 0
+    for i, it in enumerate(items):
+        if it.display or i == 0:
+            last = i
+        out.append(last)
+    return out
+
+
+def _snippet(items: list[IndexedTerm], first: int, matched: set[int]
+             ) -> tuple[str, list[dict[str, Any]]]:
+    """HTML (``<mark>`` around matches) and fragments of the words around ``first`` (a
+    showing term), on its channel."""
+    if not items:
+        return "", []
+    ch = items[first].channel
+    lo = first
+    while lo > 0 and first - lo < SNIPPET_WORDS and items[lo - 1].channel == ch:
+        lo -= 1
+    hi = first
+    while hi + 1 < len(items) and hi - first < SNIPPET_WORDS and items[hi + 1].channel == ch:
+        hi += 1
+    frags = [{"text": items[i].display, "match": i in matched,
+              "low_confidence": items[i].low_confidence, "at": items[i].start}
+             for i in range(lo, hi + 1) if items[i].display]
+    parts = [f"<mark>{html.escape(f['text'], quote=False)}</mark>" if f["match"]
+             else html.escape(f["text"], quote=False) for f in frags]
+    more_before = lo > 0 and items[lo - 1].channel == ch
+    more_after = hi + 1 < len(items) and items[hi + 1].channel == ch
+    return ("…" if more_before else "") + " ".join(parts) + ("…" if more_after else ""), frags

@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import structlog
 
 from store.db import Database
 
 from .engines import Hypothesis
+from .normalise import phonetic_key, terms
+
+log = structlog.get_logger("transcription.store")
 
 COMPONENT = "transcription"
 
@@ -113,7 +120,69 @@ MIGRATIONS = [
     DROP INDEX transcription_jobs_state;
     CREATE INDEX transcription_jobs_next ON transcription_jobs(state, priority, enqueued_at);
     """,
+    # 4: the whole call as one document of normalised terms (transcription/normalise.py)
+    # with each term's time, channel, confidence and original words, so words from two
+    # segments match together and a hit's offset is its first matched word; the
+    # vocabulary of indexed words with phonetic keys (fuzzy and phonetic expansion); the
+    # previous versions of retranscribed transcripts. Filled by ensure_index().
+    """
+    CREATE TABLE transcription_call_index (
+        id INTEGER PRIMARY KEY,
+        call_id TEXT NOT NULL UNIQUE,
+        terms TEXT NOT NULL,
+        times BLOB NOT NULL,
+        display TEXT NOT NULL
+    );
+    CREATE VIRTUAL TABLE transcription_call_fts USING fts5(
+        terms, content='transcription_call_index', content_rowid='id',
+        tokenize='porter unicode61 remove_diacritics 2', prefix='2 3 4'
+    );
+    CREATE TRIGGER transcription_call_index_ai AFTER INSERT ON transcription_call_index BEGIN
+        INSERT INTO transcription_call_fts(rowid, terms) VALUES (new.id, new.terms);
+    END;
+    CREATE TRIGGER transcription_call_index_ad AFTER DELETE ON transcription_call_index BEGIN
+        INSERT INTO transcription_call_fts(transcription_call_fts, rowid, terms)
+        VALUES ('delete', old.id, old.terms);
+    END;
+    CREATE TRIGGER transcription_call_index_au AFTER UPDATE ON transcription_call_index BEGIN
+        INSERT INTO transcription_call_fts(transcription_call_fts, rowid, terms)
+        VALUES ('delete', old.id, old.terms);
+        INSERT INTO transcription_call_fts(rowid, terms) VALUES (new.id, new.terms);
+    END;
+    CREATE TABLE transcription_vocab (
+        term TEXT PRIMARY KEY,
+        phonetic TEXT NOT NULL,
+        head TEXT NOT NULL,
+        len INTEGER NOT NULL,
+        calls INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX transcription_vocab_phonetic ON transcription_vocab(phonetic);
+    CREATE INDEX transcription_vocab_head ON transcription_vocab(head, len);
+    CREATE TABLE transcription_transcript_versions (
+        id INTEGER PRIMARY KEY,
+        call_id TEXT NOT NULL,
+        engine TEXT NOT NULL,
+        model TEXT NOT NULL,
+        language TEXT NOT NULL,
+        text TEXT NOT NULL,
+        confidence REAL,
+        duration REAL,
+        recording_path TEXT,
+        created_at REAL NOT NULL,
+        replaced_at REAL NOT NULL,
+        segments TEXT NOT NULL
+    );
+    CREATE INDEX transcription_transcript_versions_call ON transcription_transcript_versions(call_id, id);
+    CREATE TABLE transcription_index_state (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
+    """,
 ]
+
+INDEX_VERSION = 1
+"""Version of the call index's normalisation; a higher one reindexes every transcript
+(at migration, or ``controlroom reindex``)."""
+LOW_CONFIDENCE = 0.5
+"""Words recognised with less confidence than this are shown as such in search hits
+(and still indexed: an uncertain word may be the one an auditor needs)."""
 
 MAX_ATTEMPTS = 3
 """A job that fails this many times stays ``failed`` (visible to operators)."""
@@ -121,6 +190,7 @@ MAX_ATTEMPTS = 3
 
 def migrate(db: Database) -> None:
     db.migrate(COMPONENT, MIGRATIONS)
+    ensure_index(db)
 
 
 @dataclass(frozen=True)
@@ -167,10 +237,13 @@ def overall_confidence(segs: Sequence[Segment]) -> float | None:
 def save_transcript(db: Database, call_id: str, *, engine: str, model: str, language: str,
                     segments: Sequence[Segment], duration: float | None,
                     recording_path: str | None) -> dict[str, Any]:
-    """Replace the call's transcript (a retranscription overwrites); returns it as a dict."""
+    """Store the call's transcript and index it (the whole call, :func:`index_call`);
+    a transcript it replaces (a retranscription) is kept in
+    ``transcription_transcript_versions`` (:func:`transcript_versions`). Returns it as a dict."""
     text = full_text(segments)
     conf = overall_confidence(segments)
     with db.transaction() as conn:
+        _archive(conn, call_id)
         conn.execute("DELETE FROM transcription_segments WHERE call_id=?", (call_id,))
         conn.execute(
             "INSERT OR REPLACE INTO transcription_transcripts(call_id, engine, model, language,"
@@ -181,6 +254,8 @@ def save_transcript(db: Database, call_id: str, *, engine: str, model: str, lang
             " words) VALUES (?,?,?,?,?,?,?)",
             [(call_id, s.channel, s.start, s.end, s.text, s.confidence, json.dumps(list(s.words)))
              for s in segments])
+        index_call(conn, call_id, [(s.channel, s.start, s.end, s.text, s.confidence, list(s.words))
+                                   for s in segments])
     return {"call_id": call_id, "engine": engine, "model": model, "language": language,
             "text": text, "confidence": conf, "duration": duration,
             "segments": [s.as_dict() for s in segments]}
@@ -199,6 +274,204 @@ def get_transcript(db: Database, call_id: str) -> dict[str, Any] | None:
                         "text": s["text"], "confidence": s["confidence"],
                         "words": json.loads(s["words"]) if s["words"] else []} for s in segs]
     return out
+
+
+def _archive(conn: sqlite3.Connection, call_id: str) -> None:
+    """Copy the call's current transcript (and its segments) into the versions table."""
+    row = conn.execute("SELECT * FROM transcription_transcripts WHERE call_id=?", (call_id,)).fetchone()
+    if row is None:
+        return
+    segs = conn.execute('SELECT channel, start, "end", text, confidence, words FROM'
+                        " transcription_segments WHERE call_id=? ORDER BY start, id", (call_id,)).fetchall()
+    conn.execute(
+        "INSERT INTO transcription_transcript_versions(call_id, engine, model, language, text,"
+        " confidence, duration, recording_path, created_at, replaced_at, segments)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (call_id, row["engine"], row["model"], row["language"], row["text"], row["confidence"],
+         row["duration"], row["recording_path"], row["created_at"], time.time(),
+         json.dumps([{"channel": r[0], "start": r[1], "end": r[2], "text": r[3],
+                      "confidence": r[4], "words": json.loads(r[5]) if r[5] else []}
+                     for r in segs])))
+
+
+def transcript_versions(db: Database, call_id: str) -> list[dict[str, Any]]:
+    """Earlier transcripts of the call (replaced by retranscription), oldest first:
+    engine, model, language, text, confidence, created_at, replaced_at, segments."""
+    out = []
+    for r in db.query("SELECT * FROM transcription_transcript_versions WHERE call_id=?"
+                      " ORDER BY id", (call_id,)):
+        d = dict(r)
+        d["segments"] = json.loads(d["segments"])
+        out.append(d)
+    return out
+
+
+# -- the call index -----------------------------------------------------------------------
+
+CHANNELS = ("caller", "handler")
+
+
+@dataclass(frozen=True)
+class IndexedTerm:
+    """One term of a call's index: where it was said, how surely, from which words."""
+
+    term: str
+    start: float
+    end: float
+    channel: str
+    confidence: float | None
+    display: str
+    """The words as transcribed ("two thousand", "AB12 CDE"), with any punctuation-only
+    words after them; "" for a further term of the same words ("<b>shouting</b>" makes
+    three terms: the first shows the word)."""
+
+    @property
+    def low_confidence(self) -> bool:
+        return self.confidence is not None and self.confidence < LOW_CONFIDENCE
+
+
+SegmentRow = tuple[str, float, float, str, "float | None", Sequence[Any]]
+"""(channel, start, end, text, confidence, words ``[[word, start, end, conf], ...]``)."""
+
+
+def _words_of(seg: SegmentRow) -> list[tuple[str, float, float, float | None]]:
+    channel, start, end, text, conf, words = seg
+    out = []
+    for w in words or ():
+        word = str(w[0]).strip()
+        if word:
+            out.append((word, float(w[1]), float(w[2]), None if w[3] is None else float(w[3])))
+    if out:
+        return out
+    # No word times (an engine without them, older rows): spread the words evenly.
+    raw = text.split()
+    step = (end - start) / max(1, len(raw))
+    return [(w, start + i * step, start + (i + 1) * step, conf) for i, w in enumerate(raw)]
+
+
+def index_terms(segments: Iterable[SegmentRow]) -> list[IndexedTerm]:
+    """The call as one sequence of terms: the caller's words in time order, then the
+    handler's (so a phrase or a registration spoken across two segments stays whole)."""
+    by_channel: dict[str, list[tuple[str, float, float, float | None]]] = {c: [] for c in CHANNELS}
+    for seg in sorted(segments, key=lambda s: (s[1], s[2])):
+        by_channel.setdefault(seg[0], []).extend(_words_of(seg))
+    out: list[IndexedTerm] = []
+    for channel, words in by_channel.items():
+        ts = terms([w[0] for w in words])
+        covered = -1
+        for k, t in enumerate(ts):
+            span = words[t.first:t.last + 1]
+            confs = [w[3] for w in span if w[3] is not None]
+            if t.first <= covered:
+                display = ""  # a second term of the same words ("<b>shouting</b>")
+            else:
+                # the term's words and the punctuation-only words up to the next term
+                nxt = next((u.first for u in ts[k + 1:] if u.first > t.last), len(words))
+                display = " ".join(w[0] for w in words[t.first if k else 0:nxt])
+            covered = max(covered, t.last)
+            out.append(IndexedTerm(t.text, span[0][1], span[-1][2], channel,
+                                   min(confs) if confs else None, display))
+    return out
+
+
+def encode_index(items: Sequence[IndexedTerm]) -> tuple[str, bytes, str]:
+    """(terms text for FTS5, packed times/channel/confidence, displays) of a call."""
+    n = len(items)
+    times = struct.pack(f"<{2 * n}f", *(v for it in items for v in (it.start, it.end)))
+    info = bytes((CHANNELS.index(it.channel) if it.channel in CHANNELS else 0) << 7
+                 | (127 if it.confidence is None else max(0, min(100, round(it.confidence * 100))))
+                 for it in items)
+    return " ".join(it.term for it in items), times + info, "\x1f".join(it.display for it in items)
+
+
+def decode_index(terms_text: str, blob: bytes, display: str) -> list[IndexedTerm]:
+    """The inverse of :func:`encode_index`."""
+    words = terms_text.split(" ") if terms_text else []
+    n = len(words)
+    times = struct.unpack(f"<{2 * n}f", blob[: 8 * n])
+    info = blob[8 * n:]
+    shown = display.split("\x1f") if display else []
+    return [IndexedTerm(w, round(times[2 * i], 3), round(times[2 * i + 1], 3), CHANNELS[info[i] >> 7],
+                        None if info[i] & 127 == 127 else (info[i] & 127) / 100,
+                        shown[i] if i < len(shown) else w)
+            for i, w in enumerate(words)]
+
+
+def vocabulary_terms(terms_text: str) -> Counter[str]:
+    """Distinct words of an index row that go into the fuzzy vocabulary (letters only,
+    at least 3: numbers and codes are matched exactly or by prefix, never fuzzily)."""
+    return Counter(t for t in set(terms_text.split(" ")) if len(t) >= 3 and t.isalpha())
+
+
+def vocab_add(conn: sqlite3.Connection, counts: Counter[str], sign: int = 1) -> None:
+    """Count each word in (``sign`` 1) or out (-1) of the vocabulary."""
+    if sign > 0:
+        conn.executemany(
+            "INSERT INTO transcription_vocab(term, phonetic, head, len, calls) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(term) DO UPDATE SET calls = calls + excluded.calls",
+            [(t, phonetic_key(t), t[0], len(t), n) for t, n in counts.items()])
+    else:
+        conn.executemany("UPDATE transcription_vocab SET calls = calls - ? WHERE term = ?",
+                         [(n, t) for t, n in counts.items()])
+        conn.executemany("DELETE FROM transcription_vocab WHERE term = ? AND calls <= 0",
+                         [(t,) for t in counts])
+
+
+def index_call(conn: sqlite3.Connection, call_id: str, segments: Iterable[SegmentRow]) -> None:
+    """(Re)write the call's row in the call index and the vocabulary (in ``conn``'s
+    transaction). A call without words has no row."""
+    old = conn.execute("SELECT terms FROM transcription_call_index WHERE call_id=?",
+                       (call_id,)).fetchone()
+    if old is not None:
+        vocab_add(conn, vocabulary_terms(old[0]), -1)
+        conn.execute("DELETE FROM transcription_call_index WHERE call_id=?", (call_id,))
+    items = index_terms(segments)
+    if not items:
+        return
+    text, blob, display = encode_index(items)
+    conn.execute("INSERT INTO transcription_call_index(call_id, terms, times, display)"
+                 " VALUES (?,?,?,?)", (call_id, text, blob, display))
+    vocab_add(conn, vocabulary_terms(text))
+
+
+def reindex(db: Database, call_ids: Sequence[str] | None = None, *, batch: int = 2000) -> int:
+    """Rebuild the call index of these calls (all transcripts when None), oldest first
+    so the index's row order stays the calls' order. Returns the calls indexed."""
+    if call_ids is None:
+        ids = [r[0] for r in db.query("SELECT call_id FROM transcription_transcripts"
+                                      " ORDER BY created_at, rowid")]
+    else:
+        ids = list(call_ids)
+    done = 0
+    for i in range(0, len(ids), batch):
+        chunk = ids[i:i + batch]
+        with db.transaction() as conn:
+            rows = conn.execute(
+                'SELECT call_id, channel, start, "end", text, confidence, words FROM'
+                f" transcription_segments WHERE call_id IN ({','.join('?' * len(chunk))})"
+                " ORDER BY call_id, start, id", chunk).fetchall()
+            segs: dict[str, list[SegmentRow]] = {c: [] for c in chunk}
+            for r in rows:
+                segs[r[0]].append((r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else []))
+            for cid in chunk:
+                index_call(conn, cid, segs[cid])
+        done += len(chunk)
+        if len(ids) > batch:
+            log.info("reindexing transcripts", done=done, total=len(ids))
+    return done
+
+
+def ensure_index(db: Database) -> int:
+    """Index every transcript once per :data:`INDEX_VERSION` (a migration or a new
+    normalisation); returns the calls indexed now (0 when up to date)."""
+    row = db.query_one("SELECT version FROM transcription_index_state WHERE name='call_index'")
+    if row is not None and row[0] >= INDEX_VERSION:
+        return 0
+    n = reindex(db)
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO transcription_index_state(name, version) VALUES ('call_index', ?)"
+                     " ON CONFLICT(name) DO UPDATE SET version = excluded.version", (INDEX_VERSION,))
+    return n
 
 
 # -- jobs ------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Transcript search: query translation, ranking, filters, snippets, offsets."""
+"""Transcript search: query translation, ranking, filters, snippets, offsets.
+
+Segments here carry no word times, so the index spreads each segment's words evenly over
+it: "there is a burglary at twelve station road" (3.0-6.0 s) puts "burglary" at 4.125 s.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ def test_query_translation():
     assert to_fts_query('knife OR gun "station road" -test burg*') == (
         '("knife" OR "gun") AND "station road" AND "burg"* NOT ("test")')
     assert to_fts_query('say "hello') == '"say" AND "hello"'  # unbalanced quote runs to the end
-    assert to_fts_query('a"b') == '"a""b"'  # a quote inside a word is escaped
+    assert to_fts_query('a"b') == '"a" AND "b"'  # a quote starts a phrase
 
 
 @pytest.mark.parametrize("q,msg", [
@@ -59,13 +63,35 @@ def test_bad_queries_raise_clear_error(populated, q, msg):
 
 
 @pytest.mark.parametrize("q,expected", [
-    ('"burglary', {"a", "b"}), ("knife)", {"c"}), ("NEAR(knife", set()), ("knife AND", set()),
-    ("OR", set()), ("text:knife", set()), ("^knife", {"c"}), ("knife OR", {"c"}),
-    ("{knife}", {"c"}), ("knife:", {"c"}),
+    ('"burglary', {"a", "b"}), ("NEAR knife", set()), ("(knife)", {"c"}), ("knife AND road", {"c"}),
+    ("text:knife", set()), ("^knife", {"c"}), ("{knife}", {"c"}), ("knife:", {"c"}),
+    ("NOT shed burglary", {"a"}),
 ])
 def test_fts_syntax_never_reaches_sqlite(populated, q, expected):
     """FTS5 operators typed by a user are treated as words (quoted), never as syntax."""
     assert {h.call_id for h in populated.search(q)} == expected
+
+
+@pytest.mark.parametrize("q,msg", [
+    ('"', "query has no words to search for: '\"'"),
+    ("AND", "'AND' needs a word on each side"),
+    ("knife AND", "'AND' needs a word on each side"),
+    ("OR", "'OR' needs a word on each side"),
+    ("knife OR", "'OR' needs a word on each side"),
+    ("knife OR AND gun", "'OR' needs a word on each side"),
+    ("knife NOT", "'NOT' needs a word after it"),
+    ("*", "a prefix needs at least 2 letters before '*': '*'"),
+    ("k*", "a prefix needs at least 2 letters before '*': 'k*'"),
+    ("(knife OR gun", "unbalanced parentheses: '(' without ')'"),
+    ("knife)", "unbalanced parentheses: ')' without '('"),
+    ("NEAR(knife", "unbalanced parentheses: '(' without ')'"),
+])
+def test_malformed_queries_say_what_is_wrong(populated, q, msg):
+    """A lone quote, operator or star and unbalanced parentheses are refused with a
+    message naming the problem (never an FTS5 syntax error)."""
+    with pytest.raises(SearchQueryError) as e:
+        populated.search(q)
+    assert str(e.value) == msg
 
 
 def test_ranking_more_mentions_first(populated):
@@ -76,10 +102,12 @@ def test_ranking_more_mentions_first(populated):
 
 
 def test_offset_is_first_hit_and_snippet_is_best(populated):
-    """offset/channel are the first matching segment's; the snippet marks the match."""
+    """offset/channel are the first matched word's; the snippet marks the matches around it."""
     h = populated.search("burglary")[0]
-    assert (h.offset, h.channel) == (3.0, "caller")
-    assert h.snippet.count("<mark>burglary</mark>") >= 2  # best segment has it twice
+    assert (h.offset, h.channel, h.rank, h.match) == (4.125, "caller", 1, "exact")
+    assert h.snippet.count("<mark>burglary</mark>") == 2  # 8 words on each side of the first
+    assert [(m["word"], m["at"]) for m in h.matches] == [
+        ("burglary", 4.125), ("burglary", 9.714), ("burglary", 10.786)]
     assert (h.line, h.caller, h.handler_id, h.arrived_at, h.incident_number) == (
         "999", "0111", "h1", 1000.0, "INC-1")
 
@@ -111,7 +139,9 @@ def test_prefix_or_not(populated):
 def test_snippet_is_html_safe(populated):
     """Transcript text is escaped; only our <mark> tags are HTML."""
     h = populated.search("shouting")[0]
-    assert h.snippet == "he is &lt;b&gt;<mark>shouting</mark>&lt;/b&gt; &amp; running"
+    assert h.snippet == ("…with a knife on station road he is"
+                         " <mark>&lt;b&gt;shouting&lt;/b&gt; &amp;</mark> running")
+    assert [f["text"] for f in h.fragments][-3:] == ["is", "<b>shouting</b> &", "running"]
 
 
 def test_limit_and_no_call_row(db):
@@ -144,7 +174,7 @@ def test_filter_strategies_agree(populated, db, calls_first_max):
     assert {h.call_id for h in s.search("road", handler_id="h1", since=0, until=5000)} == {"a", "c"}
     assert s.search("knife", caller="0111") == []
     h = s.search("burglary", incident="INC-1")[0]
-    assert (h.call_id, h.offset, h.channel) == ("a", 3.0, "caller")
+    assert (h.call_id, h.offset, h.channel) == ("a", 4.125, "caller")
 
 
 def test_candidates_bounded_to_newest(db):
@@ -156,16 +186,28 @@ def test_candidates_bounded_to_newest(db):
     assert [h.call_id for h in TranscriptSearch(db).search("smoke")][0] == "n0"
 
 
-def test_migration_two_keeps_existing_segments(tmp_path):
-    """Upgrading from migration 1 rebuilds the index (with prefixes) over existing rows."""
+def test_migration_indexes_existing_transcripts(tmp_path):
+    """Upgrading a database from migration 1 indexes the transcripts already stored
+    (whole calls, word times from the stored words), so they are found at once."""
+    import json
+
     from store.db import Database
     d = Database(tmp_path / "up.sqlite3")
     d.migrate(calls.COMPONENT, calls.MIGRATIONS)
     d.migrate(tstore.COMPONENT, tstore.MIGRATIONS[:1])
-    _transcript(d, "old", [("caller", 1.0, 2.0, "an old burglary report")])
-    assert d.migrate(tstore.COMPONENT, tstore.MIGRATIONS) == len(tstore.MIGRATIONS) - 1
+    with d.transaction() as conn:  # as the version before the call index stored them
+        conn.execute("INSERT INTO transcription_transcripts(call_id, engine, model, text,"
+                     " created_at) VALUES ('old', 'vosk', 'm', 'x', 1.0)")
+        conn.execute('INSERT INTO transcription_segments(call_id, channel, start, "end", text,'
+                     " confidence, words) VALUES ('old', 'caller', 1.0, 2.0,"
+                     " 'an old burglary report', 0.9, ?)",
+                     (json.dumps([["an", 1.0, 1.1, 0.9], ["old", 1.1, 1.3, 0.9],
+                                  ["burglary", 1.62, 1.9, 0.9], ["report", 1.9, 2.0, 0.9]]),))
+    tstore.migrate(d)
     s = TranscriptSearch(d)
-    assert [h.call_id for h in s.search("burg*")] == ["old"]
+    [h] = s.search("burg*")
+    assert (h.call_id, h.offset) == ("old", 1.62)
+    assert tstore.ensure_index(d) == 0  # once per index version
     _transcript(d, "new", [("caller", 1.0, 2.0, "a new burglary")])
     assert {h.call_id for h in s.search("burglary")} == {"old", "new"}
     d.close()
@@ -202,13 +244,14 @@ def test_own_bm25_equals_fts5_bm25_with_exact_counts(populated, db, q):
     s = TranscriptSearch(db)
     groups, negatives = parse_query(q)
     phrases = [p for g in groups for p in g] + negatives
-    dfs = {p: (db.query_one("SELECT count(*) FROM transcription_fts WHERE transcription_fts MATCH ?",
+    dfs = {p: (db.query_one("SELECT count(*) FROM transcription_call_fts WHERE"
+                            " transcription_call_fts MATCH ?",
                             (f'"{p[0]}"' + ("*" if p[1] else ""),))[0], True) for p in phrases}
-    fts = {r[0]: r[1] for r in db.query("SELECT f.rowid, f.rank, s.text FROM transcription_fts f"
-                                        " JOIN transcription_segments s ON s.id = f.rowid"
-                                        " WHERE transcription_fts MATCH ?", (to_fts_query(q),))}
+    fts = {r[0]: r[1] for r in db.query(
+        "SELECT f.rowid, f.rank FROM transcription_call_fts f"
+        " WHERE transcription_call_fts MATCH ?", (to_fts_query(q),))}
     texts = {r[0]: r[1] for r in db.query(
-        f"SELECT id, text FROM transcription_segments WHERE id IN ({','.join('?' * len(fts))})", list(fts))}
+        f"SELECT id, terms FROM transcription_call_index WHERE id IN ({','.join('?' * len(fts))})", list(fts))}
     own = s._bm25(phrases, dfs, texts)
     assert fts and own.keys() == fts.keys()
     for seg_id, rank in fts.items():
@@ -224,7 +267,7 @@ def test_frequent_terms_use_estimated_idf_and_say_so(populated, db):
     assert {h.scoring for h in exact} == {"bm25"}
     assert {h.scoring for h in est} == {"bm25-estimated-idf"}
     assert all(h.score > 0 for h in est)
-    assert (est[0].offset, est[0].channel) == (3.0, "caller")
+    assert (est[0].offset, est[0].channel) == (4.125, "caller")
     assert "<mark>burglary</mark>" in est[0].snippet
 
 
