@@ -6,6 +6,7 @@ names the key and what is wrong, e.g. ``lines[1].numbers: expected a list, got '
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 from .loader import build
-from .telephony import SipSettings
+from .telephony import SipSettings, uri_problem
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +70,14 @@ class LineSettings:
             raise ConfigError("numbers", "at least one number is required")
         if self.mode == "registered" and not self.registrar:
             raise ConfigError("registrar", "is required when mode = 'registered'")
+        if self.registrar and (problem := uri_problem(self.registrar)):
+            raise ConfigError("registrar", problem)
+        for i, src in enumerate(self.trusted_sources):
+            try:  # a host name here would silently never match: every call refused
+                ipaddress.ip_network(src, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted_sources[{i}]", "must be an IP address or "
+                                  f"CIDR block (e.g. 10.20.0.0/24), got {src!r}") from None
         if self.answer_threshold <= 0:
             raise ConfigError("answer_threshold", "must be positive")
         if self.wrapup < 0 or self.max_queue < 0 or self.ageing_per_minute < 0:
@@ -97,8 +106,8 @@ class HandlerSettings:
     """Console user name, if different from ``id``."""
 
     def validate(self) -> None:
-        if not self.phone.startswith(("sip:", "sips:")):
-            raise ConfigError("phone", f"must be a sip: URI, got {self.phone!r}")
+        if problem := uri_problem(self.phone):
+            raise ConfigError("phone", problem)
 
 
 @dataclass(frozen=True, kw_only=True)

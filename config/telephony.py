@@ -46,6 +46,22 @@ class SipSettings:
     """Retry-After seconds on 503."""
     max_message_bytes: int = 65535
     """Larger SIP messages are refused."""
+    recording_spool_mb: int = 64
+    """While the recordings disk fails (full, read-only, I/O errors), recordings keep
+    their audio in memory up to this many MiB in all (64: ~35 min of stereo audio); past
+    it the oldest spooled audio is dropped and recorded as a gap on its call."""
+    recording_retry_interval: float = 2.0
+    """Seconds between attempts to resume a spooling recording into a new file."""
+    untrusted: Literal["reject", "drop"] = "reject"
+    """Out-of-dialog requests from an address that is no line's trusted source or
+    registrar and not the proxy: ``reject`` answers each with one small 403 (or 400 naming
+    a parse fault), never retransmitted, never larger than the request, never twice for
+    the same request, at most ``untrusted_rate`` a second per address; ``drop`` answers
+    nothing. Counted either way (``untrusted_*`` in /metrics)."""
+    untrusted_rate: float = 1.0
+    """Answers a second to one untrusted address (after a burst of ``untrusted_burst``)."""
+    untrusted_burst: int = 5
+    """Answers an untrusted address may get at once before ``untrusted_rate`` applies."""
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -60,3 +76,32 @@ class SipSettings:
             raise ConfigError("ptime", f"must be 10, 20, 30 or 40, got {self.ptime}")
         if self.dead_call_timeout <= 0:
             raise ConfigError("dead_call_timeout", "must be positive")
+        if self.proxy and (problem := uri_problem(self.proxy)):
+            raise ConfigError("proxy", problem)
+        if self.untrusted_rate <= 0 or self.untrusted_burst < 1:
+            raise ConfigError("untrusted_rate", "untrusted_rate must be > 0 and "
+                              "untrusted_burst >= 1 (use untrusted = 'drop' to answer nothing)")
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why the engine cannot reach ``uri``, or ``None`` when it can.
+
+    The engine speaks SIP over UDP and nothing else: a ``sips:`` URI (TLS) or a
+    ``transport=`` other than ``udp`` (tcp, tls, sctp, ws, wss) would be accepted here and
+    fail on the first call, so it is refused at start-up instead (issue 12 #12)."""
+    scheme, colon, rest = uri.strip().partition(":")
+    if scheme.lower() == "sips":
+        return (f"sips: URIs need SIP over TLS, which this engine does not have (UDP only); "
+                f"got {uri!r}")
+    if scheme.lower() != "sip" or not colon:
+        return f"must be a sip: URI, got {uri!r}"
+    hostpart = rest.split("?", 1)[0].rpartition("@")[2]
+    host, *params = hostpart.split(";")
+    if not host.strip() or any(ch in host for ch in " \t<>\"@"):
+        return f"has no usable host, got {uri!r}"
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "transport" and value.strip().lower() != "udp":
+            return (f"transport={value.strip()} is not supported: this engine speaks SIP over "
+                    f"UDP only; got {uri!r}")
+    return None

@@ -147,8 +147,11 @@ class Service:
             s = getattr(self.engine, "stats", None)
             if s is None:
                 return []
-            return [({"stat": k}, float(v)) for k, v in vars(s).items()
-                    if isinstance(v, (int, float))]
+            out = [({"stat": k}, float(v)) for k, v in vars(s).items()
+                   if isinstance(v, (int, float))]
+            # SIP counters too: malformed_<kind>, untrusted_<verdict>, dropped... (issue 12)
+            sip = getattr(self.engine, "sip_counters", None) or {}
+            return out + [({"stat": f"sip_{k}"}, float(v)) for k, v in sorted(sip.items())]
 
         def outbox_depth() -> list[tuple[dict[str, str], float]]:
             return [({}, float(self._outbox.depth(self.db)))]

@@ -26,12 +26,16 @@ class SipParseError(SipError):
 
     ``partial`` holds whatever was parsed (a request with Via/From/To/Call-ID/CSeq can
     still be answered with ``status``); ``None`` when the bytes are not even SIP-shaped,
-    in which case the datagram is dropped.
+    in which case the datagram is dropped. ``kind`` names the fault in a few fixed words
+    (``bad_content_length``, ``too_many_headers``, ``bad_bytes``...) for counters and logs.
     """
 
-    def __init__(self, status: int, reason: str, partial: object | None = None) -> None:
+    def __init__(self, status: int, reason: str, partial: object | None = None, *,
+                 kind: str = "malformed") -> None:
         super().__init__(status, reason)
         self.partial = partial
+        self.kind = kind
+        """Fault category: a stable counter / log key (the reason carries the details)."""
 
 
 class SdpError(SipError):

@@ -38,7 +38,8 @@ from config.loader import secret
 from config.schema import LineSettings
 from telephony.api import EngineStats, RecordingSealed
 from telephony.errors import EngineError
-from telephony.sip.events import InviteReceived, RegistrationResult, UaEvent
+from telephony.sip.events import InviteReceived, MessageRefused, RegistrationResult, UaEvent
+from telephony.sip.guard import SourceGuard, TokenBucket
 from telephony.sip.ua import UserAgent
 from telephony.sip.uri import parse_uri
 from telephony.transport import open_sip_socket
@@ -52,10 +53,17 @@ log = structlog.get_logger("telephony.engine")
 
 __all__ = ["NO_RESPONSE_TIMEOUT", "Admit", "Engine"]
 
+REFUSED_LOG_RATE = 5.0
+"""``sip.refused`` log lines a second at most (after a burst of ``REFUSED_LOG_BURST``)."""
+REFUSED_LOG_BURST = 20.0
+
 
 class Engine(CallsMixin, LegsMixin, EngineBase):
     """SIP signalling + media for inbound calls and handler legs; implements
     :class:`telephony.api.EngineCommands`."""
+
+    _refused_log: TokenBucket | None = None
+    _refused_unlogged = 0
 
     async def start(self) -> None:
         """Start media, bind the SIP socket, report recovered recordings, register lines.
@@ -101,7 +109,10 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
             await self._media.stop()
             raise
         self._ua = UserAgent(host=s.public_host or s.bind, port=self.sip_port, domain=s.domain,
-                             user_agent=s.user_agent, max_message_bytes=s.max_message_bytes)
+                             user_agent=s.user_agent, max_message_bytes=s.max_message_bytes,
+                             guard=SourceGuard(policy=s.untrusted, rate=s.untrusted_rate,
+                                               burst=s.untrusted_burst,
+                                               trusted=self._known_source))
         self._running = True
         for info in self._media.recover_recordings():
             self._emit(RecordingSealed(at=time.time(), call_id=info.call_id, path=info.path,
@@ -163,6 +174,9 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
                     self._ua.respond(ev.session, 500, "Internal error",
                                      headers=[("Retry-After", "1")], now=self._now())
             return
+        if isinstance(ev, MessageRefused):
+            self._log_refused(ev)
+            return
         owner = getattr(ev, "session", None)
         user = owner.user if owner is not None else None
         if isinstance(ev, RegistrationResult):
@@ -173,6 +187,27 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
             self._call_event(user, ev)
         elif isinstance(user, _Leg):
             self._leg_event(user, ev)
+
+    def _known_source(self, ip: str) -> bool:
+        """A source we deal with normally: some line's trusted source or registrar, or the
+        outbound proxy. Anything else only gets what :mod:`telephony.sip.guard` allows."""
+        if self._proxy_addr is not None and ip == self._proxy_addr[0]:
+            return True
+        return any(self._trusted(line, ip) for line in self.lines)
+
+    def _log_refused(self, ev: MessageRefused) -> None:
+        """One structured line per refused datagram, at most ``REFUSED_LOG_RATE`` a second
+        (a flood must not fill the disk); the lines left out are counted in the next."""
+        now = self._now()
+        if self._refused_log is None:
+            self._refused_log = TokenBucket.full(REFUSED_LOG_RATE, REFUSED_LOG_BURST, now)
+        if not self._refused_log.take(now):
+            self._refused_unlogged += 1
+            return
+        log.warning("sip.refused", source=f"{ev.source[0]}:{ev.source[1]}", kind=ev.kind,
+                    reason=ev.reason, status=ev.status, verdict=ev.verdict,
+                    unlogged_before=self._refused_unlogged)
+        self._refused_unlogged = 0
 
     async def _start_registration(self, line: LineSettings) -> None:
         assert self._ua is not None
@@ -227,7 +262,11 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
         ``overload_wait``), kernel_drops (datagrams lost on a full receive buffer),
         max_rx_wait_ms (longest wait of a datagram before it was handled), rx_deferred
         (wake-ups whose handling budget ran out, rest left to the next loop iteration),
-        max_rx_wakeup_ms (longest handling in one wake-up)."""
+        max_rx_wakeup_ms (longest handling in one wake-up); malformed_<kind> (parse faults
+        by kind: bad_content_length, bad_bytes, too_many_headers, missing_header, bad_cseq,
+        bad_start_line, bad_request_uri, too_large...); untrusted_answered,
+        untrusted_dropped, untrusted_repeat_dropped, untrusted_rate_limited,
+        untrusted_too_large (requests from untrusted sources, see telephony.sip.guard)."""
         out = dict(self._ua.counters) if self._ua else {}
         sock = self._sock
         out["handler_errors"] = sock.handler_errors if sock else 0

@@ -106,3 +106,21 @@ class InfoReceived(UaEvent):
 
     session: Session
     request: Request
+
+
+@dataclass(frozen=True)
+class MessageRefused(UaEvent):
+    """A datagram the core would not take: malformed, or a request from an untrusted
+    source outside any dialog. Already answered (or not) and counted; for the log."""
+
+    source: Addr
+    """Where it came from."""
+    kind: str
+    """``untrusted`` or the parse fault's kind (``bad_content_length``, ``bad_bytes``...)."""
+    reason: str
+    """What was wrong, in words (the parser's exact message for a parse fault)."""
+    status: int | None
+    """The status sent back, or ``None`` when nothing was sent."""
+    verdict: str
+    """Why it was (not) answered: ``answered``, ``dropped`` (unroutable or not a request),
+    or the :mod:`telephony.sip.guard` verdict for an untrusted source."""

@@ -144,7 +144,8 @@ class Message:
         lines = [start]
         lines += [f"{n}: {v}" for n, v in self.headers if n != "Content-Length"]
         lines.append(f"Content-Length: {len(self.body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
+        # surrogate escapes are the undecodable bytes a peer sent: back to those bytes
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + self.body
 
 
 @dataclass
@@ -211,13 +212,27 @@ def _safe_reason(reason: str) -> str:
 def parse(data: bytes, *, max_size: int = 65535) -> Request | Response | None:
     """Parse one datagram. Returns ``None`` for keep-alives (blank lines).
 
-    Raises :class:`SipParseError` with the status to answer (400, 413, 505, 513).
+    Raises :class:`SipParseError` with the status to answer (400, 413, 505, 513) and its
+    ``kind``. Whenever the message is a request with a usable top Via, the error's
+    ``partial`` is that request so the fault can be answered (never for ACK): a bad
+    request line, too many headers or an oversized message included.
+
+    Undecodable bytes (RFC 3261 wants UTF-8) are kept losslessly as surrogate escapes
+    in Via, From, To, Call-ID, CSeq, Contact, Route and Record-Route (we echo or re-send
+    those, byte for byte: :meth:`Message.encode` restores them) and become U+FFFD in every
+    other header (we only read those). Display names read through :attr:`Message.from_`
+    and friends never carry them. Where the grammar is ASCII and we interpret the value
+    (request line, URIs, Via, Call-ID, CSeq, Content-Length, Max-Forwards) they are a 400.
     """
-    if len(data) > max_size:
-        raise SipParseError(513, f"Message too large ({len(data)} > {max_size} bytes)")
     if not data.strip(b"\r\n\t "):
         return None
     data = data.lstrip(b"\r\n")
+    fault: SipParseError | None = None
+    if len(data) > max_size:
+        # still read the head, so the sender learns why (513 names the size)
+        fault = SipParseError(513, f"Message too large ({len(data)} > {max_size} bytes)",
+                              kind="too_large")
+        data = data[:max_size]
     sep = data.find(b"\r\n\r\n")
     if sep >= 0:
         head, body = data[:sep], data[sep + 4:]
@@ -228,59 +243,110 @@ def parse(data: bytes, *, max_size: int = 65535) -> Request | Response | None:
         else:
             head, body = data.rstrip(b"\r\n"), b""
     try:
-        text = head.decode("utf-8")
+        text, clean = head.decode("utf-8"), True
     except UnicodeDecodeError:
-        raise SipParseError(400, "Header section is not valid UTF-8") from None
+        text, clean = head.decode("utf-8", "surrogateescape"), False
     lines = text.replace("\r\n", "\n").split("\n")
-    msg = _parse_start_line(lines[0])
+    msg, start_fault = _parse_start_line(lines[0])
+    fault = fault or start_fault
     try:
-        _parse_headers(lines[1:], msg)
-        _check(msg, body)
+        _parse_headers(lines[1:], msg, clean)
+        if fault is not None:
+            raise fault
+        _check(msg, body, clean)
     except SipParseError as exc:
         exc.partial = msg if isinstance(msg, Request) and _answerable(msg) else None
         raise
     return msg
 
 
-def _parse_start_line(line: str) -> Request | Response:
+def _parse_start_line(line: str) -> tuple[Request | Response, SipParseError | None]:
+    """The message the start line begins, or raise when it is not even that.
+
+    A response's bad status line raises (a response is never answered). A request's bad
+    method, Request-URI or version is returned as the fault to raise once the headers
+    are read: with a top Via the sender is told what is wrong."""
     parts = line.strip().split(" ", 2)
-    if len(parts) == 3 and parts[0].upper().startswith("SIP/"):
-        if parts[0] != "SIP/2.0":
-            raise SipParseError(505, f"Unsupported SIP version: {parts[0][:16]}")
-        code = parts[1]
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
-            raise SipParseError(400, f"Malformed status line: {line[:80]!r}")
-        return Response(status=int(code), reason=parts[2].strip())
-    if len(parts) == 2 and parts[0] == "SIP/2.0" and parts[1].isdigit() and len(parts[1]) == 3:
-        return Response(status=int(parts[1]), reason="")
-    if len(parts) != 3 or not parts[0].isalpha() or not parts[0].isupper():
-        raise SipParseError(400, f"Malformed start line: {line[:80]!r}")
+    if parts[0].upper().startswith("SIP/"):
+        if len(parts) == 3:
+            if parts[0] != "SIP/2.0":
+                raise SipParseError(505, f"Unsupported SIP version: {parts[0][:16]}",
+                                    kind="bad_version")
+            code = parts[1]
+            if len(code) != 3 or not code.isascii() or not code.isdigit() \
+                    or not 100 <= int(code) <= 699:
+                raise SipParseError(400, f"Malformed status line: {line[:80]!r}",
+                                    kind="bad_start_line")
+            return Response(status=int(code), reason=parts[2].strip()), None
+        if (len(parts) == 2 and parts[0] == "SIP/2.0" and parts[1].isascii()
+                and parts[1].isdigit() and len(parts[1]) == 3):
+            return Response(status=int(parts[1]), reason=""), None
+        raise SipParseError(400, f"Malformed status line: {line[:80]!r}", kind="bad_start_line")
+    method = parts[0]
+    placeholder = SipUri("sip", "", "invalid")
+    if len(parts) != 3 or not _token(method):
+        bad = Request(method=method if _token(method) else "", uri=placeholder)
+        return bad, SipParseError(400, f"Malformed start line: {line[:80]!r}",
+                                  kind="bad_start_line")
     if parts[2] != "SIP/2.0":
+        req = Request(method=method, uri=placeholder)
         if parts[2].upper().startswith("SIP/"):
-            raise SipParseError(505, f"Unsupported SIP version: {parts[2][:16]}")
-        raise SipParseError(400, f"Malformed start line: {line[:80]!r}")
-    return Request(method=parts[0], uri=parse_uri(parts[1]))
+            return req, SipParseError(505, f"Unsupported SIP version: {parts[2][:16]}",
+                                      kind="bad_version")
+        return req, SipParseError(400, f"Malformed start line: {line[:80]!r}",
+                                  kind="bad_start_line")
+    try:
+        return Request(method=method, uri=parse_uri(parts[1])), None
+    except SipParseError as exc:
+        return Request(method=method, uri=placeholder), SipParseError(
+            exc.status, f"Bad Request-URI: {exc.reason}", kind="bad_request_uri")
 
 
-def _parse_headers(lines: list[str], msg: Request | Response) -> None:
+def _token(text: str) -> bool:
+    """A SIP method: upper-case letters (what every method we could meet looks like)."""
+    return bool(text) and text.isascii() and text.isalpha() and text.isupper()
+
+
+_RAW = frozenset(("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Route", "Record-Route"))
+"""Headers kept byte-exact (surrogate escapes): echoed in responses or re-sent in requests."""
+_ASCII = ("Via", "Call-ID", "CSeq", "Content-Length", "Max-Forwards")
+"""Headers we interpret whose grammar is ASCII: undecodable bytes there are a 400."""
+
+
+def _has_escapes(text: str) -> bool:
+    """Does ``text`` carry undecodable bytes (surrogate escapes)?"""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _replace_escapes(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _parse_headers(lines: list[str], msg: Request | Response, clean: bool = True) -> None:
     unfolded: list[str] = []
     for line in lines:
         if line[:1] in (" ", "\t") and unfolded:
             unfolded[-1] += " " + line.strip()
         elif line.strip():
             unfolded.append(line)
-    if len(unfolded) > MAX_HEADERS:
-        raise SipParseError(400, f"Too many headers (more than {MAX_HEADERS})")
     error: SipParseError | None = None
+    if len(unfolded) > MAX_HEADERS:
+        # the first MAX_HEADERS are read (Via comes first), so the 400 can be routed
+        error = SipParseError(400, f"Too many headers (more than {MAX_HEADERS})",
+                              kind="too_many_headers")
+        del unfolded[MAX_HEADERS:]
     for line in unfolded:
         name, colon, value = line.partition(":")
         name = name.strip()
-        if not colon or not name or any(ch in name for ch in " \t\"<>()@,;"):
+        if not colon or not name or not name.isascii() or any(ch in name for ch in " \t\"<>()@,;"):
             # keep parsing so the request can still be answered with this 400
-            error = error or SipParseError(400, f"Malformed header line: {line[:80]!r}")
+            error = error or SipParseError(400, f"Malformed header line: {line[:80]!r}",
+                                           kind="bad_header_line")
             continue
         key = canonical(name)
         value = value.strip()
+        if not clean and key not in _RAW and _has_escapes(value):
+            value = _replace_escapes(value)
         if key.lower() in _MULTI and "," in value:
             for item in split_outside(value, ","):
                 if item.strip():
@@ -291,16 +357,31 @@ def _parse_headers(lines: list[str], msg: Request | Response) -> None:
         raise error
 
 
-def _check(msg: Request | Response, body: bytes) -> None:
+def _digits(text: str, most: int = 10) -> bool:
+    """ASCII digits only, at most ``most`` of them (``str.isdigit`` also accepts '²')."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
+def _check(msg: Request | Response, body: bytes, clean: bool = True) -> None:
     for name in _REQUIRED:
         if msg.get(name) is None:
-            raise SipParseError(400, f"Missing {name} header")
+            raise SipParseError(400, f"Missing {name} header", kind="missing_header")
+    if not clean:
+        for name in _ASCII:
+            if any(_has_escapes(v) for v in msg.get_all(name)):
+                raise SipParseError(400, f"{name} header is not valid UTF-8", kind="bad_bytes")
+    for name in ("Call-ID", "CSeq"):
+        values = msg.get_all(name)
+        if any(v != values[0] for v in values[1:]):
+            raise SipParseError(400, f"Conflicting {name} headers", kind="duplicate_header")
     cseq = msg.get("CSeq") or ""
     num, _, method = cseq.partition(" ")
-    if not num.isdigit() or len(num) > 10 or not method.strip().isalpha():
-        raise SipParseError(400, f"Malformed CSeq: {cseq[:40]!r}")
-    if isinstance(msg, Request) and method.strip().upper() != msg.method:
-        raise SipParseError(400, f"CSeq method {method.strip()} does not match {msg.method}")
+    method = method.strip()
+    if not _digits(num) or not method.isascii() or not method.isalpha():
+        raise SipParseError(400, f"Malformed CSeq: {cseq[:40]!r}", kind="bad_cseq")
+    if isinstance(msg, Request) and method.upper() != msg.method:
+        raise SipParseError(400, f"CSeq method {method} does not match {msg.method}",
+                            kind="bad_cseq")
     for v in msg.get_all("Via"):
         parse_via(v)
     msg.from_, msg.to  # noqa: B018 - raise on malformed From/To
@@ -308,18 +389,25 @@ def _check(msg: Request | Response, body: bytes) -> None:
         for v in msg.get_all(name):
             if v.strip() != "*":
                 parse_name_addr(v)
-    cl = msg.get("Content-Length")
-    if cl is not None:
-        if not cl.isdigit():
-            raise SipParseError(400, f"Bad Content-Length: {cl[:20]!r}")
+    lengths = msg.get_all("Content-Length")
+    if lengths:
+        cl = lengths[0]
+        if not _digits(cl):
+            raise SipParseError(400, f"Bad Content-Length: {cl[:20]!r}", kind="bad_content_length")
+        if any(v != cl for v in lengths[1:]):
+            # two framings of one datagram: which one the next hop believes is anyone's guess
+            raise SipParseError(400, "Conflicting Content-Length headers: "
+                                f"{', '.join(v[:12] for v in lengths[:3])}",
+                                kind="bad_content_length")
         n = int(cl)
         if n > len(body):
-            raise SipParseError(400, f"Content-Length {n} exceeds body ({len(body)} bytes)")
+            raise SipParseError(400, f"Content-Length {n} exceeds body ({len(body)} bytes)",
+                                kind="bad_content_length")
         body = body[:n]
     msg.body = body
     mf = msg.get("Max-Forwards")
-    if mf is not None and not mf.isdigit():
-        raise SipParseError(400, f"Bad Max-Forwards: {mf[:20]!r}")
+    if mf is not None and not _digits(mf, 3):
+        raise SipParseError(400, f"Bad Max-Forwards: {mf[:20]!r}", kind="bad_max_forwards")
 
 
 def _answerable(req: Request) -> bool:
@@ -330,6 +418,8 @@ def _answerable(req: Request) -> bool:
     the request has and is routed by its Via). ACK is never answered."""
     try:
         if not req.get_all("Via") or req.method == "ACK":
+            return False
+        if (req.get("CSeq") or "").rpartition(" ")[2].strip().upper() == "ACK":
             return False
         req.top_via  # noqa: B018
         return True

@@ -36,12 +36,14 @@ from .events import (
     InfoReceived,
     InviteCancelled,
     InviteReceived,
+    MessageRefused,
     Progress,
     ReInviteReceived,
     SessionConfirmed,
     UaEvent,
 )
-from .message import Request, Response, make_response, parse
+from .guard import ANSWER, SourceGuard
+from .message import REASONS, Request, Response, make_response, parse
 from .register import RegisterMixin, Registration, new_tag
 from .transaction import T1, T2, ClientTransaction, ServerTransaction, TxState
 from .uri import NameAddr, SipUri, Via, parse_name_addr, parse_uri
@@ -93,8 +95,12 @@ class UserAgent(RegisterMixin):
     """One SIP endpoint's protocol state. Not thread-safe; drive it from one loop."""
 
     def __init__(self, *, host: str, port: int, domain: str = "localhost",
-                 user_agent: str = "controlroom", max_message_bytes: int = 65535) -> None:
+                 user_agent: str = "controlroom", max_message_bytes: int = 65535,
+                 guard: SourceGuard | None = None) -> None:
+        """``guard`` decides what requests from untrusted sources get (see
+        :mod:`telephony.sip.guard`); without one every source is treated as trusted."""
         self.host = host
+        self.guard = guard
         self.port = port
         self.domain = domain
         self.user_agent = user_agent
@@ -147,29 +153,93 @@ class UserAgent(RegisterMixin):
             self._sched(obj)
 
     def receive(self, data: bytes, addr: Addr, now: float) -> None:
-        """One datagram from ``addr``. Never raises on bad input: answers 400 or drops."""
+        """One datagram from ``addr``. Never raises on bad input: answers 400 (or the
+        parse fault's status) once when the request can be routed, else drops; counts
+        ``malformed`` and ``malformed_<kind>``, and reports :class:`MessageRefused`."""
         try:
             msg = parse(data, max_size=self.max_message_bytes)
         except SipParseError as exc:
             self.counters["malformed"] += 1
+            self.counters[f"malformed_{exc.kind}"] += 1
             partial = exc.partial
+            verdict, status = "dropped", None
             if isinstance(partial, Request):
                 self._fix_via(partial, addr)
-                resp = make_response(partial, exc.status, exc.reason, to_tag=new_tag())
-                self._server_headers(resp)
-                self._out.append((resp.encode(), partial.top_via.response_address()))
-            else:
+                if self._trusted(addr):
+                    resp = make_response(partial, exc.status, exc.reason, to_tag=new_tag())
+                    self._server_headers(resp)
+                    self._out.append((resp.encode(), partial.top_via.response_address()))
+                    verdict, status = "answered", exc.status
+                else:
+                    verdict = self._answer_untrusted(partial, addr, len(data), exc.status,
+                                                     exc.reason, now)
+                    status = exc.status if verdict == ANSWER else None
+            if status is None:
                 self.counters["dropped"] += 1
+            self._events.append(MessageRefused(addr, exc.kind, exc.reason, status, verdict))
             return
         if msg is None:
             self.counters["keepalives"] += 1
             return
         if isinstance(msg, Request):
             self.counters["requests"] += 1
+            if not self._trusted(addr) and not self._ours(msg):
+                self._fix_via(msg, addr)
+                verdict = self._answer_untrusted(msg, addr, len(data), 403,
+                                                 "Source not trusted", now)
+                self._events.append(MessageRefused(
+                    addr, "untrusted", f"{msg.method} from an untrusted source",
+                    403 if verdict == ANSWER else None, verdict))
+                return
             self._on_request(msg, addr, now)
         else:
             self.counters["responses"] += 1
             self._on_response(msg, addr, now)
+
+    # -- untrusted sources (telephony.sip.guard) -----------------------------------------
+
+    def _trusted(self, addr: Addr) -> bool:
+        return self.guard is None or self.guard.trusted(addr[0])
+
+    def _ours(self, req: Request) -> bool:
+        """Does a request from an untrusted address belong to something of ours (a dialog
+        or transaction it could only know by taking part)? ACK is never answered, so it
+        goes on to the core, which ignores what matches nothing."""
+        if req.method == "ACK":
+            return True
+        to_tag = req.to.tag
+        if to_tag and (req.call_id, to_tag, req.from_.tag or "") in self._dialogs:
+            return True  # e.g. a handler phone's BYE sent straight to us
+        key = _server_key(req, "INVITE" if req.method == "CANCEL" else None)
+        return key in self._server
+
+    def _answer_untrusted(self, req: Request, addr: Addr, size: int, status: int,
+                          reason: str, now: float) -> str:
+        """At most one stateless answer, no bigger than the request (guard permitting);
+        returns the guard's verdict (also counted)."""
+        assert self.guard is not None
+        if req.method == "ACK":
+            verdict = "untrusted_dropped"
+        else:
+            try:
+                via = req.top_via
+                key: tuple[object, ...] = (via.branch or "", req.get("Call-ID") or "",
+                                           req.get("CSeq") or "")
+                dest = via.response_address()
+            except SipParseError:
+                verdict = "untrusted_dropped"
+            else:
+                verdict = self.guard.verdict(addr, key, now)
+        if verdict == ANSWER:
+            for phrase in (reason, REASONS.get(status, "Error")):
+                data = make_response(req, status, phrase, to_tag=new_tag()).encode()
+                if len(data) <= size:
+                    self._out.append((data, dest))
+                    break
+            else:
+                verdict = "untrusted_too_large"
+        self.counters[verdict] += 1
+        return verdict
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -104,14 +104,19 @@ class SipUri:
 def parse_uri(text: str) -> SipUri:
     """Parse a SIP/SIPS/tel URI; raises ``SipParseError(400, 'Malformed URI: ...')``."""
     text = text.strip()
+    if _escaped(text):
+        # a URI is ASCII (RFC 3261 §25.1: anything else is %-escaped); these are bytes
+        # that were not even UTF-8
+        raise SipParseError(400, f"Malformed URI: not valid UTF-8: {text[:80]!r}",
+                            kind="bad_bytes")
     scheme, colon, rest = text.partition(":")
     scheme = scheme.lower()
     if not colon or scheme not in ("sip", "sips", "tel") or not rest:
-        raise SipParseError(400, f"Malformed URI: {text[:80]!r}")
+        raise SipParseError(400, f"Malformed URI: {text[:80]!r}", kind="bad_uri")
     if scheme == "tel":
         number, params = split_params(rest)
         if not number:
-            raise SipParseError(400, f"Malformed URI: {text[:80]!r}")
+            raise SipParseError(400, f"Malformed URI: {text[:80]!r}", kind="bad_uri")
         return SipUri("tel", number, "", None, params)
     rest, _, headers = rest.partition("?")
     if "@" in rest:
@@ -128,19 +133,20 @@ def _split_hostport(hostport: str, whole: str) -> tuple[str, int | None]:
     if hostport.startswith("["):
         end = hostport.find("]")
         if end < 0:
-            raise SipParseError(400, f"Malformed URI: {whole[:80]!r}")
+            raise SipParseError(400, f"Malformed URI: {whole[:80]!r}", kind="bad_uri")
         host, tail = hostport[1:end], hostport[end + 1:]
         port_text = tail[1:] if tail.startswith(":") else ""
         if tail and not tail.startswith(":"):
-            raise SipParseError(400, f"Malformed URI: {whole[:80]!r}")
+            raise SipParseError(400, f"Malformed URI: {whole[:80]!r}", kind="bad_uri")
     else:
         host, _, port_text = hostport.partition(":")
     if not host or any(ch in host for ch in " \t<>\"@"):
-        raise SipParseError(400, f"Malformed URI: {whole[:80]!r}")
+        raise SipParseError(400, f"Malformed URI: {whole[:80]!r}", kind="bad_uri")
     port: int | None = None
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise SipParseError(400, f"Malformed URI port: {whole[:80]!r}")
+        if (not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5
+                or not 0 < int(port_text) < 65536):
+            raise SipParseError(400, f"Malformed URI port: {whole[:80]!r}", kind="bad_uri")
         port = int(port_text)
     return host.lower(), port
 
@@ -175,18 +181,26 @@ def parse_name_addr(text: str) -> NameAddr:
         lt = _find_unquoted(text, "<")
         gt = text.find(">", lt)
         if lt < 0 or gt < 0:
-            raise SipParseError(400, f"Malformed address: {text[:80]!r}")
+            raise SipParseError(400, f"Malformed address: {text[:80]!r}", kind="bad_address")
         display = text[:lt].strip()
         if display.startswith('"'):
             if len(display) < 2 or not display.endswith('"'):
-                raise SipParseError(400, f"Malformed address: {text[:80]!r}")
+                raise SipParseError(400, f"Malformed address: {text[:80]!r}", kind="bad_address")
             display = display[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        if _escaped(display):
+            # a Latin-1 caller name from some network: harmless, shown as U+FFFD
+            display = display.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         uri = parse_uri(text[lt + 1:gt])
         _, params = split_params(text[gt + 1:]) if text[gt + 1:].strip() else ("", {})
         return NameAddr(uri, display, params)
     # addr-spec: parameters after the URI belong to the header, not the URI
     head, params = split_params(text)
     return NameAddr(parse_uri(head), "", params)
+
+
+def _escaped(text: str) -> bool:
+    """Does ``text`` carry undecodable bytes (surrogate escapes, see message.parse)?"""
+    return not text.isascii() and any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
 def _find_unquoted(text: str, ch: str) -> int:
@@ -236,7 +250,7 @@ def parse_via(text: str) -> Via:
         joined = text.replace(" / ", "/").replace("/ ", "/").replace(" /", "/")
         if joined != text:
             return parse_via(joined)
-        raise SipParseError(400, f"Malformed Via: {text[:80]!r}")
+        raise SipParseError(400, f"Malformed Via: {text[:80]!r}", kind="bad_via")
     hostport, params = split_params(rest)
     host, port = _split_hostport(hostport.strip(), text)
     return Via(bits[2].upper(), host, port, params)

@@ -66,8 +66,9 @@ def test_response_parse() -> None:
 
 
 @pytest.mark.parametrize("name,status,reason,answerable", [
-    ("bad_start_line.sip", 400, "Malformed start line: 'HELLO WORLD'", False),
-    ("bad_version.sip", 505, "Unsupported SIP version: SIP/3.0", False),
+    # a request with a usable top Via is answered whatever else is wrong (issue 12 #7)
+    ("bad_start_line.sip", 400, "Malformed start line: 'HELLO WORLD'", True),
+    ("bad_version.sip", 505, "Unsupported SIP version: SIP/3.0", True),
     ("bad_content_length.sip", 400, "Bad Content-Length: '12x'", True),
     ("short_body.sip", 400, "Content-Length 500 exceeds body (0 bytes)", True),
     ("missing_call_id.sip", 400, "Missing Call-ID header", True),
@@ -76,8 +77,8 @@ def test_response_parse() -> None:
     ("cseq_method_mismatch.sip", 400, "CSeq method BYE does not match INVITE", True),
     ("bad_header_line.sip", 400, "Malformed header line: 'This is not a header'", True),
     ("bad_from.sip", 400, "Malformed URI: 'mailto:a@b'", True),
-    ("too_many_headers.sip", 400, "Too many headers (more than 200)", False),
-    ("oversized.sip", 513, None, False),
+    ("too_many_headers.sip", 400, "Too many headers (more than 200)", True),
+    ("oversized.sip", 513, None, True),
 ])
 def test_malformed_messages(name: str, status: int, reason: str | None, answerable: bool) -> None:
     """Each malformed shape raises SipParseError with the exact status and reason."""
