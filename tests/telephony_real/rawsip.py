@@ -84,12 +84,14 @@ class RawUac:
     from_tag: str = field(default_factory=lambda: secrets.token_hex(4))
     branch: str = field(default_factory=lambda: f"z9hG4bK-raw-{secrets.token_hex(5)}")
     port: int = 0
+    bind: str = "127.0.0.1"
+    """Local address to send from (another loopback address plays an untrusted host)."""
 
     async def open(self) -> RawUac:
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Msg] = asyncio.Queue()
         self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Proto(self.queue), local_addr=("127.0.0.1", 0))
+            lambda: _Proto(self.queue), local_addr=(self.bind, 0))
         self.port = self.transport.get_extra_info("sockname")[1]
         return self
 
