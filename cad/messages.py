@@ -57,13 +57,30 @@ def _agent(handler_id: str | None) -> dict[str, Any] | None:
 
 def _body(event: ev.DomainEvent) -> dict[str, Any]:
     """The type-specific part of the message."""
+_LOCATION_KEYS = ("by", "uri", "parsed", "error", "entity", "geodetic", "civic", "accuracy",
+                  "warnings")
+
+
+def _location(text: str | None, detail: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """EIDO locationComponent: ``text`` always (a summary, or the location as given), and
+    the structured location when one was read (schema v1.x, additive)."""
+    if not text and not detail:
+        return None
+    out: dict[str, Any] = {"text": text or ""}
+    for k in _LOCATION_KEYS:
+        if detail and k in detail:
+            out[k] = detail[k]
+    return out
+
+
     match event:
         case ev.CallArrived():
             return {
                 "call": {"line": event.line, "priority": event.priority,
                          "dialled": event.dialled, "sip_call_id": event.sip_call_id},
-                "callback": {"number": event.caller, "name": event.display_name},
-                "location": {"text": event.location} if event.location else None,
+                "callback": {"number": event.caller, "name": event.display_name,
+                             "normalised": event.caller_normalised},
+                "location": _location(event.location, event.location_detail),
             }
         case ev.CallQueued():
             return {"call": {"line": event.line},
@@ -102,8 +119,17 @@ def _body(event: ev.DomainEvent) -> dict[str, Any]:
                     "recording": rec}
         case ev.RecordingReady():
             # The file path is local to this node and means nothing to the CAD.
-            return {"recording": {"id": event.recording_id, "sha256": event.sha256,
-                                  "duration": _secs(event.duration) or 0.0}}
+            rec: dict[str, Any] = {"id": event.recording_id, "sha256": event.sha256,
+                                   "duration": _secs(event.duration) or 0.0}
+            if len(event.segments) > 1 or event.gaps:  # schema v1.x, additive
+                rec["segments"] = [{"id": s["id"], "sha256": s["sha256"],
+                                    "start": _secs(s["start"]) or 0.0,
+                                    "duration": _secs(s["duration"]) or 0.0}
+                                   for s in event.segments]
+                rec["gaps"] = [{"start": _secs(g["start"]) or 0.0, "end": _secs(g["end"]) or 0.0,
+                                "frames_lost": int(g["frames_lost"]), "reason": g["reason"]}
+                               for g in event.gaps]
+            return {"recording": rec}
         case ev.TranscriptFinal():
             return {"transcript": {
                 "text": event.text, "language": event.language, "engine": event.engine,

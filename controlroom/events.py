@@ -49,13 +49,20 @@ class CallArrived(DomainEvent):
     priority: int
     """The line's priority class (0 most urgent)."""
     caller: str
-    """Caller number as presented."""
+    """Caller number exactly as presented (``+447700900123``, ``07700900123``)."""
     display_name: str = ""
     """Presented identity."""
     dialled: str = ""
     location: str | None = None
-    """Location if the network sent it (Geolocation / PIDF-LO text)."""
+    """Location if the network sent it: a summary of a PIDF-LO that was read, else the
+    Geolocation value or body as given."""
     sip_call_id: str = ""
+    caller_normalised: str = ""
+    """The caller number as E.164 (``+447700900123``); ``""`` when withheld or not a
+    number. Previous calls match on it."""
+    location_detail: dict[str, Any] | None = None
+    """The location as read: ``by`` (value/reference), ``uri``, ``parsed``, ``error``,
+    ``geodetic`` shapes, ``civic`` addresses, ``accuracy`` (m)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +170,12 @@ class RecordingReady(DomainEvent):
     sha256: str
     duration: float
     path: str
+    segments: tuple[dict[str, Any], ...] = ()
+    """Every file when there is more than one (the recordings disk failed during the
+    call): ``id``, ``path``, ``start`` (s from answer), ``duration``, ``sha256``, ``bytes``."""
+    gaps: tuple[dict[str, Any], ...] = ()
+    """Audio the recording lacks: ``start``, ``end`` (s from answer), ``frames_lost``,
+    ``reason``."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,11 +44,33 @@ MIGRATIONS = [
     CREATE INDEX calls_handler ON calls(handler_id, arrived_at);
     CREATE INDEX calls_incident ON calls(incident_number);
     """,
+    # 2: the caller number as E.164 (previous calls match on it: +447700900123 and
+    # 07700900123 are one caller) and the location as read from a PIDF-LO (JSON)
+    """
+    ALTER TABLE calls ADD COLUMN caller_normalised TEXT NOT NULL DEFAULT '';
+    ALTER TABLE calls ADD COLUMN location_detail TEXT;
+    CREATE INDEX calls_caller_normalised ON calls(caller_normalised, arrived_at);
+    """,
 ]
 
 COMPONENT = "calls"
 
-_JSON = {"thrive", "flags"}
+RECORDING_COMPONENT = "calls.recording"
+"""Recording columns, migrated as their own component (the engine's recordings disk
+work), so their numbering never races the ``calls`` component's."""
+RECORDING_MIGRATIONS = [
+    # 1: a recording's files (more than one when the recordings disk failed during the
+    # call) and the audio it lacks, as JSON lists; the partial index finds the recordings
+    # whose checksum a crash kept from the record (start-up recovery)
+    """
+    ALTER TABLE calls ADD COLUMN recording_segments TEXT;
+    ALTER TABLE calls ADD COLUMN recording_gaps TEXT;
+    CREATE INDEX calls_unrecorded ON calls(arrived_at) WHERE recording_path IS NULL;
+    """,
+]
+
+_JSON = {"thrive", "flags", "location_detail"}
+_JSON |= {"recording_segments", "recording_gaps"}
 
 
 def insert(conn: sqlite3.Connection, **row: Any) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Party = Literal["caller", "handler", "system"]
 
@@ -43,7 +43,14 @@ class IncomingCall:
     source: str
     """``ip:port`` the INVITE came from."""
     location: str | None = None
-    """Location if the network sent it (Geolocation header value or PIDF-LO body)."""
+    """Location if the network sent it: a one-line summary of a PIDF-LO that was read,
+    else the Geolocation value or body as given."""
+    caller_normalised: str = ""
+    """The caller number as E.164 (``+447700900123``), ``""`` if it cannot be one."""
+    location_detail: dict[str, Any] | None = None
+    """The location as read (:func:`telephony.sip.inbound.location_info`): ``by``,
+    ``uri``, ``parsed``, ``error``, and for a PIDF-LO ``geodetic``, ``civic``,
+    ``accuracy``."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,10 @@ class CallArrived(TelephonyEvent):
     location: str | None = None
     invite_at: float = 0.0
     """When the INVITE arrived (for INVITE→answer time)."""
+    caller_normalised: str = ""
+    """``caller`` as E.164 with ``+`` (``""``: withheld, short code, not a number)."""
+    location_detail: dict[str, Any] | None = None
+    """Structured location (see :class:`IncomingCall`), None when none was sent."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,35 @@ class RecordingSealed(TelephonyEvent):
     bytes: int
     recovered: bool = False
     """True when sealed at start-up after a crash."""
+    segments: tuple[RecordingSegment, ...] = ()
+    """Every WAV file of the recording in order; more than one when the recordings disk
+    failed during the call (``path``/``sha256`` are the first one's)."""
+    gaps: tuple[RecordingGap, ...] = ()
+    """Audio the recording lacks because the disk failed and the spool overflowed."""
+
+
+@dataclass(frozen=True)
+class RecordingSegment:
+    """One WAV file of a recording."""
+
+    path: Path
+    start: float
+    """Seconds from answer where its audio starts."""
+    duration: float
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class RecordingGap:
+    """Audio missing from a recording (recordings disk full or failing)."""
+
+    start: float
+    """Seconds from answer."""
+    end: float
+    frames_lost: int
+    """8 kHz stereo frames lost."""
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -231,6 +271,14 @@ class EngineStats:
     max_send_gap_ms: float = 0.0
     recording_backlog: int = 0
     """Recording batches queued for the disk writer (a slow disk shows here, not as gaps)."""
+    recording_disk_faults: int = 0
+    """Recording segments closed by a disk error (full, read-only, I/O error)."""
+    recordings_spooling: int = 0
+    """Recordings whose audio is held in memory now because the disk fails."""
+    recording_spool_bytes: int = 0
+    """Bytes of audio held in those spools."""
+    recording_frames_lost: int = 0
+    """Audio frames (8 kHz) recordings lost: the spool was full, or the disk still failed at seal."""
     rtp_foreign: int = 0
     """RTP packets dropped because they came from another address than the SDP names
     (or the NAT-latched one): strangers, stale streams of earlier calls."""

@@ -36,17 +36,19 @@ import structlog
 
 from config.loader import secret
 from config.schema import LineSettings
-from telephony.api import EngineStats, RecordingSealed
+from telephony.api import EngineStats
 from telephony.errors import EngineError
 from telephony.sip.events import InviteReceived, MessageRefused, RegistrationResult, UaEvent
 from telephony.sip.guard import SourceGuard, TokenBucket
-from telephony.sip.ua import UserAgent
+from telephony.sip.message import Request
+from telephony.sip.ua import Session, UserAgent
 from telephony.sip.uri import parse_uri
 from telephony.transport import open_sip_socket
 
 from .base import EngineBase
 from .calls import CallsMixin
 from .legs import LegsMixin
+from .recordings import disk_health, disk_stats, find_recording, recording_sealed
 from .state import NO_RESPONSE_TIMEOUT, Admit, _Call, _codec_enum, _Leg
 
 log = structlog.get_logger("telephony.engine")
@@ -87,6 +89,10 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
         self._media = factory(bind=s.rtp_bind, port_min=s.rtp_port_min, port_max=s.rtp_port_max,
                               ptime=s.ptime, recordings_dir=self.recordings_dir,
                               on_audio=self._on_audio, on_dtmf=self._on_dtmf)
+        health = getattr(getattr(self._media, "disk", None), "health", None)
+        if health is not None:  # the recordings-disk spool (telephony.media.recording)
+            health.spool_limit = s.recording_spool_mb << 20
+            health.retry_interval = s.recording_retry_interval
         await self._media.start()
         try:
             preload = getattr(self._media, "preload", None)
@@ -110,14 +116,14 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
             raise
         self._ua = UserAgent(host=s.public_host or s.bind, port=self.sip_port, domain=s.domain,
                              user_agent=s.user_agent, max_message_bytes=s.max_message_bytes,
+                             min_se=s.min_se,
                              guard=SourceGuard(policy=s.untrusted, rate=s.untrusted_rate,
                                                burst=s.untrusted_burst,
                                                trusted=self._known_source))
         self._running = True
         for info in self._media.recover_recordings():
-            self._emit(RecordingSealed(at=time.time(), call_id=info.call_id, path=info.path,
-                                       sha256=info.sha256, duration=info.duration,
-                                       bytes=info.bytes, recovered=True))
+            self._emit(recording_sealed(info, recovered=True))
+        self._bye_interrupted()
         for line in self.lines:
             if line.mode == "registered":
                 await self._start_registration(line)
@@ -221,6 +227,46 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
                                 now=self._now())
         self._regs.append(reg)
 
+    def _bye_interrupted(self) -> None:
+        """BYE every dialog a crash left up (the dialog journal), before taking calls.
+
+        Each goes through its own route set, like any in-dialog request; the core
+        retransmits it until answered. The journal is cleared as the BYEs leave: a second
+        crash before their answers at worst leaves those far ends to hang up themselves.
+        """
+        if self._journal is None or self._ua is None:
+            return
+        now = self._now()
+        for rec in self._journal.load():
+            try:
+                dialog = rec.dialog()
+                session = Session("uac" if rec.role == "handler" else "uas",
+                                  Request(method="INVITE", uri=dialog.remote_target),
+                                  state="confirmed", dialog=dialog, local_tag=rec.local_tag)
+                self._ua.bye(session, now)
+                self.interrupted_byes += 1
+                log.warning("engine.interrupted_dialog_bye", key=rec.key, role=rec.role,
+                            sip_call_id=rec.call_id, target=rec.remote_target)
+            except Exception:  # noqa: BLE001 - one bad entry must not stop the rest
+                log.exception("engine.interrupted_dialog_bye_failed", key=rec.key)
+            self._journal.remove(rec.key)
+
+    def health(self) -> list[tuple[str, str]]:
+        """What is wrong now, as ``(component, reason)`` pairs; ``[]`` when healthy.
+
+        Today: the recordings disk (full, read-only or failing while recordings spool)."""
+        return disk_health(self._media)
+
+    def recover_recording(self, call_id: str) -> bool:
+        """Report (RecordingSealed, recovered) a recording whose files were sealed but whose
+        report a crash may have lost; False when it has no sealed file. Hashes the files:
+        for start-up, not the call path."""
+        info = find_recording(self.recordings_dir, call_id)
+        if info is None:
+            return False
+        self._emit(recording_sealed(info, recovered=True))
+        return True
+
     @property
     def registrations(self) -> dict[str, bool]:
         """Line name -> currently registered (registered-mode lines only)."""
@@ -252,6 +298,7 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
         st.max_send_gap_ms = gap
         disk = getattr(self._media, "disk", None)
         st.recording_backlog = int(getattr(disk, "queued", 0))
+        disk_stats(self._media, st)
         return st
 
     @property

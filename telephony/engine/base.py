@@ -31,6 +31,7 @@ from telephony.sip.ua import Session, UserAgent
 from telephony.sip.uri import is_ip
 from telephony.transport import SipProtocol
 
+from .journal import DialogJournal, DialogRecord
 from .state import OVERLOAD_WAIT, UNLINK_AFTER, Admit, _Call, _FallbackCodec, _Leg, _SdpState
 
 log = structlog.get_logger("telephony.engine")
@@ -44,10 +45,12 @@ class EngineBase:
                  on_event: Callable[[TelephonyEvent], None],
                  on_audio: Callable[[api.AudioFrame], None] | None = None,
                  media_factory: Callable[..., Any] | None = None,
-                 admit: Admit | None = None) -> None:
+                 admit: Admit | None = None, dialog_journal: Path | None = None) -> None:
         """``media_factory`` defaults to :class:`telephony.media.MediaEngine` and is called
         with its keyword arguments (tests pass a fake); ``admit`` may refuse a call after
-        the engine's own checks by returning ``(status, reason)``."""
+        the engine's own checks by returning ``(status, reason)``; ``dialog_journal`` is
+        the folder where established dialogs are kept so that a restart after a crash can
+        send them BYE (:mod:`telephony.engine.journal`; None: no journal)."""
         self.settings = settings
         self.lines = list(lines)
         self.recordings_dir = Path(recordings_dir)
@@ -86,6 +89,11 @@ class EngineBase:
         """RTP counters of streams already closed (stats stay monotonic)."""
         self._drained: asyncio.Event | None = None
         self._seal_tasks: set[asyncio.Task[None]] = set()
+        self._journal: DialogJournal | None = (
+            DialogJournal(Path(dialog_journal), background=self._in_background)
+            if dialog_journal is not None else None)
+        self.interrupted_byes = 0
+        """BYEs sent at start to dialogs a crash had left up (the dialog journal)."""
         self._byes_done: asyncio.Event | None = None
         self._leg_credentials: tuple[str, str] | None = None
         self._running = False
@@ -97,6 +105,19 @@ class EngineBase:
 
     def _now(self) -> float:
         return self._loop.time()
+
+    def _in_background(self, job: Callable[[], None]) -> None:
+        """Run a blocking job (a journal fsync) in the loop's executor, never on the loop."""
+        self._loop.run_in_executor(None, job)
+
+    def _journal_add(self, key: str, role: str, session: Session) -> None:
+        """An established dialog: keep what its BYE needs (see :mod:`.journal`)."""
+        if self._journal is not None and session.dialog is not None:
+            self._journal.add(DialogRecord.of(key, role, session.dialog))
+
+    def _journal_remove(self, key: str) -> None:
+        if self._journal is not None:
+            self._journal.remove(key)
 
     def _unlink_later(self, obj: _Call | _Leg) -> None:
         """Cut an ended call's or leg's reference cycles once no late message can need

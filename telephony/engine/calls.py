@@ -21,7 +21,6 @@ from telephony.api import (
     Dtmf,
     HoldChanged,
     IncomingCall,
-    RecordingSealed,
     SilentCallFlag,
 )
 from telephony.errors import EngineError, SdpError
@@ -34,14 +33,15 @@ from telephony.sip.events import (
     InviteReceived,
     ReInviteReceived,
     SessionConfirmed,
+    SessionExpired,
     UaEvent,
 )
-from telephony.sip.inbound import caller_identity, info_digit
-from telephony.sip.inbound import location as inbound_location
+from telephony.sip.inbound import caller_number, info_digit, location_info
 from telephony.sip.message import Request, body_parts
 from telephony.sip.ua import Session
 
 from .base import EngineBase
+from .recordings import recording_sealed
 from .state import _Call, _Leg, _NoRecording, _play, _SdpState
 
 log = structlog.get_logger("telephony.engine")
@@ -65,7 +65,8 @@ class CallsMixin(EngineBase):
         invite_at = time.time()
         self._stats.invites += 1
         dialled = req.uri.number or req.to.uri.number
-        caller, display = caller_identity(req)
+        number, display = caller_number(req, country_code=self.settings.country_code)
+        caller = number.raw  # as given, with its "+"; the normalised form rides along
         line = self._by_number.get(dialled)
         if line is None:
             self._reject(session, None, dialled, caller, 404, "Unknown number")
@@ -87,10 +88,12 @@ class CallsMixin(EngineBase):
                          [("Retry-After", str(self.settings.retry_after))])
             return
         parts = body_parts(req)
-        location = inbound_location(req)
+        # never refuses the call: an unreadable location is kept as given, with the reason
+        location, location_detail = location_info(req)
         incoming = IncomingCall(line=line.name, dialled=dialled, caller=caller,
                                 display_name=display, source=f"{ev.source[0]}:{ev.source[1]}",
-                                location=location)
+                                location=location, caller_normalised=number.normalised,
+                                location_detail=location_detail)
         if self._admit is not None:
             verdict = self._admit(incoming)
             if verdict is not None:
@@ -142,6 +145,7 @@ class CallsMixin(EngineBase):
         sdp_state.last = body.encode()
         self._ua.respond(session, 200, body=sdp_state.last, now=now)
         self._flush()  # the 200 leaves before any consumer code runs
+        self._journal_add(call_id, "caller", session)  # a crash from now on owes a BYE
         call = _Call(call_id=call_id, line=line, session=session, stream=stream,
                      recording=recording, caller=caller, codec=codec, invite_at=invite_at,
                      last_signal=now, prompt=line.queue_prompt,
@@ -157,7 +161,8 @@ class CallsMixin(EngineBase):
         self._emit(CallArrived(at=time.time(), call_id=call_id, line=line.name, dialled=dialled,
                                caller=caller, display_name=display, source=incoming.source,
                                sip_call_id=req.call_id, codec=codec, location=location,
-                               invite_at=invite_at))
+                               invite_at=invite_at, caller_normalised=number.normalised,
+                               location_detail=location_detail))
 
     def _trusted(self, line: LineSettings, ip: str) -> bool:
         """Source check for a line: exact addresses or CIDR blocks (``10.0.0.0/24``), plus
@@ -185,6 +190,9 @@ class CallsMixin(EngineBase):
             self._end_call(call, by="caller", reason="bye", send_bye=False)
         elif isinstance(ev, AckTimeout):
             self._end_call(call, by="system", reason="no ACK for 200 OK", send_bye=False)
+        elif isinstance(ev, SessionExpired):  # the core already sent BYE (RFC 4028 §10)
+            self._end_call(call, by="system", send_bye=False,
+                           reason=f"session timer: no refresh within {ev.interval} s")
         elif isinstance(ev, InviteCancelled):
             self._end_call(call, by="caller", reason="cancelled", send_bye=False)
             self._emit(CallCancelled(at=time.time(), call_id=call.call_id, line=call.line.name,
@@ -224,6 +232,7 @@ class CallsMixin(EngineBase):
         assert self._ua is not None
         now = self._now()
         del self._calls[call.call_id]
+        self._journal_remove(call.call_id)
         if call.guard:
             call.guard.cancel()
         call.log.info("call.ended", by=by, reason=reason)
@@ -256,9 +265,7 @@ class CallsMixin(EngineBase):
         except Exception:  # noqa: BLE001 - a disk error must not leave the call half-ended
             call.log.exception("recording.seal_failed")
             return
-        self._emit(RecordingSealed(at=time.time(), call_id=call.call_id, path=info.path,
-                                   sha256=info.sha256, duration=info.duration,
-                                   bytes=info.bytes, recovered=False))
+        self._emit(recording_sealed(info, recovered=False))
 
     @staticmethod
     def _activity(last_signal: float, stream: Any) -> float:

@@ -137,6 +137,7 @@ class LegsMixin(EngineBase):
         self._close_stream(leg.stream)
         call.legs.pop(leg.leg_id, None)
         self._legs.pop(leg.leg_id, None)
+        self._journal_remove(leg.leg_id)
         self._unlink_later(leg)
 
     def _drop_leg(self, leg: _Leg, *, by: api.Party) -> None:
@@ -183,6 +184,7 @@ class LegsMixin(EngineBase):
                                      reason="error", status=ev.response.status))
                 return
             leg.state, leg.codec = "answered", neg.codec
+            self._journal_add(leg.leg_id, "handler", leg.session)
             if leg.timer:
                 leg.timer.cancel()
             if call.guard:  # the leg's own dead-media deadline joins the call's guard

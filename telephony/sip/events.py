@@ -51,6 +51,16 @@ class AckTimeout(UaEvent):
 
 
 @dataclass(frozen=True)
+class SessionExpired(UaEvent):
+    """The session timer ran out (RFC 4028 §10): no refresh came in time, or ours failed.
+    The core sent BYE and ended the session."""
+
+    session: Session
+    interval: int
+    """The negotiated Session-Expires, seconds."""
+
+
+@dataclass(frozen=True)
 class ByeReceived(UaEvent):
     """The peer hung up (200 sent)."""
 

@@ -11,7 +11,10 @@ absorbing retransmitted INVITEs (same branch, or same Call-ID/CSeq/From-tag) by
 re-sending the last response; 2xx retransmission until ACK and BYE after 64*T1 without
 one; CANCEL -> 200 + 487; 481 for unknown dialogs; OPTIONS -> 200; 405/501; ACK for
 2xx built from the dialog and re-sent on retransmitted 2xx; digest retries on 401/407;
-CANCEL deferred until a provisional arrives (RFC 3261 §9.1).
+CANCEL deferred until a provisional arrives (RFC 3261 §9.1). Session timers (RFC 4028,
+:mod:`.timer`): Session-Expires and Require on the 2xx, 422 below our Min-SE, refreshes
+(re-INVITE or bodyless UPDATE) restart the timer, a missing refresh ends the session with
+BYE and :class:`SessionExpired`, and when we are the refresher we send the re-INVITE.
 """
 
 from __future__ import annotations
@@ -40,15 +43,20 @@ from .events import (
     Progress,
     ReInviteReceived,
     SessionConfirmed,
+    SessionExpired,
     UaEvent,
 )
 from .guard import ANSWER, SourceGuard
 from .message import REASONS, Request, Response, make_response, parse
 from .register import RegisterMixin, Registration, new_tag
+from .timer import MIN_SE_FLOOR, Timer, TooSmall, from_response, negotiate
 from .transaction import T1, T2, ClientTransaction, ServerTransaction, TxState
 from .uri import NameAddr, SipUri, Via, parse_name_addr, parse_uri
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+"""No UPDATE: we cannot answer an offer in one, so session refreshes come as re-INVITEs
+(RFC 4028 §7.4 lets the refresher use either). A bodyless UPDATE still gets 200 and
+counts as a refresh; one with a body gets 405."""
 SUPPORTED = {"timer"}
 """Option tags we accept in Require (session timers: the peer refreshes, we answer)."""
 _KNOWN = {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PRACK", "UPDATE", "PUBLISH"}
@@ -84,10 +92,22 @@ class Session:
     retrans_at: float | None = None
     end_at: float | None = None
     interval: float = T1
+    # session timer (RFC 4028)
+    timer: Timer | None = None
+    """The negotiated timer; ``refresher`` as in the last refresh transaction."""
+    we_refresh: bool = False
+    timer_at: float | None = None
+    """Next timer action: send a refresh (we refresh) or BYE (no refresh came)."""
+    expires_at: float | None = None
+    """When the session ends without a successful refresh."""
+    refreshing: bool = False
+    """Our refresh re-INVITE is in flight."""
+    local_sdp: bytes = b""
+    """The SDP of our last 2xx: what a refresh re-INVITE offers again (no change)."""
 
     @property
     def deadline(self) -> float | None:
-        times = [t for t in (self.retrans_at, self.end_at) if t is not None]
+        times = [t for t in (self.retrans_at, self.end_at, self.timer_at) if t is not None]
         return min(times) if times else None
 
 
@@ -96,11 +116,13 @@ class UserAgent(RegisterMixin):
 
     def __init__(self, *, host: str, port: int, domain: str = "localhost",
                  user_agent: str = "controlroom", max_message_bytes: int = 65535,
-                 guard: SourceGuard | None = None) -> None:
+                 min_se: int = MIN_SE_FLOOR, guard: SourceGuard | None = None) -> None:
         """``guard`` decides what requests from untrusted sources get (see
         :mod:`telephony.sip.guard`); without one every source is treated as trusted."""
         self.host = host
         self.guard = guard
+        self.min_se = max(min_se, MIN_SE_FLOOR)
+        """Smallest session interval we accept (RFC 4028 Min-SE); smaller ones get 422."""
         self.port = port
         self.domain = domain
         self.user_agent = user_agent
@@ -323,6 +345,12 @@ class UserAgent(RegisterMixin):
             self._reply(tx, 420, to_tag=new_tag(), now=now,
                         headers=[("Unsupported", ", ".join(unsupported))])
             return
+        if method in ("INVITE", "UPDATE"):
+            small = negotiate(req, min_se=self.min_se)
+            if isinstance(small, TooSmall):
+                self._reply(tx, 422, "Session Interval Too Small", headers=small.headers(),
+                            to_tag=None if req.to.tag else new_tag(), now=now)
+                return
         if req.to.tag:
             self._in_dialog(req, tx, addr, now)
         elif method == "INVITE":
@@ -368,7 +396,11 @@ class UserAgent(RegisterMixin):
             # an UPDATE carrying an offer needs an answer we do not give: refuse it (the
             # peer falls back to re-INVITE); bodyless UPDATEs (session refresh) are fine
             self._reply(tx, 405, headers=[("Allow", ALLOW)], now=now)
-        elif req.method in ("OPTIONS", "INFO", "UPDATE", "NOTIFY"):
+        elif req.method == "UPDATE":
+            # a session refresh (RFC 4028 §9): answered with the timer, which restarts
+            self._reply(tx, 200, now=now,
+                        headers=[("Allow", ALLOW), *self._apply_timer(session, req, now)])
+        elif req.method in ("OPTIONS", "INFO", "NOTIFY"):
             self._reply(tx, 200, now=now, headers=[("Allow", ALLOW)])
             if req.method == "INFO" and req.body:
                 self._events.append(InfoReceived(session, req))
@@ -432,6 +464,8 @@ class UserAgent(RegisterMixin):
             hdrs.append(("Contact", f"<{self.contact_uri}>"))
         if 200 <= status < 300:
             hdrs.append(("Allow", ALLOW))
+            hdrs += self._apply_timer(session, tx.request, now)
+            session.local_sdp = body
         resp = make_response(tx.request, status, reason, to_tag=session.local_tag, headers=hdrs,
                              body=body)
         self._server_headers(resp)
@@ -458,6 +492,10 @@ class UserAgent(RegisterMixin):
         if tx is None or tx.state != TxState.PROCEEDING:
             return
         hdrs = [("Contact", f"<{self.contact_uri}>")] if status < 300 else []
+        if 200 <= status < 300:
+            hdrs += self._apply_timer(session, tx.request, now)
+            if body:
+                session.local_sdp = body
         self._reply(tx, status, reason, headers=hdrs, body=body, now=now)
         # a 2xx to a re-INVITE is not retransmitted here: the ACK is best-effort and the
         # media state is already applied; the peer's retransmitted re-INVITE gets it again
@@ -488,10 +526,103 @@ class UserAgent(RegisterMixin):
     def _terminate(self, session: Session) -> None:
         session.state = "terminated"
         session.retrans_at = session.end_at = None
+        session.timer = session.timer_at = session.expires_at = None
         if session.dialog:
             self._dialogs.pop(session.dialog.key, None)
 
+    # -- session timers (RFC 4028) ------------------------------------------------------
+
+    def _apply_timer(self, session: Session, req: Request, now: float) -> list[tuple[str, str]]:
+        """Negotiate the timer of a request we answer 2xx (INVITE, re-INVITE, UPDATE),
+        start it on the session and return the headers for the 2xx."""
+        # only the caller's side: a handler leg (we are its uac) runs no timer; its phone
+        # is registered and watched by the dead-call guard instead
+        t = negotiate(req, min_se=self.min_se) if session.role == "uas" else None
+        if not isinstance(t, Timer):
+            session.timer = session.timer_at = session.expires_at = None
+            return []
+        self._start_timer(session, t, we_refresh=t.refresher == "uas", now=now)
+        return t.headers()
+
+    def _start_timer(self, session: Session, t: Timer, *, we_refresh: bool, now: float) -> None:
+        session.timer, session.we_refresh, session.refreshing = t, we_refresh, False
+        session.expires_at = now + t.interval
+        session.timer_at = now + (t.interval / 2 if we_refresh else t.bye_after())
+        self._sched(session)
+
+    def _timer_due(self, session: Session, now: float) -> None:
+        t = session.timer
+        if t is None or session.state == "terminated":
+            session.timer_at = None
+            return
+        if session.we_refresh and not session.refreshing and session.dialog is not None \
+                and session.expires_at is not None and now < session.expires_at - 1:
+            self._send_refresh(session, t, now)
+            session.timer_at = session.expires_at
+            return
+        # the refresh did not come (or ours did not succeed) in time: end the session
+        self.counters["session_timer_expired"] += 1
+        session.timer_at = None
+        if session.state == "answered":
+            session.state = "confirmed"
+        self._send_bye(session, now)
+        self._events.append(SessionExpired(session, t.interval))
+
+    def _send_refresh(self, session: Session, t: Timer, now: float) -> None:
+        assert session.dialog is not None
+        req = session.dialog.request(
+            "INVITE", self.via(), body=session.local_sdp,
+            headers=[("Session-Expires", f"{t.interval};refresher=uac"),
+                     ("Min-SE", str(self.min_se)), ("Supported", "timer"), ("Allow", ALLOW)])
+        self._server_headers(req)
+        session.refreshing = True
+        self._start_client(req, session.dialog.next_hop(req), now, owner=("refresh", session))
+
+    def _refresh_response(self, session: Session, tx: ClientTransaction, resp: Response,
+                          now: float) -> None:
+        if resp.status < 200 or session.state == "terminated" or session.dialog is None:
+            return
+        session.refreshing = False
+        if resp.status < 300:
+            ack = session.dialog.request("ACK", self.via(), cseq=tx.request.cseq[0])
+            session.ack = ack  # re-sent on a retransmitted 2xx (_stray_response)
+            self._out.append((ack.encode(), session.dialog.next_hop(ack)))
+            t = from_response(resp)
+            if t is None:
+                session.timer = session.timer_at = session.expires_at = None
+            else:
+                # in our re-INVITE we are the uac
+                self._start_timer(session, t, we_refresh=t.refresher == "uac", now=now)
+        elif resp.status in (408, 481):
+            # RFC 4028 §10 / RFC 5057: the dialog is gone at the peer: end it
+            self._refresh_failed(session, now)
+        elif resp.status == 422 and session.timer is not None:
+            try:
+                larger = max(int((resp.get("Min-SE") or "").split(";")[0]),
+                             session.timer.interval)
+            except ValueError:
+                return
+            session.timer = Timer(larger, session.timer.refresher)
+            session.timer_at = now  # retry at once with the larger interval
+            self._sched(session)
+        elif session.expires_at is not None and session.timer_at == session.expires_at:
+            # 491 or another refusal: the session goes on; try again after a pause
+            retry = now + min(4.0, max(0.0, session.expires_at - now) / 4)
+            if retry < session.expires_at - 1:
+                session.timer_at = retry
+                self._sched(session)
+
+    def _refresh_failed(self, session: Session, now: float) -> None:
+        t = session.timer
+        if session.state == "terminated" or t is None:
+            return
+        self.counters["session_timer_expired"] += 1
+        self._send_bye(session, now)
+        self._events.append(SessionExpired(session, t.interval))
+
     def _session_timer(self, session: Session, now: float) -> None:
+        if session.timer_at is not None and now >= session.timer_at:
+            self._timer_due(session, now)
         if session.end_at is not None and now >= session.end_at:
             session.retrans_at = session.end_at = None
             if session.state == "answered":
@@ -599,6 +730,8 @@ class UserAgent(RegisterMixin):
             self._events.append(Failed(obj, status, reason))
         elif kind == "register":
             self._register_failed(obj, status, now)
+        elif kind == "refresh":
+            self._refresh_failed(obj, now)
 
     def _on_response(self, resp: Response, addr: Addr, now: float) -> None:
         try:
@@ -621,6 +754,8 @@ class UserAgent(RegisterMixin):
         kind, obj = owner
         if kind == "invite":
             self._invite_response(obj, tx, resp, addr, now)
+        elif kind == "refresh":
+            self._refresh_response(obj, tx, resp, now)
         elif kind == "register":
             self._register_response(obj, resp, now)
 

@@ -13,7 +13,8 @@ def one_of_each(call_id: str = "c0ffee", line: str = "999") -> list[ev.DomainEve
     return [
         ev.CallArrived(call_id=call_id, at=T0, line=line, priority=0, caller="+447700900123",
                        display_name="J Smith", dialled="999",
-                       location="<gml:pos>52.4862 -1.8904</gml:pos>", sip_call_id="a84b4c76e66710"),
+                       location="<gml:pos>52.4862 -1.8904</gml:pos>", sip_call_id="a84b4c76e66710",
+                       caller_normalised="+447700900123"),
         ev.CallQueued(call_id=call_id, at=T0 + 0.1, line=line, position=2, estimated_wait=8.5,
                       priority=0.0),
         ev.CallOffered(call_id=call_id, at=T0 + 4.0, line=line, handler_id="h1", wait=4.0),

@@ -50,7 +50,8 @@ def test_arrived_carries_line_caller_identity_location() -> None:
     msg = _msg(one_of_each()[0])
     assert msg["call"] == {"line": "999", "priority": 0, "dialled": "999",
                            "sip_call_id": "a84b4c76e66710"}
-    assert msg["callback"] == {"number": "+447700900123", "name": "J Smith"}
+    assert msg["callback"] == {"number": "+447700900123", "name": "J Smith",
+                               "normalised": "+447700900123"}
     assert msg["location"] == {"text": "<gml:pos>52.4862 -1.8904</gml:pos>"}
     assert msg["incident"] is None
 
