@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from console.backend import THRIVE_KEYS, Conflict, Invalid, NotFound
 from controlroom import events as ev
 from store import calls as calls_table
+from telephony.numbers import normalise
 
 if TYPE_CHECKING:
     from controlroom.service import Service
@@ -102,13 +103,17 @@ class ServiceDesk:
         return {
             "call_id": call_id, "line": d["line"], "priority": d["priority"],
             "caller": d["caller"], "display_name": d["display_name"], "line_type": None,
-            "location": d["location"], "location_accuracy": None,
+            "location": d["location"],
+            "location_accuracy": (d.get("location_detail") or {}).get("accuracy"),
+            "caller_normalised": d.get("caller_normalised") or "",
+            "location_detail": d.get("location_detail"),
             "flags": d["flags"] or [], "arrived_at": d["arrived_at"],
             "answered_at": d["answered_at"], "held": bool(live and live.on_hold),
             "incident_number": d["incident_number"], "grade": d["grade"],
             "queue_history": [{"at": at, "event": "queued", "position": pos}
                               for at, pos in (live.positions if live else [])],
-            "previous_calls": self._previous(d["caller"], 10, exclude=call_id),
+            "previous_calls": self._previous(d["caller"], 10, exclude=call_id,
+                                             normalised=d.get("caller_normalised")),
             "transcript": list(s.live_transcripts.get(call_id, [])),
         }
 
@@ -323,17 +328,22 @@ class ServiceDesk:
                    "sha256": call["recording_sha256"], "duration": call["recording_duration"]}
         return {"call": call, "timeline": timeline, "transcript": segments, "recording": rec}
 
-    def _previous(self, number: str, limit: int, *, exclude: str | None = None) -> list[dict[str, Any]]:
+    def _previous(self, number: str, limit: int, *, exclude: str | None = None,
+                  normalised: str | None = None) -> list[dict[str, Any]]:
+        """Earlier calls from this caller: the same number as given, or the same E.164
+        form (``+447700900123`` and ``07700900123`` are one caller)."""
         if not number:
             return []
         rows = self.s.db.query(
             "SELECT call_id, arrived_at, line, state, incident_number, grade, handler_id, flags "
-            "FROM calls WHERE caller=? AND call_id != ? ORDER BY arrived_at DESC LIMIT ?",
-            (number, exclude or "", limit))
+            "FROM calls WHERE (caller=? OR (?<>'' AND caller_normalised=?)) AND call_id != ? "
+            "ORDER BY arrived_at DESC LIMIT ?",
+            (number, norm, norm, exclude or "", limit))
         return [{"call_id": r["call_id"], "arrived_at": r["arrived_at"], "line": r["line"],
                  "outcome": r["state"], "incident_number": r["incident_number"],
                  "grade": r["grade"], "handler_id": r["handler_id"],
                  "markers": json.loads(r["flags"] or "[]")} for r in rows]
+        norm = normalised or normalise(number, country_code=self.s.settings.sip.country_code)
 
     async def previous_calls(self, number: str, limit: int = 10) -> list[dict[str, Any]]:
         return self._previous(number, limit)

@@ -326,11 +326,14 @@ class Service:
             calls_table.insert(conn, call_id=e.call_id, line=e.line, priority=line.priority,
                                caller=e.caller, display_name=e.display_name, dialled=e.dialled,
                                location=e.location, sip_call_id=e.sip_call_id, state="queued",
-                               arrived_at=e.at)
+                               arrived_at=e.at, caller_normalised=e.caller_normalised,
+                               location_detail=e.location_detail)
             self._commit(conn, ev.CallArrived(call_id=e.call_id, at=e.at, line=e.line,
                                               priority=line.priority, caller=e.caller,
                                               display_name=e.display_name, dialled=e.dialled,
-                                              location=e.location, sip_call_id=e.sip_call_id))
+                                              location=e.location, sip_call_id=e.sip_call_id,
+                                              caller_normalised=e.caller_normalised,
+                                              location_detail=e.location_detail))
         self.m_calls.inc(line=e.line, outcome="arrived")
         if self.transcription is not None and self.settings.transcription.live:
             self.transcription.live_start(e.call_id, priority=line.priority)
