@@ -55,8 +55,6 @@ def _agent(handler_id: str | None) -> dict[str, Any] | None:
     return {"id": handler_id} if handler_id else None
 
 
-def _body(event: ev.DomainEvent) -> dict[str, Any]:
-    """The type-specific part of the message."""
 _LOCATION_KEYS = ("by", "uri", "parsed", "error", "entity", "geodetic", "civic", "accuracy",
                   "warnings")
 
@@ -73,6 +71,8 @@ def _location(text: str | None, detail: Mapping[str, Any] | None) -> dict[str, A
     return out
 
 
+def _body(event: ev.DomainEvent) -> dict[str, Any]:
+    """The type-specific part of the message."""
     match event:
         case ev.CallArrived():
             return {

@@ -52,28 +52,22 @@ class SipSettings:
     it the oldest spooled audio is dropped and recorded as a gap on its call."""
     recording_retry_interval: float = 2.0
     """Seconds between attempts to resume a spooling recording into a new file."""
-    recording_spool_mb: int = 64
-    """While the recordings disk fails (full, read-only, I/O errors), recordings keep
-    their audio in memory up to this many MiB in all (64: ~35 min of stereo audio); past
-    it the oldest spooled audio is dropped and recorded as a gap on its call."""
-    recording_retry_interval: float = 2.0
-    """Seconds between attempts to resume a spooling recording into a new file."""
     untrusted: Literal["reject", "drop"] = "reject"
     """Out-of-dialog requests from an address that is no line's trusted source or
     registrar and not the proxy: ``reject`` answers each with one small 403 (or 400 naming
     a parse fault), never retransmitted, never larger than the request, never twice for
-    country_code: str = "44"
-    """Country calling code for numbers given nationally (``07700900123`` is
-    ``+447700900123``): the normalised caller number the history matches on."""
-    min_se: int = 90
-    """Smallest session-timer interval accepted (RFC 4028 Min-SE, at least 90 s); an
-    INVITE asking for less gets 422 with this value."""
     the same request, at most ``untrusted_rate`` a second per address; ``drop`` answers
     nothing. Counted either way (``untrusted_*`` in /metrics)."""
     untrusted_rate: float = 1.0
     """Answers a second to one untrusted address (after a burst of ``untrusted_burst``)."""
     untrusted_burst: int = 5
     """Answers an untrusted address may get at once before ``untrusted_rate`` applies."""
+    country_code: str = "44"
+    """Country calling code for numbers given nationally (``07700900123`` is
+    ``+447700900123``): the normalised caller number the history matches on."""
+    min_se: int = 90
+    """Smallest session-timer interval accepted (RFC 4028 Min-SE, at least 90 s); an
+    INVITE asking for less gets 422 with this value."""
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -91,16 +85,16 @@ class SipSettings:
         if self.recording_spool_mb < 0:
             raise ConfigError("recording_spool_mb", "must be 0 or more")
         if self.recording_retry_interval <= 0:
-        if not self.country_code.lstrip("+").isdigit() or len(self.country_code.lstrip("+")) > 3:
-            raise ConfigError("country_code", f"must be 1-3 digits, got {self.country_code!r}")
-        if self.min_se < 90:
-            raise ConfigError("min_se", f"must be at least 90 (RFC 4028), got {self.min_se}")
             raise ConfigError("recording_retry_interval", "must be positive")
         if self.proxy and (problem := uri_problem(self.proxy)):
             raise ConfigError("proxy", problem)
         if self.untrusted_rate <= 0 or self.untrusted_burst < 1:
             raise ConfigError("untrusted_rate", "untrusted_rate must be > 0 and "
                               "untrusted_burst >= 1 (use untrusted = 'drop' to answer nothing)")
+        if not self.country_code.lstrip("+").isdigit() or len(self.country_code.lstrip("+")) > 3:
+            raise ConfigError("country_code", f"must be 1-3 digits, got {self.country_code!r}")
+        if self.min_se < 90:
+            raise ConfigError("min_se", f"must be at least 90 (RFC 4028), got {self.min_se}")
 
 
 def uri_problem(uri: str) -> str | None:

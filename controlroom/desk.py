@@ -334,6 +334,7 @@ class ServiceDesk:
         form (``+447700900123`` and ``07700900123`` are one caller)."""
         if not number:
             return []
+        norm = normalised or normalise(number, country_code=self.s.settings.sip.country_code)
         rows = self.s.db.query(
             "SELECT call_id, arrived_at, line, state, incident_number, grade, handler_id, flags "
             "FROM calls WHERE (caller=? OR (?<>'' AND caller_normalised=?)) AND call_id != ? "
@@ -343,7 +344,6 @@ class ServiceDesk:
                  "outcome": r["state"], "incident_number": r["incident_number"],
                  "grade": r["grade"], "handler_id": r["handler_id"],
                  "markers": json.loads(r["flags"] or "[]")} for r in rows]
-        norm = normalised or normalise(number, country_code=self.s.settings.sip.country_code)
 
     async def previous_calls(self, number: str, limit: int = 10) -> list[dict[str, Any]]:
         return self._previous(number, limit)
