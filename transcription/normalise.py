@@ -23,6 +23,7 @@ spelling rules) for the search's phonetic expansion of misspelt names.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -118,32 +119,38 @@ class _Unit:
     kind: str = ""  # unit, teen, tens, hundred, scale, and, digits, ""
 
 
+@functools.lru_cache(maxsize=200_000)
+def _word(raw: str) -> tuple[tuple[str, str, int | None], ...]:
+    """(text, kind, value) of each piece of one word (cached: words repeat)."""
+    w = _fold(raw).replace("'", "").replace("\u2019", "").replace("x-ray", "xray")
+    w = _THOUSANDS.sub("", w)
+    out = []
+    for piece in _PIECES.findall(w):
+        m = _ORDINAL.match(piece)
+        if m:
+            piece = m.group(1)
+        kind, num = "", None
+        if piece.isdigit():
+            kind, num = "digits", int(piece) if len(piece) < 10 else None
+        elif piece in UNITS:
+            kind, num = "unit", UNITS[piece]
+        elif piece in TEENS:
+            kind, num = "teen", TEENS[piece]
+        elif piece in TENS:
+            kind, num = "tens", TENS[piece]
+        elif piece == "hundred":
+            kind = "hundred"
+        elif piece in SCALES:
+            kind = "scale"
+        elif piece == "and":
+            kind = "and"
+        out.append((uk_spelling(piece), kind, num))
+    return tuple(out)
+
+
 def _units(words: Sequence[str]) -> list[_Unit]:
-    out: list[_Unit] = []
-    for i, raw in enumerate(words):
-        w = _fold(raw).replace("'", "").replace("\u2019", "").replace("x-ray", "xray")
-        w = _THOUSANDS.sub("", w)
-        for piece in _PIECES.findall(w):
-            m = _ORDINAL.match(piece)
-            if m:
-                piece = m.group(1)
-            u = _Unit(uk_spelling(piece), i, i)
-            if piece.isdigit():
-                u.kind, u.num = "digits", int(piece) if len(piece) < 10 else None
-            elif piece in UNITS:
-                u.kind, u.num = "unit", UNITS[piece]
-            elif piece in TEENS:
-                u.kind, u.num = "teen", TEENS[piece]
-            elif piece in TENS:
-                u.kind, u.num = "tens", TENS[piece]
-            elif piece == "hundred":
-                u.kind = "hundred"
-            elif piece in SCALES:
-                u.kind = "scale"
-            elif piece == "and":
-                u.kind = "and"
-            out.append(u)
-    return out
+    return [_Unit(text, i, i, num, kind) for i, raw in enumerate(words)
+            for text, kind, num in _word(raw)]
 
 
 _CAN_FOLLOW = {  # number word kind -> previous kinds it may continue
@@ -155,8 +162,13 @@ _CAN_FOLLOW = {  # number word kind -> previous kinds it may continue
 }
 
 
+_NUMBER_KINDS = frozenset(("unit", "teen", "tens", "hundred", "scale"))
+
+
 def _numbers(units: list[_Unit]) -> list[_Unit]:
     """Runs of number words -> one unit with the value ("two thousand and five" -> 2005)."""
+    if not any(u.kind in _NUMBER_KINDS for u in units):
+        return units
     out: list[_Unit] = []
     i = 0
     while i < len(units):
@@ -209,6 +221,10 @@ def _numbers(units: list[_Unit]) -> list[_Unit]:
 def _piece(u: _Unit, prev: str | None) -> str | None:
     """The characters ``u`` adds to a spelled code, or None if it cannot be part of one."""
     t = u.text
+    if prev is None and u.kind != "unit" and len(t) > 1 and t.isalpha() and t not in NATO:
+        return None  # the common case, decided early
+    if len(t) > 8 and t not in NATO:
+        return None
     if t in NATO:
         return NATO[t]
     if u.kind == "unit" or (len(t) == 1 and t.isalnum()):
@@ -225,7 +241,13 @@ def _piece(u: _Unit, prev: str | None) -> str | None:
 def _codes(units: list[_Unit]) -> list[_Unit]:
     out: list[_Unit] = []
     i = 0
-    while i < len(units):
+    n = len(units)
+    while i < n:
+        u = units[i]
+        if _piece(u, None) is None:  # most words: not the start of a code
+            out.append(u)
+            i += 1
+            continue
         run: list[tuple[_Unit, str]] = []
         j = i
         while j < len(units):

@@ -358,19 +358,26 @@ def index_terms(segments: Iterable[SegmentRow]) -> list[IndexedTerm]:
     out: list[IndexedTerm] = []
     for channel, words in by_channel.items():
         ts = terms([w[0] for w in words])
+        nxt = [len(words)] * len(ts)  # first word of the next term made from other words
+        for k in range(len(ts) - 2, -1, -1):
+            nxt[k] = ts[k + 1].first if ts[k + 1].first > ts[k].last else nxt[k + 1]
         covered = -1
         for k, t in enumerate(ts):
-            span = words[t.first:t.last + 1]
-            confs = [w[3] for w in span if w[3] is not None]
+            if t.first == t.last:
+                w = words[t.first]
+                start, end, conf = w[1], w[2], w[3]
+            else:
+                span = words[t.first:t.last + 1]
+                confs = [w[3] for w in span if w[3] is not None]
+                start, end, conf = span[0][1], span[-1][2], min(confs) if confs else None
             if t.first <= covered:
                 display = ""  # a second term of the same words ("<b>shouting</b>")
-            else:
-                # the term's words and the punctuation-only words up to the next term
-                nxt = next((u.first for u in ts[k + 1:] if u.first > t.last), len(words))
-                display = " ".join(w[0] for w in words[t.first if k else 0:nxt])
+            elif nxt[k] == t.first + 1 and k:
+                display = words[t.first][0]
+            else:  # the term's words and the punctuation-only words up to the next term
+                display = " ".join(w[0] for w in words[t.first if k else 0:nxt[k]])
             covered = max(covered, t.last)
-            out.append(IndexedTerm(t.text, span[0][1], span[-1][2], channel,
-                                   min(confs) if confs else None, display))
+            out.append(IndexedTerm(t.text, start, end, channel, conf, display))
     return out
 
 
