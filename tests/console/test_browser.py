@@ -346,3 +346,29 @@ def test_auditor_search_open_play_and_access_log(world: Any, page: Any, browser:
     assert page.text_content("#hits-note").startswith(
         "Very common words: ranked among the newest 1 matching passages (about ")
     fb.search_rank_window = None  # type: ignore[attr-defined]
+
+
+@pytest.mark.faults
+def test_desk_shows_resync_and_reconnect_then_keeps_updating(world: Any, page: Any) -> None:
+    """A resync (the live feed overflowed) and a dropped socket each show 'resyncing…' in
+    the top bar, then 'live' again, and the desk still pops the next call."""
+    from console.keys import HUB
+    server, fb, _ = world
+    login(page, server, "h1", "/desk")
+    page.evaluate("""() => { const c = document.getElementById('conn'); window.__conn = [];
+        new MutationObserver(() => window.__conn.push(c.textContent))
+          .observe(c, {childList: true, characterData: true, subtree: true}); }""")
+    resyncs = "() => document.getElementById('conn').dataset.resyncs"
+    server.call(fb.push, {"type": "resync"})          # the backend dropped items for us
+    assert wait_js(page, resyncs) == "1"
+    page.wait_for_selector("#conn.resync")
+    shot(page, "desk-resyncing")
+    page.wait_for_selector("#conn:not(.resync):not(.down)")
+    server.call(server.app[HUB].close_all)            # the socket drops: reconnect, refetch
+    wait_js(page, f"() => ({resyncs})() === '2'")
+    page.wait_for_selector("#conn:not(.resync):not(.down)")
+    assert page.evaluate("() => window.__conn") == [
+        "resyncing…", "live", "offline", "resyncing…", "live"]
+    cid = server.call(lambda: fb.arrive("999", "+447700900555"))
+    server.call(fb.offer, cid, "h1")
+    page.wait_for_selector("#pop-caller >> text=+447700900555")
