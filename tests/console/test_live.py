@@ -242,3 +242,29 @@ async def test_backend_failure_closes_socket_for_reconnect(api: Api, backend: Fa
         while not ws.closed:
             await ws.receive()
     assert ws.close_code == 1011
+
+
+async def test_service_feed_overflow_yields_resync_and_continues(tmp_path: Any) -> None:
+    """The service's live subscription that overflows yields one resync (counted on the
+    metrics as stage=service), is never dropped, and then streams new items."""
+    from config import from_dict
+    from controlroom.desk import ServiceDesk
+    from controlroom.service import Service
+
+    service = Service(from_dict({
+        "lines": [{"name": "999", "numbers": ["999"], "priority": 0}],
+        "storage": {"data_dir": str(tmp_path)}, "web": {"live_queue": 8}}))
+    stream = ServiceDesk(service).subscribe()
+    try:
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0)                      # subscribed
+        for i in range(50):                         # a burst committed in one go
+            service._fanout({"type": "call.queued", "call_id": f"c{i}", "position": i})
+        assert await asyncio.wait_for(first, 5) == {"type": "resync"}
+        service._fanout({"type": "call.offered", "call_id": "c99"})
+        assert (await asyncio.wait_for(anext(stream), 5))["call_id"] == "c99"
+        assert len(service._subscribers) == 1
+        assert 'controlroom_live_resyncs_total{stage="service"} 1' in service.metrics.render()
+    finally:
+        await stream.aclose()
+        service.db.close()
