@@ -202,6 +202,17 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """``pwrite`` until all of ``data`` is written: a nearly full disk takes part of a
+    batch and returns a short count (no error); the next write then raises ENOSPC."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(28, "No space left on device")
+        view, offset = view[n:], offset + n
+
+
 def _segment_name(call_id: str, n: int, start_frame: int) -> str:
     if n == 1 and start_frame == 0:
         return f"{call_id}.wav"
@@ -328,10 +339,10 @@ class _Segments:
             self._outage(e)
             return False
         try:
-            os.pwrite(fd, wav_header(0), 0)
+            _pwrite_all(fd, wav_header(0), 0)
             if data:
-                os.pwrite(fd, data, HEADER_BYTES)
-                os.pwrite(fd, wav_header(len(data)), 0)
+                _pwrite_all(fd, data, HEADER_BYTES)
+                _pwrite_all(fd, wav_header(len(data)), 0)
         except OSError as e:
             os.close(fd)
             try:
@@ -359,8 +370,8 @@ class _Segments:
             cur = self.current
             size = cur.frames * BLOCK
             try:
-                os.pwrite(self.fd, data, HEADER_BYTES + size)
-                os.pwrite(self.fd, wav_header(size + len(data)), 0)
+                _pwrite_all(self.fd, data, HEADER_BYTES + size)
+                _pwrite_all(self.fd, wav_header(size + len(data)), 0)
             except OSError as e:
                 self._close_failed(e)
             else:
@@ -381,7 +392,7 @@ class _Segments:
         size = cur.frames * BLOCK
         try:  # a torn batch past the header's size is cut off; freeing blocks works when full
             os.ftruncate(fd, HEADER_BYTES + size)
-            os.pwrite(fd, wav_header(size), 0)
+            _pwrite_all(fd, wav_header(size), 0)
             os.fsync(fd)
         except OSError:
             pass  # read-only or I/O error: recover() fixes the .part at the next start
