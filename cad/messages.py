@@ -27,6 +27,8 @@ SCHEMA_VERSION = "1.0"
 
 SUMMARY_TYPE = "queues.summary"
 STATUS_TYPE = "node.status"
+SYSTEM_TYPES = frozenset({"system.storage_fault", "system.storage_recovered"})
+"""Node health events on ``<prefix>/<node>/system`` (see :func:`storage_event`)."""
 
 SUMMARY_FIELDS: dict[str, type] = {
     "waiting": int,
@@ -221,6 +223,23 @@ def node_status(*, node: str, online: bool, now: float) -> dict[str, Any]:
             "status": "online" if online else "offline", "timestamp": iso_utc(now)}
 
 
+def storage_event(*, node: str, fault: bool, reason: str, since: float, spooled: int,
+                  lost: int, now: float, event_id: str, flushed: int | None = None
+                  ) -> dict[str, Any]:
+    """``system.storage_fault`` / ``system.storage_recovered``: the node's database
+    stopped (or resumed) taking writes. Calls go on either way; the CAD learns that the
+    call messages it is owed are waiting (``spooled``) or were ``lost``."""
+    msg: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "type": "system.storage_fault" if fault else "system.storage_recovered",
+        "event_id": event_id, "node": node, "timestamp": iso_utc(now),
+        "component": "database", "reason": reason, "since": iso_utc(since),
+        "spooled": max(0, int(spooled)), "lost": max(0, int(lost))}
+    if flushed is not None:
+        msg["flushed"] = max(0, int(flushed))
+    return msg
+
+
 # -- topics --------------------------------------------------------------------
 
 def _level(s: str) -> str:
@@ -259,6 +278,11 @@ def summary_topic(prefix: str, node: str) -> str:
 def status_topic(prefix: str, node: str) -> str:
     """``<prefix>/<node>/status`` (retained; the will message says offline)."""
     return f"{_base(prefix, node)}/status"
+
+
+def system_topic(prefix: str, node: str) -> str:
+    """``<prefix>/<node>/system``: node health events (not retained)."""
+    return f"{_base(prefix, node)}/system"
 
 
 def incidents_topic(prefix: str, node: str) -> str:

@@ -27,6 +27,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import random
@@ -196,6 +197,13 @@ class CadPublisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._summary: dict[str, Any] | None = None
         self._summary_dirty = False
+        # Node health events (storage fault / recovered): kept in memory, never in the
+        # outbox, because the outbox may be the thing that failed. Bounded: the oldest
+        # give way (a later event tells the current state anyway).
+        self._system: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
+        self._unmarked: list[int] = []
+        """Rows the broker acknowledged whose delivery could not be recorded yet (the
+        database refused the write); marked with the next batch."""
         self._task: asyncio.Task[None] | None = None
         self._running: asyncio.Task[Any] | None = None
         self._reader: sqlite3.Connection | None = None
@@ -229,6 +237,14 @@ class CadPublisher:
         """
         self._summary = messages.queue_summary(lines, node=self.settings.node, now=time.time())
         self._summary_dirty = True
+        self.notify()
+
+    def publish_system(self, message: Mapping[str, Any]) -> None:
+        """Publish a node health event (``cad.messages.storage_event``) on
+        ``<prefix>/<node>/system`` at QoS 1, straight from memory: it must reach the
+        CAD while the database (and so the outbox) is failing. Sent before any further
+        outbox rows once connected; up to 100 wait while the broker is away."""
+        self._system.append(dict(message))
         self.notify()
 
     async def wait_connected(self) -> None:
@@ -408,9 +424,13 @@ class CadPublisher:
         assert self._wake is not None
         s = self.settings
         summary_topic = messages.summary_topic(s.topic_prefix, s.node)
+        system_topic = messages.system_topic(s.topic_prefix, s.node)
         last_id = 0  # rows up to here are in the window already (this connection)
         while True:
             self._wake.clear()
+            while self._system:
+                await client.publish(system_topic, json.dumps(self._system[0]), qos=1)
+                self._system.popleft()  # only once the broker has it
             if self._summary_dirty and self._summary is not None:
                 self._summary_dirty = False
                 await client.publish(summary_topic, json.dumps(self._summary), qos=1,
@@ -504,5 +524,17 @@ class CadPublisher:
             return outbox.depth(self._reader)
 
     def _mark(self, ids: list[int]) -> None:
-        outbox.mark_delivered(self.db, ids)
+        ids = self._unmarked + ids
+        try:
+            outbox.mark_delivered(self.db, ids)
+        except sqlite3.OperationalError as exc:
+            # The database will not take the write (disk full, read-only file system):
+            # the rows were delivered, so keep their ids and mark them with the next
+            # batch rather than drop the connection. A restart before then sends them
+            # again (consumers dedupe on event_id).
+            if not self._unmarked:
+                log.warning("cad.publisher.mark_deferred", rows=len(ids), error=str(exc))
+            self._unmarked = ids
+            return
+        self._unmarked = []
         self.delivered += len(ids)

@@ -6,6 +6,7 @@ The schema files are the contract a CAD integrator reads (see ``cad/CONTRACT.md`
 - ``queue-summary.json``: the retained queue summary.
 - ``node-status.json``: the retained node status / will.
 - ``incident-link.json``: what the CAD sends back on ``.../cad/incidents``.
+- ``system-event.json``: node health events on ``.../system`` (storage fault/recovered).
 
 The publisher validates each message before it is written to the outbox (a message
 that fails is a bug in this service, raised at once, never sent); the inbound side
@@ -31,6 +32,7 @@ CALL_EVENT = "call-event.json"
 QUEUE_SUMMARY = "queue-summary.json"
 NODE_STATUS = "node-status.json"
 INCIDENT_LINK = "incident-link.json"
+SYSTEM_EVENT = "system-event.json"
 
 
 class SchemaError(ValueError):
@@ -106,6 +108,8 @@ def schema_for(message: Any) -> str:
         return QUEUE_SUMMARY
     if kind == messages.STATUS_TYPE:
         return NODE_STATUS
+    if kind in messages.SYSTEM_TYPES:
+        return SYSTEM_EVENT
     return CALL_EVENT
 
 

@@ -132,6 +132,15 @@ class StorageSettings:
     """Folder for the database and recordings."""
     database: str = ""
     """SQLite path; default ``<data_dir>/controlroom.sqlite3``."""
+    spool_max_writes: int = 10000
+    """Records (a call's state change with its CAD message and queue-log lines) held in
+    memory, in order, while the database will not take writes (disk full, read-only);
+    written when it does again. One more is lost: counted and logged, never silent."""
+
+    def validate(self) -> None:
+        if self.spool_max_writes < 1:
+            raise ConfigError("spool_max_writes",
+                              f"must be at least 1, got {self.spool_max_writes}")
 
     @property
     def database_path(self) -> Path:

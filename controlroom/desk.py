@@ -96,10 +96,19 @@ class ServiceDesk:
     def _card(self, call_id: str) -> dict[str, Any] | None:
         s = self.s
         row = s.db.query_one("SELECT * FROM calls WHERE call_id=?", (call_id,))
-        if row is None:
-            return None
-        d = calls_table.to_dict(row)
         live = s.calls.get(call_id)
+        if row is None and live is None:
+            return None
+        if row is not None:
+            d = calls_table.to_dict(row)
+        else:
+            # The database is not taking writes and the call's row waits in the spool
+            # (store/spool.py): pop what the service knows; history still comes from
+            # the calls already on disk.
+            d = {"line": live.line, "priority": live.priority, "caller": live.caller,
+                 "display_name": "", "location": None, "flags": list(live.flags),
+                 "arrived_at": live.arrived_at, "answered_at": live.first_answered_at,
+                 "incident_number": live.incident_number, "grade": None}
         return {
             "call_id": call_id, "line": d["line"], "priority": d["priority"],
             "caller": d["caller"], "display_name": d["display_name"], "line_type": None,
@@ -185,9 +194,8 @@ class ServiceDesk:
             s.engine.cancel_offer(leg_id)
         s.rejected_today[handler_id] = s.rejected_today.get(handler_id, 0) + 1
         now = time.time()
-        with s.db.transaction() as conn:
-            s._commit(conn, ev.CallOfferFailed(call_id=call_id, at=now, line=call.line,
-                                               handler_id=handler_id, reason="rejected"))
+        s._record(ev.CallOfferFailed(call_id=call_id, at=now, line=call.line,
+                                     handler_id=handler_id, reason="rejected"))
         s._apply(s.router.offer_failed(call_id, handler_id, now, reason="rejected"))
 
     def _connected(self, call_id: str) -> Any:
@@ -234,11 +242,11 @@ class ServiceDesk:
         if unknown:
             raise Invalid(f"unknown THRIVE field {sorted(unknown)[0]!r}")
         now = time.time()
-        with s.db.transaction() as conn:
-            calls_table.update(conn, call_id, thrive=thrive, grade=grade or None, notes=notes)
-            s._commit(conn, ev.CallWrapUp(call_id=call_id, at=now, handler_id=handler_id,
-                                          thrive=thrive, grade=grade, notes=notes),
-                      line=row["line"])
+        s._record(ev.CallWrapUp(call_id=call_id, at=now, handler_id=handler_id, thrive=thrive,
+                                grade=grade, notes=notes),
+                  lambda conn: calls_table.update(conn, call_id, thrive=thrive,
+                                                  grade=grade or None, notes=notes),
+                  line=row["line"])
 
     async def end_wrapup(self, handler_id: str) -> None:
         s = self.s

@@ -27,12 +27,14 @@ from typing import Any
 
 import structlog
 
+from cad import messages as cad_messages
 from cad.publisher import append_event
 from config import Settings
 from controlroom import events as ev
 from controlroom.metrics import Registry
 from store import Database
 from store import calls as calls_table
+from store import spool as storage
 from telephony import api as tel
 
 log = structlog.get_logger("controlroom")
@@ -78,12 +80,24 @@ class Service:
         self.started_at = time.time()
         self.db = Database(settings.storage.database_path)
         self.db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS)
+        self.db.migrate(calls_table.RECORDING_COMPONENT, calls_table.RECORDING_MIGRATIONS)
         from store import outbox, queuelog
 
         self._outbox = outbox
         self._queuelog = queuelog
         self.db.migrate(outbox.COMPONENT, outbox.MIGRATIONS)
         self.db.migrate(queuelog.COMPONENT, queuelog.MIGRATIONS)
+        from store import systemlog
+
+        self._systemlog = systemlog
+        self.db.migrate(systemlog.COMPONENT, systemlog.MIGRATIONS)
+        # Life before paperwork: the record of every decision goes through the spooled
+        # writer, which commits it at once or, while the database will not take writes
+        # (disk full, read-only), keeps it in order in memory until it does.
+        self._system_unsent: list[dict[str, Any]] = []
+        self.storage = storage.SpooledWriter(
+            self.db, max_pending=settings.storage.spool_max_writes,
+            on_committed=self._storage_committed, on_event=self._on_storage_event)
         self.handlers = {h.id: h for h in settings.handlers}
         self.lines = {line.name: line for line in settings.lines}
         self.router = Router.from_settings(settings.lines, settings.routing)
@@ -169,6 +183,25 @@ class Service:
         m.gauge("controlroom_transcription_lag_seconds", "Live transcription lag",
                 transcription_lag)
 
+        def storage_degraded() -> list[tuple[dict[str, str], float]]:
+            fault = self.storage.fault
+            return [({"reason": fault.reason if fault else ""}, 1.0 if fault else 0.0)]
+
+        m.gauge("controlroom_storage_degraded",
+                "1 while the database is not taking writes (label: why)", storage_degraded)
+        m.gauge("controlroom_storage_spool_depth",
+                "Records waiting in memory for the database to take writes",
+                lambda: [({}, float(self.storage.depth))])
+        m.gauge("controlroom_storage_spool_oldest_seconds",
+                "How long the oldest record in the spool has waited",
+                lambda: [({}, self.storage.oldest_age(time.time()))])
+        self.m_storage_faults = m.counter("controlroom_storage_faults_total",
+                                          "Times the database stopped taking writes, by reason")
+        self.m_storage_lost = m.counter(
+            "controlroom_storage_writes_lost_total",
+            "Records lost because the spool was full (or the process stopped) while the "
+            "database was not taking writes")
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Start every part; the service is ready when the engine listens."""
@@ -183,11 +216,18 @@ class Service:
         await self.transcription.start()
         self.publisher = CadPublisher(s.mqtt, self.db, on_incident=self.on_incident)
         self._tasks.append(asyncio.create_task(self.publisher.run(), name="cad-publisher"))
+        self._tasks.append(asyncio.create_task(self.storage.run(), name="storage-spool"))
+        for msg in self._system_unsent:  # health events from before the publisher existed
+            self.publisher.publish_system(msg)
+        self._system_unsent.clear()
         self.engine = Engine(settings=s.sip, lines=s.lines,
                              recordings_dir=s.storage.recordings_dir,
                              on_event=self.on_telephony, on_audio=self._on_audio,
-                             admit=self._admit)
-        await self.engine.start()  # seals recordings a crash left open (RecordingSealed)
+                             admit=self._admit, dialog_journal=s.storage.data_dir / "dialogs")
+        # seals recordings a crash left open (RecordingSealed) and sends BYE to the far
+        # ends of dialogs it left up
+        await self.engine.start()
+        self._record_unrecorded_recordings()
         self._close_interrupted_calls()
         self._tasks.append(asyncio.create_task(self._router_loop(), name="router"))
         self._tasks.append(asyncio.create_task(self._summary_loop(), name="summary"))
@@ -201,6 +241,20 @@ class Service:
         self.ready = True
         log.info("service started", sip_port=self.engine.sip_port, web_port=self.web_port,
                  lines=list(self.lines), handlers=len(self.handlers))
+
+    def _record_unrecorded_recordings(self) -> None:
+        """Recordings sealed on disk whose checksum never reached the record: a crash
+        came between the seal (write, fsync, rename) and its commit. The engine hashes
+        their files and reports them (RecordingSealed, recovered), so every answered call
+        gets its path, SHA-256 and ``call.recording`` message - ended calls too.
+
+        Only calls with no recording on record are looked at (a partial index): calls
+        answered by the engine always have one, so the set stays small."""
+        rows = self.db.query("SELECT call_id FROM calls WHERE recording_path IS NULL "
+                             "AND sip_call_id != ''")
+        found = sum(1 for r in rows if self.engine.recover_recording(r["call_id"]))
+        if found:
+            log.warning("recordings sealed before a crash recorded at start", count=found)
 
     def _close_interrupted_calls(self) -> None:
         """Calls still open in the store were cut off by a crash: close them on the record.
@@ -275,6 +329,7 @@ class Service:
             await self.publisher.close()
         if self.web_runner is not None:
             await self.web_runner.cleanup()
+        self.storage.close()  # a last try; what is still spooled is logged as lost
         self.db.close()
 
     # ------------------------------------------------------------------ loops
@@ -322,18 +377,18 @@ class Service:
         call = LiveCall(call_id=e.call_id, line=e.line, priority=line.priority, caller=e.caller,
                         arrived_at=e.at)
         self.calls[e.call_id] = call
-        with self.db.transaction() as conn:
-            calls_table.insert(conn, call_id=e.call_id, line=e.line, priority=line.priority,
-                               caller=e.caller, display_name=e.display_name, dialled=e.dialled,
-                               location=e.location, sip_call_id=e.sip_call_id, state="queued",
-                               arrived_at=e.at, caller_normalised=e.caller_normalised,
-                               location_detail=e.location_detail)
-            self._commit(conn, ev.CallArrived(call_id=e.call_id, at=e.at, line=e.line,
-                                              priority=line.priority, caller=e.caller,
-                                              display_name=e.display_name, dialled=e.dialled,
-                                              location=e.location, sip_call_id=e.sip_call_id,
-                                              caller_normalised=e.caller_normalised,
-                                              location_detail=e.location_detail))
+        self._record(ev.CallArrived(call_id=e.call_id, at=e.at, line=e.line,
+                                    priority=line.priority, caller=e.caller,
+                                    display_name=e.display_name, dialled=e.dialled,
+                                    location=e.location, sip_call_id=e.sip_call_id,
+                                    caller_normalised=e.caller_normalised,
+                                    location_detail=e.location_detail),
+                     lambda conn: calls_table.insert(
+                         conn, call_id=e.call_id, line=e.line, priority=line.priority,
+                         caller=e.caller, display_name=e.display_name, dialled=e.dialled,
+                         location=e.location, sip_call_id=e.sip_call_id, state="queued",
+                         arrived_at=e.at, caller_normalised=e.caller_normalised,
+                         location_detail=e.location_detail))
         self.m_calls.inc(line=e.line, outcome="arrived")
         if self.transcription is not None and self.settings.transcription.live:
             self.transcription.live_start(e.call_id, priority=line.priority)
@@ -346,11 +401,11 @@ class Service:
         self.calls[e.call_id] = LiveCall(call_id=e.call_id, line=e.line, priority=line.priority,
                                          caller=e.caller, arrived_at=e.at, ended_by="caller",
                                          end_reason="cancelled")
-        with self.db.transaction() as conn:
-            calls_table.insert(conn, call_id=e.call_id, line=e.line, priority=line.priority,
-                               caller=e.caller, state="queued", arrived_at=e.at)
-            self._commit(conn, ev.CallArrived(call_id=e.call_id, at=e.at, line=e.line,
-                                              priority=line.priority, caller=e.caller))
+        self._record(ev.CallArrived(call_id=e.call_id, at=e.at, line=e.line,
+                                    priority=line.priority, caller=e.caller),
+                     lambda conn: calls_table.insert(
+                         conn, call_id=e.call_id, line=e.line, priority=line.priority,
+                         caller=e.caller, state="queued", arrived_at=e.at))
         from routing import CancelOffer, Offer, Reject
 
         actions = self.router.call_arrived(e.call_id, e.line, e.at, caller=e.caller)
@@ -407,9 +462,8 @@ class Service:
         call.leg_id = None
         call.handler_id = None
         call.state = "queued"
-        with self.db.transaction() as conn:
-            self._commit(conn, ev.CallOfferFailed(call_id=e.call_id, at=e.at, line=call.line,
-                                                  handler_id=handler_id or "", reason=e.reason))
+        self._record(ev.CallOfferFailed(call_id=e.call_id, at=e.at, line=call.line,
+                                        handler_id=handler_id or "", reason=e.reason))
         self._apply(self.router.offer_failed(e.call_id, handler_id, e.at, reason=e.reason))
 
     def _tel_LegEnded(self, e: tel.LegEnded) -> None:
@@ -454,14 +508,29 @@ class Service:
 
     def _tel_RecordingSealed(self, e: tel.RecordingSealed) -> None:
         call = self.calls.get(e.call_id)
-        with self.db.transaction() as conn:
-            calls_table.update(conn, e.call_id, recording_path=str(e.path),
-                               recording_sha256=e.sha256, recording_duration=e.duration)
-            line = call.line if call else (self._line_of(conn, e.call_id) or "unknown")
-            self._commit(conn, ev.RecordingReady(call_id=e.call_id, at=e.at,
-                                                 recording_id=e.path.stem, sha256=e.sha256,
-                                                 duration=e.duration, path=str(e.path)),
-                         line=line)
+        segments = [{"id": s.path.stem, "path": str(s.path), "start": s.start,
+                     "duration": s.duration, "sha256": s.sha256, "bytes": s.bytes}
+                    for s in e.segments]
+        gaps = [{"start": g.start, "end": g.end, "frames_lost": g.frames_lost,
+                 "reason": g.reason} for g in e.gaps]
+        if gaps or len(segments) > 1:
+            log.warning("recording split by a recordings-disk fault", segments=len(segments),
+                        gaps=gaps)
+        if not e.sha256:  # no audio ever reached the disk: the gaps are the record
+            log.error("recording lost: the recordings disk failed for the whole call",
+                      gaps=gaps)
+            self.storage.write(lambda conn: calls_table.update(
+                conn, e.call_id, recording_gaps=gaps, recording_segments=[]),
+                call_id=e.call_id, what="call.recording_lost")
+            return
+        self._record(ev.RecordingReady(call_id=e.call_id, at=e.at, recording_id=e.path.stem,
+                                       sha256=e.sha256, duration=e.duration, path=str(e.path),
+                                       segments=tuple(segments), gaps=tuple(gaps)),
+                     lambda conn: calls_table.update(
+                         conn, e.call_id, recording_path=str(e.path), recording_sha256=e.sha256,
+                         recording_duration=e.duration, recording_segments=segments,
+                         recording_gaps=gaps),
+                     line=call.line if call else None)
         if self.transcription is not None and self.settings.transcription.engine != "none":
             self.transcription.enqueue_final(e.call_id, e.path)
         if call is not None:
@@ -484,10 +553,10 @@ class Service:
 
     def _flag(self, call: LiveCall, flag: str, detail: str, at: float) -> None:
         call.flags.append(flag)
-        with self.db.transaction() as conn:
-            calls_table.update(conn, call.call_id, flags=call.flags)
-            self._commit(conn, ev.CallFlagged(call_id=call.call_id, at=at, flag=flag,
-                                              detail=detail), line=call.line)
+        flags = list(call.flags)
+        self._record(ev.CallFlagged(call_id=call.call_id, at=at, flag=flag, detail=detail),
+                     lambda conn: calls_table.update(conn, call.call_id, flags=flags),
+                     line=call.line)
 
     def _on_audio(self, frame: tel.AudioFrame) -> None:
         if self.transcription is not None:
@@ -499,9 +568,12 @@ class Service:
 
         entries = [a for a in actions if isinstance(a, QueueLogEntry)]
         if entries:
-            with self.db.transaction() as conn:
+            def write(conn: Any) -> None:
                 for entry in entries:
                     self._queuelog.append(conn, entry)
+
+            self._write(write, call_id=entries[0].call_id,
+                        what="queue_log " + " ".join(e.event for e in entries))
 
     def _apply(self, actions: list[Any]) -> None:
         """Carry out the router's decisions: telephony commands and domain events."""
@@ -551,12 +623,10 @@ class Service:
             return
         call.position = a.position
         call.positions.append((now, a.position))
-        with self.db.transaction() as conn:
-            calls_table.update(conn, a.call_id, state="queued")
-            self._commit(conn, ev.CallQueued(call_id=a.call_id, at=now, line=a.line,
-                                             position=a.position,
-                                             estimated_wait=a.estimated_wait,
-                                             priority=float(call.priority)))
+        self._record(ev.CallQueued(call_id=a.call_id, at=now, line=a.line, position=a.position,
+                                   estimated_wait=a.estimated_wait,
+                                   priority=float(call.priority)),
+                     lambda conn: calls_table.update(conn, a.call_id, state="queued"))
 
     def _on_offer(self, a: Any, now: float) -> None:
         call = self.calls.get(a.call_id)
@@ -569,11 +639,9 @@ class Service:
                                    caller_display=f"{a.line} {call.caller}")
         call.state, call.handler_id, call.leg_id = "offered", a.handler_id, leg_id
         self.legs[leg_id] = a.call_id
-        with self.db.transaction() as conn:
-            calls_table.update(conn, a.call_id, state="offered")
-            self._commit(conn, ev.CallOffered(call_id=a.call_id, at=now, line=a.line,
-                                              handler_id=a.handler_id,
-                                              wait=now - call.arrived_at))
+        self._record(ev.CallOffered(call_id=a.call_id, at=now, line=a.line,
+                                    handler_id=a.handler_id, wait=now - call.arrived_at),
+                     lambda conn: calls_table.update(conn, a.call_id, state="offered"))
 
     def _on_cancel_offer(self, a: Any, now: float) -> None:
         call = self.calls.get(a.call_id)
@@ -590,9 +658,8 @@ class Service:
             return  # the caller left: call.abandoned tells the CAD, not an offer failure
         if call.state == "offered":
             call.state = "queued"
-        with self.db.transaction() as conn:
-            self._commit(conn, ev.CallOfferFailed(call_id=a.call_id, at=now, line=call.line,
-                                                  handler_id=handler_id, reason=a.reason))
+        self._record(ev.CallOfferFailed(call_id=a.call_id, at=now, line=call.line,
+                                        handler_id=handler_id, reason=a.reason))
 
     def _on_connected(self, a: Any, now: float) -> None:
         call = self.calls.get(a.call_id)
@@ -604,21 +671,20 @@ class Service:
             call.first_answered_at = now
         self.m_answer.observe(a.wait, line=call.line)
         self.m_calls.inc(line=call.line, outcome="answered")
-        with self.db.transaction() as conn:
-            calls_table.update(conn, a.call_id, state="connected", answered_at=now,
-                               handler_id=a.handler_id, wait=a.wait)
-            self._commit(conn, ev.CallAnswered(call_id=a.call_id, at=now, line=call.line,
-                                               handler_id=a.handler_id, wait=a.wait))
+        self._record(ev.CallAnswered(call_id=a.call_id, at=now, line=call.line,
+                                     handler_id=a.handler_id, wait=a.wait),
+                     lambda conn: calls_table.update(
+                         conn, a.call_id, state="connected", answered_at=now,
+                         handler_id=a.handler_id, wait=a.wait))
 
     def _on_abandoned(self, a: Any, now: float) -> None:
         call = self.calls.get(a.call_id)
         self.m_calls.inc(line=a.line, outcome="abandoned")
-        with self.db.transaction() as conn:
-            calls_table.update(conn, a.call_id, state="abandoned", wait=a.wait)
-            self._commit(conn, ev.CallAbandoned(call_id=a.call_id, at=now, line=a.line,
-                                                caller=call.caller if call else "",
-                                                wait=a.wait, position=a.position,
-                                                callback=a.callback))
+        self._record(ev.CallAbandoned(call_id=a.call_id, at=now, line=a.line,
+                                      caller=call.caller if call else "", wait=a.wait,
+                                      position=a.position, callback=a.callback),
+                     lambda conn: calls_table.update(conn, a.call_id, state="abandoned",
+                                                     wait=a.wait))
         if call is not None:
             call.state = "abandoned_pending_end"
 
@@ -660,6 +726,118 @@ class Service:
         else:
             self._after_commit(payload)
 
+    def _write(self, write: Any, *, call_id: str = "", what: str = "") -> None:
+        """Write to the database now, or (storage failing) spool it in order: never
+        raises into the call path (store/spool.py)."""
+        self.storage.write(write, call_id=call_id, what=what)
+
+    def _record(self, event: ev.DomainEvent, rows: Any = None, *, line: str | None = None,
+                incident: str | None = None) -> None:
+        """Record a decision the service has already acted on: the call's row
+        (``rows(conn)``), the event's CAD message (outbox) in one write unit, and fan
+        the event out to desks now.
+
+        Life before paperwork: the call path never waits for, or fails with, the
+        database. The unit is committed at once when the database takes writes;
+        otherwise it waits in the spool, in order behind earlier units, and the CAD
+        publisher is woken when it is committed. ``line`` and ``incident`` are taken
+        from the live call now (what was true when it was decided); for a call that is
+        over they are read from its row when the unit is written.
+        """
+        call = self.calls.get(event.call_id)
+        line = line or getattr(event, "line", None) or (call.line if call else None)
+        if call is not None and incident is None:
+            incident = call.incident_number
+        known_incident = call is not None or incident is not None
+
+        def write(conn: Any) -> None:
+            if rows is not None:
+                rows(conn)
+            if event.type not in ev.CAD_EVENT_TYPES:
+                return
+            inc = incident
+            if not known_incident:
+                row = conn.execute("SELECT incident_number FROM calls WHERE call_id=?",
+                                   (event.call_id,)).fetchone()
+                inc = row[0] if row else None
+            # Validated against the published schema before it is written; a CAD
+            # formatting bug is logged loudly but never rolls back the call's state.
+            append_event(conn, event, node=self.settings.mqtt.node,
+                         line=line or self._line_of(conn, event.call_id) or "unknown",
+                         incident_number=inc)
+
+        self.storage.write(write, call_id=event.call_id, what=event.type)
+        payload = event.as_dict()
+        if line is None:  # a call that is over: its row has the line (a read works degraded)
+            with contextlib.suppress(Exception):
+                row = self.db.query_one("SELECT line FROM calls WHERE call_id=?",
+                                        (event.call_id,))
+                line = row[0] if row else None
+        payload["line"] = line
+        loop = _running_loop()
+        if loop is not None:
+            loop.call_soon(self._fanout, payload)
+        else:
+            self._fanout(payload)
+
+    def _storage_committed(self) -> None:
+        if self.publisher is not None:
+            self.publisher.notify()
+
+    def _on_storage_event(self, e: storage.StorageEvent) -> None:
+        """The database stopped or resumed taking writes, or a record was lost: metrics,
+        a system event for the CAD (straight from memory, not through the outbox that
+        cannot be written), and the record of it in ``system_events`` (through the
+        spool: written when the storage returns)."""
+        if isinstance(e, storage.WritesLost):
+            if hasattr(self, "m_storage_lost"):
+                self.m_storage_lost.inc()
+            return
+        fault = isinstance(e, storage.StorageFaulted)
+        if fault and hasattr(self, "m_storage_faults"):
+            self.m_storage_faults.inc(reason=e.reason)
+        msg = cad_messages.storage_event(
+            node=self.settings.mqtt.node, fault=fault, reason=e.reason,
+            since=e.at if isinstance(e, storage.StorageFaulted) else e.since,
+            spooled=self.storage.depth,
+            lost=e.lost if isinstance(e, storage.StorageRecovered) else 0,
+            flushed=e.flushed if isinstance(e, storage.StorageRecovered) else None,
+            now=e.at, event_id=ev.new_id())
+        if self.publisher is not None:
+            self.publisher.publish_system(msg)
+        else:
+            self._system_unsent.append(msg)
+        data = {k: v for k, v in msg.items() if k in ("event_id", "since", "spooled", "lost",
+                                                       "flushed")}
+        if fault:
+            data["error"] = e.error  # type: ignore[union-attr]
+        self._write(lambda conn: self._systemlog.append(conn, at=e.at, type=msg["type"],
+                                                        reason=e.reason, data=data),
+                    what=msg["type"])
+
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: ``{"status": "ok"}``, or ``degraded`` with the reasons.
+
+        Degraded is still HTTP 200: the node answers, queues and bridges calls while
+        its database is full or read-only, so a load balancer or SIP dispatcher probe
+        must not take it out of service; monitoring alarms on ``status`` and the
+        ``controlroom_storage_degraded`` metric instead.
+        """
+        reasons: list[str] = []
+        detail: dict[str, Any] = {}
+        if self.storage.degraded:
+            st = storage.summary(self.storage)
+            reasons.append(f"database not taking writes: {st['reason']} ({st['spooled']} "
+                           f"records waiting in memory, {st['lost']} lost)")
+            detail["storage"] = st
+        engine_health = getattr(self.engine, "health", None)
+        for component, reason in engine_health() if engine_health is not None else []:
+            reasons.append(reason)  # e.g. the recordings disk failing (audio held in memory)
+            detail.setdefault("engine", {})[component] = reason
+        if not reasons:
+            return {"status": "ok"}
+        return {"status": "degraded", "reasons": reasons, **detail}
+
     def _after_commit(self, payload: dict[str, Any]) -> None:
         if self.publisher is not None:
             self.publisher.notify()
@@ -688,11 +866,12 @@ class Service:
         if to_line is not None:
             call.line = to_line
             call.priority = self.lines[to_line].priority
-        with self.db.transaction() as conn:
-            calls_table.update(conn, call.call_id, state="queued", line=call.line)
-            self._commit(conn, ev.CallTransferred(call_id=call.call_id, at=now,
-                                                  from_handler=from_handler, to_line=to_line,
-                                                  to_handler=to_handler), line=call.line)
+        line = call.line
+        self._record(ev.CallTransferred(call_id=call.call_id, at=now, from_handler=from_handler,
+                                        to_line=to_line, to_handler=to_handler),
+                     lambda conn: calls_table.update(conn, call.call_id, state="queued",
+                                                     line=line),
+                     line=line)
         self.engine.play(call.call_id, self.lines[call.line].queue_prompt)
         self._apply(actions)
 
@@ -710,16 +889,16 @@ class Service:
         rec = call.recording
         if by not in ("caller", "handler", "system"):
             by = "system"
-        with self.db.transaction() as conn:
-            final_state = "abandoned" if answered is None else "completed"
-            calls_table.update(conn, call_id, state=final_state, ended_at=now, ended_by=by,
-                               end_reason=reason, talk=talk, wait=wait)
-            self._commit(conn, ev.CallEnded(call_id=call_id, at=now, line=call.line, by=by,
-                                            reason=reason, wait=wait, talk=talk,
-                                            total=now - call.arrived_at,
-                                            handler_id=call.handler_id,
-                                            recording_id=rec.path.stem if rec else None,
-                                            recording_sha256=rec.sha256 if rec else None))
+        final_state = "abandoned" if answered is None else "completed"
+        self._record(ev.CallEnded(call_id=call_id, at=now, line=call.line, by=by, reason=reason,
+                                  wait=wait, talk=talk, total=now - call.arrived_at,
+                                  handler_id=call.handler_id,
+                                  recording_id=rec.path.stem if rec else None,
+                                  recording_sha256=rec.sha256 if rec else None),
+                     lambda conn: calls_table.update(
+                         conn, call_id, state=final_state, ended_at=now, ended_by=by,
+                         end_reason=reason, talk=talk, wait=wait),
+                     line=call.line, incident=call.incident_number)
         self.m_calls.inc(line=call.line, outcome="ended")
 
     def publish_transcript(self, event: ev.DomainEvent) -> None:
@@ -734,23 +913,25 @@ class Service:
             payload["line"] = call.line if call else None
             self._fanout(payload)
             return
-        with self.db.transaction() as conn:
-            self._commit(conn, event)
+        self._record(event)
 
     def on_incident(self, call_id: str, incident_number: str, grade: str = "") -> bool:
         """The CAD sent an incident number for a call. False: unknown call."""
-        row = self.db.query_one("SELECT line FROM calls WHERE call_id=?", (call_id,))
-        if row is None:
-            return False
         call = self.calls.get(call_id)
-        if call is not None:
+        if call is not None:  # live: known even while its row waits in the spool
+            line = call.line
             call.incident_number = incident_number
-        with self.db.transaction() as conn:
-            calls_table.update(conn, call_id, incident_number=incident_number,
-                               grade=grade or None)
-            self._commit(conn, ev.IncidentLinked(call_id=call_id, at=time.time(),
-                                                 incident_number=incident_number, grade=grade),
-                         line=row["line"])
+        else:
+            row = self.db.query_one("SELECT line FROM calls WHERE call_id=?", (call_id,))
+            if row is None:
+                return False
+            line = row["line"]
+        self._record(ev.IncidentLinked(call_id=call_id, at=time.time(),
+                                       incident_number=incident_number, grade=grade),
+                     lambda conn: calls_table.update(conn, call_id,
+                                                     incident_number=incident_number,
+                                                     grade=grade or None),
+                     line=line)
         return True
 
     # ------------------------------------------------------------------ desk subscriptions

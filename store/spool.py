@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import errno
 import os
 import sqlite3
 import time
@@ -73,9 +75,9 @@ def classify(exc: BaseException, *, path: str | None = None) -> str | None:
     """The storage fault ``exc`` reports (``"disk full"``, ``"read-only file system"``,
     ``"I/O error"``...), or None when it is not a storage fault (a bug, a constraint).
 
-    With ``path`` (the database file) a failure on a file system the kernel has made
-    read-only (``errors=remount-ro``) is named ``"read-only file system"`` rather than the
-    I/O error SQLite reports for it.
+    With ``path`` (the database file) an I/O or read-only error is checked against the
+    file system: one the kernel made read-only (``errors=remount-ro``) is named
+    ``"read-only file system"`` rather than the I/O error SQLite reports for it.
     """
     reason: str | None = None
     if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
@@ -88,14 +90,26 @@ def classify(exc: BaseException, *, path: str | None = None) -> str | None:
             reason = next((r for t, r in _STORAGE_TEXT if t in text), None)
     elif isinstance(exc, OSError):
         reason = "disk full" if exc.errno == 28 else "I/O error"
-    if reason is not None and path and path != ":memory:":
-        try:
-            st = os.statvfs(Path(path).parent)
-        except OSError:
-            return reason
-        if st.f_flag & os.ST_RDONLY:
-            return "read-only file system"
+    if reason in ("read-only", "I/O error", "cannot open") and path and path != ":memory:":
+        return _probe(Path(path).parent) or reason
     return reason
+
+
+def _probe(folder: Path) -> str | None:
+    """What the file system itself says to a new file next to the database: SQLite
+    reports EROFS and ENOSPC on its open files as a plain I/O error, and a kernel that
+    made ext4 read-only after an error (``errors=remount-ro``) does not always show it
+    in ``statvfs``."""
+    probe = folder / f".controlroom-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        return {errno.EROFS: "read-only file system", errno.ENOSPC: "disk full",
+                errno.EDQUOT: "disk full"}.get(exc.errno or 0)
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return None
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -15,16 +15,19 @@ import pytest
 class CadSubscriber:
     """A real MQTT client standing in for the CAD: collects every call message."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int,
+                 filters: tuple[str, ...] = ("controlroom/+/calls/#",)) -> None:
         self.host, self.port = host, port
+        self.filters = filters
         self.messages: list[dict[str, Any]] = []
         self.topics: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
     async def _run(self) -> None:
-        async with aiomqtt.Client(self.host, self.port, identifier="test-cad") as client:
-            await client.subscribe("controlroom/+/calls/#", qos=1)
+        async with aiomqtt.Client(self.host, self.port, identifier=f"test-cad-{id(self)}") as client:
+            for f in self.filters:
+                await client.subscribe(f, qos=1)
             self._ready.set()
             async for msg in client.messages:
                 self.topics.append(str(msg.topic))
@@ -59,8 +62,8 @@ class CadSubscriber:
 async def cad_subscriber_factory() -> AsyncIterator[Any]:
     subs: list[CadSubscriber] = []
 
-    async def make(host: str, port: int) -> CadSubscriber:
-        s = CadSubscriber(host, port)
+    async def make(host: str, port: int, *filters: str) -> CadSubscriber:
+        s = CadSubscriber(host, port, *((filters,) if filters else ()))
         await s.start()
         subs.append(s)
         return s

@@ -9,16 +9,13 @@ tmpfs, a file system the kernel made read-only) are in ``test_spool_tmpfs`` belo
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sqlite3
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
+from harness.fs import can_mount, fill, tmpfs
 from store import Database, outbox
 from store.spool import SpooledWriter, StorageFaulted, StorageRecovered, WritesLost, classify
 
@@ -154,36 +151,7 @@ def test_classify_names_storage_faults_only(exc: BaseException, reason: str | No
 
 # ---------------------------------------------------------------- a real full tmpfs
 
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A real tmpfs of ``size`` at ``path``, unmounted whatever happens."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                   check=True, capture_output=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
-
-
-def fill(path: Path) -> int:
-    """Write a filler file until the file system says ENOSPC; returns its size."""
-    n = 0
-    with open(path, "wb") as f:
-        block = b"\0" * 65536
-        try:
-            while True:
-                f.write(block)
-                f.flush()
-                n += len(block)
-        except OSError as exc:
-            assert exc.errno == 28, exc
-        with contextlib.suppress(OSError):  # the last partial block
-            os.fsync(f.fileno())
-    return n
-
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+needs_root = pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root")
 
 
 @needs_root
@@ -192,7 +160,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs need
 def test_spool_on_a_real_full_tmpfs(tmp_path: Path) -> None:
     """The database on a 2 MB tmpfs filled to the last byte: SQLite says SQLITE_FULL,
     writes are spooled (disk full); the filler deleted, they are all written in order."""
-    with small_tmpfs(tmp_path / "mnt", "2m") as mnt:
+    with tmpfs(tmp_path / "mnt", "2m") as mnt:
         db = _db(mnt)
         w = SpooledWriter(db)
         w.write(_unit(1))
