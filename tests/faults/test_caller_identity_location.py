@@ -42,6 +42,19 @@ def multipart(uac: RawUac, cid: str) -> tuple[bytes, str]:
     return body, f"multipart/mixed;boundary={b}"
 
 
+def refresh(uac: RawUac, ok: Msg, cseq: int) -> bytes:
+    """A session refresh: a re-INVITE in the dialog with the same SDP (RFC 4028 §7.4)."""
+    contact = (ok.get("Contact") or "").strip("<>").split(">")[0]
+    body = uac.sdp()
+    return (f"INVITE {contact} SIP/2.0\r\n{uac._via(uac.branch + f'-r{cseq}')}\r\n"
+            f"Max-Forwards: 70\r\n{uac._from()}\r\nTo: {ok.get('To')}\r\n"
+            f"Call-ID: {uac.call_id}\r\nCSeq: {cseq} INVITE\r\n"
+            f"Contact: <sip:{uac.caller}@127.0.0.1:{uac.port}>\r\n"
+            f"Session-Expires: 90;refresher=uac\r\nSupported: timer\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+            ).encode()
+
+
 async def final(uac: RawUac, within: float = 5.0) -> Msg:
     loop = asyncio.get_running_loop()
     end = loop.time() + within
@@ -144,7 +157,40 @@ async def test_e164_caller_pidf_lo_and_session_timer_reach_200_cad_and_screen_po
             assert card["location_detail"]["civic"][0]["HNO"] == "14"
             assert earlier["call_id"] in [p["call_id"] for p in card["previous_calls"]]
 
-            uac.send(uac.bye(ok))
-            await wait_until(lambda: not svc.calls, 10, "call ended")
+            # A refresh (re-INVITE) is answered with the timer again.
+            uac.send(refresh(uac, ok, 2))
+            again = await final(uac)
+            assert again.status == 200 and again.cseq_method == "INVITE", again.first
+            assert again.get("Session-Expires") == "90;refresher=uac"
+            uac.send(uac.ack(again).replace("CSeq: 1 ACK", "CSeq: 2 ACK"))
+
+            # A 999 whose PIDF-LO is not XML is answered all the same; the CAD gets the
+            # body as given and why it was not read.
+            bad = await RawUac(st.kamailio.addr, caller="07700900456").open()
+            try:
+                bbody, bctype = multipart(bad, "bad@sbc.example")
+                bbody = bbody.replace(PIDF_LO, b"<presence><oops")
+                bad.send(invite(bad, body=bbody, ctype=bctype,
+                                extra="Geolocation: <cid:bad@sbc.example>\r\n"))
+                bok = await final(bad)
+                assert bok.status == 200, bok.first
+                bad.send(bad.ack(bok))
+                await wait_until(lambda: svc.db.query_one(
+                    "SELECT 1 FROM calls WHERE sip_call_id=?", (bad.call_id,)), 10, "bad row")
+                bad_id = svc.db.query_one("SELECT call_id FROM calls WHERE sip_call_id=?",
+                                          (bad.call_id,))["call_id"]
+                barrived = await cad.wait_for(bad_id, "call.arrived", 15)
+                validate(barrived)
+                bloc = barrived["location"]
+                assert (bloc["text"], bloc["parsed"]) == ("<presence><oops", False)
+                assert bloc["error"].startswith("PIDF-LO is not well-formed XML")
+                assert barrived["callback"] == {"number": "07700900456", "name": "",
+                                                "normalised": "+447700900456"}
+                bad.send(bad.bye(bok))
+            finally:
+                bad.close()
+
+            uac.send(uac.bye(ok, cseq=3))
+            await wait_until(lambda: not svc.calls, 10, "calls ended")
         finally:
             uac.close()
