@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from telephony.media import Codec, MediaEngine, rtp
+from telephony.media import Codec, MediaEngine, g711, rtp
 from telephony.media.ports import PortPool
 
 from .test_session import free_even_range
@@ -162,3 +165,53 @@ async def test_engine_does_not_hand_a_just_closed_port_to_the_next_call(tmp_path
         assert last.local_port == closed.local_port and eng.ports_reused_early == 0
     finally:
         await eng.stop()
+
+
+async def test_after_a_restart_a_stale_stream_on_the_very_same_port_is_not_heard(tmp_path: Path) -> None:
+    """A restart forgets which ports rest: even when the new engine hands an old call's very
+    port to a new call (a one-port pool forces it), the old call's stream, still arriving,
+    is neither heard nor recorded; the new caller is."""
+    lo, _ = free_even_range(1)
+    stale = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stale.bind(("127.0.0.1", 0))
+    caller.bind(("127.0.0.1", 0))
+    try:
+        old = MediaEngine(bind="127.0.0.1", port_min=lo, port_max=lo + 1, recordings_dir=tmp_path)
+        await old.start()
+        s1 = old.allocate()
+        s1.configure(remote=stale.getsockname(), codec=Codec.PCMA, dtmf_pt=None)
+        stale.sendto(pkt(1, byte=0x33), ("127.0.0.1", s1.local_port))
+        for _ in range(100):
+            if s1.stats.packets_in:
+                break
+            await asyncio.sleep(0.01)
+        assert s1.stats.packets_in == 1  # the old call heard its caller
+        await old.stop()  # the process is gone; the far end keeps sending
+        new = MediaEngine(bind="127.0.0.1", port_min=lo, port_max=lo + 1, recordings_dir=tmp_path)
+        await new.start()
+        try:
+            s2 = new.allocate()
+            assert s2.local_port == s1.local_port
+            s2.configure(remote=caller.getsockname(), codec=Codec.PCMA, dtmf_pt=None)
+            rec = new.create_recording("c-after-restart")
+            rec.attach_caller(s2)
+            dst = ("127.0.0.1", s2.local_port)
+            for k in range(25):
+                stale.sendto(pkt(2 + k, byte=0x33), dst)
+                caller.sendto(pkt(k, ssrc=0x2222, byte=0x55), dst)
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            s2.close()
+            info = await rec.seal_async()
+        finally:
+            await new.stop()
+        assert (s2.stats.foreign, s2.stats.packets_in) == (25, 25)
+        with wave.open(str(info.path)) as w:
+            left = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")[0::2]
+        heard = set(np.unique(left).tolist())
+        assert int(g711.alaw_decode(b"\x55")[0]) in heard
+        assert int(g711.alaw_decode(b"\x33")[0]) not in heard
+    finally:
+        stale.close()
+        caller.close()

@@ -133,7 +133,7 @@ async def test_nat_line_latches_once_to_the_signalling_host(rig: EngineRig, clip
     voice = speech.tone_clip(440.0, 1.2, "PCMA", clip_dir / "nat-voice.pcap", ssrc=0xCA11)
     evil = speech.tone_clip(2750.0, 1.2, "PCMA", clip_dir / "nat-evil.pcap", ssrc=0xE71)
     caller_rtp, other_host, other_port = _udp("127.0.0.1"), _udp("127.0.0.2"), _udp("127.0.0.1")
-    caller_addr = "%s:%d" % caller_rtp.getsockname()
+    caller_addr = "{}:{}".format(*caller_rtp.getsockname())
     uac = None
     try:
         with capture_logs() as logs:
