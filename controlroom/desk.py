@@ -343,6 +343,8 @@ class ServiceDesk:
         if not number:
             return []
         norm = normalised or normalise(number, country_code=self.s.settings.sip.country_code)
+        if not norm and not any(ch.isdigit() for ch in number):
+            return []  # withheld ("anonymous"): other withheld callers are not this one
         rows = self.s.db.query(
             "SELECT call_id, arrived_at, line, state, incident_number, grade, handler_id, flags "
             "FROM calls WHERE (caller=? OR (?<>'' AND caller_normalised=?)) AND call_id != ? "

@@ -348,6 +348,7 @@ class UserAgent(RegisterMixin):
         if method in ("INVITE", "UPDATE"):
             small = negotiate(req, min_se=self.min_se)
             if isinstance(small, TooSmall):
+                self.counters["session_interval_too_small"] += 1
                 self._reply(tx, 422, "Session Interval Too Small", headers=small.headers(),
                             to_tag=None if req.to.tag else new_tag(), now=now)
                 return
