@@ -58,6 +58,7 @@ from .model import (
 from .policy import AvailablePool, make_policy
 from .queue import CallQueue, effective, order_key
 from .stats import (
+    OpenLegs,
     LineRecords,
     record_abandon,
     record_answer,
@@ -119,7 +120,7 @@ class Router(RouterTransfers, RouterViews):
         self._timer_seq = 0
         self._ended: OrderedDict[str, CallState] = OrderedDict()
         self._records = {n: LineRecords(n, s.answer_threshold) for n, s in self.lines.items()}
-        self._open: dict[str, dict[str, float]] = {n: {} for n in self.lines}
+        self._open: dict[str, OpenLegs] = {n: OpenLegs() for n in self.lines}
         """Unanswered legs (queued or ringing) per line: call id -> leg start."""
         self._handle_times = {n: deque[float](maxlen=handle_time_samples) for n in self.lines}
         self._logged_in: dict[str, int] = {}
@@ -341,7 +342,7 @@ class Router(RouterTransfers, RouterViews):
         self._log(out, now, call_id, line, "", "ENTER", priority=spec.priority, caller=caller,
                   threshold=spec.answer_threshold, overflow=overflow)
         record_enter(self._records[line], now)
-        self._open[line][call_id] = now
+        self._open[line].add(call_id, now)
         self._enqueue(call, now, out, overflow=overflow)
         self._dispatch(now, out)
         return out
@@ -407,7 +408,7 @@ class Router(RouterTransfers, RouterViews):
             self._log(out, now, call_id, call.line, "", "CALLBACK_ADD", cb_id=cb_id,
                       caller=call.caller, wait=wait)
         record_abandon(self._records[call.line], now)
-        del self._open[call.line][call_id]
+        self._open[call.line].remove(call_id)
         out.append(Abandoned(call_id, call.line, wait, position, cb_id is not None, cb_id))
         self._finish(call, CS.ABANDONED)
         self._dispatch(now, out)
@@ -431,7 +432,7 @@ class Router(RouterTransfers, RouterViews):
         h.handle_start, h.handle_line = now, call.line
         self._log(out, now, call_id, call.line, handler_id, "CONNECT", wait=wait)
         record_answer(self._records[call.line], now, wait)
-        del self._open[call.line][call_id]
+        self._open[call.line].remove(call_id)
         out.append(Connected(call_id, handler_id, wait))
         self._hset(h, HS.ON_CALL, now, out)
         return out

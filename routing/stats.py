@@ -20,6 +20,7 @@ threshold from the ENTER row), so equality of the two checks that the log is com
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
@@ -72,7 +73,7 @@ class LineRecords:
         del self.answer_wait[:k]
 
     def compute(self, *, since: float | None, now: float | None,
-                open_entered: Collection[float] = (),
+                open_entered: Collection[float] | OpenLegs = (),
                 until: float | None = None) -> ServiceLevel:
         def span(lst: list[float]) -> tuple[int, int]:
             lo = 0 if since is None else bisect.bisect_left(lst, since)
@@ -88,7 +89,9 @@ class LineRecords:
         offered = count(self.enters)
         abandoned = count(self.abandons)
         within = sum(1 for w in waits if w <= self.threshold)
-        longest = (now - min(open_entered) if open_entered and now is not None else None)
+        oldest = (open_entered.oldest() if isinstance(open_entered, OpenLegs)
+                  else min(open_entered, default=None))
+        longest = now - oldest if oldest is not None and now is not None else None
         p90 = None
         if waits:
             s = sorted(waits)
@@ -100,6 +103,43 @@ class LineRecords:
             abandon_rate=(abandoned / offered) if offered else None,
             average_wait=(sum(waits) / len(waits)) if waits else None,
             p90_wait=p90, waiting=len(open_entered), longest_wait=longest)
+
+
+class OpenLegs:
+    """Queue legs of one line not yet answered or abandoned: call id -> entry time.
+
+    The service level asks for the count and the oldest entry on every wallboard
+    snapshot; both are O(1) amortised here (a min-heap with lazy deletion), so the cost
+    of a snapshot does not grow with the backlog.
+    """
+
+    __slots__ = ("_at", "_heap")
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def add(self, call_id: str, at: float) -> None:
+        self._at[call_id] = at
+        heapq.heappush(self._heap, (at, call_id))
+
+    def remove(self, call_id: str) -> None:
+        del self._at[call_id]
+        if len(self._heap) > 64 and len(self._heap) > 2 * len(self._at):
+            self._heap = [(t, c) for c, t in self._at.items()]  # drop stale entries
+            heapq.heapify(self._heap)
+
+    def oldest(self) -> float | None:
+        heap, at = self._heap, self._at
+        while heap and at.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # removed (or re-entered at another time)
+        return heap[0][0] if heap else None
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._at
 
 
 def _insert(lst: list[float], t: float) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .actions import Action
 from .errors import RoutingError
 from .model import Call, CallState, Handler, HandlerState, LineSpec, call_move
-from .stats import LineRecords, record_enter
+from .stats import LineRecords, OpenLegs, record_enter
 
 CS = CallState
 HS = HandlerState
@@ -29,7 +29,7 @@ class RouterTransfers:
     handlers: dict[str, Handler]
     transfer_timeout: float
     _records: dict[str, LineRecords]
-    _open: dict[str, dict[str, float]]
+    _open: dict[str, OpenLegs]
     _seq: int
     _head_seq: int
 
@@ -67,7 +67,7 @@ class RouterTransfers:
         self._log(out, now, call.call_id, call.line, "", "ENTER", priority=call.klass,
                   caller=call.caller, threshold=spec.answer_threshold, transfer=True, **data)
         record_enter(self._records[call.line], now)
-        self._open[call.line][call.call_id] = now
+        self._open[call.line].add(call.call_id, now)
         if call.target is not None:
             self._timer(now + self.transfer_timeout, "direct", call.call_id, call.target)
         self._enqueue(call, now, out)

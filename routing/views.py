@@ -15,6 +15,7 @@ from .errors import RoutingError
 from .model import Call, CallState, Handler, HandlerState, LineSpec
 from .policy import AvailablePool
 from .queue import CallQueue, effective
+from .stats import OpenLegs
 from .stats import LineRecords, ServiceLevel
 
 
@@ -32,7 +33,7 @@ class RouterViews:
     _staffed: dict[str, int]
     _handle_times: dict[str, deque[float]]
     _records: dict[str, LineRecords]
-    _open: dict[str, dict[str, float]]
+    _open: dict[str, OpenLegs]
     _callbacks: dict[str, Callback]
     _now: float
 
@@ -93,7 +94,7 @@ class RouterViews:
         now = self._clock(now)
         self._line(line)
         return self._records[line].compute(since=since, until=until, now=now,
-                                           open_entered=self._open[line].values())
+                                           open_entered=self._open[line])
 
     def snapshot(self, now: float, *, limit: int | None = 100) -> dict[str, Any]:
         """Everything the desk and wallboard show, JSON-able.
@@ -126,7 +127,7 @@ class RouterViews:
         lines = {}
         for name, spec in self.lines.items():
             sl = self._records[name].compute(since=None, now=now,
-                                             open_entered=self._open[name].values())
+                                             open_entered=self._open[name])
             lines[name] = {
                 "priority": spec.priority, "skill": spec.skill,
                 "waiting_count": self.queue.per_line[name],

@@ -191,3 +191,23 @@ def test_restart_restores_figures_and_callbacks_and_calls_back_lost_999s(tmp_pat
     with pytest.raises(RoutingError, match="restore\\(\\) must be called before any call"):
         fresh.restore(full, 42)
     db.close()
+
+
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove"]), st.integers(0, 20),
+                          st.floats(0, 1000, allow_nan=False)), max_size=200))
+def test_open_legs_oldest_and_count_match_a_plain_dict(ops: list[tuple[str, int, float]]) -> None:
+    """OpenLegs (heap with lazy deletion) answers count and oldest entry exactly like a
+    dict scanned with min(), whatever the order of adds, re-adds and removals."""
+    from routing.stats import OpenLegs
+
+    legs, ref = OpenLegs(), {}
+    for op, n, at in ops:
+        cid = f"c{n}"
+        if op == "add":
+            legs.add(cid, at)
+            ref[cid] = at
+        elif cid in ref:
+            legs.remove(cid)
+            del ref[cid]
+        assert len(legs) == len(ref)
+        assert legs.oldest() == min(ref.values(), default=None)
