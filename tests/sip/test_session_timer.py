@@ -75,6 +75,7 @@ def test_too_small_interval_gets_422_with_min_se() -> None:
     assert _invite(p, "Session-Expires: 90\r\nSupported: timer\r\n") == []
     resp = _last(p, "b>a", "SIP/2.0 422")
     assert resp.get("Min-SE") == "120"
+    assert p.b.counters["session_interval_too_small"] == 1
 
 
 def test_refreshee_sends_bye_when_no_refresh_comes() -> None:
