@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from config.schema import LineSettings
 from harness import scenarios, speech
 from harness.sipp import Sipp
-from telephony.api import CallArrived, CallEnded, RecordingSealed
+from telephony.api import CallArrived, CallEnded, LegAnswered, RecordingSealed
 from telephony.sip.sdp import parse_sdp
 
 from .conftest import EngineRig, lines
@@ -51,57 +51,82 @@ def _frames_anywhere(sent: np.ndarray, recorded: np.ndarray) -> int:
 
 async def test_strangers_flooding_a_999_call_are_not_recorded(rig: EngineRig, clip_dir: Path) -> None:
     """A stranger on the SBC's host (with the caller's SSRC) and one on another host flood the
-    call's media port from before the caller's first packet: none of their audio reaches the
-    recording, every packet is counted as foreign, and the caller is recorded bit-exactly."""
+    caller's and the handler leg's media ports, their first packets waiting there before our
+    SDP even leaves: none of their audio reaches either channel of the recording,
+    every packet is counted as foreign, caller and handler are recorded bit-exactly."""
     caller_clip = speech.speech_clip(CALLER_TEXT, "PCMA", clip_dir / "src-caller.pcap",
                                      lead_ms=500, pad_ms=200)
+    handler_clip = speech.tone_clip(523.0, 2.0, "PCMA", clip_dir / "src-handler.pcap",
+                                    lead_ms=1000)
     evil = speech.tone_clip(2750.0, caller_clip.duration, "PCMA", clip_dir / "src-evil.pcap",
                             amplitude=12000, ssrc=0x1234ABCD)  # the caller clip's SSRC
+    phone = Sipp(scenarios.handler(user="h1", codecs=("PCMA",), ring_ms=200,
+                                   pcap=handler_clip.pcap), name="h1")
     caller = Sipp(scenarios.caller(dialled="999", pcap=caller_clip.pcap,
                                    talk_ms=int(caller_clip.duration * 1000) + 800),
                   target=rig.kamailio.addr, name="caller")
     strangers = [_udp("127.0.0.1"), _udp("127.0.0.2")]
     sent = 0
-    target: list[tuple[str, int]] = []
-    forward = rig.engine._on_event
+    targets: list[tuple[str, int]] = []
+    media = rig.engine._media
+    allocate = media.allocate
 
-    def on_event(ev: object) -> None:
+    def allocate_with_a_stale_stream_waiting() -> object:
+        """Each new port (caller's, then the leg's) already has stranger packets waiting in
+        it before our SDP leaves: they are the first to arrive, always."""
         nonlocal sent
-        if isinstance(ev, CallArrived):  # the 200 OK has just left: a stale stream is already here
-            call = rig.engine._calls[ev.call_id]
-            target.append(("127.0.0.1", call.stream.local_port))
-            for s in strangers:
-                s.sendto(evil.packets[0].to_bytes(), target[0])
-                sent += 1
-        forward(ev)
+        stream = allocate()
+        targets.append(("127.0.0.1", stream.local_port))
+        for s in strangers:
+            s.sendto(evil.packets[0].to_bytes(), targets[-1])
+            sent += 1
+        return stream
 
-    rig.engine._on_event = on_event
-    try:
-        await rig.sipp(caller)
-        arrived = await rig.wait(CallArrived)
+    async def flood() -> None:  # 2 strangers x 50 packets/s at each port, for the call
+        nonlocal sent
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for i, p in enumerate(evil.packets[1:], 1):  # 2 strangers x 50 packets/s, ~4 s
-            for s in strangers:
-                s.sendto(p.to_bytes(), target[0])
-                sent += 1
+        for i, p in enumerate(evil.packets[1:], 1):
+            for t in list(targets):
+                for s in strangers:
+                    s.sendto(p.to_bytes(), t)
+                    sent += 1
             await asyncio.sleep(max(0.0, start + 0.02 * i - loop.time()))
+
+    media.allocate = allocate_with_a_stale_stream_waiting
+    flooding = None
+    try:
+        await rig.phone(phone, "h1")
+        await rig.sipp(caller)
+        arrived = await rig.wait(CallArrived)
+        flooding = asyncio.create_task(flood())
+        leg = rig.engine.offer(arrived.call_id, rig.aor("h1"), timeout=10)
+        await rig.wait(LegAnswered, leg_id=leg)
+        rig.engine.bridge(arrived.call_id, leg)
+        await flooding
         assert await rig.finish(caller) == 0, caller.diagnostics()
         ended = await rig.wait(CallEnded, call_id=arrived.call_id)
         sealed = await rig.wait(RecordingSealed, call_id=arrived.call_id)
+        assert await rig.finish(phone, 10) == 0, phone.diagnostics()
     finally:
-        rig.engine._on_event = forward
+        if flooding is not None:
+            flooding.cancel()
+        del media.allocate
         for s in strangers:
             s.close()
         await asyncio.to_thread(caller.stop)
+        await asyncio.to_thread(phone.stop)
     assert ended.by == "caller"
     rec, _, _ = speech.read_wav(sealed.path)
-    left = rec[:, 0]
+    left, right = rec[:, 0], rec[:, 1]
     n, found, _ = speech.frames_in_order(caller_clip.sent, left)
     assert found == n, f"caller speech: {found}/{n} frames bit-exact in the recording"
-    assert _frames_anywhere(evil.sent, left) == 0, "a stranger's audio reached the recording"
+    n, found, _ = speech.frames_in_order(handler_clip.sent, right)
+    assert found == n, f"handler tone: {found}/{n} frames bit-exact in the recording"
+    assert _frames_anywhere(evil.sent, left) == 0, "a stranger's audio reached the caller channel"
+    assert _frames_anywhere(evil.sent, right) == 0, "a stranger's audio reached the handler channel"
     stats = rig.engine.stats
-    assert stats.rtp_foreign >= sent > 300, (stats, sent)
+    assert stats.rtp_foreign >= sent > 600, (stats, sent)
     assert stats.rtp_nat_latched == 0
 
 
