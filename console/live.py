@@ -110,6 +110,7 @@ class Hub:
 
     async def run(self) -> None:
         """Consume the backend stream until cancelled; resubscribe if it ends or fails."""
+        again = False
         while True:
             stream: Any = None
             nxt: asyncio.Future[dict[str, Any]] | None = None
@@ -120,6 +121,11 @@ class Hub:
                 nxt = asyncio.ensure_future(anext(stream))
                 await asyncio.sleep(0)
                 self.ready.set()
+                if again:
+                    # Items went by while we were not subscribed: every page refetches.
+                    for c in list(self.clients):
+                        c.resync()
+                again = True
                 while True:
                     try:
                         item = await nxt

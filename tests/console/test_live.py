@@ -188,6 +188,8 @@ async def test_hub_resubscribes_when_stream_ends(backend: FakeBackend) -> None:
         backend.push({"type": "handler.state", "handler_id": "h1", "state": "available",
                       "reason": "", "at": 1.0})
         item = await asyncio.wait_for(client.get(), 5)
+        assert item == {"type": "resync"}     # what went by meanwhile: refetch it all
+        item = await asyncio.wait_for(client.get(), 5)
         assert item is not None and item["type"] == "handler.state"
     finally:
         task.cancel()
