@@ -116,7 +116,6 @@ def build(path: str, first: int, n: int, max_seconds: float, batch: int = 50000)
     conn.execute("PRAGMA journal_mode=OFF")
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-1000000")  # 1 GB: FTS5 merges re-read recent pages
-    conn.execute("INSERT INTO transcription_fts(transcription_fts, rank) VALUES ('automerge', 0)")
     conn.execute("INSERT INTO transcription_call_fts(transcription_call_fts, rank) VALUES ('automerge', 0)")
     names_rng = np.random.default_rng(1000 + first)  # apart: the other texts stay as before
     pool = multiprocessing.Pool(2)
@@ -144,16 +143,17 @@ def build(path: str, first: int, n: int, max_seconds: float, batch: int = 50000)
             per_call.append((cid, [("handler", 0.5, 3.0, handler, 0.9, []),
                                    ("caller", 3.5, 9.0, caller, 0.9, [])]))
         chunks = [per_call[i:i + 2500] for i in range(0, len(per_call), 2500)]
-        index_rows, vocab = [], Counter()
-        for rows, v in pool.map(_index_rows, chunks):
-            index_rows += rows
-            vocab.update(v)
+        pending = pool.map_async(_index_rows, chunks)  # normalised while the rows go in
         conn.execute("BEGIN")
         conn.executemany("INSERT INTO calls(call_id, line, caller, state, arrived_at, handler_id,"
                          " incident_number) VALUES (?,?,?,?,?,?,?)", call_rows)
         conn.executemany("INSERT INTO transcription_transcripts VALUES (?,?,?,?,?,?,?,?,?)", tr_rows)
         conn.executemany('INSERT INTO transcription_segments(call_id, channel, start, "end", text,'
                          " confidence, words) VALUES (?,?,?,?,?,?,?)", seg_rows)
+        index_rows, vocab = [], Counter()
+        for rows, v in pending.get():
+            index_rows += rows
+            vocab.update(v)
         conn.executemany("INSERT INTO transcription_call_index(call_id, terms, times, display)"
                          " VALUES (?,?,?,?)", index_rows)
         tstore.vocab_add(conn, vocab)
@@ -163,7 +163,7 @@ def build(path: str, first: int, n: int, max_seconds: float, batch: int = 50000)
             print(f"  built {made:,} calls in {time.monotonic() - t0:.0f} s", flush=True)
     pool.close()
     t1 = time.monotonic()
-    for t in ("transcription_fts", "transcription_call_fts"):
+    for t in ("transcription_call_fts",):
         conn.execute(f"INSERT INTO {t}({t}) VALUES ('optimize')")
         conn.execute(f"INSERT INTO {t}({t}, rank) VALUES ('automerge', 4)")
     conn.execute("PRAGMA journal_mode=WAL")

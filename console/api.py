@@ -14,7 +14,6 @@ returned (DPA 2018 Part 3 s.62).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import hmac
 import json
@@ -29,7 +28,7 @@ import jsonschema
 import structlog
 from aiohttp import web
 
-from . import users
+from . import audit, users
 from .backend import SETTABLE_STATES, THRIVE_KEYS
 from .keys import BACKEND, DB, HISTORY, SETTINGS, THROTTLE, TICKETS, Ticket
 
@@ -418,19 +417,6 @@ async def supervisor_skills(request: web.Request, ctx: Ctx) -> web.StreamRespons
 A = {"auditor"}
 
 
-def _epoch(value: Any, name: str, *, end_of_day: bool = False) -> float | None:
-    if value in (None, ""):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    try:
-        day = dt.date.fromisoformat(value)
-    except ValueError:
-        raise ApiError(400, f"{name} must be YYYY-MM-DD or epoch seconds") from None
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp()
-    return start + 86400.0 - 0.001 if end_of_day else start
-
-
 DATE = {"type": ["string", "number", "null"]}
 FILTER = {"type": ["string", "null"], "maxLength": 200}
 
@@ -442,18 +428,14 @@ FILTER = {"type": ["string", "null"], "maxLength": 200}
                    incident=FILTER, date_from=DATE, date_to=DATE,
                    limit={"type": "integer", "minimum": 1, "maximum": 500}))
 async def search(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    # The same checks and access-log row as `controlroom search` (console/audit.py).
     b = ctx.body
-    filters = {k: b[k] for k in ("number", "line", "handler", "incident") if b.get(k)}
-    frm, to = _epoch(b.get("date_from"), "date_from"), _epoch(b.get("date_to"), "date_to", end_of_day=True)
-    if frm is not None:
-        filters["date_from"] = frm
-    if to is not None:
-        filters["date_to"] = to
-    if frm is not None and to is not None and frm > to:
-        raise ApiError(400, "date_from is after date_to")
-    filters["limit"] = b.get("limit", 100)
-    users.log_access(request.app[DB], ctx.user, action="search", justification=b["justification"],
-                     query=b["query"], filters=filters, client=_client(request))
+    try:
+        filters = audit.prepare_search(b["query"], b["justification"], b)
+    except audit.AuditError as exc:
+        raise ApiError(400, str(exc)) from None
+    audit.log_search(request.app[DB], ctx.user, query=b["query"], justification=b["justification"],
+                     filters=filters, client=_client(request))
     hits = await request.app[BACKEND].search(b["query"], **filters)
     return ok({"hits": hits})
 

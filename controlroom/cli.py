@@ -1,4 +1,5 @@
-"""``controlroom`` command line: serve, demo, check-config, search, transcribe, user add."""
+"""``controlroom`` command line: serve, demo, check-config, search, transcribe,
+retranscribe, reindex, user add."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import getpass
 import json
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -71,32 +73,145 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                 engine=args.engine, keep=args.keep))
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def _open_db(settings):  # noqa: ANN001, ANN202 - store.Database
+    from console import users
     from store import Database
+    from store import calls as calls_table
+    from transcription import store as tstore
+
+    db = Database(settings.storage.database_path)
+    db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS)
+    users.migrate(db)
+    tstore.migrate(db)
+    return db
+
+
+def _plain(hit: dict) -> str:  # noqa: ANN001
+    """The snippet as plain text: [matched words], low-confidence words with '(?)'."""
+    out = []
+    for f in hit["fragments"]:
+        text = f"[{f['text']}]" if f["match"] else f["text"]
+        out.append(text + ("(?)" if f["low_confidence"] else ""))
+    return " ".join(out)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(max(0.0, seconds), 60)
+    return f"{int(m)}:{s:04.1f}"
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from console import audit, users
+
     from transcription import TranscriptSearch
 
     settings = _load(args.config)
-    db = Database(settings.storage.database_path)
-    hits = TranscriptSearch(db).search(args.query, line=args.line, caller=args.caller,
-                                       limit=args.limit)
-    for hit in hits:
-        d = hit if isinstance(hit, dict) else vars(hit)
-        print(json.dumps(d, default=str))
+    db = _open_db(settings)
+    username = args.user or getpass.getuser()
+    row = db.query_one("SELECT username, roles, handler_id, disabled FROM console_users"
+                       " WHERE username=?", (username,))
+    if row is None or row["disabled"]:
+        print(f"search refused: {username!r} is not an enabled console user; pass --user NAME"
+              " of an auditor (every search is logged under a person's name, DPA 2018 s.62)",
+              file=sys.stderr)
+        return 2
+    user = users.User(row["username"], frozenset(json.loads(row["roles"])), row["handler_id"])
+    if "auditor" not in user.roles:
+        print(f"search refused: {username!r} does not have the auditor role", file=sys.stderr)
+        return 2
+    raw = {"number": args.caller, "line": args.line, "handler": args.handler,
+           "incident": args.incident, "date_from": args.since, "date_to": args.until,
+           "limit": args.limit}
+    try:
+        filters = audit.prepare_search(args.query, args.reason, raw, default_limit=20)
+    except audit.AuditError as exc:
+        print(f"search refused: {exc}", file=sys.stderr)
+        return 2
+    client = f"cli {getpass.getuser()}@{socket.gethostname()}"
+    audit.log_search(db, user, query=args.query, justification=args.reason, filters=filters,
+                     client=client)
+    hits = [dict(vars(h)) for h in TranscriptSearch(db).search(args.query,
+                                                                **audit.search_kwargs(filters))]
+    for h in hits:
+        h["arrived_local"] = audit.local_time(h["arrived_at"])
+        h["text"] = _plain(h)
+        if args.json:
+            print(json.dumps(h, default=str))
+            continue
+        flag = "" if h["match"] == "exact" else f" ({h['match']} match)"
+        print(f"{h['rank']:>3}. {h['arrived_local']}  line {h['line'] or '-'}  caller "
+              f"{h['caller'] or '-'}  handler {h['handler_id'] or '-'}"
+              f"{'  incident ' + h['incident_number'] if h['incident_number'] else ''}"
+              f"  call {h['call_id']}  score {h['score']:.3g}{flag}")
+        print(f"     {h['channel']} @ {_clock(h['offset'])}: {h['text']}")
+        words = ", ".join(f"{m['word']} @ {_clock(m['at'])} {m['channel']}"
+                          + (" (low confidence)" if m["low_confidence"] else "")
+                          for m in h["matches"])
+        print(f"     matched: {words}")
     if not hits:
         print("no matches", file=sys.stderr)
     return 0 if hits else 1
 
 
-def cmd_transcribe(args: argparse.Namespace) -> int:
+def _tsettings(args: argparse.Namespace):  # noqa: ANN202 - TranscriptionSettings
+    from dataclasses import replace
+
     from config import TranscriptionSettings
-    from transcription import transcribe_file
 
     if args.config:
-        tsettings = _load(args.config).transcription
-    else:
-        tsettings = TranscriptionSettings(engine=args.engine, model=args.model or "")
-    result = transcribe_file(Path(args.recording), tsettings)
+        ts = _load(args.config).transcription
+        if args.engine:
+            ts = replace(ts, engine=args.engine, model=args.model if args.model is not None else
+                         ("" if args.engine != ts.engine else ts.model))
+        elif args.model is not None:
+            ts = replace(ts, model=args.model)
+        return ts
+    return TranscriptionSettings(engine=args.engine or "whisper", model=args.model or "")
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from transcription import TranscriptionError, transcribe_file
+
+    try:
+        result = transcribe_file(Path(args.recording), _tsettings(args))
+    except TranscriptionError as exc:
+        print(f"cannot transcribe {args.recording}: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_retranscribe(args: argparse.Namespace) -> int:
+    from console import audit
+    from transcription import TranscriptionError, retranscribe
+
+    if not (args.since or args.until or args.call):
+        print("retranscribe needs --since/--until or --call (refusing to redo every call)",
+              file=sys.stderr)
+        return 2
+    settings = _load(args.config)
+    try:
+        since = audit.parse_time(args.since, "--since")
+        until = audit.parse_time(args.until, "--until", end_of_day=True)
+    except audit.AuditError as exc:
+        print(f"retranscribe: {exc}", file=sys.stderr)
+        return 2
+    db = _open_db(settings)
+    try:
+        counts = retranscribe(db, _tsettings(args), since, until, call_ids=args.call or None)
+    except TranscriptionError as exc:
+        print(f"cannot retranscribe: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(counts))
+    return 0 if counts["failed"] == 0 else 1
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from transcription import store as tstore
+
+    db = _open_db(_load(args.config))
+    n = tstore.reindex(db)
+    print(f"reindexed {n} transcripts")
     return 0
 
 
@@ -148,20 +263,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.set_defaults(func=cmd_check_config)
 
-    s = sub.add_parser("search", help="search transcripts")
-    s.add_argument("query")
+    s = sub.add_parser("search", help="search transcripts (access-logged: needs --reason)",
+                       description="Search call transcripts. Every search is written to the "
+                       "access log with the user, the reason and the filters (DPA 2018 s.62), "
+                       "as on the auditor page. Times are local. Matched words are shown "
+                       "[like this], low-confidence words with (?).")
+    s.add_argument("query", help='words (AND), "a phrase", a OR b, -word, prefix*')
     s.add_argument("--config", required=True)
+    s.add_argument("--reason", required=True, help="why this search is needed (logged)")
+    s.add_argument("--user", help="the console user (an auditor) searching; default: your login")
     s.add_argument("--line")
-    s.add_argument("--caller")
+    s.add_argument("--caller", help="caller number")
+    s.add_argument("--handler", help="handler id")
+    s.add_argument("--incident", help="incident number")
+    s.add_argument("--since", help="from (local): YYYY-MM-DD or 'YYYY-MM-DD HH:MM'")
+    s.add_argument("--until", help="to (local, a day means its end): YYYY-MM-DD or 'YYYY-MM-DD HH:MM'")
     s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--json", action="store_true", help="one JSON object per hit")
     s.set_defaults(func=cmd_search)
 
-    s = sub.add_parser("transcribe", help="transcribe a recording file")
+    s = sub.add_parser("transcribe", help="transcribe a recording file (16-bit, A-law or µ-law WAV)")
     s.add_argument("recording")
     s.add_argument("--config")
-    s.add_argument("--engine", choices=["whisper", "vosk"], default="whisper")
+    s.add_argument("--engine", choices=["whisper", "vosk"])
     s.add_argument("--model")
     s.set_defaults(func=cmd_transcribe)
+
+    s = sub.add_parser("retranscribe", help="re-run final transcription (keeps each previous version)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--since", help="calls that arrived from (local): YYYY-MM-DD or 'YYYY-MM-DD HH:MM'")
+    s.add_argument("--until", help="calls that arrived before (local; a day means its end)")
+    s.add_argument("--call", action="append", help="a call id (repeatable)")
+    s.add_argument("--engine", choices=["whisper", "vosk"], help="default: the configured one")
+    s.add_argument("--model")
+    s.set_defaults(func=cmd_retranscribe)
+
+    s = sub.add_parser("reindex", help="rebuild the transcript search index")
+    s.add_argument("--config", required=True)
+    s.set_defaults(func=cmd_reindex)
 
     s = sub.add_parser("user", help="manage console users")
     usub = s.add_subparsers(dest="user_command", required=True)

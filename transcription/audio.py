@@ -10,6 +10,7 @@ frame boundary).
 from __future__ import annotations
 
 import math
+import struct
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,11 +105,48 @@ class Recording:
         return max((len(v) for v in self.channels.values()), default=0) / self.rate
 
 
+WAVE_FORMAT_PCM, WAVE_FORMAT_ALAW, WAVE_FORMAT_MULAW, WAVE_FORMAT_EXTENSIBLE = 1, 6, 7, 0xFFFE
+
+
+def _read_riff_wav(p: Path) -> tuple[int, int, int, bytes] | None:
+    """(channels, sample width, rate, PCM) of a WAV that Python's ``wave`` cannot read:
+    A-law or µ-law (format 6 or 7; decoded to 16-bit) or PCM inside
+    WAVE_FORMAT_EXTENSIBLE (as sox writes 24-bit); None if the file is neither."""
+    from telephony.media import g711
+
+    data = p.read_bytes()
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, fmt, nch, rate, bits, body = 12, None, 0, 0, 0, None
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        chunk = data[pos + 8:pos + 8 + size]
+        if cid == b"fmt " and len(chunk) >= 16:
+            fmt, nch, rate = struct.unpack("<HHI", chunk[:8])
+            bits = struct.unpack("<H", chunk[14:16])[0]
+            if fmt == WAVE_FORMAT_EXTENSIBLE and len(chunk) >= 26:
+                fmt = struct.unpack("<H", chunk[24:26])[0]  # the sub-format GUID's first bytes
+        elif cid == b"data":
+            body = chunk
+        pos += 8 + size + (size & 1)
+    if body is None:
+        return None
+    if fmt == WAVE_FORMAT_PCM and bits in (8, 16, 24, 32):
+        return nch, bits // 8, rate, body
+    if fmt not in (WAVE_FORMAT_ALAW, WAVE_FORMAT_MULAW):
+        return None
+    if bits != 8:
+        raise AudioError(f"recording {p} is G.711 with {bits}-bit samples; 8-bit is required")
+    decode = g711.alaw_decode if fmt == WAVE_FORMAT_ALAW else g711.ulaw_decode
+    return nch, 2, rate, decode(body).astype("<i2").tobytes()
+
+
 def read_recording(path: str | Path) -> Recording:
-    """Read a call recording: stereo 16-bit WAV, caller left and handler right.
+    """Read a call recording: stereo WAV, caller left and handler right, 16-bit PCM (as
+    the service records) or G.711 A-law / µ-law (as many PBXs and loggers export).
 
     A mono file is taken as the caller's channel only. Raises :class:`AudioError` with
-    the reason when the file is missing or not 16-bit PCM WAV.
+    the reason when the file is missing or not such a WAV.
     """
     p = Path(path)
     try:
@@ -118,9 +156,21 @@ def read_recording(path: str | Path) -> Recording:
     except FileNotFoundError:
         raise AudioError(f"recording not found: {p}") from None
     except (wave.Error, EOFError, OSError) as exc:
-        raise AudioError(f"recording {p} is not a readable WAV file: {exc}") from None
-    if width != 2:
-        raise AudioError(f"recording {p} has {8 * width}-bit samples; 16-bit PCM is required")
+        try:
+            other = _read_riff_wav(p)
+        except OSError:
+            other = None
+        if other is None:
+            raise AudioError(f"recording {p} is not a readable WAV file: {exc}") from None
+        nch, width, rate, raw = other
+    if width == 1:  # 8-bit PCM WAV is unsigned
+        raw = ((np.frombuffer(raw, dtype=np.uint8).astype(np.int16) - 128) << 8).astype("<i2").tobytes()
+    elif width in (3, 4):  # keep the top 16 bits of 24- or 32-bit PCM
+        b = np.frombuffer(raw[: len(raw) - len(raw) % width], dtype=np.uint8).reshape(-1, width)
+        raw = b[:, width - 2:].copy().tobytes()
+    elif width != 2:
+        raise AudioError(f"recording {p} has {8 * width}-bit samples; 8/16/24/32-bit PCM,"
+                         " A-law or µ-law is required")
     if nch not in (1, 2):
         raise AudioError(f"recording {p} has {nch} channels; expected 1 (caller) or 2 (caller, handler)")
     data = np.frombuffer(raw[: len(raw) - len(raw) % (2 * nch)], dtype="<i2")

@@ -94,14 +94,19 @@ def _epoch(v: float | datetime | None) -> float | None:
 
 def retranscribe(db: Database, settings: TranscriptionSettings,
                  since: float | datetime | None, until: float | datetime | None, *,
-                 engine: Engine | None = None) -> dict[str, int]:
-    """Re-run final transcription for calls that arrived in [since, until) and have a
-    recording: queue a durable job per call, then work through them here (a running
-    service may take some of them too; claims are atomic). Returns counts
-    ``{"queued": n, "done": n, "failed": n}``. Transcripts are replaced; no event is
-    published (the CLI has no bus)."""
+                 engine: Engine | None = None,
+                 call_ids: list[str] | None = None) -> dict[str, int]:
+    """Re-run final transcription for calls that arrived in [since, until) (and, with
+    ``call_ids``, only those calls) and have a recording: queue a durable job per call,
+    then work through them here (a running service may take some of them too; claims
+    are atomic). Returns counts ``{"queued": n, "done": n, "failed": n}``. Each new
+    transcript replaces the call's current one, which is kept as a previous version
+    (``store.transcript_versions``); no event is published (the CLI has no bus)."""
     store.migrate(db)
     where, params = ["recording_path IS NOT NULL"], []
+    if call_ids:
+        where.append(f"call_id IN ({','.join('?' * len(call_ids))})")
+        params.extend(call_ids)
     if since is not None:
         where.append("arrived_at >= ?")
         params.append(_epoch(since))

@@ -4,8 +4,13 @@ Tables (component ``transcription``):
 
 * ``transcription_transcripts``: one final transcript per call (engine, model, text).
 * ``transcription_segments``: its segments (channel, start, end, text, confidence,
-  words JSON); ``transcription_fts`` is an external-content FTS5 index over their text,
-  kept in step by triggers, so a search hit is a segment and carries its time offset.
+  words JSON ``[word, start, end, conf]``).
+* ``transcription_call_index``: the whole call as one document of normalised terms
+  (``transcription/normalise.py``), each with its time, channel, confidence and the
+  words as transcribed; ``transcription_call_fts`` is an external-content FTS5 index
+  over it, kept in step by triggers, and ``transcription_vocab`` the distinct indexed
+  words with phonetic keys (for the search's fuzzy and phonetic expansion).
+* ``transcription_transcript_versions``: transcripts replaced by a retranscription.
 * ``transcription_jobs``: the final-transcription queue. A job is a row, so it
   survives restarts; a job found ``running`` at start-up was interrupted by a crash or a
   stop and goes back to ``queued``.
@@ -174,6 +179,14 @@ MIGRATIONS = [
     );
     CREATE INDEX transcription_transcript_versions_call ON transcription_transcript_versions(call_id, id);
     CREATE TABLE transcription_index_state (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
+    """,
+    # 5: the per-segment FTS5 index is no longer searched (the call index of migration 4
+    # is): drop it and its triggers, halving the index work of every stored transcript.
+    """
+    DROP TRIGGER transcription_segments_ai;
+    DROP TRIGGER transcription_segments_ad;
+    DROP TRIGGER transcription_segments_au;
+    DROP TABLE transcription_fts;
     """,
 ]
 

@@ -89,7 +89,7 @@ async def test_bad_requests_are_4xx_with_message(api: Api) -> None:
     s = api.as_role("auditor")
     status, data = await s.call("POST", "/api/audit/search", {"query": "knife", "justification": "audit",
                                                               "date_from": "23/11/2026"})
-    assert (status, data) == (400, {"error": "date_from must be YYYY-MM-DD or epoch seconds"})
+    assert (status, data) == (400, {"error": "date_from must be YYYY-MM-DD, YYYY-MM-DD HH:MM or epoch seconds"})
 
 
 async def test_handler_call_flow(api: Api, backend: FakeBackend) -> None:
