@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -255,6 +256,26 @@ class Service:
         found = sum(1 for r in rows if self.engine.recover_recording(r["call_id"]))
         if found:
             log.warning("recordings sealed before a crash recorded at start", count=found)
+        # Sealed while the file system was read-only, the file kept its temporary name.
+        # engine.start() renamed and re-recorded every one that survived the repair; a
+        # row still naming a .part whose file is gone lost its audio with the file
+        # system (what the kernel had not written back): the record says so.
+        for r in self.db.query("SELECT call_id, recording_path, recording_duration, "
+                               "recording_gaps FROM calls WHERE recording_path LIKE '%.part'"):
+            if Path(r["recording_path"]).exists():
+                continue
+            known = json.loads(r["recording_gaps"] or "[]")
+            if any(g["reason"].startswith("recording file lost") for g in known):
+                continue  # said at an earlier start
+            dur = float(r["recording_duration"] or 0.0)
+            gaps = [*known,
+                    {"start": 0.0, "end": dur, "frames_lost": round(dur * 8000),
+                     "reason": "recording file lost: sealed on a read-only file system, "
+                               "not on disk after the restart"}]
+            self.storage.write(lambda conn, c=r["call_id"], g=gaps: calls_table.update(
+                conn, c, recording_gaps=g), call_id=r["call_id"], what="call.recording_lost")
+            log.error("recording file lost with a read-only file system",
+                      call_id=r["call_id"], path=r["recording_path"])
 
     def _close_interrupted_calls(self) -> None:
         """Calls still open in the store were cut off by a crash: close them on the record.

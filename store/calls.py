@@ -67,6 +67,12 @@ RECORDING_MIGRATIONS = [
     ALTER TABLE calls ADD COLUMN recording_gaps TEXT;
     CREATE INDEX calls_unrecorded ON calls(arrived_at) WHERE recording_path IS NULL;
     """,
+    # 2: recordings sealed on a file system that had turned read-only keep their
+    # temporary name (the rename failed); start-up looks at these few rows
+    """
+    CREATE INDEX calls_recording_part ON calls(arrived_at)
+        WHERE recording_path LIKE '%.part';
+    """,
 ]
 
 _JSON = {"thrive", "flags", "location_detail"}
