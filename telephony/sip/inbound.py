@@ -12,19 +12,8 @@ from telephony import pidf
 from telephony.errors import SipError
 from telephony.numbers import CallerNumber, from_uri_user
 
-from .message import Request, body_parts
+from .message import Request
 from .uri import parse_name_addr, split_outside
-
-
-def location(req: Request) -> str | None:
-    """Geolocation header value, else a PIDF-LO body part (RFC 6442), else None."""
-    parts = body_parts(req)
-    if req.get("Geolocation"):
-        return req.get("Geolocation")
-    if "application/pidf+xml" in parts:
-        return parts["application/pidf+xml"].decode("utf-8", "replace")
-    return None
-
 
 _DIGITS = set("0123456789*#ABCD")
 
