@@ -58,7 +58,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
 (RFC 4028 §7.4 lets the refresher use either). A bodyless UPDATE still gets 200 and
 counts as a refresh; one with a body gets 405."""
 SUPPORTED = {"timer"}
-"""Option tags we accept in Require (session timers: the peer refreshes, we answer)."""
+"""Option tags we accept in Require (session timers, RFC 4028: see :mod:`.timer`)."""
 _KNOWN = {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PRACK", "UPDATE", "PUBLISH"}
 
 
