@@ -138,13 +138,16 @@ def test_user_add_duplicate_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_search_finds_a_call_by_its_words_with_filters(tmp_path: Path) -> None:
-    """`search` prints one JSON hit per call with the highlighted words and offset;
-    a filter that excludes it prints nothing and exits 1."""
+    """`search --json` prints one JSON hit per call with the highlighted words and the
+    first matched word's offset; a filter that excludes it prints nothing and exits 1.
+    (More in test_audit_cli.py: reason, access log, local times, malformed queries.)"""
     from store import Database
     from store import calls as calls_table
     from transcription.store import Segment, migrate, save_transcript
 
     cfg = config(tmp_path)
+    assert run("user", "add", "aud", "--role", "auditor", "--config", str(cfg),
+               "--password", "correct-horse-battery").returncode == 0
     db = Database(tmp_path / "data" / "controlroom.sqlite3")
     db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS)
     migrate(db)
@@ -155,10 +158,11 @@ def test_search_finds_a_call_by_its_words_with_filters(tmp_path: Path) -> None:
                     segments=[Segment("caller", 2.5, 5.0, "a car crashed into the wall", 0.9)],
                     duration=6.0, recording_path=None)
     db.close()
-    r = run("search", "crashed wall", "--config", str(cfg))
+    audit = ("--config", str(cfg), "--user", "aud", "--reason", "test of the search", "--json")
+    r = run("search", "crashed wall", *audit)
     assert r.returncode == 0, r.stderr
     [hit] = [json.loads(line) for line in r.stdout.splitlines()]
-    assert (hit["call_id"], hit["line"], hit["offset"]) == ("c1", "999", 2.5)
-    assert "<mark>crashed</mark>" in hit["snippet"]
-    r = run("search", "crashed", "--line", "101", "--config", str(cfg))
+    assert (hit["call_id"], hit["line"], hit["offset"]) == ("c1", "999", 3.333)
+    assert "<mark>crashed</mark>" in hit["snippet"] and "[crashed]" in hit["text"]
+    r = run("search", "crashed", "--line", "101", *audit)
     assert r.returncode == 1 and r.stdout == "" and "no matches" in r.stderr
