@@ -48,7 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.findability_corpus import CALLS, build  # noqa: E402
 
-ENGINES = ("whisper-base", "whisper-tiny", "whisper-base-nogaz", "whisper-base-naive", "pocketsphinx")
+ENGINES = ("whisper-base", "whisper-tiny")
+"""Run by default; also: whisper-base-nogaz, whisper-tiny-nogaz, whisper-base-naive,
+whisper-tiny-naive, pocketsphinx (RTF ~1.8: slow), vosk (with --vosk-model)."""
 
 _ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
          "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
@@ -249,11 +251,11 @@ def main() -> None:
     ap.add_argument("--default", default="whisper-base", help="engine of the last line")
     ap.add_argument("--out", default="/tmp/controlroom-findability")
     ap.add_argument("--seed", type=int, default=13)
-    ap.add_argument("--limit", type=int, default=None, help="first N caller scripts only")
+    ap.add_argument("--limit", type=int, default=12, help="first N caller scripts (0: all 16)")
     ap.add_argument("--json", default="", help="write all results here")
     ap.add_argument("--misses", action="store_true", help="print each call not found")
     a = ap.parse_args()
-    manifest = build(Path(a.out), a.seed, limit=a.limit)
+    manifest = build(Path(a.out), a.seed, limit=a.limit or None)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     gazetteer = json.loads(CALLS.read_text())["gazetteer"]
     configs = [c for c in a.engines.split(",") if c]

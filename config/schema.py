@@ -190,6 +190,13 @@ class TranscriptionSettings:
     """Recognition worker threads (Vosk and faster-whisper release the GIL while decoding)."""
     max_live_streams: int = 8
     """Live streams at most; beyond this, 101 calls lose live captions first."""
+    hotwords: list[str] = field(default_factory=list)
+    """Whisper: the force's gazetteer (place and street names) and police vocabulary,
+    given to the recogniser as its prompt before every window so it spells them; a
+    segment that only repeats the prompt without clear speech is dropped. Keep it to
+    ~150 words (Whisper reads at most 223 prompt tokens)."""
+    initial_prompt: str = ""
+    """Whisper: free text put before the hot words in the prompt."""
 
 
 @dataclass(frozen=True, kw_only=True)

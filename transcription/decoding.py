@@ -65,10 +65,12 @@ class DecodeOptions:
     """Gazetteer: place and street names, police vocabulary (the prompt)."""
     initial_prompt: str = ""
     """Free text put before the hot words in the prompt."""
-    echo_no_speech: float = 0.1
-    """A segment that repeats the prompt is kept only if its no-speech probability is
-    below this and its mean log-probability above ``echo_log_prob``."""
-    echo_log_prob: float = -0.6
+    echo_no_speech: float = 0.3
+    """A segment that is only a prompt entry (a caller answering "Kings Heath") is kept
+    only if its no-speech probability is below this and its mean log-probability above
+    ``echo_log_prob``; three or more prompt words in the prompt's order are always
+    dropped (a read-back: callers do not recite the gazetteer)."""
+    echo_log_prob: float = -1.0
     extra_hallucinations: tuple[str, ...] = field(default=())
 
     @property
@@ -89,21 +91,21 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def echoes_prompt(text: str, prompt: str, *, min_ratio: float = 0.85) -> bool:
-    """True when ``text`` is (nearly) a contiguous run of the prompt's words.
-
-    Compared on letters only (``"Kings Heath"`` and ``"Kingsheath"`` match), against
-    every run of the prompt with the same number of words, +-1."""
+def echoes_prompt(text: str, prompt: str, *, min_ratio: float = 0.9) -> bool:
+    """True when ``text`` is (nearly) a contiguous run of the prompt's words: the same
+    number of words, compared on letters only (``"Kings Heath"`` matches
+    ``"Kingsheath"``), at least ``min_ratio`` alike. ``"in Erdington"`` is not an echo
+    of a prompt that lists ``Erdington`` (the caller said more than the name)."""
     seg = words_of(text)
     pw = words_of(prompt)
-    if not seg or not pw:
+    n = len(seg)
+    if not seg or len(pw) < n:
         return False
     target = "".join(seg)
-    for n in {max(1, len(seg) - 1), len(seg), len(seg) + 1}:
-        for i in range(0, max(1, len(pw) - n + 1)):
-            run = "".join(pw[i:i + n])
-            if run == target or SequenceMatcher(None, run, target).ratio() >= min_ratio:
-                return True
+    for i in range(0, len(pw) - n + 1):
+        run = "".join(pw[i:i + n])
+        if run == target or SequenceMatcher(None, run, target).ratio() >= min_ratio:
+            return True
     return False
 
 
@@ -165,7 +167,7 @@ def guard(text: str, *, prompt: str, no_speech_prob: float, avg_logprob: float,
     * a known silence hallucination -> dropped;
     * an echo of the prompt -> dropped unless the audio is clearly speech
       (no-speech probability < ``echo_no_speech`` and log-probability >
-      ``echo_log_prob``), so a caller who answers only "Kings Heath" keeps it, while
+      ``echo_log_prob``) and it is one or two words, so a caller who answers only "Kings Heath" keeps it, while
       the prompt read back over noise does not;
     * a looped phrase -> cut to one occurrence.
     """
@@ -174,8 +176,7 @@ def guard(text: str, *, prompt: str, no_speech_prob: float, avg_logprob: float,
         return Verdict("", "hallucination")
     if prompt and echoes_prompt(t, prompt):
         clear = no_speech_prob < options.echo_no_speech and avg_logprob > options.echo_log_prob
-        # Four or more prompt words in the prompt's own order are a read-back, not a call.
-        if not clear or len(words_of(t)) >= 4:
+        if not clear or len(words_of(t)) >= 3:
             return Verdict("", "prompt-echo")
     c = collapse_loops(t)
     if c != t:
@@ -192,3 +193,9 @@ def speech_seconds(audio16k: np.ndarray, *, threshold: float = 0.5) -> float:
     ts = get_speech_timestamps(x, VadOptions(threshold=threshold, min_speech_duration_ms=120,
                                              min_silence_duration_ms=300, speech_pad_ms=0))
     return sum(t["end"] - t["start"] for t in ts) / 16000.0
+
+
+def options_from(settings: object) -> DecodeOptions:
+    """Decoding options from ``[transcription]`` settings (hot words, initial prompt)."""
+    return DecodeOptions(hotwords=tuple(getattr(settings, "hotwords", ()) or ()),
+                         initial_prompt=str(getattr(settings, "initial_prompt", "") or ""))

@@ -21,6 +21,7 @@ from store.db import Database
 
 from . import store
 from .audio import read_recording
+from .decoding import options_from
 from .engines import Engine, Hypothesis, load_engine
 from .errors import AudioError, ModelError
 
@@ -68,7 +69,8 @@ def run_job(engine: Engine, db: Database, call_id: str, recording_path: str, *,
 
 
 def _engine(settings: TranscriptionSettings) -> Engine:
-    engine = load_engine(settings.engine, settings.model, language=settings.language)
+    engine = load_engine(settings.engine, settings.model, language=settings.language,
+                         options=options_from(settings))
     if engine is None:
         raise ModelError("transcription.engine is 'none': nothing can be transcribed")
     return engine

@@ -37,6 +37,7 @@ from store.db import Database
 from telephony.api import AudioFrame
 
 from . import store
+from .decoding import options_from
 from .engines import Engine, Hypothesis, Interrupted, load_engine
 from .errors import AudioError
 from .live import LivePolicy, LiveWorker, StreamInfo
@@ -93,7 +94,8 @@ class TranscriptionService:
         s = self.settings
         if self._engine is None and s.engine != "none":
             self._engine = await asyncio.to_thread(
-                load_engine, s.engine, s.model, language=s.language, replicas=s.workers + 1)
+                load_engine, s.engine, s.model, language=s.language, replicas=s.workers + 1,
+                options=options_from(s))
         if self._engine is not None and s.live and s.max_live_streams > 0:
             per_worker = math.ceil(s.max_live_streams / max(1, s.workers))
             capacity = int(self._inbox_seconds * 50 * 2 * max(1, per_worker))
