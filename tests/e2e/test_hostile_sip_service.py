@@ -45,7 +45,8 @@ async def test_latin1_999_call_is_queued_and_hostile_requests_are_counted(
             bad = await RawUac(engine).open()
             spoof = await RawUac(engine, bind="127.0.0.77").open()
             try:
-                bad.send(bad.invite().replace("Content-Type:", "Content-Length: 3\r\nContent-Type:"))
+                bad.send(bad.invite().replace("Content-Type:",
+                                              "Content-Length: 3\r\nContent-Type:"))
                 got = await bad.collect(1.0)
                 assert [m.status for m in got] == [400], [m.first for m in got]
                 assert got[0].first.startswith("SIP/2.0 400 Conflicting Content-Length headers")

@@ -161,7 +161,8 @@ def test_fuzz_bytes_anywhere_raise_only_parse_errors(at: int, junk: bytes) -> No
 
 
 def ua(policy: str = "reject", **kw: object) -> UserAgent:
-    guard = SourceGuard(policy=policy, trusted=lambda ip: ip == SBC[0], **kw)  # type: ignore[arg-type]
+    guard = SourceGuard(policy=policy, trusted=lambda ip: ip == SBC[0],  # type: ignore[arg-type]
+                        **kw)
     return UserAgent(host=US[0], port=US[1], guard=guard)
 
 

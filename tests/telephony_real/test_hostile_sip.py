@@ -28,7 +28,8 @@ def _hostile_invite(uac: RawUac) -> bytes:
     """The UAC's INVITE with a Latin-1 From display name and a non-UTF-8 User-Agent."""
     data = uac.invite().encode()
     data = data.replace(b"From: <", b'From: "' + LATIN1_NAME + b'" <', 1)
-    return data.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nUser-Agent: SBC\xff\xfe 2\r\n", 1)
+    return data.replace(b"Max-Forwards: 70\r\n",
+                        b"Max-Forwards: 70\r\nUser-Agent: SBC\xff\xfe 2\r\n", 1)
 
 
 def _ack_through_proxy(uac: RawUac, ok: Msg) -> bytes:
