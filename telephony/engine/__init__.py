@@ -7,6 +7,10 @@ prompt) and reported as :class:`CallArrived`; handler legs go out through the pr
 Events reach ``on_event`` synchronously on the loop, in order; commands may be called
 from inside ``on_event`` (re-entrancy is handled).
 
+A request from a source that no line trusts (nor a registrar, nor the proxy) and that
+belongs to no dialog of ours never reaches the transaction layer: it gets one small
+stateless 403 or nothing (``sip.untrusted``, :mod:`telephony.sip.guard`).
+
 Inbound INVITE, in order: 100 Trying; line by Request-URI user (``+``/separators stripped;
 a registered line's username also maps) else 404; source in ``trusted_sources`` (address
 or CIDR; the registrar for registered lines) else 403; overload (the INVITE waited more
