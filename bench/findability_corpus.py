@@ -198,9 +198,10 @@ def build(out: Path, seed: int, *, limit: int | None = None) -> Path:
             x *= SPEECH_LEVEL / (np.sqrt(np.mean(x[np.abs(x) > 1e-3] ** 2)) + 1e-9)
             conds = [(group, x)]
             if group == "natural":  # the same call again in street noise at 15 dB SNR
-                n = 0.6 * noise("pinknoise", len(x) / RATE, seed + i) + \
-                    0.4 * noise("brownnoise", len(x) / RATE, seed + 31 * i)
-                n = n[:len(x)]
+                secs = len(x) / RATE + 0.1
+                n = 0.6 * noise("pinknoise", secs, seed + i)[:len(x)] + \
+                    0.4 * noise("brownnoise", secs, seed + 31 * i)[:len(x)]
+                n = np.resize(n, len(x))  # sox may give a few samples short
                 speech_rms = np.sqrt(np.mean(x[np.abs(x) > 1e-3] ** 2))
                 n *= speech_rms / (np.sqrt(np.mean(n ** 2)) + 1e-9) * 10 ** (-15 / 20)
                 conds.append(("noise15", x + n))

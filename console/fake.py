@@ -164,8 +164,9 @@ class FakeBackend:
                                  handler_id=handler_id, wait=self.clock() - c["arrived_at"]))
 
     def say(self, call_id: str, channel: str, text: str, *, final: bool = True,
-            start: float | None = None) -> None:
-        """A live transcript segment on ``channel`` (``caller`` or ``handler``)."""
+            start: float | None = None, words: list[dict[str, Any]] | None = None) -> None:
+        """A live transcript segment on ``channel`` (``caller`` or ``handler``); ``words``
+        as the engine sends them with finals (``{word, start, end, conf}``)."""
         segs = self.transcripts.setdefault(call_id, [])
         start = float(len(segs) * 3) if start is None else start
         seg = {"channel": channel, "text": text, "start": start, "end": start + 2.5,
@@ -173,7 +174,8 @@ class FakeBackend:
         if final:
             segs.append(seg)
         self.push(ev.TranscriptSegment(call_id=call_id, at=self.clock(), channel=channel,  # type: ignore[arg-type]
-                                       text=text, start=start, end=start + 2.5, final=final))
+                                       text=text, start=start, end=start + 2.5, final=final,
+                                       words=list(words or [])))
 
     def flag(self, call_id: str, flag: str, detail: str = "") -> None:
         """Flag the call (``silent``, ``dtmf55``)."""

@@ -193,6 +193,9 @@ class TranscriptSegment(DomainEvent):
     end: float
     final: bool
     confidence: float | None = None
+    words: list[dict[str, Any]] = field(default_factory=list)
+    """Finals: each recognised word as ``{word, start, end, conf}`` (seconds from
+    answer, confidence 0..1), so the desk can mark the uncertain ones; partials: []."""
 
 
 @dataclass(frozen=True, kw_only=True)

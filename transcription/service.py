@@ -230,7 +230,9 @@ class TranscriptionService:
         self._safe_publish(TranscriptSegment(
             call_id=call_id, at=time.time(), channel=channel,  # type: ignore[arg-type]
             text=h.text, start=round(h.start, 3), end=round(h.end, 3), final=h.final,
-            confidence=None if h.confidence is None else round(h.confidence, 4)))
+            confidence=None if h.confidence is None else round(h.confidence, 4),
+            words=[{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
+                    "conf": round(w.confidence, 3)} for w in h.words]))
 
     def _safe_publish(self, event: DomainEvent) -> None:
         try:

@@ -119,20 +119,35 @@ function renderCard() {
   tick();
 }
 
+const UNSURE = 0.5;   // a word the recogniser gives less than this is marked for the handler
+
+// A caption's words; those the recogniser was unsure of are marked (dotted underline,
+// confidence on hover) so the handler checks them with the caller.
+function captionWords(s) {
+  if (!s.words || !s.words.length) return [s.text];
+  return s.words.flatMap((w, i) => {
+    const unsure = typeof w.conf === "number" && w.conf < UNSURE;
+    const span = el("span", { class: unsure ? "w uncertain" : "w", text: w.word,
+      title: unsure ? `unsure: ${Math.round(w.conf * 100)} % confidence` : undefined });
+    return i ? [" ", span] : [span];
+  });
+}
+
 function renderTranscript() {
   const box = $("transcript");
   if (!card) return;
-  const segs = [...(card.transcript || [])];
-  const seen = new Set(segs.map((s) => `${s.channel}|${s.start}|${s.text}`));
-  for (const s of liveFinal[card.call_id] || []) {
-    if (!seen.has(`${s.channel}|${s.start}|${s.text}`)) segs.push(s);
-  }
+  // Live finals carry word confidences: prefer them to the view's copy of the same segment.
+  const key = (s) => `${s.channel}|${s.start}|${s.text}`;
+  const live = new Map((liveFinal[card.call_id] || []).map((s) => [key(s), s]));
+  const segs = (card.transcript || []).map((s) => live.get(key(s)) || s);
+  const seen = new Set(segs.map(key));
+  for (const s of live.values()) if (!seen.has(key(s))) segs.push(s);
   segs.sort((a, b) => a.start - b.start);
   for (const s of Object.values(partial[card.call_id] || {})) segs.push({ ...s, partialSeg: true });
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   box.replaceChildren(...segs.map((s) => el("div", { class: `tl ${s.channel}${s.partialSeg ? " partial" : ""}` },
     el("span", { class: "who" }, s.channel === "caller" ? "Caller" : "Handler", el("span", { class: "ts", text: fmtDur(s.start) })),
-    s.text)));
+    captionWords(s))));
   if (!segs.length && !captionsOff(card)) box.append(el("div", { class: "muted", text: phase === "ringing" ? "Transcript starts when the call is answered." : "Listening…" }));
   if (captionsOff(card)) {
     box.append(el("div", { class: "notice", text: "Live captions stopped" + (notices[card.call_id] ? ": " + notices[card.call_id] : "")

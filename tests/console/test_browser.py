@@ -221,6 +221,37 @@ def test_handler_screen_pop_transcript_and_wrapup(world: Any, page: Any) -> None
     assert page.is_hidden("#pop")
 
 
+def test_desk_marks_uncertain_caption_words(world: Any, page: Any) -> None:
+    """A live final's words below 50 % confidence are marked (with the figure on hover);
+    sure words and partials are plain; word text is never HTML."""
+    server, fb, _ = world
+    login(page, server, "h1", "/desk")
+    page.click("#btn-available")
+    page.wait_for_selector("#state.st-available")
+    cid = server.call(lambda: fb.arrive("999", "+447700900321"))
+    server.call(fb.offer, cid, "h1")
+    page.wait_for_selector(f"#pop[data-call-id='{cid}'].ringing")
+    page.click("#accept")
+    page.wait_for_selector("#pop.connected")
+    server.call(fb.say, cid, "caller", "in erdington near the", final=False)
+    page.wait_for_selector("#transcript .tl.caller.partial")
+    assert page.locator("#transcript .w").count() == 0  # partials carry no words
+    words = [{"word": "I'm", "start": 0.0, "end": 0.2, "conf": 0.97},
+             {"word": "in", "start": 0.2, "end": 0.3, "conf": 0.91},
+             {"word": "Erdington,", "start": 0.3, "end": 0.9, "conf": 0.31},
+             {"word": "<b>near</b>", "start": 0.9, "end": 1.1, "conf": 0.88},
+             {"word": "Tyseley.", "start": 1.1, "end": 1.6, "conf": 0.12}]
+    server.call(lambda: fb.say(cid, "caller", "I'm in Erdington, <b>near</b> Tyseley.", words=words))
+    page.wait_for_selector("#transcript .tl.caller:not(.partial) .w")
+    unsure = page.locator("#transcript .w.uncertain")
+    assert unsure.all_text_contents() == ["Erdington,", "Tyseley."]
+    assert unsure.first.get_attribute("title") == "unsure: 31 % confidence"
+    assert page.locator("#transcript .w").count() == 5
+    assert page.locator("#transcript b").count() == 0
+    assert "I'm in Erdington, <b>near</b> Tyseley." in page.text_content("#transcript .tl.caller")
+    shot(page, "desk-caption-confidence")
+
+
 def test_wallboard_alert_reprioritise_and_handler_actions(world: Any, page: Any) -> None:
     """Wallboard shows lines, the 999 wait alert, the chart; re-prioritise / not ready / skills reach the backend."""
     server, fb, _ = world
