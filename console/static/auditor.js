@@ -50,16 +50,39 @@ async function search(e) {
     : "";
   const box = $("hits");
   if (!res.hits.length) { box.replaceChildren(el("div", { class: "muted", text: "No matches." })); return; }
-  box.replaceChildren(...res.hits.map((h) => el("div", { class: "hit", dataset: { callId: h.call_id }, tabindex: 0,
+  box.replaceChildren(...res.hits.map((h, i) => el("div", { class: "hit", dataset: { callId: h.call_id, match: h.match || "exact" }, tabindex: 0,
     onclick: () => openCall(h.call_id, h.offset) },
     el("div", { class: "meta" },
+      el("span", { class: "rank", text: "#" + (h.rank || i + 1) }),
       el("span", { class: "lineb-s l" + h.line, text: h.line }),
       el("span", { text: fmtDateTime(h.arrived_at) }),
       el("span", { class: "mono", text: h.caller }),
       h.handler_id ? el("span", { text: "handler " + h.handler_id }) : null,
       h.incident_number ? el("span", { class: "incident small", text: h.incident_number }) : null,
-      el("span", { text: `${h.channel} @ ${fmtDur(h.offset)}` })),
-    el("div", { class: "snip" }, CR.marked(h.snippet)))));
+      el("span", { text: `${h.channel} @ ${fmtDur(h.offset)}` }),
+      h.score !== undefined ? el("span", { class: "score", text: "score " + Number(h.score).toPrecision(3) }) : null,
+      h.match && h.match !== "exact" ? el("span", { class: "matchkind", text: `${h.match} match`,
+        title: h.match === "fuzzy" ? "found through a close spelling of a query word" : "found through a word that sounds like a query word" }) : null),
+    el("div", { class: "snip" }, snippetOf(h)),
+    h.matches && h.matches.length ? el("div", { class: "words" }, ...h.matches.map((m) =>
+      el("button", { type: "button", class: "word" + (m.low_confidence ? " lowconf" : ""),
+        title: m.low_confidence ? "low confidence: check the recording" : `play from ${fmtDur(m.at)}`,
+        text: `${m.word} @ ${fmtDur(m.at)} ${m.channel}`,
+        onclick: (ev) => { ev.stopPropagation(); openCall(h.call_id, m.at); } }))) : null)));
+}
+
+// The snippet as words (matched ones marked, uncertain ones underlined) when the search
+// gives fragments; otherwise its <mark>ed text. Text nodes only: nothing said becomes markup.
+function snippetOf(h) {
+  if (!h.fragments || !h.fragments.length) return CR.marked(h.snippet);
+  const frag = document.createDocumentFragment();
+  h.fragments.forEach((f, i) => {
+    if (i) frag.append(document.createTextNode(" "));
+    let node = f.match ? el("mark", { text: f.text }) : document.createTextNode(f.text);
+    if (f.low_confidence) node = el("span", { class: "lowconf", title: "low confidence" }, node);
+    frag.append(node);
+  });
+  return frag;
 }
 
 async function openCall(callId, offset) {
