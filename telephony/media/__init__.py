@@ -20,7 +20,8 @@ Contract with the signalling engine: ``/work/notes/media_api.md``. Typical use::
     await media.stop()
 
 Modules: ``g711`` (tables), ``rtp``/``rtcp`` (sans-IO packets), ``jitter`` (pure playout
-buffer), ``dtmf`` (RFC 4733), ``clock``, ``stream`` (RtpStream), ``prompts``,
+buffer), ``dtmf`` (RFC 4733), ``clock``, ``stream`` (RtpStream: who is heard - the SDP
+address only), ``ports`` (random port choice, released ports rest), ``prompts``,
 ``recording``, ``session`` (MediaEngine).
 """
 
