@@ -250,3 +250,38 @@ async def test_media_engine_records_through_its_writer(tmp_path: Path) -> None:
     await eng.stop()
     assert rec.sealed is not None and rec.sealed.duration == pytest.approx(rec.frames / 8000)
     assert eng.disk._thread is None
+
+
+def test_a_disk_failing_from_the_start_spools_from_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Creating the file fails (ENOSPC): the recording starts in the spool, and once the
+    disk takes writes its first file holds every frame from answer. A recording whose
+    disk never recovers seals with no file and one gap over the whole call."""
+    import errno
+
+    from telephony.media import recording as recording_mod
+    from telephony.media.recording import DiskHealth
+
+    real_open = os.open
+
+    def full(path: object, *a: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    health = DiskHealth(retry_interval=0.0)
+    monkeypatch.setattr(recording_mod.os, "open", full)
+    rec = Recording("s1", tmp_path, flush_every=10, health=health)
+    never = Recording("s2", tmp_path, flush_every=10, health=health)
+    _frames(rec, 0, 30)
+    _frames(never, 0, 30)
+    assert health.spooling == {"s1", "s2"} and health.faults == 2
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(recording_mod.os, "open", real_open)
+    _frames(rec, 30, 10)
+    info = rec.seal()
+    assert [s.path.name for s in info.segments] == ["s1.wav"] and info.gaps == ()
+    _, data = read_wav(info.path)
+    assert np.array_equal(data[0::2], np.repeat(np.arange(40), 160))
+    monkeypatch.setattr(recording_mod.os, "open", full)
+    lost = never.seal()
+    assert lost.segments == () and lost.sha256 == "" and lost.duration == 0.0
+    assert [(g.start, g.end, g.frames_lost) for g in lost.gaps] == [(0.0, 0.6, 4800)]
+    assert health.spooling == set() and health.spool_bytes == 0
