@@ -14,7 +14,8 @@ one canonical term:
   groups next to a letter-digit group) becomes one code term ("ab12cde", "b11aa",
   "0121" from "oh one two one"). A code in a query also matches longer codes that start
   with it (``is_code``): "AB12" finds "AB12 CDE";
-* plurals and simple stems are left to the index's Porter stemmer (FTS5), which sees
+* irregular plurals to their singular ("knives" -> "knife", "men" -> "man"); regular
+  plurals and simple stems are left to the index's Porter stemmer (FTS5), which sees
   these canonical terms on both sides.
 
 :func:`phonetic_key` is a compact Metaphone-like key (consonant skeleton with English
@@ -68,6 +69,12 @@ US_UK = {
     "cell": "cell", "cellphone": "mobile", "sidewalk": "pavement", "apartment": "flat",
     "gasoline": "petrol", "gas": "gas", "mailman": "postman", "zip": "zip",
 }
+IRREGULAR_PLURALS = {  # the Porter stemmer leaves these apart from their singulars
+    "knives": "knife", "wives": "wife", "thieves": "thief", "wolves": "wolf", "halves": "half",
+    "shelves": "shelf", "loaves": "loaf", "men": "man", "women": "woman", "children": "child",
+    "feet": "foot", "teeth": "tooth", "mice": "mouse", "geese": "goose", "policemen": "policeman",
+    "policewomen": "policewoman",
+}
 _US_SUFFIX_WORDS = {  # stems whose -or/-er/-ize endings are American
     "color", "honor", "favor", "neighbor", "behavior", "harbor", "labor", "rumor", "humor",
     "vapor", "armor", "odor", "flavor", "center", "theater", "meter", "liter", "fiber",
@@ -84,9 +91,12 @@ def _fold(word: str) -> str:
 
 
 def uk_spelling(w: str) -> str:
-    """One lower-case word in UK spelling (a no-op for UK and unknown words)."""
+    """One lower-case word in UK spelling (a no-op for UK and unknown words), irregular
+    plurals as their singular."""
     if w in US_UK:
         return US_UK[w]
+    if w in IRREGULAR_PLURALS:
+        return IRREGULAR_PLURALS[w]
     for suffix in ("s", "ed", "ing", "ful", "less", "able", "ably"):  # neighbors, colored
         if w.endswith(suffix) and w[: -len(suffix)] in _US_SUFFIX_WORDS:
             return US_UK[w[: -len(suffix)]] + suffix
@@ -209,7 +219,9 @@ def _numbers(units: list[_Unit]) -> list[_Unit]:
                 end = j
         if last in ("unit", "teen", "tens", "hundred", "scale", "and") or words_used > 1:
             span = units[i:end]
-            kind = "unit" if len(span) == 1 and span[0].kind == "unit" else "number"
+            # a single number word may be part of a spelled code ("alpha twelve"); a
+            # number of several words ("two thousand") never is
+            kind = span[0].kind if len(span) == 1 else "number"
             out.append(_Unit(str(total + cur), span[0].first, span[-1].last, total + cur, kind))
             i = end
         else:
@@ -221,6 +233,8 @@ def _numbers(units: list[_Unit]) -> list[_Unit]:
 def _piece(u: _Unit, prev: str | None) -> str | None:
     """The characters ``u`` adds to a spelled code, or None if it cannot be part of one."""
     t = u.text
+    if u.kind == "number":
+        return None
     if prev is None and u.kind != "unit" and len(t) > 1 and t.isalpha() and t not in NATO:
         return None  # the common case, decided early
     if len(t) > 8 and t not in NATO:
