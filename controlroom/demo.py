@@ -5,7 +5,8 @@ CAD publisher, console) and SIPp handler phones, then places 999 and 101 calls w
 callers speak synthesised English over G.711 through Kamailio. A CAD stand-in
 subscribes to the broker and counts what it receives. Stops cleanly on Ctrl-C or after
 ``--duration`` and leaves nothing running; the data stays in ``--keep`` if given, so the
-calls can then be found with ``controlroom search WORDS --config DIR/controlroom.toml``.
+calls can then be found with ``controlroom search WORDS --config DIR/controlroom.toml
+--user auditor --reason WHY`` (every search is access-logged with its reason).
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def _summary(stack: Stack, cad: dict[str, int], workdir: Path, kept: bool) -> No
     except Exception as exc:  # the demo's summary must not hide the shutdown
         print(f"  search unavailable: {exc}")
     if kept:
-        print(f"\n  data kept in {workdir}; try:\n    controlroom search burglary --config {workdir}/controlroom.toml")
+        print(f"\n  data kept in {workdir}; try:\n    controlroom search burglary --config"
+              f" {workdir}/controlroom.toml --user auditor --reason 'demo: trying the search'")
 
 
