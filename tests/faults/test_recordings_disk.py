@@ -96,7 +96,7 @@ async def test_recordings_disk_full_mid_call_spools_resumes_and_records_the_gap(
             assert [s["id"] for s in msg["recording"]["segments"]] == [
                 Path(s["path"]).stem for s in segments]
             assert msg["recording"]["gaps"][0]["frames_lost"] == gap["frames_lost"]
-            print(f"disk full {gap['end'] - gap['start'] + 3:.1f} s: segments "
+            print(f"spool 3 s: segments "
                   f"{[(s['start'], s['duration']) for s in segments]}, gap "
                   f"{gap['start']:.2f}-{gap['end']:.2f} s ({gap['frames_lost']} frames)")
 
@@ -166,6 +166,7 @@ async def test_recordings_file_system_turned_read_only_then_repaired(tmp_path: P
                 assert lost["frames_lost"] == round(row["recording_duration"] * 8000)
                 survived = -1
             print(f"read-only at {gap['start']:.2f} s; sealed {frames} frames as .part; "
-                  f"after fsck and restart: {survived} frames survive")
+                  "after fsck and restart: "
+                  f"{f'{survived} frames survive' if survived >= 0 else 'the file is gone'}")
         finally:
             await svc.stop()
