@@ -67,6 +67,7 @@ def _check(tmp_path: Path, data: dict) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.faults
 def test_check_config_cli_refuses_sips_and_tls(tmp_path: Path) -> None:
     """`controlroom check-config` exits 2 naming the key for a sips: phone and a TLS proxy,
     and 0 for the same file with sip: URIs."""
