@@ -45,6 +45,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import loadcheck  # noqa: E402 - after the path set-up above
+
 DOMAIN = "controlroom.local"
 
 
@@ -343,27 +345,46 @@ def cpu_of(pid: int) -> float:
         return 0.0
 
 
+RATE_PERIOD_MS = 100_000
+"""SIPp rates are given in calls per 100 s: ``-rate_max`` and ``-rate_increase`` take only
+integers, so a 30 % share of 25 calls/s (7.5) becomes 750 calls per 100 s instead of an
+argument SIPp rejects at start (it used to exit at once, and the round printed ok 0)."""
+
+
 def run_callers(args: argparse.Namespace, kam: Any, dialled: str | list[tuple[str, float]],
-                clip: Any, watch: dict[str, int], name: str) -> dict[str, Any]:
+                clip: Any, watch: dict[str, int], name: str, work: Path,
+                min_completed: float | None = loadcheck.MIN_COMPLETED) -> dict[str, Any]:
     """One round of caller load; returns SIPp's figures and CPU seconds of watched processes.
 
     ``dialled`` is one number, or ``[(number, share), ...]``: one SIPp per number, each
     with its share of ``--calls`` and of the rates, all running at once (a 999/101 mix).
+    ``res["failures"]`` lists why the round does not count (see :mod:`loadcheck`).
     """
     from harness import scenarios
     from harness.sipp import Sipp
 
     mix = [(dialled, 1.0)] if isinstance(dialled, str) else [(d, f) for d, f in dialled if f > 0]
+    per_s = 1000 / RATE_PERIOD_MS
     sipps: list[tuple[str, Sipp]] = []
+    offered: dict[str, dict[str, float]] = {}
     for number, share in mix:
         scen = scenarios.caller(dialled=number, pcap=clip.pcap, talk_ms=int(args.talk * 1000),
                                 dtmf_pt=None)
+        n = max(1, round(args.calls * share))
+        rate = max(1, round(args.rate_start * share / per_s))
+        rate_max = max(rate, round(args.rate_max * share / per_s))
+        step = max(1, round(args.rate_step * share / per_s)) if rate_max > rate else None
+        limit = max(1, round(args.limit * share))
+        offered[number] = {
+            "calls": n, "limit": limit, "final_rate": rate_max * per_s,
+            "seconds": loadcheck.placement_seconds(n, rate * per_s, (step or 0) * per_s, 1.0,
+                                                   rate_max * per_s)}
         sipps.append((number, Sipp(
-            scen, target=kam.addr, calls=max(1, round(args.calls * share)),
-            rate=args.rate_start * share, rate_increase=max(1, round(args.rate_step * share)),
-            rate_interval=1.0, rate_max=args.rate_max * share,
-            limit=max(1, round(args.limit * share)), trace_msg=False,
-            timeout=args.phase_timeout, name=f"{name}-{number}")))
+            scen, target=kam.addr, calls=n, rate=rate, rate_period_ms=RATE_PERIOD_MS,
+            rate_increase=step, rate_interval=1.0, rate_max=rate_max if step else None,
+            limit=limit, trace_msg=False, timeout=args.phase_timeout, name=f"{name}-{number}",
+            workdir=work / f"{name}-{number}")))
+        (work / f"{name}-{number}").mkdir()
     cpu0 = {k: cpu_of(pid) for k, pid in watch.items()}
     t0 = time.monotonic()
     for _, sipp in sipps:
@@ -386,16 +407,40 @@ def run_callers(args: argparse.Namespace, kam: Any, dialled: str | list[tuple[st
     wall = time.monotonic() - t0
     rtd: list[float] = []
     lines = {}
-    for number, sipp in sipps:
+    failures: list[str] = []
+    for (number, sipp), code in zip(sipps, codes, strict=True):
         r = sipp.response_times_ms()
         rtd += r
+        o = offered[number]
+        placed = loadcheck.placement_from_stats(
+            loadcheck.read_stats(sipp.dir / "stats.csv"), int(o["calls"]),
+            loadcheck.read_sent_ms(sorted(sipp.dir.glob("*_rtt.csv"))))
+        try:
+            said = (sipp.dir / "sipp.out").read_text(errors="replace")
+        except OSError:
+            said = ""
+        failures += loadcheck.shortfalls(
+            f"{name} (line {number})", calls=int(o["calls"]), completed=sipp.successful,
+            placement=placed, offered_s=o["seconds"], final_rate=o["final_rate"],
+            limit=int(o["limit"]), exit_code=code, output=said, tolerance=args.rate_tolerance,
+            min_completed=min_completed)
         lines[number] = {"ok": sipp.successful, "failed": sipp.failed, "rtd_p50": pct(r, 50),
-                         "rtd_p99": pct(r, 99), "rtd_max": max(r or [0])}
+                         "rtd_p99": pct(r, 99), "rtd_max": max(r or [0]),
+                         "offered": int(o["calls"]), "created": placed.created,
+                         "offered_cps": o["calls"] / o["seconds"],
+                         "placed_cps": (o["calls"] / placed.seconds if placed.seconds
+                                        else float("nan")),
+                         "peak_current": placed.peak_current, "limit": int(o["limit"])}
     return {"exit": max(codes, key=lambda c: c != 0), "ok": sum(v["ok"] for v in lines.values()),
             "failed": sum(v["failed"] for v in lines.values()), "wall": wall,
+            "offered": sum(v["offered"] for v in lines.values()),
+            "offered_cps": sum(v["offered_cps"] for v in lines.values()),
+            "placed_cps": sum(v["placed_cps"] for v in lines.values()),
             "rtd_p50": pct(rtd, 50), "rtd_p99": pct(rtd, 99), "rtd_max": max(rtd or [0]),
-            "lines": lines,
+            "lines": lines, "failures": failures,
             "cpu": {k: (cpu_last[k] - cpu0.get(k, 0.0)) / wall for k in watch},
+            "cpu_s": {k: cpu_last[k] - cpu0.get(k, 0.0) for k in watch},
+            "load1": os.getloadavg()[0],
             "errors": "\n".join(sp.errors_text(1500) for _, sp in sipps if sp.failed)}
 
 
@@ -509,14 +554,31 @@ def main() -> None:
     ap.add_argument("--no-pyvoip", action="store_true")
     ap.add_argument("--pyvoip-calls", type=int, default=600,
                     help="calls against pyVoIP (0: same as --calls)")
+    ap.add_argument("--pyvoip-rounds", type=int, default=1,
+                    help="rounds against pyVoIP (each paired with the engine round of the "
+                    "same number for the CPU ratio)")
+    ap.add_argument("--rate-tolerance", type=float, default=loadcheck.RATE_TOLERANCE,
+                    help="the run fails if a caller SIPp places its calls this much slower "
+                    "than the offered rate (0.10 = 10 %%)")
+    ap.add_argument("--min-completed", type=float, default=loadcheck.MIN_COMPLETED,
+                    help="the run fails if an engine round completes fewer than this share "
+                    "of its offered calls; also the share both sides must complete for the "
+                    "engine-vs-pyVoIP CPU ratio to be printed")
     args = ap.parse_args()
     if args.serve_engine:
         asyncio.run(serve_engine(args))
         return
-    orchestrate(args)
+    if args.rate_start > args.rate_max:
+        ap.error(f"--rate-start {args.rate_start:g} is above --rate-max {args.rate_max:g}")
+    failures = orchestrate(args)
+    for f in failures:
+        print(f"FAILED: {f}")
+    if failures:
+        sys.exit(1)
 
 
-def orchestrate(args: argparse.Namespace) -> None:
+def orchestrate(args: argparse.Namespace) -> list[str]:
+    """Run the rounds and print the figures; returns why the run does not count."""
     import psutil
 
     from harness import scenarios, speech
@@ -526,8 +588,8 @@ def orchestrate(args: argparse.Namespace) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="sip-load-"))
     load = os.getloadavg()
-    print(f"work dir {work}; {psutil.cpu_count()} CPUs; load avg {load[0]:.1f} {load[1]:.1f} "
-          f"{load[2]:.1f}")
+    print(f"work dir {work}; machine: {loadcheck.machine()}; load avg {load[0]:.1f} "
+          f"{load[1]:.1f} {load[2]:.1f}")
     if load[0] > (psutil.cpu_count() or 1):
         print("WARNING: the machine is already busy; figures below include CPU contention")
     clip = speech.speech_clip("Police, which service? There has been a crash on the motorway, "
@@ -542,6 +604,9 @@ def orchestrate(args: argparse.Namespace) -> None:
     py_rtp = free_rtp_range(2 * (args.limit + 50))
     stack: list[Any] = []
     results: dict[str, Any] = {}
+    failures: list[str] = []
+    engine_rounds: list[dict[str, Any]] = []
+    py_rounds: list[dict[str, Any]] = []
     try:
         kam = Kamailio(routes={n: [f"127.0.0.1:{p}" for p in engine_ports] for n in ("999", "101")}, domain=DOMAIN,
                        trace=False, debug=1, children=4, workdir=work / "kamailio")
@@ -604,7 +669,7 @@ def orchestrate(args: argparse.Namespace) -> None:
             (work / f"sipcap{r}").mkdir()
             cap.start()
             mix = [("999", 1.0 - args.share_101), ("101", args.share_101)]
-            res = run_callers(args, kam, mix, clip, watch, f"callers-engine-{r}")
+            res = run_callers(args, kam, mix, clip, watch, f"callers-engine-{r}", work)
             t1 = time.time()
             # Drain: wait (bounded) until no call or leg is left, so idle RSS means idle.
             drain_end = time.monotonic() + args.drain
@@ -619,6 +684,8 @@ def orchestrate(args: argparse.Namespace) -> None:
             per = [read_jsonl(p) for p in stats_paths]
             res["engine"] = combine([engine_round_figures(sm, t0, t1) for sm in per])
             res["cpu"]["engine"] = sum(v for k, v in res["cpu"].items() if k.startswith("engine"))
+            res["cpu_s"]["engine"] = sum(v for k, v in res["cpu_s"].items()
+                                         if k.startswith("engine"))
             res["idle_rss"] = sum(sm[-1]["rss"] for sm in per)
             keys = ("arrived", "ended", "legs_answered", "legs_failed", "sealed", "complete",
                     "rtp_out")
@@ -628,8 +695,13 @@ def orchestrate(args: argparse.Namespace) -> None:
             idle_blocks.append(sum(sm[-1].get("blocks", 0) for sm in per))
             idle_tracked.append(sum(sm[-1].get("tracked", 0) for sm in per))
             results[f"engine round {r + 1}"] = res
+            engine_rounds.append(res)
             report_round(f"engine round {r + 1} ({nw} worker{'s' * (nw > 1)})", res,
                          idle_rss[0], args)
+            failures += res["failures"]
+            if any(v["created"] < v["offered"] for v in res["lines"].values()):
+                print("(no further round: the load generator did not place its calls)")
+                break
         ans: list[float] = []
         gcs: list[dict[str, Any]] = []
         lag = 0.0
@@ -665,28 +737,14 @@ def orchestrate(args: argparse.Namespace) -> None:
               f"{', '.join(f'{x / 1000:.0f}' for x in idle_blocks)}; GC-tracked objects: "
               f"{', '.join(str(x) for x in idle_tracked)}")
 
-        if not args.no_pyvoip:
-            results["pyvoip"] = pyvoip_round(args, kam, clip, work, pyvoip_port, py_rtp)
-            e = results["engine round 1"]
-            p = results["pyvoip"]
-            print("\n=== engine vs pyVoIP (same caller load) ===")
-            print(f"calls completed: {e['ok']} vs {p['ok']}  (failed {e['failed']} vs {p['failed']})")
-            print(f"INVITE->200 p50: {e['rtd_p50']:.1f} vs {p['rtd_p50']:.1f} ms "
-                  f"(ratio {p['rtd_p50'] / max(e['rtd_p50'], 0.1):.1f}x)")
-            print(f"INVITE->200 p99: {e['rtd_p99']:.1f} vs {p['rtd_p99']:.1f} ms "
-                  f"(ratio {p['rtd_p99'] / max(e['rtd_p99'], 0.1):.1f}x)")
-            ce, cp = e["cpu"].get("engine", 0), p["cpu"].get("pyvoip", 0)
-            print(f"CPU (cores): engine {ce:.2f} (bridging 2 legs/call) vs pyVoIP {cp:.2f} "
-                  f"(1 leg/call)")
-            ee = e.get("engine", {})
-            py_streams = p.get("phone", {}).get("ended", 0) * args.talk
-            if ee.get("streams_s") and py_streams:
-                pe = ee["cpu_s"] / ee["streams_s"] * 1000
-                pp = cp * p["wall"] / py_streams * 1000
-                print(f"CPU per stream-second: engine {pe:.2f} ms vs pyVoIP {pp:.2f} ms "
-                      f"(pyVoIP costs {pp / pe:.1f}x); pyVoIP recorded "
-                      f"{p['phone'].get('recorded_seconds', 0):.0f} s of {py_streams:.0f} s "
-                      f"of caller audio")
+        print_summary(engine_rounds, args)
+        if not args.no_pyvoip and not failures:
+            for j in range(args.pyvoip_rounds):
+                res = pyvoip_round(args, kam, clip, work, pyvoip_port, py_rtp, j)
+                results[f"pyvoip round {j + 1}"] = res
+                py_rounds.append(res)
+                failures += res["failures"]
+            compare(engine_rounds, py_rounds, args)
     finally:
         for item in reversed(stack):
             try:
@@ -695,6 +753,7 @@ def orchestrate(args: argparse.Namespace) -> None:
                 print("stop failed:", exc)
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"results: {work / 'results.json'}")
+    return failures
 
 
 def report_round(name: str, r: dict[str, Any], rss0: int, args: argparse.Namespace) -> None:
@@ -705,6 +764,8 @@ def report_round(name: str, r: dict[str, Any], rss0: int, args: argparse.Namespa
     print(f"SIPp callers: ok {r['ok']} failed {r['failed']} exit {r['exit']}; "
           f"INVITE->200 via Kamailio p50 {r['rtd_p50']:.1f} ms p99 {r['rtd_p99']:.1f} ms "
           f"max {r['rtd_max']:.1f} ms")
+    print(f"offered {r['offered']} calls at {r['offered_cps']:.2f} calls/s; SIPp placed "
+          f"{sum(v['created'] for v in r['lines'].values())} at {r['placed_cps']:.2f}/s")
     if len(r.get("lines", {})) > 1:
         for number, v in r["lines"].items():
             print(f"  line {number}: ok {v['ok']} failed {v['failed']}; INVITE->200 p50 "
@@ -740,16 +801,113 @@ def report_round(name: str, r: dict[str, Any], rss0: int, args: argparse.Namespa
         print("SIPp errors (tail):", r["errors"][-800:])
 
 
+def generator_cpu(r: dict[str, Any]) -> tuple[float, float]:
+    """CPU seconds SIPp (callers and handler phones) and Kamailio used during a round."""
+    cs = r.get("cpu_s", {})
+    return (sum(v for k, v in cs.items() if k.startswith(("sipp", "handlers"))),
+            cs.get("kamailio", 0.0))
+
+
+def print_summary(rounds: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Each engine figure as min / median / max over the rounds, with the load beside it."""
+    if not rounds:
+        return
+    def col(f: Any) -> list[float]:
+        out = []
+        for r in rounds:
+            try:
+                out.append(float(f(r)))
+            except (KeyError, ZeroDivisionError, TypeError):
+                out.append(float("nan"))
+        return out
+
+    def ms_per(r: dict[str, Any], per: float) -> float:
+        return r["engine"]["cpu_s"] / per * 1000
+    print(f"\n=== summary: {len(rounds)} engine round(s) of {args.calls} calls, "
+          f"{args.rate_start:g}->{args.rate_max:g} calls/s offered, talk {args.talk:g} s; "
+          f"machine: {loadcheck.machine()} ===")
+    for line in loadcheck.table([
+        ("completed / offered (%)", col(lambda r: 100 * r["ok"] / r["offered"]), ".1f"),
+        ("calls/s placed by SIPp", col(lambda r: r["placed_cps"]), ".2f"),
+        ("INVITE->200 p50 (ms, via Kamailio)", col(lambda r: r["rtd_p50"]), ".1f"),
+        ("INVITE->200 p99 (ms)", col(lambda r: r["rtd_p99"]), ".1f"),
+        ("INVITE->200 max (ms)", col(lambda r: r["rtd_max"]), ".1f"),
+        ("peak concurrent calls", col(lambda r: r["engine"]["peak_calls"]), ".0f"),
+        ("engine CPU (cores)", col(lambda r: r["cpu"]["engine"]), ".2f"),
+        ("engine CPU ms per stream-second", col(lambda r: ms_per(r, r["engine"]["streams_s"])),
+         ".2f"),
+        ("engine CPU ms per completed call-second",
+         col(lambda r: r["cpu_s"]["engine"] / (r["ok"] * args.talk) * 1000), ".2f"),
+        ("load avg (1 min) at round end", col(lambda r: r["load1"]), ".1f"),
+        ("SIPp CPU s (callers + handlers)", col(lambda r: generator_cpu(r)[0]), ".1f"),
+        ("Kamailio CPU s", col(lambda r: generator_cpu(r)[1]), ".1f"),
+    ]):
+        print(line)
+
+
+def compare(engine: list[dict[str, Any]], py: list[dict[str, Any]],
+            args: argparse.Namespace) -> None:
+    """Engine vs pyVoIP on equal completed work: CPU seconds over the caller window per
+    completed call-second (same scenario, same talk time, same offered rate), paired round
+    by round; no ratio unless both completed ``--min-completed`` of their offered calls."""
+    if not py:
+        return
+    print("\n=== engine vs pyVoIP (same caller scenario and offered rate) ===")
+    rows, ratios, why = [], [], []
+    for i, (e, p) in enumerate(zip(engine, py, strict=False)):
+        ce = e["cpu_s"].get("engine", 0.0) / max(e["ok"] * args.talk, 1e-9) * 1000
+        cp = p["cpu_s"].get("pyvoip", 0.0) / max(p["ok"] * args.talk, 1e-9) * 1000
+        short = [f"{n} completed {r['ok']}/{r['offered']}" for n, r in (("engine", e),
+                 ("pyVoIP", p)) if r["ok"] < args.min_completed * r["offered"]]
+        rows.append((i, e, p, ce, cp))
+        if not short and (ce <= 0 or cp <= 0):
+            short = ["no CPU time measured"]
+        if short:
+            why.append(f"round {i + 1}: " + ", ".join(short))
+        else:
+            ratios.append(cp / ce)
+    for line in loadcheck.table([
+        ("engine completed (%)", [100 * e["ok"] / e["offered"] for _, e, _, _, _ in rows], ".1f"),
+        ("pyVoIP completed (%)", [100 * p["ok"] / p["offered"] for _, _, p, _, _ in rows], ".1f"),
+        ("engine INVITE->200 p50 (ms)", [e["rtd_p50"] for _, e, _, _, _ in rows], ".1f"),
+        ("pyVoIP INVITE->200 p50 (ms)", [p["rtd_p50"] for _, _, p, _, _ in rows], ".1f"),
+        ("engine INVITE->200 p99 (ms)", [e["rtd_p99"] for _, e, _, _, _ in rows], ".1f"),
+        ("pyVoIP INVITE->200 p99 (ms)", [p["rtd_p99"] for _, _, p, _, _ in rows], ".1f"),
+        ("engine CPU ms per completed call-s", [ce for *_, ce, _ in rows], ".2f"),
+        ("pyVoIP CPU ms per completed call-s", [cp for *_, cp in rows], ".2f"),
+        ("load avg (1 min), pyVoIP round end", [p["load1"] for _, _, p, _, _ in rows], ".1f"),
+        ("SIPp CPU s, pyVoIP round", [generator_cpu(p)[0] for _, _, p, _, _ in rows], ".1f"),
+        ("Kamailio CPU s, pyVoIP round", [generator_cpu(p)[1] for _, _, p, _, _ in rows], ".1f"),
+    ]):
+        print(line)
+    print("(engine: answers, records both directions and bridges a handler leg; pyVoIP: "
+          "answers and records the caller; CPU over each round's caller window)")
+    recorded = [p.get("phone", {}).get("recorded_seconds", 0.0) / max(p["ok"] * args.talk, 1e-9)
+                for p in py]
+    print("pyVoIP recorded caller audio (% of completed talk time): "
+          + ", ".join(f"{100 * x:.0f}" for x in recorded))
+    if ratios:
+        lo, mid, hi = loadcheck.spread(ratios) or (0.0, 0.0, 0.0)
+        print(f"CPU ratio pyVoIP/engine per completed call-second: min {lo:.1f}x median "
+              f"{mid:.1f}x max {hi:.1f}x over {len(ratios)} paired round(s)")
+    for w in why:
+        print(f"no CPU ratio for {w} (< {args.min_completed:.0%}): not equal completed work; "
+              f"rerun at a rate both complete, e.g. --rate-start 10 --rate-max 10")
+
+
 def pyvoip_round(args: argparse.Namespace, kam: Any, clip: Any, work: Path, port: int,
-                 rtp: tuple[int, int]) -> dict[str, Any]:
+                 rtp: tuple[int, int], j: int) -> dict[str, Any]:
+    """One round against a fresh pyVoIP phone. Its completions are a result (no
+    ``--min-completed`` check); its SIPp must still place every call at the offered rate
+    unless pyVoIP held it at its concurrent-call limit."""
     from harness.kamailio import Process, sip_options
 
-    stats = work / "pyvoip.json"
+    stats = work / f"pyvoip{j}.json"
     ph = Process([sys.executable, str(ROOT / "bench" / "pyvoip_phone.py"),
                   "--registrar", f"{kam.addr[0]}:{kam.addr[1]}", "--user", "pyvoip",
                   "--sip-port", str(port), "--rtp", f"{rtp[0]}-{rtp[1]}",
-                  "--out", str(work / "pyvoip-rec"), "--stats", str(stats)],
-                 log_path=work / "pyvoip.log", cwd=ROOT)
+                  "--out", str(work / f"pyvoip-rec{j}"), "--stats", str(stats)],
+                 log_path=work / f"pyvoip{j}.log", cwd=ROOT)
     try:
         deadline = time.monotonic() + 20
         # The proxy says 404 at once until pyVoIP has registered; after that the OPTIONS is
@@ -760,7 +918,8 @@ def pyvoip_round(args: argparse.Namespace, kam: Any, clip: Any, work: Path, port
             time.sleep(0.3)
         calls = args.pyvoip_calls or args.calls
         a2 = argparse.Namespace(**{**vars(args), "calls": calls})
-        res = run_callers(a2, kam, "pyvoip", clip, {"pyvoip": ph.pid}, "callers-pyvoip")
+        res = run_callers(a2, kam, "pyvoip", clip, {"pyvoip": ph.pid, "kamailio": kam._proc.pid},
+                          f"callers-pyvoip-{j}", work, min_completed=None)
         time.sleep(2)
     finally:
         ph.stop(timeout=10)
@@ -769,9 +928,12 @@ def pyvoip_round(args: argparse.Namespace, kam: Any, clip: Any, work: Path, port
         res["phone"]["answer_delay_ms"] = pct(res["phone"]["answer_delay_ms"], 50)
     except (OSError, ValueError):
         res["phone"] = {}
-    print(f"\n=== pyVoIP 1.6.8 phone: {calls} calls, same rate ramp ===")
-    print(f"SIPp callers: ok {res['ok']} failed {res['failed']} exit {res['exit']}; "
-          f"INVITE->200 p50 {res['rtd_p50']:.1f} ms p99 {res['rtd_p99']:.1f} ms")
+    print(f"\n=== pyVoIP 1.6.8 phone, round {j + 1}: {calls} calls, same rate ramp, load avg "
+          f"now {res['load1']:.1f} ===")
+    print(f"SIPp callers: ok {res['ok']} of {res['offered']} failed {res['failed']} exit "
+          f"{res['exit']}; offered {res['offered_cps']:.2f} calls/s, placed "
+          f"{res['placed_cps']:.2f}/s; INVITE->200 p50 {res['rtd_p50']:.1f} ms "
+          f"p99 {res['rtd_p99']:.1f} ms")
     print(f"phone counters: {res['phone']}")
     print("CPU (cores busy): " + ", ".join(f"{k} {v:.2f}" for k, v in res["cpu"].items()))
     return res
