@@ -93,8 +93,8 @@ def words_of(text: str) -> list[str]:
 
 def echoes_prompt(text: str, prompt: str, *, min_ratio: float = 0.9) -> bool:
     """True when ``text`` is (nearly) a contiguous run of the prompt's words: the same
-    number of words, compared on letters only (``"Kings Heath"`` matches
-    ``"Kingsheath"``), at least ``min_ratio`` alike. ``"in Erdington"`` is not an echo
+    number of words, compared on their letters (case and punctuation ignored), at
+    least ``min_ratio`` alike. ``"in Erdington"`` is not an echo
     of a prompt that lists ``Erdington`` (the caller said more than the name)."""
     seg = words_of(text)
     pw = words_of(prompt)
