@@ -106,6 +106,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from transcription import TranscriptSearch
 
     settings = _load(args.config)
+    _logs_to_stderr()
     db = _open_db(settings)
     username = args.user or getpass.getuser()
     row = db.query_one("SELECT username, roles, handler_id, disabled FROM console_users"
@@ -153,6 +154,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0 if hits else 1
 
 
+def _logs_to_stderr() -> None:
+    """Progress logs go to stderr: stdout carries the command's result (JSON)."""
+    from controlroom.logs import configure
+
+    configure("info")
+
+
 def _tsettings(args: argparse.Namespace):  # noqa: ANN202 - TranscriptionSettings
     from dataclasses import replace
 
@@ -172,6 +180,7 @@ def _tsettings(args: argparse.Namespace):  # noqa: ANN202 - TranscriptionSetting
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from transcription import TranscriptionError, transcribe_file
 
+    _logs_to_stderr()
     try:
         result = transcribe_file(Path(args.recording), _tsettings(args))
     except TranscriptionError as exc:
@@ -190,6 +199,7 @@ def cmd_retranscribe(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     settings = _load(args.config)
+    _logs_to_stderr()
     try:
         since = audit.parse_time(args.since, "--since")
         until = audit.parse_time(args.until, "--until", end_of_day=True)
@@ -209,8 +219,9 @@ def cmd_retranscribe(args: argparse.Namespace) -> int:
 def cmd_reindex(args: argparse.Namespace) -> int:
     from transcription import store as tstore
 
-    db = _open_db(_load(args.config))
-    n = tstore.reindex(db)
+    settings = _load(args.config)
+    _logs_to_stderr()
+    n = tstore.reindex(_open_db(settings))
     print(f"reindexed {n} transcripts")
     return 0
 
