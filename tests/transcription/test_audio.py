@@ -76,19 +76,62 @@ def test_read_recording_mono_is_caller(tmp_path):
 
 
 def test_read_recording_errors(tmp_path):
-    """Missing, non-WAV and 8-bit files raise AudioError with exact reasons."""
+    """Missing, non-WAV and 4-channel files raise AudioError with exact reasons."""
     with pytest.raises(AudioError, match=r"^recording not found: .*nope\.wav$"):
         read_recording(tmp_path / "nope.wav")
     (tmp_path / "junk.wav").write_bytes(b"not a wav at all")
     with pytest.raises(AudioError, match=r"is not a readable WAV file"):
         read_recording(tmp_path / "junk.wav")
+    with wave.open(str(tmp_path / "quad.wav"), "wb") as w:
+        w.setnchannels(4)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(bytes(800))
+    with pytest.raises(AudioError, match="has 4 channels; expected 1 .caller. or 2"):
+        read_recording(tmp_path / "quad.wav")
+
+
+def _riff(fmt_tag: int, channels: int, bits: int, body: bytes, *, extensible: bool = False) -> bytes:
+    import struct
+    block = channels * bits // 8
+    if extensible:  # WAVE_FORMAT_EXTENSIBLE with the real format in the sub-format GUID
+        fmt = struct.pack("<HHIIHHHHIH14s", 0xFFFE, channels, 8000, 8000 * block, block, bits,
+                          22, bits, 0, fmt_tag, bytes(14))
+    else:
+        fmt = struct.pack("<HHIIHH", fmt_tag, channels, 8000, 8000 * block, block, bits)
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(body)) + body
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+@pytest.mark.parametrize("law,tag", [("alaw", 6), ("ulaw", 7)])
+@pytest.mark.parametrize("extensible", [False, True])
+def test_read_g711_wav(tmp_path, law, tag, extensible):
+    """A-law and µ-law WAVs (stereo, also as WAVE_FORMAT_EXTENSIBLE) decode as the phone
+    path decodes G.711: caller left, handler right."""
+    from telephony.media import g711
+    x = (np.sin(np.arange(1600) / 8) * 12000).astype(np.int16)
+    enc = g711.alaw_encode if law == "alaw" else g711.ulaw_encode
+    dec = g711.alaw_decode if law == "alaw" else g711.ulaw_decode
+    left, right = np.frombuffer(enc(x), np.uint8), np.frombuffer(enc(x // 4), np.uint8)
+    body = np.stack([left, right], axis=1).tobytes()
+    (tmp_path / "g.wav").write_bytes(_riff(tag, 2, 8, body, extensible=extensible))
+    rec = read_recording(tmp_path / "g.wav")
+    assert rec.rate == 8000 and rec.duration == 0.2
+    assert np.array_equal(rec.channels["caller"], dec(left.tobytes()))
+    assert np.array_equal(rec.channels["handler"], dec(right.tobytes()))
+
+
+def test_read_8_and_24_bit_pcm(tmp_path):
+    """8-bit (unsigned) and 24-bit PCM become 16-bit samples."""
     with wave.open(str(tmp_path / "u8.wav"), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(1)
         w.setframerate(8000)
-        w.writeframes(bytes(800))
-    with pytest.raises(AudioError, match="has 8-bit samples; 16-bit PCM is required"):
-        read_recording(tmp_path / "u8.wav")
+        w.writeframes(bytes([128, 255, 0]))
+    assert read_recording(tmp_path / "u8.wav").channels["caller"].tolist() == [0, 127 << 8, -32768]
+    body = b"".join(v.to_bytes(3, "little", signed=True) for v in (0, 0x123456, -0x123456))
+    (tmp_path / "s24.wav").write_bytes(_riff(1, 1, 24, body, extensible=True))
+    assert read_recording(tmp_path / "s24.wav").channels["caller"].tolist() == [0, 0x1234, -0x1235]
 
 
 def test_ulaw_helper_round_trip_error_is_small():
