@@ -14,7 +14,7 @@ case "$what" in demo|test|install) ;; *)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-DEBS=(kamailio sip-tester mosquitto baresip espeak-ng sox chromium python3-venv python3-dev
+DEBS=(kamailio kamailio-tls-modules sip-tester mosquitto baresip espeak-ng sox chromium python3-venv python3-dev
       gcc tshark)
 missing=()
 for p in "${DEBS[@]}"; do

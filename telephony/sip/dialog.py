@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .hop import uri_transport, with_transport
 from .message import Request, Response
 from .uri import NameAddr, SipUri, is_ip, parse_name_addr
 
@@ -109,19 +110,23 @@ class Dialog:
 
 
 def resolve(uri: SipUri, fallback: Addr) -> Addr:
-    """Host/port of a URI when it is an address literal; otherwise ``fallback``.
+    """Host/port of a URI when it is an address literal; otherwise ``fallback``; marked
+    with the URI's transport (:func:`telephony.sip.hop.uri_transport`) and, for TLS, the
+    URI's host as the name the certificate must carry.
 
     No DNS here: the sans-IO core must never block. ``localhost`` is allowed for tests.
     """
     host, port = uri.host_port
+    transport = uri_transport(uri)
+    name = uri.host if transport == "tls" else ""
     maddr = uri.params.get("maddr")
     if maddr and is_ip(maddr):
         host = maddr
     if host == "localhost":
         host = "127.0.0.1"
     if is_ip(host):
-        return host, port
-    return fallback
+        return with_transport((host, port), transport, name)
+    return with_transport(fallback, transport, name)
 
 
 def _untagged(addr: NameAddr) -> str:

@@ -16,6 +16,7 @@ from telephony.errors import SipParseError
 from .auth import answer_challenge
 from .dialog import Addr, resolve
 from .events import RegistrationResult, UaEvent
+from .hop import transport_of
 from .message import Request, Response
 from .transaction import ClientTransaction
 from .uri import SipUri, parse_name_addr, parse_uri
@@ -55,6 +56,7 @@ class RegisterMixin:
 
     host: str
     port: int
+    ports: dict[str, int]
     _events: list[UaEvent]
     _owner: dict[ClientTransaction, Any]
 
@@ -74,11 +76,17 @@ class RegisterMixin:
                  credentials: tuple[str, str] | None, owner: Any = None, now: float) -> Registration:
         """Register ``user`` at ``registrar`` and keep the binding refreshed."""
         reg_uri = parse_uri(registrar)
+        dest = resolve(reg_uri, (reg_uri.host, reg_uri.host_port[1]))
+        transport = transport_of(dest)
+        params = {"transport": reg_uri.params["transport"]} if "transport" in reg_uri.params else {}
+        port = self.ports.get(transport, self.port)
+        contact = (f"<sips:{user}@{self.host}:{port}>" if transport == "tls" else
+                   f"<sip:{user}@{self.host}:{port};transport={transport}>" if transport != "udp"
+                   else f"<sip:{user}@{self.host}:{self.port}>")
         reg = Registration(
-            registrar=SipUri(reg_uri.scheme, "", reg_uri.host, reg_uri.port),
-            aor=f"sip:{user}@{reg_uri.host}", contact=f"<sip:{user}@{self.host}:{self.port}>",
-            expires=expires, credentials=credentials,
-            dest=resolve(reg_uri, (reg_uri.host, reg_uri.host_port[1])), user=owner)
+            registrar=SipUri(reg_uri.scheme, "", reg_uri.host, reg_uri.port, params),
+            aor=f"{'sips' if reg_uri.scheme == 'sips' else 'sip'}:{user}@{reg_uri.host}",
+            contact=contact, expires=expires, credentials=credentials, dest=dest, user=owner)
         self._send_register(reg, now)
         return reg
 

@@ -1,4 +1,4 @@
-"""SIP transactions over UDP (RFC 3261 §17, with RFC 6026's Accepted state). Sans-IO.
+"""SIP transactions (RFC 3261 §17, with RFC 6026's Accepted state). Sans-IO.
 
 Theory of operation: a transaction is fed the messages that match it and ``now`` (a
 monotonic clock in seconds) and returns the datagrams to send. ``deadline`` is when
@@ -14,12 +14,20 @@ server    INVITE: G (retransmit non-2xx final, T1      non-INVITE: J (64*T1 abso
 ========  ==========================================  ==========================
 
 2xx responses to INVITE are retransmitted by the UA core (ua.py), not here.
+
+Over a reliable transport (TCP, TLS: the destination or source is a
+:class:`~telephony.sip.hop.Hop` marked so) nothing is retransmitted here: timers A, E and
+G are not used, and D, I, J and K are zero (RFC 3261 §17.1.1.2, §17.1.2.2, §17.2.1,
+§17.2.2); B, F and H still bound the wait for an answer or an ACK. A server
+transaction's responses go to the request's source, i.e. back on its connection
+(§18.2.2), not to the Via's sent-by.
 """
 
 from __future__ import annotations
 
 import enum
 
+from .hop import is_reliable
 from .message import Request, Response
 
 T1 = 0.5
@@ -68,9 +76,10 @@ class ClientTransaction(_Timers):
         self.timed_out = False
         """True once B/F fired: the core reports 408 to its user."""
         self.final: Response | None = None
+        self.reliable = is_reliable(dest)
         self._data = request.encode()
         self._ack: bytes | None = None
-        self.retrans_at = now + T1
+        self.retrans_at = None if self.reliable else now + T1
         self.end_at = now + 64 * T1
 
     @property
@@ -107,7 +116,7 @@ class ClientTransaction(_Timers):
                 self.final = resp
                 self._ack = self._build_ack(resp).encode()
                 self.retrans_at = None
-                self.end_at = now + 32.0
+                self.end_at = now + (0.0 if self.reliable else 32.0)  # timer D
                 return [(self._ack, self.dest)], True
             if s == TxState.COMPLETED and self._ack:
                 return [(self._ack, self.dest)], False
@@ -120,7 +129,7 @@ class ClientTransaction(_Timers):
         self.state = TxState.COMPLETED
         self.final = resp
         self.retrans_at = None
-        self.end_at = now + T4
+        self.end_at = now + (0.0 if self.reliable else T4)  # timer K
         return [], True
 
     def on_timer(self, now: float) -> list[Send]:
@@ -167,10 +176,14 @@ class ClientTransaction(_Timers):
 class ServerTransaction(_Timers):
     """Holds the last response to a request and re-sends it on retransmissions."""
 
-    def __init__(self, request: Request, now: float) -> None:
+    def __init__(self, request: Request, now: float, source: Addr | None = None) -> None:
+        """``source``: where the request came from; when it is a reliable Hop, responses
+        go back to it (its connection) and nothing is retransmitted."""
         self.request = request
         self.invite = request.method == "INVITE"
-        self.dest = request.top_via.response_address()
+        self.reliable = source is not None and is_reliable(source)
+        self.dest: Addr = source if source is not None and self.reliable \
+            else request.top_via.response_address()
         self.state = TxState.PROCEEDING if self.invite else TxState.TRYING
         self.last: bytes | None = None
         self.last_status = 0
@@ -191,11 +204,11 @@ class ServerTransaction(_Timers):
         elif self.invite:
             self.state = TxState.COMPLETED
             self.interval = T1
-            self.retrans_at = now + T1
-            self.end_at = now + 64 * T1
+            self.retrans_at = None if self.reliable else now + T1  # timer G
+            self.end_at = now + 64 * T1  # timer H
         else:
             self.state = TxState.COMPLETED
-            self.end_at = now + 64 * T1
+            self.end_at = now + (0.0 if self.reliable else 64 * T1)  # timer J
         return [(self.last, self.dest)]
 
     def on_retransmit(self) -> list[Send]:
@@ -209,7 +222,7 @@ class ServerTransaction(_Timers):
         if self.state == TxState.COMPLETED:
             self.state = TxState.CONFIRMED
             self.retrans_at = None
-            self.end_at = now + T4
+            self.end_at = now + (0.0 if self.reliable else T4)  # timer I
 
     def on_timer(self, now: float) -> list[Send]:
         if self.end_at is not None and now >= self.end_at:

@@ -15,6 +15,13 @@ CANCEL deferred until a provisional arrives (RFC 3261 §9.1). Session timers (RF
 :mod:`.timer`): Session-Expires and Require on the 2xx, 422 below our Min-SE, refreshes
 (re-INVITE or bodyless UPDATE) restart the timer, a missing refresh ends the session with
 BYE and :class:`SessionExpired`, and when we are the refresher we send the re-INVITE.
+
+Transports (:mod:`.hop`): the adapter passes a :class:`~.hop.Hop` as the source of what
+came over TCP or TLS; responses go back to that source (its connection), Contact names
+the port and transport the request came on, and requests we send carry the transport of
+their destination in their Via (``SIP/2.0/TCP``, ``SIP/2.0/TLS``). A request over UDP
+larger than :data:`~.hop.UDP_SIZE_LIMIT` goes over TCP when we listen on TCP (RFC 3261
+§18.1.1). Stream framing faults reach :meth:`UserAgent.receive_fault`.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from .events import (
     UaEvent,
 )
 from .guard import ANSWER, SourceGuard
+from .hop import UDP_SIZE_LIMIT, Hop, is_reliable, transport_of, with_transport
 from .message import REASONS, Request, Response, make_response, parse
 from .register import RegisterMixin, Registration, new_tag
 from .timer import MIN_SE_FLOOR, Timer, TooSmall, from_response, negotiate
@@ -116,10 +124,15 @@ class UserAgent(RegisterMixin):
 
     def __init__(self, *, host: str, port: int, domain: str = "localhost",
                  user_agent: str = "controlroom", max_message_bytes: int = 65535,
-                 min_se: int = MIN_SE_FLOOR, guard: SourceGuard | None = None) -> None:
+                 min_se: int = MIN_SE_FLOOR, guard: SourceGuard | None = None,
+                 ports: dict[str, int] | None = None) -> None:
         """``guard`` decides what requests from untrusted sources get (see
-        :mod:`telephony.sip.guard`); without one every source is treated as trusted."""
+        :mod:`telephony.sip.guard`); without one every source is treated as trusted.
+        ``ports``: our listening port per transport (``udp``, ``tcp``, ``tls``); default
+        UDP on ``port`` only."""
         self.host = host
+        self.ports = dict(ports) if ports else {"udp": port}
+        """Listening port per transport: what Via and Contact name."""
         self.guard = guard
         self.min_se = max(min_se, MIN_SE_FLOOR)
         """Smallest session interval we accept (RFC 4028 Min-SE); smaller ones get 422."""
@@ -174,13 +187,18 @@ class UserAgent(RegisterMixin):
                 self._send_register(obj, now)
             self._sched(obj)
 
-    def receive(self, data: bytes, addr: Addr, now: float) -> None:
-        """One datagram from ``addr``. Never raises on bad input: answers 400 (or the
-        parse fault's status) once when the request can be routed, else drops; counts
-        ``malformed`` and ``malformed_<kind>``, and reports :class:`MessageRefused`."""
+    def receive(self, data: bytes, addr: Addr, now: float, *,
+                fault: SipParseError | None = None, size: int = 0) -> None:
+        """One datagram (or framed stream message) from ``addr``. Never raises on bad
+        input: answers 400 (or the parse fault's status) once when the request can be
+        routed, else drops; counts ``malformed`` and ``malformed_<kind>``, and reports
+        :class:`MessageRefused`. (``fault``: see :meth:`receive_fault`.)"""
         try:
+            if fault is not None:
+                raise fault
             msg = parse(data, max_size=self.max_message_bytes)
         except SipParseError as exc:
+            data = data or b" " * size
             self.counters["malformed"] += 1
             self.counters[f"malformed_{exc.kind}"] += 1
             partial = exc.partial
@@ -190,7 +208,7 @@ class UserAgent(RegisterMixin):
                 if self._trusted(addr):
                     resp = make_response(partial, exc.status, exc.reason, to_tag=new_tag())
                     self._server_headers(resp)
-                    self._out.append((resp.encode(), partial.top_via.response_address()))
+                    self._out.append((resp.encode(), _response_dest(partial, addr)))
                     verdict, status = "answered", exc.status
                 else:
                     verdict = self._answer_untrusted(partial, addr, len(data), exc.status,
@@ -217,6 +235,28 @@ class UserAgent(RegisterMixin):
         else:
             self.counters["responses"] += 1
             self._on_response(msg, addr, now)
+
+    def receive_fault(self, head: bytes, addr: Addr, status: int, reason: str, kind: str,
+                      now: float) -> None:
+        """A stream could not be framed (:class:`telephony.sip.framing.Fault`): answer the
+        request in ``head`` with ``status`` when it can be answered, as for a malformed
+        datagram. The adapter closes the connection once this is sent."""
+        if not head:
+            self.counters["malformed"] += 1
+            self.counters[f"malformed_{kind}"] += 1
+            self.counters["dropped"] += 1
+            self._events.append(MessageRefused(addr, kind, reason, None, "dropped"))
+            return
+        try:
+            msg = parse(head, max_size=self.max_message_bytes)
+        except SipParseError as exc:
+            msg = exc.partial if isinstance(exc.partial, Request) else None
+        if isinstance(msg, Request):
+            partial: Request | None = msg
+        else:
+            partial = None
+        self.receive(b"", addr, now, fault=SipParseError(status, reason, partial, kind=kind),
+                     size=len(head))
 
     # -- untrusted sources (telephony.sip.guard) -----------------------------------------
 
@@ -247,7 +287,7 @@ class UserAgent(RegisterMixin):
                 via = req.top_via
                 key: tuple[object, ...] = (via.branch or "", req.get("Call-ID") or "",
                                            req.get("CSeq") or "")
-                dest = via.response_address()
+                dest = _response_dest(req, addr)
             except SipParseError:
                 verdict = "untrusted_dropped"
             else:
@@ -273,12 +313,48 @@ class UserAgent(RegisterMixin):
     def _send(self, sends: Iterable[tuple[bytes, Addr]]) -> None:
         self._out.extend(sends)
 
-    def via(self) -> str:
-        return f"SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{secrets.token_hex(10)};rport"
+    def via(self, transport: str = "udp") -> str:
+        port = self.ports.get(transport, self.port)
+        return (f"SIP/2.0/{transport.upper()} {self.host}:{port};"
+                f"branch=z9hG4bK{secrets.token_hex(10)};rport")
 
     @property
     def contact_uri(self) -> str:
         return f"sip:controlroom@{self.host}:{self.port}"
+
+    def contact_for(self, addr: Addr) -> str:
+        """Our Contact URI for a dialog whose messages go over ``addr``'s transport."""
+        transport = transport_of(addr)
+        if transport == "udp" or transport not in self.ports:
+            return self.contact_uri
+        port = self.ports[transport]
+        if transport == "tls":
+            return f"sips:controlroom@{self.host}:{port}"
+        return f"sip:controlroom@{self.host}:{port};transport={transport}"
+
+    def _stamp(self, req: Request, dest: Addr) -> Addr:
+        """Put ``dest``'s transport in the top Via (the Via was built before the next hop
+        was known); a UDP request too large for UDP goes over TCP when we listen on TCP
+        (RFC 3261 §18.1.1). Returns the destination, possibly moved to TCP."""
+        transport = transport_of(dest)
+        if transport == "udp" and "tcp" in self.ports \
+                and len(req.encode()) > UDP_SIZE_LIMIT - 20:  # the Via grows by a few bytes
+            transport = "tcp"
+            dest = with_transport(dest, "tcp")
+            self.counters["udp_too_large_sent_tcp"] += 1
+        for i, (n, v) in enumerate(req.headers):
+            if n == "Via":
+                via = _parse_via_safe(v)
+                if via is not None and via.transport.lower() != transport:
+                    port = self.ports.get(transport, via.port)
+                    req.set_header_at(i, str(Via(transport.upper(), via.host, port,
+                                                 dict(via.params))))
+                break
+        return dest
+
+    def _send_ack(self, ack: Request, dest: Addr) -> None:
+        dest = self._stamp(ack, dest)
+        self._out.append((ack.encode(), dest))
 
     def _server_headers(self, msg: Request | Response) -> None:
         msg.add("Server" if isinstance(msg, Response) else "User-Agent", self.user_agent)
@@ -308,8 +384,9 @@ class UserAgent(RegisterMixin):
         self._send(tx.respond(resp, now))
         self._sched(tx)
 
-    def _new_server_tx(self, req: Request, now: float) -> ServerTransaction:
-        tx = ServerTransaction(req, now)
+    def _new_server_tx(self, req: Request, now: float, source: Addr | None = None
+                       ) -> ServerTransaction:
+        tx = ServerTransaction(req, now, source)
         self._server[_server_key(req)] = tx
         if req.method == "INVITE":
             self._server_alt[(req.call_id, req.cseq[0], req.from_.tag or "")] = tx
@@ -325,7 +402,7 @@ class UserAgent(RegisterMixin):
             return
         key = _server_key(req)
         if method == "CANCEL":
-            self._on_cancel(req, key, now)
+            self._on_cancel(req, key, addr, now)
             return
         tx = self._server.get(key)
         if tx is None and method == "INVITE" and not req.to.tag:
@@ -335,7 +412,7 @@ class UserAgent(RegisterMixin):
             self._send(tx.on_retransmit())
             return
         mf = req.get("Max-Forwards")
-        tx = self._new_server_tx(req, now)
+        tx = self._new_server_tx(req, now, addr)
         if mf is not None and int(mf) == 0:
             self._reply(tx, 483, to_tag=new_tag(), now=now)
             return
@@ -432,12 +509,13 @@ class UserAgent(RegisterMixin):
             if session.bye_pending:
                 self._send_bye(session, now)
 
-    def _on_cancel(self, req: Request, key: tuple[str, str, str], now: float) -> None:
+    def _on_cancel(self, req: Request, key: tuple[str, str, str], addr: Addr,
+                   now: float) -> None:
         ctx = self._server.get(key)
         if ctx is not None:  # retransmitted CANCEL
             self._send(ctx.on_retransmit())
             return
-        ctx = self._new_server_tx(req, now)
+        ctx = self._new_server_tx(req, now, addr)
         itx = self._server.get(_server_key(req, "INVITE"))
         if itx is None:
             self._reply(ctx, 481, to_tag=new_tag(), now=now)
@@ -461,8 +539,9 @@ class UserAgent(RegisterMixin):
         if tx is None or session.state != "incoming":
             return
         hdrs = list(headers)
+        contact = f"<{self.contact_for(session.source)}>"
         if 100 < status < 300:
-            hdrs.append(("Contact", f"<{self.contact_uri}>"))
+            hdrs.append(("Contact", contact))
         if 200 <= status < 300:
             hdrs.append(("Allow", ALLOW))
             hdrs += self._apply_timer(session, tx.request, now)
@@ -474,7 +553,7 @@ class UserAgent(RegisterMixin):
         self._sched(tx)
         if 200 <= status < 300:
             d = Dialog.as_uas(tx.request, local_tag=session.local_tag,
-                              local_contact=f"<{self.contact_uri}>", source=session.source)
+                              local_contact=contact, source=session.source)
             session.dialog = d
             self._dialogs[d.key] = session
             session.state = "answered"
@@ -492,7 +571,8 @@ class UserAgent(RegisterMixin):
         tx = session.reinvite_tx
         if tx is None or tx.state != TxState.PROCEEDING:
             return
-        hdrs = [("Contact", f"<{self.contact_uri}>")] if status < 300 else []
+        contact = session.dialog.local_contact if session.dialog else f"<{self.contact_uri}>"
+        hdrs = [("Contact", contact)] if status < 300 else []
         if 200 <= status < 300:
             hdrs += self._apply_timer(session, tx.request, now)
             if body:
@@ -587,7 +667,7 @@ class UserAgent(RegisterMixin):
         if resp.status < 300:
             ack = session.dialog.request("ACK", self.via(), cseq=tx.request.cseq[0])
             session.ack = ack  # re-sent on a retransmitted 2xx (_stray_response)
-            self._out.append((ack.encode(), session.dialog.next_hop(ack)))
+            self._send_ack(ack, session.dialog.next_hop(ack))
             t = from_response(resp)
             if t is None:
                 session.timer = session.timer_at = session.expires_at = None
@@ -662,15 +742,18 @@ class UserAgent(RegisterMixin):
         req.add("To", f"<{target}>")
         req.add("Call-ID", f"{secrets.token_hex(12)}@{self.host}")
         req.add("CSeq", "1 INVITE")
-        req.add("Contact", f"<{self.contact_uri}>")
+        first = parse_name_addr(req.get_all("Route")[0]).uri if req.get_all("Route") else target
+        hop = resolve(first, (first.host, first.host_port[1]))
+        if dest is None:
+            dest = hop
+        elif not isinstance(dest, Hop):
+            dest = with_transport(dest, transport_of(hop), getattr(hop, "name", ""))
+        req.add("Contact", f"<{self.contact_for(dest)}>")
         req.add("Allow", ALLOW)
         self._server_headers(req)
         if body:
             req.add("Content-Type", "application/sdp")
             req.body = body
-        if dest is None:
-            first = parse_name_addr(req.get_all("Route")[0]).uri if req.get_all("Route") else target
-            dest = resolve(first, (first.host, first.host_port[1]))
         session = Session("uac", req, user=user, state="calling", dest=dest,
                           credentials=credentials, local_tag=frm.tag or "")
         session.client_tx = self._start_client(req, dest, now, owner=("invite", session))
@@ -700,6 +783,7 @@ class UserAgent(RegisterMixin):
         self._start_client(req, session.dest, now, owner=("cancel", session))
 
     def _start_client(self, req: Request, dest: Addr, now: float, *, owner: Any) -> ClientTransaction:
+        dest = self._stamp(req, dest)
         tx = ClientTransaction(req, dest, now)
         self._client[tx.key] = tx
         self._owner[tx] = owner
@@ -765,7 +849,7 @@ class UserAgent(RegisterMixin):
         if resp.cseq[1] == "INVITE" and 200 <= resp.status < 300:
             session = self._dialogs.get((resp.call_id, resp.from_.tag or "", resp.to.tag or ""))
             if session is not None and session.ack is not None and session.dialog:
-                self._out.append((session.ack.encode(), session.dialog.next_hop(session.ack)))
+                self._send_ack(session.ack, session.dialog.next_hop(session.ack))
                 return
         self.counters["dropped"] += 1
 
@@ -792,12 +876,12 @@ class UserAgent(RegisterMixin):
                         ack.add(n, v)
                 session.ack = ack
                 session.state = "confirmed"
-                self._out.append((ack.encode(), d.next_hop(ack)))
+                self._send_ack(ack, d.next_hop(ack))
                 self._events.append(Answered(session, resp))
             elif resp.to.tag != session.dialog.remote_tag:
                 self._end_forked_2xx(tx, resp, addr, now)
             elif session.ack is not None:
-                self._out.append((session.ack.encode(), session.dialog.next_hop(session.ack)))
+                self._send_ack(session.ack, session.dialog.next_hop(session.ack))
             return
         if code in (401, 407) and self._retry_auth(session, tx, resp, now):
             return
@@ -811,7 +895,7 @@ class UserAgent(RegisterMixin):
         (RFC 3261 §13.2.2.4); only the first answer is kept."""
         d = Dialog.as_uac(tx.request, resp, source=addr)
         ack = d.request("ACK", self.via(), cseq=tx.request.cseq[0])
-        self._out.append((ack.encode(), d.next_hop(ack)))
+        self._send_ack(ack, d.next_hop(ack))
         bye = d.request("BYE", self.via())
         self._server_headers(bye)
         self._start_client(bye, d.next_hop(bye), now, owner=("bye", None))
@@ -847,6 +931,14 @@ def _server_key(req: Request, method: str | None = None) -> tuple[str, str, str]
         # RFC 2543 peer: fall back to dialog identifiers
         branch = f"2543|{req.call_id}|{req.cseq[0]}|{req.from_.tag}"
     return branch, f"{via.host}:{via.port or 5060}", m
+
+
+def _response_dest(req: Request, source: Addr) -> Addr:
+    """Where a response to ``req`` goes: back on the connection it came on over a stream
+    (RFC 3261 §18.2.2), else the top Via's address (with received/rport)."""
+    if is_reliable(source):
+        return source
+    return req.top_via.response_address()
 
 
 def _parse_via_safe(v: str) -> Via | None:

@@ -94,8 +94,12 @@ class SipUri:
 
     @property
     def host_port(self) -> tuple[str, int]:
-        """Host and port, defaulting to 5060."""
-        return self.host, self.port if self.port is not None else 5060
+        """Host and port, defaulting to 5060 (5061 for ``sips:`` and ``;transport=tls``,
+        RFC 3261 §19.1.2)."""
+        if self.port is not None:
+            return self.host, self.port
+        tls = self.scheme == "sips" or self.params.get("transport", "").lower() == "tls"
+        return self.host, 5061 if tls else 5060
 
     def with_params(self, **params: str | None) -> SipUri:
         return replace(self, params={**self.params, **params})
