@@ -15,6 +15,7 @@ turn each reason into a ``FAILED`` line and a non-zero exit.
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,14 @@ def read_stats(path: Path) -> list[dict[str, str]]:
     except OSError:
         return []
     return [dict(zip(rows[0], r, strict=False)) for r in rows[1:]] if rows else []
+
+
+def read_text(path: Path) -> str:
+    """A file's text, or "" if it is missing (SIPp's output when it never started)."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _epoch(row: dict[str, str]) -> float:
@@ -166,9 +175,13 @@ def _first_words(output: str) -> str:
     for line in output.splitlines():
         if line.startswith("-----"):
             break
-        if line.strip() and not line.startswith("Resolving remote host"):
-            lines.append(line.strip())
+        line = re.sub(r"^\S+\t\S+\t[\d.]+: ", "", line.strip())  # SIPp's time stamp
+        if line and not line.startswith(_CHATTER):
+            lines.append(line)
     return " / ".join(lines)[:300]
+
+
+_CHATTER = ("Resolving remote host", "In pcap ", "npkts ", "max pkt length ", "base port ")
 
 
 def spread(values: list[float]) -> tuple[float, float, float] | None:

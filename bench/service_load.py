@@ -36,6 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import loadcheck  # noqa: E402 - after the path set-up above
+
 SENTENCE = ("Hello, I need the police. Someone has broken into the car outside my house "
             "and they are still there.")
 
@@ -77,7 +79,8 @@ class Cad:
                 await self._task
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace) -> list[str]:
+    """Run the load and print the figures; returns why the run does not count."""
     import psutil
 
     from controlroom.stack import Stack, StackOptions
@@ -127,6 +130,20 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.to_thread(sp.wait, args.calls / args.rate + 300)
         wall = time.monotonic() - t0
         cpu1 = proc.cpu_times()
+        failures: list[str] = []
+        for number, sp in sipps:
+            placed = loadcheck.placement_from_stats(
+                loadcheck.read_stats(sp.dir / "stats.csv"), sp.calls,
+                loadcheck.read_sent_ms(sorted(sp.dir.glob("*_rtt.csv"))))
+            said = await asyncio.to_thread(loadcheck.read_text, sp.dir / "sipp.out")
+            failures += loadcheck.shortfalls(
+                f"callers-{number}", calls=sp.calls, completed=sp.successful, placement=placed,
+                offered_s=loadcheck.placement_seconds(sp.calls, sp.rate), final_rate=sp.rate,
+                limit=sp.limit, exit_code=sp.exit_code, output=said,
+                tolerance=args.rate_tolerance, min_completed=args.min_completed)
+            print(f"line {number}: offered {sp.calls} calls at {sp.rate:.2f} calls/s; SIPp "
+                  f"placed {placed.created}" + (f" at {sp.calls / placed.seconds:.2f}/s"
+                                                if placed.seconds else ""))
         total = sum(sp.successful for _, sp in sipps)
         db = st.service.db
 
@@ -199,6 +216,7 @@ async def run(args: argparse.Namespace) -> None:
               f"{proc.memory_info().rss / 2**20:.0f} MB; event-loop lag p99 {pct(lags, 99):.1f} ms "
               f"max {max(lags or [0]):.1f} ms")
         await cad.stop()
+    return failures
 
 
 def main() -> None:
@@ -213,7 +231,16 @@ def main() -> None:
     ap.add_argument("--engine", default="whisper", choices=["whisper", "vosk", "none"])
     ap.add_argument("--transcript-wait", type=float, default=600.0,
                     help="seconds to wait for the final transcripts after the last call")
-    asyncio.run(run(ap.parse_args()))
+    ap.add_argument("--rate-tolerance", type=float, default=loadcheck.RATE_TOLERANCE,
+                    help="the run fails if a caller SIPp places its calls this much slower "
+                    "than offered (0.10 = 10 %%)")
+    ap.add_argument("--min-completed", type=float, default=loadcheck.MIN_COMPLETED,
+                    help="the run fails if a line answers fewer than this share of its calls")
+    failures = asyncio.run(run(ap.parse_args()))
+    for f in failures:
+        print(f"FAILED: {f}")
+    if failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

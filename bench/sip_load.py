@@ -415,10 +415,7 @@ def run_callers(args: argparse.Namespace, kam: Any, dialled: str | list[tuple[st
         placed = loadcheck.placement_from_stats(
             loadcheck.read_stats(sipp.dir / "stats.csv"), int(o["calls"]),
             loadcheck.read_sent_ms(sorted(sipp.dir.glob("*_rtt.csv"))))
-        try:
-            said = (sipp.dir / "sipp.out").read_text(errors="replace")
-        except OSError:
-            said = ""
+        said = loadcheck.read_text(sipp.dir / "sipp.out")
         failures += loadcheck.shortfalls(
             f"{name} (line {number})", calls=int(o["calls"]), completed=sipp.successful,
             placement=placed, offered_s=o["seconds"], final_rate=o["final_rate"],

@@ -30,3 +30,5 @@ def test_small_service_load_run_answers_records_and_publishes_every_call() -> No
     assert "recordings: 10/10 present with a matching SHA-256" in text
     assert "CAD: 10/10 calls with every message, in order, no gap" in text
     assert "event-loop lag p99" in text
+    assert "line 999: offered 7 calls at 0.70 calls/s; SIPp placed 7 at" in text
+    assert "FAILED" not in text
