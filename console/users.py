@@ -77,6 +77,49 @@ MIGRATIONS = [
     END;
     """,
 ]
+PG_MIGRATIONS = [
+    # PostgreSQL: the same tables; the access log refuses UPDATE, DELETE and TRUNCATE
+    # (a statement trigger fires even when no row matches).
+    """
+    CREATE OR REPLACE FUNCTION controlroom_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION '% is append-only', TG_ARGV[0];
+    END $$;
+    CREATE TABLE console_users (
+        username TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        roles TEXT NOT NULL,
+        handler_id TEXT,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE console_sessions (
+        token_sha256 TEXT PRIMARY KEY,
+        username TEXT NOT NULL REFERENCES console_users(username) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX console_sessions_expiry ON console_sessions(expires_at);
+    CREATE TABLE console_access_log (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        username TEXT NOT NULL,
+        roles TEXT NOT NULL,
+        action TEXT NOT NULL,
+        call_id TEXT,
+        query TEXT,
+        filters TEXT,
+        justification TEXT NOT NULL CHECK (length(trim(justification)) > 0),
+        client TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX console_access_log_at ON console_access_log(at);
+    CREATE TRIGGER console_access_log_no_change
+        BEFORE UPDATE OR DELETE OR TRUNCATE ON console_access_log
+        FOR EACH STATEMENT EXECUTE FUNCTION controlroom_append_only('access log');
+    """,
+]
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _hasher = PasswordHasher()
@@ -108,7 +151,7 @@ class Session:
 
 def migrate(db: Database) -> None:
     """Create or upgrade the console tables."""
-    db.migrate(COMPONENT, MIGRATIONS)
+    db.migrate(COMPONENT, MIGRATIONS, postgresql=PG_MIGRATIONS)
 
 
 def _sha(token: str) -> str:
@@ -229,13 +272,14 @@ def log_access(db: Database, user: User, *, action: str, justification: str,
         raise ValueError(f"unknown access action {action!r}")
     if not justification.strip():
         raise ValueError("a justification is required")
-    cur = db.execute(
-        "INSERT INTO console_access_log(at, username, roles, action, call_id, query, filters,"
-        " justification, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (time.time() if now is None else now, user.username, json.dumps(sorted(user.roles)),
-         action, call_id, query, json.dumps(filters or {}, sort_keys=True),
-         justification.strip(), client))
-    return int(cur.lastrowid or 0)
+    with db.transaction() as conn:
+        cur = conn.execute(
+            "INSERT INTO console_access_log(at, username, roles, action, call_id, query,"
+            " filters, justification, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (time.time() if now is None else now, user.username, json.dumps(sorted(user.roles)),
+             action, call_id, query, json.dumps(filters or {}, sort_keys=True),
+             justification.strip(), client))
+        return int(cur.fetchone()[0])
 
 
 def access_log(db: Database, *, limit: int = 200, before_id: int | None = None,

@@ -15,7 +15,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 DEBS=(kamailio kamailio-tls-modules sip-tester mosquitto baresip espeak-ng sox chromium python3-venv python3-dev
-      gcc tshark)
+      gcc tshark postgresql)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,7 +26,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The services these packages start by default are not used: the project starts its own
-# Kamailio and Mosquitto on free loopback ports.
+# Kamailio and Mosquitto on free loopback ports, and tests their own throw-away PostgreSQL
+# cluster (harness/postgres.py; as root it runs as the package's 'postgres' user).
 
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

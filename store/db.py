@@ -40,8 +40,44 @@ def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+class SchemaMismatch(RuntimeError):
+    """The database's schema is not the one this code was built for: the node must not
+    start (a newer database than the code, or a component with no migrations for it)."""
+
+
+def check_versions(component: str, done: set[int] | Sequence[int], known: int, *,
+                   where: str) -> None:
+    """Refuse a database whose ``component`` schema is ahead of this code.
+
+    Migrations are forward-only: an older database is brought up to date; a newer one
+    was migrated by a newer controlroom, and this node would misread it.
+    """
+    ahead = max(done, default=0)
+    if ahead > known:
+        raise SchemaMismatch(
+            f"database {where} has schema version {ahead} for {component!r}; this controlroom "
+            f"knows versions up to {known}: upgrade this node (or point it at its own "
+            "database); it will not start against a newer schema")
+
+
 class Database:
-    """The service's SQLite database (one writer connection, readers on demand)."""
+    """The service's database: SQLite (one writer connection, readers on demand), or
+    PostgreSQL when given a ``postgresql://`` URL (:class:`store.pg.PgDatabase`)."""
+
+    dialect = "sqlite"
+    """``sqlite`` or ``postgresql``: for the few places whose SQL differs."""
+    Error: type[Exception] = sqlite3.Error
+    DatabaseError: type[Exception] = sqlite3.DatabaseError
+    IntegrityError: type[Exception] = sqlite3.IntegrityError
+    """The driver's exceptions (DB-API style), so callers catch the right ones."""
+    OperationalError: type[Exception] = sqlite3.OperationalError
+
+    def __new__(cls, path: str | Path = ":memory:", **kwargs: Any) -> Database:
+        if cls is Database and isinstance(path, str) and path.startswith(
+                ("postgresql://", "postgres://")):
+            from .pg import PgDatabase
+            return super().__new__(PgDatabase)
+        return super().__new__(cls)
 
     def __init__(self, path: str | Path, *, checkpoint_interval: float = 1.0) -> None:
         self.path = str(path)
@@ -68,15 +104,20 @@ class Database:
         )
 
     # -- schema --------------------------------------------------------------
-    def migrate(self, component: str, migrations: Sequence[str]) -> int:
+    def migrate(self, component: str, migrations: Sequence[str], *,
+                postgresql: Sequence[str] | None = None) -> int:
         """Apply ``migrations[i]`` (SQL scripts) not yet applied for ``component``.
 
-        Returns how many were applied. Never edit a shipped migration; append a new one.
+        ``postgresql`` is the component's own list for a PostgreSQL store (the SQLite
+        list is used here). Returns how many were applied. Never edit a shipped
+        migration; append a new one. Raises :class:`SchemaMismatch` when the database
+        already has a newer version than ``migrations`` knows.
         """
         applied = 0
         with self._lock:
             done = {r[0] for r in self._conn.execute(
                 "SELECT version FROM schema_migrations WHERE component=?", (component,))}
+            check_versions(component, done, len(migrations), where=self.path)
             for version, script in enumerate(migrations, start=1):
                 if version in done:
                     continue

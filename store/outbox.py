@@ -17,6 +17,14 @@ Global order: there is one writer and ``BEGIN IMMEDIATE`` serialises transaction
 ``AUTOINCREMENT`` id is assigned in commit order; :func:`pending` reads by id, which keeps
 each call's rows in seq order.
 
+On PostgreSQL (one outbox for the cluster, every node appending) ids come from an
+identity assigned at insert, so a lower id can commit after a higher one and reading
+"``id > last``" could skip it: publishers there use :func:`claim` instead, which takes
+whole calls under row locks (``FOR UPDATE SKIP LOCKED``) and keeps each call in seq
+order; the counter row in ``outbox_seq`` is locked by its bump until commit, so two
+nodes appending for one call get consecutive seqs in commit order. Event ids are the
+ones given: nothing is renumbered across a failover.
+
 Memory: nothing is held in memory; the publisher pages through the table ``limit`` rows
 at a time, so an outage of any length is bounded by disk only.
 """
@@ -57,6 +65,32 @@ MIGRATIONS = [
     """,
 ]
 
+PG_MIGRATIONS = [
+    # PostgreSQL: one outbox for the cluster. ``id`` is an identity (assigned at insert,
+    # not commit: see claim()); the second partial index finds a call's head row.
+    """
+    CREATE TABLE outbox (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        call_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        line TEXT NOT NULL,
+        type TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        delivered_at DOUBLE PRECISION,
+        UNIQUE (call_id, seq)
+    );
+    CREATE INDEX outbox_pending ON outbox(id) WHERE delivered_at IS NULL;
+    CREATE INDEX outbox_pending_call ON outbox(call_id, seq) WHERE delivered_at IS NULL;
+    CREATE INDEX outbox_delivered ON outbox(delivered_at) WHERE delivered_at IS NOT NULL;
+    CREATE TABLE outbox_seq (
+        call_id TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL
+    );
+    """,
+]
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
@@ -80,7 +114,8 @@ class OutboxRow:
 def _next_seq(conn: sqlite3.Connection, call_id: str) -> int:
     row = conn.execute(
         "INSERT INTO outbox_seq(call_id, last_seq) VALUES (?, 1) "
-        "ON CONFLICT(call_id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+        "ON CONFLICT(call_id) DO UPDATE SET last_seq = outbox_seq.last_seq + 1"
+        " RETURNING last_seq",
         (call_id,),
     ).fetchone()
     return int(row[0])
@@ -150,6 +185,43 @@ def pending(db: Database | sqlite3.Connection, limit: int = 500,
         rows = db.execute(sql, (after_id, limit)).fetchall()
     return [_row(r) for r in rows]
 
+
+def claim(conn: Any, *, limit: int = 200, calls: int = 100) -> list[OutboxRow]:
+    """PostgreSQL, several publishers on one outbox: claim calls and return their rows.
+
+    Call it on a publisher's own connection inside a transaction it keeps open while it
+    publishes, then :func:`mark_claimed` and commit (or roll back to give the rows back).
+    It locks the *head* row (the oldest pending) of up to ``calls`` calls with ``FOR
+    UPDATE SKIP LOCKED`` and returns every pending row of those calls (at most
+    ``limit``) in id order. Holding a call's head row is owning the call: another
+    publisher skips it, and a later row of the call is never a head while an earlier
+    one is pending, so no two publishers ever send one call's messages at once and each
+    call stays in seq order. The locks go with the transaction: a publisher (or node)
+    that dies gives its calls back at once, and the next one sends what was not marked
+    again (at least once; consumers dedupe on ``event_id``). Writers only insert, so
+    they never wait for a publisher.
+    """
+    heads = conn.execute(
+        "SELECT o.call_id FROM outbox o WHERE o.delivered_at IS NULL AND NOT EXISTS ("
+        "SELECT 1 FROM outbox p WHERE p.call_id = o.call_id AND p.delivered_at IS NULL"
+        " AND p.seq < o.seq) ORDER BY o.id LIMIT ? FOR UPDATE OF o SKIP LOCKED",
+        (calls,)).fetchall()
+    if not heads:
+        return []
+    rows = conn.execute(
+        f"SELECT {_COLS} FROM outbox WHERE delivered_at IS NULL AND call_id = ANY(?)"
+        " ORDER BY id LIMIT ?", ([h[0] for h in heads], limit)).fetchall()
+    return [_row(r) for r in rows]
+
+
+def mark_claimed(conn: Any, ids: Iterable[int], *, now: float | None = None) -> int:
+    """Mark rows returned by :func:`claim` delivered, in the claiming transaction."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    at = time.time() if now is None else now
+    return int(conn.execute("UPDATE outbox SET delivered_at=? WHERE delivered_at IS NULL"
+                            " AND id = ANY(?)", (at, ids)).rowcount)
 
 def mark_delivered(db: Database, ids: Iterable[int], *, now: float | None = None) -> int:
     """Record that the broker acknowledged these rows; returns how many were pending."""

@@ -35,6 +35,34 @@ MIGRATIONS = [
     """,
 ]
 
+APPEND_ONLY_FN = """
+    CREATE OR REPLACE FUNCTION controlroom_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION '% is append-only', TG_ARGV[0];
+    END $$;
+"""
+"""PostgreSQL: the trigger function behind every append-only table (the message names
+the table as the SQLite triggers do)."""
+
+PG_MIGRATIONS = [
+    APPEND_ONLY_FN + """
+    CREATE TABLE queue_log (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        call_id TEXT NOT NULL DEFAULT '',
+        line TEXT NOT NULL DEFAULT '',
+        handler_id TEXT NOT NULL DEFAULT '',
+        event TEXT NOT NULL,
+        data TEXT NOT NULL DEFAULT '{}' CHECK (data::jsonb IS NOT NULL)
+    );
+    CREATE INDEX queue_log_at ON queue_log(at);
+    CREATE INDEX queue_log_call ON queue_log(call_id, id);
+    CREATE TRIGGER queue_log_no_update BEFORE UPDATE ON queue_log
+        FOR EACH STATEMENT EXECUTE FUNCTION controlroom_append_only('queue_log');
+    """,
+]
+
 
 def _json_safe(value: Any) -> Any:
     # JSON has no NaN/inf; the router never produces them, but a bad row must not be lost
@@ -53,9 +81,9 @@ def append(conn: sqlite3.Connection, entry: QueueLogEntry) -> int:
                       default=str)
     cur = conn.execute(
         "INSERT INTO queue_log(at, call_id, line, handler_id, event, data)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         (entry.at, entry.call_id, entry.line, entry.handler_id, entry.event, data))
-    return int(cur.lastrowid or 0)
+    return int(cur.fetchone()[0])
 
 
 def load(db: Any, since: float | None = None) -> list[QueueLogEntry]:

@@ -81,6 +81,9 @@ def classify(exc: BaseException, *, path: str | None = None) -> str | None:
     ``"read-only file system"`` rather than the I/O error SQLite reports for it.
     """
     reason: str | None = None
+    pg = _classify_pg(exc)
+    if pg is not None:
+        return pg
     if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
             exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
         code = getattr(exc, "sqlite_errorcode", None)
@@ -91,9 +94,36 @@ def classify(exc: BaseException, *, path: str | None = None) -> str | None:
             reason = next((r for t, r in _STORAGE_TEXT if t in text), None)
     elif isinstance(exc, OSError):
         reason = "disk full" if exc.errno == 28 else "I/O error"
-    if reason in ("read-only", "I/O error", "cannot open") and path and path != ":memory:":
+    if (reason in ("read-only", "I/O error", "cannot open") and path and path != ":memory:"
+            and "://" not in path):
         return _probe(Path(path).parent) or reason
     return reason
+
+
+# PostgreSQL SQLSTATEs (and classes, by their first two characters) that mean "the
+# store will not take writes now": the node spools and retries, as for a full disk.
+_PG_STATES = {"53100": "disk full", "58030": "I/O error", "25006": "read-only",
+              "57014": "busy", "55P03": "busy", "40001": "busy", "40P01": "busy"}
+_PG_CLASSES = {"08": "database unreachable", "57": "database unavailable",
+               "53": "server out of resources", "58": "I/O error"}
+
+
+def _classify_pg(exc: BaseException) -> str | None:
+    """PostgreSQL's storage faults: a restart or crash of the server (connection lost,
+    shutting down, starting up), a full disk, a read-only standby, a lock or statement
+    timeout. Constraint violations and SQL errors are not."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - SQLite-only install
+        return None
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = getattr(exc, "sqlstate", None)
+    if state:
+        return _PG_STATES.get(state) or _PG_CLASSES.get(state[:2])
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return "database unreachable"  # no SQLSTATE: the connection itself failed
+    return None
 
 
 def _probe(folder: Path) -> str | None:

@@ -28,13 +28,34 @@ MIGRATIONS = [
     """,
 ]
 
+PG_MIGRATIONS = [
+    """
+    CREATE OR REPLACE FUNCTION controlroom_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION '% is append-only', TG_ARGV[0];
+    END $$;
+    CREATE TABLE system_events (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        type TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        data TEXT NOT NULL DEFAULT '{}' CHECK (data::jsonb IS NOT NULL)
+    );
+    CREATE INDEX system_events_at ON system_events(at);
+    CREATE TRIGGER system_events_no_update BEFORE UPDATE ON system_events
+        FOR EACH STATEMENT EXECUTE FUNCTION controlroom_append_only('system_events');
+    """,
+]
+
 
 def append(conn: sqlite3.Connection, *, at: float, type: str,  # noqa: A002 - column name
            reason: str = "", data: dict[str, Any] | None = None) -> int:
     """Insert one event (inside the caller's transaction); returns its row id."""
-    cur = conn.execute("INSERT INTO system_events(at, type, reason, data) VALUES (?, ?, ?, ?)",
+    cur = conn.execute("INSERT INTO system_events(at, type, reason, data) VALUES (?, ?, ?, ?)"
+                       " RETURNING id",
                        (at, type, reason, json.dumps(data or {}, separators=(",", ":"))))
-    return int(cur.lastrowid or 0)
+    return int(cur.fetchone()[0])
 
 
 def load(db: Any) -> list[dict[str, Any]]:

@@ -1,10 +1,15 @@
-"""The transactional outbox: gap-free per-call seq, commit order, delivery marks (pure SQLite)."""
+"""The transactional outbox: gap-free per-call seq, commit order, delivery marks.
+
+The ``db`` tests run on both stores (SQLite, and a real PostgreSQL marked realparts);
+PostgreSQL's claim (several publishers on one outbox) is tested at the end."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
-import sqlite3
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,15 @@ from store import outbox
 from store.db import Database
 
 from .samples import one_of_each
+
+
+@pytest.fixture
+def db(store_url: str) -> Iterator[Database]:
+    """The outbox on SQLite and on PostgreSQL (overrides the folder's SQLite-only one)."""
+    d = Database(store_url)
+    d.migrate(outbox.COMPONENT, outbox.MIGRATIONS, postgresql=outbox.PG_MIGRATIONS)
+    yield d
+    d.close()
 
 
 def _append(db: Database, call_id: str, n: int = 1, line: str = "999") -> list[int]:
@@ -52,7 +66,7 @@ def test_append_with_state_change_is_atomic(db: Database) -> None:
     with db.transaction() as conn:
         conn.execute("INSERT INTO state VALUES ('a', 'queued')")
         outbox.append(conn, call_id="a", line="999", type="x", payload={"event_id": "e1"})
-    with pytest.raises(sqlite3.IntegrityError), db.transaction() as conn:
+    with pytest.raises(db.IntegrityError), db.transaction() as conn:
         outbox.append(conn, call_id="a", line="999", type="x", payload={"event_id": "e2"})
         conn.execute("INSERT INTO state VALUES (NULL, 'x')")  # NOT NULL -> fails
     assert outbox.depth(db) == 1
@@ -61,7 +75,7 @@ def test_append_with_state_change_is_atomic(db: Database) -> None:
 
 def test_append_outside_transaction_is_refused(db: Database) -> None:
     """append needs the caller's transaction (state change and message together)."""
-    conn = sqlite3.connect(db.path, isolation_level=None)
+    conn = db.connect_reader()
     with pytest.raises(ValueError, match="inside db.transaction"):
         outbox.append(conn, call_id="a", line="999", type="x", payload={"event_id": "e"})
     conn.close()
@@ -159,10 +173,12 @@ def _writer(path: str, call_id: str, n: int) -> None:
     d.close()
 
 
-def test_two_processes_appending_keep_seq_gap_free(tmp_path: Path) -> None:
-    """Concurrent writers (separate processes) never share or skip a seq."""
-    path = str(tmp_path / "x.sqlite3")
-    Database(path).migrate(outbox.COMPONENT, outbox.MIGRATIONS)
+def test_two_processes_appending_keep_seq_gap_free(store_url: str) -> None:
+    """Concurrent writers (separate processes: two nodes on PostgreSQL) never share or
+    skip a seq, and each call's rows are pending in seq order."""
+    path = store_url
+    Database(path).migrate(outbox.COMPONENT, outbox.MIGRATIONS,
+                           postgresql=outbox.PG_MIGRATIONS)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(path, "shared", 100)) for _ in range(2)]
     for p in procs:
@@ -189,7 +205,7 @@ def test_append_event_skips_live_segments(db: Database) -> None:
 
 def test_append_event_outside_transaction_refused(db: Database) -> None:
     """append_event needs the caller's transaction."""
-    conn = sqlite3.connect(db.path, isolation_level=None)
+    conn = db.connect_reader()
     with pytest.raises(ValueError, match="inside db.transaction"):
         append_event(conn, one_of_each()[0], node="n", line="999")
     conn.close()
@@ -205,7 +221,7 @@ def test_invalid_message_is_logged_but_queued(db: Database,
     monkeypatch.setattr(messages, "to_message",
                         lambda *a, **k: {**real(*a, **k), "stray": 1})
     with capture_logs() as logs, db.transaction() as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS marker (x)")
+        conn.execute("CREATE TABLE IF NOT EXISTS marker (x INTEGER)")
         conn.execute("INSERT INTO marker VALUES (1)")
         assert append_event(conn, one_of_each()[0], node="n", line="999") == 1
     assert db.query_one("SELECT COUNT(*) FROM marker")[0] == 1
@@ -231,7 +247,7 @@ def test_unbuildable_message_is_dropped_without_breaking_the_call(
         assert append_event(conn, e, node="n", line="999") == 1
     monkeypatch.setattr(messages, "to_message", boom)
     with capture_logs() as logs, db.transaction() as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS marker (x)")
+        conn.execute("CREATE TABLE IF NOT EXISTS marker (x INTEGER)")
         conn.execute("INSERT INTO marker VALUES (1)")
         assert append_event(conn, e, node="n", line="999") is None
     assert db.query_one("SELECT COUNT(*) FROM marker")[0] == 1
@@ -264,4 +280,92 @@ def test_property_seq_gap_free_under_rollbacks(tmp_path_factory: pytest.TempPath
     for call_id in "abc":
         seqs = [s for c, s in committed if c == call_id]
         assert seqs == list(range(1, len(seqs) + 1))
+    d.close()
+
+
+@pytest.mark.realparts
+def test_publishers_claim_whole_calls_and_never_share_one(pg_url: str) -> None:
+    """PostgreSQL, several publishers on one outbox: each claim takes whole calls (every
+    pending row, in seq order); a second publisher skips the calls the first holds and
+    never gets a later row of such a call; marked rows leave the outbox at commit; a
+    publisher that dies unmarked gives its calls back whole, event ids unchanged."""
+    d = Database(pg_url)
+    d.migrate(outbox.COMPONENT, outbox.MIGRATIONS, postgresql=outbox.PG_MIGRATIONS)
+    for call_id, n in (("a", 3), ("b", 2), ("c", 1)):
+        _append(d, call_id, n)
+    one, two = d.connect_reader(), d.connect_reader()
+    one.execute("BEGIN")
+    got1 = outbox.claim(one, calls=2)
+    assert [(r.call_id, r.seq) for r in got1] == [("a", 1), ("a", 2), ("a", 3),
+                                                  ("b", 1), ("b", 2)]
+    _append(d, "a", 1)  # a writer is never held up by a claim; a's seq 4 arrives
+    two.execute("BEGIN")
+    got2 = outbox.claim(two)
+    assert [(r.call_id, r.seq) for r in got2] == [("c", 1)]  # not a4: 'a' is held
+    assert outbox.mark_claimed(two, [r.id for r in got2]) == 1
+    two.execute("COMMIT")
+    assert outbox.mark_claimed(one, [r.id for r in got1 if r.call_id == "a"]) == 3
+    one.close()  # dies before commit: nothing it marked counts, its calls are free
+    deadline = time.monotonic() + 10  # (once the server has seen the connection go)
+    while True:
+        two.execute("BEGIN")
+        got = outbox.claim(two)
+        if got or time.monotonic() > deadline:
+            break
+        two.execute("ROLLBACK")
+        time.sleep(0.05)
+    assert [(r.call_id, r.seq, r.event_id) for r in got] == [
+        ("a", 1, "a-0"), ("a", 2, "a-1"), ("a", 3, "a-2"), ("b", 1, "b-0"), ("b", 2, "b-1"),
+        ("a", 4, "a-0")]
+    outbox.mark_claimed(two, [r.id for r in got])
+    two.execute("COMMIT")
+    assert outbox.depth(d) == 0
+    two.close()
+    d.close()
+
+
+@pytest.mark.realparts
+def test_concurrent_claimers_deliver_each_call_once_in_order(pg_url: str) -> None:
+    """Four publishers draining 40 calls while two writers append: every row is claimed
+    exactly once, and the rows of each call are claimed in seq order."""
+    d = Database(pg_url)
+    d.migrate(outbox.COMPONENT, outbox.MIGRATIONS, postgresql=outbox.PG_MIGRATIONS)
+    calls = [f"k{i}" for i in range(40)]
+    seen: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def write(ids: list[str]) -> None:
+        w = Database(pg_url)
+        for round_ in range(5):
+            for cid in ids:
+                with w.transaction() as conn:
+                    outbox.append(conn, call_id=cid, line="999", type="x",
+                                  payload={"event_id": f"{cid}-{round_}"})
+        w.close()
+
+    def publish() -> None:
+        conn = d.connect_reader()
+        while True:
+            conn.execute("BEGIN")
+            rows = outbox.claim(conn, limit=7, calls=3)
+            with lock:
+                seen.extend((r.call_id, r.seq) for r in rows)
+            outbox.mark_claimed(conn, [r.id for r in rows])
+            conn.execute("COMMIT")
+            if not rows and done.is_set() and outbox.depth(conn) == 0:
+                break
+        conn.close()
+    writers = [threading.Thread(target=write, args=(calls[i::2],)) for i in range(2)]
+    readers = [threading.Thread(target=publish) for _ in range(4)]
+    for t in writers + readers:
+        t.start()
+    for t in writers:
+        t.join(120)
+    done.set()
+    for t in readers:
+        t.join(120)
+    assert len(seen) == len(set(seen)) == 200
+    for cid in calls:
+        assert [s for c, s in seen if c == cid] == [1, 2, 3, 4, 5]
     d.close()

@@ -1,0 +1,47 @@
+"""Fixtures shared by every test folder: the store on SQLite and on a real PostgreSQL.
+
+``postgres`` starts one throw-away cluster per test session (``harness.postgres``: initdb
+into a temp dir, a free loopback port, never the system server) the first time a test
+asks for it. ``store_url`` is parametrized over both stores: ``sqlite`` (a file in the
+test's temp dir) and ``postgresql`` (a fresh database in that cluster, marked
+``realparts``), so a test that takes it runs once on each.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import postgres as pg
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg.Postgres]:
+    """A private PostgreSQL cluster for the whole session (skipped if not installed)."""
+    if not pg.available():
+        pytest.skip("PostgreSQL is not installed (Debian package 'postgresql')")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed")
+    with pg.Postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(postgres: pg.Postgres) -> str:
+    """A fresh, empty database in the session's cluster."""
+    return postgres.database(f"t{next(_names)}")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.realparts)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's store lives: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite3")
+    return str(request.getfixturevalue("pg_url"))
