@@ -2,6 +2,7 @@
 
 from .errors import ConfigError
 from .schema import (
+    ClusterSettings,
     HandlerSettings,
     LineSettings,
     LoggingSettings,
@@ -17,7 +18,8 @@ from .schema import (
 from .telephony import SipSettings
 
 __all__ = [
-    "ConfigError", "HandlerSettings", "LineSettings", "LoggingSettings", "MqttSettings",
+    "ClusterSettings", "ConfigError", "HandlerSettings", "LineSettings", "LoggingSettings",
+    "MqttSettings",
     "RoutingSettings", "Settings", "SipSettings", "StorageSettings", "TranscriptionSettings",
     "WebSettings", "from_dict", "load",
 ]

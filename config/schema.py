@@ -7,6 +7,7 @@ names the key and what is wrong, e.g. ``lines[1].numbers: expected a list, got '
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,12 +168,31 @@ class MqttSettings:
     topic_prefix: str = "controlroom"
     """Topics are ``<prefix>/<node>/calls/<line>/<call_id>``."""
     node: str = "fcr1"
-    """This node's name in topics."""
+    """This node's name in topics (``cluster.node_id`` replaces it when set)."""
     client_id: str = ""
     qos: Literal[0, 1, 2] = 1
     keepalive: int = 30
     reconnect_max: float = 10.0
     """Longest back-off between reconnect attempts (s)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSettings:
+    """This node's place in a cluster of nodes behind one SIP proxy (Kamailio dispatcher)."""
+
+    node_id: str = ""
+    """This node's id, unique in the cluster (letters, digits, ``-``, ``_``; at most 32).
+    It starts every call id the node mints (``<node_id>-c<n>-<hex>``), so call ids are
+    unique across nodes; it is on every calls row (``node``) and every CAD message
+    (``node``, and the topic level). Default: ``mqtt.node``."""
+
+    def validate(self) -> None:
+        if self.node_id and not _NODE_ID.fullmatch(self.node_id):
+            raise ConfigError("node_id", "must be 1-32 letters, digits, '-' or '_', "
+                              f"got {self.node_id!r}")
+
+
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,6 +259,7 @@ class Settings:
     transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
     web: WebSettings = field(default_factory=WebSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     drain_timeout: float = 600.0
     """On shutdown: seconds calls in progress may continue."""
 
@@ -261,6 +282,15 @@ class Settings:
             if h.id in ids:
                 raise ConfigError(f"handlers[{i}].id", f"duplicate handler id {h.id!r}")
             ids.add(h.id)
+
+        if not self.cluster.node_id and not _NODE_ID.fullmatch(self.mqtt.node):
+            raise ConfigError("mqtt.node", "is this node's id (no cluster.node_id is set): "
+                              "1-32 letters, digits, '-' or '_', got " + repr(self.mqtt.node))
+
+    @property
+    def node_id(self) -> str:
+        """This node's id: ``cluster.node_id``, else ``mqtt.node``."""
+        return self.cluster.node_id or self.mqtt.node
 
     def line(self, name: str) -> LineSettings:
         for line in self.lines:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -82,6 +83,7 @@ class Service:
         self.db = Database(settings.storage.database_path)
         self.db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS)
         self.db.migrate(calls_table.RECORDING_COMPONENT, calls_table.RECORDING_MIGRATIONS)
+        self.db.migrate(calls_table.NODE_COMPONENT, calls_table.NODE_MIGRATIONS)
         from store import outbox, queuelog
 
         self._outbox = outbox
@@ -215,7 +217,9 @@ class Service:
         self.transcription = TranscriptionService(settings=s.transcription, db=self.db,
                                                   publish=self.publish_transcript)
         await self.transcription.start()
-        self.publisher = CadPublisher(s.mqtt, self.db, on_incident=self.on_incident)
+        # The node id names the node in topics and messages (cluster.node_id or mqtt.node).
+        self.publisher = CadPublisher(dataclasses.replace(s.mqtt, node=s.node_id), self.db,
+                                      on_incident=self.on_incident)
         self._tasks.append(asyncio.create_task(self.publisher.run(), name="cad-publisher"))
         self._tasks.append(asyncio.create_task(self.storage.run(), name="storage-spool"))
         for msg in self._system_unsent:  # health events from before the publisher existed
@@ -224,7 +228,8 @@ class Service:
         self.engine = Engine(settings=s.sip, lines=s.lines,
                              recordings_dir=s.storage.recordings_dir,
                              on_event=self.on_telephony, on_audio=self._on_audio,
-                             admit=self._admit, dialog_journal=s.storage.data_dir / "dialogs")
+                             admit=self._admit, dialog_journal=s.storage.data_dir / "dialogs",
+                             call_id_prefix=f"{s.node_id}-")
         # seals recordings a crash left open (RecordingSealed) and sends BYE to the far
         # ends of dialogs it left up
         await self.engine.start()
@@ -409,7 +414,7 @@ class Service:
                          caller=e.caller, display_name=e.display_name, dialled=e.dialled,
                          location=e.location, sip_call_id=e.sip_call_id, state="queued",
                          arrived_at=e.at, caller_normalised=e.caller_normalised,
-                         location_detail=e.location_detail))
+                         location_detail=e.location_detail, node=self.settings.node_id))
         self.m_calls.inc(line=e.line, outcome="arrived")
         if self.transcription is not None and self.settings.transcription.live:
             self.transcription.live_start(e.call_id, priority=line.priority)
@@ -426,7 +431,8 @@ class Service:
                                     priority=line.priority, caller=e.caller),
                      lambda conn: calls_table.insert(
                          conn, call_id=e.call_id, line=e.line, priority=line.priority,
-                         caller=e.caller, state="queued", arrived_at=e.at))
+                         caller=e.caller, state="queued", arrived_at=e.at,
+                         node=self.settings.node_id))
         from routing import CancelOffer, Offer, Reject
 
         actions = self.router.call_arrived(e.call_id, e.line, e.at, caller=e.caller)
@@ -737,7 +743,7 @@ class Service:
         if event.type in ev.CAD_EVENT_TYPES:
             # Validated against the published schema before it is written; a CAD
             # formatting bug is logged loudly but never rolls back the call's state.
-            append_event(conn, event, node=self.settings.mqtt.node, line=line,
+            append_event(conn, event, node=self.settings.node_id, line=line,
                          incident_number=incident)
         loop = _running_loop()
         payload = event.as_dict()
@@ -783,7 +789,7 @@ class Service:
                 inc = row[0] if row else None
             # Validated against the published schema before it is written; a CAD
             # formatting bug is logged loudly but never rolls back the call's state.
-            append_event(conn, event, node=self.settings.mqtt.node,
+            append_event(conn, event, node=self.settings.node_id,
                          line=line or self._line_of(conn, event.call_id) or "unknown",
                          incident_number=inc)
 
@@ -818,7 +824,7 @@ class Service:
         if fault and hasattr(self, "m_storage_faults"):
             self.m_storage_faults.inc(reason=e.reason)
         msg = cad_messages.storage_event(
-            node=self.settings.mqtt.node, fault=fault, reason=e.reason,
+            node=self.settings.node_id, fault=fault, reason=e.reason,
             since=e.at if isinstance(e, storage.StorageFaulted) else e.since,
             spooled=self.storage.depth,
             lost=e.lost if isinstance(e, storage.StorageRecovered) else 0,
@@ -990,7 +996,7 @@ class Service:
                 "longest_wait": round(max((now - c.arrived_at for c in waiting), default=0.0), 1),
                 "connected": sum(1 for c in self.calls.values() if c.line == name and c.state == "connected"),
             }
-        return {"node": self.settings.mqtt.node, "at": now, "lines": lines}
+        return {"node": self.settings.node_id, "at": now, "lines": lines}
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

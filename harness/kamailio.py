@@ -11,6 +11,16 @@ a file in that directory. It is:
   sent to that ``host:port`` (``$du``; the request-URI is kept so the service sees the
   dialled number); other users are looked up in the location table; unknown -> 404.
 
+* a dispatcher in front of a cluster (``dispatch=["10.0.0.11:5060", ...]``): initial
+  INVITEs to ``dispatch_numbers`` go to one node of the list (``ds_select_dst``,
+  round-robin), each node is probed with OPTIONS every ``probe_interval`` s (one
+  failed probe marks it inactive, one answered probe active again), and a node that
+  does not answer the INVITE within ``dispatch_fr_ms`` (no provisional at all) or
+  ``dispatch_fr_inv_ms`` (a provisional, no final), or answers 500/503, is marked
+  inactive and the INVITE goes on to the next node (``failure_route``, ``ds_next_dst``):
+  a caller never sees a dead node. In-dialog requests follow the Record-Route to the
+  node that answered (media stays where the call is).
+
 It answers ``OPTIONS`` to itself with 200, which is how :meth:`Kamailio.start` knows it
 is ready. The context manager always stops the process group, even on failure.
 """
@@ -231,6 +241,7 @@ loadmodule "siputils.so"
 loadmodule "xlog.so"
 loadmodule "sanity.so"
 {auth_modules}
+{dispatcher_modules}
 
 modparam("usrloc", "db_mode", 0)
 modparam("registrar", "max_expires", 7200)
@@ -314,8 +325,77 @@ route[RELAY] {{
         sl_reply_error();
     }}
     exit;
+}}{dispatcher_routes}"""
+
+
+DISPATCHER_MODULES = """\
+loadmodule "dispatcher.so"
+modparam("dispatcher", "list_file", "{list_file}")
+modparam("dispatcher", "ds_ping_method", "OPTIONS")
+modparam("dispatcher", "ds_ping_from", "sip:dispatcher@{domain}")
+modparam("dispatcher", "ds_ping_interval", {probe_interval})
+modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_probing_threshold", 1)
+modparam("dispatcher", "ds_inactive_threshold", 1)
+modparam("dispatcher", "ds_ping_reply_codes", "class=2")
+"""
+"""Dispatcher parameters: every node is probed with OPTIONS every ``probe_interval`` s
+(``ds_probing_mode`` 1: active ones too, so a dead node is found without a call); one
+unanswered probe marks a node inactive, one 2xx marks it active again. A probe's own
+timeout is tm's ``fr_timer``."""
+
+DISPATCHER_ROUTES = """
+# An initial INVITE to an emergency or non-emergency number: one node of set 1,
+# round-robin among the active ones (the others stay in the list for failover).
+route[DISPATCH] {{
+    if (!ds_select_dst("1", "4")) {{
+        xlog("L_ERR", "no controlroom node active for $rU from $si\\n");
+        send_reply("503", "No Node Available");
+        exit;
+    }}
+    route(DISPATCH_RELAY);
+}}
+
+route[DISPATCH_RELAY] {{
+    # No answer at all within {fr_ms} ms (a node answers 100 Trying at once): the node is
+    # dead or cut off; a provisional but no final within {fr_inv_ms} ms: it died mid-call.
+    t_set_fr({fr_inv_ms}, {fr_ms});
+    t_on_failure("DISPATCH_FAILED");
+    if (!t_relay()) {{
+        sl_reply_error();
+    }}
+    exit;
+}}
+
+failure_route[DISPATCH_FAILED] {{
+    if (t_is_canceled()) {{
+        exit;
+    }}
+    if (t_branch_timeout() || t_check_status("500|503")) {{
+        # inactive + probing: the next answered OPTIONS makes it active again
+        xlog("L_WARN", "node $du failed ($T_reply_code) for $ci, marked inactive\\n");
+        ds_mark_dst("ip");
+        if (ds_next_dst()) {{
+            xlog("L_WARN", "retrying $ci on node $du\\n");
+            t_set_fr({fr_inv_ms}, {fr_ms});
+            t_on_failure("DISPATCH_FAILED");
+            t_relay();
+        }}
+    }}
 }}
 """
+"""Round-robin over the active nodes; a node that does not answer in time, or answers
+500/503 (overloaded, draining), is marked inactive and the INVITE goes to the next."""
+
+
+def dispatcher_list(nodes: Sequence[str], *, setid: int = 1) -> str:
+    """The ``dispatcher.list`` text: one line per node ``host:port`` in set ``setid``."""
+    out = ["# setid destination flags priority (generated)"]
+    for node in nodes:
+        if not node or any(c in node for c in ' "\n'):
+            raise ValueError(f"bad node address {node!r}")
+        out.append(f"{setid} sip:{node} 0 0")
+    return "\n".join(out) + "\n"
 
 
 class Kamailio:
@@ -332,18 +412,38 @@ class Kamailio:
         users: ``{user: password}``: when given, REGISTERs need digest auth (401) and every
             other initial request needs proxy auth (407) as one of these users, except
             INVITEs to routed numbers (trunk calls from the network are not challenged).
+        host: the address to listen on (a bridge address when the nodes live in network
+            namespaces).
+        dispatch: cluster nodes (``host:port``): INVITEs to ``dispatch_numbers`` are
+            dispatched over them (see the module docstring).
+        probe_interval: seconds between OPTIONS probes of each node.
+        dispatch_fr_ms / dispatch_fr_inv_ms: how long a node may stay silent (no reply at
+            all) / ring without a final answer before the INVITE goes to the next node.
+        fr_timer: ms a relayed non-INVITE (BYE, OPTIONS probe) may go unanswered.
     """
 
     def __init__(self, routes: Mapping[str, str | Sequence[str]] | None = None, *,
                  domain: str = "controlroom.local", port: int = 0, children: int = 2,
                  trace: bool = True, debug: int = 2, fr_inv_timer: int = 120000,
                  workdir: Path | None = None,
-                 users: Mapping[str, str] | None = None) -> None:
+                 users: Mapping[str, str] | None = None, host: str = HOST,
+                 dispatch: Sequence[str] = (),
+                 dispatch_numbers: Sequence[str] = ("999", "112", "101"),
+                 probe_interval: int = 1, dispatch_fr_ms: int = 500,
+                 dispatch_fr_inv_ms: int = 5000, fr_timer: int | None = None) -> None:
+        self.dispatch = list(dispatch)
+        self.dispatch_numbers = list(dispatch_numbers) if self.dispatch else []
+        self.probe_interval = probe_interval
+        self.dispatch_fr_ms = dispatch_fr_ms
+        self.dispatch_fr_inv_ms = dispatch_fr_inv_ms
+        # A dead node must not hold a BYE or a probe for long: the default is shorter
+        # with a cluster behind.
+        self.fr_timer = fr_timer if fr_timer is not None else (1500 if self.dispatch else 5000)
         self.routes = dict(routes or {})
         self.users = dict(users or {})
         self.domain = domain
         self.port = port or free_udp_port()
-        self.host = HOST
+        self.host = host
         self.children = children
         self.trace = trace
         self.debug = debug
@@ -352,6 +452,7 @@ class Kamailio:
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="kamailio-"))
         self.cfg_path = self.dir / "kamailio.cfg"
         self.log_path = self.dir / "kamailio.log"
+        self.list_path = self.dir / "dispatcher.list"
         self._proc: Process | None = None
 
     @property
@@ -389,6 +490,19 @@ class Kamailio:
                 f'        route(RELAY);\n'
                 f'    }}'
             )
+        for number in self.dispatch_numbers:
+            if not number.replace("+", "").isalnum() or number in self.routes:
+                raise ValueError(f"bad dispatched number {number!r}")
+            lines.append(f'    if ($rU == "{number}" && is_method("INVITE")) {{\n'
+                         f'        route(DISPATCH);\n'
+                         f'    }}')
+        dispatcher_modules = dispatcher_routes = ""
+        if self.dispatch:
+            dispatcher_list(self.dispatch)  # checks the addresses
+            dispatcher_modules = DISPATCHER_MODULES.format(
+                list_file=self.list_path, domain=self.domain, probe_interval=self.probe_interval)
+            dispatcher_routes = DISPATCHER_ROUTES.format(fr_ms=self.dispatch_fr_ms,
+                                                         fr_inv_ms=self.dispatch_fr_inv_ms)
         trace = 'xlog("L_INFO", "REQ $rm $ru from $si:$sp\\n");' if self.trace else ""
         auth, auth_modules = "", ""
         if self.users:
@@ -398,7 +512,8 @@ class Kamailio:
                 if not user.replace("-", "").replace("_", "").isalnum() or '"' in password:
                     raise ValueError(f"bad credentials for {user!r}")
                 pw.append(f'    if ($au == "{user}") {{ $var(pw) = "{password}"; }}')
-            routed = " || ".join(f'$rU == "{n}"' for n in self.routes) or "0"
+            routed = " || ".join(f'$rU == "{n}"' for n in [*self.routes,
+                                                             *self.dispatch_numbers]) or "0"
             auth = "\n".join([
                 '    $var(pw) = "";',
                 *pw,
@@ -419,12 +534,16 @@ class Kamailio:
         return _CFG.format(
             debug=self.debug, children=self.children, host=self.host, port=self.port,
             domain=self.domain, routes="\n".join(lines), trace=trace,
-            fr_timer=5000, fr_inv_timer=self.fr_inv_timer, auth=auth, auth_modules=auth_modules,
+            fr_timer=self.fr_timer, fr_inv_timer=self.fr_inv_timer, auth=auth,
+            auth_modules=auth_modules, dispatcher_modules=dispatcher_modules,
+            dispatcher_routes=dispatcher_routes,
         )
 
     def start(self, timeout: float = 10.0) -> Kamailio:
         """Write the config, start Kamailio and wait until it answers OPTIONS."""
         self.cfg_path.write_text(self.config_text())
+        if self.dispatch:
+            self.list_path.write_text(dispatcher_list(self.dispatch))
         check = subprocess.run([KAMAILIO, "-c", "-f", str(self.cfg_path)],
                                capture_output=True, text=True, timeout=30)
         if check.returncode != 0:

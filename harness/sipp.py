@@ -47,6 +47,8 @@ class Sipp:
         trace_msg: log every SIP message (turn off under load).
         timeout: SIPp's own global timeout in seconds (it then exits non-zero).
         service: ``-s`` value (``[service]`` keyword).
+        host: the local address for SIP and RTP (a bridge address when the far ends
+            live in network namespaces); 127.0.0.1 by default.
     """
 
     def __init__(self, scenario: str, *, target: tuple[str, int] | None = None,
@@ -56,8 +58,9 @@ class Sipp:
                  port: int = 0, media_port: int = 0, trace_msg: bool = True,
                  timeout: float = 120.0, name: str = "sipp", service: str = "",
                  extra_args: Sequence[str] = (), workdir: Path | None = None,
-                 rtp_echo: bool = False) -> None:
+                 rtp_echo: bool = False, host: str = HOST) -> None:
         self.scenario = scenario
+        self.host = host
         self.target = target
         self.calls = calls
         self.rate = rate
@@ -84,18 +87,18 @@ class Sipp:
     @property
     def addr(self) -> tuple[str, int]:
         """``(host, port)`` SIPp's SIP socket listens on."""
-        return (HOST, self.port)
+        return (self.host, self.port)
 
     def contact(self, user: str) -> str:
         """The contact URI to register for a handler phone run by this SIPp."""
-        return f"sip:{user}@{HOST}:{self.port}"
+        return f"sip:{user}@{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
         a = [SIPP]
         if self.target is not None:
             a.append(f"{self.target[0]}:{self.target[1]}")
-        a += ["-sf", str(self.scenario_path), "-i", HOST, "-p", str(self.port),
-              "-mi", HOST, "-mp", str(self.media_port), "-m", str(self.calls),
+        a += ["-sf", str(self.scenario_path), "-i", self.host, "-p", str(self.port),
+              "-mi", self.host, "-mp", str(self.media_port), "-m", str(self.calls),
               "-nostdin", "-trace_stat", "-stf", str(self.dir / "stats.csv"), "-fd", "1",
               "-trace_err", "-error_file", str(self.dir / "errors.log"),
               "-trace_rtt", "-rtt_freq", "1",

@@ -75,6 +75,16 @@ RECORDING_MIGRATIONS = [
     """,
 ]
 
+NODE_COMPONENT = "calls.node"
+"""The node that wrote the row (cluster), migrated as its own component."""
+NODE_MIGRATIONS = [
+    # 1: which node of the cluster took the call (config ``cluster.node_id``; the same
+    # SQL is valid PostgreSQL); rows from before have '' (a single node)
+    """
+    ALTER TABLE calls ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    """,
+]
+
 _JSON = {"thrive", "flags", "location_detail"}
 _JSON |= {"recording_segments", "recording_gaps"}
 

@@ -45,12 +45,15 @@ class EngineBase:
                  on_event: Callable[[TelephonyEvent], None],
                  on_audio: Callable[[api.AudioFrame], None] | None = None,
                  media_factory: Callable[..., Any] | None = None,
-                 admit: Admit | None = None, dialog_journal: Path | None = None) -> None:
+                 admit: Admit | None = None, dialog_journal: Path | None = None,
+                 call_id_prefix: str = "") -> None:
         """``media_factory`` defaults to :class:`telephony.media.MediaEngine` and is called
         with its keyword arguments (tests pass a fake); ``admit`` may refuse a call after
         the engine's own checks by returning ``(status, reason)``; ``dialog_journal`` is
         the folder where established dialogs are kept so that a restart after a crash can
-        send them BYE (:mod:`telephony.engine.journal`; None: no journal)."""
+        send them BYE (:mod:`telephony.engine.journal`; None: no journal);
+        ``call_id_prefix`` starts every call and leg id this engine mints (the node id
+        and a ``-``, so ids stay unique across the nodes of a cluster)."""
         self.settings = settings
         self.lines = list(lines)
         self.recordings_dir = Path(recordings_dir)
@@ -83,6 +86,7 @@ class EngineBase:
         self._proxy_route: list[str] = []
         self._proxy_addr: tuple[str, int] | None = None
         self._ids = itertools.count(1)
+        self._id_prefix = call_id_prefix
         self._stats = EngineStats()
         self._retired = {"packets_in": 0, "packets_out": 0, "lost": 0, "late": 0,
                          "foreign": 0, "ssrc_dropped": 0, "latched": 0}

@@ -113,7 +113,7 @@ class CallsMixin(EngineBase):
             self._reject(session, line, dialled, caller, 503, str(exc) or "No media port",
                          [("Retry-After", str(self.settings.retry_after))])
             return
-        call_id = f"c{next(self._ids)}-{secrets.token_hex(3)}"
+        call_id = f"{self._id_prefix}c{next(self._ids)}-{secrets.token_hex(3)}"
         self._media_source(stream, call_id, source_ip if line.nat else None)
         sdp_state = _SdpState(secrets.randbelow(2**31))
         if offer is None:

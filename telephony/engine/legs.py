@@ -44,7 +44,7 @@ class LegsMixin(EngineBase):
         """Ring a handler's phone for this call (through the proxy); returns the leg_id."""
         assert self._ua is not None
         call = self._call(call_id)
-        leg_id = f"l{next(self._ids)}-{secrets.token_hex(3)}"
+        leg_id = f"{self._id_prefix}l{next(self._ids)}-{secrets.token_hex(3)}"
         try:
             target = parse_uri(handler_uri)
         except SipError as exc:

@@ -1,0 +1,615 @@
+"""Several controlroom nodes behind one Kamailio dispatcher, for tests and benchmarks.
+
+Theory of operation::
+
+    SIPp callers ──► Kamailio (dispatcher, registrar) ──► node n1 ┐ each a real
+    (999, 101)        on the hub address                ──► node n2 ├ ``controlroom serve``
+    SIPp phone banks ◄── handler legs, via Kamailio  ◄── node n3 ┘ process
+    Mosquitto (CAD broker) on the hub address ◄── every node's CAD publisher
+
+:class:`NamespaceNet` gives every node its own network namespace, joined to the host by
+a veth pair on a bridge whose address (the *hub*) carries Kamailio, Mosquitto and the
+SIPp processes: cutting a node's network is a real cut (:meth:`NamespaceNet.cut` sets
+the host end of its veth down: its cable pulled at the switch; the node process lives
+on and sees nothing come back). Where namespaces cannot be made (not root),
+:class:`LoopbackNet` puts each node on its own ``127.0.0.x`` address instead (no cut).
+
+:class:`Cluster` starts the hub's peers and the nodes (each with its own SQLite store
+and its own handler phones for now: one queue per node until the shared store lands),
+and kills (``SIGKILL``) or cuts a node. :class:`CallerLoad` is a SIPp caller at a steady
+rate whose scenario logs, per call, when the INVITE left, when it was answered and by
+which node, and how the caller's BYE fared: :func:`outcomes` reads it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .kamailio import HarnessError, Kamailio, Process
+from .mosquitto import Mosquitto
+from .ports import free_tcp_port, free_udp_port
+from .sipp import Sipp
+
+IP = shutil.which("ip") or "/usr/sbin/ip"
+DOMAIN = "controlroom.local"
+
+
+# -- addresses -----------------------------------------------------------------------
+
+def namespaces_available() -> bool:
+    """True when this process may make network namespaces (root with ``ip``)."""
+    return os.geteuid() == 0 and Path(IP).exists()
+
+
+def _ip(*args: str) -> None:
+    r = subprocess.run([IP, *args], capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        raise HarnessError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+class LoopbackNet:
+    """Hub on 127.0.0.1, node ``i`` on ``127.0.0.(11+i)``; no namespaces, no cut."""
+
+    can_cut = False
+
+    def __init__(self, nodes: int) -> None:
+        self.hub = "127.0.0.1"
+        self.nodes = [f"127.0.0.{11 + i}" for i in range(nodes)]
+        self.own_ports = False
+        """Whether every node has its own port space (namespaces): fixed ports then."""
+
+    def prefix(self, i: int) -> list[str]:
+        """The command prefix that runs a program in node ``i``'s network."""
+        return []
+
+    def cut(self, i: int) -> None:
+        raise HarnessError("a network cut needs network namespaces (run as root)")
+
+    def restore(self, i: int) -> None:
+        raise HarnessError("a network cut needs network namespaces (run as root)")
+
+    def close(self) -> None:
+        pass
+
+
+class NamespaceNet:
+    """A bridge on the host (the hub address) and one namespace per node on a veth.
+
+    Names carry a random tag so parallel runs never meet; :meth:`close` deletes every
+    namespace, veth and the bridge (also after a failure)."""
+
+    can_cut = True
+
+    def __init__(self, nodes: int) -> None:
+        self.tag = f"{random.randrange(16**4):04x}"
+        used = subprocess.run([IP, "-4", "-o", "addr"], capture_output=True,
+                              text=True).stdout
+        for _ in range(100):
+            net = f"10.{random.randrange(200, 250)}.{random.randrange(256)}"
+            if f" {net}." not in used:
+                break
+        self.net = net
+        self.hub = f"{net}.1"
+        self.nodes = [f"{net}.{11 + i}" for i in range(nodes)]
+        self.bridge = f"crb{self.tag}"
+        self.namespaces = [f"cr-{self.tag}-n{i + 1}" for i in range(nodes)]
+        self.veths = [f"cr{self.tag}v{i + 1}" for i in range(nodes)]
+        self.own_ports = True
+        try:
+            _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{self.hub}/24", "dev", self.bridge)
+            _ip("link", "set", self.bridge, "up")
+            for ns, veth, addr in zip(self.namespaces, self.veths, self.nodes, strict=True):
+                _ip("netns", "add", ns)
+                _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                _ip("link", "set", veth, "master", self.bridge, "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+                _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+                _ip("-n", ns, "link", "set", "eth0", "up")
+        except BaseException:
+            self.close()
+            raise
+
+    def prefix(self, i: int) -> list[str]:
+        return [IP, "netns", "exec", self.namespaces[i]]
+
+    def cut(self, i: int) -> None:
+        """Node ``i``'s cable pulled: the host end of its veth goes down; packets to and
+        from the node are dropped without an answer (no ICMP, no reset)."""
+        _ip("link", "set", self.veths[i], "down")
+
+    def restore(self, i: int) -> None:
+        _ip("link", "set", self.veths[i], "up")
+
+    def close(self) -> None:
+        for ns in self.namespaces:  # deleting a namespace deletes its end of the veth
+            subprocess.run([IP, "netns", "del", ns], capture_output=True, timeout=10)
+        subprocess.run([IP, "link", "del", self.bridge], capture_output=True, timeout=10)
+
+
+# -- callers -------------------------------------------------------------------------
+
+def caller_scenario(*, dialled: str, talk_ms: int, caller_id: str = "07700900123") -> str:
+    """A SIPp caller that logs its call (``-trace_logs``) for :func:`outcomes`:
+
+    ``SENT <n> <s> <us>`` as the INVITE leaves, ``ANSWER <n> <s> <us> <node address>``
+    on the 200 (the Contact's address names the node that answered), then after
+    ``talk_ms`` a BYE and ``BYE <n> <status>``: 200, or 408/481/500/503 when the node is
+    gone (in-dialog requests follow the Record-Route to the node that answered).
+    """
+    from_ = f"From: <sip:{caller_id}@[local_ip]:[local_port]>;tag=[pid]-[call_number]-c"
+    to = f"To: <sip:{dialled}@[remote_ip]:[remote_port]>"
+    dialog = f"{from_}\n{to}[peer_tag_param]\nCall-ID: [call_id]\nMax-Forwards: 70\n"
+    sdp = ("v=0\no=sipp 1 1 IN IP4 [media_ip]\ns=-\nc=IN IP4 [media_ip]\nt=0 0\n"
+           "m=audio [media_port] RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\n"
+           "a=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15\na=sendrecv\n")
+
+    def log(text: str) -> str:
+        return f'      <log message="{text}"/>\n'
+
+    bye_lost = "".join(
+        f'  <recv response="{code}" response_txn="bye" optional="true" next="lost{code}"/>\n'
+        for code in (408, 481, 500, 503))
+    lost = "".join(
+        f'  <label id="lost{code}"/>\n  <nop>\n    <action>\n'
+        f'{log(f"BYE [call_number] {code}")}    </action>\n  </nop>\n  <nop next="end"/>\n'
+        for code in (408, 481, 500, 503))
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="cluster-caller">
+  <nop>
+    <action>
+      <gettimeofday assign_to="s0,u0"/>
+{log("SENT [call_number] [$s0] [$u0]")}    </action>
+  </nop>
+  <send retrans="500" start_txn="invite"><![CDATA[
+INVITE sip:{dialled}@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+{from_}
+{to}
+Call-ID: [call_id]
+Max-Forwards: 70
+CSeq: 1 INVITE
+Contact: <sip:{caller_id}@[local_ip]:[local_port]>
+User-Agent: sipp-cluster-caller
+Content-Type: application/sdp
+Content-Length: [len]
+
+{sdp}
+]]></send>
+  <recv response="100" optional="true" response_txn="invite"/>
+  <recv response="180" optional="true" response_txn="invite"/>
+  <recv response="183" optional="true" response_txn="invite"/>
+  <recv response="200" rtd="true" rrs="true" response_txn="invite">
+    <action>
+      <gettimeofday assign_to="s1,u1"/>
+      <ereg regexp="[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+" search_in="hdr" header="Contact:"
+            check_it="false" assign_to="node"/>
+{log("ANSWER [call_number] [$s1] [$u1] [$node]")}    </action>
+  </recv>
+  <send ack_txn="invite"><![CDATA[
+ACK [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+{dialog}[routes]
+CSeq: 1 ACK
+Contact: <sip:{caller_id}@[local_ip]:[local_port]>
+Content-Length: 0
+]]></send>
+  <pause milliseconds="{talk_ms}"/>
+  <send retrans="500" start_txn="bye"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+{dialog}[routes]
+CSeq: 2 BYE
+Content-Length: 0
+]]></send>
+{bye_lost}  <recv response="200" response_txn="bye"/>
+  <nop>
+    <action>
+{log("BYE [call_number] 200")}    </action>
+  </nop>
+  <nop next="end"/>
+{lost}  <label id="end"/>
+</scenario>
+"""
+
+
+@dataclass
+class CallOutcome:
+    """One call as its caller saw it."""
+
+    number: int
+    line: str
+    sent: float
+    """Wall-clock time the INVITE left."""
+    answered: float | None = None
+    node: str = ""
+    """Address of the node that answered (from the 200's Contact)."""
+    bye: int | None = None
+    """Status of the caller's BYE (200; 408 etc. when the node was gone)."""
+
+    @property
+    def setup(self) -> float | None:
+        return None if self.answered is None else self.answered - self.sent
+
+
+def _epoch(s: str, us: str) -> float:
+    return float(s) + float(us) / 1e6
+
+
+def outcomes(log_path: Path, line: str) -> list[CallOutcome]:
+    """The calls logged by a :func:`caller_scenario` SIPp (``-log_file``)."""
+    calls: dict[int, CallOutcome] = {}
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    for raw in text.splitlines():
+        parts = raw.split()
+        if len(parts) < 3 or parts[0] not in ("SENT", "ANSWER", "BYE"):
+            continue
+        try:
+            n = int(parts[1])
+            if parts[0] == "SENT":
+                calls[n] = CallOutcome(n, line, _epoch(parts[2], parts[3]))
+            elif parts[0] == "ANSWER" and n in calls:
+                calls[n].answered = _epoch(parts[2], parts[3])
+                calls[n].node = parts[4] if len(parts) > 4 else ""
+            elif parts[0] == "BYE" and n in calls:
+                calls[n].bye = int(parts[2])
+        except (ValueError, IndexError):
+            continue
+    return sorted(calls.values(), key=lambda c: c.sent)
+
+
+class CallerLoad:
+    """A SIPp caller placing ``calls`` calls to ``dialled`` at ``rate`` a second."""
+
+    def __init__(self, cluster: Cluster, dialled: str, *, rate: float, calls: int,
+                 talk_ms: int = 3000, name: str = "") -> None:
+        self.line = dialled
+        name = name or f"callers-{dialled}"
+        workdir = cluster.workdir / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "calls.log"
+        self.sipp = Sipp(caller_scenario(dialled=dialled, talk_ms=talk_ms),
+                         target=cluster.kamailio.addr, host=cluster.net.hub, calls=calls,
+                         rate=rate, trace_msg=False, timeout=calls / rate + talk_ms / 1000 + 60,
+                         name=name, workdir=workdir,
+                         extra_args=["-trace_logs", "-log_file", str(self.log_path)])
+
+    def start(self) -> CallerLoad:
+        self.sipp.start()
+        return self
+
+    def wait(self, timeout: float) -> int:
+        return self.sipp.wait(timeout)
+
+    def stop(self) -> None:
+        self.sipp.stop()
+
+    def outcomes(self) -> list[CallOutcome]:
+        return outcomes(self.log_path, self.line)
+
+
+# -- CAD -----------------------------------------------------------------------------
+
+class CadCollector:
+    """Every CAD call message of every node (``<prefix>/+/calls/#``, QoS 1), in arrival
+    order, from a paho client in its own thread."""
+
+    def __init__(self, host: str, port: int, prefix: str = "controlroom") -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                   client_id=f"cad-collector-{random.randrange(1 << 30):x}")
+        topic = f"{prefix}/+/calls/#"
+
+        def on_connect(client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+            client.subscribe(topic, qos=1)
+
+        def on_subscribe(*_: Any) -> None:
+            self._ready.set()
+
+        def on_message(client: Any, userdata: Any, msg: Any) -> None:
+            with contextlib.suppress(ValueError):
+                with self._lock:
+                    self.messages.append(json.loads(msg.payload))
+
+        self._client.on_connect = on_connect
+        self._client.on_subscribe = on_subscribe
+        self._client.on_message = on_message
+        self._client.connect(host, port)
+        self._client.loop_start()
+        if not self._ready.wait(10):
+            self.close()
+            raise HarnessError("CAD collector did not subscribe in 10 s")
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.disconnect()
+        self._client.loop_stop()
+
+
+# -- nodes ---------------------------------------------------------------------------
+
+@dataclass
+class Node:
+    """One controlroom node: a ``controlroom serve`` process in its own network."""
+
+    index: int
+    node_id: str
+    addr: str
+    sip_port: int
+    web_port: int
+    workdir: Path
+    handlers: list[str]
+    config_path: Path
+    proc: Process | None = None
+    phones: Sipp | None = None
+    killed_at: float | None = None
+    cut_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sip(self) -> str:
+        return f"{self.addr}:{self.sip_port}"
+
+    @property
+    def database(self) -> Path:
+        return self.workdir / "data" / "controlroom.sqlite3"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    def get(self, path: str, timeout: float = 1.0) -> tuple[int, str]:
+        """HTTP GET on the node's console (``/readyz``, ``/metrics``)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.addr}:{self.web_port}{path}",
+                                        timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except OSError:
+            return 0, ""
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The node's calls rows (read-only; works after a kill -9: SQLite WAL)."""
+        import sqlite3
+
+        if not self.database.exists():
+            return []
+        conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM calls")]
+        finally:
+            conn.close()
+
+
+class Cluster:
+    """Mosquitto, Kamailio (dispatcher) and ``nodes`` controlroom nodes; a context manager.
+
+    Args:
+        nodes: how many controlroom nodes.
+        workdir: where configs, logs, stores go (kept: tests put it under tmp_path).
+        handlers: handler phones per node (``<node>h1..``), all with skills 999 and 101.
+        namespaces: a network namespace per node (default: when root); else 127.0.0.x.
+        ring_ms: how long handler phones ring before answering.
+        wrapup: wrap-up seconds after each call.
+    """
+
+    def __init__(self, workdir: Path, *, nodes: int = 3, handlers: int = 4,
+                 namespaces: bool | None = None, ring_ms: int = 300, wrapup: float = 0.5,
+                 offer_timeout: float = 5.0, probe_interval: int = 1,
+                 dispatch_fr_ms: int = 500) -> None:
+        self.workdir = Path(workdir)
+        self.n = nodes
+        self.handlers_per_node = handlers
+        self.use_namespaces = namespaces_available() if namespaces is None else namespaces
+        self.ring_ms = ring_ms
+        self.wrapup = wrapup
+        self.offer_timeout = offer_timeout
+        self.probe_interval = probe_interval
+        self.dispatch_fr_ms = dispatch_fr_ms
+        self.net: LoopbackNet | NamespaceNet
+        self.mosquitto: Mosquitto
+        self.kamailio: Kamailio
+        self.nodes: list[Node] = []
+        self.cad: CadCollector | None = None
+        self._closers: list[Any] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+    def __enter__(self) -> Cluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.net = NamespaceNet(self.n) if self.use_namespaces else LoopbackNet(self.n)
+        self._closers.append(self.net.close)
+        self.mosquitto = Mosquitto(host=self.net.hub)
+        self.mosquitto.start()
+        self._closers.append(self.mosquitto.close)
+        for i, addr in enumerate(self.net.nodes):
+            node_id = f"n{i + 1}"
+            own = self.net.own_ports
+            workdir = self.workdir / node_id
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.nodes.append(Node(
+                index=i, node_id=node_id, addr=addr,
+                sip_port=5060 if own else free_udp_port(),
+                web_port=8080 if own else free_tcp_port(), workdir=workdir,
+                handlers=[f"{node_id}h{j + 1}" for j in range(self.handlers_per_node)],
+                config_path=workdir / "controlroom.toml"))
+        self.kamailio = Kamailio(domain=DOMAIN, host=self.net.hub, trace=False,
+                                 children=2, workdir=self.workdir / "kamailio",
+                                 dispatch=[n.sip for n in self.nodes],
+                                 probe_interval=self.probe_interval,
+                                 dispatch_fr_ms=self.dispatch_fr_ms)
+        (self.workdir / "kamailio").mkdir(exist_ok=True)
+        self.kamailio.start()
+        self._closers.append(self.kamailio.stop)
+        self.cad = CadCollector(self.net.hub, self.mosquitto.port)
+        self._closers.append(self.cad.close)
+        for node in self.nodes:
+            self._start_phones(node)
+            self._start_node(node)
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            self.wait_ready(node, deadline - time.monotonic())
+
+    def close(self) -> None:
+        for node in self.nodes:
+            if node.proc is not None:
+                node.proc.stop(timeout=5)
+            if node.phones is not None:
+                node.phones.stop()
+        while self._closers:
+            with contextlib.suppress(Exception):
+                self._closers.pop()()
+
+    # -- nodes -------------------------------------------------------------------
+    def node_config(self, node: Node) -> dict[str, Any]:
+        hub = self.net.hub
+        if self.net.own_ports:
+            rtp = (20000, 20999)
+        else:
+            base = random.randrange(33000, 60000, 2)
+            rtp = (base, base + 399)
+        return {
+            "drain_timeout": 5.0,
+            "cluster": {"node_id": node.node_id},
+            "sip": {"bind": node.addr, "port": node.sip_port, "domain": DOMAIN,
+                    "proxy": f"sip:{hub}:{self.kamailio.port}", "rtp_bind": node.addr,
+                    "rtp_port_min": rtp[0], "rtp_port_max": rtp[1],
+                    "dead_call_timeout": 60.0},
+            "lines": [
+                {"name": "999", "numbers": ["999", "112"], "priority": 0, "skill": "999",
+                 "trusted_sources": [hub], "wrapup": self.wrapup,
+                 "callback_on_abandon": True},
+                {"name": "101", "numbers": ["101"], "priority": 1, "skill": "101",
+                 "trusted_sources": [hub], "answer_threshold": 60.0, "wrapup": self.wrapup},
+            ],
+            "handlers": [{"id": h, "phone": f"sip:{h}@{DOMAIN}", "skills": ["999", "101"]}
+                         for h in node.handlers],
+            "routing": {"offer_timeout": self.offer_timeout, "handlers_start_available": True},
+            "storage": {"data_dir": str(node.workdir / "data")},
+            "mqtt": {"host": hub, "port": self.mosquitto.port, "node": node.node_id},
+            "transcription": {"engine": "none", "live": False},
+            "web": {"bind": node.addr, "port": node.web_port},
+            "logging": {"level": "info", "json": True},
+        }
+
+    def _start_phones(self, node: Node) -> None:
+        from . import scenarios
+
+        (node.workdir / "phones").mkdir(exist_ok=True)
+        phones = Sipp(scenarios.handler(user=node.node_id, ring_ms=self.ring_ms),
+                      calls=1_000_000, timeout=3600, name=f"phones-{node.node_id}",
+                      trace_msg=False, workdir=node.workdir / "phones", host=self.net.hub)
+        node.phones = phones.start()
+        for h in node.handlers:
+            self.kamailio.register(h, phones.contact(h))
+
+    def _start_node(self, node: Node) -> None:
+        from controlroom.stack import toml_dump
+
+        node.config_path.write_text(toml_dump(self.node_config(node)))
+        argv = [*self.net.prefix(node.index), sys.executable, "-c",
+                "import sys; from controlroom.cli import main; sys.exit(main())",
+                "serve", "--config", str(node.config_path)]
+        node.proc = Process(argv, log_path=node.workdir / "node.log", cwd=node.workdir)
+        node.killed_at = None
+
+    def wait_ready(self, node: Node, timeout: float = 30.0) -> None:
+        """Until the node's ``/readyz`` says 200 (raises with its log if it dies)."""
+        deadline = time.monotonic() + max(timeout, 1.0)
+        while time.monotonic() < deadline:
+            if node.proc is None or not node.proc.alive():
+                raise HarnessError(f"node {node.node_id} exited:\n{self.node_log(node)}")
+            if node.get("/readyz", timeout=0.5)[0] == 200:
+                return
+            time.sleep(0.1)
+        raise HarnessError(f"node {node.node_id} not ready in {timeout:.0f} s:\n"
+                           f"{self.node_log(node)}")
+
+    def node_log(self, node: Node, tail: int = 6000) -> str:
+        return node.proc.log_text(tail) if node.proc is not None else ""
+
+    def restart(self, node: Node, timeout: float = 30.0) -> None:
+        """Start a killed node again on the same store (its restart recovery runs)."""
+        if node.proc is not None:
+            node.proc.stop(timeout=1)
+        self._start_node(node)
+        self.wait_ready(node, timeout)
+
+    # -- faults ------------------------------------------------------------------
+    def kill(self, node: Node) -> float:
+        """``kill -9`` the node's process; returns the wall-clock time of the kill."""
+        assert node.proc is not None
+        at = time.time()
+        os.kill(node.proc.pid, signal.SIGKILL)  # ip netns exec execs: the pid is the node
+        node.proc.wait(5)
+        node.killed_at = at
+        return at
+
+    def cut(self, node: Node) -> float:
+        """Cut the node's network (namespaces only); returns the time of the cut."""
+        at = time.time()
+        self.net.cut(node.index)
+        node.cut_at = at
+        return at
+
+    def restore(self, node: Node) -> None:
+        self.net.restore(node.index)
+        node.cut_at = None
+
+    # -- callers -----------------------------------------------------------------
+    def callers(self, dialled: str, *, rate: float, calls: int, talk_ms: int = 3000,
+                name: str = "") -> CallerLoad:
+        return CallerLoad(self, dialled, rate=rate, calls=calls, talk_ms=talk_ms, name=name)
+
+    def node_by_addr(self, addr: str) -> Node | None:
+        return next((n for n in self.nodes if n.addr == addr), None)
+
+
+def keep_dir(prefix: str = "cluster-") -> Path:
+    """A fresh directory for a cluster run (benchmarks; tests use ``tmp_path``)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+__all__ = ["CadCollector", "CallOutcome", "CallerLoad", "Cluster", "LoopbackNet",
+           "NamespaceNet", "Node", "caller_scenario", "keep_dir", "namespaces_available",
+           "outcomes"]
+
