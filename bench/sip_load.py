@@ -22,6 +22,17 @@ Figures (targets on 2 cores: >= 150 bridged recorded calls = 300 legs in real ti
   time), largest send gap, event-loop lag, recordings sealed and complete, memory per
   concurrent call and idle RSS after each round (flat = no leak).
 
+A run that does not count exits 1 after ``FAILED:`` lines saying why: a caller SIPp
+quit before placing its calls, an engine round completed under ``--min-completed``
+(95 %), or SIPp placed its calls more than ``--rate-tolerance`` (10 %) slower than
+offered. The summary prints each figure as min / median / max over the rounds beside the
+load average and the CPU SIPp and Kamailio used. The engine-vs-pyVoIP CPU ratio is CPU
+per completed call-second, round paired with round, printed only when both completed
+95 % of their calls; where both complete every call:
+
+    .venv/bin/python bench/sip_load.py --calls 150 --rate-start 10 --rate-max 10 \
+        --rounds 3 --pyvoip-calls 0 --pyvoip-rounds 3
+
 The engine runs in a child process (``--serve-engine``, this same file) so its CPU and
 memory are measured alone.
 """
