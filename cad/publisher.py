@@ -207,12 +207,14 @@ class CadPublisher:
         self._task: asyncio.Task[None] | None = None
         self._running: asyncio.Task[Any] | None = None
         self._reader: sqlite3.Connection | None = None
+        self._claimer: Any = None
+        """PostgreSQL: this publisher's claim connection (see _drain_claimed)."""
         self._reader_lock = threading.Lock()
         self._tls_context: ssl.SSLContext | None = None
         if settings.tls:
             # Built once here so a bad CA file fails at start-up, not at each connect.
             self._tls_context = ssl.create_default_context(cafile=settings.ca_file or None)
-        db.migrate(outbox.COMPONENT, outbox.MIGRATIONS)
+        db.migrate(outbox.COMPONENT, outbox.MIGRATIONS, postgresql=outbox.PG_MIGRATIONS)
 
     # -- API for the service ---------------------------------------------------
     def notify(self) -> None:
@@ -374,8 +376,10 @@ class CadPublisher:
                     await client.subscribe(messages.incidents_topic(s.topic_prefix, s.node),
                                            qos=1)
                 self._summary_dirty = self._summary is not None
+                drain = (self._drain_claimed if self.db.dialect == "postgresql"
+                         else self._drain)
                 tasks = [asyncio.create_task(self._receive(client), name="cad-receive"),
-                         asyncio.create_task(self._drain(client), name="cad-drain")]
+                         asyncio.create_task(drain(client), name="cad-drain")]
                 self._up.set()
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             except asyncio.CancelledError:
@@ -498,14 +502,96 @@ class CadPublisher:
             if acked:
                 self._mark(acked)
 
+    async def _drain_claimed(self, client: aiomqtt.Client) -> None:
+        """PostgreSQL (one outbox for the cluster, a publisher on every node): claim
+        whole calls (:func:`store.outbox.claim`, ``FOR UPDATE SKIP LOCKED``) in a
+        transaction on this publisher's own connection, publish their rows in order,
+        await every PUBACK, mark them and commit. Another node's publisher skips the
+        calls held here, so each call's messages go out through one connection at a
+        time, in seq order; a node that dies mid-batch gives its calls back with the
+        transaction, and they are sent again (at least once, event ids unchanged)."""
+        assert self._wake is not None
+        s = self.settings
+        system_topic = messages.system_topic(s.topic_prefix, s.node)
+        summary_topic = messages.summary_topic(s.topic_prefix, s.node)
+        limit = max(1, min(self.batch_size, self.window))
+        while True:
+            self._wake.clear()
+            while self._system:
+                await client.publish(system_topic, json.dumps(self._system[0]), qos=1)
+                self._system.popleft()
+            if self._summary_dirty and self._summary is not None:
+                self._summary_dirty = False
+                await client.publish(summary_topic, json.dumps(self._summary), qos=1,
+                                     retain=True)
+            rows = await asyncio.to_thread(self._claim, limit)
+            if rows:
+                try:
+                    tasks = [asyncio.create_task(client.publish(
+                        messages.call_topic(s.topic_prefix, s.node, r.line, r.call_id),
+                        r.payload.encode(), qos=self.qos)) for r in rows]
+                    try:
+                        for t in tasks:
+                            await t
+                    finally:
+                        for t in tasks:
+                            _reap(t)
+                except BaseException:
+                    await asyncio.shield(asyncio.to_thread(self._claim_end, None))
+                    raise
+                await asyncio.to_thread(self._claim_end, [r.id for r in rows])
+                continue
+            await asyncio.to_thread(self._claim_end, None)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
+
+    def _claim(self, limit: int) -> list[outbox.OutboxRow]:
+        """Open the claim transaction and claim (worker thread)."""
+        with self._reader_lock:
+            conn = self._claimer
+            if conn is None or conn.closed or conn.raw.broken:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                self._claimer = conn = self.db.connect_reader()
+            conn.execute("BEGIN")
+            try:
+                return outbox.claim(conn, limit=limit)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _claim_end(self, delivered: list[int] | None) -> None:
+        """Mark ``delivered`` and commit, or (None) give the claimed calls back."""
+        with self._reader_lock:
+            conn = self._claimer
+            if conn is None or conn.closed:
+                return
+            if delivered is None:
+                with contextlib.suppress(Exception):
+                    conn.execute("ROLLBACK")
+                return
+            outbox.mark_claimed(conn, delivered)
+            conn.execute("COMMIT")
+            self.delivered += len(delivered)
+
     # -- outbox access (worker threads) ---------------------------------------
     def _open_reader(self) -> None:
         # A separate connection sees only committed rows; an in-memory db has no second
-        # connection, so it is read through the writer (tests only).
-        if self.db.path != ":memory:" and self._reader is None:
+        # connection, so it is read through the writer (tests only). PostgreSQL is read
+        # through the writer (it re-connects after a server restart) and claimed on a
+        # connection of the publisher's own (_claim).
+        if (self.db.path != ":memory:" and self._reader is None
+                and self.db.dialect != "postgresql"):
             self._reader = self.db.connect_reader()
 
     def _close_reader(self) -> None:
+        if self._claimer is not None:
+            with self._reader_lock, contextlib.suppress(Exception):
+                self._claimer.close()
+            self._claimer = None
         if self._reader is not None:
             with self._reader_lock:
                 self._reader.close()
@@ -527,7 +613,7 @@ class CadPublisher:
         ids = self._unmarked + ids
         try:
             outbox.mark_delivered(self.db, ids)
-        except sqlite3.OperationalError as exc:
+        except (sqlite3.OperationalError, self.db.OperationalError) as exc:
             # The database will not take the write (disk full, read-only file system):
             # the rows were delivered, so keep their ids and mark them with the next
             # batch rather than drop the connection. A restart before then sends them
