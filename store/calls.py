@@ -85,6 +85,61 @@ NODE_MIGRATIONS = [
     """,
 ]
 
+PG_MIGRATIONS = [
+    # PostgreSQL (a shared store): the same columns; epoch seconds as DOUBLE PRECISION
+    # (PostgreSQL's REAL is 4 bytes). 1 and 2 are SQLite's 1 and 2.
+    """
+    CREATE TABLE calls (
+        call_id TEXT PRIMARY KEY,
+        line TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        caller TEXT NOT NULL DEFAULT '',
+        display_name TEXT NOT NULL DEFAULT '',
+        dialled TEXT NOT NULL DEFAULT '',
+        location TEXT,
+        sip_call_id TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        arrived_at DOUBLE PRECISION NOT NULL,
+        answered_at DOUBLE PRECISION,
+        ended_at DOUBLE PRECISION,
+        handler_id TEXT,
+        ended_by TEXT,
+        end_reason TEXT,
+        wait DOUBLE PRECISION,
+        talk DOUBLE PRECISION,
+        incident_number TEXT,
+        grade TEXT,
+        thrive TEXT,
+        notes TEXT,
+        flags TEXT NOT NULL DEFAULT '[]',
+        recording_path TEXT,
+        recording_sha256 TEXT,
+        recording_duration DOUBLE PRECISION
+    );
+    CREATE INDEX calls_caller ON calls(caller, arrived_at);
+    CREATE INDEX calls_arrived ON calls(arrived_at);
+    CREATE INDEX calls_handler ON calls(handler_id, arrived_at);
+    CREATE INDEX calls_incident ON calls(incident_number);
+    """,
+    """
+    ALTER TABLE calls ADD COLUMN caller_normalised TEXT NOT NULL DEFAULT '';
+    ALTER TABLE calls ADD COLUMN location_detail TEXT;
+    CREATE INDEX calls_caller_normalised ON calls(caller_normalised, arrived_at);
+    """,
+]
+
+RECORDING_PG_MIGRATIONS = [
+    """
+    ALTER TABLE calls ADD COLUMN recording_segments TEXT;
+    ALTER TABLE calls ADD COLUMN recording_gaps TEXT;
+    CREATE INDEX calls_unrecorded ON calls(arrived_at) WHERE recording_path IS NULL;
+    """,
+    """
+    CREATE INDEX calls_recording_part ON calls(arrived_at)
+        WHERE recording_path LIKE '%.part';
+    """,
+]
+
 _JSON = {"thrive", "flags", "location_detail"}
 _JSON |= {"recording_segments", "recording_gaps"}
 
