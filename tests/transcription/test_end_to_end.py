@@ -34,7 +34,7 @@ async def _feed_realtime(svc, call_id, caller, handler, *, start=0.0):
 async def test_whisper_live_final_and_search(db, whisper, tmp_path):
     """An English 999 call: live partials and a final caption while audio is fed at real
     time; after the call the final job stores a transcript that search finds, with the
-    hit's offset on the media clock (the call's audio starts at 30 s)."""
+    hit's offset at the matched word in the recording."""
     pad = np.zeros(4000, np.int16)
     caller = np.concatenate([pad, g711_roundtrip(
         speak("There is a burglary at number twelve Station Road", voice="en+f2", wpm=120, gap=8),
@@ -71,7 +71,10 @@ async def test_whisper_live_final_and_search(db, whisper, tmp_path):
     hits = TranscriptSearch(db).search("burglary", line="999")
     assert [h.call_id for h in hits] == ["k1"]
     assert "<mark>burglary</mark>" in hits[0].snippet.lower()
-    assert 0.0 <= hits[0].offset <= 1.5 and hits[0].handler_id == "h7"
+    # the offset is where "burglary" is said: after the 0.5 s pad and "There is a"
+    assert 1.0 <= hits[0].offset <= 2.5 and hits[0].handler_id == "h7"
+    assert hits[0].matches[0]["word"].lower().startswith("burglary")
+    assert hits[0].matches[0]["at"] == hits[0].offset
 
 
 @pytest.mark.slow
