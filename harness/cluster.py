@@ -47,6 +47,8 @@ from .ports import free_tcp_port, free_udp_port
 from .sipp import Sipp
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
+ROOT = Path(__file__).resolve().parent.parent
+"""The source tree this harness belongs to."""
 DOMAIN = "controlroom.local"
 
 
@@ -148,7 +150,7 @@ class NamespaceNet:
 def caller_scenario(*, dialled: str, talk_ms: int, caller_id: str = "07700900123") -> str:
     """A SIPp caller that logs its call (``-trace_logs``) for :func:`outcomes`:
 
-    ``SENT <n> <s> <us>`` as the INVITE leaves, ``ANSWER <n> <s> <us> <node address>``
+    ``SENT <n> <s> <us> <Call-ID>`` as the INVITE leaves, ``ANSWER <n> <s> <us> <node address>``
     on the 200 (the Contact's address names the node that answered), then after
     ``talk_ms`` a BYE and ``BYE <n> <status>``: 200, or 408/481/500/503 when the node is
     gone (in-dialog requests follow the Record-Route to the node that answered).
@@ -175,7 +177,7 @@ def caller_scenario(*, dialled: str, talk_ms: int, caller_id: str = "07700900123
   <nop>
     <action>
       <gettimeofday assign_to="s0,u0"/>
-{log("SENT [call_number] [$s0] [$u0]")}    </action>
+{log("SENT [call_number] [$s0] [$u0] [call_id]")}    </action>
   </nop>
   <send retrans="500" start_txn="invite"><![CDATA[
 INVITE sip:{dialled}@[remote_ip]:[remote_port] SIP/2.0
@@ -242,6 +244,8 @@ class CallOutcome:
     """Address of the node that answered (from the 200's Contact)."""
     bye: int | None = None
     """Status of the caller's BYE (200; 408 etc. when the node was gone)."""
+    sip_call_id: str = ""
+    """The SIP Call-ID (the calls row's ``sip_call_id`` on the node that answered)."""
 
     @property
     def setup(self) -> float | None:
@@ -266,7 +270,8 @@ def outcomes(log_path: Path, line: str) -> list[CallOutcome]:
         try:
             n = int(parts[1])
             if parts[0] == "SENT":
-                calls[n] = CallOutcome(n, line, _epoch(parts[2], parts[3]))
+                calls[n] = CallOutcome(n, line, _epoch(parts[2], parts[3]),
+                                       sip_call_id=parts[4] if len(parts) > 4 else "")
             elif parts[0] == "ANSWER" and n in calls:
                 calls[n].answered = _epoch(parts[2], parts[3])
                 calls[n].node = parts[4] if len(parts) > 4 else ""
@@ -488,6 +493,19 @@ class Cluster:
         deadline = time.monotonic() + timeout
         for node in self.nodes:
             self.wait_ready(node, deadline - time.monotonic())
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Two short calls per node through the dispatcher (round-robin), so no node meets
+        the measured load cold: a node's first call loads code and opens files, and a
+        first INVITE unanswered for ``dispatch_fr_ms`` would be failed over."""
+        load = self.callers("101", rate=10, calls=2 * self.n, talk_ms=200, name="warm-up")
+        load.start()
+        load.wait(60)
+        done = [c for c in load.outcomes() if c.answered is not None]
+        if len({c.node for c in done}) < self.n:
+            raise HarnessError(f"warm-up: nodes answering {sorted({c.node for c in done})}, "
+                               f"expected {self.net.nodes}\n{self.kamailio.log_text(4000)}")
 
     def close(self) -> None:
         for node in self.nodes:
@@ -549,7 +567,11 @@ class Cluster:
         argv = [*self.net.prefix(node.index), sys.executable, "-c",
                 "import sys; from controlroom.cli import main; sys.exit(main())",
                 "serve", "--config", str(node.config_path)]
-        node.proc = Process(argv, log_path=node.workdir / "node.log", cwd=node.workdir)
+        # The node runs the code this harness comes from (not whatever is installed).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        node.proc = Process(argv, log_path=node.workdir / "node.log", cwd=node.workdir,
+                            env=env)
         node.killed_at = None
 
     def wait_ready(self, node: Node, timeout: float = 30.0) -> None:
@@ -604,12 +626,81 @@ class Cluster:
         return next((n for n in self.nodes if n.addr == addr), None)
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0-1) by nearest rank; None for no values."""
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, round(q * len(v) + 0.5) - 1))]
+
+
+def fault_figures(cluster: Cluster, calls: list[CallOutcome], node: Node, fault_at: float,
+                  *, talk_s: float, settle_s: float = 3.0) -> dict[str, Any]:
+    """What callers and the CAD saw around a fault of ``node`` at ``fault_at``.
+
+    * ``new``/``failed_new``: calls whose INVITE left at or after the fault, and those of
+      them never answered (goal 0);
+    * ``first_answer_s``: fault -> the first of those answered (by a survivor);
+    * ``max_setup_s``: the slowest set-up among them (a call first sent to the dead node
+      is answered by the next after ``dispatch_fr_ms``);
+    * ``answered_by_faulty``: new calls answered by the faulty node (0 while it is away);
+    * ``in_flight``: calls the faulty node had answered and was carrying at the fault,
+      ``bye_lost`` how many of those callers' BYEs found no node (the media is lost);
+    * ``cad_checked``/``cad_missing``: calls answered by the other nodes, and how many
+      of them lack ``call.arrived`` or ``call.ended`` at the CAD (goal 0);
+      ``cad_duplicates``: messages seen twice (allowed: same ``event_id``).
+    """
+    new = [c for c in calls if c.sent >= fault_at]
+    answered = [c for c in new if c.answered is not None]
+    in_flight = [c for c in calls if c.node == node.addr and c.answered is not None
+                 and c.answered < fault_at < c.answered + talk_s]
+    figures: dict[str, Any] = {
+        "calls": len(calls),
+        "new": len(new),
+        "failed_new": len(new) - len(answered),
+        "first_answer_s": (min(c.answered for c in answered) - fault_at  # type: ignore[operator]
+                           if answered else None),
+        "max_setup_s": max((c.setup or 0.0) for c in answered) if answered else None,
+        "answered_by_faulty": sum(1 for c in answered if c.node == node.addr),
+        "in_flight": len(in_flight),
+        "bye_lost": sum(1 for c in in_flight if c.bye != 200),
+    }
+    # CAD: every call a survivor answered has its arrival and its end at the broker.
+    deadline = time.monotonic() + settle_s
+    others = {n.addr: n for n in cluster.nodes if n is not node}
+    rows: dict[str, dict[str, Any]] = {}
+    for n in others.values():
+        rows.update({r["sip_call_id"]: r for r in n.calls()})
+    checked = [c for c in calls if c.node in others and c.bye == 200]
+    missing: list[str] = []
+    while True:
+        msgs = cluster.cad.snapshot() if cluster.cad is not None else []
+        seen: dict[str, set[str]] = {}
+        for m in msgs:
+            seen.setdefault(m.get("call_id", ""), set()).add(m.get("type", ""))
+        missing = []
+        for c in checked:
+            row = rows.get(c.sip_call_id)
+            types = seen.get(row["call_id"], set()) if row else set()
+            if not {"call.arrived", "call.ended"} <= types:
+                missing.append(row["call_id"] if row else c.sip_call_id)
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    ids = [m.get("event_id") for m in msgs]
+    figures.update(cad_checked=len(checked), cad_missing=len(missing),
+                   cad_missing_ids=missing[:10], cad_duplicates=len(ids) - len(set(ids)),
+                   wrong_node=sum(1 for m in msgs if not str(m.get("call_id", "")).startswith(
+                       f"{m.get('node')}-")))
+    return figures
+
+
 def keep_dir(prefix: str = "cluster-") -> Path:
     """A fresh directory for a cluster run (benchmarks; tests use ``tmp_path``)."""
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 __all__ = ["CadCollector", "CallOutcome", "CallerLoad", "Cluster", "LoopbackNet",
-           "NamespaceNet", "Node", "caller_scenario", "keep_dir", "namespaces_available",
-           "outcomes"]
+           "NamespaceNet", "Node", "caller_scenario", "fault_figures", "keep_dir",
+           "namespaces_available", "outcomes", "percentile"]
 

@@ -331,6 +331,7 @@ route[RELAY] {{
 DISPATCHER_MODULES = """\
 loadmodule "dispatcher.so"
 modparam("dispatcher", "list_file", "{list_file}")
+modparam("dispatcher", "flags", 2)
 modparam("dispatcher", "ds_ping_method", "OPTIONS")
 modparam("dispatcher", "ds_ping_from", "sip:dispatcher@{domain}")
 modparam("dispatcher", "ds_ping_interval", {probe_interval})
@@ -339,7 +340,8 @@ modparam("dispatcher", "ds_probing_threshold", 1)
 modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2")
 """
-"""Dispatcher parameters: every node is probed with OPTIONS every ``probe_interval`` s
+"""Dispatcher parameters: failover on (``flags`` 2: the other nodes are kept for
+``ds_next_dst``); every node is probed with OPTIONS every ``probe_interval`` s
 (``ds_probing_mode`` 1: active ones too, so a dead node is found without a call); one
 unanswered probe marks a node inactive, one 2xx marks it active again. A probe's own
 timeout is tm's ``fr_timer``."""
