@@ -34,6 +34,13 @@ class LineSettings:
     """trunk: INVITEs from ``trusted_sources``; registered: register to ``registrar``."""
     trusted_sources: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     """Source IPs (SBC/PBX/proxy) allowed to send INVITEs on a trunk line; others get 403."""
+    tls_client_cert: bool = False
+    """Mutual TLS for this trunk: its INVITEs must come over SIP over TLS from a client
+    that presented a certificate issued by ``tls_ca`` (else ``sip.tls_ca``); others get
+    403. Needs ``sip.tls`` and ``sip.tls_client_cert`` ``optional`` or ``required``."""
+    tls_ca: str = ""
+    """PEM CA (bundle) that issues this line's SBC certificates (mutual TLS); added to
+    the CAs TLS clients are verified against. Empty: ``sip.tls_ca``."""
     registrar: str = ""
     """registered mode: registrar URI, e.g. ``sip:pbx.example:5060``."""
     username: str = ""
@@ -63,11 +70,6 @@ class LineSettings:
     come from. Then the first RTP packet of a call, if it comes from the signalling
     source's address (any port), is taken as the media address (latched, logged).
     Otherwise (default) RTP is accepted only from the exact address and port in the SDP."""
-    srtp: Literal["required", "offered", "off"] = "off"
-    """SRTP (RFC 3711, keyed by SDES ``a=crypto`` over SIP over TLS) for this line's calls:
-    ``required``: a call whose offer has no usable ``a=crypto`` (or that did not come over
-    TLS) is refused with 488; ``offered``: SRTP when the SBC offers it, else plain RTP;
-    ``off``: plain RTP only (an ``RTP/SAVP`` offer gets 488)."""
 
     def validate(self) -> None:
         if not self.name or "/" in self.name or "+" in self.name or "#" in self.name:
@@ -110,12 +112,6 @@ class HandlerSettings:
     """Optional level per skill (1-10, higher is better)."""
     user: str = ""
     """Console user name, if different from ``id``."""
-    srtp: Literal["required", "offered", "off"] = "off"
-    """SRTP to this handler's phone: ``required``: we offer ``RTP/SAVP`` with ``a=crypto``
-    and a phone that answers without it is hung up (the offer fails); ``offered``:
-    ``RTP/AVP`` with ``a=crypto`` (best-effort: a phone without SRTP answers plain);
-    ``off``: plain RTP. Keys go only over SIP over TLS (``sip.proxy`` a ``sips:`` URI or
-    ``;transport=tls``); ``required`` without it is a start-up error."""
 
     def validate(self) -> None:
         if problem := uri_problem(self.phone):
@@ -283,6 +279,13 @@ class Settings:
             if line.name in names:
                 raise ConfigError(f"lines[{i}].name", f"duplicate line name {line.name!r}")
             names.add(line.name)
+            if line.registrar and (problem := uri_problem(line.registrar, self.sip.transports)):
+                raise ConfigError(f"lines[{i}].registrar", problem)
+            if line.tls_client_cert and (not self.sip.tls or self.sip.tls_client_cert == "none"
+                                         or not (line.tls_ca or self.sip.tls_ca)):
+                raise ConfigError(f"lines[{i}].tls_client_cert", "needs sip.tls = true, "
+                                  "sip.tls_client_cert 'optional' or 'required' and a CA "
+                                  "(the line's tls_ca or sip.tls_ca)")
             for n in line.numbers:
                 if n in numbers:
                     raise ConfigError(f"lines[{i}].numbers",
@@ -290,6 +293,8 @@ class Settings:
                 numbers[n] = line.name
         ids: set[str] = set()
         for i, h in enumerate(self.handlers):
+            if problem := uri_problem(h.phone, self.sip.transports):
+                raise ConfigError(f"handlers[{i}].phone", problem)
             if h.id in ids:
                 raise ConfigError(f"handlers[{i}].id", f"duplicate handler id {h.id!r}")
             ids.add(h.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,6 +47,44 @@ class SipSettings:
     """Retry-After seconds on 503."""
     max_message_bytes: int = 65535
     """Larger SIP messages are refused."""
+    tcp: bool = False
+    """Also listen for SIP over TCP on ``port`` (RFC 3261 §18: the UDP port number; with
+    ``port = 0`` the number UDP got). Needed for ``;transport=tcp`` URIs and for requests
+    too large for UDP (moved to TCP, §18.1.1)."""
+    tls: bool = False
+    """Listen for SIP over TLS on ``tls_port`` and reach ``sips:`` / ``;transport=tls``
+    URIs over TLS (1.2 or later). Needs ``tls_cert`` and ``tls_key``."""
+    tls_port: int = 5061
+    """SIP over TLS port (0 picks a free one, for tests)."""
+    tls_cert: str = ""
+    """PEM certificate chain we present (server and client side). Re-read on SIGHUP:
+    new connections use the new one, connections up (calls) keep theirs."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert`` (a file readable only by the service)."""
+    tls_ca: str = ""
+    """PEM CA bundle that peers' certificates must chain to: servers we connect to
+    (proxy, registrars, handler phones) and clients that present one. Empty: the
+    system's trust store for servers; client certificates are then not asked for."""
+    tls_verify_server: bool = True
+    """Check the certificate (chain to ``tls_ca`` and the name in the URI we dial, or
+    its IP address) of every TLS server we connect to. Turning it off is for labs."""
+    tls_client_cert: Literal["none", "optional", "required"] = "optional"
+    """Whether TLS clients must present a certificate that chains to ``tls_ca`` (mutual
+    TLS): ``required`` refuses a handshake without one; ``optional`` asks and verifies
+    one if sent (lines with ``tls_client_cert = true`` then insist); ``none`` does
+    not ask."""
+    tcp_max_connections: int = 1024
+    """TCP/TLS connections open at most; more are closed at accept."""
+    tcp_max_per_source: int = 32
+    """TCP/TLS connections open at most from one IP address."""
+    tcp_idle_timeout: float = 300.0
+    """Seconds without a byte either way before a TCP/TLS connection is closed (peers
+    reconnect, or keep it up with CRLF keep-alives, RFC 5626)."""
+    tcp_message_timeout: float = 10.0
+    """Seconds a SIP message may take from its first byte to its last on TCP/TLS; then it
+    is answered 400 (when it can be) and the connection closed (slow senders)."""
+    tls_handshake_timeout: float = 5.0
+    """Seconds a TLS handshake may take; then the connection is closed and logged."""
     recording_spool_mb: int = 64
     """While the recordings disk fails (full, read-only, I/O errors), recordings keep
     their audio in memory up to this many MiB in all (64: ~35 min of stereo audio); past
@@ -68,11 +107,6 @@ class SipSettings:
     min_se: int = 90
     """Smallest session-timer interval accepted (RFC 4028 Min-SE, at least 90 s); an
     INVITE asking for less gets 422 with this value."""
-    srtp_over_plain_sip: bool = False
-    """LAB AND TEST ONLY. SDES (RFC 4568) puts the SRTP keys in the SDP, so whoever reads
-    the signalling can decrypt the media: the engine sends and accepts ``a=crypto`` only
-    on SIP over TLS. ``true`` allows it over UDP/TCP too (e.g. a loopback test rig before
-    TLS is set up); logged as a warning at start and on every call that uses it."""
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -91,7 +125,7 @@ class SipSettings:
             raise ConfigError("recording_spool_mb", "must be 0 or more")
         if self.recording_retry_interval <= 0:
             raise ConfigError("recording_retry_interval", "must be positive")
-        if self.proxy and (problem := uri_problem(self.proxy)):
+        if self.proxy and (problem := uri_problem(self.proxy, self.transports)):
             raise ConfigError("proxy", problem)
         if self.untrusted_rate <= 0 or self.untrusted_burst < 1:
             raise ConfigError("untrusted_rate", "untrusted_rate must be > 0 and "
@@ -100,27 +134,60 @@ class SipSettings:
             raise ConfigError("country_code", f"must be 1-3 digits, got {self.country_code!r}")
         if self.min_se < 90:
             raise ConfigError("min_se", f"must be at least 90 (RFC 4028), got {self.min_se}")
+        if self.tls:
+            if not 0 <= self.tls_port <= 65535:
+                raise ConfigError("tls_port", f"must be 0..65535, got {self.tls_port}")
+            for key in ("tls_cert", "tls_key"):
+                if not getattr(self, key):
+                    raise ConfigError(key, "is required when tls = true")
+            for key in ("tls_cert", "tls_key", "tls_ca"):
+                path = getattr(self, key)
+                if path and not os.path.isfile(path):
+                    raise ConfigError(key, f"no such file: {path!r}")
+        for key in ("tcp_idle_timeout", "tcp_message_timeout", "tls_handshake_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(key, "must be positive")
+        if self.tcp_max_connections < 1 or self.tcp_max_per_source < 1:
+            raise ConfigError("tcp_max_connections",
+                              "tcp_max_connections and tcp_max_per_source must be >= 1")
+
+    @property
+    def transports(self) -> frozenset[str]:
+        """Transports this configuration carries SIP over."""
+        return frozenset({"udp"} | ({"tcp"} if self.tcp else set())
+                         | ({"tls"} if self.tls else set()))
 
 
-def uri_problem(uri: str) -> str | None:
+def uri_problem(uri: str, transports: frozenset[str] | None = None) -> str | None:
     """Why the engine cannot reach ``uri``, or ``None`` when it can.
 
-    The engine speaks SIP over UDP and nothing else: a ``sips:`` URI (TLS) or a
-    ``transport=`` other than ``udp`` (tcp, tls, sctp, ws, wss) would be accepted here and
-    fail on the first call, so it is refused at start-up instead (issue 12 #12)."""
+    The engine speaks SIP over UDP, TCP and TLS. ``transports`` is what the configuration
+    enables (:attr:`SipSettings.transports`; None: judge only the syntax, for fields
+    checked before the ``[sip]`` table is known). A ``sips:`` URI or ``;transport=tls``
+    needs ``sip.tls``, ``;transport=tcp`` needs ``sip.tcp``; other transports (sctp, ws,
+    wss) are refused: they would be accepted here and fail on the first call."""
     scheme, colon, rest = uri.strip().partition(":")
-    if scheme.lower() == "sips":
-        return (f"sips: URIs need SIP over TLS, which this engine does not have (UDP only); "
-                f"got {uri!r}")
-    if scheme.lower() != "sip" or not colon:
-        return f"must be a sip: URI, got {uri!r}"
+    if scheme.lower() not in ("sip", "sips") or not colon:
+        return f"must be a sip: or sips: URI, got {uri!r}"
     hostpart = rest.split("?", 1)[0].rpartition("@")[2]
     host, *params = hostpart.split(";")
     if not host.strip() or any(ch in host for ch in " \t<>\"@"):
         return f"has no usable host, got {uri!r}"
+    transport = "tls" if scheme.lower() == "sips" else "udp"
     for param in params:
         name, _, value = param.partition("=")
-        if name.strip().lower() == "transport" and value.strip().lower() != "udp":
-            return (f"transport={value.strip()} is not supported: this engine speaks SIP over "
-                    f"UDP only; got {uri!r}")
+        if name.strip().lower() == "transport":
+            value = value.strip().lower()
+            if value not in ("udp", "tcp", "tls"):
+                return (f"transport={value} is not supported: this engine speaks SIP over "
+                        f"UDP, TCP and TLS only; got {uri!r}")
+            if scheme.lower() == "sips" and value != "tls":
+                return f"a sips: URI must be reached over TLS, got {uri!r}"
+            transport = value
+    if transports is not None and transport not in transports:
+        if transport == "tls":
+            return (f"needs SIP over TLS, which is not configured (set sip.tls = true with "
+                    f"sip.tls_cert and sip.tls_key); got {uri!r}")
+        return (f"needs SIP over TCP, which is not configured (set sip.tcp = true); "
+                f"got {uri!r}")
     return None

@@ -46,6 +46,7 @@ from telephony.sip.events import InviteReceived, MessageRefused, RegistrationRes
 from telephony.sip.guard import SourceGuard, TokenBucket
 from telephony.sip.message import Request
 from telephony.sip.ua import Session, UserAgent
+from telephony.sip.hop import uri_transport, with_transport
 from telephony.sip.uri import parse_uri
 from telephony.transport import open_sip_socket
 
@@ -54,6 +55,7 @@ from .calls import CallsMixin
 from .legs import LegsMixin
 from .recordings import disk_health, disk_stats, find_recording, recording_sealed
 from .state import NO_RESPONSE_TIMEOUT, Admit, _Call, _codec_enum, _Leg
+from .transports import TransportsMixin
 
 log = structlog.get_logger("telephony.engine")
 
@@ -64,7 +66,7 @@ REFUSED_LOG_RATE = 5.0
 REFUSED_LOG_BURST = 20.0
 
 
-class Engine(CallsMixin, LegsMixin, EngineBase):
+class Engine(CallsMixin, LegsMixin, TransportsMixin, EngineBase):
     """SIP signalling + media for inbound calls and handler legs; implements
     :class:`telephony.api.EngineCommands`."""
 
@@ -84,7 +86,6 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
                 raise EngineError(f"sip.public_host is required when sip.{name} is {addr}: "
                                   "it goes in Via, Contact and SDP")
         self._codec = _codec_enum()
-        self._check_srtp()
         if s.username:  # resolved once: env:/file: secrets are never read per call
             self._leg_credentials = (s.username, secret(s.password, key="sip.password") or "")
         factory = self._media_factory
@@ -110,18 +111,24 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
                     except Exception as exc:
                         raise EngineError(f"lines[{line.name}].queue_prompt: {exc}") from None
             self._sock, self.sip_port = await open_sip_socket(s.bind, s.port, self._on_datagram)
+            ports = await self._start_streams()  # TCP/TLS when configured (.transports)
             if s.proxy:
                 uri = parse_uri(s.proxy)
-                self._proxy_addr = await self._resolve(uri.host, uri.host_port[1])
-                self._proxy_route = [f"<sip:{self._proxy_addr[0]}:{self._proxy_addr[1]};lr>"]
+                ip, port = await self._resolve(uri.host, uri.host_port[1])
+                transport = uri_transport(uri)
+                self._proxy_addr = with_transport((ip, port), transport,
+                                                  uri.host if transport == "tls" else "")
+                tparam = "" if transport == "udp" else f";transport={transport}"
+                self._proxy_route = [f"<sip:{ip}:{port}{tparam};lr>"]
         except BaseException:
+            await self._stop_streams()
             if self._sock is not None and self._sock.transport is not None:
                 self._sock.transport.close()
             await self._media.stop()
             raise
         self._ua = UserAgent(host=s.public_host or s.bind, port=self.sip_port, domain=s.domain,
                              user_agent=s.user_agent, max_message_bytes=s.max_message_bytes,
-                             min_se=s.min_se,
+                             min_se=s.min_se, ports=ports,
                              guard=SourceGuard(policy=s.untrusted, rate=s.untrusted_rate,
                                                burst=s.untrusted_burst,
                                                trusted=self._known_source))
@@ -171,6 +178,7 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
         if self._timer:
             self._timer.cancel()
         await self._media.stop()
+        await self._stop_streams()
         if self._sock and self._sock.transport:
             self._sock.transport.close()
         log.info("engine.stopped")
@@ -227,7 +235,10 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
         self._registrar_ips[line.name] = {host}
         creds = (line.username, secret(line.password, key=f"lines.{line.name}.password") or "") \
             if line.username else None
-        reg = self._ua.register(registrar=f"sip:{host}:{port}", user=line.username or line.name,
+        transport = uri_transport(uri)
+        registrar = (f"sips:{host}:{port}" if uri.scheme == "sips" else
+                     f"sip:{host}:{port}" + ("" if transport == "udp" else f";transport={transport}"))
+        reg = self._ua.register(registrar=registrar, user=line.username or line.name,
                                 expires=line.register_expires, credentials=creds, owner=line,
                                 now=self._now())
         self._regs.append(reg)
@@ -259,8 +270,9 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
     def health(self) -> list[tuple[str, str]]:
         """What is wrong now, as ``(component, reason)`` pairs; ``[]`` when healthy.
 
-        Today: the recordings disk (full, read-only or failing while recordings spool)."""
-        return disk_health(self._media)
+        Today: the recordings disk (full, read-only or failing while recordings spool) and
+        the SIP TLS certificate (expired or expiring within 14 days)."""
+        return disk_health(self._media) + self.transport_health()
 
     def recover_recording(self, call_id: str) -> bool:
         """Report (RecordingSealed, recovered) a recording whose files were sealed but whose
@@ -286,13 +298,9 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
         r = self._retired
         pin, pout, lost, late = r["packets_in"], r["packets_out"], r["lost"], r["late"]
         foreign, ssrc, latched = r["foreign"], r["ssrc_dropped"], r["latched"]
-        replayed, forged, secure = r["srtp_replayed"], r["srtp_forged"], 0
         gap = st.max_send_gap_ms
         for call, leg in self._streams.values():
             rs = getattr((leg or call).stream, "stats", None)
-            replayed += getattr(rs, "srtp_replayed", 0)
-            forged += getattr(rs, "srtp_forged", 0)
-            secure += bool(getattr(rs, "srtp", ""))
             pin += getattr(rs, "packets_in", 0)
             pout += getattr(rs, "packets_out", 0)
             lost += getattr(rs, "lost", 0)
@@ -303,7 +311,6 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
             gap = max(gap, float(getattr(rs, "max_send_gap_ms", 0.0)))
         st.rtp_packets_in, st.rtp_packets_out, st.rtp_lost, st.rtp_late = pin, pout, lost, late
         st.rtp_foreign, st.rtp_ssrc_dropped, st.rtp_nat_latched = foreign, ssrc, latched
-        st.rtp_srtp_replayed, st.rtp_srtp_forged, st.srtp_streams = replayed, forged, secure
         st.rtp_ports_reused_early = int(getattr(self._media, "ports_reused_early", 0))
         st.max_send_gap_ms = gap
         disk = getattr(self._media, "disk", None)
@@ -323,7 +330,10 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
         by kind: bad_content_length, bad_bytes, too_many_headers, missing_header, bad_cseq,
         bad_start_line, bad_request_uri, too_large...); untrusted_answered,
         untrusted_dropped, untrusted_repeat_dropped, untrusted_rate_limited,
-        untrusted_too_large (requests from untrusted sources, see telephony.sip.guard)."""
+        untrusted_too_large (requests from untrusted sources, see telephony.sip.guard);
+        stream_* (TCP/TLS connections: open, accepted, refused over the limits,
+        tls_handshakes, tls_failures, framing_faults, idle_closed, connect_failures) and
+        tls_cert_days_left / tls_cert_not_after (see telephony.engine.transports)."""
         out = dict(self._ua.counters) if self._ua else {}
         sock = self._sock
         out["handler_errors"] = sock.handler_errors if sock else 0
@@ -332,5 +342,6 @@ class Engine(CallsMixin, LegsMixin, EngineBase):
         out["max_rx_wait_ms"] = int((sock.max_wait if sock else 0.0) * 1000)
         out["rx_deferred"] = sock.deferred if sock else 0
         out["max_rx_wakeup_ms"] = int((sock.max_wakeup if sock else 0.0) * 1000)
+        out.update(self.transport_counters())
         return out
 

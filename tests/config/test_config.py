@@ -43,7 +43,7 @@ def test_example_config_loads() -> None:
                         {"name": "101", "numbers": ["999"], "priority": 1}]),
          "lines[1].numbers: number '999' is already on line '999'"),
         (minimal(handlers=[{"id": "h1", "phone": "h1@x"}]),
-         "handlers[0].phone: must be a sip: URI, got 'h1@x'"),
+         "handlers[0].phone: must be a sip: or sips: URI, got 'h1@x'"),
         (minimal(lines=[{"name": "999", "numbers": ["999"], "priority": 0, "mode": "registered"}]),
          "lines[0].registrar: is required when mode = 'registered'"),
         (minimal(mqtt={"qos": 3}), "mqtt.qos: must be 0 or 1 or 2, got 3"),
