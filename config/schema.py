@@ -144,11 +144,26 @@ class StorageSettings:
     """Records (a call's state change with its CAD message and queue-log lines) held in
     memory, in order, while the database will not take writes (disk full, read-only);
     written when it does again. One more is lost: counted and logged, never silent."""
+    url: str = ""
+    """The shared store of a cluster: ``postgresql://user@host:port/dbname`` (the whole
+    URL may be ``env:NAME`` or ``file:PATH``; never logged with its password). Empty
+    (default): SQLite at ``database``, one node. Transcript search stays in SQLite
+    (``<data_dir>/transcripts.sqlite3``) for now."""
+    heartbeat_interval: float = 5.0
+    """Seconds between this node's heartbeats in the store's ``nodes`` table."""
+    node_stale_after: float = 20.0
+    """A node id whose heartbeat is older than this may be taken by another process;
+    younger, a second node with the same id refuses to start."""
 
     def validate(self) -> None:
         if self.spool_max_writes < 1:
             raise ConfigError("spool_max_writes",
                               f"must be at least 1, got {self.spool_max_writes}")
+        if self.url and not self.url.startswith(("postgresql://", "postgres://", "env:",
+                                                 "file:")):
+            raise ConfigError("url", "must be a postgresql:// URL (or env:NAME, file:PATH)")
+        if not 0 < self.heartbeat_interval < self.node_stale_after:
+            raise ConfigError("node_stale_after", "must be more than heartbeat_interval (> 0)")
 
     @property
     def database_path(self) -> Path:

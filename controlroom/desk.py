@@ -328,7 +328,7 @@ class ServiceDesk:
                             "WHERE call_id=? ORDER BY id", (call_id,))]
         finally:
             conn.close()
-        transcript = get_transcript(s.db, call_id)
+        transcript = get_transcript(getattr(s, "transcripts_db", s.db), call_id)
         segments = (transcript or {}).get("segments", [])
         rec = None
         if call.get("recording_path"):
@@ -362,7 +362,7 @@ class ServiceDesk:
         from transcription import TranscriptSearch
 
         def run() -> list[dict[str, Any]]:
-            hits = TranscriptSearch(self.s.db).search(
+            hits = TranscriptSearch(getattr(self.s, "transcripts_db", self.s.db)).search(
                 query, line=filters.get("line"), caller=filters.get("number"),
                 handler_id=filters.get("handler"), since=filters.get("date_from"),
                 until=filters.get("date_to"), incident=filters.get("incident"),

@@ -34,12 +34,22 @@ from cad.publisher import append_event
 from config import Settings
 from controlroom import events as ev
 from controlroom.metrics import Registry
-from store import Database
+from store import Database, nodes
 from store import calls as calls_table
 from store import spool as storage
 from telephony import api as tel
 
 log = structlog.get_logger("controlroom")
+
+
+def open_store(settings: Settings) -> Database:
+    """The node's store: PostgreSQL when ``storage.url`` is set (``env:``/``file:``
+    resolved here), else the SQLite file."""
+    from config.loader import secret
+
+    url = secret(settings.storage.url, key="storage.url") if settings.storage.url else ""
+    return Database(url or settings.storage.database_path)
+
 
 ANSWER_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -80,20 +90,37 @@ class Service:
 
         self.settings = settings
         self.started_at = time.time()
-        self.db = Database(settings.storage.database_path)
-        self.db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS)
-        self.db.migrate(calls_table.RECORDING_COMPONENT, calls_table.RECORDING_MIGRATIONS)
-        self.db.migrate(calls_table.NODE_COMPONENT, calls_table.NODE_MIGRATIONS)
+        self.db = open_store(settings)
+        self.db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS,
+                        postgresql=calls_table.PG_MIGRATIONS)
+        self.db.migrate(calls_table.RECORDING_COMPONENT, calls_table.RECORDING_MIGRATIONS,
+                        postgresql=calls_table.RECORDING_PG_MIGRATIONS)
+        self.db.migrate(calls_table.NODE_COMPONENT, calls_table.NODE_MIGRATIONS,
+                        postgresql=calls_table.NODE_MIGRATIONS)  # portable SQL
         from store import outbox, queuelog
 
         self._outbox = outbox
         self._queuelog = queuelog
-        self.db.migrate(outbox.COMPONENT, outbox.MIGRATIONS)
-        self.db.migrate(queuelog.COMPONENT, queuelog.MIGRATIONS)
+        self.db.migrate(outbox.COMPONENT, outbox.MIGRATIONS, postgresql=outbox.PG_MIGRATIONS)
+        self.db.migrate(queuelog.COMPONENT, queuelog.MIGRATIONS,
+                        postgresql=queuelog.PG_MIGRATIONS)
         from store import systemlog
 
         self._systemlog = systemlog
-        self.db.migrate(systemlog.COMPONENT, systemlog.MIGRATIONS)
+        self.db.migrate(systemlog.COMPONENT, systemlog.MIGRATIONS,
+                        postgresql=systemlog.PG_MIGRATIONS)
+        # One running process per node id: a second one with this id refuses here
+        # (store.nodes.NodeIdInUse) while the first's heartbeat is fresh.
+        nodes.migrate(self.db)
+        self.node_instance = nodes.new_instance()
+        nodes.register(self.db, settings.node_id, self.node_instance,
+                       stale_after=settings.storage.node_stale_after)
+        # Transcripts and their FTS5 search stay in SQLite: on a PostgreSQL store they
+        # are this node's own file (issue 14: search moves to the shared store later).
+        self.transcripts_db = (self.db if self.db.dialect == "sqlite" else Database(
+            settings.storage.data_dir / "transcripts.sqlite3"))
+        if self.transcripts_db is not self.db:
+            self.transcripts_db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS)
         # Life before paperwork: the record of every decision goes through the spooled
         # writer, which commits it at once or, while the database will not take writes
         # (disk full, read-only), keeps it in order in memory until it does.
@@ -214,7 +241,8 @@ class Service:
 
         s = self.settings
         s.storage.recordings_dir.mkdir(parents=True, exist_ok=True)
-        self.transcription = TranscriptionService(settings=s.transcription, db=self.db,
+        self.transcription = TranscriptionService(settings=s.transcription,
+                                                  db=self.transcripts_db,
                                                   publish=self.publish_transcript)
         await self.transcription.start()
         # The node id names the node in topics and messages (cluster.node_id or mqtt.node).
@@ -222,6 +250,7 @@ class Service:
                                       on_incident=self.on_incident)
         self._tasks.append(asyncio.create_task(self.publisher.run(), name="cad-publisher"))
         self._tasks.append(asyncio.create_task(self.storage.run(), name="storage-spool"))
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="node-heartbeat"))
         for msg in self._system_unsent:  # health events from before the publisher existed
             self.publisher.publish_system(msg)
         self._system_unsent.clear()
@@ -356,9 +385,30 @@ class Service:
         if self.web_runner is not None:
             await self.web_runner.cleanup()
         self.storage.close()  # a last try; what is still spooled is logged as lost
+        with contextlib.suppress(Exception):  # the id is free at once (else: when stale)
+            nodes.unregister(self.db, self.settings.node_id, self.node_instance)
+        if self.transcripts_db is not self.db:
+            self.transcripts_db.close()
         self.db.close()
 
     # ------------------------------------------------------------------ loops
+    async def _heartbeat_loop(self) -> None:
+        """This node's heartbeat in the store (``nodes``); a beat the store refuses
+        (outage) is only logged: the node goes on, and the id stays ours until stale."""
+        node_id, every = self.settings.node_id, self.settings.storage.heartbeat_interval
+        while True:
+            await asyncio.sleep(every)
+            try:
+                ours = await asyncio.to_thread(nodes.heartbeat, self.db, node_id,
+                                               self.node_instance)
+            except Exception as exc:  # noqa: BLE001 - the store is away: calls go on
+                log.warning("node.heartbeat_failed", node=node_id, error=str(exc))
+                continue
+            if not ours:
+                log.error("node.id_taken", node=node_id,
+                          note="another process registered this node id after our "
+                               "heartbeat went stale; two nodes now share an id")
+
     async def _router_loop(self) -> None:
         """Drive the router's timers: offer timeouts, wrap-up ends, ageing."""
         while True:
