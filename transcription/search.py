@@ -66,7 +66,7 @@ from store.db import Database
 
 from .errors import SearchQueryError
 from .normalise import is_code, normalise, phonetic_key
-from .store import IndexedTerm, decode_index
+from .store import IndexedCall
 
 _TOKEN = re.compile(r'"([^"]*)"?|([()])|([^\s()"]+)')
 _WORDCHAR = re.compile(r"\w", re.UNICODE)
@@ -410,15 +410,28 @@ class TranscriptSearch:
             hits = [self._hit(row, "exact", {}) for row in found]
             alternatives = self._alternatives(groups, dfs)
             if alternatives and len(hits) < limit:
-                wider = [g + [(a.term, False) for a in alternatives.get(i, [])]
-                         for i, g in enumerate(groups)]
-                dfs.update(self._document_frequencies(
-                    [(a.term, False) for alts in alternatives.values() for a in alts]))
-                more = self._run(wider, negatives, where, params, dfs, limit - len(hits),
-                                 {h.call_id for h in hits})
                 by_term = {a.term: a for alts in alternatives.values() for a in alts}
-                extra = [self._hit(row, "", by_term) for row in more]
-                hits += sorted(extra, key=lambda h: (KIND_ORDER[h.match], -h.score))
+                dfs.update(self._document_frequencies([(t, False) for t in by_term]))
+                # One rare word: its alternatives tier by tier, closest first, so the calls
+                # of the likeliest spelling come before those of a remoter one. Several:
+                # all alternatives at once.
+                if len(alternatives) == 1:
+                    [(gi, alts)] = alternatives.items()
+                    tiers = [[a for a in alts if (a.kind, a.similarity) == key]
+                             for key in dict.fromkeys((a.kind, a.similarity) for a in sorted(
+                                 alts, key=lambda a: (KIND_ORDER[a.kind], -a.similarity)))]
+                    expansions = [{gi: tier} for tier in tiers]
+                else:
+                    expansions = [alternatives]
+                for expansion in expansions:
+                    if len(hits) >= limit:
+                        break
+                    wider = [g + [(a.term, False) for a in expansion.get(i, [])]
+                             for i, g in enumerate(groups)]
+                    more = self._run(wider, negatives, where, params, dfs, limit - len(hits),
+                                     {h.call_id for h in hits})
+                    extra = [self._hit(row, "", by_term) for row in more]
+                    hits += sorted(extra, key=lambda h: (KIND_ORDER[h.match], -h.score))
         except sqlite3.OperationalError as exc:  # defensive: we built the expression
             raise SearchQueryError(f"query cannot be searched: {exc}") from None
         return [_with(h, rank=i + 1) for i, h in enumerate(hits[:limit])]
@@ -479,25 +492,26 @@ class TranscriptSearch:
         c = self._q("SELECT line, caller, handler_id, arrived_at, incident_number FROM calls"
                     " WHERE call_id = ?", (call_id,))
         row = c[0] if c else None
-        doc = self._q("SELECT terms, times, display FROM transcription_call_index WHERE id = ?", (row_id,))
-        hl = self._q("SELECT highlight(transcription_call_fts, 0, char(2), char(3)) FROM"
-                     " transcription_call_fts WHERE transcription_call_fts MATCH ? AND rowid = ?",
-                     (match, row_id))
-        items = decode_index(doc[0][0], bytes(doc[0][1]), doc[0][2]) if doc else []
-        marked = sorted(_marked(hl[0][0]) if hl else set())
+        # which terms matched (FTS5's highlight) and the call's terms, in one lookup
+        doc = self._q("SELECT highlight(transcription_call_fts, 0, char(2), char(3)), s.terms,"
+                      " s.times, s.display FROM transcription_call_fts f JOIN"
+                      " transcription_call_index s ON s.id = f.rowid"
+                      " WHERE transcription_call_fts MATCH ? AND f.rowid = ?", (match, row_id))
+        items = IndexedCall(doc[0][1], bytes(doc[0][2]), doc[0][3]) if doc else IndexedCall("", b"", "")
+        marked = sorted(i for i in (_marked(doc[0][0]) if doc else set()) if i < len(items))
         score = -rank
         if not kind:  # found through alternatives: the weakest one used says how
-            used = [alternatives[items[i].term] for i in marked if items[i].term in alternatives]
+            used = [alternatives[items.terms[i]] for i in marked if items.terms[i] in alternatives]
             kind = max((a.kind for a in used), key=KIND_ORDER.__getitem__, default="exact")
             score *= min((a.similarity for a in used), default=1.0)
-        owner = _owners(items)  # a term -> the term showing its words
-        matched = sorted({(items[owner[i]].start, owner[i]) for i in marked if i < len(items)})
+        shows = {_owner(items, i) for i in marked}  # the terms showing the matched words
+        matched = sorted((items.start(i), i) for i in shows)
         first = matched[0][1] if matched else 0
-        snippet, fragments = _snippet(items, first, {i for _, i in matched})
-        words = [items[i] for _, i in matched]
+        snippet, fragments = _snippet(items, first, shows)
+        words = [items[i] for _, i in matched[:MAX_MATCHES]]
         return Hit(call_id=call_id, score=float(f"{score:.4g}"), snippet=snippet,
-                   offset=round(items[first].start, 3) if items else 0.0,
-                   channel=items[first].channel if items else "",
+                   offset=items.start(first) if len(items) else 0.0,
+                   channel=items.channel(first) if len(items) else "",
                    line=row["line"] if row else None,
                    caller=row["caller"] if row else None,
                    handler_id=row["handler_id"] if row else None,
@@ -506,7 +520,7 @@ class TranscriptSearch:
                    match=kind,
                    matches=tuple({"word": w.display, "at": w.start, "end": w.end,
                                   "channel": w.channel, "confidence": w.confidence,
-                                  "low_confidence": w.low_confidence} for w in words[:MAX_MATCHES]),
+                                  "low_confidence": w.low_confidence} for w in words),
                    fragments=tuple(fragments),
                    low_confidence=any(w.low_confidence for w in words),
                    **info)
@@ -735,35 +749,35 @@ def _with(hit: Hit, **changes: Any) -> Hit:
     return Hit(**{**vars(hit), **changes})
 
 
-def _owners(items: list[IndexedTerm]) -> list[int]:
-    """For each term, the index of the term that shows its words (itself, or the first
-    term made from the same words)."""
-    out, last = [], 0
-    for i, it in enumerate(items):
-        if it.display or i == 0:
-            last = i
-        out.append(last)
-    return out
+def _owner(items: IndexedCall, i: int) -> int:
+    """The term that shows term ``i``'s words (itself, or the first term made from the
+    same words: "<b>shouting</b>" makes three terms, the first shows the word)."""
+    while i > 0 and not items.shown[i]:
+        i -= 1
+    return i
 
 
-def _snippet(items: list[IndexedTerm], first: int, matched: set[int]
+def _snippet(items: IndexedCall, first: int, matched: set[int]
              ) -> tuple[str, list[dict[str, Any]]]:
     """HTML (``<mark>`` around matches) and fragments of the words around ``first`` (a
     showing term), on its channel."""
-    if not items:
+    if not len(items):
         return "", []
-    ch = items[first].channel
+    ch = items.channel(first)
     lo = first
-    while lo > 0 and first - lo < SNIPPET_WORDS and items[lo - 1].channel == ch:
+    while lo > 0 and first - lo < SNIPPET_WORDS and items.channel(lo - 1) == ch:
         lo -= 1
     hi = first
-    while hi + 1 < len(items) and hi - first < SNIPPET_WORDS and items[hi + 1].channel == ch:
+    while hi + 1 < len(items) and hi - first < SNIPPET_WORDS and items.channel(hi + 1) == ch:
         hi += 1
-    frags = [{"text": items[i].display, "match": i in matched,
-              "low_confidence": items[i].low_confidence, "at": items[i].start}
-             for i in range(lo, hi + 1) if items[i].display]
+    frags = []
+    for i in range(lo, hi + 1):
+        if items.shown[i]:
+            it = items[i]
+            frags.append({"text": it.display, "match": i in matched,
+                          "low_confidence": it.low_confidence, "at": it.start})
     parts = [f"<mark>{html.escape(f['text'], quote=False)}</mark>" if f["match"]
              else html.escape(f["text"], quote=False) for f in frags]
-    more_before = lo > 0 and items[lo - 1].channel == ch
-    more_after = hi + 1 < len(items) and items[hi + 1].channel == ch
+    more_before = lo > 0 and items.channel(lo - 1) == ch
+    more_after = hi + 1 < len(items) and items.channel(hi + 1) == ch
     return ("…" if more_before else "") + " ".join(parts) + ("…" if more_after else ""), frags

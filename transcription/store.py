@@ -404,17 +404,38 @@ def encode_index(items: Sequence[IndexedTerm]) -> tuple[str, bytes, str]:
     return " ".join(it.term for it in items), times + info, "\x1f".join(it.display for it in items)
 
 
+class IndexedCall:
+    """A call's index row, decoded lazily: a search hit reads a few terms of it."""
+
+    def __init__(self, terms_text: str, blob: bytes, display: str) -> None:
+        self.terms = terms_text.split(" ") if terms_text else []
+        n = len(self.terms)
+        self._times = struct.unpack(f"<{2 * n}f", blob[: 8 * n])
+        self._info = blob[8 * n:]
+        self.shown = display.split("\x1f") if display else []
+        if len(self.shown) < n:
+            self.shown += self.terms[len(self.shown):]
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    def start(self, i: int) -> float:
+        return round(self._times[2 * i], 3)
+
+    def channel(self, i: int) -> str:
+        return CHANNELS[self._info[i] >> 7]
+
+    def __getitem__(self, i: int) -> IndexedTerm:
+        c = self._info[i] & 127
+        return IndexedTerm(self.terms[i], round(self._times[2 * i], 3),
+                           round(self._times[2 * i + 1], 3), CHANNELS[self._info[i] >> 7],
+                           None if c == 127 else c / 100, self.shown[i])
+
+
 def decode_index(terms_text: str, blob: bytes, display: str) -> list[IndexedTerm]:
     """The inverse of :func:`encode_index`."""
-    words = terms_text.split(" ") if terms_text else []
-    n = len(words)
-    times = struct.unpack(f"<{2 * n}f", blob[: 8 * n])
-    info = blob[8 * n:]
-    shown = display.split("\x1f") if display else []
-    return [IndexedTerm(w, round(times[2 * i], 3), round(times[2 * i + 1], 3), CHANNELS[info[i] >> 7],
-                        None if info[i] & 127 == 127 else (info[i] & 127) / 100,
-                        shown[i] if i < len(shown) else w)
-            for i, w in enumerate(words)]
+    doc = IndexedCall(terms_text, blob, display)
+    return [doc[i] for i in range(len(doc))]
 
 
 def vocabulary_terms(terms_text: str) -> Counter[str]:
