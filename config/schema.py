@@ -66,6 +66,11 @@ class LineSettings:
     callback_on_abandon: bool = False
     """Put abandoned calls on the call-back list (999: yes)."""
     nat: bool = False
+    grading_required: bool = False
+    """The handler must save a grading (a grade and every THRIVE field) before they are
+    offered the next call: their wrap-up does not time out until they do."""
+    wrapup_extend_max: float = 120.0
+    """Most seconds a handler may add to one wrap-up from the desk."""
     """The far end (SBC/PBX) is behind NAT: its SDP may name an address its RTP does not
     come from. Then the first RTP packet of a call, if it comes from the signalling
     source's address (any port), is taken as the media address (latched, logged).
@@ -250,6 +255,11 @@ class WebSettings:
     port: int = 8080
     secure_cookies: bool = False
     """Set the Secure flag (true behind TLS)."""
+    map_url: str = ""
+    """The force's GIS, for the desk's 'open map' link: a URL template with ``{lat}``,
+    ``{lon}``, ``{radius}`` (metres) for a point or circle and ``{address}`` for a civic
+    address (each URL-encoded), e.g. ``https://gis.force.example/map?ll={lat},{lon}``.
+    Empty: no link."""
     session_hours: float = 12.0
     live_queue: int = 1000
     """Live items buffered per subscriber (the console's feed from the service, and each

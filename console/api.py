@@ -40,9 +40,15 @@ CSRF_HEADER = "X-CSRF-Token"
 TICKET_SECONDS = 900.0
 
 
+def is_https(request: web.Request) -> bool:
+    """The browser reached us over HTTPS: our own TLS (``web.certificate``), or a TLS
+    proxy in front (``web.secure_cookies``). Forwarded headers are not trusted for it."""
+    return request.secure or request.app[SETTINGS].secure_cookies
+
+
 def cookie_name(request: web.Request) -> str:
     """``__Host-`` prefixed when Secure, so a sibling host cannot plant the cookie."""
-    return "__Host-cr_session" if request.app[SETTINGS].secure_cookies else "cr_session"
+    return "__Host-cr_session" if is_https(request) else "cr_session"
 
 
 class ApiError(Exception):
@@ -210,7 +216,7 @@ async def login(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     log.info("console.login", username=name, client=_client(request))
     resp = web.json_response(_me(session))
     resp.set_cookie(cookie_name(request), token, httponly=True, samesite="Strict",
-                    secure=settings.secure_cookies, path="/",
+                    secure=is_https(request), path="/",
                     max_age=int(settings.session_hours * 3600))
     return resp
 
@@ -272,11 +278,14 @@ async def offer_accept(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     return ok()
 
 
-@endpoint("POST", "/api/desk/offer/reject", roles=H, summary="Decline the ringing call.",
-          body=obj(["call_id"], call_id=ID))
+@endpoint("POST", "/api/desk/offer/reject", roles=H,
+          summary="Decline the ringing call (with why): it goes back to its place in the "
+                  "queue and I am not ready ('rejected: <reason>') until I say I am ready.",
+          body=obj(["call_id"], call_id=ID, reason={"type": "string", "maxLength": 200}))
 async def offer_reject(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     hid = await _my_card(request, ctx, "offer", ctx.body["call_id"])
-    await request.app[BACKEND].reject_offer(hid, ctx.body["call_id"])
+    await request.app[BACKEND].reject_offer(hid, ctx.body["call_id"],
+                                            ctx.body.get("reason", ""))
     return ok()
 
 
@@ -330,9 +339,31 @@ async def call_wrapup(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     return ok()
 
 
+@endpoint("POST", "/api/desk/calls/{call_id}/draft", roles=H,
+          summary="Keep the grading I am typing with its call (not sent to the CAD).",
+          body=obj([], thrive=obj([], **{k: STR for k in THRIVE_KEYS}),
+                   grade=GRADE, notes={"type": "string", "maxLength": 20000}))
+async def call_draft(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    cid = request.match_info["call_id"]
+    hid = _handler_id(ctx)
+    view = await request.app[BACKEND].handler_view(hid)
+    if not any((view.get(s) or {}).get("call_id") == cid for s in ("wrapup", "call")):
+        raise ApiError(409, f"call {cid} is not your call or in your wrap-up")
+    await request.app[BACKEND].save_draft(cid, hid, ctx.body)
+    return ok()
+
+
 @endpoint("POST", "/api/desk/wrapup/end", roles=H, summary="Finish wrap-up: ready for the next call.")
 async def wrapup_end(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     await request.app[BACKEND].end_wrapup(_handler_id(ctx))
+    return ok()
+
+
+@endpoint("POST", "/api/desk/wrapup/extend", roles=H,
+          summary="Add time to my wrap-up (up to the line's limit).",
+          body=obj(["seconds"], seconds={"type": "number", "minimum": 1, "maximum": 3600}))
+async def wrapup_extend(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    await request.app[BACKEND].extend_wrapup(_handler_id(ctx), ctx.body["seconds"])
     return ok()
 
 
@@ -359,11 +390,27 @@ async def callback_take(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     return ok()
 
 
+def _cb_actor(ctx: Ctx) -> str | None:
+    """Who acts on a call-back: None for a supervisor (any entry), else the handler (only
+    the entries they took)."""
+    return None if "supervisor" in ctx.user.roles else _handler_id(ctx)
+
+
+@endpoint("POST", "/api/callbacks/{cb_id}/release", roles={"handler", "supervisor"},
+          summary="Give a taken call-back back to the list (its owner, or a supervisor).")
+async def callback_release(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    cb_id = request.match_info["cb_id"]
+    await request.app[BACKEND].release_callback(cb_id, _cb_actor(ctx))
+    log.info("console.callback_released", by=ctx.user.username, cb_id=cb_id)
+    return ok()
+
+
 @endpoint("POST", "/api/callbacks/{cb_id}/complete", roles={"handler", "supervisor"},
-          summary="Close a call-back with its outcome.",
+          summary="Close a call-back with its outcome (its owner, or a supervisor).",
           body=obj(["outcome"], outcome={"type": "string", "minLength": 1, "maxLength": 500}))
 async def callback_complete(request: web.Request, ctx: Ctx) -> web.StreamResponse:
-    await request.app[BACKEND].complete_callback(request.match_info["cb_id"], ctx.body["outcome"])
+    await request.app[BACKEND].complete_callback(request.match_info["cb_id"], ctx.body["outcome"],
+                                                 _cb_actor(ctx))
     return ok()
 
 
@@ -393,12 +440,19 @@ async def reprioritise(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 
 
 @endpoint("POST", "/api/supervisor/handlers/{handler_id}/state", roles=S,
-          summary="Set a handler's state (e.g. not ready with a reason).",
-          body=obj(["state"], state={"enum": list(SETTABLE_STATES)}, reason=STR))
+          summary="Set a handler available, not ready or logged out, with a reason (logged "
+                  "with who did it; available ends a wrap-up even if its grading is due).",
+          body=obj(["state", "reason"], state={"enum": list(SETTABLE_STATES)},
+                   reason={"type": "string", "minLength": 1, "maxLength": 500}))
 async def supervisor_state(request: web.Request, ctx: Ctx) -> web.StreamResponse:
-    reason = ctx.body.get("reason") or f"set by {ctx.user.username}"
-    await request.app[BACKEND].set_handler_state(request.match_info["handler_id"],
-                                                 ctx.body["state"], reason)
+    hid, state = request.match_info["handler_id"], ctx.body["state"]
+    reason = ctx.body["reason"].strip()
+    if not reason:
+        raise ApiError(400, "a reason is required")
+    by = ctx.user.username
+    await request.app[BACKEND].set_handler_state(
+        hid, state, reason if state == "available" else f"{reason} (set by {by})", by=by)
+    log.info("console.handler_state_set", by=by, handler_id=hid, state=state, reason=reason)
     return ok()
 
 
@@ -516,19 +570,57 @@ async def recording(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 
 
 # ---------------------------------------------------------------------- admin
-@endpoint("GET", "/api/admin/access-log", roles={"admin"},
-          summary="The DPA s.62 access log, newest first.",
-          query=(("limit", "integer", "1..1000"), ("before_id", "integer", "page back"),
-                 ("username", "string", "only this user"), ("action", "string", "search|view|playback|export")))
-async def access_log(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+LOG_QUERY = (("limit", "integer", "1..1000"), ("before_id", "integer", "page back"),
+             ("username", "string", "only this user"),
+             ("action", "string", "search|view|playback|export"),
+             ("date_from", "string", "local date YYYY-MM-DD (from its start) or epoch s"),
+             ("date_to", "string", "local date YYYY-MM-DD (to its end) or epoch s"))
+
+
+def _log_filters(request: web.Request) -> dict[str, Any]:
     action = request.query.get("action") or None
     if action is not None and action not in users.ACCESS_ACTIONS:
         raise ApiError(400, f"action must be one of {', '.join(users.ACCESS_ACTIONS)}")
+    try:
+        since = audit.parse_time(request.query.get("date_from") or None, "date_from")
+        until = audit.parse_time(request.query.get("date_to") or None, "date_to",
+                                 end_of_day=True)
+    except audit.AuditError as exc:
+        raise ApiError(400, str(exc)) from None
+    if since is not None and until is not None and until <= since:
+        raise ApiError(400, "date_to must be after date_from")
     before = request.query.get("before_id")
-    return ok(users.access_log(
-        request.app[DB], limit=_int_query(request, "limit", 200, 1, 1000),
-        before_id=_int_query(request, "before_id", 0, 1, 2**62) if before else None,
-        username=request.query.get("username") or None, action=action))
+    return {"before_id": _int_query(request, "before_id", 0, 1, 2**62) if before else None,
+            "username": request.query.get("username") or None, "action": action,
+            "since": since, "until": until}
+
+
+@endpoint("GET", "/api/admin/access-log", roles={"admin"},
+          summary="The DPA s.62 access log, newest first.", query=LOG_QUERY)
+async def access_log(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    return ok(users.access_log(request.app[DB], limit=_int_query(request, "limit", 200, 1, 1000),
+                               **_log_filters(request)))
+
+
+@endpoint("GET", "/api/admin/access-log.csv", roles={"admin"},
+          summary="The access log (same filters, up to 100,000 rows) as CSV; the export is "
+                  "itself written to the admin log.", query=LOG_QUERY[1:], binary=True)
+async def access_log_csv(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    filters = _log_filters(request)
+    rows = users.access_log(request.app[DB], limit=100_000, **filters)
+    users.log_admin(request.app[DB], ctx.user, "access_log.export",
+                    detail={**{k: v for k, v in filters.items() if v is not None},
+                            "rows": len(rows)}, client=_client(request))
+    return web.Response(text=users.access_log_csv(rows), content_type="text/csv",
+                        charset="utf-8", headers={
+                            "Content-Disposition": 'attachment; filename="access-log.csv"',
+                            "Cache-Control": "no-store"})
+
+
+@endpoint("GET", "/api/admin/admin-log", roles={"admin"},
+          summary="Who changed which user, and who exported the access log (newest first).")
+async def admin_log(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    return ok(users.admin_log(request.app[DB], limit=_int_query(request, "limit", 200, 1, 1000)))
 
 
 @endpoint("GET", "/api/admin/users", roles={"admin"}, summary="Console users.")
@@ -550,7 +642,45 @@ async def add_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     except users.UserError as e:
         raise ApiError(400, str(e)) from None
     log.info("console.user_added", by=ctx.user.username, username=u.username, roles=sorted(u.roles))
+    users.log_admin(request.app[DB], ctx.user, "user.create", target=u.username,
+                    detail={"roles": sorted(u.roles), "handler_id": u.handler_id},
+                    client=_client(request))
     return ok({"username": u.username, "roles": sorted(u.roles), "handler_id": u.handler_id})
+
+
+@endpoint("POST", "/api/admin/users/{username}", roles={"admin"},
+          summary="Change a user: disable or re-enable, reset the password, or replace the "
+                  "roles (one change per request; logged; the user's sessions end).",
+          body={**obj([], disabled={"type": "boolean"},
+                      password={"type": "string", "maxLength": 1000},
+                      roles={"type": "array", "items": {"enum": list(users.ROLES)},
+                             "minItems": 1, "uniqueItems": True},
+                      handler_id=ID),
+                "minProperties": 1})
+async def change_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    name, b, db = request.match_info["username"], ctx.body, request.app[DB]
+    changes = [k for k in ("disabled", "password", "roles") if k in b]
+    if len(changes) != 1 or ("handler_id" in b and "roles" not in b):
+        raise ApiError(400, "give exactly one of disabled, password or roles "
+                            "(handler_id only with roles)")
+    if name == ctx.user.username and ("disabled" in b or "roles" in b):
+        raise ApiError(400, "you cannot disable yourself or change your own roles")
+    try:
+        if "disabled" in b:
+            await asyncio.to_thread(users.set_disabled, db, name, b["disabled"])
+            action, detail = ("user.disable" if b["disabled"] else "user.enable"), {}
+        elif "password" in b:
+            await asyncio.to_thread(users.reset_password, db, name, b["password"])
+            action, detail = "user.password_reset", {}
+        else:
+            u = await asyncio.to_thread(users.set_roles, db, name, b["roles"],
+                                        handler_id=b.get("handler_id"))
+            action, detail = "user.roles", {"roles": sorted(u.roles), "handler_id": u.handler_id}
+    except users.UserError as e:
+        raise ApiError(404 if str(e).startswith("no user") else 400, str(e)) from None
+    users.log_admin(db, ctx.user, action, target=name, detail=detail, client=_client(request))
+    log.info("console.user_changed", by=ctx.user.username, username=name, action=action)
+    return ok()
 
 
 @endpoint("GET", "/api/openapi.json", roles=None, summary="This API as OpenAPI 3.")

@@ -51,7 +51,8 @@ Handler states: ``available``, ``not_ready``, ``ringing``, ``on_call``, ``wrapup
                     "grade", "handler_id", "markers": [str]}
 
 ``callbacks()`` -- ``[{"cb_id", "call_id", "caller", "line", "abandoned_at", "wait",
-"state": "open"|"taken"|"done", "taken_by", "outcome"}]``.
+"state": "open"|"taken", "taken_by", "outcome", "attempts": [{"call_id", "at", "wait"}],
+"last_at"}]``, in a stable order (first abandon), one entry per caller.
 
 ``call_detail(call_id)`` -- the auditor::
 
@@ -137,14 +138,18 @@ class DeskBackend(Protocol):
         """One handler's desk: state, today's figures, current offer / call / wrap-up."""
 
     # -- handler actions -----------------------------------------------------
-    async def set_handler_state(self, handler_id: str, state: str, reason: str = "") -> None:
-        """Put a handler ``available``, ``not_ready`` (with reason) or ``logged_out``."""
+    async def set_handler_state(self, handler_id: str, state: str, reason: str = "",
+                                by: str | None = None) -> None:
+        """Put a handler ``available``, ``not_ready`` (with reason) or ``logged_out``. On a
+        call, ``not_ready`` means not ready after it (``available`` withdraws that).
+        ``by``: the supervisor who did it (logged; may end a wrap-up whose grading is due)."""
 
     async def accept_offer(self, handler_id: str, call_id: str) -> None:
         """Acknowledge the ringing call on screen (the phone still connects the audio)."""
 
-    async def reject_offer(self, handler_id: str, call_id: str) -> None:
-        """Decline the ringing call; it goes back to its place in the queue."""
+    async def reject_offer(self, handler_id: str, call_id: str, reason: str = "") -> None:
+        """Decline the ringing call; it goes back to its place in the queue and the handler
+        is not ready (``rejected: <reason>``) until they say they are ready."""
 
     async def hold(self, call_id: str, on: bool) -> None:
         """Put the connected call on hold (``on``) or take it off hold."""
@@ -160,6 +165,12 @@ class DeskBackend(Protocol):
                      grade: str, notes: str) -> None:
         """Record the handler's grading of the call (emits ``call.wrapup``)."""
 
+    async def save_draft(self, call_id: str, handler_id: str, draft: dict[str, Any]) -> None:
+        """Keep the grading being typed with its call (``draft`` on the call card)."""
+
+    async def extend_wrapup(self, handler_id: str, seconds: float) -> None:
+        """Add time to the handler's wrap-up, within the line's limit (409 beyond it)."""
+
     async def end_wrapup(self, handler_id: str) -> None:
         """Finish wrap-up early: the handler becomes available for the next call."""
 
@@ -170,8 +181,12 @@ class DeskBackend(Protocol):
     async def take_callback(self, cb_id: str, handler_id: str) -> None:
         """A handler takes a call-back (it leaves the open list)."""
 
-    async def complete_callback(self, cb_id: str, outcome: str) -> None:
-        """Close a call-back with its outcome (e.g. "no reply", "spoke - no police need")."""
+    async def release_callback(self, cb_id: str, by: str | None) -> None:
+        """Give a taken call-back back (``by``: its owner; None: a supervisor)."""
+
+    async def complete_callback(self, cb_id: str, outcome: str, by: str | None = None) -> None:
+        """Close a call-back with its outcome (e.g. "no reply", "spoke - no police need");
+        ``by``: the handler who took it (others get 409); None: a supervisor."""
 
     # -- supervisor ----------------------------------------------------------
     async def reprioritise(self, call_id: str, priority: float) -> None:

@@ -335,7 +335,8 @@ class FakeBackend:
                 "offer": self._card(h["offer"]), "call": self._card(h["call"]),
                 "wrapup": self._card(h["wrapup"])}
 
-    async def set_handler_state(self, handler_id: str, state: str, reason: str = "") -> None:
+    async def set_handler_state(self, handler_id: str, state: str, reason: str = "",
+                                by: str | None = None) -> None:
         h = self._handler(handler_id)
         if state not in SETTABLE_STATES:
             raise Invalid(f"state must be one of {', '.join(SETTABLE_STATES)}")
@@ -363,7 +364,7 @@ class FakeBackend:
                                   handler_id=handler_id, wait=wait))
         self.publish_snapshot()
 
-    async def reject_offer(self, handler_id: str, call_id: str) -> None:
+    async def reject_offer(self, handler_id: str, call_id: str, reason: str = "") -> None:
         h, c = self._handler(handler_id), self._call(call_id)
         if h["offer"] != call_id:
             raise Conflict(f"call {call_id} is not ringing on {handler_id}")
@@ -375,7 +376,7 @@ class FakeBackend:
         self._log(call_id, "REJECT", handler_id)
         self.push(ev.CallOfferFailed(call_id=call_id, at=self.clock(), line=c["line"],
                                      handler_id=handler_id, reason="rejected"))
-        self._handler_changed(h, "not_ready", "rejected call")
+        self._handler_changed(h, "not_ready", f"rejected: {reason}" if reason else "rejected")
         self._queued(call_id)
 
     def _connected(self, call_id: str) -> dict[str, Any]:
@@ -430,6 +431,15 @@ class FakeBackend:
         self.push(ev.CallWrapUp(call_id=call_id, at=self.clock(), handler_id=handler_id,
                                 thrive=dict(thrive), grade=grade, notes=notes))
 
+    async def save_draft(self, call_id: str, handler_id: str, draft: dict[str, Any]) -> None:
+        self._call(call_id)["draft"] = dict(draft)
+
+    async def extend_wrapup(self, handler_id: str, seconds: float) -> None:
+        h = self._handler(handler_id)
+        if h["state"] != "wrapup":
+            raise Conflict(f"handler {handler_id} is {h['state']}, not in wrap-up")
+        self.actions.append(("extend_wrapup", handler_id, seconds))
+
     async def end_wrapup(self, handler_id: str) -> None:
         h = self._handler(handler_id)
         if h["state"] != "wrapup":
@@ -440,9 +450,9 @@ class FakeBackend:
         self.publish_snapshot()
 
     async def callbacks(self) -> list[dict[str, Any]]:
-        order = {"open": 0, "taken": 1, "done": 2}
-        return sorted((dict(cb) for cb in self.cbs.values()),
-                      key=lambda cb: (order[cb["state"]], cb["abandoned_at"]))
+        # Stable: by first abandon, whatever the state (taking one never moves a row).
+        return sorted((dict(cb) for cb in self.cbs.values() if cb["state"] != "done"),
+                      key=lambda cb: (cb["abandoned_at"], cb["cb_id"]))
 
     def _cb(self, cb_id: str) -> dict[str, Any]:
         try:
@@ -457,10 +467,25 @@ class FakeBackend:
         self.actions.append(("take_callback", cb_id, handler_id))
         cb.update(state="taken", taken_by=handler_id)
 
-    async def complete_callback(self, cb_id: str, outcome: str) -> None:
+    def _owned(self, cb: dict[str, Any], by: str | None, what: str) -> None:
+        if by is not None and (cb["state"] != "taken" or cb["taken_by"] != by):
+            raise Conflict(f"call-back {cb['cb_id']} is {cb['state']}"
+                           f"{' by ' + str(cb['taken_by']) if cb['state'] == 'taken' else ''}:"
+                           f" only its owner may {what} it")
+
+    async def release_callback(self, cb_id: str, by: str | None) -> None:
+        cb = self._cb(cb_id)
+        if cb["state"] != "taken":
+            raise Conflict(f"call-back {cb_id} is {cb['state']}")
+        self._owned(cb, by, "release")
+        self.actions.append(("release_callback", cb_id, by))
+        cb.update(state="open", taken_by=None)
+
+    async def complete_callback(self, cb_id: str, outcome: str, by: str | None = None) -> None:
         cb = self._cb(cb_id)
         if cb["state"] == "done":
             raise Conflict(f"call-back {cb_id} is already done")
+        self._owned(cb, by, "close")
         self.actions.append(("complete_callback", cb_id, outcome))
         cb.update(state="done", outcome=outcome)
 

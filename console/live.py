@@ -267,6 +267,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             elif hid is not None and t == "call.abandoned" and item.get("callback"):
                 # Every handler's call-back list changes: a 999 caller must be called back.
                 out.append(item)
+            elif hid is not None and t == "call.callback_changed":
+                out.append(item)   # taken, released or closed: every desk's list redraws
             elif supervisor and t not in _CONTENT_EVENTS:
                 out.append(item)
         return out

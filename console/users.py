@@ -15,12 +15,16 @@ through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import csv
+import functools
 import hashlib
+import io
 import json
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -76,7 +80,61 @@ MIGRATIONS = [
         SELECT RAISE(ABORT, 'access log is append-only');
     END;
     """,
+    # 2: who changed which user (and who exported the access log): append-only as well.
+    """
+    CREATE TABLE console_admin_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        username TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT '{}',
+        client TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX console_admin_log_at ON console_admin_log(at);
+    CREATE TRIGGER console_admin_log_no_update BEFORE UPDATE ON console_admin_log
+    BEGIN
+        SELECT RAISE(ABORT, 'admin log is append-only');
+    END;
+    CREATE TRIGGER console_admin_log_no_delete BEFORE DELETE ON console_admin_log
+    BEGIN
+        SELECT RAISE(ABORT, 'admin log is append-only');
+    END;
+    """,
 ]
+
+ADMIN_ACTIONS = ("user.create", "user.disable", "user.enable", "user.password_reset",
+                 "user.roles", "access_log.export")
+"""What the admin log records."""
+
+MIN_PASSWORD = 12
+"""The one password policy (console and CLI): at least this long, and not a common one."""
+
+_COMMON = Path(__file__).with_name("common_passwords.txt")
+
+
+@functools.cache
+def _common_passwords() -> frozenset[str]:
+    words = _COMMON.read_text(encoding="utf-8").split()
+    return frozenset(w.strip().lower() for w in words if w.strip())
+
+
+def password_problem(password: str, username: str = "") -> str | None:
+    """Why ``password`` is refused, or None: shorter than :data:`MIN_PASSWORD`, one of the
+    bundled common passwords (compared without case, also with the spaces and digits
+    around it stripped), or the user name itself."""
+    p = password or ""
+    if len(p) < MIN_PASSWORD:
+        return f"password must be at least {MIN_PASSWORD} characters"
+    low = p.lower()
+    core = low.strip(" 0123456789!.")
+    if low in _common_passwords() or core in _common_passwords() \
+            or low.replace(" ", "") in _common_passwords():
+        return "password is too common (it is on the list of common passwords); choose another"
+    rest = low.replace(username.lower(), "").strip(" 0123456789!.-_") if username else low
+    if username and len(rest) < 6:
+        return "password must not be the user name"
+    return None
 PG_MIGRATIONS = [
     # PostgreSQL: the same tables; the access log refuses UPDATE, DELETE and TRUNCATE
     # (a statement trigger fires even when no row matches).
@@ -168,8 +226,8 @@ def create_user(db: Database, username: str, password: str, roles: list[str] | t
     migrate(db)
     if not _USERNAME.match(username or ""):
         raise UserError("username must be 1-64 letters, digits, '.', '_' or '-'")
-    if len(password or "") < 8:
-        raise UserError("password must be at least 8 characters")
+    if (problem := password_problem(password, username)) is not None:
+        raise UserError(problem)
     bad = [r for r in roles if r not in ROLES]
     if bad or not roles:
         raise UserError(f"roles must be a non-empty subset of {', '.join(ROLES)}; got {list(roles)}")
@@ -283,10 +341,18 @@ def log_access(db: Database, user: User, *, action: str, justification: str,
 
 
 def access_log(db: Database, *, limit: int = 200, before_id: int | None = None,
-               username: str | None = None, action: str | None = None) -> list[dict[str, Any]]:
-    """Newest-first access log entries (for the admin page)."""
+               username: str | None = None, action: str | None = None,
+               since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+    """Newest-first access log entries (for the admin page); ``since``/``until``: epoch
+    seconds, ``since <= at < until``."""
     sql = "SELECT * FROM console_access_log WHERE 1=1"
     args: list[Any] = []
+    if since is not None:
+        sql += " AND at >= ?"
+        args.append(since)
+    if until is not None:
+        sql += " AND at < ?"
+        args.append(until)
     if before_id is not None:
         sql += " AND id < ?"
         args.append(before_id)
@@ -305,3 +371,105 @@ def access_log(db: Database, *, limit: int = 200, before_id: int | None = None,
         d["filters"] = json.loads(d["filters"] or "{}")
         out.append(d)
     return out
+
+
+# ---------------------------------------------------------------------- user lifecycle
+def log_admin(db: Database, admin: User | str, action: str, *, target: str = "",
+              detail: dict[str, Any] | None = None, client: str = "") -> int:
+    """Append one administrative change to the admin log; returns its id."""
+    if action not in ADMIN_ACTIONS:
+        raise ValueError(f"unknown admin action {action!r}")
+    migrate(db)
+    who = admin.username if isinstance(admin, User) else admin
+    cur = db.execute(
+        "INSERT INTO console_admin_log(at, username, action, target, detail, client)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (time.time(), who, action, target, json.dumps(detail or {}, sort_keys=True), client))
+    return int(cur.lastrowid or 0)
+
+
+def admin_log(db: Database, *, limit: int = 200) -> list[dict[str, Any]]:
+    """Newest-first admin log entries."""
+    migrate(db)
+    return [{**dict(r), "detail": json.loads(r["detail"] or "{}")}
+            for r in db.query("SELECT * FROM console_admin_log ORDER BY id DESC LIMIT ?",
+                              (limit,))]
+
+
+def _existing(db: Database, username: str) -> Any:
+    row = db.query_one("SELECT * FROM console_users WHERE username=?", (username,))
+    if row is None:
+        raise UserError(f"no user {username!r}")
+    return row
+
+
+def _enabled_admins(conn: Any, *, without: str) -> int:
+    rows = conn.execute("SELECT roles FROM console_users WHERE disabled=0 AND username<>?",
+                        (without,)).fetchall()
+    return sum(1 for r in rows if "admin" in json.loads(r["roles"]))
+
+
+def set_disabled(db: Database, username: str, disabled: bool) -> None:
+    """Disable (sessions end at once, login refused) or re-enable a user. The last enabled
+    admin cannot be disabled (nobody could undo it from the console)."""
+    row = _existing(db, username)
+    with db.transaction() as conn:
+        if disabled and "admin" in json.loads(row["roles"]) \
+                and _enabled_admins(conn, without=username) == 0:
+            raise UserError("cannot disable the last enabled admin")
+        conn.execute("UPDATE console_users SET disabled=? WHERE username=?",
+                     (1 if disabled else 0, username))
+        if disabled:
+            conn.execute("DELETE FROM console_sessions WHERE username=?", (username,))
+
+
+def reset_password(db: Database, username: str, password: str) -> None:
+    """Set a new password (same policy as creation); the user's sessions end."""
+    _existing(db, username)
+    if (problem := password_problem(password, username)) is not None:
+        raise UserError(problem)
+    digest = _hasher.hash(password)
+    with db.transaction() as conn:
+        conn.execute("UPDATE console_users SET password_hash=? WHERE username=?",
+                     (digest, username))
+        conn.execute("DELETE FROM console_sessions WHERE username=?", (username,))
+
+
+def set_roles(db: Database, username: str, roles: list[str], *,
+              handler_id: str | None = None) -> User:
+    """Replace a user's roles (a handler answers as ``handler_id``, default the name).
+    The last enabled admin keeps the admin role."""
+    row = _existing(db, username)
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise UserError(f"roles must be a non-empty subset of {', '.join(ROLES)}; got {list(roles)}")
+    hid = (handler_id or row["handler_id"] or username) if "handler" in roles else None
+    with db.transaction() as conn:
+        if "admin" in json.loads(row["roles"]) and "admin" not in roles \
+                and not row["disabled"] and _enabled_admins(conn, without=username) == 0:
+            raise UserError("cannot take the admin role from the last enabled admin")
+        conn.execute("UPDATE console_users SET roles=?, handler_id=? WHERE username=?",
+                     (json.dumps(sorted(set(roles))), hid, username))
+        # Sessions carry the roles they were opened with: end them so the change holds now.
+        conn.execute("DELETE FROM console_sessions WHERE username=?", (username,))
+    return User(username, frozenset(roles), hid)
+
+
+ACCESS_LOG_COLUMNS = ("id", "at", "when_utc", "username", "roles", "action", "call_id",
+                      "query", "filters", "justification", "client")
+
+
+def access_log_csv(rows: list[dict[str, Any]]) -> str:
+    """The access log as CSV (UTF-8, one header row; times as epoch and ISO 8601 UTC)."""
+    import datetime as dt
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(ACCESS_LOG_COLUMNS)
+    for r in rows:
+        when = dt.datetime.fromtimestamp(r["at"], dt.timezone.utc).isoformat(timespec="seconds")
+        w.writerow([r["id"], f"{r['at']:.3f}", when, r["username"], " ".join(r["roles"]),
+                    r["action"], r["call_id"] or "", r["query"] or "",
+                    json.dumps(r["filters"], sort_keys=True) if r["filters"] else "",
+                    r["justification"], r["client"]])
+    return buf.getvalue()

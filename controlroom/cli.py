@@ -237,8 +237,10 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         if password != getpass.getpass("again: "):
             print("passwords differ", file=sys.stderr)
             return 2
-    if len(password) < 10:
-        print("password too short (at least 10 characters)", file=sys.stderr)
+    from console.users import password_problem
+
+    if (problem := password_problem(password, args.username)) is not None:
+        print(problem, file=sys.stderr)
         return 2
     db = Database(settings.storage.database_path)
     # A handler whose console login differs from their handler id is mapped here.

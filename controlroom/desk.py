@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import json
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,63 @@ def _midnight(now: float) -> float:
     return d.timestamp()
 
 
+ROLLING = 3600.0
+"""The wallboard's rolling service-level interval (s): the last hour."""
+
+SL_DEFINITION = ("Service level = calls answered within the target / (calls answered + calls "
+                 "abandoned after the target). Calls still waiting count neither way; "
+                 "callers who hung up within the target (short abandons) are shown apart.")
+
+
+def _sl(sl: Any) -> dict[str, Any]:
+    return {"sl": sl.service_level, "answered": sl.answered,
+            "answered_within": sl.answered_within, "abandoned": sl.abandoned,
+            "abandoned_within": sl.abandoned_within, "abandoned_after": sl.abandoned_after,
+            "offered": sl.offered}
+
+
+def graded_complete(thrive: dict[str, str], grade: str) -> bool:
+    """A grading that satisfies ``grading_required``: a grade and every THRIVE field."""
+    return bool(grade) and all((thrive.get(k) or "").strip() for k in THRIVE_KEYS)
+
+
+def location_view(text: str | None, detail: dict[str, Any] | None,
+                  map_url: str) -> dict[str, Any] | None:
+    """What the desk shows of a caller's location: the text, the uncertainty (metres) and
+    method, the shape, and the force's map link filled in from ``map_url``."""
+    if not text and not detail:
+        return None
+    d = detail or {}
+    geo = sorted((g for g in d.get("geodetic") or [] if "lat" in g),
+                 key=lambda g: "radius" not in g)
+    civic = (d.get("civic") or [None])[0]
+    out: dict[str, Any] = {"text": text or "", "by": d.get("by"), "parsed": bool(d.get("parsed")),
+                           "error": d.get("error"), "uncertainty_m": d.get("accuracy"),
+                           "method": None, "shape": None, "lat": None, "lon": None,
+                           "address": None, "map_url": None}
+    if geo:
+        g = geo[0]
+        out.update(method=g.get("method"), shape=g.get("shape"), lat=g["lat"], lon=g["lon"])
+        if out["uncertainty_m"] is None and g.get("uom") == "m" and "radius" in g:
+            out["uncertainty_m"] = g["radius"]
+    if civic:
+        street = " ".join(x for x in (civic.get("HNO"), civic.get("RD")) if x)
+        out["address"] = ", ".join(x for x in (street, civic.get("A3"), civic.get("PC")) if x)
+        out["method"] = out["method"] or civic.get("method")
+    if map_url:
+        q = urllib.parse.quote
+        if out["lat"] is not None and "{lat}" in map_url:
+            out["map_url"] = (map_url.replace("{lat}", q(f"{out['lat']:.6f}"))
+                              .replace("{lon}", q(f"{out['lon']:.6f}"))
+                              .replace("{radius}", q(f"{out['uncertainty_m'] or 0:g}"))
+                              .replace("{address}", q(out["address"] or "")))
+        elif out["address"] and "{address}" in map_url:
+            out["map_url"] = (map_url.replace("{address}", q(out["address"]))
+                              .replace("{lat}", "").replace("{lon}", "")
+                              .replace("{radius}", ""))
+    return out
+
+
 class ServiceDesk:
     """DeskBackend implemented over a running :class:`Service`."""
 
@@ -62,18 +120,19 @@ class ServiceDesk:
                                 "priority": c.priority, "state": c.state,
                                 "estimated_wait": s.router.estimated_wait(c.call_id, now)})
             sl = s.router.service_level(line.name, now, since=since)
-            offered = getattr(sl, "offered", 0)
-            answered = getattr(sl, "answered", 0)
-            within = getattr(sl, "answered_within", 0)
-            abandoned = getattr(sl, "abandoned", 0)
+            rolling = s.router.service_level(line.name, now, since=now - ROLLING)
+            offered = sl.offered
             lines_out.append({
                 "name": line.name, "priority": line.priority, "threshold": line.answer_threshold,
                 "waiting": waiting,
                 "longest_wait": max((w["wait"] for w in waiting), default=0.0),
-                "offered_today": offered, "answered_today": answered,
-                "answered_in_threshold_today": within, "abandoned_today": abandoned,
-                "sl_today": (within / offered) if offered else None,
-                "abandon_rate": (abandoned / offered) if offered else None,
+                "offered_today": offered, "answered_today": sl.answered,
+                "answered_in_threshold_today": sl.answered_within,
+                "abandoned_today": sl.abandoned,
+                "short_abandoned_today": sl.abandoned_within,
+                "sl_today": sl.service_level,
+                "abandon_rate": (sl.abandoned / offered) if offered else None,
+                "today": _sl(sl), "rolling": _sl(rolling),
             })
         handlers_out = []
         for hid, h in rsnap.get("handlers", {}).items():
@@ -83,9 +142,12 @@ class ServiceDesk:
                 "state": _state_name(h.get("state")), "reason": h.get("reason") or "",
                 "since": h.get("since"), "call_id": h.get("call_id"),
                 "skills": h.get("skills") or (s._skills(cfg) if cfg else {}),
+                "after_call": h.get("after_call"), "grading_due": h.get("grading_due"),
             })
         return {"at": now, "lines": lines_out, "handlers": handlers_out,
-                "draining": s._draining}
+                "draining": s._draining, "callbacks": await self.callbacks(),
+                "rolling_seconds": ROLLING, "since_midnight": since,
+                "sl_definition": SL_DEFINITION}
 
     def _handler(self, handler_id: str) -> dict[str, Any]:
         h = self.s.router.handler_info(handler_id)
@@ -124,6 +186,10 @@ class ServiceDesk:
             "previous_calls": self._previous(d["caller"], 10, exclude=call_id,
                                              normalised=d.get("caller_normalised")),
             "transcript": list(s.live_transcripts.get(call_id, [])),
+            "location_view": location_view(d["location"], d.get("location_detail"),
+                                           s.settings.web.map_url),
+            "draft": s.grading_drafts.get(call_id),
+            "graded": bool(d.get("grade")),
         }
 
     async def handler_view(self, handler_id: str) -> dict[str, Any]:
@@ -143,23 +209,44 @@ class ServiceDesk:
             elif c.handler_id == handler_id and c.state == "connected":
                 call = self._card(c.call_id)
         wrap_id = s.wrapup_calls.get(handler_id)
+        due = h.get("grading_due")
         if wrap_id and _state_name(h.get("state")) == "wrapup":
             wrap = self._card(wrap_id)
+        elif due:
+            wrap = self._card(due)   # on a break with a grading still due: keep it in view
+        wline = s.lines.get((wrap or {}).get("line") or (call or {}).get("line") or "")
         return {"at": now, "handler_id": handler_id, "name": cfg.name if cfg else handler_id,
                 "state": _state_name(h.get("state")), "reason": h.get("reason") or "",
                 "since": h.get("since"), "skills": h.get("skills") or {},
                 "today": {"calls": n, "talk": talk, "avg_talk": (talk / n) if n else 0.0,
                           "rejected": s.rejected_today.get(handler_id, 0)},
-                "offer": offer, "call": call, "wrapup": wrap}
+                "offer": offer, "call": call, "wrapup": wrap,
+                "wrapup_deadline": h.get("wrapup_deadline"),
+                "wrapup_extended": h.get("wrapup_extended") or 0.0,
+                "wrapup_extend_max": getattr(wline, "wrapup_extend_max", 0.0),
+                "grading_required": bool(getattr(wline, "grading_required", False)),
+                "grading_due": due, "after_call": h.get("after_call")}
 
     # ------------------------------------------------------------------ handler actions
-    async def set_handler_state(self, handler_id: str, state: str, reason: str = "") -> None:
+    async def set_handler_state(self, handler_id: str, state: str, reason: str = "",
+                                by: str | None = None) -> None:
+        """``by``: the supervisor acting (may end a wrap-up whose grading is due: logged).
+        A handler on a call asking for not ready is not ready after the call; asking for
+        available then withdraws that request."""
         s = self.s
-        self._handler(handler_id)
+        h = self._handler(handler_id)
         now = time.time()
+        on_call = h.get("state") == "on_call"
         try:
-            if state == "available":
-                actions = s.router.set_available(handler_id, now)
+            if on_call and state == "not_ready":
+                actions = s.router.not_ready_after_call(handler_id, now,
+                                                        reason=reason or "not ready")
+            elif on_call and state == "available" and h.get("after_call") is not None:
+                actions = s.router.not_ready_after_call(handler_id, now, reason=None)
+            elif state == "available":
+                actions = s.router.set_available(
+                    handler_id, now, reason=f"set by {by}: {reason}" if by else "",
+                    force=by is not None)
             elif state == "not_ready":
                 actions = s.router.set_not_ready(handler_id, now, reason=reason or "not ready")
             elif state == "logged_out":
@@ -185,7 +272,7 @@ class ServiceDesk:
         self.s._fanout({"type": "call.accepted_on_screen", "call_id": call_id,
                         "handler_id": handler_id, "at": time.time()})
 
-    async def reject_offer(self, handler_id: str, call_id: str) -> None:
+    async def reject_offer(self, handler_id: str, call_id: str, reason: str = "") -> None:
         s = self.s
         call = self._offered(handler_id, call_id)
         leg_id = call.leg_id
@@ -196,7 +283,8 @@ class ServiceDesk:
         now = time.time()
         s._record(ev.CallOfferFailed(call_id=call_id, at=now, line=call.line,
                                      handler_id=handler_id, reason="rejected"))
-        s._apply(s.router.offer_failed(call_id, handler_id, now, reason="rejected"))
+        s._apply(s.router.offer_failed(call_id, handler_id, now, reason="rejected",
+                                       note=reason.strip()[:200]))
 
     def _connected(self, call_id: str) -> Any:
         call = self.s.calls.get(call_id)
@@ -241,12 +329,32 @@ class ServiceDesk:
         unknown = set(thrive) - set(THRIVE_KEYS)
         if unknown:
             raise Invalid(f"unknown THRIVE field {sorted(unknown)[0]!r}")
+        if not grade and not notes.strip() and not any(v.strip() for v in thrive.values()):
+            raise Invalid("nothing to save: the grading is empty")
+        line = s.lines.get(row["line"])
+        if getattr(line, "grading_required", False) and not graded_complete(thrive, grade):
+            raise Invalid("this line needs a grade and every THRIVE field")
         now = time.time()
         s._record(ev.CallWrapUp(call_id=call_id, at=now, handler_id=handler_id, thrive=thrive,
                                 grade=grade, notes=notes),
                   lambda conn: calls_table.update(conn, call_id, thrive=thrive,
                                                   grade=grade or None, notes=notes),
                   line=row["line"])
+        s.grading_drafts.pop(call_id, None)
+        if graded_complete(thrive, grade):
+            s._apply(s.router.graded(handler_id, call_id, now))
+
+    async def save_draft(self, call_id: str, handler_id: str, draft: dict[str, Any]) -> None:
+        """Keep what the handler is typing with the call it belongs to (until saved)."""
+        self.s.grading_drafts[call_id] = {**draft, "handler_id": handler_id, "at": time.time()}
+
+    async def extend_wrapup(self, handler_id: str, seconds: float) -> None:
+        self._handler(handler_id)
+        try:
+            actions = self.s.router.extend_wrapup(handler_id, time.time(), seconds=seconds)
+        except Exception as exc:
+            raise Conflict(str(exc)) from None
+        self.s._apply(actions)
 
     async def end_wrapup(self, handler_id: str) -> None:
         s = self.s
@@ -259,35 +367,40 @@ class ServiceDesk:
 
     # ------------------------------------------------------------------ call-backs
     async def callbacks(self) -> list[dict[str, Any]]:
+        # The router's order (first abandon) is kept: taking one never moves a row.
         out = []
         for cb in self.s.router.callbacks():
             d = dataclasses.asdict(cb)
             d["state"] = {"pending": "open"}.get(d["state"], d["state"])
             d["abandoned_at"] = d.pop("at")
+            d["last_at"] = cb.last_at
             d["taken_by"] = d.get("handler_id")
             out.append(d)
-        out.sort(key=lambda d: (d["state"] != "open", d.get("abandoned_at") or 0))
         return out
 
-    async def take_callback(self, cb_id: str, handler_id: str) -> None:
+    def _cb_call(self, fn: Any, cb_id: str, *args: Any, **kw: Any) -> None:
         try:
-            actions = self.s.router.take_callback(cb_id, handler_id, time.time())
+            actions = fn(cb_id, *args, **kw)
         except Exception as exc:
             if "unknown call-back" in str(exc):
                 raise NotFound(f"no call-back {cb_id!r}") from None
             raise Conflict(str(exc)) from None
         self.s._apply(actions or [])
+        self.s._fanout({"type": "call.callback_changed", "call_id": "", "cb_id": cb_id,
+                        "at": time.time()})
 
-    async def complete_callback(self, cb_id: str, outcome: str) -> None:
+    async def release_callback(self, cb_id: str, by: str | None) -> None:
+        self._cb_call(self.s.router.release_callback, cb_id, time.time(), by=by)
+
+    async def take_callback(self, cb_id: str, handler_id: str) -> None:
+        self._cb_call(self.s.router.take_callback, cb_id, handler_id, time.time())
+
+    async def complete_callback(self, cb_id: str, outcome: str, by: str | None = None) -> None:
+        """``by``: the handler closing it (must have taken it); None: a supervisor."""
         if not outcome.strip():
             raise Invalid("an outcome is required")
-        try:
-            actions = self.s.router.complete_callback(cb_id, time.time(), outcome=outcome)
-        except Exception as exc:
-            if "unknown call-back" in str(exc):
-                raise NotFound(f"no call-back {cb_id!r}") from None
-            raise Conflict(str(exc)) from None
-        self.s._apply(actions or [])
+        self._cb_call(self.s.router.complete_callback, cb_id, time.time(), outcome=outcome,
+                      by=by)
 
     # ------------------------------------------------------------------ supervisor
     async def reprioritise(self, call_id: str, priority: float) -> None:

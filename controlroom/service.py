@@ -139,6 +139,8 @@ class Service:
         self.calls: dict[str, LiveCall] = {}
         self.legs: dict[str, str] = {}  # leg_id -> call_id
         self.wrapup_calls: dict[str, str] = {}  # handler_id -> call in wrap-up
+        self.grading_drafts: dict[str, dict[str, Any]] = {}
+        """call id -> the grading a handler is typing (controlroom.desk), until saved."""
         self.rejected_today: dict[str, int] = {}
         self.live_transcripts: dict[str, list[dict[str, Any]]] = {}
         self._subscribers: set[Any] = set()  # console.feed.LiveQueue, one per subscription
@@ -469,7 +471,8 @@ class Service:
         if self.transcription is not None and self.settings.transcription.live:
             self.transcription.live_start(e.call_id, priority=line.priority)
         self.engine.play(e.call_id, line.queue_prompt)
-        self._apply(self.router.call_arrived(e.call_id, e.line, e.at, caller=e.caller))
+        self._apply(self.router.call_arrived(e.call_id, e.line, e.at, caller=e.caller,
+                                             caller_key=e.caller_normalised or None))
 
     def _tel_CallCancelled(self, e: tel.CallCancelled) -> None:
         """CANCEL before our answer: an abandoned call with no wait (999: call-back)."""
@@ -485,7 +488,9 @@ class Service:
                          node=self.settings.node_id))
         from routing import CancelOffer, Offer, Reject
 
-        actions = self.router.call_arrived(e.call_id, e.line, e.at, caller=e.caller)
+        actions = self.router.call_arrived(
+            e.call_id, e.line, e.at, caller=e.caller,
+            caller_key=getattr(e, "caller_normalised", "") or None)
         if not any(isinstance(a, Reject) for a in actions):
             actions += self.router.call_abandoned(e.call_id, e.at)
 

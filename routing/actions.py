@@ -138,16 +138,27 @@ class Callback:
     line: str
     caller: str
     at: float
-    """When the caller hung up."""
+    """When the caller first hung up (the list is ordered by this; it never changes)."""
     wait: float
     state: str = "pending"
-    """``pending`` then ``taken`` (a handler is calling back) then ``done`` (removed)."""
+    """``pending`` then ``taken`` (a handler is calling back; ``released`` makes it pending
+    again) then ``done`` (removed)."""
     handler_id: str | None = None
     taken_at: float | None = None
     outcome: str | None = None
+    key: str = ""
+    """The caller as one person (E.164 when known): one entry per key, each abandoned call
+    from it an attempt. Empty (withheld): never merged."""
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    """Every abandoned call from this caller: ``{"call_id", "at", "wait"}``, oldest first."""
+
+    @property
+    def last_at(self) -> float:
+        return self.attempts[-1]["at"] if self.attempts else self.at
 
     def as_dict(self) -> dict[str, Any]:
         return {"cb_id": self.cb_id, "call_id": self.call_id, "line": self.line,
                 "caller": self.caller, "at": self.at, "wait": self.wait, "state": self.state,
                 "handler_id": self.handler_id, "taken_at": self.taken_at,
-                "outcome": self.outcome}
+                "outcome": self.outcome, "attempts": [dict(a) for a in self.attempts],
+                "last_at": self.last_at}

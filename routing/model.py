@@ -12,6 +12,8 @@ Handler life::
     offered --answer--> on_call --end/transfer--> wrap_up --wrapup_end/ready--> available
     offered --offer_failed--> not_ready ("missed call", "rejected", ...) or available
     offered --offer_cancelled--> available (caller hung up while ringing)
+    on_call/wrap_up --not_ready_after--> (same): wrap-up then ends in not_ready, not available
+    wrap_up with grading due: the timer does not end it; ready is refused until graded
 
 Call life::
 
@@ -56,6 +58,11 @@ class LineSpec:
     """Priority uplift (class units) per minute waited, capped at the router's ageing_cap."""
     callback_on_abandon: bool = False
     """Abandoned calls go on the call-back list."""
+    grading_required: bool = False
+    """A handler who ended a call on this line stays in wrap-up (not offered calls, not
+    made available by the wrap-up timer) until its grading is saved (:meth:`Router.graded`)."""
+    wrapup_extend_max: float = 120.0
+    """Most seconds a handler may add to one wrap-up (:meth:`Router.extend_wrapup`)."""
 
     def validate(self) -> None:
         if not self.name:
@@ -66,7 +73,7 @@ class LineSpec:
             raise RoutingError(f"line {self.name!r}: overflow must be 'queue' or 'busy', "
                                f"got {self.overflow!r}")
         if self.answer_threshold <= 0 or self.wrapup < 0 or self.max_queue < 0 \
-                or self.ageing_per_minute < 0:
+                or self.ageing_per_minute < 0 or self.wrapup_extend_max < 0:
             raise RoutingError(f"line {self.name!r}: answer_threshold must be > 0 and "
                                "wrapup, max_queue, ageing_per_minute >= 0")
 
@@ -77,7 +84,9 @@ class LineSpec:
                    answer_threshold=line.answer_threshold, wrapup=line.wrapup,
                    max_queue=line.max_queue, overflow=line.overflow,
                    ageing_per_minute=line.ageing_per_minute,
-                   callback_on_abandon=line.callback_on_abandon)
+                   callback_on_abandon=line.callback_on_abandon,
+                   grading_required=getattr(line, "grading_required", False),
+                   wrapup_extend_max=getattr(line, "wrapup_extend_max", 120.0))
 
 
 def check_skills(skills: Any) -> dict[str, int]:
@@ -117,6 +126,9 @@ HANDLER_TRANSITIONS: dict[tuple[HandlerState, str], HandlerState] = {
     (H.OFFERED, "not_ready"): H.NOT_READY,         # offer cancelled, call back in place
     (H.OFFERED, "logout"): H.LOGGED_OUT,           # offer cancelled, call back in place
     (H.ON_CALL, "end"): H.WRAP_UP,
+    (H.ON_CALL, "not_ready_after"): H.ON_CALL,     # takes effect when wrap-up ends
+    (H.WRAP_UP, "not_ready_after"): H.WRAP_UP,
+    (H.WRAP_UP, "extend"): H.WRAP_UP,
     (H.ON_CALL, "transfer"): H.WRAP_UP,
     (H.WRAP_UP, "wrapup_end"): H.AVAILABLE,
     (H.WRAP_UP, "ready"): H.AVAILABLE,
@@ -193,6 +205,8 @@ class Call:
     reprioritised: bool = False
     connected_at: float | None = None
     offer_deadline: float | None = None
+    caller_key: str = ""
+    """The caller as one person (E.164 when known) for the call-back list; "" withheld."""
 
 
 @dataclass(slots=True, eq=False)
@@ -215,5 +229,15 @@ class Handler:
     version: int = 0
     """Bumped on every change: stale entries in the availability heaps are skipped."""
     wrapup_deadline: float | None = None
+    wrapup_extended: float = 0.0
+    """Seconds added to the current wrap-up by the handler."""
+    after_call: str | None = None
+    """Not ready after this call: the reason the handler gave (None: available after)."""
+    grading_due: str | None = None
+    """The call whose grading must be saved before this handler may be available."""
+    graded_call: str | None = None
+    """The call (connected now) already graded during the call."""
+    wrapup_line: str | None = None
+    """Line of the call whose wrap-up this is (its extension limit)."""
     handle_start: float | None = None
     handle_line: str | None = None

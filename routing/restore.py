@@ -35,14 +35,17 @@ def restore(router: Router, entries: Iterable[QueueLogEntry], now: float) -> lis
         if live is None:
             continue            # a line no longer configured: only replay will show it
         live.enters, live.abandons, live.rejects = rec.enters, rec.abandons, rec.rejects
+        live.abandon_wait = rec.abandon_wait
         live.answer_at, live.answer_wait = rec.answer_at, rec.answer_wait
 
     callers: dict[str, str] = {}
+    keys: dict[str, str] = {}
     connected: dict[str, tuple[str, str]] = {}
     ended: dict[str, CallState] = {}
     for e in rows:
         if e.event == "ENTER":
             callers[e.call_id] = str(e.data.get("caller", ""))
+            keys[e.call_id] = str(e.data.get("caller_key", callers[e.call_id]))
             connected.pop(e.call_id, None)
         elif e.event == "CONNECT":
             connected[e.call_id] = (e.line, e.handler_id)
@@ -56,14 +59,24 @@ def restore(router: Router, entries: Iterable[QueueLogEntry], now: float) -> lis
             ended[e.call_id] = CallState.REJECTED
         elif e.event == "CALLBACK_ADD":
             cb_id = str(e.data.get("cb_id", ""))
+            attempt = {"call_id": e.call_id, "at": e.at, "wait": float(e.data.get("wait", 0.0))}
+            known = router._callbacks.get(cb_id)
+            if known is not None:
+                known.attempts.append(attempt)
+                continue
             router._callbacks[cb_id] = Callback(
                 cb_id, e.call_id, e.line, str(e.data.get("caller", "")), e.at,
-                float(e.data.get("wait", 0.0)))
+                float(e.data.get("wait", 0.0)), key=str(e.data.get("key", "")),
+                attempts=[attempt])
             _bump_cb_seq(router, cb_id)
         elif e.event == "CALLBACK_TAKE":
             cb = router._callbacks.get(str(e.data.get("cb_id", "")))
             if cb is not None:
                 cb.state, cb.handler_id, cb.taken_at = "taken", e.handler_id, e.at
+        elif e.event == "CALLBACK_RELEASE":
+            cb = router._callbacks.get(str(e.data.get("cb_id", "")))
+            if cb is not None:
+                cb.state, cb.handler_id, cb.taken_at = "pending", None, None
         elif e.event == "CALLBACK_DONE":
             router._callbacks.pop(str(e.data.get("cb_id", "")), None)
 
@@ -79,14 +92,15 @@ def restore(router: Router, entries: Iterable[QueueLogEntry], now: float) -> lis
         router._log(out, now, call_id, line, "", "ABANDON", wait=wait, position=0,
                     callback=callback, reason="restart")
         if spec is not None:
-            record_abandon(router._records[line], now)
+            record_abandon(router._records[line], now, wait)
         if callback:
-            router._cb_seq += 1
-            cb_id = f"cb{router._cb_seq}"
-            router._callbacks[cb_id] = Callback(cb_id, call_id, line, callers.get(call_id, ""),
-                                                now, wait)
-            router._log(out, now, call_id, line, "", "CALLBACK_ADD", cb_id=cb_id,
-                        caller=callers.get(call_id, ""), wait=wait, reason="restart")
+            from .model import Call
+            ghost = Call(call_id, line, callers.get(call_id, ""), entered, entered, 0, 0, 0.0,
+                         caller_key=keys.get(call_id, ""))
+            cb, repeat = router._callback_for(ghost, now, wait)
+            router._log(out, now, call_id, line, "", "CALLBACK_ADD", cb_id=cb.cb_id,
+                        caller=ghost.caller, wait=wait, key=ghost.caller_key, repeat=repeat,
+                        reason="restart")
         ended[call_id] = CallState.ABANDONED
     for call_id, state in ended.items():
         router._ended[call_id] = state

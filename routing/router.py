@@ -222,18 +222,38 @@ class Router(RouterTransfers, RouterViews):
             self._handle_times[h.handle_line].append(now - h.handle_start)
         h.handle_start = h.handle_line = None
         h.wrapup_deadline = None
+        h.wrapup_extended = 0.0
 
     def _start_wrapup(self, h: Handler, event: str, line: LineSpec, call_id: str,
                       now: float, out: list[Action]) -> None:
         handler_move(h.handler_id, h.state, event)
         h.call_id = None
+        h.wrapup_extended = 0.0
+        graded = h.graded_call == call_id
+        h.graded_call = None
+        h.grading_due = call_id if (line.grading_required and event == "end"
+                                    and not graded) else None
+        h.wrapup_line = line.name
         self._hset(h, HS.WRAP_UP, now, out, reason="", call_id=call_id)
-        if line.wrapup <= 0:
-            self._leave_wrapup(h, now)
-            self._hset(h, HS.AVAILABLE, now, out)
-        else:
+        if line.wrapup <= 0 and h.grading_due is None:
+            self._end_wrapup_now(h, now, out)
+        elif line.wrapup > 0:
             h.wrapup_deadline = now + line.wrapup
             self._timer(h.wrapup_deadline, "wrapup", h.handler_id, "")
+
+    def _end_wrapup_now(self, h: Handler, now: float, out: list[Action]) -> None:
+        """Wrap-up is over: available, or not ready if the handler asked during the call."""
+        self._leave_wrapup(h, now)
+        if h.after_call is not None:
+            reason, h.after_call = h.after_call, None
+            self._hset(h, HS.NOT_READY, now, out, reason=reason)
+        else:
+            self._hset(h, HS.AVAILABLE, now, out)
+
+    def _check_graded(self, h: Handler, force: bool) -> None:
+        if h.grading_due is not None and not force:
+            raise RoutingError(f"handler {h.handler_id!r} must save the grading of call "
+                               f"{h.grading_due!r} first", state=h.state.value, event="ready")
 
     # ------------------------------------------------------------ queue moves
     def _enqueue(self, call: Call, now: float, out: list[Action], *,
@@ -320,8 +340,12 @@ class Router(RouterTransfers, RouterViews):
 
     # -------------------------------------------------------------------- calls
     def call_arrived(self, call_id: str, line: str, now: float, *,
-                     caller: str = "") -> list[Action]:
-        """A call entered ``line``: Queued (+ Offer when someone can take it) or Reject."""
+                     caller: str = "", caller_key: str | None = None) -> list[Action]:
+        """A call entered ``line``: Queued (+ Offer when someone can take it) or Reject.
+
+        ``caller_key`` names the caller as one person for the call-back list (the service
+        passes the E.164 form); default: ``caller`` when it holds a digit, else "" (a
+        withheld caller is never merged with another)."""
         now = self._clock(now)
         if not isinstance(call_id, str) or not call_id:
             raise RoutingError(f"call_id must be a non-empty string, got {call_id!r}")
@@ -336,11 +360,14 @@ class Router(RouterTransfers, RouterViews):
             out.append(Reject(call_id, 486, overflow))
             return out
         self._seq += 1
+        if caller_key is None:
+            caller_key = caller if any(ch.isdigit() for ch in caller) else ""
         call = Call(call_id=call_id, line=line, caller=caller, arrived=now, entered=now,
-                    seq=self._seq, klass=spec.priority, base=float(spec.priority))
+                    seq=self._seq, klass=spec.priority, base=float(spec.priority),
+                    caller_key=caller_key)
         self.calls[call_id] = call
         self._log(out, now, call_id, line, "", "ENTER", priority=spec.priority, caller=caller,
-                  threshold=spec.answer_threshold, overflow=overflow)
+                  threshold=spec.answer_threshold, overflow=overflow, caller_key=caller_key)
         record_enter(self._records[line], now)
         self._open[line].add(call_id, now)
         self._enqueue(call, now, out, overflow=overflow)
@@ -398,16 +425,16 @@ class Router(RouterTransfers, RouterViews):
         spec = self.lines[call.line]
         wait = now - call.entered
         cb_id = None
+        repeat = False
         if spec.callback_on_abandon:
-            self._cb_seq += 1
-            cb_id = f"cb{self._cb_seq}"
-            self._callbacks[cb_id] = Callback(cb_id, call_id, call.line, call.caller, now, wait)
+            cb, repeat = self._callback_for(call, now, wait)
+            cb_id = cb.cb_id
         self._log(out, now, call_id, call.line, "", "ABANDON", wait=wait, position=position,
                   callback=cb_id is not None)
         if cb_id is not None:
             self._log(out, now, call_id, call.line, "", "CALLBACK_ADD", cb_id=cb_id,
-                      caller=call.caller, wait=wait)
-        record_abandon(self._records[call.line], now)
+                      caller=call.caller, wait=wait, key=call.caller_key, repeat=repeat)
+        record_abandon(self._records[call.line], now, wait)
         self._open[call.line].remove(call_id)
         out.append(Abandoned(call_id, call.line, wait, position, cb_id is not None, cb_id))
         self._finish(call, CS.ABANDONED)
@@ -438,14 +465,15 @@ class Router(RouterTransfers, RouterViews):
         return out
 
     def offer_failed(self, call_id: str, handler_id: str, now: float, *,
-                     reason: str) -> list[Action]:
+                     reason: str, note: str = "") -> list[Action]:
         """The offer ended without answer; the call goes back to its old place.
 
         ``no-answer``: handler not ready "missed call" (or available if not
         ``rona_not_ready``); ``cancelled`` (we withdrew it; the handler did nothing):
         available; ``rejected``/``busy``/``unreachable``/``error``: handler not ready with
         that reason (a declining or broken phone is not offered the
-        next call until the handler says they are ready again).
+        next call until the handler says they are ready again); ``note`` (why the handler
+        rejected) is added to that reason: ``rejected: phone fault``.
         """
         now = self._clock(now)
         if reason not in OFFER_FAIL_REASONS:
@@ -457,17 +485,18 @@ class Router(RouterTransfers, RouterViews):
                 raise RoutingError(f"unknown call {call_id!r}")
             return []      # stale: that offer was already cancelled or answered
         out: list[Action] = []
-        self._fail_offer(call, now, reason, out, cancel=False)
+        self._fail_offer(call, now, reason, out, cancel=False, note=note)
         self._dispatch(now, out)
         return out
 
     def _fail_offer(self, call: Call, now: float, reason: str, out: list[Action], *,
-                    cancel: bool) -> None:
+                    cancel: bool, note: str = "") -> None:
         h = self.handlers[call.handler_id or ""]
         if cancel:
             out.append(CancelOffer(call.call_id, h.handler_id, reason))
         self._log(out, now, call.call_id, call.line, h.handler_id,
-                  "RINGNOANSWER" if reason == "no-answer" else "OFFERFAIL", reason=reason)
+                  "RINGNOANSWER" if reason == "no-answer" else "OFFERFAIL", reason=reason,
+                  **({"note": note} if note else {}))
         handler_move(h.handler_id, h.state, "offer_failed")
         self._detach_offer(call, h)
         if reason == "no-answer":
@@ -479,7 +508,8 @@ class Router(RouterTransfers, RouterViews):
             # We withdrew the offer (the handler did nothing): back to available.
             self._hset(h, HS.AVAILABLE, now, out, call_id=call.call_id)
         else:
-            self._hset(h, HS.NOT_READY, now, out, reason=reason, call_id=call.call_id)
+            why = f"{reason}: {note}" if note else reason
+            self._hset(h, HS.NOT_READY, now, out, reason=why, call_id=call.call_id)
         self._enqueue(call, now, out)
 
     def call_ended(self, call_id: str, now: float) -> list[Action]:
@@ -530,6 +560,7 @@ class Router(RouterTransfers, RouterViews):
         now = self._clock(now)
         h = self._handler(handler_id)
         handler_move(handler_id, h.state, "logout")
+        h.after_call = h.grading_due = None
         out: list[Action] = []
         held = None
         if h.state is HS.OFFERED:
@@ -544,25 +575,96 @@ class Router(RouterTransfers, RouterViews):
         self._dispatch(now, out)
         return out
 
-    def set_available(self, handler_id: str, now: float) -> list[Action]:
-        """Ready for calls (from not ready, or ending wrap-up early). Idempotent if available."""
+    def set_available(self, handler_id: str, now: float, *, reason: str = "",
+                      force: bool = False) -> list[Action]:
+        """Ready for calls (from not ready, or ending wrap-up early). Idempotent if available.
+
+        Refused while a grading is due (``LineSpec.grading_required``) unless ``force`` (a
+        supervisor, whose ``reason`` is logged); a pending not-ready-after-call is dropped."""
         now = self._clock(now)
         h = self._handler(handler_id)
         handler_move(handler_id, h.state, "ready")
         out: list[Action] = []
         if h.state is HS.AVAILABLE:
             return out
+        self._check_graded(h, force)
+        if force and h.grading_due is not None:
+            self._log(out, now, h.grading_due, "", handler_id, "GRADING_WAIVED", reason=reason)
+        h.grading_due = None
+        h.after_call = None
         if h.state is HS.WRAP_UP:
             self._leave_wrapup(h, now)
-        self._hset(h, HS.AVAILABLE, now, out)
+        self._hset(h, HS.AVAILABLE, now, out, reason=reason)
         self._dispatch(now, out)
         return out
 
+    def not_ready_after_call(self, handler_id: str, now: float, *,
+                             reason: str | None) -> list[Action]:
+        """During a call (or wrap-up): go not ready with ``reason`` when wrap-up ends
+        instead of available; ``None`` withdraws the request. The handler's state does not
+        change now; :class:`HandlerChanged` re-announces it so the desks redraw."""
+        now = self._clock(now)
+        h = self._handler(handler_id)
+        handler_move(handler_id, h.state, "not_ready_after")
+        h.after_call = None if reason is None else (str(reason) or "not ready")
+        out: list[Action] = []
+        self._log(out, now, h.call_id or "", "", handler_id, "STATE_REQUEST",
+                  after_call=h.after_call)
+        out.append(HandlerChanged(handler_id, h.state.value, h.reason, h.call_id))
+        return out
+
+    def graded(self, handler_id: str, call_id: str, now: float) -> list[Action]:
+        """The handler saved a complete grading of ``call_id`` (during the call or in its
+        wrap-up). A wrap-up that ran out while waiting for it ends now."""
+        now = self._clock(now)
+        h = self._handler(handler_id)
+        out: list[Action] = []
+        if h.state is HS.ON_CALL and h.call_id == call_id:
+            h.graded_call = call_id
+        if h.grading_due != call_id:
+            return out
+        h.grading_due = None
+        self._log(out, now, call_id, "", handler_id, "GRADED")
+        if h.state is HS.WRAP_UP and h.wrapup_deadline is None:
+            handler_move(handler_id, h.state, "wrapup_end")
+            self._end_wrapup_now(h, now, out)
+            self._dispatch(now, out)
+        else:
+            out.append(HandlerChanged(handler_id, h.state.value, h.reason, call_id))
+        return out
+
+    def extend_wrapup(self, handler_id: str, now: float, *, seconds: float) -> list[Action]:
+        """Add ``seconds`` to the current wrap-up, at most the line's ``wrapup_extend_max``
+        in all (the rest is refused with the figure)."""
+        now = self._clock(now)
+        h = self._handler(handler_id)
+        handler_move(handler_id, h.state, "extend")
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            raise RoutingError(f"seconds must be a positive number, got {seconds!r}")
+        spec = self.lines.get(h.wrapup_line or "")
+        limit = spec.wrapup_extend_max if spec is not None else 0.0
+        left = limit - h.wrapup_extended
+        if seconds > left + 1e-9:
+            raise RoutingError(f"wrap-up can be extended by {max(0.0, left):.0f} s more "
+                               f"(limit {limit:.0f} s)", state=h.state.value, event="extend")
+        out: list[Action] = []
+        h.wrapup_extended += seconds
+        base = h.wrapup_deadline if h.wrapup_deadline is not None else now
+        h.wrapup_deadline = max(base, now) + seconds
+        self._timer(h.wrapup_deadline, "wrapup", h.handler_id, "")
+        self._log(out, now, "", "", handler_id, "WRAPUP_EXTEND", seconds=seconds,
+                  deadline=h.wrapup_deadline)
+        out.append(HandlerChanged(handler_id, h.state.value, h.reason, None))
+        return out
+
     def set_not_ready(self, handler_id: str, now: float, *, reason: str) -> list[Action]:
-        """Not ready (break, training...). A ringing offer is cancelled, the call requeued."""
+        """Not ready (break, training...). A ringing offer is cancelled, the call requeued.
+        Refused on a call: that is :meth:`not_ready_after_call`. A grading still due stays
+        due."""
         now = self._clock(now)
         h = self._handler(handler_id)
         handler_move(handler_id, h.state, "not_ready")
+        h.after_call = None
         out: list[Action] = []
         held = None
         if h.state is HS.OFFERED:
@@ -576,13 +678,14 @@ class Router(RouterTransfers, RouterViews):
         return out
 
     def end_wrapup(self, handler_id: str, now: float) -> list[Action]:
-        """The handler finished wrap-up early: available."""
+        """The handler finished wrap-up early: available (or not ready, if they asked
+        during the call). Refused while the grading of the call is due."""
         now = self._clock(now)
         h = self._handler(handler_id)
         handler_move(handler_id, h.state, "wrapup_end")
+        self._check_graded(h, False)
         out: list[Action] = []
-        self._leave_wrapup(h, now)
-        self._hset(h, HS.AVAILABLE, now, out)
+        self._end_wrapup_now(h, now, out)
         self._dispatch(now, out)
         return out
 
@@ -633,9 +736,15 @@ class Router(RouterTransfers, RouterViews):
             else:
                 h = self.handlers.get(ident)
                 if h is not None and h.state is HS.WRAP_UP and h.wrapup_deadline == deadline:
+                    if h.grading_due is not None:
+                        # Never lose the grading: the handler stays in wrap-up (offered
+                        # nothing) until it is saved or a supervisor intervenes.
+                        h.wrapup_deadline = None
+                        self._hset(h, HS.WRAP_UP, now, out, reason="grading required",
+                                   call_id=h.grading_due)
+                        continue
                     handler_move(ident, h.state, "wrapup_end")
-                    self._leave_wrapup(h, now)
-                    self._hset(h, HS.AVAILABLE, now, out)
+                    self._end_wrapup_now(h, now, out)
         horizon = now - self.stats_retention
         for r in self._records.values():
             if r.enters and r.enters[0] < horizon:

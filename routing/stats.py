@@ -5,9 +5,12 @@ Definitions (per line, over events whose time is in ``[since, until)``; None: un
 - ``offered``: queue legs that entered the line (ENTER; a transfer into a line is a new leg,
   as in Asterisk). ``rejected`` (overflow busy) are counted apart and are not offered.
 - ``answered``: CONNECTs; ``answered_within``: those with wait <= the line's threshold.
-- ``abandoned``: callers who hung up while queued or ringing (ABANDON).
-- ``service_level`` = answered_within / offered (the Home Office 999 measure);
-  ``abandon_rate`` = abandoned / offered; both None with nothing offered.
+- ``abandoned``: callers who hung up while queued or ringing (ABANDON);
+  ``abandoned_within`` (short abandons, wait <= threshold) and ``abandoned_after``.
+- ``service_level`` = answered_within / (answered + abandoned_after): only calls that
+  reached an outcome count; a call still waiting counts neither way, and a short abandon
+  is reported apart (DOMAIN.md "SL"); None when nothing counts yet.
+  ``abandon_rate`` = abandoned / offered; None with nothing offered.
 - ``average_wait`` / ``p90_wait``: over answered legs (p90 by nearest rank); None if none.
 - ``waiting`` / ``longest_wait``: legs not yet answered or abandoned and the longest
   current wait at ``now`` (independent of ``since``).
@@ -39,6 +42,9 @@ class ServiceLevel:
     answered: int = 0
     answered_within: int = 0
     abandoned: int = 0
+    abandoned_within: int = 0
+    """Short abandons: the caller hung up within the threshold (not in the SL)."""
+    abandoned_after: int = 0
     rejected: int = 0
     service_level: float | None = None
     abandon_rate: float | None = None
@@ -61,16 +67,19 @@ class LineRecords:
     answer_at: list[float] = field(default_factory=list)
     answer_wait: list[float] = field(default_factory=list)
     abandons: list[float] = field(default_factory=list)
+    abandon_wait: list[float] = field(default_factory=list)
     rejects: list[float] = field(default_factory=list)
 
     def forget_before(self, t: float) -> None:
         """Drop facts older than ``t`` (bounded memory on a 24/7 service)."""
-        for name in ("enters", "abandons", "rejects"):
+        for name in ("enters", "rejects"):
             lst = getattr(self, name)
             del lst[:bisect.bisect_left(lst, t)]
-        k = bisect.bisect_left(self.answer_at, t)
-        del self.answer_at[:k]
-        del self.answer_wait[:k]
+        for at, waits in ((self.answer_at, self.answer_wait),
+                          (self.abandons, self.abandon_wait)):
+            k = bisect.bisect_left(at, t)
+            del at[:k]
+            del waits[:k]
 
     def compute(self, *, since: float | None, now: float | None,
                 open_entered: Collection[float] | OpenLegs = (),
@@ -87,8 +96,11 @@ class LineRecords:
         lo, hi = span(self.answer_at)
         waits = self.answer_wait[lo:hi]
         offered = count(self.enters)
-        abandoned = count(self.abandons)
+        alo, ahi = span(self.abandons)
+        abandoned = ahi - alo
+        short = sum(1 for w in self.abandon_wait[alo:ahi] if w <= self.threshold)
         within = sum(1 for w in waits if w <= self.threshold)
+        outcomes = len(waits) + abandoned - short
         oldest = (open_entered.oldest() if isinstance(open_entered, OpenLegs)
                   else min(open_entered, default=None))
         longest = now - oldest if oldest is not None and now is not None else None
@@ -98,8 +110,9 @@ class LineRecords:
             p90 = s[max(0, math.ceil(0.9 * len(s)) - 1)]
         return ServiceLevel(
             line=self.line, threshold=self.threshold, offered=offered, answered=len(waits),
-            answered_within=within, abandoned=abandoned, rejected=count(self.rejects),
-            service_level=(within / offered) if offered else None,
+            answered_within=within, abandoned=abandoned, abandoned_within=short,
+            abandoned_after=abandoned - short, rejected=count(self.rejects),
+            service_level=(within / outcomes) if outcomes else None,
             abandon_rate=(abandoned / offered) if offered else None,
             average_wait=(sum(waits) / len(waits)) if waits else None,
             p90_wait=p90, waiting=len(open_entered), longest_wait=longest)
@@ -164,8 +177,14 @@ def record_answer(r: LineRecords, at: float, wait: float) -> None:
         r.answer_wait.insert(i, wait)
 
 
-def record_abandon(r: LineRecords, at: float) -> None:
-    _insert(r.abandons, at)
+def record_abandon(r: LineRecords, at: float, wait: float) -> None:
+    if not r.abandons or r.abandons[-1] <= at:
+        r.abandons.append(at)
+        r.abandon_wait.append(wait)
+    else:
+        i = bisect.bisect_right(r.abandons, at)
+        r.abandons.insert(i, at)
+        r.abandon_wait.insert(i, wait)
 
 
 def record_reject(r: LineRecords, at: float) -> None:
@@ -198,7 +217,7 @@ def rebuild(entries: Iterable[QueueLogEntry]) -> tuple[dict[str, LineRecords],
         elif e.event == "ABANDON":
             leg = open_legs.pop(e.call_id, None)
             if leg is not None:
-                record_abandon(rec(leg[0], {}), e.at)
+                record_abandon(rec(leg[0], {}), e.at, e.at - leg[1])
         elif e.event == "REJECTED":
             record_reject(rec(e.line, e.data), e.at)
     return records, open_legs

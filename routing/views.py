@@ -137,7 +137,7 @@ class RouterViews:
             }
         handlers = {h.handler_id: self._handler_view(h) for h in self.handlers.values()}
         return {"at": now, "lines": lines, "handlers": handlers,
-                "callbacks": [cb.as_dict() for cb in self._callbacks.values()]}
+                "callbacks": [cb.as_dict() for cb in self.callbacks()]}
 
     def handler_info(self, handler_id: str) -> dict[str, Any] | None:
         """One handler as in :meth:`snapshot` (cheap; None if never logged in)."""
@@ -149,7 +149,8 @@ class RouterViews:
         return {"state": h.state.value, "reason": h.reason, "since": h.since,
                 "call_id": h.call_id, "skills": dict(h.skills), "calls": h.calls,
                 "idle_since": h.idle_since if h.state is HandlerState.AVAILABLE else None,
-                "wrapup_deadline": h.wrapup_deadline}
+                "wrapup_deadline": h.wrapup_deadline, "wrapup_extended": h.wrapup_extended,
+                "after_call": h.after_call, "grading_due": h.grading_due}
 
     def _call_view(self, call: Call, now: float, position: int | None) -> dict[str, Any]:
         spec = self.lines[call.line]
@@ -160,15 +161,47 @@ class RouterViews:
                 "handler_id": call.handler_id, "target": call.target}
 
     # -- call-backs -----------------------------------------------------------
+    # One entry per caller (``Call.caller_key``): a caller who abandons again while on
+    # the list adds an attempt to their entry. The list is ordered by first abandon, which
+    # never changes, so taking or releasing an entry never moves a row under the cursor.
+    # Take, release and close are the owner's (or, with ``by=None``, a supervisor's).
+    _cb_seq: int
+
     def callbacks(self) -> list[Callback]:
-        """Open call-backs (pending and taken), oldest first (copies)."""
-        return [replace(cb) for cb in self._callbacks.values()]
+        """Open call-backs (pending and taken), oldest first abandon first (copies)."""
+        return [replace(cb, attempts=[dict(a) for a in cb.attempts])
+                for cb in sorted(self._callbacks.values(), key=lambda c: (c.at, c.cb_id))]
+
+    def _callback_for(self, call: Call, now: float, wait: float) -> tuple[Callback, bool]:
+        """The caller's open entry with this abandon added, or a new one; True if repeated."""
+        attempt = {"call_id": call.call_id, "at": now, "wait": wait}
+        if call.caller_key:
+            for cb in self._callbacks.values():
+                if cb.key == call.caller_key:
+                    cb.attempts.append(attempt)
+                    return cb, True
+        self._cb_seq += 1
+        cb = Callback(f"cb{self._cb_seq}", call.call_id, call.line, call.caller, now, wait,
+                      key=call.caller_key, attempts=[attempt])
+        self._callbacks[cb.cb_id] = cb
+        return cb, False
 
     def _callback(self, cb_id: str) -> Callback:
         cb = self._callbacks.get(cb_id)
         if cb is None:
             raise RoutingError(f"unknown call-back {cb_id!r}")
         return cb
+
+    @staticmethod
+    def _owned(cb: Callback, by: str | None, event: str) -> None:
+        if by is None:
+            return   # a supervisor
+        if cb.state != "taken":
+            raise RoutingError(f"call-back {cb.cb_id!r} is {cb.state}: take it before you "
+                               f"{event} it", state=cb.state, event=event)
+        if cb.handler_id != by:
+            raise RoutingError(f"call-back {cb.cb_id!r} is taken by {cb.handler_id!r}, "
+                               f"not {by!r}", state=cb.state, event=event)
 
     def take_callback(self, cb_id: str, handler_id: str, now: float) -> list[Action]:
         """A handler takes a pending call-back (they will ring the caller)."""
@@ -186,16 +219,33 @@ class RouterViews:
         self._log(out, now, cb.call_id, cb.line, handler_id, "CALLBACK_TAKE", cb_id=cb_id)
         return out
 
-    def complete_callback(self, cb_id: str, now: float, *,
-                          outcome: str) -> list[Action]:
-        """The call-back is done (``outcome`` e.g. ``reached``, ``no-reply``); removed."""
+    def release_callback(self, cb_id: str, now: float, *, by: str | None) -> list[Action]:
+        """Give a taken call-back back to the list (its place is unchanged). ``by``: the
+        handler releasing it (must own it), or None for a supervisor."""
+        now = self._clock(now)
+        cb = self._callback(cb_id)
+        if cb.state != "taken":
+            raise RoutingError(f"call-back {cb_id!r} is {cb.state}: nothing to release",
+                               state=cb.state, event="release")
+        self._owned(cb, by, "release")
+        out: list[Action] = []
+        self._log(out, now, cb.call_id, cb.line, cb.handler_id or "", "CALLBACK_RELEASE",
+                  cb_id=cb_id, by=by or "supervisor")
+        cb.state, cb.handler_id, cb.taken_at = "pending", None, None
+        return out
+
+    def complete_callback(self, cb_id: str, now: float, *, outcome: str,
+                          by: str | None = None) -> list[Action]:
+        """The call-back is done (``outcome`` e.g. ``reached``, ``no-reply``); removed.
+        ``by``: the handler closing it (must have taken it), or None for a supervisor."""
         now = self._clock(now)
         cb = self._callback(cb_id)
         if not isinstance(outcome, str) or not outcome:
             raise RoutingError("outcome must be a non-empty string")
+        self._owned(cb, by, "close")
         del self._callbacks[cb_id]
         cb.state, cb.outcome = "done", outcome
         out: list[Action] = []
         self._log(out, now, cb.call_id, cb.line, cb.handler_id or "", "CALLBACK_DONE",
-                  cb_id=cb_id, outcome=outcome)
+                  cb_id=cb_id, outcome=outcome, by=by or "supervisor")
         return out

@@ -61,7 +61,7 @@ def test_user_add_creates_first_admin(tmp_path: Path) -> None:
     assert user is not None and "admin" in user.roles
     assert authenticate(db, "chief", "wrong-password-here") is None
     r = run("user", "add", "x", "--role", "admin", "--config", str(cfg), "--password", "short")
-    assert r.returncode == 2 and "too short" in r.stderr
+    assert r.returncode == 2 and "at least 12 characters" in r.stderr
 
 
 def test_serve_starts_answers_health_and_stops_on_sigterm(tmp_path: Path) -> None:

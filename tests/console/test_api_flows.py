@@ -150,7 +150,7 @@ async def test_callbacks(api: Api, backend: FakeBackend) -> None:
     assert await a.call("POST", f"/api/callbacks/{cb}/take") == (409, {"error": f"call-back {cb} is taken"})
     assert await a.call("POST", f"/api/callbacks/{cb}/complete", {"outcome": "spoke - no police need"}) == (200, {"ok": True})
     _, cbs = await a.call("GET", "/api/callbacks")
-    assert cbs[0]["state"] == "done" and cbs[0]["taken_by"] == "h1"
+    assert cbs == [] and backend.cbs[cb]["state"] == "done" and backend.cbs[cb]["taken_by"] == "h1"
     assert await a.call("POST", "/api/callbacks/zzz/complete", {"outcome": "x"}) == (404, {"error": "no call-back 'zzz'"})
 
 
@@ -166,13 +166,15 @@ async def test_supervisor_actions(api: Api, backend: FakeBackend) -> None:
     _, snap = await s.call("GET", "/api/wallboard")
     line101 = next(ln for ln in snap["lines"] if ln["name"] == "101")
     assert [w["call_id"] for w in line101["waiting"]] == [second, first]
-    assert await s.call("POST", "/api/supervisor/handlers/h2/state", {"state": "not_ready"}) == (200, {"ok": True})
-    assert backend.handlers["h2"]["reason"] == "set by sup1"
+    assert (await s.call("POST", "/api/supervisor/handlers/h2/state", {"state": "not_ready"}))[0] == 400
+    assert await s.call("POST", "/api/supervisor/handlers/h2/state",
+                        {"state": "not_ready", "reason": "Debrief"}) == (200, {"ok": True})
+    assert backend.handlers["h2"]["reason"] == "Debrief (set by sup1)"
     assert await s.call("POST", "/api/supervisor/handlers/h2/skills", {"skills": {"999": 7, "welsh": 3}}) == (200, {"ok": True})
     assert backend.handlers["h2"]["skills"] == {"999": 7, "welsh": 3}
     status, data = await s.call("POST", "/api/supervisor/handlers/h2/skills", {"skills": {"999": 11}})
     assert status == 400 and data["error"] == "skills/999: 11 is greater than the maximum of 10"
-    assert await s.call("POST", "/api/supervisor/handlers/zz/state", {"state": "not_ready"}) == (
+    assert await s.call("POST", "/api/supervisor/handlers/zz/state", {"state": "not_ready", "reason": "x"}) == (
         404, {"error": "no handler 'zz'"})
     status, hist = await s.call("GET", "/api/wallboard/history")
     assert status == 200 and hist["interval"] == 3600
@@ -182,14 +184,16 @@ async def test_admin_creates_user(api: Api, db: Database) -> None:
     """Admin lists and creates users; a weak password or duplicate is a 400 with the reason."""
     a = api.as_role("admin")
     status, data = await a.call("POST", "/api/admin/users", {"username": "h9", "password": "short", "roles": ["handler"]})
-    assert (status, data) == (400, {"error": "password must be at least 8 characters"})
-    status, data = await a.call("POST", "/api/admin/users", {"username": "h9", "password": "long enough", "roles": ["handler"]})
+    assert (status, data) == (400, {"error": "password must be at least 12 characters"})
+    status, data = await a.call("POST", "/api/admin/users", {"username": "h9", "password": "Password2026!", "roles": ["handler"]})
+    assert status == 400 and "too common" in data["error"]
+    status, data = await a.call("POST", "/api/admin/users", {"username": "h9", "password": "long enough to pass", "roles": ["handler"]})
     assert (status, data) == (200, {"username": "h9", "roles": ["handler"], "handler_id": "h9"})
-    status, data = await a.call("POST", "/api/admin/users", {"username": "h9", "password": "long enough", "roles": ["handler"]})
+    status, data = await a.call("POST", "/api/admin/users", {"username": "h9", "password": "long enough to pass", "roles": ["handler"]})
     assert (status, data) == (400, {"error": "user 'h9' already exists"})
     _, listed = await a.call("GET", "/api/admin/users")
     assert "h9" in [u["username"] for u in listed] and all("password_hash" not in u for u in listed)
-    assert users.verify_password(db, "h9", "long enough") is not None
+    assert users.verify_password(db, "h9", "long enough to pass") is not None
 
 
 async def test_openapi_lists_every_endpoint(api: Api) -> None:
@@ -208,10 +212,10 @@ def test_create_user_validation(db: Database) -> None:
     """create_user refuses bad names, unknown roles; a non-handler has no handler id."""
     import pytest
     with pytest.raises(users.UserError, match="username must be"):
-        users.create_user(db, "bad name", "long enough", ["admin"])
+        users.create_user(db, "bad name", "long enough to pass", ["admin"])
     with pytest.raises(users.UserError, match="roles must be"):
-        users.create_user(db, "x1", "long enough", ["root"])
-    u = users.create_user(db, "boss", "long enough", ["admin", "supervisor"])
+        users.create_user(db, "x1", "long enough to pass", ["root"])
+    u = users.create_user(db, "boss", "long enough to pass", ["admin", "supervisor"])
     assert u.handler_id is None and u.roles == {"admin", "supervisor"}
-    u = users.create_user(db, "hx", "long enough", ["handler"], handler_id="H-77")
+    u = users.create_user(db, "hx", "long enough to pass", ["handler"], handler_id="H-77")
     assert u.handler_id == "H-77"

@@ -88,7 +88,8 @@ def test_rejected_and_unreachable_offers_requeue_and_set_not_ready():
     ])
     assert r.handler_info("h1") == {
         "state": "not_ready", "reason": "busy", "since": 11.0, "call_id": None,
-        "skills": {"101": 5}, "calls": 0, "idle_since": None, "wrapup_deadline": None}
+        "skills": {"101": 5}, "calls": 0, "idle_since": None, "wrapup_deadline": None,
+        "wrapup_extended": 0.0, "after_call": None, "grading_due": None}
     assert r.handler_info("nobody") is None
     assert r.next_deadline() is None
 
@@ -453,7 +454,8 @@ def test_snapshot_is_json_and_lists_waiting_calls_in_order():
     assert snap["lines"]["101"]["waiting"][1]["estimated_wait"] is None
     assert snap["handlers"]["h1"] == {
         "state": "not_ready", "reason": "login", "since": 0.0, "call_id": None,
-        "skills": {"101": 5}, "calls": 0, "idle_since": None, "wrapup_deadline": None}
+        "skills": {"101": 5}, "calls": 0, "idle_since": None, "wrapup_deadline": None,
+        "wrapup_extended": 0.0, "after_call": None, "grading_due": None}
 
 
 def test_snapshot_limit_keeps_the_head_of_each_line_and_the_count():

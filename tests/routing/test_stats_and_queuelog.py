@@ -42,14 +42,16 @@ def play() -> tuple[Router, list[QueueLogEntry]]:
 
 
 def test_service_level_figures_are_exact():
-    """SL = within/offered, abandon rate = abandoned/offered, mean and p90 over answered."""
+    """SL = within / (answered + abandoned after the threshold); abandon rate =
+    abandoned/offered, mean and p90 over answered. A call still waiting counts neither way:
+    the 101 line, whose only call waits, has no SL (not 0 %)."""
     r, _ = play()
     assert r.service_level("999", 30) == ServiceLevel(
         line="999", threshold=10, offered=4, answered=2, answered_within=1, abandoned=1,
-        rejected=0, service_level=0.25, abandon_rate=0.25, average_wait=9.5, p90_wait=14.0,
-        waiting=1, longest_wait=27.0)
+        abandoned_within=0, abandoned_after=1, rejected=0, service_level=1 / 3,
+        abandon_rate=0.25, average_wait=9.5, p90_wait=14.0, waiting=1, longest_wait=27.0)
     assert r.service_level("101", 30) == ServiceLevel(
-        line="101", threshold=60, offered=1, service_level=0.0, abandon_rate=0.0, waiting=1,
+        line="101", threshold=60, offered=1, service_level=None, abandon_rate=0.0, waiting=1,
         longest_wait=26.0)
 
 
@@ -58,7 +60,7 @@ def test_service_level_over_an_interval():
     r, _ = play()
     sl = r.service_level("999", 30, since=10)
     assert (sl.offered, sl.answered, sl.answered_within, sl.abandoned) == (0, 1, 0, 1)
-    assert (sl.service_level, sl.p90_wait, sl.longest_wait) == (None, 14.0, 27.0)
+    assert (sl.service_level, sl.p90_wait, sl.longest_wait) == (0.0, 14.0, 27.0)
     sl = r.service_level("999", 30, since=0, until=15)    # 15:00-15:15 style intervals
     assert (sl.offered, sl.answered, sl.answered_within, sl.abandoned) == (4, 1, 1, 0)
     sl = r.service_level("999", 30, since=15, until=30)
