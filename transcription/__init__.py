@@ -12,12 +12,15 @@ Public API (all the lead needs to wire; everything else is internal)::
     svc.enqueue_final(call_id, recording_path, priority=0)  # durable job -> TranscriptFinal
     await svc.stop()
 
-    search = TranscriptSearch(db)                      # SQLite FTS5 (SearchBackend protocol)
+    search = TranscriptSearch(db)     # SQLite FTS5 over whole calls (SearchBackend protocol)
     hits = await asyncio.to_thread(search.search, "burglary", line="999", since=t0, limit=20)
+    # Hit: offset = first matched word's start, matches (words with times), fragments,
+    # rank, score, match ("exact" | "fuzzy" | "phonetic"), low_confidence
     get_transcript(db, call_id)  # {engine, model, language, text, confidence, segments: [...]}
 
     transcribe_file(path, settings.transcription) -> dict        # CLI: one recording
-    retranscribe(db, settings.transcription, since, until) -> {"queued", "done", "failed"}
+    retranscribe(db, settings.transcription, since, until, call_ids=None)
+        -> {"queued", "done", "failed"}   # the replaced transcripts: store.transcript_versions
 
 Wiring (suggested): CallAnswered -> ``live_start(call_id, priority=line.priority)``
 (or CallArrived, to caption the caller while queued); every telephony AudioFrame ->
