@@ -75,6 +75,11 @@ class LineSettings:
     come from. Then the first RTP packet of a call, if it comes from the signalling
     source's address (any port), is taken as the media address (latched, logged).
     Otherwise (default) RTP is accepted only from the exact address and port in the SDP."""
+    srtp: Literal["required", "offered", "off"] = "off"
+    """SRTP (RFC 3711, keyed by SDES ``a=crypto`` over SIP over TLS) for this line's calls:
+    ``required``: a call whose offer has no usable ``a=crypto`` (or that did not come over
+    TLS) is refused with 488; ``offered``: SRTP when the SBC offers it, else plain RTP;
+    ``off``: plain RTP only (an ``RTP/SAVP`` offer gets 488)."""
 
     def validate(self) -> None:
         if not self.name or "/" in self.name or "+" in self.name or "#" in self.name:
@@ -117,6 +122,12 @@ class HandlerSettings:
     """Optional level per skill (1-10, higher is better)."""
     user: str = ""
     """Console user name, if different from ``id``."""
+    srtp: Literal["required", "offered", "off"] = "off"
+    """SRTP to this handler's phone: ``required``: we offer ``RTP/SAVP`` with ``a=crypto``
+    and a phone that answers without it is hung up (the offer fails); ``offered``:
+    ``RTP/AVP`` with ``a=crypto`` (best-effort: a phone without SRTP answers plain);
+    ``off``: plain RTP. Keys go only over SIP over TLS (``sip.proxy`` a ``sips:`` URI or
+    ``;transport=tls``); ``required`` without it is a start-up error."""
 
     def validate(self) -> None:
         if problem := uri_problem(self.phone):

@@ -107,6 +107,11 @@ class SipSettings:
     min_se: int = 90
     """Smallest session-timer interval accepted (RFC 4028 Min-SE, at least 90 s); an
     INVITE asking for less gets 422 with this value."""
+    srtp_over_plain_sip: bool = False
+    """LAB AND TEST ONLY. SDES (RFC 4568) puts the SRTP keys in the SDP, so whoever reads
+    the signalling can decrypt the media: the engine sends and accepts ``a=crypto`` only
+    on SIP over TLS. ``true`` allows it over UDP/TCP too (e.g. a loopback test rig before
+    TLS is set up); logged as a warning at start and on every call that uses it."""
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:

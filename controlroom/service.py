@@ -256,7 +256,7 @@ class Service:
         for msg in self._system_unsent:  # health events from before the publisher existed
             self.publisher.publish_system(msg)
         self._system_unsent.clear()
-        self.engine = Engine(settings=s.sip, lines=s.lines,
+        self.engine = Engine(settings=s.sip, lines=s.lines, handlers=s.handlers,
                              recordings_dir=s.storage.recordings_dir,
                              on_event=self.on_telephony, on_audio=self._on_audio,
                              admit=self._admit, dialog_journal=s.storage.data_dir / "dialogs",

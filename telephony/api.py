@@ -287,6 +287,12 @@ class EngineStats:
     current one was still flowing."""
     rtp_nat_latched: int = 0
     """Streams (lines behind NAT) that latched to their first packet's address."""
+    rtp_srtp_replayed: int = 0
+    """SRTP/SRTCP packets dropped by the replay check (a captured packet sent again)."""
+    rtp_srtp_forged: int = 0
+    """SRTP/SRTCP packets dropped because their authentication tag did not match."""
+    srtp_streams: int = 0
+    """Streams (caller or handler legs) using SRTP now."""
     rtp_ports_reused_early: int = 0
     """RTP ports handed out before their rest after the previous call was over (the
     pool had no other free port)."""

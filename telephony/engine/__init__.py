@@ -86,6 +86,7 @@ class Engine(CallsMixin, LegsMixin, TransportsMixin, EngineBase):
                 raise EngineError(f"sip.public_host is required when sip.{name} is {addr}: "
                                   "it goes in Via, Contact and SDP")
         self._codec = _codec_enum()
+        self._check_srtp()
         if s.username:  # resolved once: env:/file: secrets are never read per call
             self._leg_credentials = (s.username, secret(s.password, key="sip.password") or "")
         factory = self._media_factory
@@ -298,9 +299,13 @@ class Engine(CallsMixin, LegsMixin, TransportsMixin, EngineBase):
         r = self._retired
         pin, pout, lost, late = r["packets_in"], r["packets_out"], r["lost"], r["late"]
         foreign, ssrc, latched = r["foreign"], r["ssrc_dropped"], r["latched"]
+        replayed, forged, secure = r["srtp_replayed"], r["srtp_forged"], 0
         gap = st.max_send_gap_ms
         for call, leg in self._streams.values():
             rs = getattr((leg or call).stream, "stats", None)
+            replayed += getattr(rs, "srtp_replayed", 0)
+            forged += getattr(rs, "srtp_forged", 0)
+            secure += bool(getattr(rs, "srtp", ""))
             pin += getattr(rs, "packets_in", 0)
             pout += getattr(rs, "packets_out", 0)
             lost += getattr(rs, "lost", 0)
@@ -311,6 +316,7 @@ class Engine(CallsMixin, LegsMixin, TransportsMixin, EngineBase):
             gap = max(gap, float(getattr(rs, "max_send_gap_ms", 0.0)))
         st.rtp_packets_in, st.rtp_packets_out, st.rtp_lost, st.rtp_late = pin, pout, lost, late
         st.rtp_foreign, st.rtp_ssrc_dropped, st.rtp_nat_latched = foreign, ssrc, latched
+        st.rtp_srtp_replayed, st.rtp_srtp_forged, st.srtp_streams = replayed, forged, secure
         st.rtp_ports_reused_early = int(getattr(self._media, "ports_reused_early", 0))
         st.max_send_gap_ms = gap
         disk = getattr(self._media, "disk", None)

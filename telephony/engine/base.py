@@ -7,13 +7,13 @@ import asyncio
 import ipaddress
 import itertools
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from config.schema import LineSettings
+from config.schema import HandlerSettings, LineSettings
 from config.telephony import SipSettings
 from telephony import api
 from telephony.api import (
@@ -28,7 +28,7 @@ from telephony.sip.events import (
 from telephony.sip.message import Request, body_parts
 from telephony.sip.register import Registration
 from telephony.sip.ua import Session, UserAgent
-from telephony.sip.uri import is_ip
+from telephony.sip.uri import is_ip, parse_uri
 from telephony.transport import SipProtocol
 
 from .journal import DialogJournal, DialogRecord
@@ -44,6 +44,7 @@ class EngineBase:
     def __init__(self, *, settings: SipSettings, lines: list[LineSettings], recordings_dir: Path,
                  on_event: Callable[[TelephonyEvent], None],
                  on_audio: Callable[[api.AudioFrame], None] | None = None,
+                 handlers: Sequence[HandlerSettings] = (),
                  media_factory: Callable[..., Any] | None = None,
                  admit: Admit | None = None, dialog_journal: Path | None = None,
                  call_id_prefix: str = "") -> None:
@@ -56,6 +57,8 @@ class EngineBase:
         and a ``-``, so ids stay unique across the nodes of a cluster)."""
         self.settings = settings
         self.lines = list(lines)
+        self._handler_srtp: dict[str, str] = {h.phone: h.srtp for h in handlers}
+        """Handler phone URI -> its SRTP policy (``handlers[].srtp``, from ``handlers``)."""
         self.recordings_dir = Path(recordings_dir)
         self._on_event = on_event
         self._on_audio = on_audio
@@ -89,7 +92,8 @@ class EngineBase:
         self._id_prefix = call_id_prefix
         self._stats = EngineStats()
         self._retired = {"packets_in": 0, "packets_out": 0, "lost": 0, "late": 0,
-                         "foreign": 0, "ssrc_dropped": 0, "latched": 0}
+                         "foreign": 0, "ssrc_dropped": 0, "latched": 0,
+                         "srtp_replayed": 0, "srtp_forged": 0}
         """RTP counters of streams already closed (stats stay monotonic)."""
         self._drained: asyncio.Event | None = None
         self._seal_tasks: set[asyncio.Task[None]] = set()
@@ -217,12 +221,67 @@ class EngineBase:
         elif hasattr(stream, "tag"):
             stream.tag = tag
 
+    # -- SRTP policy ----------------------------------------------------------------------
+    # SDES (RFC 4568) carries the SRTP keys in the SDP: whoever reads the signalling can
+    # decrypt the media. So keys are sent and taken only on SIP over TLS, unless the
+    # lab setting sip.srtp_over_plain_sip says otherwise (loudly).
+
+    def _srtp_policy(self, policy: str, over_tls: bool, **where: str) -> str:
+        """The SRTP policy that applies to one call or leg given how its signalling
+        travels: ``policy`` itself over TLS; over UDP/TCP ``off`` for ``offered`` and
+        ``refuse`` for ``required`` (unless ``srtp_over_plain_sip``: then ``policy``,
+        with a warning per call)."""
+        if policy == "off" or over_tls:
+            return policy
+        if self.settings.srtp_over_plain_sip:
+            log.warning("srtp.keys_over_plain_sip", policy=policy, **where)
+            return policy
+        return "refuse" if policy == "required" else "off"
+
+    def _leg_over_tls(self, handler_uri: str) -> bool:
+        """Whether a handler leg's INVITE leaves over TLS: the proxy's URI (or the
+        handler's, without a proxy) is ``sips:`` or names ``transport=tls``."""
+        if self._proxy_addr is not None and getattr(self._proxy_addr, "transport", "") == "tls":
+            return True
+        try:
+            uri = parse_uri(self.settings.proxy or handler_uri)
+        except Exception:  # noqa: BLE001 - SipError: a bad URI is not TLS
+            return False
+        return uri.scheme.lower() == "sips" or uri.params.get("transport", "").lower() == "tls"
+
+    def _check_srtp(self) -> None:
+        """At start: a handler that requires SRTP must be reached over TLS (or the lab
+        setting is on); ``offered`` without TLS is plain RTP, said once here."""
+        if self.settings.srtp_over_plain_sip:
+            log.warning("srtp.keys_over_plain_sip_enabled",
+                        detail="sip.srtp_over_plain_sip = true: SRTP keys (SDP a=crypto) "
+                               "may travel over SIP that is not TLS; anyone who reads the "
+                               "signalling can decrypt the media. For labs and tests only.")
+            return
+        for uri, policy in self._handler_srtp.items():
+            if policy == "off" or self._leg_over_tls(uri):
+                continue
+            if policy == "required":
+                raise EngineError(f"handler {uri} has srtp = 'required' but its calls do not "
+                                  "go over SIP over TLS (sip.proxy must be a sips: URI or "
+                                  "have ;transport=tls): SDES keys travel only over TLS")
+            log.warning("srtp.offered_without_tls", handler=uri,
+                        detail="plain RTP to this phone until SIP goes over TLS")
+
     def _configure(self, stream: Any, neg: sdp.Negotiated) -> None:
         """Apply negotiated media; media the stream refuses (a host name instead of an IP
-        literal, wrong family, bad port or event type) is 488 Not Acceptable Here."""
+        literal, wrong family, bad port or event type, SRTP it cannot do) is 488 Not
+        Acceptable Here."""
         try:
             stream.configure(remote=neg.remote, codec=self._codec[neg.codec],
                              dtmf_pt=neg.dtmf_pt, ptime=neg.ptime)
+            keys, set_srtp = neg.srtp, getattr(stream, "set_srtp", None)
+            if keys is not None:
+                if set_srtp is None:
+                    raise SdpError(488, "SRTP is not available in this media layer")
+                set_srtp(keys.suite, local_key=keys.local_key, remote_key=keys.remote_key)
+            elif set_srtp is not None:
+                set_srtp(None)
             stream.set_direction(neg.direction)
         except (ValueError, TypeError, OSError) as exc:
             raise SdpError(488, f"unusable media description: {exc}") from None
@@ -248,26 +307,31 @@ class EngineBase:
         try:
             if not body:
                 # offerless re-INVITE (session refresh): offer our current media again
+                crypto, proto = st.crypto_offer(), st.proto
                 offer = st.encode(lambda v: sdp.offer(codecs=[codec], address=host,
                                                       port=stream.local_port, ptime=ptime,
-                                                      session_id=st.session_id, version=v))
+                                                      session_id=st.session_id, version=v,
+                                                      crypto=crypto, proto=proto))
                 self._ua.respond_reinvite(session, 200, body=offer, now=now)
                 return None
             remote = sdp.parse_sdp(body)
             _, neg = sdp.answer(remote, codecs=list(self.settings.codecs), address=host,
                                 port=stream.local_port, ptime=ptime, session_id=st.session_id,
-                                version=st.version)
+                                version=st.version, srtp=st.srtp, srtp_key=st.key)
         except SdpError as exc:
+            log.info("sdp.reinvite_refused", status=exc.status, reason=exc.reason)
             self._ua.respond_reinvite(session, exc.status, exc.reason, now=now)
             return None
         answer = st.encode(lambda v: sdp.answer(
             remote, codecs=list(self.settings.codecs), address=host, port=stream.local_port,
-            ptime=ptime, session_id=st.session_id, version=v)[0])
+            ptime=ptime, session_id=st.session_id, version=v, srtp=st.srtp,
+            srtp_key=st.key)[0])
         try:
             self._configure(stream, neg)
         except SdpError as exc:
             self._ua.respond_reinvite(session, exc.status, exc.reason, now=now)
             return None
+        st.current = neg.srtp
         self._ua.respond_reinvite(session, 200, body=answer, now=now)
         return neg.on_hold
 

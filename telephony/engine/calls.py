@@ -102,6 +102,13 @@ class CallsMixin(EngineBase):
             if verdict is not None:
                 self._reject(session, line, dialled, caller, verdict[0], verdict[1])
                 return
+        over_tls = getattr(ev.source, "transport", "udp") == "tls"
+        srtp = self._srtp_policy(line.srtp, over_tls, line=line.name, sip_call_id=req.call_id)
+        if srtp == "refuse":  # SDES keys must not cross plain SIP (see _srtp_policy)
+            self._reject(session, line, dialled, caller, 488,
+                         "SRTP required on this line, and its keys travel only over TLS: "
+                         "this INVITE came over " + getattr(ev.source, "transport", "udp"))
+            return
         offer_body = parts.get("application/sdp")
         offer = None
         if offer_body:
@@ -118,12 +125,13 @@ class CallsMixin(EngineBase):
             return
         call_id = f"{self._id_prefix}c{next(self._ids)}-{secrets.token_hex(3)}"
         self._media_source(stream, call_id, source_ip if line.nat else None)
-        sdp_state = _SdpState(secrets.randbelow(2**31))
+        sdp_state = _SdpState(secrets.randbelow(2**31), srtp=srtp)
         if offer is None:
             # delayed offer (RFC 3261 §13.2.1): we offer in the 200, the ACK answers
             body = sdp.offer(codecs=list(self.settings.codecs), address=self._rtp_host(),
                              port=stream.local_port, ptime=self.settings.ptime,
-                             session_id=sdp_state.session_id)
+                             session_id=sdp_state.session_id,
+                             crypto=sdp_state.crypto_offer(), proto=sdp_state.proto)
             neg = None
             codec: str = self.settings.codecs[0]
         else:
@@ -131,8 +139,10 @@ class CallsMixin(EngineBase):
                 body, neg = sdp.answer(offer, codecs=list(self.settings.codecs),
                                        address=self._rtp_host(), port=stream.local_port,
                                        ptime=self.settings.ptime,
-                                       session_id=sdp_state.session_id, version=1)
+                                       session_id=sdp_state.session_id, version=1,
+                                       srtp=srtp, srtp_key=sdp_state.key)
                 self._configure(stream, neg)
+                sdp_state.current = neg.srtp
             except SdpError as exc:
                 self._close_stream(stream)
                 self._reject(session, line, dialled, caller, exc.status, exc.reason)
@@ -160,7 +170,8 @@ class CallsMixin(EngineBase):
         self._streams[id(stream)] = (call, None)
         self._arm_guard(call)
         call.log.info("call.answered", caller=caller, dialled=dialled, codec=codec,
-                      sip_call_id=req.call_id, source=incoming.source)
+                      sip_call_id=req.call_id, source=incoming.source,
+                      srtp=neg.srtp.suite if neg and neg.srtp else "")
         self._emit(CallArrived(at=time.time(), call_id=call_id, line=line.name, dialled=dialled,
                                caller=caller, display_name=display, source=incoming.source,
                                sip_call_id=req.call_id, codec=codec, location=location,
@@ -221,8 +232,10 @@ class CallsMixin(EngineBase):
             if not body:
                 raise SdpError(488, "ACK without SDP answer")
             neg = sdp.accept_answer(sdp.parse_sdp(body), codecs=list(self.settings.codecs),
-                                    ptime=self.settings.ptime)
+                                    ptime=self.settings.ptime, crypto=call.sdp.offered,
+                                    srtp_required=call.sdp.srtp == "required")
             self._configure(call.stream, neg)
+            call.sdp.current = neg.srtp
         except SdpError as exc:
             self._end_call(call, by="system", reason=f"bad SDP answer in ACK: {exc.reason}",
                            send_bye=True)

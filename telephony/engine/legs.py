@@ -60,10 +60,16 @@ class LegsMixin(EngineBase):
         # not the phone, so there is no address to latch to (a phone behind NAT needs the
         # proxy to fix its SDP, e.g. Kamailio nathelper / rtpengine).
         self._media_source(stream, leg_id, None)
-        sdp_state = _SdpState(secrets.randbelow(2**31))
+        srtp = self._srtp_policy(self._handler_srtp.get(handler_uri, "off"),
+                                 self._leg_over_tls(handler_uri), handler=handler_uri)
+        if srtp == "refuse":  # (start() refuses this configuration; kept as a backstop)
+            self._close_stream(stream)
+            raise EngineError(f"handler {handler_uri} requires SRTP but is not reached over TLS")
+        sdp_state = _SdpState(secrets.randbelow(2**31), srtp=srtp)
         off = sdp.offer(codecs=list(self.settings.codecs), address=self._rtp_host(),
                         port=stream.local_port, ptime=self.settings.ptime,
-                        session_id=sdp_state.session_id)
+                        session_id=sdp_state.session_id, crypto=sdp_state.crypto_offer(),
+                        proto=sdp_state.proto)
         sdp_state.last = off.encode()
         from_user = call.caller if call.caller.isalnum() else "controlroom"
         session = self._ua.invite(handler_uri, from_user=from_user, from_display=caller_display,
@@ -173,8 +179,10 @@ class LegsMixin(EngineBase):
                 if not body:
                     raise SdpError(488, "2xx without SDP answer")
                 neg = sdp.accept_answer(sdp.parse_sdp(body), codecs=list(self.settings.codecs),
-                                        ptime=self.settings.ptime)
+                                        ptime=self.settings.ptime, crypto=leg.sdp.offered,
+                                        srtp_required=leg.sdp.srtp == "required")
                 self._configure(leg.stream, neg)
+                leg.sdp.current = neg.srtp
             except SdpError as exc:
                 call.log.warning("leg.bad_answer", leg_id=leg.leg_id, reason=exc.reason)
                 self._ua.bye(leg.session, self._now())
@@ -190,7 +198,8 @@ class LegsMixin(EngineBase):
             if call.guard:  # the leg's own dead-media deadline joins the call's guard
                 call.guard.cancel()
             self._arm_guard(call)
-            call.log.info("leg.answered", leg_id=leg.leg_id, codec=neg.codec)
+            call.log.info("leg.answered", leg_id=leg.leg_id, codec=neg.codec,
+                          srtp=neg.srtp.suite if neg.srtp else "")
             self._emit(LegAnswered(at=time.time(), call_id=call.call_id, leg_id=leg.leg_id))
         elif isinstance(ev, Failed):
             if leg.state in _RINGING:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,41 @@ class _SdpState:
     session_id: int
     version: int = 1
     last: bytes = b""
+    srtp: str = "off"
+    """SRTP policy in force for this stream (``required``/``offered``/``off``), after the
+    rule that keys travel only over TLS (see :meth:`EngineBase._srtp_policy`)."""
+    keys: dict[str, bytes] = field(default_factory=dict)
+    """Our SRTP master key per crypto suite (made once, kept across re-INVITEs)."""
+    offered: list[sdp.Crypto] = field(default_factory=list)
+    """The ``a=crypto`` lines of our last offer (to check the answer against)."""
+    current: sdp.Srtp | None = None
+    """What the last offer/answer agreed (None: plain RTP)."""
+
+    def key(self, suite: str) -> bytes:
+        """Our master key for ``suite`` (random, made on first use)."""
+        key = self.keys.get(suite)
+        if key is None:
+            key = self.keys[suite] = secrets.token_bytes(sdp.CRYPTO_SUITES[suite])
+        return key
+
+    def crypto_offer(self) -> list[sdp.Crypto]:
+        """The ``a=crypto`` lines of our next offer: the agreed one while SRTP runs, all
+        of ours before (none when the policy is off)."""
+        if self.srtp == "off":
+            self.offered = []
+        elif self.current is not None:
+            c = self.current
+            self.offered = [sdp.Crypto(c.tag, c.suite, c.local_key)]
+        else:
+            self.offered = sdp.offer_crypto(self.key)
+        return self.offered
+
+    @property
+    def proto(self) -> str:
+        """``RTP/SAVP`` when SRTP is required, else ``RTP/AVP`` (best-effort with keys)."""
+        if self.current is not None:
+            return self.current.proto
+        return "RTP/SAVP" if self.srtp == "required" else "RTP/AVP"
 
     def encode(self, build: Callable[[int], sdp.SessionDescription]) -> bytes:
         body = build(self.version).encode()

@@ -139,6 +139,8 @@ class MediaEngine:
         self.stream_errors = 0
         self.recording_errors = 0
         """Per-stream tick failures (bugs), logged for the first 20; the others kept going."""
+        self._srtp_streams = 0
+        """Open streams with SRTP (kept by ``RtpStream.set_srtp``/``close``)."""
 
     # --------------------------------------------------------------- life
     async def start(self) -> None:
@@ -293,6 +295,11 @@ class MediaEngine:
                 except OSError:  # ICMP error surfaced on the socket: see _on_readable
                     s._send_errors += 1
                     continue
+                if s._srtp is not None:  # unprotected here, so the batch decode applies
+                    plain = s.srtp_unprotect(data, addr)
+                    if plain is None:
+                        continue  # replayed, forged or malformed: counted
+                    data = plain
                 batch.append((s, data, addr))
         if batch:
             self._ingest(batch, time.monotonic())
@@ -319,7 +326,7 @@ class MediaEngine:
                 rows[i] = pcm[j]
         for (s, data, addr), row in zip(batch, rows, strict=True):
             try:
-                s.datagram_received(data, addr, now, row)
+                s._receive(data, addr, now, row)  # (SRTP already unprotected by the reader)
             except Exception:  # a bug must not cost every other stream its packets
                 self._stream_failed(s, "receive")
 
@@ -477,5 +484,7 @@ class MediaEngine:
             out["late"] += st.late
             out["foreign"] = out.get("foreign", 0) + st.foreign
             out["ssrc_dropped"] = out.get("ssrc_dropped", 0) + st.ssrc_dropped
+            out["srtp_replayed"] = out.get("srtp_replayed", 0) + st.srtp_replayed
+            out["srtp_forged"] = out.get("srtp_forged", 0) + st.srtp_forged
         out["max_tick_gap_ms"] = 1000.0 * self.clock.max_gap
         return out

@@ -23,6 +23,15 @@ Who is heard (a stranger must not put audio into a 999 call or its recording):
   starts a new SSRC on the same address, and the old stream has stopped; two streams
   interleaved on one address is the case that is not legitimate. So a caller whose SBC
   restarts loses at most half a second, never the rest of the call.
+
+SRTP (:mod:`telephony.media.srtp`, keys from the SDP's ``a=crypto``): ``set_srtp`` gives
+the stream an :class:`~telephony.media.srtp.SrtpContext`. The hooks are one test of
+``self._srtp`` where a packet leaves (after it is built, before ``sendto``) and where one
+arrives (after the address check, before the RTP parse: the reader unprotects before the
+tick's batch decode, so decoding stays batched); everything after sees plain RTP, so the
+jitter buffer, the bridge, the recording and transcription get the decrypted audio.
+Replayed, forged or malformed SRTP is dropped and counted (``srtp_replayed``,
+``srtp_forged``, ``malformed``). RTCP goes as SRTCP with the same keys.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from .jitter import JitterBuffer, silence
 if TYPE_CHECKING:
     from .prompts import PromptLoop
     from .session import MediaEngine
+    from .srtp import SrtpContext
 
 __all__ = ["DIRECTIONS", "Codec", "RtpStats", "RtpStream"]
 
@@ -120,6 +130,12 @@ class RtpStats:
     """Jitter of our packets as the far end measures it."""
     rtt_ms: float | None = None
     """Round-trip time from the far end's LSR/DLSR (None until it echoed one of our SRs)."""
+    srtp: str = ""
+    """SRTP crypto suite in use ("" for plain RTP)."""
+    srtp_replayed: int = 0
+    """SRTP/SRTCP packets dropped by the replay check (seen before, or too old)."""
+    srtp_forged: int = 0
+    """SRTP/SRTCP packets dropped because their authentication tag did not match."""
 
 
 class RtpStream:
@@ -193,6 +209,7 @@ class RtpStream:
         self._far_block: rtcp.ReportBlock | None = None
         self._rtt: float | None = None
         self._sent_since_report = False
+        self._srtp: SrtpContext | None = None  # None: plain RTP (see set_srtp)
 
     # ------------------------------------------------------------ transport
     def _open(self, loop: asyncio.AbstractEventLoop, reader: bool) -> None:
@@ -263,6 +280,30 @@ class RtpStream:
                 self._src_host, self._src_port = remote
                 self._latch_open = self._latch_host is not None
 
+    def set_srtp(self, suite: str | None, *, local_key: bytes = b"",
+                 remote_key: bytes = b"") -> None:
+        """Protect this stream with SRTP (``suite`` from the SDP, our key and the far
+        end's), or go back to plain RTP (``suite`` None). Keys that did not change keep
+        the running contexts (a re-INVITE must not reset the replay window or rollover
+        counter); new ones start fresh. Raises MediaError for an unknown suite or a key
+        of the wrong length."""
+        if suite is None:
+            if self._srtp is not None:
+                self._engine._srtp_streams -= 1
+            self._srtp = None
+            return
+        old = self._srtp
+        if old is not None and (old.suite, old.local_key, old.remote_key) == (
+                suite, local_key, remote_key):
+            return
+        from .srtp import SrtpContext  # (plain-RTP deployments never load libsrtp)
+        ctx = SrtpContext(suite, local_key=local_key, remote_key=remote_key)
+        if old is None:
+            self._engine._srtp_streams += 1
+        else:  # keep the counts across a re-key
+            ctx.replayed, ctx.forged, ctx.malformed = old.replayed, old.forged, old.malformed
+        self._srtp = ctx
+
     def allow_latch(self, host: str, *, tag: str = "") -> None:
         """Line behind NAT: the first RTP packet may come from ``host`` (the signalling
         source's address) on another address than the SDP names; the stream then
@@ -300,10 +341,14 @@ class RtpStream:
     def stats(self) -> RtpStats:
         """Counters snapshot."""
         jb = self._jb
+        sr = self._srtp
         return RtpStats(packets_in=self._packets_in, packets_out=self._packets_out,
                         bytes_in=self._bytes_in, bytes_out=self._bytes_out,
                         lost=self._rstats.lost, late=jb.late, duplicates=jb.duplicates,
-                        malformed=self._malformed, unexpected_pt=self._unexpected_pt,
+                        malformed=self._malformed + (sr.malformed if sr else 0),
+                        unexpected_pt=self._unexpected_pt,
+                        srtp=sr.suite if sr else "", srtp_replayed=sr.replayed if sr else 0,
+                        srtp_forged=sr.forged if sr else 0,
                         ssrc_dropped=self._ssrc_dropped, latched=self._latched,
                         jitter_ms=self._rstats.jitter_ms,
                         max_send_gap_ms=1000.0 * self._max_send_gap,
@@ -329,10 +374,14 @@ class RtpStream:
         if self._rtcp_sock is not None:
             dest = self._rtcp_dest()
             if dest is not None:
+                bye = rtcp.build_bye(self._ssrc, self._engine.cname)
                 try:  # BYE: the far end may stop expecting us at once
-                    self._rtcp_sock.sendto(rtcp.build_bye(self._ssrc, self._engine.cname), dest)
+                    self._rtcp_sock.sendto(bye if self._srtp is None
+                                           else self._srtp.protect_rtcp(bye), dest)
                 except OSError:
                     pass
+        if self._srtp is not None:
+            self._engine._srtp_streams -= 1
         if self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
             if self._rtcp_sock is not None:
@@ -355,6 +404,11 @@ class RtpStream:
         if addr[0] != self._src_host:
             self._rtcp_bad += 1  # only the host we hear RTP from may report on it
             return
+        if self._srtp is not None:
+            plain = self._srtp.unprotect_rtcp(data)
+            if plain is None:  # counted in the context (replayed / forged / malformed)
+                return
+            data = plain
         try:
             reports = rtcp.parse(data)
         except RtpError:
@@ -393,6 +447,8 @@ class RtpStream:
                                    rtp_ts=self._ts if sending else None,
                                    packets=self._packets_out,
                                    octets=self._bytes_out - 12 * self._packets_out, block=block)
+        if self._srtp is not None:
+            packet = self._srtp.protect_rtcp(packet)
         try:
             sock.sendto(packet, dest)
         except OSError:
@@ -407,8 +463,33 @@ class RtpStream:
 
         ``now`` is ``time.monotonic()`` (taken once per batch of datagrams by the reader);
         ``pcm`` is the payload already decoded (the engine decodes a tick's packets in one
-        batch), else it is decoded here.
+        batch), else it is decoded here. On an SRTP stream ``data`` is the SRTP packet.
         """
+        if self._srtp is not None:
+            plain = self.srtp_unprotect(data, addr)
+            if plain is None:
+                return
+            data = plain
+        self._receive(data, addr, now, pcm)
+
+    def srtp_unprotect(self, data: bytes, addr: tuple[str, int]) -> bytes | None:
+        """The plain RTP inside an SRTP datagram from ``addr`` (None: dropped, counted).
+
+        Only a packet from the accepted source (or a NAT line's latch candidate) is
+        unprotected: one from anywhere else is returned as it is, for the address check
+        to drop and count as ``foreign``; its replayed copy therefore cannot use up the
+        replay window of the real source."""
+        srtp = self._srtp
+        if srtp is None or self.closed:
+            return data
+        if (addr[1] != self._src_port or addr[0] != self._src_host) and (
+                not self._latch_open or addr[0] != self._latch_host):
+            return data
+        return srtp.unprotect(data)
+
+    def _receive(self, data: bytes, addr: tuple[str, int], now: float | None = None,
+                 pcm: Pcm | None = None) -> None:
+        """``datagram_received`` for plain RTP (an SRTP packet already unprotected)."""
         if self.closed:
             return
         latch = False
@@ -534,6 +615,9 @@ class RtpStream:
             seq = self._seq
             packet = _HDR.pack(0x80, (0x80 | pt) if self._marker else pt, seq, frame_ts,
                                self._ssrc) + payload
+            size = len(packet)
+            if self._srtp is not None:
+                packet = self._srtp.protect(packet)
             self._seq = (seq + 1) & 0xFFFF
             self._marker = False
             last = self._last_send
@@ -546,7 +630,7 @@ class RtpStream:
                 self._send_errors += 1
                 return
             self._packets_out += 1
-            self._bytes_out += len(packet)
+            self._bytes_out += size  # RTP bytes (the RTCP octet count), without SRTP's tag
             self._sent_since_report = True
             return
         if self._listen_peer and self.peer is not None:
@@ -579,11 +663,14 @@ class RtpStream:
             if gap > self._max_send_gap:
                 self._max_send_gap = gap
         self._last_send = now
+        size = len(packet)
+        if self._srtp is not None:
+            packet = self._srtp.protect(packet)
         try:
             self._sock.sendto(packet, addr)
         except OSError:  # EAGAIN (buffer full), unreachable...: drop, never queue
             self._send_errors += 1
             return
         self._packets_out += 1
-        self._bytes_out += len(packet)
+        self._bytes_out += size
         self._sent_since_report = True

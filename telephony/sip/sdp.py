@@ -4,10 +4,29 @@ We accept PCMA/PCMU plus RFC 4733 telephone-event, pick the first codec of *our*
 preference list that the offer contains (the UK norm is A-law, so A-law is preferred),
 answer with the offerer's payload type numbers, and mirror the direction
 (sendonly -> recvonly, ...). ``c=0.0.0.0`` is the RFC 2543 hold.
+
+SRTP keyed by SDES (RFC 4568): each side puts its own master key in an ``a=crypto`` line
+and encrypts what it sends with it. A policy per line or handler phone says what we do:
+
+* ``off``: plain RTP. An ``RTP/SAVP`` offer is refused (488); ``a=crypto`` on an
+  ``RTP/AVP`` stream (best-effort SRTP, as baresip's ``mediaenc srtp``) is answered plain.
+* ``offered``: SRTP when the far end wants it, plain otherwise. We offer ``RTP/AVP`` with
+  ``a=crypto`` (best-effort: a phone without SRTP answers plain).
+* ``required``: SRTP or no call. We offer ``RTP/SAVP``; an offer or answer without a
+  usable ``a=crypto`` is refused (488 / the leg fails).
+
+A malformed ``a=crypto`` line is always a 488 naming it; a stream whose crypto lines all
+name suites we do not have (or use MKI, several keys or session parameters, which we do
+not implement) is refused when it is ``RTP/SAVP`` or the policy is ``required``. This
+module never makes keys: the caller passes them in (``secrets.token_bytes``), and the
+caller decides whether keys may be sent at all (only over TLS: see the engine).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from telephony.errors import SdpError
@@ -18,6 +37,91 @@ _MIRROR = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly
            "inactive": "inactive"}
 DTMF_PT = 101
 """Dynamic payload type we offer for telephone-event."""
+CRYPTO_SUITES = {"AES_CM_128_HMAC_SHA1_80": 30, "AES_CM_128_HMAC_SHA1_32": 30,
+                 "AEAD_AES_128_GCM": 28, "AEAD_AES_256_GCM": 44}
+"""SDES crypto suites we accept (RFC 4568, RFC 7714) -> master key + salt length in bytes."""
+OFFER_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
+"""Suites we offer, preferred first (every SDES phone has these two)."""
+SRTP_POLICIES = ("required", "offered", "off")
+_PLAIN = ("RTP/AVP", "RTP/AVPF")
+_SECURE = ("RTP/SAVP", "RTP/SAVPF")
+
+
+@dataclass(frozen=True)
+class Crypto:
+    """One ``a=crypto`` line (RFC 4568 §9.1) we can use: a known suite, one inline key."""
+
+    tag: int
+    suite: str
+    key: bytes
+    """Master key followed by master salt."""
+
+    def attribute(self) -> tuple[str, str]:
+        return ("crypto", f"{self.tag} {self.suite} inline:"
+                          f"{base64.b64encode(self.key).decode('ascii')}")
+
+
+def parse_crypto(value: str | None) -> Crypto | str:
+    """One ``a=crypto`` value: the :class:`Crypto`, or why we cannot use it (a string:
+    unknown suite, MKI, several keys, session parameters). A malformed line raises
+    ``SdpError(488)`` saying what is wrong; the reason never quotes the key (it goes in
+    a SIP response and a log line)."""
+    parts = (value or "").split()
+    if len(parts) < 3:
+        raise SdpError(488, "Malformed a=crypto: expected '<tag> <suite> inline:<key>'")
+    if not parts[0].isdigit() or len(parts[0]) > 9:
+        raise SdpError(488, "Malformed a=crypto: the tag must be 1 to 9 digits")
+    tag, suite, key_params = int(parts[0]), parts[1], parts[2]
+    if not key_params.startswith("inline:"):
+        raise SdpError(488, f"Malformed a=crypto: the key method must be inline: (tag {tag})")
+    length = CRYPTO_SUITES.get(suite)
+    if length is None:
+        return f"unknown crypto suite {suite[:40]}"
+    if ";" in key_params:
+        return "several master keys in one a=crypto (not supported)"
+    key_b64, *extra = key_params[len("inline:"):].split("|")
+    try:
+        key = base64.b64decode(key_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise SdpError(488, f"Malformed a=crypto: the key is not base64 (tag {tag})") from None
+    if len(key) != length:
+        raise SdpError(488, f"Malformed a=crypto: {suite} needs a {length}-byte key, "
+                            f"got {len(key)} (tag {tag})")
+    if len(extra) > 2:
+        raise SdpError(488, f"Malformed a=crypto: too many key parameters (tag {tag})")
+    for item in extra:
+        if ":" in item:  # MKI:length
+            mki, _, mlen = item.partition(":")
+            if not (mki.isdigit() and mlen.isdigit()):
+                raise SdpError(488, f"Malformed a=crypto: bad MKI (tag {tag})")
+            return "MKI in a=crypto (not supported)"
+        lifetime = item[2:] if item.startswith("2^") else item
+        if not lifetime.isdigit():
+            raise SdpError(488, f"Malformed a=crypto: bad key lifetime (tag {tag})")
+    for param in parts[3:]:
+        if not (param.startswith("WSH=") and param[4:].isdigit()):  # window size hint: fine
+            return f"session parameter {param[:30]} (not supported)"
+    return Crypto(tag, suite, key)
+
+
+def _cryptos(m: Media) -> tuple[list[Crypto], list[str]]:
+    """The usable crypto lines of a stream and the reasons the others are not."""
+    usable: list[Crypto] = []
+    why: list[str] = []
+    tags: set[int] = set()
+    for name, value in m.attributes:
+        if name != "crypto":
+            continue
+        c = parse_crypto(value)
+        tag = int((value or "0").split()[0])
+        if tag in tags:
+            raise SdpError(488, f"Malformed a=crypto: tag {tag} used twice")
+        tags.add(tag)
+        if isinstance(c, Crypto):
+            usable.append(c)
+        else:
+            why.append(c)
+    return usable, why
 
 
 @dataclass
@@ -152,20 +256,51 @@ class Negotiated:
     ptime: int
     on_hold: bool
     """The peer put us on hold (sendonly/inactive or c=0.0.0.0)."""
+    srtp: Srtp | None = None
+    """SRTP keys when the stream is encrypted, None for plain RTP."""
 
 
-def _audio(sdp: SessionDescription) -> Media:
-    """The first active plain-RTP audio stream (SRTP is not offered or accepted)."""
-    srtp = False
+@dataclass(frozen=True)
+class Srtp:
+    """The outcome of SDES for one stream."""
+
+    suite: str
+    tag: int
+    """The ``a=crypto`` tag both sides agreed on."""
+    local_key: bytes
+    """Ours: protects what we send (it is in our SDP)."""
+    remote_key: bytes
+    """The far end's: checks and decrypts what it sends."""
+    proto: str
+    """``RTP/SAVP`` (or ``RTP/AVP`` for best-effort SRTP), for our next offer."""
+
+
+def _audio(sdp: SessionDescription, srtp: str = "off") -> tuple[Media, Crypto | None]:
+    """The first active audio stream we can take under the ``srtp`` policy, with the
+    crypto line we take (None: plain RTP); else ``SdpError(488)`` saying why."""
+    if srtp not in SRTP_POLICIES:
+        raise ValueError(f"srtp policy must be one of {SRTP_POLICIES}, got {srtp!r}")
+    refusal = ""
     for m in sdp.media:
         if m.kind != "audio" or m.port == 0:
             continue
-        if m.proto.upper() in ("RTP/AVP", "RTP/AVPF"):
-            return m
-        srtp = srtp or "SAVP" in m.proto.upper()
-    if srtp:
-        raise SdpError(488, "Secure RTP (SAVP) not supported")
-    raise SdpError(488, "No audio stream in SDP offer")
+        proto = m.proto.upper()
+        if proto not in _PLAIN and proto not in _SECURE:
+            refusal = refusal or f"Unsupported media transport {m.proto[:30]}"
+            continue
+        usable, why = _cryptos(m)  # a malformed line is refused here, whatever the policy
+        if proto in _SECURE and srtp == "off":
+            refusal = refusal or "Secure RTP (RTP/SAVP) is not accepted here (srtp = 'off')"
+        elif usable and srtp != "off":
+            return m, usable[0]
+        elif proto in _SECURE or srtp == "required":
+            refusal = refusal or (
+                f"SRTP required: no usable a=crypto ({'; '.join(why)})" if why else
+                "SRTP required: no a=crypto in the offer" if srtp == "required" else
+                "RTP/SAVP without a=crypto")
+        else:
+            return m, None
+    raise SdpError(488, refusal or "No audio stream in SDP offer")
 
 
 def _codec_pts(m: Media) -> tuple[dict[str, int], int | None]:
@@ -191,9 +326,15 @@ def _ptime(m: Media, default: int) -> int:
 
 
 def answer(offer: SessionDescription, *, codecs: list[str], address: str, port: int,
-           ptime: int, session_id: int, version: int) -> tuple[SessionDescription, Negotiated]:
-    """Answer an offer: first of OUR ``codecs`` the offer has; none -> ``SdpError(488)``."""
-    m = _audio(offer)
+           ptime: int, session_id: int, version: int, srtp: str = "off",
+           srtp_key: Callable[[str], bytes] | None = None
+           ) -> tuple[SessionDescription, Negotiated]:
+    """Answer an offer: first of OUR ``codecs`` the offer has; none -> ``SdpError(488)``.
+
+    ``srtp`` is the policy (module docstring); when we take a crypto line,
+    ``srtp_key(suite)`` gives our master key for it (the same one each time it is asked
+    during one negotiation)."""
+    m, crypto = _audio(offer, srtp)
     offered, dtmf = _codec_pts(m)
     chosen = next((c for c in codecs if c in offered), None)
     if chosen is None:
@@ -209,6 +350,13 @@ def answer(offer: SessionDescription, *, codecs: list[str], address: str, port: 
     if dtmf is not None:
         attrs += [("rtpmap", f"{dtmf} telephone-event/8000"), ("fmtp", f"{dtmf} 0-15")]
     attrs += [("ptime", str(ptime_used)), (direction, None)]
+    keys = None
+    if crypto is not None:
+        if srtp_key is None:
+            raise ValueError("srtp_key is needed to answer with SRTP")
+        ours = srtp_key(crypto.suite)
+        attrs.append(Crypto(crypto.tag, crypto.suite, ours).attribute())
+        keys = Srtp(crypto.suite, crypto.tag, ours, crypto.key, m.proto)
     ans = SessionDescription(
         origin=f"controlroom {session_id} {version} IN {_family(address)} {address}", name="controlroom",
         connection=address,
@@ -216,24 +364,53 @@ def answer(offer: SessionDescription, *, codecs: list[str], address: str, port: 
         media=[Media("audio", port, m.proto, fmts, None, attrs) if o is m
                else Media(o.kind, 0, o.proto, o.formats[:1] or ["0"]) for o in offer.media])
     on_hold = m.direction in ("sendonly", "inactive") or held_addr
-    return ans, Negotiated(chosen, pt, dtmf, remote, direction, ptime_used, on_hold)
+    return ans, Negotiated(chosen, pt, dtmf, remote, direction, ptime_used, on_hold, keys)
 
 
 def offer(*, codecs: list[str], address: str, port: int, ptime: int, session_id: int,
-          version: int = 1) -> SessionDescription:
-    """Our offer to a handler phone: our codecs in preference order + telephone-event."""
+          version: int = 1, crypto: list[Crypto] | tuple[Crypto, ...] = (),
+          proto: str = "RTP/AVP") -> SessionDescription:
+    """Our offer to a handler phone: our codecs in preference order + telephone-event;
+    with ``crypto`` lines (our keys) on ``proto`` ``RTP/SAVP`` (SRTP required) or
+    ``RTP/AVP`` (best-effort SRTP)."""
     fmts = [str(STATIC_PT[c]) for c in codecs] + [str(DTMF_PT)]
     attrs: list[tuple[str, str | None]] = [("rtpmap", f"{STATIC_PT[c]} {c}/8000") for c in codecs]
     attrs += [("rtpmap", f"{DTMF_PT} telephone-event/8000"), ("fmtp", f"{DTMF_PT} 0-15"),
               ("ptime", str(ptime)), ("sendrecv", None)]
+    attrs += [c.attribute() for c in crypto]
     return SessionDescription(
         origin=f"controlroom {session_id} {version} IN {_family(address)} {address}", name="controlroom",
-        connection=address, media=[Media("audio", port, "RTP/AVP", fmts, None, attrs)])
+        connection=address, media=[Media("audio", port, proto, fmts, None, attrs)])
 
 
-def accept_answer(ans: SessionDescription, *, codecs: list[str], ptime: int) -> Negotiated:
-    """Read the answer to our offer: the codec is the first one the answer lists that we offered."""
-    m = _audio(ans)
+def offer_crypto(key: Callable[[str], bytes]) -> list[Crypto]:
+    """Our ``a=crypto`` lines for an offer: one per :data:`OFFER_SUITES`, tags 1, 2..."""
+    return [Crypto(i, suite, key(suite)) for i, suite in enumerate(OFFER_SUITES, 1)]
+
+
+def accept_answer(ans: SessionDescription, *, codecs: list[str], ptime: int,
+                  crypto: list[Crypto] | tuple[Crypto, ...] = (),
+                  srtp_required: bool = False) -> Negotiated:
+    """Read the answer to our offer: the codec is the first one the answer lists that we
+    offered. With ``crypto`` (what we offered) the answer's ``a=crypto`` must take one
+    of ours (same tag and suite); ``srtp_required``: an answer without one is 488."""
+    m = _answered_audio(ans)
+    keys = None
+    theirs = [v for n, v in m.attributes if n == "crypto"]
+    if theirs and crypto:
+        if len(theirs) != 1:
+            raise SdpError(488, "Answer has more than one a=crypto")
+        c = parse_crypto(theirs[0])
+        if not isinstance(c, Crypto):
+            raise SdpError(488, f"Answer's a=crypto is unusable: {c}")
+        mine = next((o for o in crypto if o.tag == c.tag and o.suite == c.suite), None)
+        if mine is None:
+            raise SdpError(488, f"Answer's a=crypto (tag {c.tag}, {c.suite}) matches none "
+                                "of our offer")
+        keys = Srtp(c.suite, c.tag, mine.key, c.key, m.proto)
+    elif srtp_required or (m.proto.upper() in _SECURE):
+        raise SdpError(488, "SRTP required: the answer has no a=crypto" if crypto
+                       else "Answer is RTP/SAVP but we offered plain RTP")
     got, dtmf = _codec_pts(m)
     chosen = None
     for f in m.formats:
@@ -249,4 +426,12 @@ def accept_answer(ans: SessionDescription, *, codecs: list[str], ptime: int) -> 
     held = addr in (None, "0.0.0.0")
     return Negotiated(chosen, got[chosen], dtmf, None if held else (addr or "", m.port),
                       _MIRROR[m.direction], _ptime(m, ptime),
-                      m.direction in ("sendonly", "inactive") or held)
+                      m.direction in ("sendonly", "inactive") or held, keys)
+
+
+def _answered_audio(sdp: SessionDescription) -> Media:
+    """The first active RTP audio stream of an answer (plain or secure profile)."""
+    for m in sdp.media:
+        if m.kind == "audio" and m.port != 0 and m.proto.upper() in _PLAIN + _SECURE:
+            return m
+    raise SdpError(488, "No audio stream in SDP answer")

@@ -130,10 +130,11 @@ def test_ipv6_addresses_use_ip6() -> None:
 
 
 def test_srtp_only_offer_is_488() -> None:
-    """An RTP/SAVP-only offer is refused with 488 naming SRTP (we cannot answer it)."""
+    """An RTP/SAVP-only offer on a line with srtp = 'off' is refused with 488 naming SRTP."""
     with pytest.raises(SdpError) as info:
         _answer(sdp_offer().replace("RTP/AVP", "RTP/SAVP"))
-    assert (info.value.status, info.value.reason) == (488, "Secure RTP (SAVP) not supported")
+    assert (info.value.status, info.value.reason) == (
+        488, "Secure RTP (RTP/SAVP) is not accepted here (srtp = 'off')")
 
 
 def test_answer_keeps_one_m_line_per_offered_stream() -> None:
