@@ -589,12 +589,25 @@ class Cluster:
     def node_log(self, node: Node, tail: int = 6000) -> str:
         return node.proc.log_text(tail) if node.proc is not None else ""
 
-    def restart(self, node: Node, timeout: float = 30.0) -> None:
-        """Start a killed node again on the same store (its restart recovery runs)."""
-        if node.proc is not None:
-            node.proc.stop(timeout=1)
-        self._start_node(node)
-        self.wait_ready(node, timeout)
+    def restart(self, node: Node, timeout: float = 60.0, retry_s: float = 2.0) -> int:
+        """Start a killed node again on the same store (its restart recovery runs), as a
+        supervisor would: a start that exits at once (the node registry refuses an id
+        whose last heartbeat is still fresh) is retried every ``retry_s``. Returns the
+        number of starts."""
+        deadline = time.monotonic() + timeout
+        starts = 0
+        while True:
+            if node.proc is not None:
+                node.proc.stop(timeout=1)
+            self._start_node(node)
+            starts += 1
+            try:
+                self.wait_ready(node, deadline - time.monotonic())
+                return starts
+            except HarnessError:
+                if node.alive() or time.monotonic() + retry_s > deadline:
+                    raise
+            time.sleep(retry_s)
 
     # -- faults ------------------------------------------------------------------
     def kill(self, node: Node) -> float:

