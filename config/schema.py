@@ -271,7 +271,18 @@ class WebSettings:
     bind: str = "127.0.0.1"
     port: int = 8080
     secure_cookies: bool = False
-    """Set the Secure flag (true behind TLS)."""
+    """The console is reached over HTTPS through a TLS-terminating reverse proxy: treat
+    every request as HTTPS (Secure ``__Host-`` session cookie, HSTS). Not needed with
+    ``certificate``/``key`` (then it is HTTPS itself); never set it for plain HTTP (the
+    browser would drop the cookie: nobody could log in)."""
+    certificate: str = ""
+    """PEM certificate chain (server certificate first) the console serves HTTPS with;
+    with ``key``. Empty: plain HTTP (loopback demo, or behind a TLS proxy)."""
+    key: str = ""
+    """PEM private key of ``certificate`` (a file only the service user can read)."""
+    hsts_seconds: int = 31536000
+    """``Strict-Transport-Security: max-age`` on HTTPS responses (a year; 0: no header).
+    Browsers then refuse plain HTTP to this host for that long."""
     map_url: str = ""
     """The force's GIS, for the desk's 'open map' link: a URL template with ``{lat}``,
     ``{lon}``, ``{radius}`` (metres) for a point or circle and ``{address}`` for a civic
@@ -286,6 +297,11 @@ class WebSettings:
     def validate(self) -> None:
         if self.live_queue < 1:
             raise ConfigError("live_queue", f"must be at least 1, got {self.live_queue}")
+        if bool(self.certificate) != bool(self.key):
+            raise ConfigError("key" if self.certificate else "certificate",
+                              "certificate and key go together (both set: HTTPS; neither: HTTP)")
+        if self.hsts_seconds < 0:
+            raise ConfigError("hsts_seconds", f"must be 0 or more, got {self.hsts_seconds}")
 
 
 @dataclass(frozen=True, kw_only=True)

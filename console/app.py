@@ -18,7 +18,7 @@ from config import WebSettings
 from store.db import Database
 
 from . import users
-from .api import ApiError, add_routes, session_of
+from .api import ApiError, add_routes, is_https, session_of
 from .backend import DeskBackend, DeskError
 from .keys import (
     BACKEND,
@@ -76,6 +76,9 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("X-Frame-Options", "DENY")
+    hsts = request.app[SETTINGS].hsts_seconds
+    if hsts and is_https(request):  # (over plain HTTP browsers ignore it: RFC 6797 §8.1)
+        response.headers.setdefault("Strict-Transport-Security", f"max-age={hsts}")
     if request.path.startswith("/api/"):
         response.headers.setdefault("Cache-Control", "no-store")
 

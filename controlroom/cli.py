@@ -36,6 +36,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 async def _serve(settings) -> int:  # noqa: ANN001
     from controlroom.logs import configure
     from controlroom.service import Service
+    from controlroom.web import console_url
     from telephony.runtime import prioritise_this_thread, tune_gc
 
     configure(settings.logging.level, settings.logging.json)
@@ -48,7 +49,7 @@ async def _serve(settings) -> int:  # noqa: ANN001
     tune_gc()  # short, rare garbage-collector pauses (see telephony.runtime)
     prioritise_this_thread()  # speech recognition and checkpoints behind the call path
     print(f"controlroom serving: SIP udp {settings.sip.bind}:{service.engine.sip_port}, "
-          f"console http://{settings.web.bind}:{service.web_port}/", flush=True)
+          f"console {console_url(settings.web, service.web_port)}", flush=True)
     await stop.wait()
     print("draining: new 101 calls refused (503), calls in progress continue "
           f"up to {settings.drain_timeout:.0f} s; Ctrl-C again to stop now", flush=True)

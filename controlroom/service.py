@@ -348,12 +348,13 @@ class Service:
     async def _start_web(self) -> None:
         from aiohttp import web
 
-        from controlroom.web import build_app
+        from controlroom.web import build_app, tls_context
 
         app = build_app(self)
         self.web_runner = web.AppRunner(app, access_log=None)
         await self.web_runner.setup()
-        site = web.TCPSite(self.web_runner, self.settings.web.bind, self.settings.web.port)
+        site = web.TCPSite(self.web_runner, self.settings.web.bind, self.settings.web.port,
+                           ssl_context=tls_context(self.settings.web))  # None: plain HTTP
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from config import ConfigError, WebSettings
+
 if TYPE_CHECKING:
     from controlroom.service import Service
+
+
+def tls_context(settings: WebSettings) -> ssl.SSLContext | None:
+    """The console's HTTPS context from ``web.certificate`` and ``web.key`` (TLS 1.2 or
+    later, Python's default ciphers); None when they are not set (plain HTTP). A file
+    that cannot be read or a key that does not match is a start-up ConfigError."""
+    if not settings.certificate:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(settings.certificate, settings.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("web.certificate", f"cannot load {settings.certificate} with "
+                          f"{settings.key}: {exc}") from None
+    return ctx
+
+
+def console_url(settings: WebSettings, port: int | None) -> str:
+    """Where the console is, for start-up lines: ``https://`` when it serves TLS."""
+    scheme = "https" if settings.certificate else "http"
+    return f"{scheme}://{settings.bind}:{port or settings.port}/"
 
 
 def build_app(service: Service) -> web.Application:

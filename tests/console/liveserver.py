@@ -8,6 +8,7 @@ must go through :meth:`LiveServer.call` so it runs on the server's loop.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +21,11 @@ from console.keys import HUB
 class LiveServer:
     """The console on 127.0.0.1:<free port>, stopped by :meth:`stop`."""
 
-    def __init__(self, app_factory: Callable[[], web.Application]) -> None:
+    def __init__(self, app_factory: Callable[[], web.Application],
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context``: serve HTTPS (``url`` then starts with ``https://``)."""
         self._factory = app_factory
+        self._ssl = ssl_context
         self.loop = asyncio.new_event_loop()
         self.port = 0
         self._ready = threading.Event()
@@ -34,7 +38,7 @@ class LiveServer:
             self.app = self._factory()
             self.runner = web.AppRunner(self.app)
             self.loop.run_until_complete(self.runner.setup())
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self._ssl)
             self.loop.run_until_complete(site.start())
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             self.loop.run_until_complete(asyncio.wait_for(self.app[HUB].ready.wait(), 5))
@@ -55,7 +59,7 @@ class LiveServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._ssl else 'http'}://127.0.0.1:{self.port}"
 
     def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """Run ``fn`` (sync or async) on the server loop and return its result."""
