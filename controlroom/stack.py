@@ -58,6 +58,10 @@ class StackOptions:
     """Extra settings for the console (e.g. ``live_queue``)."""
     storage: dict[str, Any] = field(default_factory=dict)
     """Extra storage settings (e.g. ``database`` on a file system of its own)."""
+    transport: str = "udp"
+    """SIP between Kamailio and the service, both ways: ``udp``, ``tcp`` or ``tls``
+    (certificates from a throw-away CA in ``<workdir>/tls``); SIPp callers then reach
+    Kamailio over TCP (this SIPp has no TLS), handler phones stay on UDP."""
 
 
 def toml_dump(data: dict[str, Any]) -> str:
@@ -111,12 +115,20 @@ class Stack:
         # random block above the harness's leased range is enough.
         base = random.randrange(33000, 60000, 2)
         rtp = (base, base + 399)
+        sip: dict[str, Any] = {}
+        if o.transport == "tcp":
+            sip = {"tcp": True, "proxy": f"sip:127.0.0.1:{kamailio_port};transport=tcp"}
+        elif o.transport == "tls":
+            sip = {"tcp": True, "tls": True, "tls_port": self.tls_port,
+                   "tls_cert": str(self.certs.cert), "tls_key": str(self.certs.key),
+                   "tls_ca": str(self.ca.cert),
+                   "proxy": f"sip:127.0.0.1:{self.kamailio.tls_port};transport=tls"}
         return {
             "drain_timeout": 5.0,
             "sip": {"bind": "127.0.0.1", "port": sip_port, "domain": DOMAIN,
                     "proxy": f"sip:127.0.0.1:{kamailio_port}", "rtp_bind": "127.0.0.1",
                     "rtp_port_min": rtp[0], "rtp_port_max": rtp[1],
-                    "dead_call_timeout": 60.0},
+                    "dead_call_timeout": 60.0, **sip},
             "lines": [
                 {"name": "999", "numbers": ["999", "112"], "priority": 0, "skill": "999",
                  "trusted_sources": ["127.0.0.1"], "answer_threshold": 10.0,
@@ -153,9 +165,23 @@ class Stack:
         self.mosquitto = self._exit.enter_context(Mosquitto())
         sip_port = free_udp_port()
         routes = {n: f"127.0.0.1:{sip_port}" for n in ("999", "112", "101")}
+        tls = None
+        if self.options.transport == "tcp":
+            routes = {n: f"{t};transport=tcp" for n, t in routes.items()}
+        elif self.options.transport == "tls":
+            from harness.certs import CertAuthority
+
+            self.ca = CertAuthority(self.workdir / "tls")
+            self.certs = self.ca.issue("controlroom", "controlroom.local")
+            kam = self.ca.issue("kamailio", "kamailio.local")
+            tls = (kam.cert, kam.key, self.ca.cert)
+            self.tls_port = free_tcp_port()
+            routes = {n: f"127.0.0.1:{self.tls_port};transport=tls" for n in routes}
         self.kamailio = await asyncio.to_thread(
             lambda: self._exit.enter_context(Kamailio(routes, domain=DOMAIN, trace=False,
-                                                       workdir=self.workdir / "kamailio")))
+                                                       workdir=self.workdir / "kamailio",
+                                                       tcp=self.options.transport != "udp",
+                                                       tls=tls)))
         web_port = self.options.web_port or free_tcp_port()
         data = self.config(sip_port=sip_port, kamailio_port=self.kamailio.port,
                            mqtt_port=self.mosquitto.port, web_port=web_port)
@@ -216,6 +242,7 @@ class Stack:
         self._calls += 1
         (self.workdir / "callers" / (name or f"caller{self._calls}")).mkdir(parents=True, exist_ok=True)
         sipp = Sipp(scen, target=self.kamailio.addr, calls=1, timeout=talk + 120,
+                    extra_args=["-t", "t1"] if self.options.transport != "udp" else [],
                     name=name or f"caller{self._calls}",
                     workdir=self.workdir / "callers" / (name or f"caller{self._calls}"))
         return sipp.start()

@@ -253,9 +253,9 @@ class SipConnection(asyncio.Protocol):
             self.t.write(data)
 
     def send(self, data: bytes) -> None:
-        if self.closing or self.t is None:
+        if self.closing:
             return
-        if not self.ready:
+        if not self.ready or self.t is None:
             if len(self.pending) >= PENDING_MAX:
                 self.table.send_drops += 1
                 return
