@@ -27,7 +27,8 @@ SCHEMA_VERSION = "1.0"
 
 SUMMARY_TYPE = "queues.summary"
 STATUS_TYPE = "node.status"
-SYSTEM_TYPES = frozenset({"system.storage_fault", "system.storage_recovered"})
+SYSTEM_TYPES = frozenset({"system.storage_fault", "system.storage_recovered",
+                          "system.retention_purge"})
 """Node health events on ``<prefix>/<node>/system`` (see :func:`storage_event`)."""
 
 SUMMARY_FIELDS: dict[str, type] = {
@@ -238,6 +239,19 @@ def storage_event(*, node: str, fault: bool, reason: str, since: float, spooled:
     if flushed is not None:
         msg["flushed"] = max(0, int(flushed))
     return msg
+
+
+def retention_event(*, node: str, deleted: dict[str, int], calls: list[str], held: int,
+                    resumed: int, now: float, event_id: str) -> dict[str, Any]:
+    """``system.retention_purge``: a retention run deleted what was past its line's policy
+    (``deleted`` counts per kind: recording, transcript, call; ``calls`` their ids);
+    ``held`` calls past retention were kept because of a legal hold. No personal data."""
+    return {"schema_version": SCHEMA_VERSION, "type": "system.retention_purge",
+            "event_id": event_id, "node": node, "timestamp": iso_utc(now),
+            "component": "retention", "reason": "retention policy",
+            "deleted": {k: max(0, int(v)) for k, v in deleted.items()},
+            "calls": list(calls)[:1000], "held": max(0, int(held)),
+            "resumed": max(0, int(resumed))}
 
 
 # -- topics --------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 from .loader import build
+from .retention import RetentionSettings
 from .telephony import SipSettings, uri_problem
 
 
@@ -293,10 +294,28 @@ class WebSettings:
     """Live items buffered per subscriber (the console's feed from the service, and each
     page's WebSocket); beyond it the backlog is dropped and the page is resynced with a
     fresh snapshot (memory stays bounded, the page never stops)."""
+    metrics_bind: str = "127.0.0.1"
+    """Address of the ``/metrics`` listener when ``metrics_port`` is set."""
+    metrics_port: int = 0
+    """Serve ``/metrics`` on its own listener (``metrics_bind:metrics_port``) and not on
+    the console's; 0: on the console's port, where it needs ``metrics_token`` (a
+    client without it is refused with 401) or, when no token is set, answers only
+    loopback clients (others get 403)."""
+    metrics_token: str | None = None
+    """Bearer token a scraper sends (``Authorization: Bearer ...``) for ``/metrics``;
+    ``env:NAME`` or ``file:PATH``; never logged."""
+    first_admin: str = ""
+    """Console user created with the admin role at start when no console user exists
+    yet (with ``first_admin_password``); ignored once any user exists."""
+    first_admin_password: str | None = None
+    """The first admin's password (the console's password policy): ``file:PATH`` (a container
+    secret) or ``env:NAME``."""
 
     def validate(self) -> None:
         if self.live_queue < 1:
             raise ConfigError("live_queue", f"must be at least 1, got {self.live_queue}")
+        if self.first_admin and self.first_admin_password is None:
+            raise ConfigError("first_admin_password", "is required when first_admin is set")
         if bool(self.certificate) != bool(self.key):
             raise ConfigError("key" if self.certificate else "certificate",
                               "certificate and key go together (both set: HTTPS; neither: HTTP)")
@@ -325,6 +344,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     drain_timeout: float = 600.0
     """On shutdown: seconds calls in progress may continue."""
 
@@ -357,6 +377,10 @@ class Settings:
                 raise ConfigError(f"handlers[{i}].id", f"duplicate handler id {h.id!r}")
             ids.add(h.id)
 
+        for name in self.retention.lines:
+            if name not in names:
+                raise ConfigError(f"retention.lines.{name}", "is not a configured line "
+                                  f"(lines: {', '.join(sorted(names))})")
         if not self.cluster.node_id and not _NODE_ID.fullmatch(self.mqtt.node):
             raise ConfigError("mqtt.node", "is this node's id (no cluster.node_id is set): "
                               "1-32 letters, digits, '-' or '_', got " + repr(self.mqtt.node))

@@ -26,10 +26,20 @@ def _load(path: str):  # noqa: ANN202 - returns config.Settings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from controlroom.check import check
+
     settings = _load(args.config)
+    problems = check(settings, connect=args.connect)
+    for p in problems:
+        print(f"configuration error: {p}", file=sys.stderr)
+    if problems:
+        print(f"{args.config}: {len(problems)} problem(s); serve would not start",
+              file=sys.stderr)
+        return 2
     print(f"{args.config}: OK — {len(settings.lines)} lines "
           f"({', '.join(line.name for line in settings.lines)}), "
-          f"{len(settings.handlers)} handlers, transcription={settings.transcription.engine}")
+          f"{len(settings.handlers)} handlers, transcription={settings.transcription.engine}"
+          + (", broker and database reachable" if args.connect else ""))
     return 0
 
 
@@ -64,7 +74,22 @@ async def _serve(settings) -> int:  # noqa: ANN001
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return asyncio.run(_serve(_load(args.config)))
+    from config import ConfigError
+    from controlroom.check import check
+
+    settings = _load(args.config)
+    # What check-config reports, serve refuses with the same one line per problem:
+    # never a traceback for a configuration problem.
+    problems = check(settings)
+    for p in problems:
+        print(f"configuration error: {p}", file=sys.stderr)
+    if problems:
+        return 2
+    try:
+        return asyncio.run(_serve(settings))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -255,6 +280,105 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auditor(db, name: str | None):  # noqa: ANN001, ANN202 - console.users.User | None
+    """The enabled console user with the auditor role named ``name`` (default: login)."""
+    from console import users
+
+    username = name or getpass.getuser()
+    row = db.query_one("SELECT username, roles, handler_id, disabled FROM console_users"
+                       " WHERE username=?", (username,))
+    if row is None or row["disabled"] or "auditor" not in json.loads(row["roles"]):
+        print(f"refused: {username!r} is not an enabled console user with the auditor role;"
+              " pass --user NAME", file=sys.stderr)
+        return None
+    return users.User(row["username"], frozenset(json.loads(row["roles"])), row["handler_id"])
+
+
+def _retention_stores(settings):  # noqa: ANN001, ANN202 - (Database, Database)
+    from config.loader import secret
+    from controlroom import retention
+    from store import Database
+    from store import outbox, queuelog
+
+    url = getattr(settings.storage, "url", "")
+    db = _open_db(settings) if not url else Database(secret(url, key="storage.url"))
+    if url:
+        from store import calls as calls_table
+        db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS,
+                   postgresql=calls_table.PG_MIGRATIONS)
+    from store import calls as calls_table
+    from store import systemlog
+
+    db.migrate(calls_table.RECORDING_COMPONENT, calls_table.RECORDING_MIGRATIONS,
+               postgresql=calls_table.RECORDING_PG_MIGRATIONS)
+    db.migrate(outbox.COMPONENT, outbox.MIGRATIONS, postgresql=outbox.PG_MIGRATIONS)
+    db.migrate(queuelog.COMPONENT, queuelog.MIGRATIONS, postgresql=queuelog.PG_MIGRATIONS)
+    db.migrate(systemlog.COMPONENT, systemlog.MIGRATIONS, postgresql=systemlog.PG_MIGRATIONS)
+    retention.migrate(db)
+    tdb = retention.transcripts_db(db, settings.storage.data_dir)
+    if tdb is not db:
+        from transcription import store as tstore
+        tstore.migrate(tdb)
+    return db, tdb
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from controlroom import retention
+
+    settings = _load(args.config)
+    _logs_to_stderr()
+    db, tdb = _retention_stores(settings)
+    summary = retention.purge(db, tdb, settings.retention, dry_run=args.dry_run,
+                              client=f"cli purge {getpass.getuser()}@{socket.gethostname()}",
+                              rate=args.rate, limit=args.limit)
+    if not args.dry_run and summary.calls:
+        retention.publish_summary(settings, summary)
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        for d in summary.items:
+            print(f"{verb} {', '.join(d.kinds)} of call {d.call_id} (line {d.line}, "
+                  f"arrived {_when(d.arrived_at)}, {len(d.files)} file(s)): {d.reason}")
+        print(f"{verb}: {summary.deleted['recording']} recordings, "
+              f"{summary.deleted['transcript']} transcripts, {summary.deleted['call']} call "
+              f"records; {summary.held} past retention kept under legal hold"
+              + (f"; {summary.resumed} interrupted deletions finished" if summary.resumed else ""))
+    return 0
+
+
+def _when(epoch: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    from controlroom import retention
+
+    settings = _load(args.config)
+    db, _ = _retention_stores(settings)
+    if args.hold_command == "list":
+        for h in retention.holds(db):
+            print(f"{h['call_id']}  held since {_when(h['set_at'])} by {h['set_by']}: "
+                  f"{h['reason']}")
+        return 0
+    user = _auditor(db, args.user)
+    if user is None:
+        return 2
+    try:
+        if args.hold_command == "set":
+            retention.set_hold(db, args.call_id, username=user.username, reason=args.reason)
+            print(f"call {args.call_id} is under legal hold: it will not be deleted")
+        else:
+            retention.release_hold(db, args.call_id, username=user.username, reason=args.reason)
+            print(f"legal hold on call {args.call_id} released")
+    except retention.HoldError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="controlroom",
                                 description="Force Control Room telephony and call routing")
@@ -273,8 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", help="keep the data in this folder (default: a temporary one)")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("check-config", help="validate a configuration file")
+    s = sub.add_parser("check-config", help="validate a configuration file (and what it "
+                       "points to: secrets, models, certificates, ports, data paths)")
     s.add_argument("config")
+    s.add_argument("--connect", action="store_true",
+                   help="also connect to the MQTT broker and the database")
     s.set_defaults(func=cmd_check_config)
 
     s = sub.add_parser("search", help="search transcripts (access-logged: needs --reason)",
@@ -325,6 +452,30 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--config", required=True)
     u.add_argument("--password", help="(tests only; prompts when omitted)")
     u.set_defaults(func=cmd_user_add)
+
+    s = sub.add_parser("purge", help="delete what is past retention ([retention]; never a "
+                       "call under legal hold); every deletion is access-logged")
+    s.add_argument("--config", required=True)
+    s.add_argument("--dry-run", action="store_true", help="list what would go; change nothing")
+    s.add_argument("--limit", type=int, help="calls at most (default: retention.batch)")
+    s.add_argument("--rate", type=float, default=0.0,
+                   help="calls per second at most (spares a busy disk; default: no limit)")
+    s.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    s.set_defaults(func=cmd_purge)
+
+    s = sub.add_parser("hold", help="legal hold: a held call is never deleted (auditors)")
+    hsub = s.add_subparsers(dest="hold_command", required=True)
+    for name, what in (("set", "put a call under legal hold"),
+                       ("release", "release a call's legal hold")):
+        h = hsub.add_parser(name, help=what)
+        h.add_argument("call_id")
+        h.add_argument("--reason", required=True, help="why (written to the hold log)")
+        h.add_argument("--user", help="the console user (an auditor); default: your login")
+        h.add_argument("--config", required=True)
+        h.set_defaults(func=cmd_hold)
+    h = hsub.add_parser("list", help="calls under legal hold")
+    h.add_argument("--config", required=True)
+    h.set_defaults(func=cmd_hold)
     return p
 
 

@@ -233,6 +233,9 @@ class Service:
             "controlroom_storage_writes_lost_total",
             "Records lost because the spool was full (or the process stopped) while the "
             "database was not taking writes")
+        from controlroom import operations  # histograms, disk, backlog (issue 18)
+
+        operations.setup_metrics(self)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -252,6 +255,9 @@ class Service:
                                       on_incident=self.on_incident)
         self._tasks.append(asyncio.create_task(self.publisher.run(), name="cad-publisher"))
         self._tasks.append(asyncio.create_task(self.storage.run(), name="storage-spool"))
+        from controlroom import operations  # first admin, /metrics listener, retention
+
+        self._tasks += await operations.start(self)
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="node-heartbeat"))
         for msg in self._system_unsent:  # health events from before the publisher existed
             self.publisher.publish_system(msg)
@@ -385,6 +391,9 @@ class Service:
         self._tasks.clear()
         if self.publisher is not None and hasattr(self.publisher, "close"):
             await self.publisher.close()
+        from controlroom import operations
+
+        await operations.stop(self)
         if self.web_runner is not None:
             await self.web_runner.cleanup()
         self.storage.close()  # a last try; what is still spooled is logged as lost

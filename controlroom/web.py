@@ -59,10 +59,15 @@ def build_app(service: Service) -> web.Application:
         return web.json_response({"ready": ok, "draining": service._draining},
                                  status=200 if ok else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=service.metrics.render(),
-                            content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+    async def metrics(request: web.Request) -> web.Response:
+        from controlroom.operations import metrics_guard, metrics_response
+
+        # the token, or loopback only, or not here at all (web.metrics_port)
+        refused = metrics_guard(service, request)
+        if refused is not None:
+            return web.Response(status=refused, text="metrics: refused\n",
+                                headers={"WWW-Authenticate": "Bearer"} if refused == 401 else {})
+        return metrics_response(service)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

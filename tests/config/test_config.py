@@ -67,8 +67,23 @@ def test_bad_toml_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`controlroom check-config` says OK for the example and exits 2 naming the key otherwise."""
-    assert main(["check-config", str(EXAMPLE)]) == 0
+    """`controlroom check-config` names what the shipped example lacks on this machine
+    (the broker's CA file and password of the production host), says OK once they are
+    there, and exits 2 naming the key for a schema error."""
+    assert main(["check-config", str(EXAMPLE)]) == 2
+    err = capsys.readouterr().err
+    assert "mqtt.password: environment variable CONTROLROOM_MQTT_PASSWORD is not set" in err
+    assert "mqtt.ca_file: cannot read /etc/controlroom/cad-ca.pem" in err
+    from harness.mosquitto import make_certs
+
+    ca = make_certs(tmp_path)["ca"]
+    text = EXAMPLE.read_text().replace("/etc/controlroom/cad-ca.pem", str(ca)).replace(
+        "/var/lib/controlroom", str(tmp_path / "data")).replace('port = 5080', 'port = 0')
+    ok = tmp_path / "ok.toml"
+    ok.write_text(text.replace("\nport = 8080", "\nport = 0"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONTROLROOM_MQTT_PASSWORD", "s3cret-from-env")
+        assert main(["check-config", str(ok)]) == 0
     assert "OK — 2 lines (999, 101)" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
     bad.write_text('[[lines]]\nname = "999"\nnumbers = ["999"]\npriority = "high"\n')

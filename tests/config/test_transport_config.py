@@ -71,10 +71,13 @@ def test_udp_uris_and_policies_are_accepted() -> None:
 
 
 def _tls(tmp_path: Path) -> dict:
-    for name in ("cert.pem", "key.pem", "ca.pem"):
-        (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n")
-    return {"tls": True, "tcp": True, "tls_cert": str(tmp_path / "cert.pem"),
-            "tls_key": str(tmp_path / "key.pem"), "tls_ca": str(tmp_path / "ca.pem")}
+    # real PEM files: check-config loads the certificate with its key and the CA bundle
+    from harness.mosquitto import make_certs
+
+    if not (tmp_path / "server.crt").exists():
+        make_certs(tmp_path)
+    return {"tls": True, "tcp": True, "tls_cert": str(tmp_path / "server.crt"),
+            "tls_key": str(tmp_path / "server.key"), "tls_ca": str(tmp_path / "ca.crt")}
 
 
 def test_tls_and_tcp_uris_are_accepted_when_configured(tmp_path: Path) -> None:
