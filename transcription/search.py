@@ -332,6 +332,9 @@ class TranscriptSearch:
     """Newest matches read to estimate a term's document frequency."""
     STEM_CACHE = 200_000
     """Most words whose stems are remembered (then the cache starts afresh)."""
+    OWN_TERMS = 25_000
+    """Most terms scored by :meth:`_bm25` per query (the newest calls that hold them):
+    whole calls are long, and this path tokenizes each candidate in Python."""
 
     def __init__(self, db: Database, *, max_candidates: int = 1000,
                  calls_first_max: int = 1000, max_idf_scan: int = 400_000,
@@ -534,6 +537,12 @@ class TranscriptSearch:
         term is too frequent for FTS5's rank; we score with :meth:`_bm25` instead."""
         n = self.max_candidates
         scoring = "bm25" if own is None else "bm25-estimated-idf"
+        if own is not None:
+            # our bm25 reads every term of every candidate: bound the terms, not the calls
+            # (a call of 500 words is 20 bench calls)
+            rows_, tokens_ = self._totals()
+            avgdl = tokens_ / rows_ if rows_ else 1.0
+            n = min(n, max(self.SPARSE_RANKED, int(self.OWN_TERMS // max(avgdl, 1.0))))
         if where:
             # Selective filter? Count the calls it leaves, up to a cap, via calls' indexes.
             cond = " AND ".join(where)

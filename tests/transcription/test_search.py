@@ -305,3 +305,15 @@ def test_estimated_path_stems_like_the_index(db):
     hits = s.search("burglary")
     assert [h.call_id for h in hits] == ["s1", "s2"]
     assert s._tokenize([(1, "Burglaries, BURGLARY; café-bar")])[1] == ["burglari", "burglari", "cafe", "bar"]
+
+
+def test_estimated_idf_path_bounds_terms_not_calls(db):
+    """Our bm25 reads every term of every candidate: with long calls fewer of the newest
+    are ranked (OWN_TERMS), and the hits say how many."""
+    for i in range(12):
+        _transcript(db, f"l{i}", [("caller", 0.0, 9.0, "smoke and more words here " * 10)])  # 50 terms
+    s = _forced_estimates(db)
+    s.OWN_TERMS = 400  # 8 calls' worth
+    hits = s.search("smoke")
+    assert {h.call_id for h in hits} == {f"l{i}" for i in range(4, 12)}
+    assert {h.ranked_within_recent for h in hits} == {8}
