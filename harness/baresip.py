@@ -37,17 +37,22 @@ class Baresip:
             file's length is how long the handler talks before hanging up itself.
         codecs: ``audio_codecs`` account parameter, e.g. ``"PCMA"`` or ``"PCMU,PCMA"``.
         answermode: ``auto`` answers every call at once; ``manual`` waits for ``accept``.
+        mediaenc: media encryption (baresip's ``srtp`` module, SDES keys in ``a=crypto``):
+            ``srtp-mand`` takes only RTP/SAVP with keys, ``srtp`` SRTP when offered
+            (best-effort); "" plain RTP.
     """
 
     def __init__(self, *, user: str, registrar: tuple[str, int], domain: str,
                  audio: Path | None = None, codecs: str = "PCMA,PCMU",
-                 answermode: str = "auto", workdir: Path | None = None) -> None:
+                 answermode: str = "auto", workdir: Path | None = None,
+                 mediaenc: str = "") -> None:
         self.user = user
         self.registrar = registrar
         self.domain = domain
         self.audio = audio
         self.codecs = codecs
         self.answermode = answermode
+        self.mediaenc = mediaenc
         self.port = free_udp_port()
         self.ctrl_port = free_tcp_port()
         self.rtp_min, self.rtp_max = free_rtp_range(8)
@@ -61,7 +66,8 @@ class Baresip:
         return (HOST, self.port)
 
     def config_text(self, audio: Path) -> str:
-        mods = ["g711.so", "aufile.so", "sndfile.so", "ctrl_tcp.so", "menu.so", "account.so"]
+        mods = ["g711.so", "aufile.so", "sndfile.so", "ctrl_tcp.so", "menu.so", "account.so",
+                *(["srtp.so"] if self.mediaenc else [])]
         for m in mods:
             if not (MODULES / m).exists():
                 raise HarnessError(f"baresip module {m} missing in {MODULES}")
@@ -92,7 +98,8 @@ class Baresip:
         return (f"<sip:{self.user}@{self.domain};transport=udp>"
                 f";outbound=\"sip:{self.registrar[0]}:{self.registrar[1]};lr\""
                 f";answermode={self.answermode};regint=600;audio_codecs={self.codecs.lower()}"
-                f";ptime=20;mwi=no;pubint=0\n")
+                f";ptime=20;mwi=no;pubint=0"
+                + (f";mediaenc={self.mediaenc}" if self.mediaenc else "") + "\n")
 
     def start(self, timeout: float = 10.0) -> Baresip:
         """Start baresip and wait until its registration is visible at the registrar."""
