@@ -563,6 +563,7 @@ class Kamailio:
         cfg = cfg.replace(udp, udp + extra)
         if self.tls is not None:
             cert, key, ca = self.tls
+            self.dir.mkdir(parents=True, exist_ok=True)
             tls_cfg = self.dir / "tls.cfg"
             tls_cfg.write_text(
                 "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n"
