@@ -322,6 +322,12 @@ async def call_end(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 GRADE = {"enum": ["", "1", "2", "3", "4"]}
 
 
+def _gradable(view: dict[str, Any], call_id: str) -> bool:
+    """My connected call, the call in my wrap-up, or one whose grading I left unsaved."""
+    return (any((view.get(s) or {}).get("call_id") == call_id for s in ("wrapup", "call"))
+            or any(d.get("call_id") == call_id for d in view.get("drafts") or []))
+
+
 @endpoint("POST", "/api/desk/calls/{call_id}/wrapup", roles=H,
           summary="Submit THRIVE, incident grade and notes for my ended (or connected) call.",
           body=obj(["thrive", "grade"],
@@ -331,8 +337,9 @@ async def call_wrapup(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     cid = request.match_info["call_id"]
     hid = _handler_id(ctx)
     view = await request.app[BACKEND].handler_view(hid)
-    # THRIVE is re-applied as the call goes: grading during the call is allowed too.
-    if not any((view.get(s) or {}).get("call_id") == cid for s in ("wrapup", "call")):
+    # THRIVE is re-applied as the call goes: grading during the call is allowed too, and
+    # a grading typed before the wrap-up ran out can still be finished (its draft).
+    if not _gradable(view, cid):
         raise ApiError(409, f"call {cid} is not your call or in your wrap-up")
     await request.app[BACKEND].wrapup(cid, hid, ctx.body["thrive"], ctx.body["grade"],
                                       ctx.body.get("notes", ""))
@@ -347,7 +354,7 @@ async def call_draft(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     cid = request.match_info["call_id"]
     hid = _handler_id(ctx)
     view = await request.app[BACKEND].handler_view(hid)
-    if not any((view.get(s) or {}).get("call_id") == cid for s in ("wrapup", "call")):
+    if not _gradable(view, cid):
         raise ApiError(409, f"call {cid} is not your call or in your wrap-up")
     await request.app[BACKEND].save_draft(cid, hid, ctx.body)
     return ok()

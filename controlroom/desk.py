@@ -225,7 +225,22 @@ class ServiceDesk:
                 "wrapup_extended": h.get("wrapup_extended") or 0.0,
                 "wrapup_extend_max": getattr(wline, "wrapup_extend_max", 0.0),
                 "grading_required": bool(getattr(wline, "grading_required", False)),
-                "grading_due": due, "after_call": h.get("after_call")}
+                "grading_due": due, "after_call": h.get("after_call"),
+                "drafts": self._drafts(handler_id, {(c or {}).get("call_id")
+                                                    for c in (offer, call, wrap)})}
+
+    def _drafts(self, handler_id: str, shown: set[Any]) -> list[dict[str, Any]]:
+        """Gradings this handler typed and has not saved, for calls no longer on screen
+        (the wrap-up ran out): they stay with their call until saved."""
+        out = []
+        for cid, d in self.s.grading_drafts.items():
+            if d.get("handler_id") != handler_id or cid in shown:
+                continue
+            row = self.s.db.query_one("SELECT caller, line FROM calls WHERE call_id=?", (cid,))
+            out.append({"call_id": cid, "caller": row["caller"] if row else "",
+                        "line": row["line"] if row else "", "at": d.get("at"),
+                        "draft": {k: d.get(k) for k in ("thrive", "grade", "notes")}})
+        return out
 
     # ------------------------------------------------------------------ handler actions
     async def set_handler_state(self, handler_id: str, state: str, reason: str = "",

@@ -114,7 +114,7 @@ const CR = (() => {
     const conn = el("span", { class: "conn down hidden", id: "conn", text: "offline" });
     const bar = el("header", { class: "topbar" },
       el("span", { class: "brand" }, el("b", { text: "■ " }), "controlroom"),
-      el("span", { class: "page", text: pageName }),
+      el("h1", { class: "page", text: pageName }),
       el("span", { class: "spacer" }),
       conn,
       el("span", { class: "who", text: me ? `${me.username} · ${me.roles.join(", ")}` : "" }),

@@ -16,6 +16,10 @@ let partial = {};         // call_id -> {channel: segment} (replaced by the next
 let callbacks = [];
 let formCallId = null;    // the call the grading form belongs to
 let notices = {};         // call_id -> why live captions stopped
+let draftTimer = null;    // debounce of the draft autosave
+let alerted = null;       // call id whose ringing was last announced
+let pinned = null;        // an earlier call whose unsaved grading the handler reopened
+const DRAFT_KEY = (cid) => "cr-draft:" + cid;
 
 function captionsOff(c) {
   return (c.flags || []).includes("live_transcript_off") || c.call_id in notices;
@@ -45,10 +49,18 @@ function render() {
   $("t-avg").textContent = fmtDur(t.avg_talk);
   $("t-talk").textContent = fmtDur(t.talk);
   $("t-rej").textContent = t.rejected ?? 0;
-  $("btn-available").disabled = ["available", "ringing", "on_call"].includes(view.state);
+  const after = view.after_call;
+  $("btn-available").disabled = ["available", "ringing"].includes(view.state)
+    || (view.state === "on_call" && after == null);
+  $("btn-available").firstChild.textContent = view.state === "on_call" && after != null ? "Cancel not ready " : "Available ";
+  $("btn-notready").firstChild.textContent = view.state === "on_call" ? "Not ready after this call " : "Not ready ";
+  const ac = $("after-call");
+  ac.classList.toggle("hidden", after == null);
+  ac.textContent = after != null ? `Not ready after this call: ${after}` : "";
   [card, phase] = cardOf(view);
   renderCard();
   renderForm();
+  alertPop();
 }
 
 function renderCard() {
@@ -82,12 +94,7 @@ function renderCard() {
     flags.append(el("span", { class: "flag callback", text: "On call-back list" }));
   }
   $("pop-arrived").textContent = fmtClock(card.arrived_at);
-  const ld = card.location_detail;
-  const how = ld && ld.parsed ? [...(ld.geodetic || []), ...(ld.civic || [])].map((x) => x.method).find(Boolean) : "";
-  $("pop-location").textContent = !card.location ? "not provided"
-    : ld && ld.parsed ? card.location + (how ? ` · ${how}` : "")   // the summary has the ± radius
-    : card.location + (card.location_accuracy ? ` (±${Math.round(card.location_accuracy)} m)` : "")
-      + (ld && ld.error ? ` (unread: ${ld.error})` : "");
+  renderLocation();
   const inc = $("pop-incident");
   inc.textContent = card.incident_number ? card.incident_number + (card.grade ? `  · grade ${card.grade}` : "") : "awaiting CAD";
   inc.className = card.incident_number ? "incident" : "muted";
@@ -117,6 +124,20 @@ function renderCard() {
   }
   renderTranscript();
   tick();
+}
+
+// Where the caller is: the text with its uncertainty and method, and the force's map.
+function renderLocation() {
+  const lv = card.location_view, loc = $("pop-location"), map = $("pop-map");
+  map.classList.add("hidden");
+  if (!lv) { loc.textContent = "not provided"; return; }
+  const parts = [lv.text || lv.address || "location sent"];
+  if (lv.uncertainty_m != null && !/±/.test(lv.text || "")) parts.push(`±${Math.round(lv.uncertainty_m)} m`);
+  if (lv.method) parts.push(`by ${lv.method}`);
+  if (lv.by === "reference") parts.push("by reference (not fetched)");
+  if (lv.error) parts.push(`unread: ${lv.error}`);
+  loc.textContent = parts.join(" · ");
+  if (lv.map_url) { map.href = lv.map_url; map.classList.remove("hidden"); }
 }
 
 const UNSURE = 0.5;   // a word the recogniser gives less than this is marked for the handler
@@ -156,23 +177,84 @@ function renderTranscript() {
   if (atBottom) box.scrollTop = box.scrollHeight;
 }
 
+function formValues() {
+  return { thrive: Object.fromEntries(THRIVE.map((k) => [k, $("th-" + k).value])),
+           grade: $("grade").value, notes: $("notes").value };
+}
+function formEmpty(v) { return !v.grade && !v.notes.trim() && !THRIVE.some((k) => v.thrive[k].trim()); }
+function formComplete(v) { return !!v.grade && THRIVE.every((k) => v.thrive[k].trim()); }
+
+// What is typed is kept with its call as it is typed (this browser and the server), so a
+// new call popping never takes it away or moves it onto the wrong call.
+function saveDraftNow() {
+  clearTimeout(draftTimer); draftTimer = null;
+  if (!formCallId) return;
+  const v = formValues();
+  try { localStorage.setItem(DRAFT_KEY(formCallId), JSON.stringify(v)); } catch (e) { /* private mode */ }
+  api("POST", `/api/desk/calls/${formCallId}/draft`, v).catch(() => {});
+}
+function draftLater() { clearTimeout(draftTimer); draftTimer = setTimeout(saveDraftNow, 400); }
+
+function loadDraft(target) {
+  let d = null;
+  try { d = JSON.parse(localStorage.getItem(DRAFT_KEY(target.call_id)) || "null"); } catch (e) { d = null; }
+  d = d || target.draft || {};
+  for (const k of THRIVE) $("th-" + k).value = (d.thrive || {})[k] || "";
+  $("grade").value = d.grade || target.grade || "";
+  $("notes").value = d.notes || "";
+}
+
+function renderDrafts() {
+  const box = $("drafts");
+  const ds = (view.drafts || []).filter((d) => !pinned || d.call_id !== pinned.call_id);
+  box.classList.toggle("hidden", !ds.length);
+  box.replaceChildren(...(ds.length ? [el("span", { class: "small", text: "Unsaved grading:" })] : []),
+    ...ds.map((d) => el("button", { class: "small-btn draft-open", dataset: { callId: d.call_id },
+      text: `call from ${d.caller || "withheld"} (${d.line})`, onclick: () => { pinned = d; renderForm(); } })));
+}
+
 function renderForm() {
   const form = $("wrapup");
-  const target = view.wrapup || view.call;
-  if (!target) { form.classList.add("hidden"); return; }
+  if (pinned && !(view.drafts || []).some((d) => d.call_id === pinned.call_id)) pinned = null;
+  renderDrafts();
+  const target = view.wrapup || view.call || pinned;
+  if (!target) { if (draftTimer) saveDraftNow(); form.classList.add("hidden"); formCallId = null; return; }
   form.classList.remove("hidden");
-  if (formCallId !== target.call_id) {   // new call: clear, but never wipe typing mid-call
+  if (formCallId !== target.call_id) {
+    if (draftTimer) saveDraftNow();      // the previous call's typing stays with it
     formCallId = target.call_id;
-    for (const k of THRIVE) $("th-" + k).value = "";
-    $("grade").value = target.grade || "";
-    $("notes").value = "";
-    $("wrapup-status").textContent = "";
+    form.dataset.callId = target.call_id;
+    loadDraft(target);
+    $("wrapup-status").textContent = target.graded ? "Saved" : "";
   }
-  $("wrapup-title").textContent = (view.wrapup ? "Wrap-up" : "Grading") + ` — THRIVE · call from ${target.caller}`;
+  $("wrapup-title").textContent = (view.wrapup ? "Wrap-up" : "Grading") + ` — THRIVE · call from ${target.caller || "withheld"}`;
   $("ready").classList.toggle("hidden", !view.wrapup);
+  const due = view.grading_due && view.grading_due === target.call_id;
+  const note = $("grading-note");
+  note.classList.toggle("hidden", !due);
+  note.textContent = due ? "Grading required on this line: save a grade and every THRIVE field before your next call." : "";
+  $("ready").disabled = !!due;
+  $("extend").classList.toggle("hidden", !(view.wrapup && view.wrapup_deadline && view.wrapup_extend_max));
+  $("extend").disabled = (view.wrapup_extended || 0) + 30 > (view.wrapup_extend_max || 0);
+  tickWrapup();
+}
+
+function tickWrapup() {
+  const t = $("wrapup-timer");
+  if (!view || !view.wrapup || view.state !== "wrapup") { t.classList.add("hidden"); return; }
+  t.classList.remove("hidden");
+  if (view.wrapup_deadline) {
+    const left = view.wrapup_deadline - CR.serverNow();
+    t.textContent = `Next call in ${fmtDur(Math.max(0, left))}`;
+    t.classList.toggle("urgent", left < 10);
+  } else {
+    t.textContent = view.grading_due ? "Waiting for your grading" : "Wrap-up";
+    t.classList.add("urgent");
+  }
 }
 
 function tick() {
+  tickWrapup();
   if (!card) return;
   const now = CR.serverNow();
   const waitEnd = card.answered_at || (phase === "ringing" ? now : card.answered_at || now);
@@ -192,27 +274,51 @@ function renderQueue(q) {
     el("div", { class: "k", text: `${l.name} · longest ${fmtDur(l.longest_wait)}` }))));
 }
 
+const OUTCOMES = ["Spoke to caller — no police need", "Spoke to caller — incident raised",
+  "No reply — voicemail left", "No reply", "Number unobtainable"];
+
+// The call-back list keeps its order (first abandon) whatever happens to an entry, and
+// each row is keyed by its id, so the row under the pointer is always the same caller.
+// Only the handler who took an entry can release or close it.
 async function loadCallbacks() {
   try { callbacks = await api("GET", "/api/callbacks"); } catch (e) { return; }
   const box = $("callbacks");
   const open = callbacks.filter((c) => c.state !== "done");
   if (!open.length) { box.replaceChildren(el("div", { class: "muted", text: "None waiting" })); return; }
+  const me = CR.me.handler_id;
+  const focused = document.activeElement && document.activeElement.closest(".cb-item");
+  const keep = focused ? focused.dataset.cbId : null;
   box.replaceChildren(...open.map((c) => {
-    const outcome = el("input", { placeholder: "outcome", size: 12 });
-    return el("div", { class: "cb-item", dataset: { cbId: c.cb_id } },
-      el("div", { class: "top" }, el("b", { class: "mono", text: c.caller }),
-        el("span", { class: "muted", text: `${c.line} · ${fmtClock(c.abandoned_at)} · waited ${fmtDur(c.wait)}` })),
-      c.state === "taken" ? el("div", { class: "muted small", text: "Taken by " + c.taken_by }) : null,
+    const mine = c.state === "taken" && c.taken_by === me;
+    const n = (c.attempts || []).length || 1;
+    const outId = "cb-out-" + c.cb_id;
+    return el("div", { class: "cb-item" + (mine ? " mine" : ""), dataset: { cbId: c.cb_id } },
+      el("div", { class: "top" }, el("b", { class: "mono", text: c.caller || "withheld" }),
+        el("span", { class: "age", dataset: { at: c.abandoned_at }, text: "" })),
+      el("div", { class: "muted small", text: `${c.line} · first ${fmtClock(c.abandoned_at)} · waited ${fmtDur(c.wait)}`
+        + (n > 1 ? ` · ${n} calls, last ${fmtClock(c.last_at)}` : "") }),
+      c.state === "taken" ? el("div", { class: "small", text: mine ? "Taken by you" : "Taken by " + c.taken_by }) : null,
       el("div", { class: "btns" },
-        c.state === "open" ? el("button", { class: "primary", text: "Take", onclick: () =>
-          act(() => api("POST", `/api/callbacks/${c.cb_id}/take`), "Call-back taken").then(loadCallbacks) }) : null,
-        outcome,
-        el("button", { text: "Close", onclick: () => {
-          if (!outcome.value.trim()) { CR.toast("Enter the outcome first", "error"); return; }
-          act(() => api("POST", `/api/callbacks/${c.cb_id}/complete`, { outcome: outcome.value.trim() }), "Call-back closed").then(loadCallbacks);
-        } })));
+        c.state === "open" ? el("button", { class: "primary take", text: "Take", onclick: () =>
+          act(() => api("POST", `/api/callbacks/${c.cb_id}/take`), `Call-back ${c.caller} taken`).then(loadCallbacks) }) : null,
+        mine ? el("button", { class: "release", text: "Release", onclick: () =>
+          act(() => api("POST", `/api/callbacks/${c.cb_id}/release`), `Call-back ${c.caller} released`).then(loadCallbacks) }) : null),
+      mine ? el("div", { class: "btns" },
+        el("label", { class: "sr-only", for: outId, text: `Outcome of the call-back to ${c.caller}` }),
+        el("select", { id: outId, class: "outcome" }, el("option", { value: "", text: "Outcome…" }),
+          ...OUTCOMES.map((o) => el("option", { text: o }))),
+        el("button", { class: "close", text: "Close", onclick: () => {
+          const o = $(outId).value;
+          if (!o) { CR.toast("Choose the outcome first", "error"); return; }
+          act(() => api("POST", `/api/callbacks/${c.cb_id}/complete`, { outcome: o }), `Call-back ${c.caller} closed: ${o}`).then(loadCallbacks);
+        } })) : null);
   }));
+  if (keep) box.querySelector(`.cb-item[data-cb-id="${keep}"] button`)?.focus();
+  tickCallbacks();
   if (card) renderCard();
+}
+function tickCallbacks() {
+  for (const a of document.querySelectorAll("#callbacks .age")) a.textContent = fmtDur(CR.serverNow() - Number(a.dataset.at)) + " ago";
 }
 
 function onLive(m) {
@@ -244,6 +350,7 @@ function onLive(m) {
       if (card && card.call_id === m.call_id) { card.held = !!m.on_hold; renderCard(); }
       break;
     case "call.abandoned":
+    case "call.callback_changed":
       loadCallbacks();
       break;
     case "queue.summary":
@@ -255,12 +362,97 @@ function onLive(m) {
   }
 }
 
+function notReady() {
+  const reason = $("nr-reason").value;
+  act(() => api("POST", "/api/desk/state", { state: "not_ready", reason }),
+    view && view.state === "on_call" ? `Not ready after this call (${reason})` : undefined);
+}
+function available() {
+  if (view && view.wrapup && view.state === "wrapup") { $("ready").click(); return; }
+  act(() => api("POST", "/api/desk/state", { state: "available" }));
+}
+function rejectCall() {
+  if (phase !== "ringing" || !card) return;
+  const dlg = $("reject-dlg");
+  $("reject-why-echo").textContent = $("reject-why").value;
+  dlg.dataset.callId = card.call_id;
+  dlg.showModal();
+}
+function endCall() {
+  if (phase !== "connected" || !card) return;
+  $("end-text").textContent = `The caller (${card.caller || "withheld"}) will be cut off. Record why in your notes.`;
+  $("end-dlg").dataset.callId = card.call_id;
+  $("end-dlg").showModal();
+  $("end-cancel").focus();
+}
+
+// Shortcuts: Alt + a letter, so typing in the grading form never triggers one.
+const KEYS = { a: () => phase === "ringing" && $("accept").click(), r: rejectCall,
+  h: () => phase === "connected" && $("hold").click(), t: () => phase === "connected" && $("transfer").click(),
+  x: endCall, y: available, n: notReady };
+
+// ---- alerts: a tone (distinct for 999), the title and a desktop notification -----
+let audio = null;
+function tone(freq, start, dur) {
+  const o = audio.createOscillator(), g = audio.createGain();
+  o.frequency.value = freq; o.type = "square";
+  g.gain.setValueAtTime(0.0001, audio.currentTime + start);
+  g.gain.exponentialRampToValueAtTime(0.25, audio.currentTime + start + 0.01);
+  g.gain.exponentialRampToValueAtTime(0.0001, audio.currentTime + start + dur);
+  o.connect(g).connect(audio.destination);
+  o.start(audio.currentTime + start); o.stop(audio.currentTime + start + dur + 0.02);
+}
+function ring(is999) {
+  window.__tones = (window.__tones || []).concat(is999 ? "999" : "101");
+  try {
+    audio = audio || new AudioContext();
+    if (is999) { for (let i = 0; i < 3; i++) tone(1400, i * 0.18, 0.12); }  // urgent triple
+    else { tone(660, 0, 0.35); }
+  } catch (e) { /* no audio device */ }
+}
+let ringTimer = null, titleTimer = null;
+const BASE_TITLE = document.title;
+function alertPop() {
+  const ringing = phase === "ringing" && card;
+  if (!ringing) {
+    clearInterval(ringTimer); clearInterval(titleTimer); ringTimer = titleTimer = null;
+    document.title = BASE_TITLE; alerted = null; return;
+  }
+  if (alerted === card.call_id) return;
+  alerted = card.call_id;
+  const is999 = card.line === "999";
+  const what = `${is999 ? "999 EMERGENCY" : card.line} call — ${card.caller || "withheld"}`;
+  ring(is999);
+  clearInterval(ringTimer);
+  ringTimer = setInterval(() => ring(is999), is999 ? 1500 : 3000);
+  let on = false;
+  clearInterval(titleTimer);
+  document.title = "☎ " + what;
+  titleTimer = setInterval(() => { on = !on; document.title = on ? "☎ " + what : "▶ " + what; }, 1000);
+  if ("Notification" in window && Notification.permission === "granted" && document.hidden !== false) {
+    try { new Notification("controlroom: " + what, { body: card.location || "Ringing on your phone", tag: "cr-offer", requireInteraction: is999 }); }
+    catch (e) { /* not allowed here */ }
+  }
+}
+
 function wire() {
-  $("btn-available").onclick = () => act(() => api("POST", "/api/desk/state", { state: "available" }));
-  $("btn-notready").onclick = () => act(() => api("POST", "/api/desk/state", { state: "not_ready", reason: $("nr-reason").value }));
+  $("btn-available").onclick = () => {
+    if (view && view.state === "on_call" && view.after_call != null) {
+      act(() => api("POST", "/api/desk/state", { state: "available" }), "You will be available after this call");
+    } else available();
+  };
+  $("btn-notready").onclick = notReady;
   $("btn-logout-q").onclick = () => act(() => api("POST", "/api/desk/state", { state: "logged_out", reason: "left queue" }));
   $("accept").onclick = () => act(() => api("POST", "/api/desk/offer/accept", { call_id: card.call_id }));
-  $("reject").onclick = () => act(() => api("POST", "/api/desk/offer/reject", { call_id: card.call_id }), "Call returned to the queue");
+  $("reject").onclick = rejectCall;
+  $("reject-why").onchange = () => { $("reject-why-echo").textContent = $("reject-why").value; };
+  $("reject-dlg").addEventListener("close", () => {
+    const dlg = $("reject-dlg");
+    if (dlg.returnValue !== "reject") return;
+    const why = $("reject-why").value;
+    act(() => api("POST", "/api/desk/offer/reject", { call_id: dlg.dataset.callId, reason: why }),
+      `Call returned to its place in the queue; you are not ready (rejected: ${why})`);
+  });
   $("hold").onclick = () => {
     const on = !card.held;
     act(() => api("POST", `/api/desk/calls/${card.call_id}/hold`, { on })).then(() => { card.held = on; renderCard(); });
@@ -271,15 +463,40 @@ function wire() {
     const body = v === "handler" ? { to_handler: $("xfer-handler").value.trim() } : { to_line: v.slice(5) };
     act(() => api("POST", `/api/desk/calls/${card.call_id}/transfer`, body), "Call transferred");
   };
-  $("end").onclick = () => act(() => api("POST", `/api/desk/calls/${card.call_id}/end`));
+  $("end").onclick = endCall;
+  $("end-dlg").addEventListener("close", () => {
+    const dlg = $("end-dlg");
+    if (dlg.returnValue === "end") act(() => api("POST", `/api/desk/calls/${dlg.dataset.callId}/end`));
+  });
+  for (const id of [...THRIVE.map((k) => "th-" + k), "grade", "notes"]) $(id).addEventListener("input", draftLater);
   $("wrapup").addEventListener("submit", async (e) => {
     e.preventDefault();
-    const thrive = Object.fromEntries(THRIVE.map((k) => [k, $("th-" + k).value.trim()]));
-    await act(() => api("POST", `/api/desk/calls/${formCallId}/wrapup`,
-      { thrive, grade: $("grade").value, notes: $("notes").value.trim() }), "Grading saved");
+    const cid = formCallId, v = formValues();
+    if (formEmpty(v)) { CR.toast("Nothing to save: the grading is empty", "error"); return; }
+    if (view.grading_required && !formComplete(v)) { CR.toast("This line needs a grade and every THRIVE field", "error"); return; }
+    const thrive = Object.fromEntries(THRIVE.map((k) => [k, v.thrive[k].trim()]));
+    await act(() => api("POST", `/api/desk/calls/${cid}/wrapup`, { thrive, grade: v.grade, notes: v.notes.trim() }),
+      `Grading saved for the call from ${(view.wrapup || view.call || {}).caller || "withheld"}`);
+    try { localStorage.removeItem(DRAFT_KEY(cid)); } catch (x) { /* ignore */ }
     $("wrapup-status").textContent = "Saved " + fmtClock(CR.serverNow());
+    view.drafts = (view.drafts || []).filter((d) => d.call_id !== cid);
+    if (pinned && pinned.call_id === cid) { pinned = null; renderForm(); }
   });
   $("ready").onclick = () => act(() => api("POST", "/api/desk/wrapup/end"));
+  $("extend").onclick = () => act(() => api("POST", "/api/desk/wrapup/extend", { seconds: 30 }), "Wrap-up extended by 30 s");
+  $("alerts-on").onclick = async () => {
+    try { audio = audio || new AudioContext(); await audio.resume(); } catch (e) { /* none */ }
+    if ("Notification" in window && Notification.permission === "default") await Notification.requestPermission();
+    $("alerts-on").textContent = "Sound on" + ("Notification" in window && Notification.permission === "granted" ? ", notifications on" : "");
+  };
+  document.addEventListener("keydown", (e) => {
+    if (!e.altKey || e.ctrlKey || e.metaKey) return;
+    const fn = KEYS[e.key.toLowerCase()];
+    if (!fn || document.querySelector("dialog[open]")) return;
+    e.preventDefault();
+    fn();
+  });
+  window.addEventListener("beforeunload", () => { if (draftTimer) saveDraftNow(); });
 }
 
 (async () => {
@@ -289,5 +506,6 @@ function wire() {
   CR.live(onLive, loadCallbacks);   // after a resync or reconnect: call-backs may have changed
   loadCallbacks();
   setInterval(tick, 250);
+  setInterval(tickCallbacks, 1000);
   setInterval(loadCallbacks, 30000);
 })();

@@ -11,6 +11,7 @@ let snap = null;
 let history = [];           // [{at, lines: {name: {waiting, sl, ...}}}]
 let lastSampleAt = 0;
 let editing = null;         // handler id whose skills dialog is open
+let setting = null;         // {handler, state} of the open state dialog
 
 function colorOf(name, i) { return COLORS[name] || EXTRA[i % EXTRA.length]; }
 function age() { return snap ? CR.serverNow() - snap.at : 0; }
@@ -18,18 +19,50 @@ function age() { return snap ? CR.serverNow() - snap.at : 0; }
 function slClass(sl) { return sl === null || sl === undefined ? "" : sl >= SL_TARGET ? "good" : sl >= 0.8 ? "meh" : "bad"; }
 
 function renderTiles() {
+  const hours = (snap.rolling_seconds || 3600) / 3600;
+  const rollName = hours === 1 ? "last hour" : `last ${hours} h`;
   $("tiles").replaceChildren(...snap.lines.map((l) => {
     const longest = l.waiting.length ? l.longest_wait + age() : 0;
     const over = l.waiting.length && longest > l.threshold;
+    const roll = l.rolling || {}, today = l.today || {};
     return el("div", { class: `tile line-${l.name}`, dataset: { line: l.name } },
-      el("div", { class: "name" }, l.name, el("span", { class: "muted small", text: `  target ${l.threshold}s` })),
+      el("h2", { class: "name" }, l.name, el("span", { class: "muted small", text: `  target ${l.threshold}s` })),
       el("div", { class: "nums" },
         el("div", { class: "n" }, el("div", { class: "v waiting-count", text: String(l.waiting.length) }), el("div", { class: "k", text: "Waiting" })),
         el("div", { class: "n" }, el("div", { class: "v longest " + (over ? "bad" : ""), text: fmtDur(longest) }), el("div", { class: "k", text: "Longest wait" })),
-        el("div", { class: "n" }, el("div", { class: "v " + slClass(l.sl_today), text: pct(l.sl_today) }), el("div", { class: "k", text: `SL today (${l.threshold}s)` })),
-        el("div", { class: "n" }, el("div", { class: "v " + (l.abandon_rate > 0.05 ? "bad" : ""), text: pct(l.abandon_rate) }), el("div", { class: "k", text: "Abandoned" }))),
-      el("div", { class: "muted small", text: `Today: ${l.offered_today ?? 0} offered · ${l.answered_today ?? 0} answered · ${l.abandoned_today ?? 0} abandoned` }));
+        el("div", { class: "n" }, el("div", { class: "v sl-rolling " + slClass(roll.sl), text: pct(roll.sl) }), el("div", { class: "k", text: `SL ${rollName}` })),
+        el("div", { class: "n" }, el("div", { class: "v sl-today " + slClass(l.sl_today), text: pct(l.sl_today) }), el("div", { class: "k", text: "SL since 00:00" }))),
+      el("div", { class: "muted small def", text: `Since 00:00: ${today.answered_within ?? 0} answered within ${l.threshold}s of ${today.answered ?? 0} answered`
+        + ` · ${today.abandoned_after ?? 0} abandoned after ${l.threshold}s · ${today.abandoned_within ?? 0} short abandons (not counted)`
+        + ` · abandon rate ${pct(l.abandon_rate)}` }));
   }));
+  $("sl-def").textContent = (snap.sl_definition || "") + ` Rolling figure: the ${rollName}; the other since midnight.`;
+}
+
+function renderCallbacks() {
+  const cbs = snap.callbacks || [];
+  const rows = cbs.map((c) => el("tr", { dataset: { cbId: c.cb_id } },
+    el("td", { class: "mono", text: c.caller || "withheld" }),
+    el("td", {}, el("span", { class: "lineb-s l" + c.line, text: c.line })),
+    el("td", { class: "age", dataset: { at: c.abandoned_at }, text: fmtDur(CR.serverNow() - c.abandoned_at) }),
+    el("td", { text: String((c.attempts || []).length || 1) }),
+    el("td", { text: c.state === "taken" ? `taken by ${c.taken_by}` : "waiting" }),
+    el("td", {}, c.state === "taken" ? el("button", { class: "release", text: "Release", onclick: () =>
+      act(() => api("POST", `/api/callbacks/${c.cb_id}/release`), `Call-back ${c.caller} released`) }) : null)));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No call-backs waiting" })));
+  $("cbw").replaceChildren(...rows);
+}
+
+function openState(h, state) {
+  setting = { handler: h.handler_id, state };
+  const label = { available: "available", not_ready: "not ready", logged_out: "logged out" }[state];
+  $("state-title").textContent = `Set ${h.name || h.handler_id} ${label}`;
+  $("state-help").textContent = state === "available"
+    ? "They will be offered the next call. A wrap-up still waiting for its grading ends (the waiver is logged)."
+    : state === "not_ready" ? (h.state === "on_call" ? "They are on a call: they go not ready when it and its wrap-up end." : "They are offered no calls until they or you set them available.")
+    : "They leave the queue; a ringing call goes back to its place.";
+  $("state-reason").value = "";
+  $("state-dlg").showModal();
 }
 
 function renderAlert() {
@@ -44,7 +77,7 @@ function renderWaiting() {
   const rows = [];
   for (const l of snap.lines) {
     for (const w of l.waiting) {
-      const inp = el("input", { class: "prio", type: "number", step: "1", value: String(w.priority), "aria-label": "new priority" });
+      const inp = el("input", { class: "prio", type: "number", step: "1", value: String(w.priority), "aria-label": `New priority for the call from ${w.caller}` });
       rows.push(el("tr", { dataset: { callId: w.call_id } },
         el("td", {}, el("span", { class: "lineb-s l" + l.name, text: l.name })),
         el("td", { class: "mono", text: w.caller }),
@@ -74,17 +107,24 @@ function renderHandlers() {
     el("td", { class: "mono since", dataset: { since: h.since }, text: fmtDur(CR.serverNow() - h.since) }),
     el("td", { class: "mono small", text: h.call_id || "" }),
     el("td", { class: "skills-cell", text: Object.entries(h.skills || {}).map(([k, v]) => `${k}:${v}`).join(" ") }),
-    el("td", {},
-      el("button", { class: "notready", text: "Not ready", disabled: h.state === "not_ready" || h.state === "logged_out",
-        onclick: () => act(() => api("POST", `/api/supervisor/handlers/${encodeURIComponent(h.handler_id)}/state`, { state: "not_ready" }), `${h.handler_id} set not ready`) }),
+    el("td", { class: "hstate" },
+      el("button", { class: "available", text: "Available", "aria-label": `Set ${h.handler_id} available`,
+        disabled: ["available", "ringing", "on_call", "logged_out"].includes(h.state), onclick: () => openState(h, "available") }),
       " ",
-      el("button", { class: "skills", text: "Skills", onclick: () => openSkills(h) })))));
+      el("button", { class: "notready", text: "Not ready", "aria-label": `Set ${h.handler_id} not ready`,
+        disabled: h.state === "not_ready" || h.state === "logged_out", onclick: () => openState(h, "not_ready") }),
+      " ",
+      el("button", { class: "logout", text: "Log out", "aria-label": `Log ${h.handler_id} out`,
+        disabled: ["logged_out", "on_call"].includes(h.state), onclick: () => openState(h, "logged_out") }),
+      " ",
+      el("button", { class: "skills", text: "Skills", "aria-label": `Skills of ${h.handler_id}`, onclick: () => openSkills(h) })))));
 }
 
 function tick() {
   if (!snap) return;
   for (const td of document.querySelectorAll("#waiting td.wait")) td.textContent = fmtDur(Number(td.dataset.wait) + age());
   for (const td of document.querySelectorAll("#handlers td.since")) td.textContent = fmtDur(CR.serverNow() - Number(td.dataset.since));
+  for (const td of document.querySelectorAll("#cbw td.age")) td.textContent = fmtDur(CR.serverNow() - Number(td.dataset.at));
   for (const t of document.querySelectorAll(".tile")) {
     const l = snap.lines.find((x) => x.name === t.dataset.line);
     if (!l || !l.waiting.length) continue;
@@ -163,7 +203,7 @@ function addSample() {
 }
 
 function render() {
-  renderTiles(); renderAlert(); renderWaiting(); renderHandlers(); addSample(); drawChart();
+  renderTiles(); renderAlert(); renderWaiting(); renderCallbacks(); renderHandlers(); addSample(); drawChart();
 }
 
 function openSkills(h) {
@@ -177,8 +217,8 @@ function openSkills(h) {
 }
 function addSkillRow(name, level) {
   $("skills-rows").append(el("tr", {},
-    el("td", {}, el("input", { class: "sk-name", value: name, placeholder: "skill (e.g. welsh)", size: 14 })),
-    el("td", {}, el("input", { class: "sk-level", type: "number", min: 1, max: 10, value: String(level), size: 4 }))));
+    el("td", {}, el("input", { class: "sk-name", value: name, placeholder: "skill (e.g. welsh)", size: 14, "aria-label": "Skill name" })),
+    el("td", {}, el("input", { class: "sk-level", type: "number", min: 1, max: 10, value: String(level), size: 4, "aria-label": "Proficiency 1 to 10" }))));
 }
 
 function wire() {
@@ -193,6 +233,13 @@ function wire() {
     act(() => api("POST", `/api/supervisor/handlers/${encodeURIComponent(editing)}/skills`, { skills }), `Skills of ${editing} saved`);
   });
   window.addEventListener("resize", drawChart);
+  $("state-dlg").addEventListener("close", () => {
+    const reason = $("state-reason").value.trim();
+    if ($("state-dlg").returnValue !== "save" || !setting || !reason) return;
+    const { handler, state } = setting;
+    act(() => api("POST", `/api/supervisor/handlers/${encodeURIComponent(handler)}/state`, { state, reason }),
+      `${handler} set ${state.replace("_", " ")}: ${reason}`);
+  });
 }
 
 (async () => {

@@ -68,7 +68,8 @@ def caller(*, dialled: str, codecs: Sequence[str] = ("PCMA",), dtmf_pt: int | No
            caller_id: str = "07700900123", display: str = "", pcap: Path | None = None,
            talk_ms: int = 3000, hangup: str = "caller", expect_status: int = 200,
            cancel_after_ms: int | None = None, hold_ms: int = 0,
-           extra_headers: Sequence[str] = (), wait_bye_ms: int = 600000) -> str:
+           extra_headers: Sequence[str] = (), wait_bye_ms: int = 600000,
+           pidf: str | None = None) -> str:
     """A caller UAC scenario.
 
     Args:
@@ -82,18 +83,28 @@ def caller(*, dialled: str, codecs: Sequence[str] = ("PCMA",), dtmf_pt: int | No
             and 180 first); expect 200 for the CANCEL and 487 for the INVITE.
         hold_ms: >0: after ``talk_ms`` put the call on hold (a=sendonly re-INVITE), wait
             ``hold_ms``, resume (a=sendrecv), talk ``talk_ms`` more, then hang up.
+        pidf: a PIDF-LO document sent by value (RFC 6442): the INVITE body is then
+            multipart/mixed (SDP + PIDF-LO) with ``Geolocation: <cid:...>``.
     """
     name = f'"{display}" ' if display else ""
     hdrs = "\n".join(extra_headers)
     from_ = f"From: {name}<sip:{caller_id}@[local_ip]:[local_port]>;tag=[pid]-[call_number]-c"
     to = f"To: <sip:{dialled}@[remote_ip]:[remote_port]>"
     common = f"Call-ID: [call_id]\nMax-Forwards: 70\nContact: <sip:{caller_id}@[local_ip]:[local_port]>"
+    ctype, body = "application/sdp", sdp(codecs, dtmf_pt=dtmf_pt)
+    if pidf is not None:
+        cid, b = "loc-[call_number]@caller.example", "pidf-boundary-999"
+        hdrs = "\n".join([*extra_headers, f"Geolocation: <cid:{cid}>", "Geolocation-Routing: no"])
+        ctype = f"multipart/mixed;boundary={b}"
+        body = (f"--{b}\nContent-Type: application/sdp\n\n{body}\n"
+                f"--{b}\nContent-Type: application/pidf+xml\nContent-ID: <{cid}>\n\n"
+                f"{pidf.strip()}\n--{b}--")
     invite = (f"INVITE sip:{dialled}@[remote_ip]:[remote_port] SIP/2.0\n"
               f"Via: SIP/2.0/[transport] [local_ip]:[local_port];branch={_INV_BRANCH};rport\n"
               f"{from_}\n{to}\n{common}\nCSeq: 1 INVITE\n"
               f"User-Agent: sipp-caller\n{hdrs + chr(10) if hdrs else ''}"
-              f"Content-Type: application/sdp\nContent-Length: [len]\n\n"
-              f"{sdp(codecs, dtmf_pt=dtmf_pt)}")
+              f"Content-Type: {ctype}\nContent-Length: [len]\n\n"
+              f"{body}")
     x = ['<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="caller">\n']
     x.append(_send(invite, retrans=True, extra=' start_txn="invite"'))
     x.append('  <recv response="100" optional="true" response_txn="invite"/>\n')
