@@ -40,12 +40,19 @@ class Baresip:
         mediaenc: media encryption (baresip's ``srtp`` module, SDES keys in ``a=crypto``):
             ``srtp-mand`` takes only RTP/SAVP with keys, ``srtp`` SRTP when offered
             (best-effort); "" plain RTP.
+        tls: ``(cert, key, ca)`` PEM paths: SIP over TLS (``sip_certificate``,
+            ``sip_cafile``) through the registrar's TLS port ``tls_port``; with
+            ``register=False`` it only places calls (:meth:`dial`), e.g. as a 999 caller.
     """
 
     def __init__(self, *, user: str, registrar: tuple[str, int], domain: str,
                  audio: Path | None = None, codecs: str = "PCMA,PCMU",
                  answermode: str = "auto", workdir: Path | None = None,
-                 mediaenc: str = "") -> None:
+                 mediaenc: str = "", tls: tuple[Path, Path, Path] | None = None,
+                 tls_port: int = 0, register: bool = True) -> None:
+        self.tls = tls
+        self.tls_port = tls_port
+        self.register = register
         self.user = user
         self.registrar = registrar
         self.domain = domain
@@ -94,7 +101,24 @@ class Baresip:
             "",
         ])
 
+    def _tls_config(self, cfg: str) -> str:
+        """SIP over TLS: our certificate (cert + key in one file, as baresip wants) and
+        the CA it trusts."""
+        if self.tls is None:
+            return cfg
+        cert, key, ca = self.tls
+        combined = self.dir / "sip-cert.pem"
+        combined.write_text(Path(cert).read_text() + Path(key).read_text())
+        return (cfg.replace("sip_trans_def\t\tudp", "sip_trans_def\t\ttls")
+                + f"sip_certificate\t\t{combined}\nsip_cafile\t\t{ca}\n")
+
     def account_text(self) -> str:
+        if self.tls is not None:
+            return (f"<sip:{self.user}@{self.domain};transport=tls>"
+                    f";outbound=\"sip:{self.registrar[0]}:{self.tls_port};transport=tls;lr\""
+                    f";answermode={self.answermode};regint={600 if self.register else 0}"
+                    f";audio_codecs={self.codecs.lower()};ptime=20;mwi=no;pubint=0"
+                    + (f";mediaenc={self.mediaenc}" if self.mediaenc else "") + "\n")
         return (f"<sip:{self.user}@{self.domain};transport=udp>"
                 f";outbound=\"sip:{self.registrar[0]}:{self.registrar[1]};lr\""
                 f";answermode={self.answermode};regint=600;audio_codecs={self.codecs.lower()}"
@@ -110,7 +134,7 @@ class Baresip:
 
             from .speech import write_wav
             audio = write_wav(self.dir / "silence.wav", np.zeros(8000 * 120, dtype=np.int16))
-        (self.dir / "config").write_text(self.config_text(audio))
+        (self.dir / "config").write_text(self._tls_config(self.config_text(audio)))
         (self.dir / "accounts").write_text(self.account_text())
         (self.dir / "contacts").write_text("")
         self._proc = Process([BARESIP, "-f", str(self.dir)], log_path=self.dir / "baresip.log",
@@ -119,6 +143,11 @@ class Baresip:
         while time.monotonic() < deadline:
             if not self._proc.alive():
                 raise HarnessError(f"baresip exited:\n{self.log_text()}")
+            if not self.register:
+                if "baresip is ready" in self.log_text():
+                    return self
+                time.sleep(0.1)
+                continue
             # Registered once the proxy routes an OPTIONS for the user to baresip.
             if sip_options(self.registrar, timeout=0.3, user=self.user) == 200:
                 return self
@@ -149,6 +178,10 @@ class Baresip:
                         return msg
                     buf = rest[int(head) + 1:]
         raise HarnessError(f"no ctrl_tcp response to {command!r}:\n{self.log_text()}")
+
+    def dial(self, uri: str) -> dict:
+        """Place a call to ``uri`` (through the outbound proxy)."""
+        return self.command("dial", uri)
 
     def dumps(self) -> list[Path]:
         """WAV files sndfile wrote (``*-dec.wav``: what baresip received and decoded)."""

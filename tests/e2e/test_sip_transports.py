@@ -76,3 +76,62 @@ async def test_999_call_over_each_transport(tmp_path: Path, cad_subscriber_facto
             assert counters["stream_tls_handshakes"] >= 2, counters
             assert counters["stream_tls_failures"] == 0, counters
             assert counters["tls_cert_days_left"] >= 1
+
+
+async def test_999_call_from_baresip_over_tls(tmp_path: Path, cad_subscriber_factory) -> None:
+    """baresip (a real softphone) calls 999 over TLS to Kamailio, which relays it over TLS
+    to the service; the handler's phone answers through the same TLS hops: answered,
+    queued, offered, bridged (the caller's tone and the handler's words are both in the
+    recording), recorded with its SHA-256, published in order. Every hop that carries
+    the call's signalling to and from the service is TLS."""
+    import numpy as np
+
+    from harness import speech
+    from harness.baresip import Baresip
+
+    opts = StackOptions(handlers=1, engine="none", ring_ms=300, transport="tls")
+    async with Stack(tmp_path, opts) as st:
+        cad = await cad_subscriber_factory("127.0.0.1", st.mosquitto.port)
+        talk = st.handler_clip.duration + 3.0
+        t = np.arange(int(8000 * 2.0)) / 8000
+        tone = (np.sin(2 * np.pi * 660 * t) * 8000).astype(np.int16)
+        wav = speech.write_wav(tmp_path / "caller.wav", np.concatenate([
+            np.zeros(8000, dtype=np.int16), tone,
+            np.zeros(int(8000 * (talk - 3.0)), dtype=np.int16)]))
+        caller_cert = st.ca.issue("baresip", "caller.local")
+        phone = Baresip(user="caller", registrar=st.kamailio.addr, domain="controlroom.local",
+                        audio=wav, codecs="PCMA", register=False,
+                        tls=(caller_cert.cert, caller_cert.key, st.ca.cert),
+                        tls_port=st.kamailio.tls_port, workdir=tmp_path / "baresip")
+        await asyncio.to_thread(phone.start)
+        try:
+            await asyncio.to_thread(phone.dial, "sip:999@controlroom.local")
+            await wait_until(lambda: st.service.db.query_one(
+                "SELECT 1 FROM calls WHERE ended_at IS NOT NULL"), talk + 30, "call ended")
+        finally:
+            log = phone.log_text()
+            await asyncio.to_thread(phone.stop)
+        assert "Call established: sip:999@controlroom.local;transport=tls" in log, log
+        row = dict(st.service.db.query_one("SELECT * FROM calls"))
+        call_id = row["call_id"]
+        await cad.wait_for(call_id, "call.ended", 30)
+        assert (row["line"], row["handler_id"], row["state"]) == ("999", "h1", "completed")
+        path = Path(row["recording_path"])
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row["recording_sha256"]
+        left, right = read_stereo(path)
+        # the caller's tone (baresip's own G.711 encoder) is in the left channel: the
+        # strongest frequency of its loudest second is 660 Hz
+        loud = max(range(0, len(left) - 8000, 800),
+                   key=lambda i: float(np.abs(left[i:i + 8000].astype(np.int64)).sum()))
+        spectrum = np.abs(np.fft.rfft(left[loud:loud + 8000].astype(np.float64)))
+        assert abs(int(np.argmax(spectrum)) - 660) <= 2, int(np.argmax(spectrum))
+        sent, found, shifts = frames_found_in_order(st.handler_clip.sent, right)
+        assert found == sent, f"handler: {found}/{sent} frames bit-exact ({shifts} shifts)"
+        types = [m["type"] for m in sorted(cad.for_call(call_id), key=lambda m: m["seq"])]
+        for earlier, later in [("call.arrived", "call.queued"), ("call.queued", "call.offered"),
+                               ("call.offered", "call.answered"), ("call.answered", "call.ended")]:
+            assert types.index(earlier) < types.index(later), types
+        counters = st.service.engine.sip_counters
+        assert counters["stream_tls_handshakes"] >= 2 and counters["stream_tls_failures"] == 0
+        assert "udp" not in {getattr(c.hop, "transport", "udp")
+                             for c in st.service.engine._conns._all}  # type: ignore[union-attr]
