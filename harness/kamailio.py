@@ -16,9 +16,10 @@ a file in that directory. It is:
   round-robin), each node is probed with OPTIONS every ``probe_interval`` s (one
   failed probe marks it inactive, one answered probe active again), and a node that
   does not answer the INVITE within ``dispatch_fr_ms`` (no provisional at all) or
-  ``dispatch_fr_inv_ms`` (a provisional, no final), or answers 500/503, is marked
-  inactive and the INVITE goes on to the next node (``failure_route``, ``ds_next_dst``):
-  a caller never sees a dead node. In-dialog requests follow the Record-Route to the
+  ``dispatch_fr_inv_ms`` (a provisional, no final) is marked inactive and the INVITE
+  goes on to the next node (``failure_route``, ``ds_next_dst``); a 500/503 (a live
+  node shedding load) moves the INVITE on without marking the node; with no node
+  active every node is still tried: a caller never sees a dead node. In-dialog requests follow the Record-Route to the
   node that answered (media stays where the call is).
 
 It answers ``OPTIONS`` to itself with 200, which is how :meth:`Kamailio.start` knows it
@@ -335,31 +336,38 @@ modparam("dispatcher", "flags", 2)
 modparam("dispatcher", "ds_ping_method", "OPTIONS")
 modparam("dispatcher", "ds_ping_from", "sip:dispatcher@{domain}")
 modparam("dispatcher", "ds_ping_interval", {probe_interval})
-modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_probing_mode", 0)
 modparam("dispatcher", "ds_probing_threshold", 1)
 modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2")
 """
 """Dispatcher parameters: failover on (``flags`` 2: the other nodes are kept for
-``ds_next_dst``); every node is probed with OPTIONS every ``probe_interval`` s
-(``ds_probing_mode`` 1: active ones too, so a dead node is found without a call); one
-unanswered probe marks a node inactive, one 2xx marks it active again. A probe's own
-timeout is tm's ``fr_timer``."""
+``ds_next_dst``). Set 1 holds the nodes with the probing flag (8): each is probed with
+OPTIONS every ``probe_interval`` s, active ones too; one unanswered probe marks it
+inactive, one 2xx active again (a probe's own timeout is tm's ``fr_timer``). Set 2
+holds the same nodes unprobed and never marked: the last resort when set 1 has no
+active node (see :data:`DISPATCHER_ROUTES`)."""
 
 DISPATCHER_ROUTES = """
 # An initial INVITE to an emergency or non-emergency number: one node of set 1,
-# round-robin among the active ones (the others stay in the list for failover).
+# round-robin among the active ones (the others stay listed for failover). When none
+# is active (probes lost, or every node slow at once) set 2 - the same nodes, never
+# marked - is tried in turn: a call is never refused while a node may be alive.
 route[DISPATCH] {{
+    $avp(ds_last_resort) = 0;
     if (!ds_select_dst("1", "4")) {{
-        xlog("L_ERR", "no controlroom node active for $rU from $si\\n");
-        send_reply("503", "No Node Available");
-        exit;
+        xlog("L_WARN", "no controlroom node active for $rU from $si: trying every node\n");
+        $avp(ds_last_resort) = 1;
+        if (!ds_select_dst("2", "4")) {{
+            send_reply("503", "No Node Available");
+            exit;
+        }}
     }}
     route(DISPATCH_RELAY);
 }}
 
 route[DISPATCH_RELAY] {{
-    # No answer at all within {fr_ms} ms (a node answers 100 Trying at once): the node is
+    # No reply at all within {fr_ms} ms (a node answers 100 Trying at once): the node is
     # dead or cut off; a provisional but no final within {fr_inv_ms} ms: it died mid-call.
     t_set_fr({fr_inv_ms}, {fr_ms});
     t_on_failure("DISPATCH_FAILED");
@@ -374,11 +382,15 @@ failure_route[DISPATCH_FAILED] {{
         exit;
     }}
     if (t_branch_timeout() || t_check_status("500|503")) {{
-        # inactive + probing: the next answered OPTIONS makes it active again
-        xlog("L_WARN", "node $du failed ($T_reply_code) for $ci, marked inactive\\n");
-        ds_mark_dst("ip");
+        if (t_branch_timeout() && $avp(ds_last_resort) == 0) {{
+            # silent: inactive (+ still probed); its next answered OPTIONS revives it.
+            # A 500/503 comes from a live node that refused this one call (overload
+            # shedding, draining): try the next, but leave the node in service.
+            xlog("L_WARN", "node $du silent for $ci: marked inactive\n");
+            ds_mark_dst("ip");
+        }}
         if (ds_next_dst()) {{
-            xlog("L_WARN", "retrying $ci on node $du\\n");
+            xlog("L_WARN", "retrying $ci ($T_reply_code from the last node) on $du\n");
             t_set_fr({fr_inv_ms}, {fr_ms});
             t_on_failure("DISPATCH_FAILED");
             t_relay();
@@ -386,17 +398,21 @@ failure_route[DISPATCH_FAILED] {{
     }}
 }}
 """
-"""Round-robin over the active nodes; a node that does not answer in time, or answers
-500/503 (overloaded, draining), is marked inactive and the INVITE goes to the next."""
+"""Round-robin over the active nodes; a node that does not answer in time is marked
+inactive and the INVITE goes to the next; a 500/503 only moves the INVITE on."""
 
 
-def dispatcher_list(nodes: Sequence[str], *, setid: int = 1) -> str:
-    """The ``dispatcher.list`` text: one line per node ``host:port`` in set ``setid``."""
-    out = ["# setid destination flags priority (generated)"]
+def dispatcher_list(nodes: Sequence[str]) -> str:
+    """The ``dispatcher.list`` text: every node ``host:port`` in set 1 (probed: flags 8)
+    and again in set 2 (the unprobed last resort)."""
+    out = ["# setid destination flags priority (generated)",
+           "# set 1: the nodes, probed with OPTIONS (flags 8); set 2: the same, never"
+           " marked (last resort)"]
     for node in nodes:
         if not node or any(c in node for c in ' "\n'):
             raise ValueError(f"bad node address {node!r}")
-        out.append(f"{setid} sip:{node} 0 0")
+        out.append(f"1 sip:{node} 8 0")
+    out += [f"2 sip:{node} 0 0" for node in nodes]
     return "\n".join(out) + "\n"
 
 

@@ -34,10 +34,13 @@ def test_a_node_id_that_cannot_start_a_call_id_is_refused(bad: str) -> None:
         from_dict(data)
 
 
-def test_dispatcher_list_names_every_node_in_set_1() -> None:
-    """One line per node, active (flags 0); an address with a space is refused."""
+def test_dispatcher_list_names_every_node_probed_in_set_1_and_unprobed_in_set_2() -> None:
+    """Set 1: the nodes, probed (flags 8); set 2: the same, the never-marked last
+    resort; an address with a space is refused."""
     text = dispatcher_list(["10.0.0.11:5060", "10.0.0.12:5060"])
-    assert text.splitlines()[1:] == ["1 sip:10.0.0.11:5060 0 0", "1 sip:10.0.0.12:5060 0 0"]
+    assert [ln for ln in text.splitlines() if not ln.startswith("#")] == [
+        "1 sip:10.0.0.11:5060 8 0", "1 sip:10.0.0.12:5060 8 0",
+        "2 sip:10.0.0.11:5060 0 0", "2 sip:10.0.0.12:5060 0 0"]
     with pytest.raises(ValueError):
         dispatcher_list(["10.0.0.11 :5060"])
 
