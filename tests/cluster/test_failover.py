@@ -103,3 +103,27 @@ def test_network_cut_of_a_node_fails_no_new_call_and_it_comes_back(tmp_path: Pat
         assert taken, _explain(cluster, figures, after)
         print(f"\ncut: {figures}; back in service {taken[0].answered - back:.2f} s after "
               f"the cable")
+
+
+@pytest.mark.skipif(not namespaces_available(), reason="a network cut needs namespaces (root)")
+def test_with_every_node_marked_inactive_a_call_still_reaches_a_live_node(
+        tmp_path: Path) -> None:
+    """Both nodes cut: a call times out on each, which marks both inactive. Cables back
+    before any probe revives them (probes every 60 s here): the next 999 is not refused
+    with 'No Node Available' but tried on every node (set 2, the last resort) and
+    answered."""
+    with Cluster(tmp_path, nodes=2, handlers=2, probe_interval=60) as cluster:
+        for node in cluster.nodes:
+            cluster.cut(node)
+        lost = cluster.callers("999", rate=1, calls=1, talk_ms=500, name="while-cut").start()
+        assert lost.wait(30) is not None
+        assert [c.answered for c in lost.outcomes()] == [None]
+        assert cluster.kamailio.log_text().count("marked inactive") >= 2
+        for node in cluster.nodes:
+            cluster.restore(node)
+        load = cluster.callers("999", rate=2, calls=4, talk_ms=500, name="after").start()
+        assert load.wait(30) is not None
+        after = load.outcomes()
+        why = f"{after}\n{cluster.kamailio.log_text(4000)}"
+        assert len(after) == 4 and all(c.answered is not None for c in after), why
+        assert "trying every node" in cluster.kamailio.log_text(), why
