@@ -53,6 +53,10 @@ async def handshakes(port: int, ca: Path, n: int) -> list[float]:
                                              server_hostname="127.0.0.1")
         out.append((time.perf_counter() - t0) * 1000)
         w.close()
+        try:
+            await asyncio.wait_for(w.wait_closed(), 2)
+        except (OSError, TimeoutError, ssl.SSLError):
+            pass
     return out
 
 

@@ -18,7 +18,8 @@ Limits (:class:`StreamLimits`), checked by a sweep once a second: connections in
 and per source address (a new one over the limit is closed at once, before any TLS
 work); a TLS handshake must finish within ``handshake_timeout``; a message must be
 complete ``message_timeout`` s after its first byte (slow senders, lying Content-Length:
-answered 400 when it can be, then closed); a connection with no traffic for
+answered 400 when it can be, then closed); an accepted connection must bring its
+first message (or keep-alive) within ``message_timeout`` too; one with no traffic for
 ``idle_timeout`` s is closed; a peer that does not read what we send (more than
 ``write_buffer_max`` bytes queued) is closed. A slow or hostile peer costs one socket and
 its buffer, never the loop's time: nothing here blocks or waits on a peer.
@@ -63,7 +64,8 @@ class StreamLimits:
     handshake_timeout: float = 5.0
     """Seconds a TLS handshake may take from the TCP accept/connect."""
     message_timeout: float = 10.0
-    """Seconds a message may take from its first byte to its last."""
+    """Seconds a message may take from its first byte to its last; also how long an
+    accepted connection may stay silent before its first message (or keep-alive)."""
     idle_timeout: float = 300.0
     """Seconds without a byte either way before the connection is closed."""
     write_buffer_max: int = 1 << 20
@@ -158,6 +160,9 @@ class SipConnection(asyncio.Protocol):
         self.pending: deque[bytes] = deque()
         self.closing = False
         self.messages_in = 0
+        self.ready_at = 0.0
+        self.pinged = False
+        """A keep-alive came: the peer is using the connection (RFC 5626 flow)."""
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -219,6 +224,7 @@ class SipConnection(asyncio.Protocol):
                 self.messages_in += 1
                 self.table._message(item.data, self)
             elif isinstance(item, Ping):
+                self.pinged = True
                 self.send(PONG)
             elif isinstance(item, Fault):
                 self._fault(item)
@@ -238,6 +244,7 @@ class SipConnection(asyncio.Protocol):
 
     def _ready(self) -> None:
         self.ready = True
+        self.ready_at = time.monotonic()
         while self.pending:
             self.send(self.pending.popleft())
 
@@ -302,6 +309,14 @@ class SipConnection(asyncio.Protocol):
         fault = self.framer.expire(now, limits.message_timeout)
         if fault is not None:
             self._fault(fault)
+            return
+        if self.server_side and not self.messages_in and not self.pinged \
+                and not self.framer.buffered and now - self.ready_at > limits.message_timeout:
+            # connected (and TLS done) but silent: a peer holding a slot without using it
+            self.table.idle_closed += 1
+            log.info("sip.stream_idle_closed", peer=self._peer(), transport=self.kind,
+                     why=f"no SIP message within {limits.message_timeout:g} s of connecting")
+            self.close()
             return
         if now - self.last_io > limits.idle_timeout:
             self.table.idle_closed += 1

@@ -178,7 +178,8 @@ class StreamFramer:
                                         "bad_content_length", head))
             value = values[0]
             if not value.isdigit() or len(value) > 9:
-                return self._fail(Fault(400, f"Bad Content-Length: {value[:20].decode('latin-1')!r}",
+                shown = value[:20].decode("latin-1")
+                return self._fail(Fault(400, f"Bad Content-Length: {shown!r}",
                                         "bad_content_length", head))
             self._length = self._head_end + int(value)
             if self._length > self.max_message:
@@ -201,4 +202,6 @@ def _plausible(buf: bytearray) -> bool:
     if head.startswith(b"SIP/2.0 "[:len(head)]):
         return True
     token = head.split(b" ", 1)[0]
-    return bool(re.fullmatch(rb"[A-Za-z0-9!%*_+`'~.-]*", token)) and (b" " in head or len(token) < 16)
+    if not re.fullmatch(rb"[A-Za-z0-9!%*_+`'~.-]*", token):
+        return False
+    return b" " in head or len(token) < 16

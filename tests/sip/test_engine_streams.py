@@ -122,7 +122,8 @@ class Conn:
                 f"Via: SIP/2.0/{self.transport} 127.0.0.1:{self.port};branch=z9hG4bK{call_id}\r\n"
                 "Max-Forwards: 70\r\nFrom: <sip:07700900123@127.0.0.1>;tag=ft\r\n"
                 f"To: <sip:{number}@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
-                f"Contact: <sip:caller@127.0.0.1:{self.port};transport={self.transport.lower()}>\r\n"
+                f"Contact: <sip:caller@127.0.0.1:{self.port};"
+                f"transport={self.transport.lower()}>\r\n"
                 "Content-Type: application/sdp\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n{body}")
 
@@ -251,7 +252,8 @@ async def test_mutual_tls_line_wants_a_client_certificate(engine: Engine, certs:
 async def test_connections_per_source_are_limited_and_slow_senders_cut(engine: Engine) -> None:
     """A fourth connection from one address is closed at once; a slow sender dribbling a
     request holds its connection no longer than the message timeout, and meanwhile
-    another connection's OPTIONS is answered at once."""
+    another connection's OPTIONS is answered at once; a connection that never says
+    anything is closed after the message timeout as well."""
     slow = await Conn.open(engine.tcp_port)
     other = await Conn.open(engine.tcp_port)
     third = await Conn.open(engine.tcp_port)
@@ -270,7 +272,8 @@ async def test_connections_per_source_are_limited_and_slow_senders_cut(engine: E
     assert time.monotonic() - t0 < 1.5
     assert await slow.closed(3.0)
     assert time.monotonic() - t0 < 3.5
-    third.close()
+    # the third connection never said anything: closed after the message timeout too
+    assert await third.closed(3.0)
     other.close()
 
 
@@ -281,8 +284,9 @@ async def test_certificate_reload_keeps_calls_and_serves_the_new_one(
     call = await Conn.open(engine.tls_port, "TLS", _client_ctx(certs))
     ok = await _answered_call(call, "before-reload")
     fresh = certs.ca.issue("fresh", "renewed.test", dns=("controlroom.test",))
-    backup = tmp_path / "old.pem"
+    backup, backup_key = tmp_path / "old.pem", tmp_path / "old.key"
     shutil.copy(certs.server.cert, backup)
+    shutil.copy(certs.server.key, backup_key)
     try:
         shutil.copy(fresh.cert, certs.server.cert)
         shutil.copy(fresh.key, certs.server.key)
@@ -296,6 +300,7 @@ async def test_certificate_reload_keeps_calls_and_serves_the_new_one(
         conn.close()
     finally:
         shutil.copy(backup, certs.server.cert)
+        shutil.copy(backup_key, certs.server.key)
     call.send(call.in_dialog("BYE", ok, 2))
     await call.expect(200)
 
@@ -312,3 +317,35 @@ async def test_expiring_certificate_shows_in_health(tmp_path: Path, certs: Certs
         assert component == "sip_tls" and reason == "SIP TLS certificate 'old.test' expired"
     finally:
         await eng.stop(drain_timeout=0, bye_grace=0)
+
+
+async def test_leg_to_a_server_with_a_bad_certificate_fails_at_once(
+        engine: Engine, certs: Certs) -> None:
+    """A handler leg to a sips: phone whose certificate is for another name, self-signed
+    or expired fails at the handshake (LegFailed 503 within a second, not timer B's 32 s),
+    logged as sip.tls_refused on the client side; the call itself is unharmed."""
+    call = await Conn.open(engine.tcp_port)
+    ok = await _answered_call(call, "leg-owner")
+    arrived = [e for e in engine.events if isinstance(e, api.CallArrived)]  # type: ignore[attr-defined]
+    for bad, why in ((certs.other_name, "IP address mismatch"),
+                     (certs.own, "self-signed certificate"),
+                     (certs.expired, "certificate has expired")):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(bad.cert), str(bad.key))
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0, ssl=ctx)
+        port = server.sockets[0].getsockname()[1]
+        with capture_logs() as logs:
+            leg = engine.offer(arrived[-1].call_id, f"sips:h1@127.0.0.1:{port}", timeout=10)
+            t0 = time.monotonic()
+            while not any(isinstance(e, api.LegFailed) and e.leg_id == leg
+                          for e in engine.events):  # type: ignore[attr-defined]
+                assert time.monotonic() - t0 < 3, "leg did not fail"
+                await asyncio.sleep(0.02)
+        failed = next(e for e in engine.events  # type: ignore[attr-defined]
+                      if isinstance(e, api.LegFailed) and e.leg_id == leg)
+        assert (failed.reason, failed.status) == ("unreachable", 503)
+        refused = [e for e in logs if e["event"] == "sip.tls_refused"]
+        assert refused and refused[0]["side"] == "client" and why in refused[0]["reason"]
+        server.close()
+    call.send(call.in_dialog("BYE", ok, 2))
+    await call.expect(200)

@@ -61,7 +61,8 @@ def test_outbound_request_over_tls_and_tcp() -> None:
     assert req.get("Contact") == "<sips:controlroom@10.0.0.9:5081>"  # type: ignore[union-attr]
     ua.handle_timers(5.0)
     assert ua.datagrams_to_send() == []  # no timer A over TLS
-    ok = (f"SIP/2.0 200 OK\r\nVia: {req.get('Via')}\r\nFrom: {req.get('From')}\r\n"  # type: ignore[union-attr]
+    via, frm = req.get("Via"), req.get("From")  # type: ignore[union-attr]
+    ok = (f"SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: {frm}\r\n"
           f"To: <sips:h1@10.0.0.2>;tag=h\r\nCall-ID: {req.call_id}\r\nCSeq: 1 INVITE\r\n"
           "Contact: <sips:h1@10.0.0.2:5061>\r\nContent-Length: 0\r\n\r\n").encode()
     ua.receive(ok, Hop("10.0.0.2", 5061, "tls"), 1.0)
