@@ -1,5 +1,10 @@
 """``controlroom demo``: the real service on loopback with calls flowing.
 
+Calls are spread over the whole run; some callers hang up while a phone rings or while
+queued (abandoned calls, the call-back list, one caller trying twice), some press 5 5
+without a word (Silent Solution flags), so the wallboard and the desk have something
+to show.
+
 Starts Kamailio, Mosquitto, the service (SIP engine, router, recorder, transcription,
 CAD publisher, console) and SIPp handler phones, then places 999 and 101 calls whose
 callers speak synthesised English over G.711 through Kamailio. A CAD stand-in
@@ -19,6 +24,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
@@ -40,6 +46,20 @@ SCRIPT: list[tuple[str, str, str]] = [
     ("999", "07700900111", "A child has gone missing in the shopping centre. She is five years old."),
     ("101", "07700900222", "There is a van parked across my driveway and I cannot get out."),
 ]
+
+# What each placed call does, by its index modulo 6: most callers talk; one hangs up as
+# soon as a handler's phone rings (abandoned while ringing), one waits for both handlers
+# to be busy and gives up after 4 s in the queue (abandoned while queued: on 999 it goes
+# on the call-back list, and the caller tries again later), one presses 5 5 silently.
+KINDS = ("talk", "talk", "ring-quit", "talk", "queue-quit", "silent55")
+
+
+def plan(calls: int, duration: float) -> list[float]:
+    """When each call is placed (s from the start): spread evenly over the whole run,
+    leaving the last call time to be answered, spoken and wrapped up before the end."""
+    span = max(1.0, duration - min(30.0, duration * 0.3))
+    return [span * i / max(calls, 1) for i in range(calls)]
+
 
 USERS = [("h1", ["handler"]), ("h2", ["handler"]),
          ("supervisor", ["supervisor"]), ("auditor", ["auditor"]), ("admin", ["admin"])]
@@ -119,22 +139,25 @@ async def run_demo(*, duration: float = 120.0, calls: int = 12, web_port: int = 
             listener = asyncio.create_task(_cad_listener("127.0.0.1", stack.mosquitto.port, cad))
             callers = []
             rng = random.Random(999)
-            interval = max(1.5, (duration * 0.5) / max(calls, 1))
-            next_call = time.monotonic()
+            start = time.monotonic()
+            times = plan(calls, duration)
             next_status = time.monotonic() + 5
             placed = 0
+            held_since: float | None = None
             deadline = time.monotonic() + duration
             while not stop.is_set() and time.monotonic() < deadline:
                 now = time.monotonic()
-                if placed < calls and now >= next_call:
-                    line, number, text = SCRIPT[placed % len(SCRIPT)]
-                    clip = await asyncio.to_thread(stack.clip, text, speed=rng.choice([140, 155, 170]))
-                    # Every fifth caller gives up after 2 s in the queue: an abandoned call.
-                    talk = 2.0 if placed % 5 == 4 else clip.duration + 6.0
-                    callers.append(stack.call(line, caller=number, clip=clip, talk_s=talk))
-                    print(f"  -> call {placed + 1}: {line} from {number}: \"{text[:60]}...\"", flush=True)
+                if placed < calls and now - start >= times[placed]:
+                    kind = KINDS[placed % len(KINDS)]
+                    if kind == "queue-quit" and not _all_busy(stack):
+                        # Wait (up to 15 s) until nobody is free, so this caller queues.
+                        held_since = held_since or now
+                        if now - held_since < 15.0:
+                            await asyncio.sleep(0.2)
+                            continue
+                    held_since = None
+                    callers.append(await _place(stack, placed, kind, rng, workdir))
                     placed += 1
-                    next_call = now + interval
                 if now >= next_status:
                     print("  " + _status(stack, cad), flush=True)
                     next_status = now + 5
@@ -159,6 +182,38 @@ async def run_demo(*, duration: float = 120.0, calls: int = 12, web_port: int = 
     return 0
 
 
+def _all_busy(stack: Stack) -> bool:
+    """Every handler is on a call (not free, not about to be free after a short wrap-up)."""
+    return all(h.get("state") in ("on_call", "offered")
+               for h in stack.service.snapshot().get("handlers", {}).values())
+
+
+async def _place(stack: Stack, i: int, kind: str, rng: random.Random, workdir: Path) -> Any:
+    """Start caller ``i`` of the given kind (see KINDS)."""
+    line, number, text = SCRIPT[i % len(SCRIPT)]
+    if kind == "silent55":
+        from harness import scenarios, speech
+        from harness.sipp import Sipp
+
+        packets = speech.dtmf_packets("55", stack.options.codec)
+        pcap = speech.write_rtp_pcap(workdir / "clips" / f"dtmf55-{i}.pcap", packets)
+        name = f"caller-silent-{i}"
+        (workdir / "callers" / name).mkdir(parents=True, exist_ok=True)
+        number = f"0770090{i:04d}"
+        print(f"  -> call {i + 1}: 999 from {number}: says nothing, presses 5 5", flush=True)
+        return Sipp(scenarios.caller(dialled="999", caller_id=number, pcap=pcap,
+                                     talk_ms=12000), target=stack.kamailio.addr, calls=1,
+                    timeout=140, name=name, workdir=workdir / "callers" / name).start()
+    if kind == "queue-quit":
+        line, number = "999", "07700900777"   # the same caller each time: one call-back
+    clip = await asyncio.to_thread(stack.clip, text, speed=rng.choice([140, 155, 170]))
+    talk = {"ring-quit": 1.0, "queue-quit": 2.5}.get(kind, clip.duration + 6.0)
+    what = {"ring-quit": " (hangs up while it rings)",
+            "queue-quit": " (gives up in the queue)"}.get(kind, "")
+    print(f"  -> call {i + 1}: {line} from {number}{what}: \"{text[:50]}...\"", flush=True)
+    return stack.call(line, caller=number, clip=clip, talk_s=talk)
+
+
 def _summary(stack: Stack, cad: dict[str, int], workdir: Path, kept: bool) -> None:
     db = stack.service.db
     rows = db.query("SELECT call_id, line, caller, state, handler_id, wait, talk, recording_sha256 "
@@ -170,7 +225,10 @@ def _summary(stack: Stack, cad: dict[str, int], workdir: Path, kept: bool) -> No
               f"handler={r['handler_id'] or '-':<3} wait={wait:<6} "
               f"sha256={(r['recording_sha256'] or '-')[:12]}")
     cb = stack.service.router.callbacks()
-    print(f"  call-back list (abandoned 999): {len(cb)}")
+    print(f"  call-back list (abandoned 999): {len(cb)} callers, "
+          f"{sum(len(c.attempts) for c in cb)} abandoned calls")
+    flagged = db.query_one("SELECT COUNT(*) n FROM calls WHERE flags LIKE '%dtmf55%'")["n"]
+    print(f"  silent calls flagged (5 5 pressed): {flagged}")
     print(f"  CAD messages received: {dict(sorted(cad.items()))}")
     try:
         from transcription import TranscriptSearch

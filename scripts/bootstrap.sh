@@ -41,6 +41,17 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   touch .venv/.installed
 fi
 
+# axe-core (npm) for the accessibility checks of the browser tests, into tests/_node.
+if [ "$what" = test ] && [ ! -f tests/_node/node_modules/axe-core/axe.min.js ]; then
+  if ! command -v npm >/dev/null; then
+    echo "== installing Debian package: npm"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
+  echo "== installing axe-core into tests/_node"
+  npm ci --prefix tests/_node --no-audit --no-fund >/dev/null
+fi
+
 case "$what" in
   demo) exec .venv/bin/controlroom demo "$@" ;;
   test) exec .venv/bin/python -m pytest "$@" ;;

@@ -119,13 +119,13 @@ def test_handler_screen_pop_transcript_and_wrapup(world: Any, page: Any) -> None
     server.call(fb.hang_up, gone)
     item = page.locator(".cb-item", has_text="+447700900444")
     item.locator("button", has_text="Take").click()
-    page.wait_for_selector(".cb-item >> text=Taken by h1")
-    item.locator("input").fill("spoke to caller - pocket dial")
+    page.wait_for_selector(".cb-item >> text=Taken by you")
+    item.locator("select.outcome").select_option("No reply")
     item.locator("button", has_text="Close").click()
     page.wait_for_selector(".cb-item", state="detached")
     cb_id = next(iter(fb.cbs))
     assert fb.actions[-2:] == [("take_callback", cb_id, "h1"),
-                               ("complete_callback", cb_id, "spoke to caller - pocket dial")]
+                               ("complete_callback", cb_id, "No reply")]
     page.click("#btn-available")
     page.wait_for_selector("#state.st-available")
 
@@ -152,6 +152,7 @@ def test_handler_screen_pop_transcript_and_wrapup(world: Any, page: Any) -> None
         assert page.text_content("#pop-caller") == number
         if i < 5:
             page.click("#reject")
+            page.click("#reject-ok")
             page.wait_for_selector("#state.st-not_ready")
             page.click("#btn-available")
             page.wait_for_selector("#state.st-available")
@@ -159,6 +160,7 @@ def test_handler_screen_pop_transcript_and_wrapup(world: Any, page: Any) -> None
           f"max {max(latencies):.1f} all {[round(x, 1) for x in latencies]}")
     # i == 5 was a 101: make the last one a 999 for the screenshot and the flow.
     page.click("#reject")
+    page.click("#reject-ok")
     page.wait_for_selector("#state.st-not_ready")
     page.click("#btn-available")
     cid = server.call(lambda: fb.arrive("999", "+447700900123", display_name="MRS A JONES",
@@ -201,6 +203,7 @@ def test_handler_screen_pop_transcript_and_wrapup(world: Any, page: Any) -> None
     shot(page, "desk-connected-transcript")
 
     page.click("#end")
+    page.click("#end-ok")
     page.wait_for_selector("#pop.wrapup")
     assert page.input_value("#th-threat") == "Male with knife outside shop"   # typing survived
     for k, v in (("harm", "None reported yet"), ("risk", "High"), ("investigation", "CCTV at shop"),
@@ -292,8 +295,10 @@ def test_wallboard_alert_reprioritise_and_handler_actions(world: Any, page: Any)
     assert ("reprioritise", last101, 0) in fb.actions
 
     page.locator("#handlers tr[data-handler='h2'] button.notready").click()
+    page.fill("#state-reason", "Welfare break")
+    page.click("#state-save")
     page.wait_for_selector("#handlers tr[data-handler='h2'] .st-not_ready")
-    assert ("set_handler_state", "h2", "not_ready", "set by sup1") in fb.actions
+    assert ("set_handler_state", "h2", "not_ready", "Welfare break (set by sup1)") in fb.actions
 
     page.locator("#handlers tr[data-handler='h2'] button.skills").click()
     page.locator("#skills-rows tr").last.locator(".sk-name").fill("welsh")
