@@ -141,6 +141,8 @@ class MediaEngine:
         """Per-stream tick failures (bugs), logged for the first 20; the others kept going."""
         self._srtp_streams = 0
         """Open streams with SRTP (kept by ``RtpStream.set_srtp``/``close``)."""
+        self._srtp_out: list[tuple[RtpStream, bytes, tuple[str, int]]] = []
+        """SRTP streams' packets of this tick, protected and sent after the send loop."""
 
     # --------------------------------------------------------------- life
     async def start(self) -> None:
@@ -295,14 +297,26 @@ class MediaEngine:
                 except OSError:  # ICMP error surfaced on the socket: see _on_readable
                     s._send_errors += 1
                     continue
-                if s._srtp is not None:  # unprotected here, so the batch decode applies
-                    plain = s.srtp_unprotect(data, addr)
-                    if plain is None:
-                        continue  # replayed, forged or malformed: counted
-                    data = plain
                 batch.append((s, data, addr))
         if batch:
+            if self._srtp_streams:  # every unprotect back to back, before the batch decode
+                batch = self._unprotect(batch)
             self._ingest(batch, time.monotonic())
+
+    @staticmethod
+    def _unprotect(batch: list[tuple[RtpStream, bytes, tuple[str, int]]]
+                   ) -> list[tuple[RtpStream, bytes, tuple[str, int]]]:
+        """The batch with SRTP packets unprotected; replayed, forged and malformed ones
+        dropped (counted by their stream's context)."""
+        out = []
+        for s, data, addr in batch:
+            if s._srtp is not None:
+                plain = s.srtp_unprotect(data, addr)
+                if plain is None:
+                    continue
+                data = plain
+            out.append((s, data, addr))
+        return out
 
     def _ingest(self, batch: list[tuple[RtpStream, bytes, tuple[str, int]]], now: float) -> None:
         """Hand a tick's datagrams to their streams, decoding the G.711 ones in one go.
@@ -429,8 +443,21 @@ class MediaEngine:
                     s._send_rtcp(now)
             except Exception:
                 self._stream_failed(s, "send")
+        if self._srtp_out:
+            self._send_srtp()
         if self._rec_list:
             self._tick_recordings()
+
+    def _send_srtp(self) -> None:
+        """Protect the tick's SRTP packets back to back, then send them."""
+        out, self._srtp_out = self._srtp_out, []
+        done = [(s, s._srtp.protect(p) if s._srtp is not None else None, a, len(p))
+                for s, p, a in out]
+        for s, packet, addr, size in done:
+            try:
+                s._srtp_sent(packet, addr, size)
+            except Exception:
+                self._stream_failed(s, "send")
 
     def _stream_failed(self, s: RtpStream, where: str) -> None:
         self.stream_errors += 1

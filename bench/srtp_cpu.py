@@ -1,0 +1,147 @@
+"""CPU per call: SRTP (AES_CM_128_HMAC_SHA1_80) against plain RTP, same calls, same engine.
+
+The media engine (``telephony.media.MediaEngine``, the service's one 20 ms clock) carries
+``--calls`` bridged calls, each two legs with a stereo recording (as a real call: caller
+and handler leg, the recording's disk writer thread included). A separate process plays
+both far ends of every call: 50 packets/s per leg, SRTP-protected ahead of time with the
+far ends' keys in the SRTP phase, so the generator's own cost stays out of the figure.
+Each phase runs ``--seconds``; the engine process's CPU time (all its threads,
+``getrusage``) over that window, divided by the calls, is the CPU per call. Real time is
+checked by the clock's largest gap and the legs' late packets.
+
+    .venv/bin/python bench/srtp_cpu.py --calls 40 --seconds 10
+
+Prints the two figures and the ratio (issue 16 asks SRTP <= 1.25 x RTP). Other load on the
+machine moves both phases alike; the phases alternate (RTP, SRTP, RTP, SRTP) and the
+medians are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import resource
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from telephony.media import Codec, MediaEngine  # noqa: E402
+
+SUITE = "AES_CM_128_HMAC_SHA1_80"
+
+
+def _generator(targets: list[tuple[int, bytes | None]], seconds: float, ready: mp.Event,
+               go: mp.Event, local_ports: list[int]) -> None:
+    """Send 50 packets/s to each (engine port, far-end key or None) from its own socket."""
+    from pylibsrtp import Policy, Session
+
+    socks, streams = [], []
+    n = int(seconds * 50) + 100
+    for (port, key), lport in zip(targets, local_ports, strict=True):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", lport))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # what comes back is dropped
+        ssrc = int.from_bytes(os.urandom(4), "big")
+        tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)) if key else None
+        payload = bytes((i * 7) & 0xFF for i in range(160))
+        pkts = []
+        for i in range(n):
+            p = struct.pack("!BBHII", 0x80, 8, i & 0xFFFF, 160 * i, ssrc) + payload
+            pkts.append(tx.protect(p) if tx else p)
+        socks.append(s)
+        streams.append((("127.0.0.1", port), pkts))
+    ready.set()
+    go.wait()
+    start = time.monotonic()
+    for i in range(n):
+        for s, (addr, pkts) in zip(socks, streams, strict=True):
+            try:
+                s.sendto(pkts[i], addr)
+            except OSError:
+                pass
+        delay = start + (i + 1) * 0.02 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+async def _phase(calls: int, seconds: float, srtp: bool, port_base: int) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="srtp-bench-"))
+    eng = MediaEngine(bind="127.0.0.1", port_min=port_base, port_max=port_base + 4 * calls + 40,
+                      recordings_dir=tmp, port_quarantine=0.0)
+    await eng.start()
+    far_ports = list(range(port_base + 20000, port_base + 20000 + 2 * 2 * calls, 2))
+    targets: list[tuple[int, bytes | None]] = []
+    streams = []
+    for c in range(calls):
+        a, b = eng.allocate(), eng.allocate()
+        for k, s in enumerate((a, b)):
+            s.configure(remote=("127.0.0.1", far_ports[2 * c + k]), codec=Codec.PCMA,
+                        dtmf_pt=None)
+            far_key = os.urandom(30)
+            if srtp:
+                s.set_srtp(SUITE, local_key=os.urandom(30), remote_key=far_key)
+            targets.append((s.local_port, far_key if srtp else None))
+            streams.append(s)
+        rec = eng.create_recording(f"bench-{c}")
+        rec.attach_caller(a)
+        rec.attach_handler(b)
+        eng.bridge(a, b)
+    ready, go = mp.Event(), mp.Event()
+    proc = mp.Process(target=_generator, args=(targets, seconds + 1.0, ready, go, far_ports))
+    proc.start()
+    await asyncio.to_thread(ready.wait)
+    go.set()
+    await asyncio.sleep(1.0)  # warm-up: jitter buffers filled, first recording flushes
+    eng.clock.max_gap = 0.0
+    before = [s.stats for s in streams]
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    await asyncio.sleep(seconds)
+    r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    after = [s.stats for s in streams]
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    got = sum(x.packets_in - y.packets_in for x, y in zip(after, before, strict=True))
+    late = sum(x.late - y.late for x, y in zip(after, before, strict=True))
+    bad = sum(x.srtp_forged + x.srtp_replayed + x.malformed for x in after)
+    gap = 1000.0 * eng.clock.max_gap
+    await asyncio.to_thread(proc.join)
+    for s in streams:
+        s.close()
+    await eng.stop()
+    return {"cpu_ms_per_call_s": 1000.0 * cpu / (t1 - t0) / calls,
+            "received_share": got / (2 * calls * 50 * (t1 - t0)), "late": late,
+            "dropped_bad": bad, "max_gap_ms": gap}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=40)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    print(f"load avg {os.getloadavg()[0]:.2f}, {args.calls} bridged recorded calls, "
+          f"{args.seconds:.0f} s per phase")
+    res: dict[str, list[float]] = {"rtp": [], "srtp": []}
+    for r in range(args.rounds):
+        for name in ("rtp", "srtp"):
+            out = await _phase(args.calls, args.seconds, name == "srtp",
+                               port_base=21000 + 2000 * (2 * r + (name == "srtp")))
+            res[name].append(out["cpu_ms_per_call_s"])
+            print(f"  {name:4s} round {r + 1}: {out['cpu_ms_per_call_s']:.2f} ms CPU per call "
+                  f"per second ({out['cpu_ms_per_call_s'] / 10:.1f} % of a core), received "
+                  f"{100 * out['received_share']:.1f} %, late {out['late']}, dropped "
+                  f"{out['dropped_bad']}, clock max gap {out['max_gap_ms']:.1f} ms", flush=True)
+    rtp, srtp = statistics.median(res["rtp"]), statistics.median(res["srtp"])
+    print(f"RTP {rtp:.2f} ms/s per call, SRTP {srtp:.2f} ms/s per call: "
+          f"SRTP/RTP = {srtp / rtp:.2f} (issue 16 asks <= 1.25)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
