@@ -23,15 +23,19 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+try:  # prometheus_client >= 0.22 names the versions; generate_latest writes 0.0.4
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as _CONTENT_TYPE
+except ImportError:  # pragma: no cover - older prometheus_client: LATEST is 0.0.4
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST as _CONTENT_TYPE
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 Labels = tuple[tuple[str, str], ...]
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-"""The ``Content-Type`` of :meth:`Registry.render`'s text."""
+CONTENT_TYPE = _CONTENT_TYPE
+"""The ``Content-Type`` of :meth:`Registry.render`'s text (format 0.0.4, which every
+Prometheus reads)."""
 
 
 def _key(labels: dict[str, str]) -> Labels:
