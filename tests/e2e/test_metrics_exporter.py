@@ -82,6 +82,20 @@ async def test_same_names_new_histograms_and_token(tmp_path: Path) -> None:
     assert 'controlroom_disk{stat="free_bytes",volume="data"}' in text
     assert "process_cpu_seconds_total" in text
 
+    # every series the Grafana dashboard in docker/ queries is one the service exposes
+    import json
+    import re
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docker" /
+                            "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert exprs
+    exposed = set(got) | {n + s for n, k in got.items() if k == "histogram"
+                          for s in ("_bucket", "_count", "_sum")}
+    for expr in exprs:
+        for name in re.findall(r"\b((?:controlroom|process)_[a-z_]+)", expr):
+            assert name in exposed, (name, expr)
+
 
 async def test_metrics_on_their_own_listener(tmp_path: Path) -> None:
     """With web.metrics_port, /metrics is served there and not on the console."""
