@@ -5,7 +5,8 @@ every few seconds (:func:`heartbeat`). Each run of a node has its own ``instance
 (random), so a second process configured with the same id is told apart from a restart
 of the first: it is refused (:class:`NodeIdInUse`) while the row's heartbeat is fresh
 (younger than ``stale_after``), and takes the row over once the first has stopped
-(:func:`unregister`) or its heartbeat went stale (it was killed). The check and the
+(:func:`unregister`), its heartbeat went stale (it was killed), or its pid on this same
+host no longer exists (a restart after ``kill -9`` does not wait for the heartbeat). The check and the
 take-over are one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` statement, so two
 nodes starting together with one id cannot both win, on SQLite or PostgreSQL.
 
@@ -69,13 +70,36 @@ def register(db: Any, node_id: str, instance: str, *, stale_after: float,
             (node_id, instance, host, pid, now, now, now - stale_after)).fetchone()
         if won is not None:
             return
-        other = conn.execute("SELECT host, pid, heartbeat_at FROM nodes WHERE node_id=?",
-                             (node_id,)).fetchone()
+        other = conn.execute("SELECT host, pid, heartbeat_at, instance FROM nodes"
+                             " WHERE node_id=?", (node_id,)).fetchone()
+        if other[0] == host and not _alive(int(other[1])):
+            # The same machine's last run of this node is gone (killed: a restart after
+            # kill -9 must not wait for its heartbeat to go stale). Take over its row
+            # unless another starter took it meanwhile.
+            took = conn.execute(
+                "UPDATE nodes SET instance=?, pid=?, started_at=?, heartbeat_at=?,"
+                " stopped_at=NULL WHERE node_id=? AND instance=?",
+                (instance, pid, now, now, node_id, other[3]))
+            if took.rowcount:
+                return
     raise NodeIdInUse(
         f"node id {node_id!r} is already running (host {other[0]}, pid {other[1]}, "
         f"heartbeat {max(0.0, now - other[2]):.1f} s ago): two nodes must not share an id; "
         "give this one its own cluster.node_id (or stop the other). It may take over "
         f"{stale_after:g} s after the other's last heartbeat")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def heartbeat(db: Any, node_id: str, instance: str, *, now: float | None = None) -> bool:

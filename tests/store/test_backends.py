@@ -159,3 +159,21 @@ def test_two_nodes_with_one_id_refuse_to_run_together(store_url: str) -> None:
     nodes.unregister(db, "fcr1", second, now=118.0)
     nodes.register(db, "fcr1", first, stale_after=10, now=118.5)  # stopped: free at once
     db.close()
+
+
+def test_a_restart_after_kill_9_on_the_same_host_takes_over_at_once(store_url: str) -> None:
+    """A row whose process on this host no longer exists (the node was killed) is taken
+    over at once by the restarted node, without waiting for the heartbeat to go stale;
+    a live process on this host still keeps its id."""
+    import subprocess
+    import sys
+
+    db = _migrated(store_url)
+    nodes.register(db, "fcr1", nodes.new_instance(), stale_after=60, now=100.0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    db.execute("UPDATE nodes SET pid=? WHERE node_id=?", (int(dead.stdout), "fcr1"))
+    nodes.register(db, "fcr1", nodes.new_instance(), stale_after=60, now=101.0)
+    with pytest.raises(nodes.NodeIdInUse):  # this process is alive: refused
+        nodes.register(db, "fcr1", nodes.new_instance(), stale_after=60, now=102.0)
+    db.close()
