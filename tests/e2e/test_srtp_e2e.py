@@ -155,3 +155,89 @@ async def test_999_call_to_an_srtp_handler_phone(tmp_path: Path, cad_subscriber_
                            ("call.offered", "call.answered"), ("call.answered", "call.ended"),
                            ("call.recording", "call.ended")]:
         assert types.index(earlier) < types.index(later), types
+
+
+async def test_999_srtp_end_to_end_over_tls(tmp_path: Path, cad_subscriber_factory) -> None:
+    """Every hop that carries SDES keys is TLS, so no lab setting: a baresip caller
+    (mediaenc=srtp-mand) dials 999 over TLS to Kamailio, relayed over TLS to the service
+    (lines[999].srtp = required); the handler leg goes back over TLS through Kamailio to a
+    baresip handler phone registered over TLS (handlers[h1].srtp = required). Both legs
+    are SRTP; the recording holds both sides in clear; the CAD gets the call in order."""
+    from harness.certs import CertAuthority
+
+    for sub in ("kamailio", "caller", "handler", "tls"):
+        (tmp_path / sub).mkdir()
+    ca = CertAuthority(tmp_path / "tls")
+    ours, kam_cert = ca.issue("controlroom", "controlroom.local"), ca.issue("kam", "kam.local")
+    h_cert, c_cert = ca.issue("handler", "h1.local"), ca.issue("caller", "caller.local")
+    sip_port, tls_port = free_udp_port(), free_tcp_port()
+    rtp_lo, rtp_hi = free_rtp_range(40)
+    t = np.arange(8000 * 2) / 8000
+    caller_tone = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+    caller_wav = speech.write_wav(tmp_path / "caller.wav", np.concatenate(
+        [np.zeros(8000 * 3, dtype=np.int16), caller_tone, np.zeros(8000 * 4, dtype=np.int16)]))
+    handler_tone = (np.sin(2 * np.pi * TONE_HZ * t) * 8000).astype(np.int16)
+    handler_wav = speech.write_wav(tmp_path / "handler.wav", np.concatenate(
+        [np.zeros(8000 * 1, dtype=np.int16), handler_tone, np.zeros(8000 * 60, dtype=np.int16)]))
+    routes = {n: f"127.0.0.1:{tls_port};transport=tls" for n in ("999", "101")}
+    with Mosquitto() as mosq, Kamailio(routes, domain=DOMAIN, trace=False, tcp=True,
+                                       tls=(kam_cert.cert, kam_cert.key, ca.cert),
+                                       workdir=tmp_path / "kamailio") as kam:
+        data = {
+            "drain_timeout": 2.0,
+            "sip": {"bind": "127.0.0.1", "port": sip_port, "domain": DOMAIN, "tcp": True,
+                    "tls": True, "tls_port": tls_port, "tls_cert": str(ours.cert),
+                    "tls_key": str(ours.key), "tls_ca": str(ca.cert),
+                    "proxy": f"sip:127.0.0.1:{kam.tls_port};transport=tls",
+                    "rtp_bind": "127.0.0.1", "rtp_port_min": rtp_lo, "rtp_port_max": rtp_hi},
+            "lines": [{"name": "999", "numbers": ["999"], "priority": 0, "wrapup": 1.0,
+                       "srtp": "required", "trusted_sources": ["127.0.0.1"]},
+                      {"name": "101", "numbers": ["101"], "priority": 1}],
+            "handlers": [{"id": "h1", "phone": f"sip:h1@{DOMAIN}", "skills": ["999"],
+                          "srtp": "required"}],
+            "routing": {"offer_timeout": 10.0, "handlers_start_available": True},
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "mqtt": {"host": "127.0.0.1", "port": mosq.port, "node": "fcr1"},
+            "transcription": {"engine": "none", "live": False},
+            "web": {"enabled": False, "port": free_tcp_port()},
+        }
+        service = Service(from_dict(data))
+        await service.start()
+        handler = Baresip(user="h1", registrar=kam.addr, domain=DOMAIN, audio=handler_wav,
+                          codecs="PCMA", mediaenc="srtp-mand", workdir=tmp_path / "handler",
+                          tls=(h_cert.cert, h_cert.key, ca.cert), tls_port=kam.tls_port)
+        caller = Baresip(user="caller", registrar=kam.addr, domain=DOMAIN, audio=caller_wav,
+                         codecs="PCMA", mediaenc="srtp-mand", register=False,
+                         workdir=tmp_path / "caller",
+                         tls=(c_cert.cert, c_cert.key, ca.cert), tls_port=kam.tls_port)
+        try:
+            cad = await cad_subscriber_factory("127.0.0.1", mosq.port)
+            await asyncio.to_thread(handler.start)
+            await asyncio.to_thread(caller.start)
+            await asyncio.to_thread(caller.dial, f"sip:999@{DOMAIN}")
+            await wait_until(lambda: service.engine.stats.srtp_streams == 2, 20,
+                             "caller and handler legs both on SRTP")
+            await wait_until(lambda: service.db.query_one(
+                "SELECT 1 FROM calls WHERE ended_at IS NOT NULL"), 40, "call ended")
+            row = dict(service.db.query_one("SELECT * FROM calls"))
+            await cad.wait_for(row["call_id"], "call.ended", 30)
+            stats = service.engine.stats
+        finally:
+            c_log, h_log = caller.log_text(), handler.log_text()
+            await asyncio.to_thread(caller.stop)
+            await asyncio.to_thread(handler.stop)
+            await service.stop()
+    assert (row["line"], row["handler_id"], row["state"]) == ("999", "h1", "completed"), row
+    assert "transport=tls" in c_log and "Call established" in h_log, (c_log, h_log)
+    assert stats.rtp_srtp_forged == 0 and stats.rtp_srtp_replayed == 0
+    path = Path(row["recording_path"])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == row["recording_sha256"]
+    left, right = read_stereo(path)
+    for channel, hz in ((left, 440.0), (right, TONE_HZ)):
+        loud = max(range(0, len(channel) - 8000, 800),
+                   key=lambda i, c=channel: float(np.abs(c[i:i + 8000].astype(np.int64)).sum()))
+        assert _tone_strength(channel[loud:loud + 8000], hz) > 0.8, hz
+    types = [m["type"] for m in sorted(cad.for_call(row["call_id"]), key=lambda m: m["seq"])]
+    for earlier, later in [("call.arrived", "call.queued"), ("call.queued", "call.offered"),
+                           ("call.offered", "call.answered"), ("call.answered", "call.ended")]:
+        assert types.index(earlier) < types.index(later), types
