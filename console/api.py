@@ -463,6 +463,16 @@ async def supervisor_state(request: web.Request, ctx: Ctx) -> web.StreamResponse
     return ok()
 
 
+@endpoint("POST", "/api/supervisor/lines/{line}/wrapup-limit", roles=S,
+          summary="How many seconds a handler may add to a wrap-up on this line (logged).",
+          body=obj(["seconds"], seconds={"type": "number", "minimum": 0, "maximum": 3600}))
+async def wrapup_limit(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    line = request.match_info["line"]
+    await request.app[BACKEND].set_wrapup_limit(line, ctx.body["seconds"], ctx.user.username)
+    log.info("console.wrapup_limit", by=ctx.user.username, line=line, seconds=ctx.body["seconds"])
+    return ok()
+
+
 @endpoint("POST", "/api/supervisor/handlers/{handler_id}/skills", roles=S,
           summary="Replace a handler's skills (name -> proficiency 1..10).",
           body=obj(["skills"], skills={

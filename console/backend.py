@@ -168,6 +168,9 @@ class DeskBackend(Protocol):
     async def save_draft(self, call_id: str, handler_id: str, draft: dict[str, Any]) -> None:
         """Keep the grading being typed with its call (``draft`` on the call card)."""
 
+    async def set_wrapup_limit(self, line: str, seconds: float, by: str) -> None:
+        """A supervisor sets the most seconds a handler may add to a wrap-up on ``line``."""
+
     async def extend_wrapup(self, handler_id: str, seconds: float) -> None:
         """Add time to the handler's wrap-up, within the line's limit (409 beyond it)."""
 

@@ -434,6 +434,11 @@ class FakeBackend:
     async def save_draft(self, call_id: str, handler_id: str, draft: dict[str, Any]) -> None:
         self._call(call_id)["draft"] = dict(draft)
 
+    async def set_wrapup_limit(self, line: str, seconds: float, by: str) -> None:
+        if line not in self.lines:
+            raise NotFound(f"no line {line!r}")
+        self.actions.append(("set_wrapup_limit", line, seconds, by))
+
     async def extend_wrapup(self, handler_id: str, seconds: float) -> None:
         h = self._handler(handler_id)
         if h["state"] != "wrapup":

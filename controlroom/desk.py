@@ -124,6 +124,7 @@ class ServiceDesk:
             offered = sl.offered
             lines_out.append({
                 "name": line.name, "priority": line.priority, "threshold": line.answer_threshold,
+                "wrapup_extend_max": s.router.lines[line.name].wrapup_extend_max,
                 "waiting": waiting,
                 "longest_wait": max((w["wait"] for w in waiting), default=0.0),
                 "offered_today": offered, "answered_today": sl.answered,
@@ -223,7 +224,8 @@ class ServiceDesk:
                 "offer": offer, "call": call, "wrapup": wrap,
                 "wrapup_deadline": h.get("wrapup_deadline"),
                 "wrapup_extended": h.get("wrapup_extended") or 0.0,
-                "wrapup_extend_max": getattr(wline, "wrapup_extend_max", 0.0),
+                "wrapup_extend_max": (s.router.lines[wline.name].wrapup_extend_max
+                                      if wline is not None else 0.0),
                 "grading_required": bool(getattr(wline, "grading_required", False)),
                 "grading_due": due, "after_call": h.get("after_call"),
                 "drafts": self._drafts(handler_id, {(c or {}).get("call_id")
@@ -265,7 +267,7 @@ class ServiceDesk:
             elif state == "not_ready":
                 actions = s.router.set_not_ready(handler_id, now, reason=reason or "not ready")
             elif state == "logged_out":
-                actions = s.router.handler_logout(handler_id, now)
+                actions = s.router.handler_logout(handler_id, now, reason=reason or "logout")
             else:
                 raise Invalid(f"state must be available, not_ready or logged_out, got {state!r}")
         except Exception as exc:
@@ -362,6 +364,15 @@ class ServiceDesk:
     async def save_draft(self, call_id: str, handler_id: str, draft: dict[str, Any]) -> None:
         """Keep what the handler is typing with the call it belongs to (until saved)."""
         self.s.grading_drafts[call_id] = {**draft, "handler_id": handler_id, "at": time.time()}
+
+    async def set_wrapup_limit(self, line: str, seconds: float, by: str) -> None:
+        if line not in self.s.lines:
+            raise NotFound(f"no line {line!r}")
+        try:
+            actions = self.s.router.set_wrapup_limit(line, time.time(), seconds=seconds, by=by)
+        except Exception as exc:
+            raise Invalid(str(exc)) from None
+        self.s._apply(actions)
 
     async def extend_wrapup(self, handler_id: str, seconds: float) -> None:
         self._handler(handler_id)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict, deque
+from dataclasses import replace
 from collections.abc import Iterable
 from typing import Any
 
@@ -554,9 +555,11 @@ class Router(RouterTransfers, RouterViews):
         self._detach_offer(call, h)
         return call
 
-    def handler_logout(self, handler_id: str, now: float) -> list[Action]:
+    def handler_logout(self, handler_id: str, now: float, *,
+                       reason: str = "logout") -> list[Action]:
         """Log out (not while on a call). A ringing offer is cancelled and the call requeued;
-        directed transfers waiting for this handler go to their line's queue."""
+        directed transfers waiting for this handler go to their line's queue. ``reason``
+        is logged (a supervisor's, with their name)."""
         now = self._clock(now)
         h = self._handler(handler_id)
         handler_move(handler_id, h.state, "logout")
@@ -567,7 +570,7 @@ class Router(RouterTransfers, RouterViews):
             held = self._cancel_held_offer(h, now, "handler-logout", out)
         if h.state is HS.WRAP_UP:
             self._leave_wrapup(h, now)
-        self._hset(h, HS.LOGGED_OUT, now, out, reason="logout")
+        self._hset(h, HS.LOGGED_OUT, now, out, reason=reason or "logout")
         if held is not None:
             self._enqueue(held, now, out)
         for call in list(self._direct.get(handler_id, ())):
@@ -631,6 +634,20 @@ class Router(RouterTransfers, RouterViews):
             self._dispatch(now, out)
         else:
             out.append(HandlerChanged(handler_id, h.state.value, h.reason, call_id))
+        return out
+
+    def set_wrapup_limit(self, line: str, now: float, *, seconds: float,
+                         by: str = "") -> list[Action]:
+        """A supervisor sets how many seconds a handler may add to a wrap-up on ``line``
+        (applies to extensions asked from now on; logged)."""
+        now = self._clock(now)
+        spec = self._line(line)
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds)
+                and 0 <= seconds <= 3600):
+            raise RoutingError(f"wrap-up limit must be 0-3600 s, got {seconds!r}")
+        self.lines[line] = replace(spec, wrapup_extend_max=float(seconds))
+        out: list[Action] = []
+        self._log(out, now, "", line, "", "WRAPUP_LIMIT", seconds=float(seconds), by=by)
         return out
 
     def extend_wrapup(self, handler_id: str, now: float, *, seconds: float) -> list[Action]:

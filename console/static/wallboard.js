@@ -21,6 +21,9 @@ function slClass(sl) { return sl === null || sl === undefined ? "" : sl >= SL_TA
 function renderTiles() {
   const hours = (snap.rolling_seconds || 3600) / 3600;
   const rollName = hours === 1 ? "last hour" : `last ${hours} h`;
+  // Snapshots redraw the tiles every few seconds: keep what the supervisor is typing.
+  const typing = document.activeElement && document.activeElement.classList.contains("wl")
+    ? { id: document.activeElement.id, value: document.activeElement.value } : null;
   $("tiles").replaceChildren(...snap.lines.map((l) => {
     const longest = l.waiting.length ? l.longest_wait + age() : 0;
     const over = l.waiting.length && longest > l.threshold;
@@ -34,9 +37,26 @@ function renderTiles() {
         el("div", { class: "n" }, el("div", { class: "v sl-today " + slClass(l.sl_today), text: pct(l.sl_today) }), el("div", { class: "k", text: "SL since 00:00" }))),
       el("div", { class: "muted small def", text: `Since 00:00: ${today.answered_within ?? 0} answered within ${l.threshold}s of ${today.answered ?? 0} answered`
         + ` · ${today.abandoned_after ?? 0} abandoned after ${l.threshold}s · ${today.abandoned_within ?? 0} short abandons (not counted)`
-        + ` · abandon rate ${pct(l.abandon_rate)}` }));
+        + ` · abandon rate ${pct(l.abandon_rate)}` }),
+      wrapLimit(l));
   }));
+  if (typing && $(typing.id)) { $(typing.id).value = typing.value; $(typing.id).focus(); }
   $("sl-def").textContent = (snap.sl_definition || "") + ` Rolling figure: the ${rollName}; the other since midnight.`;
+}
+
+// The most a handler may add to a wrap-up on this line (the supervisor's limit).
+function wrapLimit(l) {
+  const id = "wl-" + l.name;
+  const inp = el("input", { id, class: "wl", type: "number", min: 0, max: 3600, step: 10,
+    value: String(Math.round(l.wrapup_extend_max ?? 0)) });
+  return el("div", { class: "wrap-limit small" },
+    el("label", { for: id, text: "Wrap-up extension limit (s)" }), inp,
+    el("button", { class: "wl-set", text: "Set", "aria-label": `Set the wrap-up extension limit of line ${l.name}`, onclick: () => {
+      const v = Number(inp.value);
+      if (inp.value === "" || !Number.isFinite(v)) { CR.toast("The limit must be a number of seconds", "error"); return; }
+      act(() => api("POST", `/api/supervisor/lines/${encodeURIComponent(l.name)}/wrapup-limit`, { seconds: v }),
+        `Line ${l.name}: handlers may extend wrap-up by up to ${v} s`);
+    } }));
 }
 
 function renderCallbacks() {

@@ -33,13 +33,14 @@ BODIES: dict[str, Any] = {
     "change_user": {"disabled": True},
     "call_draft": {"grade": "2"},
     "wrapup_extend": {"seconds": 30},
+    "wrapup_limit": {"seconds": 60},
 }
 GUARDED = [ep for ep in ENDPOINTS if ep.roles is not None]
 
 
 def _path(ep: Endpoint, backend: FakeBackend) -> str:
     values = {"call_id": backend.past, "handler_id": "h2", "cb_id": "nope",
-              "username": "nobody"}  # type: ignore[attr-defined]
+              "username": "nobody", "line": "999"}  # type: ignore[attr-defined]
     path = re.sub(r"{(\w+)}", lambda m: values[m.group(1)], ep.path)
     if ep.handler.__name__ == "previous":
         path += "?number=%2B447700900123"

@@ -224,6 +224,10 @@ async def test_a_shift_on_the_desk(tmp_path: Path, browser: Any) -> None:
         assert "abandoned after the target" in await wall.text_content("#sl-def")
         assert "1 short abandons" not in await wall.text_content(".tile.line-999")
         await axe(wall, "wallboard")
+        await wall.fill("#wl-999", "30")                             # the supervisor's limit
+        await wall.click(".tile.line-999 button.wl-set")
+        await poll(wall, "() => document.querySelector('.toast')?.textContent.includes('up to 30 s')", 5)
+        assert st.service.router.lines["999"].wrapup_extend_max == 30.0
         await wall.click("tr[data-handler='h1'] button.available")
         await wall.fill("#state-reason", "Headset replaced")
         await wall.click("#state-save")
@@ -236,8 +240,9 @@ async def test_a_shift_on_the_desk(tmp_path: Path, browser: Any) -> None:
         await desk.keyboard.press("Alt+x")
         await desk.click("#end-ok")
         await desk.wait_for_selector("#pop.wrapup")
-        await desk.click("#extend")                                  # +30 s, within 120 s
+        await desk.click("#extend")                                  # +30 s: the limit
         await poll(desk, "() => /Next call in 0:3/.test(document.getElementById('wrapup-timer').textContent)", 5)
+        await desk.wait_for_selector("#extend:disabled")             # no more than 30 s
 
         # -- close the call-back I took; the other stays, in its place -------------------
         await desk.select_option(f"#cb-out-{second}", "No reply — voicemail left")

@@ -202,3 +202,23 @@ def test_reject_reason_is_kept_in_the_not_ready_reason() -> None:
     assert state(r, "h1") == ("not_ready", "rejected: phone fault")
     assert entries(out)[0].data == {"reason": "rejected", "note": "phone fault"}
     assert r.calls["a"].state.value == "queued"
+
+
+def test_supervisor_sets_the_wrap_up_limit_and_logs_a_handler_out_with_a_reason() -> None:
+    """The limit a supervisor sets applies to the next extension; a logout keeps the
+    reason given (a supervisor's, with their name) in the handler's state and the log."""
+    r, _ = router()
+    out = r.set_wrapup_limit("101", 0, seconds=20, by="sup1")
+    assert entries(out)[0].data == {"seconds": 20.0, "by": "sup1"}
+    r.set_available("h1", 0)
+    r.call_arrived("a", "101", 1, caller="07700900001")
+    r.offer_answered("a", "h1", 2)
+    r.call_ended("a", 3)
+    with pytest.raises(RoutingError, match=r"by 20 s more \(limit 20 s\)"):
+        r.extend_wrapup("h1", 4, seconds=30)
+    r.extend_wrapup("h1", 4, seconds=20)
+    with pytest.raises(RoutingError, match="wrap-up limit must be 0-3600 s"):
+        r.set_wrapup_limit("101", 5, seconds=-1)
+    out = r.handler_logout("h2", 6, reason="end of shift (set by sup1)")
+    assert state(r, "h2") == ("logged_out", "end of shift (set by sup1)")
+    assert entries(out)[0].data["reason"] == "end of shift (set by sup1)"
