@@ -69,7 +69,10 @@ async def engine(tmp_path: Path):
 async def test_bridged_srtp_call_is_decrypted_for_bridge_and_recording(
         engine: MediaEngine, suite: str, profile: int, tag_len: int) -> None:
     """Caller -> SRTP -> stream A -> bridge -> stream B -> SRTP -> handler: the handler
-    decrypts the caller's exact A-law bytes; the recording holds the decoded audio."""
+    decrypts the caller's exact A-law bytes; the recording and the transcription feed
+    hold the decoded audio."""
+    heard: list = []
+    engine.on_audio = heard.append
     keys = {n: os.urandom(30) for n in ("a_ours", "a_theirs", "b_ours", "b_theirs")}
     caller = Phone(keys["a_theirs"], keys["a_ours"], profile)
     handler = Phone(keys["b_theirs"], keys["b_ours"], profile)
@@ -106,6 +109,10 @@ async def test_bridged_srtp_call_is_decrypted_for_bridge_and_recording(
                if np.array_equal(left[i:i + 160], expected))
     assert hits >= 30  # the caller's audio, decrypted, frame-exact in the recording
     assert engine._srtp_streams == 0
+    # live transcription is fed the same decrypted audio
+    caller_frames = [np.frombuffer(f.pcm, dtype=np.int16) for f in heard
+                     if f.channel == "caller"]
+    assert sum(np.array_equal(f, expected) for f in caller_frames) >= 30
 
 
 async def test_replayed_forged_and_foreign_packets_are_dropped_and_counted(

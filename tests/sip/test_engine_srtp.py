@@ -236,3 +236,34 @@ async def test_handler_requiring_srtp_answered_plain_fails_the_offer(tmp_path: P
         caller.close()
         handler.close()
         await engine.stop(bye_grace=0)
+
+
+async def test_reinvite_keeps_srtp_and_a_downgrade_is_refused(tmp_path: Path) -> None:
+    """A hold re-INVITE with the same a=crypto is answered with the same key of ours and
+    the stream keeps its SRTP context; a re-INVITE without a=crypto on a required line is
+    488 and the call goes on encrypted."""
+    engine, events, _ = await _engine(tmp_path)
+    caller = await Peer().open()
+    rig = Rig(engine, events, caller)
+    try:
+        key = os.urandom(30)
+        ok, _ = await rig.answered_call(body=_crypto_sdp(40000, key))
+        first = _their_key(ok.body)
+        stream = engine._calls[rig.of(api.CallArrived)[0].call_id].stream
+        ctx = stream._srtp
+        hold = _crypto_sdp(40000, key).replace("a=sendrecv", "a=sendonly")
+        caller.send(in_dialog("INVITE", caller, engine.sip_port, ok, cseq=2, body=hold),
+                    engine.sip_port)
+        resp = await caller.expect_status(200)
+        assert _their_key(resp.body) == first and stream._srtp is ctx
+        await rig.wait_for(api.HoldChanged)
+        with capture_logs() as logs:
+            caller.send(in_dialog("INVITE", caller, engine.sip_port, ok, cseq=3,
+                                  body=sdp_offer(port=40000)), engine.sip_port)
+            refused = await caller.expect_status(488)
+        assert refused.reason == "SRTP required: no a=crypto in the offer"
+        assert any(e["event"] == "sdp.reinvite_refused" for e in logs)
+        assert stream._srtp is ctx and len(engine._calls) == 1
+    finally:
+        caller.close()
+        await engine.stop(bye_grace=0)
