@@ -87,7 +87,9 @@ class TranscriptionService:
         missing when the configured model is unusable."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        store.migrate(self._db)
+        # A migration may reindex every stored transcript once (seconds to minutes on a
+        # large store): off the loop, which already runs the SIP engine's timers.
+        await asyncio.to_thread(store.migrate, self._db)
         recovered = store.recover_jobs(self._db)
         if recovered:
             log.info("final transcription jobs recovered", count=recovered)
