@@ -423,6 +423,7 @@ function alertPop() {
   const is999 = card.line === "999";
   const what = `${is999 ? "999 EMERGENCY" : card.line} call — ${card.caller || "withheld"}`;
   ring(is999);
+  $("announce").textContent = `Ringing: ${what}. Alt+A to accept, Alt+R to reject.`;
   clearInterval(ringTimer);
   ringTimer = setInterval(() => ring(is999), is999 ? 1500 : 3000);
   let on = false;
