@@ -67,8 +67,14 @@ function renderCallbacks() {
     el("td", { class: "age", dataset: { at: c.abandoned_at }, text: fmtDur(CR.serverNow() - c.abandoned_at) }),
     el("td", { text: String((c.attempts || []).length || 1) }),
     el("td", { text: c.state === "taken" ? `taken by ${c.taken_by}` : "waiting" }),
-    el("td", {}, c.state === "taken" ? el("button", { class: "release", text: "Release", onclick: () =>
-      act(() => api("POST", `/api/callbacks/${c.cb_id}/release`), `Call-back ${c.caller} released`) }) : null)));
+    el("td", { class: "cb-acts" }, c.state === "taken" ? el("button", { class: "release", text: "Release",
+      "aria-label": `Release the call-back to ${c.caller}`, onclick: () =>
+      act(() => api("POST", `/api/callbacks/${c.cb_id}/release`), `Call-back ${c.caller} released`) }) : null,
+      el("button", { class: "close", text: "Close…", "aria-label": `Close the call-back to ${c.caller}`, onclick: () => {
+        // A supervisor may close any entry (e.g. the caller rang back and was helped).
+        const o = prompt(`Outcome of the call-back to ${c.caller || "withheld"}:`, "Caller rang back and was answered");
+        if (o && o.trim()) act(() => api("POST", `/api/callbacks/${c.cb_id}/complete`, { outcome: o.trim() }), `Call-back ${c.caller} closed`);
+      } }))));
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No call-backs waiting" })));
   $("cbw").replaceChildren(...rows);
 }
