@@ -199,12 +199,9 @@ async def test_a_shift_on_the_desk(tmp_path: Path, browser: Any) -> None:
         assert state(st) == ("not_ready", "rejected: Phone or headset fault")
 
         # -- callers hang up while queued: one call-back per caller ----------------------
-        quit = [caller(st, "999", n, f"q{i}", talk_s=1.0)
-                for i, n in enumerate(("07700900404", "07700900505"))]
-        for q in quit:
+        for i, n in enumerate(("07700900404", "07700900505", "07700900404")):
+            q = caller(st, "999", n, f"q{i}", talk_s=1.0)   # one after the other: the order
             assert await asyncio.to_thread(q.wait, 30) == 0, q.diagnostics()
-        again = caller(st, "999", "07700900404", "q2", talk_s=1.0)
-        assert await asyncio.to_thread(again.wait, 30) == 0, again.diagnostics()
         await poll(desk, "() => document.querySelectorAll('#callbacks .cb-item').length === 2")
         rows = await desk.eval_on_selector_all(
             "#callbacks .cb-item", "els => els.map(e => [e.dataset.cbId, e.textContent])")
