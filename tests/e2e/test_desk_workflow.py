@@ -202,7 +202,8 @@ async def test_a_shift_on_the_desk(tmp_path: Path, browser: Any) -> None:
         for i, n in enumerate(("07700900404", "07700900505", "07700900404")):
             q = caller(st, "999", n, f"q{i}", talk_s=1.0)   # one after the other: the order
             assert await asyncio.to_thread(q.wait, 30) == 0, q.diagnostics()
-        await poll(desk, "() => document.querySelectorAll('#callbacks .cb-item').length === 2")
+        await poll(desk, "() => document.querySelectorAll('#callbacks .cb-item').length === 2"
+                         " && document.getElementById('callbacks').textContent.includes('2 calls')")
         rows = await desk.eval_on_selector_all(
             "#callbacks .cb-item", "els => els.map(e => [e.dataset.cbId, e.textContent])")
         assert "07700900404" in rows[0][1] and "2 calls" in rows[0][1], rows
