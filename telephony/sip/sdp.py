@@ -40,8 +40,10 @@ DTMF_PT = 101
 CRYPTO_SUITES = {"AES_CM_128_HMAC_SHA1_80": 30, "AES_CM_128_HMAC_SHA1_32": 30,
                  "AEAD_AES_128_GCM": 28, "AEAD_AES_256_GCM": 44}
 """SDES crypto suites we accept (RFC 4568, RFC 7714) -> master key + salt length in bytes."""
-OFFER_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
-"""Suites we offer, preferred first (every SDES phone has these two)."""
+OFFER_SUITES = ("AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
+"""Suites we offer, preferred first: AES-GCM (RFC 7714: one AEAD pass, no HMAC; measured
+cheaper per packet, bench/srtp_cpu.py), then the two every SDES phone has (RFC 4568), which
+a peer without GCM picks instead (it skips the line it does not know)."""
 SRTP_POLICIES = ("required", "offered", "off")
 _PLAIN = ("RTP/AVP", "RTP/AVPF")
 _SECURE = ("RTP/SAVP", "RTP/SAVPF")

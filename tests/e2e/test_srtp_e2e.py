@@ -114,11 +114,12 @@ async def test_999_call_to_an_srtp_handler_phone(tmp_path: Path, cad_subscriber_
     assert (row["line"], row["handler_id"], row["state"]) == ("999", "h1", "completed"), row
     assert "Call established" in log, log
     assert "srtp" in log.lower(), log
-    # What went over the wire to and from the phone: SRTP only (a 10-byte tag on every
-    # 160-byte A-law frame; none of the caller's frames readable in a payload).
+    # What went over the wire to and from the phone: SRTP only (baresip takes our first
+    # suite, AES-GCM: a 16-byte tag on every 160-byte A-law frame; none of the caller's
+    # frames readable in a payload).
     packets = [c for c in cap.packets() if c.rtp.pt == 8]
     assert len(packets) > 200
-    assert all(len(c.rtp.payload) == 170 for c in packets), {len(c.rtp.payload) for c in packets}
+    assert {len(c.rtp.payload) for c in packets} == {176}, {len(c.rtp.payload) for c in packets}
     frames = {clip.payload[i:i + 160] for i in range(0, len(clip.payload), 160)}
     assert not any(c.rtp.payload[:160] in frames for c in packets)
     assert stats.rtp_srtp_forged == 0 and stats.rtp_srtp_replayed == 0

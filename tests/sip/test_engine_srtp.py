@@ -98,13 +98,15 @@ async def test_srtp_call_both_ways_recorded_in_clear(tmp_path: Path) -> None:
         assert m.proto == "RTP/AVP"  # best-effort: a phone without SRTP could answer plain
         offered = [parse_crypto(v) for n, v in m.attributes if n == "crypto"]
         assert [(c.tag, c.suite) for c in offered] == [  # type: ignore[union-attr]
-            (1, "AES_CM_128_HMAC_SHA1_80"), (2, "AES_CM_128_HMAC_SHA1_32")]
-        leg_port = m.port
-        _reply(handler, inv, 200, body=_crypto_sdp(h_port, h_key, proto="RTP/AVP").encode())
+            (1, "AEAD_AES_128_GCM"), (2, "AES_CM_128_HMAC_SHA1_80"),
+            (3, "AES_CM_128_HMAC_SHA1_32")]
+        leg_port = m.port  # a phone without GCM: takes tag 2
+        _reply(handler, inv, 200,
+               body=_crypto_sdp(h_port, h_key, proto="RTP/AVP", tag=2).encode())
         await handler.expect_request("ACK")
         await rig.wait_for(api.LegAnswered)
         engine.bridge(call_id, leg_id)
-        h_tx, h_rx = _sessions(h_key, offered[0].key)  # type: ignore[union-attr]
+        h_tx, h_rx = _sessions(h_key, offered[1].key)  # type: ignore[union-attr]
         c_before, h_before = len(c_rtp.received), len(h_rtp.received)
         for i in range(1, 31):
             c_tr.sendto(c_tx.protect(_packet(i, 8, 0x11, 0xC0)), ("127.0.0.1", our))

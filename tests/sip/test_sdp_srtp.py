@@ -104,23 +104,28 @@ def test_duplicate_tag_is_malformed() -> None:
 
 
 def _our_offer(proto: str) -> tuple[sdp.SessionDescription, list[sdp.Crypto]]:
-    crypto = sdp.offer_crypto(lambda suite: OURS)
+    crypto = sdp.offer_crypto(lambda suite: OURS[:sdp.CRYPTO_SUITES[suite]])
     off = sdp.offer(codecs=["PCMA"], address="10.0.0.20", port=20000, ptime=20, session_id=1,
                     crypto=crypto, proto=proto)
     return off, crypto
 
 
-def test_our_offer_lists_both_suites_and_the_answer_picks_one() -> None:
-    """We offer 80 then 32 bit tags; an answer taking tag 2 gives the 32-bit suite."""
+def test_our_offer_lists_our_suites_and_the_answer_picks_one() -> None:
+    """We offer AES-GCM, then 80 and 32-bit tags, each with a key of its length; an
+    answer taking tag 3 gives the 32-bit suite."""
     off, crypto = _our_offer("RTP/SAVP")
     text = off.encode().decode()
     assert "m=audio 20000 RTP/SAVP 8 101" in text
-    assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" in text
-    assert "a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:" in text
+    assert [(c.tag, c.suite, len(c.key)) for c in crypto] == [
+        (1, "AEAD_AES_128_GCM", 28), (2, "AES_CM_128_HMAC_SHA1_80", 30),
+        (3, "AES_CM_128_HMAC_SHA1_32", 30)]
+    assert "a=crypto:1 AEAD_AES_128_GCM inline:" in text
+    assert "a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:" in text
+    assert [sdp.parse_crypto(v) for n, v in off.media[0].attributes if n == "crypto"] == crypto
     ans = sdp.parse_sdp((sdp_offer(codecs="8 101").replace("RTP/AVP", "RTP/SAVP")
-                         + f"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{B64}\r\n").encode())
+                         + f"a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{B64}\r\n").encode())
     neg = sdp.accept_answer(ans, codecs=["PCMA"], ptime=20, crypto=crypto, srtp_required=True)
-    assert neg.srtp == sdp.Srtp("AES_CM_128_HMAC_SHA1_32", 2, OURS, KEY, "RTP/SAVP")
+    assert neg.srtp == sdp.Srtp("AES_CM_128_HMAC_SHA1_32", 3, OURS, KEY, "RTP/SAVP")
 
 
 @pytest.mark.parametrize(("extra", "required", "reason"), [
