@@ -12,12 +12,16 @@ hum (``nonspeech``), all band-limited and through G.711 (A-law and mu-law).
 Each engine configuration runs in its own child process at nice 10 (one decoding
 thread): it transcribes every call as the service does for final transcripts
 (``Engine.transcribe`` on the 8 kHz recording). The transcripts are then stored and
-indexed with the product's own code (``transcription.store.save_transcript``) and
-searched with the product's search (``TranscriptSearch.search``, top 10), so the
-recall figures include whatever the search does with what the engine wrote:
+indexed with the product's own code (``transcription.store.save_transcript``, the
+corpus gazetteer stored as the service stores ``[transcription] hotwords``) and searched
+with the product's search (``TranscriptSearch.search``, top 10), so the recall figures
+include whatever the index and the search do with what the engine wrote. Transcripts are
+cached under ``<out>/transcripts`` by audio hash and engine settings (configuration,
+gazetteer, recognition code): re-scoring a search change does not re-run recognition
+(``--no-cache`` does).
 
 * ``recall2``: the two-word query (both words said by the caller) finds the call;
-* ``misspelt``: the same query with one word mistyped finds it;
+* ``misspelt``: the same query with one word mistyped finds it (``--misses`` lists both);
 * ``offset1s``: the hit's offset is within 1 s of where a query word was said;
 * ``WER``: word error rate against the script (numbers, letters normalised);
 * ``nonspeech words``: words written on the 30 s non-speech calls (must be 0);
@@ -33,6 +37,7 @@ The last line is the default engine's (``--default``) over the natural and noise
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -171,18 +176,73 @@ def run_engine(config: str, rows: list[dict[str, Any]], gazetteer: list[str], vo
     load_s = time.perf_counter() - t0
     out = {}
     busy = audio = 0.0
+    calls = {}
     for r in rows:
         pcm, _, rate = read_wav(Path(r["path"]))
         t = time.perf_counter()
         hyps = eng.transcribe(pcm, rate)
-        busy += time.perf_counter() - t
+        took = time.perf_counter() - t
+        busy += took
         audio += len(pcm) / rate
         out[r["call_id"]] = [{"text": h.text, "start": h.start, "end": h.end, "confidence": h.confidence,
                               "words": [[w.word, w.start, w.end, w.confidence] for w in h.words]}
                              for h in hyps]
+        calls[r["call_id"]] = {"busy": took, "audio": len(pcm) / rate}
     q.put({"config": config, "model": getattr(eng, "model", config), "load_s": load_s,
            "busy": busy, "audio": audio, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "dropped": dict(getattr(eng, "dropped", {})), "hyps": out})
+           "dropped": dict(getattr(eng, "dropped", {})), "hyps": out, "calls": calls})
+
+
+# -- transcript cache (re-scoring a search change does not re-run recognition) -----------
+
+_ENGINE_SOURCES = ("transcription/engines.py", "transcription/decoding.py", "transcription/audio.py")
+
+
+def settings_key(config: str, gazetteer: list[str], vosk_model: str) -> str:
+    """What a transcript depends on besides the audio: the engine configuration, the
+    gazetteer, the Vosk model folder and the recognition code itself."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256(json.dumps([config, gazetteer, vosk_model]).encode())
+    for src in _ENGINE_SOURCES:
+        h.update((root / src).read_bytes())
+    h.update(Path(__file__).read_bytes().split(b"# -- transcript cache")[0])  # load() and run_engine()
+    return h.hexdigest()[:16]
+
+
+def audio_key(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+class TranscriptCache:
+    """One JSON file per engine settings under ``<out>/transcripts``: audio hash ->
+    hypotheses and decode time of that call."""
+
+    def __init__(self, out: Path, config: str, settings: str) -> None:
+        self.path = out / "transcripts" / f"{config}-{settings}.json"
+        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def missing(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if audio_key(r["path"]) not in self.data.get("calls", {})]
+
+    def store(self, res: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        calls = self.data.setdefault("calls", {})
+        for r in rows:
+            if r["call_id"] in res["hyps"]:
+                calls[audio_key(r["path"])] = {"hyps": res["hyps"][r["call_id"]], **res["calls"][r["call_id"]]}
+        for k in ("model", "load_s", "rss_mb"):
+            self.data[k] = res[k]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data))
+        tmp.replace(self.path)
+
+    def result(self, config: str, rows: list[dict[str, Any]], dropped: dict[str, Any]) -> dict[str, Any]:
+        calls = {r["call_id"]: self.data["calls"][audio_key(r["path"])] for r in rows}
+        return {"config": config, "model": self.data["model"], "load_s": self.data["load_s"],
+                "rss_mb": self.data["rss_mb"], "dropped": dropped,
+                "busy": sum(c["busy"] for c in calls.values()),
+                "audio": sum(c["audio"] for c in calls.values()),
+                "hyps": {cid: c["hyps"] for cid, c in calls.items()}}
 
 
 # -- scoring (in the parent, with the product's store and search) -------------------------
@@ -199,7 +259,7 @@ def score(res: dict[str, Any], rows: list[dict[str, Any]], gazetteer: list[str])
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(Path(tmp) / "findability.sqlite3")
         db.migrate(calls.COMPONENT, calls.MIGRATIONS)
-        tstore.migrate(db)
+        tstore.migrate(db, gazetteer=gazetteer)  # as the service, with [transcription] hotwords
         for cid, hs in res["hyps"].items():
             hyps = [Hypothesis(h["text"], h["start"], h["end"], True, h["confidence"],
                                tuple(Word(*w) for w in h["words"])) for h in hs]
@@ -235,7 +295,10 @@ def score(res: dict[str, Any], rows: list[dict[str, Any]], gazetteer: list[str])
                 mhits = search.search(" ".join(r["misspelt"]), limit=10)
             except Exception:  # a query the search refuses counts as not found
                 mhits = []
-            g["mis"] += any(h.call_id == r["call_id"] for h in mhits)
+            found_m = any(h.call_id == r["call_id"] for h in mhits)
+            g["mis"] += found_m
+            if not found_m:
+                misses.append(f"{r['call_id']}: misspelt {' '.join(r['misspelt'])!r} not in {text!r}")
         db.close() if hasattr(db, "close") else None
     return {"groups": groups, "misses": misses}
 
@@ -254,6 +317,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=12, help="first N caller scripts (0: all 16)")
     ap.add_argument("--json", default="", help="write all results here")
     ap.add_argument("--misses", action="store_true", help="print each call not found")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="transcribe every call again (else reuse <out>/transcripts, keyed by"
+                         " audio hash and engine settings)")
     a = ap.parse_args()
     manifest = build(Path(a.out), a.seed, limit=a.limit or None)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
@@ -267,16 +333,25 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     results = {}
     for c in configs:
-        q = ctx.Queue()
-        p = ctx.Process(target=run_engine, args=(c, rows, gazetteer, a.vosk_model, q))
-        p.start()
-        try:
-            res = q.get(timeout=3600)
-        except Exception as exc:
-            print(f"{c}: failed ({exc})")
-            p.join(5)
-            continue
-        p.join()
+        cache = TranscriptCache(Path(a.out), c, settings_key(c, gazetteer, a.vosk_model))
+        todo = rows if a.no_cache else cache.missing(rows)
+        dropped: dict[str, Any] = {}
+        if todo:
+            q = ctx.Queue()
+            p = ctx.Process(target=run_engine, args=(c, todo, gazetteer, a.vosk_model, q))
+            p.start()
+            try:
+                fresh = q.get(timeout=3600)
+            except Exception as exc:
+                print(f"{c}: failed ({exc})")
+                p.join(5)
+                continue
+            p.join()
+            cache.store(fresh, todo)
+            dropped = fresh["dropped"]
+        else:
+            print(f"{c}: transcripts from {cache.path}")
+        res = cache.result(c, rows, dropped)
         res["score"] = score(res, rows, gazetteer)
         results[c] = res
         s = res["score"]["groups"]

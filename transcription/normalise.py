@@ -20,6 +20,11 @@ one canonical term:
 
 :func:`phonetic_key` is a compact Metaphone-like key (consonant skeleton with English
 spelling rules) for the search's phonetic expansion of misspelt names.
+
+:class:`Gazetteer` holds the force's place and street names (``[transcription]
+hotwords``); :meth:`Gazetteer.alternatives` finds the transcript words (or pairs of
+adjacent words) that sound like one of them but were written otherwise ("Hobon" for
+Harborne, "king standing" for Kingstanding), so the index can hold the name too.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from rapidfuzz import fuzz
+from rapidfuzz.distance import Levenshtein
 
 _PIECES = re.compile(r"[^\W_]+", re.UNICODE)
 _THOUSANDS = re.compile(r"(?<=\d)[,.](?=\d{3}(?!\d))")
@@ -312,6 +320,8 @@ def is_code(term: str) -> bool:
 # -- phonetic key -------------------------------------------------------------------
 _PHON_RULES = [
     (re.compile(r"^(kn|gn|pn|wr|ps)"), lambda m: m.group(1)[1]),
+    (re.compile(r"^ch(?=[lr])"), lambda m: "k"),  # Chloe, Christine, Chris
+    (re.compile(r"(?<=[aeiou])r+(?![aeiouy])"), lambda m: ""),  # non-rhotic: Harborne ~ Habon
     (re.compile(r"^x"), lambda m: "s"),
     (re.compile(r"^wh"), lambda m: "w"),
     (re.compile(r"mb$"), lambda m: "m"),
@@ -335,7 +345,9 @@ _PHON_RULES = [
 
 
 def phonetic_key(word: str) -> str:
-    """A Metaphone-like consonant key: "Birmingham", "Burmingum" -> "BRMNKM"."""
+    """A Metaphone-like consonant key, as British English is spoken (an "r" after a vowel
+    and before a consonant is not heard): "Birmingham", "Burmingum" -> "BMNKM";
+    "Harborne", "Hobon" -> "HBN"; "Chloe", "Clow" -> "KL"."""
     w = "".join(c for c in _fold(word) if "a" <= c <= "z")
     if not w:
         return ""
@@ -347,3 +359,111 @@ def phonetic_key(word: str) -> str:
     rest = re.sub(r"[aeiouhwy]", "", rest)
     out = (head + rest).upper()
     return re.sub(r"(.)\1+", r"\1", out)
+
+
+# -- gazetteer ----------------------------------------------------------------------
+def _key_distance(a: str, b: str) -> int:
+    return Levenshtein.distance(a, b, score_cutoff=2)
+
+
+@dataclass(frozen=True)
+class GazetteerMatch:
+    """Transcript terms ``first``..``last`` (inclusive) sound like gazetteer ``name``,
+    whose search terms are ``terms``."""
+
+    first: int
+    last: int
+    name: str
+    terms: tuple[str, ...]
+    distance: int
+    """Edits between the phonetic keys (0: they sound the same)."""
+
+
+class Gazetteer:
+    """Place and street names of the force, matched against transcript words by sound.
+
+    A transcript word, or two adjacent words written as one, matches a name when its
+    phonetic key (:func:`phonetic_key`, of the letters joined) is the name's, or one edit
+    from it when the key has at least :attr:`MIN_KEY_FOR_EDIT` letters, the first letters
+    agree, the lengths are close (:attr:`MIN_LENGTH_RATIO`) and the spellings are at
+    least :attr:`MIN_SPELLING` alike (rapidfuzz ratio).
+    Words that are themselves a name (or a word of one), and words shorter than
+    :attr:`MIN_LETTERS`, never match. Cost: one dict lookup per word and pair, plus an
+    edit distance to the names whose key starts alike and differs in length by at most
+    one (a few per word, even for thousands of names).
+    """
+
+    MIN_LETTERS = 4
+    MIN_KEY_FOR_EDIT = 4
+    MIN_SPELLING = 55.0
+    MIN_LENGTH_RATIO = 0.75
+    """A name one key edit away must be about as long as the word ("hands" is not
+    Handsworth)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names: dict[str, tuple[str, ...]] = {}  # joined letters -> search terms
+        self._by_key: dict[str, list[str]] = {}
+        self._near: dict[tuple[str, int], list[tuple[str, str]]] = {}  # (head, key len) -> (key, joined)
+        self._words: set[str] = set()
+        for name in names:
+            ts = tuple(normalise(name))
+            joined = "".join(ts)
+            if not ts or not joined.isalpha() or len(joined) < self.MIN_LETTERS or joined in self.names:
+                continue
+            self.names[joined] = ts
+            self._words.update(ts)
+            key = phonetic_key(joined)
+            self._by_key.setdefault(key, []).append(joined)
+            self._near.setdefault((joined[0], len(key)), []).append((key, joined))
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def match(self, spelled: str, *, joined_words: bool = False) -> tuple[str, int] | None:
+        """(name's joined letters, key distance) of the name ``spelled`` sounds like;
+        ``joined_words``: ``spelled`` is two words joined ("king" "standing"), which
+        match a name written as one word."""
+        if spelled in self.names and (joined_words or self.names[spelled] != (spelled,)):
+            return spelled, 0  # "king standing", "kingsheath"
+        if len(spelled) < self.MIN_LETTERS or spelled in self.names or spelled in self._words:
+            return None
+        key = phonetic_key(spelled)
+        best: tuple[float, str, int] | None = None
+        for joined in self._by_key.get(key, ()):
+            sim = fuzz.ratio(spelled, joined)
+            if sim >= self.MIN_SPELLING and (best is None or sim > best[0]):
+                best = (sim, joined, 0)
+        if best is None and len(key) >= self.MIN_KEY_FOR_EDIT:
+            for n in (len(key) - 1, len(key), len(key) + 1):
+                for other, joined in self._near.get((spelled[0], n), ()):
+                    short, long_ = sorted((len(spelled), len(joined)))
+                    if short >= self.MIN_LENGTH_RATIO * long_ and _key_distance(key, other) <= 1:
+                        sim = fuzz.ratio(spelled, joined)
+                        if sim >= self.MIN_SPELLING and (best is None or sim > best[0]):
+                            best = (sim, joined, 1)
+        return None if best is None else (best[1], best[2])
+
+    def alternatives(self, words: Sequence[str]) -> list[GazetteerMatch]:
+        """Names heard as ``words`` (search terms, in order): each single word, then each
+        pair of adjacent words not already matched (the pair's letters joined)."""
+        if not self.names:
+            return []
+        out: list[GazetteerMatch] = []
+        single: dict[int, str] = {}
+        for i, w in enumerate(words):
+            if w.isalpha():
+                m = self.match(w)
+                if m is not None:
+                    single[i] = m[0]
+                    out.append(GazetteerMatch(i, i, m[0], self.names[m[0]], m[1]))
+        for i in range(len(words) - 1):
+            a, b = words[i], words[i + 1]
+            if not (a.isalpha() and b.isalpha()) or a in self.names or b in self.names:
+                continue  # "halesowen it": the name was heard already
+            m = self.match(a + b, joined_words=True)
+            if m is None or single.get(i) == m[0] or single.get(i + 1) == m[0]:
+                continue
+            if self.names[m[0]] == (a, b):
+                continue  # "selly oak": the name itself
+            out.append(GazetteerMatch(i, i + 1, m[0], self.names[m[0]], m[1]))
+        return sorted(out, key=lambda g: (g.last, g.first))

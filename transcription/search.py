@@ -29,8 +29,11 @@ Exact matches rank first. A rare or unknown query word (found in fewer than
 spellings (rapidfuzz ratio >= ``fuzzy_cutoff``, same first letter, similar length) and
 words with the same phonetic key (:func:`~transcription.normalise.phonetic_key`); calls
 found only through them follow the exact hits (``Hit.match`` "fuzzy", then
-"phonetic"). Words recognised with low confidence are indexed like the others and marked
-in the hit (``Hit.matches``, ``Hit.fragments``).
+"phonetic"). Calls found only through a gazetteer name indexed for words that sound like
+it (``transcription/store.py``) follow the exact hits of the same search
+(``Hit.match`` "gazetteer", score x GAZETTEER_SIMILARITY). Words recognised with low
+confidence are indexed like the others and marked in the hit (``Hit.matches``,
+``Hit.fragments``).
 
 Bounded work on a big index, and said so in each hit: at most ``max_candidates`` (1000)
 matching calls are ranked, the newest (``Hit.ranked_within_recent``, with
@@ -115,8 +118,10 @@ class Hit:
     rank: int = 0
     """1 for the best hit of the search, then 2, 3..."""
     match: str = "exact"
-    """``exact`` (the query's words, normalised and stemmed), ``fuzzy`` (a close spelling
-    of a rare query word) or ``phonetic`` (a word that sounds the same)."""
+    """``exact`` (the query's words, normalised and stemmed), ``gazetteer`` (a place or
+    street name of the gazetteer indexed for words that sound like it: "Harborne" for
+    "Hobon"), ``fuzzy`` (a close spelling of a rare query word) or ``phonetic`` (a word
+    that sounds the same)."""
     matches: tuple[dict[str, Any], ...] = field(default=())
     """The matched words in time order (at most MAX_MATCHES): ``word`` as transcribed,
     ``at`` and ``end`` (seconds), ``channel``, ``confidence``, ``low_confidence``."""
@@ -320,7 +325,10 @@ class Alternative:
 
 
 PHONETIC_SIMILARITY = 0.5
-KIND_ORDER = {"exact": 0, "fuzzy": 1, "phonetic": 2}
+GAZETTEER_SIMILARITY = 0.8
+"""Score factor of a call found through a gazetteer name indexed for words that sound
+like it (``transcription/store.py``), not through words heard as written."""
+KIND_ORDER = {"exact": 0, "gazetteer": 1, "fuzzy": 2, "phonetic": 3}
 
 
 class TranscriptSearch:
@@ -335,6 +343,14 @@ class TranscriptSearch:
     OWN_TERMS = 25_000
     """Most terms scored by :meth:`_bm25` per query (the newest calls that hold them):
     whole calls are long, and this path tokenizes each candidate in Python."""
+
+    def __new__(cls, db: Database, **kwargs: Any) -> TranscriptSearch:
+        # On a PostgreSQL store: its full-text search (transcription/pgsearch.py), same API.
+        if cls is TranscriptSearch and getattr(db, "dialect", "sqlite") == "postgresql":
+            from .pgsearch import PgTranscriptSearch
+
+            return super().__new__(PgTranscriptSearch)
+        return super().__new__(cls)
 
     def __init__(self, db: Database, *, max_candidates: int = 1000,
                  calls_first_max: int = 1000, max_idf_scan: int = 400_000,
@@ -411,6 +427,7 @@ class TranscriptSearch:
             dfs = self._document_frequencies([p for g in groups for p in g] + negatives)
             found = self._run(groups, negatives, where, params, dfs, limit, set())
             hits = [self._hit(row, "exact", {}) for row in found]
+            hits.sort(key=lambda h: KIND_ORDER[h.match])  # stable: bm25 order within a kind
             alternatives = self._alternatives(groups, dfs)
             if alternatives and len(hits) < limit:
                 by_term = {a.term: a for alts in alternatives.values() for a in alts}
@@ -507,6 +524,12 @@ class TranscriptSearch:
             used = [alternatives[items.terms[i]] for i in marked if items.terms[i] in alternatives]
             kind = max((a.kind for a in used), key=KIND_ORDER.__getitem__, default="exact")
             score *= min((a.similarity for a in used), default=1.0)
+        heard = {items.terms[i] for i in marked if i not in items.alternatives}
+        if any(items.terms[i] not in heard for i in marked if i in items.alternatives):
+            # some query word matched only a gazetteer name added for words like it
+            if KIND_ORDER[kind] < KIND_ORDER["gazetteer"]:
+                kind = "gazetteer"
+            score *= GAZETTEER_SIMILARITY
         shows = {_owner(items, i) for i in marked}  # the terms showing the matched words
         matched = sorted((items.start(i), i) for i in shows)
         first = matched[0][1] if matched else 0

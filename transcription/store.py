@@ -10,6 +10,11 @@ Tables (component ``transcription``):
   words as transcribed; ``transcription_call_fts`` is an external-content FTS5 index
   over it, kept in step by triggers, and ``transcription_vocab`` the distinct indexed
   words with phonetic keys (for the search's fuzzy and phonetic expansion).
+* ``transcription_gazetteer``: the force's place and street names. A transcript word
+  (or two adjacent words) that sounds like one of them but is written otherwise ("Hobon",
+  "king standing") also indexes the name, right after those words, with their times
+  (:class:`~transcription.normalise.Gazetteer`); the search marks calls found only so
+  as ``gazetteer`` matches, ranked after exact ones.
 * ``transcription_transcript_versions``: transcripts replaced by a retranscription.
 * ``transcription_jobs``: the final-transcription queue. A job is a row, so it
   survives restarts; a job found ``running`` at start-up was interrupted by a crash or a
@@ -21,6 +26,7 @@ recordings whose call row lives elsewhere; search LEFT JOINs ``calls`` for its f
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import struct
@@ -35,7 +41,7 @@ import structlog
 from store.db import Database
 
 from .engines import Hypothesis
-from .normalise import phonetic_key, terms
+from .normalise import Gazetteer, phonetic_key, terms
 
 log = structlog.get_logger("transcription.store")
 
@@ -188,9 +194,14 @@ MIGRATIONS = [
     DROP TRIGGER transcription_segments_au;
     DROP TABLE transcription_fts;
     """,
+    # 6: the force's place and street names (``[transcription] hotwords``): a transcript
+    # word that sounds like one of them also indexes the name (set_gazetteer).
+    """
+    CREATE TABLE transcription_gazetteer (name TEXT PRIMARY KEY) WITHOUT ROWID;
+    """,
 ]
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 """Version of the call index's normalisation; a higher one reindexes every transcript
 (at migration, or ``controlroom reindex``)."""
 LOW_CONFIDENCE = 0.5
@@ -201,9 +212,41 @@ MAX_ATTEMPTS = 3
 """A job that fails this many times stays ``failed`` (visible to operators)."""
 
 
-def migrate(db: Database) -> None:
-    db.migrate(COMPONENT, MIGRATIONS)
+def migrate(db: Database, *, gazetteer: Sequence[str] | None = None) -> None:
+    """Migrate, store the gazetteer (when given: the configured ``hotwords``) and
+    (re)index the transcripts once if the normalisation or the gazetteer changed."""
+    from .pgschema import MIGRATIONS as PG_MIGRATIONS
+
+    db.migrate(COMPONENT, MIGRATIONS, postgresql=PG_MIGRATIONS)
+    if gazetteer is not None:
+        set_gazetteer(db, gazetteer, reindex_now=False)
     ensure_index(db)
+
+
+def set_gazetteer(db: Database, names: Sequence[str], *, reindex_now: bool = True) -> int:
+    """Replace the stored gazetteer. When it changed, every transcript is reindexed
+    (now, or by the next :func:`ensure_index` when ``reindex_now`` is false): returns
+    the calls reindexed now."""
+    wanted = sorted({n.strip() for n in names if n.strip()})
+    with db.transaction() as conn:
+        have = [r[0] for r in conn.execute("SELECT name FROM transcription_gazetteer ORDER BY name")]
+        if have == wanted:
+            return 0
+        conn.execute("DELETE FROM transcription_gazetteer")
+        conn.executemany("INSERT INTO transcription_gazetteer(name) VALUES (?)", [(n,) for n in wanted])
+        conn.execute("UPDATE transcription_index_state SET version = 0 WHERE name = 'call_index'")
+    return ensure_index(db) if reindex_now else 0
+
+
+@functools.lru_cache(maxsize=4)
+def _gazetteer(names: tuple[str, ...]) -> Gazetteer:
+    return Gazetteer(names)
+
+
+def load_gazetteer(conn: sqlite3.Connection) -> Gazetteer:
+    """The stored gazetteer (built once per distinct list of names)."""
+    return _gazetteer(tuple(r[0] for r in conn.execute(
+        "SELECT name FROM transcription_gazetteer ORDER BY name")))
 
 
 @dataclass(frozen=True)
@@ -259,8 +302,12 @@ def save_transcript(db: Database, call_id: str, *, engine: str, model: str, lang
         _archive(conn, call_id)
         conn.execute("DELETE FROM transcription_segments WHERE call_id=?", (call_id,))
         conn.execute(
-            "INSERT OR REPLACE INTO transcription_transcripts(call_id, engine, model, language,"
-            " text, confidence, duration, recording_path, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO transcription_transcripts(call_id, engine, model, language,"
+            " text, confidence, duration, recording_path, created_at) VALUES (?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(call_id) DO UPDATE SET engine=excluded.engine, model=excluded.model,"
+            " language=excluded.language, text=excluded.text, confidence=excluded.confidence,"
+            " duration=excluded.duration, recording_path=excluded.recording_path,"
+            " created_at=excluded.created_at",
             (call_id, engine, model, language, text, conf, duration, recording_path, time.time()))
         conn.executemany(
             'INSERT INTO transcription_segments(call_id, channel, start, "end", text, confidence,'
@@ -336,11 +383,21 @@ class IndexedTerm:
     display: str
     """The words as transcribed ("two thousand", "AB12 CDE"), with any punctuation-only
     words after them; "" for a further term of the same words ("<b>shouting</b>" makes
-    three terms: the first shows the word)."""
+    three terms: the first shows the word); :data:`ALTERNATIVE` for a gazetteer name
+    the words before it sound like (shown by those words)."""
 
     @property
     def low_confidence(self) -> bool:
         return self.confidence is not None and self.confidence < LOW_CONFIDENCE
+
+    @property
+    def alternative(self) -> bool:
+        """A gazetteer name added for the words before it, not a word heard."""
+        return self.display == ALTERNATIVE
+
+
+ALTERNATIVE = "\x1e"
+"""Display of a gazetteer name indexed as an alternative of the words before it."""
 
 
 SegmentRow = tuple[str, float, float, str, "float | None", Sequence[Any]]
@@ -362,9 +419,12 @@ def _words_of(seg: SegmentRow) -> list[tuple[str, float, float, float | None]]:
     return [(w, start + i * step, start + (i + 1) * step, conf) for i, w in enumerate(raw)]
 
 
-def index_terms(segments: Iterable[SegmentRow]) -> list[IndexedTerm]:
+def index_terms(segments: Iterable[SegmentRow], gazetteer: Gazetteer | None = None
+                ) -> list[IndexedTerm]:
     """The call as one sequence of terms: the caller's words in time order, then the
-    handler's (so a phrase or a registration spoken across two segments stays whole)."""
+    handler's (so a phrase or a registration spoken across two segments stays whole);
+    after words that sound like a ``gazetteer`` name, the name's terms
+    (:data:`ALTERNATIVE`, with the words' times and least confidence)."""
     by_channel: dict[str, list[tuple[str, float, float, float | None]]] = {c: [] for c in CHANNELS}
     for seg in sorted(segments, key=lambda s: (s[1], s[2])):
         by_channel.setdefault(seg[0], []).extend(_words_of(seg))
@@ -375,6 +435,7 @@ def index_terms(segments: Iterable[SegmentRow]) -> list[IndexedTerm]:
         for k in range(len(ts) - 2, -1, -1):
             nxt[k] = ts[k + 1].first if ts[k + 1].first > ts[k].last else nxt[k + 1]
         covered = -1
+        chan: list[IndexedTerm] = []
         for k, t in enumerate(ts):
             if t.first == t.last:
                 w = words[t.first]
@@ -390,7 +451,25 @@ def index_terms(segments: Iterable[SegmentRow]) -> list[IndexedTerm]:
             else:  # the term's words and the punctuation-only words up to the next term
                 display = " ".join(w[0] for w in words[t.first if k else 0:nxt[k]])
             covered = max(covered, t.last)
-            out.append(IndexedTerm(t.text, start, end, channel, conf, display))
+            chan.append(IndexedTerm(t.text, start, end, channel, conf, display))
+        out += _with_alternatives(chan, gazetteer) if gazetteer else chan
+    return out
+
+
+def _with_alternatives(items: list[IndexedTerm], gazetteer: Gazetteer) -> list[IndexedTerm]:
+    after: dict[int, list[IndexedTerm]] = {}
+    for m in gazetteer.alternatives([it.term for it in items]):
+        span = items[m.first:m.last + 1]
+        confs = [it.confidence for it in span if it.confidence is not None]
+        after.setdefault(m.last, []).extend(
+            IndexedTerm(t, span[0].start, span[-1].end, span[0].channel,
+                        min(confs) if confs else None, ALTERNATIVE) for t in m.terms)
+    if not after:
+        return items
+    out: list[IndexedTerm] = []
+    for k, it in enumerate(items):
+        out.append(it)
+        out += after.get(k, ())
     return out
 
 
@@ -415,6 +494,11 @@ class IndexedCall:
         self.shown = display.split("\x1f") if display else []
         if len(self.shown) < n:
             self.shown += self.terms[len(self.shown):]
+        self.alternatives = frozenset(i for i, d in enumerate(self.shown) if d == ALTERNATIVE)
+        """Positions of gazetteer names added as alternatives (not shown: the words
+        before them show them)."""
+        for i in self.alternatives:
+            self.shown[i] = ""
 
     def __len__(self) -> int:
         return len(self.terms)
@@ -429,7 +513,8 @@ class IndexedCall:
         c = self._info[i] & 127
         return IndexedTerm(self.terms[i], round(self._times[2 * i], 3),
                            round(self._times[2 * i + 1], 3), CHANNELS[self._info[i] >> 7],
-                           None if c == 127 else c / 100, self.shown[i])
+                           None if c == 127 else c / 100,
+                           ALTERNATIVE if i in self.alternatives else self.shown[i])
 
 
 def decode_index(terms_text: str, blob: bytes, display: str) -> list[IndexedTerm]:
@@ -449,7 +534,8 @@ def vocab_add(conn: sqlite3.Connection, counts: Counter[str], sign: int = 1) -> 
     if sign > 0:
         conn.executemany(
             "INSERT INTO transcription_vocab(term, phonetic, head, len, calls) VALUES (?,?,?,?,?)"
-            " ON CONFLICT(term) DO UPDATE SET calls = calls + excluded.calls",
+            " ON CONFLICT(term) DO UPDATE SET calls = transcription_vocab.calls + excluded.calls,"
+            " phonetic = excluded.phonetic",  # a new phonetic_key (INDEX_VERSION) replaces the old
             [(t, phonetic_key(t), t[0], len(t), n) for t, n in counts.items()])
     else:
         conn.executemany("UPDATE transcription_vocab SET calls = calls - ? WHERE term = ?",
@@ -458,15 +544,20 @@ def vocab_add(conn: sqlite3.Connection, counts: Counter[str], sign: int = 1) -> 
                          [(t,) for t in counts])
 
 
-def index_call(conn: sqlite3.Connection, call_id: str, segments: Iterable[SegmentRow]) -> None:
+def index_call(conn: sqlite3.Connection, call_id: str, segments: Iterable[SegmentRow],
+               gazetteer: Gazetteer | None = None) -> None:
     """(Re)write the call's row in the call index and the vocabulary (in ``conn``'s
-    transaction). A call without words has no row."""
+    transaction), with the stored gazetteer's names as alternatives (``gazetteer``:
+    another one). A call without words has no row."""
     old = conn.execute("SELECT terms FROM transcription_call_index WHERE call_id=?",
                        (call_id,)).fetchone()
     if old is not None:
         vocab_add(conn, vocabulary_terms(old[0]), -1)
         conn.execute("DELETE FROM transcription_call_index WHERE call_id=?", (call_id,))
-    items = index_terms(segments)
+    segments = list(segments)
+    if not segments:
+        return
+    items = index_terms(segments, load_gazetteer(conn) if gazetteer is None else gazetteer)
     if not items:
         return
     text, blob, display = encode_index(items)
@@ -480,7 +571,8 @@ def reindex(db: Database, call_ids: Sequence[str] | None = None, *, batch: int =
     so the index's row order stays the calls' order. Returns the calls indexed."""
     if call_ids is None:
         ids = [r[0] for r in db.query("SELECT call_id FROM transcription_transcripts"
-                                      " ORDER BY created_at, rowid")]
+                                      " ORDER BY created_at, "
+                                      + ("rowid" if db.dialect == "sqlite" else "call_id"))]
     else:
         ids = list(call_ids)
     done = 0
