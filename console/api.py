@@ -299,15 +299,20 @@ async def call_hold(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 
 
 @endpoint("POST", "/api/desk/calls/{call_id}/transfer", roles=H,
-          summary="Transfer my call to a line's queue or a named handler (exactly one).",
-          body={**obj([], to_line=ID, to_handler=ID), "minProperties": 1, "maxProperties": 1})
+          summary="Transfer my call to a line's queue or a named handler (exactly one); "
+                  "to a less urgent line (a 999 to 101) only with confirm: 409 otherwise.",
+          body={**obj([], to_line=ID, to_handler=ID, confirm={"type": "boolean"}),
+                "minProperties": 1, "maxProperties": 2,
+                # exactly one target; confirm goes only with a line
+                "dependentSchemas": {"to_handler": {"maxProperties": 1}}})
 async def call_transfer(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     cid = request.match_info["call_id"]
     hid = await _my_card(request, ctx, "call", cid)
     if ctx.body.get("to_handler") == hid:
         raise ApiError(400, "cannot transfer a call to yourself")
     await request.app[BACKEND].transfer(cid, to_line=ctx.body.get("to_line"),
-                                        to_handler=ctx.body.get("to_handler"))
+                                        to_handler=ctx.body.get("to_handler"),
+                                        confirm=bool(ctx.body.get("confirm")))
     return ok()
 
 

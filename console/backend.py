@@ -155,8 +155,11 @@ class DeskBackend(Protocol):
         """Put the connected call on hold (``on``) or take it off hold."""
 
     async def transfer(self, call_id: str, *, to_line: str | None = None,
-                       to_handler: str | None = None) -> None:
-        """Move the connected call to a line's queue or to a named handler (exactly one)."""
+                       to_handler: str | None = None, confirm: bool = False) -> None:
+        """Move the connected call to a line's queue or to a named handler (exactly one).
+
+        Moving a call to a less urgent line's queue (a 999 to 101) raises Conflict unless
+        ``confirm``: the desk warns first. The call keeps its priority either way."""
 
     async def end_call(self, call_id: str) -> None:
         """Hang up the connected call from the desk; the handler goes to wrap-up."""

@@ -392,7 +392,7 @@ class FakeBackend:
         self._log(call_id, "HOLD" if on else "UNHOLD", c["handler_id"])
 
     async def transfer(self, call_id: str, *, to_line: str | None = None,
-                       to_handler: str | None = None) -> None:
+                       to_handler: str | None = None, confirm: bool = False) -> None:
         if (to_line is None) == (to_handler is None):
             raise Invalid("give exactly one of to_line or to_handler")
         c = self._connected(call_id)

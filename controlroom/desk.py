@@ -319,7 +319,7 @@ class ServiceDesk:
                         "by": "handler", "at": time.time()})
 
     async def transfer(self, call_id: str, *, to_line: str | None = None,
-                       to_handler: str | None = None) -> None:
+                       to_handler: str | None = None, confirm: bool = False) -> None:
         s = self.s
         if (to_line is None) == (to_handler is None):
             raise Invalid("give exactly one of to_line or to_handler")
@@ -328,6 +328,9 @@ class ServiceDesk:
         if to_handler is not None and to_handler not in s.handlers:
             raise Invalid(f"unknown handler {to_handler!r}")
         call = self._connected(call_id)
+        if to_line is not None and s.lines[to_line].priority > call.priority and not confirm:
+            raise Conflict(f"this is a line {call.line} call: moving it to the {to_line} queue "
+                           f"needs confirming (it keeps its priority there)")
         s.transfer(call, to_line=to_line, to_handler=to_handler)
 
     async def end_call(self, call_id: str) -> None:

@@ -955,14 +955,19 @@ class Service:
         if call.answered_at is not None:
             call.talk_before += now - call.answered_at
         call.state, call.handler_id, call.leg_id, call.answered_at = "queued", None, None, None
+        record_line = call.line
         if to_line is not None:
+            # A call never loses urgency by a transfer (routing/transfers.py): a 999 sent
+            # to the 101 queue keeps its priority and stays a 999 call in the records.
+            if self.lines[to_line].priority <= call.priority:
+                record_line = to_line
+            call.priority = min(call.priority, self.lines[to_line].priority)
             call.line = to_line
-            call.priority = self.lines[to_line].priority
         line = call.line
         self._record(ev.CallTransferred(call_id=call.call_id, at=now, from_handler=from_handler,
                                         to_line=to_line, to_handler=to_handler),
                      lambda conn: calls_table.update(conn, call.call_id, state="queued",
-                                                     line=line),
+                                                     line=record_line),
                      line=line)
         self.engine.play(call.call_id, self.lines[call.line].queue_prompt)
         self._apply(actions)

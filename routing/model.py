@@ -207,6 +207,9 @@ class Call:
     offer_deadline: float | None = None
     caller_key: str = ""
     """The caller as one person (E.164 when known) for the call-back list; "" withheld."""
+    excluded: str | None = None
+    """A handler never offered this queue leg: whoever transferred the call to a line's
+    queue (they handed it on; getting it back would defeat the transfer)."""
 
 
 @dataclass(slots=True, eq=False)

@@ -138,6 +138,14 @@ class Router(RouterTransfers, RouterViews):
         from .restore import restore
         return restore(self, entries, now)
 
+    def adopt(self, entries: Iterable[QueueLogEntry], now: float, *,
+              reason: str) -> list[Action]:
+        """Close another (dead) node's calls on the record, given their queue-log rows:
+        ABANDON or COMPLETE with ``reason``; waiting 999s join this router's call-back
+        list. Returns the rows to append to the log. See ``routing.restore.adopt``."""
+        from .restore import adopt
+        return adopt(self, entries, now, reason=reason)
+
     @classmethod
     def from_settings(cls, lines: list[Any], routing: Any, **kw: Any) -> Router:
         """From ``config.Settings.lines`` and ``config.Settings.routing``."""
@@ -310,8 +318,28 @@ class Router(RouterTransfers, RouterViews):
         # caller is not left waiting on one handler who is not answering
         call.target = None
 
+    def _alternative(self, call: Call) -> Handler | None:
+        """The available handler the policy prefers for ``call`` other than the one it
+        excludes (a linear scan: only transferred calls with an exclusion get here)."""
+        skill = self.lines[call.line].skill
+        hs = [h for h in self.handlers.values()
+              if h.state is HS.AVAILABLE and skill in h.skills and h.handler_id != call.excluded]
+        return min(hs, key=lambda h: (self.policy.key(h, skill), h.handler_id), default=None)
+
     def _dispatch(self, now: float, out: list[Action]) -> None:
-        """Offer waiting calls to available handlers, most urgent call first."""
+        """Offer waiting calls to available handlers, most urgent call first.
+
+        A call whose best handler is the one it excludes goes to the next handler the
+        policy prefers; with none free it is set aside for this round (it keeps its place)
+        so the calls behind it are not held up."""
+        parked: list[Call] = []
+        try:
+            self._dispatch_round(now, out, parked)
+        finally:
+            for c in parked:
+                self.queue.add(c)
+
+    def _dispatch_round(self, now: float, out: list[Action], parked: list[Call]) -> None:
         cap = self.ageing_cap
         while True:
             best: tuple[Any, Call, Handler] | None = None
@@ -337,7 +365,15 @@ class Router(RouterTransfers, RouterViews):
                     best = (key, c, h)
             if best is None:
                 return
-            self._offer(best[1], best[2], now, out)
+            call, h = best[1], best[2]
+            if call.excluded is not None and call.excluded == h.handler_id:
+                alt = self._alternative(call)
+                if alt is None:
+                    self.queue.remove(call)
+                    parked.append(call)
+                    continue
+                h = alt
+            self._offer(call, h, now, out)
 
     # -------------------------------------------------------------------- calls
     def call_arrived(self, call_id: str, line: str, now: float, *,
@@ -456,6 +492,7 @@ class Router(RouterTransfers, RouterViews):
         wait = now - call.entered
         call.connected_at = now
         call.offer_deadline = None
+        call.excluded = None
         h.calls += 1
         h.handle_start, h.handle_line = now, call.line
         self._log(out, now, call_id, call.line, handler_id, "CONNECT", wait=wait)

@@ -80,15 +80,24 @@ class RouterTransfers:
         E.g. a 101 call that is really an emergency goes to the 999 queue, first in line.
         The call takes the new line's class; its ageing still counts from first arrival.
         A transfer is never rejected for overflow (the caller is already with us).
+        A call never loses urgency by a transfer: a 999 moved to the 101 queue keeps its
+        class (0), so it is answered before every 101 call. The transferring handler is
+        excluded from this queue leg (never offered the call again until it is answered).
         """
         now = self._clock(now)
         call = self._call(call_id)
         spec = self._line(line)
         call_move(call_id, call.state, "transfer")
         out: list[Action] = []
-        self._transfer_out(call, now, out, to_line=line, head=head)
+        from_handler = call.handler_id
+        # A call never loses urgency by a transfer: a 999 moved to the 101 queue keeps
+        # its class (it goes before every 101 call) and its origin line in the records.
+        keep = min(call.klass, spec.priority)
+        self._transfer_out(call, now, out, to_line=line, head=head,
+                           **({"kept_priority": keep} if keep < spec.priority else {}))
         call.line = line
-        call.klass, call.base, call.reprioritised = spec.priority, float(spec.priority), False
+        call.klass, call.base, call.reprioritised = keep, float(keep), False
+        call.excluded = from_handler
         if head:
             self._head_seq -= 1
             call.seq = self._head_seq
@@ -118,6 +127,7 @@ class RouterTransfers:
         out: list[Action] = []
         self._transfer_out(call, now, out, to_handler=handler_id)
         call.target = handler_id
+        call.excluded = None
         self._new_leg(call, now, out, to_handler=handler_id)
         return out
 

@@ -11,6 +11,7 @@ let view = null;          // last desk.view
 let card = null;          // the call card shown (offer, call or wrap-up)
 let phase = "idle";       // ringing | connected | wrapup | idle
 let lines = ["999", "101"];
+let linePriority = { "999": 0, "101": 1 };  // line -> priority class (0 most urgent)
 let liveFinal = {};       // call_id -> final segments received since the last view
 let partial = {};         // call_id -> {channel: segment} (replaced by the next)
 let callbacks = [];
@@ -269,6 +270,7 @@ function tick() {
 
 function renderQueue(q) {
   lines = q.lines.map((l) => l.name);
+  linePriority = Object.fromEntries(q.lines.map((l) => [l.name, l.priority]));
   $("qsum").replaceChildren(...q.lines.map((l) => el("div", { class: "fig l" + l.name },
     el("div", { class: "v", text: String(l.waiting) }),
     el("div", { class: "k", text: `${l.name} · longest ${fmtDur(l.longest_wait)}` }))));
@@ -462,6 +464,12 @@ function wire() {
   $("transfer").onclick = () => {
     const v = $("xfer-to").value;
     const body = v === "handler" ? { to_handler: $("xfer-handler").value.trim() } : { to_line: v.slice(5) };
+    if (body.to_line && (linePriority[body.to_line] ?? 0) > (card.priority ?? linePriority[card.line] ?? 0)) {
+      // A 999 going to a less urgent queue: say so first (it keeps its priority there).
+      if (!window.confirm(`This is a line ${card.line} call. Move it to the ${body.to_line} queue? ` +
+                          "It keeps its priority and goes before every call waiting there.")) return;
+      body.confirm = true;
+    }
     act(() => api("POST", `/api/desk/calls/${card.call_id}/transfer`, body), "Call transferred");
   };
   $("end").onclick = endCall;

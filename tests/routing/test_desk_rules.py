@@ -222,3 +222,49 @@ def test_supervisor_sets_the_wrap_up_limit_and_logs_a_handler_out_with_a_reason(
     out = r.handler_logout("h2", 6, reason="end of shift (set by sup1)")
     assert state(r, "h2") == ("logged_out", "end of shift (set by sup1)")
     assert entries(out)[0].data["reason"] == "end of shift (set by sup1)"
+
+
+def test_transfer_to_a_queue_excludes_the_transferring_handler() -> None:
+    """A call moved to a line's queue is never offered back to whoever moved it on that
+    leg, even when they are the longest idle; it waits for someone else (without holding
+    up the calls behind it), and the exclusion ends when another handler answers."""
+    r, _ = router()
+    r.set_available("h1", 1)
+    r.call_arrived("a", "101", 2, caller="01214960001")
+    r.offer_answered("a", "h1", 3)
+    r.transfer_to_line("a", "999", 10)
+    r.end_wrapup("h1", 11)
+    offers = [a for a in r.set_available("h1", 11) if type(a).__name__ == "Offer"]
+    assert offers == [] and r.position("a") == 1          # h1 stays free, a waits
+    # a 101 behind it is not held up by the call h1 may not take
+    offers = [a for a in r.call_arrived("b", "101", 12, caller="01214960002")
+              if type(a).__name__ == "Offer"]
+    assert [(o.call_id, o.handler_id) for o in offers] == [("b", "h1")]
+    offers = [a for a in r.set_available("h2", 13) if type(a).__name__ == "Offer"]
+    assert [(o.call_id, o.handler_id) for o in offers] == [("a", "h2")]
+    r.offer_answered("a", "h2", 14)
+    # answered: h2 may transfer it back to the queue and h1 (free) can now take it
+    r.end_wrapup("h1", 15) if state(r, "h1")[0] == "wrap_up" else None
+    r.offer_answered("b", "h1", 15)
+    r.call_ended("b", 16)
+    r.end_wrapup("h1", 17)
+    r.set_available("h1", 17)
+    offers = [a for a in r.transfer_to_line("a", "999", 18) if type(a).__name__ == "Offer"]
+    assert [(o.call_id, o.handler_id) for o in offers] == [("a", "h1")]
+
+
+def test_a_999_moved_to_the_101_queue_keeps_its_priority() -> None:
+    """A 999 transferred to the 101 queue keeps class 0: it goes before every 101 call
+    already waiting, whatever their age, and the queue log says the priority was kept."""
+    r, _ = router()
+    r.set_available("h1", 1)
+    r.call_arrived("e", "999", 2, caller="07700900001")
+    r.offer_answered("e", "h1", 3)
+    for i in range(3):
+        r.call_arrived(f"n{i}", "101", 4 + i, caller=f"0121496000{i}")
+    acts = r.transfer_to_line("e", "101", 10, head=False)
+    log = {e.event: e.data for e in entries(acts)}
+    assert log["TRANSFER"]["kept_priority"] == 0 and log["ENTER"]["priority"] == 0
+    assert r.position("e") == 1
+    offers = [a for a in r.set_available("h2", 11) if type(a).__name__ == "Offer"]
+    assert [(o.call_id, o.handler_id) for o in offers] == [("e", "h2")]

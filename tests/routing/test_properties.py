@@ -57,6 +57,8 @@ class MCall:
     target: str | None = None
     reprioritised: bool = False
     terminals: int = 0
+    excluded: str | None = None
+    """Whoever transferred the call to a line's queue: never offered it on that leg."""
 
 
 class RouterMachine(RuleBasedStateMachine):
@@ -111,6 +113,7 @@ class RouterMachine(RuleBasedStateMachine):
                 assert a.transfer == (c.target is not None)
                 if c.target is not None:
                     assert a.handler_id == c.target, "directed call offered to another"
+                assert a.handler_id != c.excluded, f"{a.call_id} offered back to its transferor"
                 c.status, c.handler = "offered", a.handler_id
                 self.hcall[a.handler_id] = a.call_id
                 offers.append(a)
@@ -131,7 +134,7 @@ class RouterMachine(RuleBasedStateMachine):
                 self.check_position(a.call_id, a.position)
             elif isinstance(a, Connected):
                 assert c.status == "offered" and c.handler == a.handler_id
-                c.status = "connected"
+                c.status, c.excluded = "connected", None
             elif isinstance(a, TERMINAL_ACTIONS):
                 c.terminals += 1
                 c.status = "ended"
@@ -171,7 +174,7 @@ class RouterMachine(RuleBasedStateMachine):
                         assert w.klass > c.klass or (w.klass == c.klass and c.target), \
                             f"{o.call_id} offered to {o.handler_id} while directed {wid} waits"
                     continue
-                if not self.capable(o.handler_id, w):
+                if not self.capable(o.handler_id, w) or w.excluded == o.handler_id:
                     continue
                 assert w.klass >= c.klass, \
                     f"{o.call_id} (class {c.klass}) offered while {wid} (class {w.klass}) waits"
@@ -247,7 +250,9 @@ class RouterMachine(RuleBasedStateMachine):
         elif op == "transfer_line":
             line = data.draw(st.sampled_from([x.name for x in LINES]))
             head = data.draw(st.booleans())
-            c.line, c.klass, c.reprioritised, c.status = line, SPEC[line].priority, False, "new"
+            c.excluded = c.handler
+            c.line, c.reprioritised, c.status = line, False, "new"
+            c.klass = min(c.klass, SPEC[line].priority)   # a transfer never loses urgency
             if head:
                 self.head -= 1
                 c.order = self.head
@@ -329,6 +334,8 @@ class RouterMachine(RuleBasedStateMachine):
             if c.status != "waiting":
                 continue
             for h in free:
+                if h == c.excluded:
+                    continue
                 assert not (c.target == h or (c.target is None and self.capable(h, c))), \
                     f"{cid} waits while {h} is available"
 
