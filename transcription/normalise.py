@@ -35,7 +35,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Levenshtein
 
 _PIECES = re.compile(r"[^\W_]+", re.UNICODE)
@@ -362,6 +362,16 @@ def phonetic_key(word: str) -> str:
 
 
 # -- gazetteer ----------------------------------------------------------------------
+FUNCTION_WORDS = frozenset(
+    "the and but for nor yet are was were been being have has had does did done not you your"
+    " yours she her hers him his its our ours they them their theirs this that these those"
+    " there here where when what which who whom whose why how with from into onto upon over"
+    " under about above below after before near than then also just only very some any all"
+    " each both more most much many such can could will would shall should may might must"
+    " out off down back away again once said says like well yes okay".split())
+"""English function words: never taken for a place name (alone or in a pair)."""
+
+
 def _key_distance(a: str, b: str) -> int:
     return Levenshtein.distance(a, b, score_cutoff=2)
 
@@ -383,10 +393,11 @@ class Gazetteer:
     """Place and street names of the force, matched against transcript words by sound.
 
     A transcript word, or two adjacent words written as one, matches a name when its
-    phonetic key (:func:`phonetic_key`, of the letters joined) is the name's, or one edit
-    from it when the key has at least :attr:`MIN_KEY_FOR_EDIT` letters, the first letters
-    agree, the lengths are close (:attr:`MIN_LENGTH_RATIO`) and the spellings are at
-    least :attr:`MIN_SPELLING` alike (rapidfuzz ratio).
+    phonetic key (:func:`phonetic_key`, of the letters joined; at least :attr:`MIN_KEY`
+    long) is the name's and the spellings are at least :attr:`MIN_SPELLING` alike
+    (rapidfuzz ratio), or, for a single word, one key edit from it when the key has at
+    least :attr:`MIN_KEY_FOR_EDIT` letters, the first letters agree, the lengths are close
+    (:attr:`MIN_LENGTH_RATIO`) and the spellings at least :attr:`MIN_SPELLING_EDIT` alike.
     Words that are themselves a name (or a word of one), and words shorter than
     :attr:`MIN_LETTERS`, never match. Cost: one dict lookup per word and pair, plus an
     edit distance to the names whose key starts alike and differs in length by at most
@@ -394,8 +405,11 @@ class Gazetteer:
     """
 
     MIN_LETTERS = 4
+    MIN_KEY = 3
+    """Shorter keys ("name" NM, "blue" BL) are shared by too many words."""
     MIN_KEY_FOR_EDIT = 4
     MIN_SPELLING = 55.0
+    MIN_SPELLING_EDIT = 65.0
     MIN_LENGTH_RATIO = 0.75
     """A name one key edit away must be about as long as the word ("hands" is not
     Handsworth)."""
@@ -422,43 +436,56 @@ class Gazetteer:
     def match(self, spelled: str, *, joined_words: bool = False) -> tuple[str, int] | None:
         """(name's joined letters, key distance) of the name ``spelled`` sounds like;
         ``joined_words``: ``spelled`` is two words joined ("king" "standing"), which
-        match a name written as one word."""
+        match a name only by the same key (two words sounding one edit from a name are
+        mostly two ordinary words)."""
         if spelled in self.names and (joined_words or self.names[spelled] != (spelled,)):
             return spelled, 0  # "king standing", "kingsheath"
         if len(spelled) < self.MIN_LETTERS or spelled in self.names or spelled in self._words:
             return None
         key = phonetic_key(spelled)
+        if len(key) < self.MIN_KEY:
+            return None
         best: tuple[float, str, int] | None = None
         for joined in self._by_key.get(key, ()):
             sim = fuzz.ratio(spelled, joined)
             if sim >= self.MIN_SPELLING and (best is None or sim > best[0]):
                 best = (sim, joined, 0)
-        if best is None and len(key) >= self.MIN_KEY_FOR_EDIT:
+        if best is None and not joined_words and len(key) >= self.MIN_KEY_FOR_EDIT:
             for n in (len(key) - 1, len(key), len(key) + 1):
-                for other, joined in self._near.get((spelled[0], n), ()):
+                near = self._near.get((spelled[0], n))
+                if not near:
+                    continue
+                keys = [k for k, _ in near]
+                for _, dist, i in process.extract_iter(key, keys, scorer=Levenshtein.distance,
+                                                       score_cutoff=1):
+                    joined = near[i][1]
                     short, long_ = sorted((len(spelled), len(joined)))
-                    if short >= self.MIN_LENGTH_RATIO * long_ and _key_distance(key, other) <= 1:
-                        sim = fuzz.ratio(spelled, joined)
-                        if sim >= self.MIN_SPELLING and (best is None or sim > best[0]):
-                            best = (sim, joined, 1)
+                    if dist > 1 or short < self.MIN_LENGTH_RATIO * long_:
+                        continue
+                    sim = fuzz.ratio(spelled, joined)
+                    if sim >= self.MIN_SPELLING_EDIT and (best is None or sim > best[0]):
+                        best = (sim, joined, 1)
         return None if best is None else (best[1], best[2])
 
     def alternatives(self, words: Sequence[str]) -> list[GazetteerMatch]:
         """Names heard as ``words`` (search terms, in order): each single word, then each
-        pair of adjacent words not already matched (the pair's letters joined)."""
+        pair of adjacent words not already matched (the pair's letters joined). Common
+        function words ("there", "and the") are never taken for a name."""
         if not self.names:
             return []
         out: list[GazetteerMatch] = []
         single: dict[int, str] = {}
         for i, w in enumerate(words):
-            if w.isalpha():
+            if w.isalpha() and w not in FUNCTION_WORDS:
                 m = self.match(w)
                 if m is not None:
                     single[i] = m[0]
                     out.append(GazetteerMatch(i, i, m[0], self.names[m[0]], m[1]))
         for i in range(len(words) - 1):
             a, b = words[i], words[i + 1]
-            if not (a.isalpha() and b.isalpha()) or a in self.names or b in self.names:
+            if (not (a.isalpha() and b.isalpha()) or min(len(a), len(b)) < 3
+                    or a in FUNCTION_WORDS or b in FUNCTION_WORDS
+                    or a in self.names or b in self.names):
                 continue  # "halesowen it": the name was heard already
             m = self.match(a + b, joined_words=True)
             if m is None or single.get(i) == m[0] or single.get(i + 1) == m[0]:

@@ -586,8 +586,9 @@ def reindex(db: Database, call_ids: Sequence[str] | None = None, *, batch: int =
             segs: dict[str, list[SegmentRow]] = {c: [] for c in chunk}
             for r in rows:
                 segs[r[0]].append((r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else []))
+            gazetteer = load_gazetteer(conn)
             for cid in chunk:
-                index_call(conn, cid, segs[cid])
+                index_call(conn, cid, segs[cid], gazetteer)
         done += len(chunk)
         if len(ids) > batch:
             log.info("reindexing transcripts", done=done, total=len(ids))
