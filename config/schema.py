@@ -224,11 +224,24 @@ class ClusterSettings:
     It starts every call id the node mints (``<node_id>-c<n>-<hex>``), so call ids are
     unique across nodes; it is on every calls row (``node``) and every CAD message
     (``node``, and the topic level). Default: ``mqtt.node``."""
+    salvage_after: float = 15.0
+    """PostgreSQL store: a node whose heartbeat is older than this many seconds is dead,
+    and one surviving node closes its open calls on the record (``controlroom.cluster``).
+    Keep it a few ``storage.heartbeat_interval`` s (a node cut off from the store this
+    long has its calls closed while they may still be up)."""
+    peer_recordings: str = ""
+    """Another node's recordings folder as this node sees it, ``{node}`` standing for its
+    id (a shared file system: e.g. every node's ``storage.data_dir`` is
+    ``/srv/controlroom/<id>`` and this is ``/srv/controlroom/{node}/recordings``). A
+    survivor then seals and records a dead node's recordings up to the crash. Empty: they
+    are sealed when that node restarts."""
 
     def validate(self) -> None:
         if self.node_id and not _NODE_ID.fullmatch(self.node_id):
             raise ConfigError("node_id", "must be 1-32 letters, digits, '-' or '_', "
                               f"got {self.node_id!r}")
+        if self.salvage_after <= 0:
+            raise ConfigError("salvage_after", f"must be more than 0, got {self.salvage_after}")
 
 
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")

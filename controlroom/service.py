@@ -133,8 +133,13 @@ class Service:
         self.router = Router.from_settings(settings.lines, settings.routing)
         # Statistics and the call-back list survive a restart: rebuilt from the queue log.
         # Only the router's statistics window is read back (a week), not years of log.
-        restored = self.router.restore(queuelog.load(self.db, since=time.time() - 8 * 86400),
-                                       time.time())
+        entries = queuelog.load(self.db, since=time.time() - 8 * 86400)
+        if self.db.dialect == "postgresql":  # other nodes' waiting calls are live, not lost
+            live = {r["call_id"] for r in self.db.query(
+                "SELECT call_id FROM calls WHERE ended_at IS NULL AND node NOT IN (?, '')",
+                (settings.node_id,))}
+            entries = [e for e in entries if e.call_id not in live]
+        restored = self.router.restore(entries, time.time())
         self._log_entries(restored)
         self.calls: dict[str, LiveCall] = {}
         self.legs: dict[str, str] = {}  # leg_id -> call_id
@@ -272,6 +277,11 @@ class Service:
         await self.engine.start()
         self._record_unrecorded_recordings()
         self._close_interrupted_calls()
+        if self.db.dialect == "postgresql":  # a shared store: close dead nodes' calls
+            from controlroom.cluster import Salvager
+
+            self.salvager = Salvager(self)
+            self._tasks.append(asyncio.create_task(self.salvager.run(), name="node-salvage"))
         self._tasks.append(asyncio.create_task(self._router_loop(), name="router"))
         self._tasks.append(asyncio.create_task(self._summary_loop(), name="summary"))
         now = time.time()
@@ -293,8 +303,9 @@ class Service:
 
         Only calls with no recording on record are looked at (a partial index): calls
         answered by the engine always have one, so the set stays small."""
+        mine, me = self._own_calls()
         rows = self.db.query("SELECT call_id FROM calls WHERE recording_path IS NULL "
-                             "AND sip_call_id != ''")
+                             "AND sip_call_id != ''" + mine, me)
         found = sum(1 for r in rows if self.engine.recover_recording(r["call_id"]))
         if found:
             log.warning("recordings sealed before a crash recorded at start", count=found)
@@ -319,6 +330,13 @@ class Service:
             log.error("recording file lost with a read-only file system",
                       call_id=r["call_id"], path=r["recording_path"])
 
+    def _own_calls(self) -> tuple[str, tuple[str, ...]]:
+        """SQL (and its parameter) keeping this node's calls: on a shared store the other
+        nodes' open calls are live (or a survivor's to close: controlroom.cluster)."""
+        if self.db.dialect != "postgresql":
+            return "", ()
+        return " AND node IN (?, '')", (self.settings.node_id,)
+
     def _close_interrupted_calls(self) -> None:
         """Calls still open in the store were cut off by a crash: close them on the record.
 
@@ -326,7 +344,8 @@ class Service:
         ``call.ended`` message carries the checksum; the CAD learns the call is over.
         """
         restarted = time.time()
-        rows = self.db.query("SELECT * FROM calls WHERE ended_at IS NULL")
+        mine, me = self._own_calls()
+        rows = self.db.query("SELECT * FROM calls WHERE ended_at IS NULL" + mine, me)
         for row in rows:
             r = calls_table.to_dict(row)
             answered = r["answered_at"]
@@ -383,12 +402,17 @@ class Service:
             await self.engine.stop(drain_timeout=0)
         if self.transcription is not None:
             await self.transcription.stop()
+        # The heartbeat beats on until the node unregisters: on a shared store a node
+        # silent for cluster.salvage_after has its calls closed by a survivor.
+        beating = [t for t in self._tasks if t.get_name() == "node-heartbeat"]
         for t in self._tasks:
-            t.cancel()
+            if t not in beating:
+                t.cancel()
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()
+            if t not in beating:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        self._tasks = beating
         if self.publisher is not None and hasattr(self.publisher, "close"):
             await self.publisher.close()
         from controlroom import operations
@@ -397,6 +421,11 @@ class Service:
         if self.web_runner is not None:
             await self.web_runner.cleanup()
         self.storage.close()  # a last try; what is still spooled is logged as lost
+        for t in self._tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
         with contextlib.suppress(Exception):  # the id is free at once (else: when stale)
             nodes.unregister(self.db, self.settings.node_id, self.node_instance)
         if self.transcripts_db is not self.db:

@@ -14,8 +14,10 @@ the host end of its veth down: its cable pulled at the switch; the node process 
 on and sees nothing come back). Where namespaces cannot be made (not root),
 :class:`LoopbackNet` puts each node on its own ``127.0.0.x`` address instead (no cut).
 
-:class:`Cluster` starts the hub's peers and the nodes (each with its own SQLite store
-and its own handler phones for now: one queue per node until the shared store lands),
+:class:`Cluster` starts the hub's peers and the nodes (each with its own handler phones:
+one queue per node; each with its own SQLite store, or with ``postgres=True`` one shared
+throw-away PostgreSQL listening on the hub address, the nodes' recordings folders visible
+to each other as on a shared file system, so a survivor salvages a dead node's calls),
 and kills (``SIGKILL``) or cuts a node. :class:`CallerLoad` is a SIPp caller at a steady
 rate whose scenario logs, per call, when the INVITE left, when it was answered and by
 which node, and how the caller's BYE fared: :func:`outcomes` reads it back.
@@ -377,6 +379,8 @@ class Node:
     killed_at: float | None = None
     cut_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    store_url: str = ""
+    """The cluster's shared PostgreSQL store ('' : the node's own SQLite file)."""
 
     @property
     def sip(self) -> str:
@@ -404,6 +408,9 @@ class Node:
         """The node's calls rows (read-only; works after a kill -9: SQLite WAL)."""
         import sqlite3
 
+        if self.store_url:
+            return store_query(self.store_url, "SELECT * FROM calls WHERE node=%s",
+                               (self.node_id,))
         if not self.database.exists():
             return []
         conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5)
@@ -429,7 +436,8 @@ class Cluster:
     def __init__(self, workdir: Path, *, nodes: int = 3, handlers: int = 4,
                  namespaces: bool | None = None, ring_ms: int = 300, wrapup: float = 0.5,
                  offer_timeout: float = 5.0, probe_interval: int = 1,
-                 dispatch_fr_ms: int = 500) -> None:
+                 dispatch_fr_ms: int = 500, postgres: bool = False,
+                 heartbeat_interval: float = 0.5, salvage_after: float = 2.0) -> None:
         self.workdir = Path(workdir)
         self.n = nodes
         self.handlers_per_node = handlers
@@ -439,6 +447,13 @@ class Cluster:
         self.offer_timeout = offer_timeout
         self.probe_interval = probe_interval
         self.dispatch_fr_ms = dispatch_fr_ms
+        self.use_postgres = postgres
+        """One shared PostgreSQL store on the hub address (else a SQLite file per node);
+        the nodes' recordings folders are then visible to each other (one machine: a
+        shared file system), so survivors salvage a dead node's calls."""
+        self.heartbeat_interval = heartbeat_interval
+        self.salvage_after = salvage_after
+        self.store_url = ""
         self.net: LoopbackNet | NamespaceNet
         self.mosquitto: Mosquitto
         self.kamailio: Kamailio
@@ -466,6 +481,13 @@ class Cluster:
         self.mosquitto = Mosquitto(host=self.net.hub)
         self.mosquitto.start()
         self._closers.append(self.mosquitto.close)
+        if self.use_postgres:
+            from .postgres import Postgres
+
+            pg = Postgres(host=self.net.hub)
+            self._closers.append(pg.close)
+            pg.start()
+            self.store_url = pg.database("cluster")
         for i, addr in enumerate(self.net.nodes):
             node_id = f"n{i + 1}"
             own = self.net.own_ports
@@ -476,7 +498,7 @@ class Cluster:
                 sip_port=5060 if own else free_udp_port(),
                 web_port=8080 if own else free_tcp_port(), workdir=workdir,
                 handlers=[f"{node_id}h{j + 1}" for j in range(self.handlers_per_node)],
-                config_path=workdir / "controlroom.toml"))
+                config_path=workdir / "controlroom.toml", store_url=self.store_url))
         self.kamailio = Kamailio(domain=DOMAIN, host=self.net.hub, trace=False,
                                  children=2, workdir=self.workdir / "kamailio",
                                  dispatch=[n.sip for n in self.nodes],
@@ -542,7 +564,14 @@ class Cluster:
             "handlers": [{"id": h, "phone": f"sip:{h}@{DOMAIN}", "skills": ["999", "101"]}
                          for h in node.handlers],
             "routing": {"offer_timeout": self.offer_timeout, "handlers_start_available": True},
-            "storage": {"data_dir": str(node.workdir / "data")},
+            "storage": {"data_dir": str(node.workdir / "data"),
+                        **({"url": self.store_url,
+                            "heartbeat_interval": self.heartbeat_interval}
+                           if self.store_url else {})},
+            **({"cluster": {"node_id": node.node_id, "salvage_after": self.salvage_after,
+                            "peer_recordings": str(self.workdir / "{node}" / "data" /
+                                                   "recordings")}}
+               if self.store_url else {}),
             "mqtt": {"host": hub, "port": self.mosquitto.port, "node": node.node_id},
             "transcription": {"engine": "none", "live": False},
             "web": {"bind": node.addr, "port": node.web_port},
@@ -708,6 +737,15 @@ def fault_figures(cluster: Cluster, calls: list[CallOutcome], node: Node, fault_
     return figures
 
 
+def store_query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Rows of a read on the cluster's PostgreSQL store, as dicts."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        return [dict(r) for r in conn.execute(sql, params).fetchall()]
+
+
 def keep_dir(prefix: str = "cluster-") -> Path:
     """A fresh directory for a cluster run (benchmarks; tests use ``tmp_path``)."""
     return Path(tempfile.mkdtemp(prefix=prefix))
@@ -715,5 +753,5 @@ def keep_dir(prefix: str = "cluster-") -> Path:
 
 __all__ = ["CadCollector", "CallOutcome", "CallerLoad", "Cluster", "LoopbackNet",
            "NamespaceNet", "Node", "caller_scenario", "fault_figures", "keep_dir",
-           "namespaces_available", "outcomes", "percentile"]
+           "namespaces_available", "outcomes", "percentile", "store_query"]
 

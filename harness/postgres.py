@@ -51,12 +51,13 @@ def available() -> bool:
 class Postgres:
     """One private cluster (see the module docstring)."""
 
-    def __init__(self, *, port: int | None = None) -> None:
+    def __init__(self, *, port: int | None = None, host: str = HOST) -> None:
         b = bindir()
         if b is None:
             raise PostgresError("PostgreSQL is not installed (Debian package 'postgresql')")
         self.bin = b
-        self.host = HOST
+        self.host = host
+        """The address it listens on (a cluster's hub address, for nodes in namespaces)."""
         if port is None:
             from harness.ports import free_tcp_port
             port = free_tcp_port()
@@ -91,6 +92,9 @@ class Postgres:
         if not self._made:
             self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
                       USER, "-E", "UTF8", "--no-sync", "--no-instructions")
+            if self.host != HOST:  # a bridge address: let the nodes behind it in
+                with (self.data / "pg_hba.conf").open("a") as f:
+                    f.write(f"host all all {self.host}/24 trust\n")
             self._made = True
         # fsync=off only skips the flush to the disk: a commit is still in the kernel
         # before it returns, so a crash of the server (stop -m immediate) loses nothing;

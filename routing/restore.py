@@ -38,6 +38,32 @@ def restore(router: Router, entries: Iterable[QueueLogEntry], now: float) -> lis
         live.abandon_wait = rec.abandon_wait
         live.answer_at, live.answer_wait = rec.answer_at, rec.answer_wait
 
+    out = _close_open(router, rows, open_legs, now, reason="restart")
+    _trim_ended(router)
+    return out
+
+
+def adopt(router: Router, entries: Iterable[QueueLogEntry], now: float, *,
+          reason: str) -> list[Action]:
+    """Close the calls of another process (a dead node of a cluster) on this router's
+    record: ``entries`` are the queue-log rows of those calls only. Connected calls get
+    COMPLETE, queued or ringing ones ABANDON (on a call-back line they join *this*
+    router's call-back list), each with ``reason``. The live calls and call-backs this
+    router holds are untouched, and so are its statistics (the calls entered another
+    router); returns the rows to append to the log."""
+    now = router._clock(now)
+    rows = [e for e in entries if not e.event.startswith("CALLBACK_")]
+    _, open_legs = rebuild(rows)
+    out = _close_open(router, rows, open_legs, now, reason=reason, stats=False)
+    _trim_ended(router)
+    return out
+
+
+def _close_open(router: Router, rows: list[QueueLogEntry],
+                open_legs: dict[str, tuple[str, float]], now: float, *,
+                reason: str, stats: bool = True) -> list[Action]:
+    """Read the call-back list and the calls' ends from ``rows`` into ``router``, then
+    log every call still open in them as over (COMPLETE or ABANDON with ``reason``)."""
     callers: dict[str, str] = {}
     keys: dict[str, str] = {}
     connected: dict[str, tuple[str, str]] = {}
@@ -83,15 +109,15 @@ def restore(router: Router, entries: Iterable[QueueLogEntry], now: float) -> lis
     out: list[Action] = []
     for call_id, (line, handler_id) in connected.items():
         router._log(out, now, call_id, line, handler_id, "COMPLETE", talk=None,
-                    reason="restart")
+                    reason=reason)
         ended[call_id] = CallState.COMPLETED
     for call_id, (line, entered) in open_legs.items():
         wait = now - entered
         spec = router.lines.get(line)
         callback = spec is not None and spec.callback_on_abandon
         router._log(out, now, call_id, line, "", "ABANDON", wait=wait, position=0,
-                    callback=callback, reason="restart")
-        if spec is not None:
+                    callback=callback, reason=reason)
+        if spec is not None and stats:
             record_abandon(router._records[line], now, wait)
         if callback:
             from .model import Call
@@ -100,13 +126,16 @@ def restore(router: Router, entries: Iterable[QueueLogEntry], now: float) -> lis
             cb, repeat = router._callback_for(ghost, now, wait)
             router._log(out, now, call_id, line, "", "CALLBACK_ADD", cb_id=cb.cb_id,
                         caller=ghost.caller, wait=wait, key=ghost.caller_key, repeat=repeat,
-                        reason="restart")
+                        reason=reason)
         ended[call_id] = CallState.ABANDONED
     for call_id, state in ended.items():
         router._ended[call_id] = state
+    return out
+
+
+def _trim_ended(router: Router) -> None:
     while len(router._ended) > 100_000:
         router._ended.popitem(last=False)
-    return out
 
 
 def _bump_cb_seq(router: Router, cb_id: str) -> None:

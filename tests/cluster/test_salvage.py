@@ -1,0 +1,125 @@
+"""A survivor closes a dead node's calls on the record (issue 14, ``controlroom.cluster``).
+
+Real parts: three ``controlroom serve`` nodes on one PostgreSQL (each node in its own
+network namespace when root), Kamailio's dispatcher, Mosquitto as the CAD, SIPp callers
+and handler phones. Each node's recordings folder is visible to the others
+(``cluster.peer_recordings``: one machine stands for a shared file system). The fault is
+real: ``kill -9`` of a node carrying calls, some talking to handlers, some still queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.cluster import Cluster, store_query
+from harness.postgres import available as postgres_available
+
+pytestmark = [pytest.mark.cluster, pytest.mark.realparts, pytest.mark.slow,
+              pytest.mark.skipif(not postgres_available(), reason="PostgreSQL not installed")]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _wait(pred, timeout: float, step: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(step)
+
+
+def test_kill_9_survivor_closes_calls_salvages_recordings_and_tells_the_cad(
+        tmp_path: Path) -> None:
+    with Cluster(tmp_path, nodes=3, handlers=2, postgres=True, heartbeat_interval=0.5,
+                 salvage_after=3.0) as cluster:
+        url = cluster.store_url
+        victim = cluster.nodes[1]
+        # 2 handlers a node, ~6 long calls a node: some talk, the rest wait in the queue.
+        loads = [cluster.callers("999", rate=4, calls=12, talk_ms=60_000, name="999").start(),
+                 cluster.callers("101", rate=2, calls=6, talk_ms=60_000, name="101").start()]
+        try:
+            assert _wait(lambda: len([r for r in victim.calls() if r["ended_at"] is None
+                                      and r["call_id"].count("-c") and r["line"]]) >= 5, 20)
+            time.sleep(2.0)  # recordings have audio on disk
+            open_calls = [r for r in victim.calls() if r["ended_at"] is None]
+            killed = cluster.kill(victim)
+            ids = {r["call_id"] for r in open_calls}
+
+            def closed() -> list[dict]:
+                rows = [r for r in victim.calls() if r["call_id"] in ids]
+                return rows if all(r["ended_at"] is not None for r in rows) else []
+
+            rows = _wait(closed, 15)
+            took = time.time() - killed
+            why = "\n".join(cluster.node_log(n, 3000) for n in cluster.nodes if n is not victim)
+            assert rows, why
+            assert len(rows) == len(ids) >= 5
+            # Closed on the record by exactly one survivor.
+            assert all(r["state"] == "interrupted" and "node n2 died" in r["end_reason"]
+                       for r in rows), rows
+            salvagers = [n.node_id for n in cluster.nodes if n is not victim
+                         and "node.salvaged" in cluster.node_log(n, 200_000)]
+            assert len(salvagers) == 1, why
+            # Recordings up to the crash: sealed (no .part), on record with their SHA-256.
+            recorded = [r for r in rows if r["recording_path"]]
+            assert len(recorded) == len(rows), rows
+            for r in recorded:
+                p = Path(r["recording_path"])
+                assert p.suffix == ".wav" and p.exists(), r
+                assert _sha256(p) == r["recording_sha256"], r
+                assert r["recording_duration"] > 0.5, r
+            assert not list((victim.workdir / "data" / "recordings").glob("*.part"))
+            # Waiting 999s were abandoned onto the call-back list; talking calls completed.
+            log = store_query(url, "SELECT call_id, event, data FROM queue_log "
+                                   "WHERE data LIKE %s ORDER BY id", ("%died%",))
+            waiting = {r["call_id"] for r in rows if not r["handler_id"]}
+            talking = {r["call_id"] for r in rows if r["handler_id"]}
+            assert waiting and talking, rows
+            assert {e["call_id"] for e in log if e["event"] == "ABANDON"} == waiting, log
+            w999 = {r["call_id"] for r in rows if r["call_id"] in waiting and r["line"] == "999"}
+            assert w999, rows
+            assert {e["call_id"] for e in log if e["event"] == "CALLBACK_ADD"} == w999, log
+            assert {e["call_id"] for e in log if e["event"] == "COMPLETE"} == talking, log
+            # The CAD heard every end (and every abandonment), under the dead node's id.
+
+            def cad() -> dict[str, set[str]]:
+                seen: dict[str, set[str]] = {}
+                for m in cluster.cad.snapshot():  # type: ignore[union-attr]
+                    if m.get("call_id") in ids:
+                        seen.setdefault(m["call_id"], set()).add(m["type"])
+                return seen
+
+            _wait(lambda: all("call.ended" in cad().get(c, ()) for c in ids), 10)
+            seen = cad()
+            assert all("call.ended" in seen.get(c, ()) for c in ids), seen
+            assert all("call.abandoned" in seen.get(c, ()) for c in waiting), seen
+            assert all("call.recording" in seen.get(c, ()) for c in ids), seen
+            assert all(m["node"] == "n2" for m in cluster.cad.snapshot()  # type: ignore[union-attr]
+                       if m.get("call_id") in ids)
+            print(f"\nsalvaged={len(recorded)}/{len(ids)} closed in {took:.1f} s by "
+                  f"{salvagers[0]}; waiting={len(waiting)} callbacks={len(w999)}")
+
+            # The dead node restarts: nothing is closed twice.
+            ended_before = [m for m in cluster.cad.snapshot()  # type: ignore[union-attr]
+                            if m.get("call_id") in ids and m["type"] == "call.ended"]
+            cluster.restart(victim)
+            time.sleep(2.0)
+            ended_after = [m for m in cluster.cad.snapshot()  # type: ignore[union-attr]
+                           if m.get("call_id") in ids and m["type"] == "call.ended"]
+            assert {m["event_id"] for m in ended_after} == {m["event_id"] for m in ended_before}
+            again = store_query(url, "SELECT call_id, event FROM queue_log WHERE call_id = ANY(%s)"
+                                     " AND event IN ('ABANDON','COMPLETE','CALLBACK_ADD')",
+                                (list(ids),))
+            assert len(again) == len(log), again
+            after = [r for r in victim.calls() if r["call_id"] in ids]
+            assert [r["end_reason"] for r in after] == [r["end_reason"] for r in rows]
+        finally:
+            for load in loads:
+                load.stop()
