@@ -265,6 +265,13 @@ class TranscriptionSettings:
     """Recognition worker threads (Vosk and faster-whisper release the GIL while decoding)."""
     max_live_streams: int = 8
     """Live streams at most; beyond this, 101 calls lose live captions first."""
+    finals: Literal["local", "external"] = "local"
+    """Who transcribes the recordings after calls: ``local`` (a job thread of this
+    service) or ``external`` (``controlroom worker`` processes, on any machine, take the
+    jobs from the store; this service only queues them)."""
+    job_lease: float = 60.0
+    """Seconds a final-transcription job stays with its taker without a heartbeat (renewed
+    every third of it); a dead taker's job is taken again after this."""
     hotwords: list[str] = field(default_factory=list)
     """Whisper: the force's gazetteer (place and street names) and police vocabulary,
     given to the recogniser as its prompt before every window so it spells them; a

@@ -1,4 +1,4 @@
-"""``controlroom`` command line: serve, demo, check-config, search, transcribe,
+"""``controlroom`` command line: serve, worker, demo, check-config, search, transcribe,
 retranscribe, reindex, user add."""
 
 from __future__ import annotations
@@ -105,8 +105,12 @@ def _open_db(settings):  # noqa: ANN001, ANN202 - store.Database
     from store import calls as calls_table
     from transcription import store as tstore
 
-    db = Database(settings.storage.database_path)
-    db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS)
+    from controlroom.service import open_store
+
+    # The configured store: SQLite, or the shared PostgreSQL ([storage] url), where
+    # transcripts and their search live too.
+    db = open_store(settings) if settings.storage.url else Database(settings.storage.database_path)
+    db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS, postgresql=calls_table.PG_MIGRATIONS)
     users.migrate(db)
     tstore.migrate(db)
     return db
@@ -249,6 +253,53 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     _logs_to_stderr()
     n = tstore.reindex(_open_db(settings))
     print(f"reindexed {n} transcripts")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Final transcription as its own process: take jobs from the configured store
+    (transcription.worker) until SIGTERM/SIGINT (``--once``: until the queue is empty)."""
+    import threading
+
+    from controlroom.logs import configure
+    from controlroom.service import open_store
+    from transcription import TranscriptionError, jobs
+    from transcription import store as tstore
+    from transcription.decoding import options_from
+    from transcription.engines import load_engine
+    from transcription.worker import cad_final, run_worker
+
+    settings = _load(args.config)
+    configure(settings.logging.level, settings.logging.json)
+    ts = settings.transcription
+    if ts.engine == "none":
+        print("worker: [transcription] engine is 'none': nothing to transcribe with",
+              file=sys.stderr)
+        return 2
+    db = open_store(settings)
+    tstore.migrate(db)
+    jobs.migrate(db)
+    try:
+        engine = load_engine(ts.engine, ts.model, language=ts.language, replicas=1,
+                             options=options_from(ts))
+    except TranscriptionError as exc:
+        print(f"worker: cannot load the speech model: {exc}", file=sys.stderr)
+        return 2
+    assert engine is not None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def on_done(call_id: str, result: dict) -> None:
+        try:
+            cad_final(db, node=settings.node_id, call_id=call_id, result=result)
+        except db.Error as exc:  # no calls/outbox tables here: transcripts only
+            print(f"worker: no CAD message for {call_id}: {exc}", file=sys.stderr)
+
+    counts = run_worker(db, engine, language=ts.language, stop=stop, lease=ts.job_lease,
+                        poll=args.poll, once=args.once, on_done=on_done)
+    db.close()
+    print(json.dumps(counts))
     return 0
 
 
@@ -438,6 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=["whisper", "vosk"], help="default: the configured one")
     s.add_argument("--model")
     s.set_defaults(func=cmd_retranscribe)
+
+    s = sub.add_parser("worker", help="transcribe recordings after calls: take final "
+                       "transcription jobs from the store (run any number, on any machine)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--once", action="store_true", help="stop when the queue is empty")
+    s.add_argument("--poll", type=float, default=1.0, help="seconds between looks at an "
+                   "empty queue (default 1)")
+    s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("reindex", help="rebuild the transcript search index")
     s.add_argument("--config", required=True)

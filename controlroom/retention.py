@@ -417,14 +417,10 @@ def purge(db: Any, tdb: Any, settings: RetentionSettings, *, dry_run: bool = Fal
     return summary
 
 
-def transcripts_db(db: Any, data_dir: Path) -> Any:
-    """Where transcripts live: the main store on SQLite, the node's own SQLite file when
-    the main store is PostgreSQL (as in :class:`controlroom.service.Service`)."""
-    from store import Database
-
-    if getattr(db, "dialect", "sqlite") == "sqlite":
-        return db
-    return Database(data_dir / "transcripts.sqlite3")
+def transcripts_db(db: Any, data_dir: Path) -> Any:  # noqa: ARG001
+    """Where transcripts live: the main store, SQLite or PostgreSQL (as in
+    :class:`controlroom.service.Service`)."""
+    return db
 
 
 def system_message(node: str, summary: Summary, *, now: float | None = None) -> dict[str, Any]:

@@ -115,12 +115,9 @@ class Service:
         self.node_instance = nodes.new_instance()
         nodes.register(self.db, settings.node_id, self.node_instance,
                        stale_after=settings.storage.node_stale_after)
-        # Transcripts and their FTS5 search stay in SQLite: on a PostgreSQL store they
-        # are this node's own file (issue 14: search moves to the shared store later).
-        self.transcripts_db = (self.db if self.db.dialect == "sqlite" else Database(
-            settings.storage.data_dir / "transcripts.sqlite3"))
-        if self.transcripts_db is not self.db:
-            self.transcripts_db.migrate(calls_table.COMPONENT, calls_table.MIGRATIONS)
+        # Transcripts, their jobs and their search live in the store, on PostgreSQL too
+        # (transcription/pgschema.py, pgsearch.py): any node or `controlroom worker`.
+        self.transcripts_db = self.db
         # Life before paperwork: the record of every decision goes through the spooled
         # writer, which commits it at once or, while the database will not take writes
         # (disk full, read-only), keeps it in order in memory until it does.

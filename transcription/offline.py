@@ -19,7 +19,7 @@ import structlog
 from config.schema import TranscriptionSettings
 from store.db import Database
 
-from . import store
+from . import jobs, store
 from .audio import read_recording
 from .decoding import options_from
 from .engines import Engine, Hypothesis, load_engine
@@ -105,6 +105,8 @@ def retranscribe(db: Database, settings: TranscriptionSettings,
     transcript replaces the call's current one, which is kept as a previous version
     (``store.transcript_versions``); no event is published (the CLI has no bus)."""
     store.migrate(db)
+    jobs.migrate(db)
+    who = jobs.worker_id("retranscribe")
     where, params = ["recording_path IS NOT NULL"], []
     if call_ids:
         where.append(f"call_id IN ({','.join('?' * len(call_ids))})")
@@ -123,21 +125,29 @@ def retranscribe(db: Database, settings: TranscriptionSettings,
             store.enqueue_job(conn, r["call_id"], r["recording_path"], r["priority"])
     eng = engine or _engine(settings)
     counts = {"queued": len(rows), "done": 0, "failed": 0}
-    while True:
-        job = store.claim_job(db)
-        if job is None:
-            break
-        call_id, path = job
-        try:
-            run_job(eng, db, call_id, path, language=settings.language)
-        except AudioError as exc:
-            store.finish_job(db, call_id, error=str(exc), permanent=True)
-            counts["failed"] += call_id in ids
-            continue
-        except Exception as exc:
-            store.finish_job(db, call_id, error=f"{type(exc).__name__}: {exc}")
-            counts["failed"] += call_id in ids
-            continue
-        store.finish_job(db, call_id)
-        counts["done"] += call_id in ids
+    lease = getattr(settings, "job_lease", jobs.LEASE)
+    beat = jobs.Heartbeat(db, who, lease=lease).start()
+    try:
+        while True:
+            job = jobs.claim(db, who, lease=lease)
+            if job is None:
+                break
+            call_id, path = job
+            beat.held.add(call_id)
+            try:
+                run_job(eng, db, call_id, path, language=settings.language)
+            except AudioError as exc:
+                jobs.finish(db, call_id, who, error=str(exc), permanent=True)
+                counts["failed"] += call_id in ids
+                continue
+            except Exception as exc:
+                jobs.finish(db, call_id, who, error=f"{type(exc).__name__}: {exc}")
+                counts["failed"] += call_id in ids
+                continue
+            finally:
+                beat.held.discard(call_id)
+            jobs.finish(db, call_id, who)
+            counts["done"] += call_id in ids
+    finally:
+        beat.stop()
     return counts

@@ -16,6 +16,8 @@ Theory of operation
   pausing while live workers lag, transcribes the recording, stores the transcript and
   FTS rows, then ``TranscriptFinal`` is published on the loop. With ``engine = "none"``
   jobs wait in the queue (``retranscribe`` or a later start with an engine takes them).
+  Jobs are claimed under a lease (:mod:`transcription.jobs`), so ``controlroom worker``
+  processes may take them too; with ``finals = "external"`` only they do.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from controlroom.events import CallFlagged, DomainEvent, TranscriptFinal, Transc
 from store.db import Database
 from telephony.api import AudioFrame
 
-from . import store
+from . import jobs, store
 from .decoding import options_from
 from .engines import Engine, Hypothesis, Interrupted, load_engine, same_whisper_model
 from .errors import AudioError
@@ -71,6 +73,11 @@ class TranscriptionService:
         self._stopping = False
         self._executor: ThreadPoolExecutor | None = None
         self._pending: set[asyncio.Future[Any]] = set()
+        self._worker = jobs.worker_id("serve")
+        """Who holds this service's jobs (``transcription_jobs.worker``)."""
+        self._heartbeat: jobs.Heartbeat | None = None
+        self._finals = getattr(settings, "finals", "local")
+        self._lease = getattr(settings, "job_lease", jobs.LEASE)
         self.stats = {"frames_in": 0, "frames_dropped": 0, "frames_ignored": 0, "frames_bad": 0,
                       "segments_published": 0, "streams_shed": 0, "finals_done": 0,
                       "finals_failed": 0}
@@ -90,14 +97,16 @@ class TranscriptionService:
         # A migration may reindex every stored transcript once (seconds to minutes on a
         # large store): off the loop, which already runs the SIP engine's timers.
         await asyncio.to_thread(store.migrate, self._db)
-        recovered = store.recover_jobs(self._db)
+        jobs.migrate(self._db)
+        recovered = jobs.recover(self._db)
         if recovered:
             log.info("final transcription jobs recovered", count=recovered)
         s = self.settings
         live_model = getattr(s, "live_model", "")
         split = (self._engine is None and s.engine == "whisper" and bool(live_model)
                  and not same_whisper_model(live_model, s.model))
-        if self._engine is None and s.engine != "none":
+        need = self._finals == "local" or (s.live and s.max_live_streams > 0)
+        if self._engine is None and s.engine != "none" and need:
             self._engine = await asyncio.to_thread(
                 load_engine, s.engine, s.model, language=s.language,
                 replicas=1 if split else s.workers + 1, options=options_from(s))
@@ -116,7 +125,8 @@ class TranscriptionService:
                 w.start()
                 self._workers.append(w)
             self._tasks.append(asyncio.create_task(self._monitor(), name="transcription-monitor"))
-        if self._engine is not None:
+        if self._engine is not None and self._finals == "local":
+            self._heartbeat = jobs.Heartbeat(self._db, self._worker, lease=self._lease).start()
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="transcription-final",
                                                 initializer=lower_thread_priority)
             self._tasks.append(asyncio.create_task(self._jobs(), name="transcription-jobs"))
@@ -141,6 +151,9 @@ class TranscriptionService:
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, True)
             self._executor = None
+        if self._heartbeat is not None:
+            await asyncio.to_thread(self._heartbeat.stop)
+            self._heartbeat = None
 
     # -- live -----------------------------------------------------------------------
     def live_start(self, call_id: str, *, priority: int) -> None:
@@ -278,7 +291,7 @@ class TranscriptionService:
         assert self._engine is not None and self._executor is not None
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            job = store.claim_job(self._db)
+            job = jobs.claim(self._db, self._worker, lease=self._lease)
             if job is None:
                 self._wake.clear()
                 try:
@@ -287,25 +300,30 @@ class TranscriptionService:
                     pass
                 continue
             call_id, path = job
+            if self._heartbeat is not None:
+                self._heartbeat.held.add(call_id)
             try:
                 result = await loop.run_in_executor(
                     self._executor, functools.partial(
                         run_job, self._engine, self._db, call_id, path,
                         language=self.settings.language, should_stop=self._final_should_stop))
             except Interrupted:
-                store.finish_job(self._db, call_id, requeue=True)
+                jobs.finish(self._db, call_id, self._worker, requeue=True)
                 return
             except AudioError as exc:
                 self.stats["finals_failed"] += 1
-                store.finish_job(self._db, call_id, error=str(exc), permanent=True)
+                jobs.finish(self._db, call_id, self._worker, error=str(exc), permanent=True)
                 log.error("final transcription failed", call_id=call_id, error=str(exc))
                 continue
             except Exception as exc:
                 self.stats["finals_failed"] += 1
-                store.finish_job(self._db, call_id, error=f"{type(exc).__name__}: {exc}")
+                jobs.finish(self._db, call_id, self._worker, error=f"{type(exc).__name__}: {exc}")
                 log.exception("final transcription failed", call_id=call_id)
                 continue
-            store.finish_job(self._db, call_id)
+            finally:
+                if self._heartbeat is not None:
+                    self._heartbeat.held.discard(call_id)
+            jobs.finish(self._db, call_id, self._worker)
             self.stats["finals_done"] += 1
             self._safe_publish(TranscriptFinal(
                 call_id=call_id, at=time.time(), text=result["text"],
