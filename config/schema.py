@@ -164,8 +164,8 @@ class StorageSettings:
     url: str = ""
     """The shared store of a cluster: ``postgresql://user@host:port/dbname`` (the whole
     URL may be ``env:NAME`` or ``file:PATH``; never logged with its password). Empty
-    (default): SQLite at ``database``, one node. Transcript search stays in SQLite
-    (``<data_dir>/transcripts.sqlite3``) for now."""
+    (default): SQLite at ``database``, one node. Transcripts, their search and the
+    final-transcription jobs are in the store as well (``controlroom worker``)."""
     heartbeat_interval: float = 5.0
     """Seconds between this node's heartbeats in the store's ``nodes`` table."""
     node_stale_after: float = 20.0
