@@ -451,6 +451,27 @@ async def reprioritise(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     return ok()
 
 
+@endpoint("POST", "/api/supervisor/calls/{call_id}/monitor", roles=S,
+          summary="Listen to, whisper to or barge into a connected call: your phone (or "
+                  "``phone``) rings into it; ``stop`` hangs it up. Access-logged with the "
+                  "justification; each step is in the call's queue log.",
+          body=obj(["mode", "justification"],
+                   mode={"enum": ["listen", "whisper", "barge", "stop"]},
+                   justification=JUSTIFICATION,
+                   phone={"type": "string", "pattern": "^sips?:", "maxLength": 200}))
+async def supervisor_monitor(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    cid, mode = request.match_info["call_id"], ctx.body["mode"]
+    backend = request.app[BACKEND]
+    if not hasattr(backend, "monitor"):
+        raise ApiError(501, "this backend cannot monitor calls")
+    if mode != "stop":   # logged before anyone hears anything
+        users.log_access(request.app[DB], ctx.user, action=mode, call_id=cid,
+                         justification=ctx.body["justification"], client=_client(request))
+    result = await backend.monitor(cid, ctx.user.username, mode, ctx.body.get("phone", ""))
+    log.info("console.monitor", by=ctx.user.username, call_id=cid, mode=mode)
+    return ok(result)
+
+
 @endpoint("POST", "/api/supervisor/handlers/{handler_id}/state", roles=S,
           summary="Set a handler available, not ready or logged out, with a reason (logged "
                   "with who did it; available ends a wrap-up even if its grading is due).",

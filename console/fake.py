@@ -494,6 +494,16 @@ class FakeBackend:
         self.actions.append(("complete_callback", cb_id, outcome))
         cb.update(state="done", outcome=outcome)
 
+    async def monitor(self, call_id: str, supervisor: str, mode: str,
+                      phone: str = "") -> dict[str, Any]:
+        """Supervisor listen / whisper / barge / stop on a connected call (recorded only)."""
+        self._connected(call_id)
+        self.actions.append(("monitor", call_id, supervisor, mode))
+        self._log(call_id, "MONITOR_END" if mode == "stop" else "MONITOR", mode=mode,
+                  supervisor=supervisor)
+        return {"call_id": call_id, "supervisor": supervisor, "mode": mode,
+                "state": "stopping" if mode == "stop" else "ringing"}
+
     async def reprioritise(self, call_id: str, priority: float) -> None:
         c = self._call(call_id)
         if call_id not in self.waiting:

@@ -37,7 +37,7 @@ COMPONENT = "console"
 ROLES = ("handler", "supervisor", "auditor", "admin")
 """Every console role."""
 
-ACCESS_ACTIONS = ("search", "view", "playback", "export")
+ACCESS_ACTIONS = ("search", "view", "playback", "export", "listen", "whisper", "barge")
 """What the access log records."""
 
 MIGRATIONS = [

@@ -148,7 +148,7 @@ class ServiceDesk:
         return {"at": now, "lines": lines_out, "handlers": handlers_out,
                 "draining": s._draining, "callbacks": await self.callbacks(),
                 "rolling_seconds": ROLLING, "since_midnight": since,
-                "sl_definition": SL_DEFINITION}
+                "sl_definition": SL_DEFINITION, "monitors": s.monitors.view()}
 
     def _handler(self, handler_id: str) -> dict[str, Any]:
         h = self.s.router.handler_info(handler_id)
@@ -315,6 +315,8 @@ class ServiceDesk:
         call = self._connected(call_id)
         self.s.engine.hold(call_id, on)
         call.on_hold = on
+        if not on:
+            self.s.monitors.reapply(call_id)
         self.s._fanout({"type": "call.hold", "call_id": call_id, "on_hold": on,
                         "by": "handler", "at": time.time()})
 
@@ -441,6 +443,30 @@ class ServiceDesk:
         except Exception as exc:
             raise Conflict(str(exc)) from None
         s._apply(actions)
+
+    async def monitor(self, call_id: str, supervisor: str, mode: str,
+                      phone: str = "") -> dict[str, Any]:
+        """Listen to, whisper to or barge into a connected call (``mode`` "stop" ends it):
+        the supervisor's phone (``phone``, else that of the handler entry with their user
+        name) rings into the call. See controlroom.monitor."""
+        from controlroom.monitor import MonitorError
+
+        s = self.s
+        if call_id not in s.calls:
+            raise NotFound(f"no live call {call_id!r}")
+        try:
+            if mode == "stop":
+                s.monitors.stop(call_id, supervisor)
+                return {"state": "stopping"}
+            if not phone:
+                cfg = next((h for h in s.settings.handlers
+                            if supervisor in (h.id, h.user)), None)
+                if cfg is None:
+                    raise Invalid(f"no phone known for {supervisor!r}: give one")
+                phone = cfg.phone
+            return s.monitors.start(call_id, supervisor, phone, mode).view()
+        except MonitorError as exc:
+            raise Conflict(str(exc)) from None
 
     async def set_skills(self, handler_id: str, skills: dict[str, int]) -> None:
         self._handler(handler_id)

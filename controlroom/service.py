@@ -50,7 +50,6 @@ def open_store(settings: Settings) -> Database:
     url = secret(settings.storage.url, key="storage.url") if settings.storage.url else ""
     return Database(url or settings.storage.database_path)
 
-
 ANSWER_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -141,9 +140,13 @@ class Service:
         self.calls: dict[str, LiveCall] = {}
         self.legs: dict[str, str] = {}  # leg_id -> call_id
         self.wrapup_calls: dict[str, str] = {}  # handler_id -> call in wrap-up
+        from controlroom.monitor import Monitors
+
+        self.monitors = Monitors(self)
+        """Supervisor listen / whisper / barge legs (controlroom.monitor)."""
+        self.rejected_today: dict[str, int] = {}
         self.grading_drafts: dict[str, dict[str, Any]] = {}
         """call id -> the grading a handler is typing (controlroom.desk), until saved."""
-        self.rejected_today: dict[str, int] = {}
         self.live_transcripts: dict[str, list[dict[str, Any]]] = {}
         self._subscribers: set[Any] = set()  # console.feed.LiveQueue, one per subscription
         self._wake_router = asyncio.Event()
@@ -476,6 +479,12 @@ class Service:
     # ------------------------------------------------------------------ telephony in
     def on_telephony(self, e: tel.TelephonyEvent) -> None:
         """Engine events, on the loop. Never raises into the engine."""
+        if self.monitors.owns(e):  # a supervisor's leg, not a handler's offer
+            try:
+                self.monitors.on_event(e)
+            except Exception:
+                log.exception("handling monitor event failed", event=type(e).__name__)
+            return
         handler = getattr(self, f"_tel_{type(e).__name__}", None)
         if handler is None:
             return

@@ -58,6 +58,8 @@ class StackOptions:
     """Extra settings for the console (e.g. ``live_queue``)."""
     storage: dict[str, Any] = field(default_factory=dict)
     """Extra storage settings (e.g. ``database`` on a file system of its own)."""
+    handler_pcm: Any = None
+    """16-bit 8 kHz PCM (numpy) the handler phones play instead of ``handler_text``."""
     transport: str = "udp"
     """SIP between Kamailio and the service, both ways: ``udp``, ``tcp`` or ``tls``
     (certificates from a throw-away CA in ``<workdir>/tls``); SIPp callers then reach
@@ -189,8 +191,13 @@ class Stack:
         self.settings: Settings = from_dict(data)
         self.service = Service(self.settings)
         await self.service.start()
-        self.handler_clip = handler_clip = await asyncio.to_thread(
-            self.clip, self.options.handler_text, voice="en-gb+f3", lead_s=0.5, name="handler")
+        if self.options.handler_pcm is not None:
+            self.handler_clip = handler_clip = self.pcm_clip(self.options.handler_pcm,
+                                                             name="handler")
+        else:
+            self.handler_clip = handler_clip = await asyncio.to_thread(
+                self.clip, self.options.handler_text, voice="en-gb+f3", lead_s=0.5,
+                name="handler")
         for h in self.settings.handlers:
             ring = self.options.ring_ms_by_handler.get(h.id, self.options.ring_ms)
             phone = Sipp(scenarios.handler(user=h.id, ring_ms=ring, pcap=handler_clip.pcap,
@@ -226,6 +233,16 @@ class Stack:
         speech.write_rtp_pcap(pcap, packets)
         payload = b"".join(p.payload for p in packets)
         return speech.Clip(text=text, codec=codec, pcm=pcm, payload=payload,
+                           sent=speech.decode(payload, codec), pcap=pcap, packets=packets)
+
+    def pcm_clip(self, pcm: np.ndarray, *, name: str, codec: str | None = None) -> speech.Clip:
+        """Any 8 kHz 16-bit PCM (a test tone) as an RTP pcap SIPp can play."""
+        codec = codec or self.options.codec
+        pcap = self.workdir / "clips" / f"{name}-{codec}.pcap"
+        packets = speech.audio_packets(pcm, codec)
+        speech.write_rtp_pcap(pcap, packets)
+        payload = b"".join(p.payload for p in packets)
+        return speech.Clip(text=name, codec=codec, pcm=pcm, payload=payload,
                            sent=speech.decode(payload, codec), pcap=pcap, packets=packets)
 
     def call(self, dialled: str, *, caller: str, clip: speech.Clip | None = None,

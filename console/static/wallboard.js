@@ -131,7 +131,7 @@ function renderHandlers() {
     el("td", {}, el("span", { class: "pill st-" + h.state, text: CR.stateLabel(h.state) }),
       h.reason && h.state === "not_ready" ? el("div", { class: "muted small", text: h.reason }) : null),
     el("td", { class: "mono since", dataset: { since: h.since }, text: fmtDur(CR.serverNow() - h.since) }),
-    el("td", { class: "mono small", text: h.call_id || "" }),
+    el("td", { class: "mono small" }, h.call_id || "", h.call_id ? monitorControls(h) : null),
     el("td", { class: "skills-cell", text: Object.entries(h.skills || {}).map(([k, v]) => `${k}:${v}`).join(" ") }),
     el("td", { class: "hstate" },
       el("button", { class: "available", text: "Available", "aria-label": `Set ${h.handler_id} available`,
@@ -144,6 +144,23 @@ function renderHandlers() {
         disabled: ["logged_out", "on_call"].includes(h.state), onclick: () => openState(h, "logged_out") }),
       " ",
       el("button", { class: "skills", text: "Skills", "aria-label": `Skills of ${h.handler_id}`, onclick: () => openSkills(h) })))));
+}
+
+// Supervisor listen / whisper / barge on a handler's live call: each asks why (logged
+// in the access log with the call) and rings the supervisor's phone into the call.
+function monitorControls(h) {
+  const mons = (snap.monitors || []).filter((m) => m.call_id === h.call_id);
+  const tag = mons.map((m) => `${m.mode} by ${m.supervisor}${m.state === "ringing" ? " (ringing)" : ""}`).join(", ");
+  const btn = (mode, label) => el("button", { class: "monitor-" + mode, text: label,
+    "aria-label": `${label} call of ${h.handler_id}`, onclick: () => {
+      if (mode === "stop") { act(() => api("POST", `/api/supervisor/calls/${h.call_id}/monitor`, { mode, justification: "stop monitoring" }), "Monitor ended"); return; }
+      const why = prompt(`Why ${mode} to the call of ${h.name || h.handler_id}? (logged)`, "quality assurance");
+      if (why && why.trim().length >= 5) act(() => api("POST", `/api/supervisor/calls/${h.call_id}/monitor`, { mode, justification: why.trim() }), `${label}: your phone rings`);
+    } });
+  if (h.state !== "on_call") return tag ? el("div", { class: "muted small monitor", text: tag }) : null;
+  return el("div", { class: "small monitor" }, tag ? el("span", { class: "pill", text: tag }) : null,
+    btn("listen", "Listen"), " ", btn("whisper", "Whisper"), " ", btn("barge", "Barge"), mons.length ? " " : null,
+    mons.length ? btn("stop", "Stop") : null);
 }
 
 function tick() {

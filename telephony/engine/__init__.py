@@ -53,6 +53,7 @@ from telephony.transport import open_sip_socket
 from .base import EngineBase
 from .calls import CallsMixin
 from .legs import LegsMixin
+from .monitor import MonitorMixin
 from .recordings import disk_health, disk_stats, find_recording, recording_sealed
 from .state import NO_RESPONSE_TIMEOUT, Admit, _Call, _codec_enum, _Leg
 from .transports import TransportsMixin
@@ -66,7 +67,7 @@ REFUSED_LOG_RATE = 5.0
 REFUSED_LOG_BURST = 20.0
 
 
-class Engine(CallsMixin, LegsMixin, TransportsMixin, EngineBase):
+class Engine(CallsMixin, LegsMixin, MonitorMixin, TransportsMixin, EngineBase):
     """SIP signalling + media for inbound calls and handler legs; implements
     :class:`telephony.api.EngineCommands`."""
 

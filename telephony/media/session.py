@@ -73,6 +73,7 @@ from .clock import MediaClock
 from .errors import MediaError
 from .g711 import ALAW_DECODE, ULAW_DECODE
 from .jitter import silence
+from .mixer import Mix
 from .ports import PortPool
 from .prompts import PromptLoop, load_wav, queue_tone
 from .recording import DiskWriter, Recording, RecordingInfo, recover
@@ -143,6 +144,8 @@ class MediaEngine:
         """Open streams with SRTP (kept by ``RtpStream.set_srtp``/``close``)."""
         self._srtp_out: list[tuple[RtpStream, bytes, tuple[str, int]]] = []
         """SRTP streams' packets of this tick, protected and sent after the send loop."""
+        self._mixes: dict[int, tuple[RtpStream, Mix]] = {}
+        """Listeners sent a mix (supervisor listen/whisper/barge), by id of the listener."""
 
     # --------------------------------------------------------------- life
     async def start(self) -> None:
@@ -370,6 +373,30 @@ class MediaEngine:
             b.peer = None
             b._listen_peer = False
 
+    def mix(self, listener: RtpStream, sources: list[RtpStream]) -> None:
+        """``listener`` sends the sum of what ``sources`` receive, each tick (see
+        :mod:`telephony.media.mixer`). It replaces the listener's bridge peer; ``bridge``,
+        ``unbridge`` or ``play`` on the listener end it. The sources' own peers are
+        untouched (mixing is one-way: a supervisor listening is heard by nobody)."""
+        if listener.closed or listener in sources:
+            raise MediaError("mix needs an open listener that is not one of its sources")
+        # Only the listener's side changes: its old partner (if any) keeps hearing it
+        # (whisper: the caller still hears the handler, whose own peer becomes the mix).
+        m = Mix(sources, self.frame_samples)
+        listener.peer = m  # type: ignore[assignment]
+        listener._listen_peer = True
+        self._mixes[id(listener)] = (listener, m)
+
+    def _tick_mixes(self) -> None:
+        gone = []
+        for key, (listener, m) in self._mixes.items():
+            if listener.closed or listener.peer is not m or not listener._listen_peer:
+                gone.append(key)   # bridged, unbridged or played over since: forget it
+                continue
+            m.update()
+        for key in gone:
+            del self._mixes[key]
+
     def preload(self, prompt: str) -> None:
         """Load and check a prompt now (``'tone'``, ``'silence'`` or a WAV path), so a bad
         file is a start-up error (MediaError) rather than a failure at a call's first play."""
@@ -436,6 +463,8 @@ class MediaEngine:
             except Exception:
                 s.rx_frame, s.rx_raw = silence(self.frame_samples), None
                 self._stream_failed(s, "receive")
+        if self._mixes:  # after every pull, before any send: this tick's audio
+            self._tick_mixes()
         for s in streams:
             try:
                 s._send_tick(now)

@@ -21,6 +21,7 @@ BODIES: dict[str, Any] = {
     "offer_reject": {"call_id": "nope"},
     "call_hold": {"on": True},
     "call_transfer": {"to_line": "101"},
+    "supervisor_monitor": {"mode": "listen", "justification": "quality check"},
     "call_wrapup": {"thrive": THRIVE, "grade": "2", "notes": ""},
     "callback_complete": {"outcome": "no reply"},
     "reprioritise": {"priority": 1},
