@@ -19,17 +19,21 @@ Figures:
   faults (3 nodes; kill -9 of one, then separately a cable pull): new calls failed as
   seen by callers, fault -> first new call answered by a survivor, slowest new set-up,
   calls the node was carrying (their callers' BYEs lost), CAD messages missing for the
-  survivors' calls, duplicates; after a kill the node is restarted on its own store and
-  the calls it was carrying are counted closed, ended at the CAD and recorded.
-  n/a until the shared store (PostgreSQL) lands: a *survivor* closing the dead node's
-  calls and salvaging their recordings; one queue across nodes (strict priority across
-  nodes).
-Last line: ``cluster: nodes=3 failed_new=N first_answer_s=N.NN salvaged=n/a cad_missing=N``.
+  survivors' calls, duplicates. The fault rounds run on one shared PostgreSQL store
+  (a throw-away server on the hub address) with each node's recordings folder visible
+  to the others: after the kill a *survivor* closes the calls the dead node was carrying
+  (controlroom/cluster.py): fault -> closed, how many closed with their recording sealed
+  and its SHA-256 matching the file, call.ended at the CAD; then the dead node restarts
+  and nothing is closed twice.
+  n/a: one queue across nodes (strict priority across nodes).
+Last line: ``cluster: nodes=3 failed_new=N first_answer_s=N.NN salvaged=N/N cad_missing=N``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 import sys
 import time
@@ -48,7 +52,21 @@ from harness.cluster import (  # noqa: E402
     percentile,
 )
 
-NA_SHARED = "n/a (needs the shared PostgreSQL store: each node has its own SQLite today)"
+NA_SHARED = "n/a (one routing leader for the cluster: not built yet)"
+
+
+def salvaged_at(cluster: Cluster, node_id: str) -> tuple[str, float] | None:
+    """(survivor, wall time) of the ``node.salvaged`` log line for ``node_id``."""
+    from datetime import datetime
+
+    for n in cluster.nodes:
+        for line in cluster.node_log(n, 2_000_000).splitlines():
+            if '"node.salvaged"' in line and f'"node": "{node_id}"' in line:
+                rec = json.loads(line)
+                if rec.get("calls"):
+                    ts = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00"))
+                    return n.node_id, ts.timestamp()
+    return None
 
 
 def ms(x: float | None) -> str:
@@ -101,7 +119,8 @@ def scale_round(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def fault_round(kind: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with Cluster(work / f"fault-{kind}", nodes=3, handlers=args.handlers,
-                 namespaces=args.namespaces, ring_ms=args.ring_ms) as cluster:
+                 namespaces=args.namespaces, ring_ms=args.ring_ms, postgres=True,
+                 heartbeat_interval=0.5, salvage_after=args.salvage_after) as cluster:
         victim = cluster.nodes[1]
         at: dict[str, float] = {}
 
@@ -116,27 +135,37 @@ def fault_round(kind: str, args: argparse.Namespace, work: Path) -> dict[str, An
                      and c.answered < at["fault"] < c.answered + args.talk]
         figures["in_flight_ids"] = [c.sip_call_id for c in in_flight]
         if kind == "kill":
-            # What exists today: the node itself, restarted on its own store, closes the
-            # calls a crash cut off (state interrupted, call.ended with the recording).
-            t = time.time()
-            cluster.restart(victim)
-            rows = {r["sip_call_id"]: r for r in victim.calls()}
-            ids = {rows[s]["call_id"] for s in figures["in_flight_ids"] if s in rows}
-            deadline = time.monotonic() + 10
-            while True:
-                ended = {m["call_id"] for m in cluster.cad.snapshot()  # type: ignore[union-attr]
-                         if m.get("type") == "call.ended" and m.get("call_id") in ids}
-                if ended >= ids or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
+            # A survivor closed the calls the dead node was carrying (shared store).
             rows = {r["sip_call_id"]: r for r in victim.calls()}
             mine = [rows[s] for s in figures["in_flight_ids"] if s in rows]
+            ids = {r["call_id"] for r in mine}
+
+            def ok(r: dict[str, Any]) -> bool:
+                p = Path(r["recording_path"] or "/nonexistent")
+                return (r["ended_at"] is not None and "died" in (r["end_reason"] or "")
+                        and p.exists() and
+                        hashlib.sha256(p.read_bytes()).hexdigest() == r["recording_sha256"])
+
+            def ended_events() -> dict[str, set[str]]:
+                out: dict[str, set[str]] = {}
+                for m in cluster.cad.snapshot():  # type: ignore[union-attr]
+                    if m.get("type") == "call.ended" and m.get("call_id") in ids:
+                        out.setdefault(m["call_id"], set()).add(m["event_id"])
+                return out
+
+            by = salvaged_at(cluster, victim.node_id)
+            before = ended_events()
+            t = time.time()
+            cluster.restart(victim)
+            restart_s = time.time() - t
+            time.sleep(2.0)
+            after = ended_events()
             figures.update(
-                restart_s=time.time() - t,
-                closed_by_restart=sum(1 for r in mine if r["ended_at"] is not None),
-                ended_at_cad=len(ended),
-                recorded=sum(1 for r in mine if r.get("recording_path")
-                             and Path(r["recording_path"]).exists()))
+                salvaged_by=by[0] if by else None,
+                salvage_s=(by[1] - at["fault"]) if by else None,
+                salvaged=sum(1 for r in mine if ok(r)), salvage_of=len(mine),
+                ended_at_cad=len(before), restart_s=restart_s,
+                closed_twice=sum(1 for c in after if after[c] != before.get(c)))
         else:
             cluster.restore(victim)
             t = time.time()
@@ -158,6 +187,8 @@ def main() -> None:
                     help="handler phones per node (enough that calls do not queue: routing "
                     "p99 is then the offer path, not a wait for a free handler)")
     ap.add_argument("--ring-ms", type=int, default=300)
+    ap.add_argument("--salvage-after", type=float, default=3.0,
+                    help="cluster.salvage_after for the fault rounds (heartbeat 0.5 s)")
     ap.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 3],
                     help="node counts for the scale rounds")
     ap.add_argument("--no-scale", action="store_true")
@@ -202,22 +233,26 @@ def main() -> None:
                       f"call.arrived/call.ended {f['cad_missing']}, duplicates (same "
                       f"event_id) {f['cad_duplicates']}")
                 if kind == "kill":
-                    print(f"  n2 restarted on its own store in {f['restart_s']:.1f} s: of "
-                          f"its {f['in_flight']} cut-off calls {f['closed_by_restart']} "
-                          f"closed, {f['ended_at_cad']} call.ended at the CAD, "
-                          f"{f['recorded']} recordings sealed")
+                    s_s = f["salvage_s"]
+                    print(f"  survivor {f['salvaged_by']} closed n2's calls "
+                          f"{'-' if s_s is None else f'{s_s:.1f} s'} after the kill "
+                          f"(cluster.salvage_after {args.salvage_after:g} s): of its "
+                          f"{f['salvage_of']} cut-off calls {f['salvaged']} closed with "
+                          f"their recording sealed (SHA-256 matches the file), "
+                          f"{f['ended_at_cad']} call.ended at the CAD")
+                    print(f"  n2 restarted in {f['restart_s']:.1f} s: calls closed a "
+                          f"second time {f['closed_twice']}")
                     last = f
                 else:
                     b = f["back_in_service_s"]
                     print(f"  cable back: n2 answers new calls again after "
                           f"{'-' if b is None else f'{b:.2f} s'}")
-            print(f"\n  survivor closes the dead node's calls, call-back list, recordings "
-                  f"salvaged: {NA_SHARED}")
-            print(f"  strict priority across nodes (no 101 offered while a 999 waits "
+            print(f"\n  strict priority across nodes (no 101 offered while a 999 waits "
                   f"anywhere): {NA_SHARED}; within a node the router keeps it")
         if last is not None:
             print(f"cluster: nodes=3 failed_new={last['failed_new']} "
-                  f"first_answer_s={last['first_answer_s']:.2f} salvaged=n/a "
+                  f"first_answer_s={last['first_answer_s']:.2f} "
+                  f"salvaged={last['salvaged']}/{last['salvage_of']} "
                   f"cad_missing={last['cad_missing']}")
     finally:
         if args.keep is None:
