@@ -96,7 +96,10 @@ class TranscriptionService:
         self._wake = asyncio.Event()
         # A migration may reindex every stored transcript once (seconds to minutes on a
         # large store): off the loop, which already runs the SIP engine's timers.
-        await asyncio.to_thread(store.migrate, self._db)
+        # The force's gazetteer (hotwords) also feeds the index: a place name heard wrong
+        # is still found by its real name (marked, ranked after exact hits).
+        gazetteer = list(getattr(self.settings, "hotwords", ()) or ())
+        await asyncio.to_thread(store.migrate, self._db, gazetteer=gazetteer)
         jobs.migrate(self._db)
         recovered = jobs.recover(self._db)
         if recovered:
