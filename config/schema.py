@@ -367,6 +367,10 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     drain_timeout: float = 600.0
     """On shutdown: seconds calls in progress may continue."""
+    consult_numbers: dict[str, str] = field(default_factory=dict)
+    """Who a handler may consult, conference or transfer a call to (issue 17 item 5): a
+    name the desk shows -> SIP URI reached through ``sip.proxy``, e.g. ``ambulance =
+    "sip:ambulance@sbc.example"``, ``fire``, ``coastguard``, neighbouring forces."""
 
     def validate(self) -> None:
         if not self.lines:

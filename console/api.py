@@ -316,6 +316,23 @@ async def call_transfer(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     return ok()
 
 
+@endpoint("POST", "/api/desk/calls/{call_id}/consult", roles=H,
+          summary="Consult another agency on my call: step 'call' with an agency from "
+                  "config consult_numbers (the caller is held with the prompt), then "
+                  "'conference', 'transfer', 'consult' or 'return'.",
+          body=obj(["step"], step={"enum": ["call", "consult", "conference", "transfer",
+                                            "return"]}, agency=ID))
+async def call_consult(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    cid = request.match_info["call_id"]
+    hid = await _my_card(request, ctx, "call", cid)
+    backend = request.app[BACKEND]
+    if not hasattr(backend, "consult"):
+        raise ApiError(409, "this backend cannot consult")
+    if ctx.body["step"] == "call" and not ctx.body.get("agency"):
+        raise ApiError(400, "agency is required to call")
+    return ok(await backend.consult(cid, hid, ctx.body["step"], ctx.body.get("agency", "")))
+
+
 @endpoint("POST", "/api/desk/calls/{call_id}/end", roles=H, summary="End my call.")
 async def call_end(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     cid = request.match_info["call_id"]

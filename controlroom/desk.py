@@ -335,6 +335,26 @@ class ServiceDesk:
                            f"needs confirming (it keeps its priority there)")
         s.transfer(call, to_line=to_line, to_handler=to_handler)
 
+    async def consult(self, call_id: str, handler_id: str, step: str,
+                      agency: str = "") -> dict[str, Any]:
+        """Consult another agency on my call: ``call`` (with ``agency``: the caller is held
+        and hears the prompt, the agency's number rings), then ``conference``,
+        ``transfer``, ``consult`` or ``return``. See controlroom.consult."""
+        from controlroom.consult import ConsultError
+
+        s = self.s
+        if call_id not in s.calls:
+            raise NotFound(f"no live call {call_id!r}")
+        try:
+            c = (s.consults.start(call_id, handler_id, agency) if step == "call"
+                 else s.consults.step(call_id, handler_id, step))
+        except ConsultError as exc:
+            raise Conflict(str(exc)) from None
+        return {"call_id": call_id, "agency": c.agency, "step": c.step}
+
+    def consult_numbers(self) -> list[str]:
+        return sorted(self.s.settings.consult_numbers)
+
     async def end_call(self, call_id: str) -> None:
         call = self._connected(call_id)
         call.ended_by, call.end_reason = "handler", "ended from the desk"

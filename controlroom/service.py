@@ -144,6 +144,10 @@ class Service:
 
         self.monitors = Monitors(self)
         """Supervisor listen / whisper / barge legs (controlroom.monitor)."""
+        from controlroom.consult import Consults
+
+        self.consults = Consults(self)
+        """Consult / conference / transfer legs to other agencies (controlroom.consult)."""
         self.rejected_today: dict[str, int] = {}
         self.grading_drafts: dict[str, dict[str, Any]] = {}
         """call id -> the grading a handler is typing (controlroom.desk), until saved."""
@@ -483,7 +487,13 @@ class Service:
             try:
                 self.monitors.on_event(e)
             except Exception:
-                log.exception("handling monitor event failed", event=type(e).__name__)
+                log.exception("handling monitor event failed", kind=type(e).__name__)
+            return
+        if self.consults.owns(e):  # an agency's leg (consult, conference, transfer)
+            try:
+                self.consults.on_event(e)
+            except Exception:
+                log.exception("handling consult event failed", kind=type(e).__name__)
             return
         handler = getattr(self, f"_tel_{type(e).__name__}", None)
         if handler is None:

@@ -58,6 +58,8 @@ class StackOptions:
     """Extra settings for the console (e.g. ``live_queue``)."""
     storage: dict[str, Any] = field(default_factory=dict)
     """Extra storage settings (e.g. ``database`` on a file system of its own)."""
+    consult_numbers: dict[str, str] = field(default_factory=dict)
+    """Agencies a handler may consult (name -> SIP URI through Kamailio)."""
     handler_pcm: Any = None
     """16-bit 8 kHz PCM (numpy) the handler phones play instead of ``handler_text``."""
     transport: str = "udp"
@@ -127,6 +129,7 @@ class Stack:
                    "proxy": f"sip:127.0.0.1:{self.kamailio.tls_port};transport=tls"}
         return {
             "drain_timeout": 5.0,
+            "consult_numbers": dict(o.consult_numbers),
             "sip": {"bind": "127.0.0.1", "port": sip_port, "domain": DOMAIN,
                     "proxy": f"sip:127.0.0.1:{kamailio_port}", "rtp_bind": "127.0.0.1",
                     "rtp_port_min": rtp[0], "rtp_port_max": rtp[1],

@@ -22,6 +22,7 @@ BODIES: dict[str, Any] = {
     "call_hold": {"on": True},
     "call_transfer": {"to_line": "101"},
     "supervisor_monitor": {"mode": "listen", "justification": "quality check"},
+    "call_consult": {"step": "conference"},
     "call_wrapup": {"thrive": THRIVE, "grade": "2", "notes": ""},
     "callback_complete": {"outcome": "no reply"},
     "reprioritise": {"priority": 1},
