@@ -207,7 +207,8 @@ def live_ctx(history_interval: float) -> Any:
 def _queue_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
     return {"type": "queue.summary", "at": snapshot.get("at"), "lines": [
         {"name": ln["name"], "waiting": len(ln.get("waiting", [])),
-         "longest_wait": ln.get("longest_wait", 0.0)} for ln in snapshot.get("lines", [])]}
+         "longest_wait": ln.get("longest_wait", 0.0), "priority": ln.get("priority")}
+        for ln in snapshot.get("lines", [])]}
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

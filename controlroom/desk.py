@@ -228,6 +228,7 @@ class ServiceDesk:
                                       if wline is not None else 0.0),
                 "grading_required": bool(getattr(wline, "grading_required", False)),
                 "grading_due": due, "after_call": h.get("after_call"),
+                "consult_numbers": sorted(s.settings.consult_numbers),
                 "drafts": self._drafts(handler_id, {(c or {}).get("call_id")
                                                     for c in (offer, call, wrap)})}
 

@@ -118,6 +118,7 @@ function renderCard() {
   $("act-offer").classList.toggle("hidden", phase !== "ringing");
   $("act-call").classList.toggle("hidden", phase !== "connected");
   $("hold").textContent = card.held ? "Resume" : "Hold";
+  renderConsult();
   const xs = $("xfer-to");
   if (xs.options.length !== lines.length + 1) {
     xs.replaceChildren(...lines.map((l) => el("option", { value: "line:" + l, text: `Line ${l} queue` })),
@@ -270,7 +271,7 @@ function tick() {
 
 function renderQueue(q) {
   lines = q.lines.map((l) => l.name);
-  linePriority = Object.fromEntries(q.lines.map((l) => [l.name, l.priority]));
+  for (const l of q.lines) if (l.priority != null) linePriority[l.name] = l.priority;
   $("qsum").replaceChildren(...q.lines.map((l) => el("div", { class: "fig l" + l.name },
     el("div", { class: "v", text: String(l.waiting) }),
     el("div", { class: "k", text: `${l.name} · longest ${fmtDur(l.longest_wait)}` }))));
@@ -323,7 +324,32 @@ function tickCallbacks() {
   for (const a of document.querySelectorAll("#callbacks .age")) a.textContent = fmtDur(CR.serverNow() - Number(a.dataset.at)) + " ago";
 }
 
+// Consult another agency (config consult_numbers): the caller is held with the prompt
+// while it rings and while the handler speaks to it; then join all three, hand the caller
+// over, or go back to the caller.
+let consultState = null;   // {call_id, agency, step, event} from call.consult
+function renderConsult() {
+  const names = (view && view.consult_numbers) || [];
+  const sel = $("consult-to");
+  if (sel.options.length !== names.length) sel.replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
+  $("consult-box").classList.toggle("hidden", !names.length);
+  const c = consultState && card && consultState.call_id === card.call_id && consultState.event !== "CONSULT_END" ? consultState : null;
+  const talking = c && c.step !== "ringing";
+  $("consult").classList.toggle("hidden", !!c);
+  sel.classList.toggle("hidden", !!c);
+  $("conference").classList.toggle("hidden", !talking || c.step === "conference");
+  $("consult-transfer").classList.toggle("hidden", !talking);
+  $("consult-return").classList.toggle("hidden", !c);
+  $("consult-state").textContent = !c ? "" : c.step === "ringing" ? `Calling ${c.agency}… the caller hears the hold prompt`
+    : c.step === "conference" ? `In conference with the caller and ${c.agency}`
+    : `Speaking to ${c.agency}; the caller hears the hold prompt`;
+}
+function consultStep(step, body = {}) {
+  return act(() => api("POST", `/api/desk/calls/${card.call_id}/consult`, { step, ...body }));
+}
+
 function onLive(m) {
+  if (m.type === "call.consult") { consultState = m; renderConsult(); }
   switch (m.type) {
     case "desk.view":
       CR.syncClock(m.view.at);
@@ -473,6 +499,10 @@ function wire() {
     act(() => api("POST", `/api/desk/calls/${card.call_id}/transfer`, body), "Call transferred");
   };
   $("end").onclick = endCall;
+  $("consult").onclick = () => consultStep("call", { agency: $("consult-to").value });
+  $("conference").onclick = () => consultStep("conference");
+  $("consult-transfer").onclick = () => consultStep("transfer");
+  $("consult-return").onclick = () => consultStep("return");
   $("end-dlg").addEventListener("close", () => {
     const dlg = $("end-dlg");
     if (dlg.returnValue === "end") act(() => api("POST", `/api/desk/calls/${dlg.dataset.callId}/end`));
