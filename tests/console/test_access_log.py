@@ -123,3 +123,26 @@ async def test_search_snippet_is_escaped_with_marks(api: Api, backend: FakeBacke
     assert status == 200
     assert [h["snippet"] for h in data["hits"]] == [
         "he said &lt;b&gt;stop&lt;/b&gt; &amp; ran with a <mark>gun</mark>"]
+
+
+async def test_supervisor_monitor_needs_justification_and_is_logged(
+        api: Api, backend: FakeBackend, db: Database) -> None:
+    """Listen, whisper and barge on a live call need a justification and each is in the
+    access log with the call; stop is not a consultation (not logged)."""
+    h = api.as_role("handler")
+    await h.call("POST", "/api/desk/state", {"state": "available"})
+    cid = backend.arrive("999", "+447700900999")
+    backend.offer(cid, "h1")
+    assert await h.call("POST", "/api/desk/offer/accept", {"call_id": cid}) == (200, {"ok": True})
+    s = api.as_role("supervisor")
+    path = f"/api/supervisor/calls/{cid}/monitor"
+    status, _ = await s.call("POST", path, {"mode": "listen"})
+    assert status == 400 and users.access_log(db) == []
+    for mode in ("listen", "whisper", "barge", "stop"):
+        status, data = await s.call("POST", path, {"mode": mode, "justification": "QA review 42"})
+        assert status == 200 and data["mode"] == mode, data
+    log = users.access_log(db)
+    assert [(e["action"], e["call_id"], e["justification"]) for e in reversed(log)] == [
+        (m, cid, "QA review 42") for m in ("listen", "whisper", "barge")]
+    assert [a[3] for a in backend.actions if a[0] == "monitor"] == \
+        ["listen", "whisper", "barge", "stop"]
