@@ -257,7 +257,9 @@ class Service:
         s.storage.recordings_dir.mkdir(parents=True, exist_ok=True)
         self.transcription = TranscriptionService(settings=s.transcription,
                                                   db=self.transcripts_db,
-                                                  publish=self.publish_transcript)
+                                                  publish=self.publish_transcript,
+                                                  node=(s.node_id if self.db.dialect
+                                                        == "postgresql" else None))
         await self.transcription.start()
         # The node id names the node in topics and messages (cluster.node_id or mqtt.node).
         self.publisher = CadPublisher(dataclasses.replace(s.mqtt, node=s.node_id), self.db,

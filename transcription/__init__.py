@@ -12,7 +12,7 @@ Public API (all the lead needs to wire; everything else is internal)::
     svc.enqueue_final(call_id, recording_path, priority=0)  # durable job -> TranscriptFinal
     await svc.stop()
 
-    search = TranscriptSearch(db)     # SQLite FTS5 over whole calls (SearchBackend protocol)
+    search = TranscriptSearch(db)     # whole calls: FTS5 on SQLite, tsvector on PostgreSQL
     hits = await asyncio.to_thread(search.search, "burglary", line="999", since=t0, limit=20)
     # Hit: offset = first matched word's start, matches (words with times), fragments,
     # rank, score, match ("exact" | "fuzzy" | "phonetic"), low_confidence

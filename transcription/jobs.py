@@ -62,17 +62,21 @@ def worker_id(kind: str = "worker") -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{kind}"
 
 
-def claim(db: Database, worker: str, *, lease: float = LEASE,
+def claim(db: Database, worker: str, *, lease: float = LEASE, node: str | None = None,
           now: float | None = None) -> tuple[str, str] | None:
     """Take the next job, most urgent then oldest: a queued one, or a running one whose
-    lease has run out (its taker died). Returns (call_id, recording_path) or None."""
+    lease has run out (its taker died). ``node``: only jobs of calls recorded by this
+    node (``calls.node``: a node's recordings are on its own disk). Returns
+    (call_id, recording_path) or None."""
     now = time.time() if now is None else now
     lock = " FOR UPDATE SKIP LOCKED" if db.dialect == "postgresql" else ""
+    mine = "" if node is None else " AND call_id IN (SELECT call_id FROM calls WHERE node = ?)"
     with db.transaction() as conn:
         row = conn.execute(
             "SELECT call_id, recording_path FROM transcription_jobs"
-            " WHERE state='queued' OR (state='running' AND coalesce(lease_until, 0) < ?)"
-            f" ORDER BY priority, enqueued_at LIMIT 1{lock}", (now,)).fetchone()
+            f" WHERE (state='queued' OR (state='running' AND coalesce(lease_until, 0) < ?)){mine}"
+            f" ORDER BY priority, enqueued_at LIMIT 1{lock}",
+            (now,) if node is None else (now, node)).fetchone()
         if row is None:
             return None
         conn.execute("UPDATE transcription_jobs SET state='running', attempts=attempts+1,"

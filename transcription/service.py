@@ -57,8 +57,11 @@ class TranscriptionService:
     def __init__(self, *, settings: TranscriptionSettings, db: Database,
                  publish: Callable[[DomainEvent], Any], engine: Engine | None = None,
                  max_lag: float = 1.5, inbox_seconds: float = 2.0,
-                 job_poll: float = 5.0) -> None:
+                 job_poll: float = 5.0, node: str | None = None) -> None:
         self.settings = settings
+        self._node = node
+        """Take only jobs of calls recorded by this node (a shared store: each node's
+        recordings are on its own disk; ``controlroom worker`` takes the others)."""
         self._db = db
         self._publish = publish
         self._engine = engine
@@ -294,7 +297,7 @@ class TranscriptionService:
         assert self._engine is not None and self._executor is not None
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            job = jobs.claim(self._db, self._worker, lease=self._lease)
+            job = jobs.claim(self._db, self._worker, lease=self._lease, node=self._node)
             if job is None:
                 self._wake.clear()
                 try:

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def db(store_url):
     d = Database(store_url)
     d.migrate(calls.COMPONENT, calls.MIGRATIONS, postgresql=calls.PG_MIGRATIONS)
+    d.migrate(calls.NODE_COMPONENT, calls.NODE_MIGRATIONS, postgresql=calls.NODE_MIGRATIONS)
     tstore.migrate(d)
     jobs.migrate(d)
     yield d
@@ -249,3 +250,16 @@ async def test_service_with_external_finals_only_queues(db, tmp_path):
         assert tstore.job_state(db, "ext")["state"] == "queued"
     finally:
         await svc.stop()
+
+
+def test_a_node_takes_only_jobs_of_its_own_recordings(db):
+    """On a shared store a node's job thread takes the jobs of calls it recorded (the
+    files are on its disk); a worker (no node) takes any."""
+    with db.transaction() as conn:
+        for cid, node in (("n1-c1", "n1"), ("n2-c1", "n2")):
+            calls.insert(conn, call_id=cid, line="999", caller="0111", state="ended",
+                         arrived_at=1000.0, node=node)
+            tstore.enqueue_job(conn, cid, "/nowhere.wav", 0)
+    assert jobs.claim(db, "n2:serve", node="n2") == ("n2-c1", "/nowhere.wav")
+    assert jobs.claim(db, "n2:serve", node="n2") is None
+    assert jobs.claim(db, "worker") == ("n1-c1", "/nowhere.wav")
