@@ -20,6 +20,8 @@ not stopped, and salvages each one, through a connection of its own:
    as this node sees it (a shared file system), its ``.part`` files are sealed by the
    engine's own crash recovery (``telephony.media.recording.recover``: header fixed from
    what reached the disk, fsync, rename), hashed, and recorded (``call.recording``).
+   A ``.part`` file still growing (a node cut off from the store but alive) is left to
+   its node, and that call is closed without a recording on record.
 3. *Calls*: every call of that node still open is closed: state ``interrupted``,
    ``call.ended`` (by ``system``, the reason names the dead node and the survivor); calls
    still queued or ringing are abandoned on the record (``call.abandoned``, ABANDON in
@@ -77,13 +79,38 @@ def stale_nodes(db: Any, me: str, *, after: float, starting: float,
         (now - starting, now - after, me))]
 
 
+QUIET_S = 2.5
+"""A recording's ``.part`` file untouched this long is not being written: the media layer
+writes each recording every second (``flush_every``)."""
+
+
+def _still_written(folder: Path) -> set[Path]:
+    """``.part`` files some process still writes (a node cut off from the store, not
+    dead): changed within ``QUIET_S``, or during a wait of up to ``QUIET_S``. Sealing
+    them would take a live recording from under its node; that node seals them itself."""
+    def stamp(p: Path) -> tuple[int, int] | None:
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    first = {p: stamp(p) for p in folder.glob("*.wav.part")}
+    now = time.time()
+    young = {p: s for p, s in first.items() if s is not None and now - s[0] / 1e9 < QUIET_S}
+    if not young:
+        return set()
+    time.sleep(max(0.0, QUIET_S - min(now - s[0] / 1e9 for s in young.values())))
+    return {p for p, s in young.items() if stamp(p) != s}
+
+
 def _recordings(folder: Path | None, call_ids: list[str]) -> dict[str, Any]:
     """Seal the dead node's ``.part`` files; every open call's sealed recording (hashed)."""
     if folder is None or not folder.is_dir() or not call_ids:
         return {}
     from telephony.media.recording import find_sealed, recover
 
-    found = {info.call_id: info for info in recover(folder)}
+    found = {info.call_id: info for info in recover(folder, skip=_still_written(folder))}
     for call_id in call_ids:
         if call_id not in found:
             try:
