@@ -419,6 +419,18 @@ async def callback_take(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     return ok()
 
 
+@endpoint("POST", "/api/callbacks/{cb_id}/dial", roles=H,
+          summary="Click-to-dial a call-back I took: the caller is called through the "
+                  "trunk and my phone rings into the call; a new call linked to the "
+                  "abandoned one (recorded, published to the CAD).")
+async def callback_dial(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    backend = request.app[BACKEND]
+    if not hasattr(backend, "dial_callback"):
+        raise ApiError(409, "this backend cannot dial")
+    call_id = await backend.dial_callback(request.match_info["cb_id"], _handler_id(ctx))
+    return ok({"call_id": call_id})
+
+
 def _cb_actor(ctx: Ctx) -> str | None:
     """Who acts on a call-back: None for a supervisor (any entry), else the handler (only
     the entries they took)."""

@@ -447,6 +447,18 @@ class ServiceDesk:
     async def take_callback(self, cb_id: str, handler_id: str) -> None:
         self._cb_call(self.s.router.take_callback, cb_id, handler_id, time.time())
 
+    async def dial_callback(self, cb_id: str, handler_id: str) -> str:
+        """Click-to-dial a call-back this handler took (controlroom.dialout); returns the
+        new call's id."""
+        from controlroom.dialout import DialError
+
+        try:
+            return self.s.dialouts.dial(cb_id, handler_id)
+        except DialError as exc:
+            if "no call-back" in str(exc):
+                raise NotFound(str(exc)) from None
+            raise Conflict(str(exc)) from None
+
     async def complete_callback(self, cb_id: str, outcome: str, by: str | None = None) -> None:
         """``by``: the handler closing it (must have taken it); None: a supervisor."""
         if not outcome.strip():

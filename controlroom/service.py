@@ -148,6 +148,10 @@ class Service:
 
         self.consults = Consults(self)
         """Consult / conference / transfer legs to other agencies (controlroom.consult)."""
+        from controlroom.dialout import Dialouts
+
+        self.dialouts = Dialouts(self)
+        """Click-to-dial call-backs in progress (controlroom.dialout)."""
         self.rejected_today: dict[str, int] = {}
         self.grading_drafts: dict[str, dict[str, Any]] = {}
         """call id -> the grading a handler is typing (controlroom.desk), until saved."""
@@ -490,6 +494,12 @@ class Service:
                 self.monitors.on_event(e)
             except Exception:
                 log.exception("handling monitor event failed", kind=type(e).__name__)
+            return
+        if self.dialouts.owns(e):  # a call-back dialled from the desk
+            try:
+                self.dialouts.on_event(e)
+            except Exception:
+                log.exception("handling dial-out event failed", kind=type(e).__name__)
             return
         if self.consults.owns(e):  # an agency's leg (consult, conference, transfer)
             try:

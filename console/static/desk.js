@@ -304,6 +304,8 @@ async function loadCallbacks() {
       el("div", { class: "btns" },
         c.state === "open" ? el("button", { class: "primary take", text: "Take", onclick: () =>
           act(() => api("POST", `/api/callbacks/${c.cb_id}/take`), `Call-back ${c.caller} taken`).then(loadCallbacks) }) : null,
+        mine && c.caller ? el("button", { class: "primary dial", text: "Dial", "aria-label": `Dial ${c.caller}`, onclick: () =>
+          act(() => api("POST", `/api/callbacks/${c.cb_id}/dial`), `Calling ${c.caller}: your phone rings when they answer`) }) : null,
         mine ? el("button", { class: "release", text: "Release", onclick: () =>
           act(() => api("POST", `/api/callbacks/${c.cb_id}/release`), `Call-back ${c.caller} released`).then(loadCallbacks) }) : null),
       mine ? el("div", { class: "btns" },

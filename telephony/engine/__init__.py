@@ -53,6 +53,7 @@ from telephony.transport import open_sip_socket
 from .base import EngineBase
 from .calls import CallsMixin
 from .consult import ConsultMixin
+from .dialout import DialOutMixin
 from .legs import LegsMixin
 from .monitor import MonitorMixin
 from .recordings import disk_health, disk_stats, find_recording, recording_sealed
@@ -68,7 +69,7 @@ REFUSED_LOG_RATE = 5.0
 REFUSED_LOG_BURST = 20.0
 
 
-class Engine(CallsMixin, LegsMixin, MonitorMixin, ConsultMixin, TransportsMixin, EngineBase):
+class Engine(DialOutMixin, CallsMixin, LegsMixin, MonitorMixin, ConsultMixin, TransportsMixin, EngineBase):
     """SIP signalling + media for inbound calls and handler legs; implements
     :class:`telephony.api.EngineCommands`."""
 
