@@ -80,7 +80,9 @@ def _body(event: ev.DomainEvent) -> dict[str, Any]:
         case ev.CallArrived():
             return {
                 "call": {"line": event.line, "priority": event.priority,
-                         "dialled": event.dialled, "sip_call_id": event.sip_call_id},
+                         "dialled": event.dialled, "sip_call_id": event.sip_call_id,
+                         **({"linked_call_id": event.linked_call_id}
+                            if event.linked_call_id else {})},
                 "callback": {"number": event.caller, "name": event.display_name,
                              "normalised": event.caller_normalised},
                 "location": _location(event.location, event.location_detail),

@@ -92,7 +92,8 @@ class Dialouts:
                                     handler_id=handler_id)
         self.calls[call_id] = Dial(call_id, cb_id, cb.call_id, handler_id, was_available)
         s._record(ev.CallArrived(call_id=call_id, at=now, line=cb.line,
-                                 priority=line.priority, caller=cb.caller, dialled=cb.caller),
+                                 priority=line.priority, caller=cb.caller, dialled=cb.caller,
+                                 linked_call_id=cb.call_id),
                   lambda conn: calls_table.insert(
                       conn, call_id=call_id, line=cb.line, priority=line.priority,
                       caller=cb.caller, dialled=cb.caller, state="queued", arrived_at=now,

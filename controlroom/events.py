@@ -63,6 +63,8 @@ class CallArrived(DomainEvent):
     location_detail: dict[str, Any] | None = None
     """The location as read: ``by`` (value/reference), ``uri``, ``parsed``, ``error``,
     ``geodetic`` shapes, ``civic`` addresses, ``accuracy`` (m)."""
+    linked_call_id: str | None = None
+    """A call placed from a call-back (click-to-dial): the abandoned call it calls back."""
 
 
 @dataclass(frozen=True, kw_only=True)

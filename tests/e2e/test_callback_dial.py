@@ -76,6 +76,8 @@ async def test_handler_dials_a_call_back_and_it_is_a_linked_recorded_call(
         assert found == sent, f"handler: {found}/{sent} frames bit-exact"
         for t in ("call.arrived", "call.answered", "call.ended"):
             validate(await cad.wait_for(call_id, t, 15))
+        arrived = await cad.wait_for(call_id, "call.arrived", 1)
+        assert arrived["call"]["linked_call_id"] == cb.call_id, arrived
         log = st.service.db.query("SELECT event, data FROM queue_log WHERE call_id=? "
                                   "ORDER BY id", (call_id,))
         dial = next(json.loads(r["data"]) for r in log if r["event"] == "DIAL")
