@@ -15,6 +15,15 @@ server    INVITE: G (retransmit non-2xx final, T1      non-INVITE: J (64*T1 abso
 
 2xx responses to INVITE are retransmitted by the UA core (ua.py), not here.
 
+Memory: once a transaction has its final response it only absorbs retransmissions
+(for up to 64*T1 = 32 s on UDP), and at 30 calls/s that is ~1,000 finished calls'
+transactions at any moment. So from then on it keeps its request as encoded bytes
+and holds the parsed :class:`Request` (and a client's final :class:`Response`) only
+weakly: while the core still uses it (the session keeps its INVITE) ``request`` is
+that object; once nothing else does it is freed and ``request`` parses the bytes
+again when asked (at termination, for the core to unindex it). ``bench/sip_memory.py``
+measures the difference.
+
 Over a reliable transport (TCP, TLS: the destination or source is a
 :class:`~telephony.sip.hop.Hop` marked so) nothing is retransmitted here: timers A, E and
 G are not used, and D, I, J and K are zero (RFC 3261 §17.1.1.2, §17.1.2.2, §17.2.1,
@@ -26,9 +35,10 @@ transaction's responses go to the request's source, i.e. back on its connection
 from __future__ import annotations
 
 import enum
+import weakref
 
 from .hop import is_reliable
-from .message import Request, Response
+from .message import Request, Response, parse
 
 T1 = 0.5
 """RTT estimate (s)."""
@@ -52,11 +62,40 @@ class TxState(enum.Enum):
 
 
 class _Timers:
-    """Retransmit and give-up instants shared by both transaction kinds."""
+    """Retransmit and give-up instants shared by both transaction kinds, and the
+    request, held strongly until the final response, then as bytes plus a weak
+    reference (module docstring)."""
 
     retrans_at: float | None = None
     interval: float = T1
     end_at: float | None = None
+    _request: Request | None = None
+    _request_ref: weakref.ReferenceType[Request] | None = None
+    _request_data: bytes = b""
+
+    @property
+    def request(self) -> Request:
+        """The request this transaction is for (parsed again from its bytes if the
+        parsed one was freed after the final response)."""
+        req = self._request
+        if req is None and self._request_ref is not None:
+            req = self._request_ref()
+        if req is None:
+            parsed = parse(self._request_data)
+            if not isinstance(parsed, Request):  # (our own encoding of a parsed request)
+                raise ValueError("transaction request bytes do not parse as a request")
+            req = parsed
+            self._request_ref = weakref.ref(req)
+        return req
+
+    def _shed(self, data: bytes | None = None) -> None:
+        """Final response reached: keep the request as bytes, the parsed one weakly."""
+        req = self._request
+        if req is None:
+            return
+        self._request_data = data if data is not None else req.encode()
+        self._request_ref = weakref.ref(req)
+        self._request = None
 
     @property
     def deadline(self) -> float | None:
@@ -68,14 +107,15 @@ class ClientTransaction(_Timers):
     """Sends a request, retransmits it, and filters the responses handed to the core."""
 
     def __init__(self, request: Request, dest: Addr, now: float) -> None:
-        self.request = request
+        self._request = request
+        self.method = request.method
         self.dest = dest
         self.invite = request.method == "INVITE"
         self.branch = request.top_via.branch or ""
         self.state = TxState.CALLING if self.invite else TxState.TRYING
         self.timed_out = False
         """True once B/F fired: the core reports 408 to its user."""
-        self.final: Response | None = None
+        self._final: weakref.ReferenceType[Response] | None = None
         self.reliable = is_reliable(dest)
         self._data = request.encode()
         self._ack: bytes | None = None
@@ -84,7 +124,16 @@ class ClientTransaction(_Timers):
 
     @property
     def key(self) -> tuple[str, str]:
-        return self.branch, self.request.method
+        return self.branch, self.method
+
+    @property
+    def final(self) -> Response | None:
+        """The final response received, while the core still holds it (held weakly)."""
+        return None if self._final is None else self._final()
+
+    def _finished(self, resp: Response) -> None:
+        self._final = weakref.ref(resp)
+        self._shed(self._data)
 
     def start(self) -> list[Send]:
         return [(self._data, self.dest)]
@@ -106,15 +155,15 @@ class ClientTransaction(_Timers):
             if code < 300:
                 if s in (TxState.CALLING, TxState.PROCEEDING):
                     self.state = TxState.ACCEPTED
-                    self.final = resp
+                    self._finished(resp)
                     self.retrans_at = None
                     self.end_at = now + 64 * T1
                 # in Accepted, 2xx retransmissions go up so the core re-sends its ACK
                 return [], s in (TxState.CALLING, TxState.PROCEEDING, TxState.ACCEPTED)
             if s in (TxState.CALLING, TxState.PROCEEDING):
                 self.state = TxState.COMPLETED
-                self.final = resp
                 self._ack = self._build_ack(resp).encode()
+                self._finished(resp)
                 self.retrans_at = None
                 self.end_at = now + (0.0 if self.reliable else 32.0)  # timer D
                 return [(self._ack, self.dest)], True
@@ -127,7 +176,7 @@ class ClientTransaction(_Timers):
             self.state = TxState.PROCEEDING
             return [], True
         self.state = TxState.COMPLETED
-        self.final = resp
+        self._finished(resp)
         self.retrans_at = None
         self.end_at = now + (0.0 if self.reliable else T4)  # timer K
         return [], True
@@ -179,7 +228,7 @@ class ServerTransaction(_Timers):
     def __init__(self, request: Request, now: float, source: Addr | None = None) -> None:
         """``source``: where the request came from; when it is a reliable Hop, responses
         go back to it (its connection) and nothing is retransmitted."""
-        self.request = request
+        self._request = request
         self.invite = request.method == "INVITE"
         self.reliable = source is not None and is_reliable(source)
         self.dest: Addr = source if source is not None and self.reliable \
@@ -198,7 +247,9 @@ class ServerTransaction(_Timers):
         self.last_status = resp.status
         if resp.status < 200:
             self.state = TxState.PROCEEDING
-        elif self.invite and resp.status < 300:
+            return [(self.last, self.dest)]
+        self._shed()
+        if self.invite and resp.status < 300:
             self.state = TxState.ACCEPTED
             self.end_at = now + 64 * T1
         elif self.invite:

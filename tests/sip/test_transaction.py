@@ -90,3 +90,34 @@ def test_invite_server_accepted_timer_l() -> None:
     ok = tx.respond(make_response(r, 200, to_tag="t"), 1.0)
     assert tx.state == TxState.ACCEPTED and tx.deadline == 33.0
     assert tx.on_retransmit() == ok
+
+
+def test_finished_transactions_keep_bytes_not_parsed_messages() -> None:
+    """After the final response a transaction holds its request only weakly: freed once
+    the core lets go, parsed again from the kept bytes when asked (same headers)."""
+    import gc
+    import weakref
+
+    r = req("BYE")
+    headers = list(r.headers)
+    stx = ServerTransaction(r, 0.0)
+    stx.respond(make_response(r, 200, to_tag="x"), 0.0)
+    assert stx.request is r  # the core still holds it: the same object, no parse
+    ref = weakref.ref(r)
+    del r
+    gc.collect()
+    assert ref() is None
+    again = stx.request
+    assert again.method == "BYE" and again.headers == headers
+    assert stx.on_retransmit()[0][0].startswith(b"SIP/2.0 200")
+
+    c = req()
+    ctx = ClientTransaction(c, ("10.0.0.2", 5060), 0.0)
+    ok = make_response(c, 200, to_tag="x")
+    assert ctx.receive(ok, 0.1) == ([], True)
+    assert ctx.final is ok and ctx.key == ("z9hG4bKt1", "INVITE")
+    cref, okref = weakref.ref(c), weakref.ref(ok)
+    del c, ok
+    gc.collect()
+    assert cref() is None and okref() is None and ctx.final is None
+    assert ctx.request.call_id == "t1" and ctx.request.cseq == (1, "INVITE")
