@@ -7,6 +7,7 @@ leg per second (50 = real time), RFC 3550 loss, late packets, the largest gap be
 media-clock ticks, ticks caught up, time spent in the tick, and process CPU %.
 
     .venv/bin/python bench/media_clock.py --legs 100 200 300 400 --seconds 10
+    .venv/bin/python bench/media_clock.py --legs 200 --uvloop   # the same on uvloop
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,12 +84,15 @@ async def main() -> None:
     ap.add_argument("--nice", type=int, default=0,
                     help="lower our nice value by this much (needs root): how a media process "
                          "is deployed (higher priority than batch work); 0 = as started")
+    ap.add_argument("--uvloop", action="store_true",
+                    help="run on uvloop instead of asyncio's standard loop (pip install uvloop)")
     ap.add_argument("--reader", action="store_true",
                     help="read sockets with one loop.add_reader callback each (not in the tick)")
     args = ap.parse_args()
     if args.nice:
         os.nice(-abs(args.nice))
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, nice {os.nice(0)}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, nice {os.nice(0)}, "
+          f"loop {type(asyncio.get_running_loop()).__module__}")
     print(f"{'legs':>5} {'pkt/s/leg':>9} {'ticks/s':>7} {'lost':>6} {'late':>6} {'senderr':>7} "
           f"{'maxgap':>7} {'maxlate':>7} {'lateTk':>6} {'tick':>6} {'cpu%':>5} {'seal':>6}")
     with tempfile.TemporaryDirectory() as d:
@@ -110,4 +115,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if "--uvloop" in sys.argv[1:]:
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

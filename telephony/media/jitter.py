@@ -43,7 +43,7 @@ tries to avoid. With 100 ppm drift that is one 20 ms adjustment every
 from __future__ import annotations
 
 import bisect
-from collections import deque
+from array import array
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,8 @@ __all__ = ["JitterBuffer", "PushResult", "silence"]
 Pcm = npt.NDArray[np.int16]
 
 _SILENCE: dict[int, Pcm] = {}
+_SEEN = 512
+"""Packets whose sequence numbers are remembered for the duplicate check (10 s at 20 ms)."""
 
 
 def silence(samples: int) -> Pcm:
@@ -114,9 +116,13 @@ class JitterBuffer:
         self._raw: dict[int, Any] = {}
         self.last_raw: Any = None
         """``raw`` of the packet the last ``pull`` returned whole, else None."""
-        self._seen: set[int] = set()
-        self._seen_order: deque[int] = deque()
-        self._last_sample = 0
+        # sequence numbers of the last _SEEN packets (duplicate check): one bit per
+        # 16-bit number plus a ring of the numbers in arrival order, 9 KB; a set and a
+        # deque of int objects held ~35 KB per stream, most of a call's media heap
+        self._seen = bytearray(8192)
+        self._seen_ring = array("H", bytes(2 * _SEEN))
+        self._seen_n = 0
+        self._last_out: Pcm | None = None  # last frame played (its last sample starts a fade)
         self._win_min = self._win_max = 0
         self._win_n = 0
         # 2: grow (a packet was late: forced after grow_grace); 1: grow in silence only;
@@ -149,6 +155,11 @@ class JitterBuffer:
         :attr:`last_raw` when ``pull`` returns exactly this packet's samples (the media
         engine passes the G.711 payload, so a bridge can forward it without re-encoding).
         """
+        return self.add(ssrc, seq, timestamp, pcm, raw)
+
+    def add(self, ssrc: int, seq: int, timestamp: int, pcm: Pcm, raw: Any = None) -> str:
+        """``push`` with positional arguments (the receive path's call, once per packet:
+        a keyword call costs measurably more)."""
         if ssrc != self.ssrc or self.position is None:
             self._anchor(ssrc, timestamp)
             self._store(timestamp, seq, pcm, raw)  # anchored: timestamp is its own unwrapped value
@@ -159,14 +170,26 @@ class JitterBuffer:
         if lead >= 0x80000000:
             lead -= 0x100000000
         ext = pos + lead
-        if seq in self._seen or ext in self._buf:
+        if self._seen[seq >> 3] & (1 << (seq & 7)) or ext in self._buf:
             self.duplicates += 1
             return PushResult.DUPLICATE
         if lead > self.max_jump or -lead > self.max_jump:
             self._anchor(ssrc, timestamp)
             self._store(timestamp, seq, pcm, raw)
             return PushResult.RESYNC
-        self._observe(lead)
+        # _observe(lead), its per-packet part written out
+        n = self._win_n
+        if n == 0:
+            self._win_min = self._win_max = lead
+        elif lead < self._win_min:
+            self._win_min = lead
+        elif lead > self._win_max:
+            self._win_max = lead
+        n += 1
+        if n < self.window:
+            self._win_n = n
+        else:
+            self._window_done()
         if lead + len(pcm) <= 0:
             self.late += 1
             self._remember(seq)
@@ -178,11 +201,15 @@ class JitterBuffer:
             self.overflows += 1  # far-future flood: keep what is due soonest
             return PushResult.OVERFLOW
         self.accepted += 1
-        self._seen.add(seq)
-        order = self._seen_order
-        order.append(seq)
-        if len(order) > 512:
-            self._seen.discard(order.popleft())
+        # _remember(seq), written out
+        seen, n = self._seen, self._seen_n
+        i = n % _SEEN
+        if n >= _SEEN:
+            old = self._seen_ring[i]
+            seen[old >> 3] &= ~(1 << (old & 7))
+        self._seen_ring[i] = seq
+        seen[seq >> 3] |= 1 << (seq & 7)
+        self._seen_n = n + 1
         self._buf[ext] = pcm
         if raw is not None:
             self._raw[ext] = raw
@@ -198,8 +225,11 @@ class JitterBuffer:
         if self._win_n == 0 or lead > self._win_max:
             self._win_max = lead
         self._win_n += 1
-        if self._win_n < self.window:
-            return
+        if self._win_n >= self.window:
+            self._window_done()
+
+    def _window_done(self) -> None:
+        """A window of ``window`` leads is complete: decide whether to grow or shrink."""
         self.lead_min, self.lead_max = self._win_min, self._win_max
         self._win_n = 0
         if self._want == 2:
@@ -234,8 +264,8 @@ class JitterBuffer:
         self._keys.clear()
         self._buf.clear()
         self._raw.clear()
-        self._seen.clear()
-        self._seen_order.clear()
+        self._seen = bytearray(8192)
+        self._seen_n = 0
         self._adjusted()
 
     def _unwrap(self, timestamp: int) -> int:
@@ -247,10 +277,14 @@ class JitterBuffer:
         return pos + diff
 
     def _remember(self, seq: int) -> None:
-        self._seen.add(seq)
-        self._seen_order.append(seq)
-        if len(self._seen_order) > 512:  # well inside the 16-bit space, so wrap is safe
-            self._seen.discard(self._seen_order.popleft())
+        seen, ring, n = self._seen, self._seen_ring, self._seen_n
+        i = n % _SEEN
+        if n >= _SEEN:  # forget the oldest (well inside the 16-bit space: wrap is safe)
+            old = ring[i]
+            seen[old >> 3] &= ~(1 << (old & 7))
+        ring[i] = seq
+        seen[seq >> 3] |= 1 << (seq & 7)
+        self._seen_n = n + 1
 
     def _store(self, ext: int, seq: int, pcm: Pcm, raw: Any) -> None:
         self.accepted += 1
@@ -327,16 +361,19 @@ class JitterBuffer:
                     i += 1
         self.position = end
         self.frames_played += 1
-        self._last_sample = int(out[-1])
+        self._last_out = out  # (read only if a silent frame follows: no per-tick indexing)
         return out
 
     def _silent_frame(self) -> Pcm:
         self.frames_silent += 1
-        if self._last_sample and self.fade_samples:
-            out = np.zeros(self.frame, dtype=np.int16)
-            out[:self.fade_samples] = (self._fade * self._last_sample).astype(np.int16)
-            self._last_sample = 0
-            return out
+        last = self._last_out
+        if last is not None:
+            self._last_out = None
+            sample = int(last[-1])
+            if sample and self.fade_samples:
+                out = np.zeros(self.frame, dtype=np.int16)
+                out[:self.fade_samples] = (self._fade * sample).astype(np.int16)
+                return out
         return self._silence
 
     @property

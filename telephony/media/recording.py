@@ -507,6 +507,9 @@ def _unlink(p: Path) -> None:
         pass
 
 
+_I16 = np.dtype(np.int16)
+
+
 class Recording:
     """One call's stereo recording; fed by the media clock, finished by :meth:`seal`."""
 
@@ -538,7 +541,11 @@ class Recording:
         self._ticks = 0
         self._pending: list[bytes] = []
         self._writer = writer
-        self._interleave = np.empty(2 * frame_samples, dtype=np.int16)
+        # a batch's channels as they came (one bytes copy each per tick, ~10x cheaper
+        # than interleaving a 160-sample frame per tick through numpy's strided copy),
+        # interleaved once per batch in _spill: two numpy copies per second per call
+        self._lefts: list[bytes] = []
+        self._rights: list[bytes] = []
         if self.path.exists() or self.part_path.exists():
             raise MediaError(f"recording for call {call_id} already exists")
         h = health if health is not None else (writer.health if writer is not None else DiskHealth())
@@ -571,10 +578,15 @@ class Recording:
         if self._closed:
             return
         n = len(left)
-        buf = self._interleave if n == self._frame else np.empty(2 * n, dtype=np.int16)
-        buf[0::2] = left
-        buf[1::2] = right
-        self._pending.append(buf.astype("<i2", copy=False).tobytes())
+        if n == self._frame and left.dtype is _I16 and right.dtype is _I16:
+            self._lefts.append(left.tobytes())  # (a copy: the caller may reuse its arrays)
+            self._rights.append(right.tobytes())
+        else:  # (another frame length: interleave what is collected first, keep the order)
+            self._spill()
+            buf = np.empty(2 * n, dtype="<i2")
+            buf[0::2] = left
+            buf[1::2] = right
+            self._pending.append(buf.tobytes())
         self.frames += n
         self._ticks += 1
         if self._ticks % self._flush_every == self._phase:
@@ -583,15 +595,30 @@ class Recording:
     def flush(self) -> None:
         """Hand buffered frames to the disk (a crash-safe point once written). A disk
         error never reaches the caller: the writer spools and retries (module docstring)."""
-        if self._closed or not self._pending:
+        if self._closed:
             return
-        data = b"".join(self._pending)
+        self._spill()
+        if not self._pending:
+            return
+        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending.clear()
         files = self._files
         if self._writer is not None:
             self._writer.submit(lambda: files.append(data))
         else:
             files.append(data)
+
+    def _spill(self) -> None:
+        """Interleave the collected frames into ``_pending`` (one block of bytes)."""
+        k = len(self._lefts)
+        if not k:
+            return
+        block = np.empty((k, self._frame, 2), dtype="<i2")
+        block[:, :, 0] = np.frombuffer(b"".join(self._lefts), dtype=np.int16).reshape(k, -1)
+        block[:, :, 1] = np.frombuffer(b"".join(self._rights), dtype=np.int16).reshape(k, -1)
+        self._lefts.clear()
+        self._rights.clear()
+        self._pending.append(block.tobytes())
 
     def _write_tail(self) -> None:
         """Play out what the jitter buffers of *closed* attached streams still hold.

@@ -180,19 +180,23 @@ class ReceptionStats:
         """Account for one packet (after duplicate detection is not required: RFC counts all)."""
         if ssrc != self.ssrc:
             self.reset(ssrc, seq)
-        delta = (seq - self.max_seq) & 0xFFFF
+        max_seq = self.max_seq
+        delta = (seq - max_seq) & 0xFFFF
         if 0 < delta < 0x8000:
-            if seq < self.max_seq:
+            if seq < max_seq:
                 self.cycles += 0x10000
             self.max_seq = seq
         self.received += 1
         transit = arrival * self.clock_rate - timestamp
-        if self._transit is not None:
-            d = abs(transit - self._transit)
+        prev = self._transit
+        self._transit = transit
+        if prev is not None:
+            d = transit - prev
+            if d < 0:
+                d = -d
             # ts wrap shows as a 2**32 jump in transit: ignore that sample
             if d < 0x7FFFFFFF:
-                self._jitter += (d - self._jitter) / 16.0
-        self._transit = transit
+                self._jitter += (d - self._jitter) * 0.0625  # (/ 16, exactly)
 
     @property
     def expected(self) -> int:

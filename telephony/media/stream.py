@@ -538,7 +538,7 @@ class RtpStream:
             if self._receiving and payload:
                 if pcm is None:
                     pcm = table[np.frombuffer(payload, dtype=np.uint8)]
-                self._jb.push(ssrc=ssrc, seq=seq, timestamp=ts, pcm=pcm, raw=(pt, payload))
+                self._jb.add(ssrc, seq, ts, pcm, (pt, payload))
             return
         try:
             digits = self._dtmf_rx.feed(ts, payload)
