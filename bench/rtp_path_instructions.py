@@ -151,8 +151,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20, help="bridged, recorded calls (2 legs each)")
     ap.add_argument("--ticks", type=int, nargs=2, default=[250, 500], metavar=("T1", "T2"))
     ap.add_argument("--port-min", type=int, default=20000,
-                    help="engine ports from here (below the kernel's ephemeral range, where the far
-                    ends' sockets are)")
+                    help="engine ports from here (below the kernel's ephemeral range, where "
+                         "the far ends' sockets are; each parallel run adds 1000 or 2000)")
     ap.add_argument("--profile", type=Path, help="keep the larger engine run's callgrind file here")
     ap.add_argument("--uvloop", action="store_true", help="run the harness on uvloop")
     ap.add_argument("--heap", action="store_true",
