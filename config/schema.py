@@ -66,12 +66,12 @@ class LineSettings:
     """Priority uplift per minute waited (101 ageing); capped below the next class."""
     callback_on_abandon: bool = False
     """Put abandoned calls on the call-back list (999: yes)."""
-    nat: bool = False
     grading_required: bool = False
     """The handler must save a grading (a grade and every THRIVE field) before they are
     offered the next call: their wrap-up does not time out until they do."""
     wrapup_extend_max: float = 120.0
     """Most seconds a handler may add to one wrap-up from the desk."""
+    nat: bool = False
     """The far end (SBC/PBX) is behind NAT: its SDP may name an address its RTP does not
     come from. Then the first RTP packet of a call, if it comes from the signalling
     source's address (any port), is taken as the media address (latched, logged).
@@ -304,11 +304,6 @@ class WebSettings:
     hsts_seconds: int = 31536000
     """``Strict-Transport-Security: max-age`` on HTTPS responses (a year; 0: no header).
     Browsers then refuse plain HTTP to this host for that long."""
-    map_url: str = ""
-    """The force's GIS, for the desk's 'open map' link: a URL template with ``{lat}``,
-    ``{lon}``, ``{radius}`` (metres) for a point or circle and ``{address}`` for a civic
-    address (each URL-encoded), e.g. ``https://gis.force.example/map?ll={lat},{lon}``.
-    Empty: no link."""
     session_hours: float = 12.0
     live_queue: int = 1000
     """Live items buffered per subscriber (the console's feed from the service, and each
@@ -330,17 +325,22 @@ class WebSettings:
     first_admin_password: str | None = None
     """The first admin's password (the console's password policy): ``file:PATH`` (a container
     secret) or ``env:NAME``."""
+    map_url: str = ""
+    """The force's GIS, for the desk's 'open map' link: a URL template with ``{lat}``,
+    ``{lon}``, ``{radius}`` (metres) for a point or circle and ``{address}`` for a civic
+    address (each URL-encoded), e.g. ``https://gis.force.example/map?ll={lat},{lon}``.
+    Empty: no link."""
 
     def validate(self) -> None:
         if self.live_queue < 1:
             raise ConfigError("live_queue", f"must be at least 1, got {self.live_queue}")
-        if self.first_admin and self.first_admin_password is None:
-            raise ConfigError("first_admin_password", "is required when first_admin is set")
         if bool(self.certificate) != bool(self.key):
             raise ConfigError("key" if self.certificate else "certificate",
                               "certificate and key go together (both set: HTTPS; neither: HTTP)")
         if self.hsts_seconds < 0:
             raise ConfigError("hsts_seconds", f"must be 0 or more, got {self.hsts_seconds}")
+        if self.first_admin and self.first_admin_password is None:
+            raise ConfigError("first_admin_password", "is required when first_admin is set")
 
 
 @dataclass(frozen=True, kw_only=True)
