@@ -366,7 +366,11 @@ class Router(RouterTransfers, RouterViews):
             if best is None:
                 return
             call, h = best[1], best[2]
-            if call.excluded is not None and call.excluded == h.handler_id:
+            # an exclusion steers only calls taken from the queue: a directed call names
+            # its handler on purpose (and is not in the queue to be set aside)
+            directed = best[0][1] == 0
+            if (not directed and call.excluded is not None
+                    and call.excluded == h.handler_id):
                 alt = self._alternative(call)
                 if alt is None:
                     self.queue.remove(call)

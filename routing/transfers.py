@@ -97,6 +97,9 @@ class RouterTransfers:
                            **({"kept_priority": keep} if keep < spec.priority else {}))
         call.line = line
         call.klass, call.base, call.reprioritised = keep, float(keep), False
+        # a call that reached this handler by a directed transfer goes to the line's
+        # queue now, not back to that handler's own list
+        call.target = None
         call.excluded = from_handler
         if head:
             self._head_seq -= 1

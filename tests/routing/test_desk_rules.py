@@ -253,6 +253,33 @@ def test_transfer_to_a_queue_excludes_the_transferring_handler() -> None:
     assert [(o.call_id, o.handler_id) for o in offers] == [("a", "h1")]
 
 
+def test_a_directed_call_moved_on_to_a_queue_waits_there_not_for_its_old_target() -> None:
+    """A call handed to h2 by name, answered by h2, then moved by h2 to a line's queue
+    waits in that queue (h2 excluded) and is offered to the next free handler; it is not
+    put back in h2's own list (where it could not be set aside: the router broke)."""
+    r, _ = router()
+    r.set_available("h1", 1)
+    r.call_arrived("a", "101", 2, caller="01214960001")
+    r.offer_answered("a", "h1", 3)
+    r.set_available("h2", 4)
+    offers = [a for a in r.transfer_to_handler("a", "h2", 5) if type(a).__name__ == "Offer"]
+    assert [(o.call_id, o.handler_id) for o in offers] == [("a", "h2")]
+    r.offer_answered("a", "h2", 6)
+    assert state(r, "h1")[0] == "wrap_up"                   # h1 is busy: nobody free
+    acts = r.transfer_to_line("a", "999", 9)                 # h2 moves it on
+    assert [a for a in acts if type(a).__name__ == "Offer"] == [] and r.position("a") == 1
+    r.end_wrapup("h2", 10)
+    if state(r, "h2")[0] != "available":
+        r.set_available("h2", 10)
+    assert state(r, "h2")[0] == "available" and r.position("a") == 1   # h2 excluded
+    r.end_wrapup("h1", 12)
+    if state(r, "h1")[0] != "offered":
+        offers = [a for a in r.set_available("h1", 12) if type(a).__name__ == "Offer"]
+    assert state(r, "h1")[0] == "offered"
+    r.offer_answered("a", "h1", 13)
+    assert state(r, "h1")[0] == "on_call"
+
+
 def test_a_999_moved_to_the_101_queue_keeps_its_priority() -> None:
     """A 999 transferred to the 101 queue keeps class 0: it goes before every 101 call
     already waiting, whatever their age, and the queue log says the priority was kept."""

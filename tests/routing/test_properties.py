@@ -178,8 +178,8 @@ class RouterMachine(RuleBasedStateMachine):
                     continue
                 assert w.klass >= c.klass, \
                     f"{o.call_id} (class {c.klass}) offered while {wid} (class {w.klass}) waits"
-                if (w.line == c.line and not w.reprioritised and not c.reprioritised
-                        and c.target is None):
+                if (w.line == c.line and w.klass == c.klass and not w.reprioritised
+                        and not c.reprioritised and c.target is None):
                     assert w.order > c.order, f"FIFO: {o.call_id} offered before {wid}"
 
     def do(self, fn, *args, **kw) -> list[Action]:
