@@ -517,17 +517,25 @@ class Cluster:
             self.wait_ready(node, deadline - time.monotonic())
         self.warm_up()
 
-    def warm_up(self) -> None:
-        """Two short calls per node through the dispatcher (round-robin), so no node meets
-        the measured load cold: a node's first call loads code and opens files, and a
-        first INVITE unanswered for ``dispatch_fr_ms`` would be failed over."""
-        load = self.callers("101", rate=10, calls=2 * self.n, talk_ms=200, name="warm-up")
-        load.start()
-        load.wait(60)
-        done = [c for c in load.outcomes() if c.answered is not None]
-        if len({c.node for c in done}) < self.n:
-            raise HarnessError(f"warm-up: nodes answering {sorted({c.node for c in done})}, "
-                               f"expected {self.net.nodes}\n{self.kamailio.log_text(4000)}")
+    def warm_up(self, rounds: int = 4) -> None:
+        """Short calls through the dispatcher (round-robin) until every node has answered
+        one, so no node meets the measured load cold: a node's first call loads code and
+        opens files, and a first INVITE unanswered for ``dispatch_fr_ms`` is failed over
+        and the node marked down until its next OPTIONS probe. Bounded: ``rounds`` rounds
+        of two calls per node, one probe interval apart."""
+        answered: set[str] = set()
+        for r in range(rounds):
+            load = self.callers("101", rate=10, calls=2 * self.n, talk_ms=200,
+                                name=f"warm-up-{r + 1}")
+            load.start()
+            load.wait(60)
+            answered |= {c.node for c in load.outcomes() if c.answered is not None}
+            if len(answered) >= self.n:
+                return
+            time.sleep(self.probe_interval + 0.5)
+        raise HarnessError(f"warm-up: nodes answering {sorted(answered)} after {rounds} "
+                           f"rounds, expected {self.net.nodes}\n"
+                           f"{self.kamailio.log_text(4000)}")
 
     def close(self) -> None:
         for node in self.nodes:

@@ -41,13 +41,22 @@ def test_kill_9_survivor_closes_calls_salvages_recordings_and_tells_the_cad(
                  salvage_after=3.0) as cluster:
         url = cluster.store_url
         victim = cluster.nodes[1]
-        # 2 handlers a node, ~6 long calls a node: some talk, the rest wait in the queue.
-        loads = [cluster.callers("999", rate=4, calls=12, talk_ms=60_000, name="999").start(),
+        # 2 handlers a node, ~8 long calls a node: some talk, the rest wait in the queue
+        # (~6 999s a node: however the dispatcher spreads the two streams, the victim
+        # holds 999s waiting behind its two talking calls when it dies).
+        placed_by = time.monotonic() + 3.0  # 18 at 6/s, 6 at 2/s
+        loads = [cluster.callers("999", rate=6, calls=18, talk_ms=60_000, name="999").start(),
                  cluster.callers("101", rate=2, calls=6, talk_ms=60_000, name="101").start()]
+
+        def ready() -> bool:
+            live = [r for r in victim.calls() if r["ended_at"] is None
+                    and r["call_id"].count("-c") and r["line"]]
+            return len(live) >= 5 and any(r["line"] == "999" and not r["handler_id"]
+                                          for r in live)
         try:
-            assert _wait(lambda: len([r for r in victim.calls() if r["ended_at"] is None
-                                      and r["call_id"].count("-c") and r["line"]]) >= 5, 20)
-            time.sleep(2.0)  # recordings have audio on disk
+            assert _wait(ready, 20), victim.calls()
+            # every call placed, and each has had 2 s of audio written to disk
+            time.sleep(max(0.0, placed_by - time.monotonic()) + 2.0)
             open_calls = [r for r in victim.calls() if r["ended_at"] is None]
             killed = cluster.kill(victim)
             ids = {r["call_id"] for r in open_calls}
