@@ -35,6 +35,13 @@ per completed call-second, round paired with round, printed only when both compl
 
 The engine runs in a child process (``--serve-engine``, this same file) so its CPU and
 memory are measured alone.
+
+Secure transports (issue 16), one run, the same load per transport, printed side by side
+(``bench/transport_rounds.py``): call set-up rate and INVITE->200 p99 over UDP, TCP and
+TLS, and concurrent calls on plain RTP vs SRTP (CPU per call, kept in real time or not):
+
+    .venv/bin/python bench/sip_load.py --transports udp,tcp,tls --srtp \
+        --calls 300 --rate-max 10 --talk 2 --rounds 1
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import loadcheck  # noqa: E402 - after the path set-up above
+from bench import loadcheck, transport_rounds  # noqa: E402 - after the path set-up above
 
 DOMAIN = "controlroom.local"
 
@@ -572,10 +579,16 @@ def main() -> None:
                     help="the run fails if an engine round completes fewer than this share "
                     "of its offered calls; also the share both sides must complete for the "
                     "engine-vs-pyVoIP CPU ratio to be printed")
+    transport_rounds.add_arguments(ap)  # --transports udp,tcp,tls / --srtp (issue 16)
     args = ap.parse_args()
     if args.serve_engine:
         asyncio.run(serve_engine(args))
         return
+    if transport_rounds.wanted(args):  # UDP/TCP/TLS and RTP/SRTP side by side, then stop
+        failures = transport_rounds.main(args)
+        for f in failures:
+            print(f"FAILED: {f}")
+        sys.exit(1 if failures else 0)
     if args.rate_start > args.rate_max:
         ap.error(f"--rate-start {args.rate_start:g} is above --rate-max {args.rate_max:g}")
     failures = orchestrate(args)

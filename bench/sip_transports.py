@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import socket
 import ssl
 import sys
@@ -69,7 +70,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from harness import scenarios
     from harness.certs import CertAuthority
     from harness.kamailio import Kamailio
-    from harness.ports import free_tcp_port, free_udp_port
+    from harness.ports import free_rtp_range, free_tcp_port, free_udp_port
     from harness.sipp import Sipp
     from telephony import api
     from telephony.engine import Engine
@@ -91,9 +92,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if isinstance(ev, api.CallArrived):
             answer_ms[by_number.get(ev.dialled, "udp")].append((ev.at - ev.invite_at) * 1000)
 
+    rtp_lo, rtp_hi = free_rtp_range(max(200, 4 * args.limit + 40))
     settings = SipSettings(port=port, tcp=True, tls=True, tls_port=tls_port,
                            tls_cert=str(eng_cert.cert), tls_key=str(eng_cert.key),
-                           tls_ca=str(ca.cert), rtp_port_min=40000, rtp_port_max=41998,
+                           tls_ca=str(ca.cert), rtp_port_min=rtp_lo, rtp_port_max=rtp_hi,
                            max_calls=100000)
     lines = [LineSettings(name="999", numbers=list(NUMBERS.values()), priority=0,
                           queue_prompt="silence")]
@@ -113,17 +115,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 sipp = Sipp(scen, target=kam.addr, calls=args.calls, rate=args.rate,
                             limit=args.limit, trace_msg=False, name=name, workdir=work / name,
                             timeout=args.calls / args.rate + args.talk + 60)
-                t0 = time.monotonic()
+                t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
                 sipp.start()
                 code = await asyncio.to_thread(sipp.wait, args.calls / args.rate + args.talk + 90)
-                wall = time.monotonic() - t0
+                wall, r1 = time.monotonic() - t0, resource.getrusage(resource.RUSAGE_SELF)
+                # the engine runs in this process (SIPp and Kamailio are children, not in
+                # RUSAGE_SELF): its CPU for the phase, SIP and media, per completed call
+                cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
                 rtd = sipp.response_times_ms()
                 eng = answer_ms[transport][before:]
                 results[transport].append({
                     "exit": code, "ok": sipp.successful, "failed": sipp.failed,
                     "setup_cps": sipp.successful / max(wall - args.talk, 1e-9),
                     "rtd_p50": pct(rtd, 50), "rtd_p99": pct(rtd, 99), "rtd_max": max(rtd or [0]),
-                    "engine_p99": pct(eng, 99)})
+                    "engine_p99": pct(eng, 99),
+                    "engine_cpu_ms_per_call": 1000 * cpu / max(sipp.successful, 1)})
                 sipp.stop()
                 await asyncio.sleep(args.settle)
         if "tls" in args.transports and args.handshakes:
@@ -158,7 +164,8 @@ def main() -> None:
             print(f"  {t.upper():3} round {i + 1}: {r['ok']}/{args.calls} completed "
                   f"({r['failed']} failed), set-up {r['setup_cps']:.1f} calls/s, INVITE->200 "
                   f"p50 {r['rtd_p50']:.1f} ms p99 {r['rtd_p99']:.1f} ms max {r['rtd_max']:.1f} ms;"
-                  f" engine p99 {r['engine_p99']:.2f} ms")
+                  f" engine p99 {r['engine_p99']:.2f} ms, engine CPU "
+                  f"{r['engine_cpu_ms_per_call']:.1f} ms per call")
     res = out["results"]
     # each round's TLS phase against the same round's UDP phase (minutes apart at most,
     # so a neighbour's load spike hits one round rather than one transport)

@@ -89,14 +89,18 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-async def _phase(calls: int, seconds: float, srtp: bool, port_base: int,
-                 suite: str = SUITE) -> dict[str, float]:
+async def phase(calls: int, seconds: float, srtp: bool, suite: str = SUITE) -> dict[str, float]:
+    """One phase: ``calls`` bridged recorded calls for ``seconds``, SRTP (``suite``) or
+    plain RTP. Returns the engine's CPU per call-second (ms), the share of the far ends'
+    packets received, late packets, SRTP packets dropped and the clock's largest gap."""
     from pylibsrtp import Policy
 
+    from harness.ports import free_rtp_range, release
     from telephony.media.srtp import _PROFILES, KEY_LENGTHS
     klen = KEY_LENGTHS[suite]
     tmp = Path(tempfile.mkdtemp(prefix="srtp-bench-"))
-    eng = MediaEngine(bind="127.0.0.1", port_min=port_base, port_max=port_base + 4 * calls + 40,
+    lo, hi = free_rtp_range(4 * calls + 40)
+    eng = MediaEngine(bind="127.0.0.1", port_min=lo, port_max=hi,
                       recordings_dir=tmp, port_quarantine=0.0)
     await eng.start()
     far_ports = _free_ports(2 * calls)
@@ -138,6 +142,7 @@ async def _phase(calls: int, seconds: float, srtp: bool, port_base: int,
     for s in streams:
         s.close()
     await eng.stop()
+    release(*range(lo, hi + 1))
     return {"cpu_ms_per_call_s": 1000.0 * cpu / (t1 - t0) / calls,
             "received_share": got / (2 * calls * 50 * (t1 - t0)), "late": late,
             "dropped_bad": bad, "max_gap_ms": gap}
@@ -155,9 +160,7 @@ async def main() -> None:
     res: dict[str, list[float]] = {"rtp": [], "srtp": []}
     for r in range(args.rounds):
         for name in ("rtp", "srtp"):
-            out = await _phase(args.calls, args.seconds, name == "srtp",
-                               port_base=21000 + 2000 * (2 * r + (name == "srtp")),
-                               suite=args.suite)
+            out = await phase(args.calls, args.seconds, name == "srtp", suite=args.suite)
             res[name].append(out["cpu_ms_per_call_s"])
             print(f"  {name:4s} round {r + 1}: {out['cpu_ms_per_call_s']:.2f} ms CPU per call "
                   f"per second ({out['cpu_ms_per_call_s'] / 10:.1f} % of a core), received "
