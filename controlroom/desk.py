@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from console.backend import THRIVE_KEYS, Conflict, Invalid, NotFound
 from controlroom import events as ev
 from store import calls as calls_table
+from store import drafts as drafts_table
 from telephony.numbers import normalise
 
 if TYPE_CHECKING:
@@ -101,6 +102,29 @@ class ServiceDesk:
 
     def __init__(self, service: Service) -> None:
         self.s = service
+        drafts_table.migrate(service.db)
+
+    # Drafts live in the store (store/drafts.py) so a restart or another node of the
+    # cluster finds them; while the store will not take writes (disk full, PostgreSQL
+    # away) they are kept in this node's memory instead, never dropped.
+    def _draft(self, call_id: str) -> dict[str, Any] | None:
+        mem = self.s.grading_drafts.get(call_id)
+        if mem is not None:
+            return mem
+        try:
+            return drafts_table.get(self.s.db, call_id)
+        except self.s.db.Error:
+            return None
+
+    def _handler_drafts(self, handler_id: str) -> list[dict[str, Any]]:
+        try:
+            stored = {d["call_id"]: d for d in drafts_table.of_handler(self.s.db, handler_id)}
+        except self.s.db.Error:
+            stored = {}
+        for cid, d in self.s.grading_drafts.items():
+            if d.get("handler_id") == handler_id:
+                stored[cid] = {**d, "call_id": cid}
+        return sorted(stored.values(), key=lambda d: d.get("at") or 0.0)
 
     # ------------------------------------------------------------------ read side
     async def snapshot(self) -> dict[str, Any]:
@@ -189,7 +213,7 @@ class ServiceDesk:
             "transcript": list(s.live_transcripts.get(call_id, [])),
             "location_view": location_view(d["location"], d.get("location_detail"),
                                            s.settings.web.map_url),
-            "draft": s.grading_drafts.get(call_id),
+            "draft": self._draft(call_id),
             "graded": bool(d.get("grade")),
         }
 
@@ -236,8 +260,9 @@ class ServiceDesk:
         """Gradings this handler typed and has not saved, for calls no longer on screen
         (the wrap-up ran out): they stay with their call until saved."""
         out = []
-        for cid, d in self.s.grading_drafts.items():
-            if d.get("handler_id") != handler_id or cid in shown:
+        for d in self._handler_drafts(handler_id):
+            cid = d["call_id"]
+            if cid in shown:
                 continue
             row = self.s.db.query_one("SELECT caller, line FROM calls WHERE call_id=?", (cid,))
             out.append({"call_id": cid, "caller": row["caller"] if row else "",
@@ -384,12 +409,23 @@ class ServiceDesk:
                                                   grade=grade or None, notes=notes),
                   line=row["line"])
         s.grading_drafts.pop(call_id, None)
+        try:
+            drafts_table.delete(s.db, call_id)
+        except s.db.Error:
+            pass   # the row is dropped on the next saved grading or draft of this call
         if graded_complete(thrive, grade):
             s._apply(s.router.graded(handler_id, call_id, now))
 
     async def save_draft(self, call_id: str, handler_id: str, draft: dict[str, Any]) -> None:
         """Keep what the handler is typing with the call it belongs to (until saved)."""
-        self.s.grading_drafts[call_id] = {**draft, "handler_id": handler_id, "at": time.time()}
+        s, now = self.s, time.time()
+        try:
+            drafts_table.save(s.db, call_id, handler_id, draft, now)
+        except s.db.Error:
+            s.grading_drafts[call_id] = {**{k: draft[k] for k in drafts_table.FIELDS
+                                            if k in draft}, "handler_id": handler_id, "at": now}
+        else:
+            s.grading_drafts.pop(call_id, None)
 
     async def set_wrapup_limit(self, line: str, seconds: float, by: str) -> None:
         if line not in self.s.lines:

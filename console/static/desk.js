@@ -191,16 +191,25 @@ function formComplete(v) { return !!v.grade && THRIVE.every((k) => v.thrive[k].t
 function saveDraftNow() {
   clearTimeout(draftTimer); draftTimer = null;
   if (!formCallId) return;
-  const v = formValues();
-  try { localStorage.setItem(DRAFT_KEY(formCallId), JSON.stringify(v)); } catch (e) { /* private mode */ }
-  api("POST", `/api/desk/calls/${formCallId}/draft`, v).catch(() => {});
+  const v = formValues(), cid = formCallId;
+  try { localStorage.setItem(DRAFT_KEY(cid), JSON.stringify({ ...v, at: CR.serverNow() })); } catch (e) { /* private mode */ }
+  // The server keeps it in the store (a restart or another node's page finds it there).
+  api("POST", `/api/desk/calls/${cid}/draft`, v).then(() => {
+    if (formCallId === cid) $("wrapup-status").textContent = "Draft kept " + fmtClock(CR.serverNow());
+  }).catch(() => {
+    if (formCallId === cid) $("wrapup-status").textContent = "Draft kept in this browser only";
+  });
 }
 function draftLater() { clearTimeout(draftTimer); draftTimer = setTimeout(saveDraftNow, 400); }
 
 function loadDraft(target) {
   let d = null;
   try { d = JSON.parse(localStorage.getItem(DRAFT_KEY(target.call_id)) || "null"); } catch (e) { d = null; }
-  d = d || target.draft || {};
+  // This browser's copy or the store's, whichever was typed last (another desk may
+  // have carried on with it).
+  const srv = target.draft;
+  if (!d || (srv && (srv.at || 0) > (d.at || 0))) d = srv;
+  d = d || {};
   for (const k of THRIVE) $("th-" + k).value = (d.thrive || {})[k] || "";
   $("grade").value = d.grade || target.grade || "";
   $("notes").value = d.notes || "";
