@@ -131,7 +131,7 @@ class Dialouts:
             s.engine.hangup(d.call_id, "handler hung up")
         elif isinstance(e, tel.CallEnded):
             del self.calls[d.call_id]
-            s._tel_CallEnded(e)   # the record closes like any call's (recording, CAD)
+            s._call_ended(e)  # the record closes like any call's (recording, CAD)
             if d.was_available:
                 info = s.router.handler_info(d.handler_id) or {}
                 if str(getattr(info.get("state"), "value", info.get("state"))) == "not_ready":

@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,8 +85,41 @@ class Service:
     """One controlroom node."""
 
     def __init__(self, settings: Settings) -> None:
-        from routing import Router
+        from routing import (
+            Abandoned,
+            CancelOffer,
+            Connected,
+            HandlerChanged,
+            Offer,
+            Queued,
+            Reject,
+            Router,
+        )
 
+        self._on_event: dict[type, Callable[[Any], None]] = {
+            tel.CallArrived: self._call_arrived,
+            tel.CallCancelled: self._call_cancelled,
+            tel.CallRejected: self._call_rejected,
+            tel.LegAnswered: self._leg_answered,
+            tel.LegFailed: self._leg_failed,
+            tel.LegEnded: self._leg_ended,
+            tel.CallEnded: self._call_ended,
+            tel.RecordingSealed: self._recording_sealed,
+            tel.SilentCallFlag: self._silent_call_flag,
+            tel.HoldChanged: self._hold_changed,
+        }
+        """Telephony event type -> its handler (:meth:`on_telephony`); others are ignored."""
+        self._on_action: dict[type, Callable[[Any, float], None]] = {
+            Queued: self._on_queued,
+            Offer: self._on_offer,
+            CancelOffer: self._on_cancel_offer,
+            Connected: self._on_connected,
+            Abandoned: self._on_abandoned,
+            Reject: self._on_reject,
+            HandlerChanged: self._on_handler_changed,
+        }
+        """Router action type -> how the service carries it out (:meth:`_apply`, fed ``now``).
+        QueueLogEntry actions are written by :meth:`_log_entries`; Completed needs nothing."""
         self.settings = settings
         self.started_at = time.time()
         self.db = open_store(settings)
@@ -507,9 +540,9 @@ class Service:
             except Exception:
                 log.exception("handling consult event failed", kind=type(e).__name__)
             return
-        handler = getattr(self, f"_tel_{type(e).__name__}", None)
+        handler = self._on_event.get(type(e))
         if handler is None:
-            return
+            return  # Dtmf, LegRinging: nothing for the service to do
         call_id = getattr(e, "call_id", None)
         with structlog.contextvars.bound_contextvars(call_id=call_id):
             try:
@@ -517,7 +550,7 @@ class Service:
             except Exception:
                 log.exception("handling telephony event failed", event=type(e).__name__)
 
-    def _tel_CallArrived(self, e: tel.CallArrived) -> None:
+    def _call_arrived(self, e: tel.CallArrived) -> None:
         line = self.lines[e.line]
         call = LiveCall(call_id=e.call_id, line=e.line, priority=line.priority, caller=e.caller,
                         arrived_at=e.at)
@@ -541,7 +574,7 @@ class Service:
         self._apply(self.router.call_arrived(e.call_id, e.line, e.at, caller=e.caller,
                                              caller_key=e.caller_normalised or None))
 
-    def _tel_CallCancelled(self, e: tel.CallCancelled) -> None:
+    def _call_cancelled(self, e: tel.CallCancelled) -> None:
         """CANCEL before our answer: an abandoned call with no wait (999: call-back)."""
         line = self.lines[e.line]
         self.calls[e.call_id] = LiveCall(call_id=e.call_id, line=e.line, priority=line.priority,
@@ -573,7 +606,7 @@ class Service:
             return None
         return 486, f"Busy Here ({reason})"
 
-    def _tel_CallRejected(self, e: tel.CallRejected) -> None:
+    def _call_rejected(self, e: tel.CallRejected) -> None:
         self.m_rejected.inc(status=str(e.status), line=e.line or "")
         if e.status == 486 and e.line in self.lines and "(" in e.reason:
             reason = e.reason.split("(", 1)[1].rstrip(")")
@@ -581,7 +614,7 @@ class Service:
                                                   caller=e.caller, reason=reason))
         log.info("call refused", status=e.status, reason=e.reason, line=e.line, dialled=e.dialled)
 
-    def _tel_LegAnswered(self, e: tel.LegAnswered) -> None:
+    def _leg_answered(self, e: tel.LegAnswered) -> None:
         call = self.calls.get(e.call_id)
         if call is None or call.leg_id != e.leg_id or call.state != "offered":
             # The caller left or the offer was withdrawn while the phone was answered.
@@ -598,7 +631,7 @@ class Service:
             return
         self._apply(actions)
 
-    def _tel_LegFailed(self, e: tel.LegFailed) -> None:
+    def _leg_failed(self, e: tel.LegFailed) -> None:
         self.legs.pop(e.leg_id, None)
         call = self.calls.get(e.call_id)
         if call is None or call.leg_id != e.leg_id:
@@ -615,7 +648,7 @@ class Service:
                                         handler_id=handler_id or "", reason=e.reason))
         self._apply(self.router.offer_failed(e.call_id, handler_id, e.at, reason=e.reason))
 
-    def _tel_LegEnded(self, e: tel.LegEnded) -> None:
+    def _leg_ended(self, e: tel.LegEnded) -> None:
         self.legs.pop(e.leg_id, None)
         call = self.calls.get(e.call_id)
         if call is None or call.leg_id != e.leg_id:
@@ -625,7 +658,7 @@ class Service:
             call.end_reason = "handler hung up"
             self.engine.hangup(e.call_id, "handler hung up")
 
-    def _tel_CallEnded(self, e: tel.CallEnded) -> None:
+    def _call_ended(self, e: tel.CallEnded) -> None:
         call = self.calls.get(e.call_id)
         if call is None:
             return
@@ -655,7 +688,7 @@ class Service:
         if call is not None and call.state == "ended":
             self._finish(call_id, by=call.ended_by or "system", reason=call.end_reason or "")
 
-    def _tel_RecordingSealed(self, e: tel.RecordingSealed) -> None:
+    def _recording_sealed(self, e: tel.RecordingSealed) -> None:
         call = self.calls.get(e.call_id)
         segments = [{"id": s.path.stem, "path": str(s.path), "start": s.start,
                      "duration": s.duration, "sha256": s.sha256, "bytes": s.bytes}
@@ -687,13 +720,13 @@ class Service:
             if call.state == "ended":
                 self._finish(e.call_id, by=call.ended_by or "system", reason=call.end_reason or "")
 
-    def _tel_SilentCallFlag(self, e: tel.SilentCallFlag) -> None:
+    def _silent_call_flag(self, e: tel.SilentCallFlag) -> None:
         """The engine detects 5-5 (RFC 4733 or SIP INFO); flag the call once."""
         call = self.calls.get(e.call_id)
         if call is not None and "dtmf55" not in call.flags:
             self._flag(call, "dtmf55", "caller pressed 55 (Silent Solution)", e.at)
 
-    def _tel_HoldChanged(self, e: tel.HoldChanged) -> None:
+    def _hold_changed(self, e: tel.HoldChanged) -> None:
         call = self.calls.get(e.call_id)
         if call is not None:
             call.on_hold = e.on_hold
@@ -726,45 +759,24 @@ class Service:
 
     def _apply(self, actions: list[Any]) -> None:
         """Carry out the router's decisions: telephony commands and domain events."""
-        from routing import (
-            Abandoned,
-            CancelOffer,
-            Connected,
-            HandlerChanged,
-            Offer,
-            Queued,
-            QueueLogEntry,
-            Reject,
-        )
-
         now = time.time()
         self._log_entries(actions)
         for a in actions:
-            if isinstance(a, QueueLogEntry):
-                continue
+            apply = self._on_action.get(type(a))
+            if apply is None:
+                continue  # QueueLogEntry (written above), Completed
             try:
-                if isinstance(a, Queued):
-                    self._on_queued(a, now)
-                elif isinstance(a, Offer):
-                    self._on_offer(a, now)
-                elif isinstance(a, CancelOffer):
-                    self._on_cancel_offer(a, now)
-                elif isinstance(a, Connected):
-                    self._on_connected(a, now)
-                elif isinstance(a, Abandoned):
-                    self._on_abandoned(a, now)
-                elif isinstance(a, Reject):
-                    self._on_reject(a, now)
-                elif isinstance(a, HandlerChanged):
-                    from controlroom.desk import _state_name
-
-                    self._fanout({"type": "handler.state", "handler_id": a.handler_id,
-                                  "state": _state_name(a.state),
-                                  "reason": a.reason, "at": now})
+                apply(a, now)
             except Exception:
                 log.exception("applying router action failed", action=repr(a))
         if actions:
             self._wake_router.set()
+
+    def _on_handler_changed(self, a: Any, now: float) -> None:
+        from controlroom.desk import _state_name
+
+        self._fanout({"type": "handler.state", "handler_id": a.handler_id,
+                      "state": _state_name(a.state), "reason": a.reason, "at": now})
 
     def _on_queued(self, a: Any, now: float) -> None:
         call = self.calls.get(a.call_id)
