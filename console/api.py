@@ -496,7 +496,10 @@ async def supervisor_monitor(request: web.Request, ctx: Ctx) -> web.StreamRespon
     if mode != "stop":   # logged before anyone hears anything
         users.log_access(request.app[DB], ctx.user, action=mode, call_id=cid,
                          justification=ctx.body["justification"], client=_client(request))
-    result = await backend.monitor(cid, ctx.user.username, mode, ctx.body.get("phone", ""))
+    # The phone that rings: the one given, else the user's own (admin page), else the
+    # handler entry of the configuration with this user name (the backend looks).
+    phone = ctx.body.get("phone") or users.user_phone(request.app[DB], ctx.user.username)
+    result = await backend.monitor(cid, ctx.user.username, mode, phone)
     log.info("console.monitor", by=ctx.user.username, call_id=cid, mode=mode)
     return ok(result)
 
@@ -727,13 +730,14 @@ async def add_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
                       password={"type": "string", "maxLength": 1000},
                       roles={"type": "array", "items": {"enum": list(users.ROLES)},
                              "minItems": 1, "uniqueItems": True},
-                      handler_id=ID),
+                      handler_id=ID,
+                      phone={"type": "string", "maxLength": 200}),
                 "minProperties": 1})
 async def change_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     name, b, db = request.match_info["username"], ctx.body, request.app[DB]
-    changes = [k for k in ("disabled", "password", "roles") if k in b]
+    changes = [k for k in ("disabled", "password", "roles", "phone") if k in b]
     if len(changes) != 1 or ("handler_id" in b and "roles" not in b):
-        raise ApiError(400, "give exactly one of disabled, password or roles "
+        raise ApiError(400, "give exactly one of disabled, password, roles or phone "
                             "(handler_id only with roles)")
     if name == ctx.user.username and ("disabled" in b or "roles" in b):
         raise ApiError(400, "you cannot disable yourself or change your own roles")
@@ -744,6 +748,9 @@ async def change_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
         elif "password" in b:
             await asyncio.to_thread(users.reset_password, db, name, b["password"])
             action, detail = "user.password_reset", {}
+        elif "phone" in b:
+            phone = users.set_phone(db, name, b["phone"])
+            action, detail = "user.phone", {"phone": phone}
         else:
             u = await asyncio.to_thread(users.set_roles, db, name, b["roles"],
                                         handler_id=b.get("handler_id"))

@@ -101,10 +101,12 @@ MIGRATIONS = [
         SELECT RAISE(ABORT, 'admin log is append-only');
     END;
     """,
+    # 3: the phone a supervisor's listen / whisper / barge rings (admin page).
+    "ALTER TABLE console_users ADD COLUMN phone TEXT;",
 ]
 
 ADMIN_ACTIONS = ("user.create", "user.disable", "user.enable", "user.password_reset",
-                 "user.roles", "access_log.export")
+                 "user.roles", "user.phone", "access_log.export")
 """What the admin log records."""
 
 MIN_PASSWORD = 12
@@ -177,6 +179,24 @@ PG_MIGRATIONS = [
         BEFORE UPDATE OR DELETE OR TRUNCATE ON console_access_log
         FOR EACH STATEMENT EXECUTE FUNCTION controlroom_append_only('access log');
     """,
+    # 2: the admin log, append-only like the access log (was missing on PostgreSQL).
+    """
+    CREATE TABLE console_admin_log (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        username TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT '{}',
+        client TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX console_admin_log_at ON console_admin_log(at);
+    CREATE TRIGGER console_admin_log_no_change
+        BEFORE UPDATE OR DELETE OR TRUNCATE ON console_admin_log
+        FOR EACH STATEMENT EXECUTE FUNCTION controlroom_append_only('admin log');
+    """,
+    # 3
+    "ALTER TABLE console_users ADD COLUMN phone TEXT;",
 ]
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -254,7 +274,7 @@ def list_users(db: Database) -> list[dict[str, Any]]:
     """Every user (no password hashes)."""
     return [{"username": r["username"], "roles": json.loads(r["roles"]),
              "handler_id": r["handler_id"], "disabled": bool(r["disabled"]),
-             "created_at": r["created_at"]}
+             "created_at": r["created_at"], "phone": r["phone"] or ""}
             for r in db.query("SELECT * FROM console_users ORDER BY username")]
 
 
@@ -381,11 +401,12 @@ def log_admin(db: Database, admin: User | str, action: str, *, target: str = "",
         raise ValueError(f"unknown admin action {action!r}")
     migrate(db)
     who = admin.username if isinstance(admin, User) else admin
-    cur = db.execute(
-        "INSERT INTO console_admin_log(at, username, action, target, detail, client)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (time.time(), who, action, target, json.dumps(detail or {}, sort_keys=True), client))
-    return int(cur.lastrowid or 0)
+    with db.transaction() as conn:   # RETURNING: SQLite and PostgreSQL alike
+        cur = conn.execute(
+            "INSERT INTO console_admin_log(at, username, action, target, detail, client)"
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (time.time(), who, action, target, json.dumps(detail or {}, sort_keys=True), client))
+        return int(cur.fetchone()[0])
 
 
 def admin_log(db: Database, *, limit: int = 200) -> list[dict[str, Any]]:
@@ -453,6 +474,27 @@ def set_roles(db: Database, username: str, roles: list[str], *,
         # Sessions carry the roles they were opened with: end them so the change holds now.
         conn.execute("DELETE FROM console_sessions WHERE username=?", (username,))
     return User(username, frozenset(roles), hid)
+
+
+_PHONE = re.compile(r"^sips?:[^\s<>\"]{1,200}$")
+
+
+def set_phone(db: Database, username: str, phone: str) -> str:
+    """The phone this user's listen / whisper / barge rings (a SIP URI through the
+    proxy, e.g. ``sip:sup1@controlroom.local``); empty clears it (the handler entry of
+    the configuration with this user name is used then). Returns what was stored."""
+    _existing(db, username)
+    phone = (phone or "").strip()
+    if phone and not _PHONE.match(phone):
+        raise UserError("phone must be a SIP URI (sip:user@host or sips:...), at most 200 characters")
+    db.execute("UPDATE console_users SET phone=? WHERE username=?", (phone or None, username))
+    return phone
+
+
+def user_phone(db: Database, username: str) -> str:
+    """The phone set for ``username`` on the admin page, or ``""``."""
+    row = db.query_one("SELECT phone FROM console_users WHERE username=?", (username,))
+    return (row["phone"] or "") if row is not None else ""
 
 
 ACCESS_LOG_COLUMNS = ("id", "at", "when_utc", "username", "roles", "action", "call_id",

@@ -42,7 +42,8 @@ async function loadLog(more) {
 async function loadUsers() {
   const us = await api("GET", "/api/admin/users");
   $("users").replaceChildren(...us.map((u) => el("tr", { dataset: { user: u.username } },
-    el("td", {}, el("b", { text: u.username }), u.handler_id ? el("div", { class: "muted small", text: "handler " + u.handler_id }) : null),
+    el("td", {}, el("b", { text: u.username }), u.handler_id ? el("div", { class: "muted small", text: "handler " + u.handler_id }) : null,
+      u.phone ? el("div", { class: "muted small phone", text: "phone " + u.phone }) : null),
     el("td", { text: u.roles.join(", ") }),
     el("td", {}, el("span", { class: "pill " + (u.disabled ? "st-logged_out" : "st-available"), text: u.disabled ? "disabled" : "active" })),
     el("td", {}, el("button", { class: "edit", text: "Change", "aria-label": `Change user ${u.username}`, onclick: () => openUser(u) })))));
@@ -62,6 +63,7 @@ function openUser(u) {
   $("user-title").textContent = `User ${u.username}`;
   for (const c of document.querySelectorAll(".ed-role")) c.checked = u.roles.includes(c.value);
   $("ed-pass").value = "";
+  $("ed-phone").value = u.phone || "";
   $("ed-disable").textContent = u.disabled ? "Re-enable" : "Disable";
   $("ed-disable").className = u.disabled ? "go" : "danger";
   $("user-dlg").showModal();
@@ -97,6 +99,8 @@ async function change(body, msg) {
     change({ roles }, `Roles of ${editing.username}: ${roles.join(", ")}`);
   };
   $("ed-reset").onclick = () => change({ password: $("ed-pass").value }, `Password of ${editing.username} reset`);
+  $("ed-phone-save").onclick = () => change({ phone: $("ed-phone").value.trim() },
+    `Monitor phone of ${editing.username}: ${$("ed-phone").value.trim() || "the configured one"}`);
   $("ed-disable").onclick = () => change({ disabled: !editing.disabled },
     `${editing.username} ${editing.disabled ? "re-enabled" : "disabled"}`);
   loadLog(false);

@@ -1,0 +1,133 @@
+"""Supervisor listen, whisper and barge from the wallboard's buttons in headless
+Chromium (issue 17 item 5), through the real parts: Kamailio, a SIPp caller, the SIPp
+handler phone and the supervisor's own SIPp phone, set on the admin page. What every
+phone received is captured on the wire and the tones each heard are measured; each step
+is in the access log (with the justification typed), the queue log and on the
+wallboard. Screenshots under tests/_artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from console import users
+from controlroom.stack import DOMAIN, Stack, StackOptions
+from harness import scenarios
+from harness.sipp import RtpCapture, Sipp
+
+from .conftest import wait_until
+from .test_desk_workflow import PASSWORD, axe, browser, login, poll, shot  # noqa: F401
+from .test_monitor import CALLER_HZ, HANDLER_HZ, SUPERVISOR_HZ, heard, received, tone
+
+pytestmark = [pytest.mark.realparts, pytest.mark.slow, pytest.mark.browser]
+
+PHASE_S = 3.0
+
+
+async def test_wallboard_monitor_buttons_ring_the_supervisors_own_phone(
+        tmp_path: Path, browser: Any) -> None:  # noqa: F811 - the fixture
+    """The admin sets sup1's monitor phone; sup1 clicks Listen, Whisper, Barge, Stop on
+    the wallboard: that phone rings and hears caller + handler; the handler hears the
+    whisper and the caller does not; barge joins all three; each is logged."""
+    opts = StackOptions(handlers=1, engine="none", ring_ms=200, handlers_available=True,
+                        handler_pcm=tone(HANDLER_HZ, 60))
+    async with Stack(tmp_path, opts) as st:
+        db = st.service.db
+        for name, roles in (("sup1", ["supervisor"]), ("adm1", ["admin"])):
+            users.create_user(db, name, PASSWORD, roles)
+        base = f"http://127.0.0.1:{st.service.web_port}"
+        phone_uri = f"sip:supdesk4@{DOMAIN}"
+        sup_clip = st.pcm_clip(tone(SUPERVISOR_HZ, 60), name="supervisor")
+        (tmp_path / "phone-sup").mkdir()
+        sup = Sipp(scenarios.handler(user="supdesk4", ring_ms=200, pcap=sup_clip.pcap,
+                                     hangup="remote"),
+                   calls=10, timeout=300, name="phone-sup", trace_msg=False,
+                   workdir=tmp_path / "phone-sup")
+        await asyncio.to_thread(lambda: st._exit.enter_context(sup))
+        await asyncio.to_thread(st.kamailio.register, "supdesk4", sup.contact("supdesk4"))
+
+        # -- the admin gives sup1 their own monitor phone (no handler entry has it) --------
+        adm = await login(browser, base, "adm1", "/admin", size=(1440, 900))
+        await adm.click("tr[data-user='sup1'] button.edit")
+        await adm.fill("#ed-phone", "not a uri")
+        await adm.click("#ed-phone-save")
+        await poll(adm, "() => /SIP URI/.test(document.querySelector('.toast')?.textContent || '')", 5)
+        await adm.fill("#ed-phone", phone_uri)
+        await axe(adm, "admin (user dialog with the monitor phone)")
+        await adm.click("#ed-phone-save")
+        await adm.wait_for_selector("tr[data-user='sup1'] .phone")
+        assert users.user_phone(db, "sup1") == phone_uri
+        assert users.admin_log(db)[0]["action"] == "user.phone"
+        await shot(adm, "admin-monitor-phone")
+
+        # -- a real call: caller and handler each play their tone ------------------------
+        caller_clip = st.pcm_clip(tone(CALLER_HZ, 60), name="caller")
+        caller = st.call("999", caller="07700900777", clip=caller_clip, talk_s=45)
+        ports = {"caller": caller.media_port, "handler": st.phones["h1"].media_port,
+                 "supervisor": sup.media_port}
+        wall = await login(browser, base, "sup1", "/wallboard", size=(1440, 900))
+        await wall.wait_for_selector("tr[data-handler='h1'] button.monitor-listen", timeout=20000)
+        call_id = next(c for c in st.service.calls.values() if c.state == "connected").call_id
+        reasons = {"listen": "QA review of call handling",
+                   "whisper": "Coaching: ask for the exact location",
+                   "barge": "Taking over: caller in danger"}
+
+        async def click(mode: str) -> None:
+            wall.once("dialog", lambda d: asyncio.ensure_future(d.accept(reasons[mode])))
+            await wall.click(f"tr[data-handler='h1'] button.monitor-{mode}")
+
+        cap = await asyncio.to_thread(RtpCapture(list(ports.values()), workdir=tmp_path).start)
+        marks: dict[str, tuple[float, float]] = {}
+        try:
+            for mode in ("listen", "whisper", "barge"):
+                await click(mode)
+                await wait_until(lambda m=mode: any(
+                    x["mode"] == m and x["state"] == "on" for x in st.service.monitors.view()),
+                    15, f"{mode} on")
+                await poll(wall, f"() => /{mode} by sup1/.test(document.querySelector("
+                                 "\"tr[data-handler='h1'] .monitor\")?.textContent || '')", 10)
+                if mode == "listen":
+                    await shot(wall, "wallboard-monitor-listen")
+                    await axe(wall, "wallboard (monitoring)")
+                start = time.time() + 0.5
+                await asyncio.sleep(PHASE_S)
+                marks[mode] = (start, time.time())
+            await shot(wall, "wallboard-monitor-barge")
+            await wall.click("tr[data-handler='h1'] button.monitor-stop")
+            await wait_until(lambda: not st.service.monitors.view(), 10, "monitor ended")
+            await wall.wait_for_selector("tr[data-handler='h1'] button.monitor-stop",
+                                         state="detached")
+            start = time.time() + 0.5
+            await asyncio.sleep(2.0)
+            marks["after"] = (start, time.time())
+        finally:
+            await asyncio.to_thread(cap.stop)
+        packets = await asyncio.to_thread(cap.packets)
+        got = {mode: {who: heard(received(packets, port, *marks[mode]))
+                      for who, port in ports.items()} for mode in marks}
+        assert got["listen"] == {"caller": {HANDLER_HZ}, "handler": {CALLER_HZ},
+                                 "supervisor": {CALLER_HZ, HANDLER_HZ}}, got
+        assert got["whisper"] == {"caller": {HANDLER_HZ},
+                                  "handler": {CALLER_HZ, SUPERVISOR_HZ},
+                                  "supervisor": {CALLER_HZ, HANDLER_HZ}}, got
+        assert got["barge"] == {"caller": {HANDLER_HZ, SUPERVISOR_HZ},
+                                "handler": {CALLER_HZ, SUPERVISOR_HZ},
+                                "supervisor": {CALLER_HZ, HANDLER_HZ}}, got
+        assert got["after"] == {"caller": {HANDLER_HZ}, "handler": {CALLER_HZ},
+                                "supervisor": set()}, got
+
+        # -- logged: the access log with each reason, the queue log with the phone --------
+        log = [(e["action"], e["call_id"], e["justification"], e["username"])
+               for e in reversed(users.access_log(db))]
+        assert log == [(m, call_id, reasons[m], "sup1") for m in ("listen", "whisper", "barge")]
+        rows = db.query("SELECT event, handler_id, data FROM queue_log WHERE call_id=? "
+                        "AND event LIKE 'MONITOR%' ORDER BY id", (call_id,))
+        assert [(r["event"], r["handler_id"]) for r in rows] == [
+            ("MONITOR_RING", "sup1"), ("MONITOR", "sup1"), ("MONITOR", "sup1"),
+            ("MONITOR", "sup1"), ("MONITOR_END", "sup1")]
+        assert all(phone_uri in r["data"] for r in rows)
+        await asyncio.to_thread(caller.stop)
