@@ -235,6 +235,12 @@ class ClusterSettings:
     ``/srv/controlroom/<id>`` and this is ``/srv/controlroom/{node}/recordings``). A
     survivor then seals and records a dead node's recordings up to the crash. Empty: they
     are sealed when that node restarts."""
+    global_queue: bool = False
+    """PostgreSQL store: one queue for the whole room. The node holding the routing lease
+    (``store.lease``) runs the one router; every node sends its routing inputs to it and
+    carries out the offers for the calls it holds (``controlroom.leader``). Every node
+    then lists the room's handlers. False: each node routes its own calls to its own
+    handlers."""
 
     def validate(self) -> None:
         if self.node_id and not _NODE_ID.fullmatch(self.node_id):

@@ -160,6 +160,12 @@ class Service:
         self.handlers = {h.id: h for h in settings.handlers}
         self.lines = {line.name: line for line in settings.lines}
         self.router = Router.from_settings(settings.lines, settings.routing)
+        self.global_queue: Any = None
+        if settings.cluster.global_queue and self.db.dialect == "postgresql":
+            from controlroom.leader import GlobalQueue  # one queue for the room (issue 14)
+
+            self.global_queue = GlobalQueue(self)
+            self.router = self.global_queue.proxy
         # Statistics and the call-back list survive a restart: rebuilt from the queue log.
         # Only the router's statistics window is read back (a week), not years of log.
         entries = queuelog.load(self.db, since=time.time() - 8 * 86400)
@@ -325,6 +331,8 @@ class Service:
 
             self.salvager = Salvager(self)
             self._tasks.append(asyncio.create_task(self.salvager.run(), name="node-salvage"))
+        if self.global_queue is not None:
+            self._tasks.append(asyncio.create_task(self.global_queue.run(), name="routing-bus"))
         self._tasks.append(asyncio.create_task(self._router_loop(), name="router"))
         self._tasks.append(asyncio.create_task(self._summary_loop(), name="summary"))
         now = time.time()

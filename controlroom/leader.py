@@ -1,0 +1,597 @@
+"""One global queue for a cluster: the routing leader runs the one router (issue 14).
+
+Theory of operation (``cluster.global_queue`` on a PostgreSQL store)::
+
+    node A ─┐ routing inputs (ordered rows + NOTIFY)      ┌─► node A: Offer/Cancel/...
+    node B ─┼─► routing_inputs ─► LEADER: pure Router ─► routing_outputs ─┼─► node B
+    node C ─┘   (call arrived/ended, offer answered/      │ (one fenced   └─► node C
+                failed, desk operations)                  │  transaction with the queue log)
+
+* Every node's ``Service.router`` is a :class:`RouterProxy`: a call that changes routing
+  state (``call_arrived``, ``offer_answered``, ``set_available``...) is sent to the leader
+  through the bus (``store.routing_bus``) and returns no actions; the leader's actions for
+  the calls a node holds come back to it and it applies them as it always did
+  (``Service._apply``): an ``Offer`` makes the node holding the caller ring the handler's
+  phone through Kamailio, whichever node the handler's desk is on; the bridge stays on that
+  node. Reads (wallboard snapshot) come from the snapshot the leader publishes.
+* :class:`LeaderThread` contends for the lease (``store.lease``, a session advisory lock
+  with a fencing term). While it leads, it reads inputs after its cursor, feeds them to
+  ONE :class:`routing.Router` for the room and writes its decisions fenced with its term.
+  Hence strict priority holds across nodes (one router sees every waiting call) and no
+  handler holds two offers (one router holds every handler).
+* Takeover (the leader died or was cut off): the new leader rebuilds the router: statistics
+  and call-backs from the queue log, handlers from the last ``routing_state``, calls from a
+  ``resync`` that each live node sends when it sees the new term (the calls it holds).
+  It waits for every live node's resync (at most ``RESYNC_GRACE`` s), puts talking and
+  ringing calls back with their handlers, queues the waiting ones by arrival, then makes
+  the free handlers available longest-idle first: the most urgent call goes first.
+  Inputs the old leader had not read are applied after (stale ones are refused by the
+  router and ignored).
+
+What a node's own router did alone stays on one node: SQLite stores, or ``global_queue``
+false, keep the node-local router (``controlroom.service``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from store import routing_bus as bus
+
+if TYPE_CHECKING:
+    from controlroom.service import Service
+
+log = structlog.get_logger("controlroom.leader")
+
+MUTATORS = frozenset({
+    "call_arrived", "call_abandoned", "call_ended", "offer_answered", "offer_failed",
+    "handler_login", "handler_logout", "set_available", "set_not_ready",
+    "not_ready_after_call", "graded", "set_wrapup_limit", "extend_wrapup", "end_wrapup",
+    "set_skills", "transfer_to_line", "transfer_to_handler", "reprioritise", "refused",
+    "take_callback", "release_callback", "complete_callback",
+})
+"""Router methods that change routing state: sent to the leader."""
+RESYNC_GRACE = 1.0
+"""A new leader waits this long at most for every live node's resync."""
+SNAPSHOT_EVERY = 1.0
+
+
+def _connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True, connect_timeout=3, keepalives=1,
+                           keepalives_idle=1, keepalives_interval=1, keepalives_count=3)
+
+
+# -- the node side ---------------------------------------------------------------------
+
+class RouterProxy:
+    """``Service.router`` on a node of a global-queue cluster (see the module docstring)."""
+
+    def __init__(self, gq: GlobalQueue, shadow: Any) -> None:
+        self._gq = gq
+        self._shadow = shadow
+        """A local router with no calls: restore's rows at start and read-only defaults."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in MUTATORS:
+            def forward(*args: Any, **kwargs: Any) -> list[Any]:
+                self._gq.send("call", {"method": name, "args": list(args), "kwargs": kwargs})
+                return []
+            return forward
+        return getattr(self._shadow, name)
+
+    def tick(self, now: float) -> list[Any]:
+        return []  # the leader runs the timers
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def adopt(self, entries: Any, now: float, *, reason: str) -> list[Any]:
+        """A survivor closes a dead node's calls: the record's rows come from a scratch
+        router (as on one node); the leader drops those calls from the queue."""
+        from routing import Router
+
+        s = self._gq.s.settings
+        scratch = Router.from_settings(s.lines, s.routing)
+        entries = list(entries)
+        out = scratch.adopt(entries, now, reason=reason)
+        ids = sorted({e.call_id for e in entries})
+        if ids:
+            self._gq.send("drop_calls", {"call_ids": ids})
+        return out
+
+    def snapshot(self, now: float, **kw: Any) -> dict[str, Any]:
+        return self._gq.snapshot or self._shadow.snapshot(now, **kw)
+
+    def handler_info(self, handler_id: str) -> dict[str, Any] | None:
+        return (self._gq.snapshot.get("handlers") or {}).get(handler_id)
+
+
+class GlobalQueue:
+    """The node's end of the global queue: bus writer and reader threads, the leader."""
+
+    def __init__(self, service: Service) -> None:
+        from routing import Router
+
+        self.s = service
+        self.node = service.settings.node_id
+        self.url = service.db.url if hasattr(service.db, "url") else ""
+        self.proxy = RouterProxy(self, Router.from_settings(service.settings.lines,
+                                                            service.settings.routing))
+        self.snapshot: dict[str, Any] = {}
+        self.term = 0
+        """The last term this node saw (from the leader's ``term`` row)."""
+        self._out: deque[tuple[str, dict[str, Any], float]] = deque()
+        self._out_ready = threading.Condition()
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.leader: LeaderThread | None = None
+        self.applied = 0
+        bus.migrate(service.db)
+        from store import lease
+
+        lease.migrate(service.db)
+
+    # -- sending (any thread; order kept) -------------------------------------------
+    def send(self, kind: str, data: dict[str, Any]) -> None:
+        with self._out_ready:
+            self._out.append((kind, data, time.time()))
+            self._out_ready.notify()
+
+    def _writer(self) -> None:
+        conn = None
+        while not self._stop.is_set():
+            with self._out_ready:
+                while not self._out and not self._stop.is_set():
+                    self._out_ready.wait(0.5)
+                batch = list(self._out)
+            if not batch:
+                continue
+            try:
+                if conn is None:
+                    conn = _connect(self.url)
+                bus.send(conn, self.node, batch)
+            except Exception as exc:  # noqa: BLE001 - the store is away: keep, retry
+                log.warning("routing_bus.send_failed", error=str(exc), pending=len(batch))
+                with contextlib.suppress(Exception):
+                    if conn is not None:
+                        conn.close()
+                conn = None
+                self._stop.wait(0.2)
+                continue
+            with self._out_ready:
+                for _ in batch:
+                    self._out.popleft()
+        if conn is not None:
+            conn.close()
+
+    # -- receiving ----------------------------------------------------------------------
+    def _reader(self) -> None:
+        conn = None
+        last = -1
+        snap_at = 0.0
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = _connect(self.url)
+                    conn.execute(f"LISTEN {bus.OUT_CHANNEL}")
+                    if last < 0:
+                        last = bus.last_output(conn)
+                rows = bus.outputs_after(conn, self.node, last)
+                for oid, term, data in rows:
+                    last = oid
+                    assert self._loop is not None
+                    self._loop.call_soon_threadsafe(self._deliver, term, data)
+                now = time.time()
+                if now - snap_at >= SNAPSHOT_EVERY:
+                    snap_at = now
+                    _, snap = bus.published_snapshot(conn)
+                    if snap:
+                        self.snapshot = snap
+                if len(rows) < 500:
+                    for _ in conn.notifies(timeout=0.2, stop_after=1):
+                        pass
+            except Exception as exc:  # noqa: BLE001 - the store is away: reconnect
+                log.warning("routing_bus.read_failed", error=str(exc))
+                with contextlib.suppress(Exception):
+                    if conn is not None:
+                        conn.close()
+                conn = None
+                self._stop.wait(0.2)
+        if conn is not None:
+            conn.close()
+
+    def _deliver(self, term: int, data: dict[str, Any]) -> None:
+        """On the loop: a row from the leader."""
+        if data.get("kind") == "term":
+            self.term = term
+            self._resync(term)
+            return
+        try:
+            actions = [bus.decode_action(d) for d in data.get("actions", ())]
+        except bus.BusError:
+            log.exception("routing_bus.bad_row")
+            return
+        self.apply(actions)
+
+    def apply(self, actions: list[Any]) -> None:
+        """The leader's actions for this node's calls, through ``Service._apply``. An
+        Offer for a call whose phone already rings (a new leader re-offering it): the same
+        handler keeps ringing; another handler: the old leg is cancelled first."""
+        from routing import Offer
+
+        s = self.s
+        keep = []
+        for a in actions:
+            if isinstance(a, Offer):
+                call = s.calls.get(a.call_id)
+                if call is not None and call.leg_id is not None:
+                    if call.handler_id == a.handler_id:
+                        continue
+                    old = call.leg_id
+                    s.legs.pop(old, None)
+                    call.leg_id, call.handler_id = None, None
+                    s.engine.cancel_offer(old)
+            keep.append(a)
+        self.applied += len(keep)
+        s._apply(keep)
+
+    def _resync(self, term: int) -> None:
+        """A new leader: tell it every call this node holds."""
+        calls = []
+        for c in self.s.calls.values():
+            if c.state not in ("queued", "offered", "connected"):
+                continue
+            calls.append({"call_id": c.call_id, "line": c.line, "caller": c.caller,
+                          "arrived_at": c.arrived_at, "state": c.state,
+                          "handler_id": c.handler_id})
+        self.send("resync", {"term": term, "calls": calls})
+        log.info("routing.resync", term=term, calls=len(calls))
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        threads = [threading.Thread(target=self._writer, name="routing-bus-out", daemon=True),
+                   threading.Thread(target=self._reader, name="routing-bus-in", daemon=True)]
+        self.leader = LeaderThread(self.s.settings, self.url, self.node, self._stop)
+        threads.append(self.leader)
+        for t in threads:
+            t.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._stop.set()
+            with self._out_ready:
+                self._out_ready.notify_all()
+            for t in threads:
+                await asyncio.to_thread(t.join, 3.0)
+
+
+# -- the leader --------------------------------------------------------------------------
+
+class LeaderThread(threading.Thread):
+    """Contends for the routing lease; while it leads, runs the room's one router."""
+
+    def __init__(self, settings: Any, url: str, node: str, stop: threading.Event, *,
+                 poll: float = 0.2) -> None:
+        super().__init__(name="routing-leader", daemon=True)
+        self.settings, self.url, self.node, self.stop = settings, url, node, stop
+        self.poll = poll
+        self.router: Any = None
+        self.term: int | None = None
+        self.cursor = 0
+        self.call_node: dict[str, str] = {}
+        self.conn: Any = None
+        self._snap_at = 0.0
+
+    def run(self) -> None:
+        from store.lease import Lease
+
+        lease = Lease(self.url, self.node, poll=self.poll)
+        try:
+            while not self.stop.is_set():
+                lead = lease.tick()
+                if not lead:
+                    if self.term is not None:
+                        log.warning("routing.leader_lost", term=self.term)
+                    self._drop()
+                    self.stop.wait(self.poll)
+                    continue
+                try:
+                    if self.term != lease.term:
+                        self._drop()
+                        self._take_over(int(lease.term or 0))
+                    self._step()
+                    self._wait()
+                except Exception as exc:  # noqa: BLE001 - fenced out, or the store away
+                    log.warning("routing.leader_step_failed", error=str(exc))
+                    self._drop()
+                    lease.release()
+                    self.stop.wait(self.poll)
+        finally:
+            lease.release()
+            self._drop()
+
+    def _drop(self) -> None:
+        self.term, self.router = None, None
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+        self.conn = None
+
+    def _wait(self) -> None:
+        deadline = self.router.next_deadline() if self.router is not None else None
+        timeout = self.poll if deadline is None else max(0.0, min(self.poll,
+                                                                  deadline - time.time()))
+        if timeout > 0:
+            for _ in self.conn.notifies(timeout=timeout, stop_after=1):
+                pass
+
+    # -- takeover ---------------------------------------------------------------------
+    def _take_over(self, term: int) -> None:
+        from routing import Router
+        from store import queuelog
+        from store.db import Database
+        from store.lease import fenced
+
+        started = time.time()
+        self.conn = _connect(self.url)
+        self.conn.execute(f"LISTEN {bus.IN_CHANNEL}")
+        st = bus.state(self.conn)
+        self.cursor = st["cursor"]
+        router = Router.from_settings(self.settings.lines, self.settings.routing)
+        db = Database(self.url)
+        try:
+            live = {r["call_id"] for r in db.query(
+                "SELECT call_id FROM calls WHERE ended_at IS NULL")}
+            entries = [e for e in queuelog.load(db, since=time.time() - 8 * 86400)
+                       if e.call_id not in live]
+        finally:
+            db.close()
+        router.restore(entries, time.time())  # statistics and call-backs; rows already logged
+        stored = st["handlers"]
+        for hid, h in stored.items():
+            if h.get("state") != "logged_out":
+                router.handler_login(hid, time.time(), skills=h.get("skills") or {})
+        self.router, self.term, self.call_node = router, term, {}
+        with self.conn.transaction():
+            fenced(self.conn, term)
+            self.conn.execute("INSERT INTO routing_outputs(node, term, data, at)"
+                              " VALUES (%s, %s, %s, %s)",
+                              (bus.EVERY_NODE, term, bus.dumps({"kind": "term"}),
+                               time.time()))
+            self.conn.execute(f"NOTIFY {bus.OUT_CHANNEL}")
+        # Every live node answers with a resync; other inputs wait behind them.
+        hb = float(self.settings.storage.heartbeat_interval)
+        expect = {r[0] for r in self.conn.execute(
+            "SELECT node_id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > %s",
+            (time.time() - max(1.0, 2.5 * hb),)).fetchall()}
+        resyncs: dict[str, list[dict[str, Any]]] = {}
+        pending: list[tuple[int, str, str, dict[str, Any], float]] = []
+        deadline = time.time() + RESYNC_GRACE
+        cursor = self.cursor
+        while time.time() < deadline and not expect <= set(resyncs):
+            for row in bus.inputs_after(self.conn, cursor):
+                cursor = row[0]
+                _, node, kind, data, _at = row
+                if kind == "resync" and int(data.get("term", 0)) == term:
+                    resyncs[node] = list(data.get("calls", ()))
+                else:
+                    pending.append(row)
+            if expect <= set(resyncs):
+                break
+            for _ in self.conn.notifies(timeout=0.05, stop_after=1):
+                pass
+        out = self._rebuild(resyncs, stored)
+        for row in pending:
+            out += self._input(row)
+        self.cursor = cursor
+        self._commit(out, min((r[4] for r in pending), default=None))
+        log.warning("routing.leader", term=term, node=self.node, resynced=sorted(resyncs),
+                    expected=sorted(expect), calls=len(self.router.calls),
+                    took=round(time.time() - started, 3))
+
+    def _rebuild(self, resyncs: dict[str, list[dict[str, Any]]],
+                 stored: dict[str, dict[str, Any]]) -> list[tuple[str, Any]]:
+        """The queue from the nodes' resyncs; returns the first decisions (kept)."""
+        from routing import RoutingError
+        from routing.model import HandlerState
+
+        r = self.router
+        now = time.time()
+        calls = sorted(((n, c) for n, cs in resyncs.items() for c in cs),
+                       key=lambda nc: nc[1]["arrived_at"])
+        taken: set[str] = set()
+
+        def quietly(f: Callable[[], Any]) -> bool:
+            try:
+                f()
+                return True
+            except RoutingError as exc:
+                log.info("routing.rebuild_skipped", why=str(exc))
+                return False
+
+        # 1. calls with a handler (talking, ringing): put back with that handler
+        for node, c in calls:
+            hid = c.get("handler_id")
+            if c["state"] not in ("connected", "offered") or not hid or hid in taken:
+                continue
+            h = r.handlers.get(hid)
+            if h is None or h.state is HandlerState.LOGGED_OUT:
+                continue
+            self.call_node[c["call_id"]] = node
+            if not quietly(lambda c=c: r.call_arrived(c["call_id"], c["line"], c["arrived_at"],
+                                                      caller=c.get("caller", ""))):
+                continue
+            if not quietly(lambda hid=hid: r.set_available(hid, now, force=True)):
+                continue
+            if r.calls[c["call_id"]].handler_id != hid:
+                continue  # (cannot happen: only this call waits) - left waiting
+            taken.add(hid)
+            if c["state"] == "connected":
+                quietly(lambda c=c, hid=hid: r.offer_answered(c["call_id"], hid, now))
+        # 2. waiting calls in arrival order (nobody is available yet: they all queue)
+        for node, c in calls:
+            if c["call_id"] in r.calls:
+                continue
+            self.call_node[c["call_id"]] = node
+            quietly(lambda c=c: r.call_arrived(c["call_id"], c["line"], c["arrived_at"],
+                                               caller=c.get("caller", "")))
+        # 3. free handlers, longest idle first: each takes the most urgent call
+        out: list[tuple[str, Any]] = []
+        free = sorted(((h.get("idle_since") or h.get("since") or 0.0, hid)
+                       for hid, h in stored.items()
+                       if hid not in taken and hid in r.handlers
+                       and h.get("state") in ("available", "offered", "on_call", "wrap_up")))
+        for _, hid in free:
+            try:
+                out += self._route(r.set_available(hid, time.time(), force=True))
+            except RoutingError as exc:
+                log.info("routing.rebuild_skipped", why=str(exc))
+        return out
+
+    # -- normal running -----------------------------------------------------------------
+    def _step(self) -> None:
+        rows = bus.inputs_after(self.conn, self.cursor)
+        out: list[tuple[str, Any]] = []
+        for row in rows:
+            out += self._input(row)
+            self.cursor = row[0]
+        out += self._route(self.router.tick(time.time()))
+        if rows or out or time.time() - self._snap_at >= SNAPSHOT_EVERY:
+            self._commit(out, min((r[4] for r in rows), default=None))
+
+    def _input(self, row: tuple[int, str, str, dict[str, Any], float]) -> list[tuple[str, Any]]:
+        """One input; the router's actions, each with the node it goes to."""
+        from routing import CancelOffer, RoutingError
+
+        _id, node, kind, data, at = row
+        r = self.router
+        try:
+            if kind == "call":
+                method, args, kwargs = data["method"], data.get("args", []), data.get("kwargs", {})
+                if method not in MUTATORS:
+                    raise RoutingError(f"not a routing input: {method!r}")
+                if method == "call_arrived":
+                    self.call_node[args[0]] = node
+                if method == "handler_login":
+                    h = r.handlers.get(args[0])
+                    if h is not None and h.state.value != "logged_out":
+                        return []  # another node's start: already logged in
+                try:
+                    return self._route(getattr(r, method)(*args, **kwargs))
+                except RoutingError as exc:
+                    if method == "offer_answered":  # withdrawn as the phone answered
+                        return [(node, CancelOffer(args[0], args[1], "late-answer"))]
+                    raise exc
+            if kind == "drop_calls":
+                return self._drop_calls(set(data.get("call_ids", ())))
+            if kind == "resync":
+                return []  # an old term's (a node saw a term that is over)
+            raise RoutingError(f"unknown input kind {kind!r}")
+        except (RoutingError, KeyError, TypeError, ValueError) as exc:
+            log.info("routing.input_refused", node=node, kind=kind, data=data, why=str(exc))
+            return []
+
+    def _drop_calls(self, ids: set[str]) -> list[tuple[str, Any]]:
+        """A survivor closed a dead node's calls on the record: out of the queue (the
+        survivor logged their ends), their handlers freed for the next call."""
+        from routing import QueueLogEntry
+        from routing.model import CallState
+
+        r = self.router
+        out: list[Any] = []
+        for cid in ids:
+            call = r.calls.get(cid)
+            if call is None:
+                continue
+            if call.state is CallState.CONNECTED:
+                out += r.call_ended(cid, time.time())
+            else:
+                out += r.call_abandoned(cid, time.time())
+            for cb_id, cb in list(r._callbacks.items()):  # the survivor's list has it
+                if cb.call_id == cid:
+                    del r._callbacks[cb_id]
+        kept = [a for a in out if not (isinstance(a, QueueLogEntry) and a.call_id in ids)]
+        for cid in ids:
+            self.call_node.pop(cid, None)
+        return self._route(kept)
+
+    def _route(self, actions: list[Any]) -> list[tuple[str, Any]]:
+        from routing import HandlerChanged, QueueLogEntry
+
+        out = []
+        for a in actions:
+            if isinstance(a, QueueLogEntry):
+                out.append(("", a))
+            elif isinstance(a, HandlerChanged):
+                out.append((bus.EVERY_NODE, a))
+            else:
+                node = self.call_node.get(getattr(a, "call_id", ""), "")
+                if node:
+                    out.append((node, a))
+        return out
+
+    def _commit(self, out: list[tuple[str, Any]], input_at: float | None) -> None:
+        """Queue-log rows, each node's actions and the routing state: one transaction
+        fenced with this term (a stale leader's writes roll back)."""
+        from routing import QueueLogEntry
+        from store.lease import fenced
+        from store.queuelog import _json_safe
+
+        now = time.time()
+        per_node: dict[str, list[dict[str, Any]]] = {}
+        log_rows = []
+        for node, a in out:
+            if isinstance(a, QueueLogEntry):
+                log_rows.append((a.at, a.call_id, a.line, a.handler_id, a.event,
+                                 json.dumps(_json_safe(a.data), separators=(",", ":"),
+                                            default=str)))
+            else:
+                per_node.setdefault(node, []).append(bus.encode_action(a))
+        r = self.router
+        handlers = {hid: {"state": h.state.value, "skills": dict(h.skills),
+                          "since": h.since, "idle_since": h.idle_since,
+                          "call_id": h.call_id} for hid, h in r.handlers.items()}
+        snap = None
+        if now - self._snap_at >= SNAPSHOT_EVERY:
+            self._snap_at = now
+            snap = bus.dumps(r.snapshot(now, limit=50))
+        for c in {a.call_id for _, a in out if hasattr(a, "call_id")}:
+            if c in self.call_node and c not in r.calls:
+                self.call_node.pop(c, None)  # over: nothing more goes to its node
+        with self.conn.transaction():
+            fenced(self.conn, int(self.term or 0))
+            with self.conn.cursor() as cur:
+                if log_rows:
+                    cur.executemany("INSERT INTO queue_log(at, call_id, line, handler_id,"
+                                    " event, data) VALUES (%s, %s, %s, %s, %s, %s)", log_rows)
+                if per_node:
+                    cur.executemany(
+                        "INSERT INTO routing_outputs(node, term, data, at, input_at)"
+                        " VALUES (%s, %s, %s, %s, %s)",
+                        [(node, self.term, bus.dumps({"actions": acts}), now, input_at)
+                         for node, acts in per_node.items()])
+            if snap is not None:
+                self.conn.execute("UPDATE routing_state SET term=%s, cursor=%s, handlers=%s,"
+                                  " snapshot=%s, at=%s WHERE id=1",
+                                  (self.term, self.cursor, bus.dumps(handlers), snap, now))
+            else:
+                self.conn.execute("UPDATE routing_state SET term=%s, cursor=%s, handlers=%s"
+                                  " WHERE id=1",
+                                  (self.term, self.cursor, bus.dumps(handlers)))
+            if per_node:
+                self.conn.execute(f"NOTIFY {bus.OUT_CHANNEL}")
+
+
+__all__ = ["GlobalQueue", "LeaderThread", "MUTATORS", "RESYNC_GRACE", "RouterProxy"]
