@@ -11,6 +11,7 @@ checked by the clock's largest gap and the legs' late packets.
 
     .venv/bin/python bench/srtp_cpu.py --calls 40 --seconds 8
     .venv/bin/python bench/srtp_cpu.py --suite AES_CM_128_HMAC_SHA1_80
+    .venv/bin/python bench/srtp_cpu.py --per-packet --suite AES_CM_128_HMAC_SHA1_80
 
 ``--suite`` defaults to AEAD_AES_128_GCM, the suite we offer first (a phone that has it,
 as baresip, takes it); AES_CM_128_HMAC_SHA1_80 is what a peer without GCM picks (its
@@ -148,13 +149,105 @@ async def phase(calls: int, seconds: float, srtp: bool, suite: str = SUITE) -> d
             "dropped_bad": bad, "max_gap_ms": gap}
 
 
+def per_packet(suite: str, n: int = 100_000) -> dict[str, float]:
+    """CPU microseconds per 172-byte RTP packet (160 bytes of PCMA), each way: libsrtp's
+    own call (a loop that copies into a cffi buffer and calls ``srtp_protect`` /
+    ``srtp_unprotect``, less the same loop without the call), our
+    :class:`~telephony.media.srtp.SrtpContext` and pylibsrtp's public ``Session``. CPU time
+    (``process_time``), best of 3, so another process on the machine moves it little."""
+    from pylibsrtp import Policy, Session
+    from pylibsrtp._binding import ffi, lib
+
+    from telephony.media.srtp import _PROFILES, KEY_LENGTHS, SrtpContext
+
+    klen, profile = KEY_LENGTHS[suite], _PROFILES[suite]
+    pkts = [struct.pack("!BBHII", 0x80, 8, i & 0xFFFF, 160 * i, 0x5EC0) + bytes(160)
+            for i in range(n)]
+
+    def best(fn: object) -> float:
+        times = []
+        for _ in range(3):
+            t = time.process_time()
+            fn()  # type: ignore[operator]
+            times.append(time.process_time() - t)
+        return 1e6 * min(times) / n
+
+    def contexts() -> tuple[SrtpContext, SrtpContext, list[bytes]]:
+        k = os.urandom(klen)
+        tx = SrtpContext(suite, local_key=k, remote_key=os.urandom(klen))
+        rx = SrtpContext(suite, local_key=os.urandom(klen), remote_key=k)
+        return tx, rx, [tx.protect(p) or b"" for p in pkts]
+
+    def raw(fn_name: str) -> float:
+        # fresh sessions each try (replay state); the copy-only loop is subtracted
+        cost = []
+        for _ in range(3):
+            tx, rx, prot = contexts()
+            ctx, data = ((tx._tx_ctx, pkts) if fn_name == "srtp_protect"
+                         else (rx._rx_ctx, prot))
+            fn, buf, ln = getattr(lib, fn_name), ffi.new("char[]", 2400), ffi.new("int *")
+            view = ffi.buffer(buf)
+            t = time.process_time()
+            for p in data:
+                m = len(p)
+                view[0:m] = p
+                ln[0] = m
+                fn(ctx, buf, ln)
+            t1 = time.process_time()
+            for p in data:
+                m = len(p)
+                view[0:m] = p
+                ln[0] = m
+            cost.append((t1 - t) - (time.process_time() - t1))
+        return 1e6 * min(cost) / n
+
+    out = {"libsrtp_protect": raw("srtp_protect"),
+           "libsrtp_unprotect": raw("srtp_unprotect")}
+    ours_p, ours_u = [], []
+    for _ in range(3):
+        tx, rx, prot = contexts()
+        tx2 = SrtpContext(suite, local_key=tx.local_key, remote_key=tx.remote_key)
+        t = time.process_time()
+        for p in pkts:
+            tx2.protect(p)
+        t1 = time.process_time()
+        for p in prot:
+            rx.unprotect(p)
+        ours_p.append(t1 - t)
+        ours_u.append(time.process_time() - t1)
+    out["ours_protect"] = 1e6 * min(ours_p) / n
+    out["ours_unprotect"] = 1e6 * min(ours_u) / n
+
+    def public() -> None:
+        s = Session(Policy(key=os.urandom(klen), ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                           srtp_profile=profile))
+        for p in pkts:
+            s.protect(p)
+    out["pylibsrtp_protect"] = best(public)
+    return out
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--suite", default=SUITE, help="SRTP crypto suite (e.g. AEAD_AES_128_GCM)")
+    ap.add_argument("--per-packet", action="store_true",
+                    help="only the per-packet cost: libsrtp's call alone, our SrtpContext "
+                    "around it, pylibsrtp's public Session (CPU us per packet)")
     args = ap.parse_args()
+    if args.per_packet:
+        pp = per_packet(args.suite)
+        print(f"{args.suite}, 172-byte RTP packets, CPU us per packet (best of 3, load avg "
+              f"{os.getloadavg()[0]:.1f}):")
+        for way in ("protect", "unprotect"):
+            lib_us, ours = pp[f"libsrtp_{way}"], pp[f"ours_{way}"]
+            print(f"  {way:9s}: libsrtp {lib_us:.2f}, SrtpContext {ours:.2f} "
+                  f"(our share {ours - lib_us:.2f})"
+                  + (f", pylibsrtp Session {pp['pylibsrtp_protect']:.2f}"
+                     if way == "protect" else ""))
+        return
     print(f"load avg {os.getloadavg()[0]:.2f}, {args.calls} bridged recorded calls, "
           f"{args.seconds:.0f} s per phase, SRTP {args.suite}")
     res: dict[str, list[float]] = {"rtp": [], "srtp": []}

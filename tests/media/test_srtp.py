@@ -184,3 +184,36 @@ async def test_same_keys_keep_the_context_new_keys_replace_it(engine: MediaEngin
     assert s._srtp is not ctx and engine._srtp_streams == 1
     s.set_srtp(None)
     assert s._srtp is None and engine._srtp_streams == 0
+
+
+@pytest.mark.parametrize("suite", ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32",
+                                   "AEAD_AES_128_GCM", "AEAD_AES_256_GCM"])
+def test_context_fast_path_matches_libsrtp_public_api(suite: str) -> None:
+    """The per-packet path (a buffer view over one preallocated cffi buffer) protects
+    byte for byte as pylibsrtp's public Session does, and unprotects what it made; a
+    second protect of the same sequence number, a replay, a forged tag and a packet over
+    2,048 bytes are each dropped and counted, never raised."""
+    from telephony.media.srtp import _PROFILES, KEY_LENGTHS
+
+    n = KEY_LENGTHS[suite]
+    mine, theirs = os.urandom(n), os.urandom(n)
+    ours = SrtpContext(suite, local_key=mine, remote_key=theirs)
+    peer = SrtpContext(suite, local_key=theirs, remote_key=mine)
+    ref = Session(Policy(key=mine, ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                         srtp_profile=_PROFILES[suite]))
+    for seq, size in ((1, 160), (2, 1), (3, 2036)):  # 2,036 + 12-byte header = 2,048
+        packet = rtp.build(8, seq, 160 * seq, 0x5EC0, bytes([seq]) * size)
+        protected = ours.protect(packet)
+        assert isinstance(protected, bytes)
+        if size < 1000:  # (the public API's own buffer is smaller than ours)
+            assert protected == ref.protect(packet)
+        assert peer.unprotect(protected) == packet
+    assert ours.protect(rtp.build(8, 1, 160, 0x5EC0, b"\x01" * 160)) is None
+    assert ours.malformed == 1
+    assert peer.unprotect(protected) is None and peer.replayed == 1
+    forged = bytearray(ours.protect(rtp.build(8, 4, 640, 0x5EC0, b"\x04" * 160)) or b"")
+    forged[-1] ^= 1
+    assert peer.unprotect(bytes(forged)) is None and peer.forged == 1
+    assert ours.protect(rtp.build(8, 5, 800, 0x5EC0, bytes(2037))) is None
+    assert peer.unprotect(bytes(2048 + 16 + 128 + 4 + 1)) is None
+    assert (ours.malformed, peer.malformed) == (2, 1)
