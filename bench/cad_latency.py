@@ -26,10 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import callevents as ev
 from cad import messages
 from cad.publisher import CadPublisher, append_event
 from config.schema import MqttSettings
-from controlroom import events as ev
 from harness.mosquitto import Mosquitto
 from store import outbox
 from store.db import Database

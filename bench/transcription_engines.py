@@ -30,8 +30,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from callevents import CallFlagged, TranscriptSegment  # noqa: E402
 from config.schema import TranscriptionSettings  # noqa: E402
-from controlroom.events import CallFlagged, TranscriptSegment  # noqa: E402
 from store.db import Database  # noqa: E402
 from telephony.api import AudioFrame  # noqa: E402
 from transcription.audio import Resampler, read_recording  # noqa: E402

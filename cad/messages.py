@@ -1,6 +1,6 @@
 """CAD messages: one JSON object per call lifecycle event, and the MQTT topics.
 
-Theory of operation: :func:`to_message` turns a :class:`controlroom.events.DomainEvent`
+Theory of operation: :func:`to_message` turns a :class:`callevents.DomainEvent`
 into the wire object (a plain dict) described by ``cad/schema/v1/call-event.json`` and
 ``cad/CONTRACT.md``. It is pure: the seq comes from the outbox, the node and the incident
 number (if the CAD already sent one) from the caller. Every message has the same envelope
@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from controlroom import events as ev
+import callevents as ev
 
 SCHEMA_VERSION = "1.0"
 """Major.minor: additive changes bump the minor; the v1 schema accepts any ``1.x``."""

@@ -45,9 +45,9 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from callevents import CAD_EVENT_TYPES, DomainEvent
 from config.loader import secret
 from config.schema import MqttSettings
-from controlroom.events import CAD_EVENT_TYPES, DomainEvent
 from store import outbox
 from store.db import Database
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from controlroom import events as ev
+import callevents as ev
 
 from .backend import SETTABLE_STATES, Conflict, Invalid, NotFound
 

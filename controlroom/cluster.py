@@ -50,8 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+import callevents as ev
 from cad.publisher import append_event
-from controlroom import events as ev
 from store import calls as calls_table
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import callevents as ev
 from console.backend import THRIVE_KEYS, Conflict, Invalid, NotFound
-from controlroom import events as ev
 from store import calls as calls_table
 from store import drafts as drafts_table
 from telephony.numbers import normalise

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from controlroom import events as ev
+import callevents as ev
 from store import calls as calls_table
 from telephony import api as tel
 

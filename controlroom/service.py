@@ -29,10 +29,10 @@ from typing import Any
 
 import structlog
 
+import callevents as ev
 from cad import messages as cad_messages
 from cad.publisher import append_event
 from config import Settings
-from controlroom import events as ev
 from controlroom.metrics import Registry
 from store import Database, nodes
 from store import calls as calls_table

@@ -3,7 +3,7 @@
 Every :class:`Router` method returns a list of these frozen dataclasses, in the order
 they must be applied. The service maps them to telephony commands (``Offer`` rings a
 phone, ``CancelOffer`` stops it, ``Reject`` answers 486), domain events
-(``controlroom.events``) and persistence (``QueueLogEntry`` rows via ``store.queuelog``).
+(``callevents``) and persistence (``QueueLogEntry`` rows via ``store.queuelog``).
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ from typing import Any
 
 import structlog
 
+from callevents import CallFlagged, DomainEvent, TranscriptFinal, TranscriptSegment
 from config.schema import TranscriptionSettings
-from controlroom.events import CallFlagged, DomainEvent, TranscriptFinal, TranscriptSegment
 from store.db import Database
 from telephony.api import AudioFrame
 

@@ -100,7 +100,7 @@ def cad_final(db: Database, *, node: str, call_id: str, result: dict[str, Any]) 
     the service sends after a final it made itself), with the call's line and incident;
     any node's publisher sends it. False when the call has no row in this store."""
     from cad.publisher import append_event
-    from controlroom.events import TranscriptFinal
+    from callevents import TranscriptFinal
 
     event = TranscriptFinal(call_id=call_id, at=time.time(), text=result["text"],
                             language=result["language"], engine=result["engine"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controlroom import events as ev
+import callevents as ev
 
 T0 = 1_795_449_600.0  # 2026-11-23T16:00:00Z
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

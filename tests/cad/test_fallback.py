@@ -10,10 +10,10 @@ import struct
 import aiomqtt
 from structlog.testing import capture_logs
 
+import callevents as ev
 from cad import messages
 from cad.publisher import CadPublisher, append_event
 from config.schema import MqttSettings
-from controlroom import events as ev
 from store import outbox
 from store.db import Database
 

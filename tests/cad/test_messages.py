@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+import callevents as ev
 from cad import messages, schema
-from controlroom import events as ev
 
 from .samples import SHA, T0, one_of_each
 

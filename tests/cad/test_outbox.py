@@ -195,7 +195,7 @@ def test_two_processes_appending_keep_seq_gap_free(store_url: str) -> None:
 
 def test_append_event_skips_live_segments(db: Database) -> None:
     """Live transcript segments are not CAD messages: nothing appended, None returned."""
-    from controlroom import events as ev
+    import callevents as ev
     seg = ev.TranscriptSegment(call_id="c", at=1.0, channel="caller", text="hi", start=0.0,
                                end=1.0, final=True)
     with db.transaction() as conn:

@@ -19,10 +19,10 @@ import aiomqtt
 import pytest
 from structlog.testing import capture_logs
 
+import callevents as ev
 from cad import messages, schema
 from cad.publisher import CadPublisher, append_event
 from config.schema import MqttSettings
-from controlroom import events as ev
 from harness.mosquitto import Mosquitto, make_certs
 from store import outbox
 from store.db import Database

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
+import callevents as ev
 from cad.publisher import CadPublisher, append_event
 from config.schema import MqttSettings
-from controlroom import events as ev
 from harness.mosquitto import Mosquitto
 from store import outbox
 from store.db import Database

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from callevents import TranscriptFinal, TranscriptSegment
 from config.schema import TranscriptionSettings
-from controlroom.events import TranscriptFinal, TranscriptSegment
 from store import calls
 from telephony.api import AudioFrame
 from transcription import TranscriptionService, TranscriptSearch, get_transcript

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from callevents import CallFlagged, TranscriptFinal, TranscriptSegment
 from config.schema import TranscriptionSettings
-from controlroom.events import CallFlagged, TranscriptFinal, TranscriptSegment
 from telephony.api import AudioFrame
 from transcription import LIVE_OFF_FLAG, TranscriptionService, get_transcript
 from transcription import store as tstore
