@@ -219,6 +219,8 @@ async def serve_engine(args: argparse.Namespace) -> None:
         line = json.dumps({
             "t": time.time(), "calls": s.calls_active, "legs": s.legs_active,
             "rss": proc.memory_info().rss, "blocks": sys.getallocatedblocks(),
+            "tick_cpu": getattr(getattr(getattr(engine, "_media", None), "clock", None),
+                                "busy_cpu", 0.0),
             "tracked": len(gc.get_objects()) if s.calls_active == 0 else -1, "cpu": cpu.user + cpu.system, "rq_wait": rq_wait,
             "rtp_out": s.rtp_packets_out, "rtp_in": s.rtp_packets_in, "lost": s.rtp_lost,
             "late": s.rtp_late, "gap_ms": s.max_send_gap_ms, "lag_ms": lag_window * 1000,
@@ -468,6 +470,7 @@ def engine_round_figures(samples: list[dict[str, Any]], t0: float, t1: float) ->
     streams = sum((a["calls"] + a["legs"] + b["calls"] + b["legs"]) / 2 * (b["t"] - a["t"])
                   for a, b in zip(win, win[1:], strict=False))
     return {"streams_s": streams, "cpu_s": last["cpu"] - first["cpu"],
+            "tick_cpu_s": last.get("tick_cpu", 0.0) - first.get("tick_cpu", 0.0),
             "rq_wait_s": last.get("rq_wait", 0.0) - first.get("rq_wait", 0.0),
             "wall_s": last["t"] - first["t"],
             "peak_calls": max(s["calls"] for s in win), "peak_legs": max(s["legs"] for s in win),
@@ -515,7 +518,7 @@ def combine(figs: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     out = {k: sum(f[k] for f in figs) for k in ("streams_s", "cpu_s", "peak_calls", "peak_legs",
                                                  "peak_rss", "rtp_out", "lost", "late",
-                                                 "rq_wait_s")}
+                                                 "rq_wait_s", "tick_cpu_s")}
     out["wall_s"] = max(f["wall_s"] for f in figs)
     out.update({k: max(f[k] for f in figs) for k in ("lag_ms", "gap_ms")})
     return out
@@ -857,6 +860,8 @@ def print_summary(rounds: list[dict[str, Any]], args: argparse.Namespace) -> Non
         ("engine CPU (cores)", col(lambda r: r["cpu"]["engine"]), ".2f"),
         ("engine CPU ms per stream-second", col(lambda r: ms_per(r, r["engine"]["streams_s"])),
          ".2f"),
+        ("  of which the media clock's ticks", col(
+            lambda r: r["engine"]["tick_cpu_s"] / r["engine"]["streams_s"] * 1000), ".2f"),
         ("engine CPU ms per completed call-second",
          col(lambda r: r["cpu_s"]["engine"] / (r["ok"] * args.talk) * 1000), ".2f"),
         ("load avg (1 min) at round end", col(lambda r: r["load1"]), ".1f"),
