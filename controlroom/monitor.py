@@ -111,17 +111,19 @@ class Monitors:
             self._apply(m)
         elif isinstance(e, (tel.LegFailed, tel.LegEnded)):
             del self.by_leg[m.leg_id]
-            if m.state == "on":
-                self.s.engine.end_monitor(m.call_id)
-            self._changed(m, "ended", reason=getattr(e, "reason", "") or getattr(e, "by", ""))
+            at = self.s.engine.end_monitor(m.call_id) if m.state == "on" else None
+            self._changed(m, "ended", reason=getattr(e, "reason", "") or getattr(e, "by", ""),
+                          **({"recording_at": at} if at is not None else {}))
 
     def _apply(self, m: Monitor) -> None:
         try:
-            self.s.engine.monitor(m.call_id, m.leg_id, m.mode)
+            at = self.s.engine.monitor(m.call_id, m.leg_id, m.mode)
         except Exception as exc:  # the call went on hold or ended meanwhile
             log.info("monitor not applied", call_id=m.call_id, why=str(exc))
             return
-        self._changed(m, "on")
+        # Where in the recording the mode began: a whisper (not in the audio: the caller
+        # never heard it) is marked in the record by these offsets.
+        self._changed(m, "on", **({"recording_at": at} if at is not None else {}))
 
     def _changed(self, m: Monitor, state: str, **extra: Any) -> None:
         from routing import QueueLogEntry

@@ -103,6 +103,20 @@ function fmtValue(v) {
   return v > 1e9 ? fmtClock(v) : Math.round(v * 10) / 10;
 }
 
+// Supervisor monitoring in the record: where in the recording each mode began or ended
+// (a button that plays from there), and what the audio holds of it.
+function monitorMark(t) {
+  const at = (t.data || {}).recording_at;
+  if (!t.event.startsWith("MONITOR") || typeof at !== "number") return [];
+  const what = t.event === "MONITOR_END" ? "monitoring ended"
+    : { whisper: "whisper: heard by the handler only, not in the recording",
+        barge: "barge: the supervisor is in the recording (the caller heard them)",
+        listen: "listen: nobody heard the supervisor" }[t.data.mode] || t.data.mode;
+  return [" ", el("button", { class: "small-btn rec-mark", text: `▶ ${fmtDur(at)}`,
+    "aria-label": `Play the recording from ${fmtDur(at)} (${what})`, onclick: () => seek(at) }),
+    " ", el("span", { class: "rec-note", text: what })];
+}
+
 function renderCall() {
   const c = current.call;
   $("call-empty").classList.add("hidden");
@@ -132,9 +146,10 @@ function renderCall() {
   }
   $("play-btn").disabled = !rec;
   $("export-btn").disabled = !rec;
-  $("c-timeline").replaceChildren(...current.timeline.map((t) => el("tr", {},
+  $("c-timeline").replaceChildren(...current.timeline.map((t) => el("tr", { dataset: { event: t.event } },
     el("td", { text: fmtClock(t.at) }), el("td", { text: t.event }), el("td", { text: t.handler_id || "" }),
-    el("td", { class: "muted", text: Object.entries(t.data || {}).map(([k, v]) => `${k}=${fmtValue(v)}`).join(" ") }))));
+    el("td", { class: "muted" }, Object.entries(t.data || {}).map(([k, v]) => `${k}=${fmtValue(v)}`).join(" "),
+      ...monitorMark(t)))));
   $("c-transcript").replaceChildren(...current.transcript.map((s, i) => el("div", {
     class: `tl ${s.channel} seekable`, dataset: { i, start: s.start, end: s.end },
     onclick: () => seek(s.start) },

@@ -13,8 +13,12 @@ barge     caller + handler            caller + supervisor      handler + supervi
 off       nothing (silence)           caller                   handler
 ========  ==========================  =======================  =====================
 
-The recording keeps caller (left) and handler (right) as received: a whisper or barge
-is not in it (the queue log says when one happened and who by).
+The recording keeps what the caller said (left) and what the caller heard (right): the
+handler, and during a barge the supervisor too (:class:`telephony.media.mixer.Heard`),
+so the evidence holds every word spoken to the caller. A whisper, which the caller never
+heard, is not in the audio; :meth:`MonitorMixin.monitor` returns the recording's offset
+at each change, which the service writes into the call's queue log beside the mode, so
+the record marks where a whisper (or listen, or barge) began and ended.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from typing import Literal
 
 from telephony.errors import EngineError
+from telephony.media.mixer import Heard
 
 from .base import EngineBase
 from .state import _play
@@ -33,8 +38,9 @@ MODES = ("listen", "whisper", "barge", "off")
 class MonitorMixin(EngineBase):
     """Supervisor legs mixed into a connected call."""
 
-    def monitor(self, call_id: str, leg_id: str, mode: str) -> None:
+    def monitor(self, call_id: str, leg_id: str, mode: str) -> float | None:
         """Set what the supervisor leg ``leg_id`` hears and who hears it (table above).
+        Returns the recording's offset (s) at the change, None if the call has none.
 
         Raises EngineError when the leg is not an answered supervisor leg of the call or
         no handler is bridged (on hold the handler is not listening: try again later)."""
@@ -58,11 +64,24 @@ class MonitorMixin(EngineBase):
             media.mix(h, [caller, sup])
         if mode == "barge":
             media.mix(caller, [h, sup])
+        # The right channel is what the caller hears: the handler, plus the supervisor
+        # while barging.
+        call.recording.attach_handler(Heard(h, caller, sup) if mode == "barge" else h)
         call.log.info("call.monitor", leg_id=leg_id, mode=mode)
+        return _offset(call.recording)
 
-    def end_monitor(self, call_id: str) -> None:
-        """The supervisor left: caller and handler hear each other only (if still bridged)."""
+    def end_monitor(self, call_id: str) -> float | None:
+        """The supervisor left: caller and handler hear each other only (if still
+        bridged). Returns the recording's offset (s), None without one."""
         call = self._calls.get(call_id)
-        if call is None or call.bridged is None or call.held_by_handler:
-            return
-        self._media.bridge(call.stream, call.bridged.stream)
+        if call is None:
+            return None
+        if call.bridged is not None and not call.held_by_handler:
+            self._media.bridge(call.stream, call.bridged.stream)
+            call.recording.attach_handler(call.bridged.stream)
+        return _offset(call.recording)
+
+
+def _offset(recording: object) -> float | None:
+    d = getattr(recording, "duration", None)
+    return round(float(d), 3) if d is not None else None

@@ -55,3 +55,50 @@ class Mix:
                 acc += s.rx_frame
             self.rx_frame = np.clip(acc, -32768, 32767).astype(np.int16)
             self.rx_raw = None
+
+
+class Heard:
+    """A recording channel of what ``listener`` hears from ``talker`` and, while it is
+    mixed into the listener, from ``extra`` (a barging supervisor).
+
+    Presents what a recording reads of a stream (``rx_frame``, ``closed`` and, for the
+    tail at seal, ``_jb``), computed when read: the recording's tick comes after every
+    stream pulled its frame, so ``talker.rx_frame`` and ``extra.rx_frame`` are this
+    tick's. ``extra`` is added only while the listener's peer is a :class:`Mix` with
+    ``extra`` among its sources, i.e. while the listener really hears it: after the mode
+    changes, a hold or the supervisor leaving, the channel is the talker alone again
+    even before anyone re-attaches it.
+    """
+
+    __slots__ = ("talker", "listener", "extra")
+
+    def __init__(self, talker: Any, listener: Any, extra: Any) -> None:
+        self.talker, self.listener, self.extra = talker, listener, extra
+
+    def hears_extra(self) -> bool:
+        peer = self.listener.peer
+        return (isinstance(peer, Mix) and self.extra in peer.sources
+                and not self.extra.closed and not self.listener.closed)
+
+    @property
+    def rx_frame(self) -> Pcm:
+        t = self.talker
+        if not self.hears_extra():
+            return t.rx_frame  # type: ignore[no-any-return]
+        if t.closed:
+            return self.extra.rx_frame  # type: ignore[no-any-return]
+        acc = t.rx_frame.astype(np.int32)
+        acc += self.extra.rx_frame
+        return np.clip(acc, -32768, 32767).astype(np.int16)
+
+    @property
+    def rx_raw(self) -> tuple[int, bytes] | None:
+        return None if self.hears_extra() else self.talker.rx_raw  # type: ignore[no-any-return]
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.talker.closed)
+
+    @property
+    def _jb(self) -> Any:
+        return self.talker._jb

@@ -3,18 +3,24 @@ Chromium (issue 17 item 5), through the real parts: Kamailio, a SIPp caller, the
 handler phone and the supervisor's own SIPp phone, set on the admin page. What every
 phone received is captured on the wire and the tones each heard are measured; each step
 is in the access log (with the justification typed), the queue log and on the
-wallboard. Screenshots under tests/_artifacts/screenshots/."""
+wallboard. The call's recording (item 3) holds the supervisor on the caller-heard channel only
+while barging, and the auditor's timeline marks where each mode began in it.
+Screenshots under tests/_artifacts/screenshots/."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import wave
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from console import users
+from controlroom.desk import ServiceDesk
 from controlroom.stack import DOMAIN, Stack, StackOptions
 from harness import scenarios
 from harness.sipp import RtpCapture, Sipp
@@ -130,4 +136,49 @@ async def test_wallboard_monitor_buttons_ring_the_supervisors_own_phone(
             ("MONITOR_RING", "sup1"), ("MONITOR", "sup1"), ("MONITOR", "sup1"),
             ("MONITOR", "sup1"), ("MONITOR_END", "sup1")]
         assert all(phone_uri in r["data"] for r in rows)
+
+        # -- the recording (issue 17 item 3): left what the caller said, right what the
+        #    caller heard: the supervisor only while barging; the marks say where --------
+        at = {json.loads(r["data"])["mode"] if r["event"] == "MONITOR" else r["event"]:
+              json.loads(r["data"]).get("recording_at") for r in rows}
+        assert all(isinstance(v, float) for k, v in at.items() if k != "MONITOR_RING"), at
+        assert at["listen"] < at["whisper"] < at["barge"] < at["MONITOR_END"], at
+        await ServiceDesk(st.service).end_call(call_id)
+        await wait_until(lambda: (r := db.query_one(
+            "SELECT recording_sha256 FROM calls WHERE call_id=?", (call_id,))) is not None
+            and r["recording_sha256"], 20, "recording sealed")
+        path = db.query_one("SELECT recording_path FROM calls WHERE call_id=?",
+                            (call_id,))["recording_path"]
+        with wave.open(path) as w:
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).reshape(-1, 2)
+
+        def channels(a: float, b: float) -> dict[str, set[float]]:
+            part = pcm[int(a * 8000):int(b * 8000)]
+            return {"said": heard(part[:, 0].copy()), "heard": heard(part[:, 1].copy())}
+
+        recorded = {"listen": channels(at["listen"] + 0.5, at["whisper"] - 0.2),
+                    "whisper": channels(at["whisper"] + 0.5, at["barge"] - 0.2),
+                    "barge": channels(at["barge"] + 0.5, at["MONITOR_END"] - 0.2),
+                    "after": channels(at["MONITOR_END"] + 0.5, at["MONITOR_END"] + 2.0)}
+        plain = {"said": {CALLER_HZ}, "heard": {HANDLER_HZ}}
+        assert recorded == {"listen": plain, "whisper": plain, "after": plain,
+                            "barge": {"said": {CALLER_HZ},
+                                      "heard": {HANDLER_HZ, SUPERVISOR_HZ}}}, recorded
+
+        # -- the auditor's timeline marks each mode with a play-from button ----------------
+        users.create_user(db, "aud1", PASSWORD, ["auditor"])
+        aud = await login(browser, base, "aud1", "/auditor", size=(1440, 900))
+        await aud.goto(f"{base}/auditor#call={call_id}")
+        await aud.reload()                       # the page reads the hash when it loads
+        await aud.wait_for_selector("#just-dlg[open]")
+        await aud.fill("#just-text", "Review of supervisor intervention")
+        await aud.click("#just-ok")
+        await aud.wait_for_selector("tr[data-event='MONITOR'] .rec-mark")
+        notes = await aud.eval_on_selector_all("tr[data-event='MONITOR'] .rec-note",
+                                               "es => es.map(e => e.textContent)")
+        assert notes == ["listen: nobody heard the supervisor",
+                         "whisper: heard by the handler only, not in the recording",
+                         "barge: the supervisor is in the recording (the caller heard them)"]
+        await axe(aud, "auditor (call with monitoring marks)")
+        await shot(aud, "auditor-monitor-marks")
         await asyncio.to_thread(caller.stop)

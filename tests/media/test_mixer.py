@@ -35,3 +35,26 @@ def test_no_live_source_is_silence() -> None:
     m = Mix([src([5, 5], closed=True)], 2)
     m.update()
     assert m.rx_frame.tolist() == [0, 0] and m.rx_raw is None
+
+
+def test_heard_adds_the_supervisor_only_while_the_listener_hears_them() -> None:
+    """The recorded 'caller hears' channel (mixer.Heard): the handler alone, the handler
+    plus the supervisor (clipped) while the caller's peer is a mix with the supervisor in
+    it, the handler alone again once the caller is bridged back or the supervisor left;
+    closed and the jitter buffer are the handler's."""
+    from telephony.media.mixer import Heard
+
+    handler = src([1000, 30000, 3], raw=(8, b"abc"))
+    handler._jb = "handler-jb"
+    sup = src([-500, 10000, 4])
+    caller = SimpleNamespace(peer=handler, closed=False)
+    heard = Heard(handler, caller, sup)
+    assert heard.rx_frame is handler.rx_frame and heard.rx_raw == (8, b"abc")   # whisper
+    caller.peer = Mix([handler, sup], 3)                                          # barge
+    assert heard.rx_frame.tolist() == [500, 32767, 7] and heard.rx_raw is None
+    caller.peer = Mix([handler], 3)        # a mix without the supervisor: not heard
+    assert heard.rx_frame is handler.rx_frame
+    caller.peer = Mix([handler, sup], 3)
+    sup.closed = True                                                             # left
+    assert heard.rx_frame is handler.rx_frame
+    assert heard.closed is False and heard._jb == "handler-jb"
