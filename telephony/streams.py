@@ -24,6 +24,16 @@ first message (or keep-alive) within ``message_timeout`` too; one with no traffi
 ``write_buffer_max`` bytes queued) is closed. A slow or hostile peer costs one socket and
 its buffer, never the loop's time: nothing here blocks or waits on a peer.
 
+Keep-alives (RFC 5626 §4.4.1): a peer's CRLFCRLF ping is answered with a CRLF pong. On a
+connection we opened, we ping after ``keepalive_interval`` s without a byte from the
+peer (80-100 % of it, drawn per connection so many flows do not ping in step); a peer
+that answers neither pong nor anything else within ``keepalive_timeout`` s (10 s, as
+RFC 5626 says) is taken for dead: the connection is closed and logged, and the next
+message to that peer opens a new one. Keep-alives keep NAT and firewall bindings open but
+do not keep an unused connection of ours: ``idle_timeout`` counts from the last SIP
+message on a connection we opened, and from the last byte on one we accepted (where the
+peer's pings say it wants the flow kept, RFC 5626).
+
 A framing fault (:class:`telephony.sip.framing.Fault`) goes to ``on_fault``, whose
 answer (400 on the same connection) is written before the connection closes.
 """
@@ -31,6 +41,7 @@ answer (400 on the same connection) is written before the connection closes.
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 import time
 from collections import Counter, deque
@@ -40,7 +51,7 @@ from typing import Any
 
 import structlog
 
-from telephony.sip.framing import PONG, Fault, Frame, Ping, StreamFramer
+from telephony.sip.framing import PING, PONG, Fault, Frame, Ping, Pong, StreamFramer
 from telephony.sip.hop import Hop
 
 log = structlog.get_logger("telephony.streams")
@@ -72,6 +83,11 @@ class StreamLimits:
     """Bytes queued to a peer that does not read, at most."""
     max_message: int = 65535
     """Largest message framed (bigger: 513 and closed)."""
+    keepalive_interval: float = 100.0
+    """Seconds without a byte from the peer before we ping a connection we opened (RFC
+    5626 §4.4.1 suggests 95-120 s for connection-oriented flows); 0: never ping."""
+    keepalive_timeout: float = 10.0
+    """Seconds a ping may go unanswered before the connection is taken for dead."""
 
 
 class TlsPipe:
@@ -163,6 +179,13 @@ class SipConnection(asyncio.Protocol):
         self.ready_at = 0.0
         self.pinged = False
         """A keep-alive came: the peer is using the connection (RFC 5626 flow)."""
+        self.last_rx = now
+        """When the peer last sent a byte (our keep-alive is due this long after)."""
+        self.last_msg = now
+        """When a SIP message last went either way (our own connections idle from it)."""
+        self.ping_sent: float | None = None
+        """When our unanswered keep-alive went out (None: none outstanding)."""
+        self.ping_after = table.limits.keepalive_interval * random.uniform(0.8, 1.0)
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -190,9 +213,11 @@ class SipConnection(asyncio.Protocol):
             self._ready()
 
     def data_received(self, data: bytes) -> None:
-        self.last_io = now = time.monotonic()
+        self.last_io = self.last_rx = now = time.monotonic()
         if self.closing:
             return
+        if self.ping_sent is not None:  # whatever the peer sends shows it is there
+            self.ping_sent = None
         if self.tls is not None:
             was = self.tls.handshaken
             try:
@@ -222,10 +247,13 @@ class SipConnection(asyncio.Protocol):
         for item in self.framer.feed(data, now):
             if isinstance(item, Frame):
                 self.messages_in += 1
+                self.last_msg = now
                 self.table._message(item.data, self)
             elif isinstance(item, Ping):
                 self.pinged = True
-                self.send(PONG)
+                self.send(PONG, keepalive=True)
+            elif isinstance(item, Pong):
+                self.table.keepalive_pongs += 1
             elif isinstance(item, Fault):
                 self._fault(item)
                 return
@@ -259,7 +287,7 @@ class SipConnection(asyncio.Protocol):
         if data and self.t is not None and not self.t.is_closing():
             self.t.write(data)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, *, keepalive: bool = False) -> None:
         if self.closing:
             return
         if not self.ready or self.t is None:
@@ -269,6 +297,8 @@ class SipConnection(asyncio.Protocol):
             self.pending.append(data)
             return
         self.last_io = time.monotonic()
+        if not keepalive:
+            self.last_msg = self.last_io
         if self.tls is not None:
             self.tls.send(data)
             self._write_raw(self.tls.outgoing())
@@ -318,7 +348,21 @@ class SipConnection(asyncio.Protocol):
                      why=f"no SIP message within {limits.message_timeout:g} s of connecting")
             self.close()
             return
-        if now - self.last_io > limits.idle_timeout:
+        if not self.server_side and self.ready:
+            if self.ping_sent is not None:
+                if now - self.ping_sent > limits.keepalive_timeout:
+                    self.table.keepalive_failures += 1
+                    log.warning("sip.keepalive_failed", peer=self._peer(), transport=self.kind,
+                                why=f"no answer to a keep-alive in {limits.keepalive_timeout:g} s")
+                    self.abort("keep-alive unanswered")
+                    return
+            elif self.ping_after > 0 and now - self.last_rx >= self.ping_after:
+                self.ping_sent = now
+                self.table.keepalives_sent += 1
+                self.framer.awaiting_pong = True
+                self.send(PING, keepalive=True)
+        idle_since = self.last_io if self.server_side else self.last_msg
+        if now - idle_since > limits.idle_timeout:
             self.table.idle_closed += 1
             log.info("sip.stream_idle_closed", peer=self._peer(), transport=self.kind)
             self.close()
@@ -355,6 +399,12 @@ class StreamTransports:
         self.send_drops = 0
         self.connect_failures = 0
         self.handler_errors = 0
+        self.keepalives_sent = 0
+        """CRLFCRLF pings sent on connections we opened."""
+        self.keepalive_pongs = 0
+        """CRLF pongs received (answers to our pings)."""
+        self.keepalive_failures = 0
+        """Connections closed because a ping went unanswered."""
 
     @property
     def open_connections(self) -> int:
@@ -508,7 +558,9 @@ class StreamTransports:
         return {"open": len(self._all), "accepted": self.accepted, "refused": self.refused,
                 "tls_handshakes": self.tls_handshakes, "tls_failures": self.tls_failures,
                 "framing_faults": self.framing_faults, "idle_closed": self.idle_closed,
-                "send_drops": self.send_drops, "connect_failures": self.connect_failures}
+                "send_drops": self.send_drops, "connect_failures": self.connect_failures,
+                "keepalives_sent": self.keepalives_sent, "keepalive_pongs": self.keepalive_pongs,
+                "keepalive_failures": self.keepalive_failures}
 
 
 def _tls_reason(exc: ssl.SSLError) -> str:

@@ -8,7 +8,10 @@ whatever bytes arrived (any chunking: one byte at a time or many messages at onc
 * :class:`Frame` - one whole message (start line, headers, body), for the parser;
 * :class:`Ping` - a double CRLF between messages (RFC 5626 §4.4.1 keep-alive): answer
   with a single CRLF (:data:`PONG`);
-* :class:`Pong` - a single CRLF between messages (the answer to our ping);
+* :class:`Pong` - a single CRLF between messages (the answer to our ping). A lone CRLF
+  could also be the first half of a peer's ping, so it is a pong at once only while
+  :attr:`StreamFramer.awaiting_pong` (the adapter sets it when it pings); otherwise it
+  waits for the next bytes to tell;
 * :class:`Fault` - the stream cannot be framed: no Content-Length, a malformed or
   conflicting one, a message over the size limit, or a first line that is not SIP (a
   Content-Length shorter than the body leaves the rest looking like that). The adapter
@@ -90,6 +93,8 @@ class StreamFramer:
         self.partial_since: float | None = None
         """When the first byte of the unfinished message arrived (None: between messages)."""
         self.failed: Fault | None = None
+        self.awaiting_pong = False
+        """We pinged on this connection: the next lone CRLF is the pong (cleared by it)."""
         self.messages = 0
         self.bytes = 0
 
@@ -138,6 +143,11 @@ class StreamFramer:
                 if len(buf) < 2:
                     return None
                 if buf[1:2] == b"\n":
+                    if self.awaiting_pong:  # the answer to our ping, not half of one
+                        del buf[:2]
+                        self.awaiting_pong = False
+                        self.partial_since = None
+                        return Pong()
                     if len(buf) < 4 and PING.startswith(bytes(buf)):
                         return None  # maybe the first half of a ping
                     if buf[:4] == PING:

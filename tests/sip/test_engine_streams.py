@@ -21,6 +21,7 @@ from harness.certs import CertAuthority, CertFiles, self_signed
 from telephony import api
 from telephony.engine import Engine
 from telephony.sip.message import Response, parse
+from telephony.streams import TlsPipe
 
 from .fake_media import FakeMedia
 from .peer import sdp_offer
@@ -228,6 +229,43 @@ async def test_bad_tls_input_is_refused_and_a_call_goes_on(engine: Engine, certs
     reasons = " | ".join(str(e["reason"]) for e in refusals)
     assert "handshake not done in 1 s" in reasons
     assert "certificate has expired" in reasons and "self-signed certificate" in reasons
+    call.send(call.in_dialog("BYE", ok, 2))
+    await call.expect(200)
+
+
+async def test_garbage_after_the_tls_handshake_is_refused_and_a_tls_call_goes_on(
+        engine: Engine, certs: Certs) -> None:
+    """With a call up over TLS: after a finished handshake, a record that is not valid TLS
+    (bytes written under the TLS layer) ends that connection with a close, logged
+    sip.tls_refused on the server side; plaintext garbage inside a good TLS connection is
+    a framing fault (logged sip.stream_fault) and a close. The TLS call is then hung up
+    normally on its own connection."""
+    call = await Conn.open(engine.tls_port, "TLS", _client_ctx(certs))
+    ok = await _answered_call(call, "tls-survivor")
+    with capture_logs() as logs:
+        r, w = await asyncio.open_connection("127.0.0.1", engine.tls_port)
+        pipe = TlsPipe(_client_ctx(certs), server_side=False, server_hostname="controlroom.test")
+        pipe.start()
+        w.write(pipe.outgoing())
+        while not pipe.handshaken:
+            data = await asyncio.wait_for(r.read(65536), 3)
+            assert data, "server closed during the handshake"
+            pipe.receive(data)
+            w.write(pipe.outgoing())
+        w.write(b"\x17\x03\x03\x00\x20" + bytes(range(32)))  # application data, bad tag
+        rest = b""
+        while chunk := await asyncio.wait_for(r.read(65536), 3):
+            rest += chunk  # session tickets, then the (encrypted) alert; then EOF
+        w.close()
+
+        bad = await Conn.open(engine.tls_port, "TLS", _client_ctx(certs))
+        bad.send(b"\x00\x01 not SIP at all \xff\r\n\r\n")
+        assert await bad.closed()
+        bad.close()
+    refused = [e for e in logs if e["event"] == "sip.tls_refused"]
+    assert [e["side"] for e in refused] == ["server"], refused
+    faults = [e for e in logs if e["event"] == "sip.stream_fault"]
+    assert len(faults) == 1 and faults[0]["transport"] == "tls", faults
     call.send(call.in_dialog("BYE", ok, 2))
     await call.expect(200)
 

@@ -133,3 +133,15 @@ def test_random_bytes_never_raise_and_always_progress(data: bytes, cuts: list[in
     for chunk in _chunks(data, cuts):
         f.feed(chunk, 0.0)
     assert f.failed is not None or f.buffered == 0 or f.partial_since is not None
+
+
+def test_a_lone_crlf_is_our_pong_only_while_we_wait_for_one() -> None:
+    """After our ping a lone CRLF is the pong at once (not held as half a ping, where the
+    message timeout would later call it an incomplete message); without a ping out it
+    waits for the next bytes, and CRLFCRLF is the peer's ping."""
+    f = StreamFramer()
+    f.awaiting_pong = True
+    assert f.feed(b"\r\n", 0.0) == [Pong()]
+    assert not f.awaiting_pong and f.buffered == 0 and f.expire(100.0, 1.0) is None
+    assert f.feed(b"\r\n", 1.0) == []  # no ping of ours out: maybe half of the peer's
+    assert f.feed(b"\r\n", 1.1) == [Ping()]
