@@ -20,6 +20,48 @@ from .telephony import SipSettings, uri_problem
 
 
 @dataclass(frozen=True, kw_only=True)
+class LineLocation:
+    """A fixed location carried by every call of a line: a dedicated line from a known
+    site (a help point, a station, a custody suite). Shown like a PIDF-LO location with
+    method ``line``; a location the call itself sends (PIDF-LO) comes first."""
+
+    text: str
+    """What the handler reads, e.g. ``Help point 3, Platform 5, New Street station``."""
+    lat: float | None = None
+    """WGS 84 latitude (with ``lon``), for the map link."""
+    lon: float | None = None
+    """WGS 84 longitude (with ``lat``)."""
+    radius: float = 0.0
+    """Uncertainty in metres around the point (0: none stated)."""
+    address: str = ""
+    """Civic address on one line, e.g. ``Station Street, Birmingham B2 4QA``."""
+
+    def validate(self) -> None:
+        if not self.text.strip():
+            raise ConfigError("text", "must say where the line is")
+        if (self.lat is None) != (self.lon is None):
+            raise ConfigError("lat", "lat and lon go together")
+        if self.lat is not None and not -90.0 <= self.lat <= 90.0:
+            raise ConfigError("lat", f"must be -90..90, got {self.lat}")
+        if self.lon is not None and not -180.0 <= self.lon <= 180.0:
+            raise ConfigError("lon", f"must be -180..180, got {self.lon}")
+        if self.radius < 0:
+            raise ConfigError("radius", "must be >= 0")
+
+    def detail(self) -> dict[str, Any]:
+        """The call's ``location_detail``, shaped like a parsed PIDF-LO's."""
+        geo = []
+        if self.lat is not None:
+            geo.append({"shape": "Circle" if self.radius else "Point", "crs": "4326",
+                        "lat": self.lat, "lon": self.lon, "method": "line",
+                        **({"radius": self.radius, "uom": "m"} if self.radius else {})})
+        # no "by"/"parsed": those describe how a call sent its location (CAD schema v1);
+        # "source", "address" and "method" are for the desk and are not sent to the CAD
+        return {"source": "line", "geodetic": geo, "civic": [], "method": "line",
+                "address": self.address or None, "accuracy": self.radius or None}
+
+
+@dataclass(frozen=True, kw_only=True)
 class LineSettings:
     """One inbound line, e.g. 999 or 101 (a force may add a BSL relay or Welsh line)."""
 
@@ -81,6 +123,9 @@ class LineSettings:
     ``required``: a call whose offer has no usable ``a=crypto`` (or that did not come over
     TLS) is refused with 488; ``offered``: SRTP when the SBC offers it, else plain RTP;
     ``off``: plain RTP only (an ``RTP/SAVP`` offer gets 488)."""
+    location: LineLocation | None = None
+    """A fixed location for every call of this line (a dedicated line from a known
+    site), used when the call sends none of its own; ``method`` ``line`` on the desk."""
 
     def validate(self) -> None:
         if not self.name or "/" in self.name or "+" in self.name or "#" in self.name:
