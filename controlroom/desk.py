@@ -73,7 +73,7 @@ def location_view(text: str | None, detail: dict[str, Any] | None,
     out: dict[str, Any] = {"text": text or "", "by": d.get("by"), "parsed": bool(d.get("parsed")),
                            "error": d.get("error"), "uncertainty_m": d.get("accuracy"),
                            "method": None, "shape": None, "lat": None, "lon": None,
-                           "address": None, "map_url": None}
+                           "address": None, "map_url": None, "source": None}
     if geo:
         g = geo[0]
         out.update(method=g.get("method"), shape=g.get("shape"), lat=g["lat"], lon=g["lon"])
@@ -83,6 +83,10 @@ def location_view(text: str | None, detail: dict[str, Any] | None,
         street = " ".join(x for x in (civic.get("HNO"), civic.get("RD")) if x)
         out["address"] = ", ".join(x for x in (street, civic.get("A3"), civic.get("PC")) if x)
         out["method"] = out["method"] or civic.get("method")
+    # a line's fixed location (config LineLocation.detail): a one-line address
+    out["address"] = out["address"] or d.get("address")
+    out["method"] = out["method"] or d.get("method")
+    out["source"] = d.get("source") or ("call" if d else None)
     if map_url:
         q = urllib.parse.quote
         if out["lat"] is not None and "{lat}" in map_url:

@@ -563,18 +563,22 @@ class Service:
         call = LiveCall(call_id=e.call_id, line=e.line, priority=line.priority, caller=e.caller,
                         arrived_at=e.at)
         self.calls[e.call_id] = call
+        where, detail = e.location, e.location_detail
+        if where is None and detail is None and line.location is not None:
+            # a dedicated line from a known site: the call carries the line's location
+            where, detail = line.location.text, line.location.detail()
         self._record(ev.CallArrived(call_id=e.call_id, at=e.at, line=e.line,
                                     priority=line.priority, caller=e.caller,
                                     display_name=e.display_name, dialled=e.dialled,
-                                    location=e.location, sip_call_id=e.sip_call_id,
+                                    location=where, sip_call_id=e.sip_call_id,
                                     caller_normalised=e.caller_normalised,
-                                    location_detail=e.location_detail),
+                                    location_detail=detail),
                      lambda conn: calls_table.insert(
                          conn, call_id=e.call_id, line=e.line, priority=line.priority,
                          caller=e.caller, display_name=e.display_name, dialled=e.dialled,
-                         location=e.location, sip_call_id=e.sip_call_id, state="queued",
+                         location=where, sip_call_id=e.sip_call_id, state="queued",
                          arrived_at=e.at, caller_normalised=e.caller_normalised,
-                         location_detail=e.location_detail, node=self.settings.node_id))
+                         location_detail=detail, node=self.settings.node_id))
         self.m_calls.inc(line=e.line, outcome="arrived")
         if self.transcription is not None and self.settings.transcription.live:
             self.transcription.live_start(e.call_id, priority=line.priority)

@@ -135,7 +135,7 @@ function renderLocation() {
   if (!lv) { loc.textContent = "not provided"; return; }
   const parts = [lv.text || lv.address || "location sent"];
   if (lv.uncertainty_m != null && !/±/.test(lv.text || "")) parts.push(`±${Math.round(lv.uncertainty_m)} m`);
-  if (lv.method) parts.push(`by ${lv.method}`);
+  if (lv.method) parts.push(lv.source === "line" ? "by line (where this line is)" : `by ${lv.method}`);
   if (lv.by === "reference") parts.push("by reference (not fetched)");
   if (lv.error) parts.push(`unread: ${lv.error}`);
   loc.textContent = parts.join(" · ");
