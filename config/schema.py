@@ -333,6 +333,13 @@ class TranscriptionSettings:
     live_model: str = "tiny.en"
     """Whisper: the model for live captions when it differs from ``model``: a faster one,
     as captions must keep up with speech while finals may take longer; '' = ``model``."""
+    final_jobs: int = 1
+    """Final transcripts this service makes at once (a thread and a model copy each, at
+    nice +10, pausing while live captions lag); with ``finals = "local"``."""
+    live_partials: float = 0.5
+    """Whisper: seconds of speech between partial captions (each re-decodes the utterance
+    so far); 0: no partials, one caption as each utterance ends (or every 10 s of
+    unbroken speech). Measured in ``bench/transcription_capacity.py``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -347,6 +354,12 @@ class WebSettings:
     every request as HTTPS (Secure ``__Host-`` session cookie, HSTS). Not needed with
     ``certificate``/``key`` (then it is HTTPS itself); never set it for plain HTTP (the
     browser would drop the cookie: nobody could log in)."""
+    trusted_proxies: list[str] = field(default_factory=list)
+    """IP addresses or networks of reverse proxies in front of the console. Only on a
+    connection from one of them are ``X-Forwarded-Proto`` (``https``: the request counts
+    as HTTPS: HSTS, Secure cookie) and ``X-Forwarded-For`` (the client address for logs,
+    the audit trail and login throttling: the nearest address not itself a trusted
+    proxy) believed; from anyone else they are ignored. Empty: never believed."""
     certificate: str = ""
     """PEM certificate chain (server certificate first) the console serves HTTPS with;
     with ``key``. Empty: plain HTTP (loopback demo, or behind a TLS proxy)."""
@@ -390,6 +403,12 @@ class WebSettings:
                               "certificate and key go together (both set: HTTPS; neither: HTTP)")
         if self.hsts_seconds < 0:
             raise ConfigError("hsts_seconds", f"must be 0 or more, got {self.hsts_seconds}")
+        for i, net in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted_proxies[{i}]", "must be an IP address or network "
+                                  f"(no host names), got {net!r}") from None
         if self.first_admin and self.first_admin_password is None:
             raise ConfigError("first_admin_password", "is required when first_admin is set")
 

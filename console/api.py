@@ -40,10 +40,18 @@ CSRF_HEADER = "X-CSRF-Token"
 TICKET_SECONDS = 900.0
 
 
+FORWARDED_HTTPS = web.RequestKey("forwarded_https", bool)
+"""Request key: a trusted proxy said the browser used HTTPS (set by
+:func:`console.app.forwarded` on the request as received, so the response-prepare
+signal, which sees that one rather than the middleware's clone, knows it too)."""
+
+
 def is_https(request: web.Request) -> bool:
-    """The browser reached us over HTTPS: our own TLS (``web.certificate``), or a TLS
-    proxy in front (``web.secure_cookies``). Forwarded headers are not trusted for it."""
-    return request.secure or request.app[SETTINGS].secure_cookies
+    """The browser reached us over HTTPS: our own TLS (``web.certificate``), a trusted
+    proxy's ``X-Forwarded-Proto: https`` (``web.trusted_proxies``, applied by
+    :func:`console.app.forwarded`), or any TLS proxy in front (``web.secure_cookies``)."""
+    return (request.secure or request.get(FORWARDED_HTTPS, False)
+            or request.app[SETTINGS].secure_cookies)
 
 
 def cookie_name(request: web.Request) -> str:

@@ -8,6 +8,7 @@ Content-Security-Policy.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from config import WebSettings
 from store.db import Database
 
 from . import users
-from .api import ApiError, add_routes, is_https, session_of
+from .api import FORWARDED_HTTPS, ApiError, add_routes, is_https, session_of
 from .backend import DeskBackend, DeskError
 from .keys import (
     BACKEND,
@@ -108,6 +109,52 @@ async def _home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPForbidden(text="no role")
 
 
+def forwarded(trusted: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: behind a trusted reverse proxy, the request as the browser made it.
+
+    Only when the connection comes from an address in ``trusted`` (``web.trusted_proxies``)
+    are ``X-Forwarded-Proto`` and ``X-Forwarded-For`` read: ``https`` makes the request
+    count as HTTPS (``request.secure``: HSTS, the Secure ``__Host-`` cookie), and the
+    client address (``request.remote``, for logs, the audit trail and login throttling)
+    becomes the nearest address in X-Forwarded-For that is not itself a trusted proxy
+    (each proxy appends the address it saw, so earlier entries are the client's word and
+    only the last untrusted one is known). From anyone else both headers are ignored, so
+    a browser cannot claim HTTPS or another address by sending them."""
+    nets = [ipaddress.ip_network(n, strict=False) for n in trusted]
+
+    def is_trusted(addr: str | None) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr or "")
+        except ValueError:
+            return False
+        return any(ip in n for n in nets)
+
+    @web.middleware
+    async def middleware(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if not nets or not peer or not is_trusted(peer[0]):
+            return await handler(request)
+        changes: dict[str, str] = {}
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
+        if proto in ("http", "https"):
+            changes["scheme"] = proto
+            request[FORWARDED_HTTPS] = proto == "https"  # (the clone copies it)
+        hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", []))
+                .split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not is_trusted(hop):
+                try:
+                    changes["remote"] = str(ipaddress.ip_address(hop))
+                except ValueError:
+                    log.warning("console.bad_forwarded_for", peer=peer[0], value=hop[:64])
+                break
+        return await handler(request.clone(**changes) if changes else request)
+
+    return middleware
+
+
 def create_app(*, backend: DeskBackend, db: Database, settings: WebSettings,
                history_interval: float = 60.0, history_hours: float = 4.0) -> web.Application:
     """The console application (pages, ``/api/*``, ``/api/ws``).
@@ -115,7 +162,8 @@ def create_app(*, backend: DeskBackend, db: Database, settings: WebSettings,
     ``history_interval``: seconds between wallboard samples kept for the chart.
     """
     users.migrate(db)
-    app = web.Application(middlewares=[errors], client_max_size=256 * 1024)
+    app = web.Application(middlewares=[forwarded(settings.trusted_proxies), errors],
+                          client_max_size=256 * 1024)
     app[BACKEND] = backend
     app[DB] = db
     app[SETTINGS] = settings
