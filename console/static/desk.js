@@ -18,6 +18,7 @@ let callbacks = [];
 let formCallId = null;    // the call the grading form belongs to
 let notices = {};         // call_id -> why live captions stopped
 let draftTimer = null;    // debounce of the draft autosave
+let draftSent = Promise.resolve();   // the last draft on its way to the server
 let alerted = null;       // call id whose ringing was last announced
 let pinned = null;        // an earlier call whose unsaved grading the handler reopened
 const DRAFT_KEY = (cid) => "cr-draft:" + cid;
@@ -194,7 +195,7 @@ function saveDraftNow() {
   const v = formValues(), cid = formCallId;
   try { localStorage.setItem(DRAFT_KEY(cid), JSON.stringify({ ...v, at: CR.serverNow() })); } catch (e) { /* private mode */ }
   // The server keeps it in the store (a restart or another node's page finds it there).
-  api("POST", `/api/desk/calls/${cid}/draft`, v).then(() => {
+  draftSent = api("POST", `/api/desk/calls/${cid}/draft`, v).then(() => {
     if (formCallId === cid) $("wrapup-status").textContent = "Draft kept " + fmtClock(CR.serverNow());
   }).catch(() => {
     if (formCallId === cid) $("wrapup-status").textContent = "Draft kept in this browser only";
@@ -525,6 +526,9 @@ function wire() {
     if (formEmpty(v)) { CR.toast("Nothing to save: the grading is empty", "error"); return; }
     if (view.grading_required && !formComplete(v)) { CR.toast("This line needs a grade and every THRIVE field", "error"); return; }
     const thrive = Object.fromEntries(THRIVE.map((k) => [k, v.thrive[k].trim()]));
+    // No draft may land after the grading (it would come back as unsaved work).
+    clearTimeout(draftTimer); draftTimer = null;
+    await draftSent.catch(() => {});
     await act(() => api("POST", `/api/desk/calls/${cid}/wrapup`, { thrive, grade: v.grade, notes: v.notes.trim() }),
       `Grading saved for the call from ${(view.wrapup || view.call || {}).caller || "withheld"}`);
     try { localStorage.removeItem(DRAFT_KEY(cid)); } catch (x) { /* ignore */ }
