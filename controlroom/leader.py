@@ -85,6 +85,8 @@ class RouterProxy:
     def __getattr__(self, name: str) -> Any:
         if name in MUTATORS:
             def forward(*args: Any, **kwargs: Any) -> list[Any]:
+                if name in ("call_ended", "call_abandoned") and args:
+                    self._gq.ending_sent(str(args[0]))
                 self._gq.send("call", {"method": name, "args": list(args), "kwargs": kwargs})
                 return []
             return forward
@@ -137,6 +139,9 @@ class GlobalQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.leader: LeaderThread | None = None
         self.applied = 0
+        self.ending: dict[str, dict[str, Any]] = {}
+        """Calls whose end was sent to the leader and not yet confirmed (Completed,
+        Abandoned): a new leader hears them in the resync as they were, then the end."""
         bus.migrate(service.db)
         from store import lease
 
@@ -224,18 +229,32 @@ class GlobalQueue:
             return
         self.apply(actions)
 
+    def _call_info(self, c: Any) -> dict[str, Any]:
+        return {"call_id": c.call_id, "line": c.line, "caller": c.caller,
+                "arrived_at": c.arrived_at, "state": c.state, "handler_id": c.handler_id}
+
+    def ending_sent(self, call_id: str) -> None:
+        c = self.s.calls.get(call_id)
+        if c is not None and c.state in ("queued", "offered", "connected"):
+            self.ending[call_id] = self._call_info(c)
+
     def apply(self, actions: list[Any]) -> None:
         """The leader's actions for this node's calls, through ``Service._apply``. An
         Offer for a call whose phone already rings (a new leader re-offering it): the same
         handler keeps ringing; another handler: the old leg is cancelled first."""
-        from routing import Offer
+        from routing import Abandoned, Completed, Offer
 
         s = self.s
         keep = []
         for a in actions:
+            if isinstance(a, (Abandoned, Completed)):
+                self.ending.pop(a.call_id, None)
             if isinstance(a, Offer):
                 call = s.calls.get(a.call_id)
-                if call is not None and call.leg_id is not None:
+                if call is None or call.state not in ("queued", "offered"):
+                    continue  # over here; the leader hears it (call_abandoned) and frees
+                    # the handler from that offer
+                if call.leg_id is not None:
                     if call.handler_id == a.handler_id:
                         continue
                     old = call.leg_id
@@ -248,13 +267,9 @@ class GlobalQueue:
 
     def _resync(self, term: int) -> None:
         """A new leader: tell it every call this node holds."""
-        calls = []
-        for c in self.s.calls.values():
-            if c.state not in ("queued", "offered", "connected"):
-                continue
-            calls.append({"call_id": c.call_id, "line": c.line, "caller": c.caller,
-                          "arrived_at": c.arrived_at, "state": c.state,
-                          "handler_id": c.handler_id})
+        calls = [self._call_info(c) for c in self.s.calls.values()
+                 if c.state in ("queued", "offered", "connected")]
+        calls += self.ending.values()  # their end follows in the inputs
         self.send("resync", {"term": term, "calls": calls})
         log.info("routing.resync", term=term, calls=len(calls))
 
@@ -473,7 +488,7 @@ class LeaderThread(threading.Thread):
 
     def _input(self, row: tuple[int, str, str, dict[str, Any], float]) -> list[tuple[str, Any]]:
         """One input; the router's actions, each with the node it goes to."""
-        from routing import CancelOffer, RoutingError
+        from routing import CancelOffer, Completed, RoutingError
 
         _id, node, kind, data, at = row
         r = self.router
@@ -493,6 +508,10 @@ class LeaderThread(threading.Thread):
                 except RoutingError as exc:
                     if method == "offer_answered":  # withdrawn as the phone answered
                         return [(node, CancelOffer(args[0], args[1], "late-answer"))]
+                    if method in ("call_ended", "call_abandoned"):  # confirm: nothing to do
+                        log.info("routing.input_refused", node=node, method=method,
+                                 why=str(exc))
+                        return [(node, Completed(str(args[0]), "", "", 0.0))]
                     raise exc
             if kind == "drop_calls":
                 return self._drop_calls(set(data.get("call_ids", ())))

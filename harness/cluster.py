@@ -437,7 +437,9 @@ class Cluster:
                  namespaces: bool | None = None, ring_ms: int = 300, wrapup: float = 0.5,
                  offer_timeout: float = 5.0, probe_interval: int = 1,
                  dispatch_fr_ms: int = 500, postgres: bool = False,
-                 heartbeat_interval: float = 0.5, salvage_after: float = 2.0) -> None:
+                 heartbeat_interval: float = 0.5, salvage_after: float = 2.0,
+                 global_queue: bool = False, handler_nodes: list[int] | None = None,
+                 handler_talk_ms: int | None = None) -> None:
         self.workdir = Path(workdir)
         self.n = nodes
         self.handlers_per_node = handlers
@@ -452,6 +454,13 @@ class Cluster:
         the nodes' recordings folders are then visible to each other (one machine: a
         shared file system), so survivors salvage a dead node's calls."""
         self.heartbeat_interval = heartbeat_interval
+        self.global_queue = global_queue
+        """One queue for the room (``cluster.global_queue``; needs ``postgres``): every node
+        lists every handler, and the routing leader offers any node's calls to them."""
+        self.handler_nodes = handler_nodes
+        self.handler_talk_ms = handler_talk_ms
+        """Phones hang up this long after answering (None: they wait for the caller's BYE)."""
+        """Indices of the nodes whose desks have handlers (phones); None: every node."""
         self.salvage_after = salvage_after
         self.store_url = ""
         self.net: LoopbackNet | NamespaceNet
@@ -497,7 +506,8 @@ class Cluster:
                 index=i, node_id=node_id, addr=addr,
                 sip_port=5060 if own else free_udp_port(),
                 web_port=8080 if own else free_tcp_port(), workdir=workdir,
-                handlers=[f"{node_id}h{j + 1}" for j in range(self.handlers_per_node)],
+                handlers=([f"{node_id}h{j + 1}" for j in range(self.handlers_per_node)]
+                          if self.handler_nodes is None or i in self.handler_nodes else []),
                 config_path=workdir / "controlroom.toml", store_url=self.store_url))
         self.kamailio = Kamailio(domain=DOMAIN, host=self.net.hub, trace=False,
                                  children=2, workdir=self.workdir / "kamailio",
@@ -570,13 +580,16 @@ class Cluster:
                  "trusted_sources": [hub], "answer_threshold": 60.0, "wrapup": self.wrapup},
             ],
             "handlers": [{"id": h, "phone": f"sip:{h}@{DOMAIN}", "skills": ["999", "101"]}
-                         for h in node.handlers],
-            "routing": {"offer_timeout": self.offer_timeout, "handlers_start_available": True},
+                         for h in self.roster(node)],
+            # global queue: a handler's desk is on their own node, which makes them ready
+            "routing": {"offer_timeout": self.offer_timeout,
+                        "handlers_start_available": bool(node.handlers)},
             "storage": {"data_dir": str(node.workdir / "data"),
                         **({"url": self.store_url,
                             "heartbeat_interval": self.heartbeat_interval}
                            if self.store_url else {})},
             **({"cluster": {"node_id": node.node_id, "salvage_after": self.salvage_after,
+                            "global_queue": self.global_queue,
                             "peer_recordings": str(self.workdir / "{node}" / "data" /
                                                    "recordings")}}
                if self.store_url else {}),
@@ -586,11 +599,23 @@ class Cluster:
             "logging": {"level": "info", "json": True},
         }
 
+    def roster(self, node: Node) -> list[str]:
+        """The handlers ``node`` knows: its own, or with a global queue the whole room's."""
+        if not self.global_queue:
+            return node.handlers
+        return [h for n in self.nodes for h in n.handlers]
+
+    def leader(self) -> dict[str, Any]:
+        """The routing lease row (``term``, ``holder``) of the global queue."""
+        return store_query(self.store_url, "SELECT term, holder, since FROM routing_lease")[0]
+
     def _start_phones(self, node: Node) -> None:
         from . import scenarios
 
         (node.workdir / "phones").mkdir(exist_ok=True)
-        phones = Sipp(scenarios.handler(user=node.node_id, ring_ms=self.ring_ms),
+        hang = ({} if self.handler_talk_ms is None
+                else {"hangup": "handler", "talk_ms": self.handler_talk_ms})
+        phones = Sipp(scenarios.handler(user=node.node_id, ring_ms=self.ring_ms, **hang),
                       calls=1_000_000, timeout=3600, name=f"phones-{node.node_id}",
                       trace_msg=False, workdir=node.workdir / "phones", host=self.net.hub)
         node.phones = phones.start()

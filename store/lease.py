@@ -35,7 +35,9 @@ import time
 from typing import Any
 
 COMPONENT = "routing_lease"
-LOCK_KEY = 0x636F6E74726F6C  # "control": the cluster's one routing lock
+LOCK_KEY = 0x726F75746572  # "router": the cluster's one routing lock. Not the
+# migrations' key (store.pg.MIGRATE_LOCK, "control"): the leader holds this one for its
+# whole term, and every Database() takes that one to open.
 MIGRATIONS = [
     """
     CREATE TABLE routing_lease (

@@ -28,6 +28,7 @@ COMPONENT = "routing_bus"
 IN_CHANNEL = "routing_in"
 OUT_CHANNEL = "routing_out"
 EVERY_NODE = "*"
+WRITE_LOCK = 0x726F75746962  # "routib": routing inputs are appended one node at a time
 MIGRATIONS = [
     """
     CREATE TABLE routing_inputs (
@@ -96,6 +97,10 @@ def dumps(value: Any) -> str:
 def send(conn: Any, node: str, items: list[tuple[str, dict[str, Any], float]]) -> None:
     """Append ``(kind, data, at)`` inputs in order, then wake the leader (one transaction)."""
     with conn.transaction():
+        # Ids in commit order: BIGSERIAL hands out ids at insert, and two nodes' rows
+        # committing in the other order would let the leader read past an id not yet
+        # committed (and never read it). The writers take turns for this short insert.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO routing_inputs(node, kind, data, at)"
                             " VALUES (%s, %s, %s, %s)",

@@ -1,0 +1,154 @@
+"""One global queue with strict priority across nodes (issue 14, ``controlroom.leader``).
+
+Real parts: three ``controlroom serve`` nodes on one PostgreSQL with
+``cluster.global_queue`` (each node in its own network namespace when root), Kamailio's
+dispatcher spreading SIPp callers over the nodes, and handler phones (SIPp) registered at
+Kamailio. Only node B (n2) has handlers (two desks; their phones ring 0.3 s, talk 1 s and
+hang up): the 999 and 101 calls held on nodes A and C can only be answered by B's
+handlers, whose offers A and C send through Kamailio. The routing leader is ``kill -9``-ed
+mid-run.
+
+Checked from the queue log the leader writes (its order is the order of its decisions):
+no 101 is offered while a 999 that reached the leader waits anywhere, no handler holds
+two offers or calls at once, 999s held on other nodes are answered by B's handlers, and
+after the kill another node leads and the calls still waiting are offered and answered.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.cluster import Cluster, store_query
+from harness.postgres import available as postgres_available
+
+pytestmark = [pytest.mark.cluster, pytest.mark.realparts, pytest.mark.slow,
+              pytest.mark.skipif(not postgres_available(), reason="PostgreSQL not installed")]
+
+RELEASE = {"RINGNOANSWER", "OFFERFAIL", "RINGCANCELED", "COMPLETE", "TRANSFER"}
+
+
+def priority_and_offers(rows: list[dict[str, Any]], *, dead: set[str]) -> dict[str, Any]:
+    """Replay the queue log in id order: 101 offers made while a 999 waited, handlers
+    offered while already holding an offer or a call. Calls of ``dead`` nodes stop
+    waiting when their node is killed (their callers are gone: the survivor's salvage
+    closes them), at the row ``dead_from`` id."""
+    waiting999: set[str] = set()
+    ended: set[str] = set()
+    busy: dict[str, str] = {}
+    violations: list[tuple[int, str, list[str]]] = []
+    doubles: list[tuple[int, str, str, str]] = []
+    offers = {"999": 0, "101": 0}
+    for r in rows:
+        cid, ev, line, h = r["call_id"], r["event"], r["line"], r["handler_id"]
+        if any(cid.startswith(f"{n}-") for n in dead):
+            continue
+        if ev == "ENTER" and line == "999":
+            waiting999.add(cid)
+        elif ev == "OFFER":
+            offers[line] = offers.get(line, 0) + 1
+            waiting999.discard(cid)
+            if line != "999" and waiting999:
+                violations.append((r["id"], cid, sorted(waiting999)))
+            if h in busy:
+                doubles.append((r["id"], h, busy[h], cid))
+            busy[h] = cid
+        elif ev in RELEASE:
+            if h and busy.get(h) == cid:
+                del busy[h]
+            if ev in ("RINGNOANSWER", "OFFERFAIL", "RINGCANCELED") and line == "999" \
+                    and cid not in ended:
+                waiting999.add(cid)
+        if ev in ("ABANDON", "COMPLETE"):
+            ended.add(cid)
+            waiting999.discard(cid)
+            for k, v in list(busy.items()):
+                if v == cid:
+                    del busy[k]
+    return {"violations": violations, "doubles": doubles, "offers": offers}
+
+
+def _wait(pred, timeout: float, step: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(step)
+
+
+def test_999s_held_on_any_node_reach_node_b_handlers_first_and_leader_kill(
+        tmp_path: Path) -> None:
+    with Cluster(tmp_path, nodes=3, handlers=2, postgres=True, global_queue=True,
+                 handler_nodes=[1], ring_ms=300, wrapup=0.3, handler_talk_ms=1000,
+                 heartbeat_interval=0.5, salvage_after=3.0) as cluster:
+        url = cluster.store_url
+        b = cluster.nodes[1]
+        t0 = time.time()
+        start_id = store_query(url, "SELECT COALESCE(MAX(id), 0) AS m FROM queue_log")[0]["m"]
+        # A burst: 8 999s and 8 101s within ~1 s over three nodes; two handlers answer
+        # ~1 call a second together, so the queue holds both classes for ~10 s.
+        loads = [cluster.callers("999", rate=8, calls=8, talk_ms=60_000, name="999").start(),
+                 cluster.callers("101", rate=8, calls=8, talk_ms=60_000, name="101").start()]
+        try:
+            def entered() -> bool:
+                n = store_query(url, "SELECT COUNT(*) AS n FROM queue_log WHERE id > %s AND"
+                                     " event = 'ENTER'", (start_id,))[0]["n"]
+                return n >= 16
+            if not _wait(entered, 20):
+                rows = store_query(url, "SELECT event, COUNT(*) AS n FROM queue_log WHERE"
+                                        " id > %s GROUP BY event", (start_id,))
+                pytest.fail(f"{rows} {[load.outcomes() for load in loads]}\n"
+                            + "\n".join(cluster.node_log(n, 3000) for n in cluster.nodes))
+            time.sleep(2.0)  # a few calls answered by B's handlers
+            lease = cluster.leader()
+            victim = next(n for n in cluster.nodes if n.node_id == lease["holder"])
+            victim_calls = {r["call_id"] for r in victim.calls()}
+            killed = cluster.kill(victim)
+
+            def new_leader() -> dict[str, Any] | None:
+                row = cluster.leader()
+                return row if row["term"] > lease["term"] else None
+            after = _wait(new_leader, 10)
+            why = "\n".join(cluster.node_log(n, 4000) for n in cluster.nodes if n is not victim)
+            assert after and after["holder"] != victim.node_id, why
+            took = after["since"] - killed
+
+            survivors = [n for n in cluster.nodes if n is not victim]
+
+            def all_answered() -> list[dict[str, Any]]:
+                rows = [r for n in survivors for r in n.calls()
+                        if r["call_id"].split("-c")[0] == n.node_id and r["line"]]
+                live = [r for r in rows if r["arrived_at"] >= t0]
+                return rows if live and all(r["answered_at"] for r in live
+                                            if r["call_id"] not in victim_calls) else []
+            rows = _wait(all_answered, 60, step=0.5)
+            assert rows, why + "\n" + str([(n.node_id, [(r["call_id"], r["state"],
+                                                         r["answered_at"]) for r in n.calls()])
+                                           for n in survivors])
+            log = store_query(url, "SELECT id, at, call_id, line, handler_id, event FROM"
+                                   " queue_log WHERE id > %s ORDER BY id", (start_id,))
+            res = priority_and_offers(log, dead={victim.node_id})
+            assert res["violations"] == [], (res, log)
+            hs = {d[1] for d in res["doubles"]}
+            assert res["doubles"] == [], (res, killed, lease, after, victim.node_id,
+                                          [e for e in log if e["handler_id"] in hs])
+            # 999s held on nodes other than B answered by B's handlers (through Kamailio)
+            cross = [r for r in rows if r["line"] == "999" and r["node"] != b.node_id
+                     and (r["handler_id"] or "").startswith(f"{b.node_id}h")]
+            assert cross, rows
+            # after the kill, waiting calls on survivors were still offered and answered
+            offered_after = [e for e in log if e["event"] == "OFFER" and e["at"] > killed
+                             and not e["call_id"].startswith(f"{victim.node_id}-")]
+            assert offered_after, log
+            connected_after = [e for e in log if e["event"] == "CONNECT" and e["at"] > killed]
+            assert connected_after, log
+            print(f"\nglobal queue: offers={res['offers']} cross-node 999s={len(cross)}"
+                  f" leader {lease['holder']}->{after['holder']} in {took:.2f} s;"
+                  f" offered after kill={len(offered_after)}")
+        finally:
+            for load in loads:
+                load.stop()
