@@ -509,7 +509,7 @@ def access_log_csv(rows: list[dict[str, Any]]) -> str:
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(ACCESS_LOG_COLUMNS)
     for r in rows:
-        when = dt.datetime.fromtimestamp(r["at"], dt.timezone.utc).isoformat(timespec="seconds")
+        when = dt.datetime.fromtimestamp(r["at"], dt.UTC).isoformat(timespec="seconds")
         w.writerow([r["id"], f"{r['at']:.3f}", when, r["username"], " ".join(r["roles"]),
                     r["action"], r["call_id"] or "", r["query"] or "",
                     json.dumps(r["filters"], sort_keys=True) if r["filters"] else "",

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
+import callevents as ev
 from cad import schema
 from cad.messages import to_message
 from config import ConfigError
 from config.loader import build
 from config.schema import LineLocation
-import callevents as ev
 from controlroom.desk import location_view
 
 MAP = "https://gis.force.example/map?lat={lat}&lon={lon}&r={radius}"
