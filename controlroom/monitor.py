@@ -47,7 +47,8 @@ class Monitor:
 
     def view(self) -> dict[str, Any]:
         return {"call_id": self.call_id, "supervisor": self.supervisor, "mode": self.mode,
-                "state": self.state, "since": self.since, "leg_id": self.leg_id}
+                "state": self.state, "since": self.since, "leg_id": self.leg_id,
+                "phone": self.phone}
 
 
 class Monitors:

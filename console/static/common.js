@@ -105,7 +105,7 @@ const CR = (() => {
     toastTimer = setTimeout(() => t.classList.add("hidden"), 5000);
   }
   async function act(fn, okMsg) {
-    try { const r = await fn(); if (okMsg) toast(okMsg); return r; }
+    try { const r = await fn(); if (okMsg) toast(typeof okMsg === "function" ? okMsg(r) : okMsg); return r; }
     catch (e) { toast(e.message, "error"); throw e; }
   }
 

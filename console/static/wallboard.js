@@ -155,7 +155,8 @@ function monitorControls(h) {
     "aria-label": `${label} call of ${h.handler_id}`, onclick: () => {
       if (mode === "stop") { act(() => api("POST", `/api/supervisor/calls/${h.call_id}/monitor`, { mode, justification: "stop monitoring" }), "Monitor ended"); return; }
       const why = prompt(`Why ${mode} to the call of ${h.name || h.handler_id}? (logged)`, "quality assurance");
-      if (why && why.trim().length >= 5) act(() => api("POST", `/api/supervisor/calls/${h.call_id}/monitor`, { mode, justification: why.trim() }), `${label}: your phone rings`);
+      if (why && why.trim().length >= 5) act(() => api("POST", `/api/supervisor/calls/${h.call_id}/monitor`, { mode, justification: why.trim() }),
+        (r) => r && r.state === "on" ? `${label}: on your phone now` : `${label}: your phone ${r && r.phone ? "(" + r.phone + ") " : ""}rings`);
     } });
   if (h.state !== "on_call") return tag ? el("div", { class: "muted small monitor", text: tag }) : null;
   return el("div", { class: "small monitor" }, tag ? el("span", { class: "pill", text: tag }) : null,

@@ -96,6 +96,10 @@ async def test_wallboard_monitor_buttons_ring_the_supervisors_own_phone(
                     15, f"{mode} on")
                 await poll(wall, f"() => /{mode} by sup1/.test(document.querySelector("
                                  "\"tr[data-handler='h1'] .monitor\")?.textContent || '')", 10)
+                want = (f"Listen: your phone ({phone_uri}) rings" if mode == "listen"
+                        else f"{mode.capitalize()}: on your phone now")
+                await poll(wall, "(t) => [...document.querySelectorAll('.toast')]"
+                                 ".some(e => e.textContent === t)", 5, want)
                 if mode == "listen":
                     await shot(wall, "wallboard-monitor-listen")
                     await axe(wall, "wallboard (monitoring)")
