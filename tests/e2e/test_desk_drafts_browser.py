@@ -4,20 +4,24 @@ real service on a real PostgreSQL store with real calls (SIPp through Kamailio).
 The handler types a grading in wrap-up; the node is restarted (a new Service process
 object on the same store); a fresh browser (no localStorage: as a page served by another
 node of the cluster would be) finds the draft, opens it, and it holds what was typed; the
+desk served by a second node on the same store finds it as well; the
 next call's form starts empty and its typing goes to its own call; the first grading is
 saved onto the first call only. Screenshots under tests/_artifacts/screenshots/."""
 
 from __future__ import annotations
 
 import asyncio
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from config import from_dict
 from console import users
 from controlroom.service import Service
 from controlroom.stack import Stack, StackOptions
+from harness.ports import free_tcp_port, free_udp_port
 from store import drafts
 
 from .conftest import wait_until
@@ -31,7 +35,8 @@ THREAT = "Neighbour heard shouting and glass breaking"
 async def test_draft_survives_a_restart_and_stays_with_its_call(
         tmp_path: Path, browser: Any, pg_url: str) -> None:  # noqa: F811 - the fixture
     """Typed in wrap-up, kept in the store, restored after a restart in a browser with no
-    local copy, never loaded onto or saved onto the next call."""
+    local copy and on another node of the cluster (same store), never loaded onto or saved
+    onto the next call."""
     opts = StackOptions(handlers=1, engine="none", handlers_available=False, ring_ms=300,
                         wrapup=300.0, storage={"url": pg_url})
     async with Stack(tmp_path, opts) as st:
@@ -73,6 +78,25 @@ async def test_draft_survives_a_restart_and_stays_with_its_call(
         assert await desk.input_value("#notes") == "Units asked to attend"
         await shot(desk, "desk-draft-restored-after-restart")
         await axe(desk, "desk (draft restored)")
+
+        # Another node of the cluster on the same store: its desk finds the draft too.
+        data = tomllib.loads(st.config_path.read_text())
+        data["mqtt"]["node"] = "fcr2"
+        data["web"]["port"] = free_tcp_port()
+        data["sip"]["port"] = free_udp_port()
+        data["storage"]["data_dir"] = str(tmp_path / "data-fcr2")
+        other = Service(from_dict(data))
+        await other.start()
+        try:
+            page = await login(browser, f"http://127.0.0.1:{other.web_port}", "h1", "/desk")
+            await page.wait_for_selector(f".draft-open[data-call-id='{first}']")
+            await page.click(f".draft-open[data-call-id='{first}']")
+            await page.wait_for_selector(f"#wrapup[data-call-id='{first}']:not(.hidden)")
+            assert await page.input_value("#th-threat") == THREAT
+            await shot(page, "desk-draft-on-another-node")
+            await page.context.close()
+        finally:
+            await other.stop()
 
         # A reload with the local copy cleared: the store still has it.
         await desk.evaluate("localStorage.clear()")
