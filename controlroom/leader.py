@@ -364,21 +364,7 @@ class LeaderThread(threading.Thread):
         self.conn.execute(f"LISTEN {bus.IN_CHANNEL}")
         st = bus.state(self.conn)
         self.cursor = st["cursor"]
-        router = Router.from_settings(self.settings.lines, self.settings.routing)
-        db = Database(self.url)
-        try:
-            live = {r["call_id"] for r in db.query(
-                "SELECT call_id FROM calls WHERE ended_at IS NULL")}
-            entries = [e for e in queuelog.load(db, since=time.time() - 8 * 86400)
-                       if e.call_id not in live]
-        finally:
-            db.close()
-        router.restore(entries, time.time())  # statistics and call-backs; rows already logged
-        stored = st["handlers"]
-        for hid, h in stored.items():
-            if h.get("state") != "logged_out":
-                router.handler_login(hid, time.time(), skills=h.get("skills") or {})
-        self.router, self.term, self.call_node = router, term, {}
+        self.term = term
         with self.conn.transaction():
             fenced(self.conn, term)
             self.conn.execute("INSERT INTO routing_outputs(node, term, data, at)"
@@ -391,6 +377,8 @@ class LeaderThread(threading.Thread):
         expect = {r[0] for r in self.conn.execute(
             "SELECT node_id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > %s",
             (time.time() - max(1.0, 2.5 * hb),)).fetchall()}
+        if st["holder"] != self.node:
+            expect.discard(st["holder"])  # the leader before: dead or cut off, most likely
         resyncs: dict[str, list[dict[str, Any]]] = {}
         pending: list[tuple[int, str, str, dict[str, Any], float]] = []
         deadline = time.time() + RESYNC_GRACE
@@ -407,6 +395,26 @@ class LeaderThread(threading.Thread):
                 break
             for _ in self.conn.notifies(timeout=0.05, stop_after=1):
                 pass
+        # Statistics and call-backs from the queue log (its rows are already logged),
+        # leaving out calls still open in the store and calls a node holds: those come
+        # back from the resyncs, and the end of one that just ended is logged when its
+        # input (pending) is applied.
+        router = Router.from_settings(self.settings.lines, self.settings.routing)
+        held = {c["call_id"] for cs in resyncs.values() for c in cs}
+        db = Database(self.url)
+        try:
+            live = {r["call_id"] for r in db.query(
+                "SELECT call_id FROM calls WHERE ended_at IS NULL")}
+            entries = [e for e in queuelog.load(db, since=time.time() - 8 * 86400)
+                       if e.call_id not in live and e.call_id not in held]
+        finally:
+            db.close()
+        router.restore(entries, time.time())
+        stored = st["handlers"]
+        for hid, h in stored.items():
+            if h.get("state") != "logged_out":
+                router.handler_login(hid, time.time(), skills=h.get("skills") or {})
+        self.router, self.call_node = router, {}
         out = self._rebuild(resyncs, stored)
         for row in pending:
             out += self._input(row)
@@ -516,11 +524,29 @@ class LeaderThread(threading.Thread):
             if kind == "drop_calls":
                 return self._drop_calls(set(data.get("call_ids", ())))
             if kind == "resync":
-                return []  # an old term's (a node saw a term that is over)
+                return self._late_resync(node, data)
             raise RoutingError(f"unknown input kind {kind!r}")
         except (RoutingError, KeyError, TypeError, ValueError) as exc:
             log.info("routing.input_refused", node=node, kind=kind, data=data, why=str(exc))
             return []
+
+    def _late_resync(self, node: str, data: dict[str, Any]) -> list[tuple[str, Any]]:
+        """A node's resync after the rebuild (it answered after ``RESYNC_GRACE``): its
+        waiting calls join the queue; a call it says is talking or ringing is left out
+        (its handler's state here may already be another's), and logged."""
+        if int(data.get("term", 0)) != self.term:
+            return []  # an old term's
+        out: list[tuple[str, Any]] = []
+        for c in sorted(data.get("calls", ()), key=lambda c: c["arrived_at"]):
+            if c["call_id"] in self.router.calls:
+                continue
+            if c["state"] != "queued":
+                log.warning("routing.late_resync_call_left_out", node=node, call=c)
+                continue
+            self.call_node[c["call_id"]] = node
+            out += self._route(self.router.call_arrived(
+                c["call_id"], c["line"], c["arrived_at"], caller=c.get("caller", "")))
+        return out
 
     def _drop_calls(self, ids: set[str]) -> list[tuple[str, Any]]:
         """A survivor closed a dead node's calls on the record: out of the queue (the
@@ -603,12 +629,13 @@ class LeaderThread(threading.Thread):
                          for node, acts in per_node.items()])
             if snap is not None:
                 self.conn.execute("UPDATE routing_state SET term=%s, cursor=%s, handlers=%s,"
-                                  " snapshot=%s, at=%s WHERE id=1",
-                                  (self.term, self.cursor, bus.dumps(handlers), snap, now))
+                                  " snapshot=%s, at=%s, holder=%s WHERE id=1",
+                                  (self.term, self.cursor, bus.dumps(handlers), snap, now,
+                                   self.node))
             else:
-                self.conn.execute("UPDATE routing_state SET term=%s, cursor=%s, handlers=%s"
-                                  " WHERE id=1",
-                                  (self.term, self.cursor, bus.dumps(handlers)))
+                self.conn.execute("UPDATE routing_state SET term=%s, cursor=%s, handlers=%s,"
+                                  " holder=%s WHERE id=1",
+                                  (self.term, self.cursor, bus.dumps(handlers), self.node))
             if per_node:
                 self.conn.execute(f"NOTIFY {bus.OUT_CHANNEL}")
 

@@ -770,6 +770,58 @@ def fault_figures(cluster: Cluster, calls: list[CallOutcome], node: Node, fault_
     return figures
 
 
+OFFER_RELEASE = {"RINGNOANSWER", "OFFERFAIL", "RINGCANCELED", "COMPLETE", "TRANSFER"}
+
+
+def priority_and_offers(rows: list[dict[str, Any]], *,
+                        dead: dict[str, int] | None = None) -> dict[str, Any]:
+    """Replay queue-log rows (``id``, ``call_id``, ``line``, ``handler_id``, ``event``) in
+    id order, the order a routing leader decided in. Returns ``violations``: 101 offers
+    made while a 999 that had reached the router waited (not offered, not over);
+    ``doubles``: offers to a handler already holding an offer or a call; ``offers`` per
+    line. ``dead`` maps a killed node to the first row id after its kill: from there its
+    calls neither wait nor hold a handler (their callers went with the node; a survivor
+    closes them on the record later)."""
+    dead = dict(dead or {})
+    waiting999: set[str] = set()
+    ended: set[str] = set()
+    busy: dict[str, str] = {}
+    violations: list[tuple[int, str, list[str]]] = []
+    doubles: list[tuple[int, str, str, str]] = []
+    offers: dict[str, int] = {}
+    for r in rows:
+        for node, first in list(dead.items()):
+            if r["id"] >= first:
+                gone = {c for c in waiting999 | set(busy.values()) if c.startswith(f"{node}-")}
+                waiting999 -= gone
+                busy = {h: c for h, c in busy.items() if c not in gone}
+                ended |= gone
+                del dead[node]
+        cid, ev, line, h = r["call_id"], r["event"], r["line"], r["handler_id"]
+        if cid in ended and ev != "OFFER":
+            continue
+        if ev == "ENTER" and line == "999":
+            waiting999.add(cid)
+        elif ev == "OFFER":
+            offers[line] = offers.get(line, 0) + 1
+            waiting999.discard(cid)
+            if line != "999" and waiting999:
+                violations.append((r["id"], cid, sorted(waiting999)))
+            if h in busy:
+                doubles.append((r["id"], h, busy[h], cid))
+            busy[h] = cid
+        elif ev in OFFER_RELEASE:
+            if h and busy.get(h) == cid:
+                del busy[h]
+            if ev in ("RINGNOANSWER", "OFFERFAIL", "RINGCANCELED") and line == "999":
+                waiting999.add(cid)
+        if ev in ("ABANDON", "COMPLETE"):
+            ended.add(cid)
+            waiting999.discard(cid)
+            busy = {k: v for k, v in busy.items() if v != cid}
+    return {"violations": violations, "doubles": doubles, "offers": offers}
+
+
 def store_query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
     """Rows of a read on the cluster's PostgreSQL store, as dicts."""
     import psycopg
@@ -786,5 +838,6 @@ def keep_dir(prefix: str = "cluster-") -> Path:
 
 __all__ = ["CadCollector", "CallOutcome", "CallerLoad", "Cluster", "LoopbackNet",
            "NamespaceNet", "Node", "caller_scenario", "fault_figures", "keep_dir",
+           "priority_and_offers",
            "namespaces_available", "outcomes", "percentile", "store_query"]
 

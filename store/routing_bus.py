@@ -58,6 +58,8 @@ MIGRATIONS = [
     INSERT INTO routing_state(id, term, cursor, handlers, snapshot, at)
         VALUES (1, 0, 0, '{}', '{}', 0);
     """,
+    # the node that wrote the state: a new leader does not wait for its resync
+    "ALTER TABLE routing_state ADD COLUMN holder TEXT NOT NULL DEFAULT ''",
 ]
 
 _ACTIONS = {name: getattr(routing_actions, name) for name in (
@@ -137,9 +139,10 @@ def inputs_after(conn: Any, after: int,
 
 
 def state(conn: Any) -> dict[str, Any]:
-    row = conn.execute("SELECT term, cursor, handlers FROM routing_state WHERE id = 1"
+    row = conn.execute("SELECT term, cursor, handlers, holder FROM routing_state WHERE id = 1"
                        ).fetchone()
-    return {"term": int(row[0]), "cursor": int(row[1]), "handlers": json.loads(row[2])}
+    return {"term": int(row[0]), "cursor": int(row[1]), "handlers": json.loads(row[2]),
+            "holder": row[3]}
 
 
 __all__ = ["BusError", "COMPONENT", "EVERY_NODE", "IN_CHANNEL", "MIGRATIONS", "OUT_CHANNEL",

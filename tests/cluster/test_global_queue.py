@@ -22,54 +22,11 @@ from typing import Any
 
 import pytest
 
-from harness.cluster import Cluster, store_query
+from harness.cluster import Cluster, priority_and_offers, store_query
 from harness.postgres import available as postgres_available
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realparts, pytest.mark.slow,
               pytest.mark.skipif(not postgres_available(), reason="PostgreSQL not installed")]
-
-RELEASE = {"RINGNOANSWER", "OFFERFAIL", "RINGCANCELED", "COMPLETE", "TRANSFER"}
-
-
-def priority_and_offers(rows: list[dict[str, Any]], *, dead: set[str]) -> dict[str, Any]:
-    """Replay the queue log in id order: 101 offers made while a 999 waited, handlers
-    offered while already holding an offer or a call. Calls of ``dead`` nodes stop
-    waiting when their node is killed (their callers are gone: the survivor's salvage
-    closes them), at the row ``dead_from`` id."""
-    waiting999: set[str] = set()
-    ended: set[str] = set()
-    busy: dict[str, str] = {}
-    violations: list[tuple[int, str, list[str]]] = []
-    doubles: list[tuple[int, str, str, str]] = []
-    offers = {"999": 0, "101": 0}
-    for r in rows:
-        cid, ev, line, h = r["call_id"], r["event"], r["line"], r["handler_id"]
-        if any(cid.startswith(f"{n}-") for n in dead):
-            continue
-        if ev == "ENTER" and line == "999":
-            waiting999.add(cid)
-        elif ev == "OFFER":
-            offers[line] = offers.get(line, 0) + 1
-            waiting999.discard(cid)
-            if line != "999" and waiting999:
-                violations.append((r["id"], cid, sorted(waiting999)))
-            if h in busy:
-                doubles.append((r["id"], h, busy[h], cid))
-            busy[h] = cid
-        elif ev in RELEASE:
-            if h and busy.get(h) == cid:
-                del busy[h]
-            if ev in ("RINGNOANSWER", "OFFERFAIL", "RINGCANCELED") and line == "999" \
-                    and cid not in ended:
-                waiting999.add(cid)
-        if ev in ("ABANDON", "COMPLETE"):
-            ended.add(cid)
-            waiting999.discard(cid)
-            for k, v in list(busy.items()):
-                if v == cid:
-                    del busy[k]
-    return {"violations": violations, "doubles": doubles, "offers": offers}
-
 
 def _wait(pred, timeout: float, step: float = 0.2):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
@@ -131,7 +88,8 @@ def test_999s_held_on_any_node_reach_node_b_handlers_first_and_leader_kill(
                                            for n in survivors])
             log = store_query(url, "SELECT id, at, call_id, line, handler_id, event FROM"
                                    " queue_log WHERE id > %s ORDER BY id", (start_id,))
-            res = priority_and_offers(log, dead={victim.node_id})
+            first = next((e["id"] for e in log if e["at"] > killed), 1 << 62)
+            res = priority_and_offers(log, dead={victim.node_id: first})
             assert res["violations"] == [], (res, log)
             hs = {d[1] for d in res["doubles"]}
             assert res["doubles"] == [], (res, killed, lease, after, victim.node_id,
