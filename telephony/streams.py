@@ -24,6 +24,16 @@ first message (or keep-alive) within ``message_timeout`` too; one with no traffi
 ``write_buffer_max`` bytes queued) is closed. A slow or hostile peer costs one socket and
 its buffer, never the loop's time: nothing here blocks or waits on a peer.
 
+Connection reuse (RFC 5923): a request that comes over an accepted TLS connection with
+``alias`` in its top Via also keys that connection under (its source address, the Via's
+port), so our requests to the peer's listening address go over it instead of a new
+connection; only the port is taken from the Via (as Kamailio's ``tcp_accept_aliases``
+does), never the host, so a peer can alias only its own address, and an open connection
+to that address is never displaced. Only over TLS and only when the peer presented a
+client certificate our CA verified (RFC 5923 rests on both ends being authenticated:
+our requests, SDES keys included, must not go to whoever connected from that address).
+Our own requests over TLS carry ``alias`` in their Via (``UserAgent._stamp``).
+
 Keep-alives (RFC 5626 §4.4.1): a peer's CRLFCRLF ping is answered with a CRLF pong. On a
 connection we opened, we ping after ``keepalive_interval`` s without a byte from the
 peer (80-100 % of it, drawn per connection so many flows do not ping in step); a peer
@@ -51,7 +61,16 @@ from typing import Any
 
 import structlog
 
-from telephony.sip.framing import PING, PONG, Fault, Frame, Ping, Pong, StreamFramer
+from telephony.sip.framing import (
+    PING,
+    PONG,
+    Fault,
+    Frame,
+    Ping,
+    Pong,
+    StreamFramer,
+    via_alias_port,
+)
 from telephony.sip.hop import Hop
 
 log = structlog.get_logger("telephony.streams")
@@ -186,6 +205,8 @@ class SipConnection(asyncio.Protocol):
         self.ping_sent: float | None = None
         """When our unanswered keep-alive went out (None: none outstanding)."""
         self.ping_after = table.limits.keepalive_interval * random.uniform(0.8, 1.0)
+        self.aliases: list[Addr] = []
+        """Keys this connection also has in the table (RFC 5923 alias)."""
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -248,6 +269,11 @@ class SipConnection(asyncio.Protocol):
             if isinstance(item, Frame):
                 self.messages_in += 1
                 self.last_msg = now
+                if self.tls is not None and self.server_side and not self.aliases \
+                        and self.tls.peer_certificate() is not None:
+                    port = via_alias_port(item.data)
+                    if port is not None:
+                        self.table._alias(self, port)
                 self.table._message(item.data, self)
             elif isinstance(item, Ping):
                 self.pinged = True
@@ -399,6 +425,8 @@ class StreamTransports:
         self.send_drops = 0
         self.connect_failures = 0
         self.handler_errors = 0
+        self.aliased = 0
+        """Accepted connections also used for requests to the peer's Via address."""
         self.keepalives_sent = 0
         """CRLFCRLF pings sent on connections we opened."""
         self.keepalive_pongs = 0
@@ -490,10 +518,26 @@ class StreamTransports:
             self._per_source[ip] -= 1
             if self._per_source[ip] <= 0:
                 del self._per_source[ip]
+        for key in conn.aliases:
+            if self.conns.get(key) is conn:
+                del self.conns[key]
         if conn.key is not None and self.conns.get(conn.key) is conn:
             del self.conns[conn.key]
             if not conn.server_side and not conn.ready:
                 self._failed(conn)
+
+    def _alias(self, conn: SipConnection, port: int) -> None:
+        """RFC 5923: ``conn`` also carries our requests to (its source address, ``port``)."""
+        assert conn.hop is not None
+        key = (conn.hop[0], port)
+        old = self.conns.get(key)
+        if old is not None and old is not conn and not old.closing:
+            return  # a connection to that address is up: keep using it
+        self.conns[key] = conn
+        conn.aliases.append(key)
+        self.aliased += 1
+        log.info("sip.connection_alias", peer=conn._peer(), transport=conn.kind,
+                 alias=f"{key[0]}:{key[1]}")
 
     def _failed(self, conn: SipConnection) -> None:
         """An outbound connection could not be opened: fail what waited on it."""
@@ -560,7 +604,7 @@ class StreamTransports:
                 "framing_faults": self.framing_faults, "idle_closed": self.idle_closed,
                 "send_drops": self.send_drops, "connect_failures": self.connect_failures,
                 "keepalives_sent": self.keepalives_sent, "keepalive_pongs": self.keepalive_pongs,
-                "keepalive_failures": self.keepalive_failures}
+                "keepalive_failures": self.keepalive_failures, "aliased": self.aliased}
 
 
 def _tls_reason(exc: ssl.SSLError) -> str:

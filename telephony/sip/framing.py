@@ -29,6 +29,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from telephony.errors import SipParseError
+from .uri import parse_via
+
 PONG = b"\r\n"
 PING = b"\r\n\r\n"
 
@@ -38,6 +41,29 @@ MAX_HEAD = 16384
 _CL = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
 _START = re.compile(rb"^(?:SIP/2\.0 \d{3}(?: [^\r\n]*)?|[A-Za-z0-9!%*_+`'~.-]+ \S+ SIP/2\.0)$")
 _FIRST_LINE_MAX = 8192
+
+
+_VIA = re.compile(rb"^(?:via|v)[ \t]*:[ \t]*([^\r\n]*)", re.I | re.M)
+
+
+def via_alias_port(message: bytes, default_port: int = 5061) -> int | None:
+    """RFC 5923: the sent-by port of a request's top Via when it has the ``alias``
+    parameter (the sender offers its connection for requests to that address), else None.
+    Responses carry our own Via on top and never count. ``default_port`` when the Via
+    names no port (5061 for TLS)."""
+    if message.startswith(b"SIP/2.0 "):
+        return None
+    end = message.find(b"\r\n\r\n")
+    m = _VIA.search(message, 0, end if end >= 0 else len(message))
+    if m is None or b"alias" not in m.group(1).lower():
+        return None
+    try:
+        via = parse_via(m.group(1).split(b",", 1)[0].decode("utf-8", "replace"))
+    except SipParseError:
+        return None
+    if "alias" not in {k.lower() for k in via.params}:
+        return None
+    return via.port if via.port is not None else default_port
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,10 +345,13 @@ class UserAgent(RegisterMixin):
         for i, (n, v) in enumerate(req.headers):
             if n == "Via":
                 via = _parse_via_safe(v)
-                if via is not None and via.transport.lower() != transport:
+                if via is not None and (via.transport.lower() != transport or (
+                        transport == "tls" and "alias" not in via.params)):
                     port = self.ports.get(transport, via.port)
-                    req.set_header_at(i, str(Via(transport.upper(), via.host, port,
-                                                 dict(via.params))))
+                    params = dict(via.params)
+                    if transport == "tls":  # RFC 5923: the peer may send its requests to
+                        params["alias"] = None  # us on this connection (TLS-authenticated)
+                    req.set_header_at(i, str(Via(transport.upper(), via.host, port, params)))
                 break
         return dest
 

@@ -3,10 +3,11 @@ Fault (never a hang) for a missing, bad or lying Content-Length and for garbage.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telephony.sip.framing import Fault, Frame, Ping, Pong, StreamFramer
+from telephony.sip.framing import Fault, Frame, Ping, Pong, StreamFramer, via_alias_port
 
 
 def _msg(n: int, body: bytes = b"") -> bytes:
@@ -145,3 +146,22 @@ def test_a_lone_crlf_is_our_pong_only_while_we_wait_for_one() -> None:
     assert not f.awaiting_pong and f.buffered == 0 and f.expire(100.0, 1.0) is None
     assert f.feed(b"\r\n", 1.0) == []  # no ping of ours out: maybe half of the peer's
     assert f.feed(b"\r\n", 1.1) == [Ping()]
+
+
+@pytest.mark.parametrize(("message", "port"), [
+    (b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.5:5071;branch=z9hG4bK1;alias\r\n"
+     b"Content-Length: 0\r\n\r\n", 5071),
+    (b"BYE sip:a@b SIP/2.0\r\nv: SIP/2.0/TLS proxy.example;alias;branch=z9hG4bK2\r\n\r\n", 5061),
+    (b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.5:5071;branch=z9hG4bK1\r\n"
+     b"Via: SIP/2.0/TLS 10.0.0.6:5061;alias\r\n\r\n", None),  # only the top Via counts
+    (b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.5:5071;branch=z9hG4bK1, "
+     b"SIP/2.0/TLS 10.0.0.6:5061;alias\r\n\r\n", None),
+    (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS 10.0.0.5:5071;alias\r\n\r\n", None),  # a response
+    (b"INVITE sip:a@b SIP/2.0\r\nVia: garbage;alias\r\n\r\n", None),
+    (b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.5;aliased=1\r\n\r\n", None),
+    (b"INVITE sip:a@b SIP/2.0\r\nTo: <sip:x>;alias\r\n\r\nVia: SIP/2.0/TLS h:1;alias", None),
+])
+def test_via_alias_port(message: bytes, port: int | None) -> None:
+    """RFC 5923: the top Via's port of a request with ``alias``; never a response's, a
+    lower Via's, a parameter merely starting with alias, or anything in the body."""
+    assert via_alias_port(message) == port

@@ -58,6 +58,7 @@ def test_outbound_request_over_tls_and_tcp() -> None:
     req = parse(data)
     assert transport_of(dest) == "tls" and dest == ("10.0.0.2", 5061)
     assert req.get("Via").startswith("SIP/2.0/TLS 10.0.0.9:5081;")  # type: ignore[union-attr]
+    assert req.get("Via").endswith(";rport;alias")  # RFC 5923 offer  # type: ignore[union-attr]
     assert req.get("Contact") == "<sips:controlroom@10.0.0.9:5081>"  # type: ignore[union-attr]
     ua.handle_timers(5.0)
     assert ua.datagrams_to_send() == []  # no timer A over TLS
@@ -74,7 +75,7 @@ def test_outbound_request_over_tls_and_tcp() -> None:
     ua.invite("sip:h2@10.0.0.3;transport=tcp", now=0.0)
     [(data, dest)] = ua.datagrams_to_send()
     assert transport_of(dest) == "tcp" and dest == ("10.0.0.3", 5060)
-    assert b"Via: SIP/2.0/TCP 10.0.0.9:5080;" in data
+    assert b"Via: SIP/2.0/TCP 10.0.0.9:5080;" in data and b"alias" not in data  # TLS only
     assert b"Contact: <sip:controlroom@10.0.0.9:5080;transport=tcp>" in data
 
 
