@@ -20,6 +20,7 @@ freed by reference counting and the cyclic collector finds almost nothing. So:
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 FULL_EVERY = 100
 """Generation-1 collections between two full collections (CPython's default: 10)."""
@@ -31,6 +32,38 @@ def tune_gc() -> None:
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_EVERY)
+
+
+_malloc_trim: Any = None
+
+
+def release_free_heap() -> bool:
+    """Give the C heap's free pages back to the operating system (glibc ``malloc_trim(0)``).
+
+    CPython frees its small-object arenas once they are empty, but glibc keeps the
+    pages of freed ``malloc`` blocks (numpy frames, bytes of packets and SIP messages,
+    the recording writer's blocks, each thread's own arena) mapped unless they sit at
+    the very top of a heap. After a busy spell the process's resident size therefore
+    stayed ~50 % above its start while its Python heap was back where it began
+    (bench/sip_load.py, 150 calls at 10 calls/s: 56 -> 83 MB a minute after the
+    round). ``malloc_trim(0)`` returns every whole free page of every arena
+    (``madvise(MADV_DONTNEED)``); nothing in use moves. It walks the free lists, so
+    the media engine calls it only while no call is up (see
+    ``MediaEngine._tick``). Returns False where there is no glibc (nothing done)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None).malloc_trim
+            fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+            _malloc_trim = fn
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim is False:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 BACKGROUND_NICE = 10

@@ -68,6 +68,7 @@ import numpy.typing as npt
 import structlog
 
 from telephony.api import AudioFrame
+from telephony.runtime import release_free_heap
 
 from .clock import MediaClock
 from .errors import MediaError
@@ -146,6 +147,12 @@ class MediaEngine:
         """SRTP streams' packets of this tick, protected and sent after the send loop."""
         self._mixes: dict[int, tuple[RtpStream, Mix]] = {}
         """Listeners sent a mix (supervisor listen/whisper/barge), by id of the listener."""
+        # Idle (no stream, no recording): free heap pages go back to the OS 2 s after
+        # the last call and every 30 s after that (SIP transactions of the last calls
+        # absorb retransmissions for 32 s, then their memory is free too).
+        self._idle_ticks = 0
+        self._trim_first = max(1, 2000 // ptime)
+        self._trim_every = 30000 // ptime
 
     # --------------------------------------------------------------- life
     async def start(self) -> None:
@@ -445,6 +452,12 @@ class MediaEngine:
     def _tick(self, n: int) -> None:
         now = asyncio.get_running_loop().time()
         streams = self._stream_list
+        if not streams and not self._rec_list:
+            self._idle_ticks += 1
+            if self._idle_ticks % self._trim_every == self._trim_first:
+                release_free_heap()  # idle: give freed heap pages back (telephony.runtime)
+            return
+        self._idle_ticks = 0
         if self.read_in_tick:
             self._read_ready()
         elif self.clock.behind:
