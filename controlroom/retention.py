@@ -131,7 +131,10 @@ class HoldError(ValueError):
 
 
 def migrate(db: Any) -> None:
+    from store import drafts
+
     db.migrate(COMPONENT, MIGRATIONS, postgresql=PG_MIGRATIONS)
+    drafts.migrate(db)   # an unsaved grading goes with its call (_finish)
 
 
 @dataclass(frozen=True)
@@ -349,6 +352,7 @@ def _finish(db: Any, tdb: Any, call_id: str, kinds: list[str], files: list[str],
             conn.execute("DELETE FROM outbox WHERE call_id=?", (call_id,))
             conn.execute("DELETE FROM outbox_seq WHERE call_id=?", (call_id,))
             conn.execute("DELETE FROM calls WHERE call_id=?", (call_id,))
+            conn.execute("DELETE FROM grading_drafts WHERE call_id=?", (call_id,))
         elif "recording" in kinds:
             # '' (not NULL: NULL means "sealed, not yet recorded" to the start-up repair);
             # the checksum stays as the record of what existed.

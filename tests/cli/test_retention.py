@@ -164,6 +164,10 @@ async def test_purge_dry_run_then_real_run_with_legal_hold(tmp_path: Path, broke
     users.migrate(db)
     create_user(db, "aud", PASSWORD, ["auditor"])
     create_user(db, "h1", PASSWORD, ["handler"])
+    from store import drafts
+    drafts.migrate(db)   # unsaved gradings: the erased call's goes with it, others stay
+    drafts.save(db, "b999-100d", "h1", {"notes": "never saved"}, 1.0)
+    drafts.save(db, "e101-1d", "h1", {"notes": "still typing"}, 1.0)
     db.close()
 
     r = run("hold", "set", "d999-held", "--reason", "IOPC referral 2026/77", "--user", "h1",
@@ -227,6 +231,9 @@ async def test_purge_dry_run_then_real_run_with_legal_hold(tmp_path: Path, broke
                       ("b999-100d", "recording"), ("b999-100d", "transcript"),
                       ("c101-15d", "recording"), ("c101-15d", "transcript")]
     assert events == [("system.retention_purge",)]
+    with sqlite3.connect(tmp_path / "data" / "controlroom.sqlite3") as conn:
+        left = conn.execute("SELECT call_id FROM grading_drafts ORDER BY call_id").fetchall()
+    assert left == [("e101-1d",)]
 
     assert len(got) == 1, got
     validate(got[0])
