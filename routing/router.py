@@ -27,7 +27,6 @@ import heapq
 import math
 from collections import OrderedDict, deque
 from dataclasses import replace
-from collections.abc import Iterable
 from typing import Any
 
 from .actions import (
@@ -58,9 +57,10 @@ from .model import (
 )
 from .policy import AvailablePool, make_policy
 from .queue import CallQueue, effective, order_key
+from .restore import RouterRestore
 from .stats import (
-    OpenLegs,
     LineRecords,
+    OpenLegs,
     record_abandon,
     record_answer,
     record_enter,
@@ -79,7 +79,7 @@ _ENDED_MEMORY = 100_000
 """Terminal call ids remembered to refuse a reused id with a clear error."""
 
 
-class Router(RouterTransfers, RouterViews):
+class Router(RouterTransfers, RouterViews, RouterRestore):
     """Priority ACD for the control room. See the module docstring and routing_api.md."""
 
     def __init__(self, *, lines: list[LineSpec], offer_timeout: float = 15.0,
@@ -129,22 +129,6 @@ class Router(RouterTransfers, RouterViews):
         self._callbacks: dict[str, Callback] = {}
         self._cb_seq = 0
         self._now = 0.0
-
-    def restore(self, entries: Iterable[QueueLogEntry], now: float) -> list[Action]:
-        """After a restart, before any call: rebuild statistics and the call-back list
-        from the queue log; calls that were waiting when the process stopped are lost and
-        logged as ABANDON (reason ``restart``; on call-back lines they join the list).
-        Returns the rows to append to the log. See ``routing.restore``."""
-        from .restore import restore
-        return restore(self, entries, now)
-
-    def adopt(self, entries: Iterable[QueueLogEntry], now: float, *,
-              reason: str) -> list[Action]:
-        """Close another (dead) node's calls on the record, given their queue-log rows:
-        ABANDON or COMPLETE with ``reason``; waiting 999s join this router's call-back
-        list. Returns the rows to append to the log. See ``routing.restore.adopt``."""
-        from .restore import adopt
-        return adopt(self, entries, now, reason=reason)
 
     @classmethod
     def from_settings(cls, lines: list[Any], routing: Any, **kw: Any) -> Router:
