@@ -243,6 +243,9 @@ class ServiceDesk:
             wrap = self._card(wrap_id)
         elif due:
             wrap = self._card(due)   # on a break with a grading still due: keep it in view
+        for card in (offer, call, wrap):   # another handler's typing is not mine to send
+            if card and card["draft"] and card["draft"].get("handler_id") != handler_id:
+                card["draft"] = None
         wline = s.lines.get((wrap or {}).get("line") or (call or {}).get("line") or "")
         return {"at": now, "handler_id": handler_id, "name": cfg.name if cfg else handler_id,
                 "state": _state_name(h.get("state")), "reason": h.get("reason") or "",

@@ -31,3 +31,20 @@ def test_drafts_survive_a_new_connection_and_stay_with_their_call(store_url: str
     assert drafts.get(db2, "call-a") is None
     assert drafts.get(db2, "call-b") is not None
     db2.close()
+
+
+async def test_desk_drafts_are_kept_per_handler(tmp_path) -> None:
+    """ServiceDesk's drafts go to the store with the handler who typed them: h1's draft
+    is listed among h1's unsaved gradings and never among h2's."""
+    from types import SimpleNamespace
+
+    from controlroom.desk import ServiceDesk
+
+    db = Database(str(tmp_path / "s.sqlite3"))
+    svc = SimpleNamespace(db=db, grading_drafts={})
+    desk = ServiceDesk(svc)  # type: ignore[arg-type]
+    await desk.save_draft("c1", "h1", {"notes": "h1 typed this"})
+    assert desk._draft("c1")["notes"] == "h1 typed this"   # type: ignore[index]
+    assert [d["call_id"] for d in desk._handler_drafts("h1")] == ["c1"]
+    assert desk._handler_drafts("h2") == []
+    db.close()
