@@ -25,7 +25,14 @@ Figures:
   (controlroom/cluster.py): fault -> closed, how many closed with their recording sealed
   and its SHA-256 matching the file, call.ended at the CAD; then the dead node restarts
   and nothing is closed twice.
-  n/a: one queue across nodes (strict priority across nodes).
+  scale rounds run twice: ``local`` (each node routes its own calls to its own
+  handlers, SQLite per node) and ``global`` (one PostgreSQL, ``cluster.global_queue``:
+  the routing leader runs one router for the room; every node lists every handler), with
+  the leader's decision p99 (an input's row written -> the leader's output row written).
+  priority (3 nodes, global queue): handlers only on n2, a burst of 999s and 101s over
+  every node, kill -9 of the routing leader mid-run; from the queue log, in the leader's
+  order: 101 offers made while a 999 waited anywhere, handlers offered twice, 999s held
+  on another node answered by n2's handlers, kill -> new leader, offers after the kill.
 Last line: ``cluster: nodes=3 failed_new=N first_answer_s=N.NN salvaged=N/N cad_missing=N``.
 """
 
@@ -50,9 +57,9 @@ from harness.cluster import (  # noqa: E402
     keep_dir,
     namespaces_available,
     percentile,
+    priority_and_offers,
+    store_query,
 )
-
-NA_SHARED = "n/a (one routing leader for the cluster: not built yet)"
 
 
 def salvaged_at(cluster: Cluster, node_id: str) -> tuple[str, float] | None:
@@ -99,9 +106,18 @@ def routing_p99(cluster: Cluster, ring_s: float) -> float | None:
     return percentile(vals, 0.99)
 
 
-def scale_round(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    with Cluster(work / f"scale-{n}", nodes=n, handlers=args.handlers,
-                 namespaces=args.namespaces, ring_ms=args.ring_ms) as cluster:
+def leader_p99(cluster: Cluster) -> float | None:
+    """Global queue: an input row written by a node -> the leader's output row written."""
+    rows = store_query(cluster.store_url, "SELECT at - input_at AS lag FROM routing_outputs"
+                                          " WHERE input_at IS NOT NULL")
+    return percentile([r["lag"] for r in rows], 0.99)
+
+
+def scale_round(n: int, args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
+    shared = mode == "global"
+    with Cluster(work / f"scale-{mode}-{n}", nodes=n, handlers=args.handlers,
+                 namespaces=args.namespaces, ring_ms=args.ring_ms, postgres=shared,
+                 global_queue=shared) as cluster:
         t0 = time.time()
         calls = place(cluster, rate=args.rate, duration=args.duration, talk_s=args.talk)
         answered = [c for c in calls if c.answered is not None]
@@ -114,7 +130,63 @@ def scale_round(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "rate": len(answered) / span if span > 0 else 0.0,
                 "p50": percentile(setups, 0.5), "p99": percentile(setups, 0.99),
                 "routing_p99": routing_p99(cluster, args.ring_ms / 1000),
+                "leader_p99": leader_p99(cluster) if shared else None,
                 "per_node": per_node, "wall": time.time() - t0}
+
+
+def priority_round(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Handlers only on n2; 999s and 101s held on every node; kill -9 of the leader."""
+    with Cluster(work / "priority", nodes=3, handlers=2, namespaces=args.namespaces,
+                 postgres=True, global_queue=True, handler_nodes=[1], ring_ms=300,
+                 wrapup=0.3, handler_talk_ms=1000, heartbeat_interval=0.5,
+                 salvage_after=args.salvage_after) as cluster:
+        url = cluster.store_url
+        start_id = store_query(url, "SELECT COALESCE(MAX(id), 0) AS m FROM queue_log")[0]["m"]
+        t0 = time.time()
+        n = args.priority_calls
+        loads = [cluster.callers(line, rate=8, calls=n, talk_ms=90_000, name=line).start()
+                 for line in ("999", "101")]
+        try:
+            time.sleep(n / 8 + 2.0)
+            lease = cluster.leader()
+            victim = next(x for x in cluster.nodes if x.node_id == lease["holder"])
+            killed = cluster.kill(victim)
+            after = None
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                row = cluster.leader()
+                if row["term"] > lease["term"]:
+                    after = row
+                    break
+                time.sleep(0.05)
+            survivors = [x for x in cluster.nodes if x is not victim]
+
+            def waiting() -> int:
+                return sum(1 for x in survivors for r in x.calls()
+                           if r["arrived_at"] >= t0 and r["ended_at"] is None
+                           and not r["answered_at"])
+            deadline = time.monotonic() + 4 * n
+            while waiting() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            log = store_query(url, "SELECT id, at, call_id, line, handler_id, event FROM"
+                                   " queue_log WHERE id > %s ORDER BY id", (start_id,))
+            first = next((e["id"] for e in log if e["at"] > killed), 1 << 62)
+            res = priority_and_offers(log, dead={victim.node_id: first})
+            rows = [r for x in survivors for r in x.calls() if r["arrived_at"] >= t0]
+            return {
+                "offers": res["offers"], "violations": len(res["violations"]),
+                "doubles": len(res["doubles"]),
+                "cross_999": sum(1 for r in rows if r["line"] == "999"
+                                 and r["node"] != "n2"
+                                 and (r["handler_id"] or "").startswith("n2h")),
+                "old": lease["holder"], "new": after["holder"] if after else None,
+                "takeover_s": (after["since"] - killed) if after else None,
+                "offers_after": sum(1 for e in log if e["event"] == "OFFER"
+                                    and e["at"] > killed),
+                "left_waiting": waiting(), "survivor_calls": len(rows)}
+        finally:
+            for load in loads:
+                load.stop()
 
 
 def fault_round(kind: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -191,6 +263,11 @@ def main() -> None:
                     help="cluster.salvage_after for the fault rounds (heartbeat 0.5 s)")
     ap.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 3],
                     help="node counts for the scale rounds")
+    ap.add_argument("--modes", nargs="+", default=["local", "global"],
+                    choices=["local", "global"], help="routing modes for the scale rounds")
+    ap.add_argument("--priority-calls", type=int, default=8,
+                    help="999s and 101s each in the priority round")
+    ap.add_argument("--no-priority", action="store_true")
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--no-faults", action="store_true")
     ap.add_argument("--loopback", dest="namespaces", action="store_false", default=None,
@@ -207,13 +284,28 @@ def main() -> None:
           f"work {work}", flush=True)
     try:
         if not args.no_scale:
-            print(f"\n{'nodes':>5} {'offered':>7} {'answered':>8} {'calls/s':>7} "
-                  f"{'setup p50 ms':>12} {'setup p99 ms':>12} {'routing p99 ms':>14}  per node")
-            for n in args.nodes:
-                r = scale_round(n, args, work)
-                print(f"{r['nodes']:>5} {r['offered']:>7} {r['answered']:>8} "
-                      f"{r['rate']:>7.2f} {ms(r['p50']):>12} {ms(r['p99']):>12} "
-                      f"{ms(r['routing_p99']):>14}  {r['per_node']}", flush=True)
+            print(f"\n{'routing':>7} {'nodes':>5} {'offered':>7} {'answered':>8} "
+                  f"{'calls/s':>7} {'setup p50 ms':>12} {'setup p99 ms':>12} "
+                  f"{'routing p99 ms':>14} {'leader p99 ms':>13}  per node")
+            for mode in args.modes:
+                for n in args.nodes:
+                    r = scale_round(n, args, work, mode)
+                    print(f"{mode:>7} {r['nodes']:>5} {r['offered']:>7} {r['answered']:>8} "
+                          f"{r['rate']:>7.2f} {ms(r['p50']):>12} {ms(r['p99']):>12} "
+                          f"{ms(r['routing_p99']):>14} {ms(r['leader_p99']):>13}  "
+                          f"{r['per_node']}", flush=True)
+        if not args.no_priority:
+            p = priority_round(args, work)
+            kept = p["violations"] == 0 and p["doubles"] == 0
+            ts = p["takeover_s"]
+            print(f"\n  strict priority across nodes (global queue, handlers on n2 only, "
+                  f"kill -9 of leader {p['old']}): {'kept' if kept else 'NOT kept'}: "
+                  f"offers {p['offers']}, 101 offered while a 999 waited {p['violations']}, "
+                  f"handler offered twice {p['doubles']}; 999s held on other nodes "
+                  f"answered by n2's handlers {p['cross_999']}; new leader {p['new']} "
+                  f"{'-' if ts is None else f'{ts:.2f} s'} after the kill, offers after "
+                  f"it {p['offers_after']}, survivors' calls left waiting "
+                  f"{p['left_waiting']}/{p['survivor_calls']}", flush=True)
         last = None
         if not args.no_faults:
             kinds = ["kill"] + (["cut"] if args.namespaces else [])
@@ -247,8 +339,6 @@ def main() -> None:
                     b = f["back_in_service_s"]
                     print(f"  cable back: n2 answers new calls again after "
                           f"{'-' if b is None else f'{b:.2f} s'}")
-            print(f"\n  strict priority across nodes (no 101 offered while a 999 waits "
-                  f"anywhere): {NA_SHARED}; within a node the router keeps it")
         if last is not None:
             print(f"cluster: nodes=3 failed_new={last['failed_new']} "
                   f"first_answer_s={last['first_answer_s']:.2f} "
