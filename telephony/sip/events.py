@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 from .message import Request, Response
 
 if TYPE_CHECKING:
-    from .register import Registration
-    from .ua import Session
+    from .state import Registration, Session
 
 Addr = tuple[str, int]
 

@@ -7,8 +7,6 @@ after a failure. Sans-IO like the rest of the core.
 
 from __future__ import annotations
 
-import secrets
-from dataclasses import dataclass, field
 from typing import Any
 
 from telephony.errors import SipParseError
@@ -18,37 +16,9 @@ from .dialog import Addr, resolve
 from .events import RegistrationResult, UaEvent
 from .hop import transport_of
 from .message import Request, Response
+from .state import Registration
 from .transaction import ClientTransaction
 from .uri import SipUri, parse_name_addr, parse_uri
-
-
-def new_tag() -> str:
-    return secrets.token_hex(6)
-
-
-@dataclass(eq=False)
-class Registration:
-    """A REGISTER binding kept alive for a 'registered' line."""
-
-    registrar: SipUri
-    aor: str
-    contact: str
-    expires: int
-    credentials: tuple[str, str] | None
-    dest: Addr
-    user: Any = None
-    call_id: str = field(default_factory=lambda: secrets.token_hex(12))
-    from_tag: str = field(default_factory=new_tag)
-    cseq: int = 0
-    registered: bool = False
-    stopping: bool = False
-    auth_attempts: int = 0
-    retry_delay: float = 5.0
-    refresh_at: float | None = None
-
-    @property
-    def deadline(self) -> float | None:
-        return self.refresh_at
 
 
 class RegisterMixin:

@@ -31,7 +31,6 @@ import itertools
 import secrets
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from telephony.errors import SipParseError
@@ -56,7 +55,8 @@ from .events import (
 from .guard import ANSWER, SourceGuard
 from .hop import UDP_SIZE_LIMIT, Hop, is_reliable, transport_of, with_transport
 from .message import REASONS, Request, Response, make_response, parse
-from .register import RegisterMixin, Registration, new_tag
+from .register import RegisterMixin
+from .state import Registration, Session, new_tag
 from .timer import MIN_SE_FLOOR, Timer, TooSmall, from_response, negotiate
 from .transaction import T1, T2, ClientTransaction, ServerTransaction, TxState
 from .uri import NameAddr, SipUri, Via, parse_name_addr, parse_uri
@@ -68,55 +68,6 @@ counts as a refresh; one with a body gets 405."""
 SUPPORTED = {"timer"}
 """Option tags we accept in Require (session timers, RFC 4028: see :mod:`.timer`)."""
 _KNOWN = {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PRACK", "UPDATE", "PUBLISH"}
-
-
-@dataclass(eq=False)
-class Session:
-    """One INVITE dialog, inbound (``uas``) or outbound (``uac``)."""
-
-    role: str
-    invite: Request
-    user: Any = None
-    """Opaque owner (the engine's call or leg)."""
-    state: str = "new"
-    """uas: incoming, answered, confirmed, terminated. uac: calling, early, confirmed,
-    terminated."""
-    dialog: Dialog | None = None
-    local_tag: str = ""
-    source: Addr = ("127.0.0.1", 5060)
-    server_tx: ServerTransaction | None = None
-    client_tx: ClientTransaction | None = None
-    dest: Addr = ("127.0.0.1", 5060)
-    credentials: tuple[str, str] | None = None
-    auth_attempts: int = 0
-    cancel_pending: bool = False
-    cancelled: bool = False
-    bye_pending: bool = False
-    ack: Request | None = None
-    reinvite_tx: ServerTransaction | None = None
-    # 2xx retransmission (UAS core, RFC 3261 §13.3.1.4)
-    ok_data: bytes | None = None
-    ok_dest: Addr = ("127.0.0.1", 5060)
-    retrans_at: float | None = None
-    end_at: float | None = None
-    interval: float = T1
-    # session timer (RFC 4028)
-    timer: Timer | None = None
-    """The negotiated timer; ``refresher`` as in the last refresh transaction."""
-    we_refresh: bool = False
-    timer_at: float | None = None
-    """Next timer action: send a refresh (we refresh) or BYE (no refresh came)."""
-    expires_at: float | None = None
-    """When the session ends without a successful refresh."""
-    refreshing: bool = False
-    """Our refresh re-INVITE is in flight."""
-    local_sdp: bytes = b""
-    """The SDP of our last 2xx: what a refresh re-INVITE offers again (no change)."""
-
-    @property
-    def deadline(self) -> float | None:
-        times = [t for t in (self.retrans_at, self.end_at, self.timer_at) if t is not None]
-        return min(times) if times else None
 
 
 class UserAgent(RegisterMixin):
