@@ -455,8 +455,9 @@ class WhisperRecogniser:
         # every second of it would only fall further behind. So under load partials thin
         # out before captions are shed. Adaptive: never spend more than about half of
         # real time on the partials of one stream.
+        # partial_every = 0: no partials, one caption per utterance (at its end or cut).
         every = max(self.partial_every, 2.0 * self._cost) if self._adaptive else self.partial_every
-        if self._utt and self._since_partial >= every:
+        if self.partial_every > 0 and self._utt and self._since_partial >= every:
             self._since_partial = 0.0
             h = self._decode(final=False)
             if h is not None:
@@ -684,8 +685,11 @@ class WhisperEngine:
                         round(float(w["probability"]), 3)) for w in found if w["word"].strip())
         return ws[:len(text.split())]
 
-    def recogniser(self) -> WhisperRecogniser:
-        return WhisperRecogniser(self)
+    def recogniser(self, *, partial_every: float = 0.5,
+                   max_utterance: float = 10.0) -> WhisperRecogniser:
+        """A live recogniser: a partial caption every ``partial_every`` s of speech (0:
+        none, a caption when each utterance ends or is cut at ``max_utterance`` s)."""
+        return WhisperRecogniser(self, partial_every=partial_every, max_utterance=max_utterance)
 
     def transcribe(self, pcm: Pcm, rate: int, *,
                    should_stop: Callable[[], bool] | None = None) -> list[Hypothesis]:

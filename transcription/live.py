@@ -61,6 +61,17 @@ class Inbox:
             self._items.append(item)
             self._cond.notify()
 
+    def discard_frames(self, call_id: str) -> int:
+        """Remove the waiting frames of a call (shed: its backlog must not be decoded);
+        returns how many."""
+        with self._cond:
+            keep = deque(i for i in self._items
+                         if not (i is not None and i[0] == "frame" and i[1][0] == call_id))
+            n = len(self._items) - len(keep)
+            self._items = keep
+            self._frames -= n
+            return n
+
     def take_all(self, timeout: float) -> list[tuple[Any, ...]]:
         with self._cond:
             if not self._items:
@@ -95,14 +106,20 @@ class LiveWorker(threading.Thread):
 
     MAX_GAP = 5.0  # s of missing audio we fill with silence to keep times on the media clock
 
-    def __init__(self, index: int, engine: Engine, emit: Emit, *, capacity: int) -> None:
+    def __init__(self, index: int, engine: Engine, emit: Emit, *, capacity: int,
+                 make_recogniser: Callable[[], Recogniser] | None = None) -> None:
         super().__init__(name=f"transcription-live-{index}", daemon=True)
         self.index = index
         self.inbox = Inbox(capacity)
         self._engine = engine
+        self._make = make_recogniser or engine.recogniser
+        """A new recogniser per channel (the service binds the live schedule to it)."""
         self._emit = emit
         self._chans: dict[StreamKey, _Chan] = {}
         self._dropped: set[str] = set()
+        self._shed: set[str] = set()
+        """Calls shed by the loop (:meth:`shed`), seen by this thread before their drop
+        message is reached: frames of them already taken are skipped, not decoded."""
         self.lag = 0.0
         """Age (s) of the newest frame when its batch was processed; read by the loop."""
         self.busy = 0.0
@@ -110,6 +127,14 @@ class LiveWorker(threading.Thread):
         self.audio = 0.0
         """Seconds of audio decoded."""
         self.errors = 0
+
+    def shed(self, call_id: str) -> None:
+        """Loop side: stop decoding a call now. Its waiting frames leave the inbox and
+        frames this thread already took are skipped, so shedding relieves an overloaded
+        worker at once (not after it has decoded the victim's backlog)."""
+        self._shed.add(call_id)  # a set add is atomic under the GIL
+        self.inbox.discard_frames(call_id)
+        self.inbox.put_control(("drop", call_id))
 
     def run(self) -> None:
         while True:
@@ -134,7 +159,7 @@ class LiveWorker(threading.Thread):
             kind = item[0]
             if kind == "frame":
                 _, key, pcm, offset, t_enq = item
-                if key[0] in self._dropped:
+                if key[0] in self._dropped or key[0] in self._shed:
                     continue
                 batch.setdefault(key, []).append((pcm, offset))
                 newest = max(newest, t_enq)
@@ -149,6 +174,7 @@ class LiveWorker(threading.Thread):
                         self._close(key, flush=False)
                 elif kind == "forget":
                     self._dropped.discard(item[1])
+                    self._shed.discard(item[1])
         self._run_batch(batch)
         if newest:
             self.lag = time.monotonic() - newest
@@ -156,10 +182,12 @@ class LiveWorker(threading.Thread):
 
     def _run_batch(self, batch: dict[StreamKey, list[tuple[bytes, float]]]) -> None:
         for key, frames in batch.items():
+            if key[0] in self._shed:
+                continue
             ch = self._chans.get(key)
             try:
                 if ch is None:
-                    ch = self._chans[key] = _Chan(self._engine.recogniser(), frames[0][1])
+                    ch = self._chans[key] = _Chan(self._make(), frames[0][1])
                 parts: list[bytes] = []
                 for pcm, offset in frames:
                     gap = round((offset - ch.base) * INPUT_RATE) - ch.fed

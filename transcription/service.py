@@ -112,10 +112,12 @@ class TranscriptionService:
         split = (self._engine is None and s.engine == "whisper" and bool(live_model)
                  and not same_whisper_model(live_model, s.model))
         need = self._finals == "local" or (s.live and s.max_live_streams > 0)
+        final_jobs = max(1, int(getattr(s, "final_jobs", 1)))
         if self._engine is None and s.engine != "none" and need:
             self._engine = await asyncio.to_thread(
                 load_engine, s.engine, s.model, language=s.language,
-                replicas=1 if split else s.workers + 1, options=options_from(s))
+                replicas=final_jobs if split else s.workers + final_jobs,
+                options=options_from(s))
         live_engine = self._engine
         if split and s.live and s.max_live_streams > 0:
             # Captions must keep up with speech, finals may take longer: a faster model
@@ -126,16 +128,28 @@ class TranscriptionService:
         if live_engine is not None and s.live and s.max_live_streams > 0:
             per_worker = math.ceil(s.max_live_streams / max(1, s.workers))
             capacity = int(self._inbox_seconds * 50 * 2 * max(1, per_worker))
+            make = live_engine.recogniser
+            if getattr(live_engine, "name", "") == "whisper":
+                # Whisper re-decodes the utterance for each partial caption: how often is
+                # the main cost of live captions (bench/transcription_capacity.py).
+                make = functools.partial(live_engine.recogniser,  # type: ignore[call-arg]
+                                         partial_every=getattr(s, "live_partials", 0.5))
             for i in range(max(1, s.workers)):
-                w = LiveWorker(i, live_engine, self._emit_threadsafe, capacity=capacity)
+                w = LiveWorker(i, live_engine, self._emit_threadsafe, capacity=capacity,
+                               make_recogniser=make)
                 w.start()
                 self._workers.append(w)
             self._tasks.append(asyncio.create_task(self._monitor(), name="transcription-monitor"))
         if self._engine is not None and self._finals == "local":
             self._heartbeat = jobs.Heartbeat(self._db, self._worker, lease=self._lease).start()
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="transcription-final",
+            # final_jobs recordings at once, each on its own model replica and thread: one
+            # job thread uses one core (CTranslate2 scales better across jobs than
+            # across threads of one job), so on 2 cores finals of calls ended together
+            # need 2 to keep up (bench/transcription_capacity.py).
+            self._executor = ThreadPoolExecutor(final_jobs, thread_name_prefix="transcription-final",
                                                 initializer=lower_thread_priority)
-            self._tasks.append(asyncio.create_task(self._jobs(), name="transcription-jobs"))
+            for i in range(final_jobs):
+                self._tasks.append(asyncio.create_task(self._jobs(), name=f"transcription-jobs-{i}"))
         log.info("transcription started", engine=s.engine,
                  model=self._engine.model if self._engine else "",
                  live_model=live_engine.model if live_engine else "", workers=len(self._workers))
@@ -227,7 +241,7 @@ class TranscriptionService:
 
     def _shed(self, victim: StreamInfo) -> None:
         self.stats["streams_shed"] += 1
-        self._workers[victim.worker].inbox.put_control(("drop", victim.call_id))
+        self._workers[victim.worker].shed(victim.call_id)
         log.warning("live transcription shed", call_id=victim.call_id,
                     priority=victim.priority, reason=victim.reason)
         self._flag(victim.call_id, victim.reason)

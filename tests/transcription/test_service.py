@@ -310,3 +310,57 @@ async def test_bad_frames_refused(service):
     await _feed(service, ["c"], 0.6, realtime=False)
     await _until(lambda: any(isinstance(e, TranscriptSegment) and e.final for e in service.events))
     assert service.engine.made == 2 and service._workers[0].errors == 0
+
+
+async def test_final_jobs_run_at_once(db, tmp_path):
+    """final_jobs = 2: two recordings are transcribed at the same time (each job thread
+    waits at a barrier for the other), and both transcripts are stored and published."""
+    import threading
+
+    write_wav(tmp_path / "a.wav", 8000, np.tile(np.frombuffer(VOICE, np.int16), 25))
+    eng = FakeEngine()
+    plain = eng.transcribe
+    both = threading.Barrier(2, timeout=20)
+    threads = set()
+
+    def transcribe(pcm, rate, *, should_stop=None):
+        threads.add(threading.get_ident())
+        both.wait()  # raises BrokenBarrierError (the job fails) unless two jobs run at once
+        return plain(pcm, rate, should_stop=should_stop)
+
+    eng.transcribe = transcribe
+    events = []
+    svc = TranscriptionService(settings=_settings(final_jobs=2), db=db, publish=events.append,
+                               engine=eng, job_poll=0.1)
+    await svc.start()
+    try:
+        svc.enqueue_final("j1", str(tmp_path / "a.wav"))
+        svc.enqueue_final("j2", str(tmp_path / "a.wav"), priority=1)
+        await _until(lambda: len([e for e in events if isinstance(e, TranscriptFinal)]) == 2,
+                     within=30)
+        assert len(threads) == 2 and svc.stats["finals_failed"] == 0
+        assert {tstore.job_state(db, c)["state"] for c in ("j1", "j2")} == {"done"}
+    finally:
+        await svc.stop()
+
+
+def test_shed_discards_the_victims_waiting_frames():
+    """Shedding a call takes its waiting frames out of the worker's inbox at once (the
+    worker must not decode the victim's backlog before the relief shows), leaves the
+    other calls' frames in order and queues the drop; frames the thread already took
+    are skipped."""
+    from transcription.live import LiveWorker
+
+    made = []
+    w = LiveWorker(0, FakeEngine(), lambda *a: None, capacity=100,
+                   make_recogniser=lambda: made.append(1) or FakeEngine().recogniser())
+    for n in range(3):
+        for cid in ("keep", "shed"):
+            assert w.inbox.put_frame(("frame", (cid, "caller"), VOICE, n * 0.02, 0.0))
+    taken = [("frame", ("shed", "caller"), VOICE, 0.06, 0.0)]  # already taken by the thread
+    w.shed("shed")
+    assert len(w.inbox) == 3
+    items = w.inbox.take_all(0)
+    assert [i[1][0] for i in items[:3]] == ["keep"] * 3 and items[3] == ("drop", "shed")
+    assert w._process(taken + items)
+    assert len(made) == 1  # only the kept call's channel got a recogniser

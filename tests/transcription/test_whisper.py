@@ -118,3 +118,25 @@ def test_long_speech_is_cut_at_a_pause_into_bounded_windows(whisper):
     # tiny.en hears "patient road" now and then on this voice; each half must end in road
     assert all("road" in _words(h.text) for h in finals)
     assert "station" in _words(" ".join(h.text for h in finals))
+
+
+def test_no_partials_decodes_once_per_utterance(whisper):
+    """live_partials = 0: one decode per utterance (at its end), the same final caption,
+    no partials: the cheap live schedule (bench/transcription_capacity.py)."""
+    pcm = np.concatenate([phone_speech("ulaw"), np.zeros(INPUT_RATE, np.int16)])
+    rec = whisper.recogniser(partial_every=0)
+    decodes = []
+    decode = rec._decode
+
+    def spy(*, final):
+        decodes.append(final)
+        return decode(final=final)
+    rec._decode = spy  # type: ignore[method-assign]
+    out = []
+    for i in range(0, len(pcm), 160):
+        out += rec.accept(pcm[i:i + 160].tobytes())
+    out += rec.flush()
+    assert decodes == [True]
+    assert len(out) == 1 and out[0].final
+    assert {"station", "road"} <= _words(out[0].text)
+    assert out[0].words and 0.0 < out[0].confidence <= 1.0  # the desk's per-word confidence
