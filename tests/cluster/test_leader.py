@@ -1,0 +1,164 @@
+"""The routing leader on a real PostgreSQL, without SIP (``controlroom.leader``).
+
+Two :class:`LeaderThread` s contend for the lease; a node is played by the test through
+the bus tables (``store.routing_bus``): it sends inputs, reads the leader's actions and
+answers a new term with its resync. Checked: strict priority and one offer per handler
+from the one router; a takeover rebuilds the talking call with its handler (no second
+offer to them), queues the waiting call, and logs the end the old leader never read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from harness.postgres import Postgres
+from harness.postgres import available as postgres_available
+
+pytestmark = [pytest.mark.cluster, pytest.mark.realparts,
+              pytest.mark.skipif(not postgres_available(), reason="PostgreSQL not installed")]
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    pg = Postgres()
+    pg.start()
+    try:
+        yield pg.database("leader")
+    finally:
+        pg.close()
+
+
+def _settings(url: str, node: str) -> Any:
+    from config import Settings
+    from config.loader import build
+
+    return build(Settings, {
+        "cluster": {"node_id": node, "global_queue": True},
+        "lines": [{"name": "999", "numbers": ["999"], "priority": 0, "skill": "999",
+                   "callback_on_abandon": True},
+                  {"name": "101", "numbers": ["101"], "priority": 1, "skill": "101"}],
+        "handlers": [{"id": h, "phone": f"sip:{h}@x", "skills": ["999", "101"]}
+                     for h in ("h1", "h2")],
+        "routing": {"offer_timeout": 30.0},
+        "storage": {"url": url, "heartbeat_interval": 0.5}})
+
+
+class FakeNode:
+    """A node as the bus sees it: inputs out, the leader's rows in, a resync per term."""
+
+    def __init__(self, url: str, node: str) -> None:
+        from controlroom.leader import _connect
+        from store import routing_bus as bus
+
+        self.bus, self.node = bus, node
+        self.conn = _connect(url)
+        self.last = 0
+        self.actions: list[dict[str, Any]] = []
+        self.calls: dict[str, dict[str, Any]] = {}
+
+    def send(self, method: str, *args: Any, **kwargs: Any) -> None:
+        self.bus.send(self.conn, self.node, [("call", {"method": method, "args": list(args),
+                                                       "kwargs": kwargs}, time.time())])
+
+    def poll(self) -> None:
+        for _id, term, data in self.bus.outputs_after(self.conn, self.node, self.last):
+            self.last = _id
+            if data.get("kind") == "term":
+                self.bus.send(self.conn, self.node, [("resync", {
+                    "term": term, "calls": list(self.calls.values())}, time.time())])
+            else:
+                self.actions += data["actions"]
+
+    def wait_for(self, pred: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll()
+            got = [a for a in self.actions if pred(a)]
+            if got:
+                return got
+            time.sleep(0.02)
+        raise AssertionError(f"not seen; actions: {self.actions}")
+
+
+def _log(url: str) -> list[tuple[str, str, str]]:
+    from harness.cluster import store_query
+
+    return [(r["event"], r["call_id"], r["handler_id"]) for r in store_query(
+        url, "SELECT event, call_id, handler_id FROM queue_log ORDER BY id")]
+
+
+def test_one_router_keeps_priority_and_a_takeover_rebuilds_from_the_nodes(url: str) -> None:
+    from controlroom.leader import LeaderThread
+    from harness.cluster import store_query
+    from store import calls as calls_table
+    from store import lease, nodes, queuelog
+    from store import routing_bus as bus
+    from store.db import Database
+
+    db = Database(url)
+    for comp, mig, pgm in ((queuelog.COMPONENT, queuelog.MIGRATIONS, queuelog.PG_MIGRATIONS),
+                           (calls_table.COMPONENT, calls_table.MIGRATIONS,
+                            calls_table.PG_MIGRATIONS),
+                           (calls_table.NODE_COMPONENT, calls_table.NODE_MIGRATIONS,
+                            calls_table.NODE_MIGRATIONS)):
+        db.migrate(comp, mig, postgresql=pgm)
+    nodes.migrate(db)
+    bus.migrate(db)
+    lease.migrate(db)
+    nodes.register(db, "n2", nodes.new_instance(), stale_after=5.0)
+    stop1, stop2 = threading.Event(), threading.Event()
+    first = LeaderThread(_settings(url, "n1"), url, "n1", stop1, poll=0.05)
+    first.start()
+    node = FakeNode(url, "n2")
+    try:
+        t = time.time()
+        node.send("handler_login", "h1", t, skills={"999": 5, "101": 5})
+        node.send("handler_login", "h2", t, skills={"999": 5, "101": 5})
+        node.send("call_arrived", "n2-c1", "101", t + 0.01, caller="1")
+        node.send("call_arrived", "n2-c2", "999", t + 0.02, caller="2")
+        node.send("set_available", "h1", t + 0.03)
+        offer = node.wait_for(lambda a: a["type"] == "Offer")[0]
+        assert (offer["call_id"], offer["handler_id"]) == ("n2-c2", "h1")  # the 999 first
+        node.calls = {"n2-c1": {"call_id": "n2-c1", "line": "101", "caller": "1",
+                                "arrived_at": t + 0.01, "state": "queued", "handler_id": None},
+                      "n2-c2": {"call_id": "n2-c2", "line": "999", "caller": "2",
+                                "arrived_at": t + 0.02, "state": "connected",
+                                "handler_id": "h1"}}
+        node.send("offer_answered", "n2-c2", "h1", time.time())
+        node.wait_for(lambda a: a["type"] == "Connected")
+        time.sleep(0.3)  # the leader's state row written
+        # The first leader stops (its lease released: as a kill -9 closes its session);
+        # the call ends before anyone reads that input.
+        stop1.set()
+        first.join(5)
+        node.calls["n2-c2"]["state"] = "connected"  # as it was when its end was sent
+        node.send("call_ended", "n2-c2", time.time())
+        second = LeaderThread(_settings(url, "n3"), url, "n3", stop2, poll=0.05)
+        second.start()
+        node.wait_for(lambda a: a["type"] == "Completed" and a["call_id"] == "n2-c2")
+        assert store_query(url, "SELECT term, holder FROM routing_lease")[0]["holder"] == "n3"
+        node.actions.clear()
+        node.send("set_available", "h2", time.time())
+        offer = node.wait_for(lambda a: a["type"] == "Offer")[0]
+        assert (offer["call_id"], offer["handler_id"]) in (("n2-c1", "h2"), ("n2-c1", "h1"))
+        log = _log(url)
+        # h1 was offered once, answered, and its call's end is on the record
+        assert [e for e in log if e[0] in ("OFFER", "CONNECT", "COMPLETE")
+                and e[1] == "n2-c2"] == [("OFFER", "n2-c2", "h1"), ("CONNECT", "n2-c2", "h1"),
+                                         ("COMPLETE", "n2-c2", "h1")]
+        assert [e for e in log if e[0] == "OFFER" and e[1] == "n2-c1"] == [
+            ("OFFER", "n2-c1", offer["handler_id"])]
+        assert [e for e in log if e[0] == "ENTER"] == [("ENTER", "n2-c1", ""),
+                                                       ("ENTER", "n2-c2", "")]
+    finally:
+        stop1.set()
+        stop2.set()
+        first.join(5)
+        if "second" in locals():
+            second.join(5)
+        db.close()
