@@ -161,8 +161,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     client = f"cli {getpass.getuser()}@{socket.gethostname()}"
     audit.log_search(db, user, query=args.query, justification=args.reason, filters=filters,
                      client=client)
-    hits = [dict(vars(h)) for h in TranscriptSearch(db).search(args.query,
-                                                                **audit.search_kwargs(filters))]
+    result = TranscriptSearch(db).search(args.query, before=args.continue_before,
+                                         **audit.search_kwargs(filters))
+    hits = [dict(vars(h)) for h in result]
     for h in hits:
         h["arrived_local"] = audit.local_time(h["arrived_at"])
         h["text"] = _plain(h)
@@ -179,6 +180,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                           + (" (low confidence)" if m["low_confidence"] else "")
                           for m in h["matches"])
         print(f"     matched: {words}")
+    if not result.complete:  # the search read the newest part of the index only
+        back = (f"calls after {audit.local_time(result.searched_back_to)}"
+                if result.searched_back_to is not None else "the newest calls")
+        print(f"searched {back} only; narrow the time range (--since/--until) or continue further"
+              f" back with --continue {result.continue_before}", file=sys.stderr)
     if not hits:
         print("no matches", file=sys.stderr)
     return 0 if hits else 1
@@ -472,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--until", help="to (local, a day means its end): YYYY-MM-DD or 'YYYY-MM-DD HH:MM'")
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--json", action="store_true", help="one JSON object per hit")
+    s.add_argument("--continue", dest="continue_before", type=int, metavar="N",
+                   help="continue a search that stopped early further back (N: as it printed)")
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("transcribe", help="transcribe a recording file (16-bit, A-law or µ-law WAV)")

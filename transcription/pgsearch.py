@@ -34,6 +34,7 @@ from store.db import Database
 from .errors import SearchQueryError
 from .pgschema import TS_CONFIG
 from .search import (
+    SearchResult,
     KIND_ORDER,
     MAX_LIMIT,
     MAX_MATCHES,
@@ -114,8 +115,9 @@ class PgTranscriptSearch(TranscriptSearch):
     def search(self, query: str, *, line: str | None = None, caller: str | None = None,
                handler_id: str | None = None, since: float | datetime | None = None,
                until: float | datetime | None = None, incident: str | None = None,
-               limit: int = 20) -> list[Hit]:
-        """As :meth:`TranscriptSearch.search`, on PostgreSQL."""
+               limit: int = 20, before: int | None = None) -> SearchResult:
+        """As :meth:`TranscriptSearch.search`, on PostgreSQL: one GIN index over every
+        call, so the result is always ``complete`` (``before`` is accepted and ignored)."""
         groups, negatives = parse_query(query)
         limit = max(1, min(int(limit), MAX_LIMIT))
         where: list[str] = []
@@ -160,7 +162,7 @@ class PgTranscriptSearch(TranscriptSearch):
             if isinstance(exc, self._db.OperationalError):
                 raise
             raise SearchQueryError(f"query cannot be searched: {exc}") from None
-        return [_with(h, rank=i + 1) for i, h in enumerate(hits[:limit])]
+        return SearchResult([_with(h, rank=i + 1) for i, h in enumerate(hits[:limit])])
 
     def _document_frequencies(self, phrases: list[Phrase]) -> dict[Phrase, tuple[int, bool]]:
         """Calls holding each phrase, counted up to ``fuzzy_below`` (all the fuzzy

@@ -59,6 +59,7 @@ import math
 import re
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -69,7 +70,7 @@ from store.db import Database
 
 from .errors import SearchQueryError
 from .normalise import is_code, normalise, phonetic_key
-from .store import IndexedCall
+from .store import IndexedCall, Partition, partitions
 
 _TOKEN = re.compile(r'"([^"]*)"?|([()])|([^\s()"]+)')
 _WORDCHAR = re.compile(r"\w", re.UNICODE)
@@ -331,6 +332,68 @@ like it (``transcription/store.py``), not through words heard as written."""
 KIND_ORDER = {"exact": 0, "gazetteer": 1, "fuzzy": 2, "phonetic": 3}
 
 
+class SearchResult(list):  # list[Hit], so every caller of search() keeps working
+    """The hits of one search, and how far back in time it looked.
+
+    The call index is split into partitions (``transcription/store.py``), searched newest
+    first until the search has ``max_candidates`` matches or its budget (``budget_ms``,
+    ``max_scan_rows``) is spent. ``complete`` says whether every partition that could
+    hold matching calls (within ``since``/``until``) was searched; if not, every call that
+    arrived after ``searched_back_to`` was searched and some older ones were not: narrow
+    the time range, or search again with ``before=continue_before`` to go further back
+    (older partitions only, so no hit repeats)."""
+
+    complete: bool = True
+    searched_back_to: float | None = None
+    """Epoch seconds: every call that arrived after this was searched (the newest call
+    not searched arrived then). None when ``complete``."""
+    continue_before: int | None = None
+    """Pass as ``before=`` to continue the same search further back (None: complete)."""
+    partitions_searched: int = 0
+    reason: str = ""
+    """Why it stopped early: ``budget`` (time or rows) or ``candidates`` (enough newest
+    matches to rank; ``Hit.ranked_within_recent`` says so too)."""
+
+    def __init__(self, hits: list[Hit] | None = None, **info: Any) -> None:
+        super().__init__(hits or [])
+        for k, v in info.items():
+            setattr(self, k, v)
+
+    def coverage(self) -> dict[str, Any]:
+        """How far back it looked, as JSON-ready fields (web API, CLI --json)."""
+        return {"complete": self.complete, "searched_back_to": self.searched_back_to,
+                "continue_before": self.continue_before,
+                "partitions_searched": self.partitions_searched, "stopped_by": self.reason or None}
+
+
+class _Walk:
+    """The partitions one search may read, newest first, and its budget."""
+
+    def __init__(self, parts: list[Partition], budget_ms: float | None, max_rows: int | None) -> None:
+        self.parts = parts
+        self.deadline = None if budget_ms is None else time.perf_counter() + budget_ms / 1000.0
+        self.max_rows = max_rows
+        self.rows = 0
+        self.reached = -1
+        """Index in ``parts`` of the oldest partition searched by every pass."""
+        self.reason = ""
+        self.span: tuple[float, float] | None = None
+        """(since, until) of a time filter."""
+        self.dfs: dict[tuple[str, Phrase], tuple[int, bool]] = {}
+
+    def spent(self, i: int) -> bool:
+        """Over budget before reading ``parts[i]``? (The newest is always read.)"""
+        if i == 0:
+            return False
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            self.reason = "budget"
+            return True
+        if self.max_rows is not None and self.rows + self.parts[i].rows > self.max_rows:
+            self.reason = "budget"
+            return True
+        return False
+
+
 class TranscriptSearch:
     """SQLite FTS5 search over whole-call transcripts, filtered by the ``calls`` row."""
 
@@ -353,8 +416,10 @@ class TranscriptSearch:
         return super().__new__(cls)
 
     def __init__(self, db: Database, *, max_candidates: int = 1000,
-                 calls_first_max: int = 1000, max_idf_scan: int = 400_000,
-                 fuzzy_below: int = 3, fuzzy_cutoff: float = 80.0, fuzzy_max: int = 5) -> None:
+                 calls_first_max: int = 1000, max_idf_scan: int = 40_000,
+                 fuzzy_below: int = 3, fuzzy_cutoff: float = 80.0, fuzzy_max: int = 5,
+                 budget_ms: float | None = 60.0, max_scan_rows: int | None = None,
+                 filtered_candidates: int = 250) -> None:
         self._db = db
         self._local = threading.local()
         self._stems: dict[str, tuple[str, ...]] = {}  # word -> FTS5 terms; shared, see _tokenize
@@ -364,10 +429,10 @@ class TranscriptSearch:
         """Filters leaving at most this many calls are applied before the text match."""
         self.max_idf_scan = max_idf_scan
         """FTS5's bm25 counts each phrase's document frequency by reading every
-        occurrence of its words (~30 ns each here: ~55 ms for "the" in a million calls,
-        growing with the index). A query whose words occur more often than this in
-        total (phrases count twice: positions are compared) is scored by :meth:`_bm25`
-        with estimated document frequencies instead (``Hit.scoring``)."""
+        occurrence of its words in the partition (~30 ns each). A query whose words
+        occur more often than this in a partition (phrases count twice: positions are
+        compared) is scored there by :meth:`_bm25` with estimated document frequencies
+        instead (``Hit.scoring``)."""
         self.fuzzy_below = fuzzy_below
         """A query word found in fewer calls than this is also looked for by close
         spelling and by sound (a misspelt name, a misrecognised place)."""
@@ -375,6 +440,14 @@ class TranscriptSearch:
         """Least rapidfuzz ratio (0-100) of a close spelling."""
         self.fuzzy_max = fuzzy_max
         """Most alternatives per query word, of each kind."""
+        self.budget_ms = budget_ms
+        """Time after which a search reads no further partition (it always reads the
+        newest one it may; None: no time limit). Its result says how far back it got."""
+        self.max_scan_rows = max_scan_rows
+        """Most index rows (calls) of the partitions one search reads (None: no limit)."""
+        self.filtered_candidates = filtered_candidates
+        """Most matches ranked when a filter (not selective enough to go first) is checked
+        against each match's ``calls`` row: each costs two row lookups."""
 
     def _conn(self) -> sqlite3.Connection | None:
         if self._db.path == ":memory:":
@@ -390,23 +463,32 @@ class TranscriptSearch:
             return self._db.query(sql, params)
         return conn.execute(sql, params).fetchall()
 
+    def partitions(self) -> list[Partition]:
+        """The call index's partitions, newest first."""
+        conn = self._conn()
+        if conn is None:
+            with self._db.transaction() as c:
+                return partitions(c)
+        return partitions(conn)
+
     def search(self, query: str, *, line: str | None = None, caller: str | None = None,
                handler_id: str | None = None, since: float | datetime | None = None,
                until: float | datetime | None = None, incident: str | None = None,
-               limit: int = 20) -> list[Hit]:
+               limit: int = 20, before: int | None = None) -> SearchResult:
         """Best calls first: exact matches, then fuzzy, then phonetic ones. Filters apply
         to the ``calls`` row (``since`` inclusive, ``until`` exclusive, on
         ``arrived_at``); a filtered search skips transcripts with no call row. Raises
         :class:`SearchQueryError` for unusable queries.
 
-        Bounded work, whatever the index size: relevance (bm25) is computed for at most
-        ``max_candidates`` matching calls, the newest ones (index rows grow with time).
-        A rare word is therefore ranked over all its matches; a word found in hundreds of
-        thousands of calls is ranked among its newest matches (the hits say so:
-        ``ranked_within_recent``): add words or filters to reach further back.
-        Selective filters (a caller, an incident, a handler's day) are applied first,
-        through the ``calls`` indexes. bm25 needs each term's document frequency; for
-        very frequent words it is estimated (``max_idf_scan``, ``Hit.scoring``).
+        Bounded work, whatever the index size: the index's partitions are read newest
+        first (those outside ``since``/``until`` not at all), until ``max_candidates``
+        matching calls are found (ranked by bm25; ``Hit.ranked_within_recent`` says so)
+        or the budget (``budget_ms``, ``max_scan_rows``) is spent; the result
+        (:class:`SearchResult`) says how far back it looked and how to continue
+        (``before``: its ``continue_before``). Selective filters (a caller, an incident,
+        a handler's day) are applied first, through the ``calls`` indexes, and always
+        search every partition. bm25 needs each term's document frequency; for very
+        frequent words it is estimated (``max_idf_scan``, ``Hit.scoring``).
         """
         groups, negatives = parse_query(query)
         limit = max(1, min(int(limit), MAX_LIMIT))
@@ -417,21 +499,28 @@ class TranscriptSearch:
             if val is not None:
                 where.append(f"{col} = ?")
                 params.append(val)
-        if since is not None:
+        lo, hi = _epoch(since), _epoch(until)
+        if lo is not None:
             where.append("c.arrived_at >= ?")
-            params.append(_epoch(since))
-        if until is not None:
+            params.append(lo)
+        if hi is not None:
             where.append("c.arrived_at < ?")
-            params.append(_epoch(until))
+            params.append(hi)
+        if before is not None and not isinstance(before, int):
+            raise SearchQueryError(f"'before' must be a continuation number, not {before!r}")
+        parts = [p for p in self.partitions() if p.overlaps(lo, hi)
+                 and (before is None or p.first_row < before)]
+        walk = _Walk(parts, self.budget_ms, self.max_scan_rows)
+        if lo is not None or hi is not None:
+            walk.span = (-math.inf if lo is None else lo, math.inf if hi is None else hi)
         try:
-            dfs = self._document_frequencies([p for g in groups for p in g] + negatives)
-            found = self._run(groups, negatives, where, params, dfs, limit, set())
+            few = self._filtered_calls(where, params)
+            found = self._run(groups, negatives, where, params, limit, set(), walk, few)
             hits = [self._hit(row, "exact", {}) for row in found]
             hits.sort(key=lambda h: KIND_ORDER[h.match])  # stable: bm25 order within a kind
-            alternatives = self._alternatives(groups, dfs)
+            alternatives = self._alternatives(groups, walk) if len(hits) < limit else {}
             if alternatives and len(hits) < limit:
                 by_term = {a.term: a for alts in alternatives.values() for a in alts}
-                dfs.update(self._document_frequencies([(t, False) for t in by_term]))
                 # One rare word: its alternatives tier by tier, closest first, so the calls
                 # of the likeliest spelling come before those of a remoter one. Several:
                 # all alternatives at once.
@@ -448,40 +537,117 @@ class TranscriptSearch:
                         break
                     wider = [g + [(a.term, False) for a in expansion.get(i, [])]
                              for i, g in enumerate(groups)]
-                    more = self._run(wider, negatives, where, params, dfs, limit - len(hits),
-                                     {h.call_id for h in hits})
+                    more = self._run(wider, negatives, where, params, limit - len(hits),
+                                     {h.call_id for h in hits}, walk, few)
                     extra = [self._hit(row, "", by_term) for row in more]
                     hits += sorted(extra, key=lambda h: (KIND_ORDER[h.match], -h.score))
         except sqlite3.OperationalError as exc:  # defensive: we built the expression
             raise SearchQueryError(f"query cannot be searched: {exc}") from None
-        return [_with(h, rank=i + 1) for i, h in enumerate(hits[:limit])]
+        out = SearchResult([_with(h, rank=i + 1) for i, h in enumerate(hits[:limit])])
+        if few is not None or walk.reached >= len(parts) - 1:
+            out.partitions_searched = len(parts) if few is None else len({p for p, _ in few})
+        else:
+            done, rest = parts[:walk.reached + 1], parts[walk.reached + 1:]
+            known = [p.max_at for p in rest if p.max_at is not None]
+            out.complete = False
+            out.searched_back_to = max(known) if len(known) == len(rest) else None
+            out.continue_before = done[-1].first_row if done else before
+            out.partitions_searched = len(done)
+            out.reason = walk.reason or "candidates"
+        return out
+
+    def _filtered_calls(self, where: list[str], params: list[Any]
+                        ) -> list[tuple[Partition, dict[int, tuple[str, float]]]] | None:
+        """Selective filter? The index rows of the calls it leaves (at most
+        ``calls_first_max``, through the calls' indexes) grouped by partition, newest
+        first; None when the filter leaves more calls (or there is none)."""
+        if not where:
+            return None
+        cond = " AND ".join(where)
+        few = self._q(f"SELECT c.call_id FROM calls c WHERE {cond}"
+                      f" ORDER BY c.arrived_at DESC LIMIT {self.calls_first_max + 1}", params)
+        if len(few) > self.calls_first_max:
+            return None
+        segs = {r[0]: (r[1], 0.0) for r in self._q(
+            "SELECT s.id, s.call_id FROM transcription_call_index s WHERE s.call_id IN"
+            f" ({','.join('?' * len(few))})", [r[0] for r in few])} if few else {}
+        out: list[tuple[Partition, dict[int, tuple[str, float]]]] = []
+        for p in self.partitions():
+            mine = {i: v for i, v in segs.items() if i >= p.first_row and (p.last_row is None or i <= p.last_row)}
+            if mine:
+                out.append((p, mine))
+        return out
 
     def _run(self, groups: list[list[Phrase]], negatives: list[Phrase], where: list[str],
-             params: list[Any], dfs: dict[Phrase, tuple[int, bool]], limit: int,
-             exclude: set[str]) -> list[tuple[int, float, str, str, dict[str, Any]]]:
+             params: list[Any], limit: int, exclude: set[str], walk: _Walk,
+             few: list[tuple[Partition, dict[int, tuple[str, float]]]] | None
+             ) -> list[tuple[int, float, str, str, dict[str, Any], str]]:
         """The best ``limit`` calls for this expression: (rowid, rank, call_id, match
-        expression, Hit fields saying how they were found)."""
+        expression, Hit fields saying how they were found, partition's FTS5 table).
+        Reads the walk's partitions newest first, no further than an earlier pass of
+        the same search did, until ``max_candidates`` matches or the budget."""
         match = _match_expr(groups, negatives)
         phrases = [p for g in groups for p in g] + negatives  # FTS5's phrase order
-        frequent = self._idf_scan(phrases, dfs) > self.max_idf_scan
-        cands, info = self._candidates(match, where, params, phrases if frequent else None, dfs)
-        best: dict[str, tuple[float, int]] = {}  # call_id -> (rank, row id)
-        for row_id, rank, call_id, _ in cands:
+        cands: list[tuple[int, float, str, str]] = []  # row id, rank, call_id, fts
+        info: dict[str, Any] = {"scoring": "bm25"}
+        if few is not None:  # a selective filter: its calls in every partition
+            for part, segs in few:
+                dfs = self._document_frequencies(phrases, part, walk)
+                own = phrases if self._idf_scan(phrases, dfs) > self.max_idf_scan else None
+                rows, scoring = self._rank_ids(match, segs, own, dfs, part)
+                cands += [(r[0], r[1], r[2], part.fts) for r in rows]
+                if rows and scoring != "bm25":
+                    info["scoring"] = scoring
+            info["matches_estimate"] = len(cands)
+        else:
+            first_pass = walk.reached < 0
+            last = len(walk.parts) - 1 if first_pass else walk.reached
+            estimate = 0.0
+            rows_read = 0
+            reached = -1
+            for i, part in enumerate(walk.parts[:last + 1]):
+                if walk.spent(i):
+                    break
+                need = self.max_candidates - len(cands)
+                dfs = self._document_frequencies(phrases, part, walk)
+                own = phrases if self._idf_scan(phrases, dfs) > self.max_idf_scan else None
+                rows, pinfo = self._candidates(match, where, params, own, dfs, part, need, walk.span)
+                cands += [(r[0], r[1], r[2], part.fts) for r in rows]
+                if pinfo["scoring"] != "bm25":
+                    info["scoring"] = pinfo["scoring"]
+                estimate += pinfo["matches_estimate"]
+                rows_read += part.rows
+                walk.rows += part.rows
+                reached = i
+                if pinfo.get("cut") or len(cands) >= self.max_candidates:
+                    info["ranked_within_recent"] = len(cands)
+                    walk.reason = walk.reason or "candidates"
+                    break
+            walk.reached = reached if first_pass else min(walk.reached, reached)
+            total_rows = sum(p.rows for p in walk.parts)
+            if reached < len(walk.parts) - 1 and rows_read:  # older partitions not read
+                estimate *= max(1.0, total_rows / rows_read)
+            info["matches_estimate"] = max(len(cands), round(estimate))
+        best: dict[str, tuple[float, int, str]] = {}  # call_id -> (rank, row id, fts)
+        for row_id, rank, call_id, fts in cands:
             if call_id not in exclude and (call_id not in best or rank < best[call_id][0]):
-                best[call_id] = (rank, row_id)
+                best[call_id] = (rank, row_id, fts)
         top = sorted(best.items(), key=lambda kv: (kv[1][0], -kv[1][1]))[:limit]
-        return [(row_id, rank, call_id, match, info) for call_id, (rank, row_id) in top]
+        return [(row_id, rank, call_id, match, info, fts) for call_id, (rank, row_id, fts) in top]
 
-    def _alternatives(self, groups: list[list[Phrase]], dfs: dict[Phrase, tuple[int, bool]]
+    def _alternatives(self, groups: list[list[Phrase]], walk: _Walk | dict[Phrase, tuple[int, bool]]
                       ) -> dict[int, list[Alternative]]:
-        """Close spellings and same-sounding words for each rare single-word group."""
+        """Close spellings and same-sounding words for each rare single-word group
+        (``walk``: this search's partitions; or the query's document frequencies)."""
         out: dict[int, list[Alternative]] = {}
         for i, group in enumerate(groups):
             alts: list[Alternative] = []
             for text, prefix in group:
                 if prefix or " " in text or not text.isalpha() or len(text) < 4:
                     continue
-                if dfs.get((text, prefix), (0, True))[0] >= self.fuzzy_below:
+                df = (walk.get((text, prefix), (0, True))[0] if isinstance(walk, dict)
+                      else self._calls_with(text, walk, self.fuzzy_below))
+                if df >= self.fuzzy_below:
                     continue
                 alts += self._similar(text)
             have = {t for t, _ in group}
@@ -489,6 +655,21 @@ class TranscriptSearch:
             if alts:
                 out[i] = alts
         return out
+
+    def _calls_with(self, term: str, walk: _Walk, enough: int) -> int:
+        """Calls holding ``term`` in the partitions the search read (counting up to
+        ``enough``)."""
+        n = 0
+        upto = walk.parts[:walk.reached + 1] if walk.reached >= 0 else walk.parts
+        for part in upto:
+            df = walk.dfs.get((part.fts, (term, False)))
+            if df is None:
+                df = (len(self._q(f"SELECT rowid FROM {part.fts} WHERE {part.fts} MATCH ?"
+                                  f" LIMIT {enough}", (_expr((term, False)),))), True)
+            n += df[0]
+            if n >= enough:
+                break
+        return n
 
     def _similar(self, word: str) -> list[Alternative]:
         n = len(word)
@@ -506,17 +687,17 @@ class TranscriptSearch:
                 f" LIMIT {self.fuzzy_max + 1}", (key,)) if r[0] not in seen]
         return alts[: 2 * self.fuzzy_max]
 
-    def _hit(self, found: tuple[int, float, str, str, dict[str, Any]], kind: str,
+    def _hit(self, found: tuple[int, float, str, str, dict[str, Any], str], kind: str,
              alternatives: dict[str, Alternative]) -> Hit:
-        row_id, rank, call_id, match, info = found
+        row_id, rank, call_id, match, info, fts = found
         c = self._q("SELECT line, caller, handler_id, arrived_at, incident_number FROM calls"
                     " WHERE call_id = ?", (call_id,))
         row = c[0] if c else None
         # which terms matched (FTS5's highlight) and the call's terms, in one lookup
-        doc = self._q("SELECT highlight(transcription_call_fts, 0, char(2), char(3)), s.terms,"
-                      " s.times, s.display FROM transcription_call_fts f JOIN"
+        doc = self._q(f"SELECT highlight({fts}, 0, char(2), char(3)), s.terms,"
+                      f" s.times, s.display FROM {fts} f JOIN"
                       " transcription_call_index s ON s.id = f.rowid"
-                      " WHERE transcription_call_fts MATCH ? AND f.rowid = ?", (match, row_id))
+                      f" WHERE {fts} MATCH ? AND f.rowid = ?", (match, row_id))
         items = IndexedCall(doc[0][1], bytes(doc[0][2]), doc[0][3]) if doc else IndexedCall("", b"", "")
         marked = sorted(i for i in (_marked(doc[0][0]) if doc else set()) if i < len(items))
         score = -rank
@@ -553,58 +734,54 @@ class TranscriptSearch:
 
     # -- candidates --------------------------------------------------------------------
     def _candidates(self, match: str, where: list[str], params: list[Any],
-                    own: list[Phrase] | None, dfs: dict[Phrase, tuple[int, bool]]
-                    ) -> tuple[list[tuple[int, float, str, float]], dict[str, Any]]:
-        """(segment id, bm25 rank, call_id, start) of at most max_candidates matches, and
-        the Hit fields saying how they were found. ``own``: the query's phrases when a
-        term is too frequent for FTS5's rank; we score with :meth:`_bm25` instead."""
-        n = self.max_candidates
+                    own: list[Phrase] | None, dfs: dict[Phrase, tuple[int, bool]],
+                    part: Partition, n: int, span: tuple[float, float] | None = None
+                    ) -> tuple[list[tuple[int, float, str]], dict[str, Any]]:
+        """(row id, bm25 rank, call_id) of the newest ``n`` matches in one partition, and
+        how they were found. ``own``: the query's phrases when a term is too frequent for
+        FTS5's rank; we score with :meth:`_bm25` instead."""
+        fts = part.fts
         scoring = "bm25" if own is None else "bm25-estimated-idf"
         if own is not None:
             # our bm25 reads every term of every candidate: bound the terms, not the calls
-            # (a call of 500 words is 20 bench calls)
-            rows_, tokens_ = self._totals()
+            rows_, tokens_ = self._totals(fts)
             avgdl = tokens_ / rows_ if rows_ else 1.0
             n = min(n, max(self.SPARSE_RANKED, int(self.OWN_TERMS // max(avgdl, 1.0))))
         if where:
-            # Selective filter? Count the calls it leaves, up to a cap, via calls' indexes.
-            cond = " AND ".join(where)
-            few = self._q(f"SELECT c.call_id FROM calls c WHERE {cond}"
-                          f" ORDER BY c.arrived_at DESC LIMIT {self.calls_first_max + 1}", params)
-            if len(few) <= self.calls_first_max:
-                if not few:
-                    return [], {}
-                segs = {r[0]: (r[1], r[2]) for r in self._q(
-                    "SELECT s.id, s.call_id, 0.0 FROM transcription_call_index s WHERE s.call_id IN"
-                    f" ({','.join('?' * len(few))})", [r[0] for r in few])}
-                out, scoring = self._rank_ids(match, segs, own, dfs)
-                return out, {"matches_estimate": len(out), "scoring": scoring}
-            join, cond = " JOIN calls c ON c.call_id = s.call_id", f" AND {cond}"
+            join, cond = " JOIN calls c ON c.call_id = s.call_id", " AND " + " AND ".join(where)
+            n = min(n, self.filtered_candidates)
         else:
             join, cond = "", ""
+        if span is not None:  # a time range: only the rows of calls in it (index on at)
+            lo, hi = self._q("SELECT min(id), max(id) FROM transcription_call_index WHERE at >= ?"
+                             " AND at < ? AND id >= ?" + ("" if part.last_row is None else " AND id <= ?"),
+                             (*span, part.first_row) + (() if part.last_row is None else (part.last_row,)))[0]
+            if lo is None:
+                return [], {"scoring": scoring, "matches_estimate": 0}
+            cond += f" AND f.rowid BETWEEN {int(lo)} AND {int(hi)}"
         if own is None:
             # rank is computed lazily, only for the rows the LIMIT lets through.
-            rows = [tuple(r) for r in self._q(
-                "SELECT f.rowid, f.rank, s.call_id, 0.0 FROM transcription_call_fts f"
+            rows = [(r[0], r[1], r[2]) for r in self._q(
+                f"SELECT f.rowid, f.rank, s.call_id FROM {fts} f"
                 f" JOIN transcription_call_index s ON s.id = f.rowid{join}"
-                f" WHERE transcription_call_fts MATCH ?{cond} ORDER BY f.rowid DESC LIMIT {n}",
+                f" WHERE {fts} MATCH ?{cond} ORDER BY f.rowid DESC LIMIT {n}",
                 [match, *params])]
         else:
             found = self._q(
-                "SELECT f.rowid, s.call_id, 0.0, s.terms FROM transcription_call_fts f"
+                f"SELECT f.rowid, s.call_id, s.terms FROM {fts} f"
                 f" JOIN transcription_call_index s ON s.id = f.rowid{join}"
-                f" WHERE transcription_call_fts MATCH ?{cond} ORDER BY f.rowid DESC LIMIT {n}",
+                f" WHERE {fts} MATCH ?{cond} ORDER BY f.rowid DESC LIMIT {n}",
                 [match, *params])
-            scores = self._bm25(own, dfs, {r[0]: r[3] for r in found})
-            rows = [(r[0], scores[r[0]], r[1], r[2]) for r in found]
+            scores = self._bm25(own, dfs, {r[0]: r[2] for r in found}, fts)
+            rows = [(r[0], scores[r[0]], r[1]) for r in found]
         info: dict[str, Any] = {"scoring": scoring, "matches_estimate": len(rows)}
-        if len(rows) >= n:
-            info["ranked_within_recent"] = n
-            info["matches_estimate"] = self._estimate(n, rows[-1][0])
+        if len(rows) >= n and rows:  # cut short: older matches here were not read
+            info["cut"] = True
+            info["matches_estimate"] = self._estimate(n, rows[-1][0], part)
         return rows, info
 
     def _rank_ids(self, match: str, segs: dict[int, tuple[str, float]],
-                  own: list[Phrase] | None, dfs: dict[Phrase, tuple[int, bool]]
+                  own: list[Phrase] | None, dfs: dict[Phrase, tuple[int, bool]], part: Partition
                   ) -> tuple[list[tuple[int, float, str, float]], str]:
         """Match and rank a known set of segments (the calls-first path).
 
@@ -616,9 +793,9 @@ class TranscriptSearch:
         With a very frequent term (``own``), any FTS5 rank would scan it: we score the
         matches with :meth:`_bm25`.
         """
+        fts = part.fts
         matched = [i for i in sorted(segs) if self._q(
-            "SELECT 1 FROM transcription_call_fts WHERE transcription_call_fts MATCH ? AND rowid = ?",
-            (match, i))]
+            f"SELECT 1 FROM {fts} WHERE {fts} MATCH ? AND rowid = ?", (match, i))]
         if not matched:
             return [], "bm25"
         lo, hi = matched[0], matched[-1]
@@ -627,14 +804,14 @@ class TranscriptSearch:
             texts = {r[0]: r[1] for r in self._q(
                 f"SELECT id, terms FROM transcription_call_index WHERE id IN ({','.join('?' * len(matched))})",
                 matched)}
-            ranks = self._bm25(own, dfs, texts)
+            ranks = self._bm25(own, dfs, texts, fts)
             scoring = "bm25-estimated-idf"
         elif hi - lo <= self.RANGE_SPAN:
             ranks = {r[0]: r[1] for r in self._q(
-                "SELECT rowid, rank FROM transcription_call_fts WHERE transcription_call_fts MATCH ?"
+                f"SELECT rowid, rank FROM {fts} WHERE {fts} MATCH ?"
                 " AND rowid BETWEEN ? AND ?", (match, lo, hi))}
         elif len(matched) <= self.SPARSE_RANKED:
-            ranks = {i: self._q("SELECT rank FROM transcription_call_fts WHERE transcription_call_fts"
+            ranks = {i: self._q(f"SELECT rank FROM {fts} WHERE {fts}"
                                 " MATCH ? AND rowid = ?", (match, i))[0][0] for i in matched}
         else:  # many matches spread over the whole index: newest first, score 0
             ranks = dict.fromkeys(matched, 0.0)
@@ -642,25 +819,32 @@ class TranscriptSearch:
         return [(i, ranks[i], segs[i][0], segs[i][1]) for i in matched], scoring
 
     # -- bm25 with estimated document frequencies -------------------------------------
-    def _document_frequencies(self, phrases: list[Phrase]) -> dict[Phrase, tuple[int, bool]]:
-        """(segments containing it, exact?) for each phrase and each word of a phrase
-        (FTS5 reads the doclist of every word of a phrase to count the phrase). At most
-        PROBE newest matches are read per item: fewer means the count is exact; else it
-        is estimated from the span of segment ids they cover."""
+    def _document_frequencies(self, phrases: list[Phrase], part: Partition, walk: _Walk | None = None
+                              ) -> dict[Phrase, tuple[int, bool]]:
+        """(rows of the partition containing it, exact?) for each phrase and each word of
+        a phrase (FTS5 reads the doclist of every word of a phrase to count the phrase).
+        At most PROBE newest matches are read per item: fewer means the count is exact;
+        else it is estimated from the span of row ids they cover. Remembered per search."""
         items: list[Phrase] = []
         for text, prefix in phrases:
             items.append((text, prefix))
             words = _WORDS.findall(text)
             if len(words) > 1:
                 items += [(w, False) for w in words[:-1]] + [(words[-1], prefix)]
+        memo = walk.dfs if walk is not None else {}
         out: dict[Phrase, tuple[int, bool]] = {}
+        fts = part.fts
         for item in dict.fromkeys(items):
-            rows = self._q("SELECT rowid FROM transcription_call_fts WHERE transcription_call_fts MATCH ?"
-                           f" ORDER BY rowid DESC LIMIT {self.PROBE}", (_expr(item),))
-            if len(rows) < self.PROBE:
-                out[item] = (len(rows), True)
-            else:
-                out[item] = (self._estimate(self.PROBE, rows[-1][0]), False)
+            got = memo.get((fts, item))
+            if got is None:
+                rows = self._q(f"SELECT rowid FROM {fts} WHERE {fts} MATCH ?"
+                               f" ORDER BY rowid DESC LIMIT {self.PROBE}", (_expr(item),))
+                if len(rows) < self.PROBE:
+                    got = (len(rows), True)
+                else:
+                    got = (self._estimate(self.PROBE, rows[-1][0], part), False)
+                memo[(fts, item)] = got
+            out[item] = got
         return out
 
     @staticmethod
@@ -676,20 +860,21 @@ class TranscriptSearch:
                 total += 2 * sum(dfs.get(i, (0, True))[0] for i in items)
         return total
 
-    def _estimate(self, k: int, kth_newest: int) -> int:
-        """Matching segments in the index when the k-th newest match has id ``kth_newest``:
-        k per id span, scaled to the whole id range (deleted ids thin both alike)."""
-        r = self._q("SELECT (SELECT min(id) FROM transcription_call_index),"
-                    " (SELECT max(id) FROM transcription_call_index)", ())  # two index seeks
-        lo, hi = r[0][0], r[0][1]
-        if lo is None:
+    def _estimate(self, k: int, kth_newest: int, part: Partition) -> int:
+        """Matching rows in the partition when its k-th newest match has id ``kth_newest``:
+        k per id span, scaled to the partition's id range (deleted ids thin both alike)."""
+        lo = part.first_row
+        hi = part.last_row
+        if hi is None:
+            hi = self._q("SELECT max(id) FROM transcription_call_index", ())[0][0]  # an index seek
+        if hi is None:
             return k
-        total, _ = self._totals()
-        return min(total, max(k, round(k * (hi - lo + 1) / max(1, hi - kth_newest + 1))))
+        lo = max(lo, self._q("SELECT min(id) FROM transcription_call_index WHERE id >= ?", (lo,))[0][0] or lo)
+        return min(max(part.rows, k), max(k, round(k * (hi - lo + 1) / max(1, hi - kth_newest + 1))))
 
-    def _totals(self) -> tuple[int, int]:
-        """(rows, tokens) of the whole index, from FTS5's own averages record."""
-        blob = self._q("SELECT block FROM transcription_call_fts_data WHERE id = 1", ())
+    def _totals(self, fts: str) -> tuple[int, int]:
+        """(rows, tokens) of one partition, from FTS5's own averages record."""
+        blob = self._q(f"SELECT block FROM {fts}_data WHERE id = 1", ())
         if not blob:
             return 0, 0
         data, pos = bytes(blob[0][0]), 0
@@ -700,13 +885,13 @@ class TranscriptSearch:
         return (vals + [0, 0])[0], (vals + [0, 0])[1]
 
     def _bm25(self, phrases: list[Phrase], dfs: dict[Phrase, tuple[int, bool]],
-              texts: dict[int, str]) -> dict[int, float]:
+              texts: dict[int, str], fts: str) -> dict[int, float]:
         """FTS5's bm25 (k1 1.2, b 0.75; negative: lower ranks first) of each segment, with
         the index's row count and mean length from its averages record and each phrase's
         document frequency from :meth:`_document_frequencies`. Terms and positions come
         from the index's tokenizer (:meth:`_tokenize`), so a phrase is counted where its
         stemmed words are adjacent."""
-        n_rows, n_tokens = self._totals()
+        n_rows, n_tokens = self._totals(fts)
         avgdl = n_tokens / n_rows if n_rows else 1.0
         rows = [(-(i + 1), text) for i, (text, _) in enumerate(phrases)] + list(texts.items())
         tokens = self._tokenize(rows)
@@ -772,7 +957,7 @@ class TranscriptSearch:
             return [tuple(r) for r in conn.execute(
                 "SELECT doc, offset, term FROM temp.transcription_stem_i").fetchall()]
 
-    async def asearch(self, query: str, **filters: Any) -> list[Hit]:
+    async def asearch(self, query: str, **filters: Any) -> SearchResult:
         """:meth:`search` in a worker thread (for the web handlers)."""
         return await asyncio.to_thread(self.search, query, **filters)
 

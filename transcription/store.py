@@ -199,7 +199,39 @@ MIGRATIONS = [
     """
     CREATE TABLE transcription_gazetteer (name TEXT PRIMARY KEY) WITHOUT ROWID;
     """,
+    # 7: the call index in partitions of at most PARTITION_ROWS rows, each its own FTS5
+    # table, searched newest first within a budget (issue 15 item 4): the cost of a
+    # search no longer grows with the backlog. ``at`` is the call's time (arrival, else
+    # the transcript's); a partition covers the index rows from ``first_row`` up to the
+    # next partition's, and knows the span of their times (for time filters and for
+    # saying how far back a search looked). The single index of migration 4 becomes
+    # partition 0 as it is (still searchable); ensure_partitions() then splits it.
+    # Rows are written by index_call() / add_index_rows(), no longer by triggers.
+    """
+    ALTER TABLE transcription_call_index ADD COLUMN at REAL;
+    CREATE INDEX transcription_call_index_at ON transcription_call_index(at);
+    CREATE TABLE transcription_partitions (
+        id INTEGER PRIMARY KEY,
+        fts TEXT NOT NULL UNIQUE,
+        first_row INTEGER NOT NULL UNIQUE,
+        rows INTEGER NOT NULL DEFAULT 0,
+        min_at REAL,
+        max_at REAL
+    );
+    DROP TRIGGER transcription_call_index_ai;
+    DROP TRIGGER transcription_call_index_ad;
+    DROP TRIGGER transcription_call_index_au;
+    INSERT INTO transcription_partitions(id, fts, first_row, rows)
+        SELECT 0, 'transcription_call_fts', 0, count(*) FROM transcription_call_index;
+    """,
 ]
+
+PARTITION_ROWS = 50_000
+"""Most index rows (calls) per partition: a search reads one partition's FTS5 index at a
+time, newest first, so its cost is bounded by this, not by the backlog
+(bench/transcription_search.py)."""
+LEGACY_FTS = "transcription_call_fts"
+"""The single index of migration 4: partition 0 until :func:`ensure_partitions` splits it."""
 
 INDEX_VERSION = 2
 """Version of the call index's normalisation; a higher one reindexes every transcript
@@ -220,6 +252,7 @@ def migrate(db: Database, *, gazetteer: Sequence[str] | None = None) -> None:
     db.migrate(COMPONENT, MIGRATIONS, postgresql=PG_MIGRATIONS)
     if gazetteer is not None:
         set_gazetteer(db, gazetteer, reindex_now=False)
+    ensure_partitions(db)
     ensure_index(db)
 
 
@@ -549,10 +582,13 @@ def index_call(conn: sqlite3.Connection, call_id: str, segments: Iterable[Segmen
     """(Re)write the call's row in the call index and the vocabulary (in ``conn``'s
     transaction), with the stored gazetteer's names as alternatives (``gazetteer``:
     another one). A call without words has no row."""
-    old = conn.execute("SELECT terms FROM transcription_call_index WHERE call_id=?",
+    partitioned = isinstance(conn, sqlite3.Connection)  # PostgreSQL: one GIN index
+    old = conn.execute("SELECT id, terms FROM transcription_call_index WHERE call_id=?",
                        (call_id,)).fetchone()
     if old is not None:
-        vocab_add(conn, vocabulary_terms(old[0]), -1)
+        vocab_add(conn, vocabulary_terms(old[1]), -1)
+        if partitioned:
+            _fts_delete(conn, old[0], old[1])
         conn.execute("DELETE FROM transcription_call_index WHERE call_id=?", (call_id,))
     segments = list(segments)
     if not segments:
@@ -561,9 +597,164 @@ def index_call(conn: sqlite3.Connection, call_id: str, segments: Iterable[Segmen
     if not items:
         return
     text, blob, display = encode_index(items)
-    conn.execute("INSERT INTO transcription_call_index(call_id, terms, times, display)"
-                 " VALUES (?,?,?,?)", (call_id, text, blob, display))
+    if partitioned:
+        add_index_rows(conn, [(call_id, _call_time(conn, call_id), text, blob, display)])
+    else:
+        conn.execute("INSERT INTO transcription_call_index(call_id, terms, times, display)"
+                     " VALUES (?,?,?,?)", (call_id, text, blob, display))
     vocab_add(conn, vocabulary_terms(text))
+
+
+# -- partitions (SQLite) ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Partition:
+    """One FTS5 table of the call index: rows ``first_row`` .. ``last_row`` (None: the
+    newest, open partition), calls' times ``min_at`` .. ``max_at`` (None: unknown)."""
+
+    id: int
+    fts: str
+    first_row: int
+    last_row: int | None
+    rows: int
+    min_at: float | None
+    max_at: float | None
+
+    def overlaps(self, since: float | None, until: float | None) -> bool:
+        """Might hold calls with ``since <= at < until``?"""
+        if since is not None and self.max_at is not None and self.max_at < since:
+            return False
+        return not (until is not None and self.min_at is not None and self.min_at >= until)
+
+
+def partitions(conn: sqlite3.Connection) -> list[Partition]:
+    """The call index's partitions, newest first."""
+    rows = conn.execute("SELECT id, fts, first_row, rows, min_at, max_at FROM"
+                        " transcription_partitions ORDER BY first_row DESC").fetchall()
+    out: list[Partition] = []
+    nxt: int | None = None
+    for r in rows:
+        out.append(Partition(r[0], r[1], r[2], None if nxt is None else nxt - 1, r[3], r[4], r[5]))
+        nxt = r[2]
+    return out
+
+
+def _fts_name(pid: int) -> str:
+    return f"transcription_call_fts_p{pid}"
+
+
+def _create_partition(conn: sqlite3.Connection, first_row: int) -> tuple[int, str]:
+    pid = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM transcription_partitions").fetchone()[0]
+    fts = _fts_name(pid)
+    conn.execute(f"CREATE VIRTUAL TABLE {fts} USING fts5(terms, content='transcription_call_index',"
+                 " content_rowid='id', tokenize='porter unicode61 remove_diacritics 2',"
+                 " prefix='2 3 4')")
+    conn.execute("INSERT INTO transcription_partitions(id, fts, first_row, rows) VALUES (?,?,?,0)",
+                 (pid, fts, first_row))
+    return pid, fts
+
+
+def _partition_of(conn: sqlite3.Connection, row_id: int) -> tuple[int, str] | None:
+    r = conn.execute("SELECT id, fts FROM transcription_partitions WHERE first_row <= ?"
+                     " ORDER BY first_row DESC LIMIT 1", (row_id,)).fetchone()
+    return (r[0], r[1]) if r else None
+
+
+def _fts_delete(conn: sqlite3.Connection, row_id: int, terms_text: str) -> None:
+    part = _partition_of(conn, row_id)
+    if part is None:
+        return
+    conn.execute(f"INSERT INTO {part[1]}({part[1]}, rowid, terms) VALUES ('delete', ?, ?)",
+                 (row_id, terms_text))
+    conn.execute("UPDATE transcription_partitions SET rows = max(rows - 1, 0) WHERE id = ?", (part[0],))
+
+
+def _call_time(conn: sqlite3.Connection, call_id: str) -> float:
+    """The call's arrival (its ``calls`` row, when this database has it), else when its
+    transcript was stored, else now."""
+    for sql in ("SELECT arrived_at FROM calls WHERE call_id = ?",
+                "SELECT created_at FROM transcription_transcripts WHERE call_id = ?"):
+        try:
+            r = conn.execute(sql, (call_id,)).fetchone()
+        except sqlite3.OperationalError:  # no calls table in a transcripts-only database
+            continue
+        if r is not None and r[0] is not None:
+            return float(r[0])
+    return time.time()
+
+
+def add_index_rows(conn: sqlite3.Connection, rows: Sequence[tuple[str, float, str, bytes, str]],
+                   *, partition_rows: int | None = None) -> None:
+    """Insert call index rows ``(call_id, at, terms, times, display)`` (no row of these
+    calls may exist) into the content table and their partitions' FTS5 tables, starting
+    a new partition whenever the newest holds ``partition_rows`` (PARTITION_ROWS)."""
+    cap = PARTITION_ROWS if partition_rows is None else partition_rows
+    top = conn.execute("SELECT id, fts, first_row, rows FROM transcription_partitions"
+                       " ORDER BY first_row DESC LIMIT 1").fetchone()
+    i = 0
+    while i < len(rows):
+        next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM transcription_call_index").fetchone()[0]
+        if top is None or top[2] > next_id:  # (a partition never starts above the next row)
+            top = None
+        if top is None or top[3] >= cap or top[1] == LEGACY_FTS:
+            pid, fts = _create_partition(conn, next_id)
+            top = (pid, fts, next_id, 0)
+        take = rows[i:i + max(1, cap - top[3])]
+        conn.executemany("INSERT INTO transcription_call_index(id, call_id, at, terms, times, display)"
+                         " VALUES (?,?,?,?,?,?)",
+                         [(next_id + k, r[0], r[1], r[2], r[3], r[4]) for k, r in enumerate(take)])
+        conn.executemany(f"INSERT INTO {top[1]}(rowid, terms) VALUES (?, ?)",
+                         [(next_id + k, r[2]) for k, r in enumerate(take)])
+        ats = [r[1] for r in take]
+        conn.execute("UPDATE transcription_partitions SET rows = rows + ?, min_at = min(coalesce(min_at, ?), ?),"
+                     " max_at = max(coalesce(max_at, ?), ?) WHERE id = ?",
+                     (len(take), min(ats), min(ats), max(ats), max(ats), top[0]))
+        top = (top[0], top[1], top[2], top[3] + len(take))
+        i += len(take)
+
+
+def optimize_partitions(conn: sqlite3.Connection) -> None:
+    """Merge each partition's FTS5 segments (after a bulk load)."""
+    for p in partitions(conn):
+        conn.execute(f"INSERT INTO {p.fts}({p.fts}) VALUES ('optimize')")
+
+
+def ensure_partitions(db: Database, *, partition_rows: int | None = None) -> int:
+    """Split the single index of a database made before partitions (partition 0,
+    :data:`LEGACY_FTS`) into partitions of ``partition_rows``, in one transaction (a
+    crash leaves it whole, to be split at the next start), giving each row its call's
+    time. Until then it is searched as one partition. Returns the rows moved."""
+    if db.dialect != "sqlite":
+        return 0
+    if db.query_one("SELECT 1 FROM transcription_partitions WHERE fts = ?", (LEGACY_FTS,)) is None:
+        return 0
+    cap = PARTITION_ROWS if partition_rows is None else partition_rows
+    with db.transaction() as conn:
+        try:
+            conn.execute("UPDATE transcription_call_index SET at = (SELECT c.arrived_at FROM calls c"
+                         " WHERE c.call_id = transcription_call_index.call_id) WHERE at IS NULL")
+        except sqlite3.OperationalError:
+            pass  # no calls table here
+        conn.execute("UPDATE transcription_call_index SET at = coalesce((SELECT t.created_at FROM"
+                     " transcription_transcripts t WHERE t.call_id = transcription_call_index.call_id),"
+                     " ?) WHERE at IS NULL", (time.time(),))
+        above = conn.execute("SELECT min(first_row) FROM transcription_partitions WHERE fts != ?",
+                             (LEGACY_FTS,)).fetchone()[0]  # rows of newer partitions stay
+        ids = [r[0] for r in conn.execute("SELECT id FROM transcription_call_index WHERE id < ?"
+                                          " ORDER BY id", (above if above is not None else 2**62,))]
+        conn.execute("DELETE FROM transcription_partitions WHERE fts = ?", (LEGACY_FTS,))
+        conn.execute(f"DROP TABLE {LEGACY_FTS}")
+        for k in range(0, len(ids), cap):
+            lo, hi = ids[k], ids[min(k + cap, len(ids)) - 1]
+            pid, fts = _create_partition(conn, 0 if k == 0 else lo)
+            conn.execute(f"INSERT INTO {fts}(rowid, terms) SELECT id, terms FROM transcription_call_index"
+                         " WHERE id BETWEEN ? AND ?", (lo, hi))
+            conn.execute("UPDATE transcription_partitions SET (rows, min_at, max_at) = (SELECT count(*),"
+                         " min(at), max(at) FROM transcription_call_index WHERE id BETWEEN ? AND ?)"
+                         " WHERE id = ?", (lo, hi, pid))
+    if ids:
+        log.info("call index split into partitions", rows=len(ids), partition_rows=cap)
+    return len(ids)
 
 
 def reindex(db: Database, call_ids: Sequence[str] | None = None, *, batch: int = 2000) -> int:

@@ -244,15 +244,15 @@ def test_own_bm25_equals_fts5_bm25_with_exact_counts(populated, db, q):
     s = TranscriptSearch(db)
     groups, negatives = parse_query(q)
     phrases = [p for g in groups for p in g] + negatives
-    dfs = {p: (db.query_one("SELECT count(*) FROM transcription_call_fts WHERE"
-                            " transcription_call_fts MATCH ?",
+    [part] = s.partitions()  # three calls: one partition
+    t = part.fts
+    dfs = {p: (db.query_one(f"SELECT count(*) FROM {t} WHERE {t} MATCH ?",
                             (f'"{p[0]}"' + ("*" if p[1] else ""),))[0], True) for p in phrases}
     fts = {r[0]: r[1] for r in db.query(
-        "SELECT f.rowid, f.rank FROM transcription_call_fts f"
-        " WHERE transcription_call_fts MATCH ?", (to_fts_query(q),))}
+        f"SELECT f.rowid, f.rank FROM {t} f WHERE {t} MATCH ?", (to_fts_query(q),))}
     texts = {r[0]: r[1] for r in db.query(
         f"SELECT id, terms FROM transcription_call_index WHERE id IN ({','.join('?' * len(fts))})", list(fts))}
-    own = s._bm25(phrases, dfs, texts)
+    own = s._bm25(phrases, dfs, texts, t)
     assert fts and own.keys() == fts.keys()
     for seg_id, rank in fts.items():
         assert own[seg_id] == pytest.approx(rank, rel=1e-9, abs=1e-12)
