@@ -34,13 +34,13 @@ from store.db import Database
 from .errors import SearchQueryError
 from .pgschema import TS_CONFIG
 from .search import (
-    SearchResult,
     KIND_ORDER,
     MAX_LIMIT,
     MAX_MATCHES,
     Alternative,
     Hit,
     Phrase,
+    SearchResult,
     TranscriptSearch,
     _epoch,
     _owner,

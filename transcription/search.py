@@ -35,13 +35,21 @@ it (``transcription/store.py``) follow the exact hits of the same search
 confidence are indexed like the others and marked in the hit (``Hit.matches``,
 ``Hit.fragments``).
 
-Bounded work on a big index, and said so in each hit: at most ``max_candidates`` (1000)
-matching calls are ranked, the newest (``Hit.ranked_within_recent``, with
-``Hit.matches_estimate``). FTS5's bm25 counts each query word's documents by reading all
-its occurrences, ~55 ms for "the" over a million calls and growing with the index; for
-such words we compute the same bm25 ourselves with document frequencies estimated from
-their 64 newest matches (``Hit.scoring == "bm25-estimated-idf"``), which costs the same
-whatever the index size.
+Work that does not grow with the backlog (issue 15 item 4). The call index is split into
+time partitions of at most ``PARTITION_ROWS`` calls, each its own FTS5 table
+(``transcription/store.py``). A search reads them newest first, skipping those outside
+its ``since``/``until``, and stops when it has ``max_candidates`` (1000) matching calls to
+rank (``Hit.ranked_within_recent``, ``Hit.matches_estimate``) or when its budget
+(``budget_ms``, 60 ms; ``max_scan_rows``) is spent: it always reads the newest partition,
+so one partition's cost bounds what each further one adds. The result
+(:class:`SearchResult`, a list of hits) says whether it was complete and, if not, that
+every call after ``searched_back_to`` was searched, and continues further back with
+``before=continue_before``. A selective filter (a caller, an incident, a handler's day)
+goes first through the ``calls`` indexes and checks its calls in every partition.
+bm25's statistics are each partition's own. FTS5's bm25 counts each query word's
+documents by reading all its occurrences in the partition; for frequent words
+(``max_idf_scan``) we compute the same bm25 ourselves with document frequencies
+estimated from their 64 newest matches (``Hit.scoring == "bm25-estimated-idf"``).
 :class:`TranscriptSearch` is the SQLite FTS5 implementation of :class:`SearchBackend`;
 a PostgreSQL full-text backend can implement the same protocol later.
 

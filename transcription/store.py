@@ -7,9 +7,13 @@ Tables (component ``transcription``):
   words JSON ``[word, start, end, conf]``).
 * ``transcription_call_index``: the whole call as one document of normalised terms
   (``transcription/normalise.py``), each with its time, channel, confidence and the
-  words as transcribed; ``transcription_call_fts`` is an external-content FTS5 index
-  over it, kept in step by triggers, and ``transcription_vocab`` the distinct indexed
-  words with phonetic keys (for the search's fuzzy and phonetic expansion).
+  words as transcribed, and the call's time (``at``); it is indexed in time partitions
+  (``transcription_partitions``: at most :data:`PARTITION_ROWS` consecutive rows each,
+  their span of times), each an external-content FTS5 table
+  ``transcription_call_fts_pN`` written by :func:`index_call` / :func:`add_index_rows`,
+  so a search reads the newest first and its cost does not grow with the backlog;
+  ``transcription_vocab`` the distinct indexed words with phonetic keys (for the
+  search's fuzzy and phonetic expansion).
 * ``transcription_gazetteer``: the force's place and street names. A transcript word
   (or two adjacent words) that sounds like one of them but is written otherwise ("Hobon",
   "king standing") also indexes the name, right after those words, with their times
