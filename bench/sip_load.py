@@ -546,6 +546,8 @@ def main() -> None:
     ap.add_argument("--rate-start", type=float, default=30.0)
     ap.add_argument("--rate-step", type=float, default=5.0, help="cps added every second")
     ap.add_argument("--rate-max", type=float, default=30.0)
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                    help="the engine's event loop (uvloop must be installed for 'uvloop')")
     ap.add_argument("--default-gc", action="store_true",
                     help="leave the engine's garbage collector at CPython's defaults "
                     "(not telephony.runtime.tune_gc, as controlroom serve uses)")
@@ -585,7 +587,11 @@ def main() -> None:
     transport_rounds.add_arguments(ap)  # --transports udp,tcp,tls / --srtp (issue 16)
     args = ap.parse_args()
     if args.serve_engine:
-        asyncio.run(serve_engine(args))
+        if args.loop == "uvloop":
+            import uvloop  # (optional: pip install uvloop)
+            uvloop.run(serve_engine(args))
+        else:
+            asyncio.run(serve_engine(args))
         return
     if transport_rounds.wanted(args):  # UDP/TCP/TLS and RTP/SRTP side by side, then stop
         failures = transport_rounds.main(args)
@@ -662,6 +668,7 @@ def orchestrate(args: argparse.Namespace) -> list[str]:
                 prof += ["--census", str(args.census)]
             if args.default_gc:
                 prof += ["--default-gc"]
+            prof += ["--loop", args.loop]
             eng = Process([sys.executable, __file__, "--serve-engine", "--port", str(port),
                            "--proxy", kam.uri, "--rtp", f"{lo}-{hi}",
                            "--handlers", "" if args.no_bridge else ",".join(users),
