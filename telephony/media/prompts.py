@@ -20,7 +20,7 @@ from .errors import MediaError
 from .g711 import ALAW_ENCODE, ULAW_ENCODE
 
 if TYPE_CHECKING:
-    from .stream import Codec
+    from .codec import Codec
 
 __all__ = ["PromptLoop", "load_wav", "queue_tone"]
 

@@ -69,7 +69,7 @@ import structlog
 from .errors import MediaError
 
 if TYPE_CHECKING:
-    from .session import RtpStream
+    from .stream import RtpStream
 
 __all__ = ["DiskHealth", "DiskWriter", "Gap", "Recording", "RecordingInfo", "Segment",
            "find_sealed", "recover", "wav_header"]

@@ -40,20 +40,20 @@ Replayed, forged or malformed SRTP is dropped and counted (``srtp_replayed``,
 from __future__ import annotations
 
 import asyncio
-import enum
 import random
 import socket
 import struct
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
 from . import rtcp, rtp
+from .codec import Codec
 from .dtmf import DtmfReceiver, DtmfSender
 from .errors import MediaError, RtpError
 from .g711 import A2U_TRANSLATE, ALAW_DECODE, ALAW_ENCODE, U2A_TRANSLATE, ULAW_DECODE, ULAW_ENCODE
@@ -61,7 +61,6 @@ from .jitter import JitterBuffer, silence
 
 if TYPE_CHECKING:
     from .prompts import PromptLoop
-    from .session import MediaEngine
     from .srtp import SrtpContext
 
 __all__ = ["DIRECTIONS", "Codec", "RtpStats", "RtpStream"]
@@ -73,11 +72,22 @@ _HDR = struct.Struct("!BBHII")
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 
-class Codec(enum.Enum):
-    """Static payload types of ITU-T G.711."""
+class StreamEngine(Protocol):
+    """What a stream uses of the engine that made it (:class:`.session.MediaEngine`)."""
 
-    PCMU = 0
-    PCMA = 8
+    frame_samples: int
+    cname: str
+    rtcp_interval: float
+    _srtp_streams: int
+    _srtp_out: list[tuple[RtpStream, bytes, tuple[str, int]]]
+
+    def _check_remote(self, remote: tuple[str, int]) -> tuple[str, int] | None: ...
+    def _prompt(self, prompt: str) -> PromptLoop | None: ...
+    def _dtmf(self, stream: RtpStream, digit: str) -> None: ...
+    def bridge(self, a: RtpStream, b: RtpStream) -> None: ...
+    def unbridge(self, a: RtpStream) -> None: ...
+    def _unwatch(self, stream: RtpStream) -> None: ...
+    def _release(self, stream: RtpStream) -> None: ...
 
 
 _DECODE = {0: ULAW_DECODE, 8: ALAW_DECODE}
@@ -144,7 +154,7 @@ class RtpStats:
 class RtpStream:
     """One RTP leg: a socket, a jitter buffer, a send source. Made by ``MediaEngine.allocate``."""
 
-    def __init__(self, engine: MediaEngine, sock: socket.socket, port: int,
+    def __init__(self, engine: StreamEngine, sock: socket.socket, port: int,
                  rtcp_sock: socket.socket | None = None) -> None:
         self.local_port = port
         """Even UDP port this stream is bound to."""
