@@ -41,6 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -62,6 +63,14 @@ MUTATORS = frozenset({
 """Router methods that change routing state: sent to the leader."""
 RESYNC_GRACE = 1.0
 """A new leader waits this long at most for every live node's resync."""
+NODES_EVERY = 0.5
+"""How often the leader reads the nodes' heartbeats."""
+
+
+def stale_after(settings: Any) -> float:
+    """A node whose heartbeat is this old has its waiting calls parked by the leader (not
+    offered: its offers would ring no phone and hold a handler) until it beats again."""
+    return max(2.0, 3.0 * float(settings.storage.heartbeat_interval))
 SNAPSHOT_EVERY = 1.0
 
 
@@ -308,6 +317,9 @@ class LeaderThread(threading.Thread):
         self.call_node: dict[str, str] = {}
         self.conn: Any = None
         self._snap_at = 0.0
+        self._nodes_at = 0.0
+        self.parked: set[str] = set()
+        """Nodes whose heartbeat is stale: their waiting calls are out of the queue."""
 
     def run(self) -> None:
         from store.lease import Lease
@@ -347,6 +359,7 @@ class LeaderThread(threading.Thread):
 
     def _drop(self) -> None:
         self.term, self.router = None, None
+        self.parked = set()
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()
@@ -461,23 +474,23 @@ class LeaderThread(threading.Thread):
             if h is None or h.state is HandlerState.LOGGED_OUT:
                 continue
             self.call_node[c["call_id"]] = node
-            if not quietly(lambda c=c: r.call_arrived(c["call_id"], c["line"], c["arrived_at"],
-                                                      caller=c.get("caller", ""))):
+            if not quietly(partial(r.call_arrived, c["call_id"], c["line"], c["arrived_at"],
+                                   caller=c.get("caller", ""))):
                 continue
-            if not quietly(lambda hid=hid: r.set_available(hid, now, force=True)):
+            if not quietly(partial(r.set_available, hid, now, force=True)):
                 continue
             if r.calls[c["call_id"]].handler_id != hid:
                 continue  # (cannot happen: only this call waits) - left waiting
             taken.add(hid)
             if c["state"] == "connected":
-                quietly(lambda c=c, hid=hid: r.offer_answered(c["call_id"], hid, now))
+                quietly(partial(r.offer_answered, c["call_id"], hid, now))
         # 2. waiting calls in arrival order (nobody is available yet: they all queue)
         for node, c in calls:
             if c["call_id"] in r.calls:
                 continue
             self.call_node[c["call_id"]] = node
-            quietly(lambda c=c: r.call_arrived(c["call_id"], c["line"], c["arrived_at"],
-                                               caller=c.get("caller", "")))
+            quietly(partial(r.call_arrived, c["call_id"], c["line"], c["arrived_at"],
+                            caller=c.get("caller", "")))
         # 3. free handlers, longest idle first: each takes the most urgent call
         out: list[tuple[str, Any]] = []
         free = sorted(((h.get("idle_since") or h.get("since") or 0.0, hid)
@@ -499,7 +512,17 @@ class LeaderThread(threading.Thread):
             out += self._input(row)
             self.cursor = row[0]
         out += self._route(self.router.tick(time.time()))
-        if rows or out or time.time() - self._snap_at >= SNAPSHOT_EVERY:
+        wake: list[str] = []
+        if time.time() - self._nodes_at >= NODES_EVERY:
+            out += self._check_nodes(wake)
+        if wake:  # nodes beating again: they resync, their waiting calls come back
+            with self.conn.transaction():
+                for node in wake:
+                    self.conn.execute("INSERT INTO routing_outputs(node, term, data, at)"
+                                      " VALUES (%s, %s, %s, %s)",
+                                      (node, self.term, bus.dumps({"kind": "term"}),
+                                       time.time()))
+        if rows or out or wake or time.time() - self._snap_at >= SNAPSHOT_EVERY:
             self._commit(out, min((r[4] for r in rows), default=None))
 
     def _input(self, row: tuple[int, str, str, dict[str, Any], float]) -> list[tuple[str, Any]]:
@@ -538,6 +561,38 @@ class LeaderThread(threading.Thread):
             log.info("routing.input_refused", node=node, kind=kind, data=data, why=str(exc))
             return []
 
+    def _check_nodes(self, wake: list[str]) -> list[tuple[str, Any]]:
+        """Park the waiting and ringing calls of nodes whose heartbeat is stale (dead, or
+        cut off from the store: an offer would reach no phone), unpark nodes beating
+        again (``wake``: they are asked to resync)."""
+        from routing.model import CallState
+
+        now = time.time()
+        self._nodes_at = now
+        limit = now - stale_after(self.settings)
+        beats = {r[0]: (r[1], r[2]) for r in self.conn.execute(
+            "SELECT node_id, heartbeat_at, stopped_at FROM nodes").fetchall()}
+        out: list[tuple[str, Any]] = []
+        holding = set(self.call_node.values())
+        for node in holding - self.parked:
+            beat, stopped = beats.get(node, (None, None))
+            if beat is None or (stopped is None and beat >= limit):
+                continue
+            ids = {c for c, n in self.call_node.items() if n == node
+                   and c in self.router.calls
+                   and self.router.calls[c].state is not CallState.CONNECTED}
+            self.parked.add(node)
+            log.warning("routing.node_parked", node=node, calls=len(ids),
+                        heartbeat_age=round(now - float(beat), 2))
+            out += self._drop_calls(ids)
+        for node in list(self.parked):
+            beat, stopped = beats.get(node, (None, None))
+            if beat is not None and stopped is None and beat >= limit:
+                self.parked.discard(node)
+                wake.append(node)
+                log.warning("routing.node_unparked", node=node)
+        return out
+
     def _late_resync(self, node: str, data: dict[str, Any]) -> list[tuple[str, Any]]:
         """A node's resync after the rebuild (it answered after ``RESYNC_GRACE``): its
         waiting calls join the queue; a call it says is talking or ringing is left out
@@ -548,12 +603,17 @@ class LeaderThread(threading.Thread):
         for c in sorted(data.get("calls", ()), key=lambda c: c["arrived_at"]):
             if c["call_id"] in self.router.calls:
                 continue
-            if c["state"] != "queued":
+            if c["state"] == "connected":
                 log.warning("routing.late_resync_call_left_out", node=node, call=c)
                 continue
             self.call_node[c["call_id"]] = node
-            out += self._route(self.router.call_arrived(
-                c["call_id"], c["line"], c["arrived_at"], caller=c.get("caller", "")))
+            # a call parked while its node was silent comes back: not a new arrival
+            back = self.router._ended.pop(c["call_id"], None) is not None
+            acts = self.router.call_arrived(c["call_id"], c["line"], c["arrived_at"],
+                                            caller=c.get("caller", ""))
+            if back:
+                acts = [a for a in acts if getattr(a, "event", "") != "ENTER"]
+            out += self._route(acts)
         return out
 
     def _drop_calls(self, ids: set[str]) -> list[tuple[str, Any]]:
@@ -575,7 +635,10 @@ class LeaderThread(threading.Thread):
             for cb_id, cb in list(r._callbacks.items()):  # the survivor's list has it
                 if cb.call_id == cid:
                     del r._callbacks[cb_id]
-        kept = [a for a in out if not (isinstance(a, QueueLogEntry) and a.call_id in ids)]
+        # Their ends are the survivor's to log (or, for a node back, they wait again);
+        # a ringing handler's release is on the record here.
+        kept = [a for a in out if not (isinstance(a, QueueLogEntry) and a.call_id in ids
+                                       and a.event != "RINGCANCELED")]
         for cid in ids:
             self.call_node.pop(cid, None)
         return self._route(kept)
@@ -583,7 +646,7 @@ class LeaderThread(threading.Thread):
     def _route(self, actions: list[Any]) -> list[tuple[str, Any]]:
         from routing import HandlerChanged, QueueLogEntry
 
-        out = []
+        out: list[tuple[str, Any]] = []
         for a in actions:
             if isinstance(a, QueueLogEntry):
                 out.append(("", a))

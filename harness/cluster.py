@@ -780,8 +780,9 @@ def priority_and_offers(rows: list[dict[str, Any]], *,
     made while a 999 that had reached the router waited (not offered, not over);
     ``doubles``: offers to a handler already holding an offer or a call; ``offers`` per
     line. ``dead`` maps a killed node to the first row id after its kill: from there its
-    calls neither wait nor hold a handler (their callers went with the node; a survivor
-    closes them on the record later)."""
+    calls no longer wait (their callers went with the node; a survivor closes them on the
+    record later); an offer of one made before the leader knew still holds its handler
+    until the log releases it."""
     dead = dict(dead or {})
     waiting999: set[str] = set()
     ended: set[str] = set()
@@ -798,9 +799,7 @@ def priority_and_offers(rows: list[dict[str, Any]], *,
                 ended |= gone
                 del dead[node]
         cid, ev, line, h = r["call_id"], r["event"], r["line"], r["handler_id"]
-        if cid in ended and ev != "OFFER":
-            continue
-        if ev == "ENTER" and line == "999":
+        if ev == "ENTER" and line == "999" and cid not in ended:
             waiting999.add(cid)
         elif ev == "OFFER":
             offers[line] = offers.get(line, 0) + 1
@@ -813,7 +812,8 @@ def priority_and_offers(rows: list[dict[str, Any]], *,
         elif ev in OFFER_RELEASE:
             if h and busy.get(h) == cid:
                 del busy[h]
-            if ev in ("RINGNOANSWER", "OFFERFAIL", "RINGCANCELED") and line == "999":
+            if ev in ("RINGNOANSWER", "OFFERFAIL", "RINGCANCELED") and line == "999" \
+                    and cid not in ended:
                 waiting999.add(cid)
         if ev in ("ABANDON", "COMPLETE"):
             ended.add(cid)

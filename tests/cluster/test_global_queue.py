@@ -110,3 +110,59 @@ def test_999s_held_on_any_node_reach_node_b_handlers_first_and_leader_kill(
         finally:
             for load in loads:
                 load.stop()
+
+
+def test_a_killed_nodes_waiting_calls_are_parked_not_offered(tmp_path: Path) -> None:
+    """kill -9 of a node that is not the leader while it holds waiting calls: once its
+    heartbeat is stale (``controlroom.leader.stale_after``: 2 s here) the leader stops
+    offering its calls (an offer would ring no phone and hold a handler), long before a
+    survivor salvages them (8 s here); the other nodes' calls keep being offered."""
+    from types import SimpleNamespace
+
+    from controlroom.leader import NODES_EVERY, stale_after
+
+    with Cluster(tmp_path, nodes=3, handlers=2, postgres=True, global_queue=True,
+                 handler_nodes=[1], ring_ms=300, wrapup=0.3, handler_talk_ms=1000,
+                 heartbeat_interval=0.5, salvage_after=8.0) as cluster:
+        url = cluster.store_url
+        t0 = time.time()
+        start_id = store_query(url, "SELECT COALESCE(MAX(id), 0) AS m FROM queue_log")[0]["m"]
+        loads = [cluster.callers("999", rate=8, calls=8, talk_ms=60_000, name="999").start(),
+                 cluster.callers("101", rate=8, calls=8, talk_ms=60_000, name="101").start()]
+        try:
+            lead = cluster.leader()["holder"]
+
+            def victim_waiting() -> Any:
+                for n in cluster.nodes:
+                    if n.node_id == lead:
+                        continue
+                    w = [r for r in n.calls() if r["arrived_at"] >= t0
+                         and r["ended_at"] is None and not r["answered_at"]]
+                    if len(w) >= 2:
+                        return n
+                return None
+            victim = _wait(victim_waiting, 20)
+            assert victim is not None
+            killed = cluster.kill(victim)
+            stale = stale_after(SimpleNamespace(storage=SimpleNamespace(
+                heartbeat_interval=0.5)))
+            parked_by = killed + stale + NODES_EVERY + 0.5
+            time.sleep(max(0.0, parked_by - time.time()) + 3.0)  # still before salvage
+            log = store_query(url, "SELECT id, at, call_id, line, handler_id, event FROM"
+                                   " queue_log WHERE id > %s ORDER BY id", (start_id,))
+            leader = next(n for n in cluster.nodes if n.node_id == lead)
+            why = cluster.node_log(leader, 6000)
+            assert "routing.node_parked" in cluster.node_log(leader, 500_000), why
+            late = [e for e in log if e["event"] == "OFFER" and e["at"] > parked_by
+                    and e["call_id"].startswith(f"{victim.node_id}-")]
+            assert late == [], (late, why)
+            others = [e for e in log if e["event"] == "OFFER" and e["at"] > parked_by]
+            assert others, (log, why)
+            first = next((e["id"] for e in log if e["at"] > killed), 1 << 62)
+            res = priority_and_offers(log, dead={victim.node_id: first})
+            assert res["violations"] == [] and res["doubles"] == [], res
+            print(f"\nparked: {victim.node_id} killed; offers after it to others "
+                  f"{len(others)}, to its calls 0")
+        finally:
+            for load in loads:
+                load.stop()

@@ -24,13 +24,19 @@ pytestmark = [pytest.mark.cluster, pytest.mark.realparts,
 
 
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
+def server() -> Iterator[Postgres]:
     pg = Postgres()
     pg.start()
     try:
-        yield pg.database("leader")
+        yield pg
     finally:
         pg.close()
+
+
+@pytest.fixture
+def url(server: Postgres, request: pytest.FixtureRequest) -> str:
+    """A fresh database per test."""
+    return server.database(request.node.name[5:40].replace("_", ""))
 
 
 def _settings(url: str, node: str) -> Any:
@@ -85,16 +91,31 @@ class FakeNode:
         raise AssertionError(f"not seen; actions: {self.actions}")
 
 
-def _log(url: str) -> list[tuple[str, str, str]]:
-    from harness.cluster import store_query
+def _beat(url: str, node: str, every: float = 0.2, *,
+          unregister: bool = True) -> threading.Event:
+    """Register ``node`` and beat for it until the returned event is set (then it is
+    unregistered, or with ``unregister=False`` just falls silent: a dead node)."""
+    from store import nodes
+    from store.db import Database
 
-    return [(r["event"], r["call_id"], r["handler_id"]) for r in store_query(
-        url, "SELECT event, call_id, handler_id FROM queue_log ORDER BY id")]
+    db = Database(url)
+    nodes.migrate(db)
+    instance = nodes.new_instance()
+    nodes.register(db, node, instance, stale_after=1.0)
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every):
+            nodes.heartbeat(db, node, instance)
+        if unregister:
+            nodes.unregister(db, node, instance)
+        db.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return stop
 
 
-def test_one_router_keeps_priority_and_a_takeover_rebuilds_from_the_nodes(url: str) -> None:
-    from controlroom.leader import LeaderThread
-    from harness.cluster import store_query
+def _migrate(url: str) -> Any:
     from store import calls as calls_table
     from store import lease, nodes, queuelog
     from store import routing_bus as bus
@@ -110,7 +131,22 @@ def test_one_router_keeps_priority_and_a_takeover_rebuilds_from_the_nodes(url: s
     nodes.migrate(db)
     bus.migrate(db)
     lease.migrate(db)
-    nodes.register(db, "n2", nodes.new_instance(), stale_after=5.0)
+    return db
+
+
+def _log(url: str) -> list[tuple[str, str, str]]:
+    from harness.cluster import store_query
+
+    return [(r["event"], r["call_id"], r["handler_id"]) for r in store_query(
+        url, "SELECT event, call_id, handler_id FROM queue_log ORDER BY id")]
+
+
+def test_one_router_keeps_priority_and_a_takeover_rebuilds_from_the_nodes(url: str) -> None:
+    from controlroom.leader import LeaderThread
+    from harness.cluster import store_query
+
+    db = _migrate(url)
+    beating = _beat(url, "n2")
     stop1, stop2 = threading.Event(), threading.Event()
     first = LeaderThread(_settings(url, "n1"), url, "n1", stop1, poll=0.05)
     first.start()
@@ -156,9 +192,68 @@ def test_one_router_keeps_priority_and_a_takeover_rebuilds_from_the_nodes(url: s
         assert [e for e in log if e[0] == "ENTER"] == [("ENTER", "n2-c1", ""),
                                                        ("ENTER", "n2-c2", "")]
     finally:
+        beating.set()
         stop1.set()
         stop2.set()
         first.join(5)
         if "second" in locals():
             second.join(5)
         db.close()
+
+
+def test_a_silent_nodes_waiting_calls_are_parked_and_come_back_when_it_beats(
+        url: str) -> None:
+    """A node whose heartbeat stops (dead, or cut off from the store) has its waiting
+    call taken out of the queue: a handler who becomes free is not offered it (the offer
+    would ring no phone) but another node's call; when the node beats again it is asked
+    to resync and its call waits again, in its place."""
+    from controlroom.leader import LeaderThread, stale_after
+    from store import routing_bus as bus
+
+    _migrate(url).close()
+    quiet, live = _beat(url, "q1", unregister=False), _beat(url, "l1")
+    stop = threading.Event()
+    leader = LeaderThread(_settings(url, "n9"), url, "n9", stop, poll=0.05)
+    leader.start()
+    q, l1 = FakeNode(url, "q1"), FakeNode(url, "l1")
+    q.last = l1.last = bus.last_output(q.conn)
+    try:
+        t = time.time()
+        l1.send("handler_login", "h7", t, skills={"999": 5, "101": 5})
+        q.send("call_arrived", "q1-c1", "999", t, caller="1")
+        q.calls = {"q1-c1": {"call_id": "q1-c1", "line": "999", "caller": "1",
+                             "arrived_at": t, "state": "queued", "handler_id": None}}
+        l1.send("call_arrived", "l1-c1", "999", t + 1, caller="2")
+        time.sleep(0.5)
+        quiet.set()  # q1 falls silent, as a node killed
+        time.sleep(stale_after(_settings(url, "n9")) + 0.8)
+        l1.send("set_available", "h7", time.time())
+        offer = l1.wait_for(lambda a: a["type"] == "Offer")[0]
+        assert offer["call_id"] == "l1-c1"  # not the older 999 of the silent node
+        q.poll()
+        assert not [a for a in q.actions if a["type"] == "Offer"]
+        # q1 beats again: asked to resync, its call waits again (first in line)
+        quiet2 = _beat(url, "q1")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+                e[0] == "resync" for e in _inputs(url, "q1")):
+            q.poll()
+            time.sleep(0.05)
+        assert any(e[0] == "resync" for e in _inputs(url, "q1"))
+        l1.send("offer_answered", "l1-c1", "h7", time.time())
+        l1.send("call_ended", "l1-c1", time.time())
+        l1.send("end_wrapup", "h7", time.time())
+        got = q.wait_for(lambda a: a["type"] == "Offer")
+        assert got[0]["call_id"] == "q1-c1"
+        quiet2.set()
+    finally:
+        live.set()
+        stop.set()
+        leader.join(5)
+
+
+def _inputs(url: str, node: str) -> list[tuple[str, str]]:
+    from harness.cluster import store_query
+
+    return [(r["kind"], r["data"]) for r in store_query(
+        url, "SELECT kind, data FROM routing_inputs WHERE node = %s ORDER BY id", (node,))]

@@ -40,3 +40,13 @@ def test_a_killed_nodes_calls_stop_waiting_and_holding_from_its_kill() -> None:
     assert priority_and_offers(rows)["doubles"] and priority_and_offers(rows)["violations"]
     assert priority_and_offers(rows, dead={"a": 4}) == {
         "violations": [], "doubles": [], "offers": {"999": 1, "101": 1}}
+
+
+def test_an_offer_of_a_dead_nodes_call_holds_its_handler_until_released() -> None:
+    rows = [row(1, "a-1", "999", "", "ENTER"), row(2, "x", "", "", "KILL"),
+            row(3, "a-1", "999", "h1", "OFFER"), row(4, "b-2", "101", "h1", "OFFER")]
+    assert priority_and_offers(rows, dead={"a": 2})["doubles"] == [(4, "h1", "a-1", "b-2")]
+    rows.insert(3, row(4, "a-1", "999", "h1", "RINGCANCELED"))
+    rows[-1] = row(5, "b-2", "101", "h1", "OFFER")
+    assert priority_and_offers(rows, dead={"a": 2}) == {
+        "violations": [], "doubles": [], "offers": {"999": 1, "101": 1}}
