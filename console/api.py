@@ -14,13 +14,13 @@ returned (DPA 2018 Part 3 s.62).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,74 +30,14 @@ from aiohttp import web
 
 from . import audit, users
 from .backend import SETTABLE_STATES, THRIVE_KEYS
-from .keys import BACKEND, DB, HISTORY, SETTINGS, THROTTLE, TICKETS, Ticket
+from .http import CSRF_HEADER, ApiError, Ctx, Endpoint, Handler, cookie_name, is_https, session_of
+from .keys import BACKEND, DB, SETTINGS, THROTTLE, TICKETS, Ticket
+from .live import HISTORY
+from .openapi import document
 
 log = structlog.get_logger(__name__)
 
-Handler = Callable[[web.Request, "Ctx"], Awaitable[web.StreamResponse]]
-
-CSRF_HEADER = "X-CSRF-Token"
 TICKET_SECONDS = 900.0
-
-
-FORWARDED_HTTPS = web.RequestKey("forwarded_https", bool)
-"""Request key: a trusted proxy said the browser used HTTPS (set by
-:func:`console.app.forwarded` on the request as received, so the response-prepare
-signal, which sees that one rather than the middleware's clone, knows it too)."""
-
-
-def is_https(request: web.Request) -> bool:
-    """The browser reached us over HTTPS: our own TLS (``web.certificate``), a trusted
-    proxy's ``X-Forwarded-Proto: https`` (``web.trusted_proxies``, applied by
-    :func:`console.app.forwarded`), or any TLS proxy in front (``web.secure_cookies``)."""
-    return (request.secure or request.get(FORWARDED_HTTPS, False)
-            or request.app[SETTINGS].secure_cookies)
-
-
-def cookie_name(request: web.Request) -> str:
-    """``__Host-`` prefixed when Secure, so a sibling host cannot plant the cookie."""
-    return "__Host-cr_session" if is_https(request) else "cr_session"
-
-
-class ApiError(Exception):
-    """A refused request; becomes ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Ctx:
-    """What a checked request carries into its handler."""
-
-    session: users.Session | None
-    body: dict[str, Any]
-
-    @property
-    def user(self) -> users.User:
-        assert self.session is not None
-        return self.session.user
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One API operation (also an OpenAPI operation)."""
-
-    method: str
-    path: str
-    handler: Handler
-    roles: frozenset[str] | None
-    summary: str
-    body: dict[str, Any] | None = None
-    query: tuple[tuple[str, str, str], ...] = ()
-    """(name, JSON type, description) of each query parameter."""
-    binary: bool = False
-
-    @property
-    def csrf(self) -> bool:
-        return self.method not in ("GET", "HEAD") and self.roles is not None
 
 
 ENDPOINTS: list[Endpoint] = []
@@ -127,11 +67,6 @@ JUSTIFICATION = {"type": "string", "minLength": 5, "maxLength": 1000,
 
 
 # ---------------------------------------------------------------------- checks
-async def session_of(request: web.Request) -> users.Session | None:
-    token = request.cookies.get(cookie_name(request), "")
-    return users.get_session(request.app[DB], token) if token else None
-
-
 def _no_constant(name: str) -> Any:
     # Python's json accepts NaN/Infinity, which pass numeric range checks; refuse them.
     raise ValueError(f"{name} is not valid JSON")
@@ -772,5 +707,9 @@ async def change_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 
 @endpoint("GET", "/api/openapi.json", roles=None, summary="This API as OpenAPI 3.")
 async def openapi_doc(request: web.Request, ctx: Ctx) -> web.StreamResponse:
-    from .openapi import document
-    return ok(document())
+    return ok(_openapi())
+
+
+@functools.cache
+def _openapi() -> dict[str, Any]:
+    return document(ENDPOINTS, CSRF_HEADER)

@@ -19,20 +19,19 @@ from config import WebSettings
 from store.db import Database
 
 from . import users
-from .api import FORWARDED_HTTPS, ApiError, add_routes, is_https, session_of
+from .api import add_routes
 from .backend import DeskBackend, DeskError
+from .http import FORWARDED_HTTPS, ApiError, is_https, session_of
 from .keys import (
     BACKEND,
     DB,
-    HISTORY,
-    HUB,
     SESSION_RECHECK_KEY,
     SETTINGS,
     THROTTLE,
     TICKETS,
     LoginThrottle,
 )
-from .live import SESSION_RECHECK, History, Hub, live_ctx, websocket
+from .live import HISTORY, HUB, SESSION_RECHECK, History, Hub, live_ctx, websocket
 
 log = structlog.get_logger(__name__)
 

@@ -1,9 +1,9 @@
-"""Typed application keys shared by the console's modules."""
+"""Typed application keys shared by the console's modules (the live hub's own, HUB and
+HISTORY, are in :mod:`console.live`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -11,9 +11,6 @@ from config import WebSettings
 from store.db import Database
 
 from .backend import DeskBackend
-
-if TYPE_CHECKING:
-    from .live import History, Hub
 
 
 @dataclass
@@ -52,8 +49,6 @@ class LoginThrottle:
 BACKEND: web.AppKey[DeskBackend] = web.AppKey("backend", DeskBackend)
 DB: web.AppKey[Database] = web.AppKey("db", Database)
 SETTINGS: web.AppKey[WebSettings] = web.AppKey("settings", WebSettings)
-HUB: web.AppKey[Hub] = web.AppKey("hub")
-HISTORY: web.AppKey[History] = web.AppKey("history")
 TICKETS: web.AppKey[dict[str, Ticket]] = web.AppKey("tickets", dict)
 THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("throttle", LoginThrottle)
 SESSION_RECHECK_KEY: web.AppKey[float] = web.AppKey("session_recheck", float)

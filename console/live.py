@@ -32,10 +32,10 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from . import users
-from .api import ApiError, cookie_name, session_of
 from .backend import DeskBackend, DeskError
 from .feed import RESYNC_TYPE, LiveQueue, snapshot_key
-from .keys import BACKEND, DB, HISTORY, HUB, SESSION_RECHECK_KEY
+from .http import ApiError, cookie_name, session_of
+from .keys import BACKEND, DB, SESSION_RECHECK_KEY
 
 log = structlog.get_logger(__name__)
 
@@ -175,6 +175,10 @@ class History:
         """Oldest first."""
         return {"interval": self.interval,
                 "samples": sorted(self._samples, key=lambda s: s["at"] or 0.0)}
+
+
+HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
+HISTORY: web.AppKey[History] = web.AppKey("history", History)
 
 
 def live_ctx(history_interval: float) -> Any:

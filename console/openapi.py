@@ -1,29 +1,30 @@
-"""The OpenAPI 3 document, generated from the endpoint table in ``console/api.py``."""
+"""The OpenAPI 3 document, generated from the endpoint table in ``console/api.py``
+(which passes it in)."""
 
 from __future__ import annotations
 
-import functools
 import re
+from collections.abc import Iterable
 from typing import Any
 
-from .api import CSRF_HEADER, ENDPOINTS
+from .http import Endpoint
 
 _ERROR = {"description": "Refused", "content": {"application/json": {"schema": {
     "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}
 
 
-@functools.cache
-def document() -> dict[str, Any]:
-    """OpenAPI 3.1 description of every REST endpoint and the live WebSocket."""
+def document(endpoints: Iterable[Endpoint], csrf_header: str) -> dict[str, Any]:
+    """OpenAPI 3.1 description of ``endpoints`` (every REST endpoint) and the live
+    WebSocket; ``csrf_header`` is the header a state-changing call carries."""
     paths: dict[str, dict[str, Any]] = {}
-    for ep in ENDPOINTS:
+    for ep in endpoints:
         params: list[dict[str, Any]] = [
             {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
             for n in re.findall(r"{(\w+)}", ep.path)]
         params += [{"name": n, "in": "query", "required": False, "description": d,
                     "schema": {"type": t}} for n, t, d in ep.query]
         if ep.csrf:
-            params.append({"name": CSRF_HEADER, "in": "header", "required": True,
+            params.append({"name": csrf_header, "in": "header", "required": True,
                            "description": "The session's CSRF token (from /api/me).",
                            "schema": {"type": "string"}})
         roles = ("public" if ep.roles is None else

@@ -45,7 +45,7 @@ def build_app(service: Service) -> web.Application:
     else:
         app = create_app(backend=ServiceDesk(service), db=service.db,
                          settings=service.settings.web)
-        from console.keys import HUB
+        from console.live import HUB
 
         app[HUB].on_resync = lambda stage: (
             service.m_live_resyncs.inc(stage="page") if stage == "page" else None)

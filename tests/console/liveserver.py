@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from console.keys import HUB
+from console.live import HUB
 
 
 class LiveServer:

@@ -18,7 +18,7 @@ from config import WebSettings
 from console import users
 from console.app import create_app
 from console.fake import FakeBackend
-from console.keys import HISTORY
+from console.live import HISTORY
 from store.db import Database
 
 from .liveserver import LiveServer
@@ -388,7 +388,7 @@ def test_auditor_search_open_play_and_access_log(world: Any, page: Any, browser:
 def test_desk_shows_resync_and_reconnect_then_keeps_updating(world: Any, page: Any) -> None:
     """A resync (the live feed overflowed) and a dropped socket each show 'resyncing…' in
     the top bar, then 'live' again, and the desk still pops the next call."""
-    from console.keys import HUB
+    from console.live import HUB
     server, fb, _ = world
     login(page, server, "h1", "/desk")
     page.evaluate("""() => { const c = document.getElementById('conn'); window.__conn = [];

@@ -9,8 +9,8 @@ from typing import Any
 from aiohttp import ClientWebSocketResponse
 
 from console.fake import FakeBackend
-from console.keys import HUB
 from console.feed import LiveQueue, snapshot_key
+from console.live import HUB
 
 from .conftest import Api
 
