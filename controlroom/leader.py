@@ -127,6 +127,33 @@ class RouterProxy:
     def handler_info(self, handler_id: str) -> dict[str, Any] | None:
         return (self._gq.snapshot.get("handlers") or {}).get(handler_id)
 
+    # Reads for the desk from the leader's last published snapshot (at most ~2 s old).
+    def callbacks(self) -> list[Any]:
+        from routing import Callback
+
+        out = []
+        for d in self._gq.snapshot.get("callbacks") or ():
+            try:
+                out.append(Callback(**{k: v for k, v in d.items() if k != "last_at"}))
+            except TypeError:
+                continue
+        return out
+
+    def _waiting(self, call_id: str) -> dict[str, Any] | None:
+        for line in (self._gq.snapshot.get("lines") or {}).values():
+            for c in line.get("waiting") or ():
+                if c.get("call_id") == call_id:
+                    return c
+        return None
+
+    def position(self, call_id: str) -> int | None:
+        c = self._waiting(call_id)
+        return (c.get("position") or None) if c else None
+
+    def estimated_wait(self, call_id: str, now: float) -> float | None:
+        c = self._waiting(call_id)
+        return c.get("estimated_wait") if c else None
+
 
 class GlobalQueue:
     """The node's end of the global queue: bus writer and reader threads, the leader."""

@@ -257,3 +257,25 @@ def _inputs(url: str, node: str) -> list[tuple[str, str]]:
 
     return [(r["kind"], r["data"]) for r in store_query(
         url, "SELECT kind, data FROM routing_inputs WHERE node = %s ORDER BY id", (node,))]
+
+
+def test_desk_reads_on_a_node_come_from_the_leaders_snapshot() -> None:
+    """The proxy's reads: call-backs, a call's position and estimated wait, a handler."""
+    from types import SimpleNamespace
+
+    from controlroom.leader import RouterProxy
+
+    snap = {"handlers": {"h1": {"state": "available"}},
+            "lines": {"999": {"waiting": [{"call_id": "n1-c1", "position": 2,
+                                           "estimated_wait": 12.5}]}},
+            "callbacks": [{"cb_id": "cb1", "call_id": "n1-c0", "line": "999", "caller": "1",
+                           "at": 5.0, "wait": 3.0, "state": "pending", "handler_id": None,
+                           "taken_at": None, "outcome": None,
+                           "attempts": [{"call_id": "n1-c0", "at": 5.0, "wait": 3.0}],
+                           "last_at": 5.0}]}
+    proxy = RouterProxy(SimpleNamespace(snapshot=snap), shadow=None)  # type: ignore[arg-type]
+    assert proxy.position("n1-c1") == 2 and proxy.estimated_wait("n1-c1", 0.0) == 12.5
+    assert proxy.position("n1-c9") is None
+    assert proxy.handler_info("h1") == {"state": "available"}
+    [cb] = proxy.callbacks()
+    assert (cb.cb_id, cb.call_id, cb.state, cb.last_at) == ("cb1", "n1-c0", "pending", 5.0)
