@@ -122,7 +122,8 @@ class RouterProxy:
         return out
 
     def snapshot(self, now: float, **kw: Any) -> dict[str, Any]:
-        return self._gq.snapshot or self._shadow.snapshot(now, **kw)
+        snap = self._gq.snapshot  # the caller may add keys: a copy
+        return dict(snap) if snap else self._shadow.snapshot(now, **kw)
 
     def handler_info(self, handler_id: str) -> dict[str, Any] | None:
         return (self._gq.snapshot.get("handlers") or {}).get(handler_id)
