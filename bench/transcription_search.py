@@ -25,7 +25,11 @@ corpus needs ~25 GB of disk and ~40 min on two busy cores; ``--max-build-seconds
 Each query class runs ``--queries`` different queries per round; each of ``--rounds``
 rounds prints its p50/p95, and the summary line gives min / median / max of them over the
 rounds, with the load average before and after (latency on a shared machine is an upper
-bound). A class over 100 ms p95 (median over rounds) makes the run exit 1.
+bound), and beside it the p95 of the CPU time the searching thread used (median over
+rounds: what the search costs, whatever else runs). "complete" is the share of searches
+that read every partition they could (the others stopped at their budget or with enough
+newest matches, and said how far back they looked); "partitions/q" how many each read.
+A class over 100 ms p95 (median over rounds) makes the run exit 1.
 """
 
 from __future__ import annotations
@@ -257,29 +261,32 @@ def run(search: TranscriptSearch, total: int, n: int, rounds: int) -> bool:
     for r in range(rounds):
         rng = random.Random(7 + r)
         for label, queries in classes(rng, total, n):
-            lat, hits = [], 0
+            lat, cpu, hits = [], [], 0
             for q, filters in queries:
-                t = time.perf_counter()
+                t, c0 = time.perf_counter(), time.thread_time()
                 res = search.search(q, **filters)
                 lat.append((time.perf_counter() - t) * 1000)
+                cpu.append((time.thread_time() - c0) * 1000)
                 hits += len(res)
                 c = info.setdefault(label, Counter())
                 c["hits"] += len(res)
                 c["queries"] += 1
                 c["complete"] += getattr(res, "complete", True)
                 c["partitions"] += getattr(res, "partitions_searched", 0)
-            per.setdefault(label, []).append((pct(lat, 0.5), pct(lat, 0.95)))
+            per.setdefault(label, []).append((pct(lat, 0.5), pct(lat, 0.95), pct(cpu, 0.95)))
         loads.append(os.getloadavg()[0])
     ok = True
-    print(f"{'query class':<32} {'p50 ms min/med/max':>22} {'p95 ms min/med/max':>22}  hits/q complete partitions/q")
+    print(f"{'query class':<32} {'p50 ms min/med/max':>22} {'p95 ms min/med/max':>22}"
+          "  cpu p95  hits/q complete partitions/q")
     for label, vals in per.items():
         p50 = sorted(v[0] for v in vals)
         p95 = sorted(v[1] for v in vals)
+        cpu95 = statistics.median(v[2] for v in vals)
         c = info[label]
         med95 = statistics.median(p95)
         ok &= med95 <= 100
         print(f"{label:<32} {p50[0]:6.1f} {statistics.median(p50):6.1f} {p50[-1]:6.1f}"
-              f"   {p95[0]:6.1f} {med95:6.1f} {p95[-1]:6.1f}  {c['hits'] / c['queries']:5.1f}"
+              f"   {p95[0]:6.1f} {med95:6.1f} {p95[-1]:6.1f}  {cpu95:7.1f}  {c['hits'] / c['queries']:5.1f}"
               f" {100 * c['complete'] / c['queries']:5.0f}% {c['partitions'] / c['queries']:6.1f}"
               f"{'' if med95 <= 100 else '  OVER 100 ms'}")
     print(f"load average (1 min) during the rounds: {', '.join(f'{v:.1f}' for v in loads)}")

@@ -38,9 +38,9 @@ confidence are indexed like the others and marked in the hit (``Hit.matches``,
 Work that does not grow with the backlog (issue 15 item 4). The call index is split into
 time partitions of at most ``PARTITION_ROWS`` calls, each its own FTS5 table
 (``transcription/store.py``). A search reads them newest first, skipping those outside
-its ``since``/``until``, and stops when it has ``max_candidates`` (1000) matching calls to
+its ``since``/``until``, and stops when it has ``max_candidates`` (500) matching calls to
 rank (``Hit.ranked_within_recent``, ``Hit.matches_estimate``) or when its budget
-(``budget_ms``, 60 ms; ``max_scan_rows``) is spent: it always reads the newest partition,
+(``budget_ms``, 50 ms; ``max_scan_rows``) is spent: it always reads the newest partition,
 so one partition's cost bounds what each further one adds. The result
 (:class:`SearchResult`, a list of hits) says whether it was complete and, if not, that
 every call after ``searched_back_to`` was searched, and continues further back with
@@ -300,12 +300,20 @@ def _count_phrase(toks: list[str], want: list[str], prefix: bool) -> int:
     m, last = len(want), len(want) - 1
     if m == 1 and not prefix:
         return toks.count(want[0])
+    if m == 1:
+        return sum(1 for t in toks if t.startswith(want[0]))
+    head, body, tail = want[0], want[1:last], want[last]
     n = 0
-    for i in range(len(toks) - m + 1):
-        if all(toks[i + j] == want[j] for j in range(last)) and (
-                toks[i + last].startswith(want[last]) if prefix else toks[i + last] == want[last]):
+    i = -1
+    end = len(toks) - m
+    while True:  # each place the first token occurs (list.index runs in C)
+        try:
+            i = toks.index(head, i + 1, end + 1)
+        except ValueError:
+            return n
+        if toks[i + 1:i + last] == body and (
+                toks[i + last].startswith(tail) if prefix else toks[i + last] == tail):
             n += 1
-    return n
 
 
 def _marked(highlighted: str) -> set[int]:
@@ -423,10 +431,10 @@ class TranscriptSearch:
             return super().__new__(PgTranscriptSearch)
         return super().__new__(cls)
 
-    def __init__(self, db: Database, *, max_candidates: int = 1000,
+    def __init__(self, db: Database, *, max_candidates: int = 500,
                  calls_first_max: int = 1000, max_idf_scan: int = 40_000,
                  fuzzy_below: int = 3, fuzzy_cutoff: float = 80.0, fuzzy_max: int = 5,
-                 budget_ms: float | None = 60.0, max_scan_rows: int | None = None,
+                 budget_ms: float | None = 50.0, max_scan_rows: int | None = None,
                  filtered_candidates: int = 250) -> None:
         self._db = db
         self._local = threading.local()
