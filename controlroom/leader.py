@@ -114,6 +114,9 @@ class RouterProxy:
 
         s = self._gq.s.settings
         scratch = Router.from_settings(s.lines, s.routing)
+        # Its call-back ids must not repeat the leader's (cb1, cb2...): they start from
+        # the clock in ms; a leader's restore then numbers on from the highest.
+        scratch._cb_seq = int(time.time() * 1000)
         entries = list(entries)
         out = scratch.adopt(entries, now, reason=reason)
         ids = sorted({e.call_id for e in entries})

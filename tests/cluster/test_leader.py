@@ -279,3 +279,26 @@ def test_desk_reads_on_a_node_come_from_the_leaders_snapshot() -> None:
     assert proxy.handler_info("h1") == {"state": "available"}
     [cb] = proxy.callbacks()
     assert (cb.cb_id, cb.call_id, cb.state, cb.last_at) == ("cb1", "n1-c0", "pending", 5.0)
+
+
+def test_a_survivors_adopt_logs_the_dead_calls_and_drops_them_at_the_leader() -> None:
+    """Salvage on a global-queue node: the record's rows (ABANDON, a call-back whose id
+    cannot repeat the leader's cb1, cb2...) and a drop_calls input for the leader."""
+    import time as _time
+    from types import SimpleNamespace
+
+    from controlroom.leader import RouterProxy
+    from routing import QueueLogEntry
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+    settings = _settings("postgresql://unused/x", "n1")
+    gq = SimpleNamespace(s=SimpleNamespace(settings=settings), snapshot={},
+                         send=lambda kind, data: sent.append((kind, data)))
+    proxy = RouterProxy(gq, shadow=None)  # type: ignore[arg-type]
+    now = _time.time()
+    rows = proxy.adopt([QueueLogEntry(now - 5, "n2-c1", "999", "", "ENTER",
+                                      {"caller": "07700900123"})], now, reason="n2 died")
+    events = [(r.event, r.call_id) for r in rows]
+    assert events == [("ABANDON", "n2-c1"), ("CALLBACK_ADD", "n2-c1")]
+    assert int(rows[1].data["cb_id"][2:]) > 10**12
+    assert sent == [("drop_calls", {"call_ids": ["n2-c1"]})]
