@@ -264,7 +264,8 @@ class JitterBuffer:
         self._keys.clear()
         self._buf.clear()
         self._raw.clear()
-        self._seen = bytearray(8192)
+        if self._seen_n:  # (a fresh buffer's first packet: nothing to clear)
+            self._seen[:] = bytes(8192)
         self._seen_n = 0
         self._adjusted()
 
