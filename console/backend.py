@@ -91,6 +91,15 @@ from typing import Any, Protocol, runtime_checkable
 HANDLER_STATES = ("available", "not_ready", "ringing", "on_call", "wrapup", "logged_out")
 """Every state a handler can be shown in."""
 
+_ROUTER_STATE_NAMES = {"offered": "ringing", "wrap_up": "wrapup"}
+
+
+def desk_state_name(state: Any) -> str:
+    """The desk's name (:data:`HANDLER_STATES`) for a router handler state (a
+    ``routing.HandlerState`` or its value)."""
+    s = str(getattr(state, "value", state))
+    return _ROUTER_STATE_NAMES.get(s, s)
+
 SETTABLE_STATES = ("available", "not_ready", "logged_out")
 """States a person may put a handler in (the others follow from calls)."""
 

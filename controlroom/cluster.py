@@ -52,6 +52,7 @@ import structlog
 
 import callevents as ev
 from cad.publisher import append_event
+from controlroom.storage import open_store
 from store import calls as calls_table
 
 if TYPE_CHECKING:
@@ -149,8 +150,6 @@ class Salvager:
     async def _round(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             if self.db is None:
-                from controlroom.service import open_store
-
                 self.db = await asyncio.to_thread(open_store, self.s.settings)
             dead = await asyncio.to_thread(stale_nodes, self.db, self.s.settings.node_id,
                                            after=self.after, starting=self.starting,

@@ -89,10 +89,10 @@ def _status(stack: Stack, cad: dict[str, int]) -> str:
                for name in s.lines}
     connected = sum(1 for c in s.calls.values() if c.state == "connected")
     states: dict[str, int] = {}
-    from controlroom.desk import _state_name
+    from console.backend import desk_state_name
 
     for h in snap.get("handlers", {}).values():
-        st = _state_name(h.get("state"))
+        st = desk_state_name(h.get("state"))
         states[st] = states.get(st, 0) + 1
     done = s.db.query_one("SELECT COUNT(*) n FROM calls WHERE ended_at IS NOT NULL")["n"]
     return (f"waiting 999={waiting.get('999', 0)} 101={waiting.get('101', 0)} | connected={connected} "

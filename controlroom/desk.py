@@ -18,22 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import callevents as ev
-from console.backend import THRIVE_KEYS, Conflict, Invalid, NotFound
+from console.backend import THRIVE_KEYS, Conflict, Invalid, NotFound, desk_state_name
 from store import calls as calls_table
 from store import drafts as drafts_table
 from telephony.numbers import normalise
 
 if TYPE_CHECKING:
     from controlroom.service import Service
-
-# Router handler states -> the desk's names.
-_STATE_NAMES = {"offered": "ringing", "wrap_up": "wrapup"}
-
-
-def _state_name(state: Any) -> str:
-    s = str(getattr(state, "value", state))
-    return _STATE_NAMES.get(s, s)
-
 
 def _midnight(now: float) -> float:
     d = dt.datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -168,7 +159,7 @@ class ServiceDesk:
             cfg = s.handlers.get(hid)
             handlers_out.append({
                 "handler_id": hid, "name": cfg.name if cfg else hid,
-                "state": _state_name(h.get("state")), "reason": h.get("reason") or "",
+                "state": desk_state_name(h.get("state")), "reason": h.get("reason") or "",
                 "since": h.get("since"), "call_id": h.get("call_id"),
                 "skills": h.get("skills") or (s._skills(cfg) if cfg else {}),
                 "after_call": h.get("after_call"), "grading_due": h.get("grading_due"),
@@ -239,7 +230,7 @@ class ServiceDesk:
                 call = self._card(c.call_id)
         wrap_id = s.wrapup_calls.get(handler_id)
         due = h.get("grading_due")
-        if wrap_id and _state_name(h.get("state")) == "wrapup":
+        if wrap_id and desk_state_name(h.get("state")) == "wrapup":
             wrap = self._card(wrap_id)
         elif due:
             wrap = self._card(due)   # on a break with a grading still due: keep it in view
@@ -248,7 +239,7 @@ class ServiceDesk:
                 card["draft"] = None
         wline = s.lines.get((wrap or {}).get("line") or (call or {}).get("line") or "")
         return {"at": now, "handler_id": handler_id, "name": cfg.name if cfg else handler_id,
-                "state": _state_name(h.get("state")), "reason": h.get("reason") or "",
+                "state": desk_state_name(h.get("state")), "reason": h.get("reason") or "",
                 "since": h.get("since"), "skills": h.get("skills") or {},
                 "today": {"calls": n, "talk": talk, "avg_talk": (talk / n) if n else 0.0,
                           "rejected": s.rejected_today.get(handler_id, 0)},

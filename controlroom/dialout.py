@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING
 import structlog
 
 import callevents as ev
+from controlroom.calls import LiveCall
 from store import calls as calls_table
 from telephony import api as tel
 
 if TYPE_CHECKING:
-    from controlroom.service import LiveCall, Service
+    from controlroom.service import Service
 
 log = structlog.get_logger(__name__)
 
@@ -84,8 +85,6 @@ class Dialouts:
             if was_available:
                 s._apply(s.router.set_available(handler_id, time.time()))
             raise DialError(f"cannot dial {cb.caller}: {exc}") from None
-        from controlroom.service import LiveCall
-
         line = s.lines[cb.line]
         s.calls[call_id] = LiveCall(call_id=call_id, line=cb.line, priority=line.priority,
                                     caller=cb.caller, arrived_at=now, state="external",

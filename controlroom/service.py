@@ -23,7 +23,6 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,52 +32,19 @@ import callevents as ev
 from cad import messages as cad_messages
 from cad.publisher import append_event
 from config import Settings
+from console.backend import desk_state_name
+from controlroom.calls import LiveCall
 from controlroom.metrics import Registry
-from store import Database, nodes
+from controlroom.storage import open_store
 from store import calls as calls_table
+from store import nodes
 from store import spool as storage
 from telephony import api as tel
 
 log = structlog.get_logger("controlroom")
 
 
-def open_store(settings: Settings) -> Database:
-    """The node's store: PostgreSQL when ``storage.url`` is set (``env:``/``file:``
-    resolved here), else the SQLite file."""
-    from config.loader import secret
-
-    url = secret(settings.storage.url, key="storage.url") if settings.storage.url else ""
-    return Database(url or settings.storage.database_path)
-
 ANSWER_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0)
-
-
-@dataclass
-class LiveCall:
-    """What the service keeps in memory about a call that is not over."""
-
-    call_id: str
-    line: str
-    priority: int
-    caller: str
-    arrived_at: float
-    state: str = "queued"  # queued | offered | connected | ended
-    handler_id: str | None = None
-    leg_id: str | None = None
-    answered_at: float | None = None
-    first_answered_at: float | None = None
-    """First answer by any handler (a transfer starts a new leg; the call stays answered)."""
-    talk_before: float = 0.0
-    """Talk time with handlers before a transfer."""
-    ended_by: str | None = None
-    end_reason: str | None = None
-    flags: list[str] = field(default_factory=list)
-    incident_number: str | None = None
-    position: int | None = None
-    positions: list[tuple[float, int]] = field(default_factory=list)
-    recording: tel.RecordingSealed | None = None
-    end_event: tel.CallEnded | None = None
-    on_hold: bool = False
 
 
 class Service:
@@ -785,10 +751,8 @@ class Service:
             self._wake_router.set()
 
     def _on_handler_changed(self, a: Any, now: float) -> None:
-        from controlroom.desk import _state_name
-
         self._fanout({"type": "handler.state", "handler_id": a.handler_id,
-                      "state": _state_name(a.state), "reason": a.reason, "at": now})
+                      "state": desk_state_name(a.state), "reason": a.reason, "at": now})
 
     def _on_queued(self, a: Any, now: float) -> None:
         call = self.calls.get(a.call_id)
