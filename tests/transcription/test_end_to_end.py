@@ -44,7 +44,8 @@ async def test_whisper_live_final_and_search(db, whisper, tmp_path):
         calls.insert(conn, call_id="k1", line="999", caller="07700900123", state="ended",
                      arrived_at=1000.0, handler_id="h7")
     events = []
-    svc = TranscriptionService(settings=TranscriptionSettings(engine="whisper", workers=1),
+    svc = TranscriptionService(settings=TranscriptionSettings(engine="whisper", workers=1,
+                                                              live_partials=0.5),
                                db=db, publish=events.append, engine=whisper, job_poll=0.2,
                                max_lag=60.0, inbox_seconds=60.0)  # pipeline, not shedding
     await svc.start()
