@@ -2,7 +2,7 @@
 
 ``create_app(backend=..., db=..., settings=...)`` builds the aiohttp application; the
 service implements :class:`DeskBackend` (``console/backend.py``);
-:class:`console.fake.FakeBackend` is an in-memory stand-in for tests and demos.
+:class:`tests.console.fake.FakeBackend` is an in-memory stand-in for the tests.
 Users, sessions and the DPA 2018 s.62 access log live in ``console/users.py``.
 """
 

@@ -2,7 +2,7 @@
 
 The console (``console/app.py``) is a thin web adapter: it authenticates, checks roles,
 writes the access log and renders pages. Every call-handling decision is made by the
-service, which implements this protocol (and :class:`console.fake.FakeBackend` for tests
+service, which implements this protocol (and :class:`tests.console.fake.FakeBackend` for tests
 and standalone demos). All methods are coroutines so the service may do database work
 in a thread.
 

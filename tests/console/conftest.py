@@ -14,8 +14,8 @@ from argon2 import PasswordHasher
 from config import WebSettings
 from console import users
 from console.app import create_app
-from console.fake import FakeBackend
 from store.db import Database
+from tests.console.fake import FakeBackend
 
 PASSWORD = "correct horse battery"
 ROLE_USERS = {"handler": "h1", "supervisor": "sup1", "auditor": "aud1", "admin": "adm1"}

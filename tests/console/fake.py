@@ -6,7 +6,7 @@ Tests drive the caller's side with the helper methods (:meth:`arrive`, :meth:`of
 :meth:`say`, :meth:`flag`, :meth:`link_incident`, :meth:`hang_up`, :meth:`push`) and
 observe what the desk asked for in :attr:`FakeBackend.actions`.
 
-Run the pages against it: ``python -m console.fake --port 8080`` (users demo-handler,
+Run the pages against it: ``python -m tests.console.fake --port 8080`` (from the repository root) (users demo-handler,
 demo-supervisor, demo-auditor, demo-admin; password ``demo-password``).
 """
 
@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 
 import callevents as ev
-
-from .backend import SETTABLE_STATES, Conflict, Invalid, NotFound
+from console.backend import SETTABLE_STATES, Conflict, Invalid, NotFound
 
 
 def write_tone_wav(path: Path, *, seconds: float = 3.0, rate: int = 8000) -> str:
@@ -617,10 +616,9 @@ def main() -> None:  # pragma: no cover - manual demo
     from aiohttp import web
 
     from config import WebSettings
+    from console.app import create_app
+    from console.users import create_user
     from store.db import Database
-
-    from .app import create_app
-    from .users import create_user
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, default=8080)

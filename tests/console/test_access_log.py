@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from console import users
-from console.fake import FakeBackend
 from store.db import Database
+from tests.console.fake import FakeBackend
 
 from .conftest import Api
 

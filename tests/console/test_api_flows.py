@@ -10,8 +10,8 @@ from aiohttp.test_utils import TestClient
 from config import WebSettings
 from console import users
 from console.app import create_app
-from console.fake import FakeBackend
 from store.db import Database
+from tests.console.fake import FakeBackend
 
 from .conftest import PASSWORD, Api
 

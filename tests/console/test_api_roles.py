@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from console.api import ENDPOINTS, Endpoint
-from console.fake import FakeBackend
 from console.users import ROLES
+from tests.console.fake import FakeBackend
 
 from .conftest import Api
 

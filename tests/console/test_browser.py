@@ -17,9 +17,9 @@ import pytest
 from config import WebSettings
 from console import users
 from console.app import create_app
-from console.fake import FakeBackend
 from console.live import HISTORY
 from store.db import Database
+from tests.console.fake import FakeBackend
 
 from .liveserver import LiveServer
 

@@ -14,9 +14,9 @@ import pytest
 from config import WebSettings
 from console import audit, users
 from console.app import create_app
-from console.fake import FakeBackend
 from store import calls
 from store.db import Database
+from tests.console.fake import FakeBackend
 from transcription import TranscriptSearch
 from transcription import store as tstore
 

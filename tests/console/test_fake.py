@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from console.backend import Conflict, DeskBackend, Invalid, NotFound
-from console.fake import FakeBackend
+from tests.console.fake import FakeBackend
 
 
 def _public(cls: type) -> dict[str, inspect.Signature]:

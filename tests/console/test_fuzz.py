@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from console.api import ENDPOINTS
-from console.fake import FakeBackend
+from tests.console.fake import FakeBackend
 
 from .conftest import Api
 

@@ -20,10 +20,10 @@ import pytest
 from config import ConfigError, WebSettings, from_dict
 from console import users
 from console.app import create_app
-from console.fake import FakeBackend
 from controlroom.web import tls_context
 from harness.certs import CertAuthority
 from store.db import Database
+from tests.console.fake import FakeBackend
 
 from .liveserver import LiveServer
 

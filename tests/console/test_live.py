@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import ClientWebSocketResponse
 
-from console.fake import FakeBackend
 from console.feed import LiveQueue, snapshot_key
 from console.live import HUB
+from tests.console.fake import FakeBackend
 
 from .conftest import Api
 
