@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from config import Settings, from_dict
+from config.dump import toml_dump
 from controlroom.service import Service
 from harness import scenarios, speech
 from harness.kamailio import Kamailio
@@ -66,35 +66,6 @@ class StackOptions:
     """SIP between Kamailio and the service, both ways: ``udp``, ``tcp`` or ``tls``
     (certificates from a throw-away CA in ``<workdir>/tls``); SIPp callers then reach
     Kamailio over TCP (this SIPp has no TLS), handler phones stay on UDP."""
-
-
-def toml_dump(data: dict[str, Any]) -> str:
-    """A small TOML writer for the generated configuration (tables, arrays of tables)."""
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + "}"
-        return json.dumps(str(v))
-
-    out: list[str] = []
-    scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
-    out += [f"{k} = {value(v)}" for k, v in scalars.items()]
-    for k, v in data.items():
-        if isinstance(v, dict):
-            out.append(f"\n[{k}]")
-            out += [f"{kk} = {value(vv)}" for kk, vv in v.items()]
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            for item in v:
-                out.append(f"\n[[{k}]]")
-                out += [f"{kk} = {value(vv)}" for kk, vv in item.items()]
-        elif isinstance(v, list):
-            out.append(f"{k} = {value(v)}")
-    return "\n".join(out) + "\n"
 
 
 class Stack:

@@ -623,7 +623,7 @@ class Cluster:
             self.kamailio.register(h, phones.contact(h))
 
     def _start_node(self, node: Node) -> None:
-        from controlroom.stack import toml_dump
+        from config.dump import toml_dump
 
         node.config_path.write_text(toml_dump(self.node_config(node)))
         argv = [*self.net.prefix(node.index), sys.executable, "-c",
