@@ -24,7 +24,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -62,7 +62,11 @@ def check_versions(component: str, done: set[int] | Sequence[int], known: int, *
 
 class Database:
     """The service's database: SQLite (one writer connection, readers on demand), or
-    PostgreSQL when given a ``postgresql://`` URL (:class:`store.pg.PgDatabase`)."""
+    PostgreSQL when given a ``postgresql://`` URL (:class:`store.pg.PgDatabase`).
+
+    A subclass serving URLs names their prefixes (``class PgDatabase(Database,
+    schemes=(...))``) and ``Database(url)`` builds that subclass; the package imports
+    its backends (``store/__init__.py``), so this module needs none of them."""
 
     dialect = "sqlite"
     """``sqlite`` or ``postgresql``: for the few places whose SQL differs."""
@@ -72,11 +76,19 @@ class Database:
     """The driver's exceptions (DB-API style), so callers catch the right ones."""
     OperationalError: type[Exception] = sqlite3.OperationalError
 
+    _by_scheme: ClassVar[dict[str, type[Database]]] = {}
+    """URL prefix -> the subclass that serves it (filled by ``__init_subclass__``)."""
+
+    def __init_subclass__(cls, *, schemes: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for prefix in schemes:
+            Database._by_scheme[prefix] = cls
+
     def __new__(cls, path: str | Path = ":memory:", **kwargs: Any) -> Database:
-        if cls is Database and isinstance(path, str) and path.startswith(
-                ("postgresql://", "postgres://")):
-            from .pg import PgDatabase
-            return super().__new__(PgDatabase)
+        if cls is Database and isinstance(path, str):
+            for prefix, backend in Database._by_scheme.items():
+                if path.startswith(prefix):
+                    return super().__new__(backend)
         return super().__new__(cls)
 
     def __init__(self, path: str | Path, *, checkpoint_interval: float = 1.0) -> None:

@@ -25,12 +25,12 @@ import contextlib
 import functools
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
-
-import psycopg
-from psycopg.pq import TransactionStatus
+from typing import TYPE_CHECKING, Any
 
 from .db import Database, SchemaMismatch, check_versions
+
+if TYPE_CHECKING:
+    import psycopg
 
 MIGRATE_LOCK = 0x636F6E74726F6C  # "control": the advisory lock key for migrations
 CONNECT_TIMEOUT = 3
@@ -117,6 +117,8 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
         return self.raw.info.transaction_status != TransactionStatus.IDLE
 
     @property
@@ -134,21 +136,27 @@ class PgConnection:
 
 
 def _connect(url: str) -> PgConnection:
+    import psycopg
+
     conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                            row_factory=_row_factory)
     return PgConnection(conn)
 
 
-class PgDatabase(Database):
-    """The shared PostgreSQL store (one writer connection per node, readers on demand)."""
+class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
+    """The shared PostgreSQL store (one writer connection per node, readers on demand).
+
+    psycopg is imported when one is opened, so a SQLite node never loads it."""
 
     dialect = "postgresql"
-    Error = psycopg.Error
-    DatabaseError = psycopg.DatabaseError
-    IntegrityError = psycopg.IntegrityError
-    OperationalError = psycopg.OperationalError
 
     def __init__(self, path: Any, *, checkpoint_interval: float = 1.0) -> None:  # noqa: ARG002
+        import psycopg
+
+        self.Error = psycopg.Error
+        self.DatabaseError = psycopg.DatabaseError
+        self.IntegrityError = psycopg.IntegrityError
+        self.OperationalError = psycopg.OperationalError
         self.url = str(path)
         self.path = self._where()
         """The URL without user or password (for logs)."""
@@ -174,7 +182,7 @@ class PgDatabase(Database):
         c = self._conn_
         if c is None or c.closed or c.raw.broken:
             if c is not None:
-                with contextlib.suppress(psycopg.Error):
+                with contextlib.suppress(self.Error):
                     c.close()
             self._conn_ = None
             self._conn_ = c = _connect(self.url)
@@ -208,17 +216,19 @@ class PgDatabase(Database):
                                      " VALUES (?, ?)", (component, version))
                         conn.execute("COMMIT")
                     except BaseException:
-                        with contextlib.suppress(psycopg.Error):
+                        with contextlib.suppress(self.Error):
                             conn.execute("ROLLBACK")
                         raise
                     applied += 1
             finally:
-                with contextlib.suppress(psycopg.Error):
+                with contextlib.suppress(self.Error):
                     conn.execute("SELECT pg_advisory_unlock(?)", (MIGRATE_LOCK,))
         return applied
 
     def _where(self) -> str:
-        info = psycopg.conninfo.conninfo_to_dict(self.url)
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(self.url)
         return f"postgresql://{info.get('host', '')}:{info.get('port', '5432')}/{info.get('dbname', '')}"
 
     # -- writing -------------------------------------------------------------
@@ -247,7 +257,7 @@ class PgDatabase(Database):
     def _rollback(self) -> None:
         c = self._conn_
         if c is not None and not c.closed and c.in_transaction:
-            with contextlib.suppress(psycopg.Error):
+            with contextlib.suppress(self.Error):
                 c.execute("ROLLBACK")
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
@@ -273,7 +283,7 @@ class PgDatabase(Database):
     def close(self) -> None:
         with self._lock:
             if self._conn_ is not None:
-                with contextlib.suppress(psycopg.Error):
+                with contextlib.suppress(self.Error):
                     self._conn_.close()
                 self._conn_ = None
 
