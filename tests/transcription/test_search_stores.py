@@ -74,3 +74,14 @@ def test_words_of_two_segments_and_codes(db):
     [h] = search.search("AB12 CDE")
     assert h.call_id == "r" and h.offset == 5.5
     assert h.matches[0]["word"] == "alpha bravo one two charlie delta echo"
+
+
+def test_result_says_how_far_back_it_looked_on_both_stores(db):
+    """Both stores answer with a SearchResult (a list of hits); a small index is searched
+    to its beginning, so it is complete and needs no continuation."""
+    from transcription.search import SearchResult
+    _call(db, "f", at=10.0)
+    _transcript(db, "f", [("caller", 0.0, 2.0, "smoke from the kitchen")])
+    res = TranscriptSearch(db).search("smoke", before=None)
+    assert isinstance(res, SearchResult) and [h.call_id for h in res] == ["f"]
+    assert res.coverage()["complete"] is True and res.continue_before is None
