@@ -186,6 +186,10 @@ class GlobalQueue:
         from store import lease
 
         lease.migrate(service.db)
+        # First thing the leader hears from this run: it holds no call. Calls a previous
+        # run of this node left in the queue (a restart quicker than parking) are dropped
+        # there; this run's restore logged their ends.
+        self.send("resync", {"term": 0, "start": True, "calls": []})
 
     # -- sending (any thread; order kept) -------------------------------------------
     def send(self, kind: str, data: dict[str, Any]) -> None:
@@ -625,12 +629,18 @@ class LeaderThread(threading.Thread):
         return out
 
     def _late_resync(self, node: str, data: dict[str, Any]) -> list[tuple[str, Any]]:
-        """A node's resync after the rebuild (it answered after ``RESYNC_GRACE``): its
-        waiting calls join the queue; a call it says is talking or ringing is left out
-        (its handler's state here may already be another's), and logged."""
-        if int(data.get("term", 0)) != self.term:
+        """A node's resync after the rebuild (it answered after ``RESYNC_GRACE``, it beats
+        again after being parked, or it has just started): the node knows its calls. Its
+        calls here that it does not list are dropped; its waiting calls join the queue; a
+        call it says is talking but that is not here is left out (its handler's state here
+        may already be another's), and logged."""
+        if int(data.get("term", 0)) != self.term and not data.get("start"):
             return []  # an old term's
-        out: list[tuple[str, Any]] = []
+        listed = {c["call_id"] for c in data.get("calls", ())}
+        gone = {c for c, n in self.call_node.items() if n == node and c not in listed}
+        out: list[tuple[str, Any]] = self._drop_calls(gone) if gone else []
+        if gone:
+            log.warning("routing.node_calls_dropped", node=node, calls=len(gone))
         for c in sorted(data.get("calls", ()), key=lambda c: c["arrived_at"]):
             if c["call_id"] in self.router.calls:
                 continue

@@ -302,3 +302,32 @@ def test_a_survivors_adopt_logs_the_dead_calls_and_drops_them_at_the_leader() ->
     assert events == [("ABANDON", "n2-c1"), ("CALLBACK_ADD", "n2-c1")]
     assert int(rows[1].data["cb_id"][2:]) > 10**12
     assert sent == [("drop_calls", {"call_ids": ["n2-c1"]})]
+
+
+def test_a_restarted_node_tells_the_leader_it_holds_no_call(url: str) -> None:
+    """A node restarted quicker than parking: its start resync drops the calls its
+    previous run left in the queue, so no handler is offered a call that is gone."""
+    from controlroom.leader import LeaderThread
+
+    _migrate(url).close()
+    node_beat = _beat(url, "r1")
+    stop = threading.Event()
+    leader = LeaderThread(_settings(url, "n8"), url, "n8", stop, poll=0.05)
+    leader.start()
+    node = FakeNode(url, "r1")
+    try:
+        t = time.time()
+        node.send("handler_login", "h5", t, skills={"999": 5, "101": 5})
+        node.send("call_arrived", "r1-c1", "999", t, caller="1")
+        node.wait_for(lambda a: a["type"] == "Queued")
+        # the node restarts: its first input says it holds nothing
+        node.bus.send(node.conn, "r1", [("resync", {"term": 0, "start": True, "calls": []},
+                                         time.time())])
+        node.send("call_arrived", "r1-c2", "101", time.time(), caller="2")
+        node.send("set_available", "h5", time.time())
+        offer = node.wait_for(lambda a: a["type"] == "Offer")[0]
+        assert offer["call_id"] == "r1-c2"  # not the gone 999
+    finally:
+        node_beat.set()
+        stop.set()
+        leader.join(5)
