@@ -38,6 +38,7 @@ urgent calls first). Engines: ``vosk`` (streaming, any Vosk model folder) and
 from .engines import Engine, Hypothesis, Recogniser, Word, load_engine
 from .errors import AudioError, ModelError, SearchQueryError, TranscriptionError
 from .offline import retranscribe, transcribe_file
+from .pgsearch import PgTranscriptSearch  # noqa: F401  (TranscriptSearch on a PostgreSQL store)
 from .search import Hit, SearchBackend, TranscriptSearch
 from .service import LIVE_OFF_FLAG, TranscriptionService
 from .store import get_transcript

@@ -34,6 +34,7 @@ from store.db import Database
 from .errors import SearchQueryError
 from .pgschema import TS_CONFIG
 from .search import (
+    GAZETTEER_SIMILARITY,
     KIND_ORDER,
     MAX_LIMIT,
     MAX_MATCHES,
@@ -79,7 +80,7 @@ def to_tsquery_text(groups: list[list[Phrase]], negatives: list[Phrase]) -> str:
     return out
 
 
-class PgTranscriptSearch(TranscriptSearch):
+class PgTranscriptSearch(TranscriptSearch, dialect="postgresql"):
     """PostgreSQL full-text search over whole-call transcripts (see the module doc)."""
 
     def __init__(self, db: Database, *, max_candidates: int = 1000, fuzzy_below: int = 3,
@@ -263,8 +264,6 @@ class PgTranscriptSearch(TranscriptSearch):
         if gaz and "gazetteer" in KIND_ORDER:
             heard = {items.terms[i] for i in marked if i not in gaz}
             if any(items.terms[i] not in heard for i in marked if i in gaz):
-                from .search import GAZETTEER_SIMILARITY  # type: ignore[attr-defined]
-
                 if KIND_ORDER[kind] < KIND_ORDER["gazetteer"]:
                     kind = "gazetteer"
                 score *= GAZETTEER_SIMILARITY

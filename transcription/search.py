@@ -70,7 +70,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from rapidfuzz import fuzz, process
 
@@ -423,12 +423,20 @@ class TranscriptSearch:
     """Most terms scored by :meth:`_bm25` per query (the newest calls that hold them):
     whole calls are long, and this path tokenizes each candidate in Python."""
 
+    _by_dialect: ClassVar[dict[str, type[TranscriptSearch]]] = {}
+    """Store dialect -> the subclass that searches it (``class PgTranscriptSearch(
+    TranscriptSearch, dialect="postgresql")``, imported by ``transcription/__init__.py``)."""
+
+    def __init_subclass__(cls, *, dialect: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if dialect:
+            TranscriptSearch._by_dialect[dialect] = cls
+
     def __new__(cls, db: Database, **kwargs: Any) -> TranscriptSearch:
         # On a PostgreSQL store: its full-text search (transcription/pgsearch.py), same API.
-        if cls is TranscriptSearch and getattr(db, "dialect", "sqlite") == "postgresql":
-            from .pgsearch import PgTranscriptSearch
-
-            return super().__new__(PgTranscriptSearch)
+        backend = TranscriptSearch._by_dialect.get(getattr(db, "dialect", "sqlite"))
+        if cls is TranscriptSearch and backend is not None:
+            return super().__new__(backend)
         return super().__new__(cls)
 
     def __init__(self, db: Database, *, max_candidates: int = 500,
