@@ -112,7 +112,7 @@ def _body(event: ev.DomainEvent) -> dict[str, Any]:
         case ev.CallFlagged():
             return {"flag": {"name": event.flag, "detail": event.detail}}
         case ev.CallEnded():
-            rec = None
+            rec: dict[str, Any] | None = None
             if event.recording_id:
                 rec = {"id": event.recording_id, "sha256": event.recording_sha256}
             return {"call": {"line": event.line},
@@ -124,7 +124,7 @@ def _body(event: ev.DomainEvent) -> dict[str, Any]:
                     "recording": rec}
         case ev.RecordingReady():
             # The file path is local to this node and means nothing to the CAD.
-            rec: dict[str, Any] = {"id": event.recording_id, "sha256": event.sha256,
+            rec = {"id": event.recording_id, "sha256": event.sha256,
                                    "duration": _secs(event.duration) or 0.0}
             if len(event.segments) > 1 or event.gaps:  # schema v1.x, additive
                 rec["segments"] = [{"id": s["id"], "sha256": s["sha256"],

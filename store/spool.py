@@ -332,8 +332,8 @@ class SpooledWriter:
             return 0
         for _ in units:
             self._spool.popleft()
-        for unit, exc in failed:
-            self._drop_failed(unit, exc)
+        for unit, error in failed:
+            self._drop_failed(unit, error)
         written = len(units) - len(failed)
         self.flushed += written
         self._fault_flushed += written

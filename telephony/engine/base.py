@@ -247,7 +247,7 @@ class EngineBase:
             uri = parse_uri(self.settings.proxy or handler_uri)
         except Exception:  # noqa: BLE001 - SipError: a bad URI is not TLS
             return False
-        return uri.scheme.lower() == "sips" or uri.params.get("transport", "").lower() == "tls"
+        return uri.scheme.lower() == "sips" or (uri.params.get("transport") or "").lower() == "tls"
 
     def _check_srtp(self) -> None:
         """At start: a handler that requires SRTP must be reached over TLS (or the lab

@@ -13,6 +13,7 @@ the call: CallEnded(by="caller", reason="dial-out failed: <status>").
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Any
@@ -33,6 +34,9 @@ log = structlog.get_logger("telephony.engine")
 
 class DialOutMixin(EngineBase):
     """Outbound calls to callers (call-backs)."""
+
+    _dialling: dict[str, tuple[Any, str, asyncio.TimerHandle]]
+    """Call id -> (call, handler URI, no-answer timer) while dialling (set on first use)."""
 
     def dial_out(self, line_name: str, number: str, handler_uri: str, *,
                  timeout: float = 60.0) -> str:

@@ -98,7 +98,7 @@ class SipUri:
         RFC 3261 §19.1.2)."""
         if self.port is not None:
             return self.host, self.port
-        tls = self.scheme == "sips" or self.params.get("transport", "").lower() == "tls"
+        tls = self.scheme == "sips" or (self.params.get("transport") or "").lower() == "tls"
         return self.host, 5061 if tls else 5060
 
     def with_params(self, **params: str | None) -> SipUri:
