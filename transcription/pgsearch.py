@@ -165,9 +165,10 @@ class PgTranscriptSearch(TranscriptSearch, dialect="postgresql"):
             raise SearchQueryError(f"query cannot be searched: {exc}") from None
         return SearchResult([_with(h, rank=i + 1) for i, h in enumerate(hits[:limit])])
 
-    def _document_frequencies(self, phrases: list[Phrase]) -> dict[Phrase, tuple[int, bool]]:
+    def _document_frequencies(self, phrases: list[Phrase], part: object = None,
+                              walk: object = None) -> dict[Phrase, tuple[int, bool]]:
         """Calls holding each phrase, counted up to ``fuzzy_below`` (all the fuzzy
-        expansion asks: is the word rare?)."""
+        expansion asks: is the word rare?). One table here: no ``part`` or ``walk``."""
         out: dict[Phrase, tuple[int, bool]] = {}
         for p in dict.fromkeys(phrases):
             n = self._q(f"SELECT count(*) FROM (SELECT 1 FROM transcription_call_index"
@@ -260,7 +261,7 @@ class PgTranscriptSearch(TranscriptSearch, dialect="postgresql"):
             used = [alternatives[items.terms[i]] for i in marked if items.terms[i] in alternatives]
             kind = max((a.kind for a in used), key=KIND_ORDER.__getitem__, default="exact")
             score *= min((a.similarity for a in used), default=1.0)
-        gaz = getattr(items, "alternatives", frozenset())  # gazetteer names (store.py)
+        gaz: frozenset[int] = getattr(items, "alternatives", frozenset())  # gazetteer names
         if gaz and "gazetteer" in KIND_ORDER:
             heard = {items.terms[i] for i in marked if i not in gaz}
             if any(items.terms[i] not in heard for i in marked if i in gaz):

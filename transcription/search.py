@@ -635,8 +635,9 @@ class TranscriptSearch:
                 need = self.max_candidates - len(cands)
                 dfs = self._document_frequencies(phrases, part, walk)
                 own = phrases if self._idf_scan(phrases, dfs) > self.max_idf_scan else None
-                rows, pinfo = self._candidates(match, where, params, own, dfs, part, need, walk.span)
-                cands += [(r[0], r[1], r[2], part.fts) for r in rows]
+                found, pinfo = self._candidates(match, where, params, own, dfs, part, need,
+                                                walk.span)
+                cands += [(r[0], r[1], r[2], part.fts) for r in found]
                 if pinfo["scoring"] != "bm25":
                     info["scoring"] = pinfo["scoring"]
                 estimate += pinfo["matches_estimate"]
@@ -1011,7 +1012,7 @@ def _snippet(items: IndexedCall, first: int, matched: set[int]
     hi = first
     while hi + 1 < len(items) and hi - first < SNIPPET_WORDS and items.channel(hi + 1) == ch:
         hi += 1
-    frags = []
+    frags: list[dict[str, Any]] = []
     for i in range(lo, hi + 1):
         if items.shown[i]:
             it = items[i]
