@@ -684,6 +684,7 @@ async def change_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
                             "(handler_id only with roles)")
     if name == ctx.user.username and ("disabled" in b or "roles" in b):
         raise ApiError(400, "you cannot disable yourself or change your own roles")
+    detail: dict[str, Any]
     try:
         if "disabled" in b:
             await asyncio.to_thread(users.set_disabled, db, name, b["disabled"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -135,7 +136,7 @@ def forwarded(trusted: list[str]) -> Callable[..., Awaitable[web.StreamResponse]
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if not nets or not peer or not is_trusted(peer[0]):
             return await handler(request)
-        changes: dict[str, str] = {}
+        changes: dict[str, Any] = {}
         proto = request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
         if proto in ("http", "https"):
             changes["scheme"] = proto
