@@ -61,8 +61,10 @@ MUTATORS = frozenset({
     "take_callback", "release_callback", "complete_callback",
 })
 """Router methods that change routing state: sent to the leader."""
-RESYNC_GRACE = 1.0
-"""A new leader waits this long at most for every live node's resync."""
+RESYNC_GRACE = 2.0
+"""A new leader waits this long at most for every live node's resync (the previous
+leader's only while its heartbeat shows it alive: see ``LeaderThread._take_over``)."""
+HELD_REASON = "talking (resync)"
 NODES_EVERY = 0.5
 """How often the leader reads the nodes' heartbeats."""
 
@@ -286,13 +288,26 @@ class GlobalQueue:
         """The leader's actions for this node's calls, through ``Service._apply``. An
         Offer for a call whose phone already rings (a new leader re-offering it): the same
         handler keeps ringing; another handler: the old leg is cancelled first."""
-        from routing import Abandoned, Completed, Offer
+        from routing import Abandoned, Completed, Connected, Offer
 
         s = self.s
         keep = []
         for a in actions:
             if isinstance(a, (Abandoned, Completed)):
                 self.ending.pop(a.call_id, None)
+            if isinstance(a, Connected):
+                call = s.calls.get(a.call_id)
+                if (call is not None and call.state == "offered" and call.leg_id is not None
+                        and call.leg_id not in s.legs):
+                    # The handler answered and hung up before the leader's answer came
+                    # (a store outage between): the caller goes back to the head of the
+                    # queue rather than being bridged to nobody.
+                    log.warning("routing.answered_leg_gone", call_id=a.call_id,
+                                handler_id=a.handler_id)
+                    call.state, call.leg_id, call.handler_id = "queued", None, None
+                    self.proxy.transfer_to_line(a.call_id, call.line, time.time(),
+                                                head=True)
+                    continue
             if isinstance(a, Offer):
                 call = s.calls.get(a.call_id)
                 if call is None or call.state not in ("queued", "offered"):
@@ -353,8 +368,12 @@ class LeaderThread(threading.Thread):
         self.conn: Any = None
         self._snap_at = 0.0
         self._nodes_at = 0.0
+        self._term_at = 0.0
         self.parked: set[str] = set()
         """Nodes whose heartbeat is stale: their waiting calls are out of the queue."""
+        self.held: dict[str, str] = {}
+        """Talking calls a late resync told of, not in the router: call -> its handler,
+        kept not ready (``HELD_REASON``) until the call's end comes in."""
 
     def run(self) -> None:
         from store.lease import Lease
@@ -395,6 +414,7 @@ class LeaderThread(threading.Thread):
     def _drop(self) -> None:
         self.term, self.router = None, None
         self.parked = set()
+        self.held = {}
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()
@@ -415,7 +435,7 @@ class LeaderThread(threading.Thread):
         from store.db import Database
         from store.lease import fenced
 
-        started = time.time()
+        started = self._term_at = time.time()
         self.conn = _connect(self.url)
         self.conn.execute(f"LISTEN {bus.IN_CHANNEL}")
         st = bus.state(self.conn)
@@ -429,12 +449,17 @@ class LeaderThread(threading.Thread):
                                time.time()))
             self.conn.execute(f"NOTIFY {bus.OUT_CHANNEL}")
         # Every live node answers with a resync; other inputs wait behind them.
+        # Live: not stopped and not yet salvaged (after a store outage every heartbeat is
+        # old, and every node still holds its calls). The previous leader is waited for
+        # only while its heartbeat moves: killed, it never resyncs.
         hb = float(self.settings.storage.heartbeat_interval)
-        expect = {r[0] for r in self.conn.execute(
-            "SELECT node_id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > %s",
-            (time.time() - max(1.0, 2.5 * hb),)).fetchall()}
-        if st["holder"] != self.node:
-            expect.discard(st["holder"])  # the leader before: dead or cut off, most likely
+        sql = "SELECT node_id, heartbeat_at FROM nodes WHERE stopped_at IS NULL"
+        beats0 = {r[0]: float(r[1]) for r in self.conn.execute(
+            sql + " AND heartbeat_at > %s",
+            (time.time() - float(self.settings.cluster.salvage_after),)).fetchall()}
+        expect = set(beats0)
+        prev = st["holder"] if st["holder"] not in ("", self.node) else None
+        prev_check = time.time() + max(1.0, 2.0 * hb)
         resyncs: dict[str, list[dict[str, Any]]] = {}
         pending: list[tuple[int, str, str, dict[str, Any], float]] = []
         deadline = time.time() + RESYNC_GRACE
@@ -449,6 +474,11 @@ class LeaderThread(threading.Thread):
                     pending.append(row)
             if expect <= set(resyncs):
                 break
+            if prev in expect and prev not in resyncs and time.time() > prev_check:
+                row = self.conn.execute(sql + " AND node_id = %s", (prev,)).fetchone()
+                if row is None or float(row[1]) <= beats0.get(prev, 0.0):
+                    expect.discard(prev)  # not beating: dead (or cut off)
+                prev_check = float("inf")
             for _ in self.conn.notifies(timeout=0.05, stop_after=1):
                 pass
         # Statistics and call-backs from the queue log (its rows are already logged),
@@ -519,9 +549,13 @@ class LeaderThread(threading.Thread):
             taken.add(hid)
             if c["state"] == "connected":
                 quietly(partial(r.offer_answered, c["call_id"], hid, now))
-        # 2. waiting calls in arrival order (nobody is available yet: they all queue)
+        # 2. waiting calls in arrival order (nobody is available yet: they all queue); a
+        # talking call not put back with its handler keeps that handler not ready
         for node, c in calls:
             if c["call_id"] in r.calls:
+                continue
+            if c["state"] == "connected":
+                self._hold(node, c)  # not ready: its HandlerChanged is not needed here
                 continue
             self.call_node[c["call_id"]] = node
             quietly(partial(r.call_arrived, c["call_id"], c["line"], c["arrived_at"],
@@ -531,6 +565,7 @@ class LeaderThread(threading.Thread):
         free = sorted(((h.get("idle_since") or h.get("since") or 0.0, hid)
                        for hid, h in stored.items()
                        if hid not in taken and hid in r.handlers
+                       and hid not in self.held.values()
                        and h.get("state") in ("available", "offered", "on_call", "wrap_up")))
         for _, hid in free:
             try:
@@ -585,7 +620,8 @@ class LeaderThread(threading.Thread):
                     if method in ("call_ended", "call_abandoned"):  # confirm: nothing to do
                         log.info("routing.input_refused", node=node, method=method,
                                  why=str(exc))
-                        return [(node, Completed(str(args[0]), "", "", 0.0))]
+                        return (self._unhold(str(args[0]))
+                                + [(node, Completed(str(args[0]), "", "", 0.0))])
                     raise exc
             if kind == "drop_calls":
                 return self._drop_calls(set(data.get("call_ids", ())))
@@ -604,6 +640,8 @@ class LeaderThread(threading.Thread):
 
         now = time.time()
         self._nodes_at = now
+        if now - self._term_at < stale_after(self.settings):
+            return []  # after a store outage every heartbeat is old: let them beat first
         limit = now - stale_after(self.settings)
         beats = {r[0]: (r[1], r[2]) for r in self.conn.execute(
             "SELECT node_id, heartbeat_at, stopped_at FROM nodes").fetchall()}
@@ -645,7 +683,7 @@ class LeaderThread(threading.Thread):
             if c["call_id"] in self.router.calls:
                 continue
             if c["state"] == "connected":
-                log.warning("routing.late_resync_call_left_out", node=node, call=c)
+                out += self._hold(node, c)
                 continue
             self.call_node[c["call_id"]] = node
             # a call parked while its node was silent comes back: not a new arrival
@@ -656,6 +694,36 @@ class LeaderThread(threading.Thread):
                 acts = [a for a in acts if getattr(a, "event", "") != "ENTER"]
             out += self._route(acts)
         return out
+
+    def _hold(self, node: str, c: dict[str, Any]) -> list[tuple[str, Any]]:
+        """A talking call the router does not have (a late resync): its handler is kept
+        not ready until the call ends, so they are offered nothing meanwhile."""
+        from routing import RoutingError
+        from routing.model import HandlerState
+
+        hid = c.get("handler_id") or ""
+        h = self.router.handlers.get(hid)
+        if h is None or h.state not in (HandlerState.AVAILABLE, HandlerState.NOT_READY):
+            log.warning("routing.late_resync_call_left_out", node=node, call=c,
+                        handler_state=h.state.value if h else None)
+            return []
+        self.held[c["call_id"]] = hid
+        self.call_node[c["call_id"]] = node
+        try:
+            return self._route(self.router.set_not_ready(hid, time.time(),
+                                                         reason=HELD_REASON))
+        except RoutingError as exc:
+            log.warning("routing.hold_failed", why=str(exc))
+            return []
+
+    def _unhold(self, call_id: str) -> list[tuple[str, Any]]:
+        from routing.model import HandlerState
+
+        hid = self.held.pop(call_id, "")
+        h = self.router.handlers.get(hid)
+        if h is None or h.state is not HandlerState.NOT_READY or h.reason != HELD_REASON:
+            return []
+        return self._route(self.router.set_available(hid, time.time(), force=True))
 
     def _drop_calls(self, ids: set[str]) -> list[tuple[str, Any]]:
         """A survivor closed a dead node's calls on the record: out of the queue (the
@@ -682,7 +750,11 @@ class LeaderThread(threading.Thread):
                                        and a.event != "RINGCANCELED")]
         for cid in ids:
             self.call_node.pop(cid, None)
-        return self._route(kept)
+        res = self._route(kept)
+        for cid in ids:
+            if cid in self.held:
+                res += self._unhold(cid)
+        return res
 
     def _route(self, actions: list[Any]) -> list[tuple[str, Any]]:
         from routing import HandlerChanged, QueueLogEntry

@@ -463,6 +463,8 @@ class Cluster:
         """Indices of the nodes whose desks have handlers (phones); None: every node."""
         self.salvage_after = salvage_after
         self.store_url = ""
+        self.postgres: Any = None
+        """The shared PostgreSQL (``postgres=True``): tests stop and start it."""
         self.net: LoopbackNet | NamespaceNet
         self.mosquitto: Mosquitto
         self.kamailio: Kamailio
@@ -496,6 +498,7 @@ class Cluster:
             pg = Postgres(host=self.net.hub)
             self._closers.append(pg.close)
             pg.start()
+            self.postgres = pg
             self.store_url = pg.database("cluster")
         for i, addr in enumerate(self.net.nodes):
             node_id = f"n{i + 1}"
