@@ -294,7 +294,7 @@ def _mqtt_connect(s: Settings, timeout: float) -> str | None:
         asyncio.run(asyncio.wait_for(attempt(), timeout + 1))
     except aiomqtt.MqttError as exc:
         return f"broker {m.host}:{m.port} refused or is unreachable: {exc}"
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         return f"broker {m.host}:{m.port} is unreachable: {exc or 'timed out'}"
     return None
 

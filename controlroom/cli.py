@@ -101,11 +101,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _open_db(settings):  # noqa: ANN001, ANN202 - store.Database
     from console import users
+    from controlroom.service import open_store
     from store import Database
     from store import calls as calls_table
     from transcription import store as tstore
-
-    from controlroom.service import open_store
 
     # The configured store: SQLite, or the shared PostgreSQL ([storage] url), where
     # transcripts and their search live too.
@@ -132,7 +131,6 @@ def _clock(seconds: float) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from console import audit, users
-
     from transcription import TranscriptSearch
 
     settings = _load(args.config)
@@ -354,8 +352,7 @@ def _auditor(db, name: str | None):  # noqa: ANN001, ANN202 - console.users.User
 def _retention_stores(settings):  # noqa: ANN001, ANN202 - (Database, Database)
     from config.loader import secret
     from controlroom import retention
-    from store import Database
-    from store import outbox, queuelog
+    from store import Database, outbox, queuelog
 
     url = getattr(settings.storage, "url", "")
     db = _open_db(settings) if not url else Database(secret(url, key="storage.url"))

@@ -94,7 +94,7 @@ def _status(stack: Stack, cad: dict[str, int]) -> str:
     for h in snap.get("handlers", {}).values():
         st = desk_state_name(h.get("state"))
         states[st] = states.get(st, 0) + 1
-    done = s.db.query_one("SELECT COUNT(*) n FROM calls WHERE ended_at IS NOT NULL")["n"]
+    done = s.db.query("SELECT COUNT(*) n FROM calls WHERE ended_at IS NOT NULL")[0]["n"]
     return (f"waiting 999={waiting.get('999', 0)} 101={waiting.get('101', 0)} | connected={connected} "
             f"| ended={done} | handlers {states} | CAD msgs={sum(cad.values())}")
 
@@ -104,7 +104,7 @@ async def run_demo(*, duration: float = 120.0, calls: int = 12, web_port: int = 
     configure("warning", json=False)
     tmp = None
     if keep:
-        workdir = Path(keep).resolve()
+        workdir = await asyncio.to_thread(Path(keep).resolve)
     else:
         tmp = tempfile.TemporaryDirectory(prefix="controlroom-demo-")
         workdir = Path(tmp.name)
@@ -168,9 +168,9 @@ async def run_demo(*, duration: float = 120.0, calls: int = 12, web_port: int = 
                 await asyncio.to_thread(c.stop)
             end = time.monotonic() + 30
             while time.monotonic() < end and not stop.is_set():
-                pending = stack.service.db.query_one(
+                pending = stack.service.db.query(
                     "SELECT COUNT(*) n FROM calls c WHERE c.recording_path IS NOT NULL AND NOT EXISTS "
-                    "(SELECT 1 FROM outbox o WHERE o.call_id=c.call_id AND o.type='call.transcript')")
+                    "(SELECT 1 FROM outbox o WHERE o.call_id=c.call_id AND o.type='call.transcript')")[0]
                 if not stack.service.calls and (engine == "none" or pending["n"] == 0):
                     break
                 await asyncio.sleep(1.0)
@@ -227,7 +227,7 @@ def _summary(stack: Stack, cad: dict[str, int], workdir: Path, kept: bool) -> No
     cb = stack.service.router.callbacks()
     print(f"  call-back list (abandoned 999): {len(cb)} callers, "
           f"{sum(len(c.attempts) for c in cb)} abandoned calls")
-    flagged = db.query_one("SELECT COUNT(*) n FROM calls WHERE flags LIKE '%dtmf55%'")["n"]
+    flagged = db.query("SELECT COUNT(*) n FROM calls WHERE flags LIKE '%dtmf55%'")[0]["n"]
     print(f"  silent calls flagged (5 5 pressed): {flagged}")
     print(f"  CAD messages received: {dict(sorted(cad.items()))}")
     try:

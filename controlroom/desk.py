@@ -129,7 +129,7 @@ class ServiceDesk:
         lines_out = []
         since = _midnight(now)
         for line in s.settings.lines:
-            waiting = []
+            waiting: list[dict[str, Any]] = []
             for c in sorted((c for c in s.calls.values()
                              if c.line == line.name and c.state in ("queued", "offered")),
                             key=lambda c: (s.router.position(c.call_id) or 10**9, c.arrived_at)):
@@ -187,6 +187,7 @@ class ServiceDesk:
             # The database is not taking writes and the call's row waits in the spool
             # (store/spool.py): pop what the service knows; history still comes from
             # the calls already on disk.
+            assert live is not None  # both None returned above
             d = {"line": live.line, "priority": live.priority, "caller": live.caller,
                  "display_name": "", "location": None, "flags": list(live.flags),
                  "arrived_at": live.arrived_at, "answered_at": live.first_answered_at,

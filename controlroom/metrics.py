@@ -23,6 +23,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+
 try:  # prometheus_client >= 0.22 names the versions; generate_latest writes 0.0.4
     from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as _CONTENT_TYPE
 except ImportError:  # pragma: no cover - older prometheus_client: LATEST is 0.0.4
@@ -147,7 +148,7 @@ class Registry:
             GCCollector(registry=self.registry)
 
     def _add(self, metric: Counter | Gauge | Histogram) -> None:
-        self.registry.register(metric)  # type: ignore[arg-type] - any object with collect()
+        self.registry.register(metric)  # type: ignore[arg-type]  # any object with collect()
 
     def counter(self, name: str, help: str) -> Counter:  # noqa: A002 - Prometheus's word
         c = Counter(name, help)

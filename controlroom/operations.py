@@ -69,7 +69,7 @@ def setup_metrics(service: Service) -> None:
     service.m_routing = m.histogram(  # type: ignore[attr-defined]
         "controlroom_routing_decision_seconds",
         "Time the router takes per decision, by router call", ROUTING_BUCKETS)
-    service.router = TimedRouter(service.router, service.m_routing)  # type: ignore[attr-defined]
+    service.router = TimedRouter(service.router, service.m_routing)  # type: ignore[assignment, attr-defined]
     service.m_cad_latency = m.histogram(  # type: ignore[attr-defined]
         "controlroom_cad_latency_seconds",
         "CAD message committed to the outbox -> acknowledged by the broker (PUBACK)",

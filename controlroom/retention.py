@@ -468,7 +468,8 @@ def publish_summary(settings: Any, summary: Summary, *, timeout: float = 10.0) -
         from store import Database, systemlog
 
         url = getattr(settings.storage, "url", "")
-        db = Database(secret(url, key="storage.url") if url else settings.storage.database_path)
+        db = Database((secret(url, key="storage.url") if url else None)
+                      or settings.storage.database_path)
         db.migrate(systemlog.COMPONENT, systemlog.MIGRATIONS, postgresql=systemlog.PG_MIGRATIONS)
         record(db, msg)
         db.close()

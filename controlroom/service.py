@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -192,7 +192,7 @@ class Service:
             return [({"line": ln, "state": st}, n) for (ln, st), n in counts.items()]
 
         def waiting() -> list[tuple[dict[str, str], float]]:
-            out = []
+            out: list[tuple[dict[str, str], float]] = []
             for name in self.lines:
                 n = sum(1 for c in self.calls.values() if c.line == name and c.state == "queued")
                 out.append(({"line": name}, n))
@@ -342,8 +342,10 @@ class Service:
                     {"start": 0.0, "end": dur, "frames_lost": round(dur * 8000),
                      "reason": "recording file lost: sealed on a read-only file system, "
                                "not on disk after the restart"}]
-            self.storage.write(lambda conn, c=r["call_id"], g=gaps: calls_table.update(
-                conn, c, recording_gaps=g), call_id=r["call_id"], what="call.recording_lost")
+            def lost(conn: Any, c: str = r["call_id"], g: list[dict[str, Any]] = gaps) -> None:
+                calls_table.update(conn, c, recording_gaps=g)
+
+            self.storage.write(lost, call_id=r["call_id"], what="call.recording_lost")
             log.error("recording file lost with a read-only file system",
                       call_id=r["call_id"], path=r["recording_path"])
 
@@ -402,12 +404,12 @@ class Service:
         sockets = getattr(server, "sockets", None) or []
         self.web_port = sockets[0].getsockname()[1] if sockets else self.settings.web.port
 
-    async def drain(self, timeout: float | None = None) -> None:
+    async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (default: settings)
         """Refuse new non-emergency calls (503) and wait for calls in progress to end."""
         self._draining = True
         self.engine.set_accepting(priority_max=min(line.priority for line in self.settings.lines))
         deadline = time.monotonic() + (self.settings.drain_timeout if timeout is None else timeout)
-        while self.calls and time.monotonic() < deadline:
+        while self.calls and time.monotonic() < deadline:  # noqa: ASYNC110 (calls end on many paths)
             await asyncio.sleep(0.2)
 
     async def stop(self, *, drain_timeout: float = 0.0) -> None:
@@ -601,7 +603,7 @@ class Service:
         from routing import RoutingError
 
         try:
-            actions = self.router.offer_answered(e.call_id, call.handler_id, e.at)
+            actions = self.router.offer_answered(e.call_id, call.handler_id or "", e.at)
         except RoutingError as exc:
             # The router withdrew the offer (timeout) as the phone answered: hang it up.
             log.info("late answer hung up", leg_id=e.leg_id, why=str(exc))
@@ -624,7 +626,7 @@ class Service:
         call.state = "queued"
         self._record(ev.CallOfferFailed(call_id=e.call_id, at=e.at, line=call.line,
                                         handler_id=handler_id or "", reason=e.reason))
-        self._apply(self.router.offer_failed(e.call_id, handler_id, e.at, reason=e.reason))
+        self._apply(self.router.offer_failed(e.call_id, handler_id or "", e.at, reason=e.reason))
 
     def _leg_ended(self, e: tel.LegEnded) -> None:
         self.legs.pop(e.leg_id, None)
@@ -993,7 +995,7 @@ class Service:
         if to_line is not None:
             actions = self.router.transfer_to_line(call.call_id, to_line, now, head=True)
         else:
-            actions = self.router.transfer_to_handler(call.call_id, to_handler, now)
+            actions = self.router.transfer_to_handler(call.call_id, to_handler or "", now)
         self.engine.unbridge(call.call_id)
         if from_handler:
             self.wrapup_calls[from_handler] = call.call_id
@@ -1029,16 +1031,16 @@ class Service:
         answered = call.first_answered_at
         wait = (answered or now) - call.arrived_at
         rec = call.recording
-        if by not in ("caller", "handler", "system"):
-            by = "system"
+        ended_by: Literal["caller", "handler", "system"] = (
+            "caller" if by == "caller" else "handler" if by == "handler" else "system")
         final_state = "abandoned" if answered is None else "completed"
-        self._record(ev.CallEnded(call_id=call_id, at=now, line=call.line, by=by, reason=reason,
+        self._record(ev.CallEnded(call_id=call_id, at=now, line=call.line, by=ended_by, reason=reason,
                                   wait=wait, talk=talk, total=now - call.arrived_at,
                                   handler_id=call.handler_id,
                                   recording_id=rec.path.stem if rec else None,
                                   recording_sha256=rec.sha256 if rec else None),
                      lambda conn: calls_table.update(
-                         conn, call_id, state=final_state, ended_at=now, ended_by=by,
+                         conn, call_id, state=final_state, ended_at=now, ended_by=ended_by,
                          end_reason=reason, talk=talk, wait=wait),
                      line=call.line, incident=call.incident_number)
         self.m_calls.inc(line=call.line, outcome="ended")

@@ -178,7 +178,7 @@ class Stack:
                                            hangup="remote", expect_cancel=ring > 30000),
                          calls=100000, timeout=self.options.phone_timeout, name=f"phone-{h.id}",
                          trace_msg=False, workdir=self.workdir / f"phone-{h.id}")
-            await asyncio.to_thread(lambda p=phone: self._exit.enter_context(p))
+            await asyncio.to_thread(self._exit.enter_context, phone)
             await asyncio.to_thread(self.kamailio.register, h.id, phone.contact(h.id))
             self.phones[h.id] = phone
 

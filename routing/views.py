@@ -15,8 +15,7 @@ from .errors import RoutingError
 from .model import Call, CallState, Handler, HandlerState, LineSpec
 from .policy import AvailablePool
 from .queue import CallQueue, effective
-from .stats import OpenLegs
-from .stats import LineRecords, ServiceLevel
+from .stats import LineRecords, OpenLegs, ServiceLevel
 
 
 class RouterViews:

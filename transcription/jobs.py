@@ -30,6 +30,7 @@ import os
 import socket
 import threading
 import time
+
 from store.db import Database
 
 from .store import MAX_ATTEMPTS

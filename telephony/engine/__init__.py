@@ -34,7 +34,6 @@ Construct in a test::
 from __future__ import annotations
 
 import asyncio
-import time
 
 import structlog
 
@@ -44,9 +43,9 @@ from telephony.api import EngineStats
 from telephony.errors import EngineError
 from telephony.sip.events import InviteReceived, MessageRefused, RegistrationResult, UaEvent
 from telephony.sip.guard import SourceGuard, TokenBucket
+from telephony.sip.hop import uri_transport, with_transport
 from telephony.sip.message import Request
 from telephony.sip.ua import Session, UserAgent
-from telephony.sip.hop import uri_transport, with_transport
 from telephony.sip.uri import parse_uri
 from telephony.transport import open_sip_socket
 

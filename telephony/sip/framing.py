@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 
 from telephony.errors import SipParseError
+
 from .uri import parse_via
 
 PONG = b"\r\n"

@@ -10,7 +10,6 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings

@@ -207,8 +207,13 @@ def test_retranscribe_keeps_the_previous_version(tmp_path: Path) -> None:
     is searchable, the one it replaced is kept as a version; calls not named are untouched."""
     from store import Database
     from store import calls as calls_table
-    from transcription.store import (Segment, get_transcript, migrate, save_transcript,
-                                      transcript_versions)
+    from transcription.store import (
+        Segment,
+        get_transcript,
+        migrate,
+        save_transcript,
+        transcript_versions,
+    )
 
     cfg = config(tmp_path)
     wav = _speech_wav(tmp_path, "Someone has stolen my bicycle from the garden.", "rec",

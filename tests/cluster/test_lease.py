@@ -129,7 +129,7 @@ def test_network_cut_of_the_leader_never_gives_two_leaders() -> None:
         down = old.events[-1]["at"]
         assert down < up, (down, up)  # stepped down before the other took over
         spans = _intervals(cs, time.time())
-        for a, b in zip(spans, spans[1:]):
+        for a, b in zip(spans, spans[1:], strict=False):
             assert a[1] <= b[0], spans  # never two leaders at once
         net.restore(cs.index(old))
         time.sleep(2.0)

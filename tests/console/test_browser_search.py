@@ -83,7 +83,7 @@ def world(tmp_path: Path) -> Iterator[tuple[LiveServer, RealSearch, Database, st
     db.close()
 
 
-def test_auditor_sees_ranked_hits_word_times_and_plays_from_a_word(world: Any, page: Any) -> None:
+def test_auditor_sees_ranked_hits_word_times_and_plays_from_a_word(world: Any, page: Any) -> None:  # noqa: F811 (fixture)
     """Two words from two segments (caller's "knife", handler's "hurt") find the call:
     rank and score shown, the snippet marks the first word, each matched word is listed
     with its time (the uncertain one dashed); clicking a word plays from that word."""
@@ -114,7 +114,7 @@ def test_auditor_sees_ranked_hits_word_times_and_plays_from_a_word(world: Any, p
         ("search", "knife hurt"), ("view", None), ("playback", None)]
 
 
-def test_auditor_misspelt_place_and_malformed_query(world: Any, page: Any) -> None:
+def test_auditor_misspelt_place_and_malformed_query(world: Any, page: Any) -> None:  # noqa: F811 (fixture)
     """A misspelt place name finds the call, marked as a fuzzy match; a malformed query
     shows what is wrong and logs nothing."""
     server, _, db, _ = world

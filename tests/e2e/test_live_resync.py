@@ -50,8 +50,8 @@ async def _resync_metric(base: str) -> dict[str, float]:
             re.finditer(r'^controlroom_live_resyncs_total\{stage="(\w+)"\} (\S+)$', text, re.M)}
 
 
-async def test_live_feed_resyncs_after_a_burst_and_keeps_updating(  # noqa: F811 - fixture
-        tmp_path: Path, browser: Any) -> None:
+async def test_live_feed_resyncs_after_a_burst_and_keeps_updating(
+        tmp_path: Path, browser: Any) -> None:  # noqa: F811 (browser: the imported fixture)
     """After a burst of 400 999 calls overflows the live feed, both pages are resynced and
     a new 999 call still pops on the desk and shows on the wallboard within 5 s."""
     opts = StackOptions(handlers=1, engine="none", handlers_available=False,

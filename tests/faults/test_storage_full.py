@@ -127,7 +127,7 @@ async def test_database_disk_full_calls_go_on_and_every_record_follows(
                              ("call.offered", "call.answered"), ("call.answered", "call.ended")]:
                     assert stored.index(a) < stored.index(b), stored
                 await cad.wait_for(cid, "call.ended", 20)
-                await wait_until(lambda c=cid, n=len(stored): len(cad.for_call(c)) >= n, 10,
+                await wait_until(lambda c=cid, n=len(stored): len(cad.for_call(c)) >= n, 10,  # noqa: B008 (binds now)
                                  "every event on MQTT")
                 got = {m["seq"]: m for m in cad.for_call(cid)}
                 assert sorted(got) == list(range(1, len(stored) + 1))

@@ -11,7 +11,12 @@ import pytest
 from harness.speech import read_wav, synthesise
 from telephony.media import g711
 from transcription.decoding import (
-    DecodeOptions, collapse_loops, echoes_prompt, guard, is_hallucination, prompt_text,
+    DecodeOptions,
+    collapse_loops,
+    echoes_prompt,
+    guard,
+    is_hallucination,
+    prompt_text,
 )
 from transcription.engines import Hypothesis, WhisperEngine
 

@@ -52,8 +52,8 @@ def db(store_url):
 
 def test_backend_follows_the_store(db):
     """``TranscriptSearch(db)`` is the store's own search: the callers never choose."""
-    s = TranscriptSearch(db)
-    assert isinstance(s, PgTranscriptSearch) == (db.dialect == "postgresql")
+    search = TranscriptSearch(db)
+    assert isinstance(search, PgTranscriptSearch) == (db.dialect == "postgresql")
 
 
 def test_tsquery_quotes_every_word():
