@@ -106,7 +106,8 @@ def test_999s_held_on_any_node_reach_node_b_handlers_first_and_leader_kill(
             assert connected_after, log
             print(f"\nglobal queue: offers={res['offers']} cross-node 999s={len(cross)}"
                   f" leader {lease['holder']}->{after['holder']} in {took:.2f} s;"
-                  f" offered after kill={len(offered_after)}")
+                  f" offered after kill={len(offered_after)}, the first"
+                  f" {min(e['at'] for e in offered_after) - killed:.2f} s after it")
         finally:
             for load in loads:
                 load.stop()
