@@ -1,7 +1,9 @@
 """How many simultaneous calls does the transcription service keep up with on this machine?
 
     .venv/bin/python bench/transcription_capacity.py [--steps 2,4,6,8,10,12] [--window 90]
-        [--min-dur 30] [--max-dur 90] [--set live_every=segment] [--stop-after-fail 1]
+        [--min-dur 30] [--max-dur 90] [--set live_partials=0.5] [--stop-after-fail 1]
+        [--final-nice 0]
+    .venv/bin/python bench/transcription_capacity.py --cost [--partials 0.5,1,2,0] [--beam 5]
 
 The real :class:`~transcription.service.TranscriptionService` (the configured defaults:
 Whisper base for finals, tiny.en for live captions, ``[transcription]`` settings from
@@ -300,6 +302,46 @@ async def run_step(svc: TranscriptionService, events: list[tuple[float, Any]], n
     return res
 
 
+def cost(a: argparse.Namespace, pool: list[np.ndarray]) -> None:
+    """``--cost``: CPU per call-minute of each part alone (no real-time pacing, so the
+    machine's load hardly matters): the live recogniser at each partial schedule (both
+    channels, 40 ms chunks as a worker at real time gets them) and the final transcript
+    per channel, on ``--cost-calls`` generated 60 s calls."""
+    from transcription.decoding import DecodeOptions
+    from transcription.engines import WhisperEngine
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    rng = np.random.default_rng([a.seed, 60])
+    calls = [make_call(pool, rng, 60.0) for _ in range(a.cost_calls)]
+    s = settings_from(a.set)
+    live = WhisperEngine(s.live_model, options=DecodeOptions())
+    for every in (float(x) for x in a.partials.split(",")):
+        c0, captions = cpu(), 0
+        for pair in calls:
+            for ch in pair:
+                rec = live.recogniser(partial_every=every)
+                for i in range(0, len(ch), 320):
+                    captions += len(rec.accept(ch[i:i + 320].tobytes()))
+                captions += len(rec.flush())
+        print(f"live {s.live_model} partials every {every:g} s: {(cpu() - c0) / len(calls):.1f}"
+              f" CPU-s per call-minute, {captions / len(calls):.0f} captions", flush=True)
+    final = WhisperEngine(s.model, options=DecodeOptions(beam_size=a.beam))
+    final.transcribe(calls[0][0][:5 * RATE], RATE)  # warm up
+    t_c = t_h = 0.0
+    for c, h in calls:
+        c0 = cpu()
+        final.transcribe(c, RATE)
+        c1 = cpu()
+        final.transcribe(h, RATE)
+        t_c, t_h = t_c + c1 - c0, t_h + cpu() - c1
+    n = len(calls)
+    print(f"final {s.model} beam {a.beam}: {(t_c + t_h) / n:.1f} CPU-s per call-minute"
+          f" (caller {t_c / n:.1f}, handler {t_h / n:.1f}); load1 {os.getloadavg()[0]:.2f}")
+
+
 def settings_from(pairs: list[str]) -> TranscriptionSettings:
     kw: dict[str, Any] = {}
     fields = {f.name: f for f in dataclasses.fields(TranscriptionSettings)}
@@ -318,6 +360,9 @@ async def main_async(a: argparse.Namespace) -> None:
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     pool = [u for r in rows if r["group"] != "nonspeech"
             for u in utterances(read_recording(r["path"]).channels["caller"])]
+    if a.cost:
+        cost(a, pool)
+        return
     settings = settings_from(a.set)
     with tempfile.TemporaryDirectory(prefix="capacity-") as tmp:
         out = Path(tmp)
@@ -402,6 +447,11 @@ def main() -> None:
                     help="niceness of the final-job threads (default: the service's, +10;"
                          " on a machine shared with other work +10 starves them)")
     ap.add_argument("--json", default="")
+    ap.add_argument("--cost", action="store_true",
+                    help="CPU per call-minute of live captions and finals alone, then exit")
+    ap.add_argument("--cost-calls", type=int, default=3)
+    ap.add_argument("--partials", default="0.5,1,2,0", help="--cost: live schedules to try")
+    ap.add_argument("--beam", type=int, default=5, help="--cost: beam of the final decode")
     asyncio.run(main_async(ap.parse_args()))
 
 
