@@ -67,6 +67,8 @@ leader's only while its heartbeat shows it alive: see ``LeaderThread._take_over`
 HELD_REASON = "talking (resync)"
 NODES_EVERY = 0.5
 """How often the leader reads the nodes' heartbeats."""
+PRUNE_AFTER = 3600.0
+"""Bus rows are kept this long (a node away longer is parked or salvaged anyway)."""
 
 
 def stale_after(settings: Any) -> float:
@@ -369,6 +371,9 @@ class LeaderThread(threading.Thread):
         self._snap_at = 0.0
         self._nodes_at = 0.0
         self._term_at = 0.0
+        self._pruned_at = time.time()
+        self.prune_after = PRUNE_AFTER
+        """Bus rows older than this (s) are deleted (inputs only once read)."""
         self.parked: set[str] = set()
         """Nodes whose heartbeat is stale: their waiting calls are out of the queue."""
         self.held: dict[str, str] = {}
@@ -585,6 +590,8 @@ class LeaderThread(threading.Thread):
         wake: list[str] = []
         if time.time() - self._nodes_at >= NODES_EVERY:
             out += self._check_nodes(wake)
+        if time.time() - self._pruned_at >= min(60.0, self.prune_after):
+            self._prune()
         if wake:  # nodes beating again: they resync, their waiting calls come back
             with self.conn.transaction():
                 for node in wake:
@@ -631,6 +638,19 @@ class LeaderThread(threading.Thread):
         except (RoutingError, KeyError, TypeError, ValueError) as exc:
             log.info("routing.input_refused", node=node, kind=kind, data=data, why=str(exc))
             return []
+
+    def _prune(self) -> None:
+        """The bus is a conveyor, not a record (the queue log is): rows older than
+        ``prune_after`` go, inputs only once this leader has read them."""
+        from store.lease import fenced
+
+        self._pruned_at = now = time.time()
+        with self.conn.transaction():
+            fenced(self.conn, int(self.term or 0))
+            self.conn.execute("DELETE FROM routing_inputs WHERE id <= %s AND at < %s",
+                              (self.cursor, now - self.prune_after))
+            self.conn.execute("DELETE FROM routing_outputs WHERE at < %s",
+                              (now - self.prune_after,))
 
     def _check_nodes(self, wake: list[str]) -> list[tuple[str, Any]]:
         """Park the waiting and ringing calls of nodes whose heartbeat is stale (dead, or

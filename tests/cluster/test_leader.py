@@ -331,3 +331,37 @@ def test_a_restarted_node_tells_the_leader_it_holds_no_call(url: str) -> None:
         node_beat.set()
         stop.set()
         leader.join(5)
+
+
+def test_the_bus_is_pruned_and_routing_goes_on(url: str) -> None:
+    """Bus rows older than ``prune_after`` are deleted (inputs once read); the queue log
+    keeps the record, and routing carries on."""
+    from controlroom.leader import LeaderThread
+    from harness.cluster import store_query
+
+    _migrate(url).close()
+    beat = _beat(url, "p1")
+    stop = threading.Event()
+    leader = LeaderThread(_settings(url, "n7"), url, "n7", stop, poll=0.05)
+    leader.prune_after = 0.5
+    leader.start()
+    node = FakeNode(url, "p1")
+    try:
+        t = time.time()
+        node.send("handler_login", "h4", t, skills={"999": 5, "101": 5})
+        node.send("call_arrived", "p1-c1", "999", t, caller="1")
+        node.wait_for(lambda a: a["type"] == "Queued")
+        time.sleep(1.6)
+
+        def count(table: str) -> int:
+            return store_query(url, f"SELECT COUNT(*) AS n FROM {table}")[0]["n"]
+        assert count("routing_inputs") == 0 and count("routing_outputs") == 0
+        node.send("set_available", "h4", time.time())
+        assert node.wait_for(lambda a: a["type"] == "Offer")[0]["call_id"] == "p1-c1"
+        assert [r["event"] for r in store_query(
+            url, "SELECT event FROM queue_log WHERE call_id = 'p1-c1' AND event <> 'STATE'"
+                 " ORDER BY id")] == ["ENTER", "OFFER"]
+    finally:
+        beat.set()
+        stop.set()
+        leader.join(5)
