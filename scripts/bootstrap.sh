@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything controlroom needs on Debian 12 (as root or with sudo), then run
-# the demo or the test suite. Idempotent: a second run installs nothing new.
+# the demo or the test suite (after ruff, mypy and lint-imports). Idempotent: a second run
+# installs nothing new.
 #
 #   bash scripts/bootstrap.sh demo [controlroom demo options]
 #   bash scripts/bootstrap.sh test [pytest options]
@@ -54,6 +55,13 @@ fi
 
 case "$what" in
   demo) exec .venv/bin/controlroom demo "$@" ;;
-  test) exec .venv/bin/python -m pytest "$@" ;;
+  test)
+    # The checks first (configured in pyproject.toml): lint, types of the product packages,
+    # and the layering contract of README "Architecture". Any finding stops here.
+    echo "== ruff, mypy, lint-imports"
+    .venv/bin/ruff check .
+    .venv/bin/mypy
+    .venv/bin/lint-imports
+    exec .venv/bin/python -m pytest "$@" ;;
   install) echo "installed; run: .venv/bin/controlroom --help" ;;
 esac
