@@ -7,10 +7,11 @@ callers placing 999 and 101 calls at a steady rate. Faults are real: ``kill -9``
 node, and a cable pull (the host end of the node's veth set down).
 
 What callers must see: no new call failed during or after the fault, and the first
-new call answered by a survivor within 1 s of it. Each node still has its own store
-and queue here (the shared PostgreSQL store and the global queue come next), so the
-calls the dead node was carrying are lost at the media level and are not yet closed
-by a survivor: counted, not asserted.
+new call answered by a survivor within 1 s of it. Each node has its own SQLite store
+and queue here, so the calls the dead node was carrying are lost at the media level
+and closed when it restarts: counted, not asserted. The shared PostgreSQL store with
+survivor salvage is tested in test_salvage.py, the global queue in
+test_global_queue.py.
 """
 
 from __future__ import annotations
