@@ -12,9 +12,11 @@ Theory of operation
   ``detail`` says why, so the desk can show "no live captions" instead of silence.
   Results are published as ``TranscriptSegment`` (partials and finals) on the loop.
 * Final: ``enqueue_final`` writes a job row (durable: it survives a restart; jobs found
-  ``running`` at start go back to ``queued``). One job thread, reniced to +10 and
-  pausing while live workers lag, transcribes the recording, stores the transcript and
-  FTS rows, then ``TranscriptFinal`` is published on the loop. With ``engine = "none"``
+  ``running`` at start go back to ``queued``). ``final_jobs`` job threads (2: one core
+  each), reniced to +10 and pausing while live workers lag, transcribe recordings (999s
+  first), store the transcript and FTS rows, then ``TranscriptFinal`` is published on
+  the loop. Live Whisper captions decode each utterance once as it ends unless
+  ``live_partials`` asks for partials (figures: ``bench/transcription_capacity.py``). With ``engine = "none"``
   jobs wait in the queue (``retranscribe`` or a later start with an engine takes them).
   Jobs are claimed under a lease (:mod:`transcription.jobs`), so ``controlroom worker``
   processes may take them too; with ``finals = "external"`` only they do.
