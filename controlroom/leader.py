@@ -465,6 +465,11 @@ class LeaderThread(threading.Thread):
         expect = set(beats0)
         prev = st["holder"] if st["holder"] not in ("", self.node) else None
         prev_check = time.time() + max(1.0, 2.0 * hb)
+        recent = time.time() - (2.0 * hb + 0.5)
+        if prev is not None and any(b > recent for n, b in beats0.items() if n != prev):
+            # The others beat just now: the store stayed up and the previous leader lost
+            # its session on its own (killed, or cut off): it will not resync.
+            expect.discard(prev)
         resyncs: dict[str, list[dict[str, Any]]] = {}
         pending: list[tuple[int, str, str, dict[str, Any], float]] = []
         deadline = time.time() + RESYNC_GRACE
@@ -473,7 +478,10 @@ class LeaderThread(threading.Thread):
             for row in bus.inputs_after(self.conn, cursor):
                 cursor = row[0]
                 _, node, kind, data, _at = row
-                if kind == "resync" and int(data.get("term", 0)) == term:
+                if kind == "resync" and (int(data.get("term", 0)) == term
+                                         or data.get("start")):
+                    # a node just started holds no call: its start resync counts (it
+                    # may have begun reading after this term's row)
                     resyncs[node] = list(data.get("calls", ()))
                 else:
                     pending.append(row)
