@@ -498,7 +498,8 @@ FILTER = {"type": ["string", "null"], "maxLength": 200}
           body=obj(["query", "justification"], query={"type": "string", "minLength": 1, "maxLength": 500},
                    justification=JUSTIFICATION, number=FILTER, line=FILTER, handler=FILTER,
                    incident=FILTER, date_from=DATE, date_to=DATE,
-                   limit={"type": "integer", "minimum": 1, "maximum": 500}))
+                   limit={"type": "integer", "minimum": 1, "maximum": 500},
+                   before={"type": ["integer", "null"], "minimum": 0}))
 async def search(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     # The same checks and access-log row as `controlroom search` (console/audit.py).
     b = ctx.body
@@ -508,8 +509,11 @@ async def search(request: web.Request, ctx: Ctx) -> web.StreamResponse:
         raise ApiError(400, str(exc)) from None
     audit.log_search(request.app[DB], ctx.user, query=b["query"], justification=b["justification"],
                      filters=filters, client=_client(request))
-    hits = await request.app[BACKEND].search(b["query"], **filters)
-    return ok({"hits": hits})
+    more = {"before": b["before"]} if b.get("before") is not None else {}  # continue further back
+    hits = await request.app[BACKEND].search(b["query"], **filters, **more)
+    # how far back it looked (a search stops at its budget on a big index)
+    coverage = hits.coverage() if hasattr(hits, "coverage") else None
+    return ok({"hits": list(hits), **({"coverage": coverage} if coverage else {})})
 
 
 async def _sha256(path: Path) -> str:

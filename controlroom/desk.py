@@ -602,12 +602,13 @@ class ServiceDesk:
                 query, line=filters.get("line"), caller=filters.get("number"),
                 handler_id=filters.get("handler"), since=filters.get("date_from"),
                 until=filters.get("date_to"), incident=filters.get("incident"),
-                limit=int(filters.get("limit") or 20))
+                limit=int(filters.get("limit") or 20), before=filters.get("before"))
             out = []
             for h in hits:
                 d = h if isinstance(h, dict) else dict(vars(h))
                 out.append(d)
-            return out
+            # the hits, saying how far back the search looked (SearchResult.coverage())
+            return type(hits)(out, **hits.coverage_fields()) if hasattr(hits, "coverage_fields") else out
 
         try:
             return await asyncio.to_thread(run)

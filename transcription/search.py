@@ -375,6 +375,12 @@ class SearchResult(list):  # list[Hit], so every caller of search() keeps workin
         for k, v in info.items():
             setattr(self, k, v)
 
+    def coverage_fields(self) -> dict[str, Any]:
+        """The fields to build a SearchResult of other items (the hits as dicts)."""
+        return {"complete": self.complete, "searched_back_to": self.searched_back_to,
+                "continue_before": self.continue_before,
+                "partitions_searched": self.partitions_searched, "reason": self.reason}
+
     def coverage(self) -> dict[str, Any]:
         """How far back it looked, as JSON-ready fields (web API, CLI --json)."""
         return {"complete": self.complete, "searched_back_to": self.searched_back_to,

@@ -28,13 +28,17 @@ function justify(what) {
   });
 }
 
-async function search(e) {
-  e.preventDefault();
-  const query = $("q").value.trim();
+let lastSearch = null;     // body of the last search (to continue it further back)
+
+async function search(e, before) {
+  if (e) e.preventDefault();
+  const query = before != null && lastSearch ? lastSearch.query : $("q").value.trim();
   if (!query) return;
-  const justification = await justify(`Search transcripts for “${query}”`);
+  const justification = await justify(before != null
+    ? `Continue the search for “${query}” further back` : `Search transcripts for “${query}”`);
   if (!justification) return;
   const body = { query, justification };
+  if (before != null) body.before = before;
   for (const [k, id] of [["number", "f-number"], ["line", "f-line"], ["handler", "f-handler"], ["incident", "f-incident"], ["date_from", "f-from"], ["date_to", "f-to"]]) {
     const v = $(id).value.trim();
     if (v) body[k] = v;
@@ -48,6 +52,17 @@ async function search(e) {
       (bounded.matches_estimate ? ` (about ${bounded.matches_estimate.toLocaleString("en-GB")} in all)` : "") +
       ". Add words or filters (caller, handler, dates) to reach further back."
     : "";
+  // A search on a big index stops at its time budget and says how far back it looked.
+  lastSearch = body;
+  const cov = res.coverage;
+  if (cov && !cov.complete) {
+    const back = cov.searched_back_to ? `calls after ${fmtDateTime(cov.searched_back_to)}` : "the newest calls";
+    const more = el("button", { type: "button", id: "search-continue", text: "Continue further back" });
+    more.addEventListener("click", () => search(null, cov.continue_before));
+    $("hits-note").replaceChildren(
+      ($("hits-note").textContent ? $("hits-note").textContent + " " : "") +
+      `Searched back to ${back} only; narrow the time range or continue. `, more);
+  }
   const box = $("hits");
   if (!res.hits.length) { box.replaceChildren(el("div", { class: "muted", text: "No matches." })); return; }
   box.replaceChildren(...res.hits.map((h, i) => el("div", { class: "hit", dataset: { callId: h.call_id, match: h.match || "exact" }, tabindex: 0,
