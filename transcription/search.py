@@ -68,6 +68,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
@@ -370,8 +371,8 @@ class SearchResult(list):  # list[Hit], so every caller of search() keeps workin
     """Why it stopped early: ``budget`` (time or rows) or ``candidates`` (enough newest
     matches to rank; ``Hit.ranked_within_recent`` says so too)."""
 
-    def __init__(self, hits: list[Hit] | None = None, **info: Any) -> None:
-        super().__init__(hits or [])
+    def __init__(self, hits: Iterable[Any] = (), **info: Any) -> None:
+        super().__init__(hits)  # Hit objects; or the hits as dicts (the web API's)
         for k, v in info.items():
             setattr(self, k, v)
 
