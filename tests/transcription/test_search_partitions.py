@@ -168,3 +168,43 @@ def test_bad_continuation_is_a_clear_error(seven):
     from transcription.errors import SearchQueryError
     with pytest.raises(SearchQueryError, match="continuation"):
         TranscriptSearch(seven).search("smoke", before="x")
+
+
+def test_cli_search_says_how_far_back_and_continues(tmp_path, small_parts, monkeypatch, capsys):
+    """`controlroom search` (in process, the real store and search, one partition per
+    search): it names the time it searched back to and the --continue number, and
+    --continue finds the older call; each run is logged like any search."""
+    import json
+    import re
+
+    from console.users import access_log
+    from controlroom.cli import main
+    from tests.cli.test_cli import config
+
+    monkeypatch.setattr(tstore, "PARTITION_ROWS", 1)
+    monkeypatch.setattr(TranscriptSearch.__init__, "__kwdefaults__",
+                        {**TranscriptSearch.__init__.__kwdefaults__, "max_scan_rows": 1})
+    cfg = str(config(tmp_path))
+    assert main(["user", "add", "aud", "--role", "auditor", "--config", cfg,
+                 "--password", "correct-horse-battery"]) == 0
+    db = Database(tmp_path / "data" / "controlroom.sqlite3")
+    db.migrate(calls.COMPONENT, calls.MIGRATIONS)
+    tstore.migrate(db)
+    for cid, at, text in (("c1", 1782898200.0, "a burglary at the old mill"),
+                          ("c2", 1782898200.0 + 86400, "a burglary at the new school")):
+        _call(db, cid, at=at)
+        _transcript(db, cid, [("caller", 0.0, 2.0, text)])
+    capsys.readouterr()
+    search = ["search", "burglary", "--config", cfg, "--user", "aud", "--reason", "test of --continue", "--json"]
+    assert main(search) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["call_id"] for line in out.splitlines()] == ["c2"]
+    m = re.search(r"searched calls after (.+) only; narrow the time range \(--since/--until\) or"
+                  r" continue further back with --continue (\d+)", err)
+    assert m is not None, err
+    assert main([*search, "--continue", m.group(2)]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["call_id"] for line in out.splitlines()] == ["c1"]
+    assert "searched calls after" not in err
+    assert [e["action"] for e in access_log(db)] == ["search", "search"]
+    db.close()
