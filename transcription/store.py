@@ -693,27 +693,29 @@ def add_index_rows(conn: sqlite3.Connection, rows: Sequence[tuple[str, float, st
     calls may exist) into the content table and their partitions' FTS5 tables, starting
     a new partition whenever the newest holds ``partition_rows`` (PARTITION_ROWS)."""
     cap = PARTITION_ROWS if partition_rows is None else partition_rows
-    top = conn.execute("SELECT id, fts, first_row, rows FROM transcription_partitions"
-                       " ORDER BY first_row DESC LIMIT 1").fetchone()
     i = 0
     while i < len(rows):
         next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM transcription_call_index").fetchone()[0]
-        if top is None or top[2] > next_id:  # (a partition never starts above the next row)
-            top = None
-        if top is None or top[3] >= cap or top[1] == LEGACY_FTS:
+        # A row belongs to the partition whose range holds its id: the newest, or, when
+        # the newest rows were deleted, the one below the gap they left.
+        part = conn.execute("SELECT id, fts, first_row, rows FROM transcription_partitions"
+                            " WHERE first_row <= ? ORDER BY first_row DESC LIMIT 1", (next_id,)).fetchone()
+        above = conn.execute("SELECT min(first_row) FROM transcription_partitions WHERE first_row > ?",
+                             (next_id,)).fetchone()[0]
+        if part is None or (above is None and (part[3] >= cap or part[1] == LEGACY_FTS)):
             pid, fts = _create_partition(conn, next_id)
-            top = (pid, fts, next_id, 0)
-        take = rows[i:i + max(1, cap - top[3])]
+            part = (pid, fts, next_id, 0)
+        room = above - next_id if above is not None else cap - part[3]
+        take = rows[i:i + max(1, room)]
         conn.executemany("INSERT INTO transcription_call_index(id, call_id, at, terms, times, display)"
                          " VALUES (?,?,?,?,?,?)",
                          [(next_id + k, r[0], r[1], r[2], r[3], r[4]) for k, r in enumerate(take)])
-        conn.executemany(f"INSERT INTO {top[1]}(rowid, terms) VALUES (?, ?)",
+        conn.executemany(f"INSERT INTO {part[1]}(rowid, terms) VALUES (?, ?)",
                          [(next_id + k, r[2]) for k, r in enumerate(take)])
         ats = [r[1] for r in take]
         conn.execute("UPDATE transcription_partitions SET rows = rows + ?, min_at = min(coalesce(min_at, ?), ?),"
                      " max_at = max(coalesce(max_at, ?), ?) WHERE id = ?",
-                     (len(take), min(ats), min(ats), max(ats), max(ats), top[0]))
-        top = (top[0], top[1], top[2], top[3] + len(take))
+                     (len(take), min(ats), min(ats), max(ats), max(ats), part[0]))
         i += len(take)
 
 

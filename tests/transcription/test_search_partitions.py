@@ -208,3 +208,22 @@ def test_cli_search_says_how_far_back_and_continues(tmp_path, small_parts, monke
     assert "searched calls after" not in err
     assert [e["action"] for e in access_log(db)] == ["search", "search"]
     db.close()
+
+
+def test_rows_after_the_newest_were_deleted_stay_in_the_partition_of_their_id(seven):
+    """Deleting the newest calls' index rows (retention) lets SQLite reuse their ids: new
+    rows then go to the partition whose range holds their id, so each row stays findable,
+    replaceable and deletable."""
+    with seven.transaction() as conn:
+        for cid in ("n6", "n7"):
+            tstore.index_call(conn, cid, [])  # as retention does
+    for cid, at in (("m1", 8000.0), ("m2", 9000.0), ("m3", 9500.0)):
+        _call(seven, cid, at=at)
+        _transcript(seven, cid, [("caller", 0.0, 2.0, "a fresh fire")])
+    s = TranscriptSearch(seven)
+    assert sorted(ids(s.search("fresh"))) == ["m1", "m2", "m3"]
+    for cid in ("m1", "m2", "m3"):  # each row's FTS entry is where its id says
+        _transcript(seven, cid, [("caller", 0.0, 2.0, "a stale fire")])
+    assert s.search("fresh") == [] and sorted(ids(s.search("stale"))) == ["m1", "m2", "m3"]
+    assert sum(p.rows for p in s.partitions()) == 8
+    assert sorted(ids(s.search("smoke"))) == [f"n{i}" for i in range(1, 6)]
