@@ -251,6 +251,7 @@ class RouterMachine(RuleBasedStateMachine):
             line = data.draw(st.sampled_from([x.name for x in LINES]))
             head = data.draw(st.booleans())
             c.excluded = c.handler
+            c.target = None                    # a queue transfer ends any directed leg
             c.line, c.reprioritised, c.status = line, False, "new"
             c.klass = min(c.klass, SPEC[line].priority)   # a transfer never loses urgency
             if head:
