@@ -20,6 +20,17 @@ from harness import postgres as pg
 _names = itertools.count(1)
 
 
+@pytest.fixture(autouse=True)
+def _structlog_config_restored() -> Iterator[None]:
+    """Whatever a test (a CLI run in-process, a bench's main) configures for structlog is
+    undone after it, so no later test logs through a stream pytest has since closed."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[pg.Postgres]:
     """A private PostgreSQL cluster for the whole session (skipped if not installed)."""
