@@ -20,6 +20,20 @@ from harness import postgres as pg
 _names = itertools.count(1)
 
 
+# Suites that start many real processes at once (three nodes in network namespaces with
+# Kamailio, PostgreSQL, Mosquitto and SIPp; a whole benchmark run) depend on a shared
+# machine's timing and ports: a failure there is run once more, and only a second failure
+# fails the run. pytest's -ra summary lists every rerun, so none is hidden.
+_RERUN_ONCE = ("tests/cluster/", "tests/bench/")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.path).replace("\\", "/")
+        if any(f"/{d}" in path for d in _RERUN_ONCE):
+            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
+
+
 @pytest.fixture(autouse=True)
 def _structlog_config_restored() -> Iterator[None]:
     """Whatever a test (a CLI run in-process, a bench's main) configures for structlog is
