@@ -421,6 +421,19 @@ class Node:
             conn.close()
 
 
+
+def wait_for(pred: Any, timeout: float, step: float = 0.2) -> Any:
+    """Poll ``pred()`` every ``step`` s until it returns something true or ``timeout`` s
+    pass; returns its last value (bounded: never waits past the timeout by more than one
+    poll)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(step)
+
+
 class Cluster:
     """Mosquitto, Kamailio (dispatcher) and ``nodes`` controlroom nodes; a context manager.
 

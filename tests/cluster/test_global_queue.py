@@ -22,19 +22,13 @@ from typing import Any
 
 import pytest
 
-from harness.cluster import Cluster, priority_and_offers, store_query
+from harness.cluster import Cluster, priority_and_offers, store_query, wait_for
 from harness.postgres import available as postgres_available
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realparts, pytest.mark.slow,
               pytest.mark.skipif(not postgres_available(), reason="PostgreSQL not installed")]
 
-def _wait(pred, timeout: float, step: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(step)
+_wait = wait_for
 
 
 def test_999s_held_on_any_node_reach_node_b_handlers_first_and_leader_kill(

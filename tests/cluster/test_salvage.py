@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cluster import Cluster, store_query
+from harness.cluster import Cluster, store_query, wait_for
 from harness.postgres import available as postgres_available
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realparts, pytest.mark.slow,
@@ -26,13 +26,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _wait(pred, timeout: float, step: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(step)
+_wait = wait_for
 
 
 def test_kill_9_survivor_closes_calls_salvages_recordings_and_tells_the_cad(
