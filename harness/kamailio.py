@@ -336,7 +336,7 @@ modparam("dispatcher", "flags", 2)
 modparam("dispatcher", "ds_ping_method", "OPTIONS")
 modparam("dispatcher", "ds_ping_from", "sip:dispatcher@{domain}")
 modparam("dispatcher", "ds_ping_interval", {probe_interval})
-modparam("dispatcher", "ds_probing_mode", 0)
+modparam("dispatcher", "ds_probing_mode", 3)
 modparam("dispatcher", "ds_probing_threshold", 1)
 modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2")
@@ -344,7 +344,9 @@ modparam("dispatcher", "ds_ping_reply_codes", "class=2")
 """Dispatcher parameters: failover on (``flags`` 2: the other nodes are kept for
 ``ds_next_dst``). Set 1 holds the nodes with the probing flag (8): each is probed with
 OPTIONS every ``probe_interval`` s, active ones too; one unanswered probe marks it
-inactive, one 2xx active again (a probe's own timeout is tm's ``fr_timer``). Set 2
+inactive, one 2xx active again (a probe's own timeout is tm's ``fr_timer``). Probing
+mode 3 keeps the flag through every result; mode 0 cleared it, so a node that missed one
+probe (at start, or a cable cut) was never probed again and stayed out for good. Set 2
 holds the same nodes unprobed and never marked: the last resort when set 1 has no
 active node (see :data:`DISPATCHER_ROUTES`)."""
 
@@ -396,6 +398,16 @@ failure_route[DISPATCH_FAILED] {{
             t_relay();
         }}
     }}
+}}
+
+# A node's state as the probes (or a silent INVITE) change it: one line each way, so an
+# operator (and a test) sees when a node left and came back into the rotation.
+event_route[dispatcher:dst-down] {{
+    xlog("L_WARN", "dispatcher: node $ru down\n");
+}}
+
+event_route[dispatcher:dst-up] {{
+    xlog("L_WARN", "dispatcher: node $ru up\n");
 }}
 """
 """Round-robin over the active nodes; a node that does not answer in time is marked

@@ -94,16 +94,29 @@ def test_network_cut_of_a_node_fails_no_new_call_and_it_comes_back(tmp_path: Pat
         _common_asserts(cluster, figures, outcomes)
         victim = cluster.nodes[1]
         assert victim.alive()
+        up_line = f"dispatcher: node sip:{victim.addr}:"
+        ups_before = _ups(cluster, up_line)
         cluster.restore(victim)
         back = time.time()
+        # Its next answered OPTIONS (one a second) puts it back into the rotation.
+        deadline = back + 30
+        while _ups(cluster, up_line) == ups_before and time.time() < deadline:
+            time.sleep(0.1)
+        probed_up_s = time.time() - back
+        assert _ups(cluster, up_line) > ups_before, (
+            f"node not probed up 30 s after the cable\n{cluster.kamailio.log_text(4000)}")
         load = cluster.callers("999", rate=3, calls=15, talk_ms=500, name="after").start()
         assert load.wait(60) is not None
         after = load.outcomes()
         assert all(c.answered is not None for c in after), _explain(cluster, figures, after)
         taken = [c for c in after if c.node == victim.addr]
         assert taken, _explain(cluster, figures, after)
-        print(f"\ncut: {figures}; back in service {taken[0].answered - back:.2f} s after "
-              f"the cable")
+        print(f"\ncut: {figures}; probed up {probed_up_s:.2f} s and answering "
+              f"{taken[0].answered - back:.2f} s after the cable")
+
+
+def _ups(cluster: Cluster, line: str) -> int:
+    return _events(cluster, line, "up")
 
 
 @pytest.mark.skipif(not namespaces_available(), reason="a network cut needs namespaces (root)")
@@ -128,3 +141,40 @@ def test_with_every_node_marked_inactive_a_call_still_reaches_a_live_node(
         why = f"{after}\n{cluster.kamailio.log_text(4000)}"
         assert len(after) == 4 and all(c.answered is not None for c in after), why
         assert "trying every node" in cluster.kamailio.log_text(), why
+
+
+@pytest.mark.skipif(not namespaces_available(), reason="a network cut needs namespaces (root)")
+def test_a_node_that_missed_probes_is_probed_back_into_the_rotation(tmp_path: Path) -> None:
+    """No call in flight: a node's cable is pulled long enough for its OPTIONS probes to go
+    unanswered (as at a start where Kamailio is up before the nodes), then put back. The
+    probes alone must bring it back (a probing mode that drops the probing flag on a
+    failed probe left such a node out of the rotation for good; calls then reached it only
+    through the last-resort set), and new calls go round-robin over both nodes again."""
+    with Cluster(tmp_path, nodes=2, handlers=1) as cluster:
+        victim = cluster.nodes[0]
+        line = f"dispatcher: node sip:{victim.addr}:"
+        downs = _events(cluster, line, "down")
+        ups = _events(cluster, line, "up")
+        cluster.cut(victim)
+        deadline = time.time() + 15
+        while _events(cluster, line, "down") == downs and time.time() < deadline:
+            time.sleep(0.2)
+        assert _events(cluster, line, "down") > downs, cluster.kamailio.log_text(4000)
+        time.sleep(3)  # several more probes lost
+        cluster.restore(victim)
+        deadline = time.time() + 15
+        while _events(cluster, line, "up") == ups and time.time() < deadline:
+            time.sleep(0.2)
+        assert _events(cluster, line, "up") > ups, cluster.kamailio.log_text(4000)
+        before = len(cluster.kamailio.log_text(10**7))
+        load = cluster.callers("999", rate=4, calls=4, talk_ms=300, name="probed").start()
+        assert load.wait(30) is not None
+        after = load.outcomes()
+        assert {c.node for c in after} == {n.addr for n in cluster.nodes}, after
+        assert "trying every node" not in cluster.kamailio.log_text(10**7)[before:]
+
+
+def _events(cluster: Cluster, line: str, what: str) -> int:
+    """How many times Kamailio has logged ``line`` ... ``what`` (dispatcher:dst-up/down)."""
+    return sum(1 for row in cluster.kamailio.log_text(10**7).splitlines()
+               if line in row and row.rstrip().endswith(f" {what}"))
