@@ -107,6 +107,16 @@ class SipSettings:
     min_se: int = 90
     """Smallest session-timer interval accepted (RFC 4028 Min-SE, at least 90 s); an
     INVITE asking for less gets 422 with this value."""
+    engine_workers: int = 1
+    """Engine processes. 1: the engine runs inside the service process (the default).
+    N >= 2: N whole engines (SIP, media, recordings) in child processes
+    (:mod:`telephony.workers`), worker ``i`` on SIP port ``port + i`` (``tls_port + i``)
+    with the i-th share of the RTP range, recordings under ``<recordings_dir>/w<i>``;
+    the proxy in front (Kamailio's dispatcher) spreads INVITEs over those ports.
+    Measured on two shared cores with Kamailio and SIPp on the same machine, a second
+    engine process did not pay off (issue 15; ``bench/sip_load.py --engines``), so the
+    default stays 1; more cores are where workers help. Supervisor monitoring and
+    call-back dialling are not available with workers yet."""
     srtp_over_plain_sip: bool = False
     """LAB AND TEST ONLY. SDES (RFC 4568) puts the SRTP keys in the SDP, so whoever reads
     the signalling can decrypt the media: the engine sends and accepts ``a=crypto`` only
@@ -120,6 +130,17 @@ class SipSettings:
             raise ConfigError("rtp_port_min", "RTP port range must satisfy 1024 <= min < max <= 65535")
         if self.rtp_port_max - self.rtp_port_min < 4:
             raise ConfigError("rtp_port_max", "RTP port range too small")
+        if not 1 <= self.engine_workers <= 64:
+            raise ConfigError("engine_workers", f"must be 1..64, got {self.engine_workers}")
+        if self.engine_workers > 1:
+            share = (self.rtp_port_max - self.rtp_port_min + 1) // self.engine_workers
+            if share < 4:
+                raise ConfigError("engine_workers", f"{self.engine_workers} workers leave "
+                                  f"{share} RTP ports each (rtp_port_min..rtp_port_max is "
+                                  "split between them); at least 4 are needed")
+            if self.port and self.port + self.engine_workers - 1 > 65535:
+                raise ConfigError("engine_workers", f"worker SIP ports port..port+"
+                                  f"{self.engine_workers - 1} go past 65535")
         if not self.codecs:
             raise ConfigError("codecs", "at least one codec is required")
         if self.ptime not in (10, 20, 30, 40):

@@ -217,6 +217,30 @@ def check_ports(s: Settings) -> list[Problem]:
     return out
 
 
+def check_engine_workers(s: Settings, *, ports: bool = True) -> list[Problem]:
+    """``sip.engine_workers`` (telephony.workers): worker ``i`` needs SIP port
+    ``port + i`` (and ``tls_port + i``) free, and a registered line cannot be served by
+    several engines (each would REGISTER the same account with its own contact)."""
+    sip = s.sip
+    out: list[Problem] = []
+    if sip.engine_workers < 2:
+        return out
+    for i, line in enumerate(s.lines):
+        if line.mode == "registered":
+            out.append(Problem("sip.engine_workers", f"must be 1 with a registered line "
+                               f"(lines[{i}] {line.name!r}): every worker would register it"))
+    for i in range(1, sip.engine_workers if sip.port and ports else 0):
+        kinds = [("sip.engine_workers", sip.port + i, socket.SOCK_DGRAM)]
+        if sip.tcp:
+            kinds.append(("sip.engine_workers", sip.port + i, socket.SOCK_STREAM))
+        if sip.tls and sip.tls_port:
+            kinds.append(("sip.engine_workers", sip.tls_port + i, socket.SOCK_STREAM))
+        for key, port, kind in kinds:
+            if problem := _bind_problem(sip.bind, port, kind):
+                out.append(Problem(key, f"worker {i} needs port {port}: {problem}"))
+    return out
+
+
 def check_addresses(s: Settings) -> list[Problem]:
     """The address we advertise in SDP and Contact must be one the far ends can reach."""
     sip = s.sip
@@ -330,6 +354,7 @@ def check(s: Settings, *, connect: bool = False, ports: bool = True) -> list[Pro
     out += check_certificates(s)
     if ports:
         out += check_ports(s)
+    out += check_engine_workers(s, ports=ports)
     out += check_models(s)
     if connect:
         out += check_connect(s)

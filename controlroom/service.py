@@ -282,11 +282,21 @@ class Service:
         for msg in self._system_unsent:  # health events from before the publisher existed
             self.publisher.publish_system(msg)
         self._system_unsent.clear()
-        self.engine = Engine(settings=s.sip, lines=s.lines, handlers=s.handlers,
-                             recordings_dir=s.storage.recordings_dir,
-                             on_event=self.on_telephony, on_audio=self._on_audio,
-                             admit=self._admit, dialog_journal=s.storage.data_dir / "dialogs",
-                             call_id_prefix=f"{s.node_id}-")
+        if s.sip.engine_workers > 1:  # whole engines in child processes, same API
+            from telephony.workers import EngineWorkers
+
+            engine_class: Any = EngineWorkers
+        else:
+            engine_class = Engine
+        # Workers ship audio frames to this process only for live transcription.
+        on_audio = (self._on_audio if s.sip.engine_workers == 1 or s.transcription.live
+                    else None)
+        self.engine = engine_class(settings=s.sip, lines=s.lines, handlers=s.handlers,
+                                   recordings_dir=s.storage.recordings_dir,
+                                   on_event=self.on_telephony, on_audio=on_audio,
+                                   admit=self._admit,
+                                   dialog_journal=s.storage.data_dir / "dialogs",
+                                   call_id_prefix=f"{s.node_id}-")
         # seals recordings a crash left open (RecordingSealed) and sends BYE to the far
         # ends of dialogs it left up
         await self.engine.start()

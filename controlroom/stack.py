@@ -23,7 +23,7 @@ from controlroom.service import Service
 from harness import scenarios, speech
 from harness.kamailio import Kamailio
 from harness.mosquitto import Mosquitto
-from harness.ports import free_tcp_port, free_udp_port
+from harness.ports import free_rtp_range, free_tcp_port, free_udp_port
 from harness.sipp import Sipp
 
 DOMAIN = "controlroom.local"
@@ -62,6 +62,9 @@ class StackOptions:
     """Agencies a handler may consult (name -> SIP URI through Kamailio)."""
     handler_pcm: Any = None
     """16-bit 8 kHz PCM (numpy) the handler phones play instead of ``handler_text``."""
+    engine_workers: int = 1
+    """``sip.engine_workers``: with 2 or more, the engines run in child processes on
+    consecutive SIP ports and Kamailio dispatches INVITEs over them (UDP only here)."""
     transport: str = "udp"
     """SIP between Kamailio and the service, both ways: ``udp``, ``tcp`` or ``tls``
     (certificates from a throw-away CA in ``<workdir>/tls``); SIPp callers then reach
@@ -104,7 +107,7 @@ class Stack:
             "sip": {"bind": "127.0.0.1", "port": sip_port, "domain": DOMAIN,
                     "proxy": f"sip:127.0.0.1:{kamailio_port}", "rtp_bind": "127.0.0.1",
                     "rtp_port_min": rtp[0], "rtp_port_max": rtp[1],
-                    "dead_call_timeout": 60.0, **sip},
+                    "dead_call_timeout": 60.0, "engine_workers": o.engine_workers, **sip},
             "lines": [
                 {"name": "999", "numbers": ["999", "112"], "priority": 0, "skill": "999",
                  "trusted_sources": ["127.0.0.1"], "answer_threshold": 10.0,
@@ -139,8 +142,14 @@ class Stack:
         for sub in ("clips", "kamailio", "callers", *(f"phone-h{i}" for i in range(1, self.options.handlers + 1))):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self.mosquitto = self._exit.enter_context(Mosquitto())
-        sip_port = free_udp_port()
+        workers = self.options.engine_workers
+        if workers > 1 and self.options.transport != "udp":
+            raise ValueError("StackOptions.engine_workers > 1 is supported over UDP only")
+        sip_port = free_rtp_range(workers)[0] if workers > 1 else free_udp_port()
         routes = {n: f"127.0.0.1:{sip_port}" for n in ("999", "112", "101")}
+        dispatch = [f"127.0.0.1:{sip_port + i}" for i in range(workers)] if workers > 1 else []
+        if dispatch:  # the dispatcher routes these numbers (OPTIONS-probed, with failover)
+            routes = {}
         tls = None
         if self.options.transport == "tcp":
             routes = {n: f"{t};transport=tcp" for n, t in routes.items()}
@@ -157,7 +166,7 @@ class Stack:
             lambda: self._exit.enter_context(Kamailio(routes, domain=DOMAIN, trace=False,
                                                        workdir=self.workdir / "kamailio",
                                                        tcp=self.options.transport != "udp",
-                                                       tls=tls)))
+                                                       tls=tls, dispatch=dispatch)))
         web_port = self.options.web_port or free_tcp_port()
         data = self.config(sip_port=sip_port, kamailio_port=self.kamailio.port,
                            mqtt_port=self.mosquitto.port, web_port=web_port)
