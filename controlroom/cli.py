@@ -337,16 +337,52 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def _auditor(db, name: str | None):  # noqa: ANN001, ANN202 - console.users.User | None
     """The enabled console user with the auditor role named ``name`` (default: login)."""
+    return _console_user(db, name, "auditor", flag="--user")
+
+
+def _console_user(db, name: str | None, role: str, *, flag: str):  # noqa: ANN001, ANN202
+    """The enabled console user with ``role`` named ``name`` (default: the login name), or
+    None after printing why not (console.users.User | None)."""
     from console import users
 
     username = name or getpass.getuser()
     row = db.query_one("SELECT username, roles, handler_id, disabled FROM console_users"
                        " WHERE username=?", (username,))
-    if row is None or row["disabled"] or "auditor" not in json.loads(row["roles"]):
-        print(f"refused: {username!r} is not an enabled console user with the auditor role;"
-              " pass --user NAME", file=sys.stderr)
+    if row is None or row["disabled"] or role not in json.loads(row["roles"]):
+        print(f"refused: {username!r} is not an enabled console user with the {role} role;"
+              f" pass {flag} NAME", file=sys.stderr)
         return None
     return users.User(row["username"], frozenset(json.loads(row["roles"])), row["handler_id"])
+
+
+def cmd_user_phone(args: argparse.Namespace) -> int:
+    """Set (or clear) the phone a supervisor's listen / whisper / barge rings: what the
+    admin page's "Monitor phone" does, logged the same way (admin log, ``user.phone``)."""
+    from console import users
+
+    if (args.phone is None) == (not args.clear):
+        print("give the phone (a SIP URI) or --clear, not both", file=sys.stderr)
+        return 2
+    settings = _load(args.config)
+    db = _open_db(settings)
+    try:
+        admin = _console_user(db, args.by, "admin", flag="--by")
+        if admin is None:
+            return 2
+        try:
+            phone = users.set_phone(db, args.username, "" if args.clear else args.phone)
+        except users.UserError as exc:
+            print(f"cannot set the phone: {exc}", file=sys.stderr)
+            return 2
+        users.log_admin(db, admin, "user.phone", target=args.username,
+                        detail={"phone": phone},
+                        client=f"cli user phone {getpass.getuser()}@{socket.gethostname()}")
+    finally:
+        db.close()
+    print(f"monitor phone of {args.username}: {phone}" if phone else
+          f"monitor phone of {args.username} cleared (the handler entry with this user name"
+          " is used, if any)")
+    return 0
 
 
 def _retention_stores(settings):  # noqa: ANN001, ANN202 - (Database, Database)
@@ -516,6 +552,15 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--config", required=True)
     u.add_argument("--password", help="(tests only; prompts when omitted)")
     u.set_defaults(func=cmd_user_add)
+    u = usub.add_parser("phone", help="set the phone a supervisor's listen / whisper / barge "
+                                      "rings (as on the admin page; logged)")
+    u.add_argument("username")
+    u.add_argument("phone", nargs="?", help="a SIP URI, e.g. sip:sup1@controlroom.local")
+    u.add_argument("--clear", action="store_true", help="remove it (the handler entry with "
+                                                        "this user name is used then)")
+    u.add_argument("--by", help="the admin making the change (default: your login name)")
+    u.add_argument("--config", required=True)
+    u.set_defaults(func=cmd_user_phone)
 
     s = sub.add_parser("purge", help="delete what is past retention ([retention]; never a "
                        "call under legal hold); every deletion is access-logged")
