@@ -20,7 +20,8 @@ from harness import scenarios
 from harness.sipp import RtpCapture, Sipp
 
 from .conftest import wait_until
-from .test_monitor import received, tone
+from .monitor_setup import heard as heard_tones
+from .monitor_setup import received, tone
 
 pytestmark = [pytest.mark.realparts]
 
@@ -29,14 +30,8 @@ PHASE_S = 3.0
 
 
 def heard(pcm: np.ndarray) -> set[float]:
-    """The tones present in ``pcm``: those carrying over 5 % of its energy."""
-    if len(pcm) < 800:
-        return set()
-    spec = np.abs(np.fft.rfft(pcm.astype(np.float64))) ** 2
-    freqs = np.fft.rfftfreq(len(pcm), 1 / 8000)
-    total = spec.sum() or 1.0
-    return {hz for hz in (CALLER_HZ, HANDLER_HZ, AGENCY_HZ, PROMPT_HZ)
-            if spec[(freqs > hz - 20) & (freqs < hz + 20)].sum() / total > 0.05}
+    """The tones of this test present in ``pcm``: those carrying over 5 % of its energy."""
+    return heard_tones(pcm, (CALLER_HZ, HANDLER_HZ, AGENCY_HZ, PROMPT_HZ))
 
 
 async def test_consult_conference_and_transfer_to_the_ambulance(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,24 @@ import pytest
 from console import users
 from controlroom.desk import ServiceDesk
 from controlroom.stack import DOMAIN, Stack, StackOptions
-from harness import scenarios
-from harness.sipp import RtpCapture, Sipp
+from harness.sipp import RtpCapture
 
 from .conftest import wait_until
+from .monitor_setup import (
+    CALLER_HZ,
+    EXPECTED,
+    HANDLER_HZ,
+    SUPERVISOR_HZ,
+    call_in,
+    heard,
+    hold,
+    supervisor_phone,
+    tone,
+    tones_heard,
+)
 from .test_desk_workflow import PASSWORD, axe, browser, login, poll, shot  # noqa: F401
-from .test_monitor import CALLER_HZ, HANDLER_HZ, SUPERVISOR_HZ, heard, received, tone
 
 pytestmark = [pytest.mark.realparts, pytest.mark.slow, pytest.mark.browser]
-
-PHASE_S = 3.0
 
 
 async def test_wallboard_monitor_buttons_ring_the_supervisors_own_phone(
@@ -47,14 +54,7 @@ async def test_wallboard_monitor_buttons_ring_the_supervisors_own_phone(
             users.create_user(db, name, PASSWORD, roles)
         base = f"http://127.0.0.1:{st.service.web_port}"
         phone_uri = f"sip:supdesk4@{DOMAIN}"
-        sup_clip = st.pcm_clip(tone(SUPERVISOR_HZ, 60), name="supervisor")
-        (tmp_path / "phone-sup").mkdir()
-        sup = Sipp(scenarios.handler(user="supdesk4", ring_ms=200, pcap=sup_clip.pcap,
-                                     hangup="remote"),
-                   calls=10, timeout=300, name="phone-sup", trace_msg=False,
-                   workdir=tmp_path / "phone-sup")
-        await asyncio.to_thread(lambda: st._exit.enter_context(sup))
-        await asyncio.to_thread(st.kamailio.register, "supdesk4", sup.contact("supdesk4"))
+        sup = await supervisor_phone(st, tmp_path, user="supdesk4", name="phone-sup", seconds=60)
 
         # -- the admin gives sup1 their own monitor phone (no handler entry has it) --------
         adm = await login(browser, base, "adm1", "/admin", size=(1440, 900))
@@ -71,10 +71,7 @@ async def test_wallboard_monitor_buttons_ring_the_supervisors_own_phone(
         await shot(adm, "admin-monitor-phone")
 
         # -- a real call: caller and handler each play their tone ------------------------
-        caller_clip = st.pcm_clip(tone(CALLER_HZ, 60), name="caller")
-        caller = st.call("999", caller="07700900777", clip=caller_clip, talk_s=45)
-        ports = {"caller": caller.media_port, "handler": st.phones["h1"].media_port,
-                 "supervisor": sup.media_port}
+        caller, ports = call_in(st, sup, seconds=60, talk_s=45)
         wall = await login(browser, base, "sup1", "/wallboard", size=(1440, 900))
         await wall.wait_for_selector("tr[data-handler='h1'] button.monitor-listen", timeout=20000)
         call_id = next(c for c in st.service.calls.values() if c.state == "connected").call_id
@@ -103,32 +100,17 @@ async def test_wallboard_monitor_buttons_ring_the_supervisors_own_phone(
                 if mode == "listen":
                     await shot(wall, "wallboard-monitor-listen")
                     await axe(wall, "wallboard (monitoring)")
-                start = time.time() + 0.5
-                await asyncio.sleep(PHASE_S)
-                marks[mode] = (start, time.time())
+                await hold(marks, mode)
             await shot(wall, "wallboard-monitor-barge")
             await wall.click("tr[data-handler='h1'] button.monitor-stop")
             await wait_until(lambda: not st.service.monitors.view(), 10, "monitor ended")
             await wall.wait_for_selector("tr[data-handler='h1'] button.monitor-stop",
                                          state="detached")
-            start = time.time() + 0.5
-            await asyncio.sleep(2.0)
-            marks["after"] = (start, time.time())
+            await hold(marks, "after", 2.0)
         finally:
             await asyncio.to_thread(cap.stop)
-        packets = await asyncio.to_thread(cap.packets)
-        got = {mode: {who: heard(received(packets, port, *marks[mode]))
-                      for who, port in ports.items()} for mode in marks}
-        assert got["listen"] == {"caller": {HANDLER_HZ}, "handler": {CALLER_HZ},
-                                 "supervisor": {CALLER_HZ, HANDLER_HZ}}, got
-        assert got["whisper"] == {"caller": {HANDLER_HZ},
-                                  "handler": {CALLER_HZ, SUPERVISOR_HZ},
-                                  "supervisor": {CALLER_HZ, HANDLER_HZ}}, got
-        assert got["barge"] == {"caller": {HANDLER_HZ, SUPERVISOR_HZ},
-                                "handler": {CALLER_HZ, SUPERVISOR_HZ},
-                                "supervisor": {CALLER_HZ, HANDLER_HZ}}, got
-        assert got["after"] == {"caller": {HANDLER_HZ}, "handler": {CALLER_HZ},
-                                "supervisor": set()}, got
+        got = await tones_heard(cap, ports, marks)
+        assert got == EXPECTED, got
 
         # -- logged: the access log with each reason, the queue log with the phone --------
         log = [(e["action"], e["call_id"], e["justification"], e["username"])
