@@ -92,7 +92,8 @@ async def run(args: argparse.Namespace) -> list[str]:
     print(f"work dir {work}; {os.cpu_count()} CPUs; load avg {load[0]:.1f} {load[1]:.1f} "
           f"{load[2]:.1f}")
     opts = StackOptions(handlers=args.handlers, engine=args.engine, ring_ms=args.ring_ms,
-                        wrapup=args.wrapup, offer_timeout=10.0)
+                        wrapup=args.wrapup, offer_timeout=10.0,
+                        engine_workers=args.engine_workers)
     proc = psutil.Process()
     async with Stack(work / "stack", opts) as st:
         loop = asyncio.get_running_loop()
@@ -123,6 +124,9 @@ async def run(args: argparse.Namespace) -> list[str]:
                                        rate=args.rate * share, limit=args.handlers * 4,
                                        trace_msg=False, timeout=args.calls / args.rate + 300,
                                        name=f"callers-{number}", workdir=work / f"callers-{number}")))
+        # sip.engine_workers >= 2: the engines' CPU is in their own processes
+        workers = [psutil.Process(w.pid) for w in getattr(st.service.engine, "workers", [])]
+        wcpu0 = [sum(w.cpu_times()[:2]) for w in workers]
         cpu0, t0 = proc.cpu_times(), time.monotonic()
         for _, sp in sipps:
             sp.start()
@@ -130,6 +134,7 @@ async def run(args: argparse.Namespace) -> list[str]:
             await asyncio.to_thread(sp.wait, args.calls / args.rate + 300)
         wall = time.monotonic() - t0
         cpu1 = proc.cpu_times()
+        wcpu = [(sum(w.cpu_times()[:2]) - c0) / wall for w, c0 in zip(workers, wcpu0, strict=True)]
         failures: list[str] = []
         for number, sp in sipps:
             placed = loadcheck.placement_from_stats(
@@ -215,6 +220,9 @@ async def run(args: argparse.Namespace) -> list[str]:
         print(f"service process: CPU {cpu:.2f} cores during the calls; RSS "
               f"{proc.memory_info().rss / 2**20:.0f} MB; event-loop lag p99 {pct(lags, 99):.1f} ms "
               f"max {max(lags or [0]):.1f} ms")
+        if wcpu:
+            print(f"engine workers ({len(wcpu)}): CPU {' + '.join(f'{c:.2f}' for c in wcpu)} "
+                  f"= {sum(wcpu):.2f} cores; service + workers {cpu + sum(wcpu):.2f} cores")
         await cad.stop()
     return failures
 
@@ -229,6 +237,8 @@ def main() -> None:
     ap.add_argument("--wrapup", type=float, default=1.0)
     ap.add_argument("--ring-ms", type=int, default=300)
     ap.add_argument("--engine", default="whisper", choices=["whisper", "vosk", "none"])
+    ap.add_argument("--engine-workers", type=int, default=1,
+                    help="sip.engine_workers: engine processes behind Kamailio's dispatcher")
     ap.add_argument("--transcript-wait", type=float, default=600.0,
                     help="seconds to wait for the final transcripts after the last call")
     ap.add_argument("--rate-tolerance", type=float, default=loadcheck.RATE_TOLERANCE,

@@ -115,8 +115,7 @@ class SipSettings:
     the proxy in front (Kamailio's dispatcher) spreads INVITEs over those ports.
     Measured on two shared cores with Kamailio and SIPp on the same machine, a second
     engine process did not pay off (issue 15; ``bench/sip_load.py --engines``), so the
-    default stays 1; more cores are where workers help. Supervisor monitoring and
-    call-back dialling are not available with workers yet."""
+    default stays 1; more cores are where workers help."""
     srtp_over_plain_sip: bool = False
     """LAB AND TEST ONLY. SDES (RFC 4568) puts the SRTP keys in the SDP, so whoever reads
     the signalling can decrypt the media: the engine sends and accepts ``a=crypto`` only

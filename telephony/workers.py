@@ -24,7 +24,8 @@ bridged locally. The worker maps its engine's own leg ids to the proxy's.
 
 The wire: a socketpair per worker; each frame is a 4-byte length and a pickled list of
 messages (a loop iteration's messages go in one frame). Main -> worker: ``("cmd", name,
-args, kwargs)``, ``("offer", leg_id, call_id, uri, timeout, display)``, ``("refuse",
+args, kwargs)``, ``("offer", leg_id, call_id, uri, timeout, display)``, ``("dial_out",
+call_id, line, number, uri, timeout)`` (a call-back: the proxy mints its call id too), ``("refuse",
 {line: verdict})``, ``("stop", drain_timeout)``. Worker -> main: ``("ready", sip_port)``,
 ``("error", text)``, ``("ev", event)``, ``("audio", frame)``, ``("stats", stats,
 counters, health)``.
@@ -44,6 +45,7 @@ recordings (RecordingSealed, recovered) and sends BYE to its dialogs (journal).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -111,6 +113,12 @@ class WorkerBook:
         """call_id -> worker index (answered calls not yet ended)."""
         self.legs: dict[str, tuple[int, str, bool]] = {}
         """leg_id -> (worker, call_id, answered)."""
+        self.answered_at: dict[str, float] = {}
+        """call_id -> when the engine answered it (its recording starts then)."""
+
+    def dialled(self, worker: int, call_id: str) -> None:
+        """A call-back the proxy asked ``worker`` to dial: it holds the call from now."""
+        self.calls[call_id] = worker
 
     def offered(self, worker: int, call_id: str, leg_id: str) -> None:
         self.legs[leg_id] = (worker, call_id, False)
@@ -118,8 +126,10 @@ class WorkerBook:
     def seen(self, worker: int, e: TelephonyEvent) -> None:
         if isinstance(e, api.CallArrived):
             self.calls[e.call_id] = worker
+            self.answered_at[e.call_id] = e.at
         elif isinstance(e, (api.CallEnded, api.CallCancelled)):
             self.calls.pop(e.call_id, None)
+            self.answered_at.pop(e.call_id, None)
         elif isinstance(e, api.LegAnswered):
             if e.leg_id in self.legs:
                 self.legs[e.leg_id] = (worker, e.call_id, True)
@@ -133,6 +143,7 @@ class WorkerBook:
         for call_id, w in list(self.calls.items()):
             if w == worker:
                 del self.calls[call_id]
+                self.answered_at.pop(call_id, None)
                 out.append(api.CallEnded(at=now, call_id=call_id, by="system",
                                          reason=WORKER_DIED))
         for leg_id, (w, call_id, answered) in list(self.legs.items()):
@@ -181,6 +192,8 @@ class _Outbox:
         self.writer = writer
         self.pending: list[Any] = []
         self.transform = transform
+        self.hold = False
+        """While True nothing is sent (a worker's events during start wait for "ready")."""
 
     def send(self, msg: Any) -> None:
         if not self.pending:
@@ -188,6 +201,8 @@ class _Outbox:
         self.pending.append(msg)
 
     def flush(self) -> None:
+        if self.hold:
+            return
         msgs, self.pending = self.pending, []
         if not msgs or self.writer.is_closing():
             return
@@ -498,13 +513,52 @@ class EngineWorkers:
                 w.out.send(("cmd", "set_accepting", (), {"priority_max": priority_max}))
 
     def monitor(self, call_id: str, leg_id: str, mode: str) -> float | None:
-        raise EngineError("supervisor monitoring is not available with sip.engine_workers > 1")
+        """Set what a supervisor leg hears (see :meth:`telephony.engine.Engine.monitor`).
+        Checked here: the mode, and that the leg is an answered leg of this call; the
+        worker's own refusal (no handler bridged, on hold) is only logged. Returns the
+        recording offset from the answer time (wall clock, not the media clock)."""
+        from telephony.engine.monitor import MODES
+
+        if mode not in MODES:
+            raise EngineError(f"monitor mode must be one of {', '.join(MODES)}, got {mode!r}")
+        leg = self.book.legs.get(leg_id)
+        if leg is None or leg[1] != call_id or not leg[2]:
+            raise EngineError(f"leg {leg_id!r} of {call_id!r} is not an answered supervisor leg")
+        self._send(call_id, "monitor", call_id, leg_id, mode)
+        return self._offset(call_id)
 
     def end_monitor(self, call_id: str) -> float | None:
-        return None
+        if call_id not in self.book.calls:
+            return None
+        self._send(call_id, "end_monitor", call_id)
+        return self._offset(call_id)
 
-    def dial_out(self, line_name: str, number: str, handler_uri: str, **kwargs: Any) -> str:
-        raise EngineError("call-back dialling is not available with sip.engine_workers > 1")
+    def _offset(self, call_id: str) -> float | None:
+        at = self.book.answered_at.get(call_id)
+        return round(max(0.0, time.time() - at), 3) if at is not None else None
+
+    def dial_out(self, line_name: str, number: str, handler_uri: str, *,
+                 timeout: float = 60.0) -> str:
+        """Call a caller back from the worker holding fewest calls; returns the call id
+        (minted here). What the engine would refuse at once is refused here; a failure
+        after that ends the call (CallEnded by caller, ``dial-out failed: ...``)."""
+        if not any(ln.name == line_name for ln in self.lines):
+            raise EngineError(f"no line {line_name!r}")
+        if not number or not all(ch.isdigit() or ch == "+" for ch in number):
+            raise EngineError(f"cannot dial {number!r}")
+        if not self.settings.proxy:
+            raise EngineError("dialling out needs sip.proxy (the trunk)")
+        up = [w for w in self.workers if w.up and w.out is not None]
+        if not up:
+            raise EngineError("no engine worker is up")
+        held = collections.Counter(self.book.calls.values())
+        w = min(up, key=lambda x: held[x.index])
+        self._legs += 1
+        call_id = f"{w.prefix}d{self._legs}"
+        self.book.dialled(w.index, call_id)
+        assert w.out is not None
+        w.out.send(("dial_out", call_id, line_name, number, handler_uri, timeout))
+        return call_id
 
     def recover_recording(self, call_id: str) -> bool:
         """As :meth:`telephony.engine.Engine.recover_recording`, in the worker's folder."""
@@ -551,10 +605,11 @@ class _WorkerEngine:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.out = _Outbox(writer, transform=self._translate)
+        self.out.hold = True  # until the engine has started: "ready" goes first
         self.verdicts: dict[str, tuple[int, str] | None] = {}
         self.engine: Any = None
         self.to_proxy: dict[str, str] = {}
-        """engine leg id -> the proxy's leg id."""
+        """The engine's id of an offered leg or a dialled call -> the proxy's."""
         self.to_engine: dict[str, str] = {}
         self.audio: list[api.AudioFrame] = []
 
@@ -567,9 +622,10 @@ class _WorkerEngine:
         out: list[Any] = []
         for m in msgs:
             if m[0] == "ev":
-                leg = getattr(m[1], "leg_id", None)
-                if leg is not None and leg in self.to_proxy:
-                    m = ("ev", dataclasses.replace(m[1], leg_id=self.to_proxy[leg]))
+                changes = {k: self.to_proxy[v] for k in ("call_id", "leg_id")
+                           if (v := getattr(m[1], k, None)) is not None and v in self.to_proxy}
+                if changes:
+                    m = ("ev", dataclasses.replace(m[1], **changes))
             out.append(m)
         if self.audio:
             out.append(("audio", self.audio))
@@ -586,7 +642,7 @@ class _WorkerEngine:
 
     async def run(self) -> int:
         from telephony.engine import Engine
-        from telephony.runtime import tune_gc
+        from telephony.runtime import prioritise_this_thread, tune_gc
 
         init = dict((await read_frame(self.reader))[0][1])
         self.verdicts = init["verdicts"]
@@ -604,14 +660,17 @@ class _WorkerEngine:
             await self.engine.start()
         except Exception as exc:  # noqa: BLE001 - reported to the main process
             self.out.pending.insert(0, ("error", f"{type(exc).__name__}: {exc}"))
+            self.out.hold = False
             self.out.flush()
             await self.out.writer.drain()
             return 1
         if init["priority_max"] is not None:
             self.engine.set_accepting(priority_max=init["priority_max"])
         self.out.pending.insert(0, ("ready", self.engine.sip_port))
+        self.out.hold = False
         self.out.flush()
-        tune_gc()
+        tune_gc()  # as serve does for its own process (telephony.runtime)
+        prioritise_this_thread()
         stats = asyncio.create_task(self._stats_loop())
         drain, grace = 0.0, 1.0
         try:
@@ -649,6 +708,16 @@ class _WorkerEngine:
                                                 leg_id=leg_id, reason="error"))
                     return
                 self.to_proxy[real], self.to_engine[leg_id] = leg_id, real
+            elif m[0] == "dial_out":
+                _, call_id, line_name, number, uri, timeout = m
+                try:
+                    real = self.engine.dial_out(line_name, number, uri, timeout=timeout)
+                except EngineError as exc:
+                    log.warning("engine.worker_dial_out_failed", call_id=call_id, error=str(exc))
+                    self.on_event(api.CallEnded(at=time.time(), call_id=call_id, by="caller",
+                                                reason=f"dial-out failed: {exc}"))
+                    return
+                self.to_proxy[real], self.to_engine[call_id] = call_id, real
             elif m[0] == "cmd":
                 _, name, args, kwargs = m
                 args = tuple(self.to_engine.get(a, a) if isinstance(a, str) else a
@@ -666,8 +735,8 @@ class _WorkerEngine:
             self.out.send(("stats", dataclasses.replace(e.stats, rejected=dict(e.stats.rejected)),
                            dict(e.sip_counters), e.health(), e.interrupted_byes))
             # forget the leg ids of legs long gone (the engine unlinks them too)
-            if len(self.to_proxy) > 4 * (len(e._legs) + 64):
-                live = set(e._legs)
+            if len(self.to_proxy) > 4 * (len(e._legs) + len(e._calls) + 64):
+                live = set(e._legs) | set(e._calls)
                 for real in [r for r in self.to_proxy if r not in live]:
                     self.to_engine.pop(self.to_proxy.pop(real), None)
 

@@ -5,6 +5,7 @@ Real Kamailio, SIPp callers and handler phones with RTP, Mosquitto, SQLite."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import signal
@@ -131,3 +132,33 @@ async def test_killed_worker_ends_its_calls_others_go_on_and_it_restarts(
         await wait_until(lambda: len(st.service.db.query(
             "SELECT 1 FROM calls WHERE caller LIKE '077009003%' AND state = 'completed'")) == 2,
             20, "next calls completed")
+
+
+async def test_call_back_dial_with_two_workers(tmp_path: Path, cad_subscriber_factory,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The call-back flow (tests/e2e/test_callback_dial.py, every assertion of it) with
+    the engine in two worker processes: dial-out through a worker, handler rung,
+    bridged, recorded bit-exact, linked and published."""
+    from tests.e2e import test_callback_dial as mod
+
+    monkeypatch.setattr(mod, "StackOptions", functools.partial(StackOptions, engine_workers=2))
+    await mod.test_handler_dials_a_call_back_and_it_is_a_linked_recorded_call(
+        tmp_path, cad_subscriber_factory)
+
+
+async def test_monitor_with_two_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Supervisor listen / whisper / barge (tests/e2e/test_monitor.py, every assertion
+    of it: the tones each phone hears) with the engine in two worker processes."""
+    from tests.e2e import test_monitor as mod
+
+    monkeypatch.setattr(mod, "StackOptions", functools.partial(StackOptions, engine_workers=2))
+    await mod.test_listen_whisper_and_barge_mix_what_each_side_hears(tmp_path)
+
+
+async def test_consult_with_two_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consult, conference and transfer to another agency (tests/e2e/test_consult.py,
+    every assertion of it) with the engine in two worker processes."""
+    from tests.e2e import test_consult as mod
+
+    monkeypatch.setattr(mod, "StackOptions", functools.partial(StackOptions, engine_workers=2))
+    await mod.test_consult_conference_and_transfer_to_the_ambulance(tmp_path)
