@@ -148,7 +148,10 @@ class Stack:
         sip_port = free_rtp_range(workers)[0] if workers > 1 else free_udp_port()
         routes = {n: f"127.0.0.1:{sip_port}" for n in ("999", "112", "101")}
         dispatch = [f"127.0.0.1:{sip_port + i}" for i in range(workers)] if workers > 1 else []
-        if dispatch:  # the dispatcher routes these numbers (OPTIONS-probed, with failover)
+        if dispatch:
+            # The dispatcher routes these numbers (OPTIONS-probed, with failover). A
+            # worker may take 5 s to say 100 Trying before its INVITE goes to the other
+            # (the cluster's 500 ms gave callers 408s on a loaded two-core machine).
             routes = {}
         tls = None
         if self.options.transport == "tcp":
@@ -166,7 +169,8 @@ class Stack:
             lambda: self._exit.enter_context(Kamailio(routes, domain=DOMAIN, trace=False,
                                                        workdir=self.workdir / "kamailio",
                                                        tcp=self.options.transport != "udp",
-                                                       tls=tls, dispatch=dispatch)))
+                                                       tls=tls, dispatch=dispatch,
+                                                       dispatch_fr_ms=5000)))
         web_port = self.options.web_port or free_tcp_port()
         data = self.config(sip_port=sip_port, kamailio_port=self.kamailio.port,
                            mqtt_port=self.mosquitto.port, web_port=web_port)

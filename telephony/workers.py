@@ -439,15 +439,15 @@ class EngineWorkers:
         readers = [w.reader_task for w in self.workers if w.reader_task is not None]
         if readers:  # the events of the shutdown arrive until each worker closes
             await asyncio.wait(readers, timeout=drain_timeout + bye_grace + 10.0)
+        for t in list(self._tasks):  # a restart in progress too, before its child is killed
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.kill()
                 await w.proc.wait()
-        for t in list(self._tasks):
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
 
     # ------------------------------------------------------------------ commands
     def _owner(self, some_id: str) -> _Worker | None:

@@ -41,6 +41,9 @@ async def test_calls_spread_over_two_workers_offered_bridged_recorded_published(
         cad = await cad_subscriber_factory("127.0.0.1", st.mosquitto.port)
         clip = await asyncio.to_thread(st.clip, "Help, there is a fire in the kitchen.",
                                        lead_s=1.5, voice="en-us")
+        # Kamailio's dispatcher takes a worker into its rotation once it answered an
+        # OPTIONS probe (every 1 s): give both workers two probes.
+        await asyncio.sleep(2.5)
         callers = []
         for i, dialled in enumerate(("999", "101", "999", "101")):
             callers.append(st.call(dialled, caller=f"0770090010{i}", clip=clip,
@@ -79,23 +82,28 @@ async def test_killed_worker_ends_its_calls_others_go_on_and_it_restarts(
     """kill -9 of one worker: its connected call is ended in the store (and on the CAD)
     as the worker's death, the other worker's call goes on to a normal end, the dead
     worker is restarted, and the next call is answered and handled."""
-    opts = StackOptions(handlers=2, engine="none", ring_ms=300, engine_workers=2)
+    opts = StackOptions(handlers=4, engine="none", ring_ms=300, engine_workers=2)
     async with Stack(tmp_path, opts) as st:
         engine = st.service.engine
         assert isinstance(engine, EngineWorkers)
         cad = await cad_subscriber_factory("127.0.0.1", st.mosquitto.port)
-        long_a = st.call("999", caller="07700900201", talk_s=40, name="long-a")
-        await asyncio.sleep(0.5)
-        long_b = st.call("999", caller="07700900202", talk_s=12, name="long-b")
-        await wait_until(lambda: sum(c.state == "connected" for c in st.service.calls.values())
-                         == 2, 30, "two calls connected")
-        by_worker = {_worker_of(c.call_id): c.call_id for c in st.service.calls.values()}
-        assert set(by_worker) == {0, 1}, by_worker
-        # kill the worker holding the first (long) call
-        victim_call = next(c.call_id for c in st.service.calls.values()
-                           if c.caller == "07700900201")
-        victim = engine.workers[_worker_of(victim_call)]
-        survivor_call = next(cid for cid in by_worker.values() if cid != victim_call)
+        # Calls until each worker holds one (Kamailio's dispatcher takes the workers into
+        # its rotation as their OPTIONS probes are answered, so the first calls after
+        # start may all land on one).
+        callers = {}
+        for i in range(4):
+            number = f"0770090020{i}"
+            callers[number] = st.call("999", caller=number, talk_s=20, name=f"long{i}")
+            await wait_until(lambda n=i: sum(c.state == "connected"
+                                             for c in st.service.calls.values()) == n + 1,
+                             30, f"call {i} connected")
+            if {_worker_of(c) for c in st.service.calls} == {0, 1}:
+                break
+        live = {c.call_id: c.caller for c in st.service.calls.values()}
+        assert {_worker_of(c) for c in live} == {0, 1}, live
+        victim = engine.workers[0]
+        victim_call = next(c for c in live if _worker_of(c) == 0)
+        survivors = [c for c in live if _worker_of(c) == 1]
         old_pid = victim.pid
         assert old_pid is not None
         os.kill(old_pid, signal.SIGKILL)
@@ -107,12 +115,14 @@ async def test_killed_worker_ends_its_calls_others_go_on_and_it_restarts(
         assert row["ended_by"] == "system" and row["end_reason"] == WORKER_DIED, row
         ended = await cad.wait_for(victim_call, "call.ended", 15)
         assert WORKER_DIED in str(ended), ended
-        # the other worker's call is untouched and ends normally
-        assert st.service.calls[survivor_call].state == "connected"
-        assert await asyncio.to_thread(long_b.wait, 60) == 0, long_b.diagnostics()
-        await wait_until(lambda: st.service.db.query_one(
-            "SELECT 1 FROM calls WHERE call_id = ? AND state = 'completed'", (survivor_call,)),
-            15, "the survivor's call completed")
+        # the other worker's calls are untouched and end normally
+        for cid in survivors:
+            assert st.service.calls[cid].state == "connected"
+            sipp = callers[live[cid]]
+            assert await asyncio.to_thread(sipp.wait, 60) == 0, sipp.diagnostics()
+            await wait_until(lambda c=cid: st.service.db.query_one(
+                "SELECT 1 FROM calls WHERE call_id = ? AND state = 'completed'", (c,)),
+                15, "a survivor's call completed")
         # restarted, under a new pid, on the same SIP port; the restarted engine seals
         # the dead one's recording, which reaches the record
         await wait_until(lambda: victim.up and victim.pid != old_pid, 20, "worker restarted")
@@ -123,7 +133,7 @@ async def test_killed_worker_ends_its_calls_others_go_on_and_it_restarts(
                                            (victim_call,)))
         path = Path(row["recording_path"])
         assert hashlib.sha256(path.read_bytes()).hexdigest() == row["recording_sha256"]
-        await asyncio.to_thread(long_a.stop)
+        await asyncio.to_thread(callers[live[victim_call]].stop)
         # the next calls are answered and handled, whichever worker they land on
         nexts = [st.call("999", caller=f"0770090030{i}", talk_s=3, name=f"next{i}")
                  for i in range(2)]
