@@ -1,0 +1,128 @@
+"""A node routing alone while the store is away (``controlroom.fallback``), pure: no
+network, no sleeping. The router is built from the node's calls and the handlers whose
+desk is on it; only those are offered calls, strict priority holds, other desks'
+handlers and room operations are refused with a message, and the hand-back reports the
+desks' states."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from routing import Offer, QueueLogEntry, RoutingError
+
+pytestmark = [pytest.mark.cluster]
+
+T = 1_800_000_000.0
+
+
+def _settings() -> Any:
+    from config import Settings
+    from config.loader import build
+
+    return build(Settings, {
+        "cluster": {"node_id": "n1", "global_queue": True},
+        "lines": [{"name": "999", "numbers": ["999"], "priority": 0, "skill": "999",
+                   "callback_on_abandon": True, "wrapup": 1.0},
+                  {"name": "101", "numbers": ["101"], "priority": 1, "skill": "101",
+                   "wrapup": 1.0}],
+        "handlers": [{"id": h, "phone": f"sip:{h}@x", "skills": ["999", "101"]}
+                     for h in ("h1", "h2", "h3", "h4", "x1")],
+        "routing": {"offer_timeout": 30.0},
+        "storage": {"url": "postgresql://unused/x", "heartbeat_interval": 0.5}})
+
+
+def _call(cid: str, line: str, at: float, state: str = "queued",
+          handler: str | None = None) -> dict[str, Any]:
+    return {"call_id": cid, "line": line, "caller": "0770", "arrived_at": at,
+            "state": state, "handler_id": handler}
+
+
+SKILLS = {"999": 5, "101": 5}
+
+
+def _build(calls: list[dict[str, Any]], handlers: dict[str, dict[str, Any]],
+           desks: set[str]) -> Any:
+    from controlroom.fallback import LocalRouting
+
+    s = _settings()
+    return LocalRouting.build(s.lines, s.routing, calls=calls, handlers=handlers,
+                              desks=desks, now=T)
+
+
+def test_only_this_nodes_desks_are_offered_and_the_999_goes_first() -> None:
+    """A 101 waiting longer and a 999: the free desk handler gets the 999; a handler of
+    another desk (available in the room) gets nothing; the ringing call stays with its
+    desk handler, the talking one with the other desk's handler."""
+    from routing.model import CallState, HandlerState
+
+    calls = [_call("n1-c1", "101", T - 30), _call("n1-c2", "999", T - 5),
+             _call("n1-c3", "999", T - 60, "connected", "x1"),
+             _call("n1-c4", "101", T - 40, "offered", "h1")]
+    handlers = {"h1": {"state": "offered", "skills": SKILLS, "desk": "n1"},
+                "h2": {"state": "available", "skills": SKILLS, "idle_since": T - 20},
+                "h4": {"state": "available", "skills": SKILLS, "idle_since": T - 90}}
+    fb, first = _build(calls, handlers, {"h1", "h2"})
+    offers = [(a.call_id, a.handler_id) for a in first if isinstance(a, Offer)]
+    assert offers == [("n1-c2", "h2")]
+    assert [e.event for e in first if isinstance(e, QueueLogEntry)] == ["OFFER"]
+    r = fb.router
+    assert r.calls["n1-c4"].state is CallState.OFFERED and r.calls["n1-c4"].handler_id == "h1"
+    assert r.calls["n1-c3"].state is CallState.CONNECTED
+    assert r.handlers["x1"].skills == {} and "h4" not in r.handlers
+    assert r.calls["n1-c1"].state is CallState.QUEUED
+    # x1's call ends: after wrap-up x1 is free in this router, yet offered nothing
+    out = fb.call("call_ended", ["n1-c3", T + 1], {})
+    out += fb.router.tick(T + 5)
+    assert not [a for a in out if isinstance(a, Offer)]
+    assert r.handlers["x1"].state is HandlerState.AVAILABLE
+    # h1 answers and ends; after wrap-up h1 takes the waiting 101
+    fb.call("offer_answered", ["n1-c4", "h1", T + 2], {})
+    fb.call("call_ended", ["n1-c4", T + 3], {})
+    out = fb.router.tick(T + 4.5)
+    assert [(a.call_id, a.handler_id) for a in out if isinstance(a, Offer)] == [
+        ("n1-c1", "h1")]
+
+
+def test_a_desk_handler_busy_on_another_nodes_call_is_kept_not_ready() -> None:
+    """Last seen talking on a call this node does not hold: not offered (this node
+    cannot hear that call end); handed back free (that call's node says if it goes on)."""
+    fb, first = _build([_call("n1-c1", "999", T - 1)],
+                       {"h3": {"state": "on_call", "skills": SKILLS, "call_id": "n2-c9"}},
+                       {"h3"})
+    assert first == []
+    assert fb.router.handlers["h3"].state.value == "not_ready"
+    assert fb.hand_back()["h3"]["state"] == "available"
+
+
+def test_room_operations_and_other_desks_are_refused_with_a_reason() -> None:
+    """What only the leader may do, or a handler whose desk is elsewhere: a
+    RoutingError that says why (the desk shows it as a 409)."""
+    fb, _ = _build([_call("n1-c1", "999", T - 1)],
+                   {"h1": {"state": "not_ready", "skills": SKILLS}}, {"h1"})
+    with pytest.raises(RoutingError, match="desk is not on this node"):
+        fb.call("set_available", ["h4", T], {})
+    with pytest.raises(RoutingError, match="desk is not on this node"):
+        fb.call("transfer_to_handler", ["n1-c1", "h4", T], {})
+    with pytest.raises(RoutingError, match="not while the store is away"):
+        fb.call("take_callback", ["cb1", "h1", T], {})
+    assert fb.call("call_ended", ["n1-c9", T], {}) == []  # never held here: nothing
+    out = fb.call("set_available", ["h1", T], {})  # its own desk: routed here
+    assert [(a.call_id, a.handler_id) for a in out if isinstance(a, Offer)] == [
+        ("n1-c1", "h1")]
+
+
+def test_the_hand_back_reports_each_desks_state_and_its_call() -> None:
+    """Ringing, not ready with its reason, free with its idle time."""
+    fb, first = _build([_call("n1-c1", "999", T - 1)],
+                       {"h1": {"state": "available", "skills": SKILLS, "idle_since": T - 9},
+                        "h2": {"state": "available", "skills": SKILLS, "idle_since": T - 1}},
+                       {"h1", "h2"})
+    assert [(a.call_id, a.handler_id) for a in first if isinstance(a, Offer)] == [
+        ("n1-c1", "h1")]  # longest idle
+    fb.call("set_not_ready", ["h2", T + 1], {"reason": "break"})
+    back = fb.hand_back()
+    assert (back["h1"]["state"], back["h1"]["call_id"]) == ("offered", "n1-c1")
+    assert (back["h2"]["state"], back["h2"]["reason"]) == ("not_ready", "break")
+    assert back["h1"]["skills"] == SKILLS
