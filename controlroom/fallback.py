@@ -28,7 +28,7 @@ rows and CAD events of the outage were spooled (``store.spool``) and are flushed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from routing import HandlerChanged, QueueLogEntry, Router, RoutingError
@@ -58,6 +58,10 @@ class LocalRouting:
     """Handlers whose desk is on this node: the only ones offered calls."""
     foreign: frozenset[str]
     """Other desks' handlers kept for the call of this node they ring or talk on."""
+    ready: frozenset[str] = frozenset()
+    """Desk handlers free (or busy elsewhere) when routing alone began."""
+    touched: set[str] = field(default_factory=set)
+    """Desk handlers whose desk changed their state since (their word stands)."""
 
     @classmethod
     def build(cls, lines: Any, routing: Any, *, calls: list[dict[str, Any]],
@@ -119,7 +123,9 @@ class LocalRouting:
         # they were free already: no state row, no desk redraw for that
         out = [a for a in out if not (isinstance(a, QueueLogEntry) and a.event == "STATE")
                and not (isinstance(a, HandlerChanged) and a.state == "available")]
-        return cls(r, frozenset(desks), frozenset(foreign)), out
+        ready = frozenset(hid for hid in desks if handlers.get(hid, {}).get("state") in (
+            "available", "wrap_up", "offered", "on_call"))
+        return cls(r, frozenset(desks), frozenset(foreign), ready), out
 
     def call(self, method: str, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
         """One routing input, decided here (``RoutingError`` when it is not ours to do)."""
@@ -134,19 +140,26 @@ class LocalRouting:
         if method in ENDS and args and args[0] not in self.router.calls:
             return []  # a call this router never held (a talking one with no handler known)
         out: list[Any] = getattr(self.router, method)(*args, **kwargs)
+        if hid is not None and method in DESK_METHODS:
+            self.touched.add(str(hid))
         return out
 
     def hand_back(self) -> dict[str, dict[str, Any]]:
         """The desk handlers' states for the leader's resync. One kept not ready for a
         call of another node is handed back free: if that call still goes on, its node's
-        resync puts the handler back on it."""
+        resync puts the handler back on it. One made not ready here by an offer that
+        failed (no answer, unreachable: a node cut off from the phones too) is handed back
+        free unless their desk said otherwise: the room must not lose them for this node's
+        fault."""
         out: dict[str, dict[str, Any]] = {}
         for hid in sorted(self.desks):
             h = self.router.handlers.get(hid)
             if h is None:
                 continue
             state = h.state.value
-            if h.state is HandlerState.NOT_READY and h.reason == FOREIGN_BUSY:
+            if h.state is HandlerState.NOT_READY and (
+                    h.reason == FOREIGN_BUSY
+                    or (hid in self.ready and hid not in self.touched)):
                 state = "available"
             out[hid] = {"state": state, "reason": h.reason, "since": h.since,
                         "idle_since": h.idle_since if state == "available" else None,

@@ -126,3 +126,20 @@ def test_the_hand_back_reports_each_desks_state_and_its_call() -> None:
     assert (back["h1"]["state"], back["h1"]["call_id"]) == ("offered", "n1-c1")
     assert (back["h2"]["state"], back["h2"]["reason"]) == ("not_ready", "break")
     assert back["h1"]["skills"] == SKILLS
+
+
+def test_a_desk_made_not_ready_by_a_failed_offer_is_handed_back_free() -> None:
+    """An offer that failed while alone (a node cut off from the phones too: unreachable)
+    leaves the handler not ready here; the room gets them back free. Not ready by their
+    own desk stays not ready."""
+    fb, first = _build([_call("n1-c1", "999", T - 1)],
+                       {"h1": {"state": "available", "skills": SKILLS, "idle_since": T - 9},
+                        "h2": {"state": "available", "skills": SKILLS, "idle_since": T - 1}},
+                       {"h1", "h2"})
+    assert [a.handler_id for a in first if isinstance(a, Offer)] == ["h1"]
+    fb.call("offer_failed", ["n1-c1", "h1", T + 1], {"reason": "unreachable"})
+    fb.call("set_not_ready", ["h2", T + 2], {"reason": "break"})
+    assert fb.router.handlers["h1"].state.value == "not_ready"
+    back = fb.hand_back()
+    assert back["h1"]["state"] == "available"
+    assert (back["h2"]["state"], back["h2"]["reason"]) == ("not_ready", "break")
