@@ -34,6 +34,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
 
 
+def _plain_structlog() -> None:
+    """structlog's default renderer prints exceptions with rich and their local variables:
+    ~60 ms a traceback at idle and ~1 s under load, inside whatever loop logged it (a
+    media tick, the router). The service's own logging prints plain tracebacks
+    (controlroom.logs); tests get the same cheap rendering, so a test that logs failures
+    does not measure the renderer."""
+    import structlog
+
+    structlog.configure(processors=[
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.StackInfoRenderer(),
+        structlog.dev.set_exc_info,
+        structlog.processors.TimeStamper(fmt="%H:%M:%S.%f", utc=True),
+        structlog.dev.ConsoleRenderer(colors=False,
+                                      exception_formatter=structlog.dev.plain_traceback),
+    ])
+
+
+_plain_structlog()
+
+
 @pytest.fixture(autouse=True)
 def _structlog_config_restored() -> Iterator[None]:
     """Whatever a test (a CLI run in-process, a bench's main) configures for structlog is
