@@ -313,8 +313,10 @@ class TranscriptionSettings:
     live: bool = True
     """Live captions during the call."""
     workers: int = 2
-    """Live recognition worker threads (Vosk and faster-whisper release the GIL while
-    decoding): 2 on 2 cores, so one stream's decode does not hold up the others'."""
+    """Live recognition threads (Vosk and faster-whisper release the GIL while
+    decoding): 2 on 2 cores. They share every live stream (a free thread takes whichever
+    call has audio waiting), so one long utterance's decode does not hold up the other
+    calls' captions."""
     max_live_streams: int = 10
     """Live streams at most; beyond this, 101 calls lose live captions first."""
     finals: Literal["local", "external"] = "local"

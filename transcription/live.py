@@ -1,21 +1,33 @@
-"""Live transcription workers: recogniser threads fed by bounded inboxes.
+"""Live transcription: a pool of recogniser threads sharing every live stream.
 
-Theory of operation: this module owns the recognition threads (STYLE §4). Each
-:class:`LiveWorker` is a thread with an :class:`Inbox` and the recognisers of the calls
-assigned to it (both channels of a call go to the same worker). The event loop only
-appends to inboxes (never blocks) and reads two floats per worker (``lag`` and
-``backlog``); results go back with ``loop.call_soon_threadsafe``.
+Theory of operation: this module owns the recognition threads (STYLE §4). A
+:class:`LivePool` runs ``threads`` threads over one :class:`StreamQueue`: each channel
+of each live call is a *stream* with its own FIFO of frames and control items. A stream
+with work waiting is in a ready line (round robin, each stream at most once); a free
+thread takes the stream at the head of the line with everything it has waiting, feeds
+its recogniser, and puts it back at the end of the line if more came meanwhile. A
+stream is worked on by one thread at a time (its recogniser is not thread-safe, its
+captions stay in order), but no stream is tied to a thread.
 
-Why threads and not processes: Vosk (cffi) and CTranslate2 release the GIL while they
-compute, so threads decode in parallel on both cores and share one loaded model (a
-process per worker would load the model again: ~250 MB for the Korean Vosk model).
-Measured in ``bench/transcription_engines.py``.
+Why not a thread per group of calls (as before issue 13): a Whisper caption is one
+decode of the whole utterance as it ends (0.1-1 s of CPU for a 10 s utterance). A
+thread that owned five calls decoded them one after the other, so one long utterance
+held up the captions of the four other calls on that thread while the other thread
+could be idle (head-of-line blocking), and the lag of the stuck thread shed a call.
+In the pool a long decode holds up its own stream only; the other streams go to
+whichever thread is free.
 
-When an inbox is full (``capacity`` frames, ~2 s of audio per live stream) the frame
-is refused: ``put_frame`` returns False and the service sheds the least urgent live
-stream on that worker at once (see :class:`LivePolicy`), so a burst can never grow
-memory or lag without bound. Control messages (stream start/stop) are always accepted;
-there are at most two per stream.
+The event loop only appends to the queue (never blocks) and reads its lag; results go
+back with ``loop.call_soon_threadsafe``. Why threads and not processes: Vosk (cffi) and
+CTranslate2 release the GIL while they compute, so threads decode in parallel on both
+cores and share one loaded model (a process per worker would load the model again:
+~250 MB for the Korean Vosk model). Measured in ``bench/transcription_engines.py``.
+
+When the queue is full (``capacity`` frames: ~2 s of audio for every live stream) the
+frame is refused: ``put_frame`` returns False and the service sheds the least urgent
+live call at once (see :class:`LivePolicy`), so a burst can never grow memory or lag
+without bound. Control messages (stream stop/forget) are always accepted; there are at
+most two per stream.
 """
 
 from __future__ import annotations
@@ -35,59 +47,148 @@ log = structlog.get_logger("transcription.live")
 
 StreamKey = tuple[str, str]  # (call_id, channel)
 Emit = Callable[[str, str, Hypothesis], None]  # (call_id, channel, hypothesis), thread side
+Item = tuple[Any, ...]
+"""('frame', pcm, offset, t_enqueued) | ('stop',) (flush: emit finals) | ('forget',)."""
 
 
-class Inbox:
-    """A bounded FIFO for frames plus unbounded control items, in one order."""
+@dataclass
+class _Stream:
+    items: deque[Item] = field(default_factory=deque)
+    frames: int = 0
+    queued: bool = False  # in the ready line
+    running: bool = False  # a thread has taken it
+    shed: bool = False  # shed by the loop: frames are ignored, no finals
+    ready_since: float = 0.0  # monotonic time it joined the ready line (waits for a thread)
+
+
+class StreamQueue:
+    """The frames and control items of every live stream, and the order streams are
+    served in. Thread-safe (one condition); no decoding, no clock of its own."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: deque[tuple[Any, ...]] = deque()
+        self._streams: dict[StreamKey, _Stream] = {}
+        self._ready: deque[StreamKey] = deque()
         self._frames = 0
+        self._closed = False
         self._cond = threading.Condition()
 
-    def put_frame(self, item: tuple[Any, ...]) -> bool:
-        """Append a frame unless ``capacity`` frames are waiting (then False: dropped)."""
+    def _push(self, key: StreamKey, st: _Stream, item: Item, now: float = 0.0) -> None:
+        st.items.append(item)
+        if not st.queued and not st.running:
+            st.queued, st.ready_since = True, now
+            self._ready.append(key)
+            self._cond.notify()
+
+    def put_frame(self, key: StreamKey, pcm: bytes, offset: float, t_enq: float) -> bool:
+        """Append a frame unless ``capacity`` frames wait in all (then False: dropped).
+        Frames of a shed stream are ignored (True: nothing is wrong with the queue)."""
         with self._cond:
             if self._frames >= self.capacity:
                 return False
-            self._items.append(item)
+            st = self._streams.get(key)
+            if st is None:
+                st = self._streams[key] = _Stream()
+            if st.shed:
+                return True
+            self._push(key, st, ("frame", pcm, offset, t_enq), t_enq)
+            st.frames += 1
             self._frames += 1
-            self._cond.notify()
             return True
 
-    def put_control(self, item: tuple[Any, ...]) -> None:
+    def stop(self, key: StreamKey) -> None:
+        """The stream ends: after its waiting frames, flush its recogniser (finals)."""
         with self._cond:
-            self._items.append(item)
-            self._cond.notify()
+            st = self._streams.get(key)
+            if st is not None and not st.shed:
+                self._push(key, st, ("stop",))
 
-    def discard_frames(self, call_id: str) -> int:
-        """Remove the waiting frames of a call (shed: its backlog must not be decoded);
-        returns how many."""
+    def forget(self, call_id: str) -> None:
+        """The call is over: remove its streams once their waiting items are done."""
         with self._cond:
-            keep = deque(i for i in self._items
-                         if not (i is not None and i[0] == "frame" and i[1][0] == call_id))
-            n = len(self._items) - len(keep)
-            self._items = keep
-            self._frames -= n
-            return n
+            for key in [k for k in self._streams if k[0] == call_id]:
+                st = self._streams[key]
+                if st.running or st.queued:
+                    self._push(key, st, ("forget",))
+                else:
+                    del self._streams[key]
 
-    def take_all(self, timeout: float) -> list[tuple[Any, ...]]:
+    def shed(self, call_id: str) -> int:
+        """Stop decoding a call now: its waiting frames leave the queue (the threads must
+        not decode the victim's backlog before the relief shows) and later frames are
+        ignored; a decode in progress finishes (its result is not published). Returns
+        how many frames were discarded."""
+        n = 0
         with self._cond:
-            if not self._items:
+            for key in [k for k in self._streams if k[0] == call_id]:
+                st = self._streams[key]
+                st.shed = True
+                n += st.frames
+                self._frames -= st.frames
+                st.frames = 0
+                st.items = deque(i for i in st.items if i[0] == "forget")
+        return n
+
+    def take(self, timeout: float) -> tuple[StreamKey, list[Item], bool, float] | None:
+        """The next stream in line with all its waiting items, whether it is shed and
+        since when it waited for a thread; None after ``timeout`` s with nothing to do
+        or once closed. The stream is the caller's until :meth:`done`."""
+        with self._cond:
+            if not self._ready and not self._closed:
                 self._cond.wait(timeout)
-            items = list(self._items)
-            self._items.clear()
-            self._frames = 0
-            return items
+            if self._closed or not self._ready:
+                return None
+            key = self._ready.popleft()
+            st = self._streams[key]
+            st.queued, st.running = False, True
+            items = list(st.items)
+            st.items.clear()
+            self._frames -= st.frames
+            st.frames = 0
+            return key, items, st.shed, st.ready_since
+
+    def done(self, key: StreamKey, now: float, *, remove: bool = False) -> bool:
+        """A thread has finished a stream's items at ``now``; back in line if more came
+        meanwhile (waiting for a thread from ``now``: until then they waited for this
+        stream's own decode). ``remove``: a forget was among them. Returns whether the
+        stream was shed."""
+        with self._cond:
+            st = self._streams.get(key)
+            if st is None:
+                return True
+            st.running = False
+            if remove:
+                del self._streams[key]
+                return st.shed
+            if st.items and not st.queued:
+                st.queued, st.ready_since = True, now
+                self._ready.append(key)
+                self._cond.notify()
+            return st.shed
 
     def oldest(self) -> float | None:
-        """Enqueue time (monotonic) of the oldest waiting frame, None if no frame waits."""
+        """Since when (monotonic) the longest-waiting stream with frames has waited for
+        a thread; None if none waits. Frames that arrive while a thread decodes their
+        stream wait for that decode, not for a thread, and are not counted until it
+        ends: one long utterance is not overload, streams waiting behind busy threads
+        are."""
         with self._cond:
-            for item in self._items:
-                if item is not None and item[0] == "frame":
-                    return float(item[4])
-            return None
+            times = [st.ready_since for st in self._streams.values() if st.queued and st.frames]
+            return min(times) if times else None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Every waiting :meth:`take` returns None now, and every later one."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def streams(self) -> int:
+        with self._cond:
+            return len(self._streams)
 
     def __len__(self) -> int:
         return self._frames
@@ -100,113 +201,133 @@ class _Chan:
     fed: int = 0  # 8 kHz samples fed, including silence inserted for gaps
 
 
-class LiveWorker(threading.Thread):
-    """One recognition thread. Items: ('frame', key, pcm, offset, t_enqueued),
-    ('stop', key) (flush: emit finals), ('drop', call_id) (discard, no finals), None."""
+class LivePool:
+    """``threads`` recognition threads over one :class:`StreamQueue` (see the module
+    docstring). The loop calls :meth:`put_frame`, :meth:`stop_stream`, :meth:`forget`,
+    :meth:`shed` and :meth:`lag`; none of them blocks on a decode."""
 
     MAX_GAP = 5.0  # s of missing audio we fill with silence to keep times on the media clock
 
-    def __init__(self, index: int, engine: Engine, emit: Emit, *, capacity: int,
+    def __init__(self, threads: int, engine: Engine, emit: Emit, *, capacity: int,
                  make_recogniser: Callable[[], Recogniser] | None = None) -> None:
-        super().__init__(name=f"transcription-live-{index}", daemon=True)
-        self.index = index
-        self.inbox = Inbox(capacity)
-        self._engine = engine
+        self.queue = StreamQueue(capacity)
         self._make = make_recogniser or engine.recogniser
         """A new recogniser per channel (the service binds the live schedule to it)."""
         self._emit = emit
         self._chans: dict[StreamKey, _Chan] = {}
-        self._dropped: set[str] = set()
-        self._shed: set[str] = set()
-        """Calls shed by the loop (:meth:`shed`), seen by this thread before their drop
-        message is reached: frames of them already taken are skipped, not decoded."""
-        self.lag = 0.0
-        """Age (s) of the newest frame when its batch was processed; read by the loop."""
+        """Recogniser state per stream; an entry is touched only by the thread that has
+        taken its stream from the queue (the queue hands a stream to one thread)."""
+        self._threads = [threading.Thread(target=self._run, name=f"transcription-live-{i}",
+                                          daemon=True) for i in range(max(1, threads))]
+        self._last_lag = 0.0
         self.busy = 0.0
-        """Seconds spent decoding (for the real-time factor)."""
+        """Seconds spent in the recognisers (for the real-time factor)."""
         self.audio = 0.0
-        """Seconds of audio decoded."""
+        """Seconds of audio fed to them."""
         self.errors = 0
 
+    @property
+    def threads(self) -> int:
+        return len(self._threads)
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Blocking: stop the threads (a decode in progress finishes first; waiting
+        frames are not decoded, no finals are flushed)."""
+        self.queue.close()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout)
+        self._chans.clear()
+
+    # -- loop side ---------------------------------------------------------------------
+    def put_frame(self, key: StreamKey, pcm: bytes, offset: float, t_enq: float) -> bool:
+        return self.queue.put_frame(key, pcm, offset, t_enq)
+
+    def stop_stream(self, key: StreamKey) -> None:
+        self.queue.stop(key)
+
+    def forget(self, call_id: str) -> None:
+        self.queue.forget(call_id)
+
     def shed(self, call_id: str) -> None:
-        """Loop side: stop decoding a call now. Its waiting frames leave the inbox and
-        frames this thread already took are skipped, so shedding relieves an overloaded
-        worker at once (not after it has decoded the victim's backlog)."""
-        self._shed.add(call_id)  # a set add is atomic under the GIL
-        self.inbox.discard_frames(call_id)
-        self.inbox.put_control(("drop", call_id))
+        """Stop decoding a call now (see :meth:`StreamQueue.shed`)."""
+        self.queue.shed(call_id)
 
-    def run(self) -> None:
+    def lag(self, now: float) -> float:
+        """Seconds the pool is behind: how long the longest-waiting stream has waited
+        for a thread (:meth:`StreamQueue.oldest`), or the wait of the last stream taken
+        when none waits (0 once idle)."""
+        oldest = self.queue.oldest()
+        return max(self._last_lag, now - oldest if oldest is not None else 0.0)
+
+    # -- thread side -------------------------------------------------------------------
+    def _run(self) -> None:
         while True:
-            items = self.inbox.take_all(timeout=0.5)
-            if not items:
-                self.lag = 0.0
+            got = self.queue.take(timeout=0.5)
+            if got is None:
+                if self.queue.closed:
+                    return
+                self._last_lag = 0.0  # idle
                 continue
-            if not self._process(items):
-                return
+            key, items, shed, since = got
+            if items and items[0][0] == "frame":
+                self._last_lag = time.monotonic() - since  # how long it waited for a thread
+            remove = self._process(key, items, shed)
+            if self.queue.done(key, time.monotonic(), remove=remove):
+                self._chans.pop(key, None)  # shed: no finals, recogniser state dropped
 
-    def _process(self, items: list[tuple[Any, ...]]) -> bool:
-        # Coalesce consecutive frames of each stream: one engine call per ~batch instead
-        # of one per 20 ms frame (the per-call overhead matters when a worker is behind).
-        batch: dict[StreamKey, list[tuple[bytes, float]]] = {}
-        newest = 0.0
+    def _process(self, key: StreamKey, items: list[Item], shed: bool) -> bool:
+        """Feed a stream's items in order; returns True when it is to be forgotten."""
+        frames: list[Item] = []
+        remove = False
         for item in items:
-            if item is None:
-                self._run_batch(batch)
-                for key in list(self._chans):
-                    self._close(key, flush=False)
-                return False
             kind = item[0]
             if kind == "frame":
-                _, key, pcm, offset, t_enq = item
-                if key[0] in self._dropped or key[0] in self._shed:
-                    continue
-                batch.setdefault(key, []).append((pcm, offset))
-                newest = max(newest, t_enq)
-            else:
-                self._run_batch(batch)
-                batch = {}
-                if kind == "stop":
-                    self._close(item[1], flush=True)
-                elif kind == "drop":
-                    self._dropped.add(item[1])
-                    for key in [k for k in self._chans if k[0] == item[1]]:
-                        self._close(key, flush=False)
-                elif kind == "forget":
-                    self._dropped.discard(item[1])
-                    self._shed.discard(item[1])
-        self._run_batch(batch)
-        if newest:
-            self.lag = time.monotonic() - newest
-        return True
-
-    def _run_batch(self, batch: dict[StreamKey, list[tuple[bytes, float]]]) -> None:
-        for key, frames in batch.items():
-            if key[0] in self._shed:
+                if not shed:
+                    frames.append(item)
                 continue
-            ch = self._chans.get(key)
-            try:
-                if ch is None:
-                    ch = self._chans[key] = _Chan(self._make(), frames[0][1])
-                parts: list[bytes] = []
-                for pcm, offset in frames:
-                    gap = round((offset - ch.base) * INPUT_RATE) - ch.fed
-                    if 0 < gap <= self.MAX_GAP * INPUT_RATE:
-                        parts.append(bytes(2 * gap))  # lost frames: silence keeps the clock
-                        ch.fed += gap
-                    parts.append(pcm)
-                    ch.fed += len(pcm) // 2
-                audio = b"".join(parts)
-                t0 = time.monotonic()
-                hyps = ch.rec.accept(audio)
-                self.busy += time.monotonic() - t0
-                self.audio += len(audio) / (2 * INPUT_RATE)
-                for h in hyps:
-                    self._emit(key[0], key[1], _shift(h, ch.base))
-            except Exception:  # a decoder error ends this stream's live captions only
-                self.errors += 1
-                log.exception("live recogniser failed", call_id=key[0], channel=key[1])
-                self._chans.pop(key, None)
+            self._feed(key, frames)
+            frames = []
+            if kind == "stop":
+                self._close(key, flush=not shed)
+            elif kind == "forget":
+                self._close(key, flush=False)
+                remove = True
+        self._feed(key, frames)
+        return remove
+
+    def _feed(self, key: StreamKey, frames: list[Item]) -> None:
+        # Coalesce the stream's waiting frames: one engine call per run instead of one
+        # per 20 ms frame (the per-call overhead matters when the pool is behind).
+        if not frames:
+            return
+        ch = self._chans.get(key)
+        try:
+            if ch is None:
+                ch = self._chans[key] = _Chan(self._make(), frames[0][2])
+            parts: list[bytes] = []
+            for _, pcm, offset, _t in frames:
+                gap = round((offset - ch.base) * INPUT_RATE) - ch.fed
+                if 0 < gap <= self.MAX_GAP * INPUT_RATE:
+                    parts.append(bytes(2 * gap))  # lost frames: silence keeps the clock
+                    ch.fed += gap
+                parts.append(pcm)
+                ch.fed += len(pcm) // 2
+            audio = b"".join(parts)
+            t0 = time.monotonic()
+            hyps = ch.rec.accept(audio)
+            self.busy += time.monotonic() - t0
+            self.audio += len(audio) / (2 * INPUT_RATE)
+            for h in hyps:
+                self._emit(key[0], key[1], _shift(h, ch.base))
+        except Exception:  # a decoder error restarts this stream's recogniser only
+            self.errors += 1
+            log.exception("live recogniser failed", call_id=key[0], channel=key[1])
+            self._chans.pop(key, None)
 
     def _close(self, key: StreamKey, *, flush: bool) -> None:
         ch = self._chans.pop(key, None)

@@ -6,8 +6,11 @@ Theory of operation
   append to a bounded inbox (see :mod:`transcription.live`); engines run in threads.
 * Live: ``live_start`` asks :class:`~transcription.live.LivePolicy` whether the call
   gets captions (``max_live_streams``; lower priority number = more urgent, as in
-  ``LineSettings.priority``). A monitor task checks each worker's lag every 0.25 s and
-  sheds the least urgent live call when it exceeds 1.5 s; a full inbox sheds at once.
+  ``LineSettings.priority``). Every live stream goes to one pool of ``workers`` threads
+  (:class:`~transcription.live.LivePool`: a free thread takes whichever stream has
+  audio waiting, so one long decode does not hold up other calls). A monitor task
+  checks the pool's lag every 0.25 s and sheds the least urgent live call when it
+  exceeds 1.5 s; a full queue sheds at once.
   A shed or refused call gets a ``CallFlagged(flag="live_transcript_off")`` event whose
   ``detail`` says why, so the desk can show "no live captions" instead of silence.
   Results are published as ``TranscriptSegment`` (partials and finals) on the loop.
@@ -27,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +46,7 @@ from . import jobs, store
 from .decoding import options_from
 from .engines import Engine, Hypothesis, Interrupted, load_engine, same_whisper_model
 from .errors import AudioError
-from .live import LivePolicy, LiveWorker, StreamInfo
+from .live import LivePolicy, LivePool, StreamInfo
 from .offline import lower_thread_priority, run_job
 
 log = structlog.get_logger("transcription")
@@ -67,7 +69,7 @@ class TranscriptionService:
         self._db = db
         self._publish = publish
         self._engine = engine
-        self._workers: list[LiveWorker] = []
+        self._pool: LivePool | None = None
         self._policy = LivePolicy(max_streams=settings.max_live_streams if settings.live else 0,
                                   max_lag=max_lag)
         self._inbox_seconds = inbox_seconds
@@ -128,19 +130,19 @@ class TranscriptionService:
                 load_engine, s.engine, live_model, language=s.language,
                 replicas=max(1, s.workers), options=options_from(s))
         if live_engine is not None and s.live and s.max_live_streams > 0:
-            per_worker = math.ceil(s.max_live_streams / max(1, s.workers))
-            capacity = int(self._inbox_seconds * 50 * 2 * max(1, per_worker))
+            # ~inbox_seconds of audio for every live stream (two channels per call).
+            capacity = int(self._inbox_seconds * 50 * 2 * max(1, s.max_live_streams))
             make = live_engine.recogniser
             if getattr(live_engine, "name", "") == "whisper":
                 # Whisper re-decodes the utterance for each partial caption: how often is
                 # the main cost of live captions (bench/transcription_capacity.py).
                 make = functools.partial(live_engine.recogniser,  # type: ignore[call-arg]
                                          partial_every=getattr(s, "live_partials", 0.5))
-            for i in range(max(1, s.workers)):
-                w = LiveWorker(i, live_engine, self._emit_threadsafe, capacity=capacity,
-                               make_recogniser=make)
-                w.start()
-                self._workers.append(w)
+            # One pool of threads for all live streams (no call tied to a thread: a long
+            # decode holds up its own stream only; see transcription.live).
+            self._pool = LivePool(max(1, s.workers), live_engine, self._emit_threadsafe,
+                                  capacity=capacity, make_recogniser=make)
+            self._pool.start()
             self._tasks.append(asyncio.create_task(self._monitor(), name="transcription-monitor"))
         if self._engine is not None and self._finals == "local":
             self._heartbeat = jobs.Heartbeat(self._db, self._worker, lease=self._lease).start()
@@ -154,7 +156,8 @@ class TranscriptionService:
                 self._tasks.append(asyncio.create_task(self._jobs(), name=f"transcription-jobs-{i}"))
         log.info("transcription started", engine=s.engine,
                  model=self._engine.model if self._engine else "",
-                 live_model=live_engine.model if live_engine else "", workers=len(self._workers))
+                 live_model=live_engine.model if live_engine else "",
+                 workers=self._pool.threads if self._pool else 0)
 
     async def stop(self) -> None:
         """Stop workers and the job thread; a job in progress goes back to the queue."""
@@ -165,11 +168,9 @@ class TranscriptionService:
                 t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for w in self._workers:
-            w.inbox.put_control(None)  # type: ignore[arg-type]
-        for w in self._workers:
-            await asyncio.to_thread(w.join, 10.0)
-        self._workers.clear()
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.close, 10.0)
+            self._pool = None
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, True)
             self._executor = None
@@ -182,12 +183,12 @@ class TranscriptionService:
         """Start live captions for a call (both channels). Lower priority is more urgent."""
         if call_id in self._policy.streams:
             return
-        if not self._workers:
+        if self._pool is None:
             s = self.settings
             if s.live and s.max_live_streams > 0 and s.engine != "none":
                 self._flag(call_id, "no live captions: the speech engine is not running")
             return
-        info, victim = self._policy.admit(call_id, priority, len(self._workers))
+        info, victim = self._policy.admit(call_id, priority, 1)  # one pool
         if victim is not None:
             self._shed(victim)
         if not info.live:
@@ -206,27 +207,26 @@ class TranscriptionService:
             self.stats["frames_bad"] += 1
             return
         self.stats["frames_in"] += 1
-        w = self._workers[info.worker]
-        ok = w.inbox.put_frame(("frame", (frame.call_id, frame.channel), frame.pcm,
-                                frame.offset, time.monotonic()))
+        assert self._pool is not None  # info.live: admitted while the pool runs
+        now = time.monotonic()
+        ok = self._pool.put_frame((frame.call_id, frame.channel), frame.pcm, frame.offset, now)
         if not ok:
-            # Inbox full: this frame is lost and the worker is ~2 s behind. Shed the least
-            # urgent live call on it now rather than let every call on it fall behind.
+            # Queue full: this frame is lost and the pool is ~2 s behind. Shed the least
+            # urgent live call now rather than let every call fall behind.
             self.stats["frames_dropped"] += 1
-            victim = self._policy.overloaded(info.worker, self._lag(w), time.monotonic(), full=True)
+            victim = self._policy.overloaded(0, self._pool.lag(now), now, full=True)
             if victim is not None:
                 self._shed(victim)
 
     def live_stop(self, call_id: str) -> None:
         """End live captions for a call; pending audio is decoded and finals published."""
         info = self._policy.remove(call_id)
-        if info is None or not self._workers:
+        if info is None or self._pool is None:
             return
-        w = self._workers[info.worker]
         if info.live:
-            w.inbox.put_control(("stop", (call_id, "caller")))
-            w.inbox.put_control(("stop", (call_id, "handler")))
-        w.inbox.put_control(("forget", call_id))
+            self._pool.stop_stream((call_id, "caller"))
+            self._pool.stop_stream((call_id, "handler"))
+        self._pool.forget(call_id)
 
     def live_status(self, call_id: str) -> dict[str, Any] | None:
         """Whether a call has live captions and, if not, why (for the desk)."""
@@ -235,15 +235,13 @@ class TranscriptionService:
                                           "priority": info.priority}
 
     def worker_lag(self) -> list[float]:
-        return [self._lag(w) for w in self._workers]
-
-    def _lag(self, w: LiveWorker) -> float:
-        oldest = w.inbox.oldest()
-        return max(w.lag, time.monotonic() - oldest if oldest is not None else 0.0)
+        """Live transcription lag (s): one figure, the pool's (empty when live is off)."""
+        return [] if self._pool is None else [self._pool.lag(time.monotonic())]
 
     def _shed(self, victim: StreamInfo) -> None:
         self.stats["streams_shed"] += 1
-        self._workers[victim.worker].shed(victim.call_id)
+        if self._pool is not None:
+            self._pool.shed(victim.call_id)
         log.warning("live transcription shed", call_id=victim.call_id,
                     priority=victim.priority, reason=victim.reason)
         self._flag(victim.call_id, victim.reason)
@@ -256,8 +254,8 @@ class TranscriptionService:
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
-            for w in self._workers:
-                victim = self._policy.overloaded(w.index, self._lag(w), now)
+            if self._pool is not None:
+                victim = self._policy.overloaded(0, self._pool.lag(now), now)
                 if victim is not None:
                     self._shed(victim)
 

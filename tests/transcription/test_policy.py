@@ -1,8 +1,8 @@
-"""Live policy (who keeps captions) and the bounded inbox: pure, no threads."""
+"""Live policy (who keeps captions): pure, no threads."""
 
 from __future__ import annotations
 
-from transcription.live import Inbox, LivePolicy
+from transcription.live import LivePolicy
 
 
 def test_admission_up_to_max():
@@ -73,19 +73,6 @@ def test_zero_streams_means_live_off():
     p = LivePolicy(max_streams=0)
     info, _ = p.admit("x", 0, workers=1)
     assert not info.live and "max_live_streams = 0" in info.reason
-
-
-def test_inbox_bounded_but_controls_pass():
-    """Frames beyond capacity are refused; control items still go in, in order."""
-    box = Inbox(capacity=2)
-    assert box.put_frame(("frame", ("c", "caller"), b"", 0.0, 1.0))
-    assert box.put_frame(("frame", ("c", "caller"), b"", 0.02, 2.0))
-    assert not box.put_frame(("frame", ("c", "caller"), b"", 0.04, 3.0))
-    box.put_control(("stop", ("c", "caller")))
-    assert box.oldest() == 1.0 and len(box) == 2
-    items = box.take_all(timeout=0)
-    assert [i[0] for i in items] == ["frame", "frame", "stop"]
-    assert box.oldest() is None and box.put_frame(("frame", ("c", "caller"), b"", 0.06, 4.0))
 
 
 def test_recovery_resets_shed_memory():

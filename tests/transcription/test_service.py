@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 import pytest
+import structlog
+import structlog.testing
 
 from callevents import CallFlagged, TranscriptFinal, TranscriptSegment
 from config.schema import TranscriptionSettings
@@ -111,8 +113,9 @@ async def test_max_live_streams_flags_refused_call(db):
 
 
 async def test_overload_sheds_101_first(db):
-    """With a recogniser slower than real time, the 101 call loses live captions first
-    (flagged with the reason); the 999 call keeps them and its lag recovers."""
+    """With a recogniser slower than real time, the 101 call loses live captions first,
+    never silently: a warning is logged and the desk gets the flag with the reason and
+    that the final transcript follows; the 999 call keeps them and the lag recovers."""
     events = []
     # 0.35 s of CPU per s of audio per channel: two calls (4 channels) = 1.4x real time
     # on one worker, one call = 0.7x.
@@ -122,10 +125,15 @@ async def test_overload_sheds_101_first(db):
     try:
         svc.live_start("e999", priority=0)
         svc.live_start("n101", priority=1)
-        await _feed(svc, ["e999", "n101"], 4.0)
+        with structlog.testing.capture_logs() as logs:
+            await _feed(svc, ["e999", "n101"], 4.0)
         flags = [e for e in events if isinstance(e, CallFlagged)]
         assert [f.call_id for f in flags] == ["n101"]
         assert flags[0].flag == LIVE_OFF_FLAG and "CPU overload" in flags[0].detail
+        assert "the final transcript follows from the recording" in flags[0].detail
+        shed = [e for e in logs if e["event"] == "live transcription shed"]
+        assert [(e["call_id"], e["log_level"], e["reason"]) for e in shed] == [
+            ("n101", "warning", flags[0].detail)]
         assert svc.live_status("e999")["live"] and not svc.live_status("n101")["live"]
         await _until(lambda: svc.worker_lag()[0] < 0.5, within=5)
         late = [e for e in events if isinstance(e, TranscriptSegment) and e.call_id == "n101"
@@ -309,7 +317,7 @@ async def test_bad_frames_refused(service):
     assert service.stats["frames_bad"] == 2 and service.stats["frames_in"] == 0
     await _feed(service, ["c"], 0.6, realtime=False)
     await _until(lambda: any(isinstance(e, TranscriptSegment) and e.final for e in service.events))
-    assert service.engine.made == 2 and service._workers[0].errors == 0
+    assert service.engine.made == 2 and service._pool.errors == 0
 
 
 async def test_final_jobs_run_at_once(db, tmp_path):
@@ -345,22 +353,131 @@ async def test_final_jobs_run_at_once(db, tmp_path):
 
 
 def test_shed_discards_the_victims_waiting_frames():
-    """Shedding a call takes its waiting frames out of the worker's inbox at once (the
-    worker must not decode the victim's backlog before the relief shows), leaves the
-    other calls' frames in order and queues the drop; frames the thread already took
-    are skipped."""
-    from transcription.live import LiveWorker
+    """Shedding a call takes its waiting frames out of the queue at once (the threads
+    must not decode the victim's backlog before the relief shows), leaves the other
+    calls' frames in order, ignores the victim's later frames and stop, and a forget
+    then removes it."""
+    from transcription.live import StreamQueue
 
-    made = []
-    w = LiveWorker(0, FakeEngine(), lambda *a: None, capacity=100,
-                   make_recogniser=lambda: made.append(1) or FakeEngine().recogniser())
+    q = StreamQueue(capacity=100)
     for n in range(3):
         for cid in ("keep", "shed"):
-            assert w.inbox.put_frame(("frame", (cid, "caller"), VOICE, n * 0.02, 0.0))
-    taken = [("frame", ("shed", "caller"), VOICE, 0.06, 0.0)]  # already taken by the thread
-    w.shed("shed")
-    assert len(w.inbox) == 3
-    items = w.inbox.take_all(0)
-    assert [i[1][0] for i in items[:3]] == ["keep"] * 3 and items[3] == ("drop", "shed")
-    assert w._process(taken + items)
-    assert len(made) == 1  # only the kept call's channel got a recogniser
+            assert q.put_frame((cid, "caller"), VOICE, n * 0.02, float(n))
+    assert q.shed("shed") == 3
+    assert len(q) == 3 and q.oldest() == 0.0
+    assert q.put_frame(("shed", "caller"), VOICE, 0.06, 9.0) and len(q) == 3
+    q.stop(("shed", "caller"))
+    key, items, shed, since = q.take(0)
+    assert key == ("keep", "caller") and not shed and since == 0.0
+    assert [i[2] for i in items] == [0.0, 0.02, 0.04]
+    assert not q.done(key, 5.0)
+    key, items, shed, _ = q.take(0)  # the victim was in line before it was shed
+    assert key == ("shed", "caller") and shed and items == []
+    assert q.done(key, 5.0)
+    q.forget("shed")
+    assert q.take(0) is None and q.streams() == 1
+
+
+def test_a_stream_is_served_by_one_thread_at_a_time_in_turn():
+    """A stream taken by a thread is not handed to another until done; frames that
+    arrive meanwhile wait (not counted as waiting for a thread) and the stream goes to
+    the back of the line (round robin)."""
+    from transcription.live import StreamQueue
+
+    q = StreamQueue(capacity=100)
+    q.put_frame(("a", "caller"), VOICE, 0.0, 1.0)
+    q.put_frame(("b", "caller"), VOICE, 0.0, 2.0)
+    key, _, _, _ = q.take(0)
+    assert key == ("a", "caller")
+    q.put_frame(("a", "caller"), VOICE, 0.02, 3.0)  # arrives while "a" is decoded
+    key2, _, _, _ = q.take(0)
+    assert key2 == ("b", "caller")
+    assert q.take(0) is None  # "a" has work but is still taken
+    assert q.oldest() is None  # its frame waits for its decode, not for a thread
+    q.done(("a", "caller"), 3.5)
+    assert q.oldest() == 3.5  # waiting for a thread since its decode ended
+    key3, items, _, since = q.take(0)
+    assert key3 == ("a", "caller") and [i[3] for i in items] == [3.0] and since == 3.5
+
+
+def test_queue_bounded_but_controls_pass():
+    """Frames beyond capacity (all streams together) are refused; stop and forget still
+    go in, after the stream's frames."""
+    from transcription.live import StreamQueue
+
+    q = StreamQueue(capacity=2)
+    assert q.put_frame(("c", "caller"), b"", 0.0, 1.0)
+    assert q.put_frame(("d", "caller"), b"", 0.0, 2.0)
+    assert not q.put_frame(("c", "caller"), b"", 0.02, 3.0)
+    q.stop(("c", "caller"))
+    q.forget("c")
+    assert q.oldest() == 1.0 and len(q) == 2
+    key, items, _, _ = q.take(0)
+    assert key == ("c", "caller") and [i[0] for i in items] == ["frame", "stop", "forget"]
+    q.done(key, 5.0, remove=True)
+    assert q.oldest() == 2.0 and q.put_frame(("d", "caller"), b"", 0.02, 4.0)
+
+
+def test_a_long_decode_holds_up_only_its_own_stream():
+    """Head-of-line blocking: while one stream's decode is stuck (a long utterance), the
+    other calls' captions keep coming from the other thread, whichever thread they
+    would have been given to; the stuck stream's captions follow in order once it
+    finishes."""
+    import threading
+
+    from transcription.live import LivePool
+
+    from .helpers import FakeRecogniser
+
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Stuck(FakeRecogniser):
+        def accept(self, pcm: bytes):
+            entered.set()
+            assert release.wait(30)
+            return super().accept(pcm)
+
+    made: list[int] = []
+
+    def make():
+        made.append(1)
+        return Stuck(0.0) if len(made) == 1 else FakeRecogniser(0.0)
+
+    got: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def emit(call_id, channel, h):
+        if h.final:
+            with lock:
+                got.append((call_id, h.text))
+
+    pool = LivePool(2, FakeEngine(), emit, capacity=10_000, make_recogniser=make)
+    pool.start()
+    try:
+        pool.put_frame(("long", "caller"), VOICE, 0.0, time.monotonic())
+        assert entered.wait(10)
+        calls = [f"c{i}" for i in range(6)]
+        for n in range(50):  # 1 s of voice each: a final per 0.5 s
+            for cid in calls:
+                pool.put_frame((cid, "caller"), VOICE, n * 0.02, time.monotonic())
+        for n in range(1, 50):
+            pool.put_frame(("long", "caller"), VOICE, n * 0.02, time.monotonic())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with lock:
+                if {c for c, t in got if t == "word1"} == set(calls):
+                    break
+            time.sleep(0.01)
+        with lock:
+            assert {c for c, t in got if t == "word1"} == set(calls)
+            assert not any(c == "long" for c, _ in got)
+        release.set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and ("long", "word1") not in got:
+            time.sleep(0.01)
+        with lock:
+            assert [t for c, t in got if c == "long"] == ["word0", "word1"]
+    finally:
+        release.set()
+        pool.close()
