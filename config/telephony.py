@@ -113,9 +113,14 @@ class SipSettings:
     (:mod:`telephony.workers`), worker ``i`` on SIP port ``port + i`` (``tls_port + i``)
     with the i-th share of the RTP range, recordings under ``<recordings_dir>/w<i>``;
     the proxy in front (Kamailio's dispatcher) spreads INVITEs over those ports.
-    Measured on two shared cores with Kamailio and SIPp on the same machine, a second
-    engine process did not pay off (issue 15; ``bench/sip_load.py --engines``), so the
-    default stays 1; more cores are where workers help."""
+    Measured on two shared cores with Kamailio, SIPp and the handler phones on the same
+    machine, a second engine process does not pay off, so the default is 1: engines
+    alone, one process did as well as two (issue 15, ``bench/sip_load.py --workers``);
+    the whole service (``bench/service_load.py --calls 200 --rate 5 --engine none
+    --handlers 60 --talk 6 --engine-workers 1|2``, 3 rounds each, load average 8-15)
+    used 0.22-0.29 cores with 1 and 0.28-0.35 (service + workers) with 2, and 999
+    INVITE->200 p99 was 72 / 392 / 4628 ms (min / median / max) with 1 against
+    2928 / 3096 / 6288 ms with 2. Workers are for machines with cores to spare."""
     srtp_over_plain_sip: bool = False
     """LAB AND TEST ONLY. SDES (RFC 4568) puts the SRTP keys in the SDP, so whoever reads
     the signalling can decrypt the media: the engine sends and accepts ``a=crypto`` only
