@@ -115,3 +115,52 @@ def test_stats_are_summed_and_the_worst_gap_kept() -> None:
     total = sum_stats([a, b])
     assert (total.calls_active, total.invites, total.max_send_gap_ms) == (5, 15, 30.0)
     assert total.rejected == {503: 3, 486: 1}
+
+
+class _FakeEngine:
+    """Stands in for the worker's Engine: mints its own leg ids, reports synchronously."""
+
+    def __init__(self, emit) -> None:  # noqa: ANN001
+        self.emit = emit
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def offer(self, call_id: str, uri: str, *, timeout: float, caller_display: str = "") -> str:
+        if call_id == "n-w0-gone":
+            from telephony.errors import EngineError
+            raise EngineError("no such call")
+        # an event about the leg before offer() returns (the proxy id is mapped at flush)
+        self.emit(api.LegRinging(at=1.0, call_id=call_id, leg_id="n-w0-l7-abc"))
+        return "n-w0-l7-abc"
+
+    def bridge(self, call_id: str, leg_id: str) -> None:
+        self.calls.append(("bridge", (call_id, leg_id)))
+
+
+async def test_worker_side_maps_leg_ids_both_ways() -> None:
+    """In a worker, events name the proxy's leg id (even one reported inside offer()),
+    commands naming it reach the engine with its own id, and an offer the engine
+    refuses comes back as LegFailed(error) for the proxy's leg."""
+    import asyncio
+    import socket
+
+    from telephony.workers import _WorkerEngine, read_frame
+
+    a, b = socket.socketpair()
+    r1, w1 = await asyncio.open_connection(sock=a)
+    r2, w2 = await asyncio.open_connection(sock=b)
+    side = _WorkerEngine(r1, w1)
+    side.out.hold = False
+    fake = _FakeEngine(side.on_event)
+    side.engine = fake
+    side._command(("offer", "n-w0-p1", "n-w0-c1", "sip:h1@x", 10.0, ""))
+    side._command(("cmd", "bridge", ("n-w0-c1", "n-w0-p1"), {}))
+    side._command(("offer", "n-w0-p2", "n-w0-gone", "sip:h1@x", 10.0, ""))
+    side.out.flush()
+    msgs = await asyncio.wait_for(read_frame(r2), 5)
+    assert [m[1] for m in msgs] == [
+        api.LegRinging(at=1.0, call_id="n-w0-c1", leg_id="n-w0-p1"),
+        api.LegFailed(at=msgs[1][1].at, call_id="n-w0-gone", leg_id="n-w0-p2", reason="error"),
+    ]
+    assert fake.calls == [("bridge", ("n-w0-c1", "n-w0-l7-abc"))]
+    for w in (w1, w2):
+        w.close()
