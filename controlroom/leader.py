@@ -27,6 +27,22 @@ Theory of operation (``cluster.global_queue`` on a PostgreSQL store)::
   the free handlers available longest-idle first: the most urgent call goes first.
   Inputs the old leader had not read are applied after (stale ones are refused by the
   router and ignored).
+* The store away (``controlroom.fallback``): a node whose bus reader has not reached
+  PostgreSQL for ``fallback_after`` s (3 s at 0.5 s heartbeats: longer than the leader
+  takes to park a silent node's calls) routes the calls it holds ALONE, with a pure
+  ``routing.Router`` of its own, offering them only to the handlers whose desk is on this
+  node (the node of their last desk operation, which the leader publishes with the
+  handlers' states: one node per handler, so two nodes routing alone never offer one
+  handler two calls). It sends no routing input meanwhile (unsent ones are dropped: the
+  hand-back says where they led); the queue log and CAD events go to the write spool.
+  ``/healthz`` says degraded with why; ``routing.fallback`` is logged. When the store
+  answers again the node asks for a term row (``back``) and answers the next one (or a
+  new leader's) with a resync marked ``fallback`` (its live calls with their handlers,
+  its desk handlers' states), logged ``routing.fallback_over``. That resync supersedes
+  every routing input the node sent before it and the leader had not read (a call that
+  ended alone must not come back as waiting); a late one (same term) replaces the node's
+  calls whose state differs. Rows the leader wrote while the node was alone are not
+  applied (decided without its calls).
 
 What a node's own router did alone stays on one node: SQLite stores, or ``global_queue``
 false, keep the node-local router (``controlroom.service``).
@@ -46,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from controlroom.fallback import DESK_METHODS, LIVE, LocalRouting
 from store import routing_bus as bus
 
 if TYPE_CHECKING:
@@ -78,6 +95,14 @@ def stale_after(settings: Any) -> float:
 SNAPSHOT_EVERY = 1.0
 
 
+def fallback_after(settings: Any) -> float:
+    """A node that has not reached the store for this long routes its own calls alone
+    (``controlroom.fallback``): longer than the leader takes to park the node's waiting
+    calls (``stale_after`` + a nodes check + a commit), so when only this node is cut off
+    from the store the leader has stopped offering its calls before it starts."""
+    return stale_after(settings) + NODES_EVERY + 0.5
+
+
 def _connect(url: str) -> Any:
     import psycopg
 
@@ -98,6 +123,9 @@ class RouterProxy:
     def __getattr__(self, name: str) -> Any:
         if name in MUTATORS:
             def forward(*args: Any, **kwargs: Any) -> list[Any]:
+                fb = self._gq.fallback
+                if fb is not None:  # the store is away: decided here (fallback.py)
+                    return fb.call(name, list(args), kwargs)
                 if name in ("call_ended", "call_abandoned") and args:
                     self._gq.ending_sent(str(args[0]))
                 self._gq.send("call", {"method": name, "args": list(args), "kwargs": kwargs})
@@ -106,10 +134,12 @@ class RouterProxy:
         return getattr(self._shadow, name)
 
     def tick(self, now: float) -> list[Any]:
-        return []  # the leader runs the timers
+        fb = self._gq.fallback
+        return fb.router.tick(now) if fb is not None else []  # else the leader's timers
 
     def next_deadline(self) -> float | None:
-        return None
+        fb = self._gq.fallback
+        return fb.router.next_deadline() if fb is not None else None
 
     def adopt(self, entries: Any, now: float, *, reason: str) -> list[Any]:
         """A survivor closes a dead node's calls: the record's rows come from a scratch
@@ -129,10 +159,16 @@ class RouterProxy:
         return out
 
     def snapshot(self, now: float, **kw: Any) -> dict[str, Any]:
+        fb = self._gq.fallback
+        if fb is not None:  # the store is away: what this node routes alone
+            return dict(fb.router.snapshot(now, **kw), fallback=True)
         snap = self._gq.snapshot  # the caller may add keys: a copy
         return dict(snap) if snap else self._shadow.snapshot(now, **kw)
 
     def handler_info(self, handler_id: str) -> dict[str, Any] | None:
+        fb = self._gq.fallback
+        if fb is not None and handler_id in fb.desks:
+            return fb.router.handler_info(handler_id)
         return (self._gq.snapshot.get("handlers") or {}).get(handler_id)
 
     # Reads for the desk from the leader's last published snapshot (at most ~2 s old).
@@ -155,10 +191,16 @@ class RouterProxy:
         return None
 
     def position(self, call_id: str) -> int | None:
+        fb = self._gq.fallback
+        if fb is not None:
+            return fb.router.position(call_id)
         c = self._waiting(call_id)
         return (c.get("position") or None) if c else None
 
     def estimated_wait(self, call_id: str, now: float) -> float | None:
+        fb = self._gq.fallback
+        if fb is not None:
+            return fb.router.estimated_wait(call_id, now)
         c = self._waiting(call_id)
         return c.get("estimated_wait") if c else None
 
@@ -186,6 +228,26 @@ class GlobalQueue:
         self.ending: dict[str, dict[str, Any]] = {}
         """Calls whose end was sent to the leader and not yet confirmed (Completed,
         Abandoned): a new leader hears them in the resync as they were, then the end."""
+        self.fallback: LocalRouting | None = None
+        """While the store is away: this node's own router (``controlroom.fallback``)."""
+        self.fallback_since = 0.0
+        self.fallback_term = 0
+        """The term known when the fallback began: a later term's row ends it."""
+        self.back_cut: int | None = None
+        """In fallback with the store back: the last bus row then (a term row after it
+        answers this node's ``back``)."""
+        self.back_sent = False
+        self.back_at = 0.0
+        self.last_oid = 0
+        """The last bus row handed to the loop."""
+        self.contact_at = time.time()
+        """The last time the bus reader reached the store."""
+        self.handlers_known: dict[str, dict[str, Any]] = {}
+        """The room's handlers as last published by the leader (state, skills, desk),
+        states kept current by the HandlerChanged rows since."""
+        self._gen = 0
+        """Bumped when the fallback clears the unsent inputs (the writer's batch then in
+        flight is not popped twice)."""
         bus.migrate(service.db)
         from store import lease
 
@@ -197,6 +259,10 @@ class GlobalQueue:
 
     # -- sending (any thread; order kept) -------------------------------------------
     def send(self, kind: str, data: dict[str, Any]) -> None:
+        fb = self.fallback
+        if fb is not None and kind == "call":
+            self._decide_here(fb, data)  # routing alone: decided here, not sent
+            return
         with self._out_ready:
             self._out.append((kind, data, time.time()))
             self._out_ready.notify()
@@ -210,6 +276,7 @@ class GlobalQueue:
                 batch = list(self._out)
             if not batch:
                 continue
+            gen = self._gen
             try:
                 if conn is None:
                     conn = _connect(self.url)
@@ -223,8 +290,9 @@ class GlobalQueue:
                 self._stop.wait(0.2)
                 continue
             with self._out_ready:
-                for _ in batch:
-                    self._out.popleft()
+                if gen == self._gen:  # else the fallback cleared them meanwhile
+                    for _ in batch:
+                        self._out.popleft()
         if conn is not None:
             conn.close()
 
@@ -240,17 +308,25 @@ class GlobalQueue:
                     conn.execute(f"LISTEN {bus.OUT_CHANNEL}")
                     if last < 0:
                         last = bus.last_output(conn)
+                    if self.fallback is not None:  # back: a term row after this answers
+                        self.back_cut = bus.last_output(conn)
+                        self.back_at, self.back_sent = time.time(), False
+                        snap_at = 0.0
                 rows = bus.outputs_after(conn, self.node, last)
+                self.contact_at = time.time()
+                assert self._loop is not None
                 for oid, term, data in rows:
                     last = oid
-                    assert self._loop is not None
-                    self._loop.call_soon_threadsafe(self._deliver, term, data)
+                    self._loop.call_soon_threadsafe(self._deliver, term, data, oid)
                 now = time.time()
                 if now - snap_at >= SNAPSHOT_EVERY:
                     snap_at = now
                     _, snap = bus.published_snapshot(conn)
                     if snap:
                         self.snapshot = snap
+                    known = bus.published_handlers(conn)
+                    self._loop.call_soon_threadsafe(self._published_handlers, known)
+                self.contact_at = time.time()  # after the rows above were handed on
                 if len(rows) < 500:
                     for _ in conn.notifies(timeout=0.2, stop_after=1):
                         pass
@@ -264,8 +340,18 @@ class GlobalQueue:
         if conn is not None:
             conn.close()
 
-    def _deliver(self, term: int, data: dict[str, Any]) -> None:
+    def _deliver(self, term: int, data: dict[str, Any], oid: int = 0) -> None:
         """On the loop: a row from the leader."""
+        self.last_oid = max(self.last_oid, oid)
+        if self.fallback is not None:
+            # Routing alone: the leader's rows decided without this node's calls are
+            # dropped; a new term's row, or the one answering ``back``, ends the fallback.
+            if data.get("kind") == "term" and (
+                    term > self.fallback_term
+                    or (self.back_cut is not None and oid > self.back_cut)):
+                self.term = term
+                self._hand_back(term)
+            return
         if data.get("kind") == "term":
             self.term = term
             self._resync(term)
@@ -275,6 +361,7 @@ class GlobalQueue:
         except bus.BusError:
             log.exception("routing_bus.bad_row")
             return
+        self._known_changes(actions)
         self.apply(actions)
 
     def _call_info(self, c: Any) -> dict[str, Any]:
@@ -334,6 +421,105 @@ class GlobalQueue:
         self.send("resync", {"term": term, "calls": calls})
         log.info("routing.resync", term=term, calls=len(calls))
 
+    # -- the store away: routing alone (controlroom.fallback) ---------------------------
+    def _known_changes(self, actions: list[Any]) -> None:
+        from routing import HandlerChanged
+
+        for a in actions:
+            if isinstance(a, HandlerChanged):
+                h = self.handlers_known.setdefault(a.handler_id, {})
+                h["state"], h["call_id"] = a.state, a.call_id
+                if a.state == "available" and h.get("idle_since") is None:
+                    h["idle_since"] = time.time()
+                elif a.state != "available":
+                    h["idle_since"] = None
+
+    def _published_handlers(self, handlers: dict[str, dict[str, Any]]) -> None:
+        """On the loop: the handlers the leader last committed (newer than every row
+        already handed on; later rows update them again)."""
+        if handlers and self.fallback is None:
+            self.handlers_known = {hid: dict(h) for hid, h in handlers.items()}
+
+    def _enter_fallback(self) -> None:
+        """No contact with the store for ``fallback_after``: route this node's calls here,
+        offering them to the handlers whose desk is on this node."""
+        s, now = self.s, time.time()
+        desks = {hid for hid, h in self.handlers_known.items() if h.get("desk") == self.node}
+        calls = [self._call_info(c) for c in s.calls.values() if c.state in LIVE]
+        with self._out_ready:  # unsent inputs: the hand-back says where they led
+            dropped = len(self._out)
+            self._out.clear()
+            self._gen += 1
+        self.ending.clear()
+        fb, first = LocalRouting.build(s.settings.lines, s.settings.routing, calls=calls,
+                                       handlers=self.handlers_known, desks=desks, now=now)
+        self.fallback, self.fallback_since, self.fallback_term = fb, now, self.term
+        self.back_cut, self.back_sent = None, False
+        log.warning("routing.fallback", node=self.node, away_s=round(now - self.contact_at, 2),
+                    desks=sorted(desks), calls=len(calls), unsent_dropped=dropped,
+                    why="no contact with the store: routing this node's calls alone")
+        s._apply(first)
+
+    def _hand_back(self, term: int) -> None:
+        """The store is back and a leader is there: hand it this node's state (a resync
+        that supersedes what this node sent before) and route through it again."""
+        fb = self.fallback
+        if fb is None:
+            return
+        now = self.contact_at = time.time()  # this row came from the store
+        calls = [self._call_info(c) for c in self.s.calls.values() if c.state in LIVE]
+        self.fallback = None
+        self.send("resync", {"term": term, "fallback": True, "calls": calls,
+                             "handlers": fb.hand_back()})
+        log.warning("routing.fallback_over", node=self.node, term=term, calls=len(calls),
+                    alone_s=round(now - self.fallback_since, 2))
+
+    def _decide_here(self, fb: LocalRouting, data: dict[str, Any]) -> None:
+        """A routing input while routing alone: decided by the local router."""
+        from routing import RoutingError
+
+        try:
+            actions = fb.call(str(data["method"]), list(data.get("args", [])),
+                              dict(data.get("kwargs", {})))
+        except (RoutingError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            log.info("routing.input_refused_alone", data=data, why=str(exc))
+            return
+        self.s._apply(actions)
+
+    def health_reason(self) -> str | None:
+        """Why ``/healthz`` says degraded (None: routing through the leader)."""
+        fb = self.fallback
+        if fb is None:
+            return None
+        if self.back_cut is not None:
+            return ("routing alone: the store is back, waiting for the routing leader to "
+                    "take this node's calls back")
+        return (f"routing alone: no contact with the store for "
+                f"{time.time() - self.contact_at:.1f} s; this node's calls are offered only "
+                f"to the {len(fb.desks)} handler(s) whose desk is on it, and reconciled "
+                f"with the room's queue when the store is back")
+
+    async def _watch(self) -> None:
+        """Switch to routing alone when the store is away for ``fallback_after``; once it
+        is back, ask the leader for a term row (``back``) if none came within 1 s."""
+        after = fallback_after(self.s.settings)
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.time()
+            try:
+                if self.fallback is None:
+                    if now - self.contact_at >= after:
+                        self._enter_fallback()
+                elif self.back_cut is None and self.contact_at > self.fallback_since:
+                    # the store answers again without the reader having reconnected
+                    self.back_cut, self.back_at, self.back_sent = self.last_oid, now, False
+                elif (self.back_cut is not None and not self.back_sent
+                      and now - self.back_at >= 1.0):
+                    self.back_sent = True
+                    self.send("back", {"term": self.term})
+            except Exception:  # noqa: BLE001 - a bug here must not stop the watch
+                log.exception("routing.fallback_watch_failed")
+
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -344,7 +530,7 @@ class GlobalQueue:
         for t in threads:
             t.start()
         try:
-            await asyncio.Event().wait()
+            await self._watch()  # forever (cancelled at stop)
         finally:
             self._stop.set()
             with self._out_ready:
@@ -379,6 +565,12 @@ class LeaderThread(threading.Thread):
         self.held: dict[str, str] = {}
         """Talking calls a late resync told of, not in the router: call -> its handler,
         kept not ready (``HELD_REASON``) until the call's end comes in."""
+
+        self.desk: dict[str, str] = {}
+        """handler -> the node of their last desk operation (published in the handlers'
+        state: a node routing alone offers its calls to its own desks only)."""
+        self._wake_extra: list[str] = []
+        """Nodes that said ``back``: each gets a term row (it answers with a resync)."""
 
     def run(self) -> None:
         from store.lease import Lease
@@ -420,6 +612,7 @@ class LeaderThread(threading.Thread):
         self.term, self.router = None, None
         self.parked = set()
         self.held = {}
+        self._wake_extra = []
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()
@@ -471,6 +664,7 @@ class LeaderThread(threading.Thread):
             # its session on its own (killed, or cut off): it will not resync.
             expect.discard(prev)
         resyncs: dict[str, list[dict[str, Any]]] = {}
+        handed: dict[str, dict[str, Any]] = {}
         pending: list[tuple[int, str, str, dict[str, Any], float]] = []
         deadline = time.time() + RESYNC_GRACE
         cursor = self.cursor
@@ -478,11 +672,17 @@ class LeaderThread(threading.Thread):
             for row in bus.inputs_after(self.conn, cursor):
                 cursor = row[0]
                 _, node, kind, data, _at = row
+                if kind == "resync" and data.get("fallback"):
+                    # a node back from routing alone: its state supersedes the routing
+                    # inputs it sent before (controlroom.fallback)
+                    pending = [p for p in pending if not (p[1] == node and p[2] in (
+                        "call", "resync", "back"))]
                 if kind == "resync" and (int(data.get("term", 0)) == term
                                          or data.get("start")):
                     # a node just started holds no call: its start resync counts (it
                     # may have begun reading after this term's row)
                     resyncs[node] = list(data.get("calls", ()))
+                    handed[node] = data
                 else:
                     pending.append(row)
             if expect <= set(resyncs):
@@ -509,7 +709,11 @@ class LeaderThread(threading.Thread):
         finally:
             db.close()
         router.restore(entries, time.time())
-        stored = st["handlers"]
+        stored = dict(st["handlers"])
+        for node, data in handed.items():  # desks of nodes back from routing alone
+            for hid, h in (data.get("handlers") or {}).items():
+                stored[hid] = {**stored.get(hid, {}), **h, "desk": node}
+        self.desk = {hid: str(h["desk"]) for hid, h in stored.items() if h.get("desk")}
         for hid, h in stored.items():
             if h.get("state") != "logged_out":
                 router.handler_login(hid, time.time(), skills=h.get("skills") or {})
@@ -598,6 +802,8 @@ class LeaderThread(threading.Thread):
         wake: list[str] = []
         if time.time() - self._nodes_at >= NODES_EVERY:
             out += self._check_nodes(wake)
+        wake += [n for n in self._wake_extra if n not in wake]
+        self._wake_extra = []
         if time.time() - self._pruned_at >= min(60.0, self.prune_after):
             self._prune()
         if wake:  # nodes beating again: they resync, their waiting calls come back
@@ -628,7 +834,10 @@ class LeaderThread(threading.Thread):
                     if h is not None and h.state.value != "logged_out":
                         return []  # another node's start: already logged in
                 try:
-                    return self._route(getattr(r, method)(*args, **kwargs))
+                    done = self._route(getattr(r, method)(*args, **kwargs))
+                    if method in DESK_METHODS and method != "handler_login":
+                        self._desk_at(str(args[0]), node)
+                    return done
                 except RoutingError as exc:
                     if method == "offer_answered":  # withdrawn as the phone answered
                         return [(node, CancelOffer(args[0], args[1], "late-answer"))]
@@ -640,12 +849,19 @@ class LeaderThread(threading.Thread):
                     raise exc
             if kind == "drop_calls":
                 return self._drop_calls(set(data.get("call_ids", ())))
+            if kind == "back":  # a node back from routing alone: a term row for it
+                self._wake_extra.append(node)
+                return []
             if kind == "resync":
                 return self._late_resync(node, data)
             raise RoutingError(f"unknown input kind {kind!r}")
         except (RoutingError, KeyError, TypeError, ValueError) as exc:
             log.info("routing.input_refused", node=node, kind=kind, data=data, why=str(exc))
             return []
+
+    def _desk_at(self, hid: str, node: str) -> None:
+        """A desk operation for ``hid`` came from ``node``: their desk is there now."""
+        self.desk[hid] = node
 
     def _prune(self) -> None:
         """The bus is a conveyor, not a record (the queue log is): rows older than
@@ -699,11 +915,19 @@ class LeaderThread(threading.Thread):
         again after being parked, or it has just started): the node knows its calls. Its
         calls here that it does not list are dropped; its waiting calls join the queue; a
         call it says is talking but that is not here is left out (its handler's state here
-        may already be another's), and logged."""
+        may already be another's), and logged. A node back from routing alone
+        (``fallback``) also replaces the calls whose state here is not the one it reports,
+        and gives its desk handlers the states it reports."""
         if int(data.get("term", 0)) != self.term and not data.get("start"):
             return []  # an old term's
         listed = {c["call_id"] for c in data.get("calls", ())}
         gone = {c for c, n in self.call_node.items() if n == node and c not in listed}
+        if data.get("fallback"):
+            for c in data.get("calls", ()):
+                here = self.router.calls.get(c["call_id"])
+                if here is not None and (here.state.value != c["state"]
+                                         or here.handler_id != c.get("handler_id")):
+                    gone.add(c["call_id"])
         out: list[tuple[str, Any]] = self._drop_calls(gone) if gone else []
         if gone:
             log.warning("routing.node_calls_dropped", node=node, calls=len(gone))
@@ -819,7 +1043,8 @@ class LeaderThread(threading.Thread):
         r = self.router
         handlers = {hid: {"state": h.state.value, "skills": dict(h.skills),
                           "since": h.since, "idle_since": h.idle_since,
-                          "call_id": h.call_id} for hid, h in r.handlers.items()}
+                          "call_id": h.call_id, "desk": self.desk.get(hid, "")}
+                    for hid, h in r.handlers.items()}
         snap = None
         if now - self._snap_at >= SNAPSHOT_EVERY:
             self._snap_at = now

@@ -979,6 +979,10 @@ class Service:
             reasons.append(f"database not taking writes: {st['reason']} ({st['spooled']} "
                            f"records waiting in memory, {st['lost']} lost)")
             detail["storage"] = st
+        alone = self.global_queue.health_reason() if self.global_queue is not None else None
+        if alone:  # the global queue's store away: routing this node's calls alone
+            reasons.append(alone)
+            detail["routing"] = "alone"
         engine_health = getattr(self.engine, "health", None)
         for component, reason in engine_health() if engine_health is not None else []:
             reasons.append(reason)  # e.g. the recordings disk failing (audio held in memory)

@@ -14,6 +14,12 @@ A leader that takes over reads the cursor and the handlers' states from
 ``routing_state``, writes a ``term`` row for every node, and each live node answers with a
 ``resync`` input listing the calls it holds (waiting, ringing, talking): the queue is
 rebuilt from the nodes that still hold the calls, so a dead node's calls never re-enter.
+
+A node that routed alone while the store was away (``controlroom.fallback``) sends
+nothing meanwhile; back, it sends ``back`` (the leader answers with a ``term`` row for
+it) and answers a term row with a resync marked ``fallback`` that also carries its desk
+handlers' states and the call-backs it made: that resync supersedes the node's earlier
+inputs still unread by the leader.
 """
 
 from __future__ import annotations
@@ -128,6 +134,13 @@ def published_snapshot(conn: Any) -> tuple[float, dict[str, Any]]:
     return (float(row[0]), json.loads(row[1])) if row else (0.0, {})
 
 
+def published_handlers(conn: Any) -> dict[str, dict[str, Any]]:
+    """The handlers as the leader last committed them (state, skills, ``desk``: the node
+    of their last desk operation): what a node routing alone starts from."""
+    row = conn.execute("SELECT handlers FROM routing_state WHERE id = 1").fetchone()
+    return dict(json.loads(row[0])) if row else {}
+
+
 # -- leader side -------------------------------------------------------------------------
 
 def inputs_after(conn: Any, after: int,
@@ -147,4 +160,5 @@ def state(conn: Any) -> dict[str, Any]:
 
 __all__ = ["BusError", "COMPONENT", "EVERY_NODE", "IN_CHANNEL", "MIGRATIONS", "OUT_CHANNEL",
            "decode_action", "dumps", "encode_action", "inputs_after", "last_output",
-           "migrate", "outputs_after", "published_snapshot", "send", "state"]
+           "migrate", "outputs_after", "published_handlers", "published_snapshot", "send",
+           "state"]

@@ -66,6 +66,8 @@ class FakeNode:
         self.last = 0
         self.actions: list[dict[str, Any]] = []
         self.calls: dict[str, dict[str, Any]] = {}
+        self.resync_extra: dict[str, Any] = {}
+        """Merged into its resyncs (a hand-back after routing alone: ``fallback``...)."""
 
     def send(self, method: str, *args: Any, **kwargs: Any) -> None:
         self.bus.send(self.conn, self.node, [("call", {"method": method, "args": list(args),
@@ -76,7 +78,8 @@ class FakeNode:
             self.last = _id
             if data.get("kind") == "term":
                 self.bus.send(self.conn, self.node, [("resync", {
-                    "term": term, "calls": list(self.calls.values())}, time.time())])
+                    "term": term, "calls": list(self.calls.values()),
+                    **self.resync_extra}, time.time())])
             else:
                 self.actions += data["actions"]
 
@@ -273,7 +276,7 @@ def test_desk_reads_on_a_node_come_from_the_leaders_snapshot() -> None:
                            "taken_at": None, "outcome": None,
                            "attempts": [{"call_id": "n1-c0", "at": 5.0, "wait": 3.0}],
                            "last_at": 5.0}]}
-    proxy = RouterProxy(SimpleNamespace(snapshot=snap), shadow=None)  # type: ignore[arg-type]
+    proxy = RouterProxy(SimpleNamespace(snapshot=snap, fallback=None), shadow=None)  # type: ignore[arg-type]
     assert proxy.position("n1-c1") == 2 and proxy.estimated_wait("n1-c1", 0.0) == 12.5
     assert proxy.position("n1-c9") is None
     assert proxy.handler_info("h1") == {"state": "available"}
@@ -292,7 +295,7 @@ def test_a_survivors_adopt_logs_the_dead_calls_and_drops_them_at_the_leader() ->
 
     sent: list[tuple[str, dict[str, Any]]] = []
     settings = _settings("postgresql://unused/x", "n1")
-    gq = SimpleNamespace(s=SimpleNamespace(settings=settings), snapshot={},
+    gq = SimpleNamespace(s=SimpleNamespace(settings=settings), snapshot={}, fallback=None,
                          send=lambda kind, data: sent.append((kind, data)))
     proxy = RouterProxy(gq, shadow=None)  # type: ignore[arg-type]
     now = _time.time()
@@ -365,3 +368,73 @@ def test_the_bus_is_pruned_and_routing_goes_on(url: str) -> None:
         beat.set()
         stop.set()
         leader.join(5)
+
+
+def test_a_hand_back_after_routing_alone_supersedes_the_nodes_unread_inputs(
+        url: str) -> None:
+    """A node routed alone while no leader could read its inputs: one it sent before (a
+    call that was then answered and ended alone) must not come back as a waiting call;
+    its hand-back's waiting 999 is queued, and its desk handler keeps the state it
+    reports (not ready: on a break). The desk's node is published with the handlers."""
+    import json
+
+    from controlroom.leader import LeaderThread
+    from harness.cluster import store_query
+
+    _migrate(url).close()
+    beating = _beat(url, "n2")
+    stop1, stop2 = threading.Event(), threading.Event()
+    first = LeaderThread(_settings(url, "n1"), url, "n1", stop1, poll=0.05)
+    first.start()
+    node = FakeNode(url, "n2")
+    try:
+        t = time.time()
+        node.send("handler_login", "h1", t, skills={"999": 5, "101": 5})
+        node.send("handler_login", "h2", t, skills={"999": 5, "101": 5})
+        node.send("set_not_ready", "h1", t, reason="ready soon")
+        node.send("set_not_ready", "h2", t, reason="ready soon")
+
+        def published() -> dict[str, Any]:
+            return dict(json.loads(store_query(url, "SELECT handlers FROM routing_state")[0]
+                                   ["handlers"]))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and published().get("h1", {}).get("desk") != "n2":
+            node.poll()  # answers the first leader's term row
+            time.sleep(0.05)
+        assert published()["h1"]["desk"] == "n2", published()
+        stop1.set()  # the store away: no leader reads what follows
+        first.join(5)
+        node.send("call_arrived", "n2-c5", "101", time.time(), caller="5")  # sent, unread
+        # ... then, alone, n2-c5 was answered and ended, n2-c6 (999) came and waits, and
+        # h1 went on a break
+        node.calls = {"n2-c6": {"call_id": "n2-c6", "line": "999", "caller": "6",
+                                "arrived_at": time.time(), "state": "queued",
+                                "handler_id": None}}
+        node.resync_extra = {"fallback": True, "handlers": {
+            "h1": {"state": "not_ready", "reason": "break", "skills": {"999": 5, "101": 5},
+                   "since": time.time(), "idle_since": None, "call_id": None}}}
+        second = LeaderThread(_settings(url, "n3"), url, "n3", stop2, poll=0.05)
+        second.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+                e[0] == "resync" and '"fallback"' in e[1] for e in _inputs(url, "n2")):
+            node.poll()
+            time.sleep(0.05)
+        node.resync_extra = {}
+        time.sleep(0.5)  # the takeover applied it
+        node.send("set_available", "h2", time.time())
+        offer = node.wait_for(lambda a: a["type"] == "Offer")[0]
+        assert (offer["call_id"], offer["handler_id"]) == ("n2-c6", "h2")
+        time.sleep(0.5)
+        node.poll()
+        assert [a for a in node.actions if a.get("call_id") == "n2-c5"] == []
+        assert ("ENTER", "n2-c5", "") not in _log(url)
+        h1 = published()["h1"]
+        assert (h1["state"], h1["desk"]) == ("not_ready", "n2"), h1
+    finally:
+        beating.set()
+        stop1.set()
+        stop2.set()
+        first.join(5)
+        if "second" in locals():
+            second.join(5)
