@@ -120,7 +120,10 @@ class SipSettings:
     --handlers 60 --talk 6 --engine-workers 1|2``, 3 rounds each, load average 8-15)
     used 0.22-0.29 cores with 1 and 0.28-0.35 (service + workers) with 2, and 999
     INVITE->200 p99 was 72 / 392 / 4628 ms (min / median / max) with 1 against
-    2928 / 3096 / 6288 ms with 2. Workers are for machines with cores to spare."""
+    2928 / 3096 / 6288 ms with 2; engines alone at 20 calls/s (``bench/sip_load.py
+    --calls 500 --rate-start 20 --rate-max 20 --rounds 2 --no-pyvoip --workers 1|2``,
+    load 6) spent 2.20-2.25 ms CPU per stream-second in one process and 2.59-2.78 in two.
+    Workers are for machines with cores to spare."""
     srtp_over_plain_sip: bool = False
     """LAB AND TEST ONLY. SDES (RFC 4568) puts the SRTP keys in the SDP, so whoever reads
     the signalling can decrypt the media: the engine sends and accepts ``a=crypto`` only
