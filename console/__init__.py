@@ -7,8 +7,8 @@ Users, sessions and the DPA 2018 s.62 access log live in ``console/users.py``.
 """
 
 from .app import create_app
-from .backend import Conflict, DeskBackend, DeskError, Invalid, NotFound
+from .backend import Conflict, DeskBackend, DeskError, Invalid, NotFound, Pending
 from .users import UserError, create_user
 
-__all__ = ["Conflict", "DeskBackend", "DeskError", "Invalid", "NotFound", "UserError",
+__all__ = ["Conflict", "DeskBackend", "DeskError", "Invalid", "NotFound", "Pending", "UserError",
            "create_app", "create_user"]

@@ -21,7 +21,7 @@ from store.db import Database
 
 from . import users
 from .api import add_routes
-from .backend import DeskBackend, DeskError
+from .backend import DeskBackend, DeskError, Pending
 from .http import FORWARDED_HTTPS, ApiError, is_https, session_of
 from .keys import (
     BACKEND,
@@ -59,6 +59,9 @@ async def errors(request: web.Request,
         return await handler(request)
     except ApiError as e:
         return _json_error(e.status, e.message)
+    except Pending as e:  # not an error, and not a success either
+        return web.json_response({"ok": False, "pending": True, "error": e.message},
+                                 status=e.status)
     except DeskError as e:
         return _json_error(e.status, e.message)
     except web.HTTPException as e:

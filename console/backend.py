@@ -135,6 +135,14 @@ class Conflict(DeskError):
     status = 409
 
 
+class Pending(DeskError):
+    """Sent on but not decided yet (202, ``{"pending": true, "error": ...}``): with the
+    global queue the routing leader did not answer in time (``controlroom.desk``). Not a
+    success: the operation is applied or refused when the leader reads it."""
+
+    status = 202
+
+
 @runtime_checkable
 class DeskBackend(Protocol):
     """The operations the desk, wallboard and auditor pages need from the service."""

@@ -26,8 +26,9 @@ not stopped, and salvages each one, through a connection of its own:
    ``call.ended`` (by ``system``, the reason names the dead node and the survivor); calls
    still queued or ringing are abandoned on the record (``call.abandoned``, ABANDON in
    the queue log) and, on call-back lines (999), put on *this* node's call-back list
-   (``Router.adopt``, the code a restart uses). Connected calls get COMPLETE in the queue
-   log. CAD messages go through the shared outbox under the dead node's id (the node whose
+   (``Router.adopt``, the code a restart uses; with one global queue, once committed, they
+   are sent to the routing leader, whose list the desks read, at once). Connected calls
+   get COMPLETE in the queue log. CAD messages go through the shared outbox under the dead node's id (the node whose
    id starts the call id), so any node's publisher delivers them in order.
 
 If the survivor dies mid-way the transaction rolls back and another survivor claims the
@@ -43,6 +44,7 @@ reaches the store again its own end of those calls is recorded a second time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -200,11 +202,25 @@ class Salvager:
                    "abandoned": len(abandoned),
                    "callbacks": sum(1 for a in abandoned.values() if a.data.get("callback"))}
         log.warning("node.salvaged", **summary, reason=reason)
+        self._tell_leader(actions)
         for p in payloads:
             loop.call_soon_threadsafe(s._after_commit, p)
         if not payloads:
             loop.call_soon_threadsafe(s._storage_committed)
         return summary
+
+    def _tell_leader(self, actions: list[Any]) -> None:
+        """With one global queue, the call-backs this salvage put on the record join the
+        leader's list at once (an input it applies: ``LeaderThread._add_callbacks``), not
+        only at its next takeover. Sent after the commit: a salvage rolled back sends
+        nothing."""
+        from routing import QueueLogEntry
+
+        gq = getattr(self.s, "global_queue", None)
+        adds = [dataclasses.asdict(a) for a in actions
+                if isinstance(a, QueueLogEntry) and a.event == "CALLBACK_ADD"]
+        if gq is not None and adds:
+            gq.send("callbacks", {"entries": adds})
 
     @staticmethod
     def _queue_rows(conn: Any, ids: list[str]) -> list[Any]:

@@ -13,12 +13,21 @@ import datetime as dt
 import json
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import callevents as ev
-from console.backend import THRIVE_KEYS, Conflict, Invalid, NotFound, desk_state_name
+from console.backend import (
+    THRIVE_KEYS,
+    Conflict,
+    DeskError,
+    Invalid,
+    NotFound,
+    Pending,
+    desk_state_name,
+)
+from routing import RoutingError
 from store import calls as calls_table
 from store import drafts as drafts_table
 from telephony.numbers import normalise
@@ -39,11 +48,41 @@ SL_DEFINITION = ("Service level = calls answered within the target / (calls answ
                  "callers who hung up within the target (short abandons) are shown apart.")
 
 
-def _sl(sl: Any) -> dict[str, Any]:
-    return {"sl": sl.service_level, "answered": sl.answered,
-            "answered_within": sl.answered_within, "abandoned": sl.abandoned,
-            "abandoned_within": sl.abandoned_within, "abandoned_after": sl.abandoned_after,
-            "offered": sl.offered}
+LEADER_WAIT = 2.0
+"""With the global queue, how long (s) a desk operation waits for the routing leader's
+answer (normally milliseconds away; a takeover waits up to 2 s for the nodes' resyncs)
+before the desk says it is pending (202) rather than done."""
+
+
+def _sl(sl: dict[str, Any]) -> dict[str, Any]:
+    return {"sl": sl.get("service_level"), "answered": sl.get("answered", 0),
+            "answered_within": sl.get("answered_within", 0),
+            "abandoned": sl.get("abandoned", 0),
+            "abandoned_within": sl.get("abandoned_within", 0),
+            "abandoned_after": sl.get("abandoned_after", 0), "offered": sl.get("offered", 0)}
+
+
+def line_figures(router: Any, now: float) -> dict[str, dict[str, Any]]:
+    """Per line, what the desk shows of it and the refusal a new call gets: today's
+    (since local midnight) and the last hour's service level (``ServiceLevel.as_dict``)
+    and the overflow refusal (``Router.would_refuse``: ``queue-full``/``no-handlers`` or
+    None). One node computes it from its router; with the global queue the leader
+    publishes it in its snapshot (``figures``), so every node's desk and 486 are the
+    room's."""
+    since = _midnight(now)
+    return {name: {"today": router.service_level(name, now, since=since).as_dict(),
+                   "rolling": router.service_level(name, now, since=now - ROLLING).as_dict(),
+                   "refuse": router.would_refuse(name)}
+            for name in router.lines}
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    """A late answer nobody awaits any more: its refusal is logged, not left unretrieved."""
+    if not fut.cancelled() and fut.exception() is not None:
+        import structlog
+
+        structlog.get_logger("controlroom.desk").info("desk.late_refusal",
+                                                      why=str(fut.exception()))
 
 
 def graded_complete(thrive: dict[str, str], grade: str) -> bool:
@@ -128,6 +167,11 @@ class ServiceDesk:
         rsnap = s.router.snapshot(now)
         lines_out = []
         since = _midnight(now)
+        gq = getattr(s, "global_queue", None)
+        # the room's figures with the global queue (the leader's snapshot), else this node's
+        room = (gq.snapshot.get("figures") if gq is not None else None) or {}
+        figs = (room if all(ln.name in room for ln in s.settings.lines)
+                else {**line_figures(s.router, now), **room})
         for line in s.settings.lines:
             waiting: list[dict[str, Any]] = []
             for c in sorted((c for c in s.calls.values()
@@ -138,20 +182,19 @@ class ServiceDesk:
                                 "position": s.router.position(c.call_id),
                                 "priority": c.priority, "state": c.state,
                                 "estimated_wait": s.router.estimated_wait(c.call_id, now)})
-            sl = s.router.service_level(line.name, now, since=since)
-            rolling = s.router.service_level(line.name, now, since=now - ROLLING)
-            offered = sl.offered
+            sl, rolling = figs[line.name]["today"], figs[line.name]["rolling"]
+            offered = sl.get("offered", 0)
             lines_out.append({
                 "name": line.name, "priority": line.priority, "threshold": line.answer_threshold,
                 "wrapup_extend_max": s.router.lines[line.name].wrapup_extend_max,
                 "waiting": waiting,
                 "longest_wait": max((w["wait"] for w in waiting), default=0.0),
-                "offered_today": offered, "answered_today": sl.answered,
-                "answered_in_threshold_today": sl.answered_within,
-                "abandoned_today": sl.abandoned,
-                "short_abandoned_today": sl.abandoned_within,
-                "sl_today": sl.service_level,
-                "abandon_rate": (sl.abandoned / offered) if offered else None,
+                "offered_today": offered, "answered_today": sl.get("answered", 0),
+                "answered_in_threshold_today": sl.get("answered_within", 0),
+                "abandoned_today": sl.get("abandoned", 0),
+                "short_abandoned_today": sl.get("abandoned_within", 0),
+                "sl_today": sl.get("service_level"),
+                "abandon_rate": (sl.get("abandoned", 0) / offered) if offered else None,
                 "today": _sl(sl), "rolling": _sl(rolling),
             })
         handlers_out = []
@@ -281,25 +324,57 @@ class ServiceDesk:
         on_call = h.get("state") == "on_call"
         try:
             if on_call and state == "not_ready":
-                actions = s.router.not_ready_after_call(handler_id, now,
-                                                        reason=reason or "not ready")
+                actions = await self._decide("not_ready_after_call", handler_id, now,
+                                             reason=reason or "not ready")
             elif on_call and state == "available" and h.get("after_call") is not None:
-                actions = s.router.not_ready_after_call(handler_id, now, reason=None)
+                actions = await self._decide("not_ready_after_call", handler_id, now,
+                                             reason=None)
             elif state == "available":
-                actions = s.router.set_available(
-                    handler_id, now, reason=f"set by {by}: {reason}" if by else "",
-                    force=by is not None)
+                actions = await self._decide(
+                    "set_available", handler_id, now,
+                    reason=f"set by {by}: {reason}" if by else "", force=by is not None)
             elif state == "not_ready":
-                actions = s.router.set_not_ready(handler_id, now, reason=reason or "not ready")
+                actions = await self._decide("set_not_ready", handler_id, now,
+                                             reason=reason or "not ready")
             elif state == "logged_out":
-                actions = s.router.handler_logout(handler_id, now, reason=reason or "logout")
+                actions = await self._decide("handler_logout", handler_id, now,
+                                             reason=reason or "logout")
             else:
                 raise Invalid(f"state must be available, not_ready or logged_out, got {state!r}")
         except Exception as exc:
-            if isinstance(exc, Invalid):
+            if isinstance(exc, DeskError):
                 raise
             raise Conflict(str(exc)) from None
         s._apply(actions)
+
+    async def _decide(self, method: str, *args: Any, then: Callable[[], None] | None = None,
+                      **kwargs: Any) -> list[Any]:
+        """One routing decision a desk operation asks for: the router's ``method``.
+
+        One node: the router's actions at once (its refusal raised as it comes). Global
+        queue: sent to the routing leader with a request id (``controlroom.asks``) and its
+        answer awaited, ``LEADER_WAIT`` s at most; its refusal is raised as the same
+        ``RoutingError`` one node raises, ``then`` (the node's own part) runs when it is
+        applied, and no answer in time raises :class:`Pending` (the request stays open:
+        ``then`` still runs if the leader applies it later). The leader's actions come
+        through the bus: returns []."""
+        s = self.s
+        gq = getattr(s, "global_queue", None)
+        if gq is None:
+            actions: list[Any] = getattr(s.router, method)(*args, **kwargs)
+            if then is not None:
+                then()
+            return actions
+        req, fut = gq.asks.open(then)
+        gq.send("call", {"method": method, "args": list(args), "kwargs": kwargs, "req": req})
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), LEADER_WAIT)
+        except TimeoutError:
+            fut.add_done_callback(_retrieve)
+            raise Pending(f"pending: sent to the routing leader, no answer within "
+                          f"{LEADER_WAIT:g} s (it is applied or refused when the leader "
+                          f"reads it)") from None
+        return []
 
     def _offered(self, handler_id: str, call_id: str) -> Any:
         call = self.s.calls.get(call_id)
@@ -358,7 +433,28 @@ class ServiceDesk:
         if to_line is not None and s.lines[to_line].priority > call.priority and not confirm:
             raise Conflict(f"this is a line {call.line} call: moving it to the {to_line} queue "
                            f"needs confirming (it keeps its priority there)")
-        s.transfer(call, to_line=to_line, to_handler=to_handler)
+        if getattr(s, "global_queue", None) is None:
+            try:
+                s.transfer(call, to_line=to_line, to_handler=to_handler)
+            except RoutingError as exc:  # refused before anything moved
+                raise Conflict(str(exc)) from None
+            return
+
+        def here() -> None:
+            # the leader moved it: unbridge here, before its next offer of this call
+            live = s.calls.get(call_id)
+            if live is not None and live is call and live.state == "connected":
+                s.transfer(live, to_line=to_line, to_handler=to_handler, decided=[])
+
+        now = time.time()
+        try:
+            if to_line is not None:
+                await self._decide("transfer_to_line", call_id, to_line, now, head=True,
+                                   then=here)
+            else:
+                await self._decide("transfer_to_handler", call_id, to_handler, now, then=here)
+        except RoutingError as exc:
+            raise Conflict(str(exc)) from None
 
     async def consult(self, call_id: str, handler_id: str, step: str,
                       agency: str = "") -> dict[str, Any]:
@@ -430,7 +526,10 @@ class ServiceDesk:
         if line not in self.s.lines:
             raise NotFound(f"no line {line!r}")
         try:
-            actions = self.s.router.set_wrapup_limit(line, time.time(), seconds=seconds, by=by)
+            actions = await self._decide("set_wrapup_limit", line, time.time(),
+                                         seconds=seconds, by=by)
+        except DeskError:
+            raise
         except Exception as exc:
             raise Invalid(str(exc)) from None
         self.s._apply(actions)
@@ -438,7 +537,10 @@ class ServiceDesk:
     async def extend_wrapup(self, handler_id: str, seconds: float) -> None:
         self._handler(handler_id)
         try:
-            actions = self.s.router.extend_wrapup(handler_id, time.time(), seconds=seconds)
+            actions = await self._decide("extend_wrapup", handler_id, time.time(),
+                                         seconds=seconds)
+        except DeskError:
+            raise
         except Exception as exc:
             raise Conflict(str(exc)) from None
         self.s._apply(actions)
@@ -447,7 +549,9 @@ class ServiceDesk:
         s = self.s
         self._handler(handler_id)
         try:
-            actions = s.router.end_wrapup(handler_id, time.time())
+            actions = await self._decide("end_wrapup", handler_id, time.time())
+        except DeskError:
+            raise
         except Exception as exc:
             raise Conflict(str(exc)) from None
         s._apply(actions)
@@ -465,9 +569,11 @@ class ServiceDesk:
             out.append(d)
         return out
 
-    def _cb_call(self, fn: Any, cb_id: str, *args: Any, **kw: Any) -> None:
+    async def _cb_call(self, method: str, cb_id: str, *args: Any, **kw: Any) -> None:
         try:
-            actions = fn(cb_id, *args, **kw)
+            actions = await self._decide(method, cb_id, *args, **kw)
+        except DeskError:
+            raise
         except Exception as exc:
             if "unknown call-back" in str(exc):
                 raise NotFound(f"no call-back {cb_id!r}") from None
@@ -477,10 +583,10 @@ class ServiceDesk:
                         "at": time.time()})
 
     async def release_callback(self, cb_id: str, by: str | None) -> None:
-        self._cb_call(self.s.router.release_callback, cb_id, time.time(), by=by)
+        await self._cb_call("release_callback", cb_id, time.time(), by=by)
 
     async def take_callback(self, cb_id: str, handler_id: str) -> None:
-        self._cb_call(self.s.router.take_callback, cb_id, handler_id, time.time())
+        await self._cb_call("take_callback", cb_id, handler_id, time.time())
 
     async def dial_callback(self, cb_id: str, handler_id: str) -> str:
         """Click-to-dial a call-back this handler took (controlroom.dialout); returns the
@@ -498,8 +604,7 @@ class ServiceDesk:
         """``by``: the handler closing it (must have taken it); None: a supervisor."""
         if not outcome.strip():
             raise Invalid("an outcome is required")
-        self._cb_call(self.s.router.complete_callback, cb_id, time.time(), outcome=outcome,
-                      by=by)
+        await self._cb_call("complete_callback", cb_id, time.time(), outcome=outcome, by=by)
 
     # ------------------------------------------------------------------ supervisor
     async def reprioritise(self, call_id: str, priority: float) -> None:
@@ -507,7 +612,10 @@ class ServiceDesk:
         if call_id not in s.calls:
             raise NotFound(f"no live call {call_id!r}")
         try:
-            actions = s.router.reprioritise(call_id, time.time(), priority=priority)
+            actions = await self._decide("reprioritise", call_id, time.time(),
+                                         priority=priority)
+        except DeskError:
+            raise
         except Exception as exc:
             raise Conflict(str(exc)) from None
         s._apply(actions)
@@ -541,7 +649,13 @@ class ServiceDesk:
         for k, v in skills.items():
             if not isinstance(v, int) or not 1 <= v <= 10:
                 raise Invalid(f"proficiency of {k!r} must be an integer 1..10")
-        self.s._apply(self.s.router.set_skills(handler_id, time.time(), skills=skills))
+        try:
+            actions = await self._decide("set_skills", handler_id, time.time(), skills=skills)
+        except DeskError:
+            raise
+        except Exception as exc:
+            raise Conflict(str(exc)) from None
+        self.s._apply(actions)
 
     # ------------------------------------------------------------------ auditor
     async def call_detail(self, call_id: str) -> dict[str, Any]:

@@ -171,6 +171,15 @@ class RouterProxy:
             return fb.router.handler_info(handler_id)
         return (self._gq.snapshot.get("handlers") or {}).get(handler_id)
 
+    def would_refuse(self, line: str) -> str | None:
+        """The room's overflow refusal for a new call on ``line`` (486 before answering),
+        from the leader's snapshot (``figures``, at most ~2 s old: past it the leader's
+        router refuses the call itself); None before a snapshot came."""
+        fb = self._gq.fallback
+        if fb is not None:
+            return fb.router.would_refuse(line)
+        return ((self._gq.snapshot.get("figures") or {}).get(line) or {}).get("refuse")
+
     # Reads for the desk from the leader's last published snapshot (at most ~2 s old).
     def callbacks(self) -> list[Any]:
         from routing import Callback
@@ -228,6 +237,10 @@ class GlobalQueue:
         self.ending: dict[str, dict[str, Any]] = {}
         """Calls whose end was sent to the leader and not yet confirmed (Completed,
         Abandoned): a new leader hears them in the resync as they were, then the end."""
+        from controlroom.asks import Asks
+
+        self.asks = Asks(self.node)
+        """Desk operations waiting for the leader's Reply (``controlroom.asks``)."""
         self.fallback: LocalRouting | None = None
         """While the store is away: this node's own router (``controlroom.fallback``)."""
         self.fallback_since = 0.0
@@ -362,7 +375,17 @@ class GlobalQueue:
             log.exception("routing_bus.bad_row")
             return
         self._known_changes(actions)
-        self.apply(actions)
+        # A Reply answers a desk operation (controlroom.asks): its node-side part runs
+        # before the actions after it (e.g. a transfer's unbridge before the new offer).
+        chunk: list[Any] = []
+        for a in actions:
+            if isinstance(a, bus.Reply):
+                self.apply(chunk)
+                chunk = []
+                self.asks.answer(a)
+            else:
+                chunk.append(a)
+        self.apply(chunk)
 
     def _call_info(self, c: Any) -> dict[str, Any]:
         return {"call_id": c.call_id, "line": c.line, "caller": c.caller,
@@ -475,15 +498,25 @@ class GlobalQueue:
                     alone_s=round(now - self.fallback_since, 2))
 
     def _decide_here(self, fb: LocalRouting, data: dict[str, Any]) -> None:
-        """A routing input while routing alone: decided by the local router."""
+        """A routing input while routing alone: decided by the local router; a desk
+        operation (``controlroom.asks``, with ``req``) is answered at once, as the leader
+        would."""
         from routing import RoutingError
 
+        req = str(data.get("req") or "")
         try:
             actions = fb.call(str(data["method"]), list(data.get("args", [])),
                               dict(data.get("kwargs", {})))
         except (RoutingError, AttributeError, KeyError, TypeError, ValueError) as exc:
-            log.info("routing.input_refused_alone", data=data, why=str(exc))
+            if req:
+                self.asks.answer(bus.Reply(req, str(exc) or type(exc).__name__,
+                                           getattr(exc, "state", None),
+                                           getattr(exc, "event", None)))
+            else:
+                log.info("routing.input_refused_alone", data=data, why=str(exc))
             return
+        if req:
+            self.asks.answer(bus.Reply(req))
         self.s._apply(actions)
 
     def health_reason(self) -> str | None:
@@ -565,7 +598,6 @@ class LeaderThread(threading.Thread):
         self.held: dict[str, str] = {}
         """Talking calls a late resync told of, not in the router: call -> its handler,
         kept not ready (``HELD_REASON``) until the call's end comes in."""
-
         self.desk: dict[str, str] = {}
         """handler -> the node of their last desk operation (published in the handlers'
         state: a node routing alone offers its calls to its own desks only)."""
@@ -837,7 +869,7 @@ class LeaderThread(threading.Thread):
                     done = self._route(getattr(r, method)(*args, **kwargs))
                     if method in DESK_METHODS and method != "handler_login":
                         self._desk_at(str(args[0]), node)
-                    return done
+                    return self._answer(node, data) + done
                 except RoutingError as exc:
                     if method == "offer_answered":  # withdrawn as the phone answered
                         return [(node, CancelOffer(args[0], args[1], "late-answer"))]
@@ -852,12 +884,37 @@ class LeaderThread(threading.Thread):
             if kind == "back":  # a node back from routing alone: a term row for it
                 self._wake_extra.append(node)
                 return []
+            if kind == "callbacks":
+                return self._add_callbacks(data)
             if kind == "resync":
                 return self._late_resync(node, data)
             raise RoutingError(f"unknown input kind {kind!r}")
         except (RoutingError, KeyError, TypeError, ValueError) as exc:
             log.info("routing.input_refused", node=node, kind=kind, data=data, why=str(exc))
+            return self._answer(node, data, exc)
+
+    @staticmethod
+    def _answer(node: str, data: Any, exc: Exception | None = None) -> list[tuple[str, Any]]:
+        """A desk operation sent with a request id is answered to its node (applied, or
+        the refusal word for word: ``controlroom.asks``); other inputs get nothing."""
+        req = data.get("req") if isinstance(data, dict) else None
+        if not req:
             return []
+        if exc is None:
+            return [(node, bus.Reply(str(req)))]
+        return [(node, bus.Reply(str(req), str(exc) or type(exc).__name__,
+                                 getattr(exc, "state", None), getattr(exc, "event", None)))]
+
+    def _add_callbacks(self, data: dict[str, Any]) -> list[tuple[str, Any]]:
+        """A survivor's salvage put a dead node's 999 callers on the call-back list (its
+        CALLBACK_ADD rows, already in the queue log): onto this router's list at once, as
+        a takeover's restore would read them."""
+        from routing import QueueLogEntry
+
+        rows = [QueueLogEntry(**e) for e in data.get("entries", ())]
+        added = self.router.add_callbacks(rows, time.time())
+        log.info("routing.callbacks_added", rows=len(rows), added=added)
+        return []
 
     def _desk_at(self, hid: str, node: str) -> None:
         """A desk operation for ``hid`` came from ``node``: their desk is there now."""
@@ -1023,6 +1080,16 @@ class LeaderThread(threading.Thread):
                     out.append((node, a))
         return out
 
+    def _published(self, now: float) -> dict[str, Any]:
+        """The snapshot desks and the wallboard read, with the room's figures per line
+        (today's and the last hour's service level, the overflow refusal a new call would
+        get: ``controlroom.desk.line_figures``)."""
+        from controlroom.desk import line_figures
+
+        snap = self.router.snapshot(now, limit=50)
+        snap["figures"] = line_figures(self.router, now)
+        return snap
+
     def _commit(self, out: list[tuple[str, Any]], input_at: float | None) -> None:
         """Queue-log rows, each node's actions and the routing state: one transaction
         fenced with this term (a stale leader's writes roll back)."""
@@ -1048,7 +1115,7 @@ class LeaderThread(threading.Thread):
         snap = None
         if now - self._snap_at >= SNAPSHOT_EVERY:
             self._snap_at = now
-            snap = bus.dumps(r.snapshot(now, limit=50))
+            snap = bus.dumps(self._published(now))
         for c in {a.call_id for _, a in out if hasattr(a, "call_id")}:
             if c in self.call_node and c not in r.calls:
                 self.call_node.pop(c, None)  # over: nothing more goes to its node

@@ -1002,11 +1002,16 @@ class Service:
         for q in list(self._subscribers):
             q.put(payload)
 
-    def transfer(self, call: LiveCall, *, to_line: str | None, to_handler: str | None) -> None:
-        """Move a connected call to a line's queue (at the head) or a named handler."""
+    def transfer(self, call: LiveCall, *, to_line: str | None, to_handler: str | None,
+                 decided: list[Any] | None = None) -> None:
+        """Move a connected call to a line's queue (at the head) or a named handler.
+        ``decided``: the router already decided (the global queue's leader accepted it:
+        ``controlroom.desk``); its actions come through the bus."""
         now = time.time()
         from_handler = call.handler_id or ""
-        if to_line is not None:
+        if decided is not None:
+            actions = decided
+        elif to_line is not None:
             actions = self.router.transfer_to_line(call.call_id, to_line, now, head=True)
         else:
             actions = self.router.transfer_to_handler(call.call_id, to_handler or "", now)

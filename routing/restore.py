@@ -78,6 +78,24 @@ class RouterRestore:
         self._trim_ended()
         return out
 
+    def add_callbacks(self, entries: Iterable[QueueLogEntry], now: float) -> int:
+        """Call-backs another router put on the record (a survivor's :meth:`adopt` of a dead
+        node's calls, with one global queue): its CALLBACK_ADD rows onto this router's
+        list, read as :meth:`restore` reads them. A row already here (the same entry and
+        call) is skipped, so hearing it twice (a takeover's restore, then this) adds it
+        once. Returns how many rows were added; nothing to log (the rows are logged)."""
+        now = self._clock(now)
+        seen = {(cb.cb_id, str(a.get("call_id", ""))) for cb in self._callbacks.values()
+                for a in cb.attempts}
+        rows = []
+        for e in entries:
+            key = (str(e.data.get("cb_id", "")), e.call_id)
+            if e.event == "CALLBACK_ADD" and key[0] and key not in seen:
+                seen.add(key)
+                rows.append(e)
+        self._close_open(rows, {}, now, reason="", stats=False)
+        return len(rows)
+
     def _close_open(self, rows: list[QueueLogEntry],
                     open_legs: dict[str, tuple[str, float]], now: float, *,
                     reason: str, stats: bool = True) -> list[Action]:

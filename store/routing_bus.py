@@ -73,6 +73,24 @@ _ACTIONS = {name: getattr(routing_actions, name) for name in (
     "HandlerChanged", "QueueLogEntry")}
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """The leader's answer to a node's desk operation sent with a request id (``req`` in
+    the input): it goes to that node ahead of the operation's actions."""
+
+    req: str
+    """The request id the node sent (``controlroom.asks``)."""
+    error: str = ""
+    """Empty: applied; else the router's refusal, word for word (``RoutingError``)."""
+    state: str | None = None
+    """The refused move's state (``RoutingError.state``)."""
+    event: str | None = None
+    """The refused move's event (``RoutingError.event``)."""
+
+
+_ACTIONS["Reply"] = Reply
+
+
 class BusError(ValueError):
     """A bus row that does not decode (names the row)."""
 
@@ -159,6 +177,6 @@ def state(conn: Any) -> dict[str, Any]:
 
 
 __all__ = ["BusError", "COMPONENT", "EVERY_NODE", "IN_CHANNEL", "MIGRATIONS", "OUT_CHANNEL",
-           "decode_action", "dumps", "encode_action", "inputs_after", "last_output",
+           "Reply", "decode_action", "dumps", "encode_action", "inputs_after", "last_output",
            "migrate", "outputs_after", "published_handlers", "published_snapshot", "send",
            "state"]

@@ -32,6 +32,8 @@ const CR = (() => {
     try { data = await r.json(); } catch (e) { data = null; }
     if (r.status === 401 && path !== "/api/login") { toLogin(); }
     if (!r.ok) throw new ApiError(r.status, (data && data.error) || r.statusText);
+    // 202 pending: sent on (global queue's routing leader), not done yet: say so
+    if (r.status === 202 && data && data.pending) throw new ApiError(202, data.error);
     return data;
   }
 
