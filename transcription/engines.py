@@ -695,7 +695,12 @@ class WhisperEngine:
                    should_stop: Callable[[], bool] | None = None) -> list[Hypothesis]:
         x = Resampler(rate, 16000).process(pcm)
         # Silero VAD (bundled in faster-whisper, ONNX, offline) skips long silences of a
-        # recording, where Whisper otherwise hallucinates text.
+        # recording, where Whisper otherwise hallucinates text. So a handler's channel
+        # that is mostly silence is already decoded as its few seconds of speech; what it
+        # still costs is mostly one 30 s encoder window (padded). Encoding that window
+        # short (speech + 1 s, as decode_live does) halved the channel's CPU but made
+        # Whisper base repeat the last sentence with the gazetteer prompt
+        # (bench/findability.py WER 22 % -> 32 %), so windows stay 30 s (issue 13).
         return self.decode(x, word_timestamps=True, should_stop=should_stop)
 
 
