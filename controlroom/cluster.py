@@ -56,9 +56,10 @@ import callevents as ev
 from cad.publisher import append_event
 from controlroom.storage import open_store
 from store import calls as calls_table
+from store import queuelog
 
 if TYPE_CHECKING:
-    from controlroom.service import Service
+    from controlroom.node import Node
 
 log = structlog.get_logger("controlroom.cluster")
 
@@ -128,7 +129,7 @@ def _recordings(folder: Path | None, call_ids: list[str]) -> dict[str, Any]:
 class Salvager:
     """Watches the ``nodes`` table and salvages dead nodes' calls (PostgreSQL stores)."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Node) -> None:
         self.s = service
         self.after = service.settings.cluster.salvage_after
         self.starting = max(self.after, service.settings.storage.node_stale_after)
@@ -243,7 +244,7 @@ class Salvager:
 
         for a in actions:
             if isinstance(a, QueueLogEntry):
-                self.s._queuelog.append(conn, a)
+                queuelog.append(conn, a)
 
     def _close(self, conn: Any, r: dict[str, Any], node_id: str, rec: Any, abandon: Any,
                last_beat: float, reason: str) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import structlog
 from telephony import api as tel
 
 if TYPE_CHECKING:
-    from controlroom.service import Service
+    from controlroom.node import Node
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +47,7 @@ class Consult:
 class Consults:
     """The agency legs of live calls, by leg id."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Node) -> None:
         self.s = service
         self.by_leg: dict[str, Consult] = {}
 

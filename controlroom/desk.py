@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import json
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import callevents as ev
 from console.backend import (
@@ -27,21 +26,30 @@ from console.backend import (
     Pending,
     desk_state_name,
 )
+from controlroom.figures import ROLLING, line_figures, midnight
+from controlroom.node import Node
 from routing import RoutingError
 from store import calls as calls_table
 from store import drafts as drafts_table
 from telephony.numbers import normalise
 
 if TYPE_CHECKING:
-    from controlroom.service import Service
-
-def _midnight(now: float) -> float:
-    d = dt.datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
-    return d.timestamp()
+    from controlroom.consult import Consults
+    from controlroom.dialout import Dialouts
+    from controlroom.monitor import Monitors
 
 
-ROLLING = 3600.0
-"""The wallboard's rolling service-level interval (s): the last hour."""
+class DeskNode(Node, Protocol):
+    """The node as the desk uses it: :class:`~controlroom.node.Node` and the parts that
+    place legs for a handler (monitor, consult, call-back dial-out)."""
+
+    @property
+    def monitors(self) -> Monitors: ...
+    @property
+    def consults(self) -> Consults: ...
+    @property
+    def dialouts(self) -> Dialouts: ...
+
 
 SL_DEFINITION = ("Service level = calls answered within the target / (calls answered + calls "
                  "abandoned after the target). Calls still waiting count neither way; "
@@ -60,20 +68,6 @@ def _sl(sl: dict[str, Any]) -> dict[str, Any]:
             "abandoned": sl.get("abandoned", 0),
             "abandoned_within": sl.get("abandoned_within", 0),
             "abandoned_after": sl.get("abandoned_after", 0), "offered": sl.get("offered", 0)}
-
-
-def line_figures(router: Any, now: float) -> dict[str, dict[str, Any]]:
-    """Per line, what the desk shows of it and the refusal a new call gets: today's
-    (since local midnight) and the last hour's service level (``ServiceLevel.as_dict``)
-    and the overflow refusal (``Router.would_refuse``: ``queue-full``/``no-handlers`` or
-    None). One node computes it from its router; with the global queue the leader
-    publishes it in its snapshot (``figures``), so every node's desk and 486 are the
-    room's."""
-    since = _midnight(now)
-    return {name: {"today": router.service_level(name, now, since=since).as_dict(),
-                   "rolling": router.service_level(name, now, since=now - ROLLING).as_dict(),
-                   "refuse": router.would_refuse(name)}
-            for name in router.lines}
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
@@ -134,7 +128,7 @@ def location_view(text: str | None, detail: dict[str, Any] | None,
 class ServiceDesk:
     """DeskBackend implemented over a running :class:`Service`."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: DeskNode) -> None:
         self.s = service
         drafts_table.migrate(service.db)
 
@@ -166,7 +160,7 @@ class ServiceDesk:
         now = time.time()
         rsnap = s.router.snapshot(now)
         lines_out = []
-        since = _midnight(now)
+        since = midnight(now)
         gq = getattr(s, "global_queue", None)
         # the room's figures with the global queue (the leader's snapshot), else this node's
         room = (gq.snapshot.get("figures") if gq is not None else None) or {}
@@ -264,7 +258,7 @@ class ServiceDesk:
         rows = s.db.query(
             "SELECT COUNT(*) n, COALESCE(SUM(talk),0) talk FROM calls "
             "WHERE handler_id=? AND arrived_at>=? AND answered_at IS NOT NULL",
-            (handler_id, _midnight(now)))
+            (handler_id, midnight(now)))
         n, talk = rows[0]["n"], rows[0]["talk"]
         offer = call = wrap = None
         for c in s.calls.values():

@@ -27,7 +27,7 @@ from store import calls as calls_table
 from telephony import api as tel
 
 if TYPE_CHECKING:
-    from controlroom.service import Service
+    from controlroom.node import Node
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +56,7 @@ class Dial:
 class Dialouts:
     """Outbound call-back calls in progress, by call id."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Node) -> None:
         self.s = service
         self.calls: dict[str, Dial] = {}
         service.db.migrate(LINK_COMPONENT, LINK_MIGRATIONS, postgresql=LINK_MIGRATIONS)

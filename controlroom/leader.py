@@ -66,7 +66,7 @@ from controlroom.fallback import DESK_METHODS, LIVE, LocalRouting
 from store import routing_bus as bus
 
 if TYPE_CHECKING:
-    from controlroom.service import Service
+    from controlroom.node import Node
 
 log = structlog.get_logger("controlroom.leader")
 
@@ -217,7 +217,7 @@ class RouterProxy:
 class GlobalQueue:
     """The node's end of the global queue: bus writer and reader threads, the leader."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Node) -> None:
         from routing import Router
 
         self.s = service
@@ -1083,8 +1083,8 @@ class LeaderThread(threading.Thread):
     def _published(self, now: float) -> dict[str, Any]:
         """The snapshot desks and the wallboard read, with the room's figures per line
         (today's and the last hour's service level, the overflow refusal a new call would
-        get: ``controlroom.desk.line_figures``)."""
-        from controlroom.desk import line_figures
+        get: ``controlroom.figures.line_figures``)."""
+        from controlroom.figures import line_figures
 
         snap = self.router.snapshot(now, limit=50)
         snap["figures"] = line_figures(self.router, now)

@@ -22,7 +22,7 @@ import structlog
 from telephony import api as tel
 
 if TYPE_CHECKING:
-    from controlroom.service import Service
+    from controlroom.node import Node
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +54,7 @@ class Monitor:
 class Monitors:
     """The supervisor legs of the service's live calls, by leg id."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Node) -> None:
         self.s = service
         self.by_leg: dict[str, Monitor] = {}
 

@@ -25,7 +25,7 @@ import structlog
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from controlroom.service import Service
+    from controlroom.node import Node
 
 log = structlog.get_logger("controlroom.operations")
 
@@ -63,7 +63,7 @@ class TimedRouter:
         return fn
 
 
-def setup_metrics(service: Service) -> None:
+def setup_metrics(service: Node) -> None:
     """Add the operations metrics to ``service.metrics`` (after the service's own)."""
     m = service.metrics
     service.m_routing = m.histogram(  # type: ignore[attr-defined]
@@ -116,7 +116,7 @@ def setup_metrics(service: Service) -> None:
 
 # -- /metrics --------------------------------------------------------------------------
 
-def metrics_guard(service: Service, request: web.Request) -> int | None:
+def metrics_guard(service: Node, request: web.Request) -> int | None:
     """None when ``request`` may read ``/metrics`` on the console's listener, else the
     status to refuse it with (401 without the token, 403 from a non-loopback client
     when no token is configured)."""
@@ -141,7 +141,7 @@ def metrics_guard(service: Service, request: web.Request) -> int | None:
     return 403
 
 
-def metrics_response(service: Service) -> web.Response:
+def metrics_response(service: Node) -> web.Response:
     from aiohttp import web
 
     from controlroom.metrics import CONTENT_TYPE
@@ -150,7 +150,7 @@ def metrics_response(service: Service) -> web.Response:
                         headers={"Content-Type": CONTENT_TYPE, "X-Content-Type-Options": "nosniff"})
 
 
-async def start_metrics_listener(service: Service) -> Any:
+async def start_metrics_listener(service: Node) -> Any:
     """``/metrics`` alone on ``web.metrics_bind:metrics_port`` (a scrape network); the
     token, when set, is required there too. Returns the runner (None when not set)."""
     from aiohttp import web
@@ -182,7 +182,7 @@ async def start_metrics_listener(service: Service) -> Any:
 
 # -- first admin --------------------------------------------------------------------------
 
-def ensure_first_admin(service: Service) -> bool:
+def ensure_first_admin(service: Node) -> bool:
     """Create ``web.first_admin`` (admin role) from its secret when no console user
     exists. True when created. The secret is never logged."""
     from config.loader import secret
@@ -208,7 +208,7 @@ def ensure_first_admin(service: Service) -> bool:
 
 # -- scheduled tasks ----------------------------------------------------------------------
 
-async def cad_latency_loop(service: Service) -> None:
+async def cad_latency_loop(service: Node) -> None:
     """Observe each newly acknowledged outbox message's commit -> PUBACK time."""
     try:
         row = service.db.query_one("SELECT MAX(id) AS id FROM outbox")
@@ -231,7 +231,7 @@ async def cad_latency_loop(service: Service) -> None:
             last = r["id"]
 
 
-async def retention_loop(service: Service) -> None:
+async def retention_loop(service: Node) -> None:
     """Run the purge every ``retention.interval`` seconds in a thread."""
     from controlroom import retention
 
@@ -257,7 +257,7 @@ async def retention_loop(service: Service) -> None:
         await asyncio.sleep(s.retention.interval)
 
 
-async def start(service: Service) -> list[asyncio.Task[Any]]:
+async def start(service: Node) -> list[asyncio.Task[Any]]:
     """First admin, metrics listener and the scheduled tasks (call after the store and
     the publisher exist, before the web console starts)."""
     from controlroom import retention
@@ -271,7 +271,7 @@ async def start(service: Service) -> list[asyncio.Task[Any]]:
     return tasks
 
 
-async def stop(service: Service) -> None:
+async def stop(service: Node) -> None:
     runner = getattr(service, "metrics_runner", None)
     if runner is not None:
         with contextlib.suppress(Exception):

@@ -10,7 +10,7 @@ from aiohttp import web
 from config import ConfigError, WebSettings
 
 if TYPE_CHECKING:
-    from controlroom.service import Service
+    from controlroom.desk import DeskNode
 
 
 def tls_context(settings: WebSettings) -> ssl.SSLContext | None:
@@ -35,7 +35,7 @@ def console_url(settings: WebSettings, port: int | None) -> str:
     return f"{scheme}://{settings.bind}:{port or settings.port}/"
 
 
-def build_app(service: Service) -> web.Application:
+def build_app(service: DeskNode) -> web.Application:
     """The console app with ``/healthz``, ``/readyz`` and ``/metrics`` added."""
     try:
         from console.app import create_app
