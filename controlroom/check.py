@@ -361,6 +361,16 @@ def check(s: Settings, *, connect: bool = False, ports: bool = True) -> list[Pro
     return out
 
 
+def notes(s: Settings) -> list[str]:
+    """Choices that start fine but that an operator should make knowingly."""
+    out: list[str] = []
+    if s.storage.url and not s.cluster.global_queue:
+        out.append("storage.url is a shared PostgreSQL store but cluster.global_queue is "
+                   "false: this node routes only its own calls to its own handlers (set "
+                   "global_queue = true on every node for one queue across the room)")
+    return out
+
+
 def summary(s: Settings) -> dict[str, Any]:
     return {"lines": [line.name for line in s.lines], "handlers": len(s.handlers),
             "transcription": s.transcription.engine}

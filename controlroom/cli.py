@@ -26,10 +26,12 @@ def _load(path: str):  # noqa: ANN202 - returns config.Settings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from controlroom.check import check
+    from controlroom.check import check, notes
 
     settings = _load(args.config)
     problems = check(settings, connect=args.connect)
+    for note in notes(settings):
+        print(f"note: {note}")
     for p in problems:
         print(f"configuration error: {p}", file=sys.stderr)
     if problems:

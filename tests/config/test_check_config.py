@@ -200,3 +200,22 @@ def test_connect_reports_refused_credentials(tmp_path: Path) -> None:
         r = subprocess.run([*CLI, "check-config", "--connect", str(p)], capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stderr
+
+
+def test_a_shared_store_without_the_global_queue_is_noted(tmp_path: Path) -> None:
+    """Several nodes on one PostgreSQL store each route their own calls unless
+    cluster.global_queue is on: check-config says so (and still passes); with the global
+    queue on it says nothing."""
+    data = base(tmp_path)
+    data["storage"]["url"] = "postgresql://controlroom@127.0.0.1:5432/controlroom"
+    p = tmp_path / "shared.toml"
+    p.write_text(toml_dump(data))
+    r = subprocess.run([*CLI, "check-config", str(p)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    assert "note: storage.url is a shared PostgreSQL store but cluster.global_queue is false" \
+        in r.stdout
+    data["cluster"] = {"global_queue": True}
+    p.write_text(toml_dump(data))
+    r = subprocess.run([*CLI, "check-config", str(p)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    assert "note:" not in r.stdout
