@@ -1006,6 +1006,19 @@ def _owner(items: IndexedCall, i: int) -> int:
     return i
 
 
+_EDGES = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
+
+
+def _mark(text: str) -> str:
+    """A matched word in ``<mark>``, its leading and trailing punctuation outside
+    ("burglary," -> ``<mark>burglary</mark>,``); HTML-escaped."""
+    m = _EDGES.match(text)
+    if m is None or not m.group(2):
+        return f"<mark>{html.escape(text, quote=False)}</mark>"
+    lead, core, trail = (html.escape(g, quote=False) for g in m.groups())
+    return f"{lead}<mark>{core}</mark>{trail}"
+
+
 def _snippet(items: IndexedCall, first: int, matched: set[int]
              ) -> tuple[str, list[dict[str, Any]]]:
     """HTML (``<mark>`` around matches) and fragments of the words around ``first`` (a
@@ -1025,8 +1038,8 @@ def _snippet(items: IndexedCall, first: int, matched: set[int]
             it = items[i]
             frags.append({"text": it.display, "match": i in matched,
                           "low_confidence": it.low_confidence, "at": it.start})
-    parts = [f"<mark>{html.escape(f['text'], quote=False)}</mark>" if f["match"]
-             else html.escape(f["text"], quote=False) for f in frags]
+    parts = [_mark(f["text"]) if f["match"] else html.escape(f["text"], quote=False)
+             for f in frags]
     more_before = lo > 0 and items.channel(lo - 1) == ch
     more_after = hi + 1 < len(items) and items.channel(hi + 1) == ch
     return ("…" if more_before else "") + " ".join(parts) + ("…" if more_after else ""), frags

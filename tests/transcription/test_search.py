@@ -140,8 +140,19 @@ def test_snippet_is_html_safe(populated):
     """Transcript text is escaped; only our <mark> tags are HTML."""
     h = populated.search("shouting")[0]
     assert h.snippet == ("…with a knife on station road he is"
-                         " <mark>&lt;b&gt;shouting&lt;/b&gt; &amp;</mark> running")
+                         " &lt;<mark>b&gt;shouting&lt;/b</mark>&gt; &amp; running")
     assert [f["text"] for f in h.fragments][-3:] == ["is", "<b>shouting</b> &", "running"]
+
+
+def test_the_mark_leaves_punctuation_outside(db):
+    """A recogniser writes punctuation onto words ("burglary,"): the highlight is the word,
+    the comma stays outside it, so the page shows the match and not its punctuation."""
+    _call(db, "p1")
+    _transcript(db, "p1", [("caller", 0.5, 4.0, "In a burglary, at number 12, \"Station Road.\"")])
+    h = TranscriptSearch(db).search("burglary road")[0]
+    assert "<mark>burglary</mark>," in h.snippet and "<mark>Road</mark>.&quot;" not in h.snippet
+    assert "<mark>Road</mark>.\"" in h.snippet
+    assert [f["text"] for f in h.fragments if f["match"]] == ["burglary,", "Road.\""]
 
 
 def test_limit_and_no_call_row(db):
