@@ -9,6 +9,7 @@ offer to them), queues the waiting call, and logs the end the old leader never r
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -144,17 +145,76 @@ def _log(url: str) -> list[tuple[str, str, str]]:
         url, "SELECT event, call_id, handler_id FROM queue_log ORDER BY id")]
 
 
-def test_one_router_keeps_priority_and_a_takeover_rebuilds_from_the_nodes(url: str) -> None:
+@contextlib.contextmanager
+def _leading(url: str, leader_id: str, node_id: str, **leader_attrs: Any) -> Iterator[FakeNode]:
+    """A migrated store, ``node_id`` beating, the leader ``leader_id`` running (attributes
+    from ``leader_attrs`` set before it starts) and a :class:`FakeNode` for ``node_id``;
+    all stopped after."""
     from controlroom.leader import LeaderThread
+
+    _migrate(url).close()
+    beat = _beat(url, node_id)
+    stop = threading.Event()
+    leader = LeaderThread(_settings(url, leader_id), url, leader_id, stop, poll=0.05)
+    for name, value in leader_attrs.items():
+        setattr(leader, name, value)
+    leader.start()
+    try:
+        yield FakeNode(url, node_id)
+    finally:
+        beat.set()
+        stop.set()
+        leader.join(5)
+
+
+class _Takeover:
+    """A migrated store, ``n2`` beating, leader ``n1`` running and a :class:`FakeNode`
+    for ``n2``; :meth:`stop_first` stops ``n1`` (its lease released, as a kill -9 closes
+    its session) and :meth:`start_second` starts ``n3``. Everything stops on exit."""
+
+    def __init__(self, url: str) -> None:
+        from controlroom.leader import LeaderThread
+
+        self.url = url
+        _migrate(url).close()
+        self.beating = _beat(url, "n2")
+        self.stops = threading.Event(), threading.Event()
+        self.leaders = [LeaderThread(_settings(url, "n1"), url, "n1", self.stops[0],
+                                     poll=0.05)]
+        self.leaders[0].start()
+
+    def stop_first(self) -> None:
+        self.stops[0].set()
+        self.leaders[0].join(5)
+
+    def start_second(self) -> None:
+        from controlroom.leader import LeaderThread
+
+        second = LeaderThread(_settings(self.url, "n3"), self.url, "n3", self.stops[1],
+                              poll=0.05)
+        self.leaders.append(second)
+        second.start()
+
+    def __enter__(self) -> FakeNode:
+        try:
+            return FakeNode(self.url, "n2")
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.beating.set()
+        for stop in self.stops:
+            stop.set()
+        for leader in self.leaders:
+            leader.join(5)
+
+
+def test_one_router_keeps_priority_and_a_takeover_rebuilds_from_the_nodes(url: str) -> None:
     from harness.cluster import store_query
 
-    db = _migrate(url)
-    beating = _beat(url, "n2")
-    stop1, stop2 = threading.Event(), threading.Event()
-    first = LeaderThread(_settings(url, "n1"), url, "n1", stop1, poll=0.05)
-    first.start()
-    node = FakeNode(url, "n2")
-    try:
+    room = _Takeover(url)
+    with room as node:
         t = time.time()
         node.send("handler_login", "h1", t, skills={"999": 5, "101": 5})
         node.send("handler_login", "h2", t, skills={"999": 5, "101": 5})
@@ -173,12 +233,10 @@ def test_one_router_keeps_priority_and_a_takeover_rebuilds_from_the_nodes(url: s
         time.sleep(0.3)  # the leader's state row written
         # The first leader stops (its lease released: as a kill -9 closes its session);
         # the call ends before anyone reads that input.
-        stop1.set()
-        first.join(5)
+        room.stop_first()
         node.calls["n2-c2"]["state"] = "connected"  # as it was when its end was sent
         node.send("call_ended", "n2-c2", time.time())
-        second = LeaderThread(_settings(url, "n3"), url, "n3", stop2, poll=0.05)
-        second.start()
+        room.start_second()
         node.wait_for(lambda a: a["type"] == "Completed" and a["call_id"] == "n2-c2")
         assert store_query(url, "SELECT term, holder FROM routing_lease")[0]["holder"] == "n3"
         node.actions.clear()
@@ -194,14 +252,6 @@ def test_one_router_keeps_priority_and_a_takeover_rebuilds_from_the_nodes(url: s
             ("OFFER", "n2-c1", offer["handler_id"])]
         assert [e for e in log if e[0] == "ENTER"] == [("ENTER", "n2-c1", ""),
                                                        ("ENTER", "n2-c2", "")]
-    finally:
-        beating.set()
-        stop1.set()
-        stop2.set()
-        first.join(5)
-        if "second" in locals():
-            second.join(5)
-        db.close()
 
 
 def test_a_silent_nodes_waiting_calls_are_parked_and_come_back_when_it_beats(
@@ -310,15 +360,7 @@ def test_a_survivors_adopt_logs_the_dead_calls_and_drops_them_at_the_leader() ->
 def test_a_restarted_node_tells_the_leader_it_holds_no_call(url: str) -> None:
     """A node restarted quicker than parking: its start resync drops the calls its
     previous run left in the queue, so no handler is offered a call that is gone."""
-    from controlroom.leader import LeaderThread
-
-    _migrate(url).close()
-    node_beat = _beat(url, "r1")
-    stop = threading.Event()
-    leader = LeaderThread(_settings(url, "n8"), url, "n8", stop, poll=0.05)
-    leader.start()
-    node = FakeNode(url, "r1")
-    try:
+    with _leading(url, "n8", "r1") as node:
         t = time.time()
         node.send("handler_login", "h5", t, skills={"999": 5, "101": 5})
         node.send("call_arrived", "r1-c1", "999", t, caller="1")
@@ -330,26 +372,14 @@ def test_a_restarted_node_tells_the_leader_it_holds_no_call(url: str) -> None:
         node.send("set_available", "h5", time.time())
         offer = node.wait_for(lambda a: a["type"] == "Offer")[0]
         assert offer["call_id"] == "r1-c2"  # not the gone 999
-    finally:
-        node_beat.set()
-        stop.set()
-        leader.join(5)
 
 
 def test_the_bus_is_pruned_and_routing_goes_on(url: str) -> None:
     """Bus rows older than ``prune_after`` are deleted (inputs once read); the queue log
     keeps the record, and routing carries on."""
-    from controlroom.leader import LeaderThread
     from harness.cluster import store_query
 
-    _migrate(url).close()
-    beat = _beat(url, "p1")
-    stop = threading.Event()
-    leader = LeaderThread(_settings(url, "n7"), url, "n7", stop, poll=0.05)
-    leader.prune_after = 0.5
-    leader.start()
-    node = FakeNode(url, "p1")
-    try:
+    with _leading(url, "n7", "p1", prune_after=0.5) as node:
         t = time.time()
         node.send("handler_login", "h4", t, skills={"999": 5, "101": 5})
         node.send("call_arrived", "p1-c1", "999", t, caller="1")
@@ -364,10 +394,6 @@ def test_the_bus_is_pruned_and_routing_goes_on(url: str) -> None:
         assert [r["event"] for r in store_query(
             url, "SELECT event FROM queue_log WHERE call_id = 'p1-c1' AND event <> 'STATE'"
                  " ORDER BY id")] == ["ENTER", "OFFER"]
-    finally:
-        beat.set()
-        stop.set()
-        leader.join(5)
 
 
 def test_a_hand_back_after_routing_alone_supersedes_the_nodes_unread_inputs(
@@ -378,16 +404,10 @@ def test_a_hand_back_after_routing_alone_supersedes_the_nodes_unread_inputs(
     reports (not ready: on a break). The desk's node is published with the handlers."""
     import json
 
-    from controlroom.leader import LeaderThread
     from harness.cluster import store_query
 
-    _migrate(url).close()
-    beating = _beat(url, "n2")
-    stop1, stop2 = threading.Event(), threading.Event()
-    first = LeaderThread(_settings(url, "n1"), url, "n1", stop1, poll=0.05)
-    first.start()
-    node = FakeNode(url, "n2")
-    try:
+    room = _Takeover(url)
+    with room as node:
         t = time.time()
         node.send("handler_login", "h1", t, skills={"999": 5, "101": 5})
         node.send("handler_login", "h2", t, skills={"999": 5, "101": 5})
@@ -402,8 +422,7 @@ def test_a_hand_back_after_routing_alone_supersedes_the_nodes_unread_inputs(
             node.poll()  # answers the first leader's term row
             time.sleep(0.05)
         assert published()["h1"]["desk"] == "n2", published()
-        stop1.set()  # the store away: no leader reads what follows
-        first.join(5)
+        room.stop_first()  # the store away: no leader reads what follows
         node.send("call_arrived", "n2-c5", "101", time.time(), caller="5")  # sent, unread
         # ... then, alone, n2-c5 was answered and ended, n2-c6 (999) came and waits, and
         # h1 went on a break
@@ -413,8 +432,7 @@ def test_a_hand_back_after_routing_alone_supersedes_the_nodes_unread_inputs(
         node.resync_extra = {"fallback": True, "handlers": {
             "h1": {"state": "not_ready", "reason": "break", "skills": {"999": 5, "101": 5},
                    "since": time.time(), "idle_since": None, "call_id": None}}}
-        second = LeaderThread(_settings(url, "n3"), url, "n3", stop2, poll=0.05)
-        second.start()
+        room.start_second()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not any(
                 e[0] == "resync" and '"fallback"' in e[1] for e in _inputs(url, "n2")):
@@ -431,10 +449,3 @@ def test_a_hand_back_after_routing_alone_supersedes_the_nodes_unread_inputs(
         assert ("ENTER", "n2-c5", "") not in _log(url)
         h1 = published()["h1"]
         assert (h1["state"], h1["desk"]) == ("not_ready", "n2"), h1
-    finally:
-        beating.set()
-        stop1.set()
-        stop2.set()
-        first.join(5)
-        if "second" in locals():
-            second.join(5)

@@ -23,6 +23,7 @@ from harness.postgres import available as postgres_available
 from tests.cluster.test_leader import (  # noqa: F401 - the fixtures are used by name
     FakeNode,
     _beat,
+    _leading,
     _migrate,
     server,
     url,
@@ -243,15 +244,7 @@ def _send(node: FakeNode, method: str, *args: Any, req: str = "",
 def test_the_leader_answers_a_desk_operation_to_its_node(url: str) -> None:  # noqa: F811
     """A refused operation is answered with the router's message; an applied one with an
     empty error, ahead of the actions it caused (the node's part runs first)."""
-    from controlroom.leader import LeaderThread
-
-    _migrate(url).close()
-    beat = _beat(url, "d1")
-    stop = threading.Event()
-    leader = LeaderThread(_settings(url, "n5"), url, "n5", stop, poll=0.05)
-    leader.start()
-    node = FakeNode(url, "d1")
-    try:
+    with _leading(url, "n5", "d1") as node:
         t = time.time()
         node.send("handler_login", "h1", t, skills={"999": 5, "101": 5})
         node.send("call_arrived", "d1-c1", "999", t, caller="1")
@@ -273,10 +266,6 @@ def test_the_leader_answers_a_desk_operation_to_its_node(url: str) -> None:  # n
                                      "ready")
         assert replies["d1-x-3"] == ("unknown call-back 'cb404'", None, None)
         assert replies["d1-x-4"][0] == "unknown call 'd1-c9'"
-    finally:
-        beat.set()
-        stop.set()
-        leader.join(5)
 
 
 @pg
