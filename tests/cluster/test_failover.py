@@ -95,15 +95,15 @@ def test_network_cut_of_a_node_fails_no_new_call_and_it_comes_back(tmp_path: Pat
         victim = cluster.nodes[1]
         assert victim.alive()
         up_line = f"dispatcher: node sip:{victim.addr}:"
-        ups_before = _ups(cluster, up_line)
+        ups_before = _events(cluster, up_line, "up")
         cluster.restore(victim)
         back = time.time()
         # Its next answered OPTIONS (one a second) puts it back into the rotation.
         deadline = back + 30
-        while _ups(cluster, up_line) == ups_before and time.time() < deadline:
+        while _events(cluster, up_line, "up") == ups_before and time.time() < deadline:
             time.sleep(0.1)
         probed_up_s = time.time() - back
-        assert _ups(cluster, up_line) > ups_before, (
+        assert _events(cluster, up_line, "up") > ups_before, (
             f"node not probed up 30 s after the cable\n{cluster.kamailio.log_text(4000)}")
         load = cluster.callers("999", rate=3, calls=15, talk_ms=500, name="after").start()
         assert load.wait(60) is not None
@@ -113,10 +113,6 @@ def test_network_cut_of_a_node_fails_no_new_call_and_it_comes_back(tmp_path: Pat
         assert taken, _explain(cluster, figures, after)
         print(f"\ncut: {figures}; probed up {probed_up_s:.2f} s and answering "
               f"{taken[0].answered - back:.2f} s after the cable")
-
-
-def _ups(cluster: Cluster, line: str) -> int:
-    return _events(cluster, line, "up")
 
 
 @pytest.mark.skipif(not namespaces_available(), reason="a network cut needs namespaces (root)")
