@@ -16,7 +16,8 @@ on and sees nothing come back). Where namespaces cannot be made (not root),
 
 :class:`Cluster` starts the hub's peers and the nodes (each with its own handler phones:
 one queue per node; each with its own SQLite store, or with ``postgres=True`` one shared
-throw-away PostgreSQL listening on the hub address, the nodes' recordings folders visible
+throw-away PostgreSQL listening on the bridge's second address (:meth:`NamespaceNet.cut_store`
+cuts one node from it alone), the nodes' recordings folders visible
 to each other as on a shared file system, so a survivor salvages a dead node's calls),
 and kills (``SIGKILL``) or cuts a node. :class:`CallerLoad` is a SIPp caller at a steady
 rate whose scenario logs, per call, when the INVITE left, when it was answered and by
@@ -74,6 +75,8 @@ class LoopbackNet:
 
     def __init__(self, nodes: int) -> None:
         self.hub = "127.0.0.1"
+        self.store = self.hub
+        """Where the shared PostgreSQL listens."""
         self.nodes = [f"127.0.0.{11 + i}" for i in range(nodes)]
         self.own_ports = False
         """Whether every node has its own port space (namespaces): fixed ports then."""
@@ -86,6 +89,12 @@ class LoopbackNet:
         raise HarnessError("a network cut needs network namespaces (run as root)")
 
     def restore(self, i: int) -> None:
+        raise HarnessError("a network cut needs network namespaces (run as root)")
+
+    def cut_store(self, i: int) -> None:
+        raise HarnessError("a network cut needs network namespaces (run as root)")
+
+    def restore_store(self, i: int) -> None:
         raise HarnessError("a network cut needs network namespaces (run as root)")
 
     def close(self) -> None:
@@ -110,6 +119,11 @@ class NamespaceNet:
                 break
         self.net = net
         self.hub = f"{net}.1"
+        self.store = f"{net}.2"
+        """Where the shared PostgreSQL listens: a second address of the bridge, so one
+        node's path to the store alone can be cut (:meth:`cut_store`)."""
+        self.dead_hop = f"{net}.250"
+        """An address nobody answers ARP for: the next hop of a cut store route."""
         self.nodes = [f"{net}.{11 + i}" for i in range(nodes)]
         self.bridge = f"crb{self.tag}"
         self.namespaces = [f"cr-{self.tag}-n{i + 1}" for i in range(nodes)]
@@ -118,6 +132,7 @@ class NamespaceNet:
         try:
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("addr", "add", f"{self.hub}/24", "dev", self.bridge)
+            _ip("addr", "add", f"{self.store}/24", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
             for ns, veth, addr in zip(self.namespaces, self.veths, self.nodes, strict=True):
                 _ip("netns", "add", ns)
@@ -140,6 +155,17 @@ class NamespaceNet:
 
     def restore(self, i: int) -> None:
         _ip("link", "set", self.veths[i], "up")
+
+    def cut_store(self, i: int) -> None:
+        """Node ``i`` loses the store only (a firewall or a switch port between it and
+        the database): its packets to the store's address go to a next hop that never
+        answers, so an open connection hangs unanswered (no reset) and a new one fails
+        after ARP gives up; Kamailio, the phones and the broker still reach it."""
+        _ip("-n", self.namespaces[i], "route", "replace", f"{self.store}/32",
+            "via", self.dead_hop)
+
+    def restore_store(self, i: int) -> None:
+        _ip("-n", self.namespaces[i], "route", "del", f"{self.store}/32")
 
     def close(self) -> None:
         for ns in self.namespaces:  # deleting a namespace deletes its end of the veth
@@ -508,7 +534,7 @@ class Cluster:
         if self.use_postgres:
             from .postgres import Postgres
 
-            pg = Postgres(host=self.net.hub)
+            pg = Postgres(host=self.net.store)
             self._closers.append(pg.close)
             pg.start()
             self.postgres = pg
@@ -707,6 +733,16 @@ class Cluster:
     def restore(self, node: Node) -> None:
         self.net.restore(node.index)
         node.cut_at = None
+
+    def cut_store(self, node: Node) -> float:
+        """Cut the node's path to the shared PostgreSQL alone (namespaces only; the
+        phones, Kamailio and the broker still reach it); returns the time of the cut."""
+        at = time.time()
+        self.net.cut_store(node.index)
+        return at
+
+    def restore_store(self, node: Node) -> None:
+        self.net.restore_store(node.index)
 
     # -- callers -----------------------------------------------------------------
     def callers(self, dialled: str, *, rate: float, calls: int, talk_ms: int = 3000,
