@@ -10,10 +10,27 @@ come back as :class:`Row`, readable by index and by column name like ``sqlite3.R
 What differs in the schema (identity columns, ``DOUBLE PRECISION`` for epoch seconds,
 triggers as PL/pgSQL functions) lives in each component's own PostgreSQL migrations.
 
-Connection loss: a broken writer connection is replaced on the next use; while the
-server is away that use raises ``psycopg.OperationalError``, which
-:func:`store.spool.classify` names a storage fault, so the node spools its writes in
-order and writes them when the server is back (a restart mid-run).
+Connection loss: while the server is away a use raises ``psycopg.OperationalError``,
+which :func:`store.spool.classify` names a storage fault, so the node spools its writes
+in order and writes them when the server is back (a restart mid-run).
+
+A silent cut (a firewall, a switch port: packets dropped, no reset) must not hold the
+event loop, which also carries the SIP and RTP of every call. So:
+
+- the event loop has a connection of its own (threads share another, so the loop never
+  waits for a lock a thread holds while its statement hangs), and every statement on it
+  is watched: one with no answer after :data:`LOOP_DEADLINE` seconds has its socket shut
+  down by a watchdog thread, so it fails then instead of after TCP's retransmissions
+  (~15 minutes);
+- the first connection-level failure, on any connection, opens a circuit breaker
+  (:mod:`store.breaker`): from then on every use fails at once without touching the
+  network, on the loop and in threads alike, and only the prober thread tries the
+  server (connect, ``SELECT 1``, with back-off); when it answers the prober hands its
+  connection to the loop and closes the breaker. The loop never connects itself after
+  start-up. A cut therefore costs the loop one wait of at most :data:`LOOP_DEADLINE`
+  (plus the watchdog's tick) per outage;
+- every connection has libpq's TCP options (:data:`TCP_OPTIONS`: keepalives and
+  ``tcp_user_timeout``), so a thread's statement on a silent path fails in seconds too.
 
 Migrations run under a session advisory lock, so when several nodes start together one
 applies them and the others wait, then find nothing left to do.
@@ -21,19 +38,38 @@ applies them and the others wait, then find nothing left to do.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import os
+import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
+from .breaker import Breaker
 from .db import Database, SchemaMismatch, check_versions
 
 if TYPE_CHECKING:
     import psycopg
 
+log = structlog.get_logger("store.pg")
+
 MIGRATE_LOCK = 0x636F6E74726F6C  # "control": the advisory lock key for migrations
 CONNECT_TIMEOUT = 3
+TCP_OPTIONS: dict[str, Any] = {
+    "keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1, "keepalives_count": 2,
+    "tcp_user_timeout": 3000,
+}
+"""libpq's TCP options on every connection: an idle connection whose path went silent
+is found dead in ~4 s (keepalives), and data the server does not acknowledge fails the
+connection after 3 s (``tcp_user_timeout``, ms) instead of TCP's ~15 minutes."""
+LOOP_DEADLINE = 0.3
+"""Longest a statement on the event loop waits for the store (s) before the watchdog
+fails it and the breaker opens."""
 
 
 class Row(tuple[Any, ...]):
@@ -97,12 +133,20 @@ def to_pg(sql: str, named: bool = False) -> str:
 
 
 class PgConnection:
-    """A psycopg connection that takes the SQL the SQLite code writes (see module doc)."""
+    """A psycopg connection that takes the SQL the SQLite code writes (see module doc).
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    With a ``guard`` (the :class:`PgDatabase` that made it) each statement is reported
+    to it: watched by the watchdog when the connection is the event loop's, and a
+    connection-level failure opens the database's breaker."""
+
+    def __init__(self, conn: psycopg.Connection[Any], guard: PgDatabase | None = None,
+                 *, loop: bool = False) -> None:
         self.raw = conn
+        self.guard = guard
+        self.loop = loop
+        """The event loop's connection: its statements are watched."""
 
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = ()) -> Any:
+    def _run(self, sql: str, params: Sequence[Any] | dict[str, Any] | None) -> Any:
         if not params:
             # No parameters: psycopg sends the text as is (a '%' needs no doubling).
             return self.raw.execute(sql)
@@ -110,10 +154,36 @@ class PgConnection:
             return self.raw.execute(to_pg(sql, True), params)  # type: ignore[arg-type]
         return self.raw.execute(to_pg(sql), tuple(params))  # type: ignore[arg-type]
 
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = ()) -> Any:
+        g = self.guard
+        if g is None:
+            return self._run(sql, params)
+        if self.loop:
+            g._watchdog.arm(self)
+        try:
+            return self._run(sql, params)
+        except g.Error as exc:
+            g._failed(self, exc)
+            raise
+        finally:
+            if self.loop:
+                g._watchdog.disarm()
+
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> Any:
-        cur = self.raw.cursor()
-        cur.executemany(to_pg(sql), [tuple(p) for p in seq])  # type: ignore[arg-type]
-        return cur
+        g = self.guard
+        if g is not None and self.loop:
+            g._watchdog.arm(self)
+        try:
+            cur = self.raw.cursor()
+            cur.executemany(to_pg(sql), [tuple(p) for p in seq])  # type: ignore[arg-type]
+            return cur
+        except Exception as exc:
+            if g is not None and isinstance(exc, g.Error):
+                g._failed(self, exc)
+            raise
+        finally:
+            if g is not None and self.loop:
+                g._watchdog.disarm()
 
     @property
     def in_transaction(self) -> bool:
@@ -125,6 +195,12 @@ class PgConnection:
     def closed(self) -> bool:
         return self.raw.closed
 
+    @property
+    def dead(self) -> bool:
+        """Closed, broken, or failed by the watchdog: not to be used again."""
+        return self.raw.closed or self.raw.broken or self.guard is not None and (
+            self.guard._watchdog.fired_on is self)
+
     def close(self) -> None:
         self.raw.close()
 
@@ -135,22 +211,94 @@ class PgConnection:
         self.close()
 
 
-def _connect(url: str) -> PgConnection:
+def _connect(url: str, guard: PgDatabase | None = None, *, loop: bool = False) -> PgConnection:
     import psycopg
 
     conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                           row_factory=_row_factory)
-    return PgConnection(conn)
+                           row_factory=_row_factory, **TCP_OPTIONS)
+    return PgConnection(conn, guard, loop=loop)
+
+
+def _on_loop() -> bool:
+    return asyncio._get_running_loop() is not None
+
+
+class _Watchdog:
+    """Fails a statement on the event loop's connection that has no answer after
+    ``deadline`` seconds: shuts its socket down (the blocked call returns at once with
+    a connection error). One thread, started on first use, ticking every ``tick`` s."""
+
+    def __init__(self, deadline: float, tick: float = 0.05) -> None:
+        self.deadline = deadline
+        self.tick = tick
+        self.fired_on: PgConnection | None = None
+        """The connection it last failed (dead from then on)."""
+        self.fired = 0
+        self._armed: tuple[PgConnection, float] | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, conn: PgConnection) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="store-watchdog",
+                                            daemon=True)
+            self._thread.start()
+        self._armed = (conn, time.monotonic() + self.deadline)
+
+    def disarm(self) -> None:
+        # Under the lock: once this returns the watchdog cannot fire on a statement that
+        # is over (nor on a socket number the connection's close gave back).
+        with self._lock:
+            self._armed = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            armed = self._armed
+            if armed is None or time.monotonic() < armed[1]:
+                continue
+            with self._lock:
+                if self._armed is not armed:
+                    continue
+                self._armed = None
+                conn = armed[0]
+                self.fired_on = conn
+                self.fired += 1
+                with contextlib.suppress(Exception):
+                    s = socket.socket(fileno=os.dup(conn.raw.pgconn.socket))
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    finally:
+                        s.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+
+
+class _Channel:
+    """One connection and what goes with it (the loop's, or the threads')."""
+
+    def __init__(self, loop: bool) -> None:
+        self.loop = loop
+        self.lock = threading.RLock()
+        self.depth = 0
+        self.conn: PgConnection | None = None
+        self.had = False
+        """It has had a connection (the loop's is then only re-made by the prober)."""
 
 
 class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
-    """The shared PostgreSQL store (one writer connection per node, readers on demand).
+    """The shared PostgreSQL store (see the module doc: a connection for the event
+    loop, one for threads, readers on demand; a breaker and a prober).
 
     psycopg is imported when one is opened, so a SQLite node never loads it."""
 
     dialect = "postgresql"
 
-    def __init__(self, path: Any, *, checkpoint_interval: float = 1.0) -> None:  # noqa: ARG002
+    def __init__(self, path: Any, *, checkpoint_interval: float = 1.0,  # noqa: ARG002
+                 loop_deadline: float = LOOP_DEADLINE) -> None:
         import psycopg
 
         self.Error = psycopg.Error
@@ -160,10 +308,19 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
         self.url = str(path)
         self.path = self._where()
         """The URL without user or password (for logs)."""
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._conn_: PgConnection | None = None
-        with self._lock:
+        self.breaker = Breaker()
+        self.on_reachable: list[Any] = []
+        """Called (from the prober thread) when the store answers again."""
+        self.last_error = ""
+        self._state = threading.Lock()
+        self._watchdog = _Watchdog(loop_deadline)
+        self._loop_ch = _Channel(loop=True)
+        self._thread_ch = _Channel(loop=False)
+        self._closing = threading.Event()
+        self._probe_wake = threading.Event()
+        self._prober: threading.Thread | None = None
+        ch = self._channel()
+        with ch.lock:
             conn = self._ensure()
             # IF NOT EXISTS races between nodes starting together: under the lock.
             conn.execute("SELECT pg_advisory_lock(?)", (MIGRATE_LOCK,))
@@ -177,20 +334,123 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
                 conn.execute("SELECT pg_advisory_unlock(?)", (MIGRATE_LOCK,))
 
     # -- connection ----------------------------------------------------------
+    def _channel(self) -> _Channel:
+        return self._loop_ch if _on_loop() else self._thread_ch
+
+    @property
+    def reachable(self) -> bool:
+        """False while the breaker is open (the store taken as away)."""
+        return self.breaker.allow()
+
+    def _unavailable(self) -> Exception:
+        return self.OperationalError(
+            f"store unreachable: {self.breaker.reason or 'connection lost'} (waiting for"
+            f" the prober to reach {self.path}; last error: {self.last_error})")
+
     def _ensure(self) -> PgConnection:
-        """The writer connection, re-made if the server dropped it (restart)."""
-        c = self._conn_
-        if c is None or c.closed or c.raw.broken:
-            if c is not None:
-                with contextlib.suppress(self.Error):
-                    c.close()
-            self._conn_ = None
-            self._conn_ = c = _connect(self.url)
+        """The calling side's connection (the loop's or the threads'). While the breaker
+        is open it raises at once; the loop's is re-made by the prober only."""
+        ch = self._channel()
+        c = ch.conn
+        if not self.breaker.allow():
+            raise self._unavailable()
+        if c is not None and not c.dead:
+            return c
+        if c is not None:
+            ch.conn = None
+            with contextlib.suppress(Exception):
+                c.close()
+            if ch.loop:  # found dead between statements: the prober re-makes it
+                self._open("connection lost", "the connection was found closed")
+                raise self._unavailable()
+        if ch.loop and ch.had:
+            self._open("connection lost", "the loop's connection is gone")
+            raise self._unavailable()
+        try:
+            c = _connect(self.url, self, loop=ch.loop)
+        except self.Error as exc:
+            self._open("cannot connect", str(exc))
+            raise
+        ch.conn, ch.had = c, True
         return c
 
     @property
     def _conn(self) -> PgConnection:  # type: ignore[override]
         return self._ensure()
+
+    def _failed(self, conn: PgConnection, exc: BaseException) -> None:
+        """A statement on ``conn`` failed: a connection-level failure opens the breaker."""
+        fired = self._watchdog.fired_on is conn
+        if not (fired or conn.raw.closed or conn.raw.broken):
+            return  # an SQL error, a constraint, a statement timeout: not the path
+        why = (f"no answer from the store in {self._watchdog.deadline:g} s" if fired
+               else "connection lost")
+        self._open(why, str(exc))
+
+    def _open(self, reason: str, error: str) -> None:
+        with self._state:
+            self.last_error = error
+            opened = self.breaker.failed(reason, time.time())
+            if opened is None:
+                return
+            if self._prober is None and not self._closing.is_set():
+                self._prober = threading.Thread(target=self._probe_loop, name="store-prober",
+                                                daemon=True)
+                self._prober.start()
+        log.error("store.unreachable", reason=reason, error=error, database=self.path,
+                  note="writes wait in the spool; reads fail at once; a prober thread"
+                       " tries the store")
+        self._probe_wake.set()
+
+    def _probe_loop(self) -> None:
+        """The prober thread: while the breaker is open, try the store with back-off;
+        when it answers, hand the connection to the loop and close the breaker."""
+        while not self._closing.is_set():
+            with self._state:
+                due = self.breaker.next_probe()
+            if due is None:
+                self._probe_wake.wait(1.0)
+                self._probe_wake.clear()
+                continue
+            delay = due - time.time()
+            if delay > 0:
+                self._closing.wait(min(delay, 1.0))
+                continue
+            with self._state:
+                if not self.breaker.probe_due(time.time()):
+                    continue
+            try:
+                conn = _connect(self.url, self, loop=True)
+                conn.raw.execute("SELECT 1")
+            except Exception as exc:  # noqa: BLE001 - still away: try again later
+                with self._state:
+                    self.last_error = str(exc)
+                    self.breaker.probe_failed(time.time())
+                continue
+            ch = self._loop_ch
+            with ch.lock:  # the loop holds it only for bounded statements
+                old, ch.conn, ch.had = ch.conn, conn, True
+            tch = self._thread_ch
+            if tch.lock.acquire(timeout=0.1):  # the threads re-connect on next use
+                try:
+                    if tch.conn is not None and tch.conn.dead:
+                        with contextlib.suppress(Exception):
+                            tch.conn.close()
+                        tch.conn = None
+                finally:
+                    tch.lock.release()
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    old.close()
+            with self._state:
+                closed = self.breaker.probe_succeeded(time.time())
+            log.warning("store.reachable", database=self.path,
+                        after_s=round(closed.at - closed.since, 3), probes=closed.probes)
+            for callback in list(self.on_reachable):
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - a listener's bug is not the store's
+                    log.exception("store.on_reachable_failed")
 
     # -- schema --------------------------------------------------------------
     def migrate(self, component: str, migrations: Sequence[str], *,
@@ -199,7 +459,7 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
             raise SchemaMismatch(f"component {component!r} has no PostgreSQL migrations: "
                                  "it cannot use a PostgreSQL store yet")
         applied = 0
-        with self._lock:
+        with self._channel().lock:
             conn = self._ensure()
             conn.execute("SELECT pg_advisory_lock(?)", (MIGRATE_LOCK,))
             try:
@@ -234,29 +494,29 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
     # -- writing -------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
-        with self._lock:
-            if self._depth:
-                self._depth += 1
+        ch = self._channel()
+        with ch.lock:
+            if ch.depth:
+                ch.depth += 1
                 try:
-                    yield self._conn_
+                    yield ch.conn
                 finally:
-                    self._depth -= 1
+                    ch.depth -= 1
                 return
             conn = self._ensure()
             conn.execute("BEGIN")
-            self._depth = 1
+            ch.depth = 1
             try:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
-                self._rollback()
+                self._rollback_on(conn)
                 raise
             finally:
-                self._depth = 0
+                ch.depth = 0
 
-    def _rollback(self) -> None:
-        c = self._conn_
-        if c is not None and not c.closed and c.in_transaction:
+    def _rollback_on(self, c: PgConnection) -> None:
+        if not c.dead and c.in_transaction:
             with contextlib.suppress(self.Error):
                 c.execute("ROLLBACK")
 
@@ -266,26 +526,35 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
 
     # -- reading -------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
-        with self._lock:
+        with self._channel().lock:
             return self._ensure().execute(sql, params).fetchall()  # type: ignore[no-any-return]
 
     def query_one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
-        with self._lock:
+        with self._channel().lock:
             return self._ensure().execute(sql, params).fetchone()
 
     def connect_reader(self) -> PgConnection:  # type: ignore[override]
-        """A separate autocommit connection (sees committed rows only)."""
+        """A separate autocommit connection (sees committed rows only); refused at once
+        while the breaker is open."""
+        if not self.breaker.allow():
+            raise self._unavailable()
         return _connect(self.url)
 
     def checkpoint(self) -> None:
         """Nothing to do: the server owns its checkpoints."""
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn_ is not None:
-                with contextlib.suppress(self.Error):
-                    self._conn_.close()
-                self._conn_ = None
+        self._closing.set()
+        self._probe_wake.set()
+        self._watchdog.close()
+        for ch in (self._loop_ch, self._thread_ch):
+            with ch.lock:
+                if ch.conn is not None:
+                    with contextlib.suppress(Exception):
+                        ch.conn.close()
+                    ch.conn = None
+        if self._prober is not None:
+            self._prober.join(CONNECT_TIMEOUT + 1.0)
 
 
 def is_url(target: Any) -> bool:

@@ -8,6 +8,7 @@ in order, and writes them all, gap-free and in order, once the server is back.
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import pytest
 
@@ -49,6 +50,12 @@ def test_a_postgresql_restart_degrades_then_reconciles_in_order() -> None:
         assert w.flush() == 0 and w.depth == 3  # still down: nothing moves
         cluster.start()
         assert w.write(_unit(4), call_id="c1", what="call.e4") is False  # behind the spool
+        # Only the store's prober thread tries the server while it is away (store.pg):
+        # writes resume once it has reached it (back-off at most 2 s).
+        deadline = time.monotonic() + 10
+        while not getattr(db, "reachable", True) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert getattr(db, "reachable", True)
         while w.depth:
             assert w.flush() > 0
         assert not w.degraded and w.lost == 0
