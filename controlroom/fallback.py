@@ -37,6 +37,11 @@ from routing.model import HandlerState
 FOREIGN_BUSY = "busy on another node's call (store away)"
 """Reason a desk handler is kept not ready in fallback: last seen on a call this node
 does not hold (it cannot hear when that call ends)."""
+DESK_AWAY = "desk's node cut off from the store"
+"""Reason the leader keeps a handler not ready while their desk's node is stale but may
+reach the phones (``controlroom.leader``): that node may be routing alone to them. Seen by
+that node itself (a row read just before the cut) it means free: the leader offers them
+nothing."""
 DESK_METHODS = frozenset({
     "handler_login", "handler_logout", "set_available", "set_not_ready",
     "not_ready_after_call", "graded", "extend_wrapup", "end_wrapup", "set_skills",
@@ -112,6 +117,8 @@ class LocalRouting:
         for hid in desks - set(held):
             h = handlers.get(hid, {})
             state = h.get("state")
+            if state == "not_ready" and h.get("reason") == DESK_AWAY:
+                state = "available"  # put away by the leader for this node's sake
             if state in ("available", "wrap_up"):
                 free.append((h.get("idle_since") or h.get("since") or 0.0, hid))
             elif state in ("offered", "on_call"):
@@ -124,7 +131,8 @@ class LocalRouting:
         out = [a for a in out if not (isinstance(a, QueueLogEntry) and a.event == "STATE")
                and not (isinstance(a, HandlerChanged) and a.state == "available")]
         ready = frozenset(hid for hid in desks if handlers.get(hid, {}).get("state") in (
-            "available", "wrap_up", "offered", "on_call"))
+            "available", "wrap_up", "offered", "on_call") or (
+                handlers.get(hid, {}).get("reason") == DESK_AWAY))
         return cls(r, frozenset(desks), frozenset(foreign), ready), out
 
     def call(self, method: str, args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
@@ -167,4 +175,4 @@ class LocalRouting:
         return out
 
 
-__all__ = ["DESK_METHODS", "FOREIGN_BUSY", "LocalRouting", "ROOM_ONLY"]
+__all__ = ["DESK_AWAY", "DESK_METHODS", "FOREIGN_BUSY", "LocalRouting", "ROOM_ONLY"]

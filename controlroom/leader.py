@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from controlroom.fallback import DESK_METHODS, LIVE, LocalRouting
+from controlroom.fallback import DESK_AWAY, DESK_METHODS, LIVE, LocalRouting
 from store import routing_bus as bus
 
 if TYPE_CHECKING:
@@ -103,11 +103,26 @@ def fallback_after(settings: Any) -> float:
     return stale_after(settings) + NODES_EVERY + 0.5
 
 
-def _connect(url: str) -> Any:
+BUS_IN_APP = "controlroom-bus-in:"
+"""``application_name`` of a node's bus reader session (+ its node id): a stale node whose
+session is gone from ``pg_stat_activity`` is dead (a killed process's sockets close at
+once), not cut off, so it cannot be routing alone."""
+
+
+def moved_window(settings: Any) -> float:
+    """A desk that moved off a node this long before the leader found that node stale may
+    still be that node's in what it last read (it reads the handlers every
+    ``SNAPSHOT_EVERY``): it is kept away from offers with the node's own desks."""
+    return stale_after(settings) + 3.0 * SNAPSHOT_EVERY
+
+
+def _connect(url: str, app: str = "") -> Any:
     import psycopg
 
+    extra: dict[str, Any] = {"application_name": app[:63]} if app else {}
     return psycopg.connect(url, autocommit=True, connect_timeout=3, keepalives=1,
-                           keepalives_idle=1, keepalives_interval=1, keepalives_count=3)
+                           keepalives_idle=1, keepalives_interval=1, keepalives_count=3,
+                           **extra)
 
 
 # -- the node side ---------------------------------------------------------------------
@@ -251,6 +266,11 @@ class GlobalQueue:
         answers this node's ``back``)."""
         self.back_sent = False
         self.back_at = 0.0
+        self.hand_back_term: int | None = None
+        """A term row came while routing alone: the hand-back waits (at most
+        ``offer_timeout`` s) until none of this node's calls rings a handler, so no
+        handler is left ringing on a call the leader then re-queues."""
+        self.hand_back_at = 0.0
         self.last_oid = 0
         """The last bus row handed to the loop."""
         self.contact_at = time.time()
@@ -317,7 +337,7 @@ class GlobalQueue:
         while not self._stop.is_set():
             try:
                 if conn is None:
-                    conn = _connect(self.url)
+                    conn = _connect(self.url, BUS_IN_APP + self.node)
                     conn.execute(f"LISTEN {bus.OUT_CHANNEL}")
                     if last < 0:
                         last = bus.last_output(conn)
@@ -363,7 +383,8 @@ class GlobalQueue:
                     term > self.fallback_term
                     or (self.back_cut is not None and oid > self.back_cut)):
                 self.term = term
-                self._hand_back(term)
+                self.hand_back_term, self.hand_back_at = term, time.time()
+                self._hand_back_when_quiet()
             return
         if data.get("kind") == "term":
             self.term = term
@@ -451,7 +472,7 @@ class GlobalQueue:
         for a in actions:
             if isinstance(a, HandlerChanged):
                 h = self.handlers_known.setdefault(a.handler_id, {})
-                h["state"], h["call_id"] = a.state, a.call_id
+                h["state"], h["call_id"], h["reason"] = a.state, a.call_id, a.reason
                 if a.state == "available" and h.get("idle_since") is None:
                     h["idle_since"] = time.time()
                 elif a.state != "available":
@@ -477,11 +498,27 @@ class GlobalQueue:
         fb, first = LocalRouting.build(s.settings.lines, s.settings.routing, calls=calls,
                                        handlers=self.handlers_known, desks=desks, now=now)
         self.fallback, self.fallback_since, self.fallback_term = fb, now, self.term
-        self.back_cut, self.back_sent = None, False
+        self.back_cut, self.back_sent, self.hand_back_term = None, False, None
         log.warning("routing.fallback", node=self.node, away_s=round(now - self.contact_at, 2),
                     desks=sorted(desks), calls=len(calls), unsent_dropped=dropped,
                     why="no contact with the store: routing this node's calls alone")
         s._apply(first)
+
+    def _hand_back_when_quiet(self) -> None:
+        """Hand back now if no call of this node rings a handler (or it waited long
+        enough); otherwise ``_watch`` calls again."""
+        from routing.model import CallState
+
+        fb, term = self.fallback, self.hand_back_term
+        if fb is None or term is None:
+            self.hand_back_term = None
+            return
+        ringing = [c for c, call in fb.router.calls.items() if call.state is CallState.OFFERED]
+        waited = time.time() - self.hand_back_at
+        if ringing and waited < float(self.s.settings.routing.offer_timeout):
+            return
+        self.hand_back_term = None
+        self._hand_back(term)
 
     def _hand_back(self, term: int) -> None:
         """The store is back and a leader is there: hand it this node's state (a resync
@@ -543,6 +580,8 @@ class GlobalQueue:
                 if self.fallback is None:
                     if now - self.contact_at >= after:
                         self._enter_fallback()
+                elif self.hand_back_term is not None:
+                    self._hand_back_when_quiet()
                 elif self.back_cut is None and self.contact_at > self.fallback_since:
                     # the store answers again without the reader having reconnected
                     self.back_cut, self.back_at, self.back_sent = self.last_oid, now, False
@@ -603,6 +642,20 @@ class LeaderThread(threading.Thread):
         state: a node routing alone offers its calls to its own desks only)."""
         self._wake_extra: list[str] = []
         """Nodes that said ``back``: each gets a term row (it answers with a resync)."""
+        self.away: dict[str, str] = {}
+        """handler -> the node whose desk they are on (or just left), found stale while
+        it may still reach the phones: that node may be routing its calls alone to them
+        (``controlroom.fallback``), so this router offers them nothing (not ready,
+        ``DESK_AWAY``) and refuses their desk operations until that node's resync."""
+        self.away_prev: dict[str, str] = {}
+        """handler -> their state when put away (restored when the node resyncs without
+        having routed alone)."""
+        self.moved: dict[str, tuple[str, float]] = {}
+        """handler -> (the node their desk left, when): see ``moved_window``."""
+        self._beats: dict[str, float] = {}
+        self._stale_due = float("inf")
+        """When the earliest heartbeat last read goes stale: the nodes are read again
+        then, not up to ``NODES_EVERY`` later."""
 
     def run(self) -> None:
         from store.lease import Lease
@@ -645,6 +698,8 @@ class LeaderThread(threading.Thread):
         self.parked = set()
         self.held = {}
         self._wake_extra = []
+        self.away, self.away_prev = {}, {}
+        self._stale_due = float("inf")
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()
@@ -652,8 +707,8 @@ class LeaderThread(threading.Thread):
 
     def _wait(self) -> None:
         deadline = self.router.next_deadline() if self.router is not None else None
-        timeout = self.poll if deadline is None else max(0.0, min(self.poll,
-                                                                  deadline - time.time()))
+        deadline = min(deadline if deadline is not None else float("inf"), self._stale_due)
+        timeout = max(0.0, min(self.poll, deadline - time.time()))
         if timeout > 0:
             for _ in self.conn.notifies(timeout=timeout, stop_after=1):
                 pass
@@ -750,7 +805,21 @@ class LeaderThread(threading.Thread):
             if h.get("state") != "logged_out":
                 router.handler_login(hid, time.time(), skills=h.get("skills") or {})
         self.router, self.call_node = router, {}
-        out = self._rebuild(resyncs, stored)
+        # Desks of a node that did not resync but whose session is open (cut off from the
+        # store, not dead) may be offered its calls by it alone: none here until it does.
+        sessions = self._bus_sessions()
+        away = {hid: n for hid, n in self.desk.items()
+                if n not in resyncs and n in sessions and hid in router.handlers}
+        out = self._rebuild(resyncs, stored, set(away))
+        for node in sorted(set(away.values())):
+            hids = sorted(h for h, n in away.items() if n == node)
+            out += self._put_away(node, hids, time.time())
+            for hid in hids:
+                self.away_prev[hid] = str(stored.get(hid, {}).get("state") or "")
+                h = router.handlers[hid]
+                if h.state.value == "not_ready" and h.reason == "login":
+                    out += self._route(router.set_not_ready(hid, time.time(),
+                                                            reason=DESK_AWAY))
         for row in pending:
             out += self._input(row)
         self.cursor = cursor
@@ -760,13 +829,16 @@ class LeaderThread(threading.Thread):
                     took=round(time.time() - started, 3))
 
     def _rebuild(self, resyncs: dict[str, list[dict[str, Any]]],
-                 stored: dict[str, dict[str, Any]]) -> list[tuple[str, Any]]:
-        """The queue from the nodes' resyncs; returns the first decisions (kept)."""
+                 stored: dict[str, dict[str, Any]],
+                 away: set[str] | None = None) -> list[tuple[str, Any]]:
+        """The queue from the nodes' resyncs; returns the first decisions (kept). Handlers
+        in ``away`` are made free to no call (a call ringing them waits again)."""
         from routing import RoutingError
         from routing.model import HandlerState
 
         r = self.router
         now = time.time()
+        away = away or set()
         calls = sorted(((n, c) for n, cs in resyncs.items() for c in cs),
                        key=lambda nc: nc[1]["arrived_at"])
         taken: set[str] = set()
@@ -783,6 +855,8 @@ class LeaderThread(threading.Thread):
         for node, c in calls:
             hid = c.get("handler_id")
             if c["state"] not in ("connected", "offered") or not hid or hid in taken:
+                continue
+            if c["state"] == "offered" and hid in away:
                 continue
             h = r.handlers.get(hid)
             if h is None or h.state is HandlerState.LOGGED_OUT:
@@ -813,7 +887,7 @@ class LeaderThread(threading.Thread):
         out: list[tuple[str, Any]] = []
         free = sorted(((h.get("idle_since") or h.get("since") or 0.0, hid)
                        for hid, h in stored.items()
-                       if hid not in taken and hid in r.handlers
+                       if hid not in taken and hid in r.handlers and hid not in away
                        and hid not in self.held.values()
                        and h.get("state") in ("available", "offered", "on_call", "wrap_up")))
         for _, hid in free:
@@ -832,7 +906,7 @@ class LeaderThread(threading.Thread):
             self.cursor = row[0]
         out += self._route(self.router.tick(time.time()))
         wake: list[str] = []
-        if time.time() - self._nodes_at >= NODES_EVERY:
+        if time.time() - self._nodes_at >= NODES_EVERY or time.time() >= self._stale_due:
             out += self._check_nodes(wake)
         wake += [n for n in self._wake_extra if n not in wake]
         self._wake_extra = []
@@ -865,6 +939,11 @@ class LeaderThread(threading.Thread):
                     h = r.handlers.get(args[0])
                     if h is not None and h.state.value != "logged_out":
                         return []  # another node's start: already logged in
+                if method in DESK_METHODS and str(args[0]) in self.away:
+                    raise RoutingError(
+                        f"handler {args[0]!r}: their desk's node {self.away[str(args[0])]}"
+                        " is cut off from the store and may be offering them its own calls;"
+                        " try again when it is back")
                 try:
                     done = self._route(getattr(r, method)(*args, **kwargs))
                     if method in DESK_METHODS and method != "handler_login":
@@ -918,7 +997,102 @@ class LeaderThread(threading.Thread):
 
     def _desk_at(self, hid: str, node: str) -> None:
         """A desk operation for ``hid`` came from ``node``: their desk is there now."""
+        old = self.desk.get(hid)
+        if old and old != node:
+            self.moved[hid] = (old, time.time())
         self.desk[hid] = node
+
+    def _bus_sessions(self) -> set[str]:
+        """Nodes whose bus reader has a session open on the store (``BUS_IN_APP``)."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT application_name FROM pg_stat_activity"
+            " WHERE application_name LIKE %s", (BUS_IN_APP + "%",)).fetchall()
+        return {str(r[0])[len(BUS_IN_APP):] for r in rows}
+
+    def _desks_of(self, node: str, now: float) -> list[str]:
+        """The handlers ``node`` may count as its desks: there now, or just moved off it."""
+        window = moved_window(self.settings)
+        return sorted(hid for hid in self.router.handlers
+                      if self.desk.get(hid) == node
+                      or (hid in self.moved and self.moved[hid][0] == node
+                          and now - self.moved[hid][1] <= window))
+
+    def _put_away(self, node: str, hids: list[str], now: float) -> list[tuple[str, Any]]:
+        """``node`` is stale but may reach the phones: it may start routing alone (at
+        ``fallback_after``, later than this) and offer its calls to its desks. Offer them
+        nothing meanwhile: free ones not ready (``DESK_AWAY``; a ringing offer of another
+        node's call is cancelled and that call goes back to its place), busy ones not
+        ready when their call and wrap-up end."""
+        from routing.model import HandlerState as HS
+
+        r, out = self.router, []
+        for hid in hids:
+            h = r.handlers.get(hid)
+            if h is None or hid in self.away:
+                continue
+            self.away[hid], self.away_prev[hid] = node, h.state.value
+            if h.state in (HS.ON_CALL, HS.WRAP_UP):
+                out += self._route(r.not_ready_after_call(hid, now, reason=DESK_AWAY))
+            elif h.state in (HS.AVAILABLE, HS.OFFERED):
+                out += self._route(r.set_not_ready(hid, now, reason=DESK_AWAY))
+        if hids:
+            log.warning("routing.desks_away", node=node, handlers=hids,
+                        why="their desk's node is cut off from the store: it may route "
+                            "its calls to them alone")
+        return out
+
+    def _release(self, node: str, handed: dict[str, Any] | None) -> list[tuple[str, Any]]:
+        """``node`` resynced (or stopped): its desks are offered again. A hand-back after
+        routing alone (``handed``) gives their states; else each gets back what it had."""
+        from routing import RoutingError
+        from routing.model import HandlerState as HS
+
+        r, now = self.router, time.time()
+        hids = sorted(h for h, n in self.away.items() if n == node)
+        out: list[tuple[str, Any]] = []
+        free: list[tuple[float, str]] = []
+        for hid in hids:
+            del self.away[hid]
+            prev = self.away_prev.pop(hid, "")
+            h = r.handlers.get(hid)
+            if h is None:
+                continue
+            rep: dict[str, Any] = dict((handed or {}).get(hid) or {})
+            held = hid in self.held.values()
+            try:
+                if rep and isinstance(rep.get("skills"), dict) \
+                        and dict(rep["skills"]) != h.skills:
+                    out += self._route(r.set_skills(hid, now, skills=dict(rep["skills"])))
+                state = rep.get("state") if rep else (
+                    "available" if prev in ("available", "wrap_up", "offered", "on_call")
+                    else "")
+                if h.state in (HS.ON_CALL, HS.WRAP_UP):
+                    # on a call of another node here: its end is heard here
+                    after = (rep.get("reason") or "not ready") if state == "not_ready" \
+                        else None
+                    out += self._route(r.not_ready_after_call(hid, now, reason=after))
+                elif h.state is HS.NOT_READY and not held and h.reason == DESK_AWAY:
+                    if state in ("available", "wrap_up"):
+                        idle = rep.get("idle_since") or h.idle_since or 0.0
+                        free.append((float(idle), hid))
+                    elif state == "not_ready":
+                        out += self._route(r.set_not_ready(
+                            hid, now, reason=str(rep.get("reason") or "not ready")))
+                    elif state == "logged_out":
+                        out += self._route(r.handler_logout(hid, now, reason="logged out"))
+                    # "offered"/"on_call": ringing or talking on this node's call, which its
+                    # resync put back (held) or re-queued: not ready until their desk says
+            except RoutingError as exc:
+                log.info("routing.release_skipped", handler=hid, why=str(exc))
+        for _, hid in sorted(free):
+            try:
+                out += self._route(r.set_available(hid, now, force=True))
+            except RoutingError as exc:
+                log.info("routing.release_skipped", handler=hid, why=str(exc))
+        if hids:
+            log.warning("routing.desks_back", node=node, handlers=hids,
+                        handed_back=handed is not None)
+        return out
 
     def _prune(self) -> None:
         """The bus is a conveyor, not a record (the queue log is): rows older than
@@ -941,14 +1115,18 @@ class LeaderThread(threading.Thread):
 
         now = time.time()
         self._nodes_at = now
-        if now - self._term_at < stale_after(self.settings):
+        stale = stale_after(self.settings)
+        if now - self._term_at < stale:
+            self._stale_due = self._term_at + stale
             return []  # after a store outage every heartbeat is old: let them beat first
-        limit = now - stale_after(self.settings)
+        limit = now - stale
         beats = {r[0]: (r[1], r[2]) for r in self.conn.execute(
             "SELECT node_id, heartbeat_at, stopped_at FROM nodes").fetchall()}
         out: list[tuple[str, Any]] = []
-        holding = set(self.call_node.values())
-        for node in holding - self.parked:
+        watched = (set(self.call_node.values()) | set(self.desk.values())
+                   | {n for n, _ in self.moved.values()}) - {""}
+        sessions: set[str] | None = None
+        for node in sorted(watched - self.parked):
             beat, stopped = beats.get(node, (None, None))
             if beat is None or (stopped is None and beat >= limit):
                 continue
@@ -956,15 +1134,26 @@ class LeaderThread(threading.Thread):
                    and c in self.router.calls
                    and self.router.calls[c].state is not CallState.CONNECTED}
             self.parked.add(node)
+            if sessions is None:
+                sessions = self._bus_sessions()
+            alive = stopped is None and node in sessions
             log.warning("routing.node_parked", node=node, calls=len(ids),
-                        heartbeat_age=round(now - float(beat), 2))
+                        heartbeat_age=round(now - float(beat), 2),
+                        session=alive)
             out += self._drop_calls(ids)
+            if alive:  # not dead (its session would be gone): it may route alone
+                out += self._put_away(node, self._desks_of(node, now), now)
         for node in list(self.parked):
             beat, stopped = beats.get(node, (None, None))
+            if stopped is not None:
+                out += self._release(node, None)  # stopped: it routes nothing
             if beat is not None and stopped is None and beat >= limit:
                 self.parked.discard(node)
-                wake.append(node)
+                wake.append(node)  # its resync brings its desks back (``_release``)
                 log.warning("routing.node_unparked", node=node)
+        self._stale_due = min((float(b) + stale for n, (b, st) in beats.items()
+                               if n in watched and n not in self.parked and st is None
+                               and b is not None), default=float("inf"))
         return out
 
     def _late_resync(self, node: str, data: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -977,6 +1166,7 @@ class LeaderThread(threading.Thread):
         and gives its desk handlers the states it reports."""
         if int(data.get("term", 0)) != self.term and not data.get("start"):
             return []  # an old term's
+        release = any(n == node for n in self.away.values())
         listed = {c["call_id"] for c in data.get("calls", ())}
         gone = {c for c, n in self.call_node.items() if n == node and c not in listed}
         if data.get("fallback"):
@@ -1002,6 +1192,9 @@ class LeaderThread(threading.Thread):
             if back:
                 acts = [a for a in acts if getattr(a, "event", "") != "ENTER"]
             out += self._route(acts)
+        if release:  # its calls are in again: now its desks (their states if it was alone)
+            handed = dict(data.get("handlers") or {}) if data.get("fallback") else None
+            out += self._release(node, handed)
         return out
 
     def _hold(self, node: str, c: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -1032,6 +1225,8 @@ class LeaderThread(threading.Thread):
         h = self.router.handlers.get(hid)
         if h is None or h.state is not HandlerState.NOT_READY or h.reason != HELD_REASON:
             return []
+        if hid in self.away:  # their desk's node may route to them alone: not yet
+            return self._route(self.router.set_not_ready(hid, time.time(), reason=DESK_AWAY))
         return self._route(self.router.set_available(hid, time.time(), force=True))
 
     def _drop_calls(self, ids: set[str]) -> list[tuple[str, Any]]:
@@ -1066,10 +1261,13 @@ class LeaderThread(threading.Thread):
         return res
 
     def _route(self, actions: list[Any]) -> list[tuple[str, Any]]:
-        from routing import HandlerChanged, QueueLogEntry
+        from routing import HandlerChanged, Offer, QueueLogEntry
 
         out: list[tuple[str, Any]] = []
         for a in actions:
+            if isinstance(a, Offer) and a.handler_id in self.away:  # must not happen
+                log.error("routing.offer_to_desk_away", call_id=a.call_id,
+                          handler=a.handler_id, node=self.away[a.handler_id])
             if isinstance(a, QueueLogEntry):
                 out.append(("", a))
             elif isinstance(a, HandlerChanged):
@@ -1108,7 +1306,7 @@ class LeaderThread(threading.Thread):
             else:
                 per_node.setdefault(node, []).append(bus.encode_action(a))
         r = self.router
-        handlers = {hid: {"state": h.state.value, "skills": dict(h.skills),
+        handlers = {hid: {"state": h.state.value, "reason": h.reason, "skills": dict(h.skills),
                           "since": h.since, "idle_since": h.idle_since,
                           "call_id": h.call_id, "desk": self.desk.get(hid, "")}
                     for hid, h in r.handlers.items()}

@@ -143,3 +143,26 @@ def test_a_desk_made_not_ready_by_a_failed_offer_is_handed_back_free() -> None:
     back = fb.hand_back()
     assert back["h1"]["state"] == "available"
     assert (back["h2"]["state"], back["h2"]["reason"]) == ("not_ready", "break")
+
+
+def test_a_desk_the_leader_put_away_for_this_node_is_offered_its_calls() -> None:
+    """The leader keeps a cut-off node's desks not ready (``DESK_AWAY``) so that only that
+    node offers them calls; if the node read that state just before the cut, it still
+    counts them free (offered its call, handed back free), while one last seen ringing on
+    another node's call stays ``FOREIGN_BUSY`` (that call's end is not heard here)."""
+    from controlroom.fallback import DESK_AWAY, FOREIGN_BUSY
+    from routing.model import HandlerState
+
+    fb, first = _build([_call("n1-c1", "999", T - 3)], {
+        "h1": {"state": "not_ready", "reason": DESK_AWAY, "skills": SKILLS,
+               "idle_since": None},
+        "h2": {"state": "offered", "reason": "", "call_id": "n2-c9", "skills": SKILLS,
+               "idle_since": None}}, {"h1", "h2"})
+    assert [(a.call_id, a.handler_id) for a in first if isinstance(a, Offer)] == [
+        ("n1-c1", "h1")]
+    h2 = fb.router.handlers["h2"]
+    assert (h2.state, h2.reason) == (HandlerState.NOT_READY, FOREIGN_BUSY)
+    fb.call("offer_failed", ["n1-c1", "h1", T + 1], {"reason": "no-answer"})
+    back = fb.hand_back()
+    assert back["h1"]["state"] == "available"  # not the room's fault: handed back free
+    assert back["h2"]["state"] == "available"

@@ -59,20 +59,22 @@ class FakeNode:
     """A node as the bus sees it: inputs out, the leader's rows in, a resync per term."""
 
     def __init__(self, url: str, node: str) -> None:
-        from controlroom.leader import _connect
+        from controlroom.leader import BUS_IN_APP, _connect
         from store import routing_bus as bus
 
         self.bus, self.node = bus, node
-        self.conn = _connect(url)
+        self.conn = _connect(url, BUS_IN_APP + node)  # its session: alive, not dead
         self.last = 0
         self.actions: list[dict[str, Any]] = []
         self.calls: dict[str, dict[str, Any]] = {}
         self.resync_extra: dict[str, Any] = {}
         """Merged into its resyncs (a hand-back after routing alone: ``fallback``...)."""
 
-    def send(self, method: str, *args: Any, **kwargs: Any) -> None:
-        self.bus.send(self.conn, self.node, [("call", {"method": method, "args": list(args),
-                                                       "kwargs": kwargs}, time.time())])
+    def send(self, method: str, *args: Any, req: str = "", **kwargs: Any) -> None:
+        data: dict[str, Any] = {"method": method, "args": list(args), "kwargs": kwargs}
+        if req:
+            data["req"] = req
+        self.bus.send(self.conn, self.node, [("call", data, time.time())])
 
     def poll(self) -> None:
         for _id, term, data in self.bus.outputs_after(self.conn, self.node, self.last):
@@ -449,3 +451,182 @@ def test_a_hand_back_after_routing_alone_supersedes_the_nodes_unread_inputs(
         assert ("ENTER", "n2-c5", "") not in _log(url)
         h1 = published()["h1"]
         assert (h1["state"], h1["desk"]) == ("not_ready", "n2"), h1
+
+
+def _handlers(url: str) -> dict[str, Any]:
+    import json
+
+    from harness.cluster import store_query
+
+    return dict(json.loads(store_query(url, "SELECT handlers FROM routing_state")[0]
+                           ["handlers"]))
+
+
+def _wait(pred: Any, nodes: list[FakeNode], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for n in nodes:
+            n.poll()
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError("not seen")
+
+
+@contextlib.contextmanager
+def _room(url: str) -> Iterator[tuple[FakeNode, FakeNode, threading.Event, Any]]:
+    """Leader n9; node a1 (its heartbeat stops when the returned event is set: it stays
+    connected, as a node cut off from the store whose session lingers) and node b1, both
+    beating; h1's desk is on a1, h2's on b1."""
+    from controlroom.leader import LeaderThread
+    from store import routing_bus as bus
+
+    _migrate(url).close()
+    quiet, live = _beat(url, "a1", unregister=False), _beat(url, "b1")
+    stop = threading.Event()
+    leader = LeaderThread(_settings(url, "n9"), url, "n9", stop, poll=0.05)
+    leader.start()
+    a1, b1 = FakeNode(url, "a1"), FakeNode(url, "b1")
+    a1.last = b1.last = bus.last_output(a1.conn)
+    try:
+        t = time.time()
+        a1.send("handler_login", "h1", t, skills={"999": 5, "101": 5})
+        b1.send("handler_login", "h2", t, skills={"999": 5, "101": 5})
+        a1.send("set_not_ready", "h1", t, reason="ready soon")  # a desk operation: on a1
+        b1.send("set_not_ready", "h2", t, reason="ready soon")
+        _wait(lambda: _handlers(url).get("h2", {}).get("desk") == "b1", [a1, b1])
+        yield a1, b1, quiet, leader
+    finally:
+        quiet.set()
+        live.set()
+        stop.set()
+        leader.join(5)
+
+
+def test_a_stale_nodes_desks_are_offered_nothing_until_it_hands_back(url: str) -> None:
+    """A node whose heartbeat stops while its bus session is open (cut off from the
+    store, perhaps still reaching the phones) may route its calls alone to its desks:
+    before it can (``fallback_after`` after its last beat) the leader cancels the offer
+    its desk handler rings with (another node's call, which goes back to its place and to
+    a healthy desk) and offers them nothing more; a desk operation for them from another
+    node is refused with why. The node's hand-back (a fallback resync) gives them back
+    with the state it reports, and they take the room's calls again."""
+    from controlroom.fallback import DESK_AWAY
+    from controlroom.leader import fallback_after
+    from harness.cluster import store_query
+
+    with _room(url) as (a1, b1, quiet, leader):
+        b1.send("set_available", "h1", time.time())  # refused? no: h1's desk moves to b1
+        b1.wait_for(lambda a: a["type"] == "HandlerChanged" and a["handler_id"] == "h1")
+        a1.send("set_available", "h1", time.time())  # ... and back to a1
+        _wait(lambda: _handlers(url)["h1"]["desk"] == "a1", [a1, b1])
+        t = time.time()
+        b1.send("call_arrived", "b1-c1", "999", t, caller="1")
+        b1.calls = {"b1-c1": {"call_id": "b1-c1", "line": "999", "caller": "1",
+                              "arrived_at": t, "state": "queued", "handler_id": None}}
+        offer = b1.wait_for(lambda a: a["type"] == "Offer")[0]
+        assert offer["handler_id"] == "h1"  # ringing, through b1
+        b1.actions.clear()
+        quiet.set()  # a1's heartbeat stops; its session stays
+        time.sleep(0.3)
+        last = float(store_query(url, "SELECT heartbeat_at FROM nodes WHERE node_id='a1'")
+                     [0]["heartbeat_at"])
+        got = b1.wait_for(lambda a: a["type"] == "CancelOffer", timeout=8)[0]
+        away_at = time.time()
+        assert (got["call_id"], got["handler_id"]) == ("b1-c1", "h1")
+        _wait(lambda: _handlers(url)["h1"]["state"] == "not_ready", [a1, b1])
+        assert _handlers(url)["h1"]["reason"] == DESK_AWAY
+        alone_at = last + fallback_after(_settings(url, "a1"))
+        print(f"beat->away {away_at - last:.2f} s; node alone at {alone_at - last:.2f} s")
+        assert away_at < alone_at - 0.3, (away_at - last, alone_at - last)
+        # a desk operation for h1 from elsewhere is refused while a1 may route to them
+        b1.send("set_available", "h1", time.time(), req="r1")
+        reply = b1.wait_for(lambda a: a["type"] == "Reply")[0]
+        assert "a1" in str(reply.get("error")) and "cut off" in str(reply.get("error"))
+        b1.actions.clear()
+        b1.send("set_available", "h2", time.time())
+        offer = b1.wait_for(lambda a: a["type"] == "Offer")[0]
+        assert (offer["call_id"], offer["handler_id"]) == ("b1-c1", "h2")
+        b1.send("offer_answered", "b1-c1", "h2", time.time())
+        b1.calls["b1-c1"].update(state="connected", handler_id="h2")
+        b1.send("call_arrived", "b1-c2", "101", time.time(), caller="2")
+        b1.calls["b1-c2"] = {"call_id": "b1-c2", "line": "101", "caller": "2",
+                             "arrived_at": time.time(), "state": "queued",
+                             "handler_id": None}
+        time.sleep(1.0)
+        b1.poll()
+        assert not [a for a in b1.actions if a["type"] == "Offer"
+                    and a["call_id"] == "b1-c2"]  # h1 is away, h2 talking
+        # a1 is back from routing alone: beats, and answers the term row with its
+        # hand-back (h1 free)
+        a1.resync_extra = {"fallback": True, "handlers": {
+            "h1": {"state": "available", "reason": "", "skills": {"999": 5, "101": 5},
+                   "since": time.time(), "idle_since": time.time() - 5, "call_id": None}}}
+        back = _beat(url, "a1")
+        try:
+            _wait(lambda: any(a["type"] == "Offer" and a["call_id"] == "b1-c2"
+                              for a in b1.actions), [a1, b1])  # a1 answers the term row
+            offer = [a for a in b1.actions if a["type"] == "Offer"][-1]
+            assert offer["handler_id"] == "h1"
+        finally:
+            back.set()
+        offers = [e for e in _log(url) if e[0] == "OFFER"]
+        assert offers == [("OFFER", "b1-c1", "h1"), ("OFFER", "b1-c1", "h2"),
+                          ("OFFER", "b1-c2", "h1")]
+
+
+def test_a_desk_busy_at_the_park_is_kept_away_after_its_call(url: str) -> None:
+    """A desk handler talking on another node's call when their node goes stale is left
+    on it; when it ends they are not made free by the wrap-up's end (their node may be
+    routing to them alone); a node that beats again without having routed alone (a plain
+    resync) gives them back as they were: free after the call."""
+    from controlroom.fallback import DESK_AWAY
+
+    with _room(url) as (a1, b1, quiet, leader):
+        a1.send("set_available", "h1", time.time())
+        t = time.time()
+        b1.send("call_arrived", "b1-c1", "999", t, caller="1")
+        b1.wait_for(lambda a: a["type"] == "Offer")
+        b1.send("offer_answered", "b1-c1", "h1", time.time())
+        b1.wait_for(lambda a: a["type"] == "Connected")
+        quiet.set()
+        _wait(lambda: "h1" in leader.away, [a1, b1], timeout=8)
+        assert _handlers(url)["h1"]["state"] == "on_call"  # talking on: not cut
+        b1.send("call_ended", "b1-c1", time.time())
+        b1.send("call_arrived", "b1-c2", "999", time.time(), caller="2")
+        b1.calls = {"b1-c2": {"call_id": "b1-c2", "line": "999", "caller": "2",
+                              "arrived_at": time.time(), "state": "queued",
+                              "handler_id": None}}
+        b1.wait_for(lambda a: a["type"] == "Completed")
+        assert leader.router.handlers["h1"].after_call == DESK_AWAY  # in wrap-up now
+        time.sleep(_settings(url, "n9").lines[0].wrapup + 0.5)  # the wrap-up is over
+        b1.poll()
+        assert not [a for a in b1.actions if a["type"] == "Offer" and a["call_id"] == "b1-c2"]
+        h1 = _handlers(url)["h1"]
+        assert (h1["state"], h1["reason"]) == ("not_ready", DESK_AWAY), h1
+        back = _beat(url, "a1")  # beats again; never routed alone: a plain resync
+        try:
+            _wait(lambda: any(a["type"] == "Offer" and a["call_id"] == "b1-c2"
+                              for a in b1.actions), [a1, b1])  # a1 answers the term row
+            offer = [a for a in b1.actions if a["type"] == "Offer"][-1]
+            assert offer["handler_id"] == "h1"
+        finally:
+            back.set()
+        assert not leader.away
+
+
+def test_a_dead_nodes_desks_are_still_offered_the_rooms_calls(url: str) -> None:
+    """A node killed (its store session closes with it) cannot route alone: its desk
+    handlers stay in the room's queue, as before."""
+    with _room(url) as (a1, b1, quiet, leader):
+        a1.send("set_available", "h1", time.time())
+        _wait(lambda: _handlers(url)["h1"]["state"] == "available", [a1, b1])
+        quiet.set()
+        a1.conn.close()  # as the kernel closes a killed process's sockets
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and "a1" not in leader.parked:
+            time.sleep(0.05)
+        b1.send("call_arrived", "b1-c1", "999", time.time(), caller="1")
+        offer = b1.wait_for(lambda a: a["type"] == "Offer")[0]
+        assert offer["handler_id"] == "h1"
+        assert not leader.away
