@@ -23,12 +23,17 @@ relay sends each leg what the other leg received, to the address it came from. M
 * ``py``: mode ``a``'s system calls from Python (``select.epoll``, ``socket.recvfrom`` /
   ``sendto``, a ``struct`` header per packet), no jitter buffer, no decoding, no
   recording: the least a pure-Python per-packet path costs.
+* ``engine``: the service's ``MediaEngine`` carrying the same streams, bridged in pairs,
+  each pair recorded (as ``sip_load.py``'s calls, without the SIP and the rest of the
+  service): the media path's own cost, beside the floors above.
 
 The relay's CPU (user + system, ``getrusage``) over a window of ``--seconds`` that starts
 once every stream's far end was heard, divided by streams x window, is the figure;
 printed per N as min / median / max over ``--rounds`` rounds (modes interleaved within a
 round, so load drift hits each alike), with the load average, the far end's CPU, and the
-ratio to the engine's ``--engine-ms``.
+ratio to the engine's ``--engine-ms``. The sum user + system is the scheduler's exact run
+time; the split between them is sampled on the kernel's timer tick, so for a process that
+runs in short bursts the "system, tick-sampled" figure is printed but not to be trusted.
 
 ``--far-end ignore`` (default) leaves what the relay sends queued unread at the far end,
 as SIPp does in ``sip_load.py`` (its RTP socket sits full and the kernel drops there);
@@ -58,6 +63,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -278,6 +284,10 @@ static int far_end(int n, double seconds, int drain, char **ports, int nports) {
             epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &e);
         }
     }
+    printf("far ports");
+    for (int i = 0; i < n; i++) printf(" %d", port_of(fds[i]));
+    printf("\n");
+    fflush(stdout);
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     double begin = now_s(), end = begin + seconds, su, uu;
@@ -325,6 +335,7 @@ MODES = {
     "b": "C, recvmmsg per ready socket + one sendmmsg per tick",
     "c": "C, one socket for all streams, recvmmsg + one sendmmsg per tick",
     "py": "Python, mode a's calls (epoll, recvfrom, sendto, struct header)",
+    "engine": "our MediaEngine: streams bridged in pairs, each pair recorded",
 }
 PACKET = 172
 PPS = 50  # packets per stream per second, each way (20 ms G.711)
@@ -416,6 +427,55 @@ def py_relay(n: int, seconds: float, wait: float) -> None:
           f"sys {r1.ru_stime - r0.ru_stime:.6f} latched {latched}", flush=True)
 
 
+def engine_relay(n: int, seconds: float, wait: float) -> None:
+    """Mode ``engine``: the service's media engine (``telephony.media.MediaEngine``, its
+    one 20 ms clock, jitter buffers, G.711, a stereo recording per pair written by its
+    disk thread) carrying the same streams; the far end's ports come on stdin (the SDP)."""
+    import asyncio
+
+    from harness.ports import free_rtp_range
+    from telephony.media import Codec, MediaEngine
+
+    async def run() -> None:
+        lo, hi = free_rtp_range(4 * n + 64)
+        with tempfile.TemporaryDirectory(prefix="rtp-floor-rec-") as rec:
+            eng = MediaEngine(bind="127.0.0.1", port_min=lo, port_max=hi, recordings_dir=Path(rec))
+            streams = [eng.allocate() for _ in range(n)]
+            print("ports " + " ".join(str(s.local_port) for s in streams), flush=True)
+            line = await asyncio.to_thread(sys.stdin.readline)
+            far = [int(p) for p in line.split()[2:]]
+            if len(far) != n:
+                print(f"figures rx 0 tx 0 window 0 user 0 sys 0 latched 0 (far ports: {line!r})",
+                      flush=True)
+                return
+            for s, port in zip(streams, far, strict=True):
+                s.configure(remote=("127.0.0.1", port), codec=Codec.PCMA, dtmf_pt=101)
+            for i in range(0, n - 1, 2):
+                eng.bridge(streams[i], streams[i + 1])
+                r = eng.create_recording(f"floor-{i}")
+                r.attach_caller(streams[i])
+                r.attach_handler(streams[i + 1])
+            await eng.start()
+            for _ in range(int(wait / 0.02)):  # the window starts once every far end is heard
+                if all(s.stats.packets_in for s in streams):
+                    break
+                await asyncio.sleep(0.02)
+            heard = sum(s.stats.packets_in > 0 for s in streams)
+            in0 = sum(s.stats.packets_in for s in streams)
+            out0 = sum(s.stats.packets_out for s in streams)
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            await asyncio.sleep(seconds)
+            r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            rx = sum(s.stats.packets_in for s in streams) - in0
+            tx = sum(s.stats.packets_out for s in streams) - out0
+            print(f"figures rx {rx} tx {tx} window {t1 - t0:.6f} "
+                  f"user {r1.ru_utime - r0.ru_utime:.6f} sys {r1.ru_stime - r0.ru_stime:.6f} "
+                  f"latched {heard}", flush=True)
+            await eng.stop()
+
+    asyncio.run(run())
+
+
 def fields(line: str) -> dict[str, float]:
     """``word number word number ...`` after the first word(s) -> {word: number}."""
     words = line.split()
@@ -431,12 +491,13 @@ def fields(line: str) -> dict[str, float]:
 def one_round(exe: Path, mode: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     """One relay + far-end pair; the relay's figures, the far end's, and why it fails."""
     wait = 3.0  # the window starts once every far end was heard, or after this
-    if mode == "py":
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--py-relay", str(n),
+    if mode in ("py", "engine"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), f"--{mode}-relay", str(n),
                str(args.seconds), str(wait)]
     else:
         cmd = [str(exe), "relay", mode, str(n), str(args.seconds), str(wait)]
-    relay = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    relay = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     far = None
     sender_s = args.seconds + wait + 1.0 if args.sender_seconds is None else args.sender_seconds
     try:
@@ -444,16 +505,32 @@ def one_round(exe: Path, mode: str, n: int, args: argparse.Namespace) -> dict[st
         first = relay.stdout.readline().split()
         if not first or first[0] != "ports":
             relay.kill()
-            err = relay.communicate(timeout=10)[1]
+            relay.wait(timeout=10)
+            err = " ".join(first) + relay.stdout.read()
             return {"failed": f"the relay did not start: {err.strip()[-500:]}"}
         far = subprocess.Popen([str(exe), "far", str(n), str(sender_s),
                                 "1" if args.far_end == "drain" else "0", *first[1:]],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         limit = args.seconds + wait + 15
-        rest, rerr = relay.communicate(timeout=limit)
+        assert far.stdout is not None
+        far_ports = far.stdout.readline()  # "far ports ...": the engine sends there (SDP)
+        assert relay.stdin is not None
+        try:
+            relay.stdin.write(far_ports)
+            relay.stdin.close()
+        except BrokenPipeError:  # a C relay never reads it, and may be gone already
+            pass
+        guard = threading.Timer(limit, relay.kill)  # a hung relay ends, and read() with it
+        guard.start()
+        try:
+            rest = relay.stdout.read()  # to its end (lines readline buffered included)
+        finally:
+            guard.cancel()
+        relay.wait(timeout=10)
         if far.poll() is None:
             far.terminate()  # the window is over: it prints its figures and exits
-        fout, ferr = far.communicate(timeout=limit)
+        far.wait(timeout=limit)
+        fout = far.stdout.read()  # (after readline: what it buffered is read from it too)
     finally:
         for p in (relay, far):
             if p is not None and p.poll() is None:
@@ -468,9 +545,9 @@ def one_round(exe: Path, mode: str, n: int, args: argparse.Namespace) -> dict[st
     expected_tx = paired * PPS * window
     why = []
     if relay.returncode != 0 or not r:
-        why.append(f"the relay exited {relay.returncode} without figures: {rerr.strip()[-300:]}")
+        why.append(f"the relay exited {relay.returncode} without figures: {rest.strip()[-300:]}")
     if far.returncode != 0 or not f:
-        why.append(f"the far end exited {far.returncode} without figures: {ferr.strip()[-300:]}")
+        why.append(f"the far end exited {far.returncode} without figures: {fout.strip()[-300:]}")
     if r and (window <= 0 or r["rx"] < args.min_share * expected):
         why.append(f"the relay received {r.get('rx', 0):.0f} of the {expected:.0f} packets of "
                    f"its {window:.1f} s window ({n} streams x {PPS}/s; heard {r.get('latched', 0):.0f} "
@@ -491,11 +568,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="CPU floor of an RTP relay: kernel work alone")
     ap.add_argument("--py-relay", nargs=3, metavar=("N", "SECONDS", "WAIT"),
                     help=argparse.SUPPRESS)
+    ap.add_argument("--engine-relay", nargs=3, metavar=("N", "SECONDS", "WAIT"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--streams", type=int, nargs="+", default=[50, 100, 200],
                     help="relay sockets (streams); 2 per bridged call")
     ap.add_argument("--seconds", type=float, default=5.0, help="measured window per round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--modes", default="a,b,c,py", help="comma-separated: a, b, c, py")
+    ap.add_argument("--modes", default="a,b,c,py,engine",
+                    help="comma-separated: a, b, c, py, engine")
     ap.add_argument("--far-end", choices=("ignore", "drain"), default="ignore",
                     help="leave the relay's packets unread at the far end (SIPp) or read them")
     ap.add_argument("--engine-ms", type=float, default=2.2,
@@ -508,6 +588,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.py_relay:
         py_relay(int(args.py_relay[0]), float(args.py_relay[1]), float(args.py_relay[2]))
+        return 0
+    if args.engine_relay:
+        engine_relay(int(args.engine_relay[0]), float(args.engine_relay[1]),
+                     float(args.engine_relay[2]))
         return 0
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -541,7 +625,7 @@ def main() -> int:
                         continue
                     rl = r["relay"]
                     print(f"round {rnd} mode {mode:<2} N={n:<4} relay CPU {r['ms']:.3f} ms per "
-                          f"stream-second (system {r['sys_ms']:.3f}); per stream per s rx "
+                          f"stream-second (system, tick-sampled {r['sys_ms']:.3f}); per stream per s rx "
                           f"{rl['rx'] / (n * rl['window']):.1f} tx {rl['tx'] / (n * rl['window']):.1f};"
                           f" far end {r['far_ms']:.3f} ms per stream-second; load "
                           f"{r['load']:.1f}", flush=True)
