@@ -431,14 +431,16 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
             with ch.lock:  # the loop holds it only for bounded statements
                 old, ch.conn, ch.had = ch.conn, conn, True
             tch = self._thread_ch
-            if tch.lock.acquire(timeout=0.1):  # the threads re-connect on next use
+            # The threads' connection dates from before the outage: its socket may be
+            # dead without knowing it yet. The threads re-connect on next use.
+            if tch.lock.acquire(timeout=0.1):
                 try:
-                    if tch.conn is not None and tch.conn.dead:
-                        with contextlib.suppress(Exception):
-                            tch.conn.close()
-                        tch.conn = None
+                    stale, tch.conn = tch.conn, None
                 finally:
                     tch.lock.release()
+                if stale is not None:
+                    with contextlib.suppress(Exception):
+                        stale.close()
             if old is not None:
                 with contextlib.suppress(Exception):
                     old.close()

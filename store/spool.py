@@ -342,9 +342,34 @@ class SpooledWriter:
             self._recover(now)
         return written
 
+    def retry_now(self) -> None:
+        """The store says it answers again (``Database.on_reachable``): retry at once
+        instead of at the end of the back-off."""
+        if self._spool:
+            self._backoff = self.retry_min
+            self._next_retry = 0.0
+            self._wake.set()
+
     async def run(self) -> None:
         """Retry the spool with back-off until cancelled; yields to the loop between
-        batches so flushing a long spool never holds up the call path."""
+        batches so flushing a long spool never holds up the call path. A store that
+        tells when it answers again (``on_reachable``, from its prober thread: see
+        :mod:`store.pg`) has the spool retried at once then."""
+        loop = asyncio.get_running_loop()
+        hooks: list[Callable[[], None]] | None = getattr(self.db, "on_reachable", None)
+
+        def reachable() -> None:  # the prober's thread: hand it to the loop
+            loop.call_soon_threadsafe(self.retry_now)
+        if hooks is not None:
+            hooks.append(reachable)
+        try:
+            await self._retry()
+        finally:
+            if hooks is not None:
+                with contextlib.suppress(ValueError):
+                    hooks.remove(reachable)
+
+    async def _retry(self) -> None:
         while True:
             due = self.next_retry()
             if due is None:

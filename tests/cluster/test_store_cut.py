@@ -1,0 +1,173 @@
+"""A node cut off from its PostgreSQL store, silently, keeps answering (issue 14).
+
+Real parts: two ``controlroom serve`` nodes, each in its own network namespace, on one
+PostgreSQL; Kamailio's dispatcher; Mosquitto as the CAD; SIPp handler phones and SIPp
+callers at a steady rate. The fault is real and silent: ``Cluster.cut_store`` routes n1's
+packets to the store's address via a next hop nobody answers (no reset: an open
+connection hangs, a new one fails after ARP), while Kamailio, the phones and the broker
+still reach it.
+
+Checked: every call is answered; n1 keeps taking its share of the calls during the cut
+with an INVITE -> 200 under 1 s for all but at most one (store.pg: the first statement
+after the cut waits for the watchdog, then the breaker answers at once); n1's event loop
+(``/healthz``, which reads no store, polled from outside) is never held 1 s; ``/healthz``
+says degraded with the reason while the store is away, ok after; after the restore every
+call n1 took during the cut is in the store, ended, with (without the global queue) its
+queue log (entered, then completed or abandoned) and
+its outbox rows in order and delivered, and its CAD messages reached the broker in order
+per call: nothing lost.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.cluster import Cluster, Node, namespaces_available, store_query, wait_for
+from harness.postgres import available as postgres_available
+
+pytestmark = [pytest.mark.cluster, pytest.mark.realparts, pytest.mark.slow,
+              pytest.mark.skipif(not postgres_available(), reason="PostgreSQL not installed"),
+              pytest.mark.skipif(not namespaces_available(),
+                                 reason="a store cut needs namespaces (root)")]
+
+RATE = 4.0
+BEFORE_S, CUT_S, AFTER_S = 3.0, 12.0, 6.0
+
+
+class _LoopProbe(threading.Thread):
+    """``GET /healthz`` on a node every 50 ms: (sent at, response time, body)."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(daemon=True)
+        self.node = node
+        self.samples: list[tuple[float, float, dict[str, Any]]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            t0 = time.time()
+            status, body = self.node.get("/healthz", timeout=30.0)
+            try:
+                health = dict(json.loads(body)) if status == 200 else {}
+            except ValueError:
+                health = {}
+            self.samples.append((t0, time.time() - t0, health))
+            self.done.wait(0.05)
+
+
+@pytest.mark.parametrize("global_queue", [False, True], ids=["local", "global-queue"])
+def test_a_node_cut_from_its_store_answers_every_call_and_loses_nothing(
+        tmp_path: Path, global_queue: bool) -> None:
+    with Cluster(tmp_path, nodes=2, handlers=3, postgres=True, global_queue=global_queue,
+                 ring_ms=200, wrapup=0.2, handler_talk_ms=800, heartbeat_interval=0.5,
+                 salvage_after=60.0) as cluster:
+        url = cluster.store_url
+        n1, _ = cluster.nodes
+        probe = _LoopProbe(n1)
+        probe.start()
+        total = int(RATE * (BEFORE_S + CUT_S + AFTER_S))
+        load = cluster.callers("101", rate=RATE, calls=total, talk_ms=1500).start()
+        time.sleep(BEFORE_S)
+        cut_at = cluster.cut_store(n1)
+        try:
+            time.sleep(CUT_S)
+        finally:
+            cluster.restore_store(n1)
+        restored_at = time.time()
+        load.wait(AFTER_S + 60)
+        healthy = wait_for(lambda: probe.samples and probe.samples[-1][2].get("status") == "ok",
+                           30)
+        probe.done.set()
+        why = cluster.node_log(n1, 6000)
+
+        calls = load.outcomes()
+        assert len(calls) == total, (len(calls), why)
+        assert all(c.answered is not None for c in calls), (
+            [c for c in calls if c.answered is None], why)
+        during = [c for c in calls if cut_at <= c.sent < restored_at]
+        on_n1 = [c for c in during if c.node == n1.addr]
+        # the dispatcher does not fail n1 over: it answers about its half of the calls
+        assert len(on_n1) >= len(during) // 4, (len(on_n1), len(during), why)
+        setups = sorted(c.setup for c in during if c.setup is not None)
+        assert all(s < 1.0 for s in setups[:-1]), (setups, why)
+        assert setups[-1] < 3.0, (setups, why)
+
+        cut_samples = [s for s in probe.samples if cut_at <= s[0] < restored_at]
+        stalls = [d for _, d, _ in cut_samples]
+        print(f"store-cut[{'global' if global_queue else 'local'}]: calls_during_cut="
+              f"{len(during)} n1_answered={len(on_n1)} setup_max_s={setups[-1]:.3f}"
+              f" setup_2nd_s={setups[-2]:.3f} n1_loop_max_s={max(stalls):.3f}"
+              f" n1_loop_over_0_5_s={sum(1 for d in stalls if d > 0.5)}")
+        assert len(stalls) > CUT_S * 5, len(stalls)  # polled all along (a stall stops it)
+        assert max(stalls) < 1.0, (max(stalls), why)
+        assert sum(1 for d in stalls if d > 0.5) <= 1, (stalls, why)
+        degraded = [h for _, _, h in cut_samples if h.get("status") == "degraded"]
+        assert degraded, why
+        assert any("database" in r and "unreachable" in r
+                   for h in degraded for r in h.get("reasons", ())), degraded[-1]
+        assert healthy, (probe.samples[-1], why)
+
+        # nothing lost: n1's calls of the cut are in the store, whole and in order
+        sip_ids = [c.sip_call_id for c in on_n1]
+
+        def rows() -> list[dict[str, Any]]:
+            got = store_query(url, "SELECT * FROM calls WHERE node=%s AND sip_call_id ="
+                                   " ANY(%s)", (n1.node_id, sip_ids))
+            # ended: talked to a handler, or (global queue: routing alone starts only
+            # after fallback_after) hung up while waiting; either way on the record
+            done = [r for r in got if r["ended_at"]]
+            return got if len(done) == len(sip_ids) else []
+        stored = wait_for(rows, 30, step=0.5)
+        assert stored, (len(sip_ids), why)
+        ids = [r["call_id"] for r in stored]
+        if not global_queue:
+            # The node's own queue log goes through its spool. (With the global queue the
+            # leader writes the queue log from the nodes' bus inputs, and a node's
+            # fallback drops the inputs it could not send, ``unsent_dropped`` in
+            # controlroom.leader: a call that ended during the cut may have no queue
+            # log at all. Not the spool's; reported with issue 14.)
+            qlog = store_query(url, "SELECT call_id, event FROM queue_log WHERE call_id ="
+                                    " ANY(%s) ORDER BY id", (ids,))
+            for cid in ids:
+                events = [e["event"] for e in qlog if e["call_id"] == cid]
+                assert events and events[0] == "ENTER", (cid, events)
+                assert {"COMPLETE", "ABANDON"} & set(events), (cid, events)
+
+        def delivered() -> list[dict[str, Any]]:
+            out = store_query(url, "SELECT call_id, seq, type, delivered_at FROM outbox"
+                                   " WHERE call_id = ANY(%s) ORDER BY call_id, seq", (ids,))
+            return out if out and all(r["delivered_at"] for r in out) else []
+        outbox = wait_for(delivered, 60, step=0.5)
+        assert outbox, why
+        for cid in ids:
+            seqs = [r["seq"] for r in outbox if r["call_id"] == cid]
+            assert seqs == list(range(1, len(seqs) + 1)), (cid, seqs)
+
+        # the CAD: each call's messages, arrival to end, in order per call
+        def at_cad() -> dict[str, list[dict[str, Any]]]:
+            assert cluster.cad is not None
+            per: dict[str, list[dict[str, Any]]] = {}
+            for m in cluster.cad.snapshot():
+                if m.get("call_id") in ids:
+                    per.setdefault(m["call_id"], []).append(m)
+            whole = all({"call.arrived", "call.ended"} <= {m["type"] for m in per.get(c, [])}
+                        for c in ids)
+            return per if whole else {}
+        cad = wait_for(at_cad, 60, step=0.5)
+        assert cad, why
+        for cid, msgs in cad.items():
+            seqs = [m["seq"] for m in msgs]
+            first = sorted(set(seqs), key=seqs.index)  # redeliveries allowed, not reorders
+            assert first == sorted(first), (cid, seqs)
+            assert msgs[0]["type"] == "call.arrived" and msgs[-1]["type"] == "call.ended", (
+                cid, [m["type"] for m in msgs])
+
+        log = cluster.node_log(n1, 2_000_000)
+        assert log.count('"storage.recovered"') >= 1, why
+        assert '"storage.write_lost"' not in log, why
