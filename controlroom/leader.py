@@ -410,7 +410,8 @@ class GlobalQueue:
 
     def _call_info(self, c: Any) -> dict[str, Any]:
         return {"call_id": c.call_id, "line": c.line, "caller": c.caller,
-                "arrived_at": c.arrived_at, "state": c.state, "handler_id": c.handler_id}
+                "arrived_at": c.arrived_at, "state": c.state, "handler_id": c.handler_id,
+                "answered_at": getattr(c, "answered_at", None)}
 
     def ending_sent(self, call_id: str) -> None:
         c = self.s.calls.get(call_id)
@@ -491,9 +492,13 @@ class GlobalQueue:
         desks = {hid for hid, h in self.handlers_known.items() if h.get("desk") == self.node}
         calls = [self._call_info(c) for c in s.calls.values() if c.state in LIVE]
         with self._out_ready:  # unsent inputs: the hand-back says where they led
-            dropped = len(self._out)
+            unsent = list(self._out)
+            dropped = len(unsent)
             self._out.clear()
             self._gen += 1
+        # ... but their queue-log rows are the record's: logged here (the leader never
+        # logs them: one that reaches it later is superseded by the hand-back)
+        record = self._unsent_rows(unsent)
         self.ending.clear()
         fb, first = LocalRouting.build(s.settings.lines, s.settings.routing, calls=calls,
                                        handlers=self.handlers_known, desks=desks, now=now)
@@ -502,7 +507,54 @@ class GlobalQueue:
         log.warning("routing.fallback", node=self.node, away_s=round(now - self.contact_at, 2),
                     desks=sorted(desks), calls=len(calls), unsent_dropped=dropped,
                     why="no contact with the store: routing this node's calls alone")
-        s._apply(first)
+        s._apply(record + first)
+
+    def _unsent_rows(self, unsent: list[tuple[str, dict[str, Any], float]]) -> list[Any]:
+        """The queue-log rows the leader would have written for routing inputs this node
+        drops on going alone (sent while the store was already away): a call's ENTER, its
+        CONNECT and its COMPLETE (a ring or a state change is the hand-back's to tell)."""
+        from routing import QueueLogEntry
+
+        lines = {x.name: x for x in self.s.settings.lines}
+        known = {c.call_id: self._call_info(c) for c in self.s.calls.values()}
+        known.update(self.ending)
+        rows: list[Any] = []
+        for kind, data, _at in unsent:
+            if kind != "call" or not isinstance(data, dict):
+                continue
+            method, args = data.get("method"), list(data.get("args") or [])
+            kw = dict(data.get("kwargs") or {})
+            try:
+                if method == "call_arrived":
+                    cid, line, at = str(args[0]), str(args[1]), float(args[2])
+                    spec = lines.get(line)
+                    caller = str(kw.get("caller", ""))
+                    rows.append(QueueLogEntry(at, cid, line, "", "ENTER", {
+                        "priority": getattr(spec, "priority", None), "caller": caller,
+                        "threshold": getattr(spec, "answer_threshold", None),
+                        "overflow": None, "caller_key": kw.get("caller_key", caller),
+                        "unsent": True}))
+                elif method in ("offer_answered", "call_ended"):
+                    cid = str(args[0])
+                    c = known.get(cid) or {}
+                    if method == "offer_answered":
+                        at = float(args[2])
+                        rows.append(QueueLogEntry(at, cid, str(c.get("line") or ""),
+                                                  str(args[1]), "CONNECT", {
+                                                      "wait": at - float(c.get("arrived_at")
+                                                                         or at),
+                                                      "unsent": True}))
+                    else:
+                        at = float(args[1])
+                        answered = c.get("answered_at")
+                        rows.append(QueueLogEntry(at, cid, str(c.get("line") or ""),
+                                                  str(c.get("handler_id") or ""), "COMPLETE", {
+                                                      "talk": (at - float(answered))
+                                                      if answered else None,
+                                                      "unsent": True}))
+            except (IndexError, TypeError, ValueError):
+                continue
+        return rows
 
     def _hand_back_when_quiet(self) -> None:
         """Hand back now if no call of this node rings a handler (or it waited long
@@ -637,6 +689,13 @@ class LeaderThread(threading.Thread):
         self.held: dict[str, str] = {}
         """Talking calls a late resync told of, not in the router: call -> its handler,
         kept not ready (``HELD_REASON``) until the call's end comes in."""
+        self.held_info: dict[str, dict[str, Any]] = {}
+        """The resync's entry of each held call (its COMPLETE row is logged here)."""
+        self.cut_off: set[str] = set()
+        """Stale nodes whose session is open (they may route alone): their inputs wait in
+        ``deferred`` for their resync (a hand-back supersedes them: e.g. a batch the cut
+        held in flight and TCP delivered after the restore)."""
+        self.deferred: dict[str, list[tuple[int, str, str, dict[str, Any], float]]] = {}
         self.desk: dict[str, str] = {}
         """handler -> the node of their last desk operation (published in the handlers'
         state: a node routing alone offers its calls to its own desks only)."""
@@ -696,9 +755,10 @@ class LeaderThread(threading.Thread):
     def _drop(self) -> None:
         self.term, self.router = None, None
         self.parked = set()
-        self.held = {}
+        self.held, self.held_info = {}, {}
         self._wake_extra = []
         self.away, self.away_prev = {}, {}
+        self.cut_off, self.deferred = set(), {}
         self._stale_due = float("inf")
         if self.conn is not None:
             with contextlib.suppress(Exception):
@@ -811,6 +871,7 @@ class LeaderThread(threading.Thread):
         away = {hid: n for hid, n in self.desk.items()
                 if n not in resyncs and n in sessions and hid in router.handlers}
         out = self._rebuild(resyncs, stored, set(away))
+        self.cut_off = set(away.values())
         for node in sorted(set(away.values())):
             hids = sorted(h for h, n in away.items() if n == node)
             out += self._put_away(node, hids, time.time())
@@ -928,6 +989,9 @@ class LeaderThread(threading.Thread):
 
         _id, node, kind, data, at = row
         r = self.router
+        if kind == "call" and node in self.cut_off:
+            self.deferred.setdefault(node, []).append(row)
+            return []
         try:
             if kind == "call":
                 method, args, kwargs = data["method"], data.get("args", []), data.get("kwargs", {})
@@ -955,7 +1019,8 @@ class LeaderThread(threading.Thread):
                     if method in ("call_ended", "call_abandoned"):  # confirm: nothing to do
                         log.info("routing.input_refused", node=node, method=method,
                                  why=str(exc))
-                        return (self._unhold(str(args[0]))
+                        return (self._held_end(str(args[0]), args[1:2])
+                                + self._unhold(str(args[0]))
                                 + [(node, Completed(str(args[0]), "", "", 0.0))])
                     raise exc
             if kind == "drop_calls":
@@ -1142,6 +1207,7 @@ class LeaderThread(threading.Thread):
                         session=alive)
             out += self._drop_calls(ids)
             if alive:  # not dead (its session would be gone): it may route alone
+                self.cut_off.add(node)
                 out += self._put_away(node, self._desks_of(node, now), now)
         for node in list(self.parked):
             beat, stopped = beats.get(node, (None, None))
@@ -1167,6 +1233,15 @@ class LeaderThread(threading.Thread):
         if int(data.get("term", 0)) != self.term and not data.get("start"):
             return []  # an old term's
         release = any(n == node for n in self.away.values())
+        self.cut_off.discard(node)
+        waited = self.deferred.pop(node, [])
+        pre: list[tuple[str, Any]] = []
+        if data.get("fallback") or data.get("start"):
+            if waited:  # superseded: the hand-back says where they led
+                log.warning("routing.inputs_superseded", node=node, inputs=len(waited))
+        else:  # it never routed alone: its inputs, in order, before its resync
+            for row in waited:
+                pre += self._input(row)
         listed = {c["call_id"] for c in data.get("calls", ())}
         gone = {c for c, n in self.call_node.items() if n == node and c not in listed}
         if data.get("fallback"):
@@ -1175,7 +1250,7 @@ class LeaderThread(threading.Thread):
                 if here is not None and (here.state.value != c["state"]
                                          or here.handler_id != c.get("handler_id")):
                     gone.add(c["call_id"])
-        out: list[tuple[str, Any]] = self._drop_calls(gone) if gone else []
+        out: list[tuple[str, Any]] = pre + (self._drop_calls(gone) if gone else [])
         if gone:
             log.warning("routing.node_calls_dropped", node=node, calls=len(gone))
         for c in sorted(data.get("calls", ()), key=lambda c: c["arrived_at"]):
@@ -1210,6 +1285,7 @@ class LeaderThread(threading.Thread):
                         handler_state=h.state.value if h else None)
             return []
         self.held[c["call_id"]] = hid
+        self.held_info[c["call_id"]] = dict(c)
         self.call_node[c["call_id"]] = node
         try:
             return self._route(self.router.set_not_ready(hid, time.time(),
@@ -1217,6 +1293,20 @@ class LeaderThread(threading.Thread):
         except RoutingError as exc:
             log.warning("routing.hold_failed", why=str(exc))
             return []
+
+    def _held_end(self, call_id: str, at: list[Any]) -> list[tuple[str, Any]]:
+        """A held call (talking when its node resynced, not in this router) ended: its
+        COMPLETE row, which the router cannot log (its CONNECT is on the record)."""
+        from routing import QueueLogEntry
+
+        c = self.held_info.pop(call_id, None)
+        if c is None or call_id not in self.held:
+            return []
+        now = float(at[0]) if at and isinstance(at[0], (int, float)) else time.time()
+        answered = c.get("answered_at")
+        talk = max(0.0, now - float(answered)) if isinstance(answered, (int, float)) else None
+        return [("", QueueLogEntry(now, call_id, str(c.get("line") or ""), self.held[call_id],
+                                   "COMPLETE", {"talk": talk, "held": True}))]
 
     def _unhold(self, call_id: str) -> list[tuple[str, Any]]:
         from routing.model import HandlerState
