@@ -464,13 +464,15 @@ def engine_relay(n: int, seconds: float, wait: float) -> None:
             in0 = sum(s.stats.packets_in for s in streams)
             out0 = sum(s.stats.packets_out for s in streams)
             r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            tick0 = eng.clock.busy_cpu
             await asyncio.sleep(seconds)
             r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            tick = eng.clock.busy_cpu - tick0
             rx = sum(s.stats.packets_in for s in streams) - in0
             tx = sum(s.stats.packets_out for s in streams) - out0
             print(f"figures rx {rx} tx {tx} window {t1 - t0:.6f} "
                   f"user {r1.ru_utime - r0.ru_utime:.6f} sys {r1.ru_stime - r0.ru_stime:.6f} "
-                  f"latched {heard}", flush=True)
+                  f"latched {heard} tick {tick:.6f}", flush=True)
             await eng.stop()
 
     asyncio.run(run())
@@ -560,6 +562,8 @@ def one_round(exe: Path, mode: str, n: int, args: argparse.Namespace) -> dict[st
     elif window > 0:
         out["ms"] = (r["user"] + r["sys"]) / (n * window) * 1000
         out["sys_ms"] = r["sys"] / (n * window) * 1000
+        if "tick" in r:  # mode engine: CPU of the media clock's ticks (as sip_load.py's)
+            out["tick_ms"] = r["tick"] / (n * window) * 1000
         out["far_ms"] = (f["user"] + f["sys"]) / (n * max(f.get("seconds", 0.0), 1e-9)) * 1000
     return out
 
@@ -625,7 +629,9 @@ def main() -> int:
                         continue
                     rl = r["relay"]
                     print(f"round {rnd} mode {mode:<2} N={n:<4} relay CPU {r['ms']:.3f} ms per "
-                          f"stream-second (system, tick-sampled {r['sys_ms']:.3f}); per stream per s rx "
+                          f"stream-second (system, tick-sampled {r['sys_ms']:.3f}"
+                          + (f"; media clock's ticks {r['tick_ms']:.3f}" if "tick_ms" in r else "")
+                          + f"); per stream per s rx "
                           f"{rl['rx'] / (n * rl['window']):.1f} tx {rl['tx'] / (n * rl['window']):.1f};"
                           f" far end {r['far_ms']:.3f} ms per stream-second; load "
                           f"{r['load']:.1f}", flush=True)
@@ -637,6 +643,9 @@ def main() -> int:
                 got = res.get((mode, n), [])
                 rows.append((f"{mode} N={n} relay ms/stream-s",
                              [r["ms"] for r in got if "ms" in r], ".3f"))
+                if any("tick_ms" in r for r in got):
+                    rows.append(("  of which the media clock's ticks",
+                                 [r["tick_ms"] for r in got if "tick_ms" in r], ".3f"))
         rows.append(("load avg (1 min) at round end",
                      [r["load"] for rs in res.values() for r in rs], ".1f"))
         print(f"\n=== summary: relay CPU (user + system) per stream-second; engine "
