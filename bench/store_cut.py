@@ -15,7 +15,8 @@ Figures (printed as one JSON line, then a summary line):
   during the cut (p50, max), calls failed; the node's event-loop stall measured from
   outside: ``/healthz`` (no store access) is polled every 50 ms with a 30 s timeout and
   its response time recorded (max during the cut, how many polls took more than 0.5 s);
-  after restore, whether the calls placed during the cut are in the store.
+  after restore, how many of the calls the node answered during the cut are in the
+  store, ended (matched by SIP Call-ID).
 Needs root (namespaces); bounded: every SIPp has a call count and a timeout.
 """
 
@@ -97,11 +98,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "loop": probes[n.node_id].stalls(cut_at, restored_at),
                 "loop_after_restore": probes[n.node_id].stalls(restored_at, time.time()),
             }
-        rows = wait_for(lambda: store_query(
-            cluster.store_url, "SELECT call_id, ended_at FROM calls WHERE node=%s AND"
-            " arrived_at >= %s AND arrived_at < %s", (victim.node_id, cut_at, restored_at)),
-            30)
-        victim_answered = sum(1 for c in during if c.node == victim.addr)
+        sip_ids = [c.sip_call_id for c in during if c.node == victim.addr]
+        victim_answered = len(sip_ids)
+
+        def ended_rows() -> list[dict[str, Any]]:
+            return [r for r in store_query(
+                cluster.store_url, "SELECT call_id, ended_at FROM calls WHERE node=%s AND"
+                " sip_call_id = ANY(%s)", (victim.node_id, sip_ids)) if r["ended_at"]]
+        wait_for(lambda: len(ended_rows()) >= victim_answered, 30)
+        rows = ended_rows()
         return {
             "global_queue": args.global_queue, "rate": args.rate, "cut_s": args.cut_s,
             "calls": len(calls), "during_cut": len(during),
