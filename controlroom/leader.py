@@ -120,9 +120,12 @@ def _connect(url: str, app: str = "") -> Any:
     import psycopg
 
     extra: dict[str, Any] = {"application_name": app[:63]} if app else {}
+    # tcp_user_timeout (ms): a statement sent on a silent path (packets dropped, no
+    # reset) fails after 3 s and the thread reconnects; keepalives do not run while data
+    # waits unacknowledged, so without it TCP retransmits for ~15 minutes.
     return psycopg.connect(url, autocommit=True, connect_timeout=3, keepalives=1,
                            keepalives_idle=1, keepalives_interval=1, keepalives_count=3,
-                           **extra)
+                           tcp_user_timeout=3000, **extra)
 
 
 # -- the node side ---------------------------------------------------------------------
