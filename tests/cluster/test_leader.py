@@ -557,6 +557,10 @@ def test_a_stale_nodes_desks_are_offered_nothing_until_it_hands_back(url: str) -
         b1.poll()
         assert not [a for a in b1.actions if a["type"] == "Offer"
                     and a["call_id"] == "b1-c2"]  # h1 is away, h2 talking
+        # an input a1 sent before going alone reaches the store only now (a batch the cut
+        # held in flight): it waits for a1's resync, which supersedes it
+        a1.send("call_arrived", "a1-c9", "999", time.time() - 4, caller="9")
+        time.sleep(0.5)
         # a1 is back from routing alone: beats, and answers the term row with its
         # hand-back (h1 free)
         a1.resync_extra = {"fallback": True, "handlers": {
@@ -573,6 +577,7 @@ def test_a_stale_nodes_desks_are_offered_nothing_until_it_hands_back(url: str) -
         offers = [e for e in _log(url) if e[0] == "OFFER"]
         assert offers == [("OFFER", "b1-c1", "h1"), ("OFFER", "b1-c1", "h2"),
                           ("OFFER", "b1-c2", "h1")]
+        assert not [e for e in _log(url) if e[1] == "a1-c9"]  # superseded: never routed
 
 
 def test_a_desk_busy_at_the_park_is_kept_away_after_its_call(url: str) -> None:
@@ -604,6 +609,13 @@ def test_a_desk_busy_at_the_park_is_kept_away_after_its_call(url: str) -> None:
         assert not [a for a in b1.actions if a["type"] == "Offer" and a["call_id"] == "b1-c2"]
         h1 = _handlers(url)["h1"]
         assert (h1["state"], h1["reason"]) == ("not_ready", DESK_AWAY), h1
+        # sent while a1 was parked: applied when a1 resyncs (it never routed alone)
+        a1.send("call_arrived", "a1-c3", "101", time.time(), caller="3")
+        a1.calls = {"a1-c3": {"call_id": "a1-c3", "line": "101", "caller": "3",
+                              "arrived_at": time.time(), "state": "queued",
+                              "handler_id": None}}
+        time.sleep(0.5)
+        assert not [e for e in _log(url) if e[1] == "a1-c3"]
         back = _beat(url, "a1")  # beats again; never routed alone: a plain resync
         try:
             _wait(lambda: any(a["type"] == "Offer" and a["call_id"] == "b1-c2"
@@ -613,6 +625,7 @@ def test_a_desk_busy_at_the_park_is_kept_away_after_its_call(url: str) -> None:
         finally:
             back.set()
         assert not leader.away
+        assert ("ENTER", "a1-c3", "") in _log(url)
 
 
 def test_a_dead_nodes_desks_are_still_offered_the_rooms_calls(url: str) -> None:
