@@ -12,8 +12,8 @@ with an INVITE -> 200 under 1 s for all but at most one (store.pg: the first sta
 after the cut waits for the watchdog, then the breaker answers at once); n1's event loop
 (``/healthz``, which reads no store, polled from outside) is never held 1 s; ``/healthz``
 says degraded with the reason while the store is away, ok after; after the restore every
-call n1 took during the cut is in the store, ended, with (without the global queue) its
-queue log (entered, then completed or abandoned) and
+call n1 took during the cut is in the store, ended, with its queue log (entered, then
+completed or abandoned) and
 its outbox rows in order and delivered, and its CAD messages reached the broker in order
 per call: nothing lost.
 """
@@ -126,17 +126,19 @@ def test_a_node_cut_from_its_store_answers_every_call_and_loses_nothing(
         stored = wait_for(rows, 30, step=0.5)
         assert stored, (len(sip_ids), why)
         ids = [r["call_id"] for r in stored]
-        if not global_queue:
-            # The node's own queue log goes through its spool. (With the global queue the
-            # leader writes the queue log from the nodes' bus inputs, and a node's
-            # fallback drops the inputs it could not send, ``unsent_dropped`` in
-            # controlroom.leader: a call that ended during the cut may have no queue
-            # log at all. Not the spool's; reported with issue 14.)
-            qlog = store_query(url, "SELECT call_id, event FROM queue_log WHERE call_id ="
-                                    " ANY(%s) ORDER BY id", (ids,))
-            for cid in ids:
-                events = [e["event"] for e in qlog if e["call_id"] == cid]
-                assert events and events[0] == "ENTER", (cid, events)
+        # the queue log: the node's own through its spool; with the global queue the
+        # leader's from the node's bus inputs, or the node's own for the inputs its
+        # fallback dropped (controlroom.leader)
+        qlog = store_query(url, "SELECT call_id, event FROM queue_log WHERE call_id ="
+                                " ANY(%s) ORDER BY id", (ids,))
+        for cid in ids:
+            events = [e["event"] for e in qlog if e["call_id"] == cid]
+            assert events and events[0] == "ENTER", (cid, events)
+            if not global_queue:
+                # Known gap with the global queue (controlroom.leader, not the spool): a
+                # caller who hangs up while waiting between the cut and the node going
+                # alone has the hang-up among the inputs the fallback drops, and no
+                # ABANDON row is written for it (its ENTER is). Reported with issue 14.
                 assert {"COMPLETE", "ABANDON"} & set(events), (cid, events)
 
         def delivered() -> list[dict[str, Any]]:
