@@ -1212,10 +1212,17 @@ class LeaderThread(threading.Thread):
             if alive:  # not dead (its session would be gone): it may route alone
                 self.cut_off.add(node)
                 out += self._put_away(node, self._desks_of(node, now), now)
+        salvage = float(self.settings.cluster.salvage_after)
         for node in list(self.parked):
             beat, stopped = beats.get(node, (None, None))
             if stopped is not None:
                 out += self._release(node, None)  # stopped: it routes nothing
+            elif (beat is not None and now - float(beat) > salvage
+                  and any(n == node for n in self.away.values())):
+                # silent past salvage_after: the room counts it dead (a survivor closes its
+                # calls), e.g. a machine powered off, whose sessions linger on the store
+                log.warning("routing.desks_back_salvaged", node=node)
+                out += self._release(node, None)
             if beat is not None and stopped is None and beat >= limit:
                 self.parked.discard(node)
                 wake.append(node)  # its resync brings its desks back (``_release``)

@@ -40,12 +40,12 @@ def url(server: Postgres, request: pytest.FixtureRequest) -> str:
     return server.database(request.node.name[5:40].replace("_", ""))
 
 
-def _settings(url: str, node: str) -> Any:
+def _settings(url: str, node: str, **cluster: Any) -> Any:
     from config import Settings
     from config.loader import build
 
     return build(Settings, {
-        "cluster": {"node_id": node, "global_queue": True},
+        "cluster": {"node_id": node, "global_queue": True, **cluster},
         "lines": [{"name": "999", "numbers": ["999"], "priority": 0, "skill": "999",
                    "callback_on_abandon": True},
                   {"name": "101", "numbers": ["101"], "priority": 1, "skill": "101"}],
@@ -474,7 +474,8 @@ def _wait(pred: Any, nodes: list[FakeNode], timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def _room(url: str) -> Iterator[tuple[FakeNode, FakeNode, threading.Event, Any]]:
+def _room(url: str, **cluster: Any) -> Iterator[tuple[FakeNode, FakeNode, threading.Event,
+                                                      Any]]:
     """Leader n9; node a1 (its heartbeat stops when the returned event is set: it stays
     connected, as a node cut off from the store whose session lingers) and node b1, both
     beating; h1's desk is on a1, h2's on b1."""
@@ -484,7 +485,7 @@ def _room(url: str) -> Iterator[tuple[FakeNode, FakeNode, threading.Event, Any]]
     _migrate(url).close()
     quiet, live = _beat(url, "a1", unregister=False), _beat(url, "b1")
     stop = threading.Event()
-    leader = LeaderThread(_settings(url, "n9"), url, "n9", stop, poll=0.05)
+    leader = LeaderThread(_settings(url, "n9", **cluster), url, "n9", stop, poll=0.05)
     leader.start()
     a1, b1 = FakeNode(url, "a1"), FakeNode(url, "b1")
     a1.last = b1.last = bus.last_output(a1.conn)
@@ -641,5 +642,23 @@ def test_a_dead_nodes_desks_are_still_offered_the_rooms_calls(url: str) -> None:
             time.sleep(0.05)
         b1.send("call_arrived", "b1-c1", "999", time.time(), caller="1")
         offer = b1.wait_for(lambda a: a["type"] == "Offer")[0]
+        assert offer["handler_id"] == "h1"
+        assert not leader.away
+
+
+def test_a_node_silent_past_salvage_after_gives_its_desks_back(url: str) -> None:
+    """A desk node silent with its session open past ``salvage_after`` (a machine powered
+    off: its sessions linger on the store) counts as dead, as for its calls: its desks
+    are offered the room's calls again."""
+    with _room(url, salvage_after=3.0) as (a1, b1, quiet, leader):
+        a1.send("set_available", "h1", time.time())
+        _wait(lambda: _handlers(url)["h1"]["state"] == "available", [a1, b1])
+        quiet.set()
+        _wait(lambda: "h1" in leader.away, [b1], timeout=8)
+        b1.send("call_arrived", "b1-c1", "999", time.time(), caller="1")
+        time.sleep(0.3)
+        b1.poll()
+        assert not [a for a in b1.actions if a["type"] == "Offer"]
+        offer = b1.wait_for(lambda a: a["type"] == "Offer", timeout=8)[0]
         assert offer["handler_id"] == "h1"
         assert not leader.away
