@@ -30,6 +30,7 @@ import re
 import statistics
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ RATE_101, RATE_999 = 0.8, 0.4
 """Calls a second per line, over the three nodes (~1.2/s for four handlers taking one
 every ~2 s: ring 0.3 + talk 1.2 + wrap-up 0.3)."""
 BEFORE_S, CUT_S, AFTER_S = 5.0, 14.0, 10.0
-FIGURES: list[dict[str, float]] = []
+FIGURES: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+"""Per variant (the leader's node cut or not): each run's timings."""
 
 
 class _TracedCluster(Cluster):
@@ -168,9 +170,49 @@ class _Alone(threading.Thread):
             self.done.wait(0.05)
 
 
-@pytest.mark.parametrize("run", range(int(os.environ.get("CONTROLROOM_CUT_RUNS", "1"))))
+def _term_past(cluster: Cluster, term: int) -> bool:
+    return int(cluster.leader()["term"]) > term
+
+
+def _lease_on(cluster: Cluster, wanted: set[str], timeout: float = 90.0) -> str:
+    """Until a node in ``wanted`` holds the routing lease: the holder's lease session is
+    ended (``pg_terminate_backend``) and the nodes contend again."""
+    from store.lease import LOCK_KEY
+
+    url = cluster.store_url
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = cluster.leader()
+        if row["holder"] in wanted:
+            time.sleep(3.0)  # its takeover done, every node resynced
+            return str(row["holder"])
+        store_query(url, "SELECT pg_terminate_backend(pid) AS x FROM pg_locks WHERE"
+                         " locktype = 'advisory' AND granted AND classid = %s AND objid = %s",
+                    (LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF))
+        wait_for(partial(_term_past, cluster, int(row["term"])), 10, step=0.1)
+    raise AssertionError(f"the lease never came to {wanted}: {cluster.leader()}")
+
+
+RUNS = range(int(os.environ.get("CONTROLROOM_CUT_RUNS", "1")))
+
+
+@pytest.mark.parametrize("run", RUNS)
 def test_a_desk_node_cut_from_the_store_never_makes_a_handler_ring_twice(
         tmp_path: Path, run: int) -> None:
+    """A desk node that is not the routing leader is cut off from the store."""
+    _cut_desk_node(tmp_path, leader=False)
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_the_leaders_desk_node_cut_from_the_store_never_makes_a_handler_ring_twice(
+        tmp_path: Path, run: int) -> None:
+    """The desk node holding the routing lease is cut off from the store: another node
+    takes the lease over (its session released by the server ~3 s after the cut) and
+    leaves the cut node's desks out of its rebuild, as that node did not resync."""
+    _cut_desk_node(tmp_path, leader=True)
+
+
+def _cut_desk_node(tmp_path: Path, *, leader: bool) -> None:
     from controlroom.fallback import DESK_AWAY
     from controlroom.leader import fallback_after, stale_after
 
@@ -183,8 +225,13 @@ def test_a_desk_node_cut_from_the_store_never_makes_a_handler_ring_twice(
         for node in n[:2]:
             for h in node.handlers:
                 _desk_ready(node, url, h)
-        holder = cluster.leader()["holder"]
-        a, b = (n[1], n[0]) if holder == n[0].node_id else (n[0], n[1])
+        if leader:
+            holder = _lease_on(cluster, {n[0].node_id, n[1].node_id})
+            a, b = (n[0], n[1]) if holder == n[0].node_id else (n[1], n[0])
+        else:
+            holder = cluster.leader()["holder"]
+            a, b = (n[1], n[0]) if holder == n[0].node_id else (n[0], n[1])
+        term = cluster.leader()["term"]
         desks = {h: node.node_id for node in (a, b) for h in node.handlers}
 
         def published() -> bool:
@@ -251,6 +298,8 @@ def test_a_desk_node_cut_from_the_store_never_makes_a_handler_ring_twice(
         def data(e: dict[str, Any]) -> dict[str, Any]:
             d = e["data"]
             return dict(json.loads(d) if isinstance(d, str) else d or {})
+        def node_of(cid: str) -> str:
+            return cid.split("-")[0]
         away = [e for e in log if e["event"] == "STATE" and data(e).get("reason") == DESK_AWAY
                 and e["at"] > cut]
         assert {e["handler_id"] for e in away} == set(a.handlers), (away, why)
@@ -258,22 +307,26 @@ def test_a_desk_node_cut_from_the_store_never_makes_a_handler_ring_twice(
         assert probe.first is not None, why
         alone_at = probe.first
         # the leader put A's desks away before A routed alone
-        assert away_at < alone_at, (away_at - cut, alone_at - cut)
+        if leader:  # no leader between the cut and the takeover; the new one left A out
+            took = cluster.leader()
+            assert took["term"] > term and took["holder"] != a.node_id, took
+            assert [e for e in log if e["event"] == "OFFER" and cut < e["at"] < away_at
+                    and node_of(e["call_id"]) != a.node_id] == []
+        else:  # the leader put A's desks away before A routed alone
+            assert away_at < alone_at, (away_at - cut, alone_at - cut)
         back = [e for e in log if e["event"] == "STATE" and e["handler_id"] in a.handlers
                 and e["at"] > restored and data(e).get("from") == "not_ready"
                 and data(e).get("state") == "available"]
         assert back, (log, why)
         back_at = min(e["at"] for e in back)
 
-        def node_of(cid: str) -> str:
-            return cid.split("-")[0]
         offers = [e for e in log if e["event"] == "OFFER"]
         # (b) A's desks took A's calls alone during the cut, and no other node's calls
         # from the time they were put away until their hand-back
         a_alone = [e for e in offers if alone_at <= e["at"] < restored
                    and e["handler_id"] in a.handlers]
         assert a_alone and all(node_of(e["call_id"]) == a.node_id for e in a_alone), a_alone
-        assert [e for e in offers if away_at <= e["at"] < back_at
+        assert [e for e in offers if min(away_at, alone_at) <= e["at"] < back_at
                 and e["handler_id"] in a.handlers
                 and node_of(e["call_id"]) != a.node_id] == []
         connected = [e for e in log if e["event"] == "CONNECT" and cut < e["at"] < restored
@@ -306,8 +359,9 @@ def test_a_desk_node_cut_from_the_store_never_makes_a_handler_ring_twice(
         figures = {"away": away_at - cut, "alone": alone_at - cut, "back": back_at - restored,
                    "room_offer": min(e["at"] for e in room) - restored,
                    "calls": float(len(rows)), "a_alone_offers": float(len(a_alone))}
-        FIGURES.append(figures)
-        print(f"\nstore cut of {a.node_id} (leader {holder}): stale_after="
+        FIGURES[leader].append(figures)
+        print(f"\nstore cut of {a.node_id} (leader {holder}{', cut' if leader else ''}): "
+              f"stale_after="
               f"{stale_after(_cfg())} s, fallback_after={fallback_after(_cfg())} s; "
               f"cut -> its desks away {figures['away']:.2f} s; cut -> alone "
               f"{figures['alone']:.2f} s (margin {alone_at - away_at:.2f} s); restore -> "
@@ -315,9 +369,9 @@ def test_a_desk_node_cut_from_the_store_never_makes_a_handler_ring_twice(
               f"{figures['room_offer']:.2f} s; {len(rows)} calls, {len(a_alone)} offered "
               f"alone on {a.node_id}, {len(b_cut)} to {b.node_id}'s desks during the cut; "
               f"phone dialogs {sum(len(v) for v in phones.values())}, overlaps 0")
-        if len(FIGURES) > 1:
+        if len(FIGURES[leader]) > 1:
             for k in ("away", "alone", "back", "room_offer"):
-                vals = [f[k] for f in FIGURES]
+                vals = [f[k] for f in FIGURES[leader]]
                 print(f"{k}: min {min(vals):.2f} median {statistics.median(vals):.2f} "
                       f"max {max(vals):.2f} s over {len(vals)} runs")
 
