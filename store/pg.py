@@ -19,9 +19,12 @@ event loop, which also carries the SIP and RTP of every call. So:
 
 - the event loop has a connection of its own (threads share another, so the loop never
   waits for a lock a thread holds while its statement hangs), and every statement on it
-  is watched: one with no answer after :data:`LOOP_DEADLINE` seconds has its socket shut
-  down by a watchdog thread, so it fails then instead of after TCP's retransmissions
-  (~15 minutes);
+  is watched: one still unanswered after :data:`LOOP_DEADLINE` seconds whose request
+  the server's TCP has not even acknowledged (``TCP_INFO``: the path is silent, not the
+  server slow) has its socket shut down by a watchdog thread, so it fails then instead
+  of after TCP's retransmissions (~15 minutes). A statement the server has and works on
+  (a migration waiting for the advisory lock, a long read) is left alone; a path that
+  goes silent while it waits is found by the keepalives;
 - the first connection-level failure, on any connection, opens a circuit breaker
   (:mod:`store.breaker`): from then on every use fails at once without touching the
   network, on the loop and in threads alike, and only the prober thread tries the
@@ -43,6 +46,7 @@ import contextlib
 import functools
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -68,8 +72,8 @@ TCP_OPTIONS: dict[str, Any] = {
 is found dead in ~4 s (keepalives), and data the server does not acknowledge fails the
 connection after 3 s (``tcp_user_timeout``, ms) instead of TCP's ~15 minutes."""
 LOOP_DEADLINE = 0.3
-"""Longest a statement on the event loop waits for the store (s) before the watchdog
-fails it and the breaker opens."""
+"""Longest a statement on the event loop waits on a silent path to the store (s) before
+the watchdog fails it and the breaker opens."""
 
 
 class Row(tuple[Any, ...]):
@@ -225,8 +229,9 @@ def _on_loop() -> bool:
 
 class _Watchdog:
     """Fails a statement on the event loop's connection that has no answer after
-    ``deadline`` seconds: shuts its socket down (the blocked call returns at once with
-    a connection error). One thread, started on first use, ticking every ``tick`` s."""
+    ``deadline`` seconds and whose request is still unacknowledged: shuts its socket
+    down (the blocked call returns at once with a connection error). One thread, started
+    on first use, ticking every ``tick`` s."""
 
     def __init__(self, deadline: float, tick: float = 0.05) -> None:
         self.deadline = deadline
@@ -260,8 +265,13 @@ class _Watchdog:
             with self._lock:
                 if self._armed is not armed:
                     continue
-                self._armed = None
                 conn = armed[0]
+                if not _unacknowledged(conn):
+                    # The server has the statement and is working on it (a lock wait, a
+                    # long read): slow, not cut. A path that goes silent later is found
+                    # by the keepalives.
+                    continue
+                self._armed = None
                 self.fired_on = conn
                 self.fired += 1
                 with contextlib.suppress(Exception):
@@ -275,6 +285,26 @@ class _Watchdog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(1.0)
+
+
+def _unacknowledged(conn: PgConnection) -> bool:
+    """Does the connection's socket hold data the server has not acknowledged? (Linux
+    ``TCP_INFO``'s ``tcpi_unacked``; False for a Unix socket or when it cannot be read.)
+    The loop's statement was sent when it began, so after the deadline this means the
+    path to the server is silent."""
+    try:
+        s = socket.socket(fileno=os.dup(conn.raw.pgconn.socket))
+    except Exception:  # noqa: BLE001 - closed meanwhile
+        return False
+    try:
+        if s.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return len(info) >= 28 and struct.unpack_from("I", info, 24)[0] > 0
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 class _Channel:
@@ -383,7 +413,8 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
         fired = self._watchdog.fired_on is conn
         if not (fired or conn.raw.closed or conn.raw.broken):
             return  # an SQL error, a constraint, a statement timeout: not the path
-        why = (f"no answer from the store in {self._watchdog.deadline:g} s" if fired
+        why = (f"no answer from the store in {self._watchdog.deadline:g} s (request not"
+               " acknowledged)" if fired
                else "connection lost")
         self._open(why, str(exc))
 

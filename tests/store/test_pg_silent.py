@@ -1,147 +1,124 @@
-"""A store that goes silent (no reset, no answer) never holds the event loop long.
+"""A store whose network path goes silent never holds the event loop long (issue 14).
 
-Real PostgreSQL behind a TCP relay in this process that can be *frozen*: it keeps every
-connection open and accepts new ones but forwards nothing, as a path whose packets are
-dropped looks to the node (the cluster test tests/cluster/test_store_cut.py cuts a real
-route in a network namespace). On the event loop: the first write after the freeze fails
-within the loop deadline (the watchdog), every later write and read fails at once (the
-breaker), and after the thaw the prober reaches the store and the spool is written in
-order, nothing lost.
+Real parts: PostgreSQL on a bridge address; the node side (``tests/store/_silent_node``,
+an asyncio program using ``store.pg`` and the spooled writer) runs in a network
+namespace, and the path is cut as ``harness.cluster.NamespaceNet.cut_store`` cuts it
+(a route via a next hop nobody answers: packets dropped, no reset).
+
+Checked: the first write on the loop after the cut fails within the loop deadline (the
+watchdog: request unacknowledged), every later write and read fails at once (the
+breaker), the loop is never held longer; after the restore the prober reaches the store
+and the spool is written in order, nothing lost. A thread's statement on a cut path
+fails by the TCP options (seconds, not TCP's ~15 minutes), opens the breaker for the
+loop, and the loop is not held meanwhile.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import select
-import socket
-import threading
-import time
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness import postgres as pg
-from store import Database, outbox
-from store.pg import LOOP_DEADLINE, PgDatabase
-from store.spool import SpooledWriter
+from harness.cluster import NamespaceNet, namespaces_available
+from store.pg import LOOP_DEADLINE
 
-pytestmark = pytest.mark.realparts
+pytestmark = [pytest.mark.realparts,
+              pytest.mark.skipif(not pg.available(), reason="PostgreSQL is not installed"),
+              pytest.mark.skipif(not namespaces_available(),
+                                 reason="a silent cut needs network namespaces (root)")]
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-class FreezableRelay:
-    """127.0.0.1:port -> upstream; :attr:`frozen` stops all forwarding (connections stay
-    open, new ones are accepted and hang)."""
+class _Node:
+    def __init__(self, net: NamespaceNet, url: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [*net.prefix(0), sys.executable, "-m", "tests.store._silent_node", url],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.frozen = threading.Event()
-        self.stop = threading.Event()
-        self.srv = socket.create_server(("127.0.0.1", 0))
-        self.port = self.srv.getsockname()[1]
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+    def read(self) -> Any:
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                assert self.proc.stderr is not None
+                self.proc.wait(5)
+                raise AssertionError(f"node side exited:\n{self.proc.stderr.read()[-3000:]}")
+            if line.startswith("SILENT "):  # the rest are the node side's logs
+                said = line[len("SILENT "):].strip()
+                return said if said == "READY" else json.loads(said)
 
-    def _accept(self) -> None:
-        self.srv.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                a, _ = self.srv.accept()
-            except OSError:
-                continue
-            b = socket.create_connection(self.upstream)
-            self.socks += [a, b]
-            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        peer = {a: b, b: a}
-        while not self.stop.is_set():
-            if self.frozen.is_set():
-                time.sleep(0.02)
-                continue
-            r, _, _ = select.select([a, b], [], [], 0.05)
-            for s in r:
-                try:
-                    data = s.recv(65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    for x in (a, b):
-                        with contextlib.suppress(OSError):
-                            x.close()
-                    return
-                peer[s].sendall(data)
+    def send(self, word: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
 
     def close(self) -> None:
-        self.stop.set()
-        for s in [self.srv, *self.socks]:
-            with contextlib.suppress(OSError):
-                s.close()
-
-
-def _unit(n: int, call_id: str) -> Any:
-    def write(conn: Any) -> None:
-        conn.execute("INSERT INTO t VALUES (?, ?)", (n, call_id))
-        outbox.append(conn, call_id=call_id, line="999", type=f"call.e{n}",
-                      payload={"event_id": f"{call_id}-{n}"})
-    return write
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
 
 
 def test_a_silent_store_costs_the_loop_one_bounded_wait_then_nothing_and_loses_nothing(
 ) -> None:
-    if not pg.available():
-        pytest.skip("PostgreSQL is not installed")
-    with pg.Postgres() as server:
-        url = server.database("silent")
-        relay = FreezableRelay((server.host, server.port))
-        try:
-            asyncio.run(_scenario(url.replace(f":{server.port}/", f":{relay.port}/")
-                                  .replace(f"@{server.host}:", "@127.0.0.1:"), relay))
-        finally:
-            relay.close()
-
-
-async def _scenario(url: str, relay: FreezableRelay) -> None:
-    db = Database(url)  # made on the loop: its statements are the watched ones
-    assert isinstance(db, PgDatabase)
+    net = NamespaceNet(1)
     try:
-        db.migrate(outbox.COMPONENT, outbox.MIGRATIONS, postgresql=outbox.PG_MIGRATIONS)
-        db.execute("CREATE TABLE t (n INTEGER, call_id TEXT)")
-        w = SpooledWriter(db)
-        assert w.write(_unit(0, "c1"), call_id="c1") is True
+        with pg.Postgres(host=net.store) as server:
+            node = _Node(net, server.database("silent"))
+            try:
+                assert node.read() == "READY"
+                net.cut_store(0)
+                node.send("CUT")
+                cut = node.read()
+                net.restore_store(0)
+                node.send("RESTORED")
+                back = node.read()
 
-        relay.frozen.set()
-        took: list[float] = []
-        for n in range(1, 21):
-            t0 = time.perf_counter()
-            assert w.write(_unit(n, f"c{1 + n % 2}"), call_id=f"c{1 + n % 2}") is False
-            took.append(time.perf_counter() - t0)
-            await asyncio.sleep(0.01)
-        # the first write waits for the watchdog; the breaker answers every later one
-        assert took[0] < LOOP_DEADLINE + 0.25, took
-        assert max(took[1:]) < 0.02, took
-        assert not db.reachable and w.degraded and w.depth == 20
-        t0 = time.perf_counter()
-        with pytest.raises(db.OperationalError, match="store unreachable"):
-            db.query_one("SELECT COUNT(*) FROM t")
-        assert time.perf_counter() - t0 < 0.02
-        assert w.flush() == 0  # still away: nothing moves, nothing touches the network
+                took = cut["took"]
+                # the first write waits for the watchdog (deadline + a tick); the breaker
+                # answers every later one, and reads, at once
+                assert took[0] < LOOP_DEADLINE + 0.25, cut
+                assert max(took[1:]) < 0.02, cut
+                assert cut["read_s"] < 0.02 and "store unreachable" in cut["read_error"], cut
+                assert cut["loop_max_gap_s"] < LOOP_DEADLINE + 0.3, cut
+                assert not cut["reachable"] and cut["degraded"] and cut["depth"] == 20, cut
+                assert cut["reason"].startswith("no answer from the store"), cut
+                # restored: the prober reaches the store, the spool is written in order
+                assert back["reachable_after_s"] < 5, back
+                assert back["rows"] == [[0, "c1"]] + [[n, f"c{1 + n % 2}"]
+                                                      for n in range(1, 21)], back
+                for seqs in back["seqs"].values():
+                    assert seqs == list(range(1, len(seqs) + 1)), back
+                assert back["lost"] == 0 and not back["degraded"] and back["opened"] == 1
 
-        await asyncio.sleep(1.0)  # the prober tries meanwhile, in its own thread
-        assert not db.reachable
-        relay.frozen.clear()
-        deadline = time.monotonic() + 15
-        while not db.reachable and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert db.reachable
-        while w.depth:
-            assert w.flush() > 0
-        assert not w.degraded and w.lost == 0
-        rows = [tuple(r) for r in db.query("SELECT n, call_id FROM t ORDER BY n")]
-        assert rows == [(0, "c1")] + [(n, f"c{1 + n % 2}") for n in range(1, 21)]
-        for cid in ("c1", "c2"):  # per-call order kept, gap-free
-            seqs = [r.seq for r in outbox.for_call(db, cid)]
-            assert seqs == list(range(1, len(seqs) + 1))
-        assert db.breaker.opened == 1
+                assert node.read() == "READY"
+                net.cut_store(0)
+                node.send("CUT")
+                cut2 = node.read()
+                net.restore_store(0)
+                node.send("RESTORED")
+                back2 = node.read()
+                # tcp_user_timeout 3 s (or the ARP failure's error): bounded, not minutes
+                assert cut2["thread_error"] and cut2["thread_s"] < 8, cut2
+                assert not cut2["reachable"] and cut2["opened"] == 2, cut2
+                assert cut2["loop_read_s"] < 0.02 and "store unreachable" in cut2["loop_error"]
+                assert cut2["loop_max_gap_s"] < 0.3, cut2  # the thread held no loop time
+                assert back2 == {"reachable_after_s": back2["reachable_after_s"],
+                                 "thread_ok": True, "loop_ok": True}, back2
+                assert back2["reachable_after_s"] < 5, back2
+                print(f"silent store: first_write_s={took[0]:.3f}"
+                      f" later_max_s={max(took[1:]):.4f} loop_max_gap_s="
+                      f"{cut['loop_max_gap_s']:.3f} thread_s={cut2['thread_s']:.2f}"
+                      f" reachable_after_s={back['reachable_after_s']:.2f}")
+            finally:
+                node.close()
     finally:
-        db.close()
+        net.close()
