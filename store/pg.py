@@ -458,6 +458,10 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
                     self.last_error = str(exc)
                     self.breaker.probe_failed(time.time())
                 continue
+            if self._closing.is_set():  # closed while connecting: nothing to hand over
+                with contextlib.suppress(Exception):
+                    conn.close()
+                return
             ch = self._loop_ch
             with ch.lock:  # the loop holds it only for bounded statements
                 old, ch.conn, ch.had = ch.conn, conn, True
@@ -587,7 +591,9 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
                         ch.conn.close()
                     ch.conn = None
         if self._prober is not None:
-            self._prober.join(CONNECT_TIMEOUT + 1.0)
+            # Short: a prober in the middle of a connect on a cut path (up to
+            # CONNECT_TIMEOUT) is a daemon thread and drops what it gets (above).
+            self._prober.join(0.5)
 
 
 def is_url(target: Any) -> bool:
