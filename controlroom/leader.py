@@ -693,6 +693,10 @@ class LeaderThread(threading.Thread):
         """Talking calls a late resync told of, not in the router: call -> its handler,
         kept not ready (``HELD_REASON``) until the call's end comes in."""
         self.held_info: dict[str, dict[str, Any]] = {}
+        self.unlogged_enter: set[str] = set()
+        """Calls the last rebuild put in from the resyncs (their ENTER rows left out: the
+        queue log has them if the old leader read their arrival; if it did not, that
+        input comes after the rebuild, is refused as a repeat and logs its ENTER)."""
         """The resync's entry of each held call (its COMPLETE row is logged here)."""
         self.cut_off: set[str] = set()
         """Stale nodes whose session is open (they may route alone): their inputs wait in
@@ -903,6 +907,7 @@ class LeaderThread(threading.Thread):
         r = self.router
         now = time.time()
         away = away or set()
+        self.unlogged_enter = {c["call_id"] for cs in resyncs.values() for c in cs}
         calls = sorted(((n, c) for n, cs in resyncs.items() for c in cs),
                        key=lambda nc: nc[1]["arrived_at"])
         taken: set[str] = set()
@@ -1019,6 +1024,10 @@ class LeaderThread(threading.Thread):
                 except RoutingError as exc:
                     if method == "offer_answered":  # withdrawn as the phone answered
                         return [(node, CancelOffer(args[0], args[1], "late-answer"))]
+                    if method == "call_arrived" and str(args[0]) in self.unlogged_enter:
+                        # the old leader never read it; the rebuild put the call in from
+                        # its node's resync: its arrival goes on the record now
+                        return [("", self._enter_row(args, kwargs))]
                     if method in ("call_ended", "call_abandoned"):  # confirm: nothing to do
                         log.info("routing.input_refused", node=node, method=method,
                                  why=str(exc))
@@ -1303,6 +1312,22 @@ class LeaderThread(threading.Thread):
         except RoutingError as exc:
             log.warning("routing.hold_failed", why=str(exc))
             return []
+
+    def _enter_row(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """The ENTER row of a ``call_arrived`` input (as the router writes it)."""
+        from routing import QueueLogEntry
+
+        cid, line, at = str(args[0]), str(args[1]), float(args[2])
+        self.unlogged_enter.discard(cid)
+        spec = self.router.lines.get(line)
+        caller = str(kwargs.get("caller", ""))
+        key = kwargs.get("caller_key")
+        if key is None:
+            key = caller if any(ch.isdigit() for ch in caller) else ""
+        return QueueLogEntry(at, cid, line, "", "ENTER", {
+            "priority": getattr(spec, "priority", None), "caller": caller,
+            "threshold": getattr(spec, "answer_threshold", None), "overflow": None,
+            "caller_key": key})
 
     def _held_end(self, call_id: str, at: list[Any]) -> list[tuple[str, Any]]:
         """A held call (talking when its node resynced, not in this router) ended: its
