@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
 import itertools
 import json
 import os
@@ -127,7 +128,7 @@ async def serve_engine(args: argparse.Namespace) -> None:
         elif isinstance(ev, api.RecordingSealed):
             st["sealed"] += 1
             fut = asyncio.get_running_loop().run_in_executor(None, check_recording, ev)
-            fut.add_done_callback(lambda f, ev=ev: count_recording(ev, f.result()))
+            fut.add_done_callback(functools.partial(recording_checked, ev))
 
     def check_recording(ev: Any) -> int:
         """(worker thread) size of the sealed file, then delete it unless kept."""
@@ -135,6 +136,9 @@ async def serve_engine(args: argparse.Namespace) -> None:
         if not args.keep_recordings:
             ev.path.unlink(missing_ok=True)
         return size
+
+    def recording_checked(ev: Any, fut: asyncio.Future[int]) -> None:
+        count_recording(ev, fut.result())
 
     def count_recording(ev: Any, size: int) -> None:
         # complete: a valid stereo 16-bit WAV whose data covers the whole call
@@ -256,14 +260,14 @@ async def serve_engine(args: argparse.Namespace) -> None:
     if snap0 is not None:
         # What the engine still holds after the calls, by allocation site (leak hunting).
         diff = tracemalloc.take_snapshot().compare_to(snap0, "traceback")
-        lines = ["tracemalloc: growth since start, top 8 sites"]
+        found = ["tracemalloc: growth since start, top 8 sites"]
         for stat in diff[:8]:
-            lines.append(f"  +{stat.size_diff / 1024:.0f} KiB in {stat.count_diff} blocks")
-            lines += [f"      {ln}" for ln in stat.traceback.format()[-6:]]
+            found.append(f"  +{stat.size_diff / 1024:.0f} KiB in {stat.count_diff} blocks")
+            found += [f"      {ln}" for ln in stat.traceback.format()[-6:]]
         # Who still holds RtpStream objects (should be none once every call ended)?
         import gc
         alive = [o for o in gc.get_objects() if type(o).__name__ in ("RtpStream", "JitterBuffer")]
-        lines.append(f"RtpStream+JitterBuffer objects alive: {len(alive)} (engine reports "
+        found.append(f"RtpStream+JitterBuffer objects alive: {len(alive)} (engine reports "
                      f"{engine.stats.calls_active} calls, {engine.stats.legs_active} legs)")
         for obj in alive[:2]:
             for ref in gc.get_referrers(obj):
@@ -272,10 +276,10 @@ async def serve_engine(args: argparse.Namespace) -> None:
                 desc = type(ref).__name__
                 if isinstance(ref, dict | list | tuple):
                     owners = [type(o).__name__ for o in gc.get_referrers(ref)
-                              if o is not alive and o is not lines][:4]
+                              if o is not alive and o is not found][:4]
                     desc += f" held by {owners}"
-                lines.append(f"  referrer: {desc}")
-        await asyncio.to_thread(Path(args.tracemalloc).write_text, "\n".join(lines))
+                found.append(f"  referrer: {desc}")
+        await asyncio.to_thread(Path(args.tracemalloc).write_text, "\n".join(found))
     line = json.dumps({"final": True, "lag_max_ms": lag_max * 1000,
                        "gc_max_ms": max(gc_pauses or [0.0]), "gc_total_ms": sum(gc_pauses),
                        "gc_count": len(gc_pauses), "gc_slow": sorted(gc_slow)[-6:],
@@ -365,6 +369,13 @@ def cpu_of(pid: int) -> float:
         return 0.0
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy since boot (every process, all cores)."""
+    import psutil
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 RATE_PERIOD_MS = 100_000
 """SIPp rates are given in calls per 100 s: ``-rate_max`` and ``-rate_increase`` take only
 integers, so a 30 % share of 25 calls/s (7.5) becomes 750 calls per 100 s instead of an
@@ -414,12 +425,14 @@ def run_callers(args: argparse.Namespace, kam: Any, dialled: str | list[tuple[st
         watch = {**watch, key: sipp._proc.pid}  # type: ignore[union-attr]
         cpu0[key] = 0.0
     cpu_last = dict(cpu0)
+    series: list[tuple[float, dict[str, float]]] = []  # for the plateau's cores
     while any(sp.alive() for _, sp in sipps) and time.monotonic() - t0 < args.phase_timeout + 10:
         time.sleep(0.5)
         for k, pid in watch.items():
             c = cpu_of(pid)
             if c:
                 cpu_last[k] = c
+        series.append((time.time(), {**cpu_last, "machine": machine_busy()}))
     codes = []
     for _, sipp in sipps:
         codes.append(sipp.stop() if sipp.alive() else sipp.wait(5))
@@ -457,7 +470,7 @@ def run_callers(args: argparse.Namespace, kam: Any, dialled: str | list[tuple[st
             "lines": lines, "failures": failures,
             "cpu": {k: (cpu_last[k] - cpu0.get(k, 0.0)) / wall for k in watch},
             "cpu_s": {k: cpu_last[k] - cpu0.get(k, 0.0) for k in watch},
-            "load1": os.getloadavg()[0],
+            "load1": os.getloadavg()[0], "cpu_series": series,
             "errors": "\n".join(sp.errors_text(1500) for _, sp in sipps if sp.failed)}
 
 
@@ -477,6 +490,89 @@ def engine_round_figures(samples: list[dict[str, Any]], t0: float, t1: float) ->
             "peak_rss": max(s["rss"] for s in win), "lag_ms": max(s["lag_ms"] for s in win),
             "gap_ms": last["gap_ms"], "rtp_out": last["rtp_out"] - first["rtp_out"],
             "lost": last["lost"] - first["lost"], "late": last["late"] - first["late"]}
+
+
+REAL_TIME_PKTS = 50.0
+"""G.711 with 20 ms packets: 50 packets per second per stream is real time."""
+REAL_TIME_SHARE = 0.99
+REAL_TIME_MAX_LAG_MS = 100.0  # five ticks: beyond it the clock sends in bursts
+PLATEAU_SHARE = 0.9
+
+
+def plateau_figures(per_worker: list[list[dict[str, Any]]], t0: float, t1: float,
+                    share: float = PLATEAU_SHARE) -> dict[str, Any]:
+    """The round's plateau: every second the engines together held >= ``share`` of their
+    peak concurrent calls, and what the media did over exactly that span.
+
+    ``per_worker`` are each engine's 1 s samples (``t`` wall time, ``calls``, ``legs``,
+    cumulative ``rtp_out``/``rtp_in``/``lost``/``late``/``cpu``/``rq_wait``, ``lag_ms`` of
+    the last window). Workers sample at their own instants, so the concurrent total is
+    the sum of each worker's latest sample (the peak is one taken at once, not a sum of
+    per-worker peaks). Packets per stream per second = packets sent over the span divided
+    by the stream-seconds integrated over it (streams = calls + handler legs); the lowest
+    1 s interval of any worker is printed beside the mean.
+    """
+    wins = [[s for s in sm if "t" in s and t0 <= s["t"] <= t1 + 2] for sm in per_worker]
+    if not wins or not all(wins):
+        return {}
+    cur: dict[int, dict[str, Any]] = {}
+    totals: list[tuple[float, int, int]] = []
+    for _, w, s in sorted((s["t"], w, s) for w, sm in enumerate(wins) for s in sm):
+        cur[w] = s
+        if len(cur) == len(wins):
+            totals.append((s["t"], sum(x["calls"] for x in cur.values()),
+                           sum(x["legs"] for x in cur.values())))
+    if not totals:
+        return {}
+    peak = max(c for _, c, _ in totals)
+    if peak <= 0:
+        return {}
+    above = [t for t, c, _ in totals if c >= share * peak]
+    start, end = above[0], above[-1]
+    held = [c for t, c, _ in totals if start <= t <= end]
+    out: dict[str, Any] = {
+        "peak_calls": peak, "peak_legs": max(lg for _, _, lg in totals),
+        "start": start, "end": end, "seconds": end - start, "share": share,
+        "min_calls": min(held), "mean_calls": sum(held) / len(held),
+        "streams_s": 0.0, "rtp_out": 0, "rtp_in": 0, "lost": 0, "late": 0, "cpu_s": 0.0,
+        "rq_wait_s": 0.0, "lag_ms": 0.0, "gap_ms": 0.0, "low_1s": float("nan")}
+    lows: list[float] = []
+    for sm in wins:
+        span = [s for s in sm if start - 0.5 <= s["t"] <= end + 0.5]
+        if len(span) < 2:
+            continue
+        a, b = span[0], span[-1]
+        for k in ("rtp_out", "rtp_in", "lost", "late"):
+            out[k] += b.get(k, 0) - a.get(k, 0)
+        out["cpu_s"] += b["cpu"] - a["cpu"]
+        out["rq_wait_s"] += b.get("rq_wait", 0.0) - a.get("rq_wait", 0.0)
+        out["lag_ms"] = max(out["lag_ms"], *(s["lag_ms"] for s in span[1:]))
+        out["gap_ms"] = max(out["gap_ms"], b.get("gap_ms", 0.0))
+        for x, y in zip(span, span[1:], strict=False):
+            streams = (x["calls"] + x["legs"] + y["calls"] + y["legs"]) / 2 * (y["t"] - x["t"])
+            out["streams_s"] += streams
+            if streams > 0:
+                lows.append((y["rtp_out"] - x["rtp_out"]) / streams)
+    if out["streams_s"] <= 0:  # held for less than one sample: a peak, no plateau
+        out.update(pkts=float("nan"), pkts_in=float("nan"), real_time=None)
+        return out
+    out["pkts"] = out["rtp_out"] / out["streams_s"]
+    out["pkts_in"] = out["rtp_in"] / out["streams_s"]
+    out["low_1s"] = min(lows)
+    out["real_time"] = (out["pkts"] >= REAL_TIME_SHARE * REAL_TIME_PKTS and out["lost"] == 0
+                        and out["late"] == 0 and out["lag_ms"] <= REAL_TIME_MAX_LAG_MS)
+    return out
+
+
+def cores_between(series: list[tuple[float, dict[str, float]]], start: float,
+                  end: float) -> dict[str, float]:
+    """Cores each watched process used between two wall-clock instants, from cumulative
+    CPU-second samples ``(t, {name: seconds})`` (the nearest samples inside the span)."""
+    span = [(t, c) for t, c in series if start <= t <= end]
+    if len(span) < 2 or span[-1][0] <= span[0][0]:
+        return {}
+    (ta, a), (tb, b) = span[0], span[-1]
+    return {k: (b[k] - a.get(k, 0.0)) / (tb - ta) for k in b if k in a}
 
 
 def sip_wire_delays(pcap: Path, ports: set[int]) -> dict[str, float]:
@@ -722,6 +818,13 @@ def orchestrate(args: argparse.Namespace) -> list[str]:
                     "rtp_out")
             res["counters"] = {k: sum(sm[-1][k] for sm in per) for k in keys}
             res["counters"]["rec_bad"] = [b for sm in per for b in sm[-1]["rec_bad"]]
+            before = engine_rounds[-1]["counters"] if engine_rounds else {}
+            res["this_round"] = {k: res["counters"][k] - before.get(k, 0) for k in keys}
+            res["plateau"] = plateau_figures(per, t0, t1)
+            series = res.pop("cpu_series", [])
+            if res["plateau"]:
+                res["plateau"]["cores"] = cores_between(
+                    series, res["plateau"]["start"], res["plateau"]["end"])
             idle_rss.append(res["idle_rss"])
             idle_blocks.append(sum(sm[-1].get("blocks", 0) for sm in per))
             idle_tracked.append(sum(sm[-1].get("tracked", 0) for sm in per))
@@ -826,10 +929,42 @@ def report_round(name: str, r: dict[str, Any], rss0: int, args: argparse.Namespa
         print(f"memory: peak RSS {e['peak_rss'] / 2**20:.1f} MB, "
               f"{per_call / 1024:.0f} KiB per concurrent call; idle after round "
               f"{r['idle_rss'] / 2**20:.1f} MB")
+    p = r.get("plateau")
+    if p:
+        print(plateau_line(p))
     print(f"engine counters (cumulative): {c}")
     print("CPU (cores busy): " + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items()))
     if r["errors"]:
         print("SIPp errors (tail):", r["errors"][-800:])
+
+
+def plateau_cores(p: dict[str, Any]) -> dict[str, float]:
+    """The plateau's cores by part: engine(s), SIPp (callers + handler phones), Kamailio,
+    the whole machine, and the rest of it (this script and whatever else runs there)."""
+    cores = p.get("cores", {})
+    if not cores:
+        return {}
+    out = {"engine": sum(v for k, v in cores.items() if k.startswith("engine")),
+           "SIPp": sum(v for k, v in cores.items() if k.startswith(("sipp", "handlers"))),
+           "Kamailio": cores.get("kamailio", 0.0), "machine": cores.get("machine", 0.0)}
+    out["other"] = out["machine"] - out["engine"] - out["SIPp"] - out["Kamailio"]
+    return out
+
+
+def plateau_line(p: dict[str, Any]) -> str:
+    """One round's plateau in words (see :func:`plateau_figures`)."""
+    if p["real_time"] is None:
+        return (f"peak {p['peak_calls']} calls at once, held under one sample (1 s): no "
+                f"plateau to judge real time on (make --calls / --rate-max longer than --talk)")
+    cores = ", ".join(f"{k} {v:.2f}" for k, v in plateau_cores(p).items())
+    return (f"plateau (>= {p['share']:.0%} of the peak of {p['peak_calls']} calls at once): "
+            f"{p['seconds']:.0f} s holding {p['min_calls']}-{p['peak_calls']} calls "
+            f"(mean {p['mean_calls']:.0f}); RTP sent per stream per s {p['pkts']:.2f}, lowest "
+            f"1 s {p['low_1s']:.1f}, received {p['pkts_in']:.2f}; rx lost {p['lost']} late "
+            f"{p['late']}; loop lag max {p['lag_ms']:.0f} ms; largest send gap since start "
+            f"{p['gap_ms']:.0f} ms; real time: {'yes' if p['real_time'] else 'NO'} (sent >= "
+            f"{REAL_TIME_SHARE * REAL_TIME_PKTS:.1f}/s, none lost or late, lag <= "
+            f"{REAL_TIME_MAX_LAG_MS:.0f} ms)\n  cores over the plateau: {cores or 'n/a'}")
 
 
 def generator_cpu(r: dict[str, Any]) -> tuple[float, float]:
@@ -863,7 +998,23 @@ def print_summary(rounds: list[dict[str, Any]], args: argparse.Namespace) -> Non
         ("INVITE->200 p50 (ms, via Kamailio)", col(lambda r: r["rtd_p50"]), ".1f"),
         ("INVITE->200 p99 (ms)", col(lambda r: r["rtd_p99"]), ".1f"),
         ("INVITE->200 max (ms)", col(lambda r: r["rtd_max"]), ".1f"),
-        ("peak concurrent calls", col(lambda r: r["engine"]["peak_calls"]), ".0f"),
+        ("peak concurrent calls (all engines at once)",
+         col(lambda r: r["plateau"]["peak_calls"]), ".0f"),
+        (f"plateau s (>= {PLATEAU_SHARE:.0%} of the peak)", col(lambda r: r["plateau"]["seconds"]),
+         ".0f"),
+        ("plateau RTP sent per stream per s (50)", col(lambda r: r["plateau"]["pkts"]), ".2f"),
+        ("plateau lowest 1 s per stream", col(lambda r: r["plateau"]["low_1s"]), ".1f"),
+        ("plateau rx lost + late", col(lambda r: r["plateau"]["lost"] + r["plateau"]["late"]),
+         ".0f"),
+        ("plateau loop lag max (ms)", col(lambda r: r["plateau"]["lag_ms"]), ".0f"),
+        ("plateau cores: engine", col(lambda r: plateau_cores(r["plateau"])["engine"]), ".2f"),
+        ("plateau cores: SIPp", col(lambda r: plateau_cores(r["plateau"])["SIPp"]), ".2f"),
+        ("plateau cores: Kamailio", col(lambda r: plateau_cores(r["plateau"])["Kamailio"]),
+         ".2f"),
+        ("plateau cores: whole machine", col(lambda r: plateau_cores(r["plateau"])["machine"]),
+         ".2f"),
+        ("recordings complete / completed calls (%)",
+         col(lambda r: 100 * r["this_round"]["complete"] / r["ok"]), ".1f"),
         ("engine CPU (cores)", col(lambda r: r["cpu"]["engine"]), ".2f"),
         ("engine CPU ms per stream-second", col(lambda r: ms_per(r, r["engine"]["streams_s"])),
          ".2f"),
@@ -876,6 +1027,11 @@ def print_summary(rounds: list[dict[str, Any]], args: argparse.Namespace) -> Non
         ("Kamailio CPU s", col(lambda r: generator_cpu(r)[1]), ".1f"),
     ]):
         print(line)
+    verdicts = [{True: "yes", False: "NO", None: "no plateau"}[r.get("plateau", {}).get(
+        "real_time")] for r in rounds]
+    print(f"plateau kept real time (sent >= {REAL_TIME_SHARE * REAL_TIME_PKTS:.1f} packets per "
+          f"stream per s, none lost or late, loop lag <= {REAL_TIME_MAX_LAG_MS:.0f} ms): "
+          f"{', '.join(verdicts)}")
 
 
 def compare(engine: list[dict[str, Any]], py: list[dict[str, Any]],

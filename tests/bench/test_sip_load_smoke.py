@@ -28,9 +28,10 @@ def bench(*argv: str, timeout: float = 240) -> tuple[int, str]:
 
 
 def test_small_sip_load_run_completes_every_call_and_recording() -> None:
-    """25 calls/s with a 30 % 101 share (7.5/s, which SIPp once rejected): all 20 calls."""
+    """25 calls/s with a 30 % 101 share (7.5/s, which SIPp once rejected): all 20 calls;
+    3 s calls so the 20 calls are up together for a plateau of ~2 s."""
     code, text = bench("--calls", "20", "--rounds", "1", "--rate-start", "25",
-                       "--rate-max", "25", "--talk", "1", "--share-101", "0.3", "--no-pyvoip",
+                       "--rate-max", "25", "--talk", "3", "--share-101", "0.3", "--no-pyvoip",
                        "--drain", "30", "--settle", "1",
                        "--rate-tolerance", "0.5")  # no timing asserted on a shared machine
     assert code == 0, text[-3000:]
@@ -44,8 +45,15 @@ def test_small_sip_load_run_completes_every_call_and_recording() -> None:
     for figure in ("INVITE->200 via Kamailio p50", "RTP sent per stream per s",
                    "garbage collector:", "idle Python heap after start/rounds", "machine: ",
                    "completed / offered (%)", "load avg (1 min) at round end",
-                   "SIPp CPU s (callers + handlers)", "Kamailio CPU s"):
+                   "SIPp CPU s (callers + handlers)", "Kamailio CPU s",
+                   "peak concurrent calls (all engines at once)",
+                   "plateau RTP sent per stream per s (50)", "plateau cores: whole machine",
+                   "cores over the plateau: engine", "plateau kept real time",
+                   "plateau (>= 90% of the peak of "):
         assert figure in text
+    # every call's recording complete, counted for the round itself
+    assert re.search(r"recordings complete / completed calls \(%\) +100\.0 +100\.0 +100\.0",
+                     text), text[-3000:]
     assert "FAILED" not in text
 
 
