@@ -50,6 +50,7 @@ from config.loader import secret
 from config.schema import MqttSettings
 from store import outbox
 from store.db import Database
+from store.spool import classify
 
 from . import inbound, messages, schema
 
@@ -202,6 +203,8 @@ class CadPublisher:
         # give way (a later event tells the current state anyway).
         self._system: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
         self._unmarked: list[int] = []
+        self._store_since: float | None = None
+        """When the outbox was last found unreadable (None: readable)."""
         """Rows the broker acknowledged whose delivery could not be recorded yet (the
         database refused the write); marked with the next batch."""
         self._task: asyncio.Task[None] | None = None
@@ -315,7 +318,7 @@ class CadPublisher:
                         backoff = self.initial_backoff
                         log.warning("cad.publisher.disconnected", error=str(exc),
                                     retry_in=round(backoff, 2),
-                                    pending=await asyncio.to_thread(self._depth))
+                                    pending=await asyncio.to_thread(self._safe_depth))
                     else:
                         log.warning("cad.publisher.connect_failed", error=str(exc),
                                     retry_in=round(backoff, 2))
@@ -369,7 +372,7 @@ class CadPublisher:
             try:
                 log.info("cad.publisher.connected", host=s.host, port=s.port,
                          protocol="5" if self.protocol == aiomqtt.ProtocolVersion.V5 else "3.1.1",
-                         pending=await asyncio.to_thread(self._depth))
+                         pending=await asyncio.to_thread(self._safe_depth))
                 online = messages.node_status(node=s.node, online=True, now=time.time())
                 await client.publish(status_topic, json.dumps(online), qos=1, retain=True)
                 if self.on_incident is not None:
@@ -524,7 +527,17 @@ class CadPublisher:
                 self._summary_dirty = False
                 await client.publish(summary_topic, json.dumps(self._summary), qos=1,
                                      retain=True)
-            rows = await asyncio.to_thread(self._claim, limit)
+            try:
+                rows = await asyncio.to_thread(self._claim, limit)
+            except Exception as exc:  # noqa: BLE001 - sorted: the store away, or a bug
+                if classify(exc) is None:
+                    raise
+                # The store is away (a restart, a cut: store.pg fails at once then). The
+                # session stays up (system messages, incident links); the rows wait in
+                # the outbox and are claimed when the store answers.
+                await self._store_away(exc)
+                continue
+            self._store_since = None
             if rows:
                 try:
                     tasks = [asyncio.create_task(client.publish(
@@ -539,12 +552,32 @@ class CadPublisher:
                 except BaseException:
                     await asyncio.shield(asyncio.to_thread(self._claim_end, None))
                     raise
-                await asyncio.to_thread(self._claim_end, [r.id for r in rows])
+                try:
+                    await asyncio.to_thread(self._claim_end, [r.id for r in rows])
+                except Exception as exc:  # noqa: BLE001 - sorted as above
+                    if classify(exc) is None:
+                        raise
+                    # Published, not marked: the claim is rolled back with the lost
+                    # connection and the rows go again (at least once, same event ids).
+                    await self._store_away(exc)
                 continue
             await asyncio.to_thread(self._claim_end, None)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
+
+    async def _store_away(self, exc: BaseException) -> None:
+        """The outbox cannot be read: log once per outage, wait (woken early by a
+        commit, which means the store is back), keep the MQTT session."""
+        assert self._wake is not None
+        if self._store_since is None:
+            self._store_since = time.time()
+            log.warning("cad.publisher.store_away", error=str(exc),
+                        note="session kept; the outbox is drained when the store answers")
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(self.poll_interval, 0.5)):
+                await self._wake.wait()
 
     def _claim(self, limit: int) -> list[outbox.OutboxRow]:
         """Open the claim transaction and claim (worker thread)."""
@@ -602,6 +635,16 @@ class CadPublisher:
             return outbox.pending(self.db, self.batch_size, after_id)
         with self._reader_lock:
             return outbox.pending(self._reader, self.batch_size, after_id)
+
+    def _safe_depth(self) -> int | None:
+        """The outbox depth for a log line; None while the store cannot say (a log
+        line must not end the publisher)."""
+        try:
+            return self._depth()
+        except Exception as exc:  # noqa: BLE001 - sorted: the store away, or a bug
+            if classify(exc) is None:
+                raise
+            return None
 
     def _depth(self) -> int:
         if self._reader is None:

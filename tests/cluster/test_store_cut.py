@@ -173,3 +173,8 @@ def test_a_node_cut_from_its_store_answers_every_call_and_loses_nothing(
         log = cluster.node_log(n1, 2_000_000)
         assert log.count('"storage.recovered"') >= 1, why
         assert '"storage.write_lost"' not in log, why
+        # the CAD publisher kept its MQTT session through the cut (the store away pauses
+        # its drain; it does not end the session)
+        assert '"cad.publisher.store_away"' in log, why
+        assert '"cad.publisher.failed"' not in log and '"cad.publisher.disconnected"' \
+            not in log, why
