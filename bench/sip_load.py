@@ -391,6 +391,8 @@ def run_callers(args: argparse.Namespace, kam: Any, dialled: str | list[tuple[st
     with its share of ``--calls`` and of the rates, all running at once (a 999/101 mix).
     ``res["failures"]`` lists why the round does not count (see :mod:`loadcheck`).
     """
+    import psutil
+
     from harness import scenarios
     from harness.sipp import Sipp
 
@@ -426,13 +428,16 @@ def run_callers(args: argparse.Namespace, kam: Any, dialled: str | list[tuple[st
         cpu0[key] = 0.0
     cpu_last = dict(cpu0)
     series: list[tuple[float, dict[str, float]]] = []  # for the plateau's cores
+    me = psutil.Process()
     while any(sp.alive() for _, sp in sipps) and time.monotonic() - t0 < args.phase_timeout + 10:
         time.sleep(0.5)
         for k, pid in watch.items():
             c = cpu_of(pid)
             if c:
                 cpu_last[k] = c
-        series.append((time.time(), {**cpu_last, "machine": machine_busy()}))
+        own = me.cpu_times()  # this script alone (cpu_of would add every child)
+        series.append((time.time(), {**cpu_last, "machine": machine_busy(),
+                                     "bench": own.user + own.system}))
     codes = []
     for _, sipp in sipps:
         codes.append(sipp.stop() if sipp.alive() else sipp.wait(5))
@@ -796,7 +801,9 @@ def orchestrate(args: argparse.Namespace) -> list[str]:
             (work / f"sipcap{r}").mkdir()
             cap.start()
             mix = [("999", 1.0 - args.share_101), ("101", args.share_101)]
-            res = run_callers(args, kam, mix, clip, watch, f"callers-engine-{r}", work)
+            res = run_callers(args, kam, mix, clip,
+                              {**watch, "dumpcap": cap._proc.pid},  # type: ignore[union-attr]
+                              f"callers-engine-{r}", work)
             t1 = time.time()
             # Drain: wait (bounded) until no call or leg is left, so idle RSS means idle.
             drain_end = time.monotonic() + args.drain
@@ -940,14 +947,17 @@ def report_round(name: str, r: dict[str, Any], rss0: int, args: argparse.Namespa
 
 def plateau_cores(p: dict[str, Any]) -> dict[str, float]:
     """The plateau's cores by part: engine(s), SIPp (callers + handler phones), Kamailio,
-    the whole machine, and the rest of it (this script and whatever else runs there)."""
+    this script with its SIP capture, the whole machine, and the rest of it (whatever
+    else runs there)."""
     cores = p.get("cores", {})
     if not cores:
         return {}
     out = {"engine": sum(v for k, v in cores.items() if k.startswith("engine")),
            "SIPp": sum(v for k, v in cores.items() if k.startswith(("sipp", "handlers"))),
-           "Kamailio": cores.get("kamailio", 0.0), "machine": cores.get("machine", 0.0)}
-    out["other"] = out["machine"] - out["engine"] - out["SIPp"] - out["Kamailio"]
+           "Kamailio": cores.get("kamailio", 0.0),
+           "this script + capture": cores.get("bench", 0.0) + cores.get("dumpcap", 0.0),
+           "machine": cores.get("machine", 0.0)}
+    out["other"] = out["machine"] - sum(v for k, v in out.items() if k != "machine")
     return out
 
 
@@ -1013,8 +1023,9 @@ def print_summary(rounds: list[dict[str, Any]], args: argparse.Namespace) -> Non
          ".2f"),
         ("plateau cores: whole machine", col(lambda r: plateau_cores(r["plateau"])["machine"]),
          ".2f"),
-        ("recordings complete / completed calls (%)",
-         col(lambda r: 100 * r["this_round"]["complete"] / r["ok"]), ".1f"),
+        ("calls the engines answered", col(lambda r: r["this_round"]["arrived"]), ".0f"),
+        ("recordings complete / answered (%)",
+         col(lambda r: 100 * r["this_round"]["complete"] / r["this_round"]["arrived"]), ".1f"),
         ("engine CPU (cores)", col(lambda r: r["cpu"]["engine"]), ".2f"),
         ("engine CPU ms per stream-second", col(lambda r: ms_per(r, r["engine"]["streams_s"])),
          ".2f"),

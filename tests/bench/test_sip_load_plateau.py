@@ -97,10 +97,12 @@ def test_a_peak_held_under_one_sample_is_no_plateau_to_judge() -> None:
 def test_cores_between_reads_the_span_and_names_the_rest_of_the_machine() -> None:
     series = [(100.0 + i / 2, {"engine0": 0.4 * i, "kamailio": 0.05 * i,
                                "sipp-callers-999": 0.2 * i, "handlers0": 0.1 * i,
+                               "bench": 0.02 * i, "dumpcap": 0.01 * i,
                                "machine": 0.95 * i}) for i in range(40)]
     cores = sl.cores_between(series, 105.0, 115.0)
     assert cores["engine0"] == pytest.approx(0.8) and cores["machine"] == pytest.approx(1.9)
     parts = sl.plateau_cores({"cores": cores})
     assert parts["SIPp"] == pytest.approx(0.6) and parts["Kamailio"] == pytest.approx(0.1)
-    assert parts["other"] == pytest.approx(0.4)
+    assert parts["this script + capture"] == pytest.approx(0.06)
+    assert parts["other"] == pytest.approx(0.34)
     assert sl.cores_between(series, 200.0, 210.0) == {}

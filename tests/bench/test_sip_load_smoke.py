@@ -52,7 +52,7 @@ def test_small_sip_load_run_completes_every_call_and_recording() -> None:
                    "plateau (>= 90% of the peak of "):
         assert figure in text
     # every call's recording complete, counted for the round itself
-    assert re.search(r"recordings complete / completed calls \(%\) +100\.0 +100\.0 +100\.0",
+    assert re.search(r"recordings complete / answered \(%\) +100\.0 +100\.0 +100\.0",
                      text), text[-3000:]
     assert "FAILED" not in text
 
