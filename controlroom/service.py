@@ -1085,7 +1085,16 @@ class Service:
             line = call.line
             call.incident_number = incident_number
         else:
-            row = self.db.query_one("SELECT line FROM calls WHERE call_id=?", (call_id,))
+            try:
+                row = self.db.query_one("SELECT line FROM calls WHERE call_id=?", (call_id,))
+            except Exception as exc:
+                if storage.classify(exc, path=self.db.path) is None:
+                    raise
+                # The store is away (store.pg answers at once then): the link waits in
+                # the spool behind the call's own rows; the call is looked up when it
+                # is written, so the link is not lost.
+                self._link_when_written(call_id, incident_number, grade)
+                return True
             if row is None:
                 return False
             line = row["line"]
@@ -1096,6 +1105,26 @@ class Service:
                                                      grade=grade or None),
                      line=line)
         return True
+
+    def _link_when_written(self, call_id: str, incident_number: str, grade: str) -> None:
+        """An incident link for a call that is over, taken while the store is away: one
+        write unit that finds the call's row when it is written (an unknown call is then
+        logged and dropped, as :meth:`on_incident` would have)."""
+        event = ev.IncidentLinked(call_id=call_id, at=time.time(),
+                                  incident_number=incident_number, grade=grade)
+
+        def write(conn: Any) -> None:
+            line = self._line_of(conn, call_id)
+            if line is None:
+                log.warning("cad.incident.unknown_call", call_id=call_id,
+                            incident_number=incident_number, checked="when written")
+                return
+            calls_table.update(conn, call_id, incident_number=incident_number,
+                               grade=grade or None)
+            append_event(conn, event, node=self.settings.node_id, line=line,
+                         incident_number=incident_number)
+
+        self.storage.write(write, call_id=call_id, what=event.type)
 
     # ------------------------------------------------------------------ desk subscriptions
     @contextlib.asynccontextmanager

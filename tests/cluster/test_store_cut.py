@@ -15,7 +15,8 @@ says degraded with the reason while the store is away, ok after; after the resto
 call n1 took during the cut is in the store, ended, with its queue log (entered, then
 completed or abandoned) and
 its outbox rows in order and delivered, and its CAD messages reached the broker in order
-per call: nothing lost.
+per call; incident links the CAD sent during the cut for calls n1 had ended are on the
+record after it: nothing lost.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt import publish
 
 from harness.cluster import Cluster, Node, namespaces_available, store_query, wait_for
 from harness.postgres import available as postgres_available
@@ -38,6 +40,24 @@ pytestmark = [pytest.mark.cluster, pytest.mark.realparts, pytest.mark.slow,
 
 RATE = 4.0
 BEFORE_S, CUT_S, AFTER_S = 3.0, 12.0, 6.0
+
+
+def _ended_since(log: str, since: float) -> list[str]:
+    """Call ids of the ``call.ended`` lines in a node's JSON log after ``since``."""
+    from datetime import datetime
+
+    out = []
+    for line in log.splitlines():
+        if '"call.ended"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+            at = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError):
+            continue
+        if at > since + 1.0 and rec.get("call_id"):
+            out.append(rec["call_id"])
+    return out
 
 
 class _LoopProbe(threading.Thread):
@@ -76,7 +96,17 @@ def test_a_node_cut_from_its_store_answers_every_call_and_loses_nothing(
         time.sleep(BEFORE_S)
         cut_at = cluster.cut_store(n1)
         try:
-            time.sleep(CUT_S)
+            time.sleep(CUT_S * 0.7)
+            # the CAD links incidents to calls n1 ended during the cut (n1's own ids,
+            # from its log: the store is out of reach): the links wait in its spool
+            links = {cid: f"WMP-CUT-{i:04d}" for i, cid in
+                     enumerate(_ended_since(cluster.node_log(n1, 2_000_000), cut_at)[:3])}
+            for cid, number in links.items():
+                publish.single(f"controlroom/{n1.node_id}/cad/incidents",
+                               json.dumps({"schema_version": "1.0", "call_id": cid,
+                                           "incident_number": number}),
+                               qos=1, hostname=cluster.net.hub, port=cluster.mosquitto.port)
+            time.sleep(CUT_S * 0.3)
         finally:
             cluster.restore_store(n1)
         restored_at = time.time()
@@ -167,8 +197,17 @@ def test_a_node_cut_from_its_store_answers_every_call_and_loses_nothing(
             seqs = [m["seq"] for m in msgs]
             first = sorted(set(seqs), key=seqs.index)  # redeliveries allowed, not reorders
             assert first == sorted(first), (cid, seqs)
-            assert msgs[0]["type"] == "call.arrived" and msgs[-1]["type"] == "call.ended", (
-                cid, [m["type"] for m in msgs])
+            types = [m["type"] for m in msgs]
+            assert types[0] == "call.arrived" and "call.ended" in types, (cid, types)
+            if cid in links:  # the link taken during the cut, after the call's end
+                assert types.index("call.incident") > types.index("call.ended"), types
+
+        # incident links taken during the cut are on the record after it
+        assert links, why
+        got = wait_for(lambda: {r["call_id"]: r["incident_number"] for r in store_query(
+            url, "SELECT call_id, incident_number FROM calls WHERE call_id = ANY(%s)",
+            (list(links),))} == links, 20)
+        assert got, (links, why)
 
         log = cluster.node_log(n1, 2_000_000)
         assert log.count('"storage.recovered"') >= 1, why
