@@ -146,8 +146,12 @@ class RouterProxy:
                     return fb.call(name, list(args), kwargs)
                 if name in ("call_ended", "call_abandoned") and args:
                     self._gq.ending_sent(str(args[0]))
-                self._gq.send("call", {"method": name, "args": list(args), "kwargs": kwargs})
-                return []
+                data: dict[str, Any] = {"method": name, "args": list(args), "kwargs": kwargs}
+                own = self._gq.handed_end(name, list(args))
+                if own:  # its COMPLETE is this node's to log (after its spooled rows)
+                    data["logged"] = True
+                self._gq.send("call", data)
+                return own
             return forward
         return getattr(self._shadow, name)
 
@@ -274,6 +278,8 @@ class GlobalQueue:
         ``offer_timeout`` s) until none of this node's calls rings a handler, so no
         handler is left ringing on a call the leader then re-queues."""
         self.hand_back_at = 0.0
+        self.talking_handed: set[str] = set()
+        """Calls handed back talking: their COMPLETE row is logged here (``handed_end``)."""
         self.last_oid = 0
         """The last bus row handed to the loop."""
         self.contact_at = time.time()
@@ -515,7 +521,8 @@ class GlobalQueue:
     def _unsent_rows(self, unsent: list[tuple[str, dict[str, Any], float]]) -> list[Any]:
         """The queue-log rows the leader would have written for routing inputs this node
         drops on going alone (sent while the store was already away): a call's ENTER, its
-        CONNECT and its COMPLETE (a ring or a state change is the hand-back's to tell)."""
+        CONNECT, its COMPLETE or ABANDON (a ring or a state change is the hand-back's to
+        tell; a 999 abandoned then gets no call-back entry)."""
         from routing import QueueLogEntry
 
         lines = {x.name: x for x in self.s.settings.lines}
@@ -537,6 +544,12 @@ class GlobalQueue:
                         "threshold": getattr(spec, "answer_threshold", None),
                         "overflow": None, "caller_key": kw.get("caller_key", caller),
                         "unsent": True}))
+                elif method == "call_abandoned":  # its call-back, if any, is not made
+                    cid, at = str(args[0]), float(args[1])
+                    c = known.get(cid) or {}
+                    rows.append(QueueLogEntry(at, cid, str(c.get("line") or ""), "", "ABANDON", {
+                        "wait": at - float(c.get("arrived_at") or at), "position": 0,
+                        "callback": False, "unsent": True}))
                 elif method in ("offer_answered", "call_ended"):
                     cid = str(args[0])
                     c = known.get(cid) or {}
@@ -558,6 +571,27 @@ class GlobalQueue:
             except (IndexError, TypeError, ValueError):
                 continue
         return rows
+
+    def handed_end(self, method: str, args: list[Any]) -> list[Any]:
+        """The COMPLETE row of a call this node handed back talking, logged here: its
+        earlier rows (routing alone) are in this node's spool, which keeps their order;
+        the leader's (it may not even have the call: a held one) would come first."""
+        from routing import QueueLogEntry
+
+        if method != "call_ended" or not args or str(args[0]) not in self.talking_handed:
+            return []
+        cid = str(args[0])
+        self.talking_handed.discard(cid)
+        c = self.s.calls.get(cid)
+        try:
+            at = float(args[1])
+        except (IndexError, TypeError, ValueError):
+            at = time.time()
+        answered = getattr(c, "answered_at", None)
+        talk = (getattr(c, "talk_before", 0.0) or 0.0) + (at - answered if answered else 0.0)
+        return [QueueLogEntry(at, cid, str(getattr(c, "line", "") or ""),
+                              str(getattr(c, "handler_id", "") or ""), "COMPLETE",
+                              {"talk": talk})]
 
     def _hand_back_when_quiet(self) -> None:
         """Hand back now if no call of this node rings a handler (or it waited long
@@ -583,6 +617,7 @@ class GlobalQueue:
             return
         now = self.contact_at = time.time()  # this row came from the store
         calls = [self._call_info(c) for c in self.s.calls.values() if c.state in LIVE]
+        self.talking_handed = {c["call_id"] for c in calls if c["state"] == "connected"}
         self.fallback = None
         self.send("resync", {"term": term, "fallback": True, "calls": calls,
                              "handlers": fb.hand_back()})
@@ -692,12 +727,10 @@ class LeaderThread(threading.Thread):
         self.held: dict[str, str] = {}
         """Talking calls a late resync told of, not in the router: call -> its handler,
         kept not ready (``HELD_REASON``) until the call's end comes in."""
-        self.held_info: dict[str, dict[str, Any]] = {}
         self.unlogged_enter: set[str] = set()
         """Calls the last rebuild put in from the resyncs (their ENTER rows left out: the
         queue log has them if the old leader read their arrival; if it did not, that
         input comes after the rebuild, is refused as a repeat and logs its ENTER)."""
-        """The resync's entry of each held call (its COMPLETE row is logged here)."""
         self.cut_off: set[str] = set()
         """Stale nodes whose session is open (they may route alone): their inputs wait in
         ``deferred`` for their resync (a hand-back supersedes them: e.g. a batch the cut
@@ -762,7 +795,7 @@ class LeaderThread(threading.Thread):
     def _drop(self) -> None:
         self.term, self.router = None, None
         self.parked = set()
-        self.held, self.held_info = {}, {}
+        self.held = {}
         self._wake_extra = []
         self.away, self.away_prev = {}, {}
         self.cut_off, self.deferred = set(), {}
@@ -993,7 +1026,7 @@ class LeaderThread(threading.Thread):
 
     def _input(self, row: tuple[int, str, str, dict[str, Any], float]) -> list[tuple[str, Any]]:
         """One input; the router's actions, each with the node it goes to."""
-        from routing import CancelOffer, Completed, RoutingError
+        from routing import CancelOffer, Completed, QueueLogEntry, RoutingError
 
         _id, node, kind, data, at = row
         r = self.router
@@ -1017,7 +1050,11 @@ class LeaderThread(threading.Thread):
                         " is cut off from the store and may be offering them its own calls;"
                         " try again when it is back")
                 try:
-                    done = self._route(getattr(r, method)(*args, **kwargs))
+                    acts = getattr(r, method)(*args, **kwargs)
+                    if data.get("logged"):  # its node logged this end (handed_end)
+                        acts = [a for a in acts if not (isinstance(a, QueueLogEntry)
+                                                        and a.event == "COMPLETE")]
+                    done = self._route(acts)
                     if method in DESK_METHODS and method != "handler_login":
                         self._desk_at(str(args[0]), node)
                     return self._answer(node, data) + done
@@ -1031,8 +1068,7 @@ class LeaderThread(threading.Thread):
                     if method in ("call_ended", "call_abandoned"):  # confirm: nothing to do
                         log.info("routing.input_refused", node=node, method=method,
                                  why=str(exc))
-                        return (self._held_end(str(args[0]), args[1:2])
-                                + self._unhold(str(args[0]))
+                        return (self._unhold(str(args[0]))
                                 + [(node, Completed(str(args[0]), "", "", 0.0))])
                     raise exc
             if kind == "drop_calls":
@@ -1304,7 +1340,6 @@ class LeaderThread(threading.Thread):
                         handler_state=h.state.value if h else None)
             return []
         self.held[c["call_id"]] = hid
-        self.held_info[c["call_id"]] = dict(c)
         self.call_node[c["call_id"]] = node
         try:
             return self._route(self.router.set_not_ready(hid, time.time(),
@@ -1328,20 +1363,6 @@ class LeaderThread(threading.Thread):
             "priority": getattr(spec, "priority", None), "caller": caller,
             "threshold": getattr(spec, "answer_threshold", None), "overflow": None,
             "caller_key": key})
-
-    def _held_end(self, call_id: str, at: list[Any]) -> list[tuple[str, Any]]:
-        """A held call (talking when its node resynced, not in this router) ended: its
-        COMPLETE row, which the router cannot log (its CONNECT is on the record)."""
-        from routing import QueueLogEntry
-
-        c = self.held_info.pop(call_id, None)
-        if c is None or call_id not in self.held:
-            return []
-        now = float(at[0]) if at and isinstance(at[0], (int, float)) else time.time()
-        answered = c.get("answered_at")
-        talk = max(0.0, now - float(answered)) if isinstance(answered, (int, float)) else None
-        return [("", QueueLogEntry(now, call_id, str(c.get("line") or ""), self.held[call_id],
-                                   "COMPLETE", {"talk": talk, "held": True}))]
 
     def _unhold(self, call_id: str) -> list[tuple[str, Any]]:
         from routing.model import HandlerState

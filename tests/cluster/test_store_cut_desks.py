@@ -57,6 +57,8 @@ RATE_101, RATE_999 = 0.8, 0.4
 """Calls a second per line, over the three nodes (~1.2/s for four handlers taking one
 every ~2 s: ring 0.3 + talk 1.2 + wrap-up 0.3)."""
 BEFORE_S, CUT_S, AFTER_S = 5.0, 14.0, 10.0
+AFTER_CALLS = 6
+"""101s placed once the cut node has handed back (its desks are offered them)."""
 FIGURES: dict[bool, list[dict[str, float]]] = {False: [], True: []}
 """Per variant (the leader's node cut or not): each run's timings."""
 
@@ -147,6 +149,14 @@ def cad_doubles(msgs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         elif t in ("call.ended", "call.abandoned"):
             open_ = {k: v for k, v in open_.items() if v != c}
     return bad
+
+
+def _alone(node: Node) -> bool:
+    return any("routing alone" in r for r in _health(node).get("reasons", ()))
+
+
+def why_now(cluster: Cluster) -> str:
+    return "\n".join(cluster.node_log(x, 3000) for x in cluster.nodes)
 
 
 class _Alone(threading.Thread):
@@ -255,14 +265,19 @@ def _cut_desk_node(tmp_path: Path, *, leader: bool) -> None:
             time.sleep(CUT_S)
             cluster.restore_store(a)
             restored = time.time()
+            # once A has handed back, a few more 101s: the room's calls for A's desks
+            assert wait_for(lambda: not _alone(a), 40, step=0.1), why_now(cluster)
+            loads.append(cluster.callers("101", rate=1.0, calls=AFTER_CALLS, talk_ms=60_000,
+                                         name="101-after").start())
+            expected = (sum(int(r * total) for r in (RATE_101, RATE_999)) + AFTER_CALLS)
 
             def all_over() -> list[dict[str, Any]]:
                 placed = sum(len(load.outcomes()) for load in loads)
                 rows = store_query(url, "SELECT * FROM calls WHERE arrived_at >= %s"
                                         " AND line <> ''", (began,))
                 done = [r for r in rows if r["answered_at"] and r["ended_at"]]
-                ok = (placed == sum(int(r * total) for r in (RATE_101, RATE_999))
-                      and len(rows) >= placed and len(done) == len(rows))
+                ok = (placed == expected and len(rows) >= placed
+                      and len(done) == len(rows))
                 return rows if ok else []
             rows = wait_for(all_over, AFTER_S + 90, step=0.5)
             why = "\n".join(cluster.node_log(x, 4000) for x in n)
