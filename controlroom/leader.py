@@ -43,6 +43,17 @@ Theory of operation (``cluster.global_queue`` on a PostgreSQL store)::
   ended alone must not come back as waiting); a late one (same term) replaces the node's
   calls whose state differs. Rows the leader wrote while the node was alone are not
   applied (decided without its calls).
+* One node cut off from the store alone (the others, and the leader, still reach it):
+  the leader sees its heartbeat stale at ``stale_after`` while its bus reader's session
+  is still open on the store (a killed node's closes at once), so it may still reach
+  the phones and will route alone at ``fallback_after`` (1 s later, by its own clock
+  from its reader's last contact). The leader then puts that node's desks *away*
+  (``_put_away``: not ready ``DESK_AWAY``, a ringing offer cancelled, a busy one not
+  ready after its call; the heartbeat is re-read exactly when it goes stale), refuses
+  their desk operations and holds the node's inputs until its resync: a hand-back gives
+  the desks back with the states it reports, a plain resync as they were (``_release``).
+  A takeover leaves out the desks of a node that did not resync but whose session is
+  open; past ``salvage_after`` the node counts as dead for its desks too.
 
 What a node's own router did alone stays on one node: SQLite stores, or ``global_queue``
 false, keep the node-local router (``controlroom.service``).
