@@ -662,3 +662,32 @@ def test_a_node_silent_past_salvage_after_gives_its_desks_back(url: str) -> None
         offer = b1.wait_for(lambda a: a["type"] == "Offer", timeout=8)[0]
         assert offer["handler_id"] == "h1"
         assert not leader.away
+
+
+def test_a_desk_that_just_left_a_stale_node_is_put_away_with_it(url: str) -> None:
+    """A handler whose desk moved off a node in the seconds before it went stale may still
+    be that node's desk in what it last read: put away with it too, and given back (as
+    they were: the hand-back does not list them) when it hands back."""
+    from controlroom.fallback import DESK_AWAY
+
+    with _room(url) as (a1, b1, quiet, leader):
+        a1.send("set_not_ready", "h2", time.time(), reason="moving")  # h2's desk: a1 ...
+        _wait(lambda: _handlers(url)["h2"]["desk"] == "a1", [a1, b1])
+        b1.send("set_available", "h2", time.time())  # ... then b1, just now
+        _wait(lambda: _handlers(url)["h2"]["desk"] == "b1", [a1, b1])
+        quiet.set()
+        _wait(lambda: {"h1", "h2"} <= set(leader.away), [b1], timeout=8)
+        assert (_handlers(url)["h2"]["state"], _handlers(url)["h2"]["reason"]) == (
+            "not_ready", DESK_AWAY)
+        b1.send("call_arrived", "b1-c1", "999", time.time(), caller="1")
+        time.sleep(0.5)
+        b1.poll()
+        assert not [a for a in b1.actions if a["type"] == "Offer"]
+        a1.resync_extra = {"fallback": True, "handlers": {}}
+        back = _beat(url, "a1")
+        try:
+            _wait(lambda: any(a["type"] == "Offer" for a in b1.actions), [a1, b1])
+            offer = [a for a in b1.actions if a["type"] == "Offer"][0]
+            assert offer["handler_id"] == "h2"
+        finally:
+            back.set()
