@@ -18,10 +18,11 @@ from bench import sip_load as sl
 
 def worker(shape: list[int], offset: float, rate: float = 50.0,
            slow: tuple[float, float, float] | None = None,
-           lag_ms: float = 5.0) -> list[dict[str, Any]]:
+           lag_ms: float = 5.0, tick_gap_ms: float = 25.0) -> list[dict[str, Any]]:
     """1 s samples of one engine holding shape[i] calls (each with a handler leg) at
     t = 1000 + i + offset; it sends ``rate`` packets per stream per second, or
-    ``slow[2]`` between t = slow[0] and slow[1]; CPU 0.3 s per second."""
+    ``slow[2]`` between t = slow[0] and slow[1]; CPU 0.3 s per second; loop lag and
+    media-clock tick gap of each 1 s window as given."""
     out: list[dict[str, Any]] = []
     sent = 0.0
     for i, calls in enumerate(shape):
@@ -33,7 +34,8 @@ def worker(shape: list[int], offset: float, rate: float = 50.0,
             sent += streams * r
         out.append({"t": t, "calls": calls, "legs": calls, "rtp_out": round(sent),
                     "rtp_in": round(sent), "lost": 0, "late": 0, "cpu": 0.3 * i,
-                    "rq_wait": 0.0, "lag_ms": lag_ms, "gap_ms": 30.0})
+                    "rq_wait": 0.0, "lag_ms": lag_ms, "tick_gap_ms": tick_gap_ms,
+                    "gap_ms": 30.0})
     return out
 
 
@@ -72,14 +74,22 @@ def test_a_worker_that_falls_behind_in_the_plateau_is_not_real_time() -> None:
     assert p["real_time"] is False and "real time: NO" in sl.plateau_line(p)
 
 
-def test_lost_packets_or_a_late_loop_in_the_plateau_are_not_real_time() -> None:
+def test_lost_packets_or_a_stalled_clock_in_the_plateau_are_not_real_time() -> None:
     a = worker(RAMP, 0.0)
     for s in a[9:]:
         s["lost"] = 3
     p = sl.plateau_figures([a], 1000, 1000 + len(RAMP))
     assert p["lost"] == 3 and p["real_time"] is False
+    p = sl.plateau_figures([worker(RAMP, 0.0, tick_gap_ms=180.0)], 1000, 1000 + len(RAMP))
+    assert p["tick_gap_ms"] == 180.0 and p["real_time"] is False
+    # a late loop alone (the probe waits behind catch-up ticks) is printed, not judged
     p = sl.plateau_figures([worker(RAMP, 0.0, lag_ms=180.0)], 1000, 1000 + len(RAMP))
-    assert p["lag_ms"] == 180.0 and p["real_time"] is False
+    assert p["lag_ms"] == 180.0 and p["real_time"] is True
+    # samples from before the tick gap was recorded cannot show real time
+    old = worker(RAMP, 0.0)
+    for s in old:
+        del s["tick_gap_ms"]
+    assert sl.plateau_figures([old], 1000, 1000 + len(RAMP))["real_time"] is False
 
 
 def test_no_samples_or_no_call_gives_no_plateau() -> None:
