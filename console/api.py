@@ -30,7 +30,17 @@ from aiohttp import web
 
 from . import audit, users
 from .backend import SETTABLE_STATES, THRIVE_KEYS
-from .http import CSRF_HEADER, ApiError, Ctx, Endpoint, Handler, cookie_name, is_https, session_of
+from .http import (
+    CSRF_HEADER,
+    ApiError,
+    Ctx,
+    Endpoint,
+    Handler,
+    cookie_name,
+    forget_session,
+    is_https,
+    session_of,
+)
 from .keys import BACKEND, DB, SETTINGS, THROTTLE, TICKETS, Ticket
 from .live import HISTORY
 from .openapi import document
@@ -171,7 +181,9 @@ def _me(s: users.Session) -> dict[str, Any]:
 
 @endpoint("POST", "/api/logout", roles=set(), summary="Log out (ends the session).")
 async def logout(request: web.Request, ctx: Ctx) -> web.StreamResponse:
-    users.close_session(request.app[DB], request.cookies.get(cookie_name(request), ""))
+    token = request.cookies.get(cookie_name(request), "")
+    forget_session(request, token)  # first: a store that is away cannot end it below
+    users.close_session(request.app[DB], token)
     resp = ok()
     resp.del_cookie(cookie_name(request), path="/")
     return resp

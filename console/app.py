@@ -27,6 +27,7 @@ from .keys import (
     BACKEND,
     DB,
     SESSION_RECHECK_KEY,
+    SESSIONS_SEEN,
     SETTINGS,
     THROTTLE,
     TICKETS,
@@ -174,6 +175,7 @@ def create_app(*, backend: DeskBackend, db: Database, settings: WebSettings,
     app[HISTORY] = History(interval=history_interval, hours=history_hours)
     app[TICKETS] = {}
     app[THROTTLE] = LoginThrottle()
+    app[SESSIONS_SEEN] = {}
     app[SESSION_RECHECK_KEY] = SESSION_RECHECK
     add_routes(app)
     app.router.add_get("/api/ws", websocket)

@@ -45,7 +45,7 @@ Handler states: ``available``, ``not_ready``, ``ringing``, ``on_call``, ``wrapup
                 "flags": ["silent", "dtmf55", ...], "arrived_at", "answered_at",
                 "held": bool, "incident_number", "grade",
                 "queue_history": [{"at", "event", "position"}],
-                "previous_calls": [PreviousCall, ...],
+                "previous_calls": [PreviousCall, ...] | None,  # None: store away
                 "transcript": [{"channel", "text", "start", "end", "final"}]}
     PreviousCall = {"call_id", "arrived_at", "line", "outcome", "incident_number",
                     "grade", "handler_id", "markers": [str]}

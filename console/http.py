@@ -4,14 +4,18 @@ cookie, the error a handler raises and the endpoint table's types (the table its
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from store.spool import classify
+
 from . import users
-from .keys import DB, SETTINGS
+from .keys import DB, SESSIONS_SEEN, SETTINGS
 
 Handler = Callable[[web.Request, "Ctx"], Awaitable[web.StreamResponse]]
 
@@ -78,6 +82,39 @@ class Endpoint:
         return self.method not in ("GET", "HEAD") and self.roles is not None
 
 
+SESSIONS_SEEN_MAX = 10_000
+"""Most sessions remembered for a store outage (then the memory starts again)."""
+
+
+def forget_session(request: web.Request, token: str) -> None:
+    """Logout: this node no longer honours the session, even while the store is away."""
+    seen = request.app.get(SESSIONS_SEEN)
+    if seen is not None and token:
+        seen.pop(hashlib.sha256(token.encode()).hexdigest(), None)
+
+
 async def session_of(request: web.Request) -> users.Session | None:
+    """The request's live session. While the store is away (a restart, a cut: the
+    lookup fails at once) a session this node looked up before is honoured until it
+    expires, so handlers' desks keep working; a logout or a disabled user on another
+    node meanwhile takes effect here when the store is back."""
     token = request.cookies.get(cookie_name(request), "")
-    return users.get_session(request.app[DB], token) if token else None
+    if not token:
+        return None
+    seen = request.app.get(SESSIONS_SEEN)
+    key = hashlib.sha256(token.encode()).hexdigest()
+    try:
+        session = users.get_session(request.app[DB], token)
+    except Exception as exc:
+        if seen is None or classify(exc) is None:
+            raise
+        hit = seen.get(key)
+        return hit if hit is not None and hit.expires_at > time.time() else None
+    if seen is not None:
+        if session is None:
+            seen.pop(key, None)
+        else:
+            if len(seen) >= SESSIONS_SEEN_MAX:
+                seen.clear()
+            seen[key] = session
+    return session

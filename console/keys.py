@@ -4,6 +4,7 @@ HISTORY, are in :mod:`console.live`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -51,5 +52,8 @@ DB: web.AppKey[Database] = web.AppKey("db", Database)
 SETTINGS: web.AppKey[WebSettings] = web.AppKey("settings", WebSettings)
 TICKETS: web.AppKey[dict[str, Ticket]] = web.AppKey("tickets", dict)
 THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("throttle", LoginThrottle)
+SESSIONS_SEEN: web.AppKey[dict[str, Any]] = web.AppKey("sessions_seen", dict)
+"""Sessions this node looked up lately, by token hash: honoured while the store is away
+(``console.http.session_of``)."""
 SESSION_RECHECK_KEY: web.AppKey[float] = web.AppKey("session_recheck", float)
 """Seconds between WebSocket session re-checks (tests shorten it)."""

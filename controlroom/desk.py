@@ -214,8 +214,14 @@ class ServiceDesk:
 
     def _card(self, call_id: str) -> dict[str, Any] | None:
         s = self.s
-        row = s.db.query_one("SELECT * FROM calls WHERE call_id=?", (call_id,))
         live = s.calls.get(call_id)
+        history = True
+        try:
+            row = s.db.query_one("SELECT * FROM calls WHERE call_id=?", (call_id,))
+        except s.db.Error:
+            # The store is away (a cut: the read fails at once): pop what the service
+            # knows, with no history; a wrap-up card of a call that is over waits.
+            row, history = None, False
         if row is None and live is None:
             return None
         if row is not None:
@@ -241,8 +247,9 @@ class ServiceDesk:
             "incident_number": d["incident_number"], "grade": d["grade"],
             "queue_history": [{"at": at, "event": "queued", "position": pos}
                               for at, pos in (live.positions if live else [])],
-            "previous_calls": self._previous(d["caller"], 10, exclude=call_id,
-                                             normalised=d.get("caller_normalised")),
+            "previous_calls": self._previous_or_none(d["caller"], call_id,
+                                                     d.get("caller_normalised"))
+            if history else None,
             "transcript": list(s.live_transcripts.get(call_id, [])),
             "location_view": location_view(d["location"], d.get("location_detail"),
                                            s.settings.web.map_url),
@@ -250,16 +257,27 @@ class ServiceDesk:
             "graded": bool(d.get("grade")),
         }
 
+    def _previous_or_none(self, number: str, call_id: str,
+                          normalised: str | None) -> list[dict[str, Any]] | None:
+        """The screen-pop's earlier calls; None (not known now) while the store is away."""
+        try:
+            return self._previous(number, 10, exclude=call_id, normalised=normalised)
+        except self.s.db.Error:
+            return None
+
     async def handler_view(self, handler_id: str) -> dict[str, Any]:
         s = self.s
         h = self._handler(handler_id)
         cfg = s.handlers.get(handler_id)
         now = time.time()
-        rows = s.db.query(
-            "SELECT COUNT(*) n, COALESCE(SUM(talk),0) talk FROM calls "
-            "WHERE handler_id=? AND arrived_at>=? AND answered_at IS NOT NULL",
-            (handler_id, midnight(now)))
-        n, talk = rows[0]["n"], rows[0]["talk"]
+        try:
+            rows = s.db.query(
+                "SELECT COUNT(*) n, COALESCE(SUM(talk),0) talk FROM calls "
+                "WHERE handler_id=? AND arrived_at>=? AND answered_at IS NOT NULL",
+                (handler_id, midnight(now)))
+            n, talk = rows[0]["n"], rows[0]["talk"]
+        except s.db.Error:  # the store away: today's figures are not known now
+            n, talk = 0, 0.0
         offer = call = wrap = None
         for c in s.calls.values():
             if c.handler_id == handler_id and c.state == "offered":

@@ -21,9 +21,12 @@ record after it: nothing lost.
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,42 @@ def _ended_since(log: str, since: float) -> list[str]:
     return out
 
 
+class _Desk:
+    """A handler logged in at a node's console (the user made in the store first)."""
+
+    PASSWORD = "correct horse battery"
+
+    def __init__(self, node: Node, url: str, handler: str) -> None:
+        from console import users
+        from store.db import Database
+
+        db = Database(url)
+        try:
+            users.create_user(db, handler, self.PASSWORD, ["handler"])
+        finally:
+            db.close()
+        self.base = f"http://{node.addr}:{node.web_port}"
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        req = urllib.request.Request(
+            self.base + "/api/login", method="POST",
+            data=json.dumps({"username": handler, "password": self.PASSWORD}).encode(),
+            headers={"Content-Type": "application/json"})
+        with self.opener.open(req, timeout=10) as r:
+            assert r.status == 200
+        took, view = self.view()  # the page's first request: the node sees the session
+        assert view.get("handler_id") == handler, view
+
+    def view(self) -> tuple[float, dict[str, Any]]:
+        """(seconds taken, ``GET /api/desk``'s body or {"status": code})."""
+        t0 = time.time()
+        try:
+            with self.opener.open(self.base + "/api/desk", timeout=10) as r:
+                return time.time() - t0, dict(json.loads(r.read()))
+        except urllib.error.HTTPError as exc:
+            return time.time() - t0, {"status": exc.code}
+
+
 class _LoopProbe(threading.Thread):
     """``GET /healthz`` on a node every 50 ms: (sent at, response time, body)."""
 
@@ -94,9 +133,14 @@ def test_a_node_cut_from_its_store_answers_every_call_and_loses_nothing(
         total = int(RATE * (BEFORE_S + CUT_S + AFTER_S))
         load = cluster.callers("101", rate=RATE, calls=total, talk_ms=1500).start()
         time.sleep(BEFORE_S)
+        desk = _Desk(n1, url, n1.handlers[0])  # a handler's console, logged in before
         cut_at = cluster.cut_store(n1)
         try:
-            time.sleep(CUT_S * 0.7)
+            time.sleep(CUT_S * 0.3)
+            # the handler's desk still answers (the session this node saw is honoured,
+            # the screen-pop says its history is not known now), at once
+            views = [desk.view() for _ in range(10)]
+            time.sleep(CUT_S * 0.4 - 1.0)
             # the CAD links incidents to calls n1 ended during the cut (n1's own ids,
             # from its log: the store is out of reach): the links wait in its spool
             links = {cid: f"WMP-CUT-{i:04d}" for i, cid in
@@ -201,6 +245,11 @@ def test_a_node_cut_from_its_store_answers_every_call_and_loses_nothing(
             assert types[0] == "call.arrived" and "call.ended" in types, (cid, types)
             if cid in links:  # the link taken during the cut, after the call's end
                 assert types.index("call.incident") > types.index("call.ended"), types
+
+        for took, view in views:
+            assert took < 1.0 and view.get("handler_id") == n1.handlers[0], (took, view)
+            for card in (view.get("offer"), view.get("call"), view.get("wrapup")):
+                assert not card or card["previous_calls"] is None, card
 
         # incident links taken during the cut are on the record after it
         assert links, why
