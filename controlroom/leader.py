@@ -442,11 +442,16 @@ class GlobalQueue:
         """The leader's actions for this node's calls, through ``Service._apply``. An
         Offer for a call whose phone already rings (a new leader re-offering it): the same
         handler keeps ringing; another handler: the old leg is cancelled first."""
-        from routing import Abandoned, Completed, Connected, Offer
+        from routing import Abandoned, CancelOffer, Completed, Connected, Offer
 
         s = self.s
         keep = []
+        cancelled: set[str] = set()
+        """Calls whose ringing leg a CancelOffer earlier in this batch ends (applied in
+        order: that cancel records the failed offer for the CAD)."""
         for a in actions:
+            if isinstance(a, CancelOffer):
+                cancelled.add(a.call_id)
             if isinstance(a, (Abandoned, Completed)):
                 self.ending.pop(a.call_id, None)
             if isinstance(a, Connected):
@@ -467,7 +472,7 @@ class GlobalQueue:
                 if call is None or call.state not in ("queued", "offered"):
                     continue  # over here; the leader hears it (call_abandoned) and frees
                     # the handler from that offer
-                if call.leg_id is not None:
+                if call.leg_id is not None and a.call_id not in cancelled:
                     if call.handler_id == a.handler_id:
                         continue
                     old = call.leg_id
