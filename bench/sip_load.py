@@ -33,6 +33,18 @@ per completed call-second, round paired with round, printed only when both compl
     .venv/bin/python bench/sip_load.py --calls 150 --rate-start 10 --rate-max 10 \
         --rounds 3 --pyvoip-calls 0 --pyvoip-rounds 3
 
+N calls at once in real time: offer calls long enough that N are up together for a
+while, e.g. 300 at once from 10 calls/s and 30 s calls (a ~30 s plateau):
+
+    .venv/bin/python bench/sip_load.py --calls 600 --rate-start 10 --rate-max 10 \
+        --talk 30 --rounds 2 --no-pyvoip --phase-timeout 240
+
+Each round then prints its plateau (the span the engines together held >= 90 % of the
+peak taken at once): RTP sent per stream per second over it and its lowest second, rx
+lost/late, the media clock's largest tick gap, the cores of the engines, SIPp, Kamailio,
+this script and the whole machine over it, and a real-time verdict (>= 49.5 packets per
+stream per s, none lost or late, tick gap <= 100 ms).
+
 The engine runs in a child process (``--serve-engine``, this same file) so its CPU and
 memory are measured alone.
 
