@@ -24,15 +24,21 @@ When the store is back the node hands its state back to the leader in a ``resync
 (the calls it still holds, its desk handlers' states: :meth:`LocalRouting.hand_back`),
 which supersedes every input it sent before; the queue-log
 rows and CAD events of the outage were spooled (``store.spool``) and are flushed then.
+A 999 abandoned while alone (or whose abandon was among the inputs dropped on going
+alone: :meth:`LocalRouting.abandoned_unsent`) is put on this node's own call-back list
+(shown on its desks, with the leader's last list); those entries' CALLBACK_ADD rows
+(:meth:`LocalRouting.callback_rows`) follow the hand-back as a ``callbacks`` input, so
+they are on the leader's list at once (applied idempotently: sent twice, added once).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from routing import HandlerChanged, QueueLogEntry, Router, RoutingError
-from routing.model import HandlerState
+from routing.model import Call, HandlerState
 
 FOREIGN_BUSY = "busy on another node's call (store away)"
 """Reason a desk handler is kept not ready in fallback: last seen on a call this node
@@ -67,6 +73,8 @@ class LocalRouting:
     """Desk handlers free (or busy elsewhere) when routing alone began."""
     touched: set[str] = field(default_factory=set)
     """Desk handlers whose desk changed their state since (their word stands)."""
+    added: list[QueueLogEntry] = field(default_factory=list)
+    """The CALLBACK_ADD rows of the call-backs made here (for the leader's list)."""
 
     @classmethod
     def build(cls, lines: Any, routing: Any, *, calls: list[dict[str, Any]],
@@ -150,7 +158,46 @@ class LocalRouting:
         out: list[Any] = getattr(self.router, method)(*args, **kwargs)
         if hid is not None and method in DESK_METHODS:
             self.touched.add(str(hid))
+        self._keep_added(out)
         return out
+
+    def tick(self, now: float) -> list[Any]:
+        out = self.router.tick(now)
+        self._keep_added(out)
+        return out
+
+    def _keep_added(self, actions: list[Any]) -> None:
+        self.added += [a for a in actions
+                       if isinstance(a, QueueLogEntry) and a.event == "CALLBACK_ADD"]
+
+    def abandoned_unsent(self, call_id: str, line: str, *, caller: str, key: str | None,
+                         arrived: float, at: float) -> list[QueueLogEntry]:
+        """The ABANDON row of a call whose ``call_abandoned`` input was dropped on going
+        alone (the leader never heard it), with its call-back on a call-back line: the
+        entry joins this router's list (a repeat caller's entry gains the attempt) and
+        its CALLBACK_ADD row is the one :meth:`Router.call_abandoned` writes."""
+        spec = self.router.lines.get(line)
+        wait = max(0.0, at - arrived)
+        if key is None:  # as ``Router.call_arrived`` derives it
+            key = caller if any(ch.isdigit() for ch in caller) else ""
+        data: dict[str, Any] = {"wait": wait, "position": 0, "callback": False,
+                                "unsent": True}
+        if spec is None or not spec.callback_on_abandon:
+            return [QueueLogEntry(at, call_id, line, "", "ABANDON", data)]
+        call = Call(call_id, line, caller, arrived, arrived, 0, spec.priority,
+                    float(spec.priority), caller_key=key)
+        cb, repeat = self.router._callback_for(call, at, wait)
+        add = QueueLogEntry(at, call_id, line, "", "CALLBACK_ADD", {
+            "cb_id": cb.cb_id, "caller": caller, "wait": wait, "key": key,
+            "repeat": repeat, "unsent": True})
+        self.added.append(add)
+        return [QueueLogEntry(at, call_id, line, "", "ABANDON", dict(data, callback=True)),
+                add]
+
+    def callback_rows(self) -> list[dict[str, Any]]:
+        """The CALLBACK_ADD rows of the call-backs made here, for the leader's
+        ``callbacks`` input (``Router.add_callbacks``: a row it has is skipped)."""
+        return [dataclasses.asdict(a) for a in self.added]
 
     def hand_back(self) -> dict[str, dict[str, Any]]:
         """The desk handlers' states for the leader's resync. One kept not ready for a

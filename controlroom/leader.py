@@ -168,7 +168,7 @@ class RouterProxy:
 
     def tick(self, now: float) -> list[Any]:
         fb = self._gq.fallback
-        return fb.router.tick(now) if fb is not None else []  # else the leader's timers
+        return fb.tick(now) if fb is not None else []  # else the leader's timers
 
     def next_deadline(self) -> float | None:
         fb = self._gq.fallback
@@ -215,6 +215,8 @@ class RouterProxy:
 
     # Reads for the desk from the leader's last published snapshot (at most ~2 s old).
     def callbacks(self) -> list[Any]:
+        """The leader's list; routing alone, the entries this node made since after it
+        (the leader's then, as last seen: taking one waits for the store)."""
         from routing import Callback
 
         out = []
@@ -223,6 +225,10 @@ class RouterProxy:
                 out.append(Callback(**{k: v for k, v in d.items() if k != "last_at"}))
             except TypeError:
                 continue
+        fb = self._gq.fallback
+        if fb is not None:
+            known = {cb.cb_id for cb in out}
+            out += [cb for cb in fb.router.callbacks() if cb.cb_id not in known]
         return out
 
     def _waiting(self, call_id: str) -> dict[str, Any] | None:
@@ -521,12 +527,14 @@ class GlobalQueue:
             dropped = len(unsent)
             self._out.clear()
             self._gen += 1
-        # ... but their queue-log rows are the record's: logged here (the leader never
-        # logs them: one that reaches it later is superseded by the hand-back)
-        record = self._unsent_rows(unsent)
-        self.ending.clear()
         fb, first = LocalRouting.build(s.settings.lines, s.settings.routing, calls=calls,
                                        handlers=self.handlers_known, desks=desks, now=now)
+        # ... but their queue-log rows are the record's: logged here (the leader never
+        # logs them: one that reaches it later is superseded by the hand-back); a 999
+        # abandoned among them joins this router's call-back list (and, at the hand-back,
+        # the leader's)
+        record = self._unsent_rows(unsent, fb)
+        self.ending.clear()
         self.fallback, self.fallback_since, self.fallback_term = fb, now, self.term
         self.back_cut, self.back_sent, self.hand_back_term = None, False, None
         log.warning("routing.fallback", node=self.node, away_s=round(now - self.contact_at, 2),
@@ -534,17 +542,21 @@ class GlobalQueue:
                     why="no contact with the store: routing this node's calls alone")
         s._apply(record + first)
 
-    def _unsent_rows(self, unsent: list[tuple[str, dict[str, Any], float]]) -> list[Any]:
+    def _unsent_rows(self, unsent: list[tuple[str, dict[str, Any], float]],
+                     fb: LocalRouting) -> list[Any]:
         """The queue-log rows the leader would have written for routing inputs this node
         drops on going alone (sent while the store was already away): a call's ENTER, its
         CONNECT, its COMPLETE or ABANDON (a ring or a state change is the hand-back's to
-        tell; a 999 abandoned then gets no call-back entry)."""
+        tell); a 999 abandoned then gets its call-back entry on ``fb``'s list
+        (:meth:`LocalRouting.abandoned_unsent`), which the hand-back gives the leader."""
         from routing import QueueLogEntry
 
         lines = {x.name: x for x in self.s.settings.lines}
         known = {c.call_id: self._call_info(c) for c in self.s.calls.values()}
         known.update(self.ending)
         rows: list[Any] = []
+        keys: dict[str, str | None] = {}
+        """Caller keys of the calls whose arrival is among them (else derived)."""
         for kind, data, _at in unsent:
             if kind != "call" or not isinstance(data, dict):
                 continue
@@ -555,17 +567,18 @@ class GlobalQueue:
                     cid, line, at = str(args[0]), str(args[1]), float(args[2])
                     spec = lines.get(line)
                     caller = str(kw.get("caller", ""))
+                    keys[cid] = kw.get("caller_key")
                     rows.append(QueueLogEntry(at, cid, line, "", "ENTER", {
                         "priority": getattr(spec, "priority", None), "caller": caller,
                         "threshold": getattr(spec, "answer_threshold", None),
                         "overflow": None, "caller_key": kw.get("caller_key", caller),
                         "unsent": True}))
-                elif method == "call_abandoned":  # its call-back, if any, is not made
+                elif method == "call_abandoned":
                     cid, at = str(args[0]), float(args[1])
                     c = known.get(cid) or {}
-                    rows.append(QueueLogEntry(at, cid, str(c.get("line") or ""), "", "ABANDON", {
-                        "wait": at - float(c.get("arrived_at") or at), "position": 0,
-                        "callback": False, "unsent": True}))
+                    rows += fb.abandoned_unsent(
+                        cid, str(c.get("line") or ""), caller=str(c.get("caller") or ""),
+                        key=keys.get(cid), arrived=float(c.get("arrived_at") or at), at=at)
                 elif method in ("offer_answered", "call_ended"):
                     cid = str(args[0])
                     c = known.get(cid) or {}
@@ -637,8 +650,13 @@ class GlobalQueue:
         self.fallback = None
         self.send("resync", {"term": term, "fallback": True, "calls": calls,
                              "handlers": fb.hand_back()})
+        # After the resync (whose drop of a call this node lists no more would take a
+        # call-back of that call off the leader's list): the call-backs made alone
+        entries = fb.callback_rows()
+        if entries:
+            self.send("callbacks", {"entries": entries})
         log.warning("routing.fallback_over", node=self.node, term=term, calls=len(calls),
-                    alone_s=round(now - self.fallback_since, 2))
+                    alone_s=round(now - self.fallback_since, 2), callbacks=len(entries))
 
     def _decide_here(self, fb: LocalRouting, data: dict[str, Any]) -> None:
         """A routing input while routing alone: decided by the local router; a desk
@@ -1114,9 +1132,10 @@ class LeaderThread(threading.Thread):
                                  getattr(exc, "state", None), getattr(exc, "event", None)))]
 
     def _add_callbacks(self, data: dict[str, Any]) -> list[tuple[str, Any]]:
-        """A survivor's salvage put a dead node's 999 callers on the call-back list (its
-        CALLBACK_ADD rows, already in the queue log): onto this router's list at once, as
-        a takeover's restore would read them."""
+        """A survivor's salvage put a dead node's 999 callers on the call-back list, or a
+        node back from routing alone hands over the call-backs it made meanwhile (their
+        CALLBACK_ADD rows, in the queue log or its spool): onto this router's list at
+        once, as a takeover's restore would read them (a row it has is skipped)."""
         from routing import QueueLogEntry
 
         rows = [QueueLogEntry(**e) for e in data.get("entries", ())]
@@ -1410,6 +1429,8 @@ class LeaderThread(threading.Thread):
             for cb_id, cb in list(r._callbacks.items()):  # the survivor's list has it
                 if cb.call_id == cid:
                     del r._callbacks[cb_id]
+                else:  # a repeat caller's entry: not this attempt either
+                    cb.attempts = [x for x in cb.attempts if x.get("call_id") != cid]
         # Their ends are the survivor's to log (or, for a node back, they wait again);
         # a ringing handler's release is on the record here.
         kept = [a for a in out if not (isinstance(a, QueueLogEntry) and a.call_id in ids

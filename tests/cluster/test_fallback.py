@@ -166,3 +166,117 @@ def test_a_desk_the_leader_put_away_for_this_node_is_offered_its_calls() -> None
     back = fb.hand_back()
     assert back["h1"]["state"] == "available"  # not the room's fault: handed back free
     assert back["h2"]["state"] == "available"
+
+
+def test_a_999_abandoned_alone_is_on_this_nodes_list_and_handed_to_the_leader() -> None:
+    """Routing alone, a 999 caller hangs up while waiting: the local router puts them on
+    its own call-back list, and the entry's CALLBACK_ADD row (caller, line, wait, time)
+    is kept for the leader; a 101 abandoned is not."""
+    fb, _ = _build([_call("n1-c1", "999", T - 4), _call("n1-c2", "101", T - 3)], {}, set())
+    fb.call("call_abandoned", ["n1-c1", T + 6], {})
+    fb.call("call_abandoned", ["n1-c2", T + 7], {})
+    [cb] = fb.router.callbacks()
+    assert (cb.call_id, cb.line, cb.caller) == ("n1-c1", "999", "0770")
+    [row] = fb.callback_rows()
+    assert (row["event"], row["call_id"], row["line"], row["at"]) == (
+        "CALLBACK_ADD", "n1-c1", "999", T + 6)
+    assert row["data"]["cb_id"] == cb.cb_id and row["data"]["caller"] == "0770"
+    assert row["data"]["wait"] == pytest.approx(10.0)
+    assert int(cb.cb_id[2:]) > 10**12  # not the leader's cb1, cb2...
+
+
+def test_a_999_abandoned_in_the_inputs_dropped_on_going_alone_gets_its_call_back() -> None:
+    """The abandon the leader never heard (dropped on going alone): ABANDON with its
+    call-back and the CALLBACK_ADD row a router writes; the same caller again is a
+    repeat of that entry; a 101 gets the ABANDON alone."""
+    fb, _ = _build([], {}, set())
+    rows = fb.abandoned_unsent("n1-c7", "999", caller="07700900123", key=None,
+                               arrived=T - 5, at=T - 2)
+    assert [(r.event, r.call_id, r.line, r.at) for r in rows] == [
+        ("ABANDON", "n1-c7", "999", T - 2), ("CALLBACK_ADD", "n1-c7", "999", T - 2)]
+    assert rows[0].data["callback"] is True and rows[0].data["wait"] == pytest.approx(3.0)
+    add = rows[1].data
+    assert (add["caller"], add["key"], add["repeat"]) == ("07700900123", "07700900123", False)
+    assert add["wait"] == pytest.approx(3.0)
+    again = fb.abandoned_unsent("n1-c8", "999", caller="07700900123", key=None,
+                                arrived=T - 1, at=T)
+    assert again[1].data["cb_id"] == add["cb_id"] and again[1].data["repeat"] is True
+    [cb] = fb.router.callbacks()
+    assert [a["call_id"] for a in cb.attempts] == ["n1-c7", "n1-c8"]
+    assert [r["call_id"] for r in fb.callback_rows()] == ["n1-c7", "n1-c8"]
+    only = fb.abandoned_unsent("n1-c9", "101", caller="1", key=None, arrived=T - 5, at=T)
+    assert [(r.event, r.data["callback"]) for r in only] == [("ABANDON", False)]
+
+
+def _node(fb_settings: Any) -> Any:
+    """A ``GlobalQueue`` without its threads or store: what the fallback uses."""
+    import threading
+    from collections import deque
+    from types import SimpleNamespace
+
+    from controlroom.leader import GlobalQueue, RouterProxy
+
+    applied: list[Any] = []
+    gq = GlobalQueue.__new__(GlobalQueue)
+    gq.s = SimpleNamespace(settings=fb_settings, calls={}, _apply=applied.extend)
+    gq.node, gq.term, gq.snapshot, gq.contact_at = "n1", 3, {}, 0.0
+    gq._out, gq._out_ready, gq._gen = deque(), threading.Condition(), 0
+    gq.ending, gq.handlers_known, gq.fallback = {}, {}, None
+    gq.proxy = RouterProxy(gq, shadow=None)
+    gq.applied_rows = applied  # type: ignore[attr-defined]
+    return gq
+
+
+def test_the_hand_back_gives_the_leader_every_999_abandoned_while_away() -> None:
+    """Both gaps of a store outage, node side: a 999 that hung up before the node went
+    alone (its inputs dropped) and one that hung up while alone are on the node's desks'
+    list meanwhile, and follow the hand-back's resync as one ``callbacks`` input."""
+    import time as _time
+    from types import SimpleNamespace
+
+    gq = _node(_settings())
+    gq.snapshot = {"callbacks": [{"cb_id": "cb1", "call_id": "n2-c0", "line": "999",
+                                  "caller": "1", "at": T, "wait": 3.0, "state": "pending",
+                                  "handler_id": None, "taken_at": None, "outcome": None,
+                                  "attempts": [], "last_at": T}]}
+    now = _time.time()
+    # sent while the store was away already (unsent): n1-c1 came and hung up
+    gq.ending["n1-c1"] = {"call_id": "n1-c1", "line": "999", "caller": "07700900001",
+                          "arrived_at": now - 2.5, "state": "queued", "handler_id": None,
+                          "answered_at": None}
+    gq.send("call", {"method": "call_arrived", "args": ["n1-c1", "999", now - 2.5],
+                     "kwargs": {"caller": "07700900001", "caller_key": "447700900001"}})
+    gq.send("call", {"method": "call_abandoned", "args": ["n1-c1", now - 1.0], "kwargs": {}})
+    gq.s.calls["n1-c2"] = SimpleNamespace(call_id="n1-c2", line="999", caller="07700900002",
+                                          arrived_at=now - 0.5, state="queued",
+                                          handler_id=None, answered_at=None)
+    gq._enter_fallback()
+    assert not gq._out and gq.fallback is not None
+    events = [(r.event, r.call_id) for r in gq.applied_rows if hasattr(r, "event")]
+    assert events[:3] == [("ENTER", "n1-c1"), ("ABANDON", "n1-c1"), ("CALLBACK_ADD", "n1-c1")]
+    # alone: n1-c2 hangs up (the service's call, through its router)
+    gq.proxy.call_abandoned("n1-c2", now + 1.0)
+    del gq.s.calls["n1-c2"]
+    shown = {cb.call_id: cb for cb in gq.proxy.callbacks()}
+    assert set(shown) == {"n2-c0", "n1-c1", "n1-c2"}  # the leader's, then this node's
+    assert shown["n1-c1"].key == "447700900001"
+    gq._hand_back(4)
+    assert gq.fallback is None
+    sent = [(kind, data) for kind, data, _ in gq._out]
+    assert [k for k, _ in sent] == ["resync", "callbacks"]
+    rows = sent[1][1]["entries"]
+    assert [(r["event"], r["call_id"], r["line"], r["data"]["caller"]) for r in rows] == [
+        ("CALLBACK_ADD", "n1-c1", "999", "07700900001"),
+        ("CALLBACK_ADD", "n1-c2", "999", "07700900002")]
+    assert rows[0]["at"] == pytest.approx(now - 1.0)
+    assert rows[0]["data"]["wait"] == pytest.approx(1.5)
+    assert rows[1]["data"]["wait"] == pytest.approx(1.5)
+    # the leader's router reads them as a takeover's restore would, once each
+    from routing import QueueLogEntry, Router
+
+    s = _settings()
+    leader = Router.from_settings(s.lines, s.routing)
+    entries = [QueueLogEntry(**r) for r in rows]
+    assert leader.add_callbacks(entries, now + 2) == 2
+    assert leader.add_callbacks(entries, now + 3) == 0
+    assert sorted(cb.call_id for cb in leader.callbacks()) == ["n1-c1", "n1-c2"]
