@@ -691,3 +691,53 @@ def test_a_desk_that_just_left_a_stale_node_is_put_away_with_it(url: str) -> Non
             assert offer["handler_id"] == "h2"
         finally:
             back.set()
+
+
+def test_the_999s_abandoned_while_a_node_routed_alone_join_the_leaders_list_at_once(
+        url: str) -> None:
+    """A node back from routing alone hands back (no call left: its 999 hung up while it
+    was alone) and sends the call-backs it made then (the CALLBACK_ADD rows of
+    ``LocalRouting``), twice: the leader's published list has the entry once, with the
+    caller, line, wait and time of the abandon, and not the leader's own entry for the
+    call its hand-back dropped; the waiting call is out of the queue. Before the
+    hand-back, the leader had queued that 999 (its arrival was read before the outage)."""
+    import json
+
+    from harness.cluster import store_query
+
+    def snapshot() -> dict[str, Any]:
+        return dict(json.loads(store_query(url, "SELECT snapshot FROM routing_state")[0]
+                               ["snapshot"]))
+
+    def waiting() -> list[str]:
+        return [c["call_id"] for line in (snapshot().get("lines") or {}).values()
+                for c in line.get("waiting") or ()]
+
+    with _leading(url, "n6", "f1") as node:
+        t = time.time()
+        node.send("call_arrived", "f1-c1", "999", t - 4.0, caller="07700900777")
+        node.wait_for(lambda a: a["type"] == "Queued")
+        _wait(lambda: waiting() == ["f1-c1"], [node])
+        term = int(store_query(url, "SELECT term FROM routing_state")[0]["term"])
+        at = t - 1.0
+        row = {"at": at, "call_id": "f1-c1", "line": "999", "handler_id": "",
+               "event": "CALLBACK_ADD",
+               "data": {"cb_id": f"cb{int(t * 1000)}", "caller": "07700900777",
+                        "wait": 3.0, "key": "07700900777", "repeat": False}}
+        node.bus.send(node.conn, "f1", [
+            ("resync", {"term": term, "fallback": True, "calls": [], "handlers": {}},
+             time.time()),
+            ("callbacks", {"entries": [row]}, time.time()),
+            ("callbacks", {"entries": [row]}, time.time())])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+                snapshot().get("callbacks") and not waiting()):
+            node.poll()
+            time.sleep(0.05)
+        cbs = snapshot().get("callbacks") or []
+        assert [(c["cb_id"], c["call_id"], c["line"], c["caller"], c["at"], c["wait"],
+                 c["state"]) for c in cbs] == [
+            (row["data"]["cb_id"], "f1-c1", "999", "07700900777", at, 3.0, "pending")], cbs
+        assert waiting() == []
+        time.sleep(0.5)  # the second input read too: still once
+        assert len(snapshot().get("callbacks") or []) == 1
