@@ -720,7 +720,7 @@ def test_the_999s_abandoned_while_a_node_routed_alone_join_the_leaders_list_at_o
         _wait(lambda: waiting() == ["f1-c1"], [node])
         term = int(store_query(url, "SELECT term FROM routing_state")[0]["term"])
         at = t - 1.0
-        row = {"at": at, "call_id": "f1-c1", "line": "999", "handler_id": "",
+        row: dict[str, Any] = {"at": at, "call_id": "f1-c1", "line": "999", "handler_id": "",
                "event": "CALLBACK_ADD",
                "data": {"cb_id": f"cb{int(t * 1000)}", "caller": "07700900777",
                         "wait": 3.0, "key": "07700900777", "repeat": False}}
