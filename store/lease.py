@@ -22,8 +22,26 @@ Writes a leader makes as leader carry its term and are fenced with :func:`fenced
 :class:`LeaseLost` when the term moved on), a backstop should the timing margin above
 ever fail (a stalled leader process).
 
+The lock is not all a cut leader leaves behind (issue 14, measured): cut while one of its
+fenced write transactions is open on its *other* connection, its session there stays
+"idle in transaction" holding the share lock on the lease row, with none of the lease
+session's server-side settings (default keepalives: 2 h; unacknowledged data: TCP
+retransmits ~15 min, or until the cut heals and the next retransmission draws a reset,
+hence the 26 s seen). The new holder of the advisory lock then cannot write its term
+(its ``UPDATE`` waits on that row). Two bounds, neither a server-wide setting (a cut
+node's other sessions must stay open: the leader reads them as "cut off, may route
+alone", not dead):
+
+* :func:`fenced` sets ``idle_in_transaction_session_timeout`` (``FENCE_IDLE_S``) for the
+  rest of the writer's transaction: the server ends such a session that long after its
+  last statement;
+* a winner whose ``UPDATE`` of the lease row waits longer than ``lock_timeout`` (``poll``)
+  ends the sessions holding locks on that row (``pg_terminate_backend``): while it holds
+  the advisory lock they can only be writers of an ended term. The role needs to be the
+  sessions' own or a member of ``pg_signal_backend``.
+
 Run ``python -m store.lease URL NODE_ID`` to watch one contender (prints one JSON line
-per change: ``{"node":..,"leader":true,"term":N,"at":T}``): tests use it as a process to
+per change: ``{"node":..,"leader":true,"term":N,"at":T,"evicted":E}``): tests use it as a process to
 ``kill -9`` or cut.
 """
 
@@ -51,6 +69,15 @@ MIGRATIONS = [
 ]
 
 
+FENCE_IDLE_S = 3.0
+"""A fenced write transaction whose client says nothing for this long is ended by the
+server (``idle_in_transaction_session_timeout``): a leader cut mid-transaction must not
+keep the lease row share-locked (= ``Lease`` default ``release_after``)."""
+HOLDER_MODES = ("RowShareLock", "RowExclusiveLock")
+"""Table locks on ``routing_lease`` taken by :func:`fenced` (``FOR SHARE``) or a term's
+``UPDATE``: sessions holding them block a new term."""
+
+
 class LeaseLost(RuntimeError):
     """This node's term is over: another node leads now."""
 
@@ -63,7 +90,10 @@ def fenced(conn: Any, term: int) -> None:
     """Inside a write transaction of the leader: raise :class:`LeaseLost` unless ``term``
     is still the current one (the row is share-locked until the transaction ends, so a
     new leader's term cannot start in between)."""
-    row = conn.execute("SELECT term FROM routing_lease WHERE id = 1 FOR SHARE").fetchone()
+    # set_config(.., true): for this transaction only; one round trip with the check.
+    row = conn.execute("SELECT term, set_config('idle_in_transaction_session_timeout',"
+                       " %s, true) FROM routing_lease WHERE id = 1 FOR SHARE",
+                       (str(int(FENCE_IDLE_S * 1000)),)).fetchone()
     if row is None or int(row[0]) != term:
         raise LeaseLost(f"term {term} is over (now {row[0] if row else '?'})")
 
@@ -82,6 +112,8 @@ class Lease:
         """The term this node leads in; None when it does not lead."""
         self._conn: Any = None
         self._confirmed = 0.0
+        self.evicted = 0
+        """Sessions of ended terms this node ended to write its own (see the module doc)."""
 
     @property
     def leader(self) -> bool:
@@ -97,7 +129,8 @@ class Lease:
             tcp_user_timeout=int(self.step_down_after * 1000))
         for setting, value in (("tcp_keepalives_idle", 1), ("tcp_keepalives_interval", 1),
                                ("tcp_keepalives_count", 2), ("tcp_user_timeout", ms),
-                               ("statement_timeout", int(self.step_down_after * 1000))):
+                               ("statement_timeout", int(self.step_down_after * 1000)),
+                               ("lock_timeout", max(50, int(self.poll * 1000)))):
             conn.execute(f"SET {setting} = {value}")
         return conn
 
@@ -124,10 +157,7 @@ class Lease:
             got = self._conn.execute("SELECT pg_try_advisory_lock(%s)",
                                      (LOCK_KEY,)).fetchone()[0]
             if got:
-                row = self._conn.execute(
-                    "UPDATE routing_lease SET term = term + 1, holder = %s, since = %s"
-                    " WHERE id = 1 RETURNING term", (self.node_id, now)).fetchone()
-                self.term, self._confirmed = int(row[0]), now
+                self.term, self._confirmed = self._new_term(now), now
             return self.term is not None
         except Exception:  # noqa: BLE001 - the store or the network is away
             self._drop()
@@ -135,6 +165,30 @@ class Lease:
                 return True  # not yet: a blip must not cost the lease
             self.term = None
             return False
+
+    def _new_term(self, now: float) -> int:
+        """Holding the advisory lock: write the next term. A session still holding the
+        lease row (an ended term's writer, e.g. of a leader cut mid-transaction) is ended
+        after ``lock_timeout``, then the write is tried once more."""
+        import psycopg
+
+        sql = ("UPDATE routing_lease SET term = term + 1, holder = %s, since = %s"
+               " WHERE id = 1 RETURNING term")
+        for attempt in (1, 2):
+            try:
+                return int(self._conn.execute(sql, (self.node_id, now)).fetchone()[0])
+            except psycopg.errors.LockNotAvailable:
+                if attempt == 2:
+                    raise
+                self.evicted += self._end_holders()
+        raise AssertionError("unreachable")
+
+    def _end_holders(self) -> int:
+        rows = self._conn.execute(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_locks"
+            " WHERE relation = 'routing_lease'::regclass AND granted AND mode = ANY(%s)"
+            " AND pid <> pg_backend_pid()", (list(HOLDER_MODES),)).fetchall()
+        return sum(1 for _, ended in rows if ended)
 
     def check(self) -> bool:
         """While leading: whether the last confirmation is recent enough to act on."""
@@ -167,7 +221,7 @@ def main(argv: list[str]) -> int:
         if lease.term != was:
             was = lease.term
             print(json.dumps({"node": node, "leader": was is not None, "term": was,
-                              "at": time.time()}), flush=True)
+                              "at": time.time(), "evicted": lease.evicted}), flush=True)
         time.sleep(poll)
 
 
