@@ -37,7 +37,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from routing import HandlerChanged, QueueLogEntry, Router, RoutingError
+from routing import Abandoned, HandlerChanged, QueueLogEntry, Router, RoutingError
 from routing.model import Call, HandlerState
 
 FOREIGN_BUSY = "busy on another node's call (store away)"
@@ -171,11 +171,12 @@ class LocalRouting:
                        if isinstance(a, QueueLogEntry) and a.event == "CALLBACK_ADD"]
 
     def abandoned_unsent(self, call_id: str, line: str, *, caller: str, key: str | None,
-                         arrived: float, at: float) -> list[QueueLogEntry]:
+                         arrived: float, at: float) -> list[Any]:
         """The ABANDON row of a call whose ``call_abandoned`` input was dropped on going
         alone (the leader never heard it), with its call-back on a call-back line: the
         entry joins this router's list (a repeat caller's entry gains the attempt) and
-        its CALLBACK_ADD row is the one :meth:`Router.call_abandoned` writes."""
+        its CALLBACK_ADD row is the one :meth:`Router.call_abandoned` writes. Then the
+        ``Abandoned`` the leader would have answered (the call's record and CAD event)."""
         spec = self.router.lines.get(line)
         wait = max(0.0, at - arrived)
         if key is None:  # as ``Router.call_arrived`` derives it
@@ -183,7 +184,8 @@ class LocalRouting:
         data: dict[str, Any] = {"wait": wait, "position": 0, "callback": False,
                                 "unsent": True}
         if spec is None or not spec.callback_on_abandon:
-            return [QueueLogEntry(at, call_id, line, "", "ABANDON", data)]
+            return [QueueLogEntry(at, call_id, line, "", "ABANDON", data),
+                    Abandoned(call_id, line, wait, 0, False)]
         call = Call(call_id, line, caller, arrived, arrived, 0, spec.priority,
                     float(spec.priority), caller_key=key)
         cb, repeat = self.router._callback_for(call, at, wait)
@@ -192,7 +194,7 @@ class LocalRouting:
             "repeat": repeat, "unsent": True})
         self.added.append(add)
         return [QueueLogEntry(at, call_id, line, "", "ABANDON", dict(data, callback=True)),
-                add]
+                add, Abandoned(call_id, line, wait, 0, True, cb.cb_id)]
 
     def callback_rows(self) -> list[dict[str, Any]]:
         """The CALLBACK_ADD rows of the call-backs made here, for the leader's

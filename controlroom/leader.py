@@ -547,7 +547,8 @@ class GlobalQueue:
         """The queue-log rows the leader would have written for routing inputs this node
         drops on going alone (sent while the store was already away): a call's ENTER, its
         CONNECT, its COMPLETE or ABANDON (a ring or a state change is the hand-back's to
-        tell); a 999 abandoned then gets its call-back entry on ``fb``'s list
+        tell); an abandoned call also gets the ``Abandoned`` the leader would have sent
+        (the call's record, its CAD event), and a 999 its call-back entry on ``fb``'s list
         (:meth:`LocalRouting.abandoned_unsent`), which the hand-back gives the leader."""
         from routing import QueueLogEntry
 

@@ -192,6 +192,9 @@ def test_a_999_abandoned_in_the_inputs_dropped_on_going_alone_gets_its_call_back
     fb, _ = _build([], {}, set())
     rows = fb.abandoned_unsent("n1-c7", "999", caller="07700900123", key=None,
                                arrived=T - 5, at=T - 2)
+    gone = rows.pop()
+    assert (type(gone).__name__, gone.call_id, gone.callback) == ("Abandoned", "n1-c7", True)
+    assert gone.callback_id == rows[1].data["cb_id"] and gone.wait == pytest.approx(3.0)
     assert [(r.event, r.call_id, r.line, r.at) for r in rows] == [
         ("ABANDON", "n1-c7", "999", T - 2), ("CALLBACK_ADD", "n1-c7", "999", T - 2)]
     assert rows[0].data["callback"] is True and rows[0].data["wait"] == pytest.approx(3.0)
@@ -205,7 +208,8 @@ def test_a_999_abandoned_in_the_inputs_dropped_on_going_alone_gets_its_call_back
     assert [a["call_id"] for a in cb.attempts] == ["n1-c7", "n1-c8"]
     assert [r["call_id"] for r in fb.callback_rows()] == ["n1-c7", "n1-c8"]
     only = fb.abandoned_unsent("n1-c9", "101", caller="1", key=None, arrived=T - 5, at=T)
-    assert [(r.event, r.data["callback"]) for r in only] == [("ABANDON", False)]
+    assert [(r.event, r.data["callback"]) for r in only[:1]] == [("ABANDON", False)]
+    assert only[1].callback is False and only[1].callback_id is None
 
 
 def _node(fb_settings: Any) -> Any:
@@ -252,8 +256,9 @@ def test_the_hand_back_gives_the_leader_every_999_abandoned_while_away() -> None
                                           handler_id=None, answered_at=None)
     gq._enter_fallback()
     assert not gq._out and gq.fallback is not None
-    events = [(r.event, r.call_id) for r in gq.applied_rows if hasattr(r, "event")]
-    assert events[:3] == [("ENTER", "n1-c1"), ("ABANDON", "n1-c1"), ("CALLBACK_ADD", "n1-c1")]
+    events = [(getattr(r, "event", type(r).__name__), r.call_id) for r in gq.applied_rows]
+    assert events[:4] == [("ENTER", "n1-c1"), ("ABANDON", "n1-c1"), ("CALLBACK_ADD", "n1-c1"),
+                          ("Abandoned", "n1-c1")]  # its record and CAD event, as ever
     # alone: n1-c2 hangs up (the service's call, through its router)
     gq.proxy.call_abandoned("n1-c2", now + 1.0)
     del gq.s.calls["n1-c2"]
