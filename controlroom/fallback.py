@@ -196,6 +196,20 @@ class LocalRouting:
         return [QueueLogEntry(at, call_id, line, "", "ABANDON", dict(data, callback=True)),
                 add, Abandoned(call_id, line, wait, 0, True, cb.cb_id)]
 
+    def carry(self, entries: Any) -> None:
+        """CALLBACK_ADD rows (dicts) of an earlier time alone that no leader took yet:
+        onto this router's list and into the next hand-back. A bad row is skipped."""
+        rows = []
+        for e in entries:
+            try:
+                rows.append(QueueLogEntry(**e))
+            except TypeError:
+                continue
+        rows = [r for r in rows if r.event == "CALLBACK_ADD"]
+        if rows:
+            self.router.add_callbacks(rows, max(self.router._now, max(r.at for r in rows)))
+            self.added += rows
+
     def callback_rows(self) -> list[dict[str, Any]]:
         """The CALLBACK_ADD rows of the call-backs made here, for the leader's
         ``callbacks`` input (``Router.add_callbacks``: a row it has is skipped)."""

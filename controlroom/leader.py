@@ -559,6 +559,11 @@ class GlobalQueue:
         keys: dict[str, str | None] = {}
         """Caller keys of the calls whose arrival is among them (else derived)."""
         for kind, data, _at in unsent:
+            if kind == "callbacks" and isinstance(data, dict):
+                # a hand-back's call-backs the store went away again before it took
+                # them: the next hand-back sends them again (the leader skips a repeat)
+                fb.carry(data.get("entries") or ())
+                continue
             if kind != "call" or not isinstance(data, dict):
                 continue
             method, args = data.get("method"), list(data.get("args") or [])

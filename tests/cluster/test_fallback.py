@@ -285,3 +285,10 @@ def test_the_hand_back_gives_the_leader_every_999_abandoned_while_away() -> None
     assert leader.add_callbacks(entries, now + 2) == 2
     assert leader.add_callbacks(entries, now + 3) == 0
     assert sorted(cb.call_id for cb in leader.callbacks()) == ["n1-c1", "n1-c2"]
+    # the store goes away again before the writer sent them: the next hand-back has them
+    gq._enter_fallback()
+    assert not gq._out
+    assert sorted(cb.call_id for cb in gq.fallback.router.callbacks()) == ["n1-c1", "n1-c2"]
+    gq._hand_back(5)
+    again = [data for kind, data, _ in gq._out if kind == "callbacks"]
+    assert len(again) == 1 and again[0]["entries"] == rows
