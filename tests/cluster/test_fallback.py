@@ -60,7 +60,7 @@ def test_only_this_nodes_desks_are_offered_and_the_999_goes_first() -> None:
     calls = [_call("n1-c1", "101", T - 30), _call("n1-c2", "999", T - 5),
              _call("n1-c3", "999", T - 60, "connected", "x1"),
              _call("n1-c4", "101", T - 40, "offered", "h1")]
-    handlers = {"h1": {"state": "offered", "skills": SKILLS, "desk": "n1"},
+    handlers: dict[str, dict[str, Any]] = {"h1": {"state": "offered", "skills": SKILLS, "desk": "n1"},
                 "h2": {"state": "available", "skills": SKILLS, "idle_since": T - 20},
                 "h4": {"state": "available", "skills": SKILLS, "idle_since": T - 90}}
     fb, first = _build(calls, handlers, {"h1", "h2"})
@@ -287,7 +287,7 @@ def test_the_hand_back_gives_the_leader_every_999_abandoned_while_away() -> None
     assert sorted(cb.call_id for cb in leader.callbacks()) == ["n1-c1", "n1-c2"]
     # the store goes away again before the writer sent them: the next hand-back has them
     gq._enter_fallback()
-    assert not gq._out
+    assert not gq._out and gq.fallback is not None
     assert sorted(cb.call_id for cb in gq.fallback.router.callbacks()) == ["n1-c1", "n1-c2"]
     gq._hand_back(5)
     again = [data for kind, data, _ in gq._out if kind == "callbacks"]
