@@ -214,6 +214,7 @@ def test_a_silent_store_cut_mid_write_transaction_still_hands_the_lease_on(
             assert time.monotonic() - started < 40.0 * CUT_RUNS, took
             a = Contender(url, "a", net.prefix(0))
             assert _wait_leader([a], 30), a.events + a.other
+            a_term = a.events[-1]["term"]
             b = Contender(url, "b", net.prefix(1))
             w = subprocess.Popen([*net.prefix(0), sys.executable, "-c", _WRITER, url, writer],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -229,7 +230,7 @@ def test_a_silent_store_cut_mid_write_transaction_still_hands_the_lease_on(
                 assert new, (f"run {run}: no takeover within 20 s of the cut", took,
                              b.events + b.other)
                 took.append(b.events[-1]["at"] - at)
-                assert b.events[-1]["term"] == a.events[-1]["term"] + 1, b.events
+                assert b.events[-1]["term"] == a_term + 1, (a.events, b.events)
                 if writer == "unfenced":
                     assert b.events[-1]["evicted"] >= 1, b.events
                 net.restore_store(0)
