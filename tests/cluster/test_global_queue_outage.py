@@ -13,10 +13,17 @@ calls held on A and B are offered to and answered by their own node's handler me
 the whole run and across nodes; C's calls wait. PostgreSQL back: the nodes hand their
 state back, the leader offers C's waiting calls, every call placed is in the store
 answered and ended, and the CAD has its arrival and its end.
+
+999 callers who hang up while waiting (issue 14): two right after the crash, before any
+node routes alone (their node drops those unsent inputs on going alone), and two while
+the nodes route alone, behind the waiting 999s. Each abandoned one is on the record with
+its call-back (ABANDON, CALLBACK_ADD) and on the leader's published call-back list within
+a few seconds of the store being back (the node's hand-back sends them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.cookiejar
 import json
 import time
@@ -103,6 +110,9 @@ def test_postgresql_down_nodes_route_their_calls_alone_then_hand_them_back(
 
         cluster.postgres.stop("immediate")
         down = time.time()
+        # they hang up (0.8 s) before any node goes alone (fallback_after, 3 s)
+        gone = [cluster.callers("999", rate=10, calls=2, talk_ms=800,
+                                name="999-gone-early").start()]
         alone = wait_for(lambda: all(_alone(n) for n in cluster.nodes), 15, step=0.1)
         switched = time.time()
         why = "\n".join(cluster.node_log(n, 3000) for n in cluster.nodes)
@@ -112,6 +122,9 @@ def test_postgresql_down_nodes_route_their_calls_alone_then_hand_them_back(
         time.sleep(0.8)  # the 101s wait (or ring) before the 999s come
         loads.append(cluster.callers("999", rate=10, calls=CALLS, talk_ms=60_000,
                                      name="999").start())
+        time.sleep(0.6)  # behind those 999s (or on C, with no desk): they hang up waiting
+        gone.append(cluster.callers("999", rate=10, calls=2, talk_ms=1500,
+                                    name="999-gone").start())
         try:
             # a handler takes a call every ~2 s (ring 0.3, talk 1.2, wrap-up 0.3): A and B
             # each answer a few of theirs while the store is down
@@ -121,11 +134,41 @@ def test_postgresql_down_nodes_route_their_calls_alone_then_hand_them_back(
             cluster.postgres.start()
             up = time.time()
 
+            gone_ids = {o.sip_call_id for load in gone for o in load.outcomes()}
+            assert len(gone_ids) == 4, [load.outcomes() for load in gone]
+
             def all_over() -> list[dict[str, Any]]:
                 rows = store_query(url, "SELECT * FROM calls WHERE arrived_at >= %s"
                                         " AND line <> ''", (down,))
+                rows = [r for r in rows if r["sip_call_id"] not in gone_ids]
                 done = [r for r in rows if r["answered_at"] and r["ended_at"]]
                 return rows if len(rows) >= 2 * CALLS and len(done) == len(rows) else []
+
+            # every 999 that hung up waiting: on the leader's list soon after the store is
+            # back (the entry, or an attempt of the caller's entry: one caller id here)
+            def on_leaders_list() -> list[str]:
+                ended = [r for r in store_query(
+                    url, "SELECT * FROM calls WHERE arrived_at >= %s AND line <> ''", (down,))
+                    if r["sip_call_id"] in gone_ids and r["ended_at"]]
+                if len(ended) < len(gone_ids):
+                    return []
+                snap = json.loads(store_query(url, "SELECT snapshot FROM routing_state")[0]
+                                  ["snapshot"])
+                listed = {a.get("call_id") for cb in snap.get("callbacks") or ()
+                          for a in cb.get("attempts") or ()}
+                # never answered by a handler: hung up waiting
+                mine = [r["call_id"] for r in ended if not r["answered_at"]]
+                return mine if mine and set(mine) <= listed else []
+            abandoned = wait_for(on_leaders_list, 20, step=0.2)
+            listed_at = time.time()
+            gone_rows = [r for r in store_query(
+                url, "SELECT call_id, sip_call_id, state, node, answered_at, ended_at FROM"
+                     " calls WHERE arrived_at >= %s AND line <> ''", (down,))
+                if r["sip_call_id"] in gone_ids]
+            snap = json.loads(store_query(url, "SELECT snapshot FROM routing_state")[0]
+                              ["snapshot"])
+            assert abandoned, (gone_rows, snap.get("callbacks"),
+                               "\n".join(cluster.node_log(n, 4000) for n in cluster.nodes))
             rows = wait_for(all_over, 60, step=0.5)
             why = "\n".join(cluster.node_log(n, 4000) for n in cluster.nodes)
             assert rows, (store_query(url, "SELECT call_id, state, answered_at, ended_at"
@@ -156,7 +199,7 @@ def test_postgresql_down_nodes_route_their_calls_alone_then_hand_them_back(
                 res = priority_and_offers(mine)
                 assert res["violations"] == [], (node.node_id, res, mine)
                 enter = {e["call_id"]: e["at"] for e in mine if e["event"] == "ENTER"}
-                first = {}
+                first: dict[str, float] = {}
                 for e in mine:
                     if e["event"] == "OFFER":
                         first.setdefault(e["call_id"], e["at"])
@@ -186,6 +229,20 @@ def test_postgresql_down_nodes_route_their_calls_alone_then_hand_them_back(
                 evs = [e["event"] for e in log if e["call_id"] == r["call_id"]]
                 assert evs.count("ENTER") == 1 and evs.count("COMPLETE") == 1, (r, evs)
 
+            # the abandoned 999s on the record with their call-back (the outage's spool)
+            for cid in abandoned:
+                evs = [e["event"] for e in store_query(
+                    url, "SELECT event FROM queue_log WHERE call_id = %s ORDER BY id", (cid,))]
+                assert evs.count("ENTER") == 1 and evs.count("ABANDON") == 1, (cid, evs)
+                assert evs.count("CALLBACK_ADD") == 1, (cid, evs)
+            assert all(r["state"] == "abandoned" for r in gone_rows
+                       if r["call_id"] in abandoned), gone_rows
+            # the list's entries carry the abandon's data, as a leader's own would
+            for cb in snap.get("callbacks") or ():
+                if cb["call_id"] in abandoned:
+                    assert (cb["line"], cb["caller"]) == ("999", "07700900123"), cb
+                    assert 0.0 < cb["wait"] < 5.0 and down < cb["at"] < listed_at, cb
+
             # CAD: every call's arrival and end (the outage's events were spooled)
             def cad_complete() -> list[str]:
                 seen: dict[str, set[str]] = {}
@@ -195,16 +252,26 @@ def test_postgresql_down_nodes_route_their_calls_alone_then_hand_them_back(
                 missing = [r["call_id"] for r in rows
                            if not {"call.arrived", "call.answered", "call.ended"}
                            <= seen.get(r["call_id"], set())]
+                missing += [cid for cid in abandoned
+                            if not {"call.arrived", "call.abandoned"}
+                            <= seen.get(cid, set())]
                 return missing
             missing = cad_complete()
             deadline = time.monotonic() + 20
             while missing and time.monotonic() < deadline:
                 time.sleep(0.5)
                 missing = cad_complete()
-            assert missing == [], missing
+            cad = cluster.cad.snapshot() if cluster.cad is not None else []
+            assert missing == [], (missing, [m for m in cad if m.get("call_id") in missing],
+                                   gone_rows)
             logs = "".join(cluster.node_log(n, 2_000_000) for n in cluster.nodes)
             assert logs.count("routing.fallback_over") >= 3, why
 
+            handed = 0  # call-backs the leader took from hand-backs (not from the log)
+            for text in logs.splitlines():
+                if '"routing.callbacks_added"' in text:
+                    with contextlib.suppress(ValueError):
+                        handed += int(json.loads(text).get("added", 0))
             first_alone = min(e["at"] for e in during)
             first_call = min(r["arrived_at"] for r in rows)
             c_first = min((e["at"] for e in c_offers), default=None)
@@ -215,9 +282,12 @@ def test_postgresql_down_nodes_route_their_calls_alone_then_hand_them_back(
                   f"({first_alone - down:.2f} s after the crash); offers alone {len(during)},"
                   f" answered alone {len(connected)}; store down {up - down:.1f} s; "
                   f"C's first offer {(c_first - up) if c_first else float('nan'):.2f} s "
-                  f"after it was back; all {len(rows)} answered {done - up:.2f} s after")
+                  f"after it was back; all {len(rows)} answered {done - up:.2f} s after; "
+                  f"{len(abandoned)} of 4 999s abandoned waiting, all on the leader's "
+                  f"call-back list {listed_at - up:.2f} s after it was back ({handed} added"
+                  f" from the nodes' hand-backs)")
         finally:
-            for load in loads:
+            for load in loads + gone:
                 load.stop()
 
 
