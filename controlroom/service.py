@@ -164,6 +164,8 @@ class Service:
         self._subscribers: set[Any] = set()  # console.feed.LiveQueue, one per subscription
         self._wake_router = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self.loop_stall_max = 0.0
+        """The longest the event loop was held (s; stalls over 0.1 s, ``_stall_loop``)."""
         self._draining = False
         self.ready = False
         self.engine: Any = None
@@ -279,6 +281,7 @@ class Service:
 
         self._tasks += await operations.start(self)
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="node-heartbeat"))
+        self._tasks.append(asyncio.create_task(self._stall_loop(), name="loop-stall"))
         for msg in self._system_unsent:  # health events from before the publisher existed
             self.publisher.publish_system(msg)
         self._system_unsent.clear()
@@ -478,6 +481,45 @@ class Service:
                 log.error("node.id_taken", node=node_id,
                           note="another process registered this node id after our "
                                "heartbeat went stale; two nodes now share an id")
+
+    async def _stall_loop(self, every: float = 0.02, over: float = 0.1) -> None:
+        """The loop-stall tracer: a tick every ``every`` s; one that comes more than
+        ``over`` s late is logged (``loop.stall``, ``stalled_s``: how long the loop was
+        held). A thread watches the ticks too and logs, once per stall, what the loop's
+        thread was running when it had been held ``over`` s (``loop.stalled_in``: the
+        stack), so the cause is named, not guessed."""
+        import sys
+        import threading
+        import traceback
+
+        loop_thread = threading.get_ident()
+        beat = [time.monotonic()]
+        done = threading.Event()
+
+        def watch() -> None:
+            seen = 0.0
+            while not done.wait(every):
+                last = beat[0]
+                if last != seen and time.monotonic() - last > over:
+                    seen = last
+                    frame = sys._current_frames().get(loop_thread)
+                    stack = "".join(traceback.format_stack(frame, limit=12)) if frame else ""
+                    log.warning("loop.stalled_in", held_s=round(time.monotonic() - last, 3),
+                                stack=stack)
+
+        watcher = threading.Thread(target=watch, name="loop-stall-watch", daemon=True)
+        watcher.start()
+        try:
+            while True:
+                before = time.monotonic()
+                beat[0] = before
+                await asyncio.sleep(every)
+                late = time.monotonic() - before - every
+                if late > over:
+                    self.loop_stall_max = max(self.loop_stall_max, late)
+                    log.warning("loop.stall", stalled_s=round(late, 3))
+        finally:
+            done.set()
 
     async def _router_loop(self) -> None:
         """Drive the router's timers: offer timeouts, wrap-up ends, ageing."""

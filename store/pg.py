@@ -71,6 +71,20 @@ TCP_OPTIONS: dict[str, Any] = {
 """libpq's TCP options on every connection: an idle connection whose path went silent
 is found dead in ~4 s (keepalives), and data the server does not acknowledge fails the
 connection after 3 s (``tcp_user_timeout``, ms) instead of TCP's ~15 minutes."""
+LOOP_LOCK_TIMEOUT = 0.25
+"""Longest a statement on the event loop's connection waits for a lock (s,
+``lock_timeout``): a lock held by a session the path's cut left on the server, or by a
+slow thread, fails the statement (SQLSTATE 55P03: the spool keeps the unit and retries)
+instead of holding the loop until the holder goes."""
+SERVER_TCP: dict[str, int] = {
+    "tcp_keepalives_idle": 2, "tcp_keepalives_interval": 1, "tcp_keepalives_count": 2,
+    "tcp_user_timeout": 3000,
+}
+"""The server side's TCP settings for each of our sessions (as :data:`TCP_OPTIONS` on
+ours): a session whose client went silent (a cut) is ended by the server in seconds, so
+the transaction it was in (a cut mid-transaction) does not keep its row locks until the
+server's own TCP gives up (its reply retransmitted with back-off: after a 12 s cut the
+next try is ~12 s after the restore; keepalives: hours by default)."""
 LOOP_DEADLINE = 0.3
 """Longest a statement on the event loop waits on a silent path to the store (s) before
 the watchdog fails it and the breaker opens."""
@@ -215,11 +229,25 @@ class PgConnection:
         self.close()
 
 
+@functools.lru_cache(maxsize=16)
+def _options(url: str, loop: bool) -> str:
+    """libpq's ``options`` for a connection: the URL's own, then :data:`SERVER_TCP`,
+    and on the loop's connection ``lock_timeout`` (:data:`LOOP_LOCK_TIMEOUT`)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    settings = dict(SERVER_TCP)
+    if loop:
+        settings["lock_timeout"] = int(LOOP_LOCK_TIMEOUT * 1000)
+    ours = " ".join(f"-c {k}={v}" for k, v in settings.items())
+    return f"{conninfo_to_dict(url).get('options') or ''} {ours}".strip()
+
+
 def _connect(url: str, guard: PgDatabase | None = None, *, loop: bool = False) -> PgConnection:
     import psycopg
 
     conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                           row_factory=_row_factory, **TCP_OPTIONS)
+                           row_factory=_row_factory, options=_options(url, loop),
+                           **TCP_OPTIONS)
     return PgConnection(conn, guard, loop=loop)
 
 
@@ -353,7 +381,7 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
         with ch.lock:
             conn = self._ensure()
             # IF NOT EXISTS races between nodes starting together: under the lock.
-            conn.execute("SELECT pg_advisory_lock(?)", (MIGRATE_LOCK,))
+            self._migrate_lock(conn)
             try:
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -361,7 +389,7 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
                     " applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
                     " PRIMARY KEY (component, version))")
             finally:
-                conn.execute("SELECT pg_advisory_unlock(?)", (MIGRATE_LOCK,))
+                self._migrate_unlock(conn)
 
     # -- connection ----------------------------------------------------------
     def _channel(self) -> _Channel:
@@ -498,7 +526,7 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
         applied = 0
         with self._channel().lock:
             conn = self._ensure()
-            conn.execute("SELECT pg_advisory_lock(?)", (MIGRATE_LOCK,))
+            self._migrate_lock(conn)
             try:
                 done = {r[0] for r in conn.execute(
                     "SELECT version FROM schema_migrations WHERE component=?", (component,))}
@@ -518,9 +546,24 @@ class PgDatabase(Database, schemes=("postgresql://", "postgres://")):
                         raise
                     applied += 1
             finally:
-                with contextlib.suppress(self.Error):
-                    conn.execute("SELECT pg_advisory_unlock(?)", (MIGRATE_LOCK,))
+                self._migrate_unlock(conn)
         return applied
+
+    @staticmethod
+    def _migrate_lock(conn: PgConnection) -> None:
+        """Take the migrations' advisory lock, waiting as long as another node's
+        migrations take: the loop's ``lock_timeout`` is lifted for the session until
+        :meth:`_migrate_unlock` (start-up, and DDL waits for locks too)."""
+        if conn.loop:
+            conn.execute("SET lock_timeout = 0")
+        conn.execute("SELECT pg_advisory_lock(?)", (MIGRATE_LOCK,))
+
+    def _migrate_unlock(self, conn: PgConnection) -> None:
+        with contextlib.suppress(self.Error):
+            conn.execute("SELECT pg_advisory_unlock(?)", (MIGRATE_LOCK,))
+        if conn.loop:
+            with contextlib.suppress(self.Error):
+                conn.execute("RESET lock_timeout")
 
     def _where(self) -> str:
         from psycopg.conninfo import conninfo_to_dict
