@@ -91,9 +91,10 @@ def fenced(conn: Any, term: int) -> None:
     is still the current one (the row is share-locked until the transaction ends, so a
     new leader's term cannot start in between)."""
     # set_config(.., true): for this transaction only; one round trip with the check.
+    # No parameters: callers pass psycopg connections (%s) and store.pg's (?) alike.
     row = conn.execute("SELECT term, set_config('idle_in_transaction_session_timeout',"
-                       " %s, true) FROM routing_lease WHERE id = 1 FOR SHARE",
-                       (str(int(FENCE_IDLE_S * 1000)),)).fetchone()
+                       f" '{int(FENCE_IDLE_S * 1000)}', true) FROM routing_lease"
+                       " WHERE id = 1 FOR SHARE").fetchone()
     if row is None or int(row[0]) != term:
         raise LeaseLost(f"term {term} is over (now {row[0] if row else '?'})")
 
