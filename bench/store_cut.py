@@ -15,6 +15,9 @@ Figures (printed as one JSON line, then a summary line):
   during the cut (p50, max), calls failed; the node's event-loop stall measured from
   outside: ``/healthz`` (no store access) is polled every 50 ms with a 30 s timeout and
   its response time recorded (max during the cut, how many polls took more than 0.5 s);
+  the node's own loop-stall tracer (``loop.stall`` log lines, over 0.1 s) during the cut
+  and from the restore on, its prober's ``store.reachable`` after the restore, how many
+  spooled units the flush wrote and how long it took;
   after restore, how many of the calls the node answered during the cut are in the
   store, ended (matched by SIP Call-ID).
 Needs root (namespaces); bounded: every SIPp has a call count and a timeout.
@@ -67,6 +70,24 @@ class LoopProbe(threading.Thread):
                 "failed": sum(1 for t, _, s in self.samples if since <= t <= until and s != 200)}
 
 
+def _log_events(log: str, names: tuple[str, ...]) -> list[tuple[float, str, dict[str, Any]]]:
+    """(epoch s, event, record) of a node's JSON log lines whose event is in ``names``."""
+    from datetime import datetime
+
+    out = []
+    for line in log.splitlines():
+        if not any(f'"{n}"' in line for n in names):
+            continue
+        try:
+            rec = json.loads(line)
+            at = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError):
+            continue
+        if rec.get("event") in names:
+            out.append((at, rec["event"], rec))
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.keep) if args.keep else keep_dir("store-cut-")
     with Cluster(workdir, nodes=2, handlers=4, postgres=True, global_queue=args.global_queue,
@@ -98,6 +119,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "loop": probes[n.node_id].stalls(cut_at, restored_at),
                 "loop_after_restore": probes[n.node_id].stalls(restored_at, time.time()),
             }
+        # the victim's own loop-stall tracer (controlroom.service: loop.stall, over
+        # 0.1 s) and its prober's store.reachable, from its log
+        marks = _log_events(cluster.node_log(victim, 5_000_000),
+                            ("loop.stall", "store.reachable", "storage.recovered"))
+        reachable = [t for t, e, _ in marks if e == "store.reachable" and t >= cut_at]
+        reachable_at = reachable[0] if reachable else None
+        recovered = [r for t, e, r in marks if e == "storage.recovered" and t >= cut_at]
+        stalls = [(t, r["stalled_s"]) for t, e, r in marks if e == "loop.stall"]
+        nodes[victim.node_id]["restore"] = {
+            "reachable_after_restore_s": (round(reachable_at - restored_at, 3)
+                                          if reachable_at else None),
+            "spool_flushed": recovered[0].get("flushed") if recovered else None,
+            "spool_recovered_after_reachable_s": (
+                round(next(t for t, e, _ in marks if e == "storage.recovered"
+                           and t >= cut_at) - reachable_at, 3)
+                if recovered and reachable_at else None),
+            "loop_stall_max_s": max((d for t, d in stalls if restored_at - 0.5 <= t), default=0.0),
+            "loop_stalls_over_0_1_s": sum(1 for t, _ in stalls if restored_at - 0.5 <= t),
+        }
+        nodes[victim.node_id]["loop_stall_max_during_cut_s"] = max(
+            (d for t, d in stalls if cut_at <= t < restored_at), default=0.0)
         sip_ids = [c.sip_call_id for c in during if c.node == victim.addr]
         victim_answered = len(sip_ids)
 
@@ -136,6 +178,11 @@ def main() -> int:
           f"failed={r['failed_during_cut']} n1_answered={v['answered_during_cut']} "
           f"n1_setup_max_s={v['setup_max_s']} n1_loop_max_s={v['loop']['max_s']} "
           f"n1_loop_over_0_5={v['loop']['over_0_5_s']} "
+          f"n1_after_restore: healthz_max_s={v['loop_after_restore']['max_s']} "
+          f"stall_max_s={v['restore']['loop_stall_max_s']} "
+          f"reachable_after_s={v['restore']['reachable_after_restore_s']} "
+          f"spool_flushed={v['restore']['spool_flushed']} "
+          f"flush_s={v['restore']['spool_recovered_after_reachable_s']} "
           f"rows_in_store={r['victim_rows_in_store']}/{r['victim_answered_during_cut']}")
     return 0
 

@@ -482,7 +482,7 @@ class Service:
                           note="another process registered this node id after our "
                                "heartbeat went stale; two nodes now share an id")
 
-    async def _stall_loop(self, every: float = 0.02, over: float = 0.1) -> None:
+    async def _stall_loop(self, every: float = 0.05, over: float = 0.1) -> None:
         """The loop-stall tracer: a tick every ``every`` s; one that comes more than
         ``over`` s late is logged (``loop.stall``, ``stalled_s``: how long the loop was
         held). A thread watches the ticks too and logs, once per stall, what the loop's
