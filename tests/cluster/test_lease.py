@@ -3,7 +3,9 @@
 Three contender processes (``python -m store.lease``) on one throw-away PostgreSQL.
 ``kill -9`` of the leader: another leads within 1 s. A cable pull of the leader (its own
 network namespace, veth down): it steps down before the server releases its lock, and
-another node leads a few seconds after the cut; never two leaders at once.
+another node leads a few seconds after the cut; never two leaders at once. The leader's
+path to the store cut silently while its other connection is inside a fenced write
+transaction (issue 14): another node still leads ~``release_after`` after the cut.
 """
 
 from __future__ import annotations
