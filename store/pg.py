@@ -242,6 +242,12 @@ def _options(url: str, loop: bool) -> str:
     return f"{conninfo_to_dict(url).get('options') or ''} {ours}".strip()
 
 
+def server_options(url: str) -> str:
+    """libpq's ``options`` with :data:`SERVER_TCP` (and the URL's own): for connections
+    made outside :class:`PgDatabase` (the global queue's bus and leader threads)."""
+    return _options(url, False)
+
+
 def _connect(url: str, guard: PgDatabase | None = None, *, loop: bool = False) -> PgConnection:
     import psycopg
 
