@@ -156,3 +156,69 @@ def test_a_transaction_cut_mid_way_does_not_hold_the_loop_after_the_restore() ->
                 proc.wait(5)
     finally:
         net.close()
+
+
+_HOLDER = textwrap.dedent("""
+    import sys, psycopg
+    from store.pg import server_options
+    url, server_side = sys.argv[1], sys.argv[2] == "1"
+    extra = {"options": server_options(url)} if server_side else {}
+    conn = psycopg.connect(url, autocommit=True, keepalives=1, keepalives_idle=1,
+                           keepalives_interval=1, keepalives_count=3, tcp_user_timeout=3000,
+                           **extra)
+    conn.execute("BEGIN")
+    conn.execute("SELECT pg_advisory_xact_lock(4242)")  # as the bus writers do
+    print("HELD", conn.info.backend_pid, flush=True)
+    sys.stdin.readline()
+""")
+
+
+@pytest.mark.parametrize("server_side", [True, False], ids=["server-tcp", "client-only"])
+def test_a_session_cut_mid_transaction_is_ended_by_the_server_in_seconds(
+        server_side: bool) -> None:
+    """A raw connection (the global queue's bus writer: ``controlroom.leader._connect``)
+    holds the bus writers' advisory lock when its path goes silent. With the server's
+    side of the TCP settings (:func:`store.pg.server_options`) the server ends that
+    session within seconds of the cut and the lock is free before the restore; with the
+    client's side only (as before) it is still held when the path comes back."""
+    import psycopg
+
+    net = NamespaceNet(1)
+    try:
+        with pg.Postgres(host=net.store) as server:
+            url = server.database("cuthold")
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            proc = subprocess.Popen(
+                [*net.prefix(0), sys.executable, "-c", _HOLDER, url, "1" if server_side else "0"],
+                cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            try:
+                assert proc.stdout is not None
+                said = proc.stdout.readline().split()
+                assert said and said[0] == "HELD", said
+                pid = int(said[1])
+                with psycopg.connect(url, autocommit=True) as watch:
+                    net.cut_store(0)
+                    cut = time.monotonic()
+                    gone = None
+                    while time.monotonic() - cut < CUT_S:
+                        if not watch.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                             (pid,)).fetchone():
+                            gone = time.monotonic() - cut
+                            break
+                        time.sleep(0.1)
+                    free = watch.execute("SELECT pg_try_advisory_lock(4242)").fetchone()[0]
+                    net.restore_store(0)
+                print(f"session cut mid-transaction, {'server and client' if server_side else 'client only'}"
+                      f" TCP settings: ended by the server after {gone} s of the cut; lock"
+                      f" free at {CUT_S:g} s: {free}")
+                if server_side:
+                    assert gone is not None and gone < 6.0 and free, (gone, free)
+                else:  # the zombie holds the lock past the cut: what the settings end
+                    assert gone is None and not free, (gone, free)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(5)
+    finally:
+        net.close()
