@@ -134,14 +134,9 @@ def _connect(url: str, app: str = "") -> Any:
     # tcp_user_timeout (ms): a statement sent on a silent path (packets dropped, no
     # reset) fails after 3 s and the thread reconnects; keepalives do not run while data
     # waits unacknowledged, so without it TCP retransmits for ~15 minutes.
-    # options: the server's side of the same (store.pg.SERVER_TCP), so a session cut
-    # mid-transaction (the bus writers' advisory lock) is ended in seconds, not held
-    # until the server's TCP gives up (~the cut's length after the restore).
-    from store.pg import server_options
-
     return psycopg.connect(url, autocommit=True, connect_timeout=3, keepalives=1,
                            keepalives_idle=1, keepalives_interval=1, keepalives_count=3,
-                           tcp_user_timeout=3000, options=server_options(url), **extra)
+                           tcp_user_timeout=3000, **extra)
 
 
 # -- the node side ---------------------------------------------------------------------
