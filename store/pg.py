@@ -254,8 +254,9 @@ def _options(url: str, loop: bool) -> str:
 
 
 def server_options(url: str) -> str:
-    """libpq's ``options`` with :data:`SERVER_TCP` (and the URL's own): for connections
-    made outside :class:`PgDatabase` (the global queue's bus and leader threads)."""
+    """libpq's ``options`` with :data:`SERVER_TCP` (and the URL's own), for a connection
+    made outside :class:`PgDatabase`. Not for the global queue's bus reader: the leader
+    reads its open session as "cut off, may route alone" (``controlroom.leader``)."""
     return _options(url, False)
 
 

@@ -167,7 +167,7 @@ _HOLDER = textwrap.dedent("""
                            keepalives_interval=1, keepalives_count=3, tcp_user_timeout=3000,
                            **extra)
     conn.execute("BEGIN")
-    conn.execute("SELECT pg_advisory_xact_lock(4242)")  # as the bus writers do
+    conn.execute("SELECT pg_advisory_xact_lock(4242)")
     print("HELD", conn.info.backend_pid, flush=True)
     sys.stdin.readline()
 """)
@@ -176,11 +176,13 @@ _HOLDER = textwrap.dedent("""
 @pytest.mark.parametrize("server_side", [True, False], ids=["server-tcp", "client-only"])
 def test_a_session_cut_mid_transaction_is_ended_by_the_server_in_seconds(
         server_side: bool) -> None:
-    """A raw connection (the global queue's bus writer: ``controlroom.leader._connect``)
-    holds the bus writers' advisory lock when its path goes silent. With the server's
-    side of the TCP settings (:func:`store.pg.server_options`) the server ends that
-    session within seconds of the cut and the lock is free before the restore; with the
-    client's side only (as before) it is still held when the path comes back."""
+    """The mechanism behind :data:`store.pg.SERVER_TCP`, on a raw connection that
+    holds an advisory lock in a transaction when its path goes silent: with the
+    server's side of the TCP settings (:func:`store.pg.server_options`, as every
+    ``PgDatabase`` connection has) the server ends that session within seconds of the
+    cut and the lock is free before the restore; with the client's side only (as
+    before; as the global queue's bus connections still are, on purpose: their open
+    session tells the leader a node is cut off, not dead) it is still held."""
     import psycopg
 
     net = NamespaceNet(1)
