@@ -120,13 +120,29 @@ def dumps(value: Any) -> str:
 
 # -- node side (raw psycopg connections, autocommit) ------------------------------------
 
+WRITER_IDLE_S = 3.0
+"""A writer's session idle this long inside its send (its node cut off from the store,
+silently) is ended by the server, which gives the writers' turn back: else every other
+node's inputs, and so the room's routing, would wait behind it until the server's TCP
+noticed (hours when the session is idle)."""
+
+
+def take_write_turn(conn: Any) -> None:
+    """Inside a send's transaction: wait for the writers' turn (held to the commit), and
+    bound how long this session may then sit idle in it (:data:`WRITER_IDLE_S`; for this
+    transaction only, in the same round trip)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s), set_config("
+                 "'idle_in_transaction_session_timeout', %s, true)",
+                 (WRITE_LOCK, str(int(WRITER_IDLE_S * 1000))))
+
+
 def send(conn: Any, node: str, items: list[tuple[str, dict[str, Any], float]]) -> None:
     """Append ``(kind, data, at)`` inputs in order, then wake the leader (one transaction)."""
     with conn.transaction():
         # Ids in commit order: BIGSERIAL hands out ids at insert, and two nodes' rows
         # committing in the other order would let the leader read past an id not yet
         # committed (and never read it). The writers take turns for this short insert.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+        take_write_turn(conn)
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO routing_inputs(node, kind, data, at)"
                             " VALUES (%s, %s, %s, %s)",
