@@ -189,7 +189,7 @@ with conn.transaction():
     print("in", flush=True)
     time.sleep(600)
 """
-CUT_RUNS = int(os.environ.get("CONTROLROOM_LEASE_CUT_RUNS", "3"))
+CUT_RUNS = int(os.environ.get("CONTROLROOM_LEASE_CUT_RUNS", "1"))  # more: the env var
 RELEASE_AFTER = 3.0  # store.lease.Lease's default, what python -m store.lease runs with
 TAKEOVER_WITHIN = RELEASE_AFTER + 2.0  # + polls and a loaded machine's slack
 

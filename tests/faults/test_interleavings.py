@@ -175,7 +175,7 @@ async def scenario(workdir: Path, ops: list[tuple[str, int]]) -> None:
             await p.stop()
 
 
-@settings(max_examples=int(__import__("os").environ.get("INTERLEAVINGS", "12")),
+@settings(max_examples=int(__import__("os").environ.get("INTERLEAVINGS", "8")),
           deadline=None, suppress_health_check=list(HealthCheck))
 @given(ops=st.lists(st.tuples(OPS, st.integers(0, 5)), min_size=3, max_size=12))
 @example(ops=[("answer", 0), ("transfer", 0), ("settle", 0)])  # answered, transferred, left

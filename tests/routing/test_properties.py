@@ -423,5 +423,5 @@ class TestRouterMachine(RouterMachine.TestCase):
 class TestRouterMachineLong(RouterMachine.TestCase):
     """The same machine, many more and longer sequences (``-m slow``)."""
 
-    settings = settings(max_examples=600, stateful_step_count=100, deadline=None,
+    settings = settings(max_examples=300, stateful_step_count=100, deadline=None,
                         suppress_health_check=[HealthCheck.too_slow])
