@@ -40,6 +40,7 @@ from harness.cluster import (  # noqa: E402
     Cluster,
     Node,
     keep_dir,
+    log_lines,
     namespaces_available,
     percentile,
     store_query,
@@ -72,20 +73,8 @@ class LoopProbe(threading.Thread):
 
 def _log_events(log: str, names: tuple[str, ...]) -> list[tuple[float, str, dict[str, Any]]]:
     """(epoch s, event, record) of a node's JSON log lines whose event is in ``names``."""
-    from datetime import datetime
-
-    out = []
-    for line in log.splitlines():
-        if not any(f'"{n}"' in line for n in names):
-            continue
-        try:
-            rec = json.loads(line)
-            at = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
-        except (ValueError, KeyError):
-            continue
-        if rec.get("event") in names:
-            out.append((at, rec["event"], rec))
-    return out
+    return [(at, rec["event"], rec) for at, rec in log_lines(log, *names)
+            if rec.get("event") in names]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

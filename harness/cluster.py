@@ -448,6 +448,24 @@ class Node:
 
 
 
+def log_lines(log: str, *needles: str) -> list[tuple[float, dict[str, Any]]]:
+    """(epoch s, record) of a node's JSON log lines that hold any of ``needles`` as a
+    quoted string (an event name, a CAD message type); unreadable lines are skipped."""
+    from datetime import datetime
+
+    out = []
+    for line in log.splitlines():
+        if not any(f'"{n}"' in line for n in needles):
+            continue
+        try:
+            rec = json.loads(line)
+            at = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        out.append((at, rec))
+    return out
+
+
 def wait_for(pred: Any, timeout: float, step: float = 0.2) -> Any:
     """Poll ``pred()`` every ``step`` s until it returns something true or ``timeout`` s
     pass; returns its last value (bounded: never waits past the timeout by more than one
@@ -655,9 +673,11 @@ class Cluster:
         from . import scenarios
 
         (node.workdir / "phones").mkdir(exist_ok=True)
-        hang = ({} if self.handler_talk_ms is None
-                else {"hangup": "handler", "talk_ms": self.handler_talk_ms})
-        phones = Sipp(scenarios.handler(user=node.node_id, ring_ms=self.ring_ms, **hang),
+        scenario = (scenarios.handler(user=node.node_id, ring_ms=self.ring_ms)
+                    if self.handler_talk_ms is None else
+                    scenarios.handler(user=node.node_id, ring_ms=self.ring_ms,
+                                      hangup="handler", talk_ms=self.handler_talk_ms))
+        phones = Sipp(scenario,
                       calls=1_000_000, timeout=3600, name=f"phones-{node.node_id}",
                       trace_msg=False, workdir=node.workdir / "phones", host=self.net.hub)
         node.phones = phones.start()
@@ -785,7 +805,7 @@ def fault_figures(cluster: Cluster, calls: list[CallOutcome], node: Node, fault_
         "calls": len(calls),
         "new": len(new),
         "failed_new": len(new) - len(answered),
-        "first_answer_s": (min(c.answered for c in answered) - fault_at  # type: ignore[operator]
+        "first_answer_s": (min(c.answered or 0.0 for c in answered) - fault_at
                            if answered else None),
         "max_setup_s": max((c.setup or 0.0) for c in answered) if answered else None,
         "answered_by_faulty": sum(1 for c in answered if c.node == node.addr),

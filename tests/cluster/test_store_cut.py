@@ -33,7 +33,14 @@ from typing import Any
 import pytest
 from paho.mqtt import publish
 
-from harness.cluster import Cluster, Node, namespaces_available, store_query, wait_for
+from harness.cluster import (
+    Cluster,
+    Node,
+    log_lines,
+    namespaces_available,
+    store_query,
+    wait_for,
+)
 from harness.postgres import available as postgres_available
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realparts, pytest.mark.slow,
@@ -54,38 +61,13 @@ tracer, controlroom.service)."""
 
 def _log_records(log: str, event: str) -> list[tuple[float, dict[str, Any]]]:
     """(epoch s, record) of a node's JSON log lines named ``event``."""
-    from datetime import datetime
-
-    out = []
-    for line in log.splitlines():
-        if f'"{event}"' not in line:
-            continue
-        try:
-            rec = json.loads(line)
-            at = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
-        except (ValueError, KeyError):
-            continue
-        if rec.get("event") == event:
-            out.append((at, rec))
-    return out
+    return [(at, rec) for at, rec in log_lines(log, event) if rec.get("event") == event]
 
 
 def _ended_since(log: str, since: float) -> list[str]:
     """Call ids of the ``call.ended`` lines in a node's JSON log after ``since``."""
-    from datetime import datetime
-
-    out = []
-    for line in log.splitlines():
-        if '"call.ended"' not in line:
-            continue
-        try:
-            rec = json.loads(line)
-            at = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
-        except (ValueError, KeyError):
-            continue
-        if at > since + 1.0 and rec.get("call_id"):
-            out.append(rec["call_id"])
-    return out
+    return [rec["call_id"] for at, rec in log_lines(log, "call.ended")
+            if at > since + 1.0 and rec.get("call_id")]
 
 
 class _Desk:

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class _Node:
     def __init__(self, net: NamespaceNet, url: str) -> None:
+        self.net = net
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
             [*net.prefix(0), sys.executable, "-m", "tests.store._silent_node", url],
@@ -60,6 +61,17 @@ class _Node:
         self.proc.stdin.write(word + "\n")
         self.proc.stdin.flush()
 
+    def cut_and_restore(self) -> tuple[Any, Any]:
+        """Once the node side is READY: cut its store path, read what it saw, restore,
+        read what it saw after; returns the two reports."""
+        assert self.read() == "READY"
+        self.net.cut_store(0)
+        self.send("CUT")
+        cut = self.read()
+        self.net.restore_store(0)
+        self.send("RESTORED")
+        return cut, self.read()
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -75,13 +87,7 @@ def test_a_silent_store_costs_the_loop_one_bounded_wait_then_nothing_and_loses_n
         with pg.Postgres(host=net.store) as server:
             node = _Node(net, server.database("silent"))
             try:
-                assert node.read() == "READY"
-                net.cut_store(0)
-                node.send("CUT")
-                cut = node.read()
-                net.restore_store(0)
-                node.send("RESTORED")
-                back = node.read()
+                cut, back = node.cut_and_restore()
 
                 took = cut["took"]
                 # the first write waits for the watchdog (deadline + a tick); the breaker
@@ -100,13 +106,7 @@ def test_a_silent_store_costs_the_loop_one_bounded_wait_then_nothing_and_loses_n
                     assert seqs == list(range(1, len(seqs) + 1)), back
                 assert back["lost"] == 0 and not back["degraded"] and back["opened"] == 1
 
-                assert node.read() == "READY"
-                net.cut_store(0)
-                node.send("CUT")
-                cut2 = node.read()
-                net.restore_store(0)
-                node.send("RESTORED")
-                back2 = node.read()
+                cut2, back2 = node.cut_and_restore()
                 # tcp_user_timeout 3 s (or the ARP failure's error): bounded, not minutes
                 assert cut2["thread_error"] and cut2["thread_s"] < 8, cut2
                 assert not cut2["reachable"] and cut2["opened"] == 2, cut2
