@@ -519,6 +519,9 @@ class Cluster:
         """Phones hang up this long after answering (None: they wait for the caller's BYE)."""
         """Indices of the nodes whose desks have handlers (phones); None: every node."""
         self.salvage_after = salvage_after
+        self.trace_phones = False
+        """The handler phones trace every SIP message (``<node>/phones/*messages.log``):
+        tests that check from the phones' side what rang when set it before start."""
         self.store_url = ""
         self.postgres: Any = None
         """The shared PostgreSQL (``postgres=True``): tests stop and start it."""
@@ -679,7 +682,8 @@ class Cluster:
                                       hangup="handler", talk_ms=self.handler_talk_ms))
         phones = Sipp(scenario,
                       calls=1_000_000, timeout=3600, name=f"phones-{node.node_id}",
-                      trace_msg=False, workdir=node.workdir / "phones", host=self.net.hub)
+                      trace_msg=self.trace_phones, workdir=node.workdir / "phones",
+                      host=self.net.hub)
         node.phones = phones.start()
         for h in node.handlers:
             self.kamailio.register(h, phones.contact(h))

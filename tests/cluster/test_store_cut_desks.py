@@ -67,22 +67,9 @@ class _TracedCluster(Cluster):
     """The handler phones trace every SIP message (``messages.log``): when each INVITE
     came to which handler and when that dialog's last message passed."""
 
-    def _start_phones(self, node: Node) -> None:
-        from harness import scenarios
-        from harness.sipp import Sipp
-
-        (node.workdir / "phones").mkdir(exist_ok=True)
-        talk = self.handler_talk_ms
-        scenario = (scenarios.handler(user=node.node_id, ring_ms=self.ring_ms)
-                    if talk is None else
-                    scenarios.handler(user=node.node_id, ring_ms=self.ring_ms,
-                                      hangup="handler", talk_ms=talk))
-        phones = Sipp(scenario,
-                      calls=1_000_000, timeout=3600, name=f"phones-{node.node_id}",
-                      trace_msg=True, workdir=node.workdir / "phones", host=self.net.hub)
-        node.phones = phones.start()
-        for h in node.handlers:
-            self.kamailio.register(h, phones.contact(h))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trace_phones = True
 
 
 _STAMP = re.compile(r"^-{10,} (\d{4}-\d\d-\d\d)\s+(\d\d:\d\d:\d\d(?:\.\d+)?)")
