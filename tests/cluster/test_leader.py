@@ -567,14 +567,7 @@ def test_a_stale_nodes_desks_are_offered_nothing_until_it_hands_back(url: str) -
         a1.resync_extra = {"fallback": True, "handlers": {
             "h1": {"state": "available", "reason": "", "skills": {"999": 5, "101": 5},
                    "since": time.time(), "idle_since": time.time() - 5, "call_id": None}}}
-        back = _beat(url, "a1")
-        try:
-            _wait(lambda: any(a["type"] == "Offer" and a["call_id"] == "b1-c2"
-                              for a in b1.actions), [a1, b1])  # a1 answers the term row
-            offer = [a for a in b1.actions if a["type"] == "Offer"][-1]
-            assert offer["handler_id"] == "h1"
-        finally:
-            back.set()
+        _back_then_h1_offered_b1_c2(url, a1, b1)
         offers = [e for e in _log(url) if e[0] == "OFFER"]
         assert offers == [("OFFER", "b1-c1", "h1"), ("OFFER", "b1-c1", "h2"),
                           ("OFFER", "b1-c2", "h1")]
@@ -617,16 +610,22 @@ def test_a_desk_busy_at_the_park_is_kept_away_after_its_call(url: str) -> None:
                               "handler_id": None}}
         time.sleep(0.5)
         assert not [e for e in _log(url) if e[1] == "a1-c3"]
-        back = _beat(url, "a1")  # beats again; never routed alone: a plain resync
-        try:
-            _wait(lambda: any(a["type"] == "Offer" and a["call_id"] == "b1-c2"
-                              for a in b1.actions), [a1, b1])  # a1 answers the term row
-            offer = [a for a in b1.actions if a["type"] == "Offer"][-1]
-            assert offer["handler_id"] == "h1"
-        finally:
-            back.set()
+        _back_then_h1_offered_b1_c2(url, a1, b1)  # never routed alone: a plain resync
         assert not leader.away
         assert ("ENTER", "a1-c3", "") in _log(url)
+
+
+def _back_then_h1_offered_b1_c2(url: str, a1: Any, b1: Any) -> None:
+    """a1 beats again and answers the term row with its resync: h1, its desk handler, is
+    then offered b1's waiting call b1-c2."""
+    back = _beat(url, "a1")
+    try:
+        _wait(lambda: any(a["type"] == "Offer" and a["call_id"] == "b1-c2"
+                          for a in b1.actions), [a1, b1])
+        offer = [a for a in b1.actions if a["type"] == "Offer"][-1]
+        assert offer["handler_id"] == "h1"
+    finally:
+        back.set()
 
 
 def test_a_dead_nodes_desks_are_still_offered_the_rooms_calls(url: str) -> None:
